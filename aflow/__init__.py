@@ -1,0 +1,88 @@
+"""aflow: async streaming pipelines that batch into NumPy arrays, with backpressure.
+
+Re-exports only; see the modules for the code.
+"""
+
+from ._message import Batch as Batch
+from ._message import Provenance as Provenance
+from .batching import batch as batch
+from .batching import rebatch as rebatch
+from .batching import unbatch as unbatch
+from .errors import AflowError as AflowError
+from .errors import DecodeError as DecodeError
+from .errors import FlowDefinitionError as FlowDefinitionError
+from .errors import RetriesExhaustedError as RetriesExhaustedError
+from .errors import SourceReusedError as SourceReusedError
+from .errors import StageTimeoutError as StageTimeoutError
+from .flow import Flow as Flow
+from .flow import Run as Run
+from .flow import RunResult as RunResult
+from .flow import Sink as Sink
+from .flow import SinkFlow as SinkFlow
+from .flow import Stage as Stage
+from .flow import run as run
+from .policies import FailedItem as FailedItem
+from .policies import dead_letter as dead_letter
+from .policies import retry as retry
+from .sinks.collect import collect as collect
+from .sinks.collect import discard as discard
+from .sinks.collect import for_each as for_each
+from .sinks.collect import reduce as reduce
+from .sources.iterables import from_array as from_array
+from .sources.iterables import from_arrays as from_arrays
+from .sources.iterables import from_iterable as from_iterable
+from .stages.batch import filter_rows as filter_rows
+from .stages.batch import map_batches as map_batches
+from .stages.element import filter as filter
+from .stages.element import flat_map as flat_map
+from .stages.element import map as map
+from .stages.element import scan as scan
+from .stages.element import skip as skip
+from .stages.element import take as take
+from .stages.element import take_while as take_while
+from .stats import RunStatistics as RunStatistics
+from .stats import StageStatistics as StageStatistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AflowError",
+    "Batch",
+    "DecodeError",
+    "FailedItem",
+    "Flow",
+    "FlowDefinitionError",
+    "Provenance",
+    "RetriesExhaustedError",
+    "Run",
+    "RunResult",
+    "RunStatistics",
+    "Sink",
+    "SinkFlow",
+    "SourceReusedError",
+    "Stage",
+    "StageStatistics",
+    "StageTimeoutError",
+    "batch",
+    "collect",
+    "dead_letter",
+    "discard",
+    "filter",
+    "filter_rows",
+    "flat_map",
+    "for_each",
+    "from_array",
+    "from_arrays",
+    "from_iterable",
+    "map",
+    "map_batches",
+    "rebatch",
+    "reduce",
+    "retry",
+    "run",
+    "scan",
+    "skip",
+    "take",
+    "take_while",
+    "unbatch",
+]

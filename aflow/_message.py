@@ -1,0 +1,80 @@
+"""What travels on an edge: a chunk of elements (a ``list``) or one array batch (a ``Batch``).
+
+Elements travel in chunks so the cost of a channel hop is paid per chunk, not per element.
+A batch travels alone, wrapped in a :class:`Batch` envelope that carries why it closed and
+where its rows came from. User functions never see the envelope, only the array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["Batch", "BatchReason", "Message", "Provenance", "message_bytes", "message_rows"]
+
+BatchReason: TypeAlias = Literal["count", "time", "bytes", "end", "source"]
+"""Why a batch closed: its row count was reached, its timeout expired, its byte limit was
+reached, the input ended (or the run stopped), or a source produced it whole."""
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where the rows of a batch came from.
+
+    Attributes:
+        source: a path, an address or a source's name.
+        start: first row (or byte offset when ``unit == "byte"``) of the batch in its source.
+        stop: one past the last row (or byte).
+        unit: what ``start`` and ``stop`` count: ``"row"``, ``"line"`` (1-based) or ``"byte"``.
+    """
+
+    source: str
+    start: int
+    stop: int
+    unit: Literal["row", "line", "byte"] = "row"
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.unit}s {self.start}..{self.stop}"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """An array batch with its envelope.
+
+    Attributes:
+        data: the rows: a 1-D array of a scalar dtype or a structured array of records.
+        reason: why the batch closed (see :data:`BatchReason`).
+        provenance: where the rows came from, when the source knows.
+    """
+
+    data: NDArray[Any]
+    reason: BatchReason = "source"
+    provenance: Provenance | None = None
+
+    def with_data(self, data: NDArray[Any]) -> Batch:
+        """Return the same envelope around other rows (what row-wise stages do)."""
+        return replace(self, data=data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+Message: TypeAlias = "list[Any] | Batch"
+
+
+def message_rows(msg: Message) -> int:
+    """Number of elements (for a chunk) or rows (for a batch) in ``msg``."""
+    return len(msg.data) if type(msg) is Batch else len(msg)
+
+
+def message_bytes(msg: Message) -> int:
+    """Bytes held by the arrays of ``msg`` (0 for a chunk of plain Python elements)."""
+    return msg.data.nbytes if type(msg) is Batch else 0
+
+
+def as_array(value: Any) -> NDArray[Any]:
+    """``value`` as an ndarray without copying when it already is one."""
+    return value if isinstance(value, np.ndarray) else np.asarray(value)

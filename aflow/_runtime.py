@@ -1,0 +1,474 @@
+"""The runtime: one task group per run, one task per segment, one bounded buffer per edge.
+
+A flow's ops are cut into *segments*: a head (a source, an async stage or a sink's consumer)
+followed by the synchronous chunk ops fused behind it. Each segment is one task; between
+segments sits an :class:`Edge`, a bounded anyio memory object stream that also counts bytes.
+A full edge suspends the sender: that is backpressure, from the sink back to the source.
+
+Shutdown is graceful by default: ``RunContext.request_stop()`` stops the *sources* only; every
+other task drains its input, flushes what it holds (partial batches) and closes, so results
+are complete up to the stop. Errors and the end of the grace period cancel everything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._message import Batch, Message, message_bytes
+from ._ops import ChunkOp, ChunkRunner, Op, SinkOp, SinkWriter, Source, TaskOp
+from .stats import RunCounters, StageCounters
+
+__all__ = ["Closed", "Edge", "RunContext"]
+
+perf_counter = time.perf_counter
+
+
+class Closed(Exception):
+    """Internal: downstream wants no more messages (it closed, or ``take`` is satisfied)."""
+
+
+class Edge:
+    """A bounded buffer between two tasks, counting messages and array bytes.
+
+    A sender waits while the buffer holds ``size`` messages, or while adding the message
+    would pass ``max_bytes`` (a message larger than that alone is let through once the
+    buffer is empty, so nothing deadlocks).
+    """
+
+    def __init__(
+        self, run: RunCounters, receiver: StageCounters, size: int, max_bytes: int | None
+    ) -> None:
+        self._tx, self._rx = anyio.create_memory_object_stream[Message](size)
+        self._run = run
+        self._receiver = receiver
+        self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.queued = 0
+        self._space: anyio.Event | None = None
+        self._receiver_closed = False
+        receiver.buffer_size = size
+
+    async def send(self, msg: Message, blocked: list[float]) -> None:
+        """Put ``msg`` in the buffer; add the time spent waiting for room to ``blocked[0]``.
+
+        Raises:
+            anyio.BrokenResourceError: the receiving side is closed.
+        """
+        n = message_bytes(msg)
+        full = self.queued >= self.size
+        if full or (n and self.max_bytes is not None and self.bytes + n > self.max_bytes):
+            t0 = perf_counter()
+            await self._wait_for_bytes(n)
+            await self._tx.send(msg)
+            blocked[0] += perf_counter() - t0
+        else:
+            await self._tx.send(msg)
+        self._admitted(n)
+
+    async def _wait_for_bytes(self, n: int) -> None:
+        limit = self.max_bytes
+        while limit is not None and self.bytes and self.bytes + n > limit:
+            if self._receiver_closed:
+                raise anyio.BrokenResourceError
+            if self._space is None:
+                self._space = anyio.Event()
+            await self._space.wait()
+
+    def _admitted(self, n: int) -> None:
+        self.queued += 1
+        if self.queued > self._receiver.buffer_high_water:
+            self._receiver.buffer_high_water = self.queued
+        if n:
+            self.bytes += n
+            self._run.add_bytes(n)
+
+    async def receive(self) -> Message:
+        """Take the next message (raises ``anyio.EndOfStream`` once all senders closed)."""
+        msg = await self._rx.receive()
+        self.queued -= 1
+        n = message_bytes(msg)
+        if n:
+            self.bytes -= n
+            self._run.add_bytes(-n)
+            if self._space is not None:
+                self._space.set()
+                self._space = None
+        self._receiver.count_in(msg)
+        return msg
+
+    def __aiter__(self) -> Edge:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def sender(self) -> _Sender:
+        """A separately closable sending handle (for several producers into one edge)."""
+        return _Sender(self, self._tx.clone())
+
+    def close_send(self) -> None:
+        self._tx.close()
+
+    def close_receive(self) -> None:
+        self._receiver_closed = True
+        self._rx.close()
+        if self._space is not None:
+            self._space.set()
+
+
+class _Sender:
+    """One producer's handle on a shared edge."""
+
+    def __init__(self, edge: Edge, tx: Any) -> None:
+        self.edge = edge
+        self._tx = tx
+
+    async def send(self, msg: Message, blocked: list[float]) -> None:
+        edge = self.edge
+        n = message_bytes(msg)
+        t0 = perf_counter()
+        await edge._wait_for_bytes(n)
+        await self._tx.send(msg)
+        edge._admitted(n)
+        blocked[0] += perf_counter() - t0 if edge.queued >= edge.size else 0.0
+
+    def close_send(self) -> None:
+        self._tx.close()
+
+
+class _FusedSink:
+    """A sink run inside the task of the step before it."""
+
+    def __init__(
+        self, writer: SinkWriter[Any, Any], counters: StageCounters, *, count_in: bool
+    ) -> None:
+        self.writer = writer
+        self.counters = counters
+        self.count_in = count_in  # False when the sink's own input edge counts already
+        self.opened = False
+
+    async def send(self, msg: Message, blocked: list[float]) -> None:
+        c = self.counters
+        if self.count_in:
+            c.count_in(msg)
+        t0 = perf_counter()
+        if not self.opened:
+            self.opened = True
+            await self.writer.open()
+        if type(msg) is Batch:
+            await self.writer.write_batch(msg)
+        else:
+            await self.writer.write_chunk(msg)
+        c.busy_seconds += perf_counter() - t0
+
+    async def finish(self) -> None:
+        if not self.opened:
+            self.opened = True
+            await self.writer.open()
+        await self.writer.flush()
+
+    def close_send(self) -> None:
+        pass
+
+
+Downstream = Edge | _Sender | _FusedSink
+
+
+def locate(exc: BaseException, stage: str, msg: Message | None = None) -> BaseException:
+    """Attach (once) a note naming the stage, and the batch's provenance, to ``exc``."""
+    if not getattr(exc, "_aflow_located", False):
+        where = f"aflow: raised in stage {stage!r}"
+        if type(msg) is Batch and msg.provenance is not None:
+            where += f" on rows from {msg.provenance}"
+        exc.add_note(where)
+        try:
+            exc._aflow_located = True  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover - exceptions with __slots__
+            pass
+    return exc
+
+
+class Segment:
+    """One task: a head, then fused chunk ops, then a downstream buffer or a fused sink."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        head: Callable[[Segment], Any],
+        head_name: str,
+        fused: list[tuple[ChunkRunner, StageCounters]],
+        downstream: Downstream,
+        inbox: Edge | None,
+        blocked: list[float],
+        head_counters: StageCounters | None,
+    ) -> None:
+        self.ctx = ctx
+        self.head_counters = head_counters
+        self.head = head
+        self.head_name = head_name
+        self.fused = fused
+        self.downstream = downstream
+        self.inbox = inbox
+        self.blocked = blocked
+        self.checkpoint_each_emit = isinstance(downstream, _FusedSink)
+
+    # -- the Outlet protocol, for sources ---------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self.ctx.stopping
+
+    @contextmanager
+    def pull_scope(self) -> Iterator[anyio.CancelScope]:
+        with self.ctx.pull_scope() as scope:
+            yield scope
+
+    async def emit(self, msg: Message) -> None:
+        """Pass ``msg`` through the fused ops and send what comes out downstream."""
+        hc = self.head_counters
+        if hc is not None:
+            hc.count_out(msg)
+        msgs, done_at = await self._push([msg], 0)
+        for m in msgs:
+            await self._send(m)
+        if self.checkpoint_each_emit:
+            await anyio.lowlevel.checkpoint()
+        if done_at >= 0:
+            await self.finish(done_at)
+            raise Closed
+
+    async def _push(self, msgs: list[Message], start: int) -> tuple[list[Message], int]:
+        done_at = -1
+        for i in range(start, len(self.fused)):
+            if not msgs:
+                break
+            runner, c = self.fused[i]
+            t0 = perf_counter()
+            out: list[Message] = []
+            m: Message | None = None
+            try:
+                if runner.guarded:
+                    for m in msgs:
+                        c.count_in(m)
+                        out.extend(await runner.process_guarded(m, c))
+                else:
+                    for m in msgs:
+                        c.count_in(m)
+                        out.extend(runner.process(m))
+            except Exception as exc:
+                raise locate(exc, c.name, m) from None
+            c.busy_seconds += perf_counter() - t0
+            for o in out:
+                c.count_out(o)
+            msgs = out
+            if runner.done and done_at < 0:
+                done_at = i
+        return msgs, done_at
+
+    async def _send(self, msg: Message) -> None:
+        try:
+            await self.downstream.send(msg, self.blocked)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise Closed from None
+
+    async def finish(self, start: int = 0) -> None:
+        """Flush every fused op from ``start`` on, in order, through the ones after it."""
+        for i in range(start, len(self.fused)):
+            runner, c = self.fused[i]
+            try:
+                flushed = runner.finish()
+            except Exception as exc:
+                raise locate(exc, c.name) from None
+            for o in flushed:
+                c.count_out(o)
+            msgs, _ = await self._push(flushed, i + 1)
+            for m in msgs:
+                await self._send(m)
+        if isinstance(self.downstream, _FusedSink):
+            await self.downstream.finish()
+
+    async def run(self) -> None:
+        try:
+            try:
+                await self.head(self)
+            except Closed:
+                pass
+            else:
+                await self.finish()
+        except Closed:
+            pass
+        except Exception as exc:
+            self.ctx.fail(locate(exc, self.head_name))
+        finally:
+            self.downstream.close_send()
+            if self.inbox is not None:
+                self.inbox.close_receive()
+
+
+class RunContext:
+    """The state of one run: its task group, counters, buffers, stop flag and first error."""
+
+    def __init__(
+        self,
+        tg: TaskGroup,
+        *,
+        buffer: int,
+        max_bytes: int | None,
+        edge_count: int,
+    ) -> None:
+        self.tg = tg
+        self.counters = RunCounters()
+        self.buffer = buffer
+        self.edge_max_bytes = (
+            None if max_bytes is None else max(1, max_bytes // max(1, edge_count))
+        )
+        self.stopping = False
+        self.first_error: BaseException | None = None
+        self.writers: list[SinkWriter[Any, Any]] = []
+        self._pull_scopes: set[anyio.CancelScope] = set()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Graceful stop: sources stop pulling; everything else drains and flushes."""
+        self.stopping = True
+        for scope in list(self._pull_scopes):
+            scope.cancel()
+
+    @contextmanager
+    def pull_scope(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope around a source's wait for data, cancelled by ``request_stop``."""
+        scope = anyio.CancelScope()
+        if self.stopping:
+            scope.cancel()
+        self._pull_scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._pull_scopes.discard(scope)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the first error and cancel the run."""
+        if self.first_error is None:
+            self.first_error = exc
+        self.tg.cancel_scope.cancel()
+
+    # -- building ---------------------------------------------------------------------
+    def stage(self, name: str) -> StageCounters:
+        c = StageCounters(f"{len(self.counters.stages)}:{name}")
+        self.counters.stages.append(c)
+        return c
+
+    def edge(self, receiver: StageCounters, op: Op | None = None) -> Edge:
+        size = op.buffer if op is not None and op.buffer is not None else self.buffer
+        max_bytes = op.max_bytes if op is not None and op.max_bytes is not None else None
+        return Edge(self.counters, receiver, size, max_bytes or self.edge_max_bytes)
+
+    def start_chain(
+        self,
+        source: Source | Edge,
+        ops: Sequence[Op],
+        terminal: Downstream | SinkOp[Any, Any],
+        *,
+        source_name: str | None = None,
+    ) -> None:
+        """Cut ``ops`` into segments and start one task per segment.
+
+        ``source`` is a :class:`Source` or an edge fed by someone else (a branch, a
+        sub-flow); ``terminal`` is a sink description or a downstream buffer.
+        """
+        blocked = [0.0]
+        if isinstance(source, Edge):
+            inbox: Edge | None = source
+            head_counters = None
+            head: Callable[[Segment], Any] = _drain_into_emit(source)
+            head_name = source_name or "input"
+        else:
+            inbox = None
+            head_counters: StageCounters | None = self.stage(source.name)
+            head_counters.blocked = blocked  # type: ignore[union-attr]
+            head = _source_head(source, self)
+            head_name = head_counters.name
+        fused: list[tuple[ChunkRunner, StageCounters]] = []
+        for op in ops:
+            c = self.stage(op.name)
+            if isinstance(op, ChunkOp):
+                c.blocked = blocked
+                fused.append((op.start(), c))
+                continue
+            assert isinstance(op, TaskOp), op
+            edge = self.edge(c, op)
+            self._start_segment(head, head_name, fused, edge, inbox, blocked, head_counters)
+            blocked = [0.0]
+            c.blocked = blocked
+            head, head_name, inbox, fused = _task_head(op, edge, self, c), c.name, edge, []
+            head_counters = c
+        if isinstance(terminal, SinkOp):
+            c = self.stage(terminal.name)
+            writer = terminal.writer(self)
+            self.writers.append(writer)
+            if terminal.fused:
+                c.blocked = blocked
+                downstream: Downstream = _FusedSink(writer, c, count_in=True)
+            else:
+                edge = self.edge(c, terminal)
+                self._start_segment(head, head_name, fused, edge, inbox, blocked, head_counters)
+                head, head_name, inbox, fused = _sink_head(edge), c.name, edge, []
+                c.blocked = blocked = [0.0]
+                head_counters = None
+                downstream = _FusedSink(writer, c, count_in=False)
+        else:
+            downstream = terminal
+        self._start_segment(head, head_name, fused, downstream, inbox, blocked, head_counters)
+
+    def _start_segment(
+        self,
+        head: Callable[[Segment], Any],
+        head_name: str,
+        fused: list[tuple[ChunkRunner, StageCounters]],
+        downstream: Downstream,
+        inbox: Edge | None,
+        blocked: list[float],
+        head_counters: StageCounters | None,
+    ) -> None:
+        seg = Segment(self, head, head_name, fused, downstream, inbox, blocked, head_counters)
+        self.tg.start_soon(seg.run, name=f"aflow:{head_name}")
+
+
+def _source_head(source: Source, ctx: RunContext) -> Callable[[Segment], Any]:
+    async def head(seg: Segment) -> None:
+        await source.produce(seg, ctx)
+
+    return head
+
+
+def _drain_into_emit(inbox: Edge) -> Callable[[Segment], Any]:
+    async def head(seg: Segment) -> None:
+        async for msg in inbox:
+            await seg.emit(msg)
+
+    return head
+
+
+def _sink_head(inbox: Edge) -> Callable[[Segment], Any]:
+    async def head(seg: Segment) -> None:
+        async for msg in inbox:
+            await seg.downstream.send(msg, seg.blocked)
+
+    return head
+
+
+def _task_head(op: TaskOp, inbox: Edge, ctx: RunContext, c: StageCounters) -> Callable[..., Any]:
+    async def head(seg: Segment) -> None:
+        await op.run(inbox, seg.emit, ctx, c)
+
+    return head

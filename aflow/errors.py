@@ -1,0 +1,84 @@
+"""Errors raised by aflow.
+
+Every error aflow raises on its own account derives from :class:`AflowError` and also from
+the builtin exception whose meaning it shares, so ``except ValueError`` keeps working::
+
+    AflowError
+    ├── FlowDefinitionError (TypeError)   a flow was composed wrongly (caught at build time)
+    ├── SourceReusedError (RuntimeError)  a single-use iterator was asked to run a second time
+    ├── StageTimeoutError (TimeoutError)  ``timeout()`` saw no item within its limit
+    ├── RetriesExhaustedError             ``retry()`` gave up; the last failure is ``__cause__``
+    └── DecodeError (ValueError)          a record could not be decoded (says where it came from)
+
+Errors raised by *user* functions inside a stage are never wrapped: the first one cancels the
+run and is raised as itself, with a note naming the stage (and the batch's provenance when
+known). Read it with ``traceback.print_exception`` or ``exc.__notes__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AflowError",
+    "DecodeError",
+    "FlowDefinitionError",
+    "RetriesExhaustedError",
+    "SourceReusedError",
+    "StageTimeoutError",
+]
+
+
+class AflowError(Exception):
+    """Base class of every error aflow raises itself."""
+
+
+class FlowDefinitionError(AflowError, TypeError):
+    """A flow was composed wrongly, for example a sink placed before a stage."""
+
+
+class SourceReusedError(AflowError, RuntimeError):
+    """A single-use iterator (a generator object) was asked to run a second time.
+
+    Pass the generator *function* (or any zero-argument callable returning an iterable) to
+    :func:`aflow.from_iterable` to get a flow that can run many times.
+    """
+
+
+class StageTimeoutError(AflowError, TimeoutError):
+    """No item arrived within the limit set by :func:`aflow.timeout`."""
+
+
+class RetriesExhaustedError(AflowError):
+    """A stage with a retry policy failed on every attempt; ``__cause__`` is the last failure."""
+
+
+class DecodeError(AflowError, ValueError):
+    """A record could not be decoded.
+
+    Args:
+        message: what went wrong.
+        source: where the record came from (a path, an address or a stage name).
+        line: 1-based line number of the record, when known.
+        offset: byte offset of the record in its source, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        where = ", ".join(
+            part
+            for part in (
+                f"source {source!r}" if source is not None else "",
+                f"line {line}" if line is not None else "",
+                f"byte offset {offset}" if offset is not None else "",
+            )
+            if part
+        )
+        super().__init__(f"{message} ({where})" if where else message)
+        self.source = source
+        self.line = line
+        self.offset = offset

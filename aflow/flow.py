@@ -1,0 +1,445 @@
+"""Flows: immutable, lazy, re-runnable pipeline descriptions composed with ``|``.
+
+A :class:`Flow` is a source followed by stages; ``flow | sink`` is a :class:`SinkFlow`.
+Building either does no I/O. Each run instantiates fresh state, so a flow runs many times::
+
+    flow = af.from_iterable(range(10)) | af.map(lambda x: x * x) | af.collect()
+    assert (await flow.run()).value == (await flow.run()).value
+
+Stages compose on their own too (``af.map(f) | af.filter(g)`` is a :class:`Stage`), and a
+stage followed by a sink is a :class:`Sink`, which is how branches of ``broadcast`` are
+written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Generic, NamedTuple, TypeVar, overload
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._message import Batch, Message
+from ._ops import Op, SinkOp, Source, TaskOp
+from ._runtime import Edge, RunContext
+from .errors import FlowDefinitionError
+from .stats import RunStatistics, StageCounters
+
+__all__ = ["Flow", "Run", "RunResult", "Sink", "SinkFlow", "Stage", "run"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+V = TypeVar("V")
+R = TypeVar("R")
+T_co = TypeVar("T_co", covariant=True)
+R_co = TypeVar("R_co", covariant=True)
+
+DEFAULT_BUFFER = 4
+DEFAULT_GRACE = 10.0
+
+
+class RunResult(NamedTuple, Generic[R_co]):
+    """What ``run()`` returns: the sink's result and the run's statistics."""
+
+    value: R_co
+    statistics: RunStatistics
+
+
+class Stage(Generic[T, U]):
+    """A step (or chain of steps) turning items of type ``T`` into items of type ``U``.
+
+    ``stage | stage`` chains; ``stage | sink`` is a sink that runs the stage first.
+    """
+
+    __slots__ = ("_ops",)
+
+    def __init__(self, *ops: Op) -> None:
+        self._ops = ops
+
+    def ops(self) -> tuple[Op, ...]:
+        return self._ops
+
+    @overload
+    def __or__(self, other: Stage[U, V]) -> Stage[T, V]: ...
+    @overload
+    def __or__(self, other: Sink[U, R]) -> Sink[T, R]: ...
+    def __or__(self, other: Stage[U, V] | Sink[U, R]) -> Stage[T, V] | Sink[T, R]:
+        if isinstance(other, Stage):
+            return Stage(*self._ops, *other.ops())
+        if isinstance(other, Sink):
+            return Sink(other.terminal, self._ops + other.pre_ops)
+        return _bad_operand(self, other)
+
+    def __repr__(self) -> str:
+        return " | ".join(op.name for op in self._ops)
+
+
+class Sink(Generic[T, R]):
+    """The end of a flow: consumes items of type ``T`` and gives a result of type ``R``."""
+
+    __slots__ = ("pre_ops", "terminal")
+
+    def __init__(self, terminal: SinkOp[Any, R], pre_ops: tuple[Op, ...] = ()) -> None:
+        self.terminal = terminal
+        self.pre_ops = pre_ops
+
+    def __repr__(self) -> str:
+        return " | ".join([*(op.name for op in self.pre_ops), self.terminal.name])
+
+
+class Flow(Generic[T_co]):
+    """A source followed by stages, producing items of type ``T_co``; not yet run.
+
+    ``await flow.run()`` collects the output; ``async with flow.open() as run`` iterates it
+    (``async for item in run``) with live ``run.statistics()``; ``flow | sink`` ends it.
+    """
+
+    __slots__ = ("_ops", "_source")
+
+    def __init__(self, source: Source, ops: tuple[Op, ...] = ()) -> None:
+        self._source = source
+        self._ops = ops
+
+    @property
+    def source(self) -> Source:
+        return self._source
+
+    def ops(self) -> tuple[Op, ...]:
+        return self._ops
+
+    @overload
+    def __or__(self, other: Stage[Any, U]) -> Flow[U]: ...
+    @overload
+    def __or__(self, other: Sink[Any, R]) -> SinkFlow[R]: ...
+    def __or__(self, other: Stage[Any, U] | Sink[Any, R]) -> Flow[U] | SinkFlow[R]:
+        if isinstance(other, Stage):
+            return Flow(self._source, self._ops + other.ops())
+        if isinstance(other, Sink):
+            return SinkFlow(self._source, self._ops + other.pre_ops, other.terminal)
+        return _bad_operand(self, other)
+
+    def open(
+        self,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        max_bytes: int | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> _RunManager[Any]:
+        """Start a run and iterate its output: ``async with flow.open() as run: ...``.
+
+        Args:
+            buffer: default capacity of each buffer, in messages (a chunk of elements or
+                one array batch).
+            max_bytes: ceiling on array bytes waiting in all buffers of the run, shared
+                equally among them (a batch larger than a buffer's share passes alone).
+            grace: seconds a graceful stop may take before the run is cancelled.
+        """
+        return _RunManager(self._source, self._ops, None, buffer, max_bytes, grace)
+
+    async def run(
+        self,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        max_bytes: int | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> RunResult[Any]:
+        """Run to the end and collect the output (see :func:`aflow.collect`)."""
+        from .sinks.collect import collect
+
+        return await (self | collect()).run(buffer=buffer, max_bytes=max_bytes, grace=grace)
+
+    async def __aiter__(self) -> AsyncIterator[T_co]:
+        """Iterate the output. To stop early, prefer ``async with flow.open() as run``,
+        which stops the run at once when the block exits; a plain ``async for`` that breaks
+        leaves the run suspended until the iterator is garbage collected."""
+        async with self.open() as r:
+            async for item in r:
+                yield item
+
+    def __repr__(self) -> str:
+        return " | ".join([self._source.name, *(op.name for op in self._ops)])
+
+
+class SinkFlow(Generic[R_co]):
+    """A complete flow: source, stages and sink. ``await flow.run()`` returns the result."""
+
+    __slots__ = ("_ops", "_sink", "_source")
+
+    def __init__(self, source: Source, ops: tuple[Op, ...], sink: SinkOp[Any, R_co]) -> None:
+        self._source = source
+        self._ops = ops
+        self._sink = sink
+
+    def __or__(self, other: object) -> Any:
+        raise FlowDefinitionError(
+            f"{self!r} already ends in a sink; nothing can follow it. "
+            "Use aflow.broadcast(...) to feed several sinks."
+        )
+
+    def open(
+        self,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        max_bytes: int | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> _RunManager[R_co]:
+        """Start a run: ``async with flow.open() as run:``; ``await run.wait()`` for the
+        result, ``run.statistics()`` for live figures, ``run.stop()`` to stop gracefully.
+        Leaving the block stops the run gracefully and waits for it."""
+        return _RunManager(self._source, self._ops, self._sink, buffer, max_bytes, grace)
+
+    async def run(
+        self,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        max_bytes: int | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> RunResult[R_co]:
+        """Run the flow to the end; return the sink's result and the statistics.
+
+        Blocks until the source is exhausted (or a ``take`` is satisfied). If the caller is
+        cancelled, the sources stop, partial batches are flushed to the sink and every
+        resource is closed (within ``grace`` seconds), then the cancellation propagates.
+
+        Raises:
+            Exception: the first error raised by any stage, as itself, with a note naming
+                the stage.
+        """
+        async with self.open(buffer=buffer, max_bytes=max_bytes, grace=grace) as r:
+            return await r.wait()
+
+    def __repr__(self) -> str:
+        return " | ".join([self._source.name, *(op.name for op in self._ops), self._sink.name])
+
+
+def _bad_operand(left: object, right: object) -> Any:
+    raise FlowDefinitionError(
+        f"cannot compose {left!r} | {right!r}: the right side must be a stage "
+        f"(aflow.map, aflow.batch, ...) or a sink (aflow.collect, ...), "
+        f"not {type(right).__name__}"
+    )
+
+
+def _edge_count(source: Source, ops: tuple[Op, ...], sink: SinkOp[Any, Any] | None) -> int:
+    """How many buffers a run will have (to share a ``max_bytes`` ceiling among them)."""
+    n = source_edges(source) + sum(op_edges(op) for op in ops)
+    if sink is None:
+        return n + 1
+    return n + op_edges(sink)
+
+
+def op_edges(op: Op) -> int:
+    own = 1 if isinstance(op, TaskOp) or (isinstance(op, SinkOp) and not op.fused) else 0
+    nested: Callable[[], int] | None = getattr(op, "nested_edges", None)
+    return own + (nested() if nested is not None else 0)
+
+
+def source_edges(source: Source) -> int:
+    nested: Callable[[], int] | None = getattr(source, "nested_edges", None)
+    return nested() if nested is not None else 0
+
+
+def flow_edges(flow: Flow[Any]) -> int:
+    """Buffers a nested flow adds, plus the one it feeds its parent through."""
+    return _edge_count(flow.source, flow.ops(), None)
+
+
+class Run(Generic[R_co]):
+    """A running flow, as handed out by ``flow.open()``.
+
+    Iterate it (``async for item in run``) when the flow has no sink; ``await run.wait()``
+    when it has one. ``statistics()`` may be read at any time, from any task.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self._grace = grace
+        self._ctx: RunContext | None = None
+        self._output: Edge | None = None
+        self._sink_writer: Any = None
+        self._done = anyio.Event()
+        self._scope = anyio.CancelScope(shield=True)
+
+    def statistics(self) -> RunStatistics:
+        """Per-stage statistics so far (a frozen snapshot)."""
+        assert self._ctx is not None
+        return self._ctx.counters.freeze()
+
+    def stop(self) -> None:
+        """Stop gracefully: sources stop; what is in flight is processed and flushed."""
+        if self._ctx is not None:
+            self._ctx.request_stop()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> RunResult[R_co]:
+        """Wait for the end of the run; return the sink's result and statistics.
+
+        If the waiting task is cancelled, the run is stopped gracefully (at most ``grace``
+        seconds) before the cancellation propagates.
+        """
+        try:
+            await self._done.wait()
+        except anyio.get_cancelled_exc_class():
+            self.stop()
+            await self._join()
+            raise
+        self._raise_error()
+        writer = self._sink_writer
+        value = writer.result() if writer is not None else None
+        return RunResult(value, self.statistics())
+
+    def _raise_error(self) -> None:
+        assert self._ctx is not None
+        err = self._ctx.first_error
+        if err is not None:
+            raise err
+
+    async def _join(self) -> None:
+        """Wait (shielded) for the run to end; cancel it once the grace period is over."""
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._grace):
+                await self._done.wait()
+            if not self._done.is_set():
+                self._scope.cancel()
+                await self._done.wait()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[Any]:
+        async for msg in self.envelopes():
+            if type(msg) is Batch:
+                yield msg.data
+            else:
+                for item in msg:
+                    yield item
+
+    async def envelopes(self) -> AsyncIterator[Message]:
+        """Iterate output messages: a ``list`` chunk of elements or a :class:`Batch`
+        envelope (with ``reason`` and ``provenance``) per array batch."""
+        if self._output is None:
+            raise FlowDefinitionError("this flow ends in a sink; use `await run.wait()`")
+        while True:
+            try:
+                msg = await self._output.receive()
+            except anyio.EndOfStream:
+                break
+            yield msg
+        self._raise_error()
+
+    async def _main(
+        self,
+        source: Source,
+        ops: tuple[Op, ...],
+        sink: SinkOp[Any, Any] | None,
+        buffer: int,
+        max_bytes: int | None,
+        *,
+        task_status: TaskStatus[None],
+    ) -> None:
+        ctx: RunContext | None = None
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    ctx = RunContext(
+                        tg,
+                        buffer=buffer,
+                        max_bytes=max_bytes,
+                        edge_count=_edge_count(source, ops, sink),
+                    )
+                    self._ctx = ctx
+                    if sink is None:
+                        out = StageCounters("output")
+                        self._output = ctx.edge(out)
+                        ctx.start_chain(source, ops, self._output)
+                    else:
+                        ctx.start_chain(source, ops, sink)
+                        self._sink_writer = ctx.writers[0]
+                    task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if ctx is not None:
+                    for writer in ctx.writers:
+                        try:
+                            await writer.aclose()
+                        except Exception as exc:  # noqa: PERF203 - close them all regardless
+                            ctx.fail(exc)
+            self._done.set()
+
+
+class _RunManager(Generic[R_co]):
+    """The async context manager behind ``flow.open()``."""
+
+    def __init__(
+        self,
+        source: Source,
+        ops: tuple[Op, ...],
+        sink: SinkOp[Any, Any] | None,
+        buffer: int,
+        max_bytes: int | None,
+        grace: float,
+    ) -> None:
+        if buffer < 1:
+            raise ValueError(f"buffer={buffer}: a buffer holds at least one message")
+        self._args = (source, ops, sink, buffer, max_bytes)
+        self._grace = grace
+
+    def __call__(self) -> Any:  # pragma: no cover - guards a common slip
+        raise TypeError("flow.open() is an async context manager: `async with flow.open()`")
+
+    def __aenter__(self) -> Any:
+        self._cm = self._open()
+        return self._cm.__aenter__()
+
+    def __aexit__(self, *exc: Any) -> Any:
+        return self._cm.__aexit__(*exc)
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[Run[R_co]]:
+        run: Run[R_co] = Run(self._grace)
+        error: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            await tg.start(run._main, *self._args)
+            try:
+                yield run
+            except anyio.get_cancelled_exc_class():
+                run.stop()
+                await run._join()
+                raise
+            except BaseException as exc:
+                error = exc
+                run._scope.cancel()
+            else:
+                if run._output is not None:
+                    run._output.close_receive()
+                run.stop()
+                await run._join()
+        if error is not None:
+            raise error
+        run._raise_error()
+
+
+def run(
+    flow: SinkFlow[R] | Flow[Any],
+    *,
+    backend: str = "asyncio",
+    buffer: int = DEFAULT_BUFFER,
+    max_bytes: int | None = None,
+    grace: float = DEFAULT_GRACE,
+) -> RunResult[Any]:
+    """Run ``flow`` from synchronous code (a script, a notebook cell, a test).
+
+    Ctrl-C stops the run gracefully (sources stop, partial batches are flushed, files and
+    sockets are closed) and then raises ``KeyboardInterrupt``.
+
+    Args:
+        backend: ``"asyncio"`` or ``"trio"``.
+    """
+
+    async def main() -> RunResult[Any]:
+        return await flow.run(buffer=buffer, max_bytes=max_bytes, grace=grace)
+
+    return anyio.run(main, backend=backend)

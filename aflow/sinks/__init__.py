@@ -1,0 +1,1 @@
+"""Sinks: where flows end (collections, callbacks, routing; aggregates and files to come)."""

@@ -1,0 +1,200 @@
+"""Basic sinks: collect, reduce, for_each, discard."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._message import Batch
+from .._ops import SinkOp, SinkWriter, callable_name
+from .._runtime import RunContext
+from ..flow import Sink
+
+__all__ = ["collect", "discard", "for_each", "reduce"]
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+_NOTHING: Any = object()
+
+
+class _CollectWriter(SinkWriter[Any, Any]):
+    def __init__(self, mode: Literal["auto", "list", "array"]) -> None:
+        self.mode = mode
+        self.items: list[Any] = []
+        self.arrays: list[NDArray[Any]] = []
+
+    async def write(self, item: Any) -> None:
+        self.items.append(item)
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        self.items.extend(items)
+
+    async def write_batch(self, batch: Batch) -> None:
+        if self.mode == "list":
+            self.items.append(batch.data)
+        else:
+            self.arrays.append(batch.data)
+
+    def result(self) -> Any:
+        if self.mode == "array":
+            parts = [*self.arrays, *([np.asarray(self.items)] if self.items else [])]
+            return np.concatenate(parts) if parts else np.empty(0)
+        if self.arrays and not self.items:
+            return np.concatenate(self.arrays)
+        return [*self.items, *self.arrays]
+
+
+class _CollectOp(SinkOp[Any, Any]):
+    def __init__(self, mode: Literal["auto", "list", "array"]) -> None:
+        self.mode = mode
+        self.name = "collect"
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, Any]:
+        return _CollectWriter(self.mode)
+
+
+def collect(mode: Literal["auto", "list", "array"] = "auto") -> Sink[Any, Any]:
+    """Gather everything: a list of elements, or one array of all batches' rows.
+
+    Args:
+        mode: ``"auto"`` returns one concatenated array when the flow carries array batches
+            and a list otherwise; ``"list"`` always returns a list (batches as its items);
+            ``"array"`` always returns one array.
+
+    Memory grows with the output: meant for results, tests and small flows.
+    """
+    return Sink(_CollectOp(mode))
+
+
+class _ReduceWriter(SinkWriter[Any, Any]):
+    def __init__(self, fn: Callable[[Any, Any], Any], initial: Any, name: str) -> None:
+        self.fn = fn
+        self.acc = initial
+        self.name = name
+
+    async def write(self, item: Any) -> None:
+        self.acc = item if self.acc is _NOTHING else self.fn(self.acc, item)
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        fn = self.fn
+        acc = self.acc
+        it = iter(items)
+        if acc is _NOTHING:
+            acc = next(it, _NOTHING)
+        for item in it:
+            acc = fn(acc, item)
+        self.acc = acc
+
+    def result(self) -> Any:
+        if self.acc is _NOTHING:
+            raise ValueError(f"{self.name}: the flow was empty and no initial value was given")
+        return self.acc
+
+
+class _ReduceOp(SinkOp[Any, Any]):
+    def __init__(self, fn: Callable[[Any, Any], Any], initial: Any) -> None:
+        self.fn = fn
+        self.initial = initial
+        self.name = f"reduce({callable_name(fn)})"
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, Any]:
+        return _ReduceWriter(self.fn, self.initial, self.name)
+
+
+def reduce(fn: Callable[[A, T], A], initial: A = _NOTHING) -> Sink[T, A]:
+    """Fold the items into one value: ``acc = fn(acc, item)``.
+
+    For a flow of batches ``item`` is a batch's array, so a vectorized fold is one NumPy
+    call per batch, e.g. ``reduce(lambda acc, b: acc + b.sum(), 0.0)``.
+
+    Args:
+        fn: the folding function.
+        initial: the starting value; without it the first item starts the fold and an
+            empty flow raises ``ValueError``.
+    """
+    return Sink(_ReduceOp(fn, initial))
+
+
+class _ForEachWriter(SinkWriter[Any, int]):
+    def __init__(self, fn: Callable[[Any], Any], is_async: bool) -> None:
+        self.fn = fn
+        self.is_async = is_async
+        self.count = 0
+
+    async def write(self, item: Any) -> None:
+        self.count += 1
+        if self.is_async:
+            await self.fn(item)
+        else:
+            self.fn(item)
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        if self.is_async:
+            for item in items:
+                await self.fn(item)
+                self.count += 1
+        else:
+            fn = self.fn
+            for item in items:
+                fn(item)
+            self.count += len(items)
+
+    def result(self) -> int:
+        return self.count
+
+
+class _ForEachOp(SinkOp[Any, int]):
+    def __init__(self, fn: Callable[[Any], Any], buffer: int | None) -> None:
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.fused = not self.is_async
+        self.buffer = buffer
+        self.name = f"for_each({callable_name(fn)})"
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+        return _ForEachWriter(self.fn, self.is_async)
+
+
+def for_each(
+    fn: Callable[[T], None] | Callable[[T], Awaitable[None]], *, buffer: int | None = None
+) -> Sink[T, int]:
+    """Call ``fn`` on every item (an element, or a batch's array); the result is the count.
+
+    An async ``fn`` runs in a task of its own behind a buffer of ``buffer`` messages, and
+    while it is slow the buffer fills and the upstream stages wait (backpressure).
+    """
+    return Sink(_ForEachOp(fn, buffer))
+
+
+class _DiscardWriter(SinkWriter[Any, int]):
+    def __init__(self) -> None:
+        self.rows = 0
+
+    async def write(self, item: Any) -> None:
+        self.rows += 1
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        self.rows += len(items)
+
+    async def write_batch(self, batch: Batch) -> None:
+        self.rows += len(batch.data)
+
+    def result(self) -> int:
+        return self.rows
+
+
+class _DiscardOp(SinkOp[Any, int]):
+    name = "discard"
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+        return _DiscardWriter()
+
+
+def discard() -> Sink[Any, int]:
+    """Drop everything (for flows run for their side effects); the result is the row count."""
+    return Sink(_DiscardOp())

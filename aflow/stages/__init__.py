@@ -1,0 +1,1 @@
+"""Stages: element-wise, batch-wise, concurrent, timed, routing and data-loading steps."""

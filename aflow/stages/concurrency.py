@@ -1,0 +1,211 @@
+"""Concurrent stages: async functions with a concurrency limit, sync functions in threads.
+
+Up to ``concurrency`` calls run at once. With ``ordered=True`` results leave in input order;
+with ``ordered=False`` each leaves as soon as it is ready, so one slow call never holds back
+the others (no head-of-line blocking). Either way a slot is freed only once its result has
+been handed downstream, so memory stays bounded by ``concurrency`` results.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._message import Batch, Message
+from .._ops import ChunkRunner, Emit, FunctionOp, Inbox, TaskOp, callable_name
+from .._runtime import Closed, RunContext, locate
+from ..flow import Stage
+from ..policies import ErrorPolicy, check_policy, recover
+from ..stats import StageCounters
+
+__all__ = ["concurrent_map", "threaded"]
+
+Work = Callable[[Message, StageCounters], Awaitable[list[Message]]]
+
+
+class _ConcurrentOp(TaskOp):
+    def __init__(
+        self,
+        name: str,
+        work: Work,
+        split: Callable[[Message], list[Message]],
+        concurrency: int,
+        ordered: bool,
+        buffer: int | None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"{name}: concurrency={concurrency} must be at least 1")
+        self.name = name
+        self.work = work
+        self.split = split
+        self.concurrency = concurrency
+        self.ordered = ordered
+        self.buffer = buffer
+
+    async def run(self, inbox: Inbox, emit: Emit, ctx: RunContext, counters: StageCounters) -> None:
+        state = _State(self, emit, counters)
+        async with anyio.create_task_group() as tg:
+            state.tg = tg
+            tg.start_soon(state.emitter)
+            await state.feed(inbox)
+        if state.error is not None:
+            raise state.error
+        if state.closed:
+            raise Closed
+
+
+class _State:
+    """One run of a concurrent stage: a feeder, workers and an emitter."""
+
+    def __init__(self, op: _ConcurrentOp, emit: Emit, counters: StageCounters) -> None:
+        self.op = op
+        self.emit = emit
+        self.counters = counters
+        self.slots = anyio.Semaphore(op.concurrency)
+        self.results_tx, self.results_rx = anyio.create_memory_object_stream[
+            tuple[int, list[Message]]
+        ](op.concurrency)
+        self.error: BaseException | None = None
+        self.closed = False
+        self.tg: TaskGroup
+
+    async def feed(self, inbox: Inbox) -> None:
+        seq = 0
+        with self.results_tx:
+            async for msg in inbox:
+                for unit in self.op.split(msg):
+                    await self.slots.acquire()
+                    self.tg.start_soon(self.worker, seq, unit, self.results_tx.clone())
+                    seq += 1
+
+    async def worker(self, seq: int, unit: Message, tx: Any) -> None:
+        with tx:
+            t0 = time.perf_counter()
+            try:
+                out = await self.op.work(unit, self.counters)
+            except Exception as exc:
+                self.fail(locate(exc, self.op.name, unit))
+                return
+            self.counters.busy_seconds += time.perf_counter() - t0
+            await tx.send((seq, out))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.tg.cancel_scope.cancel()
+
+    async def emitter(self) -> None:
+        pending: dict[int, list[Message]] = {}
+        next_seq = 0
+        try:
+            async for seq, out in self.results_rx:
+                if not self.op.ordered:
+                    await self._send(out)
+                    continue
+                pending[seq] = out
+                ready: list[Message] = []
+                while next_seq in pending:
+                    ready.extend(pending.pop(next_seq))
+                    next_seq += 1
+                    self.slots.release()
+                await self._send(_coalesce(ready))
+        except Closed:
+            self.closed = True
+            self.tg.cancel_scope.cancel()
+
+    async def _send(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            await self.emit(m)
+        if not self.op.ordered:
+            self.slots.release()
+
+
+def _coalesce(msgs: list[Message]) -> list[Message]:
+    """Join runs of element chunks into one chunk (fewer, larger messages downstream)."""
+    out: list[Message] = []
+    for m in msgs:
+        if type(m) is not Batch and out and type(out[-1]) is not Batch:
+            out[-1] = [*out[-1], *m]  # type: ignore[misc]
+        else:
+            out.append(m)
+    return out
+
+
+def _split_elements(msg: Message) -> list[Message]:
+    if type(msg) is Batch:
+        return [msg]
+    return [[item] for item in msg]
+
+
+def _whole(msg: Message) -> list[Message]:
+    return [msg]
+
+
+def concurrent_map(
+    fn: Callable[[Any], Any],
+    *,
+    concurrency: int,
+    ordered: bool,
+    thread: bool,
+    on_error: ErrorPolicy,
+    buffer: int | None,
+    name: str | None,
+) -> Stage[Any, Any]:
+    """The engine behind ``map(async_fn, concurrency=...)`` and ``map(fn, thread=True)``."""
+    check_policy(on_error)
+    label = name or f"map({callable_name(fn)}, concurrency={concurrency})"
+    if thread or not inspect.iscoroutinefunction(fn):
+        from .element import _MapOp
+
+        return threaded(_MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer,
+                        ordered=ordered)
+
+    async def work(unit: Message, counters: StageCounters) -> list[Message]:
+        value = unit.data if type(unit) is Batch else unit[0]  # type: ignore[index]
+        try:
+            result = await fn(value)
+        except Exception as exc:
+            if on_error == "raise":
+                raise
+            prov = unit.provenance if type(unit) is Batch else None
+            outs = await recover(on_error, lambda: _call_async(fn, value), value, exc, label,
+                                 prov, counters)
+            if not outs:
+                return []
+            result = outs[0]
+        if type(unit) is Batch:
+            import numpy as np
+
+            if isinstance(result, np.ndarray):
+                return [unit.with_data(result)]
+        return [[result]]
+
+    return Stage(_ConcurrentOp(label, work, _split_elements, concurrency, ordered, buffer))
+
+
+async def _call_async(fn: Callable[[Any], Any], value: Any) -> list[Any]:
+    return [await fn(value)]
+
+
+def threaded(
+    op: FunctionOp, *, concurrency: int, buffer: int | None, ordered: bool = True
+) -> Stage[Any, Any]:
+    """Run a stateless function step in worker threads, one message per call."""
+    limiter = anyio.CapacityLimiter(concurrency)
+    runner: ChunkRunner = op.start()
+
+    async def work(unit: Message, counters: StageCounters) -> list[Message]:
+        if runner.guarded:
+            try:
+                return await anyio.to_thread.run_sync(runner.process, unit, limiter=limiter)
+            except Exception:
+                return await runner.process_guarded(unit, counters)
+        return await anyio.to_thread.run_sync(runner.process, unit, limiter=limiter)
+
+    name = op.name if "thread" in op.name else f"{op.name}[thread x{concurrency}]"
+    return Stage(_ConcurrentOp(name, work, _whole, concurrency, ordered, buffer))

@@ -1,0 +1,297 @@
+"""Element-wise stages: map, filter, flat_map, take, skip, take_while, scan.
+
+On a flow of batches the "element" is a batch's array: ``map(f)`` calls ``f(array)`` and a
+returned array keeps the batch's envelope (reason, provenance). Synchronous functions are
+fused with their neighbours into one task and applied to a whole chunk per call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from itertools import chain
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .._message import Batch, Message
+from .._ops import ChunkOp, ChunkRunner, FunctionOp, callable_name
+from ..flow import Stage
+from ..policies import ErrorPolicy
+
+__all__ = ["filter", "flat_map", "map", "scan", "skip", "take", "take_while"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+A = TypeVar("A")
+
+_map = map
+_filter = filter
+
+
+def _rewrap(batch: Batch, value: Any) -> list[Message]:
+    if isinstance(value, np.ndarray):
+        return [batch.with_data(value)]
+    return [[value]]
+
+
+class _MapOp(FunctionOp):
+    def __init__(self, fn: Callable[[Any], Any], on_error: ErrorPolicy, name: str | None) -> None:
+        super().__init__(name or f"map({callable_name(fn)})", on_error)
+        self.fn = fn
+
+    def apply_chunk(self, items: list[Any]) -> list[Any]:
+        return list(_map(self.fn, items))
+
+    def apply_one(self, item: Any) -> list[Any]:
+        return [self.fn(item)]
+
+    def apply_batch(self, batch: Batch) -> list[Message]:
+        return _rewrap(batch, self.fn(batch.data))
+
+
+def map(
+    fn: Callable[[T], U] | Callable[[T], Awaitable[U]],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    thread: bool = False,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
+) -> Stage[T, U]:
+    """Apply ``fn`` to every item.
+
+    Args:
+        fn: a sync or async function of one item (an element, or a batch's array).
+        concurrency: for an async ``fn`` (or ``thread=True``), how many calls may run at once.
+        ordered: keep input order (a slow item holds back later ones); ``False`` emits each
+            result as soon as it is ready, so a slow item never blocks the others.
+        thread: run a sync ``fn`` in worker threads (for CPU-heavy NumPy code, which releases
+            the GIL; a whole chunk of elements goes to the thread per call).
+        on_error: ``"raise"``, ``"skip"``, :func:`~aflow.retry` or :func:`~aflow.dead_letter`.
+        buffer: input buffer size (messages) when the stage runs in its own task.
+        name: the stage's name in statistics and errors.
+    """
+    if inspect.iscoroutinefunction(fn) or thread or concurrency != 1:
+        from .concurrency import concurrent_map
+
+        return concurrent_map(
+            fn,
+            concurrency=concurrency,
+            ordered=ordered,
+            thread=thread,
+            on_error=on_error,
+            buffer=buffer,
+            name=name,
+        )
+    return Stage(_MapOp(fn, on_error, name))
+
+
+class _FilterOp(FunctionOp):
+    def __init__(self, fn: Callable[[Any], Any], on_error: ErrorPolicy, name: str | None) -> None:
+        super().__init__(name or f"filter({callable_name(fn)})", on_error)
+        self.fn = fn
+
+    def apply_chunk(self, items: list[Any]) -> list[Any]:
+        return list(_filter(self.fn, items))
+
+    def apply_one(self, item: Any) -> list[Any]:
+        return [item] if self.fn(item) else []
+
+    def apply_batch(self, batch: Batch) -> list[Message]:
+        return [batch] if self.fn(batch.data) else []
+
+
+def filter(
+    fn: Callable[[T], Any], *, on_error: ErrorPolicy = "raise", name: str | None = None
+) -> Stage[T, T]:
+    """Keep the items for which ``fn(item)`` is true.
+
+    On a flow of batches this keeps or drops whole batches; use :func:`~aflow.filter_rows`
+    to select rows inside them.
+    """
+    return Stage(_FilterOp(fn, on_error, name))
+
+
+class _FlatMapOp(FunctionOp):
+    def __init__(
+        self, fn: Callable[[Any], Iterable[Any]], on_error: ErrorPolicy, name: str | None
+    ) -> None:
+        super().__init__(name or f"flat_map({callable_name(fn)})", on_error)
+        self.fn = fn
+
+    def apply_chunk(self, items: list[Any]) -> list[Any]:
+        return list(chain.from_iterable(_map(self.fn, items)))
+
+    def apply_one(self, item: Any) -> list[Any]:
+        return list(self.fn(item))
+
+    def apply_batch(self, batch: Batch) -> list[Message]:
+        out: list[Message] = []
+        elements: list[Any] = []
+        for value in self.fn(batch.data):
+            if isinstance(value, np.ndarray):
+                if elements:
+                    out.append(elements)
+                    elements = []
+                out.append(batch.with_data(value))
+            else:
+                elements.append(value)
+        if elements:
+            out.append(elements)
+        return out
+
+
+def flat_map(
+    fn: Callable[[T], Iterable[U]], *, on_error: ErrorPolicy = "raise", name: str | None = None
+) -> Stage[T, U]:
+    """Replace every item by the items of the iterable ``fn(item)`` returns (zero or more)."""
+    return Stage(_FlatMapOp(fn, on_error, name))
+
+
+class _TakeRunner(ChunkRunner):
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.done = n <= 0
+
+    def process(self, msg: Message) -> list[Message]:
+        left = self.left
+        if left <= 0:
+            return []
+        if type(msg) is Batch:
+            if len(msg.data) >= left:
+                self.left, self.done = 0, True
+                return [msg.with_data(msg.data[:left])] if left else []
+            self.left -= len(msg.data)
+            return [msg]
+        if len(msg) >= left:
+            self.left, self.done = 0, True
+            return [msg[:left]]
+        self.left -= len(msg)
+        return [msg]
+
+
+class _TakeOp(ChunkOp):
+    def __init__(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"take({n}): n must be >= 0")
+        self.n = n
+        self.name = f"take({n})"
+
+    def start(self) -> ChunkRunner:
+        return _TakeRunner(self.n)
+
+
+def take(n: int) -> Stage[T, T]:
+    """Pass the first ``n`` items (rows, on a flow of batches), then stop the flow upstream.
+
+    Upstream sources are closed as soon as ``n`` items have passed, so ``take`` is how an
+    infinite source ends.
+    """
+    return Stage(_TakeOp(n))
+
+
+class _SkipRunner(ChunkRunner):
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def process(self, msg: Message) -> list[Message]:
+        left = self.left
+        if left <= 0:
+            return [msg]
+        size = len(msg.data) if type(msg) is Batch else len(msg)
+        self.left = max(0, left - size)
+        if size <= left:
+            return []
+        if type(msg) is Batch:
+            return [msg.with_data(msg.data[left:])]
+        return [msg[left:]]
+
+
+class _SkipOp(ChunkOp):
+    def __init__(self, n: int) -> None:
+        if n < 0:
+            raise ValueError(f"skip({n}): n must be >= 0")
+        self.n = n
+        self.name = f"skip({n})"
+
+    def start(self) -> ChunkRunner:
+        return _SkipRunner(self.n)
+
+
+def skip(n: int) -> Stage[T, T]:
+    """Drop the first ``n`` items (rows, on a flow of batches), pass the rest."""
+    return Stage(_SkipOp(n))
+
+
+class _TakeWhileRunner(ChunkRunner):
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def process(self, msg: Message) -> list[Message]:
+        if self.done:
+            return []
+        if type(msg) is Batch:
+            if self.fn(msg.data):
+                return [msg]
+            self.done = True
+            return []
+        fn = self.fn
+        for i, item in enumerate(msg):
+            if not fn(item):
+                self.done = True
+                return [msg[:i]] if i else []
+        return [msg]
+
+
+class _TakeWhileOp(ChunkOp):
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.name = f"take_while({callable_name(fn)})"
+
+    def start(self) -> ChunkRunner:
+        return _TakeWhileRunner(self.fn)
+
+
+def take_while(fn: Callable[[T], Any]) -> Stage[T, T]:
+    """Pass items while ``fn(item)`` is true; at the first false one, stop the flow."""
+    return Stage(_TakeWhileOp(fn))
+
+
+class _ScanRunner(ChunkRunner):
+    def __init__(self, fn: Callable[[Any, Any], Any], initial: Any) -> None:
+        self.fn = fn
+        self.acc = initial
+
+    def process(self, msg: Message) -> list[Message]:
+        fn = self.fn
+        if type(msg) is Batch:
+            self.acc = fn(self.acc, msg.data)
+            return _rewrap(msg, self.acc)
+        out = []
+        acc = self.acc
+        for item in msg:
+            acc = fn(acc, item)
+            out.append(acc)
+        self.acc = acc
+        return [out] if out else []
+
+
+class _ScanOp(ChunkOp):
+    def __init__(self, fn: Callable[[Any, Any], Any], initial: Any) -> None:
+        self.fn = fn
+        self.initial = initial
+        self.name = f"scan({callable_name(fn)})"
+
+    def start(self) -> ChunkRunner:
+        return _ScanRunner(self.fn, self.initial)
+
+
+def scan(fn: Callable[[A, T], A], initial: A) -> Stage[T, A]:
+    """Emit the running fold ``acc = fn(acc, item)`` after every item (``accumulate``).
+
+    On a flow of batches ``fn`` gets the accumulator and a batch's array; keep it
+    vectorized, e.g. ``scan(lambda acc, b: acc + b.sum(), 0.0)``.
+    """
+    return Stage(_ScanOp(fn, initial))

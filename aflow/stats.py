@@ -1,0 +1,164 @@
+"""Statistics of a run: per stage and for the whole run.
+
+The runtime updates plain counters (:class:`StageCounters`) as messages pass; ``statistics()``
+copies them into frozen records, so reading them live from another task is safe and cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ._message import Batch, Message
+
+__all__ = ["RunCounters", "RunStatistics", "StageCounters", "StageStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class StageStatistics:
+    """What one stage did, so far or in total.
+
+    Attributes:
+        name: the stage's name, unique within the run (``"2:map(parse)"``).
+        items_in / items_out: elements, counting each row of an array batch as one.
+        batches_in / batches_out: array batches (a chunk of plain elements is not a batch).
+        bytes_in / bytes_out: ``nbytes`` of the array batches.
+        errors: items that failed and were skipped or sent to a dead-letter target.
+        retries: attempts repeated by a retry policy.
+        busy_seconds: time spent in the stage's own work.
+        blocked_seconds: time the stage's task waited for room in a full downstream buffer
+            (backpressure). Stages fused into one task share their task's figure.
+        buffer_size: capacity of the stage's input buffer in messages (0 when fused).
+        buffer_high_water: most messages ever waiting in that buffer.
+    """
+
+    name: str
+    items_in: int
+    items_out: int
+    batches_in: int
+    batches_out: int
+    bytes_in: int
+    bytes_out: int
+    errors: int
+    retries: int
+    busy_seconds: float
+    blocked_seconds: float
+    buffer_size: int
+    buffer_high_water: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatistics:
+    """What a whole run did.
+
+    Attributes:
+        stages: per-stage records in flow order (nested flows after their parent).
+        seconds: wall time since the run started.
+        peak_bytes_in_flight: most array bytes ever waiting in buffers at once.
+        bytes_in_flight: array bytes waiting in buffers now.
+    """
+
+    stages: tuple[StageStatistics, ...]
+    seconds: float
+    peak_bytes_in_flight: int
+    bytes_in_flight: int
+
+    def stage(self, name: str) -> StageStatistics:
+        """The record of the first stage whose name equals or ends with ``name``."""
+        for s in self.stages:
+            if s.name == name or s.name.endswith(f":{name}"):
+                return s
+        raise KeyError(f"no stage named {name!r}; stages are {[s.name for s in self.stages]}")
+
+    def format(self) -> str:
+        """A plain-text table, one row per stage."""
+        head = (
+            f"{'stage':<28} {'items in':>11} {'items out':>11} {'batches':>8} "
+            f"{'MB out':>8} {'busy s':>7} {'blocked s':>9} {'buf hw':>6}"
+        )
+        rows = [head, "-" * len(head)]
+        rows.extend(
+            f"{s.name[:28]:<28} {s.items_in:>11,} {s.items_out:>11,} {s.batches_out:>8,} "
+            f"{s.bytes_out / 1e6:>8.1f} {s.busy_seconds:>7.3f} {s.blocked_seconds:>9.3f} "
+            f"{s.buffer_high_water:>3}/{s.buffer_size:<2}"
+            for s in self.stages
+        )
+        rows.append(
+            f"{self.seconds:.3f} s wall, peak {self.peak_bytes_in_flight / 1e6:.2f} MB in flight"
+        )
+        return "\n".join(rows)
+
+
+@dataclass(slots=True)
+class StageCounters:
+    """Mutable counters of one stage, updated by the runtime."""
+
+    name: str
+    items_in: int = 0
+    items_out: int = 0
+    batches_in: int = 0
+    batches_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    errors: int = 0
+    retries: int = 0
+    busy_seconds: float = 0.0
+    blocked: list[float] = field(default_factory=lambda: [0.0])  # shared by a task's stages
+    buffer_size: int = 0
+    buffer_high_water: int = 0
+
+    def count_in(self, msg: Message) -> None:
+        if type(msg) is Batch:
+            self.items_in += len(msg.data)
+            self.batches_in += 1
+            self.bytes_in += msg.data.nbytes
+        else:
+            self.items_in += len(msg)
+
+    def count_out(self, msg: Message) -> None:
+        if type(msg) is Batch:
+            self.items_out += len(msg.data)
+            self.batches_out += 1
+            self.bytes_out += msg.data.nbytes
+        else:
+            self.items_out += len(msg)
+
+    def freeze(self) -> StageStatistics:
+        return StageStatistics(
+            self.name,
+            self.items_in,
+            self.items_out,
+            self.batches_in,
+            self.batches_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.errors,
+            self.retries,
+            self.busy_seconds,
+            self.blocked[0],
+            self.buffer_size,
+            self.buffer_high_water,
+        )
+
+
+@dataclass(slots=True)
+class RunCounters:
+    """Mutable counters of a run."""
+
+    stages: list[StageCounters] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    bytes_in_flight: int = 0
+    peak_bytes_in_flight: int = 0
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes_in_flight += n
+        if self.bytes_in_flight > self.peak_bytes_in_flight:
+            self.peak_bytes_in_flight = self.bytes_in_flight
+
+    def freeze(self) -> RunStatistics:
+        return RunStatistics(
+            tuple(s.freeze() for s in self.stages),
+            time.perf_counter() - self.started,
+            self.peak_bytes_in_flight,
+            self.bytes_in_flight,
+        )
