@@ -28,6 +28,14 @@ from .sinks.collect import collect as collect
 from .sinks.collect import discard as discard
 from .sinks.collect import for_each as for_each
 from .sinks.collect import reduce as reduce
+from .sinks.routing import broadcast as broadcast
+from .sinks.routing import partition as partition
+from .sinks.routing import tee as tee
+from .sources.combine import chain as chain
+from .sources.combine import concat as concat
+from .sources.combine import merge as merge
+from .sources.combine import repeat as repeat
+from .sources.combine import zip as zip
 from .sources.iterables import from_array as from_array
 from .sources.iterables import from_arrays as from_arrays
 from .sources.iterables import from_iterable as from_iterable
@@ -40,6 +48,11 @@ from .stages.element import scan as scan
 from .stages.element import skip as skip
 from .stages.element import take as take
 from .stages.element import take_while as take_while
+from .stages.loading import sample as sample
+from .stages.loading import shuffle as shuffle
+from .stages.time import buffer as buffer
+from .stages.time import throttle as throttle
+from .stages.time import timeout as timeout
 from .stats import RunStatistics as RunStatistics
 from .stats import StageStatistics as StageStatistics
 
@@ -64,7 +77,11 @@ __all__ = [
     "StageStatistics",
     "StageTimeoutError",
     "batch",
+    "broadcast",
+    "buffer",
+    "chain",
     "collect",
+    "concat",
     "dead_letter",
     "discard",
     "filter",
@@ -76,13 +93,22 @@ __all__ = [
     "from_iterable",
     "map",
     "map_batches",
+    "merge",
+    "partition",
     "rebatch",
     "reduce",
+    "repeat",
     "retry",
     "run",
+    "sample",
     "scan",
+    "shuffle",
     "skip",
     "take",
     "take_while",
+    "tee",
+    "throttle",
+    "timeout",
     "unbatch",
+    "zip",
 ]

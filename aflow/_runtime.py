@@ -178,7 +178,9 @@ class _FusedSink:
         await self.writer.flush()
 
     def close_send(self) -> None:
-        pass
+        close_input = getattr(self.writer, "close_input", None)
+        if close_input is not None:  # routing sinks: let their branches finish
+            close_input()
 
 
 Downstream = Edge | _Sender | _FusedSink
@@ -380,12 +382,14 @@ class RunContext:
         terminal: Downstream | SinkOp[Any, Any],
         *,
         source_name: str | None = None,
-    ) -> None:
+    ) -> SinkWriter[Any, Any] | None:
         """Cut ``ops`` into segments and start one task per segment.
 
         ``source`` is a :class:`Source` or an edge fed by someone else (a branch, a
-        sub-flow); ``terminal`` is a sink description or a downstream buffer.
+        sub-flow); ``terminal`` is a sink description or a downstream buffer. Returns the
+        sink's writer, when ``terminal`` is a sink.
         """
+        writer: SinkWriter[Any, Any] | None = None
         blocked = [0.0]
         if isinstance(source, Edge):
             inbox: Edge | None = source
@@ -429,6 +433,7 @@ class RunContext:
         else:
             downstream = terminal
         self._start_segment(head, head_name, fused, downstream, inbox, blocked, head_counters)
+        return writer
 
     def _start_segment(
         self,

@@ -356,8 +356,7 @@ class Run(Generic[R_co]):
                         self._output = ctx.edge(out)
                         ctx.start_chain(source, ops, self._output)
                     else:
-                        ctx.start_chain(source, ops, sink)
-                        self._sink_writer = ctx.writers[0]
+                        self._sink_writer = ctx.start_chain(source, ops, sink)
                     task_status.started()
         finally:
             with anyio.CancelScope(shield=True):

@@ -1,0 +1,184 @@
+"""Routing sinks: broadcast (tee) every message to several sinks, or partition rows by key.
+
+Each branch is a sink, possibly with stages before it (``af.map(f) | af.collect()``), and
+runs in its own task(s) behind its own bounded buffer. The router waits for room in every
+branch it sends to, so the slowest branch sets the pace of the whole flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._message import Batch, Message
+from .._ops import SinkOp, SinkWriter, callable_name
+from .._runtime import Closed, Edge, RunContext
+from ..flow import Sink, op_edges
+from ..stats import StageCounters
+
+__all__ = ["broadcast", "partition"]
+
+
+def _branch_edges(sink: Sink[Any, Any]) -> int:
+    return 1 + sum(op_edges(op) for op in sink.pre_ops) + op_edges(sink.terminal)
+
+
+class _Branches:
+    """Starts one chain per branch and keeps the writers to read their results."""
+
+    def __init__(self, ctx: RunContext, name: str, sinks: tuple[Sink[Any, Any], ...]) -> None:
+        self.edges: list[Edge] = []
+        self.writers: list[SinkWriter[Any, Any]] = []
+        for i, sink in enumerate(sinks):
+            edge = ctx.edge(ctx.stage(f"{name}[{i}].input"))
+            writer = ctx.start_chain(edge, sink.pre_ops, sink.terminal, source_name=f"{name}[{i}]")
+            assert writer is not None
+            self.writers.append(writer)
+            self.edges.append(edge)
+        self.open = [True] * len(self.edges)
+
+    async def send(self, i: int, msg: Message, blocked: list[float]) -> None:
+        if not self.open[i]:
+            return
+        try:
+            await self.edges[i].send(msg, blocked)
+        except Exception:  # the branch stopped early (take): it simply gets no more
+            self.open[i] = False
+            if not any(self.open):
+                raise Closed from None
+
+    def close(self) -> None:
+        for edge in self.edges:
+            edge.close_send()
+
+    def results(self) -> tuple[Any, ...]:
+        return tuple(w.result() for w in self.writers)
+
+
+class _BroadcastWriter(SinkWriter[Any, tuple[Any, ...]]):
+    def __init__(self, branches: _Branches, counters: StageCounters) -> None:
+        self.branches = branches
+        self.counters = counters
+
+    @property
+    def blocked(self) -> list[float]:
+        return self.counters.blocked
+
+    def close_input(self) -> None:
+        """Called by the runtime when no more input will come: branches may finish."""
+        self.branches.close()
+
+    async def _send_all(self, msg: Message) -> None:
+        for i in range(len(self.branches.edges)):
+            await self.branches.send(i, msg, self.blocked)
+
+    async def write(self, item: Any) -> None:
+        await self._send_all([item])
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        await self._send_all(items)
+
+    async def write_batch(self, batch: Batch) -> None:
+        await self._send_all(batch)
+
+    async def aclose(self) -> None:
+        self.branches.close()
+
+    def result(self) -> tuple[Any, ...]:
+        return self.branches.results()
+
+
+class _BroadcastOp(SinkOp[Any, tuple[Any, ...]]):
+    def __init__(self, sinks: tuple[Sink[Any, Any], ...]) -> None:
+        self.sinks = sinks
+        self.name = f"broadcast({len(sinks)})"
+
+    def nested_edges(self) -> int:
+        return sum(_branch_edges(s) for s in self.sinks)
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, tuple[Any, ...]]:
+        counters = ctx.counters.stages[-1]  # this sink's own counters, made just before
+        return _BroadcastWriter(_Branches(ctx, self.name, self.sinks), counters)
+
+
+def broadcast(*sinks: Sink[Any, Any]) -> Sink[Any, tuple[Any, ...]]:
+    """Send every item to every sink (``tee``); the result is the tuple of their results.
+
+    Batches are shared, not copied: branches must not modify arrays in place.
+    """
+    if not sinks:
+        raise ValueError("broadcast() needs at least one sink")
+    for s in sinks:
+        if not isinstance(s, Sink):
+            raise TypeError(f"broadcast() takes sinks, got {type(s).__name__}")
+    return Sink(_BroadcastOp(sinks))
+
+
+tee = broadcast
+
+
+class _PartitionWriter(_BroadcastWriter):
+    def __init__(
+        self, branches: _Branches, counters: StageCounters, key: Callable[[Any], Any]
+    ) -> None:
+        super().__init__(branches, counters)
+        self.key = key
+        self.n = len(branches.edges)
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        groups: list[list[Any]] = [[] for _ in range(self.n)]
+        key, n = self.key, self.n
+        for item in items:
+            groups[int(key(item)) % n].append(item)
+        for i, group in enumerate(groups):
+            if group:
+                await self.branches.send(i, group, self.blocked)
+
+    async def write(self, item: Any) -> None:
+        await self.write_chunk([item])
+
+    async def write_batch(self, batch: Batch) -> None:
+        keys = np.asarray(self.key(batch.data)).astype(np.int64, copy=False) % self.n
+        if keys.shape != (len(batch.data),):
+            raise TypeError(
+                f"partition key must return one integer per row, got shape {keys.shape}"
+            )
+        for i, rows in enumerate(_split_by(batch.data, keys, self.n)):
+            if len(rows):
+                await self.branches.send(i, batch.with_data(rows), self.blocked)
+
+
+def _split_by(data: NDArray[Any], keys: NDArray[np.int64], n: int) -> list[NDArray[Any]]:
+    """Rows of ``data`` grouped by ``keys`` (stable order within each group)."""
+    if n <= 8:
+        return [data[keys == i] for i in range(n)]
+    order = np.argsort(keys, kind="stable")
+    bounds = np.cumsum(np.bincount(keys, minlength=n))[:-1]
+    return np.split(data[order], bounds)
+
+
+class _PartitionOp(_BroadcastOp):
+    def __init__(self, key: Callable[[Any], Any], sinks: tuple[Sink[Any, Any], ...]) -> None:
+        super().__init__(sinks)
+        self.key = key
+        self.name = f"partition({callable_name(key)}, {len(sinks)})"
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, tuple[Any, ...]]:
+        counters = ctx.counters.stages[-1]
+        return _PartitionWriter(_Branches(ctx, self.name, self.sinks), counters, self.key)
+
+
+def partition(key: Callable[[Any], Any], *sinks: Sink[Any, Any]) -> Sink[Any, tuple[Any, ...]]:
+    """Route each item to one sink: ``sinks[key(item) % len(sinks)]``.
+
+    On batches ``key(array)`` returns an integer array (one per row) and each batch is
+    split into per-branch batches with vectorized masks, e.g.
+    ``partition(lambda b: b["sensor"], sink_a, sink_b)``. The result is the tuple of the
+    sinks' results.
+    """
+    if not sinks:
+        raise ValueError("partition() needs at least one sink")
+    return Sink(_PartitionOp(key, sinks))

@@ -1,0 +1,170 @@
+"""Sources made of other flows: merge, concat (chain), zip, repeat.
+
+The sub-flows run inside the same run (same task group, same statistics); each feeds its
+output through a bounded buffer, so a slow consumer slows every sub-flow.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections import deque
+from typing import Any
+
+import anyio
+
+from .._message import Batch, Message
+from .._ops import Outlet, Source
+from .._runtime import Edge, RunContext
+from ..flow import Flow, flow_edges
+
+__all__ = ["concat", "merge", "repeat", "zip"]
+
+
+def _check(flows: tuple[Any, ...], what: str) -> tuple[Flow[Any], ...]:
+    for f in flows:
+        if not isinstance(f, Flow):
+            raise TypeError(f"{what}() takes flows without sinks, got {type(f).__name__}")
+    return flows
+
+
+def _start(ctx: RunContext, flow: Flow[Any], into: Any) -> None:
+    ctx.start_chain(flow.source, flow.ops(), into)
+
+
+class _MergeSource(Source):
+    def __init__(self, flows: tuple[Flow[Any], ...]) -> None:
+        self.flows = flows
+        self.name = f"merge({len(flows)})"
+
+    def nested_edges(self) -> int:
+        return 1 + sum(flow_edges(f) - 1 for f in self.flows)
+
+    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+        edge = ctx.edge(ctx.stage(f"{self.name}.input"))
+        for flow in self.flows:
+            _start(ctx, flow, edge.sender())
+        edge.close_send()
+        try:
+            async for msg in edge:
+                await out.emit(msg)
+        finally:
+            edge.close_receive()
+
+
+def merge(*flows: Flow[Any]) -> Flow[Any]:
+    """Read several flows concurrently; their items interleave as they arrive.
+
+    Each sub-flow runs in its own task(s); ends when all of them end.
+    """
+    return Flow(_MergeSource(_check(flows, "merge")))
+
+
+class _ConcatSource(Source):
+    def __init__(self, flows: tuple[Flow[Any], ...], name: str) -> None:
+        self.flows = flows
+        self.name = name
+
+    def nested_edges(self) -> int:
+        return max((flow_edges(f) for f in self.flows), default=0)
+
+    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+        counters = ctx.stage(f"{self.name}.input")
+        for flow in self.flows:
+            if out.stopping:
+                return
+            edge = ctx.edge(counters)
+            _start(ctx, flow, edge)
+            try:
+                async for msg in edge:
+                    await out.emit(msg)
+            finally:
+                edge.close_receive()
+
+
+def concat(*flows: Flow[Any]) -> Flow[Any]:
+    """Run flows one after the other (the ``yield from`` of flows). Also named ``chain``."""
+    return Flow(_ConcatSource(_check(flows, "concat"), f"concat({len(flows)})"))
+
+
+chain = concat
+
+
+def repeat(flow: Flow[Any], times: int | None = None) -> Flow[Any]:
+    """Run ``flow`` ``times`` times in a row (forever when ``None``): epochs over a dataset.
+
+    Every repetition starts the flow afresh (new generators, files reopened).
+    """
+    if times is not None and times < 0:
+        raise ValueError(f"repeat(times={times}): must be >= 0")
+    _check((flow,), "repeat")
+    return Flow(_RepeatSource(flow, times))
+
+
+class _RepeatSource(_ConcatSource):
+    def __init__(self, flow: Flow[Any], times: int | None) -> None:
+        super().__init__((flow,), f"repeat({'forever' if times is None else times})")
+        self.times = times
+
+    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+        counters = ctx.stage(f"{self.name}.input")
+        done = 0
+        while (self.times is None or done < self.times) and not out.stopping:
+            edge = ctx.edge(counters)
+            _start(ctx, self.flows[0], edge)
+            try:
+                async for msg in edge:
+                    await out.emit(msg)
+            finally:
+                edge.close_receive()
+            done += 1
+            await anyio.lowlevel.checkpoint()
+
+
+class _ZipSource(Source):
+    def __init__(self, flows: tuple[Flow[Any], ...]) -> None:
+        self.flows = flows
+        self.name = f"zip({len(flows)})"
+
+    def nested_edges(self) -> int:
+        return sum(flow_edges(f) for f in self.flows)
+
+    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+        counters = ctx.stage(f"{self.name}.input")
+        edges: list[Edge] = []
+        for flow in self.flows:
+            edge = ctx.edge(counters)
+            _start(ctx, flow, edge)
+            edges.append(edge)
+        pending: list[deque[Any]] = [deque() for _ in edges]
+        try:
+            while True:
+                for edge, items in builtins.zip(edges, pending, strict=True):
+                    if not items and not await _refill(edge, items):
+                        return
+                n = min(len(p) for p in pending)
+                columns = [[p.popleft() for _ in range(n)] for p in pending]
+                rows = list(builtins.zip(*columns, strict=True))
+                await out.emit(rows)
+        finally:
+            for edge in edges:
+                edge.close_receive()
+
+
+async def _refill(edge: Edge, items: deque[Any]) -> bool:
+    try:
+        msg: Message = await edge.receive()
+    except anyio.EndOfStream:
+        return False
+    if type(msg) is Batch:
+        items.append(msg.data)
+    else:
+        items.extend(msg)
+    return True
+
+
+def zip(*flows: Flow[Any]) -> Flow[tuple[Any, ...]]:
+    """Pair up the items of several flows, read concurrently: ``(a0, b0), (a1, b1), ...``.
+
+    Ends with the shortest flow (the others are stopped). A batch counts as one item.
+    """
+    return Flow(_ZipSource(_check(flows, "zip")))

@@ -1,0 +1,159 @@
+"""Data-loading stages: a bounded shuffle buffer and random row sampling.
+
+Together with :func:`aflow.repeat` (epochs) and :func:`aflow.batch` (mini-batches) they let a
+training loop draw random mini-batches from a dataset far larger than memory::
+
+    loader = (
+        af.repeat(af.from_arrays(read_chunks), times=epochs)
+        | af.shuffle(200_000, seed=0)
+        | af.rebatch(256)
+    )
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._message import Batch, Message
+from .._ops import ChunkOp, ChunkRunner
+from ..flow import Stage
+
+__all__ = ["sample", "shuffle"]
+
+T = TypeVar("T")
+
+
+class _ShuffleRunner(ChunkRunner):
+    """Reservoir-style shuffle: each arriving row takes the place of a random held row.
+
+    Elements and rows are held separately; memory is at most ``size`` of each.
+    """
+
+    def __init__(self, size: int, seed: int | None) -> None:
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+        self.elements: list[Any] = []
+        self.rows: NDArray[Any] | None = None
+        self.held = 0
+        self.batch_rows = 0
+
+    def process(self, msg: Message) -> list[Message]:
+        if type(msg) is Batch:
+            return self._rows(msg)
+        return self._elements(msg)  # type: ignore[arg-type]
+
+    def _elements(self, items: list[Any]) -> list[Message]:
+        buf, size = self.elements, self.size
+        room = size - len(buf)
+        buf.extend(items[:room])
+        rest = items[room:] if room > 0 else items
+        if not rest:
+            return []
+        picks = self.rng.integers(0, size, len(rest)).tolist()
+        out = []
+        for j, item in zip(picks, rest, strict=True):
+            out.append(buf[j])
+            buf[j] = item
+        return [out]
+
+    def _rows(self, batch: Batch) -> list[Message]:
+        data = batch.data
+        self.batch_rows = max(self.batch_rows, len(data))
+        if self.rows is None:
+            self.rows = np.empty(self.size, dtype=data.dtype)
+        if data.dtype != self.rows.dtype:
+            data = data.astype(self.rows.dtype)
+        out: list[NDArray[Any]] = []
+        start = 0
+        while start < len(data):
+            if self.held < self.size:  # still filling
+                take = min(self.size - self.held, len(data) - start)
+                self.rows[self.held : self.held + take] = data[start : start + take]
+                self.held += take
+                start += take
+                continue
+            piece = data[start : start + self.size]
+            idx = self.rng.choice(self.size, len(piece), replace=False)
+            out.append(self.rows[idx])  # fancy indexing copies
+            self.rows[idx] = piece
+            start += len(piece)
+        if not out:
+            return []
+        rows = out[0] if len(out) == 1 else np.concatenate(out)
+        return [Batch(rows, batch.reason)]  # shuffled rows have no single provenance
+
+    def finish(self) -> list[Message]:
+        out: list[Message] = []
+        if self.elements:
+            order = self.rng.permutation(len(self.elements)).tolist()
+            out.append([self.elements[i] for i in order])
+            self.elements = []
+        if self.rows is not None and self.held:
+            rows = self.rows[: self.held][self.rng.permutation(self.held)]
+            step = max(1, self.batch_rows)
+            out.extend(Batch(rows[i : i + step], "end") for i in range(0, len(rows), step))
+            self.rows, self.held = None, 0
+        return out
+
+
+class _ShuffleOp(ChunkOp):
+    def __init__(self, size: int, seed: int | None) -> None:
+        self.size = size
+        self.seed = seed
+        self.name = f"shuffle({size})"
+
+    def start(self) -> ChunkRunner:
+        return _ShuffleRunner(self.size, self.seed)
+
+
+def shuffle(buffer_size: int, *, seed: int | None = None) -> Stage[T, T]:
+    """Shuffle within a bounded buffer of ``buffer_size`` elements or rows.
+
+    The first ``buffer_size`` rows fill the buffer; then each arriving row replaces a
+    randomly chosen held row, which is emitted (vectorized per batch). At the end the
+    held rows are emitted in random order. The larger the buffer, the closer to a full
+    shuffle; memory is ``buffer_size`` rows. Put it *after* :func:`aflow.repeat` to get a
+    new order every epoch.
+
+    Args:
+        buffer_size: rows (or elements) held.
+        seed: seed of the random generator, for reproducible runs.
+    """
+    if buffer_size < 1:
+        raise ValueError(f"shuffle({buffer_size}): buffer_size must be at least 1")
+    return Stage(_ShuffleOp(buffer_size, seed))
+
+
+class _SampleRunner(ChunkRunner):
+    def __init__(self, fraction: float, seed: int | None) -> None:
+        self.fraction = fraction
+        self.rng = np.random.default_rng(seed)
+
+    def process(self, msg: Message) -> list[Message]:
+        if type(msg) is Batch:
+            keep = self.rng.random(len(msg.data)) < self.fraction
+            rows = msg.data[keep]
+            return [msg.with_data(rows)] if len(rows) else []
+        keep_list = (self.rng.random(len(msg)) < self.fraction).tolist()
+        kept = [item for item, k in zip(msg, keep_list, strict=True) if k]
+        return [kept] if kept else []
+
+
+class _SampleOp(ChunkOp):
+    def __init__(self, fraction: float, seed: int | None) -> None:
+        self.fraction = fraction
+        self.seed = seed
+        self.name = f"sample({fraction:g})"
+
+    def start(self) -> ChunkRunner:
+        return _SampleRunner(self.fraction, self.seed)
+
+
+def sample(fraction: float, *, seed: int | None = None) -> Stage[T, T]:
+    """Keep each element or row independently with probability ``fraction``."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"sample({fraction}): fraction must be within [0, 1]")
+    return Stage(_SampleOp(fraction, seed))
