@@ -103,6 +103,16 @@ class Edge:
         self._receiver.count_in(msg)
         return msg
 
+    @property
+    def receiver(self) -> StageCounters:
+        return self._receiver
+
+    def retarget(self, receiver: StageCounters) -> None:
+        """Count what this buffer delivers into another stage's statistics."""
+        receiver.buffer_size = self.size
+        receiver.buffer_high_water = self._receiver.buffer_high_water
+        self._receiver = receiver
+
     def __aiter__(self) -> Edge:
         return self
 
@@ -390,49 +400,29 @@ class RunContext:
         sink's writer, when ``terminal`` is a sink.
         """
         writer: SinkWriter[Any, Any] | None = None
-        blocked = [0.0]
-        if isinstance(source, Edge):
-            inbox: Edge | None = source
-            head_counters = None
-            head: Callable[[Segment], Any] = _drain_into_emit(source)
-            head_name = source_name or "input"
-        else:
-            inbox = None
-            head_counters: StageCounters | None = self.stage(source.name)
-            head_counters.blocked = blocked  # type: ignore[union-attr]
-            head = _source_head(source, self)
-            head_name = head_counters.name
-        fused: list[tuple[ChunkRunner, StageCounters]] = []
+        chain = _ChainBuilder(self, source, source_name)
         for op in ops:
             c = self.stage(op.name)
             if isinstance(op, ChunkOp):
-                c.blocked = blocked
-                fused.append((op.start(), c))
-                continue
-            assert isinstance(op, TaskOp), op
-            edge = self.edge(c, op)
-            self._start_segment(head, head_name, fused, edge, inbox, blocked, head_counters)
-            blocked = [0.0]
-            c.blocked = blocked
-            head, head_name, inbox, fused = _task_head(op, edge, self, c), c.name, edge, []
-            head_counters = c
+                chain.fuse(op, c)
+            else:
+                assert isinstance(op, TaskOp), op
+                edge = chain.hop(c, op)
+                chain.restart(_task_head(op, edge, self, c), c.name, edge, c)
         if isinstance(terminal, SinkOp):
             c = self.stage(terminal.name)
             writer = terminal.writer(self)
             self.writers.append(writer)
             if terminal.fused:
-                c.blocked = blocked
-                downstream: Downstream = _FusedSink(writer, c, count_in=True)
+                c.blocked = chain.blocked
+                chain.finish(_FusedSink(writer, c, count_in=True))
             else:
-                edge = self.edge(c, terminal)
-                self._start_segment(head, head_name, fused, edge, inbox, blocked, head_counters)
-                head, head_name, inbox, fused = _sink_head(edge), c.name, edge, []
-                c.blocked = blocked = [0.0]
-                head_counters = None
-                downstream = _FusedSink(writer, c, count_in=False)
+                edge = chain.hop(c, terminal)
+                chain.restart(_sink_head(edge), c.name, edge, None)
+                c.blocked = chain.blocked
+                chain.finish(_FusedSink(writer, c, count_in=False))
         else:
-            downstream = terminal
-        self._start_segment(head, head_name, fused, downstream, inbox, blocked, head_counters)
+            chain.finish(terminal)
         return writer
 
     def _start_segment(
@@ -447,6 +437,64 @@ class RunContext:
     ) -> None:
         seg = Segment(self, head, head_name, fused, downstream, inbox, blocked, head_counters)
         self.tg.start_soon(seg.run, name=f"aflow:{head_name}")
+
+
+class _ChainBuilder:
+    """Cuts a linear chain of ops into segments while ``start_chain`` walks it."""
+
+    def __init__(self, ctx: RunContext, source: Source | Edge, source_name: str | None) -> None:
+        self.ctx = ctx
+        self.blocked = [0.0]
+        self.fused: list[tuple[ChunkRunner, StageCounters]] = []
+        self.head_counters: StageCounters | None
+        self.inbox: Edge | None
+        if isinstance(source, Edge):
+            self.inbox, self.head_counters = source, None
+            self.head: Callable[[Segment], Any] = _drain_into_emit(source)
+            self.head_name = source_name or "input"
+        else:
+            self.inbox = None
+            self.head_counters = ctx.stage(source.name)
+            self.head_counters.blocked = self.blocked
+            self.head = _source_head(source, ctx)
+            self.head_name = self.head_counters.name
+
+    def fuse(self, op: ChunkOp, c: StageCounters) -> None:
+        c.blocked = self.blocked
+        self.fused.append((op.start(), c))
+
+    def hop(self, c: StageCounters, op: Op) -> Edge:
+        """The buffer in front of a task for ``op``; ends the current segment."""
+        inbox = self.inbox
+        if inbox is not None and self.head_counters is None and not self.fused:
+            # Nothing runs between the incoming buffer and this op: feed it directly
+            # rather than through a second buffer.
+            self.ctx.counters.stages.remove(inbox.receiver)
+            inbox.retarget(c)
+            return inbox
+        edge = self.ctx.edge(c, op)
+        self.finish(edge)
+        return edge
+
+    def restart(
+        self, head: Callable[[Segment], Any], name: str, inbox: Edge, c: StageCounters | None
+    ) -> None:
+        self.head, self.head_name, self.inbox, self.fused = head, name, inbox, []
+        self.head_counters = c
+        self.blocked = [0.0]
+        if c is not None:
+            c.blocked = self.blocked
+
+    def finish(self, downstream: Downstream) -> None:
+        self.ctx._start_segment(
+            self.head,
+            self.head_name,
+            self.fused,
+            downstream,
+            self.inbox,
+            self.blocked,
+            self.head_counters,
+        )
 
 
 def _source_head(source: Source, ctx: RunContext) -> Callable[[Segment], Any]:

@@ -306,29 +306,23 @@ class Run(Generic[R_co]):
                 self._scope.cancel()
                 await self._done.wait()
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._items()
+    def __aiter__(self) -> _Items:
+        return _Items(self)
 
-    async def _items(self) -> AsyncIterator[Any]:
-        async for msg in self.envelopes():
-            if type(msg) is Batch:
-                yield msg.data
-            else:
-                for item in msg:
-                    yield item
-
-    async def envelopes(self) -> AsyncIterator[Message]:
+    def envelopes(self) -> _Envelopes:
         """Iterate output messages: a ``list`` chunk of elements or a :class:`Batch`
         envelope (with ``reason`` and ``provenance``) per array batch."""
         if self._output is None:
             raise FlowDefinitionError("this flow ends in a sink; use `await run.wait()`")
-        while True:
-            try:
-                msg = await self._output.receive()
-            except anyio.EndOfStream:
-                break
-            yield msg
-        self._raise_error()
+        return _Envelopes(self)
+
+    async def _next_message(self) -> Message:
+        assert self._output is not None
+        try:
+            return await self._output.receive()
+        except anyio.EndOfStream:
+            self._raise_error()
+            raise StopAsyncIteration from None
 
     async def _main(
         self,
@@ -369,6 +363,41 @@ class Run(Generic[R_co]):
             self._done.set()
 
 
+class _Envelopes:
+    """Async iterator over a run's output messages (a class, not an async generator, so
+    breaking out of the loop leaves nothing to finalize)."""
+
+    def __init__(self, run: Run[Any]) -> None:
+        self._run = run
+
+    def __aiter__(self) -> _Envelopes:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self._run._next_message()
+
+
+class _Items:
+    """Async iterator over a run's output items: elements, or arrays for batches."""
+
+    def __init__(self, run: Run[Any]) -> None:
+        self._run = run
+        self._chunk: list[Any] = []
+        self._pos = 0
+
+    def __aiter__(self) -> _Items:
+        return self
+
+    async def __anext__(self) -> Any:
+        while self._pos >= len(self._chunk):
+            msg = await self._run._next_message()
+            if type(msg) is Batch:
+                return msg.data
+            self._chunk, self._pos = msg, 0
+        self._pos += 1
+        return self._chunk[self._pos - 1]
+
+
 class _RunManager(Generic[R_co]):
     """The async context manager behind ``flow.open()``."""
 
@@ -405,12 +434,16 @@ class _RunManager(Generic[R_co]):
             try:
                 yield run
             except anyio.get_cancelled_exc_class():
+                if run._output is not None:
+                    run._output.close_receive()
                 run.stop()
                 await run._join()
                 raise
             except BaseException as exc:
                 error = exc
                 run._scope.cancel()
+                if run._output is not None:
+                    run._output.close_receive()
             else:
                 if run._output is not None:
                     run._output.close_receive()

@@ -33,7 +33,8 @@ class _Branches:
         self.edges: list[Edge] = []
         self.writers: list[SinkWriter[Any, Any]] = []
         for i, sink in enumerate(sinks):
-            edge = ctx.edge(ctx.stage(f"{name}[{i}].input"))
+            first = sink.pre_ops[0] if sink.pre_ops else sink.terminal
+            edge = ctx.edge(ctx.stage(f"{name}[{i}].input"), first)
             writer = ctx.start_chain(edge, sink.pre_ops, sink.terminal, source_name=f"{name}[{i}]")
             assert writer is not None
             self.writers.append(writer)

@@ -103,17 +103,18 @@ class _State:
         pending: dict[int, list[Message]] = {}
         next_seq = 0
         try:
-            async for seq, out in self.results_rx:
-                if not self.op.ordered:
-                    await self._send(out)
-                    continue
-                pending[seq] = out
-                ready: list[Message] = []
-                while next_seq in pending:
-                    ready.extend(pending.pop(next_seq))
-                    next_seq += 1
-                    self.slots.release()
-                await self._send(_coalesce(ready))
+            with self.results_rx:
+                async for seq, out in self.results_rx:
+                    if not self.op.ordered:
+                        await self._send(out)
+                        continue
+                    pending[seq] = out
+                    ready: list[Message] = []
+                    while next_seq in pending:
+                        ready.extend(pending.pop(next_seq))
+                        next_seq += 1
+                        self.slots.release()
+                    await self._send(_coalesce(ready))
         except Closed:
             self.closed = True
             self.tg.cancel_scope.cancel()

@@ -1,0 +1,565 @@
+"""Core throughput benchmark: one pipeline, four implementations, side by side.
+
+What is measured (wall time with ``time.perf_counter``, best of ``--reps`` runs, default 3):
+
+1. Batched path. 1,000,000 float64 values (``--quick``: 100,000) come from a generator that
+   yields arrays of 4,096 values (drawn once, up front, from a seeded RNG, so drawing them is
+   not timed). Pipeline: batch into B rows -> ``x * 1.8 + 32`` -> keep rows ``> 68`` ->
+   reduce to (sum, min, max). For B in 1,024 / 8,192 / 65,536 it runs as
+
+   * aflow: ``from_arrays | batch | map_batches | filter_rows | reduce`` via ``flow.run()``;
+   * asyncio.Queue: hand-written, one task per stage (source, batch, map, filter, reduce),
+     bounded queues of 4 (aflow's default buffer);
+   * sync generators: the same stages as chained plain generators;
+   * NumPy single-shot: the three NumPy calls on the whole pre-concatenated array (the
+     physical limit: no per-batch overhead at all; the concatenation is not timed).
+
+2. Element-wise path. 200,000 Python floats (``--quick``: 20,000) from a generator ->
+   ``map`` -> ``filter`` -> ``reduce`` to a sum, through aflow
+   (``from_iterable | map | filter | reduce``), a hand-written asyncio.Queue pipeline with
+   one task per stage passing single elements, the same passing chunks of 256 elements
+   (aflow's default chunk size, so the fairest hand-written rival), and sync generators.
+
+3. Per-batch overhead. 50,000 one-row batches (``--quick``: 5,000) through 0 or 3 extra
+   ``af.buffer(4)`` stages (each one a task boundary: a channel hop) and through 0 or 3
+   fused ``af.map_batches`` stages; the difference, divided by batches x stages, is the cost
+   of one hop (one fused stage) per batch. An asyncio.Queue relay is measured the same way
+   for reference.
+
+Every implementation must give the same results (``np.isclose``), else the script exits
+with status 1. The targets at the end are informational: they do not change the exit code.
+
+Run: ``python benchmarks/bench_core.py`` (about a minute) or ``--quick`` (a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import math
+import operator
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+import aflow as af
+
+SEED = 20240601
+SOURCE_CHUNK = 4_096
+BATCH_SIZES = (1_024, 8_192, 65_536)
+QUEUE_SIZE = 4
+ELEMENT_CHUNK = 256
+THRESHOLD = 68.0  # degrees Fahrenheit: keeps roughly half of the rows
+HOPS = 3
+
+TARGET_HOP_US = 20.0
+TARGET_NUMPY_RATIO = 1.3
+
+Stats = tuple[float, float, float]
+EMPTY_STATS: Stats = (0.0, math.inf, -math.inf)
+_END: Any = object()
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rows: int
+    elements: int
+    tiny_batches: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    label: str
+    seconds: float
+    result: Any
+
+
+# -- the work itself, shared by every implementation ----------------------------------------
+
+
+def to_fahrenheit(x: Any) -> Any:
+    """The map step: works on an array and on a Python float alike."""
+    return x * 1.8 + 32.0
+
+
+def is_warm(x: Any) -> Any:
+    """The filter step: a boolean mask for an array, a bool for a float."""
+    return x > THRESHOLD
+
+
+def fold_stats(acc: Stats, batch: np.ndarray) -> Stats:
+    """The reduce step for batches: running (sum, min, max)."""
+    return (
+        acc[0] + float(batch.sum()),
+        min(acc[1], float(batch.min())),
+        max(acc[2], float(batch.max())),
+    )
+
+
+def keep_rows(batch: np.ndarray) -> np.ndarray:
+    return batch[is_warm(batch)]
+
+
+def identity(batch: np.ndarray) -> np.ndarray:
+    return batch
+
+
+class Rebatcher:
+    """Cuts a stream of arrays into arrays of ``size`` rows (the last may be shorter)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.parts: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, arr: np.ndarray) -> list[np.ndarray]:
+        self.parts.append(arr)
+        self.rows += len(arr)
+        if self.rows < self.size:
+            return []
+        data = self._take_all()
+        cut = len(data) - len(data) % self.size
+        out = [data[i : i + self.size] for i in range(0, cut, self.size)]
+        if cut < len(data):
+            self.parts, self.rows = [data[cut:]], len(data) - cut
+        return out
+
+    def flush(self) -> list[np.ndarray]:
+        return [self._take_all()] if self.rows else []
+
+    def _take_all(self) -> np.ndarray:
+        parts = self.parts
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self.parts, self.rows = [], 0
+        return data
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def make_chunks(rows: int) -> list[np.ndarray]:
+    """The source data: arrays of ``SOURCE_CHUNK`` Celsius readings, seeded."""
+    rng = np.random.default_rng(SEED)
+    values = rng.normal(20.0, 10.0, rows)
+    return [values[i : i + SOURCE_CHUNK].copy() for i in range(0, rows, SOURCE_CHUNK)]
+
+
+def generator_of(items: list[Any]) -> Callable[[], Iterator[Any]]:
+    """A generator function over ``items`` (re-callable, so a flow can run many times)."""
+
+    def gen() -> Iterator[Any]:
+        yield from items
+
+    return gen
+
+
+# -- timing --------------------------------------------------------------------------------
+
+
+def best_of(fn: Callable[[], Any], reps: int) -> tuple[float, Any]:
+    """Best wall time of ``reps`` calls of ``fn`` and the result of the last one."""
+    best, result = math.inf, None
+    for _ in range(reps):
+        gc.collect()
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def best_of_async(fn: Callable[[], Awaitable[Any]], reps: int) -> tuple[float, Any]:
+    """Like :func:`best_of` for a coroutine function, timed inside one event loop."""
+
+    async def main() -> tuple[float, Any]:
+        best, result = math.inf, None
+        for _ in range(reps):
+            gc.collect()
+            t0 = time.perf_counter()
+            result = await fn()
+            best = min(best, time.perf_counter() - t0)
+        return best, result
+
+    return asyncio.run(main())
+
+
+# -- hand-written asyncio.Queue pipeline ---------------------------------------------------
+
+
+async def feed(items: Iterable[Any], out: asyncio.Queue[Any]) -> None:
+    for item in items:
+        await out.put(item)
+    await out.put(_END)
+
+
+async def relay(
+    inbox: asyncio.Queue[Any], out: asyncio.Queue[Any], fn: Callable[[Any], Iterable[Any]]
+) -> None:
+    """One stage task: ``fn`` turns each input into zero or more outputs."""
+    while (item := await inbox.get()) is not _END:
+        for o in fn(item):
+            await out.put(o)
+    await out.put(_END)
+
+
+async def batch_task(inbox: asyncio.Queue[Any], out: asyncio.Queue[Any], size: int) -> None:
+    rebatcher = Rebatcher(size)
+    while (arr := await inbox.get()) is not _END:
+        for b in rebatcher.add(arr):
+            await out.put(b)
+    for b in rebatcher.flush():
+        await out.put(b)
+    await out.put(_END)
+
+
+async def fold(inbox: asyncio.Queue[Any], fn: Callable[[Any, Any], Any], acc: Any) -> Any:
+    while (item := await inbox.get()) is not _END:
+        acc = fn(acc, item)
+    return acc
+
+
+async def queue_pipeline(
+    items: Iterable[Any],
+    stages: list[Callable[[asyncio.Queue[Any], asyncio.Queue[Any]], Awaitable[None]]],
+    fn: Callable[[Any, Any], Any],
+    initial: Any,
+) -> Any:
+    """Source task -> one task per stage -> fold, with bounded queues in between."""
+    queues: list[asyncio.Queue[Any]] = [
+        asyncio.Queue(QUEUE_SIZE) for _ in range(len(stages) + 1)
+    ]
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(feed(items, queues[0]))
+        for stage, inbox, out in zip(stages, queues, queues[1:], strict=False):
+            tg.create_task(stage(inbox, out))
+        folded = tg.create_task(fold(queues[-1], fn, initial))
+    return folded.result()
+
+
+def map_stage(fn: Callable[[Any], Any]) -> Callable[..., Awaitable[None]]:
+    return lambda inbox, out: relay(inbox, out, lambda x: (fn(x),))
+
+
+def filter_stage(pred: Callable[[Any], Any]) -> Callable[..., Awaitable[None]]:
+    return lambda inbox, out: relay(inbox, out, lambda x: (x,) if pred(x) else ())
+
+
+# -- 1. batched path -----------------------------------------------------------------------
+
+
+def batched_aflow(gen: Callable[[], Iterator[np.ndarray]], size: int) -> af.SinkFlow[Stats]:
+    return (
+        af.from_arrays(gen)
+        | af.batch(size)
+        | af.map_batches(to_fahrenheit)
+        | af.filter_rows(is_warm)
+        | af.reduce(fold_stats, EMPTY_STATS)
+    )
+
+
+async def run_aflow(flow: af.SinkFlow[Any]) -> Any:
+    return (await flow.run()).value
+
+
+def batched_queue(gen: Callable[[], Iterator[np.ndarray]], size: int) -> Awaitable[Stats]:
+    def kept(b: np.ndarray) -> tuple[np.ndarray, ...]:
+        k = keep_rows(b)
+        return (k,) if len(k) else ()
+
+    stages = [
+        lambda i, o: batch_task(i, o, size),
+        map_stage(to_fahrenheit),
+        lambda i, o: relay(i, o, kept),
+    ]
+    return queue_pipeline(gen(), stages, fold_stats, EMPTY_STATS)
+
+
+def rebatched(arrays: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    rebatcher = Rebatcher(size)
+    for arr in arrays:
+        yield from rebatcher.add(arr)
+    yield from rebatcher.flush()
+
+
+def batched_sync(gen: Callable[[], Iterator[np.ndarray]], size: int) -> Stats:
+    mapped = (to_fahrenheit(b) for b in rebatched(gen(), size))
+    kept = (k for k in (keep_rows(b) for b in mapped) if len(k))
+    acc = EMPTY_STATS
+    for b in kept:
+        acc = fold_stats(acc, b)
+    return acc
+
+
+def batched_numpy(values: np.ndarray) -> Stats:
+    y = to_fahrenheit(values)
+    y = y[is_warm(y)]
+    return float(y.sum()), float(y.min()), float(y.max())
+
+
+def bench_batched(sizes: Sizes, reps: int) -> list[tuple[int, list[Timing]]]:
+    chunks = make_chunks(sizes.rows)
+    gen = generator_of(chunks)
+    values = np.concatenate(chunks)
+    numpy_t = Timing("numpy single-shot", *best_of(lambda: batched_numpy(values), reps))
+    groups = []
+    for size in BATCH_SIZES:
+        flow = batched_aflow(gen, size)
+        timings = [
+            Timing("aflow", *best_of_async(lambda flow=flow: run_aflow(flow), reps)),
+            Timing(
+                "asyncio.Queue", *best_of_async(lambda s=size: batched_queue(gen, s), reps)
+            ),
+            Timing("sync generators", *best_of(lambda s=size: batched_sync(gen, s), reps)),
+            numpy_t,
+        ]
+        check_same(f"batched B={size:,}", timings)
+        groups.append((size, timings))
+    return groups
+
+
+# -- 2. element-wise path ------------------------------------------------------------------
+
+
+def element_aflow(gen: Callable[[], Iterator[float]]) -> af.SinkFlow[float]:
+    return (
+        af.from_iterable(gen)
+        | af.map(to_fahrenheit)
+        | af.filter(is_warm)
+        | af.reduce(operator.add, 0.0)
+    )
+
+
+def element_queue(gen: Callable[[], Iterator[float]]) -> Awaitable[float]:
+    stages = [map_stage(to_fahrenheit), filter_stage(is_warm)]
+    return queue_pipeline(gen(), stages, operator.add, 0.0)
+
+
+def chunked(items: Iterable[float], size: int) -> Iterator[list[float]]:
+    chunk: list[float] = []
+    for x in items:
+        chunk.append(x)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def element_queue_chunked(gen: Callable[[], Iterator[float]]) -> Awaitable[float]:
+    def map_chunk(c: list[float]) -> tuple[list[float]]:
+        return ([to_fahrenheit(x) for x in c],)
+
+    def filter_chunk(c: list[float]) -> tuple[list[float], ...]:
+        kept = [x for x in c if is_warm(x)]
+        return (kept,) if kept else ()
+
+    def add_chunk(acc: float, c: list[float]) -> float:
+        for x in c:
+            acc += x
+        return acc
+
+    stages = [
+        lambda i, o: relay(i, o, map_chunk),
+        lambda i, o: relay(i, o, filter_chunk),
+    ]
+    return queue_pipeline(chunked(gen(), ELEMENT_CHUNK), stages, add_chunk, 0.0)
+
+
+def element_sync(gen: Callable[[], Iterator[float]]) -> float:
+    acc = 0.0
+    for x in (y for y in (to_fahrenheit(v) for v in gen()) if is_warm(y)):
+        acc += x
+    return acc
+
+
+def bench_elements(sizes: Sizes, reps: int) -> list[Timing]:
+    floats = make_chunks(sizes.elements)
+    gen = generator_of(np.concatenate(floats).tolist())
+    flow = element_aflow(gen)
+    timings = [
+        Timing("aflow", *best_of_async(lambda: run_aflow(flow), reps)),
+        Timing("asyncio.Queue per element", *best_of_async(lambda: element_queue(gen), reps)),
+        Timing(
+            f"asyncio.Queue chunks of {ELEMENT_CHUNK}",
+            *best_of_async(lambda: element_queue_chunked(gen), reps),
+        ),
+        Timing("sync generators", *best_of(lambda: element_sync(gen), reps)),
+    ]
+    check_same("element-wise", timings)
+    return timings
+
+
+# -- 3. per-batch overhead of one stage ----------------------------------------------------
+
+
+def tiny_flow(gen: Callable[[], Iterator[np.ndarray]], stage: Any, n: int) -> af.SinkFlow[int]:
+    flow: Any = af.from_arrays(gen)
+    for _ in range(n):
+        flow = flow | stage()
+    return flow | af.discard()
+
+
+async def queue_relay_chain(items: list[np.ndarray], hops: int) -> int:
+    """Count items passed through ``hops`` asyncio.Queue relay tasks (0: a plain loop)."""
+    if hops == 0:
+        return sum(len(x) for x in items)
+    stages = [map_stage(identity)] * hops
+    return await queue_pipeline(items, stages, lambda acc, x: acc + len(x), 0)
+
+
+def overhead_us(t_base: float, t_more: float, batches: int) -> float:
+    return (t_more - t_base) / (batches * HOPS) * 1e6
+
+
+def bench_overhead(sizes: Sizes, reps: int) -> list[tuple[str, float, float, float]]:
+    n = sizes.tiny_batches
+    tiny = [np.array([float(i)]) for i in range(n)]
+    gen = generator_of(tiny)
+    cases: list[tuple[str, Callable[[int], Callable[[], Awaitable[Any]]]]] = [
+        ("aflow af.buffer(4) hop", lambda k: lambda: run_aflow(tiny_flow(gen, buffer4, k))),
+        ("aflow fused map_batches", lambda k: lambda: run_aflow(tiny_flow(gen, fused, k))),
+        ("asyncio.Queue relay hop", lambda k: lambda: queue_relay_chain(tiny, k)),
+    ]
+    rows = []
+    for label, make in cases:
+        t0, r0 = best_of_async(make(0), reps)
+        t3, r3 = best_of_async(make(HOPS), reps)
+        if not r0 == r3 == n:
+            fail(f"overhead {label}: row counts {r0}, {r3}, expected {n}")
+        rows.append((label, t0, t3, overhead_us(t0, t3, n)))
+    return rows
+
+
+def buffer4() -> af.Stage[Any, Any]:
+    return af.buffer(4)
+
+
+def fused() -> af.Stage[Any, Any]:
+    return af.map_batches(identity)
+
+
+# -- checking and reporting ----------------------------------------------------------------
+
+
+def fail(message: str) -> None:
+    sys.exit(f"RESULT MISMATCH: {message}")
+
+
+def check_same(case: str, timings: list[Timing]) -> None:
+    """Every implementation must agree with the first one (sum, min, max or just sum)."""
+    ref = np.atleast_1d(np.asarray(timings[0].result, dtype=float))
+    for t in timings[1:]:
+        got = np.atleast_1d(np.asarray(t.result, dtype=float))
+        if got.shape != ref.shape or not np.isclose(got, ref, rtol=1e-9, atol=0).all():
+            fail(f"{case}: {t.label} gave {t.result!r}, {timings[0].label} gave {ref.tolist()!r}")
+
+
+def print_batched(groups: list[tuple[int, list[Timing]]], rows: int, reps: int) -> None:
+    print(
+        f"\n1. Batched: {rows:,} float64 rows in source arrays of {SOURCE_CHUNK:,}, "
+        f"batch(B) -> map_batches -> filter_rows -> reduce(sum, min, max); best of {reps}"
+    )
+    head = f"{'B':>7}  {'implementation':<20} {'ms':>9} {'Mrows/s':>9} {'x numpy':>8} {'x aflow':>8}"
+    print(head)
+    print("-" * len(head))
+    for size, timings in groups:
+        numpy_s, aflow_s = timings[-1].seconds, timings[0].seconds
+        for i, t in enumerate(timings):
+            b = f"{size:,}" if i == 0 else ""
+            print(
+                f"{b:>7}  {t.label:<20} {t.seconds * 1e3:>9.2f} {rows / t.seconds / 1e6:>9.1f} "
+                f"{t.seconds / numpy_s:>8.2f} {t.seconds / aflow_s:>8.2f}"
+            )
+    total = groups[0][1][0].result
+    print(f"result: sum={total[0]:.6g} min={total[1]:.6g} max={total[2]:.6g} (all agree)")
+
+
+def print_elements(timings: list[Timing], n: int, reps: int) -> None:
+    print(
+        f"\n2. Element-wise: {n:,} Python floats, map -> filter -> reduce(sum); best of {reps}"
+    )
+    head = f"{'implementation':<29} {'ms':>9} {'Melem/s':>9} {'x aflow':>8}"
+    print(head)
+    print("-" * len(head))
+    aflow_s = timings[0].seconds
+    for t in timings:
+        print(
+            f"{t.label:<29} {t.seconds * 1e3:>9.2f} {n / t.seconds / 1e6:>9.2f} "
+            f"{t.seconds / aflow_s:>8.2f}"
+        )
+    print(f"result: sum={timings[0].result:.6g} (all agree)")
+
+
+def print_overhead(rows: list[tuple[str, float, float, float]], n: int, reps: int) -> None:
+    print(
+        f"\n3. Per-batch overhead: {n:,} one-row batches, 0 vs {HOPS} extra stages; best of {reps}"
+    )
+    head = f"{'stage':<25} {'0 stages ms':>12} {f'{HOPS} stages ms':>12} {'us/batch/stage':>15}"
+    print(head)
+    print("-" * len(head))
+    for label, t0, t3, us in rows:
+        print(f"{label:<25} {t0 * 1e3:>12.2f} {t3 * 1e3:>12.2f} {us:>15.2f}")
+
+
+def print_targets(
+    groups: list[tuple[int, list[Timing]]],
+    elements: list[Timing],
+    overhead: list[tuple[str, float, float, float]],
+) -> None:
+    hop_us = overhead[0][3]
+    big = dict(groups)[max(BATCH_SIZES)]
+    numpy_ratio = big[0].seconds / big[-1].seconds
+    per_element, per_chunk = elements[1].seconds, elements[2].seconds
+    checks = [
+        (f"one stage hop < {TARGET_HOP_US:g} us per batch", f"{hop_us:.2f} us", hop_us < TARGET_HOP_US),
+        (
+            f"aflow with B={max(BATCH_SIZES):,} within {TARGET_NUMPY_RATIO}x of numpy",
+            f"{numpy_ratio:.2f}x",
+            numpy_ratio <= TARGET_NUMPY_RATIO,
+        ),
+        (
+            "element-wise aflow >= asyncio.Queue per element",
+            f"{per_element / elements[0].seconds:.2f}x faster",
+            elements[0].seconds <= per_element,
+        ),
+        (
+            f"element-wise aflow >= asyncio.Queue chunks of {ELEMENT_CHUNK} (extra)",
+            f"{per_chunk / elements[0].seconds:.2f}x faster",
+            elements[0].seconds <= per_chunk,
+        ),
+    ]
+    print("\nTargets (informational)")
+    for name, value, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {name:<58} {value}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10x less data (CI smoke run)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions; the best counts")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    scale = 10 if args.quick else 1
+    sizes = Sizes(1_000_000 // scale, 200_000 // scale, 50_000 // scale)
+    print(
+        f"aflow {af.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}"
+        f"{' (quick)' if args.quick else ''}"
+    )
+    groups = bench_batched(sizes, args.reps)
+    print_batched(groups, sizes.rows, args.reps)
+    elements = bench_elements(sizes, args.reps)
+    print_elements(elements, sizes.elements, args.reps)
+    overhead = bench_overhead(sizes, args.reps)
+    print_overhead(overhead, sizes.tiny_batches, args.reps)
+    print_targets(groups, elements, overhead)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Shared fixtures.
+
+Backend-neutral tests are marked ``pytest.mark.anyio`` and run once per backend through
+anyio's ``anyio_backend`` parametrization (asyncio and trio); asyncio-only tests use
+pytest-asyncio in strict mode (``pytest.mark.asyncio``). Neither plugin runs in auto mode.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

@@ -1,0 +1,178 @@
+"""Flows: composition, re-running, iteration, sync entry point, live statistics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import numpy as np
+import pytest
+
+import aflow as af
+from aflow.testing import CountingSource
+
+pytestmark = pytest.mark.anyio
+
+
+def fib() -> Iterator[int]:
+    a, b = 0, 1
+    while True:
+        yield a
+        a, b = b, a + b
+
+
+def primes() -> Iterator[int]:
+    found: list[int] = []
+    n = 2
+    while True:
+        if all(n % p for p in found if p * p <= n):
+            found.append(n)
+            yield n
+        n += 1
+
+
+async def test_infinite_generators_stop_with_take() -> None:
+    flow = af.from_iterable(fib) | af.take(10) | af.collect()
+    assert (await flow.run()).value == [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]
+    first = await (af.from_iterable(primes) | af.take(8) | af.collect()).run()
+    assert first.value == [2, 3, 5, 7, 11, 13, 17, 19]
+
+
+async def test_take_closes_the_infinite_source() -> None:
+    src = CountingSource()
+    result = await (af.from_iterable(src) | af.take(1000) | af.collect()).run()
+    assert result.value == list(range(1000))
+    assert src.closed == 1
+    assert src.produced <= 1000 + 256  # at most one chunk beyond what was needed
+
+
+async def test_running_a_flow_twice_gives_the_same_result() -> None:
+    src = CountingSource(5000)
+    flow = (
+        af.from_iterable(src)
+        | af.map(lambda x: x * 3)
+        | af.filter(lambda x: x % 2 == 0)
+        | af.batch(128, dtype="i8")
+        | af.map_batches(np.sqrt)
+        | af.collect()
+    )
+    first = (await flow.run()).value
+    second = (await flow.run()).value
+    np.testing.assert_array_equal(first, second)
+    assert src.runs == 2
+    expected = np.sqrt(np.array([x * 3 for x in range(5000) if x * 3 % 2 == 0]))
+    np.testing.assert_allclose(first, expected)
+
+
+async def test_async_generator_function_is_rerunnable() -> None:
+    async def agen() -> AsyncIterator[int]:
+        for i in range(20):
+            await anyio.sleep(0)
+            yield i
+
+    flow = af.from_iterable(agen) | af.map(lambda x: -x) | af.collect()
+    assert (await flow.run()).value == (await flow.run()).value == [-i for i in range(20)]
+
+
+async def test_generator_object_runs_once_then_says_why() -> None:
+    flow = af.from_iterable(x for x in range(3)) | af.collect()
+    assert (await flow.run()).value == [0, 1, 2]
+    with pytest.raises(af.SourceReusedError, match="generator function"):
+        await flow.run()
+
+
+async def test_flow_without_sink_collects_and_iterates() -> None:
+    flow = af.from_iterable(range(10)) | af.map(lambda x: x + 1)
+    assert (await flow.run()).value == list(range(1, 11))
+    seen = [x async for x in flow]
+    assert seen == list(range(1, 11))
+
+
+async def test_open_yields_items_and_envelopes() -> None:
+    flow = af.from_iterable(range(10)) | af.batch(4)
+    async with flow.open() as run:
+        reasons = [(len(b), b.reason) async for b in run.envelopes()]
+    assert reasons == [(4, "count"), (4, "count"), (2, "end")]
+
+
+async def test_breaking_out_of_open_stops_the_source() -> None:
+    src = CountingSource()
+    async with (af.from_iterable(src) | af.map(str)).open() as run:
+        async for item in run:
+            if item == "500":
+                break
+    assert src.closed == 1
+    assert src.produced < 500 + 10 * 256
+
+
+async def test_stages_compose_into_reusable_fragments() -> None:
+    clean = af.filter(lambda x: x is not None) | af.map(lambda x: x * 2)
+    sink = af.map(lambda x: x + 1) | af.collect()
+    data = [1, None, 2, None, 3]
+    assert (await (af.from_iterable(data) | clean | sink).run()).value == [3, 5, 7]
+    assert (await (af.from_iterable(data[::-1]) | clean).run()).value == [6, 4, 2]
+
+
+async def test_composition_mistakes_fail_at_build_time() -> None:
+    done = af.from_iterable([1]) | af.collect()
+    with pytest.raises(af.FlowDefinitionError, match="already ends in a sink"):
+        done | af.map(str)  # type: ignore[operator]
+    with pytest.raises(af.FlowDefinitionError, match="must be a stage"):
+        af.from_iterable([1]) | (lambda x: x)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="on_error"):
+        af.map(str, on_error="ignore")  # type: ignore[arg-type]
+
+
+async def test_statistics_count_every_stage() -> None:
+    flow = (
+        af.from_iterable(range(1000))
+        | af.filter(lambda x: x % 2 == 0)
+        | af.batch(100, dtype="i8")
+        | af.map_batches(lambda b: b * 2)
+        | af.collect()
+    )
+    result = await flow.run()
+    stats = result.statistics
+    assert stats.stage("from_iterable(range)").items_out == 1000
+    assert stats.stage("filter(lambda)").items_in == 1000
+    assert stats.stage("filter(lambda)").items_out == 500
+    batch = stats.stage("batch(100)")
+    assert (batch.items_out, batch.batches_out, batch.bytes_out) == (500, 5, 500 * 8)
+    assert stats.stage("collect").items_in == 500
+    assert "map_batches(lambda)" in stats.format()
+
+
+async def test_statistics_are_readable_while_running() -> None:
+    src = CountingSource(delay=0.001)
+    flow = af.from_iterable(src) | af.buffer(2) | af.discard()
+    async with flow.open() as run:
+        with anyio.fail_after(5):
+            while run.statistics().stage("discard").items_in < 20:
+                await anyio.sleep(0.01)
+        live = run.statistics()
+        run.stop()
+        result = await run.wait()
+    assert live.stage("discard").items_in >= 20
+    assert result.value >= live.stage("discard").items_in
+    assert result.statistics.seconds >= live.seconds
+
+
+def test_run_from_sync_code_on_both_backends() -> None:
+    flow = af.from_iterable(range(5)) | af.map(lambda x: x * x) | af.collect()
+    assert af.run(flow).value == [0, 1, 4, 9, 16]
+    assert af.run(flow, backend="trio").value == [0, 1, 4, 9, 16]
+
+
+async def test_from_array_slices_views_without_copying() -> None:
+    data = np.arange(10_000, dtype=np.float64)
+    seen: list[np.ndarray] = []
+    await (af.from_array(data, 4096) | af.for_each(seen.append)).run()
+    assert [len(b) for b in seen] == [4096, 4096, 1808]
+    assert all(np.shares_memory(b, data) for b in seen)
+
+
+async def test_batches_carry_provenance() -> None:
+    flow = af.from_array(np.arange(10), 4, name="readings") | af.map_batches(lambda b: b + 1)
+    async with flow.open() as run:
+        provs = [str(b.provenance) async for b in run.envelopes()]
+    assert provs == ["readings rows 0..4", "readings rows 4..8", "readings rows 8..10"]
