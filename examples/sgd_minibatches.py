@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         f"shuffle buffer {args.shuffle_buffer:,} rows"
     )
     t0 = time.perf_counter()
-    result = anyio.run(
-        train, args.rows, args.epochs, args.batch_size, args.shuffle_buffer, args.lr
-    )
+    result = anyio.run(train, args.rows, args.epochs, args.batch_size, args.shuffle_buffer, args.lr)
     elapsed = time.perf_counter() - t0
     w, b, stats = result["w"], result["b"], result["stats"]
 
@@ -144,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # The run must have delivered every row of every epoch, and the model must have converged.
     if result["seen"] != args.rows * args.epochs:
-        raise SystemExit(f"FAILED: saw {result['seen']:,} rows, expected {args.rows * args.epochs:,}")
+        raise SystemExit(
+            f"FAILED: saw {result['seen']:,} rows, expected {args.rows * args.epochs:,}"
+        )
     w_err = float(np.max(np.abs(w - TRUE_W)))
     b_err = abs(float(b - TRUE_B))
     if not (w_err < 0.05 and b_err < 0.05 and result["loss"] < 2 * NOISE**2):

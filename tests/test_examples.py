@@ -1,0 +1,57 @@
+"""The scripts in examples/ run to completion (as real subprocesses) and print their report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=EXAMPLES.parent,
+    )
+
+
+def assert_ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_sgd_minibatches_converges_on_a_small_stream() -> None:
+    out = assert_ok(run_example("sgd_minibatches.py", "--rows", "20000", "--epochs", "2"))
+    assert "epochs: 2, rows seen: 40,000" in out
+    assert "final held-out MSE:" in out
+    assert "true    w:" in out
+    assert "learned w:" in out
+    assert "peak bytes in flight" in out
+    assert "converged: max |w - w_true|" in out
+
+
+def test_sgd_minibatches_fails_when_the_model_does_not_converge() -> None:
+    # Too few rows for SGD to converge: the script's own check must fail it.
+    proc = run_example("sgd_minibatches.py", "--rows", "3000", "--epochs", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "did not converge" in proc.stderr
+
+
+def test_generators_tour() -> None:
+    out = assert_ok(run_example("generators_tour.py"))
+    assert "fibonacci | take(10): [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]" in out
+    assert "10 with chunk_size=1" in out
+    assert "primes | take_while(p < 100): 25 primes, last 97" in out
+    assert "primes | take(10): [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]" in out
+    assert "5 int64 batches of [1024, 1024, 1024, 1024, 904] rows" in out
+    assert "concat(letters, fibonacci | take(5), range(3)): ['a', 'b', 'c', 0, 1, 1, 2, 3" in out
+    assert "second pass [] (exhausted)" in out
+    assert "run 1 [1, 2, 5, 10, 17] == run 2 [1, 2, 5, 10, 17]" in out
+    assert "run 2 raises SourceReusedError" in out
+    assert "merge(a every 40 ms, b every 50 ms):" in out
+    assert "all sections ok" in out
