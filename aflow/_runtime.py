@@ -277,7 +277,8 @@ class Segment:
                         c.count_in(m)
                         out.extend(runner.process(m))
             except Exception as exc:
-                raise locate(exc, c.name, m) from None
+                locate(exc, c.name, m)
+                raise
             c.busy_seconds += perf_counter() - t0
             for o in out:
                 c.count_out(o)
@@ -299,7 +300,8 @@ class Segment:
             try:
                 flushed = runner.finish()
             except Exception as exc:
-                raise locate(exc, c.name) from None
+                locate(exc, c.name)
+                raise
             for o in flushed:
                 c.count_out(o)
             msgs, _ = await self._push(flushed, i + 1)

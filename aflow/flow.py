@@ -13,6 +13,8 @@ written.
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Generic, NamedTuple, TypeVar, overload
@@ -461,17 +463,51 @@ def run(
     buffer: int = DEFAULT_BUFFER,
     max_bytes: int | None = None,
     grace: float = DEFAULT_GRACE,
+    handle_signals: bool = True,
 ) -> RunResult[Any]:
     """Run ``flow`` from synchronous code (a script, a notebook cell, a test).
 
-    Ctrl-C stops the run gracefully (sources stop, partial batches are flushed, files and
-    sockets are closed) and then raises ``KeyboardInterrupt``.
+    With ``handle_signals`` (and when called from the main thread), Ctrl-C (SIGINT) stops
+    the run gracefully: sources stop, partial batches are flushed, files and sockets are
+    closed, then ``KeyboardInterrupt`` is raised. SIGTERM stops it the same way and the
+    result so far is returned. A second Ctrl-C during the grace period cancels at once.
 
     Args:
         backend: ``"asyncio"`` or ``"trio"``.
+        handle_signals: install the SIGINT/SIGTERM handlers described above.
     """
+    interrupted: list[int] = []
+    if isinstance(flow, Flow):
+        from .sinks.collect import collect
+
+        flow = flow | collect()
 
     async def main() -> RunResult[Any]:
-        return await flow.run(buffer=buffer, max_bytes=max_bytes, grace=grace)
+        async with flow.open(buffer=buffer, max_bytes=max_bytes, grace=grace) as r:
+            if not (handle_signals and threading.current_thread() is threading.main_thread()):
+                return await r.wait()
+            error: Exception | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signals, r, interrupted)
+                try:
+                    result = await r.wait()
+                except Exception as exc:  # raised below, outside the task group, as itself
+                    error = exc
+                tg.cancel_scope.cancel()
+        if interrupted and interrupted[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        if error is not None:
+            raise error
+        return result
 
     return anyio.run(main, backend=backend)
+
+
+async def _stop_on_signals(r: Run[Any], seen: list[int]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            seen.append(signum)
+            if len(seen) == 1:
+                r.stop()
+            else:
+                r._scope.cancel()

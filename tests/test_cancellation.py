@@ -227,7 +227,7 @@ CTRL_C_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("backend", ["asyncio"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_ctrl_c_stops_promptly_and_flushes(tmp_path: Path, backend: str) -> None:
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT)
@@ -251,3 +251,36 @@ def test_ctrl_c_stops_promptly_and_flushes(tmp_path: Path, backend: str) -> None
     assert fields["produced"] == fields["written"]
     assert int(fields["last"]) < 1000
     assert fields["closed"] == "1"
+
+
+SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import aflow as af
+    from aflow.testing import CountingSource
+
+    src = CountingSource()
+    flow = (af.from_iterable(src) | af.throttle(20_000, burst=500)
+            | af.batch(1000) | af.map(len) | af.reduce(lambda a, n: a + n, 0))
+    print("running", flush=True)
+    result = af.run(flow, backend=sys.argv[1])
+    print(f"stopped total={result.value} produced={src.produced}", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sigterm_stops_gracefully_and_returns_the_result(tmp_path: Path, backend: str) -> None:
+    script = tmp_path / "sigterm.py"
+    script.write_text(SIGTERM_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), backend], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "running"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    fields = dict(kv.split("=") for kv in out.split()[1:])
+    assert int(fields["total"]) == int(fields["produced"]) > 0
