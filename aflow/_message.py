@@ -67,12 +67,12 @@ Message: TypeAlias = "list[Any] | Batch"
 
 def message_rows(msg: Message) -> int:
     """Number of elements (for a chunk) or rows (for a batch) in ``msg``."""
-    return len(msg.data) if type(msg) is Batch else len(msg)
+    return len(msg.data) if isinstance(msg, Batch) else len(msg)
 
 
 def message_bytes(msg: Message) -> int:
     """Bytes held by the arrays of ``msg`` (0 for a chunk of plain Python elements)."""
-    return msg.data.nbytes if type(msg) is Batch else 0
+    return msg.data.nbytes if isinstance(msg, Batch) else 0
 
 
 def as_array(value: Any) -> NDArray[Any]:

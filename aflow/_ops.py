@@ -35,9 +35,9 @@ __all__ = [
     "FunctionOp",
     "Op",
     "Outlet",
-    "Source",
     "SinkOp",
     "SinkWriter",
+    "Source",
     "TaskOp",
 ]
 
@@ -51,7 +51,7 @@ class Emit(Protocol):
     async def __call__(self, msg: Message, /) -> None: ...
 
 
-class Op(ABC):
+class Op:
     """A primitive stage description. ``name`` labels its statistics and errors."""
 
     name: str = "op"
@@ -104,19 +104,19 @@ class FunctionOp(ChunkOp, ChunkRunner):
         return self
 
     def process(self, msg: Message) -> list[Message]:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             return self.apply_batch(msg)
-        out = self.apply_chunk(msg)  # type: ignore[arg-type]
+        out = self.apply_chunk(msg)
         return [out] if out else []
 
     async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             try:
                 return self.apply_batch(msg)
             except Exception as exc:
                 outs = await recover(
                     self.on_error,
-                    lambda: self.apply_batch(msg),  # type: ignore[arg-type]
+                    lambda: self.apply_batch(msg),
                     msg.data,
                     exc,
                     self.name,
@@ -125,10 +125,10 @@ class FunctionOp(ChunkOp, ChunkRunner):
                 )
                 return outs
         out: list[Any] = []
-        for item in msg:  # type: ignore[union-attr]
+        for item in msg:
             try:
                 out.extend(self.apply_one(item))
-            except Exception as exc:  # noqa: PERF203 - the guarded path is per item by design
+            except Exception as exc:
                 out.extend(
                     await recover(
                         self.on_error,
@@ -174,7 +174,7 @@ class TaskOp(Op):
 class Outlet(Protocol):
     """What a source sees of the run: where to emit and whether to stop."""
 
-    emit: Emit
+    async def emit(self, msg: Message, /) -> None: ...
 
     @property
     def stopping(self) -> bool: ...

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import anyio
@@ -175,7 +175,7 @@ class _FusedSink:
         if not self.opened:
             self.opened = True
             await self.writer.open()
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             await self.writer.write_batch(msg)
         else:
             await self.writer.write_chunk(msg)
@@ -200,13 +200,11 @@ def locate(exc: BaseException, stage: str, msg: Message | None = None) -> BaseEx
     """Attach (once) a note naming the stage, and the batch's provenance, to ``exc``."""
     if not getattr(exc, "_aflow_located", False):
         where = f"aflow: raised in stage {stage!r}"
-        if type(msg) is Batch and msg.provenance is not None:
+        if isinstance(msg, Batch) and msg.provenance is not None:
             where += f" on rows from {msg.provenance}"
         exc.add_note(where)
-        try:
+        with suppress(AttributeError):  # exceptions with __slots__ just get no mark
             exc._aflow_located = True  # type: ignore[attr-defined]
-        except AttributeError:  # pragma: no cover - exceptions with __slots__
-            pass
     return exc
 
 
@@ -342,9 +340,7 @@ class RunContext:
         self.tg = tg
         self.counters = RunCounters()
         self.buffer = buffer
-        self.edge_max_bytes = (
-            None if max_bytes is None else max(1, max_bytes // max(1, edge_count))
-        )
+        self.edge_max_bytes = None if max_bytes is None else max(1, max_bytes // max(1, edge_count))
         self.stopping = False
         self.first_error: BaseException | None = None
         self.writers: list[SinkWriter[Any, Any]] = []

@@ -46,7 +46,7 @@ class Batcher(ChunkRunner):
         return (by_bytes, "bytes") if by_bytes < self.size else (self.size, "count")
 
     def add(self, msg: Message) -> None:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             arr, prov = msg.data, msg.provenance
             if self.dtype is not None and arr.dtype != self.dtype:
                 arr = arr.astype(self.dtype)
@@ -240,7 +240,7 @@ class _UnbatchRunner(ChunkRunner):
         self.chunk = chunk
 
     def process(self, msg: Message) -> list[Message]:
-        if type(msg) is not Batch:
+        if not isinstance(msg, Batch):
             return [msg]
         rows = msg.data.tolist() if msg.data.dtype.names is None else list(msg.data)
         step = self.chunk

@@ -17,7 +17,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Generic, NamedTuple, TypeVar, overload
+from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
 
 import anyio
 from anyio.abc import TaskStatus
@@ -290,7 +290,7 @@ class Run(Generic[R_co]):
             raise
         self._raise_error()
         writer = self._sink_writer
-        value = writer.result() if writer is not None else None
+        value = cast(R_co, writer.result() if writer is not None else None)
         return RunResult(value, self.statistics())
 
     def _raise_error(self) -> None:
@@ -360,7 +360,7 @@ class Run(Generic[R_co]):
                     for writer in ctx.writers:
                         try:
                             await writer.aclose()
-                        except Exception as exc:  # noqa: PERF203 - close them all regardless
+                        except Exception as exc:
                             ctx.fail(exc)
             self._done.set()
 
@@ -393,7 +393,7 @@ class _Items:
     async def __anext__(self) -> Any:
         while self._pos >= len(self._chunk):
             msg = await self._run._next_message()
-            if type(msg) is Batch:
+            if isinstance(msg, Batch):
                 return msg.data
             self._chunk, self._pos = msg, 0
         self._pos += 1
@@ -420,12 +420,12 @@ class _RunManager(Generic[R_co]):
     def __call__(self) -> Any:  # pragma: no cover - guards a common slip
         raise TypeError("flow.open() is an async context manager: `async with flow.open()`")
 
-    def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Run[R_co]:
         self._cm = self._open()
-        return self._cm.__aenter__()
+        return await self._cm.__aenter__()
 
-    def __aexit__(self, *exc: Any) -> Any:
-        return self._cm.__aexit__(*exc)
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._cm.__aexit__(*exc)
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[Run[R_co]]:

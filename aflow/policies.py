@@ -121,7 +121,7 @@ def dead_letter(target: DeadLetterTarget) -> DeadLetter:
 def check_policy(policy: object) -> ErrorPolicy:
     """Validate an ``on_error=`` argument early, at flow build time."""
     if policy in ("raise", "skip") or isinstance(policy, Retry | DeadLetter):
-        return policy  # type: ignore[return-value]
+        return policy
     raise ValueError(
         f"on_error={policy!r}: use 'raise', 'skip', aflow.retry(...) or aflow.dead_letter(...)"
     )
@@ -148,7 +148,7 @@ async def recover(
             try:
                 result = call()
                 return await result if inspect.isawaitable(result) else result
-            except Exception as exc:  # noqa: PERF203 - one item, at most `attempts` times
+            except Exception as exc:
                 error = exc
         fallback = policy.then
         if fallback == "raise":

@@ -108,7 +108,7 @@ class StageCounters:
     buffer_high_water: int = 0
 
     def count_in(self, msg: Message) -> None:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             self.items_in += len(msg.data)
             self.batches_in += 1
             self.bytes_in += msg.data.nbytes
@@ -116,7 +116,7 @@ class StageCounters:
             self.items_in += len(msg)
 
     def count_out(self, msg: Message) -> None:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             self.items_out += len(msg.data)
             self.batches_out += 1
             self.bytes_out += msg.data.nbytes

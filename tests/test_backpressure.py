@@ -22,9 +22,7 @@ async def test_slow_sink_pauses_a_fast_source() -> None:
         consumed += 1
 
     flow = (
-        af.from_iterable(src, chunk_size=10)
-        | af.map(lambda x: x + 1)
-        | af.for_each(slow, buffer=2)
+        af.from_iterable(src, chunk_size=10) | af.map(lambda x: x + 1) | af.for_each(slow, buffer=2)
     )
     async with flow.open() as run:
         await anyio.sleep(0.5)

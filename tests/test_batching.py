@@ -64,9 +64,7 @@ def test_rebatch_is_independent_of_how_the_input_was_split(
         np.testing.assert_array_equal(a.data, b.data)
 
 
-def expected_timed_batches(
-    delays: list[int], size: int, timeout: int
-) -> list[tuple[int, str]]:
+def expected_timed_batches(delays: list[int], size: int, timeout: int) -> list[tuple[int, str]]:
     """Model of ``batch(size, timeout)``: (rows, reason) of each batch, times in ticks."""
     out: list[tuple[int, str]] = []
     now, rows, start = 0, 0, 0

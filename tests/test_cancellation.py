@@ -76,11 +76,15 @@ async def test_cancel_with_tasks_blocked_everywhere_leaves_nothing_running() -> 
         await anyio.sleep_forever()
 
     fast = CountingSource()
-    flow = af.merge(
-        af.from_iterable(hanging_source(3, closed)),  # waits for data
-        af.from_iterable(fast) | af.buffer(1),  # waits for room
-        af.from_array(np.arange(10), 5) | af.map_batches(slow_in_thread, thread=True),
-    ) | af.map(never, concurrency=2) | af.for_each(slow_sink)
+    flow = (
+        af.merge(
+            af.from_iterable(hanging_source(3, closed)),  # waits for data
+            af.from_iterable(fast) | af.buffer(1),  # waits for room
+            af.from_array(np.arange(10), 5) | af.map_batches(slow_in_thread, thread=True),
+        )
+        | af.map(never, concurrency=2)
+        | af.for_each(slow_sink)
+    )
     before = _running_tasks()
     with anyio.move_on_after(0.3):
         async with flow.open(grace=0.2) as run:

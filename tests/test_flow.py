@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 import pytest
 
@@ -67,7 +68,7 @@ async def test_running_a_flow_twice_gives_the_same_result() -> None:
 async def test_async_generator_function_is_rerunnable() -> None:
     async def agen() -> AsyncIterator[int]:
         for i in range(20):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             yield i
 
     flow = af.from_iterable(agen) | af.map(lambda x: -x) | af.collect()
@@ -147,7 +148,7 @@ async def test_statistics_are_readable_while_running() -> None:
     flow = af.from_iterable(src) | af.buffer(2) | af.discard()
     async with flow.open() as run:
         with anyio.fail_after(5):
-            while run.statistics().stage("discard").items_in < 20:
+            while run.statistics().stage("discard").items_in < 20:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         live = run.statistics()
         run.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 import pytest
 
@@ -83,7 +84,7 @@ async def test_retry_then_dead_letter() -> None:
 
 async def test_async_map_with_policy_and_concurrency() -> None:
     async def parse_async(text: str) -> float:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return float(text)
 
     dead: list[af.FailedItem] = []

@@ -138,8 +138,10 @@ def test_throttle_spaces_items_on_a_virtual_clock() -> None:
 
 def test_throttle_charges_batches_by_rows() -> None:
     times: list[float] = []
-    flow = af.from_array(np.zeros(300), 100) | af.throttle(1000) | af.for_each(
-        lambda b: times.append(anyio.current_time())
+    flow = (
+        af.from_array(np.zeros(300), 100)
+        | af.throttle(1000)
+        | af.for_each(lambda b: times.append(anyio.current_time()))
     )
     run_virtual(flow)
     assert np.diff(times) == pytest.approx([0.1, 0.1])
@@ -168,7 +170,9 @@ async def test_merge_reads_sources_concurrently() -> None:
         af.from_iterable(lambda: ticks("a", 10)), af.from_iterable(lambda: ticks("b", 10))
     )
     result = await flow.run()
-    assert sorted(result.value) == sorted([f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)])
+    assert sorted(result.value) == sorted(
+        [f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)]
+    )
     assert time.perf_counter() - started < 0.19  # not one after the other
 
 

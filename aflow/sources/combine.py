@@ -155,7 +155,7 @@ async def _refill(edge: Edge, items: deque[Any]) -> bool:
         msg: Message = await edge.receive()
     except anyio.EndOfStream:
         return False
-    if type(msg) is Batch:
+    if isinstance(msg, Batch):
         items.append(msg.data)
     else:
         items.extend(msg)

@@ -11,7 +11,7 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, Provenance
+from .._message import Batch, BatchReason, Provenance
 from .._ops import Outlet, Source, callable_name
 from .._runtime import RunContext
 from ..errors import SourceReusedError
@@ -210,7 +210,7 @@ class _ArraySource(Source):
             if out.stopping:
                 return
             stop = min(start + step, len(arr))
-            reason = "count" if stop - start == step else "end"
+            reason: BatchReason = "count" if stop - start == step else "end"
             await out.emit(Batch(arr[start:stop], reason, Provenance(self.name, start, stop)))
 
 

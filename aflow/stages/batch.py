@@ -28,9 +28,9 @@ class _MapBatchesOp(FunctionOp):
         self.fn = fn
 
     def process(self, msg: Message) -> list[Message]:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             return self.apply_batch(msg)
-        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]  # type: ignore[arg-type]
+        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]
 
     def apply_batch(self, batch: Batch) -> list[Message]:
         out = self.fn(batch.data)
@@ -84,9 +84,9 @@ class _FilterRowsOp(FunctionOp):
         self.fn = fn
 
     def process(self, msg: Message) -> list[Message]:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             return self.apply_batch(msg)
-        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]  # type: ignore[arg-type]
+        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]
 
     def apply_batch(self, batch: Batch) -> list[Message]:
         mask = np.asarray(self.fn(batch.data))

@@ -130,15 +130,15 @@ def _coalesce(msgs: list[Message]) -> list[Message]:
     """Join runs of element chunks into one chunk (fewer, larger messages downstream)."""
     out: list[Message] = []
     for m in msgs:
-        if type(m) is not Batch and out and type(out[-1]) is not Batch:
-            out[-1] = [*out[-1], *m]  # type: ignore[misc]
+        if not isinstance(m, Batch) and out and not isinstance(out[-1], Batch):
+            out[-1] = [*out[-1], *m]
         else:
             out.append(m)
     return out
 
 
 def _split_elements(msg: Message) -> list[Message]:
-    if type(msg) is Batch:
+    if isinstance(msg, Batch):
         return [msg]
     return [[item] for item in msg]
 
@@ -163,23 +163,25 @@ def concurrent_map(
     if thread or not inspect.iscoroutinefunction(fn):
         from .element import _MapOp
 
-        return threaded(_MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer,
-                        ordered=ordered)
+        return threaded(
+            _MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer, ordered=ordered
+        )
 
     async def work(unit: Message, counters: StageCounters) -> list[Message]:
-        value = unit.data if type(unit) is Batch else unit[0]  # type: ignore[index]
+        value = unit.data if isinstance(unit, Batch) else unit[0]
         try:
             result = await fn(value)
         except Exception as exc:
             if on_error == "raise":
                 raise
-            prov = unit.provenance if type(unit) is Batch else None
-            outs = await recover(on_error, lambda: _call_async(fn, value), value, exc, label,
-                                 prov, counters)
+            prov = unit.provenance if isinstance(unit, Batch) else None
+            outs = await recover(
+                on_error, lambda: _call_async(fn, value), value, exc, label, prov, counters
+            )
             if not outs:
                 return []
             result = outs[0]
-        if type(unit) is Batch:
+        if isinstance(unit, Batch):
             import numpy as np
 
             if isinstance(result, np.ndarray):

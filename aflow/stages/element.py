@@ -159,7 +159,7 @@ class _TakeRunner(ChunkRunner):
         left = self.left
         if left <= 0:
             return []
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             if len(msg.data) >= left:
                 self.left, self.done = 0, True
                 return [msg.with_data(msg.data[:left])] if left else []
@@ -200,11 +200,11 @@ class _SkipRunner(ChunkRunner):
         left = self.left
         if left <= 0:
             return [msg]
-        size = len(msg.data) if type(msg) is Batch else len(msg)
+        size = len(msg.data) if isinstance(msg, Batch) else len(msg)
         self.left = max(0, left - size)
         if size <= left:
             return []
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             return [msg.with_data(msg.data[left:])]
         return [msg[left:]]
 
@@ -232,7 +232,7 @@ class _TakeWhileRunner(ChunkRunner):
     def process(self, msg: Message) -> list[Message]:
         if self.done:
             return []
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             if self.fn(msg.data):
                 return [msg]
             self.done = True
@@ -266,7 +266,7 @@ class _ScanRunner(ChunkRunner):
 
     def process(self, msg: Message) -> list[Message]:
         fn = self.fn
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             self.acc = fn(self.acc, msg.data)
             return _rewrap(msg, self.acc)
         out = []

@@ -41,9 +41,9 @@ class _ShuffleRunner(ChunkRunner):
         self.batch_rows = 0
 
     def process(self, msg: Message) -> list[Message]:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             return self._rows(msg)
-        return self._elements(msg)  # type: ignore[arg-type]
+        return self._elements(msg)
 
     def _elements(self, items: list[Any]) -> list[Message]:
         buf, size = self.elements, self.size
@@ -133,7 +133,7 @@ class _SampleRunner(ChunkRunner):
         self.rng = np.random.default_rng(seed)
 
     def process(self, msg: Message) -> list[Message]:
-        if type(msg) is Batch:
+        if isinstance(msg, Batch):
             keep = self.rng.random(len(msg.data)) < self.fraction
             rows = msg.data[keep]
             return [msg.with_data(rows)] if len(rows) else []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import anyio
 
@@ -31,13 +31,13 @@ class _ThrottleOp(TaskOp):
         slack = (self.burst - 1) * interval
         next_at = -math.inf
         async for msg in inbox:
-            pieces: list[Message] = [msg] if type(msg) is Batch else [[x] for x in msg]
+            pieces: list[Message] = [msg] if isinstance(msg, Batch) else [[x] for x in msg]
             for piece in pieces:
                 now = anyio.current_time()
                 at = max(next_at, now - slack)
                 if at > now:
                     await anyio.sleep(at - now)
-                cost = len(piece.data) if type(piece) is Batch else 1
+                cost = len(piece.data) if isinstance(piece, Batch) else 1
                 next_at = at + cost * interval
                 await emit(piece)
 
@@ -113,5 +113,3 @@ def buffer(size: int, *, max_bytes: int | None = None) -> Stage[T, T]:
     if size < 1:
         raise ValueError(f"buffer({size}): size must be at least 1")
     return Stage(_BufferOp(size, max_bytes))
-
-
