@@ -231,6 +231,7 @@ class Segment:
         self.inbox = inbox
         self.blocked = blocked
         self.checkpoint_each_emit = isinstance(downstream, _FusedSink)
+        self._resumed = perf_counter()
 
     # -- the Outlet protocol, for sources ---------------------------------------------
     @property
@@ -247,11 +248,14 @@ class Segment:
         hc = self.head_counters
         if hc is not None:
             hc.count_out(msg)
+            if self.inbox is None:  # a source: time since its last emit is its own work
+                hc.busy_seconds += perf_counter() - self._resumed
         msgs, done_at = await self._push([msg], 0)
         for m in msgs:
             await self._send(m)
         if self.checkpoint_each_emit:
             await anyio.lowlevel.checkpoint()
+        self._resumed = perf_counter()
         if done_at >= 0:
             await self.finish(done_at)
             raise Closed
@@ -309,6 +313,7 @@ class Segment:
             await self.downstream.finish()
 
     async def run(self) -> None:
+        self._resumed = perf_counter()
         try:
             try:
                 await self.head(self)
