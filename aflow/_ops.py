@@ -19,12 +19,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+import anyio
+
 from ._message import Batch, Message
 from .policies import ErrorPolicy, check_policy, recover
 
 if TYPE_CHECKING:
-    import anyio
-
     from ._runtime import RunContext
     from .stats import StageCounters
 
@@ -205,6 +205,14 @@ class SinkWriter(Generic[T_contra, R_co]):
     ``write_batch`` to take a whole chunk or the batch envelope (with its provenance).
     ``aclose`` must be idempotent; the runtime calls it under a shielded cancel scope.
     """
+
+    async def __aenter__(self) -> SinkWriter[T_contra, R_co]:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
 
     async def open(self) -> None:
         """Acquire resources (files, sockets). Called once, before the first write."""

@@ -183,13 +183,17 @@ class _FusedSink:
         if self.count_in:
             c.count_in(msg)
         t0 = perf_counter()
-        if not self.opened:
-            self.opened = True
-            await self.writer.open()
-        if isinstance(msg, Batch):
-            await self.writer.write_batch(msg)
-        else:
-            await self.writer.write_chunk(msg)
+        try:
+            if not self.opened:
+                self.opened = True
+                await self.writer.open()
+            if isinstance(msg, Batch):
+                await self.writer.write_batch(msg)
+            else:
+                await self.writer.write_chunk(msg)
+        except Exception as exc:
+            locate(exc, c.name, msg)
+            raise
         c.busy_seconds += perf_counter() - t0
 
     async def finish(self) -> None:
@@ -329,6 +333,10 @@ class Segment:
         self._resumed = perf_counter()
         try:
             try:
+                satisfied = [i for i, (runner, _) in enumerate(self.fused) if runner.done]
+                if satisfied:  # take(0) and the like: the head need not run at all
+                    await self.finish(satisfied[0])
+                    raise Closed
                 await self.head(self)
             except Closed:
                 pass

@@ -189,17 +189,23 @@ async def test_a_real_file_is_closed_on_cancel(tmp_path: Path) -> None:
     path = tmp_path / "readings.txt"
     path.write_text("".join(f"{i}\n" for i in range(100)))
     handles: list[object] = []
+    at_end = anyio.Event()
 
     async def follow() -> AsyncIterator[str]:
         async with await anyio.open_file(path) as f:
             handles.append(f)
             async for line in f:
                 yield line
+            at_end.set()
             await anyio.sleep_forever()  # like tail -f waiting for more
 
     seen: list[int] = []
-    with anyio.move_on_after(0.3):
-        await (af.from_iterable(follow) | af.map(int) | af.for_each(seen.append)).run()
+    flow = af.from_iterable(follow) | af.map(int) | af.for_each(seen.append)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flow.run)
+            await at_end.wait()
+            tg.cancel_scope.cancel()
     assert seen == list(range(100))
     assert handles[0].wrapped.closed  # type: ignore[attr-defined]
 
@@ -288,3 +294,18 @@ def test_sigterm_stops_gracefully_and_returns_the_result(tmp_path: Path, backend
     assert proc.returncode == 0
     fields = dict(kv.split("=") for kv in out.split()[1:])
     assert int(fields["total"]) == int(fields["produced"]) > 0
+
+
+async def test_error_in_a_fused_sink_names_the_sink() -> None:
+    def store(x: int) -> None:
+        raise PermissionError("read-only")
+
+    with pytest.raises(PermissionError) as info:
+        await (af.from_iterable(range(3)) | af.map(str) | af.for_each(store)).run()
+    assert "stage '2:for_each(store)'" in info.value.__notes__[0]
+
+
+async def test_take_zero_never_pulls_from_the_source() -> None:
+    src = CountingSource()
+    assert (await (af.from_iterable(src) | af.take(0)).run()).value == []
+    assert src.produced == 0
