@@ -255,6 +255,9 @@ class SinkOp(Op, Generic[T_contra, R_co]):
 
 def callable_name(fn: Callable[..., Any]) -> str:
     """A short name for a user function: its ``__name__``, or its type's name."""
+    inner = getattr(fn, "func", None)  # functools.partial
+    if inner is not None and callable(inner):
+        return callable_name(inner)
     name = getattr(fn, "__name__", None) or type(fn).__name__
     return "lambda" if name == "<lambda>" else str(name)
 

@@ -371,6 +371,9 @@ class RunContext:
         self.first_error: BaseException | None = None
         self.writers: list[SinkWriter[Any, Any]] = []
         self._pull_scopes: set[anyio.CancelScope] = set()
+        self._names: dict[int, str] = {}
+        self._recycled: dict[str, list[StageCounters]] = {}
+        self._captured: list[StageCounters] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -400,9 +403,33 @@ class RunContext:
 
     # -- building ---------------------------------------------------------------------
     def stage(self, name: str) -> StageCounters:
-        c = StageCounters(f"{len(self.counters.stages)}:{name}")
-        self.counters.stages.append(c)
+        """Counters for a new stage (or recycled ones of a finished stage of that name)."""
+        pool = self._recycled.get(name)
+        if pool:
+            c = pool.pop()
+        else:
+            c = StageCounters(f"{len(self.counters.stages)}:{name}")
+            self.counters.stages.append(c)
+            self._names[id(c)] = name
+        if self._captured is not None:
+            self._captured.append(c)
         return c
+
+    @contextmanager
+    def capture(self) -> Iterator[list[StageCounters]]:
+        """Collect the counters handed out inside the block (to recycle them later)."""
+        captured: list[StageCounters] = []
+        self._captured = captured
+        try:
+            yield captured
+        finally:
+            self._captured = None
+
+    def recycle(self, counters: list[StageCounters]) -> None:
+        """Let finished stages' counters be reused by the next stages of the same names
+        (each repetition of ``repeat`` adds to the same records instead of new ones)."""
+        for c in counters:
+            self._recycled.setdefault(self._names[id(c)], []).append(c)
 
     def edge(self, receiver: StageCounters, op: Op | None = None) -> Edge:
         size = op.buffer if op is not None and op.buffer is not None else self.buffer

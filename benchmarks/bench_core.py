@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import math
 import operator
@@ -70,6 +71,15 @@ class Sizes:
     rows: int
     elements: int
     tiny_batches: int
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation: ``fn`` is a plain function, or a coroutine function."""
+
+    label: str
+    fn: Callable[[], Any]
+    is_async: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,30 +171,34 @@ def generator_of(items: list[Any]) -> Callable[[], Iterator[Any]]:
 # -- timing --------------------------------------------------------------------------------
 
 
-def best_of(fn: Callable[[], Any], reps: int) -> tuple[float, Any]:
-    """Best wall time of ``reps`` calls of ``fn`` and the result of the last one."""
-    best, result = math.inf, None
+def time_once(impl: Impl) -> tuple[float, Any]:
+    """Wall time of one call of ``impl`` (a coroutine is timed inside a fresh event loop,
+    so creating the loop is not counted) and its result."""
+    if impl.is_async:
+        return asyncio.run(_time_coroutine(impl.fn))
+    gc.collect()
+    t0 = time.perf_counter()
+    result = impl.fn()
+    return time.perf_counter() - t0, result
+
+
+async def _time_coroutine(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    gc.collect()
+    t0 = time.perf_counter()
+    result = await fn()
+    return time.perf_counter() - t0, result
+
+
+def race(impls: list[Impl], reps: int) -> list[Timing]:
+    """Best time of each implementation over ``reps`` rounds. Each round runs every
+    implementation once, so a burst of load elsewhere on the machine hits them alike."""
+    best = [math.inf] * len(impls)
+    results: list[Any] = [None] * len(impls)
     for _ in range(reps):
-        gc.collect()
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
-
-
-def best_of_async(fn: Callable[[], Awaitable[Any]], reps: int) -> tuple[float, Any]:
-    """Like :func:`best_of` for a coroutine function, timed inside one event loop."""
-
-    async def main() -> tuple[float, Any]:
-        best, result = math.inf, None
-        for _ in range(reps):
-            gc.collect()
-            t0 = time.perf_counter()
-            result = await fn()
-            best = min(best, time.perf_counter() - t0)
-        return best, result
-
-    return asyncio.run(main())
+        for i, impl in enumerate(impls):
+            seconds, results[i] = time_once(impl)
+            best[i] = min(best[i], seconds)
+    return [Timing(impl.label, t, r) for impl, t, r in zip(impls, best, results, strict=True)]
 
 
 # -- hand-written asyncio.Queue pipeline ---------------------------------------------------
@@ -229,9 +243,7 @@ async def queue_pipeline(
     initial: Any,
 ) -> Any:
     """Source task -> one task per stage -> fold, with bounded queues in between."""
-    queues: list[asyncio.Queue[Any]] = [
-        asyncio.Queue(QUEUE_SIZE) for _ in range(len(stages) + 1)
-    ]
+    queues: list[asyncio.Queue[Any]] = [asyncio.Queue(QUEUE_SIZE) for _ in range(len(stages) + 1)]
     async with asyncio.TaskGroup() as tg:
         tg.create_task(feed(items, queues[0]))
         for stage, inbox, out in zip(stages, queues, queues[1:], strict=False):
@@ -304,18 +316,16 @@ def bench_batched(sizes: Sizes, reps: int) -> list[tuple[int, list[Timing]]]:
     chunks = make_chunks(sizes.rows)
     gen = generator_of(chunks)
     values = np.concatenate(chunks)
-    numpy_t = Timing("numpy single-shot", *best_of(lambda: batched_numpy(values), reps))
     groups = []
     for size in BATCH_SIZES:
         flow = batched_aflow(gen, size)
-        timings = [
-            Timing("aflow", *best_of_async(lambda flow=flow: run_aflow(flow), reps)),
-            Timing(
-                "asyncio.Queue", *best_of_async(lambda s=size: batched_queue(gen, s), reps)
-            ),
-            Timing("sync generators", *best_of(lambda s=size: batched_sync(gen, s), reps)),
-            numpy_t,
+        impls = [
+            Impl("aflow", lambda flow=flow: run_aflow(flow), is_async=True),
+            Impl("asyncio.Queue", lambda s=size: batched_queue(gen, s), is_async=True),
+            Impl("sync generators", lambda s=size: batched_sync(gen, s)),
+            Impl("numpy single-shot", lambda: batched_numpy(values)),
         ]
+        timings = race(impls, reps)
         check_same(f"batched B={size:,}", timings)
         groups.append((size, timings))
     return groups
@@ -358,9 +368,7 @@ def element_queue_chunked(gen: Callable[[], Iterator[float]]) -> Awaitable[float
         return (kept,) if kept else ()
 
     def add_chunk(acc: float, c: list[float]) -> float:
-        for x in c:
-            acc += x
-        return acc
+        return functools.reduce(operator.add, c, acc)
 
     stages = [
         lambda i, o: relay(i, o, map_chunk),
@@ -370,25 +378,25 @@ def element_queue_chunked(gen: Callable[[], Iterator[float]]) -> Awaitable[float
 
 
 def element_sync(gen: Callable[[], Iterator[float]]) -> float:
-    acc = 0.0
-    for x in (y for y in (to_fahrenheit(v) for v in gen()) if is_warm(y)):
-        acc += x
-    return acc
+    mapped = (to_fahrenheit(x) for x in gen())
+    return functools.reduce(operator.add, (x for x in mapped if is_warm(x)), 0.0)
 
 
 def bench_elements(sizes: Sizes, reps: int) -> list[Timing]:
     floats = make_chunks(sizes.elements)
     gen = generator_of(np.concatenate(floats).tolist())
     flow = element_aflow(gen)
-    timings = [
-        Timing("aflow", *best_of_async(lambda: run_aflow(flow), reps)),
-        Timing("asyncio.Queue per element", *best_of_async(lambda: element_queue(gen), reps)),
-        Timing(
+    impls = [
+        Impl("aflow", lambda: run_aflow(flow), is_async=True),
+        Impl("asyncio.Queue per element", lambda: element_queue(gen), is_async=True),
+        Impl(
             f"asyncio.Queue chunks of {ELEMENT_CHUNK}",
-            *best_of_async(lambda: element_queue_chunked(gen), reps),
+            lambda: element_queue_chunked(gen),
+            is_async=True,
         ),
-        Timing("sync generators", *best_of(lambda: element_sync(gen), reps)),
+        Impl("sync generators", lambda: element_sync(gen)),
     ]
+    timings = race(impls, reps)
     check_same("element-wise", timings)
     return timings
 
@@ -416,22 +424,26 @@ def overhead_us(t_base: float, t_more: float, batches: int) -> float:
 
 
 def bench_overhead(sizes: Sizes, reps: int) -> list[tuple[str, float, float, float]]:
+    """Rows: (label, seconds with 0 extra stages, with ``HOPS``, us per batch per stage)."""
     n = sizes.tiny_batches
     tiny = [np.array([float(i)]) for i in range(n)]
     gen = generator_of(tiny)
-    cases: list[tuple[str, Callable[[int], Callable[[], Awaitable[Any]]]]] = [
-        ("aflow af.buffer(4) hop", lambda k: lambda: run_aflow(tiny_flow(gen, buffer4, k))),
-        ("aflow fused map_batches", lambda k: lambda: run_aflow(tiny_flow(gen, fused, k))),
-        ("asyncio.Queue relay hop", lambda k: lambda: queue_relay_chain(tiny, k)),
+    flows = [tiny_flow(gen, buffer4, 0), tiny_flow(gen, buffer4, HOPS), tiny_flow(gen, fused, HOPS)]
+    impls = [Impl(repr(f), lambda f=f: run_aflow(f), is_async=True) for f in flows]
+    impls += [
+        Impl(f"{k} queue relays", lambda k=k: queue_relay_chain(tiny, k), is_async=True)
+        for k in (0, HOPS)
     ]
-    rows = []
-    for label, make in cases:
-        t0, r0 = best_of_async(make(0), reps)
-        t3, r3 = best_of_async(make(HOPS), reps)
-        if not r0 == r3 == n:
-            fail(f"overhead {label}: row counts {r0}, {r3}, expected {n}")
-        rows.append((label, t0, t3, overhead_us(t0, t3, n)))
-    return rows
+    timings = race(impls, reps)
+    for t in timings:
+        if t.result != n:
+            fail(f"overhead {t.label}: {t.result} rows, expected {n}")
+    base, buf, fus, qbase, qrelay = (t.seconds for t in timings)
+    return [
+        ("aflow af.buffer(4) hop", base, buf, overhead_us(base, buf, n)),
+        ("aflow fused map_batches", base, fus, overhead_us(base, fus, n)),
+        ("asyncio.Queue relay hop", qbase, qrelay, overhead_us(qbase, qrelay, n)),
+    ]
 
 
 def buffer4() -> af.Stage[Any, Any]:
@@ -463,7 +475,9 @@ def print_batched(groups: list[tuple[int, list[Timing]]], rows: int, reps: int) 
         f"\n1. Batched: {rows:,} float64 rows in source arrays of {SOURCE_CHUNK:,}, "
         f"batch(B) -> map_batches -> filter_rows -> reduce(sum, min, max); best of {reps}"
     )
-    head = f"{'B':>7}  {'implementation':<20} {'ms':>9} {'Mrows/s':>9} {'x numpy':>8} {'x aflow':>8}"
+    head = (
+        f"{'B':>7}  {'implementation':<20} {'ms':>9} {'Mrows/s':>9} {'x numpy':>8} {'x aflow':>8}"
+    )
     print(head)
     print("-" * len(head))
     for size, timings in groups:
@@ -479,9 +493,7 @@ def print_batched(groups: list[tuple[int, list[Timing]]], rows: int, reps: int) 
 
 
 def print_elements(timings: list[Timing], n: int, reps: int) -> None:
-    print(
-        f"\n2. Element-wise: {n:,} Python floats, map -> filter -> reduce(sum); best of {reps}"
-    )
+    print(f"\n2. Element-wise: {n:,} Python floats, map -> filter -> reduce(sum); best of {reps}")
     head = f"{'implementation':<29} {'ms':>9} {'Melem/s':>9} {'x aflow':>8}"
     print(head)
     print("-" * len(head))
@@ -515,7 +527,11 @@ def print_targets(
     numpy_ratio = big[0].seconds / big[-1].seconds
     per_element, per_chunk = elements[1].seconds, elements[2].seconds
     checks = [
-        (f"one stage hop < {TARGET_HOP_US:g} us per batch", f"{hop_us:.2f} us", hop_us < TARGET_HOP_US),
+        (
+            f"one stage hop < {TARGET_HOP_US:g} us per batch",
+            f"{hop_us:.2f} us",
+            hop_us < TARGET_HOP_US,
+        ),
         (
             f"aflow with B={max(BATCH_SIZES):,} within {TARGET_NUMPY_RATIO}x of numpy",
             f"{numpy_ratio:.2f}x",

@@ -270,9 +270,14 @@ SIGTERM_SCRIPT = textwrap.dedent(
     from aflow.testing import CountingSource
 
     src = CountingSource()
+
+    def count(total, n):
+        if not total:
+            print("running", flush=True)  # signal handlers are in place by now
+        return total + n
+
     flow = (af.from_iterable(src) | af.throttle(20_000, burst=500)
-            | af.batch(1000) | af.map(len) | af.reduce(lambda a, n: a + n, 0))
-    print("running", flush=True)
+            | af.batch(1000) | af.map(len) | af.reduce(count, 0))
     result = af.run(flow, backend=sys.argv[1])
     print(f"stopped total={result.value} produced={src.produced}", flush=True)
     """
@@ -288,7 +293,7 @@ def test_sigterm_stops_gracefully_and_returns_the_result(tmp_path: Path, backend
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "running"
-    time.sleep(0.5)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0

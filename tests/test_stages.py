@@ -245,3 +245,19 @@ async def test_sample_keeps_about_the_fraction() -> None:
     result = await (af.from_array(np.arange(100_000), 4096) | af.sample(0.1, seed=0)).run()
     assert 9_000 < len(result.value) < 11_000
     assert np.all(np.diff(result.value) > 0)  # order is kept
+
+
+async def test_shuffle_two_dimensional_rows() -> None:
+    data = np.arange(3000, dtype="f4").reshape(1000, 3)
+    result = await (af.from_array(data, 100) | af.shuffle(256, seed=0)).run()
+    assert result.value.shape == (1000, 3)
+    np.testing.assert_array_equal(np.sort(result.value[:, 0]), data[:, 0])
+    assert (result.value[:, 1] == result.value[:, 0] + 1).all()  # rows stay whole
+
+
+async def test_repeat_adds_up_statistics_instead_of_new_records() -> None:
+    flow = af.repeat(af.from_iterable([1, 2, 3]) | af.map(lambda x: x), times=50)
+    result = await (flow | af.discard()).run()
+    assert result.value == 150
+    assert len(result.statistics.stages) < 10
+    assert result.statistics.stage("map(lambda)").items_in == 150

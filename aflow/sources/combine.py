@@ -110,12 +110,14 @@ class _RepeatSource(_ConcatSource):
         done = 0
         while (self.times is None or done < self.times) and not out.stopping:
             edge = ctx.edge(counters)
-            _start(ctx, self.flows[0], edge)
+            with ctx.capture() as used:
+                _start(ctx, self.flows[0], edge)
             try:
                 async for msg in edge:
                     await out.emit(msg)
             finally:
                 edge.close_receive()
+            ctx.recycle(used)
             done += 1
             await anyio.lowlevel.checkpoint()
 

@@ -155,8 +155,11 @@ def from_iterable(
             zero-argument callable returning an iterable), called afresh on every run; or a
             generator/iterator object, which can run only once (a second run raises
             :class:`~aflow.errors.SourceReusedError`).
-        chunk_size: elements pulled from a sync iterable per message. Async iterables are
-            forwarded element by element so a slow producer never delays earlier elements.
+        chunk_size: elements pulled from a sync iterable per message (read-ahead: a
+            ``take(10)`` downstream may still have pulled ``chunk_size`` elements; use
+            ``chunk_size=1`` for generators with costly side effects). Async iterables
+            are forwarded element by element so a slow producer never delays earlier
+            elements; for throughput, yield lists or arrays (:func:`from_arrays`).
         name: the source's name in statistics and errors.
 
     Example:

@@ -187,7 +187,8 @@ def take(n: int) -> Stage[T, T]:
     """Pass the first ``n`` items (rows, on a flow of batches), then stop the flow upstream.
 
     Upstream sources are closed as soon as ``n`` items have passed, so ``take`` is how an
-    infinite source ends.
+    infinite source ends. A sync source reads ahead by up to one chunk (see
+    ``from_iterable(chunk_size=)``).
     """
     return Stage(_TakeOp(n))
 
@@ -255,7 +256,11 @@ class _TakeWhileOp(ChunkOp):
 
 
 def take_while(fn: Callable[[T], Any]) -> Stage[T, T]:
-    """Pass items while ``fn(item)`` is true; at the first false one, stop the flow."""
+    """Pass items while ``fn(item)`` is true; at the first false one, stop the flow.
+
+    On a flow of batches ``fn`` gets a whole batch's array and keeps or drops the batch;
+    to cut inside a batch, use ``filter_rows`` before it.
+    """
     return Stage(_TakeWhileOp(fn))
 
 

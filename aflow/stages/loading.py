@@ -63,7 +63,12 @@ class _ShuffleRunner(ChunkRunner):
         data = batch.data
         self.batch_rows = max(self.batch_rows, len(data))
         if self.rows is None:
-            self.rows = np.empty(self.size, dtype=data.dtype)
+            self.rows = np.empty((self.size, *data.shape[1:]), dtype=data.dtype)
+        if data.shape[1:] != self.rows.shape[1:]:
+            raise ValueError(
+                f"shuffle: rows of shape {data.shape[1:]} after rows of shape "
+                f"{self.rows.shape[1:]}; every batch must have the same row shape"
+            )
         if data.dtype != self.rows.dtype:
             data = data.astype(self.rows.dtype)
         out: list[NDArray[Any]] = []
