@@ -26,18 +26,26 @@ class Provenance:
 
     Attributes:
         source: a path, an address or a source's name.
-        start: first row (or byte offset when ``unit == "byte"``) of the batch in its source.
-        stop: one past the last row (or byte).
-        unit: what ``start`` and ``stop`` count: ``"row"``, ``"line"`` (1-based) or ``"byte"``.
+        start: first row (a 1-based line number when ``unit == "line"``, a byte offset
+            when ``unit == "byte"``) of the batch in its source.
+        stop: one past the last row (or line, or byte).
+        unit: what ``start`` and ``stop`` count: ``"row"``, ``"line"`` or ``"byte"``.
+        offset: byte offset of the first row in the source, when known.
+        end_offset: byte offset just past the last row, when known.
     """
 
     source: str
     start: int
     stop: int
     unit: Literal["row", "line", "byte"] = "row"
+    offset: int | None = None
+    end_offset: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.source} {self.unit}s {self.start}..{self.stop}"
+        text = f"{self.source} {self.unit}s {self.start}..{self.stop}"
+        if self.offset is not None and self.unit != "byte":
+            text += f" (bytes {self.offset}..{self.end_offset})"
+        return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Vectorized decoders: bytes in, NumPy arrays out, a whole block of lines per call."""

@@ -1,0 +1,131 @@
+"""Splitting a byte stream into blocks of complete lines.
+
+A *block* is a 1-D ``uint8`` array holding whole lines, each ending with ``b"\\n"`` (a
+final line without one gets one added), wrapped in a :class:`~aflow.Batch` whose
+provenance gives the line numbers and byte offsets. Decoders take blocks, so they parse
+thousands of lines per call; the splitter itself never loops over lines in Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._message import Batch, Provenance
+from ..errors import DecodeError
+
+__all__ = ["LineSplitter", "LineTooLongError"]
+
+DEFAULT_MAX_LINE = 1 << 20
+
+
+class LineTooLongError(DecodeError):
+    """A line grew past the splitter's ``max_line`` bytes without ending."""
+
+
+class LineSplitter:
+    """Feeds on chunks of bytes, returns blocks of complete lines.
+
+    Correct across chunk boundaries, for ``\\n`` and ``\\r\\n`` endings (the ``\\r`` stays
+    in the block; decoders strip it), and for a last line without a newline.
+
+    Args:
+        source: name for provenance and errors (a path, a peer address).
+        max_line: most bytes a line may hold (memory stays bounded by it). A longer line
+            is skipped to its end and reported in :attr:`errors` as a
+            :class:`LineTooLongError` (with its line number and offset) for the caller
+            to raise, count or route; the lines around it are unaffected.
+        first_line: number of the first line (1-based), for resuming.
+        offset: byte offset of the first byte fed, for resuming.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        max_line: int = DEFAULT_MAX_LINE,
+        first_line: int = 1,
+        offset: int = 0,
+    ) -> None:
+        self.source = source
+        self.max_line = max_line
+        self.errors: list[LineTooLongError] = []
+        self.line = first_line
+        self.offset = offset
+        self.overlong = 0
+        self._rest = b""
+        self._skipping = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of an unfinished line."""
+        return len(self._rest)
+
+    def feed(self, chunk: bytes) -> Batch | None:
+        """Add ``chunk``; return the block of lines it completed, if any."""
+        if self._skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                self.offset += len(chunk)
+                return None
+            self._skipping = False
+            self.offset += end + 1
+            self.line += 1
+            chunk = chunk[end + 1 :]
+        data = self._rest + chunk if self._rest else chunk
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            self._rest = data
+            if len(data) > self.max_line:
+                self._overlong(data)
+            return None
+        self._rest = data[cut:]
+        block = self._block(data[:cut])
+        if len(self._rest) > self.max_line:
+            self._overlong(self._rest)
+        return block
+
+    def finish(self) -> Batch | None:
+        """The last line, if the input ended without a newline."""
+        if not self._rest or self._skipping:
+            return None
+        tail, self._rest = self._rest, b""
+        block = self._block(tail + b"\n")
+        assert block is not None
+        self.offset -= 1  # the added newline is not in the source
+        prov = block.provenance
+        assert prov is not None
+        return Batch(
+            block.data,
+            block.reason,
+            Provenance(prov.source, prov.start, prov.stop, "line", prov.offset, self.offset),
+        )
+
+    def _block(self, lines: bytes) -> Batch:
+        n = lines.count(b"\n")
+        prov = Provenance(
+            self.source, self.line, self.line + n, "line", self.offset, self.offset + len(lines)
+        )
+        self.line += n
+        self.offset += len(lines)
+        return Batch(np.frombuffer(lines, np.uint8), "source", prov)
+
+    def _overlong(self, data: bytes) -> None:
+        line, offset = self.line, self.offset
+        self.offset += len(data)
+        self._rest = b""
+        self._skipping = True
+        self.overlong += 1
+        self.errors.append(
+            LineTooLongError(
+                f"line longer than {self.max_line} bytes was skipped (raise max_line to "
+                "accept longer lines)",
+                source=self.source,
+                line=line,
+                offset=offset,
+            )
+        )
+
+    def take_errors(self) -> list[LineTooLongError]:
+        """The errors found since the last call (and forget them)."""
+        errors, self.errors = self.errors, []
+        return errors

@@ -1,0 +1,288 @@
+"""Reading one file: large reads, shapes of output, and follow mode (``tail -F``).
+
+On asyncio reads go through aiofiles; on trio through anyio's thread-backed file API.
+Each read is one thread hop, so reads are large (1 MiB by default) to amortize it.
+
+Follow mode keeps reading at end of file, polling. A file is identified by device, inode
+and a fingerprint of its first bytes; when the path names another file (rotation), the old
+one is drained to its end and the new one opened; when the file shrinks (truncation),
+reading starts again at offset 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import anyio
+import numpy as np
+
+from .._message import Batch, Message, Provenance
+from ..codecs.lines import LineSplitter
+from ..errors import DecodeError
+
+__all__ = ["FileReader", "Shape"]
+
+Shape = Literal["bytes", "lines", "records"]
+FINGERPRINT_BYTES = 256
+
+
+class _AsyncFile(Protocol):
+    async def read(self, size: int = -1, /) -> bytes: ...
+
+    async def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _AioFile:
+    """aiofiles' handle under the small interface used here."""
+
+    def __init__(self, handle: Any) -> None:
+        self._h = handle
+
+    async def read(self, size: int = -1) -> bytes:
+        data: bytes = await self._h.read(size)
+        return data
+
+    async def seek(self, offset: int, whence: int = 0) -> int:
+        pos: int = await self._h.seek(offset, whence)
+        return pos
+
+    async def aclose(self) -> None:
+        await self._h.close()
+
+
+async def open_binary(path: str) -> _AsyncFile:
+    """Open ``path`` for binary reading with the backend's async file API."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio
+        return await anyio.open_file(path, "rb")
+    import aiofiles
+
+    return _AioFile(await aiofiles.open(path, "rb"))
+
+
+@dataclass(frozen=True, slots=True)
+class FileId:
+    """What makes a file the same file: device, inode and its first bytes."""
+
+    device: int
+    inode: int
+    fingerprint: bytes
+
+
+def _fingerprint(path: str, head: bytes) -> bytes:
+    return hashlib.blake2b(head[:FINGERPRINT_BYTES], digest_size=8).digest()
+
+
+def file_id(path: str) -> FileId | None:
+    """The identity of the file at ``path`` now, or None if there is none."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            head = f.read(FINGERPRINT_BYTES)
+    except FileNotFoundError:
+        return None
+    return FileId(st.st_dev, st.st_ino, _fingerprint(path, head))
+
+
+class _Framer:
+    """Turns raw chunks of one file into messages of the wanted shape."""
+
+    def __init__(
+        self, path: str, shape: Shape, dtype: np.dtype[Any] | None, max_line: int, offset: int
+    ) -> None:
+        self.path = path
+        self.shape = shape
+        self.dtype = dtype
+        self.offset = offset  # byte offset of the next byte fed
+        self.row = 0
+        self.rest = b""
+        self.lines = LineSplitter(path, max_line=max_line, offset=offset)
+        self.row_shape: tuple[int, ...] = ()
+
+    def feed(self, chunk: bytes) -> Message | None:
+        if self.shape == "lines":
+            return self.lines.feed(chunk)
+        if self.shape == "bytes":
+            start = self.offset
+            self.offset += len(chunk)
+            prov = Provenance(self.path, start, self.offset, "byte", start, self.offset)
+            return Batch(np.frombuffer(chunk, np.uint8), "source", prov)
+        return self._records(chunk)
+
+    def _records(self, chunk: bytes) -> Batch | None:
+        assert self.dtype is not None
+        data = self.rest + chunk if self.rest else chunk
+        size = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        n = len(data) // size
+        self.rest = data[n * size :]
+        if not n:
+            return None
+        rows = np.frombuffer(data, self.dtype, count=n * (size // self.dtype.itemsize))
+        if self.row_shape:
+            rows = rows.reshape(n, *self.row_shape)
+        start, self.row = self.row, self.row + n
+        offset, self.offset = self.offset, self.offset + n * size
+        return Batch(
+            rows, "source", Provenance(self.path, start, self.row, "row", offset, self.offset)
+        )
+
+    def finish(self) -> tuple[Message | None, DecodeError | None, bytes]:
+        """The last partial line; or the error and bytes of a partial trailing record."""
+        if self.shape == "lines":
+            return self.lines.finish(), None, b""
+        if self.shape == "records" and self.rest:
+            rest, self.rest = self.rest, b""
+            error = DecodeError(
+                f"file ends with a partial record of {len(rest)} bytes "
+                f"(records are {self.dtype.itemsize if self.dtype else 0} bytes)",
+                source=self.path,
+                offset=self.offset,
+            )
+            return None, error, rest
+        return None, None, b""
+
+    def take_errors(self) -> list[DecodeError]:
+        return list(self.lines.take_errors()) if self.shape == "lines" else []
+
+
+Emit = Callable[[Message], Awaitable[None]]
+Report = Callable[[DecodeError, bytes, Provenance | None], Awaitable[None]]
+
+
+class FileReader:
+    """Reads one path to its end (or follows it) and emits messages of one shape."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        shape: Shape,
+        dtype: np.dtype[Any] | None = None,
+        row_shape: tuple[int, ...] = (),
+        chunk_size: int = 1 << 20,
+        max_line: int = 1 << 20,
+        start: int = 0,
+        follow: bool = False,
+        poll_interval: float = 0.25,
+    ) -> None:
+        self.path = path
+        self.shape = shape
+        self.dtype = dtype
+        self.row_shape = row_shape
+        self.chunk_size = chunk_size
+        self.max_line = max_line
+        self.start = start
+        self.follow = follow
+        self.poll_interval = poll_interval
+
+    def _framer(self, offset: int) -> _Framer:
+        framer = _Framer(self.path, self.shape, self.dtype, self.max_line, offset)
+        framer.row_shape = self.row_shape
+        return framer
+
+    async def run(self, emit: Emit, report: Report, out: Any) -> None:
+        """Read until the end (or until stopped, in follow mode)."""
+        offset = self.start
+        while True:
+            f = await open_binary(self.path)
+            try:
+                ident = await self._identify(f)
+                if offset:
+                    await f.seek(offset)
+                framer = self._framer(offset)
+                reopen = await self._read(f, framer, ident, emit, report, out)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await f.aclose()
+            await self._finish(framer, emit, report)
+            if not reopen:
+                return
+            offset = 0
+
+    async def _identify(self, f: _AsyncFile) -> FileId | None:
+        if not self.follow:
+            return None
+        st = os.stat(self.path)
+        head = await f.read(FINGERPRINT_BYTES)
+        await f.seek(0)
+        return FileId(st.st_dev, st.st_ino, _fingerprint(self.path, head))
+
+    async def _read(
+        self,
+        f: _AsyncFile,
+        framer: _Framer,
+        ident: FileId | None,
+        emit: Emit,
+        report: Report,
+        out: Any,
+    ) -> bool:
+        """Read ``f`` to its end; in follow mode, True means: reopen the path."""
+        position = framer.offset
+        while not out.stopping:
+            with out.pull_scope():
+                chunk = await f.read(self.chunk_size)
+            if out.stopping:
+                return False
+            if chunk:
+                position += len(chunk)
+                msg = framer.feed(chunk)
+                for error in framer.take_errors():
+                    await report(error, b"", None)
+                if msg is not None:
+                    await emit(msg)
+                continue
+            if not self.follow:
+                return False
+            change = await self._changed(ident, position)
+            if change == "rotated":
+                await self._drain(f, framer, emit)  # what was written before the switch
+                return True
+            if change == "truncated":
+                await f.seek(0)
+                await self._finish(framer, emit, report)
+                framer = self._framer(0)
+                position = 0
+                continue
+            with out.pull_scope():
+                await anyio.sleep(self.poll_interval)
+        return False
+
+    async def _drain(self, f: _AsyncFile, framer: _Framer, emit: Emit) -> None:
+        while chunk := await f.read(self.chunk_size):
+            msg = framer.feed(chunk)
+            if msg is not None:
+                await emit(msg)
+
+    async def _changed(self, ident: FileId | None, position: int) -> str | None:
+        """``"rotated"``, ``"truncated"`` or None, judged after reading to end of file."""
+        now = file_id(self.path)
+        if now is None:
+            return None  # moved away and not yet replaced: keep waiting on the old one
+        assert ident is not None
+        if (now.device, now.inode) != (ident.device, ident.inode):
+            return "rotated"
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return None
+        if size < position:
+            return "truncated"
+        if position >= FINGERPRINT_BYTES and now.fingerprint != ident.fingerprint:
+            return "rotated"  # same inode reused for another file
+        return None
+
+    async def _finish(self, framer: _Framer, emit: Emit, report: Report) -> None:
+        msg, error, raw = framer.finish()
+        if error is not None:
+            prov = Provenance(self.path, framer.offset, framer.offset + len(raw), "byte")
+            await report(error, raw, prov)
+        if msg is not None:
+            await emit(msg)

@@ -1,0 +1,357 @@
+"""File sources: one file, a list or a glob, read concurrently, in large reads.
+
+Every batch carries its provenance (path, line numbers or record indexes, byte offsets),
+so errors say where a record came from and a later run could resume exactly.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from .._message import Message, Provenance
+from .._ops import Outlet, Source
+from .._runtime import Closed, RunContext
+from ..codecs.csv import Engine, decode_csv
+from ..errors import DecodeError
+from ..flow import Flow
+from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
+from ._reader import FileReader, Shape
+
+__all__ = [
+    "read_blocks",
+    "read_bytes",
+    "read_csv",
+    "read_lines",
+    "read_npy",
+    "read_records",
+]
+
+Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+MiB = 1 << 20
+
+
+def expand(paths: Paths) -> list[str]:
+    """Paths and glob patterns (``*``, ``?``, ``[``, ``**``) to a sorted list of files."""
+    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    out: list[str] = []
+    for item in items:
+        text = os.fspath(item)
+        if any(ch in text for ch in "*?["):
+            out.extend(sorted(p for p in globlib.glob(text, recursive=True) if os.path.isfile(p)))
+        else:
+            out.append(text)
+    return out
+
+
+class _FilesSource(Source):
+    """Reads each path with a :class:`FileReader`, up to ``max_open`` at once."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        shape: Shape,
+        dtype: np.dtype[Any] | None,
+        row_shape: tuple[int, ...] = (),
+        chunk_size: int,
+        max_open: int,
+        max_line: int,
+        follow: bool,
+        poll_interval: float,
+        on_error: ErrorPolicy,
+        header_bytes: int = 0,
+        name: str,
+    ) -> None:
+        if chunk_size < 1 or max_open < 1:
+            raise ValueError(f"{name}: chunk_size and max_open must be at least 1")
+        self.paths = paths
+        self.options = {
+            "shape": shape,
+            "dtype": dtype,
+            "row_shape": row_shape,
+            "chunk_size": chunk_size,
+            "max_line": max_line,
+            "follow": follow,
+            "poll_interval": poll_interval,
+        }
+        self.max_open = max_open
+        self.on_error = check_policy(on_error)
+        self.header_bytes = header_bytes
+        self.name = name
+
+    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+        files = expand(self.paths)
+        if not files and isinstance(self.paths, str):
+            raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
+        report = _reporter(self.on_error, self.name, out)
+        if len(files) == 1:
+            await self._reader(files[0]).run(out.emit, report, out)
+            return
+        await _read_concurrently([self._reader(f) for f in files], self.max_open, report, out)
+
+    def _reader(self, path: str) -> FileReader:
+        return FileReader(path, start=self.header_bytes, **self.options)  # type: ignore[arg-type]
+
+
+async def _read_concurrently(
+    readers: list[FileReader], max_open: int, report: Any, out: Outlet
+) -> None:
+    """Run readers, at most ``max_open`` at a time, all emitting into ``out``.
+
+    The first error stops the others and is raised as itself.
+    """
+    send, receive = anyio.create_memory_object_stream[Message](max_open)
+    slots = anyio.Semaphore(max_open)
+    failure: list[BaseException] = []
+
+    async def read_one(reader: FileReader, tx: Any) -> None:
+        with tx:
+            try:
+                async with slots:
+                    await reader.run(tx.send, report, out)
+            except Exception as exc:
+                failure.append(exc)
+                tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        with send:
+            for reader in readers:
+                tg.start_soon(read_one, reader, send.clone())
+        try:
+            with receive:
+                async for msg in receive:
+                    await out.emit(msg)
+        except Closed as closed:
+            failure.append(closed)
+            tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+
+
+def _reporter(policy: ErrorPolicy, stage: str, out: Outlet) -> Any:
+    async def report(error: DecodeError, raw: bytes, prov: Provenance | None) -> None:
+        fallback = policy.then if isinstance(policy, Retry) else policy
+        if fallback == "raise":
+            raise error
+        counters = getattr(out, "head_counters", None)
+        if counters is not None:
+            counters.errors += 1
+        if isinstance(fallback, DeadLetter):
+            await fallback.deliver(FailedItem(raw, error, stage, prov))
+
+    return report
+
+
+def _name(kind: str, paths: Paths) -> str:
+    if isinstance(paths, str | os.PathLike):
+        return f"{kind}({os.fspath(paths)})"
+    return f"{kind}({len(paths)} files)"
+
+
+def read_bytes(
+    paths: Paths,
+    *,
+    chunk_size: int = MiB,
+    max_open: int = 4,
+    follow: bool = False,
+    poll_interval: float = 0.25,
+) -> Flow[NDArray[np.uint8]]:
+    """Raw chunks of bytes as ``uint8`` batches (provenance: byte offsets).
+
+    Args:
+        paths: a path, a glob (``"logs/*.log"``, ``"data/**/*.bin"``) or a list of them;
+            expanded at every run.
+        chunk_size: bytes per read.
+        max_open: files read at once.
+        follow: keep reading at end of file (``tail -F``), surviving rotation and
+            truncation; the flow then ends only when stopped.
+        poll_interval: seconds between checks for new data when following.
+    """
+    return Flow(
+        _FilesSource(
+            paths,
+            shape="bytes",
+            dtype=None,
+            chunk_size=chunk_size,
+            max_open=max_open,
+            max_line=MiB,
+            follow=follow,
+            poll_interval=poll_interval,
+            on_error="raise",
+            name=_name("read_bytes", paths),
+        )
+    )
+
+
+def read_blocks(
+    paths: Paths,
+    *,
+    chunk_size: int = MiB,
+    max_open: int = 4,
+    max_line: int = MiB,
+    follow: bool = False,
+    poll_interval: float = 0.25,
+    on_error: ErrorPolicy = "raise",
+) -> Flow[NDArray[np.uint8]]:
+    """Blocks of complete lines (``uint8`` batches) for the decoders.
+
+    Provenance gives the path, line numbers and byte offsets of each block. A line
+    longer than ``max_line`` bytes is skipped and reported (``on_error``). See
+    :func:`read_bytes` for the other arguments.
+    """
+    return Flow(
+        _FilesSource(
+            paths,
+            shape="lines",
+            dtype=None,
+            chunk_size=chunk_size,
+            max_open=max_open,
+            max_line=max_line,
+            follow=follow,
+            poll_interval=poll_interval,
+            on_error=on_error,
+            name=_name("read_blocks", paths),
+        )
+    )
+
+
+def read_lines(
+    paths: Paths,
+    *,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    chunk_size: int = MiB,
+    max_open: int = 4,
+    max_line: int = MiB,
+    follow: bool = False,
+    poll_interval: float = 0.25,
+) -> Flow[str]:
+    """Lines as ``str`` elements, without their line endings (``\\n`` or ``\\r\\n``).
+
+    Convenient for per-line Python work; for bulk decoding use :func:`read_blocks` and
+    a decoder. ``errors`` is the text decoding's error handler (``"replace"`` to accept
+    invalid UTF-8).
+    """
+    from ..stages.element import flat_map
+
+    blocks = read_blocks(
+        paths,
+        chunk_size=chunk_size,
+        max_open=max_open,
+        max_line=max_line,
+        follow=follow,
+        poll_interval=poll_interval,
+    )
+
+    def split(block: Any) -> list[str]:
+        return bytes(block).decode(encoding, errors).splitlines()
+
+    return blocks | flat_map(split, name="split_lines")
+
+
+def read_csv(
+    paths: Paths,
+    dtype: DTypeLike,
+    *,
+    delimiter: str = ",",
+    header: bool = False,
+    engine: Engine = "auto",
+    chunk_size: int = MiB,
+    max_open: int = 4,
+    max_line: int = MiB,
+    follow: bool = False,
+    on_error: ErrorPolicy = "raise",
+) -> Flow[NDArray[Any]]:
+    """CSV files into structured arrays: :func:`read_blocks` then :func:`decode_csv`."""
+    return read_blocks(
+        paths,
+        chunk_size=chunk_size,
+        max_open=max_open,
+        max_line=max_line,
+        follow=follow,
+        on_error=on_error,
+    ) | decode_csv(dtype, delimiter=delimiter, header=header, engine=engine, on_error=on_error)
+
+
+def read_records(
+    paths: Paths,
+    dtype: DTypeLike,
+    *,
+    chunk_size: int = MiB,
+    max_open: int = 4,
+    follow: bool = False,
+    poll_interval: float = 0.25,
+    on_error: ErrorPolicy = "raise",
+) -> Flow[NDArray[Any]]:
+    """Fixed-size binary records of ``dtype`` (give the byte order, e.g. ``"<i8"``).
+
+    Each read becomes one batch of whole records (``np.frombuffer``, no copy); provenance
+    gives record indexes and byte offsets. A partial record at the end of a file is
+    reported with ``on_error`` (by default a :class:`~aflow.errors.DecodeError`), never
+    dropped silently.
+    """
+    dt = np.dtype(dtype)
+    size = max(dt.itemsize, chunk_size // dt.itemsize * dt.itemsize)
+    return Flow(
+        _FilesSource(
+            paths,
+            shape="records",
+            dtype=dt,
+            chunk_size=size,
+            max_open=max_open,
+            max_line=MiB,
+            follow=follow,
+            poll_interval=poll_interval,
+            on_error=on_error,
+            name=_name("read_records", paths),
+        )
+    )
+
+
+def read_npy(paths: Paths, *, chunk_size: int = MiB, max_open: int = 4) -> Flow[NDArray[Any]]:
+    """Rows of ``.npy`` files, streamed (the file is never loaded whole).
+
+    All files must hold the same dtype and row shape (C order).
+    """
+    files = expand(paths)
+    if not files:
+        raise FileNotFoundError(f"read_npy: no file matches {paths!r}")
+    dtype, row_shape, header = _npy_header(files[0])
+    size = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+    return Flow(
+        _FilesSource(
+            files,
+            shape="records",
+            dtype=dtype,
+            row_shape=row_shape,
+            chunk_size=max(size, chunk_size // size * size),
+            max_open=max_open,
+            max_line=MiB,
+            follow=False,
+            poll_interval=0.25,
+            on_error="raise",
+            header_bytes=header,
+            name=_name("read_npy", paths),
+        )
+    )
+
+
+def _npy_header(path: str) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+        if fortran and len(shape) > 1:
+            raise ValueError(f"read_npy: {path} is in Fortran order; only C order streams")
+        return np.dtype(dtype), tuple(shape[1:]), f.tell()
