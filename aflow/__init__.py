@@ -8,6 +8,9 @@ from ._message import Provenance as Provenance
 from .batching import batch as batch
 from .batching import rebatch as rebatch
 from .batching import unbatch as unbatch
+from .codecs.csv import decode_csv as decode_csv
+from .codecs.jsonl import decode_jsonl as decode_jsonl
+from .codecs.logs import decode_log as decode_log
 from .errors import AflowError as AflowError
 from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
@@ -36,6 +39,14 @@ from .sources.combine import concat as concat
 from .sources.combine import merge as merge
 from .sources.combine import repeat as repeat
 from .sources.combine import zip as zip
+from .sources.files import read_blocks as read_blocks
+from .sources.files import read_bytes as read_bytes
+from .sources.files import read_csv as read_csv
+from .sources.files import read_jsonl as read_jsonl
+from .sources.files import read_lines as read_lines
+from .sources.files import read_log as read_log
+from .sources.files import read_npy as read_npy
+from .sources.files import read_records as read_records
 from .sources.iterables import from_array as from_array
 from .sources.iterables import from_arrays as from_arrays
 from .sources.iterables import from_iterable as from_iterable
@@ -83,6 +94,9 @@ __all__ = [
     "collect",
     "concat",
     "dead_letter",
+    "decode_csv",
+    "decode_jsonl",
+    "decode_log",
     "discard",
     "filter",
     "filter_rows",
@@ -95,6 +109,14 @@ __all__ = [
     "map_batches",
     "merge",
     "partition",
+    "read_blocks",
+    "read_bytes",
+    "read_csv",
+    "read_jsonl",
+    "read_lines",
+    "read_log",
+    "read_npy",
+    "read_records",
     "rebatch",
     "reduce",
     "repeat",

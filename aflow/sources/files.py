@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ from .._message import Message, Provenance
 from .._ops import Outlet, Source
 from .._runtime import Closed, RunContext
 from ..codecs.csv import Engine, decode_csv
+from ..codecs.jsonl import decode_jsonl
+from ..codecs.logs import COMBINED, decode_log
 from ..errors import DecodeError
 from ..flow import Flow
 from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
@@ -28,7 +31,9 @@ __all__ = [
     "read_blocks",
     "read_bytes",
     "read_csv",
+    "read_jsonl",
     "read_lines",
+    "read_log",
     "read_npy",
     "read_records",
 ]
@@ -278,6 +283,54 @@ def read_csv(
         follow=follow,
         on_error=on_error,
     ) | decode_csv(dtype, delimiter=delimiter, header=header, engine=engine, on_error=on_error)
+
+
+def read_jsonl(
+    paths: Paths,
+    dtype: DTypeLike,
+    *,
+    chunk_size: int = MiB,
+    max_open: int = 4,
+    max_line: int = MiB,
+    follow: bool = False,
+    on_error: ErrorPolicy = "raise",
+) -> Flow[NDArray[Any]]:
+    """JSON lines files into structured arrays: :func:`read_blocks` then
+    :func:`decode_jsonl`."""
+    return read_blocks(
+        paths,
+        chunk_size=chunk_size,
+        max_open=max_open,
+        max_line=max_line,
+        follow=follow,
+        on_error=on_error,
+    ) | decode_jsonl(dtype, on_error=on_error)
+
+
+def read_log(
+    paths: Paths,
+    pattern: str | re.Pattern[str] = COMBINED,
+    columns: dict[str, str] | None = None,
+    *,
+    chunk_size: int = MiB,
+    max_open: int = 4,
+    max_line: int = MiB,
+    follow: bool = False,
+    poll_interval: float = 0.25,
+    on_error: ErrorPolicy = "raise",
+) -> Flow[NDArray[Any]]:
+    """Log files (by default nginx/Apache combined format) into typed columns:
+    :func:`read_blocks` then :func:`decode_log`. With ``follow=True`` this is
+    ``tail -F`` of rotating logs."""
+    return read_blocks(
+        paths,
+        chunk_size=chunk_size,
+        max_open=max_open,
+        max_line=max_line,
+        follow=follow,
+        poll_interval=poll_interval,
+        on_error=on_error,
+    ) | decode_log(pattern, columns, on_error=on_error)
 
 
 def read_records(
