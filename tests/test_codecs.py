@@ -1,0 +1,188 @@
+"""Line splitting and decoders: any split of the input gives the same records, bad lines
+are split off one by one, good ones never lost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aflow as af
+from aflow.codecs._decode import decode_lines
+from aflow.codecs.csv import _numpy_decoder
+from aflow.codecs.lines import LineSplitter, LineTooLongError
+
+READING = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f8")])
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def run_splitter(
+    chunks: list[bytes], max_line: int = 1 << 20
+) -> tuple[list[af.Batch], list[LineTooLongError]]:
+    splitter = LineSplitter("mem", max_line=max_line)
+    blocks = [b for b in map(splitter.feed, chunks) if b is not None]
+    errors = splitter.take_errors()
+    last = splitter.finish()
+    return blocks + ([last] if last is not None else []), errors
+
+
+lines_text = st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=40).map(
+    lambda ls: b"".join(line + (b"\r\n" if i % 3 == 0 else b"\n") for i, line in enumerate(ls))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=lines_text, tail=st.binary(max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=10)
+)
+def test_splitter_gives_the_same_lines_for_any_chunking(
+    data: bytes, tail: bytes, cuts: list[int]
+) -> None:
+    text = data + tail.replace(b"\n", b"")
+    blocks, errors = run_splitter(split_at(text, cuts))
+    assert errors == []
+    joined = b"".join(bytes(b.data) for b in blocks)
+    expected = text if text.endswith(b"\n") or not text else text + b"\n"
+    assert joined == expected
+    # provenance: consecutive line numbers and byte offsets that tile the input
+    line, offset = 1, 0
+    for b in blocks:
+        prov = b.provenance
+        assert prov is not None
+        assert (prov.start, prov.offset) == (line, offset)
+        assert prov.stop - prov.start == bytes(b.data).count(b"\n")
+        line, offset = prov.stop, prov.end_offset
+    assert offset == len(text)
+
+
+def test_an_overlong_line_is_reported_and_skipped_alone() -> None:
+    text = b"ok1\n" + b"x" * 100 + b"\nok2\n"
+    blocks, errors = run_splitter(split_at(text, [2, 30, 60, 90, 104]), max_line=16)
+    assert b"".join(bytes(b.data) for b in blocks) == b"ok1\nok2\n"
+    assert len(errors) == 1
+    assert (errors[0].line, errors[0].offset) == (2, 4)
+    assert blocks[-1].provenance is not None and blocks[-1].provenance.start == 3
+
+
+def csv_text(rows: list[tuple[int, int, float]]) -> bytes:
+    return b"".join(f"{a},{b},{c!r}\n".encode() for a, b, c in rows)
+
+
+rows_strategy = st.lists(
+    st.tuples(
+        st.integers(-(2**62), 2**62),
+        st.integers(-(2**31), 2**31 - 1),
+        st.floats(allow_nan=False, allow_infinity=True),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=rows_strategy,
+    bad_at=st.lists(st.integers(0, 60), max_size=5),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+    engine=st.sampled_from(["numpy", "pyarrow"]),
+)
+def test_csv_good_records_survive_any_split_and_bad_lines(
+    rows: list[tuple[int, int, float]], bad_at: list[int], cuts: list[int], engine: str
+) -> None:
+    lines = [csv_text([r]) for r in rows]
+    for i in sorted(set(bad_at), reverse=True):
+        lines.insert(min(i, len(lines)), b"not,a,number\n")
+    text = b"".join(lines)
+    dead: list[af.FailedItem] = []
+    flow = af.from_arrays(
+        [np.frombuffer(c, np.uint8) for c in _line_aligned(text, cuts)]
+    ) | af.decode_csv(READING, engine=engine, on_error=af.dead_letter(dead))  # type: ignore[arg-type]
+    got = af.run(flow).value
+    expected = np.array(rows, dtype=READING)
+    assert len(got) == len(rows)
+    if rows:
+        np.testing.assert_array_equal(got, expected)
+    assert [d.item for d in dead] == [b"not,a,number\n"] * len(set(bad_at))
+
+
+def _line_aligned(text: bytes, cuts: list[int]) -> list[bytes]:
+    blocks, _ = run_splitter(split_at(text, cuts))
+    return [bytes(b.data) for b in blocks] or [b""]
+
+
+def test_bisection_isolates_each_bad_line() -> None:
+    good = csv_text([(i, i, float(i)) for i in range(1000)])
+    lines = good.splitlines(keepends=True)
+    lines[10] = b"1,2\n"
+    lines[500] = b"\xff\xfe,1,1\n"
+    lines[999] = b"1,2,3,4\n"
+    parts, bad = decode_lines(b"".join(lines), _numpy_decoder(READING, ","))
+    assert [index for index, _, _ in bad] == [10, 500, 999]
+    assert sum(len(p) for p in parts) == 997
+
+
+def test_csv_empty_lines_nan_inf_quotes_and_crlf() -> None:
+    text = [b"1,2,nan\r\n", b"\n", b'2,3,"inf"\n', b"3,4,-inf\n"]
+    for engine in ("numpy", "pyarrow"):
+        got = af.run(af.from_iterable(text) | af.decode_csv(READING, engine=engine)).value  # type: ignore[arg-type]
+        assert got["ts"].tolist() == [1, 2, 3]
+        assert np.isnan(got["value"][0])
+        assert got["value"][1:].tolist() == [np.inf, -np.inf]
+
+
+def test_jsonl_decodes_and_splits_off_bad_lines() -> None:
+    text = [
+        b'{"ts": 1, "sensor": 2, "value": 0.5}\n',
+        b"\n",
+        b'{"ts": 2, "sensor": 3}\n',
+        b'{"ts": 3, "sensor": 4, "value": NaN}\n',
+        b'{"ts": 4.5, "sensor": 4, "value": 1}\n',
+        b"[1, 2, 3]\n",
+        b'{"ts": 5, "sensor": 6, "value": 7, "extra": "ignored"}\n',
+    ]
+    dead: list[af.FailedItem] = []
+    got = af.run(
+        af.from_iterable(text) | af.decode_jsonl(READING, on_error=af.dead_letter(dead))
+    ).value
+    assert got.tolist() == [(1, 2, 0.5), (5, 6, 7.0)]
+    assert len(dead) == 4
+
+
+COMBINED_LINE = (
+    '203.0.113.9 - alice [10/Oct/2000:13:55:36 -0700] "GET /index.html HTTP/1.1" 200 2326 '
+    '"http://example.com/" "Mozilla/5.0" 0.012\n'
+)
+
+
+def test_log_combined_format() -> None:
+    lines = [COMBINED_LINE, "garbage\n", COMBINED_LINE.replace(" 200 2326 ", " 404 - ")]
+    dead: list[af.FailedItem] = []
+    got = af.run(af.from_iterable(lines) | af.decode_log(on_error=af.dead_letter(dead))).value
+    assert got["status"].tolist() == [200, 404]
+    assert got["bytes"].tolist() == [2326, 0]
+    assert got["path"].tolist() == ["/index.html"] * 2
+    assert got["time"][0] == np.datetime64("2000-10-10T20:55:36", "ns")
+    assert got["request_time"][0] == pytest.approx(0.012)
+    assert [d.item for d in dead] == [b"garbage\n"]
+
+
+def test_log_custom_pattern_and_invalid_utf8() -> None:
+    pattern = r"(?P<level>[A-Z]+) (?P<ms>\d+) (?P<msg>.*)"
+    columns = {"level": "str", "ms": "int", "msg": "str"}
+    lines = [b"INFO 12 started\n", b"WARN 7 caf\xc3\xa9\n", b"ERROR 3 \xff\xfe\n"]
+    dead: list[af.FailedItem] = []
+    stage = af.decode_log(pattern, columns, on_error=af.dead_letter(dead))
+    got = af.run(af.from_iterable(lines) | stage).value
+    assert got["msg"].tolist() == ["started", "café"]
+    assert [d.item for d in dead] == [b"ERROR 3 \xff\xfe\n"]
+
+
+def test_decoders_reject_unstructured_dtypes() -> None:
+    with pytest.raises(TypeError, match="structured"):
+        af.decode_csv("f8")
+    with pytest.raises(ValueError, match="not a named group"):
+        af.decode_log(r"(?P<a>\d+)", {"b": "int"})

@@ -1,0 +1,168 @@
+"""File sources on real files: globs read concurrently, provenance, records, npy, follow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+import aflow as af
+
+pytestmark = pytest.mark.anyio
+
+READING = np.dtype([("ts", "<i8"), ("sensor", "<i4"), ("value", "<f4")])
+
+
+def write_csv(path: Path, start: int, n: int, sensor: int) -> None:
+    path.write_text("".join(f"{start + i},{sensor},{i * 0.5}\n" for i in range(n)))
+
+
+async def test_glob_of_csv_files_read_concurrently(tmp_path: Path) -> None:
+    for k in range(6):
+        write_csv(tmp_path / f"s{k}.csv", k * 10_000, 3000, k)
+    (tmp_path / "ignored.txt").write_text("x\n")
+    flow = af.read_csv(str(tmp_path / "*.csv"), READING, chunk_size=8192, max_open=3)
+    result = await flow.run()
+    got = np.sort(result.value, order="ts")
+    assert len(got) == 18_000
+    assert np.bincount(got["sensor"]).tolist() == [3000] * 6
+    assert got["ts"][:3].tolist() == [0, 1, 2]
+
+
+async def test_recursive_glob_and_header(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for path in (tmp_path / "a" / "x.csv", tmp_path / "a" / "b" / "y.csv"):
+        path.write_text("ts,sensor,value\n1,2,3.5\n")
+    flow = af.read_csv(str(tmp_path / "**" / "*.csv"), READING, header=True)
+    assert (await flow.run()).value.tolist() == [(1, 2, 3.5), (1, 2, 3.5)]
+
+
+async def test_bad_line_raises_with_path_and_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "meter.csv"
+    path.write_text("1,1,1\n2,2,2\nbad\n4,4,4\n")
+    with pytest.raises(af.DecodeError, match=r"meter.csv.*line 3"):
+        await af.read_csv(path, READING).run()  # type: ignore[arg-type]
+
+
+async def test_dead_letters_carry_raw_bytes_and_provenance(tmp_path: Path) -> None:
+    path = tmp_path / "meter.csv"
+    path.write_bytes(b"1,1,1\n2,2\n3,3,3\n\xff,4,4\n5,5,5")
+    dead: list[af.FailedItem] = []
+    flow = af.read_csv(str(path), READING, chunk_size=4, on_error=af.dead_letter(dead))
+    result = await flow.run()
+    assert result.value["ts"].tolist() == [1, 3, 5]  # the last line had no newline
+    assert [d.item for d in dead] == [b"2,2\n", b"\xff,4,4\n"]
+    assert [d.error.line for d in dead] == [2, 4]  # type: ignore[attr-defined]
+    assert result.statistics.stage("decode_csv[pyarrow]").errors == 2
+
+
+async def test_lines_across_chunk_boundaries(tmp_path: Path) -> None:
+    path = tmp_path / "text.log"
+    lines = [f"line {i} " + "x" * (i % 17) for i in range(500)]
+    path.write_bytes("\r\n".join(lines).encode())  # CRLF, no final newline
+    got = (await af.read_lines(str(path), chunk_size=7).run()).value
+    assert got == lines
+
+
+async def test_block_provenance_gives_lines_and_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("a\nbb\nccc\n")
+    async with af.read_blocks(str(path), chunk_size=5).open() as run:
+        provs = [
+            (b.provenance.start, b.provenance.stop, b.provenance.offset, b.provenance.end_offset)
+            async for b in run.envelopes()
+        ]  # type: ignore[union-attr]
+    assert provs == [(1, 3, 0, 5), (3, 4, 5, 9)]  # reads of 5 bytes: "a\nbb\n", "ccc\n"
+
+
+async def test_binary_records_and_partial_trailing_record(tmp_path: Path) -> None:
+    data = np.zeros(10_000, READING)
+    data["ts"] = np.arange(10_000)
+    data["value"] = np.linspace(0, 1, 10_000)
+    path = tmp_path / "r.bin"
+    data.tofile(path)
+    got = (await af.read_records(str(path), READING, chunk_size=4000).run()).value
+    np.testing.assert_array_equal(got, data)
+    with path.open("ab") as f:
+        f.write(b"\x01\x02\x03")
+    with pytest.raises(af.DecodeError, match="partial record of 3 bytes"):
+        await af.read_records(str(path), READING).run()
+    dead: list[af.FailedItem] = []
+    flow = af.read_records(str(path), READING, on_error=af.dead_letter(dead))
+    assert len((await flow.run()).value) == 10_000
+    assert dead[0].item == b"\x01\x02\x03"
+    assert dead[0].provenance is not None and dead[0].provenance.start == data.nbytes
+
+
+async def test_big_endian_records(tmp_path: Path) -> None:
+    dt = np.dtype([("ts", ">i8"), ("value", ">f4")])
+    data = np.array([(1, 1.5), (2, 2.5)], dt)
+    (tmp_path / "be.bin").write_bytes(data.tobytes())
+    got = (await af.read_records(str(tmp_path / "be.bin"), dt).run()).value
+    assert got.tolist() == [(1, 1.5), (2, 2.5)]
+
+
+async def test_npy_files_stream_in_rows(tmp_path: Path) -> None:
+    a = np.arange(3000, dtype="f8").reshape(1000, 3)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", a + 3000)
+    async with af.read_npy(str(tmp_path / "*.npy"), chunk_size=2400).open() as run:
+        batches = [b async for b in run]
+    assert all(b.shape[1:] == (3,) and len(b) <= 100 for b in batches)
+    got = np.concatenate(batches)
+    assert sorted(got[:, 0].tolist()) == sorted(np.concatenate([a, a + 3000])[:, 0].tolist())
+
+
+async def test_missing_file_and_empty_glob(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        await af.read_lines(str(tmp_path / "nope.txt")).run()
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        await af.read_lines(str(tmp_path / "*.nothing")).run()
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - polls what the flow has delivered
+            await anyio.sleep(0.01)
+
+
+async def test_follow_survives_rotation_and_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("one\ntwo\n")
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.01) | af.for_each(seen.append)
+    async with flow.open() as run:
+        await wait_for(lambda: seen == ["one", "two"])
+        with path.open("a") as f:
+            f.write("three\nfou")
+        await wait_for(lambda: seen[-1:] == ["three"])
+        with path.open("a") as f:
+            f.write("r\n")
+        await wait_for(lambda: seen[-1:] == ["four"])
+        # rotation: the old file is renamed (and still written to once), a new one appears
+        os.rename(path, tmp_path / "app.log.1")
+        with (tmp_path / "app.log.1").open("a") as f:
+            f.write("five\n")
+        path.write_text("six\n")
+        await wait_for(lambda: seen[-1:] == ["six"])
+        # truncation: the file shrinks, reading starts again from 0
+        path.write_text("")
+        await anyio.sleep(0.05)
+        path.write_text("seven\n")
+        await wait_for(lambda: seen[-1:] == ["seven"])
+        run.stop()
+    assert seen == ["one", "two", "three", "four", "five", "six", "seven"]
+
+
+async def test_follow_stops_gracefully_and_flushes(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text("1,1,1\n2,2,2\n")
+    flow = af.read_csv(str(path), READING, follow=True) | af.batch(100) | af.collect()
+    async with flow.open() as run:
+        await anyio.sleep(0.3)
+        run.stop()
+        result = await run.wait()
+    assert result.value["ts"].tolist() == [1, 2]  # the partial batch was flushed
