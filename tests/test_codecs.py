@@ -66,7 +66,8 @@ def test_an_overlong_line_is_reported_and_skipped_alone() -> None:
     assert b"".join(bytes(b.data) for b in blocks) == b"ok1\nok2\n"
     assert len(errors) == 1
     assert (errors[0].line, errors[0].offset) == (2, 4)
-    assert blocks[-1].provenance is not None and blocks[-1].provenance.start == 3
+    assert blocks[-1].provenance is not None
+    assert blocks[-1].provenance.start == 3
 
 
 def csv_text(rows: list[tuple[int, int, float]]) -> bytes:

@@ -94,7 +94,8 @@ async def test_binary_records_and_partial_trailing_record(tmp_path: Path) -> Non
     flow = af.read_records(str(path), READING, on_error=af.dead_letter(dead))
     assert len((await flow.run()).value) == 10_000
     assert dead[0].item == b"\x01\x02\x03"
-    assert dead[0].provenance is not None and dead[0].provenance.start == data.nbytes
+    assert dead[0].provenance is not None
+    assert dead[0].provenance.start == data.nbytes
 
 
 async def test_big_endian_records(tmp_path: Path) -> None:
@@ -123,8 +124,8 @@ async def test_missing_file_and_empty_glob(tmp_path: Path) -> None:
         await af.read_lines(str(tmp_path / "*.nothing")).run()
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    with anyio.fail_after(timeout):
+async def wait_for(predicate) -> None:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(5):
         while not predicate():  # noqa: ASYNC110 - polls what the flow has delivered
             await anyio.sleep(0.01)
 
