@@ -1,6 +1,7 @@
 """Core throughput benchmark: one pipeline, four implementations, side by side.
 
-What is measured (wall time with ``time.perf_counter``, best of ``--reps`` runs, default 3):
+What is measured (wall time with ``time.perf_counter``, best of ``--reps`` rounds, default 3;
+each round runs every implementation of a case once, so load elsewhere hits them alike):
 
 1. Batched path. 1,000,000 float64 values (``--quick``: 100,000) come from a generator that
    yields arrays of 4,096 values (drawn once, up front, from a seeded RNG, so drawing them is
@@ -29,7 +30,9 @@ What is measured (wall time with ``time.perf_counter``, best of ``--reps`` runs,
 Every implementation must give the same results (``np.isclose``), else the script exits
 with status 1. The targets at the end are informational: they do not change the exit code.
 
-Run: ``python benchmarks/bench_core.py`` (about a minute) or ``--quick`` (a few seconds).
+Ratios in the tables are time / reference time ("x numpy", "x aflow"): below 1 is faster.
+
+Run: ``python benchmarks/bench_core.py`` (under a minute) or ``--quick`` (a few seconds).
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ import math
 import operator
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -64,6 +67,8 @@ TARGET_NUMPY_RATIO = 1.3
 Stats = tuple[float, float, float]
 EMPTY_STATS: Stats = (0.0, math.inf, -math.inf)
 _END: Any = object()
+Queue = asyncio.Queue[Any]
+StageTask = Callable[[Queue, Queue], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ def fold_stats(acc: Stats, batch: np.ndarray) -> Stats:
 
 
 def keep_rows(batch: np.ndarray) -> np.ndarray:
-    return batch[is_warm(batch)]
+    kept: np.ndarray = batch[is_warm(batch)]
+    return kept
 
 
 def identity(batch: np.ndarray) -> np.ndarray:
@@ -238,7 +244,7 @@ async def fold(inbox: asyncio.Queue[Any], fn: Callable[[Any, Any], Any], acc: An
 
 async def queue_pipeline(
     items: Iterable[Any],
-    stages: list[Callable[[asyncio.Queue[Any], asyncio.Queue[Any]], Awaitable[None]]],
+    stages: Sequence[StageTask],
     fn: Callable[[Any, Any], Any],
     initial: Any,
 ) -> Any:
@@ -252,11 +258,11 @@ async def queue_pipeline(
     return folded.result()
 
 
-def map_stage(fn: Callable[[Any], Any]) -> Callable[..., Awaitable[None]]:
+def map_stage(fn: Callable[[Any], Any]) -> StageTask:
     return lambda inbox, out: relay(inbox, out, lambda x: (fn(x),))
 
 
-def filter_stage(pred: Callable[[Any], Any]) -> Callable[..., Awaitable[None]]:
+def filter_stage(pred: Callable[[Any], Any]) -> StageTask:
     return lambda inbox, out: relay(inbox, out, lambda x: (x,) if pred(x) else ())
 
 
@@ -320,10 +326,10 @@ def bench_batched(sizes: Sizes, reps: int) -> list[tuple[int, list[Timing]]]:
     for size in BATCH_SIZES:
         flow = batched_aflow(gen, size)
         impls = [
-            Impl("aflow", lambda flow=flow: run_aflow(flow), is_async=True),
-            Impl("asyncio.Queue", lambda s=size: batched_queue(gen, s), is_async=True),
-            Impl("sync generators", lambda s=size: batched_sync(gen, s)),
-            Impl("numpy single-shot", lambda: batched_numpy(values)),
+            Impl("aflow", functools.partial(run_aflow, flow), is_async=True),
+            Impl("asyncio.Queue", functools.partial(batched_queue, gen, size), is_async=True),
+            Impl("sync generators", functools.partial(batched_sync, gen, size)),
+            Impl("numpy single-shot", functools.partial(batched_numpy, values)),
         ]
         timings = race(impls, reps)
         check_same(f"batched B={size:,}", timings)
@@ -404,8 +410,10 @@ def bench_elements(sizes: Sizes, reps: int) -> list[Timing]:
 # -- 3. per-batch overhead of one stage ----------------------------------------------------
 
 
-def tiny_flow(gen: Callable[[], Iterator[np.ndarray]], stage: Any, n: int) -> af.SinkFlow[int]:
-    flow: Any = af.from_arrays(gen)
+def tiny_flow(
+    gen: Callable[[], Iterator[np.ndarray]], stage: Callable[[], af.Stage[Any, Any]], n: int
+) -> af.SinkFlow[int]:
+    flow: af.Flow[Any] = af.from_arrays(gen)
     for _ in range(n):
         flow = flow | stage()
     return flow | af.discard()
@@ -416,7 +424,8 @@ async def queue_relay_chain(items: list[np.ndarray], hops: int) -> int:
     if hops == 0:
         return sum(len(x) for x in items)
     stages = [map_stage(identity)] * hops
-    return await queue_pipeline(items, stages, lambda acc, x: acc + len(x), 0)
+    rows: int = await queue_pipeline(items, stages, lambda acc, x: acc + len(x), 0)
+    return rows
 
 
 def overhead_us(t_base: float, t_more: float, batches: int) -> float:
@@ -429,9 +438,9 @@ def bench_overhead(sizes: Sizes, reps: int) -> list[tuple[str, float, float, flo
     tiny = [np.array([float(i)]) for i in range(n)]
     gen = generator_of(tiny)
     flows = [tiny_flow(gen, buffer4, 0), tiny_flow(gen, buffer4, HOPS), tiny_flow(gen, fused, HOPS)]
-    impls = [Impl(repr(f), lambda f=f: run_aflow(f), is_async=True) for f in flows]
+    impls = [Impl(repr(f), functools.partial(run_aflow, f), is_async=True) for f in flows]
     impls += [
-        Impl(f"{k} queue relays", lambda k=k: queue_relay_chain(tiny, k), is_async=True)
+        Impl(f"{k} queue relays", functools.partial(queue_relay_chain, tiny, k), is_async=True)
         for k in (0, HOPS)
     ]
     timings = race(impls, reps)
@@ -457,7 +466,7 @@ def fused() -> af.Stage[Any, Any]:
 # -- checking and reporting ----------------------------------------------------------------
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     sys.exit(f"RESULT MISMATCH: {message}")
 
 
@@ -557,7 +566,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10x less data (CI smoke run)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions; the best counts")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -566,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = Sizes(1_000_000 // scale, 200_000 // scale, 50_000 // scale)
     print(
         f"aflow {af.__version__}, numpy {np.__version__}, Python {sys.version.split()[0]}"
-        f"{' (quick)' if args.quick else ''}"
+        f"{' (quick)' if args.quick else ''}; ratios are time / reference time (< 1 = faster)"
     )
     groups = bench_batched(sizes, args.reps)
     print_batched(groups, sizes.rows, args.reps)

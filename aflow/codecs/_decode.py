@@ -11,16 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import numpy as np
 from numpy.typing import NDArray
 
 from .._message import Batch, Message, Provenance
 from .._ops import ChunkOp, ChunkRunner
 from ..errors import DecodeError
+from ..flow import Stage
 from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
 from ..stats import StageCounters
 
-__all__ = ["BadLine", "DecodeOp", "decode_lines"]
+__all__ = ["BadLine", "DecodeOp", "decode_lines", "decode_stage"]
 
 FastDecode = Callable[[bytes], NDArray[Any]]
 
@@ -75,23 +77,39 @@ class _DecodeRunner(ChunkRunner):
         raise NotImplementedError
 
     async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
-        op = self.op
+        batch = self.prepare(msg)
+        parts, bad = decode_lines(batch.data.tobytes(), self.op.decode)
+        return await self.assemble(batch, parts, bad, counters)
+
+    def prepare(self, msg: Message) -> Batch:
+        """The block as a batch (a chunk of lines is joined), its header line removed."""
         if not isinstance(msg, Batch):  # a chunk of lines (bytes or str)
             blob = b"".join(_line_bytes(x) for x in msg)
             msg = Batch(np.frombuffer(blob, np.uint8), "source")
-        blob = msg.data.tobytes()
         prov = msg.provenance
-        if op.header and prov is not None and prov.unit == "line" and prov.start == 1:
-            blob = blob[blob.find(b"\n") + 1 :]
+        if self.op.header and prov is not None and prov.unit == "line" and prov.start == 1:
+            data = msg.data
+            newline = np.flatnonzero(data == 10)
+            cut = int(newline[0]) + 1 if len(newline) else len(data)
             prov = Provenance(prov.source, 2, prov.stop, "line", prov.offset, prov.end_offset)
-        parts, bad = decode_lines(blob, op.decode)
+            msg = Batch(data[cut:], msg.reason, prov)
+        return msg
+
+    async def assemble(
+        self,
+        batch: Batch,
+        parts: list[NDArray[Any]],
+        bad: list[BadLine],
+        counters: StageCounters,
+    ) -> list[Message]:
+        """Report the bad lines, then the good rows as one batch."""
         for index, line, exc in bad:
-            await self._report(index, line, exc, prov, counters)
+            await self._report(index, line, exc, batch.provenance, counters)
         rows = [p for p in parts if len(p)]
         if not rows:
             return []
         data = rows[0] if len(rows) == 1 else np.concatenate(rows)
-        return [Batch(data, msg.reason, prov)]
+        return [Batch(data, batch.reason, batch.provenance)]
 
     async def _report(
         self,
@@ -144,3 +162,22 @@ class DecodeOp(ChunkOp):
 
     def start(self) -> ChunkRunner:
         return _DecodeRunner(self)
+
+
+def decode_stage(op: DecodeOp, threads: int) -> Stage[Any, NDArray[Any]]:
+    """``op`` fused (``threads=0``), or decoding ``threads`` blocks at once in worker
+    threads (the parsers release the GIL), output kept in input order."""
+    if threads <= 0:
+        return Stage(op)
+    from ..stages.concurrency import _ConcurrentOp, _whole
+
+    runner = _DecodeRunner(op)
+    limiter = anyio.CapacityLimiter(threads)
+
+    async def work(msg: Message, counters: StageCounters) -> list[Message]:
+        batch = runner.prepare(msg)
+        blob = batch.data.tobytes()
+        parts, bad = await anyio.to_thread.run_sync(decode_lines, blob, op.decode, limiter=limiter)
+        return await runner.assemble(batch, parts, bad, counters)
+
+    return Stage(_ConcurrentOp(f"{op.name}[threads={threads}]", work, _whole, threads, True, None))

@@ -7,6 +7,7 @@ Two engines: NumPy's C ``loadtxt`` (always there) and pyarrow's multi-threaded C
 from __future__ import annotations
 
 import io
+import os
 from typing import Any, Literal
 
 import numpy as np
@@ -14,7 +15,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..flow import Stage
 from ..policies import ErrorPolicy
-from ._decode import DecodeOp, FastDecode
+from ._decode import DecodeOp, FastDecode, decode_stage
 
 __all__ = ["decode_csv"]
 
@@ -40,7 +41,7 @@ def _arrow_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
 
     names = list(dtype.names or ())
     types = {n: pa.from_numpy_dtype(dtype.fields[n][0]) for n in names}  # type: ignore[index]
-    read = pacsv.ReadOptions(column_names=names, use_threads=True)
+    read = pacsv.ReadOptions(column_names=names, use_threads=False)  # aflow runs blocks in parallel
     parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"')
     convert = pacsv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False)
 
@@ -77,6 +78,7 @@ def decode_csv(
     delimiter: str = ",",
     header: bool = False,
     engine: Engine = "auto",
+    threads: int | None = None,
     on_error: ErrorPolicy = "raise",
 ) -> Stage[Any, NDArray[Any]]:
     """Decode blocks of delimited lines into a structured array of ``dtype``.
@@ -94,6 +96,9 @@ def decode_csv(
         header: the first line of each source is a header and is skipped.
         engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``
             (pyarrow when installed and every column is numeric).
+        threads: blocks decoded at once in worker threads (both engines release the GIL
+            while parsing); by default one per core for pyarrow, none (decode inline,
+            fused with the neighbouring stages) for numpy.
         on_error: ``"raise"``, ``"skip"`` or :func:`~aflow.dead_letter`.
     """
     dt = np.dtype(dtype)
@@ -101,4 +106,7 @@ def decode_csv(
         raise TypeError(f"decode_csv: dtype {dt} must be structured (one field per column)")
     chosen = _engine(engine, dt)
     decode = _arrow_decoder(dt, delimiter) if chosen == "pyarrow" else _numpy_decoder(dt, delimiter)
-    return Stage(DecodeOp(f"decode_csv[{chosen}]", decode, on_error, header=header))
+    if threads is None:
+        threads = (os.cpu_count() or 1) if chosen == "pyarrow" else 0
+    op = DecodeOp(f"decode_csv[{chosen}]", decode, on_error, header=header)
+    return decode_stage(op, threads)

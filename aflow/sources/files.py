@@ -268,21 +268,32 @@ def read_csv(
     delimiter: str = ",",
     header: bool = False,
     engine: Engine = "auto",
+    threads: int | None = None,
     chunk_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
     follow: bool = False,
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
-    """CSV files into structured arrays: :func:`read_blocks` then :func:`decode_csv`."""
-    return read_blocks(
+    """CSV files into structured arrays: :func:`read_blocks` then :func:`decode_csv`
+    (see there for ``delimiter``, ``header``, ``engine`` and ``threads``)."""
+    decode = decode_csv(
+        dtype,
+        delimiter=delimiter,
+        header=header,
+        engine=engine,
+        threads=threads,
+        on_error=on_error,
+    )
+    blocks = read_blocks(
         paths,
         chunk_size=chunk_size,
         max_open=max_open,
         max_line=max_line,
         follow=follow,
         on_error=on_error,
-    ) | decode_csv(dtype, delimiter=delimiter, header=header, engine=engine, on_error=on_error)
+    )
+    return blocks | decode
 
 
 def read_jsonl(
