@@ -7,7 +7,7 @@ where its rows came from. User functions never see the envelope, only the array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -48,26 +48,42 @@ class Provenance:
         return text
 
 
-@dataclass(frozen=True, slots=True)
 class Batch:
-    """An array batch with its envelope.
+    """An array batch with its envelope (treat it as immutable).
 
     Attributes:
         data: the rows: a 1-D array of a scalar dtype or a structured array of records.
         reason: why the batch closed (see :data:`BatchReason`).
         provenance: where the rows came from, when the source knows.
+
+    A plain slots class rather than a frozen dataclass: one is made per batch on the hot
+    path, and this builds in a third of the time.
     """
 
-    data: NDArray[Any]
-    reason: BatchReason = "source"
-    provenance: Provenance | None = None
+    __slots__ = ("data", "provenance", "reason")
+
+    def __init__(
+        self,
+        data: NDArray[Any],
+        reason: BatchReason = "source",
+        provenance: Provenance | None = None,
+    ) -> None:
+        self.data = data
+        self.reason = reason
+        self.provenance = provenance
 
     def with_data(self, data: NDArray[Any]) -> Batch:
         """Return the same envelope around other rows (what row-wise stages do)."""
-        return replace(self, data=data)
+        return Batch(data, self.reason, self.provenance)
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __repr__(self) -> str:
+        return (
+            f"Batch({len(self.data)} rows of {self.data.dtype}, reason={self.reason!r}, "
+            f"provenance={self.provenance!r})"
+        )
 
 
 Message: TypeAlias = "list[Any] | Batch"

@@ -56,6 +56,7 @@ class Edge:
         self.queued = 0
         self._space: anyio.Event | None = None
         self._receiver_closed = False
+        self._on_close: list[Callable[[], None]] = []
         receiver.buffer_size = size
 
     async def send(self, msg: Message, blocked: list[float]) -> None:
@@ -67,18 +68,7 @@ class Edge:
         Raises:
             anyio.BrokenResourceError: the receiving side is closed.
         """
-        n = message_bytes(msg)
-        if n and self.max_bytes is not None and self.bytes + n > self.max_bytes and self.bytes:
-            t0 = perf_counter()
-            await self._wait_for_bytes(n)
-            blocked[0] += perf_counter() - t0
-        try:
-            self._tx.send_nowait(msg)
-        except anyio.WouldBlock:
-            t0 = perf_counter()
-            await self._tx.send(msg)
-            blocked[0] += perf_counter() - t0
-        self._admitted(n)
+        await _send_counted(self, self._tx, msg, blocked)
 
     async def _wait_for_bytes(self, n: int) -> None:
         limit = self.max_bytes
@@ -89,13 +79,23 @@ class Edge:
                 self._space = anyio.Event()
             await self._space.wait()
 
-    def _admitted(self, n: int) -> None:
+    def _reserve(self, n: int) -> None:
+        self.bytes += n
+        self._run.add_bytes(n)
+
+    def _admitted(self) -> None:
         self.queued += 1
         if self.queued > self._receiver.buffer_high_water:
             self._receiver.buffer_high_water = self.queued
-        if n:
-            self.bytes += n
-            self._run.add_bytes(n)
+
+    def add_sender_scope(self, scope: anyio.CancelScope) -> None:
+        """Register the cancel scope of a task sending into this buffer; it is cancelled
+        when the receiving side closes, so an idle producer stops at once."""
+        self._on_close.append(scope.cancel)
+
+    def on_receiver_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the receiving side closes."""
+        self._on_close.append(callback)
 
     async def receive(self) -> Message:
         """Take the next message (raises ``anyio.EndOfStream`` once all senders closed)."""
@@ -141,10 +141,38 @@ class Edge:
         self._tx.close()
 
     def close_receive(self) -> None:
+        if not self._receiver_closed:
+            for callback in self._on_close:
+                callback()
         self._receiver_closed = True
         self._rx.close()
         if self._space is not None:
             self._space.set()
+
+
+async def _send_counted(edge: Edge, tx: Any, msg: Message, blocked: list[float]) -> None:
+    """Send ``msg`` into ``edge`` through ``tx``, honouring its message and byte limits.
+
+    Bytes are reserved before any wait for room, so several producers sharing the edge
+    (merge) cannot all pass the byte check at once. Does not yield while there is room.
+    """
+    n = message_bytes(msg)
+    if n and edge.max_bytes is not None and edge.bytes + n > edge.max_bytes and edge.bytes:
+        t0 = perf_counter()
+        await edge._wait_for_bytes(n)
+        blocked[0] += perf_counter() - t0
+    edge._reserve(n)
+    try:
+        try:
+            tx.send_nowait(msg)
+        except anyio.WouldBlock:
+            t0 = perf_counter()
+            await tx.send(msg)
+            blocked[0] += perf_counter() - t0
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        edge._reserve(-n)
+        raise
+    edge._admitted()
 
 
 class _Sender:
@@ -155,13 +183,7 @@ class _Sender:
         self._tx = tx
 
     async def send(self, msg: Message, blocked: list[float]) -> None:
-        edge = self.edge
-        n = message_bytes(msg)
-        t0 = perf_counter()
-        await edge._wait_for_bytes(n)
-        await self._tx.send(msg)
-        edge._admitted(n)
-        blocked[0] += perf_counter() - t0 if edge.queued >= edge.size else 0.0
+        await _send_counted(self.edge, self._tx, msg, blocked)
 
     def close_send(self) -> None:
         self._tx.close()
@@ -245,7 +267,15 @@ class Segment:
         self.downstream = downstream
         self.inbox = inbox
         self.blocked = blocked
-        self.checkpoint_each_emit = isinstance(downstream, _FusedSink)
+        self.scope = anyio.CancelScope()  # cancelled when the downstream buffer closes
+        if isinstance(downstream, Edge):
+            downstream.add_sender_scope(self.scope)
+        elif isinstance(downstream, _Sender):
+            downstream.edge.add_sender_scope(self.scope)
+        else:  # a routing sink stops this task once all its branches have stopped
+            attach = getattr(downstream.writer, "attach_sender_scope", None)
+            if attach is not None:
+                attach(self.scope)
         self._resumed = self._checkpointed = perf_counter()
 
     # -- the Outlet protocol, for sources ---------------------------------------------
@@ -269,7 +299,7 @@ class Segment:
         for m in msgs:
             await self._send(m)
         now = perf_counter()
-        if self.checkpoint_each_emit and now - self._checkpointed > CHECKPOINT_INTERVAL:
+        if now - self._checkpointed > CHECKPOINT_INTERVAL:
             await anyio.lowlevel.checkpoint()  # let other tasks (and cancellation) in
             now = self._checkpointed = perf_counter()
         self._resumed = now
@@ -312,6 +342,17 @@ class Segment:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise Closed from None
 
+    async def _run_head(self) -> None:
+        try:
+            satisfied = [i for i, (runner, _) in enumerate(self.fused) if runner.done]
+            if satisfied:  # take(0) and the like: the head need not run at all
+                await self.finish(satisfied[0])
+                raise Closed
+            await self.head(self)
+        except Closed:
+            return
+        await self.finish()
+
     async def finish(self, start: int = 0) -> None:
         """Flush every fused op from ``start`` on, in order, through the ones after it."""
         for i in range(start, len(self.fused)):
@@ -327,21 +368,17 @@ class Segment:
             for m in msgs:
                 await self._send(m)
         if isinstance(self.downstream, _FusedSink):
-            await self.downstream.finish()
+            try:
+                await self.downstream.finish()
+            except Exception as exc:
+                locate(exc, self.downstream.counters.name)
+                raise
 
     async def run(self) -> None:
         self._resumed = perf_counter()
         try:
-            try:
-                satisfied = [i for i, (runner, _) in enumerate(self.fused) if runner.done]
-                if satisfied:  # take(0) and the like: the head need not run at all
-                    await self.finish(satisfied[0])
-                    raise Closed
-                await self.head(self)
-            except Closed:
-                pass
-            else:
-                await self.finish()
+            with self.scope:  # a closed downstream ends this task wherever it waits
+                await self._run_head()
         except Closed:
             pass
         except Exception as exc:
@@ -374,6 +411,7 @@ class RunContext:
         self._names: dict[int, str] = {}
         self._recycled: dict[str, list[StageCounters]] = {}
         self._captured: list[StageCounters] | None = None
+        self._stage_number = 0
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -408,7 +446,8 @@ class RunContext:
         if pool:
             c = pool.pop()
         else:
-            c = StageCounters(f"{len(self.counters.stages)}:{name}")
+            c = StageCounters(f"{self._stage_number}:{name}")
+            self._stage_number += 1
             self.counters.stages.append(c)
             self._names[id(c)] = name
         if self._captured is not None:

@@ -151,13 +151,16 @@ class Flow(Generic[T_co]):
 
         return await (self | collect()).run(buffer=buffer, max_bytes=max_bytes, grace=grace)
 
-    async def __aiter__(self) -> AsyncIterator[T_co]:
-        """Iterate the output. To stop early, prefer ``async with flow.open() as run``,
-        which stops the run at once when the block exits; a plain ``async for`` that breaks
-        leaves the run suspended until the iterator is garbage collected."""
-        async with self.open() as r:
-            async for item in r:
-                yield item
+    def __aiter__(self) -> Any:
+        """Not supported: iterate a run, ``async with flow.open() as run: async for x in run``.
+
+        A run owns a task group, which must be entered and left by the same ``async
+        with`` block; a bare ``async for`` that breaks early could not close it.
+        """
+        raise TypeError(
+            "iterate a run of the flow: `async with flow.open() as run: async for item in run:`"
+            " (the block stops the run when you leave it, even after a break)"
+        )
 
     def __repr__(self) -> str:
         return " | ".join([self._source.name, *(op.name for op in self._ops)])
@@ -309,6 +312,8 @@ class Run(Generic[R_co]):
                 await self._done.wait()
 
     def __aiter__(self) -> _Items:
+        if self._output is None:
+            raise FlowDefinitionError("this flow ends in a sink; use `await run.wait()`")
         return _Items(self)
 
     def envelopes(self) -> _Envelopes:

@@ -85,8 +85,15 @@ async def test_generator_object_runs_once_then_says_why() -> None:
 async def test_flow_without_sink_collects_and_iterates() -> None:
     flow = af.from_iterable(range(10)) | af.map(lambda x: x + 1)
     assert (await flow.run()).value == list(range(1, 11))
-    seen = [x async for x in flow]
+    async with flow.open() as run:
+        seen = [x async for x in run]
     assert seen == list(range(1, 11))
+    with pytest.raises(TypeError, match=r"flow\.open"):
+        [x async for x in flow]  # type: ignore[attr-defined]
+    sink_flow = flow | af.collect()
+    async with sink_flow.open() as run:
+        with pytest.raises(af.FlowDefinitionError, match="ends in a sink"):
+            [x async for x in run]
 
 
 async def test_open_yields_items_and_envelopes() -> None:

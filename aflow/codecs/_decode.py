@@ -172,9 +172,10 @@ def decode_stage(op: DecodeOp, threads: int) -> Stage[Any, NDArray[Any]]:
     from ..stages.concurrency import _ConcurrentOp, _whole
 
     runner = _DecodeRunner(op)
-    limiter = anyio.CapacityLimiter(threads)
 
-    async def work(msg: Message, counters: StageCounters) -> list[Message]:
+    async def work(
+        msg: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
+    ) -> list[Message]:
         batch = runner.prepare(msg)
         blob = batch.data.tobytes()
         parts, bad = await anyio.to_thread.run_sync(decode_lines, blob, op.decode, limiter=limiter)

@@ -8,6 +8,7 @@ branch it sends to, so the slowest branch sets the pace of the whole flow.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,18 @@ class _BroadcastWriter(SinkWriter[Any, tuple[Any, ...]]):
     def close_input(self) -> None:
         """Called by the runtime when no more input will come: branches may finish."""
         self.branches.close()
+
+    def attach_sender_scope(self, scope: Any) -> None:
+        """Cancel the producing task once every branch has stopped reading."""
+        closed: set[int] = set()
+
+        def closed_one(i: int) -> None:
+            closed.add(i)
+            if len(closed) == len(self.branches.edges):
+                scope.cancel()
+
+        for i, edge in enumerate(self.branches.edges):
+            edge.on_receiver_close(partial(closed_one, i))
 
     async def _send_all(self, msg: Message) -> None:
         for i in range(len(self.branches.edges)):

@@ -227,11 +227,10 @@ class FileReader:
         """Read ``f`` to its end; in follow mode, True means: reopen the path."""
         position = framer.offset
         while not out.stopping:
+            chunk = b""
             with out.pull_scope():
                 chunk = await f.read(self.chunk_size)
-            if out.stopping:
-                return False
-            if chunk:
+            if chunk:  # what was read is processed, even when stopping
                 position += len(chunk)
                 msg = framer.feed(chunk)
                 for error in framer.take_errors():

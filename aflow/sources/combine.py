@@ -112,13 +112,17 @@ class _RepeatSource(_ConcatSource):
             edge = ctx.edge(counters)
             with ctx.capture() as used:
                 _start(ctx, self.flows[0], edge)
+            produced = False
             try:
                 async for msg in edge:
+                    produced = True
                     await out.emit(msg)
             finally:
                 edge.close_receive()
             ctx.recycle(used)
             done += 1
+            if not produced and self.times is None:
+                return  # repeating an empty flow forever would never end
             await anyio.lowlevel.checkpoint()
 
 
@@ -169,4 +173,6 @@ def zip(*flows: Flow[Any]) -> Flow[tuple[Any, ...]]:
 
     Ends with the shortest flow (the others are stopped). A batch counts as one item.
     """
+    if not flows:
+        raise ValueError("zip() needs at least one flow")
     return Flow(_ZipSource(_check(flows, "zip")))

@@ -95,12 +95,14 @@ class _IterableSource(Source):
         try:
             start = 0
             while not out.stopping:
+                pulled = False
                 with out.pull_scope():
                     try:
                         item = await anext(it)
+                        pulled = True
                     except StopAsyncIteration:
                         return
-                if out.stopping:
+                if not pulled:  # a stop interrupted the wait: nothing was read
                     return
                 if self.as_batches:
                     arr = np.asarray(item)

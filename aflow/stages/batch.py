@@ -12,6 +12,7 @@ from .._message import Batch, Message
 from .._ops import FunctionOp, callable_name
 from ..flow import Stage
 from ..policies import ErrorPolicy
+from ..stats import StageCounters
 
 __all__ = ["filter_rows", "map_batches"]
 
@@ -22,7 +23,27 @@ def _as_batches(items: list[Any]) -> list[Batch]:
     return [Batch(np.asarray(item), "source") for item in items]
 
 
-class _MapBatchesOp(FunctionOp):
+class _BatchFunctionOp(FunctionOp):
+    """A batch-wise step: plain elements that are arrays are treated as batches."""
+
+    def process(self, msg: Message) -> list[Message]:
+        if isinstance(msg, Batch):
+            return self.apply_batch(msg)
+        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]
+
+    async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
+        if isinstance(msg, Batch):
+            return await super().process_guarded(msg, counters)
+        outs: list[Message] = []
+        for b in _as_batches(msg):
+            outs.extend(await super().process_guarded(b, counters))
+        return outs
+
+    def apply_chunk(self, items: list[Any]) -> list[Any]:  # pragma: no cover - see process
+        raise NotImplementedError
+
+
+class _MapBatchesOp(_BatchFunctionOp):
     def __init__(self, fn: ArrayFn, on_error: ErrorPolicy, name: str | None) -> None:
         super().__init__(name or f"map_batches({callable_name(fn)})", on_error)
         self.fn = fn
@@ -39,9 +60,6 @@ class _MapBatchesOp(FunctionOp):
                 f"{self.name}: the function returned {type(out).__name__}, not an ndarray"
             )
         return [batch.with_data(out)]
-
-    def apply_chunk(self, items: list[Any]) -> list[Any]:  # pragma: no cover - see process
-        raise NotImplementedError
 
     def apply_one(self, item: Any) -> list[Any]:
         return [self.fn(np.asarray(item))]
@@ -78,7 +96,7 @@ def map_batches(
     return Stage(op)
 
 
-class _FilterRowsOp(FunctionOp):
+class _FilterRowsOp(_BatchFunctionOp):
     def __init__(self, fn: ArrayFn, on_error: ErrorPolicy, name: str | None) -> None:
         super().__init__(name or f"filter_rows({callable_name(fn)})", on_error)
         self.fn = fn
@@ -95,13 +113,10 @@ class _FilterRowsOp(FunctionOp):
                 f"{self.name}: the function must return a boolean mask of shape "
                 f"({len(batch.data)},), got dtype {mask.dtype} and shape {mask.shape}"
             )
-        if mask.all():
+        kept = int(np.count_nonzero(mask))
+        if kept == len(mask):
             return [batch]
-        kept = batch.data[mask]
-        return [batch.with_data(kept)] if len(kept) else []
-
-    def apply_chunk(self, items: list[Any]) -> list[Any]:  # pragma: no cover - see process
-        raise NotImplementedError
+        return [batch.with_data(batch.data[mask])] if kept else []
 
     def apply_one(self, item: Any) -> list[Any]:
         arr = np.asarray(item)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .._message import Batch, Message
-from .._ops import ChunkRunner, Emit, FunctionOp, Inbox, TaskOp, callable_name
+from .._ops import Emit, FunctionOp, Inbox, TaskOp, callable_name
 from .._runtime import Closed, RunContext, locate
 from ..flow import Stage
 from ..policies import ErrorPolicy, check_policy, recover
@@ -25,7 +26,8 @@ from ..stats import StageCounters
 
 __all__ = ["concurrent_map", "threaded"]
 
-Work = Callable[[Message, StageCounters], Awaitable[list[Message]]]
+Work = Callable[[Message, StageCounters, anyio.CapacityLimiter], Awaitable[list[Message]]]
+"""Computes one unit's output; the limiter (one per run) bounds worker threads."""
 
 
 class _ConcurrentOp(TaskOp):
@@ -72,6 +74,7 @@ class _State:
         ](op.concurrency)
         self.error: BaseException | None = None
         self.closed = False
+        self.limiter = anyio.CapacityLimiter(op.concurrency)
         self.tg: TaskGroup
 
     async def feed(self, inbox: Inbox) -> None:
@@ -87,12 +90,13 @@ class _State:
         with tx:
             t0 = time.perf_counter()
             try:
-                out = await self.op.work(unit, self.counters)
+                out = await self.op.work(unit, self.counters, self.limiter)
             except Exception as exc:
                 self.fail(locate(exc, self.op.name, unit))
                 return
             self.counters.busy_seconds += time.perf_counter() - t0
-            await tx.send((seq, out))
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await tx.send((seq, out))  # the emitter may have stopped (error, early end)
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -118,6 +122,8 @@ class _State:
         except Closed:
             self.closed = True
             self.tg.cancel_scope.cancel()
+        except Exception as exc:  # raised downstream (fused stages, sink): as itself
+            self.fail(exc)
 
     async def _send(self, msgs: list[Message]) -> None:
         for m in msgs:
@@ -159,7 +165,11 @@ def concurrent_map(
 ) -> Stage[Any, Any]:
     """The engine behind ``map(async_fn, concurrency=...)`` and ``map(fn, thread=True)``."""
     check_policy(on_error)
-    label = name or f"map({callable_name(fn)}, concurrency={concurrency})"
+    label = name or (
+        f"map({callable_name(fn)}, threads={concurrency})"
+        if thread or not inspect.iscoroutinefunction(fn)
+        else f"map({callable_name(fn)}, concurrency={concurrency})"
+    )
     if thread or not inspect.iscoroutinefunction(fn):
         from .element import _MapOp
 
@@ -167,7 +177,9 @@ def concurrent_map(
             _MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer, ordered=ordered
         )
 
-    async def work(unit: Message, counters: StageCounters) -> list[Message]:
+    async def work(
+        unit: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
+    ) -> list[Message]:
         value = unit.data if isinstance(unit, Batch) else unit[0]
         try:
             result = await fn(value)
@@ -198,17 +210,60 @@ async def _call_async(fn: Callable[[Any], Any], value: Any) -> list[Any]:
 def threaded(
     op: FunctionOp, *, concurrency: int, buffer: int | None, ordered: bool = True
 ) -> Stage[Any, Any]:
-    """Run a stateless function step in worker threads, one message per call."""
-    limiter = anyio.CapacityLimiter(concurrency)
-    runner: ChunkRunner = op.start()
+    """Run a stateless function step in worker threads, one message per call.
 
-    async def work(unit: Message, counters: StageCounters) -> list[Message]:
-        if runner.guarded:
+    With an error policy, items are applied one by one in the thread and only the failed
+    ones are handed to the policy (retries run in a thread too), so a function is never
+    called twice on an item that succeeded, nor on the event loop's thread.
+    """
+    runner = op.start()
+
+    async def work(
+        unit: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
+    ) -> list[Message]:
+        if not runner.guarded:
+            return await anyio.to_thread.run_sync(runner.process, unit, limiter=limiter)
+        if isinstance(unit, Batch):
             try:
-                return await anyio.to_thread.run_sync(runner.process, unit, limiter=limiter)
-            except Exception:
-                return await runner.process_guarded(unit, counters)
-        return await anyio.to_thread.run_sync(runner.process, unit, limiter=limiter)
+                return await anyio.to_thread.run_sync(op.apply_batch, unit, limiter=limiter)
+            except Exception as exc:
+                return await recover(
+                    op.on_error,
+                    lambda: anyio.to_thread.run_sync(op.apply_batch, unit, limiter=limiter),
+                    unit.data,
+                    exc,
+                    op.name,
+                    unit.provenance,
+                    counters,
+                )
+        results = await anyio.to_thread.run_sync(_apply_each, op, unit, limiter=limiter)
+        out: list[Any] = []
+        for item, result in zip(unit, results, strict=True):
+            if isinstance(result, Exception):
+                result = await recover(
+                    op.on_error,
+                    lambda item=item: anyio.to_thread.run_sync(  # type: ignore[misc]
+                        op.apply_one, item, limiter=limiter
+                    ),
+                    item,
+                    result,
+                    op.name,
+                    None,
+                    counters,
+                )
+            out.extend(result)
+        return [out] if out else []
 
-    name = op.name if "thread" in op.name else f"{op.name}[thread x{concurrency}]"
+    name = op.name if "thread" in op.name else f"{op.name}[threads={concurrency}]"
     return Stage(_ConcurrentOp(name, work, _whole, concurrency, ordered, buffer))
+
+
+def _apply_each(op: FunctionOp, items: list[Any]) -> list[list[Any] | Exception]:
+    """``op.apply_one`` on every item, keeping failures in place (runs in a thread)."""
+    results: list[list[Any] | Exception] = []
+    for item in items:
+        try:
+            results.append(op.apply_one(item))
+        except Exception as exc:
+            results.append(exc)
+    return results
