@@ -168,3 +168,19 @@ async def test_follow_stops_gracefully_and_flushes(tmp_path: Path) -> None:
         run.stop()
         result = await run.wait()
     assert result.value["ts"].tolist() == [1, 2]  # the partial batch was flushed
+
+
+async def test_an_overlong_line_in_a_file_is_reported_alone(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"1,1,1\n" + b"9" * 5000 + b"\n2,2,2\n")
+    dead: list[af.FailedItem] = []
+    flow = af.read_csv(
+        str(path), READING, max_line=1000, chunk_size=700, on_error=af.dead_letter(dead)
+    )
+    result = await flow.run()
+    assert result.value["ts"].tolist() == [1, 2]
+    assert len(dead) == 1
+    assert "longer than 1000 bytes" in str(dead[0].error)
+    assert dead[0].error.line == 2  # type: ignore[attr-defined]
+    with pytest.raises(af.DecodeError, match="line 2"):
+        await af.read_csv(str(path), READING, max_line=1000).run()
