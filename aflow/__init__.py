@@ -27,6 +27,8 @@ from .flow import run as run
 from .policies import FailedItem as FailedItem
 from .policies import dead_letter as dead_letter
 from .policies import retry as retry
+from .sinks.aggregate import KeyedStats as KeyedStats
+from .sinks.aggregate import to_aggregate as to_aggregate
 from .sinks.collect import collect as collect
 from .sinks.collect import discard as discard
 from .sinks.collect import for_each as for_each
@@ -76,6 +78,7 @@ __all__ = [
     "FailedItem",
     "Flow",
     "FlowDefinitionError",
+    "KeyedStats",
     "Provenance",
     "RetriesExhaustedError",
     "Run",
@@ -131,6 +134,7 @@ __all__ = [
     "tee",
     "throttle",
     "timeout",
+    "to_aggregate",
     "unbatch",
     "zip",
 ]
