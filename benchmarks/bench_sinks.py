@@ -1,0 +1,152 @@
+"""Keyed aggregate benchmark: aflow's streaming ``to_aggregate`` vs a single-shot NumPy groupby.
+
+What is measured (wall time with ``time.perf_counter``, best of ``--reps`` rounds, default 3;
+each round runs both implementations once, so load elsewhere hits them alike):
+
+* Data: 20,000,000 rows (``--quick``: 2,000,000) of ``[("sensor", "i4"), ("value", "f4")]``,
+  sensors uniform over 1,000 keys, values normal (mean 20, sd 10), drawn once from a seeded
+  RNG before timing.
+* aflow: ``from_array(rows, batch_size=65_536) | to_aggregate("sensor", "value",
+  ("count", "sum", "min", "max", "mean", "std"))`` through ``flow.run()``. Batches are views
+  of the structured array (strided columns).
+* Single-shot NumPy: the fastest groupby we could write over the whole data, given the two
+  columns as contiguous arrays (extracted before timing, in its favour) and *told* that keys
+  are small non-negative integers: ``np.bincount`` for count, sum and sum of squares;
+  ``np.minimum.at`` / ``np.maximum.at`` for min and max (in NumPy >= 1.25 they beat a sort
+  plus ``reduceat`` by far: that variant is timed too, for reference). Its variance is the
+  textbook ``sumsq/n - mean**2``, cheaper and less stable than aflow's merge of per-batch
+  moments.
+
+Both must agree (count, min, max exactly; sum, mean, std to rtol 1e-6), else the script
+prints ``RESULT MISMATCH`` and exits with status 1. Throughput ratio = NumPy time / aflow
+time (target: >= 0.8). Peak memory: extra bytes allocated during one more run of each
+under ``tracemalloc`` (NumPy reports its buffers to it), beyond the input data.
+
+Run: ``python benchmarks/bench_sinks.py`` (under a minute) or ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import aflow as af
+
+SEED = 20240601
+KEYS = 1_000
+BATCH = 65_536
+STATS = ("count", "sum", "min", "max", "mean", "std")
+ROW = np.dtype([("sensor", "i4"), ("value", "f4")])
+
+
+def make_rows(n: int) -> np.ndarray:
+    rng = np.random.default_rng(SEED)
+    rows = np.empty(n, ROW)
+    rows["sensor"] = rng.integers(0, KEYS, n, dtype=np.int32)
+    rows["value"] = rng.normal(20.0, 10.0, n).astype(np.float32)
+    return rows
+
+
+def run_aflow(rows: np.ndarray) -> np.ndarray:
+    flow = af.from_array(rows, batch_size=BATCH) | af.to_aggregate("sensor", "value", STATS)
+    return af.run(flow).value
+
+
+def run_numpy(sensor: np.ndarray, value: np.ndarray) -> np.ndarray:
+    count = np.bincount(sensor, minlength=KEYS)
+    total = np.bincount(sensor, weights=value, minlength=KEYS)
+    sumsq = np.bincount(sensor, weights=np.square(value, dtype=np.float64), minlength=KEYS)
+    lo = np.full(KEYS, np.inf, value.dtype)
+    hi = np.full(KEYS, -np.inf, value.dtype)
+    np.minimum.at(lo, sensor, value)
+    np.maximum.at(hi, sensor, value)
+    return _table(count, total, sumsq, lo, hi)
+
+
+def run_numpy_sorted(sensor: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """The same, with min and max by a stable sort and ``reduceat`` (for reference)."""
+    order = np.argsort(sensor, kind="stable")
+    keys, vals = sensor[order], value[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    count = np.diff(np.r_[starts, len(keys)])
+    total = np.add.reduceat(vals, starts, dtype=np.float64)
+    sumsq = np.add.reduceat(np.square(vals, dtype=np.float64), starts)
+    lo, hi = np.minimum.reduceat(vals, starts), np.maximum.reduceat(vals, starts)
+    return _table(count, total, sumsq, lo, hi)
+
+
+def _table(count: Any, total: Any, sumsq: Any, lo: Any, hi: Any) -> np.ndarray:
+    mean = total / count
+    std = np.sqrt(np.maximum(sumsq / count - mean * mean, 0.0))
+    fields = [("count", "i8"), ("sum", "f8"), ("min", "f4"), ("max", "f4")]
+    out = np.empty(KEYS, [*fields, ("mean", "f8"), ("std", "f8")])
+    for name, col in zip(out.dtype.names or (), (count, total, lo, hi, mean, std), strict=True):
+        out[name] = col
+    return out
+
+
+def check(name: str, got: np.ndarray, want: np.ndarray) -> bool:
+    same = all(np.array_equal(got[f], want[f]) for f in ("count", "min", "max")) and all(
+        np.allclose(got[f], want[f], rtol=1e-6) for f in ("sum", "mean", "std")
+    )
+    if not same:
+        print(f"RESULT MISMATCH: {name}")
+    return same
+
+
+def best_of(reps: int, fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def peak_bytes(fn: Callable[[], Any]) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10x less data (smoke run)")
+    parser.add_argument("--reps", type=int, default=3, help="rounds; the best is kept")
+    args = parser.parse_args()
+    n = 2_000_000 if args.quick else 20_000_000
+    rows = make_rows(n)
+    sensor, value = rows["sensor"].copy(), rows["value"].copy()
+    fns: dict[str, Callable[[], Any]] = {
+        "aflow to_aggregate": lambda: run_aflow(rows),
+        "numpy bincount + ufunc.at": lambda: run_numpy(sensor, value),
+        "numpy sort + reduceat": lambda: run_numpy_sorted(sensor, value),
+    }
+    want = run_numpy(sensor, value)
+    ok = check("aflow", run_aflow(rows), want)
+    ok &= check("numpy sort + reduceat", run_numpy_sorted(sensor, value), want)
+    times = best_of(args.reps, fns)
+    print(f"keyed aggregate: {n:,} rows, {KEYS:,} keys, stats {', '.join(STATS)}")
+    print(f"input data: {rows.nbytes / 2**20:,.0f} MiB; batches of {BATCH:,} rows\n")
+    print(f"{'implementation':28} {'seconds':>8} {'Mrows/s':>8} {'peak extra MiB':>15}")
+    for name, fn in fns.items():
+        mib = peak_bytes(fn) / 2**20
+        print(f"{name:28} {times[name]:8.3f} {n / times[name] / 1e6:8.1f} {mib:15.1f}")
+    ratio = times["numpy bincount + ufunc.at"] / times["aflow to_aggregate"]
+    verdict = "met" if ratio >= 0.8 else "NOT met"
+    print(f"\naflow throughput / single-shot NumPy: {ratio:.2f}x (target >= 0.8x: {verdict})")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

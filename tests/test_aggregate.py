@@ -1,0 +1,189 @@
+"""Keyed aggregates (aflow/sinks/aggregate.py) against brute-force references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aflow as af
+from aflow.sinks._grouping import group
+from aflow.sinks.aggregate import STATS, KeyedStats
+
+ROW = np.dtype([("sensor", "i4"), ("value", "f8")])
+
+
+def brute(keys: Any, values: Any, ddof: int = 0) -> dict[Any, dict[str, float]]:
+    """Per-key statistics with a Python loop over rows."""
+    rows: dict[Any, list[float]] = {}
+    for k, v in zip(keys.tolist(), values.tolist(), strict=True):
+        rows.setdefault(k, []).append(v)
+    out = {}
+    for k, vs in rows.items():
+        n, mean = len(vs), math.fsum(vs) / len(vs)
+        var = math.fsum((v - mean) ** 2 for v in vs) / (n - ddof) if n > ddof else math.nan
+        out[k] = {
+            "count": n,
+            "sum": math.fsum(vs),
+            "min": min(vs),
+            "max": max(vs),
+            "mean": mean,
+            "var": var,
+            "std": math.sqrt(var),
+            "first": vs[0],
+            "last": vs[-1],
+        }
+    return out
+
+
+def assert_matches(result: Any, want: dict[Any, dict[str, float]], key: str = "key") -> None:
+    assert result[key].tolist() == sorted(want)
+    for stat in STATS:
+        expected = [want[k][stat] for k in result[key].tolist()]
+        np.testing.assert_allclose(result[stat], expected, rtol=1e-9, atol=1e-12)
+
+
+def fold(keys: Any, values: Any, cuts: list[int], **kw: Any) -> KeyedStats:
+    acc = KeyedStats(**kw)
+    bounds = [0, *sorted(cuts), len(keys)]
+    for a, b in itertools.pairwise(bounds):
+        acc.update(keys[a:b], values[a:b])
+    return acc
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        pytest.param(np.arange(5000) % 37 - 18, id="dense-negative-int"),
+        pytest.param((np.arange(5000) % 11) * 10**12, id="sparse-int"),
+        pytest.param(np.arange(5000, dtype=np.uint64) % 5 + np.uint64(2**63 + 7), id="big-uint"),
+        pytest.param(np.array(["b", "a", "ccc", "dd"])[np.arange(5000) % 4], id="str"),
+        pytest.param(np.array([b"x", b"yy", b""])[np.arange(5000) % 3], id="bytes"),
+    ],
+)
+def test_matches_brute_force(keys: Any) -> None:
+    rng = np.random.default_rng(0)
+    keys = rng.permutation(keys)
+    values = rng.normal(5.0, 3.0, len(keys))
+    acc = fold(keys, values, [1, 700, 701, 3000])
+    assert_matches(acc.result(), brute(keys, values))
+
+
+def test_dense_and_sparse_batches_mix() -> None:
+    """Batches grouped by offset and by sorting merge into one state."""
+    keys = np.array([1, 2, 3, 1, 10**15, 2, -(10**15), 3])
+    values = np.arange(8.0)
+    assert group(keys[:4]).present is not None
+    assert group(keys[4:]).present is None
+    assert_matches(fold(keys, values, [4]).result(), brute(keys, values))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(st.integers(-3, 40), st.integers(-1000, 1000)), min_size=1, max_size=200
+    ),
+    cuts=st.lists(st.integers(0, 200), max_size=6),
+    cuts2=st.lists(st.integers(0, 200), max_size=6),
+)
+def test_any_split_gives_identical_aggregates(
+    data: list[tuple[int, int]], cuts: list[int], cuts2: list[int]
+) -> None:
+    keys = np.array([k for k, _ in data])
+    values = np.array([v / 8 for _, v in data])  # exact in binary: sums are exact
+    one = fold(keys, values, [c % (len(data) + 1) for c in cuts]).result()
+    two = fold(keys, values, [c % (len(data) + 1) for c in cuts2]).result()
+    for stat in ("key", "count", "sum", "min", "max", "mean", "first", "last"):
+        assert np.array_equal(one[stat], two[stat]), stat
+    np.testing.assert_allclose(one["var"], two["var"], rtol=1e-12, atol=1e-12)
+    assert_matches(one, brute(keys, values))
+
+
+def test_merge_equals_one_pass() -> None:
+    rng = np.random.default_rng(1)
+    keys, values = rng.integers(0, 50, 3000), rng.normal(size=3000)
+    a, b = fold(keys[:1000], values[:1000], [300]), fold(keys[1000:], values[1000:], [])
+    a.merge(b)
+    assert len(b) == len(np.unique(keys[1000:]))
+    assert_matches(a.result(), brute(keys, values))
+
+
+def test_variance_is_stable_for_large_offsets() -> None:
+    """sum(x**2)/n - mean**2 loses every digit here; merged moments do not."""
+    rng = np.random.default_rng(2)
+    values = 1e9 + rng.normal(0.0, 1e-3, 100_000)
+    keys = np.zeros(len(values), np.int64)
+    got = fold(keys, values, list(range(0, 100_000, 4096))).result()["var"][0]
+    assert got == pytest.approx(np.var(values), rel=1e-6)
+
+
+def test_ddof_and_small_counts() -> None:
+    acc = KeyedStats(("count", "var", "std"), ddof=1)
+    acc.update(np.array([1, 2, 2]), np.array([5.0, 1.0, 3.0]))
+    res = acc.result()
+    assert math.isnan(res["var"][0])
+    assert res["var"][1] == 2.0
+    assert res["std"][1] == pytest.approx(math.sqrt(2.0))
+
+
+def test_value_dtypes_are_kept_and_widened() -> None:
+    acc = KeyedStats(("min", "max", "first", "last", "sum"))
+    acc.update(np.array([1, 1]), np.array([3, 4], np.int16))
+    assert acc.result()["min"].dtype == np.int16
+    acc.update(np.array([1, 2]), np.array([0.5, 7.25], np.float32))
+    res = acc.result()
+    assert res["min"].dtype == np.float32
+    assert res["min"].tolist() == [0.5, 7.25]
+    assert res["first"].tolist() == [3.0, 7.25]
+    assert res["last"].tolist() == [0.5, 7.25]
+    assert res["sum"].dtype == np.float64
+
+
+def test_empty_and_count_only() -> None:
+    acc = KeyedStats(("count",))
+    assert len(acc.result()) == 0
+    acc.update(np.array(["x", "y", "x"]))
+    acc.update(np.array([], "U1"))
+    assert acc.result("name").tolist() == [("x", 2), ("y", 1)]
+    assert KeyedStats().result().dtype.names == ("key", *STATS)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="choose one or more"):
+        KeyedStats(("median",))
+    with pytest.raises(ValueError, match="values are needed"):
+        KeyedStats(("sum",)).update(np.array([1]))
+    with pytest.raises(ValueError, match="shape"):
+        KeyedStats().update(np.array([1, 2]), np.array([1.0]))
+    with pytest.raises(TypeError, match="integers or floats"):
+        KeyedStats().update(np.array([1]), np.array(["a"]))
+    with pytest.raises(ValueError, match="cannot merge"):
+        KeyedStats(("count",)).merge(KeyedStats())
+
+
+@pytest.mark.anyio
+async def test_sink_in_a_flow() -> None:
+    rng = np.random.default_rng(3)
+    rows = np.empty(10_000, ROW)
+    rows["sensor"], rows["value"] = rng.integers(0, 20, len(rows)), rng.normal(size=len(rows))
+    result = await (af.from_array(rows, batch_size=999) | af.to_aggregate()).run()
+    assert_matches(result.value, brute(rows["sensor"], rows["value"]), key="sensor")
+
+
+@pytest.mark.anyio
+async def test_sink_counts_plain_key_batches() -> None:
+    keys = np.array(["b", "a", "b", "c"] * 10)
+    flow = af.from_array(keys, batch_size=3) | af.to_aggregate(key=None, value=None)
+    result = await flow.run()
+    assert result.value.tolist() == [("a", 10), ("b", 20), ("c", 10)]
+
+
+@pytest.mark.anyio
+async def test_sink_rejects_elements() -> None:
+    with pytest.raises(TypeError, match=r"af\.batch"):
+        await (af.from_iterable([1, 2, 3]) | af.to_aggregate(key=None, value=None)).run()
