@@ -36,6 +36,8 @@ from .sinks.collect import reduce as reduce
 from .sinks.routing import broadcast as broadcast
 from .sinks.routing import partition as partition
 from .sinks.routing import tee as tee
+from .sinks.sockets import to_tcp as to_tcp
+from .sinks.sockets import to_udp as to_udp
 from .sources.combine import chain as chain
 from .sources.combine import concat as concat
 from .sources.combine import merge as merge
@@ -52,6 +54,10 @@ from .sources.files import read_records as read_records
 from .sources.iterables import from_array as from_array
 from .sources.iterables import from_arrays as from_arrays
 from .sources.iterables import from_iterable as from_iterable
+from .sources.sockets import tcp_client as tcp_client
+from .sources.sockets import tcp_server as tcp_server
+from .sources.sockets import udp_server as udp_server
+from .sources.sockets import unix_server as unix_server
 from .stages.batch import filter_rows as filter_rows
 from .stages.batch import map_batches as map_batches
 from .stages.element import filter as filter
@@ -131,10 +137,16 @@ __all__ = [
     "skip",
     "take",
     "take_while",
+    "tcp_client",
+    "tcp_server",
     "tee",
     "throttle",
     "timeout",
     "to_aggregate",
+    "to_tcp",
+    "to_udp",
+    "udp_server",
     "unbatch",
+    "unix_server",
     "zip",
 ]

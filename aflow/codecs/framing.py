@@ -1,0 +1,329 @@
+"""Framing a byte stream into messages, and messages back into bytes.
+
+Three framings, shared by the socket sources and sinks:
+
+* ``"lines"``: ``\\n``-terminated lines, received as blocks of complete lines (``uint8``
+  batches with line provenance, see :mod:`aflow.codecs.lines`) for the decoders.
+* ``"length_prefixed"``: each frame is a 4-byte big-endian unsigned length followed by
+  that many bytes; received as ``bytes`` elements.
+* ``"records"``: fixed-size binary records of a NumPy dtype, received as arrays of that
+  dtype (``np.frombuffer``, no copy); a trailing partial record waits for the next bytes.
+
+A :class:`Framer` holds the state of one stream (one connection): what it has of an
+unfinished line, frame or record. Its memory is bounded by ``max_size`` plus one read.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._message import Batch, Message, Provenance
+from ..errors import DecodeError
+from .lines import LineSplitter
+
+__all__ = [
+    "HEADER",
+    "FrameTooLongError",
+    "Framer",
+    "Framing",
+    "IncompleteFrameError",
+    "LengthPrefixedFramer",
+    "LineFramer",
+    "RecordFramer",
+    "check_framing",
+    "encode_array",
+    "encode_items",
+    "is_line_block",
+    "make_framer",
+    "split_datagrams",
+]
+
+Framing = Literal["lines", "length_prefixed", "records"]
+FRAMINGS = ("lines", "length_prefixed", "records")
+
+HEADER = struct.Struct("!I")
+"""The length prefix of a frame: 4 bytes, big-endian (network order), unsigned."""
+
+
+class FrameTooLongError(DecodeError):
+    """A length-prefixed frame announced more than ``max_size`` bytes."""
+
+
+class IncompleteFrameError(DecodeError):
+    """A stream ended (the peer left, went idle or the run stopped) inside a line, frame or
+    record; those bytes are dropped and handed to the error policy."""
+
+
+class Framer(Protocol):
+    """Cuts one byte stream into messages.
+
+    ``feed`` returns what a chunk completed. ``take_errors`` returns errors after which the
+    stream cannot go on (the caller closes it). ``finish`` returns the unfinished rest as an
+    error with its raw bytes and provenance, or None when nothing was pending.
+    """
+
+    def feed(self, data: bytes) -> Message | None: ...
+
+    def take_errors(self) -> list[DecodeError]: ...
+
+    def finish(self, why: str) -> tuple[DecodeError, bytes, Provenance | None] | None: ...
+
+
+def check_framing(
+    framing: str, dtype: Any = None, allowed: tuple[str, ...] = FRAMINGS, *, decoding: bool = True
+) -> None:
+    """Validate ``framing`` (and, for decoding, ``dtype``) at build time.
+
+    Raises:
+        ValueError: an unknown framing; when decoding, ``"records"`` without a dtype or a
+            dtype given with another framing.
+    """
+    if framing not in allowed:
+        raise ValueError(f"framing={framing!r}: use one of {', '.join(map(repr, allowed))}")
+    if not decoding:
+        return
+    if framing == "records" and dtype is None:
+        raise ValueError("framing='records' needs dtype= (the record's NumPy dtype)")
+    if framing != "records" and dtype is not None:
+        raise ValueError(f"dtype= applies to framing='records', not {framing!r}")
+
+
+def make_framer(
+    framing: Framing, source: str, *, dtype: np.dtype[Any] | None, max_size: int
+) -> Framer:
+    """A fresh framer for one stream named ``source`` (used in provenance and errors)."""
+    if framing == "lines":
+        return LineFramer(source, max_size)
+    if framing == "length_prefixed":
+        return LengthPrefixedFramer(source, max_size)
+    assert dtype is not None
+    return RecordFramer(source, dtype)
+
+
+class LineFramer:
+    """Blocks of complete lines, numbered from 1 in each stream (a :class:`LineSplitter`)."""
+
+    def __init__(self, source: str, max_size: int) -> None:
+        self.splitter = LineSplitter(source, max_line=max_size)
+
+    def feed(self, data: bytes) -> Batch | None:
+        return self.splitter.feed(data)
+
+    def take_errors(self) -> list[DecodeError]:
+        return list(self.splitter.take_errors())
+
+    def finish(self, why: str) -> tuple[DecodeError, bytes, Provenance | None] | None:
+        tail = self.splitter.finish()
+        if tail is None:
+            return None
+        raw = tail.data[:-1].tobytes()  # without the newline the splitter added
+        prov = tail.provenance
+        assert prov is not None
+        error = IncompleteFrameError(
+            f"{why} inside a line; its {len(raw)} bytes were dropped",
+            source=prov.source,
+            line=prov.start,
+            offset=prov.offset,
+        )
+        return error, raw, prov
+
+
+class LengthPrefixedFramer:
+    """Frames of a 4-byte big-endian length and a payload, as ``bytes`` elements."""
+
+    def __init__(self, source: str, max_size: int) -> None:
+        self.source = source
+        self.max_size = max_size
+        self.offset = 0  # stream offset of the first byte held in _buf
+        self.errors: list[DecodeError] = []
+        self._buf = bytearray()
+        self._broken = False
+
+    def feed(self, data: bytes) -> list[Any] | None:
+        if self._broken:
+            return None
+        buf = self._buf
+        buf += data
+        frames: list[Any] = []
+        pos, end = 0, len(buf)
+        while end - pos >= HEADER.size:
+            (size,) = HEADER.unpack_from(buf, pos)
+            if size > self.max_size:
+                self._fail(size, pos)
+                return frames or None
+            if end - pos - HEADER.size < size:
+                break
+            start = pos + HEADER.size
+            frames.append(bytes(buf[start : start + size]))
+            pos = start + size
+        del buf[:pos]
+        self.offset += pos
+        return frames or None
+
+    def _fail(self, size: int, pos: int) -> None:
+        self.errors.append(
+            FrameTooLongError(
+                f"frame of {size} bytes announced, more than max_size={self.max_size}",
+                source=self.source,
+                offset=self.offset + pos,
+            )
+        )
+        self._broken = True
+        self._buf = bytearray()
+
+    def take_errors(self) -> list[DecodeError]:
+        errors, self.errors = self.errors, []
+        return errors
+
+    def finish(self, why: str) -> tuple[DecodeError, bytes, Provenance | None] | None:
+        if not self._buf:
+            return None
+        raw, self._buf = bytes(self._buf), bytearray()
+        error = IncompleteFrameError(
+            f"{why} inside a frame; its {len(raw)} bytes were dropped",
+            source=self.source,
+            offset=self.offset,
+        )
+        return error, raw, Provenance(self.source, self.offset, self.offset + len(raw), "byte")
+
+
+class RecordFramer:
+    """Whole records of ``dtype``; the bytes of a partial record wait for the next chunk."""
+
+    def __init__(self, source: str, dtype: np.dtype[Any]) -> None:
+        self.source = source
+        self.dtype = dtype
+        self.row = 0
+        self.offset = 0
+        self._rest = b""
+
+    def feed(self, data: bytes) -> Batch | None:
+        if self._rest:
+            data = self._rest + data
+        size = self.dtype.itemsize
+        n = len(data) // size
+        self._rest = data[n * size :]
+        if not n:
+            return None
+        rows = np.frombuffer(data, self.dtype, count=n)
+        start, self.row = self.row, self.row + n
+        offset, self.offset = self.offset, self.offset + n * size
+        prov = Provenance(self.source, start, self.row, "row", offset, self.offset)
+        return Batch(rows, "source", prov)
+
+    def take_errors(self) -> list[DecodeError]:
+        return []
+
+    def finish(self, why: str) -> tuple[DecodeError, bytes, Provenance | None] | None:
+        if not self._rest:
+            return None
+        raw, self._rest = self._rest, b""
+        error = IncompleteFrameError(
+            f"{why} inside record {self.row}; its {len(raw)} of {self.dtype.itemsize} "
+            "bytes were dropped",
+            source=self.source,
+            offset=self.offset,
+        )
+        return error, raw, Provenance(self.source, self.row, self.row + 1, "row", self.offset)
+
+
+# -- encoding, for the sinks ------------------------------------------------------------
+
+
+def encode_items(items: list[Any], framing: Framing, *, fmt: str, delimiter: str) -> bytes:
+    """Encode a chunk of elements.
+
+    ``"lines"``: a ``str`` is encoded as UTF-8, ``bytes`` go as they are, a tuple or list
+    is joined with ``delimiter``, anything else goes through ``str``; a newline is added
+    where missing. ``"length_prefixed"``: each ``str``/``bytes``/array becomes one frame.
+    ``"records"``: ``bytes`` and arrays (``tobytes()``) go as they are.
+
+    Raises:
+        TypeError: an element that the framing cannot send.
+    """
+    if framing == "lines":
+        return b"".join(_line(x, fmt, delimiter) for x in items)
+    if framing == "length_prefixed":
+        return b"".join(HEADER.pack(len(raw)) + raw for raw in map(_raw, items))
+    return b"".join(map(_raw, items))
+
+
+def is_line_block(batch: Batch) -> bool:
+    """Whether ``batch`` is a block of text lines (``uint8`` bytes counted in lines), as
+    :class:`LineFramer` and the file sources make: sent on as it is, not as numbers."""
+    prov = batch.provenance
+    data = batch.data
+    return prov is not None and prov.unit == "line" and data.dtype == np.uint8 and data.ndim == 1
+
+
+def encode_array(data: NDArray[Any], framing: Framing, *, fmt: str, delimiter: str) -> bytes:
+    """Encode a batch's array: text lines (``np.savetxt`` with ``fmt`` and ``delimiter``,
+    one line per row), one frame, or the raw records (``tobytes()``)."""
+    if framing == "lines":
+        buf = io.BytesIO()
+        np.savetxt(buf, data, fmt=fmt, delimiter=delimiter)
+        return buf.getvalue()
+    raw = np.ascontiguousarray(data).tobytes()
+    return HEADER.pack(len(raw)) + raw if framing == "length_prefixed" else raw
+
+
+def _line(x: Any, fmt: str, delimiter: str) -> bytes:
+    if isinstance(x, str):
+        raw = x.encode()
+    elif isinstance(x, bytes | bytearray | memoryview):
+        raw = bytes(x)
+    elif isinstance(x, tuple | list):
+        raw = delimiter.join(_field(v, fmt) for v in x).encode()
+    else:
+        raw = _field(x, fmt).encode()
+    return raw if raw.endswith(b"\n") else raw + b"\n"
+
+
+def _field(value: Any, fmt: str) -> str:
+    try:
+        return fmt % (value,)
+    except TypeError:
+        return str(value)
+
+
+def _raw(x: Any) -> bytes:
+    if isinstance(x, bytes | bytearray | memoryview):
+        return bytes(x)
+    if isinstance(x, str):
+        return x.encode()
+    if isinstance(x, np.ndarray | np.generic):
+        return np.ascontiguousarray(x).tobytes()
+    raise TypeError(f"cannot send {type(x).__name__} {x!r} as raw bytes; send bytes or arrays")
+
+
+def split_datagrams(payload: bytes, max_size: int, record_size: int | None) -> list[bytes]:
+    """Cut ``payload`` into datagrams of at most ``max_size`` bytes, each holding whole
+    lines (``record_size`` None) or whole records of ``record_size`` bytes.
+
+    Raises:
+        ValueError: one line or record is longer than ``max_size``.
+    """
+    if record_size is not None:
+        if record_size > max_size:
+            raise ValueError(f"records of {record_size} bytes do not fit max_datagram={max_size}")
+        step = max_size // record_size * record_size
+        return [payload[i : i + step] for i in range(0, len(payload), step)]
+    out: list[bytes] = []
+    start = 0
+    while len(payload) - start > max_size:
+        cut = payload.rfind(b"\n", start, start + max_size) + 1
+        if cut <= start:
+            raise ValueError(
+                f"a line at byte {start} is longer than max_datagram={max_size}; raise "
+                "max_datagram or send shorter lines"
+            )
+        out.append(payload[start:cut])
+        start = cut
+    if start < len(payload):
+        out.append(payload[start:])
+    return out

@@ -1,0 +1,268 @@
+"""Socket sinks: write a flow to a TCP server or as UDP datagrams.
+
+What is sent follows ``encode`` (see :mod:`aflow.codecs.framing`): text lines (arrays
+formatted like ``np.savetxt``), length-prefixed frames, or raw binary records
+(``arr.tobytes()``). Both sinks await I/O, so each runs in a task of its own behind a
+buffer; a TCP peer that reads slowly suspends the flow (backpressure).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import anyio
+from anyio.abc import ConnectedUDPSocket, SocketStream
+
+from .._message import Batch
+from .._ops import SinkOp, SinkWriter
+from .._runtime import RunContext
+from ..codecs.framing import (
+    Framing,
+    check_framing,
+    encode_array,
+    encode_items,
+    is_line_block,
+    split_datagrams,
+)
+from ..flow import Sink
+
+__all__ = ["to_tcp", "to_udp"]
+
+logger = logging.getLogger("aflow")
+
+THREAD_ROWS = 4096
+"""Arrays of at least this many rows are formatted as text in a worker thread."""
+
+
+class _Encoder:
+    """Turns messages into bytes for one ``encode`` choice."""
+
+    def __init__(self, framing: Framing, fmt: str, delimiter: str) -> None:
+        self.framing = framing
+        self.fmt = fmt
+        self.delimiter = delimiter
+
+    def items(self, items: list[Any]) -> bytes:
+        return encode_items(items, self.framing, fmt=self.fmt, delimiter=self.delimiter)
+
+    async def batch(self, batch: Batch) -> bytes:
+        data = batch.data
+        if self.framing == "lines" and is_line_block(batch):
+            return data.tobytes()
+        encode = functools.partial(
+            encode_array, framing=self.framing, fmt=self.fmt, delimiter=self.delimiter
+        )
+        if self.framing == "lines" and len(data) >= THREAD_ROWS:
+            return await anyio.to_thread.run_sync(encode, data)
+        return encode(data)
+
+
+class _TcpWriter(SinkWriter[Any, int]):
+    def __init__(self, op: _TcpOp) -> None:
+        self.op = op
+        self.encoder = _Encoder(op.framing, op.fmt, op.delimiter)
+        self.stream: SocketStream | None = None
+        self.sent = 0
+
+    async def open(self) -> None:
+        op = self.op
+        with anyio.fail_after(op.connect_timeout):
+            self.stream = await anyio.connect_tcp(op.host, op.port)
+
+    async def _send(self, payload: bytes) -> None:
+        assert self.stream is not None
+        if payload:
+            await self.stream.send(payload)
+            self.sent += len(payload)
+
+    async def write(self, item: Any) -> None:
+        await self._send(self.encoder.items([item]))
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        await self._send(self.encoder.items(items))
+
+    async def write_batch(self, batch: Batch) -> None:
+        await self._send(await self.encoder.batch(batch))
+
+    async def aclose(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    def result(self) -> int:
+        return self.sent
+
+
+class _TcpOp(SinkOp[Any, int]):
+    fused = False
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        framing: Framing,
+        fmt: str,
+        delimiter: str,
+        connect_timeout: float,
+        buffer: int | None,
+    ) -> None:
+        check_framing(framing, decoding=False)
+        self.host = host
+        self.port = port
+        self.framing = framing
+        self.fmt = fmt
+        self.delimiter = delimiter
+        self.connect_timeout = connect_timeout
+        self.buffer = buffer
+        self.name = f"to_tcp({host}:{port})"
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+        return _TcpWriter(self)
+
+
+def to_tcp(
+    host: str,
+    port: int,
+    *,
+    encode: Framing = "lines",
+    fmt: str = "%s",
+    delimiter: str = ",",
+    connect_timeout: float = 10.0,
+    buffer: int | None = None,
+) -> Sink[Any, int]:
+    """Send the flow over one TCP connection; the result is the number of bytes sent.
+
+    Args:
+        host: the server's address.
+        port: the server's port.
+        encode: ``"lines"``: an element is a line (``str`` as UTF-8, ``bytes`` as they
+            are, a tuple joined with ``delimiter``; a newline added where missing), an
+            array batch one line per row (``np.savetxt(fmt=, delimiter=)``; structured
+            records field by field; give byte-string fields a ``fmt`` of their own), and
+            a block of lines (as from :func:`~aflow.tcp_server` or
+            :func:`~aflow.read_blocks`) passes as it is. ``"length_prefixed"``: each
+            element (``str``, ``bytes`` or array) and each batch is one frame.
+            ``"records"``: arrays as raw bytes (``tobytes()``, native byte order), and
+            ``bytes`` elements as they are.
+        fmt: ``%``-format of each value in text lines.
+        delimiter: between the values of a text line.
+        connect_timeout: seconds to wait for the connection, opened when the run starts.
+        buffer: messages waiting in front of the sink.
+
+    Raises:
+        OSError: the connection failed (refused, reset, timed out); this fails the run.
+    """
+    return Sink(_TcpOp(host, port, encode, fmt, delimiter, connect_timeout, buffer))
+
+
+class _UdpWriter(SinkWriter[Any, int]):
+    def __init__(self, op: _UdpOp) -> None:
+        self.op = op
+        self.encoder = _Encoder(op.framing, op.fmt, op.delimiter)
+        self.sock: ConnectedUDPSocket | None = None
+        self.sent = 0
+
+    async def open(self) -> None:
+        self.sock = await anyio.create_connected_udp_socket(self.op.host, self.op.port)
+
+    async def _send(self, datagrams: list[bytes]) -> None:
+        assert self.sock is not None
+        for datagram in datagrams:
+            try:
+                await self.sock.send(datagram)
+            except ConnectionRefusedError:  # nobody listens (an ICMP reply): as UDP does
+                logger.warning("%s: datagram refused by the peer; dropped", self.op.name)
+                continue
+            self.sent += len(datagram)
+
+    async def write(self, item: Any) -> None:
+        await self.write_chunk([item])
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        op = self.op
+        if op.framing == "records":  # no record size known: one datagram per element
+            datagrams = [self.encoder.items([item]) for item in items]
+            too_long = [len(d) for d in datagrams if len(d) > op.max_datagram]
+            if too_long:
+                raise ValueError(
+                    f"{op.name}: an element of {too_long[0]} bytes does not fit "
+                    f"max_datagram={op.max_datagram}"
+                )
+        else:
+            datagrams = split_datagrams(self.encoder.items(items), op.max_datagram, None)
+        await self._send(datagrams)
+
+    async def write_batch(self, batch: Batch) -> None:
+        data = batch.data
+        payload = await self.encoder.batch(batch)
+        if self.op.framing == "records":
+            row_size = data.itemsize * (data.size // len(data) if len(data) else 1)
+            await self._send(split_datagrams(payload, self.op.max_datagram, row_size))
+        else:
+            await self._send(split_datagrams(payload, self.op.max_datagram, None))
+
+    async def aclose(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            with anyio.CancelScope(shield=True):
+                await sock.aclose()
+
+    def result(self) -> int:
+        return self.sent
+
+
+class _UdpOp(SinkOp[Any, int]):
+    fused = False
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        framing: Framing,
+        fmt: str,
+        delimiter: str,
+        max_datagram: int,
+        buffer: int | None,
+    ) -> None:
+        check_framing(framing, None, ("lines", "records"), decoding=False)
+        if max_datagram < 1:
+            raise ValueError(f"max_datagram={max_datagram}: must be at least 1")
+        self.host = host
+        self.port = port
+        self.framing = framing
+        self.fmt = fmt
+        self.delimiter = delimiter
+        self.max_datagram = max_datagram
+        self.buffer = buffer
+        self.name = f"to_udp({host}:{port})"
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+        return _UdpWriter(self)
+
+
+def to_udp(
+    host: str,
+    port: int,
+    *,
+    encode: Framing = "lines",
+    fmt: str = "%s",
+    delimiter: str = ",",
+    max_datagram: int = 1472,
+    buffer: int | None = None,
+) -> Sink[Any, int]:
+    """Send the flow as UDP datagrams; the result is the number of bytes sent.
+
+    Lines (``encode="lines"``) and records (``"records"``) are encoded as in
+    :func:`to_tcp` and packed into datagrams of at most ``max_datagram`` bytes, each
+    holding whole lines or records, as :func:`~aflow.udp_server` reads them (1472 bytes
+    fit one Ethernet frame; loopback takes up to 65507). A ``bytes`` element with
+    ``encode="records"`` is one datagram. UDP may drop datagrams, and a datagram the
+    peer refuses (nobody listens) is dropped with a warning.
+
+    Raises:
+        ValueError: a single line, record or element does not fit ``max_datagram``.
+    """
+    return Sink(_UdpOp(host, port, encode, fmt, delimiter, max_datagram, buffer))
