@@ -33,6 +33,10 @@ from .sinks.collect import collect as collect
 from .sinks.collect import discard as discard
 from .sinks.collect import for_each as for_each
 from .sinks.collect import reduce as reduce
+from .sinks.histogram import Histogram as Histogram
+from .sinks.histogram import QuantileSketch as QuantileSketch
+from .sinks.histogram import to_histogram as to_histogram
+from .sinks.histogram import to_quantiles as to_quantiles
 from .sinks.routing import broadcast as broadcast
 from .sinks.routing import partition as partition
 from .sinks.routing import tee as tee
@@ -84,8 +88,10 @@ __all__ = [
     "FailedItem",
     "Flow",
     "FlowDefinitionError",
+    "Histogram",
     "KeyedStats",
     "Provenance",
+    "QuantileSketch",
     "RetriesExhaustedError",
     "Run",
     "RunResult",
@@ -143,6 +149,8 @@ __all__ = [
     "throttle",
     "timeout",
     "to_aggregate",
+    "to_histogram",
+    "to_quantiles",
     "to_tcp",
     "to_udp",
     "udp_server",

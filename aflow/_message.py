@@ -7,7 +7,6 @@ where its rows came from. User functions never see the envelope, only the array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -20,9 +19,8 @@ BatchReason: TypeAlias = Literal["count", "time", "bytes", "end", "source"]
 reached, the input ended (or the run stopped), or a source produced it whole."""
 
 
-@dataclass(frozen=True, slots=True)
 class Provenance:
-    """Where the rows of a batch came from.
+    """Where the rows of a batch came from (treat it as immutable).
 
     Attributes:
         source: a path, an address or a source's name.
@@ -34,12 +32,38 @@ class Provenance:
         end_offset: byte offset just past the last row, when known.
     """
 
-    source: str
-    start: int
-    stop: int
-    unit: Literal["row", "line", "byte"] = "row"
-    offset: int | None = None
-    end_offset: int | None = None
+    __slots__ = ("end_offset", "offset", "source", "start", "stop", "unit")
+
+    def __init__(
+        self,
+        source: str,
+        start: int,
+        stop: int,
+        unit: Literal["row", "line", "byte"] = "row",
+        offset: int | None = None,
+        end_offset: int | None = None,
+    ) -> None:
+        self.source = source
+        self.start = start
+        self.stop = stop
+        self.unit = unit
+        self.offset = offset
+        self.end_offset = end_offset
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.source, self.start, self.stop, self.unit, self.offset, self.end_offset)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Provenance) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Provenance({self.source!r}, {self.start}, {self.stop}, {self.unit!r}, "
+            f"{self.offset}, {self.end_offset})"
+        )
 
     def __str__(self) -> str:
         text = f"{self.source} {self.unit}s {self.start}..{self.stop}"

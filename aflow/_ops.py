@@ -179,6 +179,11 @@ class Outlet(Protocol):
     @property
     def stopping(self) -> bool: ...
 
+    @property
+    def counters(self) -> StageCounters | None:
+        """The source's own statistics (to count ``errors``)."""
+        ...
+
     def pull_scope(self) -> AbstractContextManager[anyio.CancelScope]: ...
 
 

@@ -283,6 +283,10 @@ class Segment:
     def stopping(self) -> bool:
         return self.ctx.stopping
 
+    @property
+    def counters(self) -> StageCounters | None:
+        return self.head_counters
+
     @contextmanager
     def pull_scope(self) -> Iterator[anyio.CancelScope]:
         with self.ctx.pull_scope() as scope:

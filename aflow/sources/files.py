@@ -145,7 +145,7 @@ def _reporter(policy: ErrorPolicy, stage: str, out: Outlet) -> Any:
         fallback = policy.then if isinstance(policy, Retry) else policy
         if fallback == "raise":
             raise error
-        counters = getattr(out, "head_counters", None)
+        counters = out.counters
         if counters is not None:
             counters.errors += 1
         if isinstance(fallback, DeadLetter):

@@ -86,7 +86,7 @@ class _Reporter:
         self.policy = policy.then if isinstance(policy, Retry) else policy  # bytes won't change
         self.stage = stage
         # The Outlet protocol does not expose the source's counters; the runtime's does.
-        self.counters = getattr(out, "head_counters", None)
+        self.counters = out.counters
 
     async def __call__(self, error: DecodeError, raw: bytes, prov: Provenance | None) -> None:
         if self.policy == "raise":
