@@ -42,6 +42,7 @@ from .sinks.routing import partition as partition
 from .sinks.routing import tee as tee
 from .sinks.sockets import to_tcp as to_tcp
 from .sinks.sockets import to_udp as to_udp
+from .sources.asof import asof_join as asof_join
 from .sources.combine import chain as chain
 from .sources.combine import concat as concat
 from .sources.combine import merge as merge
@@ -73,9 +74,12 @@ from .stages.element import take as take
 from .stages.element import take_while as take_while
 from .stages.loading import sample as sample
 from .stages.loading import shuffle as shuffle
+from .stages.sensors import reorder as reorder
+from .stages.sensors import resample as resample
 from .stages.time import buffer as buffer
 from .stages.time import throttle as throttle
 from .stages.time import timeout as timeout
+from .stages.windows import window as window
 from .stats import RunStatistics as RunStatistics
 from .stats import StageStatistics as StageStatistics
 
@@ -102,6 +106,7 @@ __all__ = [
     "Stage",
     "StageStatistics",
     "StageTimeoutError",
+    "asof_join",
     "batch",
     "broadcast",
     "buffer",
@@ -134,7 +139,9 @@ __all__ = [
     "read_records",
     "rebatch",
     "reduce",
+    "reorder",
     "repeat",
+    "resample",
     "retry",
     "run",
     "sample",
@@ -156,5 +163,6 @@ __all__ = [
     "udp_server",
     "unbatch",
     "unix_server",
+    "window",
     "zip",
 ]
