@@ -33,10 +33,16 @@ from .sinks.collect import collect as collect
 from .sinks.collect import discard as discard
 from .sinks.collect import for_each as for_each
 from .sinks.collect import reduce as reduce
+from .sinks.files import FileSummary as FileSummary
+from .sinks.files import to_csv as to_csv
+from .sinks.files import to_jsonl as to_jsonl
+from .sinks.files import to_npy as to_npy
+from .sinks.files import to_parquet as to_parquet
 from .sinks.histogram import Histogram as Histogram
 from .sinks.histogram import QuantileSketch as QuantileSketch
 from .sinks.histogram import to_histogram as to_histogram
 from .sinks.histogram import to_quantiles as to_quantiles
+from .sinks.queues import to_queue as to_queue
 from .sinks.routing import broadcast as broadcast
 from .sinks.routing import partition as partition
 from .sinks.routing import tee as tee
@@ -90,6 +96,7 @@ __all__ = [
     "Batch",
     "DecodeError",
     "FailedItem",
+    "FileSummary",
     "Flow",
     "FlowDefinitionError",
     "Histogram",
@@ -156,8 +163,13 @@ __all__ = [
     "throttle",
     "timeout",
     "to_aggregate",
+    "to_csv",
     "to_histogram",
+    "to_jsonl",
+    "to_npy",
+    "to_parquet",
     "to_quantiles",
+    "to_queue",
     "to_tcp",
     "to_udp",
     "udp_server",

@@ -1,0 +1,362 @@
+"""File sinks: ``.npy``, CSV, JSON lines and Parquet.
+
+Every file sink buffers encoded batches and writes them in chunks of at least
+``chunk_bytes`` (one thread hop per chunk: aiofiles on asyncio, anyio's file API on trio),
+at end of input, on graceful stop, and when closed after an error. A chunk holds whole
+batches only, so after a crash (even ``SIGKILL``) the file holds a prefix of complete
+batches: ``.npy`` files stay loadable (their header is rewritten after each chunk, see
+:func:`to_npy`); CSV and JSON lines files end at a line break. Parquet is the exception:
+its footer is written on close, so only a cleanly closed Parquet file is readable.
+
+The sinks await I/O, so each runs in a task of its own behind a buffer: a slow disk
+suspends the flow (backpressure). Text encoding runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from numpy.typing import NDArray
+
+from .._message import Batch
+from .._ops import SinkOp, SinkWriter
+from .._runtime import RunContext
+from ..flow import Sink
+from ._encode import Fmt, columns, csv_header, csv_lines, jsonl_lines, npy_header
+
+__all__ = ["FileSummary", "to_csv", "to_jsonl", "to_npy", "to_parquet"]
+
+CHUNK_BYTES = 4 << 20
+"""Default size of a write: buffered batches go to the file once they reach it."""
+
+
+class FileSummary(tuple[str, int]):
+    """What a file sink wrote: ``(path, rows)``."""
+
+    __slots__ = ()
+
+    def __new__(cls, path: str, rows: int) -> FileSummary:
+        return super().__new__(cls, (path, rows))
+
+    @property
+    def path(self) -> str:
+        return self[0]
+
+    @property
+    def rows(self) -> int:
+        return self[1]
+
+
+class _File(Protocol):
+    async def write(self, data: bytes, /) -> Any: ...
+
+    async def seek(self, offset: int, whence: int = 0, /) -> Any: ...
+
+    async def flush(self) -> Any: ...
+
+
+async def _open(path: str) -> tuple[_File, Callable[[], Any], int]:
+    """Open ``path`` for writing with the backend's file API: (file, close, fileno)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio
+        f = await anyio.open_file(path, "wb")
+        return f, f.aclose, f.wrapped.fileno()
+    import aiofiles
+
+    h = await aiofiles.open(path, "wb")
+    return h, h.close, h.fileno()
+
+
+class _FileWriter(SinkWriter[Any, FileSummary]):
+    """Buffers encoded batches; writes them in chunks; subclasses say how to encode."""
+
+    def __init__(self, path: str, chunk_bytes: int, fsync: bool) -> None:
+        self.path, self.chunk_bytes, self.fsync = path, chunk_bytes, fsync
+        self.pending: list[bytes] = []
+        self.pending_bytes = self.pending_rows = self.rows = 0
+        self.file: _File | None = None
+        self.close_file: Callable[[], Any] | None = None
+        self.fileno = -1
+
+    async def open(self) -> None:
+        with anyio.CancelScope(shield=True):  # a cancelled open would leak the opened file
+            self.file, self.close_file, self.fileno = await _open(self.path)
+
+    async def write(self, item: Any) -> None:
+        data = np.asarray(item)
+        encoded = await self.encode(data)
+        self.pending.append(encoded)
+        self.pending_bytes += len(encoded)
+        self.pending_rows += len(data)
+        if self.pending_bytes >= self.chunk_bytes:
+            await self.write_out()
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        if items:
+            await self.write(np.asarray(items))
+
+    async def write_batch(self, batch: Batch) -> None:
+        await self.write(batch.data)
+
+    async def encode(self, data: NDArray[Any]) -> bytes:
+        """The bytes of one batch (runs on the event loop unless overridden)."""
+        raise NotImplementedError
+
+    async def write_out(self) -> None:
+        """Write the pending batches as one chunk, then ``committed`` (npy: the header)."""
+        assert self.file is not None
+        chunk, self.pending = b"".join(self.pending), []
+        await self.file.write(chunk)
+        self.rows += self.pending_rows
+        self.pending_bytes = self.pending_rows = 0
+        await self.committed()
+
+    async def committed(self) -> None:
+        """Called after each chunk reached the file."""
+
+    async def flush(self) -> None:
+        if self.file is None:
+            return
+        if self.pending:
+            await self.write_out()
+        await self.file.flush()
+        if self.fsync:
+            await anyio.to_thread.run_sync(os.fsync, self.fileno)
+
+    async def aclose(self) -> None:
+        close, self.close_file = self.close_file, None
+        if close is None:
+            return
+        try:
+            await self.flush()  # after an error too: whole batches received are kept
+        finally:
+            self.file = None
+            await close()
+
+    def result(self) -> FileSummary:
+        return FileSummary(self.path, self.rows)
+
+
+class _NpyWriter(_FileWriter):
+    def __init__(self, path: str, chunk_bytes: int, fsync: bool) -> None:
+        super().__init__(path, chunk_bytes, fsync)
+        self.dtype: np.dtype[Any] | None = None
+        self.row_shape: tuple[int, ...] = ()
+        self.header_len = 0
+
+    async def encode(self, data: NDArray[Any]) -> bytes:
+        if self.dtype is None:
+            if data.dtype.hasobject:
+                raise TypeError(f"cannot write {data.dtype} to .npy: no Python objects")
+            self.dtype, self.row_shape = data.dtype, data.shape[1:]
+            header = npy_header(self.dtype, (0, *self.row_shape))
+            self.header_len = len(header)
+            self.pending.append(header)  # written with the first chunk
+        elif data.shape[1:] != self.row_shape or not np.can_cast(data.dtype, self.dtype):
+            raise TypeError(
+                f"a batch of {data.dtype} {data.shape[1:]} rows for {self.path}, which holds "
+                f"{self.dtype} {self.row_shape} rows"
+            )
+        return np.ascontiguousarray(data, self.dtype).tobytes()
+
+    async def committed(self) -> None:
+        """Rewrite the header in place with the rows now in the file."""
+        assert self.file is not None
+        assert self.dtype is not None
+        if self.fsync:
+            await anyio.to_thread.run_sync(os.fsync, self.fileno)
+        header = npy_header(self.dtype, (self.rows, *self.row_shape))
+        assert len(header) == self.header_len, "npy header grew"
+        await self.file.seek(0)
+        await self.file.write(header)
+        await self.file.seek(0, os.SEEK_END)
+
+    async def flush(self) -> None:
+        if self.dtype is None and self.file is not None:  # no rows: an empty float64 array
+            await self.encode(np.empty(0))
+        await super().flush()
+
+
+class _TextWriter(_FileWriter):
+    def __init__(
+        self, path: str, chunk_bytes: int, fsync: bool, encode: Callable[[NDArray[Any]], bytes]
+    ) -> None:
+        super().__init__(path, chunk_bytes, fsync)
+        self._encode = encode
+
+    async def encode(self, data: NDArray[Any]) -> bytes:
+        return await anyio.to_thread.run_sync(self._encode, data)
+
+
+class _FileOp(SinkOp[Any, FileSummary]):
+    fused = False
+
+    def __init__(self, kind: str, path: str | os.PathLike[str], make: Callable[[str], Any]):
+        self.path = os.fspath(path)
+        self.make = make
+        self.name = f"{kind}({Path(self.path).name})"
+
+    def writer(self, ctx: RunContext) -> SinkWriter[Any, FileSummary]:
+        writer: SinkWriter[Any, FileSummary] = self.make(self.path)
+        return writer
+
+
+class _CsvEncoder:
+    """CSV text of each batch, the header line before the first."""
+
+    def __init__(self, header: bool, fmt: Fmt) -> None:
+        self.header, self.fmt = header, fmt
+
+    def __call__(self, data: NDArray[Any]) -> bytes:
+        lines = csv_lines(data, self.fmt)
+        if self.header:
+            self.header = False
+            return csv_header(data) + lines
+        return lines
+
+
+class _ParquetWriter(SinkWriter[Any, FileSummary]):
+    """Row groups of at least ``chunk_bytes``, written by pyarrow in a worker thread."""
+
+    def __init__(self, path: str, chunk_bytes: int) -> None:
+        self.path, self.chunk_bytes = path, chunk_bytes
+        self.pending: list[NDArray[Any]] = []
+        self.pending_bytes = self.rows = 0
+        self.writer: Any = None
+
+    async def write(self, item: Any) -> None:
+        data = np.asarray(item)
+        self.pending.append(data.copy())  # batches may be views of reused buffers
+        self.pending_bytes += data.nbytes
+        if self.pending_bytes >= self.chunk_bytes:
+            await self.write_out()
+
+    async def write_batch(self, batch: Batch) -> None:
+        await self.write(batch.data)
+
+    async def write_out(self) -> None:
+        data, self.pending, self.pending_bytes = np.concatenate(self.pending), [], 0
+        await anyio.to_thread.run_sync(self._write_table, data)
+        self.rows += len(data)
+
+    def _write_table(self, data: NDArray[Any]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(dict(columns(data)))
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+
+    async def flush(self) -> None:
+        if self.pending:
+            await self.write_out()
+
+    async def aclose(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            try:
+                await self.flush()
+            finally:
+                await anyio.to_thread.run_sync(writer.close)
+
+    def result(self) -> FileSummary:
+        return FileSummary(self.path, self.rows)
+
+
+def to_npy(
+    path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES, fsync: bool = False
+) -> Sink[Any, FileSummary]:
+    """Append every batch to one ``.npy`` file, loadable at every flush and after a crash.
+
+    The file is created (or truncated) when the run starts. Its header is written with the
+    first batch and padded (as NumPy does) so the row count can grow to 21 digits in place;
+    after each chunk of rows reaches the file the header is rewritten with the new count.
+    If the process dies, ``np.load`` reads the rows of every chunk whose header update
+    happened: complete batches, never a torn one (NumPy ignores trailing bytes).
+
+    Args:
+        path: the file to write.
+        chunk_bytes: buffer batches until this many bytes, then write them at once.
+            Smaller means less lost in a crash; larger means fewer writes.
+        fsync: also ``fsync`` the data before each header update and at flush (survive an
+            OS crash, not only a process crash; slower).
+
+    Returns:
+        A sink whose result is a :class:`FileSummary` ``(path, rows)``. Batches must all
+        have the first batch's dtype (or one that casts safely to it) and row shape.
+    """
+    return Sink(_FileOp("to_npy", path, lambda p: _NpyWriter(p, chunk_bytes, fsync)))
+
+
+def to_csv(
+    path: str | os.PathLike[str],
+    *,
+    header: bool = True,
+    fmt: Fmt = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    fsync: bool = False,
+) -> Sink[Any, FileSummary]:
+    """Write the rows as CSV (comma-separated, ``\\n`` line ends, RFC 4180 quoting).
+
+    Args:
+        path: the file to write (created or truncated).
+        header: write the column names first: the fields of records, ``value`` for 1-D
+            batches, ``0..k-1`` for 2-D ones.
+        fmt: ``None`` for the shortest text that reads back the same value, a ``%``-format
+            for every column (``"%.3f"``), or a sequence with one per column.
+        chunk_bytes: buffer this many bytes of text before a write.
+        fsync: ``fsync`` at flush.
+
+    Returns:
+        A sink whose result is a :class:`FileSummary` ``(path, rows)``.
+    """
+    encoder = functools.partial(_CsvEncoder, header, fmt)
+    return Sink(_FileOp("to_csv", path, lambda p: _TextWriter(p, chunk_bytes, fsync, encoder())))
+
+
+def to_jsonl(
+    path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES, fsync: bool = False
+) -> Sink[Any, FileSummary]:
+    """Write one JSON value per row: an object for a record, a number for 1-D batches.
+
+    NaN and infinities are written as ``null``; strings as UTF-8.
+
+    Returns:
+        A sink whose result is a :class:`FileSummary` ``(path, rows)``.
+    """
+    return Sink(
+        _FileOp("to_jsonl", path, lambda p: _TextWriter(p, chunk_bytes, fsync, jsonl_lines))
+    )
+
+
+def to_parquet(
+    path: str | os.PathLike[str], *, chunk_bytes: int = 64 << 20
+) -> Sink[Any, FileSummary]:
+    """Write the rows to a Parquet file with pyarrow (``pip install aflow[arrow]``).
+
+    Each ``chunk_bytes`` of rows is one row group. Parquet's footer is written when the
+    sink closes, so a run killed before that leaves no readable file.
+
+    Raises:
+        ImportError: pyarrow is not installed.
+
+    Returns:
+        A sink whose result is a :class:`FileSummary` ``(path, rows)``.
+    """
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "to_parquet needs pyarrow: install it with `pip install aflow[arrow]`"
+        ) from exc
+    return Sink(_FileOp("to_parquet", path, lambda p: _ParquetWriter(p, chunk_bytes)))
