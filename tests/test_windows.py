@@ -1,0 +1,270 @@
+"""Windows against brute-force references: any batch split, late routing, virtual time."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aflow as af
+from aflow.testing import VirtualClock, from_schedule
+
+ROW = np.dtype([("ts", "i8"), ("key", "i4"), ("value", "f8")])
+STATS = ("count", "sum", "min", "max", "mean")
+
+
+def rows_of(ts: list[int], keys: list[int], values: list[float]) -> np.ndarray[Any, Any]:
+    out = np.zeros(len(ts), ROW)
+    out["ts"], out["key"], out["value"] = ts, keys, values
+    return out
+
+
+def split(arr: np.ndarray[Any, Any], cuts: list[int]) -> list[np.ndarray[Any, Any]]:
+    return np.split(arr, sorted({c % (len(arr) + 1) for c in cuts}))
+
+
+def run_list(flow: af.Flow[Any]) -> list[Any]:
+    return list(af.run(flow | af.collect("list")).value)
+
+
+def reference(rows: np.ndarray[Any, Any], size: int, step: int) -> dict[tuple[int, int], Any]:
+    """Per (window start, key): the stats, by brute force over every window and row."""
+    groups: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for ts, key, value in rows.tolist():
+        k = ts // step
+        while k * step + size > ts:
+            if k * step <= ts:
+                groups[(k * step, key)].append(value)
+            k -= 1
+    return {g: (len(v), sum(v), min(v), max(v), sum(v) / len(v)) for g, v in sorted(groups.items())}
+
+
+@st.composite
+def jittered(draw: st.DrawFn, max_rows: int = 120) -> tuple[np.ndarray[Any, Any], int]:
+    """Rows whose timestamps are at most ``jitter`` out of order, and that jitter."""
+    n = draw(st.integers(1, max_rows))
+    base = np.cumsum(draw(st.lists(st.integers(0, 7), min_size=n, max_size=n)))
+    jitter = draw(st.integers(0, 10))
+    shift = draw(st.lists(st.integers(0, jitter), min_size=n, max_size=n))
+    keys = draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
+    values = draw(st.lists(st.integers(-50, 50), min_size=n, max_size=n))
+    return rows_of((base + np.array(shift) - 20).tolist(), keys, values), jitter
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=jittered(),
+    size=st.integers(1, 25),
+    ratio=st.sampled_from([1, 1, 2, 3, 5]),
+    cuts=st.lists(st.integers(0, 200), max_size=8),
+)
+def test_keyed_window_stats_equal_brute_force_under_any_split(
+    data: tuple[np.ndarray[Any, Any], int], size: int, ratio: int, cuts: list[int]
+) -> None:
+    rows, jitter = data
+    step = max(1, size // ratio)
+    stage = af.window(
+        size, step=step, by="ts", key="key", value="value", stats=STATS, allowed_lateness=jitter
+    )
+    late: list[Any] = []
+    stage_late = af.window(
+        size, step=step, by="ts", key="key", value="value", stats=STATS,
+        allowed_lateness=jitter, late=late,
+    )  # fmt: skip
+    got = np.concatenate(run_list(af.from_arrays(split(rows, cuts)) | stage))
+    want = reference(rows, size, step)
+    assert [(int(r["window_start"]), int(r["key"])) for r in got] == list(want)
+    assert np.array_equal(got["window_end"], got["window_start"] + size)
+    np.testing.assert_allclose([tuple(r)[3:] for r in got.tolist()], list(want.values()))
+    run_list(af.from_arrays(split(rows, cuts)) | stage_late)
+    assert late == []  # lateness covers the disorder: no row is late
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=jittered(), size=st.integers(1, 20), cuts=st.lists(st.integers(0, 200), max_size=8))
+def test_window_rows_are_the_rows_of_each_window(
+    data: tuple[np.ndarray[Any, Any], int], size: int, cuts: list[int]
+) -> None:
+    rows, jitter = data
+    flow = af.from_arrays(split(rows, cuts)) | af.window(
+        size, step=max(1, size // 2), by="ts", allowed_lateness=jitter
+    )
+    step = max(1, size // 2)
+    got = run_list(flow)
+    starts = sorted({k * step for ts in rows["ts"].tolist() for k in _covering(ts, size, step)})
+    assert len(got) == len(starts)
+    for start, win in zip(starts, got, strict=True):
+        inside = rows[(rows["ts"] >= start) & (rows["ts"] < start + size)]
+        assert sorted(win.tolist()) == sorted(inside.tolist())
+
+
+def _covering(ts: int, size: int, step: int) -> list[int]:
+    return [k for k in range((ts - size) // step, ts // step + 1) if k * step + size > ts]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ts=st.lists(st.integers(0, 60), min_size=1, max_size=60),
+    size=st.integers(1, 15),
+    lateness=st.integers(0, 10),
+    cuts=st.lists(st.integers(0, 60), max_size=8),
+)
+def test_late_rows_are_routed_exactly_as_the_watermark_model_says(
+    ts: list[int], size: int, lateness: int, cuts: list[int]
+) -> None:
+    rows = rows_of(ts, [0] * len(ts), list(range(len(ts))))
+    batches = split(rows, cuts)
+    late: list[Any] = []
+    flow = af.from_arrays(batches) | af.window(
+        size, by="ts", stats=("count",), allowed_lateness=lateness, late=late
+    )
+    result = af.run(flow | af.collect("list"))
+    wm, want_late, on_time = -np.inf, [], []
+    for b in batches:  # the model: a row is late when its window ended before its batch
+        for r in b.tolist():
+            (want_late if (r[0] // size + 1) * size <= wm else on_time).append(r)
+        if len(b):
+            wm = max(wm, int(b["ts"].max()) - lateness)
+    assert [r for part in late for r in part.tolist()] == want_late
+    counts = defaultdict(int)
+    for r in on_time:
+        counts[r[0] // size * size] += 1
+    got = np.concatenate(result.value) if result.value else np.empty(0, ROW)
+    assert dict(zip(got["window_start"].tolist(), got["count"].tolist(), strict=True)) == counts
+    assert result.statistics.stage("window(tumbling, event)").errors == len(want_late)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    ts=st.lists(st.integers(0, 200), min_size=1, max_size=80),
+    keys=st.lists(st.integers(0, 3), min_size=80, max_size=80),
+    gap=st.integers(1, 12),
+    cuts=st.lists(st.integers(0, 80), max_size=8),
+)
+def test_sessions_equal_brute_force(
+    ts: list[int], keys: list[int], gap: int, cuts: list[int]
+) -> None:
+    ts = sorted(ts)
+    rows = rows_of(ts, keys[: len(ts)], [float(t) for t in ts])
+    flow = af.from_arrays(split(rows, cuts)) | af.window(
+        gap=gap, by="ts", key="key", value="value", stats=("count", "max")
+    )
+    got = np.concatenate(run_list(flow))
+    want = []
+    for key in sorted(set(rows["key"].tolist())):
+        t = rows["ts"][rows["key"] == key].tolist()
+        start = 0
+        for i in range(1, len(t) + 1):
+            if i == len(t) or t[i] - t[i - 1] >= gap:
+                want.append((t[start], t[i - 1] + gap, key, i - start, float(t[i - 1])))
+                start = i
+    assert sorted(got.tolist()) == sorted(want)
+    assert got["window_start"].tolist() == sorted(got["window_start"].tolist())
+
+
+def test_datetime_columns_take_timedelta_sizes() -> None:
+    rows = np.array(
+        [("2024-01-01T00:00:05", 1.0), ("2024-01-01T00:00:50", 3.0), ("2024-01-01T00:01:10", 2.0)],
+        dtype=[("ts", "M8[s]"), ("value", "f4")],
+    )
+    flow = af.from_array(rows, 1) | af.window(
+        np.timedelta64(1, "m"), by="ts", value="value", stats=("mean",)
+    )
+    got = np.concatenate(run_list(flow))
+    assert got.dtype["window_start"] == np.dtype("M8[s]")
+    assert got["window_start"].astype(str).tolist() == [
+        "2024-01-01T00:00:00",
+        "2024-01-01T00:01:00",
+    ]
+    assert got["mean"].tolist() == [2.0, 2.0]
+
+
+def test_count_windows_tumble_and_slide_from_row_zero() -> None:
+    data = np.arange(10)
+    assert [
+        w.tolist() for w in run_list(af.from_array(data, 3) | af.window(4, domain="count"))
+    ] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9],
+    ]
+    sums = np.concatenate(
+        run_list(af.from_array(data, 3) | af.window(4, step=2, domain="count", stats=("sum",)))
+    )
+    assert sums["window_start"].tolist() == [0, 2, 4, 6, 8]
+    assert sums["sum"].tolist() == [6, 14, 22, 30, 17]
+
+
+def test_open_windows_are_flushed_at_the_end() -> None:
+    rows = rows_of([1, 2, 15], [0, 0, 0], [1.0, 2.0, 3.0])
+
+    async def main() -> list[str]:
+        flow = af.from_array(rows, 1) | af.window(10, by="ts", stats=("count",))
+        async with flow.open() as run:
+            return [b.reason async for b in run.envelopes()]  # type: ignore[union-attr]
+
+    assert anyio.run(main) == ["time", "end"]
+
+
+def test_processing_time_windows_close_on_the_virtual_clock() -> None:
+    emitted: list[tuple[float, list[int]]] = []
+    schedule = [(0.1, [1]), (0.5, [2, 3]), (1.2, [4]), (3.5, [5])]
+
+    async def stamp(batch: np.ndarray[Any, Any]) -> None:
+        emitted.append((round(anyio.current_time(), 6), batch.tolist()))
+
+    flow = from_schedule(schedule) | af.window(1.0) | af.for_each(stamp)
+    VirtualClock().run(flow)
+    assert emitted == [(1.0, [1, 2, 3]), (2.0, [4]), (3.5, [5])]  # the last one at the end
+
+
+def test_idle_timeout_closes_windows_and_later_rows_are_late() -> None:
+    late: list[Any] = []
+    emitted: list[tuple[float, list[int]]] = []
+    schedule = [(0.0, rows_of([1, 2], [0, 0], [1, 1])), (10.0, rows_of([7, 12], [0, 0], [1, 1]))]
+
+    async def stamp(batch: np.ndarray[Any, Any]) -> None:
+        emitted.append((round(anyio.current_time(), 6), batch["count"].tolist()))
+
+    stage = af.window(10, by="ts", stats=("count",), idle_timeout=2.0, late=late)
+    VirtualClock().run(from_schedule(schedule) | stage | af.for_each(stamp))
+    assert emitted == [(2.0, [2]), (10.0, [1])]
+    assert [r["ts"] for part in late for r in part] == [7]
+
+
+@pytest.mark.anyio
+async def test_async_late_target_gets_each_batch_of_late_rows() -> None:
+    seen: list[list[int]] = []
+
+    async def on_late(rows: np.ndarray[Any, Any]) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(rows["ts"].tolist())
+
+    batches = [rows_of([30], [0], [0]), rows_of([1, 2, 31], [0, 0, 0], [0, 0, 0])]
+    flow = af.from_arrays(batches) | af.window(10, by="ts", key="key", late=on_late)
+    result = await (flow | af.collect()).run()
+    assert seen == [[1, 2]]
+    assert result.value["count"].tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "either size"),
+        ({"size": 5, "gap": 2}, "either size"),
+        ({"size": 0, "by": "ts"}, "must be > 0"),
+        ({"gap": 2, "step": 1, "by": "ts"}, "step="),
+        ({"size": 5, "domain": "event"}, "needs by="),
+        ({"size": 5, "idle_timeout": 1.0}, "event time"),
+        ({"gap": 5, "domain": "count"}, "sessions"),
+        ({"size": 5, "by": "ts", "stats": ("median",)}, "choose from"),
+    ],
+)
+def test_bad_arguments_fail_at_build_time(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        af.window(**kwargs)
