@@ -267,8 +267,9 @@ def window(
     input dtype; sessions in timestamp order). With them, one structured array per
     watermark advance, a record per closed window and key, sorted by window then key:
     ``window_start``, ``window_end`` (the timestamp dtype; int64 for count windows,
-    float64 for processing time), the key column, then the statistics (``count`` int64;
-    ``sum``; ``mean``, ``var``, ``std`` (population) float64; ``min``, ``max``), named
+    float64 for processing time), the key column, then the statistics of
+    :class:`aflow.KeyedStats` (``count`` int64; ``sum``, ``mean``, ``var``, ``std``
+    (population) float64; ``min``, ``max``, ``first``, ``last`` the value dtype), named
     ``mean`` for one value column, ``value_mean`` for several.
 
     Args:
@@ -280,8 +281,8 @@ def window(
         key: key column: statistics per key in each window; sessions per key.
         value: value column(s) the statistics are of (the array itself when the batches
             are not structured).
-        stats: from ``count, sum, mean, min, max, var, std``; ``("count",)`` when only a
-            ``key`` is given.
+        stats: from ``count, sum, min, max, mean, var, std, first, last``; ``("count",)``
+            when only a ``key`` is given, ``("count", "mean")`` with a ``value``.
         allowed_lateness: how far behind the largest timestamp seen rows may still come
             before their windows close (event time).
         idle_timeout: seconds without input after which open windows close (event time).
