@@ -5,6 +5,9 @@ Re-exports only; see the modules for the code.
 
 from ._message import Batch as Batch
 from ._message import Provenance as Provenance
+from ._run import Run as Run
+from ._run import RunResult as RunResult
+from ._run import run as run
 from .batching import batch as batch
 from .batching import rebatch as rebatch
 from .batching import unbatch as unbatch
@@ -18,12 +21,9 @@ from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
 from .errors import StageTimeoutError as StageTimeoutError
 from .flow import Flow as Flow
-from .flow import Run as Run
-from .flow import RunResult as RunResult
 from .flow import Sink as Sink
 from .flow import SinkFlow as SinkFlow
 from .flow import Stage as Stage
-from .flow import run as run
 from .policies import FailedItem as FailedItem
 from .policies import dead_letter as dead_letter
 from .policies import retry as retry

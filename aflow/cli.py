@@ -11,7 +11,8 @@ from typing import Any
 
 import anyio
 
-from .flow import Flow, SinkFlow, run
+from ._run import run
+from .flow import Flow, SinkFlow
 
 
 def _load(target: str) -> Any:

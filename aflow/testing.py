@@ -12,7 +12,8 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from .flow import Flow, RunResult, SinkFlow
+from ._run import RunResult
+from .flow import Flow, SinkFlow
 
 __all__ = ["CountingSource", "VirtualClock", "from_schedule", "run_virtual"]
 

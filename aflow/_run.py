@@ -1,0 +1,334 @@
+"""Running a flow: the ``Run`` handle, ``flow.open()`` and the sync entry point ``run``.
+
+``flow.open()`` starts the run's task group inside a shielded scope, so that a cancelled
+caller can still stop the run *gracefully* (sources stop, partial batches are flushed)
+before the cancellation goes on; ``run.wait()`` and ``aflow.run`` build on it.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._message import Batch, Message
+from ._ops import Op, SinkOp, Source, TaskOp
+from ._runtime import Edge, RunContext
+from .errors import FlowDefinitionError
+from .stats import RunStatistics, StageCounters
+
+if TYPE_CHECKING:
+    from .flow import Flow, SinkFlow
+
+__all__ = ["Run", "RunResult", "flow_edges", "op_edges", "run"]
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+DEFAULT_BUFFER = 4
+DEFAULT_GRACE = 10.0
+
+
+def _edge_count(source: Source, ops: tuple[Op, ...], sink: SinkOp[Any, Any] | None) -> int:
+    """How many buffers a run will have (to share a ``max_bytes`` ceiling among them)."""
+    n = source_edges(source) + sum(op_edges(op) for op in ops)
+    if sink is None:
+        return n + 1
+    return n + op_edges(sink)
+
+
+def op_edges(op: Op) -> int:
+    own = 1 if isinstance(op, TaskOp) or (isinstance(op, SinkOp) and not op.fused) else 0
+    nested: Callable[[], int] | None = getattr(op, "nested_edges", None)
+    return own + (nested() if nested is not None else 0)
+
+
+def source_edges(source: Source) -> int:
+    nested: Callable[[], int] | None = getattr(source, "nested_edges", None)
+    return nested() if nested is not None else 0
+
+
+def flow_edges(flow: Flow[Any]) -> int:
+    """Buffers a nested flow adds, plus the one it feeds its parent through."""
+    return _edge_count(flow.source, flow.ops(), None)
+
+
+class RunResult(NamedTuple, Generic[R_co]):
+    """What ``run()`` returns: the sink's result and the run's statistics."""
+
+    value: R_co
+    statistics: RunStatistics
+
+
+class Run(Generic[R_co]):
+    """A running flow, as handed out by ``flow.open()``.
+
+    Iterate it (``async for item in run``) when the flow has no sink; ``await run.wait()``
+    when it has one. ``statistics()`` may be read at any time, from any task.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self._grace = grace
+        self._ctx: RunContext | None = None
+        self._output: Edge | None = None
+        self._sink_writer: Any = None
+        self._done = anyio.Event()
+        self._scope = anyio.CancelScope(shield=True)
+
+    def statistics(self) -> RunStatistics:
+        """Per-stage statistics so far (a frozen snapshot)."""
+        assert self._ctx is not None
+        return self._ctx.counters.freeze()
+
+    def stop(self) -> None:
+        """Stop gracefully: sources stop; what is in flight is processed and flushed."""
+        if self._ctx is not None:
+            self._ctx.request_stop()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> RunResult[R_co]:
+        """Wait for the end of the run; return the sink's result and statistics.
+
+        If the waiting task is cancelled, the run is stopped gracefully (at most ``grace``
+        seconds) before the cancellation propagates.
+        """
+        try:
+            await self._done.wait()
+        except anyio.get_cancelled_exc_class():
+            self.stop()
+            await self._join()
+            raise
+        self._raise_error()
+        writer = self._sink_writer
+        value = cast(R_co, writer.result() if writer is not None else None)
+        return RunResult(value, self.statistics())
+
+    def _raise_error(self) -> None:
+        assert self._ctx is not None
+        err = self._ctx.first_error
+        if err is not None:
+            raise err
+
+    async def _join(self) -> None:
+        """Wait (shielded) for the run to end; cancel it once the grace period is over."""
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(self._grace):
+                await self._done.wait()
+            if not self._done.is_set():
+                self._scope.cancel()
+                await self._done.wait()
+
+    def __aiter__(self) -> _Items:
+        if self._output is None:
+            raise FlowDefinitionError("this flow ends in a sink; use `await run.wait()`")
+        return _Items(self)
+
+    def envelopes(self) -> _Envelopes:
+        """Iterate output messages: a ``list`` chunk of elements or a :class:`Batch`
+        envelope (with ``reason`` and ``provenance``) per array batch."""
+        if self._output is None:
+            raise FlowDefinitionError("this flow ends in a sink; use `await run.wait()`")
+        return _Envelopes(self)
+
+    async def _next_message(self) -> Message:
+        assert self._output is not None
+        try:
+            return await self._output.receive()
+        except anyio.EndOfStream:
+            self._raise_error()
+            raise StopAsyncIteration from None
+
+    async def _main(
+        self,
+        source: Source,
+        ops: tuple[Op, ...],
+        sink: SinkOp[Any, Any] | None,
+        buffer: int,
+        max_bytes: int | None,
+        *,
+        task_status: TaskStatus[None],
+    ) -> None:
+        ctx: RunContext | None = None
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    ctx = RunContext(
+                        tg,
+                        buffer=buffer,
+                        max_bytes=max_bytes,
+                        edge_count=_edge_count(source, ops, sink),
+                    )
+                    self._ctx = ctx
+                    if sink is None:
+                        out = StageCounters("output")
+                        self._output = ctx.edge(out)
+                        ctx.start_chain(source, ops, self._output)
+                    else:
+                        self._sink_writer = ctx.start_chain(source, ops, sink)
+                    task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if ctx is not None:
+                    for writer in ctx.writers:
+                        try:
+                            await writer.aclose()
+                        except Exception as exc:
+                            ctx.fail(exc)
+            self._done.set()
+
+
+class _Envelopes:
+    """Async iterator over a run's output messages (a class, not an async generator, so
+    breaking out of the loop leaves nothing to finalize)."""
+
+    def __init__(self, run: Run[Any]) -> None:
+        self._run = run
+
+    def __aiter__(self) -> _Envelopes:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self._run._next_message()
+
+
+class _Items:
+    """Async iterator over a run's output items: elements, or arrays for batches."""
+
+    def __init__(self, run: Run[Any]) -> None:
+        self._run = run
+        self._chunk: list[Any] = []
+        self._pos = 0
+
+    def __aiter__(self) -> _Items:
+        return self
+
+    async def __anext__(self) -> Any:
+        while self._pos >= len(self._chunk):
+            msg = await self._run._next_message()
+            if isinstance(msg, Batch):
+                return msg.data
+            self._chunk, self._pos = msg, 0
+        self._pos += 1
+        return self._chunk[self._pos - 1]
+
+
+class _RunManager(Generic[R_co]):
+    """The async context manager behind ``flow.open()``."""
+
+    def __init__(
+        self,
+        source: Source,
+        ops: tuple[Op, ...],
+        sink: SinkOp[Any, Any] | None,
+        buffer: int,
+        max_bytes: int | None,
+        grace: float,
+    ) -> None:
+        if buffer < 1:
+            raise ValueError(f"buffer={buffer}: a buffer holds at least one message")
+        self._args = (source, ops, sink, buffer, max_bytes)
+        self._grace = grace
+
+    def __call__(self) -> Any:  # pragma: no cover - guards a common slip
+        raise TypeError("flow.open() is an async context manager: `async with flow.open()`")
+
+    async def __aenter__(self) -> Run[R_co]:
+        self._cm = self._open()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._cm.__aexit__(*exc)
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[Run[R_co]]:
+        run: Run[R_co] = Run(self._grace)
+        error: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            await tg.start(run._main, *self._args)
+            try:
+                yield run
+            except anyio.get_cancelled_exc_class():
+                if run._output is not None:
+                    run._output.close_receive()
+                run.stop()
+                await run._join()
+                raise
+            except BaseException as exc:
+                error = exc
+                run._scope.cancel()
+                if run._output is not None:
+                    run._output.close_receive()
+            else:
+                if run._output is not None:
+                    run._output.close_receive()
+                run.stop()
+                await run._join()
+        if error is not None:
+            raise error
+        run._raise_error()
+
+
+def run(
+    flow: SinkFlow[R] | Flow[Any],
+    *,
+    backend: str = "asyncio",
+    buffer: int = DEFAULT_BUFFER,
+    max_bytes: int | None = None,
+    grace: float = DEFAULT_GRACE,
+    handle_signals: bool = True,
+) -> RunResult[Any]:
+    """Run ``flow`` from synchronous code (a script, a notebook cell, a test).
+
+    With ``handle_signals`` (and when called from the main thread), Ctrl-C (SIGINT) stops
+    the run gracefully: sources stop, partial batches are flushed, files and sockets are
+    closed, then ``KeyboardInterrupt`` is raised. SIGTERM stops it the same way and the
+    result so far is returned. A second Ctrl-C during the grace period cancels at once.
+
+    Args:
+        backend: ``"asyncio"`` or ``"trio"``.
+        handle_signals: install the SIGINT/SIGTERM handlers described above.
+    """
+    from .flow import Flow
+    from .sinks.collect import collect
+
+    interrupted: list[int] = []
+    if isinstance(flow, Flow):
+        flow = flow | collect()
+
+    async def main() -> RunResult[Any]:
+        async with flow.open(buffer=buffer, max_bytes=max_bytes, grace=grace) as r:
+            if not (handle_signals and threading.current_thread() is threading.main_thread()):
+                return await r.wait()
+            error: Exception | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signals, r, interrupted)
+                try:
+                    result = await r.wait()
+                except Exception as exc:  # raised below, outside the task group, as itself
+                    error = exc
+                tg.cancel_scope.cancel()
+        if interrupted and interrupted[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        if error is not None:
+            raise error
+        return result
+
+    return anyio.run(main, backend=backend)
+
+
+async def _stop_on_signals(r: Run[Any], seen: list[int]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            seen.append(signum)
+            if len(seen) == 1:
+                r.stop()
+            else:
+                r._scope.cancel()
