@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
@@ -284,6 +284,7 @@ def run(
     max_bytes: int | None = None,
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
+    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
 ) -> RunResult[Any]:
     """Run ``flow`` from synchronous code (a script, a notebook cell, a test).
 
@@ -295,6 +296,8 @@ def run(
     Args:
         backend: ``"asyncio"`` or ``"trio"``.
         handle_signals: install the SIGINT/SIGTERM handlers described above.
+        monitor: a coroutine function run beside the flow with its :class:`Run` (to show
+            progress or export statistics); it is cancelled when the run ends.
     """
     from .flow import Flow
     from .sinks.collect import collect
@@ -302,19 +305,23 @@ def run(
     interrupted: list[int] = []
     if isinstance(flow, Flow):
         flow = flow | collect()
+    signals = handle_signals and threading.current_thread() is threading.main_thread()
 
     async def main() -> RunResult[Any]:
-        async with flow.open(buffer=buffer, max_bytes=max_bytes, grace=grace) as r:
-            if not (handle_signals and threading.current_thread() is threading.main_thread()):
-                return await r.wait()
-            error: Exception | None = None
-            async with anyio.create_task_group() as tg:
+        error: Exception | None = None
+        async with (
+            flow.open(buffer=buffer, max_bytes=max_bytes, grace=grace) as r,
+            anyio.create_task_group() as tg,
+        ):
+            if signals:
                 tg.start_soon(_stop_on_signals, r, interrupted)
-                try:
-                    result = await r.wait()
-                except Exception as exc:  # raised below, outside the task group, as itself
-                    error = exc
-                tg.cancel_scope.cancel()
+            if monitor is not None:
+                tg.start_soon(monitor, r)
+            try:
+                result = await r.wait()
+            except Exception as exc:  # raised below, outside the task group, as itself
+                error = exc
+            tg.cancel_scope.cancel()
         if interrupted and interrupted[0] == signal.SIGINT:
             raise KeyboardInterrupt
         if error is not None:

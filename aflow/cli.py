@@ -70,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--buffer", type=int, default=4, help="messages per buffer")
     run_p.add_argument("--max-bytes", type=int, default=None, help="run-wide byte ceiling")
     run_p.add_argument("--stats", action="store_true", help="print statistics to stderr")
+    run_p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live per-stage progress on stderr (default: when stderr is a terminal)",
+    )
+    run_p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve live statistics in Prometheus format on this port (/metrics)",
+    )
+    run_p.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on")
     run_p.set_defaults(func=_cmd_run)
     args = parser.parse_args(argv)
     return int(args.func(args))
