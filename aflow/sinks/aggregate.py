@@ -321,8 +321,9 @@ def to_aggregate(
     Example:
         >>> import aflow as af
         >>> rows = np.array([(1, 2.0), (2, 4.0), (1, 6.0)], [("sensor", "i4"), ("value", "f4")])
-        >>> af.run(af.from_array(rows, batch_size=2) | af.to_aggregate(stats=("count", "mean")))
-        ... # doctest: +SKIP
+        >>> flow = af.from_array(rows, batch_size=2) | af.to_aggregate(stats=("count", "mean"))
+        >>> af.run(flow).value.tolist()
+        [(1, 2, 4.0), (2, 1, 4.0)]
 
     Args:
         key: the key column (integers, strings or bytes). ``None``: each batch is a 1-D
