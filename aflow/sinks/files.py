@@ -19,7 +19,7 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import anyio.to_thread
@@ -38,21 +38,16 @@ CHUNK_BYTES = 4 << 20
 """Default size of a write: buffered batches go to the file once they reach it."""
 
 
-class FileSummary(tuple[str, int]):
-    """What a file sink wrote: ``(path, rows)``."""
+class FileSummary(NamedTuple):
+    """What a file sink wrote.
 
-    __slots__ = ()
+    Attributes:
+        path: the file.
+        rows: rows written (those still buffered when a run is killed are not).
+    """
 
-    def __new__(cls, path: str, rows: int) -> FileSummary:
-        return super().__new__(cls, (path, rows))
-
-    @property
-    def path(self) -> str:
-        return self[0]
-
-    @property
-    def rows(self) -> int:
-        return self[1]
+    path: str
+    rows: int
 
 
 class _File(Protocol):
