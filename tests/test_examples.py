@@ -55,3 +55,11 @@ def test_generators_tour() -> None:
     assert "run 2 raises SourceReusedError" in out
     assert "merge(a every 40 ms, b every 50 ms):" in out
     assert "all sections ok" in out
+
+
+def test_log_pipeline_follows_rotation_and_loses_nothing() -> None:
+    out = assert_ok(run_example("log_pipeline.py", "--seconds", "1.5", "--rotate", "1500"))
+    assert "log rotated: True" in out
+    assert "malformed lines set aside in dead.txt:" in out
+    assert "access.log:" in out  # dead letters say where they came from
+    assert "nothing lost" in out
