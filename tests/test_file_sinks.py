@@ -212,3 +212,37 @@ async def test_files_are_closed_and_kept_after_an_error(tmp_path: Path) -> None:
     lines = path.read_text().splitlines() if path.exists() else []
     assert lines == [str(i) for i in range(len(lines))]
     assert len(lines) % 100 == 0
+
+
+async def endless() -> AsyncIterator[np.ndarray]:
+    i = 0
+    while True:
+        yield np.arange(i * 100, (i + 1) * 100, dtype=np.float64)
+        i += 1
+        await anyio.sleep(0.001)
+
+
+async def test_graceful_stop_flushes_every_batch_received(tmp_path: Path) -> None:
+    path = tmp_path / "stop.npy"
+    flow = af.from_arrays(endless) | af.to_npy(path)  # 4 MiB chunks: only flush writes
+    with anyio.fail_after(10):
+        async with flow.open() as run:
+            for _ in range(1000):
+                await anyio.sleep(0.01)
+                if run.statistics().stages[-1].items_in >= 1000:
+                    break
+            run.stop()
+            result = await run.wait()
+    data = np.load(path)
+    assert len(data) == result.value.rows == result.statistics.stages[-1].items_in
+    assert np.array_equal(data, np.arange(len(data)))
+
+
+async def test_cancelled_caller_still_gets_a_complete_file(tmp_path: Path) -> None:
+    path = tmp_path / "cancel.jsonl"
+    with anyio.move_on_after(0.2):
+        await (af.from_arrays(endless) | af.to_jsonl(path)).run()
+    values = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(values) >= 100
+    assert len(values) % 100 == 0
+    assert values == list(range(len(values)))
