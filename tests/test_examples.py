@@ -63,3 +63,49 @@ def test_log_pipeline_follows_rotation_and_loses_nothing() -> None:
     assert "malformed lines set aside in dead.txt:" in out
     assert "access.log:" in out  # dead letters say where they came from
     assert "nothing lost" in out
+
+
+def test_sensor_service_counts_every_reading_sent_over_udp_and_tcp() -> None:
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    def free_port(kind: int) -> int:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    udp, tcp, http = (
+        free_port(socket.SOCK_DGRAM),
+        free_port(socket.SOCK_STREAM),
+        free_port(socket.SOCK_STREAM),
+    )
+    ports = ["--udp", str(udp), "--tcp", str(tcp)]
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            str(EXAMPLES / "sensor_service.py"),
+            *ports,
+            "--http",
+            str(http),
+            "--seconds",
+            "6",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert service.stdout is not None
+    assert service.stdout.readline().startswith("listening")
+    load = assert_ok(run_example("sensor_loadgen.py", *ports, "--devices", "10", "--seconds", "2"))
+    sent = int(load.split()[1].replace(",", ""))
+    live = {"readings": 0}
+    deadline = time.monotonic() + 3
+    while live["readings"] == 0 and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/sensors", timeout=5) as r:
+            live = json.loads(r.read())
+        time.sleep(0.1)
+    out, _ = service.communicate(timeout=30)
+    assert service.returncode == 0
+    assert live["readings"] > 0  # windows closed while the service ran
+    assert f"stopped: {sent:,} readings from 10 sensors" in out
