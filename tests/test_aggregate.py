@@ -122,6 +122,13 @@ def test_variance_is_stable_for_large_offsets() -> None:
     assert got == pytest.approx(np.var(values), rel=1e-6)
 
 
+def test_constant_values_have_zero_variance() -> None:
+    keys = np.repeat([1, 2], 50_000)
+    values = np.where(keys == 1, 0.1, 1e12 + 0.3)
+    res = fold(keys, values, [30_000, 70_000]).result()
+    assert res["var"].tolist() == [0.0, 0.0]
+
+
 def test_ddof_and_small_counts() -> None:
     acc = KeyedStats(("count", "var", "std"), ddof=1)
     acc.update(np.array([1, 2, 2]), np.array([5.0, 1.0, 3.0]))

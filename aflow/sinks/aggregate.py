@@ -40,12 +40,13 @@ STATS: Final = ("count", "sum", "min", "max", "mean", "var", "std", "first", "la
 _NEEDS_SUM: Final = frozenset({"sum", "mean", "var", "std"})
 _NEEDS_M2: Final = frozenset({"var", "std"})
 _EXTREMES: Final = ("min", "max", "first", "last")
+_EPS: Final = float(np.finfo(np.float64).eps)
 
 
 class KeyedStats:
     """Per-key statistics of a stream of ``(key, value)`` rows, mergeable and bounded by keys.
 
-    Example:
+    Examples:
         >>> acc = KeyedStats(("count", "mean", "max"))
         >>> acc.update(np.array([2, 1, 2]), np.array([1.0, 5.0, 3.0]))
         >>> acc.update(np.array([3]), np.array([7.0]))
@@ -158,15 +159,8 @@ class KeyedStats:
             v64 = _scratch(0, len(vals))  # float64 once: mixed dtypes are 8x slower
             v64[...] = vals
             part["sum"] = np.bincount(g.index, weights=v64, minlength=g.size)
-        if self._m2:  # corrected two-pass: exact to rounding even with large offsets
-            counts = np.maximum(g.counts, 1)
-            mean = part["sum"] / counts
-            dev = np.take(mean, g.index, out=_scratch(1, len(vals)))
-            np.subtract(v64, dev, out=dev)
-            fix = np.bincount(g.index, weights=dev, minlength=g.size)
-            np.multiply(dev, dev, out=dev)
-            part["m2"] = np.bincount(g.index, weights=dev, minlength=g.size) - fix * fix / counts
-            part["mean"] = mean + fix / counts
+        if self._m2:
+            part["mean"], part["m2"] = _moments(g, v64, part["sum"])
         if "min" in self.stats:
             part["min"] = _reduce_at(np.minimum, g, vals)
         if "max" in self.stats:
@@ -261,6 +255,32 @@ def _scratch(i: int, n: int) -> NDArray[np.float64]:
     return buffers[i][:n]
 
 
+def _moments(
+    g: Groups, v64: NDArray[np.float64], total: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-slot mean and sum of squared deviations (M2) of one batch, shape ``(size,)``.
+
+    Two passes: deviations from the naive mean ``total / count``, then their squares. The
+    naive mean is off by at most ``e = n * eps * (|mean| + sd)`` (a sequential sum), which
+    inflates M2 by ``n * e**2``; where that could exceed 1e-12 of M2 (values far from zero
+    next to their spread, or constant), a third pass applies the correction of the
+    corrected two-pass algorithm (Chan, Golub, LeVeque): ``M2 -= sum(dev)**2 / n``.
+    ``v64`` is overwritten.
+    """
+    counts = np.maximum(g.counts, 1)
+    mean = total / counts
+    dev = np.take(mean, g.index, out=_scratch(1, len(v64)))
+    np.subtract(v64, dev, out=dev)
+    squares = np.multiply(dev, dev, out=v64)
+    m2: NDArray[np.float64] = np.bincount(g.index, squares, g.size)  # type: ignore[assignment]
+    err = counts * _EPS * (np.abs(mean) + np.sqrt(m2 / counts))
+    if (counts * err * err > 1e-12 * m2).any():
+        fix = np.bincount(g.index, weights=dev, minlength=g.size)
+        m2 -= fix * fix / counts
+        mean += fix / counts
+    return mean, m2
+
+
 def _reduce_at(ufunc: np.ufunc, g: Groups, vals: NDArray[Any]) -> NDArray[Any]:
     """``ufunc`` (``np.minimum`` or ``np.maximum``) of ``vals`` per group, in one pass."""
     out = _blank("min" if ufunc is np.minimum else "max", vals.dtype, g.size)
@@ -318,7 +338,7 @@ def to_aggregate(
 ) -> Sink[Any, NDArray[np.void]]:
     """Per-key statistics of a flow of structured batches; memory grows with keys, not rows.
 
-    Example:
+    Examples:
         >>> import aflow as af
         >>> rows = np.array([(1, 2.0), (2, 4.0), (1, 6.0)], [("sensor", "i4"), ("value", "f4")])
         >>> flow = af.from_array(rows, batch_size=2) | af.to_aggregate(stats=("count", "mean"))
