@@ -11,8 +11,10 @@ Min and max use ``np.minimum.at``/``np.maximum.at``, which NumPy >= 1.25 runs in
 pass: measured 25x faster than sorting a 65,536-row batch for ``reduceat``.
 
 Variance is computed stably: each batch contributes its count, mean and the sum of squared
-deviations from *its own* mean (the corrected two-pass algorithm, over a batch that sits in
-cache: a naive batch sum of values near 1e9 is off enough to cost 4 digits), and batches
+deviations from *its own* mean (two passes over a batch that sits in cache, plus the
+correction pass of the corrected two-pass algorithm when the batch's naive sum could be off
+enough to matter: values near 1e9 with a spread of 1e-3 would otherwise lose 4 digits), and
+batches
 are merged with Chan et al.'s parallel formula on (count, mean, M2), never through
 ``sum(x**2) - sum(x)**2/n``.
 """
