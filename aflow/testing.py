@@ -69,7 +69,7 @@ class VirtualClock:
     every task waits: sleeps, timeouts, ``batch(timeout=)``, processing-time windows and
     idle timeouts take no real time and behave deterministically.
 
-    Example:
+    Examples:
         >>> import aflow as af
         >>> from aflow.testing import VirtualClock
         >>> async def slow():

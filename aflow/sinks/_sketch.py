@@ -67,7 +67,7 @@ class QuantileSketch:
     subnormal magnitudes count as zero; NaN and infinities are counted in ``nonfinite``
     and not ranked.
 
-    Example:
+    Examples:
         >>> s = QuantileSketch(0.01)
         >>> s.update(np.arange(1.0, 1001.0))
         >>> abs(float(s.quantile(0.5)) - 500.0) <= 0.01 * 500.0

@@ -127,7 +127,7 @@ def to_histogram(
 ) -> Sink[Any, Histogram]:
     """Count values per bin; nothing is dropped.
 
-    Example:
+    Examples:
         >>> import aflow as af
         >>> h = af.run(af.from_array(np.arange(12.0)) | af.to_histogram(bins=(0, 10, 5))).value
         >>> h.counts.tolist(), h.overflow

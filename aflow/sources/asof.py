@@ -226,7 +226,7 @@ def asof_join(
     Returns:
         A flow of batches: left columns, right columns (the key once), ``matched``.
 
-    Example:
+    Examples:
         >>> import numpy as np, aflow as af
         >>> temp = np.array([(10, 20.5), (20, 21.0)], [("ts", "i8"), ("temp", "f4")])
         >>> hum = np.array([(5, 0.4), (15, 0.5)], [("ts", "i8"), ("hum", "f4")])

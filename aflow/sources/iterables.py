@@ -164,7 +164,7 @@ def from_iterable(
             elements; for throughput, yield lists or arrays (:func:`from_arrays`).
         name: the source's name in statistics and errors.
 
-    Example:
+    Examples:
         >>> import aflow as af
         >>> def naturals():
         ...     n = 0

@@ -570,12 +570,12 @@ def tcp_client(
     seconds, doubling after each attempt that brings no data, up to ``max_backoff``.
     With ``reconnect=False`` the flow ends when the server closes the connection, and a
     failed connect raises ``OSError``. Line numbers in provenance start again at each
-    connection; unfinished data at a disconnect is reported as in :func:`tcp_server`.
+    connection; unfinished data at a disconnect is reported as in :func:`tcp_server`,
+    which also describes the other arguments.
 
     Args:
         connect_timeout: seconds one connect may take (it then counts as failed).
         idle_timeout: treat a connection silent for this long as broken (reconnect).
-        See :func:`tcp_server` for the others.
     """
     opts = _Options.check(framing, dtype, max_line, idle_timeout, read_size)
     return Flow(

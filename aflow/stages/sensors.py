@@ -107,7 +107,7 @@ def reorder(
         late: ``"drop"``, a list to append arrays of late rows to, or a callable taking
             them (sync or async).
 
-    Example:
+    Examples:
         >>> import numpy as np, aflow as af
         >>> rows = np.array([(3,), (1,), (2,), (6,), (5,), (9,)], dtype=[("ts", "i8")])
         >>> flow = af.from_array(rows, 2) | af.reorder(horizon=2)
@@ -239,7 +239,7 @@ def resample(
     Returns:
         A stage emitting the input's columns (interpolated ones as float64) plus ``valid``.
 
-    Example:
+    Examples:
         >>> import numpy as np, aflow as af
         >>> rows = np.array([(0, 0.0), (10, 1.0), (40, 4.0)], [("ts", "i8"), ("v", "f8")])
         >>> flow = af.from_array(rows) | af.resample(every=10, fill="linear", max_gap=10)

@@ -292,7 +292,7 @@ def window(
             or an async ``late``).
         name: the stage's name in statistics and errors.
 
-    Example:
+    Examples:
         >>> import numpy as np, aflow as af
         >>> rows = np.array([(0, 1, 2.0), (5, 1, 4.0), (12, 2, 1.0)],
         ...                 dtype=[("ts", "i8"), ("sensor", "i4"), ("value", "f4")])
