@@ -28,7 +28,7 @@ __all__ = ["Closed", "Edge", "RunContext"]
 
 perf_counter = time.perf_counter
 
-CHECKPOINT_INTERVAL = 0.0005
+CHECKPOINT_INTERVAL = 0.002
 """A task that never waits (a fused source-to-sink pipeline) yields this often (seconds)."""
 
 
