@@ -184,3 +184,14 @@ async def test_an_overlong_line_in_a_file_is_reported_alone(tmp_path: Path) -> N
     assert dead[0].error.line == 2  # type: ignore[attr-defined]
     with pytest.raises(af.DecodeError, match="line 2"):
         await af.read_csv(str(path), READING, max_line=1000).run()
+
+
+async def test_an_error_downstream_of_several_files_is_raised_as_itself(tmp_path: Path) -> None:
+    for k in range(2):
+        write_csv(tmp_path / f"s{k}.csv", 0, 10, k)
+
+    def boom(b: np.ndarray) -> None:
+        raise IndexError("sink failed")
+
+    with pytest.raises(IndexError, match="sink failed"):
+        await (af.read_csv(str(tmp_path / "*.csv"), READING) | af.for_each(boom)).run()

@@ -18,7 +18,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from .._message import Message, Provenance
 from .._ops import Outlet, Source
-from .._runtime import Closed, RunContext
+from .._runtime import RunContext
 from ..codecs.csv import Engine, decode_csv
 from ..codecs.jsonl import decode_jsonl
 from ..codecs.logs import COMBINED, decode_log
@@ -96,9 +96,8 @@ class _FilesSource(Source):
         if not files and isinstance(self.paths, str):
             raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
         report = _reporter(self.on_error, self.name, out)
-        if len(files) == 1:
-            await self._reader(files[0]).run(out.emit, report, out)
-            return
+        # Even one file is read by a task of its own, a few reads ahead of the stages
+        # fused behind this source, so reading and processing overlap.
         await _read_concurrently([self._reader(f) for f in files], self.max_open, report, out)
 
     def _reader(self, path: str) -> FileReader:
@@ -108,9 +107,11 @@ class _FilesSource(Source):
 async def _read_concurrently(
     readers: list[FileReader], max_open: int, report: Any, out: Outlet
 ) -> None:
-    """Run readers, at most ``max_open`` at a time, all emitting into ``out``.
+    """Run readers in tasks, at most ``max_open`` at a time, all emitting into ``out``
+    through a buffer of ``max_open`` messages (the read-ahead).
 
-    The first error stops the others and is raised as itself.
+    The first error (a reader's, or one raised downstream of ``out``) stops the others and
+    is raised as itself.
     """
     send, receive = anyio.create_memory_object_stream[Message](max_open)
     slots = anyio.Semaphore(max_open)
@@ -133,8 +134,8 @@ async def _read_concurrently(
             with receive:
                 async for msg in receive:
                     await out.emit(msg)
-        except Closed as closed:
-            failure.append(closed)
+        except Exception as exc:  # Closed, or an error downstream: raised below as itself
+            failure.append(exc)
             tg.cancel_scope.cancel()
     if failure:
         raise failure[0]
