@@ -1,0 +1,174 @@
+"""Buffers between tasks: a bounded anyio memory object stream that also counts bytes.
+
+A sender waits while the buffer is full (by messages, or by the bytes of the arrays in it):
+that is backpressure. Closing the receiving side cancels the registered producers, so an
+idle source stops as soon as nobody downstream wants its data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from ._message import Message, message_bytes
+from .stats import RunCounters, StageCounters
+
+__all__ = ["Edge"]
+
+perf_counter = time.perf_counter
+
+
+class Edge:
+    """A bounded buffer between two tasks, counting messages and array bytes.
+
+    A sender waits while the buffer holds ``size`` messages, or while adding the message
+    would pass ``max_bytes`` (a message larger than that alone is let through once the
+    buffer is empty, so nothing deadlocks).
+    """
+
+    def __init__(
+        self, run: RunCounters, receiver: StageCounters, size: int, max_bytes: int | None
+    ) -> None:
+        self._tx, self._rx = anyio.create_memory_object_stream[Message](size)
+        self._run = run
+        self._receiver = receiver
+        self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.queued = 0
+        self._space: anyio.Event | None = None
+        self._receiver_closed = False
+        self._on_close: list[Callable[[], None]] = []
+        receiver.buffer_size = size
+
+    async def send(self, msg: Message, blocked: list[float]) -> None:
+        """Put ``msg`` in the buffer; add the time spent waiting for room to ``blocked[0]``.
+
+        Does not yield to the event loop while there is room: tasks switch when a buffer
+        fills or empties, not on every message, which keeps the cost of a hop low.
+
+        Raises:
+            anyio.BrokenResourceError: the receiving side is closed.
+        """
+        await _send_counted(self, self._tx, msg, blocked)
+
+    async def _wait_for_bytes(self, n: int) -> None:
+        limit = self.max_bytes
+        while limit is not None and self.bytes and self.bytes + n > limit:
+            if self._receiver_closed:
+                raise anyio.BrokenResourceError
+            if self._space is None:
+                self._space = anyio.Event()
+            await self._space.wait()
+
+    def _reserve(self, n: int) -> None:
+        self.bytes += n
+        self._run.add_bytes(n)
+
+    def _admitted(self) -> None:
+        self.queued += 1
+        if self.queued > self._receiver.buffer_high_water:
+            self._receiver.buffer_high_water = self.queued
+
+    def add_sender_scope(self, scope: anyio.CancelScope) -> None:
+        """Register the cancel scope of a task sending into this buffer; it is cancelled
+        when the receiving side closes, so an idle producer stops at once."""
+        self._on_close.append(scope.cancel)
+
+    def on_receiver_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the receiving side closes."""
+        self._on_close.append(callback)
+
+    async def receive(self) -> Message:
+        """Take the next message (raises ``anyio.EndOfStream`` once all senders closed)."""
+        try:
+            msg = self._rx.receive_nowait()
+        except anyio.WouldBlock:
+            msg = await self._rx.receive()
+        self.queued -= 1
+        n = message_bytes(msg)
+        if n:
+            self.bytes -= n
+            self._run.add_bytes(-n)
+            if self._space is not None:
+                self._space.set()
+                self._space = None
+        self._receiver.count_in(msg)
+        return msg
+
+    @property
+    def receiver(self) -> StageCounters:
+        return self._receiver
+
+    def retarget(self, receiver: StageCounters) -> None:
+        """Count what this buffer delivers into another stage's statistics."""
+        receiver.buffer_size = self.size
+        receiver.buffer_high_water = self._receiver.buffer_high_water
+        self._receiver = receiver
+
+    def __aiter__(self) -> Edge:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def sender(self) -> _Sender:
+        """A separately closable sending handle (for several producers into one edge)."""
+        return _Sender(self, self._tx.clone())
+
+    def close_send(self) -> None:
+        self._tx.close()
+
+    def close_receive(self) -> None:
+        if not self._receiver_closed:
+            for callback in self._on_close:
+                callback()
+        self._receiver_closed = True
+        self._rx.close()
+        if self._space is not None:
+            self._space.set()
+
+
+async def _send_counted(edge: Edge, tx: Any, msg: Message, blocked: list[float]) -> None:
+    """Send ``msg`` into ``edge`` through ``tx``, honouring its message and byte limits.
+
+    Bytes are reserved before any wait for room, so several producers sharing the edge
+    (merge) cannot all pass the byte check at once. Does not yield while there is room.
+    """
+    n = message_bytes(msg)
+    if n and edge.max_bytes is not None and edge.bytes + n > edge.max_bytes and edge.bytes:
+        t0 = perf_counter()
+        await edge._wait_for_bytes(n)
+        blocked[0] += perf_counter() - t0
+    edge._reserve(n)
+    try:
+        try:
+            tx.send_nowait(msg)
+        except anyio.WouldBlock:
+            t0 = perf_counter()
+            await tx.send(msg)
+            blocked[0] += perf_counter() - t0
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        edge._reserve(-n)
+        raise
+    edge._admitted()
+
+
+class _Sender:
+    """One producer's handle on a shared edge."""
+
+    def __init__(self, edge: Edge, tx: Any) -> None:
+        self.edge = edge
+        self._tx = tx
+
+    async def send(self, msg: Message, blocked: list[float]) -> None:
+        await _send_counted(self.edge, self._tx, msg, blocked)
+
+    def close_send(self) -> None:
+        self._tx.close()
