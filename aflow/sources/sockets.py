@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -345,6 +346,12 @@ class _TcpServer(_StreamServer):
     async def bind(self) -> tuple[list[SocketListener], Any, Callable[[], None]]:
         multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
         listeners = [x for x in multi.listeners if isinstance(x, SocketListener)]
+        if self.opts.read_size > READ_SIZE:
+            # Large reads asked for: a kernel buffer to match (accepted sockets inherit it),
+            # else reads return what autotuning buffered, often a few hundred KB.
+            for listener in listeners:
+                raw = listener.extra(SocketAttribute.raw_socket)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.opts.read_size * 2)
         address = _ip_address(listeners[0].extra(SocketAttribute.local_address))
         return listeners, address, lambda: None
 
