@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-import socket
 import os
+import socket
 import stat
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
