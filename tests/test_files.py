@@ -195,3 +195,15 @@ async def test_an_error_downstream_of_several_files_is_raised_as_itself(tmp_path
 
     with pytest.raises(IndexError, match="sink failed"):
         await (af.read_csv(str(tmp_path / "*.csv"), READING) | af.for_each(boom)).run()
+
+
+async def test_take_and_skip_count_lines_of_line_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "n.csv"
+    write_csv(path, 0, 100, 1)
+    first = await (af.read_csv(str(path), READING) | af.take(5)).run()
+    assert first.value["ts"].tolist() == [0, 1, 2, 3, 4]
+    blocks = af.read_blocks(str(path), chunk_size=64) | af.skip(97) | af.take(2)
+    async with blocks.open() as run:
+        got = [b async for b in run.envelopes()]
+    assert b"".join(bytes(b.data) for b in got) == b"97,1,48.5\n98,1,49.0\n"  # type: ignore[union-attr]
+    assert got[0].provenance.start == 98  # type: ignore[union-attr]

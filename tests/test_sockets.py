@@ -342,8 +342,8 @@ async def test_connection_limit_and_idle_timeout() -> None:
 
 @pytest.mark.anyio
 async def test_take_ends_the_server_and_its_connections() -> None:
-    # take counts rows, and a block of lines is a uint8 array: 4 rows are 4 bytes
-    make = lambda cb: af.tcp_server(0, on_listening=cb) | af.take(4)  # noqa: E731
+    # on blocks of lines, take counts lines
+    make = lambda cb: af.tcp_server(0, on_listening=cb) | af.take(1)  # noqa: E731
     async with serving(make) as (run, (host, port)), await connect(host, port) as stream:
         await stream.send(b"one\n")
         with anyio.fail_after(5):

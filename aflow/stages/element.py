@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .._message import Batch, Message
+from .._message import Batch, Message, block_lines, is_line_block, split_block
 from .._ops import ChunkOp, ChunkRunner, FunctionOp, callable_name
 from ..flow import Stage
 from ..policies import ErrorPolicy
@@ -160,6 +160,14 @@ class _TakeRunner(ChunkRunner):
         if left <= 0:
             return []
         if isinstance(msg, Batch):
+            if is_line_block(msg):  # count lines, not bytes
+                lines = block_lines(msg)
+                if lines > left:
+                    self.left, self.done = 0, True
+                    return [split_block(msg, left)[0]]
+                self.left -= lines
+                self.done = self.left == 0
+                return [msg]
             if len(msg.data) >= left:
                 self.left, self.done = 0, True
                 return [msg.with_data(msg.data[:left])] if left else []
@@ -184,7 +192,8 @@ class _TakeOp(ChunkOp):
 
 
 def take(n: int) -> Stage[T, T]:
-    """Pass the first ``n`` items (rows, on a flow of batches), then stop the flow upstream.
+    """Pass the first ``n`` items (rows, on a flow of batches; lines, on blocks of lines
+    from files and sockets), then stop the flow upstream.
 
     Upstream sources are closed as soon as ``n`` items have passed, so ``take`` is how an
     infinite source ends. A sync source reads ahead by up to one chunk (see
@@ -201,6 +210,10 @@ class _SkipRunner(ChunkRunner):
         left = self.left
         if left <= 0:
             return [msg]
+        if isinstance(msg, Batch) and is_line_block(msg):  # count lines, not bytes
+            lines = block_lines(msg)
+            self.left = max(0, left - lines)
+            return [] if lines <= left else [split_block(msg, left)[1]]
         size = len(msg.data) if isinstance(msg, Batch) else len(msg)
         self.left = max(0, left - size)
         if size <= left:
@@ -222,7 +235,7 @@ class _SkipOp(ChunkOp):
 
 
 def skip(n: int) -> Stage[T, T]:
-    """Drop the first ``n`` items (rows, on a flow of batches), pass the rest."""
+    """Drop the first ``n`` items (rows of batches, lines of line blocks), pass the rest."""
     return Stage(_SkipOp(n))
 
 
