@@ -28,8 +28,16 @@ def _numpy_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
             return np.empty(0, dtype)
         text = blob.decode("utf-8")  # invalid UTF-8 fails the line, as it should
         rows = np.loadtxt(
-            io.StringIO(text), delimiter=delimiter, dtype=dtype, quotechar='"', ndmin=1
+            io.StringIO(text),
+            delimiter=delimiter,
+            dtype=dtype,
+            quotechar='"',
+            comments=None,  # "#" is data, not a comment
+            ndmin=1,
         )
+        lines = sum(1 for line in text.split("\n") if line.strip())
+        if len(rows) != lines:  # a quote left open joined lines: isolate them
+            raise ValueError(f"{len(rows)} records from {lines} lines (unbalanced quote?)")
         return rows.astype(dtype, copy=False)
 
     return decode

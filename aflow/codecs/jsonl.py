@@ -32,13 +32,15 @@ def _decoder(dtype: np.dtype[Any]) -> FastDecode:
     names = list(dtype.names or ())
 
     def decode(blob: bytes) -> NDArray[Any]:
-        objects = [loads(line) for line in blob.splitlines() if line.strip()]
+        objects = [loads(line) for line in blob.split(b"\n") if line.strip()]
         out = np.empty(len(objects), dtype)
         for name in names:
             column = [obj[name] for obj in objects]  # a missing key fails the line
             kind = dtype.fields[name][0].kind  # type: ignore[index]
             if kind in "iu" and any(type(v) is not int for v in column):
                 raise TypeError(f"field {name!r} must hold integers")
+            if kind in "fc" and any(type(v) not in (int, float) for v in column):
+                raise TypeError(f"field {name!r} must hold numbers")
             out[name] = column
         return out
 

@@ -74,7 +74,7 @@ def _decoder(pattern: re.Pattern[str], columns: dict[str, str]) -> tuple[FastDec
             raise ValueError(f"decode_log: column {name!r} is not a named group of the pattern")
 
     def decode(blob: bytes) -> NDArray[Any]:
-        lines = [line for line in blob.decode("utf-8").splitlines() if line.strip()]
+        lines = [line for line in blob.decode("utf-8").split("\n") if line.strip()]
         matches = [pattern.fullmatch(line.rstrip("\r")) for line in lines]
         if any(m is None for m in matches):
             raise ValueError("line does not match the log pattern")

@@ -67,7 +67,10 @@ def group(keys: NDArray[Any]) -> Groups:
 
 def _by_offset(keys: NDArray[Any], lo: int, span: int) -> Groups:
     """Group integer keys in ``[lo, lo + span)`` by their offset from ``lo``."""
-    shifted = keys - keys.dtype.type(lo) if lo else keys
+    if keys.dtype.itemsize < 8:  # the span may not fit the keys' own narrow dtype
+        shifted = keys.astype(np.int64) - lo
+    else:
+        shifted = keys - keys.dtype.type(lo) if lo else keys
     index = shifted.astype(np.intp, copy=False)
     counts = np.bincount(index, minlength=span).astype(np.int64, copy=False)
     present = np.flatnonzero(counts)

@@ -189,6 +189,8 @@ class _TextWriter(_FileWriter):
         self._encode = encode
 
     async def encode(self, data: NDArray[Any]) -> bytes:
+        if not len(data):  # no rows, no line (not a blank one)
+            return b""
         return await anyio.to_thread.run_sync(self._encode, data)
 
 
@@ -257,11 +259,11 @@ class _ParquetWriter(SinkWriter[Any, FileSummary]):
             await self.write_out()
 
     async def aclose(self) -> None:
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            try:
-                await self.flush()
-            finally:
+        try:
+            await self.flush()  # with the writer still in place: one file, one footer
+        finally:
+            writer, self.writer = self.writer, None
+            if writer is not None:
                 await anyio.to_thread.run_sync(writer.close)
 
     def result(self) -> FileSummary:

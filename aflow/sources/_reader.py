@@ -75,21 +75,23 @@ class FileId:
     device: int
     inode: int
     fingerprint: bytes
+    length: int  # bytes the fingerprint covers (fewer than FINGERPRINT_BYTES: small file)
 
 
 def _fingerprint(path: str, head: bytes) -> bytes:
     return hashlib.blake2b(head[:FINGERPRINT_BYTES], digest_size=8).digest()
 
 
-def file_id(path: str) -> FileId | None:
-    """The identity of the file at ``path`` now, or None if there is none."""
+def file_id(path: str, length: int = FINGERPRINT_BYTES) -> FileId | None:
+    """The identity of the file at ``path`` now (fingerprint over its first ``length``
+    bytes), or None if there is none."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            head = f.read(FINGERPRINT_BYTES)
+            head = f.read(length)
     except FileNotFoundError:
         return None
-    return FileId(st.st_dev, st.st_ino, _fingerprint(path, head))
+    return FileId(st.st_dev, st.st_ino, _fingerprint(path, head), len(head))
 
 
 class _Framer:
@@ -213,7 +215,7 @@ class FileReader:
         st = os.stat(self.path)
         head = await f.read(FINGERPRINT_BYTES)
         await f.seek(0)
-        return FileId(st.st_dev, st.st_ino, _fingerprint(self.path, head))
+        return FileId(st.st_dev, st.st_ino, _fingerprint(self.path, head), len(head))
 
     async def _read(
         self,
@@ -240,7 +242,11 @@ class FileReader:
                 continue
             if not self.follow:
                 return False
-            change = await self._changed(ident, position)
+            with out.pull_scope():
+                await anyio.sleep(self.poll_interval)
+            # Judge the path after the wait, before reading on: content replaced while we
+            # slept must not be read from the old offset.
+            change, ident = self._changed(ident, position)
             if change == "rotated":
                 await self._drain(f, framer, emit)  # what was written before the switch
                 return True
@@ -249,9 +255,6 @@ class FileReader:
                 await self._finish(framer, emit, report)
                 framer = self._framer(0)
                 position = 0
-                continue
-            with out.pull_scope():
-                await anyio.sleep(self.poll_interval)
         return False
 
     async def _drain(self, f: _AsyncFile, framer: _Framer, emit: Emit) -> None:
@@ -260,23 +263,24 @@ class FileReader:
             if msg is not None:
                 await emit(msg)
 
-    async def _changed(self, ident: FileId | None, position: int) -> str | None:
-        """``"rotated"``, ``"truncated"`` or None, judged after reading to end of file."""
-        now = file_id(self.path)
-        if now is None:
-            return None  # moved away and not yet replaced: keep waiting on the old one
+    def _changed(self, ident: FileId | None, position: int) -> tuple[str | None, FileId | None]:
+        """``"rotated"`` (another file at the path), ``"truncated"`` (same file, shrunk or
+        rewritten from its start) or None; and the identity to compare with next time."""
         assert ident is not None
+        now = file_id(self.path, ident.length)
+        if now is None:
+            return None, ident  # moved away and not yet replaced: wait on the old one
         if (now.device, now.inode) != (ident.device, ident.inode):
-            return "rotated"
+            return "rotated", ident
         try:
             size = os.stat(self.path).st_size
         except FileNotFoundError:
-            return None
-        if size < position:
-            return "truncated"
-        if position >= FINGERPRINT_BYTES and now.fingerprint != ident.fingerprint:
-            return "rotated"  # same inode reused for another file
-        return None
+            return None, ident
+        if size < position or now.fingerprint != ident.fingerprint:
+            return "truncated", file_id(self.path) or ident
+        if ident.length < FINGERPRINT_BYTES and size > ident.length:
+            return None, file_id(self.path) or ident  # a small file grew: a fuller fingerprint
+        return None, ident
 
     async def _finish(self, framer: _Framer, emit: Emit, report: Report) -> None:
         msg, error, raw = framer.finish()

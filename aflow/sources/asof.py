@@ -136,7 +136,7 @@ class _AsofSource(Source):
         for name in left.dtype.names or ():
             out[name] = left[name]
         if rows is None or not len(rows):
-            self._blank(out, np.ones(len(left), bool), right.dtype)
+            self._blank(out, np.ones(len(left), bool), left.dtype, right.dtype)
             return out
         idx = self._indices(left, rows)
         found = idx >= 0
@@ -147,7 +147,7 @@ class _AsofSource(Source):
             found &= gap <= tol
         for src, dst in self._right_names(left.dtype, rows.dtype):
             out[dst] = rows[src][safe]
-        self._blank(out, ~found, rows.dtype)
+        self._blank(out, ~found, left.dtype, rows.dtype)
         out[self.matched] = found
         return out
 
@@ -186,11 +186,13 @@ class _AsofSource(Source):
         )
         return np.dtype([*fields, (self.matched, np.bool_)])
 
-    def _blank(self, out: NDArray[Any], missing: NDArray[np.bool_], right: Any) -> None:
+    def _blank(
+        self, out: NDArray[Any], missing: NDArray[np.bool_], left: np.dtype[Any], right: Any
+    ) -> None:
         """Unmatched rows get NaN (float columns), NaT (datetimes) or 0 (the rest)."""
         if not missing.any():
             return
-        for _, dst in self._right_names(out.dtype, right):
+        for _, dst in self._right_names(left, right):
             kind = out.dtype[dst].kind
             fill: Any = np.nan if kind == "f" else np.datetime64("NaT") if kind == "M" else 0
             out[dst][missing] = fill

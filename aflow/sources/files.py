@@ -257,7 +257,8 @@ def read_lines(
     )
 
     def split(block: Any) -> list[str]:
-        return bytes(block).decode(encoding, errors).splitlines()
+        lines = bytes(block).decode(encoding, errors).split("\n")
+        return [line.removesuffix("\r") for line in lines[:-1]]  # the block ends with \n
 
     return blocks | flat_map(split, name="split_lines")
 
