@@ -161,12 +161,16 @@ class _WindowRunner(ChunkRunner):
             await deliver_late(self.op.late, data[late], counters)
         return self.advance(self._watermark(ts, now))
 
-    def _watermark(self, ts: NDArray[Any], now: float) -> float:
+    def _watermark(self, ts: NDArray[Any], now: float) -> float:  # an int for int timestamps
         if self.op.domain == "count":
             return self.rows_seen
         if self.op.domain == "processing":
             return now
-        return float(ts.max()) - self.lateness
+        top = ts.max()
+        lateness = self.lateness
+        if ts.dtype.kind in "iu" and float(lateness).is_integer():
+            return int(top) - int(lateness)  # exact: floats round epoch nanoseconds
+        return float(top) - float(lateness)
 
     def advance(self, wm: float) -> list[Message]:
         """Close the windows that end at or before ``wm``."""
