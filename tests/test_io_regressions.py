@@ -149,3 +149,17 @@ async def test_epoch_nanosecond_rows_within_allowed_lateness_are_not_late() -> N
     result = await flow.run()
     assert late == []
     assert int(result.value["count"].sum()) == 2
+
+
+async def test_read_npy_reads_each_file_header_and_checks_it(tmp_path: Path) -> None:
+    import numpy.lib.format as fmt
+
+    a = np.arange(6.0).reshape(3, 2)
+    np.save(tmp_path / "a.npy", a)
+    with (tmp_path / "b.npy").open("wb") as f:  # a longer (version 2.0) header
+        fmt.write_array(f, a + 10, version=(2, 0))
+    got = (await af.read_npy(str(tmp_path / "*.npy")).run()).value
+    assert sorted(got[:, 0].tolist()) == [0.0, 2.0, 4.0, 10.0, 12.0, 14.0]
+    np.save(tmp_path / "c.npy", np.arange(3.0))
+    with pytest.raises(ValueError, match="rows of shape"):
+        await af.read_npy(str(tmp_path / "*.npy")).run()

@@ -87,6 +87,7 @@ class _FilesSource(Source):
             "poll_interval": poll_interval,
         }
         self.max_open = max_open
+        self.chunk_size = chunk_size
         self.on_error = check_policy(on_error)
         self.header_bytes = header_bytes
         self.name = name
@@ -381,29 +382,54 @@ def read_records(
     )
 
 
-def read_npy(paths: Paths, *, chunk_size: int = MiB, max_open: int = 4) -> Flow[NDArray[Any]]:
-    """Rows of ``.npy`` files, streamed (the file is never loaded whole).
+class _NpySource(_FilesSource):
+    """``.npy`` files: each file's header is read at run time (its own length, checked to
+    hold the same dtype and row shape as the first file)."""
 
-    All files must hold the same dtype and row shape (C order).
+    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+        files = expand(self.paths)
+        if not files:
+            raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
+        headers = [_npy_header(f) for f in files]
+        dtype, row_shape, _ = headers[0]
+        for path, (dt, shape, _) in zip(files, headers, strict=True):
+            if (dt, shape) != (dtype, row_shape):
+                raise ValueError(
+                    f"{self.name}: {path} holds {dt} rows of shape {shape}, but {files[0]} "
+                    f"holds {dtype} rows of shape {row_shape}"
+                )
+        size = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        options = {
+            **self.options,
+            "dtype": dtype,
+            "row_shape": row_shape,
+            "chunk_size": max(size, self.chunk_size // size * size),
+        }
+        readers = [
+            FileReader(path, start=start, **options)  # type: ignore[arg-type]
+            for path, (_, _, start) in zip(files, headers, strict=True)
+        ]
+        report = _reporter(self.on_error, self.name, out)
+        await _read_concurrently(readers, self.max_open, report, out)
+
+
+def read_npy(paths: Paths, *, chunk_size: int = MiB, max_open: int = 4) -> Flow[NDArray[Any]]:
+    """Rows of ``.npy`` files, streamed (a file is never loaded whole).
+
+    All files must hold the same dtype and row shape (C order); the glob is expanded and the
+    headers read at every run.
     """
-    files = expand(paths)
-    if not files:
-        raise FileNotFoundError(f"read_npy: no file matches {paths!r}")
-    dtype, row_shape, header = _npy_header(files[0])
-    size = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
     return Flow(
-        _FilesSource(
-            files,
+        _NpySource(
+            paths,
             shape="records",
-            dtype=dtype,
-            row_shape=row_shape,
-            chunk_size=max(size, chunk_size // size * size),
+            dtype=None,
+            chunk_size=chunk_size,
             max_open=max_open,
             max_line=MiB,
             follow=False,
             poll_interval=0.25,
             on_error="raise",
-            header_bytes=header,
             name=_name("read_npy", paths),
         )
     )
