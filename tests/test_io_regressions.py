@@ -163,3 +163,19 @@ async def test_read_npy_reads_each_file_header_and_checks_it(tmp_path: Path) -> 
     np.save(tmp_path / "c.npy", np.arange(3.0))
     with pytest.raises(ValueError, match="rows of shape"):
         await af.read_npy(str(tmp_path / "*.npy")).run()
+
+
+async def test_max_line_holds_for_lines_inside_one_read(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"a\n" + b"x" * 50 + b"\nb\n")
+    dead: list[af.FailedItem] = []
+    flow = af.read_csv(
+        str(path),
+        [("v", "U4")],
+        max_line=10,
+        engine="numpy",
+        on_error=af.dead_letter(dead),
+    )
+    got = (await flow.run()).value
+    assert got["v"].tolist() == ["a", "b"]
+    assert [d.error.line for d in dead] == [2]  # type: ignore[attr-defined]

@@ -8,6 +8,8 @@ thousands of lines per call; the splitter itself never loops over lines in Pytho
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._message import Batch, Provenance
@@ -105,9 +107,33 @@ class LineSplitter:
         prov = Provenance(
             self.source, self.line, self.line + n, "line", self.offset, self.offset + len(lines)
         )
+        data = np.frombuffer(lines, np.uint8)
+        if len(lines) > self.max_line + 1:  # only then can a whole line in it be too long
+            data = self._drop_overlong(data)
         self.line += n
         self.offset += len(lines)
-        return Batch(np.frombuffer(lines, np.uint8), "source", prov)
+        return Batch(data, "source", prov)
+
+    def _drop_overlong(self, data: np.ndarray[Any, np.dtype[np.uint8]]) -> Any:
+        """``data`` without its lines longer than ``max_line`` (each one reported)."""
+        ends = np.flatnonzero(data == 10)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lengths = ends - starts
+        long = lengths > self.max_line
+        if not long.any():
+            return data
+        for k in np.flatnonzero(long).tolist():
+            self.overlong += 1
+            self.errors.append(
+                LineTooLongError(
+                    f"line longer than {self.max_line} bytes was skipped (raise max_line to "
+                    "accept longer lines)",
+                    source=self.source,
+                    line=self.line + k,
+                    offset=self.offset + int(starts[k]),
+                )
+            )
+        return data[np.repeat(~long, lengths + 1)]
 
     def _overlong(self, data: bytes) -> None:
         line, offset = self.line, self.offset
