@@ -179,3 +179,9 @@ async def test_max_line_holds_for_lines_inside_one_read(tmp_path: Path) -> None:
     got = (await flow.run()).value
     assert got["v"].tolist() == ["a", "b"]
     assert [d.error.line for d in dead] == [2]  # type: ignore[attr-defined]
+
+
+async def test_header_of_lines_given_as_chunks() -> None:
+    dt = np.dtype([("a", "i8"), ("b", "f8")])
+    flow = af.from_iterable(["a,b", "1,2.5", "3,4.5"]) | af.decode_csv(dt, header=True)
+    assert (await flow.run()).value.tolist() == [(1, 2.5), (3, 4.5)]

@@ -72,6 +72,7 @@ class _DecodeRunner(ChunkRunner):
 
     def __init__(self, op: DecodeOp) -> None:
         self.op = op
+        self.first = True
 
     def process(self, msg: Message) -> list[Message]:  # pragma: no cover - guarded only
         raise NotImplementedError
@@ -87,6 +88,12 @@ class _DecodeRunner(ChunkRunner):
             blob = b"".join(_line_bytes(x) for x in msg)
             msg = Batch(np.frombuffer(blob, np.uint8), "source")
         prov = msg.provenance
+        first, self.first = self.first, False
+        if self.op.header and prov is None and first and len(msg.data):
+            # lines without provenance (chunks, arrays): the run's first line is the header
+            newline = np.flatnonzero(msg.data == 10)
+            cut = int(newline[0]) + 1 if len(newline) else len(msg.data)
+            return Batch(msg.data[cut:], msg.reason, None)
         if self.op.header and prov is not None and prov.unit == "line" and prov.start == 1:
             data = msg.data
             newline = np.flatnonzero(data == 10)
