@@ -14,9 +14,10 @@ Variance is computed stably: each batch contributes its count, mean and the sum 
 deviations from *its own* mean (two passes over a batch that sits in cache, plus the
 correction pass of the corrected two-pass algorithm when the batch's naive sum could be off
 enough to matter: values near 1e9 with a spread of 1e-3 would otherwise lose 4 digits), and
-batches
-are merged with Chan et al.'s parallel formula on (count, mean, M2), never through
-``sum(x**2) - sum(x)**2/n``.
+batches are merged with Chan et al.'s parallel formula on (count, mean, M2), never through
+``sum(x**2) - sum(x)**2/n``. The merge itself works on absolute means, so across many small
+batches a spread below ~1e-7 of the magnitude still loses digits (a per-key shift would fix
+it); subtract an offset first for such data.
 """
 
 from __future__ import annotations
