@@ -246,7 +246,7 @@ class FileReader:
                 await anyio.sleep(self.poll_interval)
             # Judge the path after the wait, before reading on: content replaced while we
             # slept must not be read from the old offset.
-            change, ident = self._changed(ident, position)
+            change, ident = await anyio.to_thread.run_sync(self._changed, ident, position)
             if change == "rotated":
                 await self._drain(f, framer, emit)  # what was written before the switch
                 return True

@@ -93,7 +93,7 @@ class _FilesSource(Source):
         self.name = name
 
     async def produce(self, out: Outlet, ctx: RunContext) -> None:
-        files = expand(self.paths)
+        files = await anyio.to_thread.run_sync(expand, self.paths)  # a glob may be slow
         if not files and isinstance(self.paths, str):
             raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
         report = _reporter(self.on_error, self.name, out)
@@ -390,7 +390,7 @@ class _NpySource(_FilesSource):
         files = expand(self.paths)
         if not files:
             raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
-        headers = [_npy_header(f) for f in files]
+        headers = [await anyio.to_thread.run_sync(_npy_header, f) for f in files]
         dtype, row_shape, _ = headers[0]
         for path, (dt, shape, _) in zip(files, headers, strict=True):
             if (dt, shape) != (dtype, row_shape):
