@@ -1,0 +1,177 @@
+"""Shared pieces of the socket sources: options, error reports and the read pump."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import anyio
+import numpy as np
+from anyio.abc import ByteReceiveStream
+from numpy.typing import DTypeLike
+
+from ..._message import Message, Provenance
+from ..._ops import Outlet
+from ...codecs.framing import Framer, Framing, check_framing, make_framer
+from ...errors import DecodeError
+from ...policies import DeadLetter, ErrorPolicy, FailedItem, Retry
+
+__all__ = [
+    "READ_SIZE",
+    "Address",
+    "MiB",
+    "OnListening",
+    "_Options",
+    "_Reporter",
+    "_aclose",
+    "_announce",
+    "_ip_address",
+    "_pump",
+    "_url",
+    "_where",
+    "logger",
+]
+
+logger = logging.getLogger("aflow")
+
+MiB = 1 << 20
+READ_SIZE = 64 * 1024
+
+Address: TypeAlias = tuple[str, int]
+OnListening: TypeAlias = Callable[[Any], Awaitable[None] | None]
+"""Receives the bound address of each run: ``(host, port)``, or the path of a Unix socket.
+May be sync or async; e.g. ``send.send_nowait`` of a memory object stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    framing: Framing
+    dtype: np.dtype[Any] | None
+    max_line: int
+    idle_timeout: float | None
+    read_size: int
+
+    @classmethod
+    def check(
+        cls,
+        framing: Framing,
+        dtype: DTypeLike | None,
+        max_line: int,
+        idle_timeout: float | None,
+        read_size: int,
+    ) -> _Options:
+        check_framing(framing, dtype)
+        if max_line < 1 or read_size < 1:
+            raise ValueError("max_line and read_size must be at least 1")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout={idle_timeout}: must be positive (or None)")
+        dt = None if dtype is None else np.dtype(dtype)
+        return cls(framing, dt, max_line, idle_timeout, read_size)
+
+    def framer(self, source: str) -> Framer:
+        return make_framer(self.framing, source, dtype=self.dtype, max_size=self.max_line)
+
+
+class _Reporter:
+    """Applies a source's error policy to bad input: log, count, dead-letter or raise."""
+
+    def __init__(self, policy: ErrorPolicy, stage: str, out: Outlet) -> None:
+        self.policy = policy.then if isinstance(policy, Retry) else policy  # bytes won't change
+        self.stage = stage
+        # The Outlet protocol does not expose the source's counters; the runtime's does.
+        self.counters = out.counters
+
+    async def __call__(self, error: DecodeError, raw: bytes, prov: Provenance | None) -> None:
+        if self.policy == "raise":
+            raise error
+        logger.warning("%s: %s", self.stage, error)
+        if self.counters is not None:
+            self.counters.errors += 1
+        if isinstance(self.policy, DeadLetter):
+            await self.policy.deliver(FailedItem(raw, error, self.stage, prov))
+
+
+async def _announce(on_listening: OnListening | None, address: Any) -> None:
+    if on_listening is not None:
+        result = on_listening(address)
+        if inspect.isawaitable(result):
+            await result
+
+
+def _ip_address(addr: Any) -> Address:
+    return str(addr[0]), int(addr[1])
+
+
+def _url(scheme: str, addr: Any) -> str:
+    host, port = _ip_address(addr)
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _where(error: DecodeError) -> Provenance | None:
+    """The provenance of a framing error's line (or byte offset), from its fields."""
+    if error.source is None or error.offset is None:
+        return None
+    if error.line is not None:
+        return Provenance(error.source, error.line, error.line + 1, "line", error.offset)
+    return Provenance(error.source, error.offset, error.offset, "byte", error.offset)
+
+
+async def _aclose(resource: Any) -> None:
+    with anyio.CancelScope(shield=True):
+        await resource.aclose()
+
+
+async def _pump(
+    stream: ByteReceiveStream,
+    framer: Framer,
+    send: Callable[[Message], Awaitable[None]],
+    out: Outlet,
+    opts: _Options,
+    report: _Reporter,
+    peer: str,
+) -> bool:
+    """Read ``stream`` into ``send`` until it ends, breaks, idles or the run stops.
+
+    Framing errors end the stream; a partial line, frame or record at the end is reported.
+    Returns whether any byte arrived.
+    """
+    why = "the peer closed the connection"
+    received = False
+    while not out.stopping:
+        data: bytes | None = None
+        with out.pull_scope(), anyio.move_on_after(opts.idle_timeout) as idle:
+            try:
+                data = await stream.receive(opts.read_size)
+            except anyio.EndOfStream:
+                break
+            except (anyio.BrokenResourceError, OSError) as exc:
+                why = f"the connection broke ({exc!r})"
+                logger.info("%s: %s: %s", report.stage, peer, why)
+                break
+        if data is None:
+            why = "the run stopped"
+            if idle.cancelled_caught:
+                why = f"no data for {opts.idle_timeout} s: connection closed"
+                logger.info("%s: %s: %s", report.stage, peer, why)
+            break
+        received = True
+        msg = framer.feed(data)
+        if msg is not None:
+            await send(msg)
+        errors = framer.take_errors()
+        for error in errors:
+            await report(error, b"", _where(error))
+        if errors:
+            return received  # the rest of the stream belongs to the bad frame
+    else:
+        why = "the run stopped"
+    tail = framer.finish(why)
+    if tail is not None:
+        await report(*tail)
+    return received
+
+
+# -- stream servers (TCP, Unix) ---------------------------------------------------------
