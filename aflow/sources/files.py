@@ -63,16 +63,16 @@ class _FilesSource(Source):
         paths: Paths,
         *,
         shape: Shape,
-        dtype: np.dtype[Any] | None,
-        row_shape: tuple[int, ...] = (),
-        chunk_size: int,
-        max_open: int,
-        max_line: int,
-        follow: bool,
-        poll_interval: float,
-        on_error: ErrorPolicy,
-        header_bytes: int = 0,
         name: str,
+        dtype: np.dtype[Any] | None = None,
+        row_shape: tuple[int, ...] = (),
+        chunk_size: int = MiB,
+        max_open: int = 4,
+        max_line: int = MiB,
+        follow: bool = False,
+        poll_interval: float = 0.25,
+        on_error: ErrorPolicy = "raise",
+        header_bytes: int = 0,
     ) -> None:
         if chunk_size < 1 or max_open < 1:
             raise ValueError(f"{name}: chunk_size and max_open must be at least 1")
@@ -185,13 +185,10 @@ def read_bytes(
         _FilesSource(
             paths,
             shape="bytes",
-            dtype=None,
             chunk_size=chunk_size,
             max_open=max_open,
-            max_line=MiB,
             follow=follow,
             poll_interval=poll_interval,
-            on_error="raise",
             name=_name("read_bytes", paths),
         )
     )
@@ -217,7 +214,6 @@ def read_blocks(
         _FilesSource(
             paths,
             shape="lines",
-            dtype=None,
             chunk_size=chunk_size,
             max_open=max_open,
             max_line=max_line,
@@ -373,7 +369,6 @@ def read_records(
             dtype=dt,
             chunk_size=size,
             max_open=max_open,
-            max_line=MiB,
             follow=follow,
             poll_interval=poll_interval,
             on_error=on_error,
@@ -387,7 +382,7 @@ class _NpySource(_FilesSource):
     hold the same dtype and row shape as the first file)."""
 
     async def produce(self, out: Outlet, ctx: RunContext) -> None:
-        files = expand(self.paths)
+        files = await anyio.to_thread.run_sync(expand, self.paths)
         if not files:
             raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
         headers = [await anyio.to_thread.run_sync(_npy_header, f) for f in files]
@@ -423,13 +418,8 @@ def read_npy(paths: Paths, *, chunk_size: int = MiB, max_open: int = 4) -> Flow[
         _NpySource(
             paths,
             shape="records",
-            dtype=None,
             chunk_size=chunk_size,
             max_open=max_open,
-            max_line=MiB,
-            follow=False,
-            poll_interval=0.25,
-            on_error="raise",
             name=_name("read_npy", paths),
         )
     )
