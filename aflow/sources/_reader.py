@@ -228,10 +228,22 @@ class FileReader:
     ) -> bool:
         """Read ``f`` to its end; in follow mode, True means: reopen the path."""
         position = framer.offset
+        resumed = False  # the last read hit end of file and we waited since
         while not out.stopping:
             chunk = b""
             with out.pull_scope():
                 chunk = await f.read(self.chunk_size)
+            if chunk and resumed:
+                resumed = False
+                # The file may have been rewritten between the check and this read: judge
+                # again now, and drop what was read at the old offset if it was.
+                change, ident = await anyio.to_thread.run_sync(self._changed, ident, position)
+                if change == "truncated":
+                    await f.seek(0)
+                    await self._finish(framer, emit, report)
+                    framer = self._framer(0)
+                    position = 0
+                    continue
             if chunk:  # what was read is processed, even when stopping
                 position += len(chunk)
                 msg = framer.feed(chunk)
@@ -255,6 +267,7 @@ class FileReader:
                 await self._finish(framer, emit, report)
                 framer = self._framer(0)
                 position = 0
+            resumed = True
         return False
 
     async def _drain(self, f: _AsyncFile, framer: _Framer, emit: Emit) -> None:
