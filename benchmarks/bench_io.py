@@ -224,34 +224,40 @@ def child(name: str, folder: Path, limit: int) -> None:
     print(json.dumps({"seconds": seconds, "summary": summary, "rss": rss}))
 
 
-def measure(name: str, folder: Path, limit: int, reps: int) -> dict[str, float]:
-    best: dict[str, float] = {}
-    for _ in range(reps):
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                name,
-                "--folder",
-                str(folder),
-                "--limit",
-                str(limit),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        result = json.loads(out.stdout)
-        if not best or result["seconds"] < best["seconds"]:
-            best = result
+def measure(name: str, folder: Path, limit: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name, "--folder", str(folder), "--limit", str(limit)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
+def measure_case(
+    names: list[str], folder: Path, rows: int, reps: int
+) -> dict[str, dict[str, float]]:
+    """Best of ``reps`` runs of each implementation, interleaved (a, b, c, a, b, c, ...)
+    so that a noisy stretch of the machine hits every implementation alike."""
+    best: dict[str, dict[str, float]] = {}
+    for rep in range(reps):
+        for name in names:
+            scaled = "per-element" in name
+            if scaled and rep:
+                continue  # one run is enough for the slow reference
+            n = min(rows // 10, 20_000) if scaled else rows
+            r = measure(name, folder, n)
+            r["rate"] = n / r["seconds"]
+            if name not in best or r["seconds"] < best[name]["seconds"]:
+                best[name] = r
     return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the data")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--child")
     parser.add_argument("--folder")
     parser.add_argument("--limit", type=int, default=0)
@@ -266,19 +272,12 @@ def main() -> None:
     make_data(folder, csv_rows, bin_rows)
     print(
         f"(a) {csv_rows:,} CSV lines, (b) {bin_rows:,} binary records; {FILES} files each; "
-        f"best of {args.reps}; per-element runs on 20,000 rows (scaled)"
+        f"best of {args.reps} interleaved runs; per-element runs on 20,000 rows (scaled)"
     )
     print(f"{'implementation':<32} {'rows/s':>12} {'seconds':>8} {'vs single':>9} {'peak RSS':>9}")
     for case, rows in (("a", csv_rows), ("b", bin_rows)):
-        results = {}
-        for name in IMPLEMENTATIONS:
-            if not name.startswith(case):
-                continue
-            scaled = "per-element" in name
-            n = min(rows // 10, 20_000) if scaled else rows
-            r = measure(name, folder, n, 1 if scaled else args.reps)
-            r["rate"] = n / r["seconds"]
-            results[name] = r
+        names = [name for name in IMPLEMENTATIONS if name.startswith(case)]
+        results = measure_case(names, folder, rows, args.reps)
         limit_rate = next(r["rate"] for k, r in results.items() if "single" in k)
         reference = next(r["summary"] for k, r in results.items() if "single" in k)
         for name, r in results.items():

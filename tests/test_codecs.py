@@ -70,6 +70,25 @@ def test_an_overlong_line_is_reported_and_skipped_alone() -> None:
     assert blocks[-1].provenance.start == 3
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 30), max_size=30),
+    cuts=st.lists(st.integers(0, 10_000), max_size=12),
+)
+def test_overlong_lines_are_dropped_and_reported_for_any_chunking(
+    lengths: list[int], cuts: list[int]
+) -> None:
+    max_line = 10
+    lines = [bytes([97 + i % 26]) * n + b"\n" for i, n in enumerate(lengths)]
+    blocks, errors = run_splitter(split_at(b"".join(lines), cuts), max_line=max_line)
+    kept = b"".join(line for line in lines if len(line) - 1 <= max_line)
+    assert b"".join(bytes(b.data) for b in blocks) == kept
+    long = [i + 1 for i, n in enumerate(lengths) if n > max_line]
+    assert [e.line for e in errors] == long
+    starts = np.cumsum([0, *map(len, lines)])
+    assert [e.offset for e in errors] == [int(starts[i - 1]) for i in long]
+
+
 def csv_text(rows: list[tuple[int, int, float]]) -> bytes:
     return b"".join(f"{a},{b},{c!r}\n".encode() for a, b, c in rows)
 

@@ -73,15 +73,22 @@ class LineSplitter:
             self.offset += end + 1
             self.line += 1
             chunk = chunk[end + 1 :]
-        data = self._rest + chunk if self._rest else chunk
-        cut = data.rfind(b"\n") + 1
+        cut = chunk.rfind(b"\n") + 1
+        rest = self._rest
         if cut == 0:
-            self._rest = data
-            if len(data) > self.max_line:
-                self._overlong(data)
+            self._rest = rest + chunk if rest else chunk
+            if len(self._rest) > self.max_line:
+                self._overlong(self._rest)
             return None
-        self._rest = data[cut:]
-        block = self._block(data[:cut])
+        # one copy at most: the held partial line and the chunk's complete lines
+        view = np.frombuffer(chunk, np.uint8)[:cut]
+        data = np.concatenate((np.frombuffer(rest, np.uint8), view)) if rest else view
+        # a line longer than max_line needs max_line bytes without a newline: only the
+        # first line (which may start in ``rest``) or a block part longer than that can
+        first = len(rest) + chunk.find(b"\n")
+        may_be_long = first > self.max_line or cut - (first - len(rest)) - 1 > self.max_line
+        self._rest = chunk[cut:]
+        block = self._block(data, may_be_long)
         if len(self._rest) > self.max_line:
             self._overlong(self._rest)
         return block
@@ -91,8 +98,7 @@ class LineSplitter:
         if not self._rest or self._skipping:
             return None
         tail, self._rest = self._rest, b""
-        block = self._block(tail + b"\n")
-        assert block is not None
+        block = self._block(np.frombuffer(tail + b"\n", np.uint8), len(tail) > self.max_line)
         self.offset -= 1  # the added newline is not in the source
         prov = block.provenance
         assert prov is not None
@@ -102,16 +108,16 @@ class LineSplitter:
             Provenance(prov.source, prov.start, prov.stop, "line", prov.offset, self.offset),
         )
 
-    def _block(self, lines: bytes) -> Batch:
-        n = lines.count(b"\n")
+    def _block(self, data: np.ndarray[Any, np.dtype[np.uint8]], may_be_long: bool) -> Batch:
+        n = int(np.count_nonzero(data == 10))  # several times faster than bytes.count
+        size = len(data)
         prov = Provenance(
-            self.source, self.line, self.line + n, "line", self.offset, self.offset + len(lines)
+            self.source, self.line, self.line + n, "line", self.offset, self.offset + size
         )
-        data = np.frombuffer(lines, np.uint8)
-        if len(lines) > self.max_line + 1:  # only then can a whole line in it be too long
+        if may_be_long:
             data = self._drop_overlong(data)
         self.line += n
-        self.offset += len(lines)
+        self.offset += size
         return Batch(data, "source", prov)
 
     def _drop_overlong(self, data: np.ndarray[Any, np.dtype[np.uint8]]) -> Any:
