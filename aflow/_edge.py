@@ -55,6 +55,12 @@ class Edge:
         """
         await _send_counted(self, self._tx, msg, blocked)
 
+    @property
+    def full(self) -> bool:
+        """Whether a send would wait now (the buffer holds ``size`` messages or its bytes)."""
+        limit = self.max_bytes
+        return self.queued >= self.size or (limit is not None and self.bytes >= limit)
+
     async def _wait_for_bytes(self, n: int) -> None:
         limit = self.max_bytes
         while limit is not None and self.bytes and self.bytes + n > limit:

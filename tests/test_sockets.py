@@ -29,6 +29,7 @@ from aflow.codecs.framing import (
     split_datagrams,
 )
 from aflow.codecs.lines import LineTooLongError
+from aflow.sources.sockets._common import GATHER_READS, READ_SIZE
 
 HOST = "127.0.0.1"
 RECORD = np.dtype([("id", "<i4"), ("x", "<f8")])  # 12 bytes, unaligned on purpose
@@ -269,13 +270,38 @@ async def test_slow_sink_makes_the_server_stop_reading() -> None:
                     sent += len(payload)
             stats = run.statistics()
             assert sent < 24 * MiB  # what the kernel's socket buffers hold, no more
-            assert stats.peak_bytes_in_flight <= 1 * MiB
+            # 4 blocks buffered, 1 in the sink's buffer, 1 in hand; a busy connection
+            # gathers up to GATHER_READS reads into one block
+            assert stats.peak_bytes_in_flight <= 6 * GATHER_READS * READ_SIZE
             assert stats.stage("tcp_server(127.0.0.1:0).input").buffer_high_water == 4
             gate.set()
         await wait_until(lambda: received >= sent - len(payload))
         await anyio.sleep(0.05)
         run.stop()
     assert sent - len(payload) <= received <= tried
+
+
+@pytest.mark.anyio
+async def test_a_busy_server_gathers_reads_into_larger_blocks_and_holds_none_back() -> None:
+    read_size = 4096
+    make = lambda cb: af.tcp_server(0, read_size=read_size, on_listening=cb)  # noqa: E731
+    async with serving(make) as (run, (host, port)):
+        lines = [b"%05d" % i + b"x" * 94 for i in range(3000)]  # 100 bytes with the newline
+        async with await anyio.connect_tcp(host, port) as stream:
+            for k in range(0, len(lines), 20):  # 2,000-byte writes, nobody reading the run
+                await stream.send(b"".join(line + b"\n" for line in lines[k : k + 20]))
+            await anyio.sleep(0.1)  # the server reads on, gathering while the buffer is full
+            sizes: list[int] = []
+            got: list[Line] = []
+            with anyio.fail_after(5):
+                async for msg in run.envelopes():  # the client is still connected, silent:
+                    sizes.append(len(msg.data))  # its last reads must not be held back
+                    got.extend(lines_of(msg))
+                    if len(got) >= len(lines):
+                        break
+    assert [(n, t) for _, n, t in got] == [(i + 1, line) for i, line in enumerate(lines)]
+    assert max(sizes) > 2 * read_size  # reads were gathered into larger blocks
+    assert max(sizes) <= GATHER_READS * read_size + 100
 
 
 @pytest.mark.anyio
