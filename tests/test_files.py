@@ -159,6 +159,28 @@ async def test_follow_survives_rotation_and_truncation(tmp_path: Path) -> None:
     assert seen == ["one", "two", "three", "four", "five", "six", "seven"]
 
 
+async def test_an_overlong_line_left_in_a_rotated_file_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("one\n")
+    seen: list[str] = []
+    dead: list[af.FailedItem] = []
+    flow = af.read_lines(
+        str(path), follow=True, poll_interval=0.01, max_line=50, on_error=af.dead_letter(dead)
+    ) | af.for_each(seen.append)
+    async with flow.open() as run:
+        await wait_for(lambda: seen == ["one"])
+        os.rename(path, tmp_path / "app.log.1")  # rotated, then written once more
+        with (tmp_path / "app.log.1").open("a") as f:
+            f.write("two\n" + "x" * 200 + "\nthree\n")
+        path.write_text("four\n")
+        await wait_for(lambda: seen[-1:] == ["four"])
+        run.stop()
+    assert seen == ["one", "two", "three", "four"]
+    assert len(dead) == 1
+    assert dead[0].error.line == 3  # type: ignore[attr-defined]
+    assert "longer than 50 bytes" in str(dead[0].error)
+
+
 async def test_follow_stops_gracefully_and_flushes(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text("1,1,1\n2,2,2\n")

@@ -101,7 +101,9 @@ def decode_csv(
         dtype: a structured dtype, one field per column, e.g.
             ``[("ts", "i8"), ("sensor", "i4"), ("value", "f4")]``.
         delimiter: the field separator.
-        header: the first line of each source is a header and is skipped.
+        header: the first line of each source is a header and is skipped: of each
+            file, each connection of a socket server, and each UDP datagram (each is
+            numbered from line 1).
         engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``
             (pyarrow when installed and every column is numeric).
         threads: blocks decoded at once in worker threads (both engines release the GIL

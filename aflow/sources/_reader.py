@@ -38,6 +38,8 @@ class _AsyncFile(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def fileno(self) -> int: ...
+
 
 class _AioFile:
     """aiofiles' handle under the small interface used here."""
@@ -56,13 +58,36 @@ class _AioFile:
     async def aclose(self) -> None:
         await self._h.close()
 
+    def fileno(self) -> int:
+        fd: int = self._h.fileno()
+        return fd
+
+
+class _AnyioFile:
+    """anyio's thread-backed file under the same interface (on trio)."""
+
+    def __init__(self, handle: anyio.AsyncFile[bytes]) -> None:
+        self._h = handle
+
+    async def read(self, size: int = -1) -> bytes:
+        return await self._h.read(size)
+
+    async def seek(self, offset: int, whence: int = 0) -> int:
+        return await self._h.seek(offset, whence)
+
+    async def aclose(self) -> None:
+        await self._h.aclose()
+
+    def fileno(self) -> int:
+        return self._h.wrapped.fileno()
+
 
 async def open_binary(path: str) -> _AsyncFile:
     """Open ``path`` for binary reading with the backend's async file API."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # not asyncio: trio
-        return await anyio.open_file(path, "rb")
+        return _AnyioFile(await anyio.open_file(path, "rb"))
     import aiofiles
 
     return _AioFile(await aiofiles.open(path, "rb"))
@@ -212,7 +237,7 @@ class FileReader:
     async def _identify(self, f: _AsyncFile) -> FileId | None:
         if not self.follow:
             return None
-        st = os.stat(self.path)
+        st = os.fstat(f.fileno())  # the file opened, even if the path moved on since
         head = await f.read(FINGERPRINT_BYTES)
         await f.seek(0)
         return FileId(st.st_dev, st.st_ino, _fingerprint(self.path, head), len(head))
@@ -260,7 +285,7 @@ class FileReader:
             # slept must not be read from the old offset.
             change, ident = await anyio.to_thread.run_sync(self._changed, ident, position)
             if change == "rotated":
-                await self._drain(f, framer, emit)  # what was written before the switch
+                await self._drain(f, framer, emit, report)  # written before the switch
                 return True
             if change == "truncated":
                 await f.seek(0)
@@ -270,9 +295,11 @@ class FileReader:
             resumed = True
         return False
 
-    async def _drain(self, f: _AsyncFile, framer: _Framer, emit: Emit) -> None:
+    async def _drain(self, f: _AsyncFile, framer: _Framer, emit: Emit, report: Report) -> None:
         while chunk := await f.read(self.chunk_size):
             msg = framer.feed(chunk)
+            for error in framer.take_errors():
+                await report(error, b"", None)
             if msg is not None:
                 await emit(msg)
 

@@ -235,12 +235,14 @@ def read_lines(
     max_line: int = MiB,
     follow: bool = False,
     poll_interval: float = 0.25,
+    on_error: ErrorPolicy = "raise",
 ) -> Flow[str]:
     """Lines as ``str`` elements, without their line endings (``\\n`` or ``\\r\\n``).
 
     Convenient for per-line Python work; for bulk decoding use :func:`read_blocks` and
     a decoder. ``errors`` is the text decoding's error handler (``"replace"`` to accept
-    invalid UTF-8).
+    invalid UTF-8). ``on_error`` handles lines longer than ``max_line`` (see
+    :func:`read_blocks`).
     """
     from ..stages.element import flat_map
 
@@ -251,6 +253,7 @@ def read_lines(
         max_line=max_line,
         follow=follow,
         poll_interval=poll_interval,
+        on_error=on_error,
     )
 
     def split(block: Any) -> list[str]:
