@@ -3,6 +3,8 @@ are split off one by one, good ones never lost."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,7 @@ import aflow as af
 from aflow.codecs._decode import decode_lines
 from aflow.codecs.csv import _numpy_decoder
 from aflow.codecs.lines import LineSplitter, LineTooLongError
+from aflow.codecs.logs import COMBINED
 
 READING = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f8")])
 
@@ -199,6 +202,59 @@ def test_log_custom_pattern_and_invalid_utf8() -> None:
     got = af.run(af.from_iterable(lines) | stage).value
     assert got["msg"].tolist() == ["started", "café"]
     assert [d.item for d in dead] == [b"ERROR 3 \xff\xfe\n"]
+
+
+log_line = st.one_of(
+    st.builds(
+        lambda status, size, path, rt: (
+            f'10.0.0.{status % 250} - - [10/Oct/2000:13:55:36 -0700] "GET /{path} HTTP/1.1" '
+            f'{status} {size} "-" "agent"{rt}'
+        ),
+        st.integers(100, 599),
+        st.one_of(st.integers(0, 10**9).map(str), st.just("-")),
+        st.text("abc/.", max_size=6),
+        st.one_of(st.just(""), st.just(" -"), st.floats(0, 60).map(lambda f: f" {f:.3f}")),
+    ),
+    st.sampled_from(
+        [
+            "",
+            "   ",
+            "garbage",
+            '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET /open-quote HTTP/1.1',  # spills over
+            '" 200 5 "-" "-"',
+            "1.2.3.4 - - [bad",
+        ]
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(st.tuples(log_line, st.booleans()), max_size=30),
+    cuts=st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_log_blocks_decode_like_line_by_line(
+    lines: list[tuple[str, bool]], cuts: list[int]
+) -> None:
+    raw = [(text + ("\r\n" if crlf else "\n")).encode() for text, crlf in lines]
+    pattern = re.compile(COMBINED)
+    good = [pattern.fullmatch(t) for t, _ in lines if t.strip()]
+    bad = [
+        r for (t, _), r in zip(lines, raw, strict=True) if t.strip() and not pattern.fullmatch(t)
+    ]
+    dead: list[af.FailedItem] = []
+    flow = af.from_arrays(
+        [np.frombuffer(c, np.uint8) for c in _line_aligned(b"".join(raw), cuts)]
+    ) | af.decode_log(on_error=af.dead_letter(dead))
+    got = af.run(flow).value
+    rows = [m for m in good if m is not None]
+    if not rows:  # nothing decoded: no batch, so collect() gives an empty list
+        assert len(got) == 0
+        got = np.empty(0, [("status", "i8"), ("bytes", "i8"), ("path", "O")])
+    assert got["status"].tolist() == [int(m["status"]) for m in rows]
+    assert got["bytes"].tolist() == [0 if m["bytes"] == "-" else int(m["bytes"]) for m in rows]
+    assert got["path"].tolist() == [m["path"] for m in rows]
+    assert [d.item for d in dead] == bad
 
 
 def test_decoders_reject_unstructured_dtypes() -> None:

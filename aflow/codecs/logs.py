@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from numpy.typing import NDArray
 from ..flow import Stage
 from ..policies import ErrorPolicy
 from ._decode import DecodeOp, FastDecode
+from ._timeparse import FixedFormat
 
 __all__ = ["COMBINED", "COMBINED_COLUMNS", "decode_log"]
 
@@ -42,6 +44,9 @@ COMBINED_COLUMNS: dict[str, str] = {
 """Typed columns for :data:`COMBINED` (a subset of its groups)."""
 
 
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+
 def _column_dtype(kind: str) -> str:
     base = kind.split(":", 1)[0]
     try:
@@ -50,7 +55,18 @@ def _column_dtype(kind: str) -> str:
         raise ValueError(f"decode_log: unknown column type {kind!r}") from None
 
 
-def _timestamps(texts: list[str], fmt: str) -> NDArray[Any]:
+def _timestamps(texts: list[str], fmt: str, fixed: FixedFormat | None) -> NDArray[Any]:
+    if fixed is None:
+        return _strptime_each(texts, fmt)
+    ns, ok = fixed.parse(texts)
+    out = ns.view("M8[ns]")
+    if not ok.all():  # another width, an impossible date...: strptime decides
+        rest = np.flatnonzero(~ok)
+        out[rest] = _strptime_each([texts[i] for i in rest.tolist()], fmt)
+    return out
+
+
+def _strptime_each(texts: list[str], fmt: str) -> NDArray[Any]:
     unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
     parsed = np.array([_to_ns(datetime.strptime(t, fmt)) for t in unique.tolist()], dtype="M8[ns]")
     return parsed[inverse]
@@ -63,8 +79,11 @@ def _to_ns(moment: datetime) -> np.datetime64:
 
 
 def _numbers(texts: list[str], dtype: str) -> NDArray[Any]:
-    missing = "0" if dtype == "i8" else "nan"
-    return np.array([missing if t in ("-", "", None) else t for t in texts]).astype(dtype)
+    values = np.array(texts, dtype=str)
+    missing = (values == "-") | (values == "")
+    if missing.any():
+        values = np.where(missing, "0" if dtype == "i8" else "nan", values)
+    return values.astype(dtype)
 
 
 def _decoder(pattern: re.Pattern[str], columns: dict[str, str]) -> tuple[FastDecode, np.dtype[Any]]:
@@ -72,25 +91,71 @@ def _decoder(pattern: re.Pattern[str], columns: dict[str, str]) -> tuple[FastDec
     for name in columns:
         if name not in pattern.groupindex:
             raise ValueError(f"decode_log: column {name!r} is not a named group of the pattern")
+    pattern = _capturing_only(pattern, set(columns))
+    # The whole block in one regex call: each match must be one whole line. A line that
+    # does not match, or a match running over several lines, leaves fewer matches than
+    # lines; then the block is parsed line by line, which finds and rejects the bad ones.
+    block = re.compile(rf"^(?:{pattern.pattern})$", pattern.flags | re.MULTILINE)
+    index = {name: pattern.groupindex[name] - 1 for name in columns}
+    single = pattern.groups == 1  # then findall gives strings, not tuples
+    # blank lines are skipped, so a pattern that matches one needs the line-by-line path
+    blank_matches = any(pattern.fullmatch(x) for x in ("", " ", "\t"))
+    formats = {
+        name: kind.partition(":")[2] or ISO_FORMAT
+        for name, kind in columns.items()
+        if kind.startswith("timestamp")
+    }
+    fixed = {name: _fixed_format(fmt) for name, fmt in formats.items()}
 
-    def decode(blob: bytes) -> NDArray[Any]:
-        lines = [line for line in blob.decode("utf-8").split("\n") if line.strip()]
-        matches = [pattern.fullmatch(line.rstrip("\r")) for line in lines]
-        if any(m is None for m in matches):
-            raise ValueError("line does not match the log pattern")
-        out = np.empty(len(matches), dtype)
+    def columns_of(rows: list[Any]) -> NDArray[Any]:
+        out = np.empty(len(rows), dtype)
         for name, kind in columns.items():
-            texts = [m[name] for m in matches]  # type: ignore[index]
-            base, _, fmt = kind.partition(":")
-            if base == "timestamp":
-                out[name] = _timestamps(texts, fmt or "%Y-%m-%dT%H:%M:%S%z")
-            elif base in ("int", "float"):
+            texts = rows if single else list(map(itemgetter(index[name]), rows))
+            if name in formats:
+                out[name] = _timestamps(texts, formats[name], fixed[name])
+            elif kind in ("int", "float"):
                 out[name] = _numbers(texts, dtype.fields[name][0].str[1:])  # type: ignore[index]
             else:
                 out[name] = texts
         return out
 
+    def decode(blob: bytes) -> NDArray[Any]:
+        text = blob.decode("utf-8")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        if not blank_matches:
+            rows = block.findall(text)
+            if len(rows) == text.count("\n") + (not text.endswith("\n")):
+                return columns_of(rows)
+        lines = [line for line in text.split("\n") if line.strip()]
+        matches = [pattern.fullmatch(line) for line in lines]
+        if any(m is None for m in matches):
+            raise ValueError("line does not match the log pattern")
+        groups = [m.groups(default="") for m in matches]  # type: ignore[union-attr]
+        return columns_of([g[0] for g in groups] if single else groups)
+
     return decode, dtype
+
+
+def _capturing_only(pattern: re.Pattern[str], names: set[str]) -> re.Pattern[str]:
+    """``pattern`` with its named groups not in ``names`` made non-capturing (matching
+    the same lines; half the regex time when few columns are wanted), unless it refers
+    back to groups."""
+    if "(?P=" in pattern.pattern or "(?(" in pattern.pattern or re.search(r"\\\d", pattern.pattern):
+        return pattern
+    slim = re.sub(
+        r"\(\?P<(\w+)>",
+        lambda m: m.group(0) if m.group(1) in names else "(?:",
+        pattern.pattern,
+    )
+    return re.compile(slim, pattern.flags)
+
+
+def _fixed_format(fmt: str) -> FixedFormat | None:
+    try:
+        return FixedFormat(fmt)
+    except ValueError:
+        return None
 
 
 def decode_log(
