@@ -470,9 +470,39 @@ async def test_udp_datagrams_with_several_records_each() -> None:
                 if sum(map(len, got)) == len(records):
                     break
         run.stop()
-    assert [len(a) for a in got] == [50] * 10
-    assert np.array_equal(np.concatenate(got), records)
+    assert np.array_equal(np.concatenate(got), records)  # datagrams read at once are joined
     assert [f.item for f in dead] == [b"not a whole record"]
+
+
+@pytest.mark.anyio
+async def test_udp_bursts_become_one_block_per_sender_numbered_on() -> None:
+    async with serving(lambda cb: af.udp_server(0, on_listening=cb)) as (run, (host, port)):
+        async with (
+            await anyio.create_connected_udp_socket(host, port) as a,
+            await anyio.create_connected_udp_socket(host, port) as b,
+        ):
+            for i in range(200):  # a burst, faster than one message per datagram
+                await a.send(b"a%d\n" % i)
+                await b.send(b"b%d\nb%d-2" % (i, i))  # the last line needs no newline
+            got: list[Line] = []
+            blocks = 0
+            with anyio.fail_after(5):
+                async for msg in run.envelopes():
+                    blocks += 1
+                    got.extend(lines_of(msg))
+                    if len(got) == 600:
+                        break
+        run.stop()
+    by_sender: dict[str, list[tuple[int, bytes]]] = {}
+    for source, number, text in got:
+        by_sender.setdefault(source, []).append((number, text))
+    assert sorted(len(v) for v in by_sender.values()) == [200, 400]
+    for lines in by_sender.values():  # in order, numbered on from 1 across datagrams
+        assert [n for n, _ in lines] == list(range(1, len(lines) + 1))
+    texts = sorted(by_sender.values(), key=len)
+    assert [t for _, t in texts[0]] == [b"a%d" % i for i in range(200)]
+    assert [t for _, t in texts[1]][:4] == [b"b0", b"b0-2", b"b1", b"b1-2"]
+    assert blocks < 400  # datagrams read at once were joined
 
 
 @pytest.mark.anyio
@@ -561,23 +591,20 @@ async def test_to_udp_packs_lines_and_records_into_datagrams() -> None:
         run.stop()
     assert sent.value == sum(len(x) + 1 for x in lines)
     assert [t.decode() for _, _, t in got] == lines
-    assert len({(s, n) for s, n, _ in got}) < 300  # numbered per datagram
+    assert [n for _, n, _ in got] == list(range(1, 301))  # numbered on across datagrams
 
     records = np.zeros(400, RECORD)
     records["id"] = np.arange(400)
-    make = lambda cb: af.udp_server(0, framing="records", dtype=RECORD, on_listening=cb)  # noqa: E731
-    async with serving(make) as (run, (host, port)):
-        sink = af.to_udp(host, port, encode="records", max_datagram=1000)
+    async with await anyio.create_udp_socket(local_host=HOST) as receiver:
+        port = receiver.extra(SocketAttribute.local_port)
+        sink = af.to_udp(HOST, port, encode="records", max_datagram=1000)
         await (af.from_array(records, 250) | sink).run()
-        arrays: list[Any] = []
+        datagrams: list[bytes] = []
         with anyio.fail_after(5):
-            async for arr in run:
-                arrays.append(arr)
-                if sum(map(len, arrays)) == len(records):
-                    break
-        run.stop()
-    assert max(map(len, arrays)) == 1000 // RECORD.itemsize
-    assert np.array_equal(np.concatenate(arrays), records)
+            while sum(map(len, datagrams)) < records.nbytes:
+                datagrams.append((await receiver.receive())[0])
+    assert max(map(len, datagrams)) == 1000 // RECORD.itemsize * RECORD.itemsize
+    assert np.array_equal(np.frombuffer(b"".join(datagrams), RECORD), records)
 
 
 def test_bad_arguments_fail_at_build_time() -> None:

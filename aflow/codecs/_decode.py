@@ -79,7 +79,7 @@ class _DecodeRunner(ChunkRunner):
 
     async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
         batch = self.prepare(msg)
-        parts, bad = decode_lines(batch.data.tobytes(), self.op.decode)
+        parts, bad = decode_lines(batch.data.tobytes(), self.op.decoder_for(len(batch.data)))
         return await self.assemble(batch, parts, bad, counters)
 
     def prepare(self, msg: Message) -> Batch:
@@ -157,15 +157,30 @@ class DecodeOp(ChunkOp):
             line), ``"skip"`` (counted in the stage's ``errors``) or
             :func:`~aflow.dead_letter` (receives the raw line and its provenance).
         header: the first line of each source is a header: skip it.
+        small: a decoder for blocks of fewer than ``small_below`` bytes (one with a lower
+            cost per call), run inline rather than in a worker thread.
     """
 
     def __init__(
-        self, name: str, decode: FastDecode, on_error: ErrorPolicy, *, header: bool = False
+        self,
+        name: str,
+        decode: FastDecode,
+        on_error: ErrorPolicy,
+        *,
+        header: bool = False,
+        small: FastDecode | None = None,
+        small_below: int = 0,
     ) -> None:
         self.name = name
         self.decode = decode
         self.on_error = check_policy(on_error)
         self.header = header
+        self.small = small
+        self.small_below = small_below if small is not None else 0
+
+    def decoder_for(self, size: int) -> FastDecode:
+        """The decoder for a block of ``size`` bytes."""
+        return self.small if self.small is not None and size < self.small_below else self.decode
 
     def start(self) -> ChunkRunner:
         return _DecodeRunner(self)
@@ -185,7 +200,12 @@ def decode_stage(op: DecodeOp, threads: int) -> Stage[Any, NDArray[Any]]:
     ) -> list[Message]:
         batch = runner.prepare(msg)
         blob = batch.data.tobytes()
-        parts, bad = await anyio.to_thread.run_sync(decode_lines, blob, op.decode, limiter=limiter)
+        if len(blob) < op.small_below:  # cheaper inline than a thread hop
+            parts, bad = decode_lines(blob, op.decoder_for(len(blob)))
+        else:
+            parts, bad = await anyio.to_thread.run_sync(
+                decode_lines, blob, op.decode, limiter=limiter
+            )
         return await runner.assemble(batch, parts, bad, counters)
 
     return Stage(_ConcurrentOp(f"{op.name}[threads={threads}]", work, _whole, threads, True, None))

@@ -21,6 +21,8 @@ __all__ = ["decode_csv"]
 
 Engine = Literal["auto", "numpy", "pyarrow"]
 
+SMALL = 16 * 1024  # bytes: below this, NumPy parses a block faster than pyarrow
+
 
 def _numpy_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
     def decode(blob: bytes) -> NDArray[Any]:
@@ -105,7 +107,8 @@ def decode_csv(
             file, each connection of a socket server, and each UDP datagram (each is
             numbered from line 1).
         engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``
-            (pyarrow when installed and every column is numeric).
+            (pyarrow when installed and every column is numeric, for blocks of 16 KiB
+            and more; NumPy, inline, for smaller ones such as datagrams).
         threads: blocks decoded at once in worker threads (both engines release the GIL
             while parsing); by default one per core for pyarrow, none (decode inline,
             fused with the neighbouring stages) for numpy.
@@ -118,5 +121,10 @@ def decode_csv(
     decode = _arrow_decoder(dt, delimiter) if chosen == "pyarrow" else _numpy_decoder(dt, delimiter)
     if threads is None:
         threads = (os.cpu_count() or 1) if chosen == "pyarrow" else 0
-    op = DecodeOp(f"decode_csv[{chosen}]", decode, on_error, header=header)
+    # "auto" leaves small blocks (a datagram, a few new lines of a followed file) to NumPy:
+    # pyarrow's fixed cost per call (~0.3 ms) is more than NumPy's whole parse of them
+    small = _numpy_decoder(dt, delimiter) if engine == "auto" and chosen == "pyarrow" else None
+    op = DecodeOp(
+        f"decode_csv[{chosen}]", decode, on_error, header=header, small=small, small_below=SMALL
+    )
     return decode_stage(op, threads)
