@@ -186,6 +186,12 @@ class Outlet(Protocol):
 
     def pull_scope(self) -> AbstractContextManager[anyio.CancelScope]: ...
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether an emit would wait now (the buffer after the source is full): a source
+        may gather more input into one message meanwhile."""
+        ...
+
 
 class Source(ABC):
     """Produces messages. ``produce`` is called once per run with fresh state."""

@@ -140,6 +140,11 @@ class Segment:
         with self.ctx.pull_scope() as scope:
             yield scope
 
+    @property
+    def backlogged(self) -> bool:
+        d = self.downstream
+        return d.full if isinstance(d, Edge) else isinstance(d, _Sender) and d.edge.full
+
     async def emit(self, msg: Message) -> None:
         """Pass ``msg`` through the fused ops and send what comes out downstream."""
         hc = self.head_counters

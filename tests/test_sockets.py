@@ -305,6 +305,32 @@ async def test_a_busy_server_gathers_reads_into_larger_blocks_and_holds_none_bac
 
 
 @pytest.mark.anyio
+async def test_a_busy_tcp_client_gathers_reads_too() -> None:
+    listener = await listen()
+    port = listener.extra(SocketAttribute.local_port)
+    lines = [b"%05d" % i + b"y" * 94 for i in range(3000)]
+    flow = af.tcp_client(HOST, port, read_size=4096, reconnect=False)
+    async with listener, flow.open() as run:
+        with anyio.fail_after(5):
+            conn = await listener.accept()
+        async with conn:
+            for k in range(0, len(lines), 20):  # nobody reads the run meanwhile
+                await conn.send(b"".join(line + b"\n" for line in lines[k : k + 20]))
+            await anyio.sleep(0.1)
+            sizes: list[int] = []
+            got: list[Line] = []
+            with anyio.fail_after(5):
+                async for msg in run.envelopes():
+                    sizes.append(len(msg.data))
+                    got.extend(lines_of(msg))
+                    if len(got) >= len(lines):
+                        break
+        run.stop()
+    assert [t for _, _, t in got] == lines
+    assert max(sizes) > 2 * 4096
+
+
+@pytest.mark.anyio
 async def test_tcp_client_reconnects_after_the_server_restarts() -> None:
     first = await listen()
     port = first.extra(SocketAttribute.local_port)

@@ -57,7 +57,16 @@ class _TcpClient(Source):
                 try:
                     peer = _url("tcp", (self.host, self.port))
                     framer = self.opts.framer(peer)
-                    received = await _pump(stream, framer, out.emit, out, self.opts, report, peer)
+                    received = await _pump(
+                        stream,
+                        framer,
+                        out.emit,
+                        out,
+                        self.opts,
+                        report,
+                        peer,
+                        lambda: out.backlogged,
+                    )
                 finally:
                     await _aclose(stream)
                 if not self.reconnect:
