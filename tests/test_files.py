@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import warnings
 from pathlib import Path
 
 import anyio
@@ -217,6 +219,23 @@ async def test_an_error_downstream_of_several_files_is_raised_as_itself(tmp_path
 
     with pytest.raises(IndexError, match="sink failed"):
         await (af.read_csv(str(tmp_path / "*.csv"), READING) | af.for_each(boom)).run()
+
+
+async def test_an_error_while_files_are_opening_leaves_none_open(tmp_path: Path) -> None:
+    for k in range(40):
+        write_csv(tmp_path / f"s{k:02d}.csv", 0, 10, k)
+
+    def boom(b: np.ndarray) -> None:
+        raise IndexError("sink failed")
+
+    flow = af.read_csv(str(tmp_path / "*.csv"), READING, max_open=40) | af.for_each(boom)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(10):  # the error cancels readers in the middle of their opens
+            with pytest.raises(IndexError, match="sink failed"):
+                await flow.run()
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 async def test_take_and_skip_count_lines_of_line_blocks(tmp_path: Path) -> None:

@@ -219,7 +219,8 @@ class FileReader:
         """Read until the end (or until stopped, in follow mode)."""
         offset = self.start
         while True:
-            f = await open_binary(self.path)
+            with anyio.CancelScope(shield=True):  # a cancelled open would leak the opened file
+                f = await open_binary(self.path)
             try:
                 ident = await self._identify(f)
                 if offset:
