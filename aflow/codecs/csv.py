@@ -104,8 +104,8 @@ def decode_csv(
             ``[("ts", "i8"), ("sensor", "i4"), ("value", "f4")]``.
         delimiter: the field separator.
         header: the first line of each source is a header and is skipped: of each
-            file, each connection of a socket server, and each UDP datagram (each is
-            numbered from line 1).
+            file, each connection of a socket server, each sender of UDP datagrams
+            (each is numbered from line 1).
         engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``
             (pyarrow when installed and every column is numeric, for blocks of 16 KiB
             and more; NumPy, inline, for smaller ones such as datagrams).
