@@ -4,6 +4,7 @@ are split off one by one, good ones never lost."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,6 +192,19 @@ def test_log_combined_format() -> None:
     assert got["time"][0] == np.datetime64("2000-10-10T20:55:36", "ns")
     assert got["request_time"][0] == pytest.approx(0.012)
     assert [d.item for d in dead] == [b"garbage\n"]
+
+
+def test_log_one_column_with_bad_lines_in_the_block(tmp_path: Path) -> None:
+    lines = [COMBINED_LINE, "garbage\n", "\n", COMBINED_LINE.replace(" 200 ", " 503 ")] * 3
+    (tmp_path / "access.log").write_text("".join(lines))
+    dead: list[af.FailedItem] = []
+    flow = af.read_log(
+        str(tmp_path / "access.log"), columns={"status": "int"}, on_error=af.dead_letter(dead)
+    )
+    got = af.run(flow).value
+    assert got["status"].tolist() == [200, 503] * 3
+    assert [d.item for d in dead] == [b"garbage\n"] * 3
+    assert [d.error.line for d in dead] == [2, 6, 10]  # type: ignore[attr-defined]
 
 
 def test_log_custom_pattern_and_invalid_utf8() -> None:

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from ..flow import Stage
 from ..policies import ErrorPolicy
-from ._decode import DecodeOp, FastDecode
+from ._decode import DecodeOp, FastDecode, RejectedLines
 from ._timeparse import FixedFormat
 
 __all__ = ["COMBINED", "COMBINED_COLUMNS", "decode_log"]
@@ -124,15 +124,23 @@ def _decoder(pattern: re.Pattern[str], columns: dict[str, str]) -> tuple[FastDec
         if "\r" in text:
             text = text.replace("\r\n", "\n")
         if not blank_matches:
-            rows = block.findall(text)
-            if len(rows) == text.count("\n") + (not text.endswith("\n")):
-                return columns_of(rows)
-        lines = [line for line in text.split("\n") if line.strip()]
-        matches = [pattern.fullmatch(line) for line in lines]
-        if any(m is None for m in matches):
-            raise ValueError("line does not match the log pattern")
-        groups = [m.groups(default="") for m in matches]  # type: ignore[union-attr]
-        return columns_of([g[0] for g in groups] if single else groups)
+            found = block.findall(text)
+            if len(found) == text.count("\n") + (not text.endswith("\n")):
+                return columns_of(found)
+        groups: list[Any] = []
+        bad: list[tuple[int, Exception]] = []
+        for i, line in enumerate(text.split("\n")):
+            if not line.strip():
+                continue  # blank lines are skipped
+            m = pattern.fullmatch(line)
+            if m is None:
+                bad.append((i, ValueError("line does not match the log pattern")))
+            else:
+                groups.append((m[1] or "") if single else m.groups(default=""))
+        rows = columns_of(groups)
+        if bad:
+            raise RejectedLines(rows, bad)
+        return rows
 
     return decode, dtype
 
