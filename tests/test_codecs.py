@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import aflow as af
 from aflow.codecs._decode import decode_lines
 from aflow.codecs.csv import _numpy_decoder
+from aflow.codecs.jsonl import _arrow_decoder as _arrow_json_decoder
+from aflow.codecs.jsonl import _decoder as _json_decoder
 from aflow.codecs.lines import LineSplitter, LineTooLongError
 from aflow.codecs.logs import COMBINED
 
@@ -269,6 +272,50 @@ def test_log_blocks_decode_like_line_by_line(
     assert got["bytes"].tolist() == [0 if m["bytes"] == "-" else int(m["bytes"]) for m in rows]
     assert got["path"].tolist() == [m["path"] for m in rows]
     assert [d.item for d in dead] == bad
+
+
+json_special = st.sampled_from(["NaN", "Infinity", "null", '"7"', "true", "1e400", "2.5e3", "-0"])
+
+
+def json_field(good: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(good, good, good, json_special)  # mostly good, sometimes not
+
+
+json_line = st.one_of(
+    st.tuples(
+        json_field(st.integers(-(2**63), 2**63 - 1).map(str)),
+        json_field(st.integers(-(2**31), 2**31 - 1).map(str)),
+        json_field(st.floats(allow_nan=False, allow_infinity=False).map(repr)),
+    ).map(lambda v: '{{"ts": {}, "sensor": {}, "value": {}, "x": [1]}}'.format(*v)),
+    st.sampled_from(
+        [
+            '{"ts": 1, "sensor": 2}',
+            '{"ts": 1, "ts": 2, "sensor": 3, "value": 4}',
+            "[1, 2]",
+            '{"ts": 1, "sensor": 2, "value": 3}{"ts": 1, "sensor": 2, "value": 3}',
+            "",
+            "not json",
+        ]
+    ),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(lines=st.lists(json_line, min_size=1, max_size=40), f4=st.booleans())
+@example(lines=['{"ts": 0, "sensor": 0, "value": 3.4028235677973366e+38}'], f4=True)  # rounding
+def test_jsonl_pyarrow_fast_path_agrees_with_the_reference(lines: list[str], f4: bool) -> None:
+    dtype = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f4" if f4 else "f8")])
+    blob = "".join(line + "\n" for line in lines).encode()
+    reference = _json_decoder(dtype)
+    fast = _arrow_json_decoder(dtype, reference)
+    assert fast is not None
+
+    def outcome(decode: Any) -> tuple[list[Any], list[bytes]]:
+        parts, bad = decode_lines(blob, decode)
+        rows = [r for p in parts for r in p.tolist()]
+        return rows, [raw for _, raw, _ in bad]
+
+    assert outcome(fast) == outcome(reference)  # same rows (no NaN passes), same bad lines
 
 
 def test_decoders_reject_unstructured_dtypes() -> None:
