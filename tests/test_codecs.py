@@ -210,6 +210,21 @@ def test_log_one_column_with_bad_lines_in_the_block(tmp_path: Path) -> None:
     assert [d.error.line for d in dead] == [2, 6, 10]  # type: ignore[attr-defined]
 
 
+def test_log_groups_never_take_the_block_s_last_newline() -> None:
+    stage = af.decode_log(r"(?P<key>\w+)=(?P<value>[^;]*)", {"key": "str", "value": "str"})
+    for lines in ([b"a=1\n"], [b"a=1\n", b"b=2\n"]):
+        got = af.run(af.from_arrays([np.frombuffer(b"".join(lines), np.uint8)]) | stage).value
+        assert got["value"].tolist() == ["1", "2"][: len(lines)]
+
+
+def test_log_patterns_with_global_flags_or_verbose_comments() -> None:
+    verbose = re.compile(r"(?P<level>\w+) (?P<msg>.*)  # level, then the message", re.VERBOSE)
+    for pattern in [r"(?i)(?P<level>info|warn) (?P<msg>.*)", verbose]:
+        stage = af.decode_log(pattern, {"level": "str", "msg": "str"})
+        got = af.run(af.from_iterable([b"INFO started\n", b"warn low disk\n"]) | stage).value
+        assert got["level"].tolist() == ["INFO", "warn"]
+
+
 def test_log_custom_pattern_and_invalid_utf8() -> None:
     pattern = r"(?P<level>[A-Z]+) (?P<ms>\d+) (?P<msg>.*)"
     columns = {"level": "str", "ms": "int", "msg": "str"}

@@ -63,6 +63,8 @@ def test_fixed_format_takes_every_well_formed_text() -> None:
     assert ns.tolist() == [strptime_ns(t, "%d/%b/%Y:%H:%M:%S %z") for t in texts]
     _, ok = FixedFormat("%d/%b/%Y:%H:%M:%S %z").parse(["30/Feb/2024:00:00:00 +0000"])
     assert not ok.any()  # no such day
+    _, ok = FixedFormat("%d/%b/%Y:%H:%M:%S %z").parse(["10/O\u0663t/2000:13:55:36 -0700"])
+    assert not ok.any()  # not a month name, whatever its bits
 
 
 def test_formats_without_fixed_width_are_refused() -> None:

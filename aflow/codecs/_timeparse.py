@@ -77,6 +77,7 @@ class FixedFormat:
             month = number("m")
         else:
             at = self.fields["b"]
+            ok &= (c[:, at : at + 3] < 128).all(axis=1)  # ASCII letters only
             lower = c[:, at : at + 3] | 0x20  # %b ignores case
             key = (lower[:, 0] << 16) | (lower[:, 1] << 8) | lower[:, 2]
             found = _MONTH_ORDER[np.searchsorted(_MONTH_KEYS[_MONTH_ORDER], key).clip(0, 11)]

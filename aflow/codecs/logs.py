@@ -95,7 +95,7 @@ def _decoder(pattern: re.Pattern[str], columns: dict[str, str]) -> tuple[FastDec
     # The whole block in one regex call: each match must be one whole line. A line that
     # does not match, or a match running over several lines, leaves fewer matches than
     # lines; then the block is parsed line by line, which finds and rejects the bad ones.
-    block = re.compile(rf"^(?:{pattern.pattern})$", pattern.flags | re.MULTILINE)
+    block = _block_pattern(pattern)
     index = {name: pattern.groupindex[name] - 1 for name in columns}
     single = pattern.groups == 1  # then findall gives strings, not tuples
     # blank lines are skipped, so a pattern that matches one needs the line-by-line path
@@ -123,9 +123,11 @@ def _decoder(pattern: re.Pattern[str], columns: dict[str, str]) -> tuple[FastDec
         text = blob.decode("utf-8")
         if "\r" in text:
             text = text.replace("\r\n", "\n")
-        if not blank_matches:
-            found = block.findall(text)
-            if len(found) == text.count("\n") + (not text.endswith("\n")):
+        if block is not None and not blank_matches:
+            # without the last newline: at the very end, "$" would let a group take it
+            body = text[:-1] if text.endswith("\n") else text
+            found = block.findall(body)
+            if len(found) == body.count("\n") + 1:
                 return columns_of(found)
         groups: list[Any] = []
         bad: list[tuple[int, Exception]] = []
@@ -143,6 +145,16 @@ def _decoder(pattern: re.Pattern[str], columns: dict[str, str]) -> tuple[FastDec
         return rows
 
     return decode, dtype
+
+
+def _block_pattern(pattern: re.Pattern[str]) -> re.Pattern[str] | None:
+    """``pattern`` anchored to whole lines of a block; None if it cannot be wrapped."""
+    source = re.sub(r"^\(\?[aiLmsux]+\)", "", pattern.pattern)  # in pattern.flags already
+    end = "\n" if pattern.flags & re.VERBOSE else ""  # a trailing comment must not eat ")$"
+    try:
+        return re.compile(rf"^(?:{source}{end})$", pattern.flags | re.MULTILINE)
+    except re.error:
+        return None
 
 
 def _capturing_only(pattern: re.Pattern[str], names: set[str]) -> re.Pattern[str]:
