@@ -318,9 +318,16 @@ json_line = st.one_of(
 @settings(max_examples=120, deadline=None)
 @given(lines=st.lists(json_line, min_size=1, max_size=40), f4=st.booleans())
 @example(lines=['{"ts": 0, "sensor": 0, "value": 3.4028235677973366e+38}'], f4=True)  # rounding
+@example(lines=['{"ts": 1, "sensor": 2, "value": 3, "x": NaN}'], f4=False)  # in another key
+@example(lines=['{"ts": 1, "sensor": 2, "value": 3, "s": "\udcff"}'], f4=False)  # bad UTF-8
+@example(lines=['{"ts": 1, "sensor": 2, "value": -0}'], f4=False)  # an integer -0
+@example(
+    lines=['{"ts": 1, "sensor": 2, "x":', '{}, "value": 3}{"ts": 1, "sensor": 2, "value": 3}'],
+    f4=False,
+)
 def test_jsonl_pyarrow_fast_path_agrees_with_the_reference(lines: list[str], f4: bool) -> None:
     dtype = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f4" if f4 else "f8")])
-    blob = "".join(line + "\n" for line in lines).encode()
+    blob = "".join(line + "\n" for line in lines).encode(errors="surrogateescape")
     reference = _json_decoder(dtype)
     fast = _arrow_json_decoder(dtype, reference)
     assert fast is not None

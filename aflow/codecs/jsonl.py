@@ -58,6 +58,9 @@ def _decoder(dtype: np.dtype[Any]) -> FastDecode:
     return decode
 
 
+MAX_FAST_LINE = 2048  # longer lines (which could nest past orjson's 1024 levels) to orjson
+
+
 def _arrow_decoder(dtype: np.dtype[Any], reference: FastDecode) -> FastDecode | None:
     """pyarrow's reader for clean blocks, else ``reference``; None without pyarrow."""
     if any(dtype.fields[n][0].kind not in "iuf" for n in dtype.names or ()):  # type: ignore[index]
@@ -76,6 +79,8 @@ def _arrow_decoder(dtype: np.dtype[Any], reference: FastDecode) -> FastDecode | 
     floats = [n for n in names if dtype.fields[n][0].kind == "f"]  # type: ignore[index]
 
     def decode(blob: bytes) -> NDArray[Any]:
+        if not _plain(blob):
+            return reference(blob)
         try:
             table = pajson.read_json(io.BytesIO(blob), read, parse)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -87,8 +92,9 @@ def _arrow_decoder(dtype: np.dtype[Any], reference: FastDecode) -> FastDecode | 
         out = np.empty(table.num_rows, dtype)
         for name in names:
             out[name] = table.column(name).to_numpy()
-        if floats and not all(np.isfinite(out[n]).all() for n in floats):
-            return reference(blob)  # NaN or Infinity: not JSON
+        for n in floats:  # NaN or Infinity (not JSON); -0, an integer to the reference
+            if not np.isfinite(out[n]).all() or (np.signbit(out[n]) & (out[n] == 0)).any():
+                return reference(blob)
         return out
 
     return decode
@@ -98,16 +104,36 @@ def _arrow_type(pa: Any, dt: np.dtype[Any]) -> Any:
     return pa.float64() if dt.kind == "f" else pa.from_numpy_dtype(dt)
 
 
+def _plain(blob: bytes) -> bool:
+    """Whether pyarrow may read ``blob``: nothing it accepts in keys outside the dtype
+    that the reference rejects (NaN, Infinity, invalid UTF-8)."""
+    if b"NaN" in blob or b"Infinity" in blob:
+        return False
+    if blob.isascii():
+        return True
+    try:
+        blob.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _one_object_per_line(blob: bytes, rows: int) -> bool:
     """Whether ``rows`` objects parsed from ``blob`` are one per line: every line starts
-    with ``{`` (so none is blank and each holds at least one) and there are as many."""
+    with ``{`` and ends with ``}`` (so none is blank, and no object spans lines: ``}`` then
+    ``{`` can only be a boundary between two objects), there are as many, and no line is
+    long enough to nest deeper than the reference decoder's limit."""
     data = np.frombuffer(blob, np.uint8)
     ends = np.flatnonzero(data == 10)
-    lines = len(ends) + (not blob.endswith(b"\n"))
-    if rows != lines or not rows:
+    if not blob.endswith(b"\n"):
+        ends = np.append(ends, len(data))
+    if rows != len(ends) or not rows:
         return False
-    starts = np.concatenate(([0], ends[: lines - 1] + 1))
-    return bool((data[starts] == ord("{")).all())
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    last = ends - 1 - (data[np.maximum(ends - 1, 0)] == 13)  # before "\r\n" or "\n"
+    if (ends - starts).max() > MAX_FAST_LINE or (last < starts).any():
+        return False
+    return bool((data[starts] == ord("{")).all() and (data[last] == ord("}")).all())
 
 
 def decode_jsonl(
