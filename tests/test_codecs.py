@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import aflow as af
 from aflow.codecs._decode import decode_lines
-from aflow.codecs.csv import _numpy_decoder
+from aflow.codecs.csv import _arrow_decoder, _checked_by_numpy, _numpy_decoder
 from aflow.codecs.jsonl import _arrow_decoder as _arrow_json_decoder
 from aflow.codecs.jsonl import _decoder as _json_decoder
 from aflow.codecs.lines import LineSplitter, LineTooLongError
@@ -134,6 +134,61 @@ def test_csv_good_records_survive_any_split_and_bad_lines(
     if rows:
         np.testing.assert_array_equal(got, expected)
     assert [d.item for d in dead] == [b"not,a,number\n"] * len(set(bad_at))
+
+
+csv_token = st.one_of(
+    st.integers(-(2**40), 2**40).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(
+        [
+            "+1",
+            " 1",
+            "1 ",
+            "1.0",
+            "1e3",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "Infinity",
+            "",
+            "-",
+            "0x10",
+            "1_000",
+            ".5",
+            "5.",
+            '"1"',
+            "1d5",
+            "300",
+            "-1",
+            "1.0000000596046448",
+        ]
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(st.tuples(csv_token, csv_token, csv_token), max_size=30),
+    ending=st.sampled_from(["\n", "\r\n"]),
+    dtype=st.sampled_from(
+        [[("a", "i8"), ("b", "u1"), ("c", "f8")], [("a", "i4"), ("b", "f4"), ("c", "f2")]]
+    ),
+)
+def test_csv_auto_engine_follows_numpy_rules_on_any_block(
+    rows: list[tuple[str, str, str]], ending: str, dtype: list[tuple[str, str]]
+) -> None:
+    dt = np.dtype(dtype)
+    blob = "".join(",".join(r) + ending for r in rows).encode()
+    reference = _numpy_decoder(dt, ",")
+    auto = _checked_by_numpy(_arrow_decoder(dt, ","), reference)
+
+    def outcome(decode: Any) -> tuple[list[Any], list[int]]:
+        parts, bad = decode_lines(blob, decode)
+        got = [repr(r) for p in parts for r in p.tolist()]
+        return got, [i for i, _, _ in bad]
+
+    assert outcome(auto) == outcome(reference)
 
 
 def _line_aligned(text: bytes, cuts: list[int]) -> list[bytes]:

@@ -28,7 +28,8 @@ def _numpy_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
     def decode(blob: bytes) -> NDArray[Any]:
         if not blob.strip():
             return np.empty(0, dtype)
-        text = blob.decode("utf-8")  # invalid UTF-8 fails the line, as it should
+        text = blob.decode("utf-8-sig")  # a leading BOM goes (as pyarrow drops it); invalid
+        # UTF-8 fails the line, as it should
         rows = np.loadtxt(
             io.StringIO(text),
             delimiter=delimiter,
@@ -50,7 +51,9 @@ def _arrow_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
     import pyarrow.csv as pacsv
 
     names = list(dtype.names or ())
-    types = {n: pa.from_numpy_dtype(dtype.fields[n][0]) for n in names}  # type: ignore[index]
+    # floats are parsed as float64 and cast by NumPy, as NumPy's engine does (parsing
+    # straight to float32 rounds differently; float16 pyarrow cannot parse)
+    types = {n: _arrow_type(pa, dtype.fields[n][0]) for n in names}  # type: ignore[index]
     read = pacsv.ReadOptions(column_names=names, use_threads=False)  # aflow runs blocks in parallel
     parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"')
     convert = pacsv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False)
@@ -58,6 +61,10 @@ def _arrow_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
     def decode(blob: bytes) -> NDArray[Any]:
         if not blob.strip():
             return np.empty(0, dtype)
+        if b"\r" in blob and blob.count(b"\r") != blob.count(b"\r\n"):
+            raise ValueError("a carriage return inside a line")  # pyarrow would end a row there
+        if b"0x" in blob or b"0X" in blob:
+            raise ValueError("a hexadecimal number")  # pyarrow reads some; NumPy does not
         table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert)
         out = np.empty(table.num_rows, dtype)
         for name in names:
@@ -70,10 +77,30 @@ def _arrow_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
     return decode
 
 
+def _arrow_type(pa: Any, dt: np.dtype[Any]) -> Any:
+    return pa.float64() if dt.kind == "f" else pa.from_numpy_dtype(dt)
+
+
+def _checked_by_numpy(fast: FastDecode, reference: FastDecode) -> FastDecode:
+    """``fast`` for blocks, ``reference`` for the single lines ``fast`` rejects: a block
+    ``fast`` accepts, ``reference`` accepts alike, so bisection narrows a failure down to
+    lines and the reference decides each (``+1`` is an integer to NumPy, not to pyarrow)."""
+
+    def decode(blob: bytes) -> NDArray[Any]:
+        try:
+            return fast(blob)
+        except Exception:
+            if blob.count(b"\n") > 1:
+                raise
+        return reference(blob)
+
+    return decode
+
+
 def _engine(engine: Engine, dtype: np.dtype[Any]) -> Engine:
     if engine != "auto":
         return engine
-    if dtype.names is None or any(dtype.fields[n][0].kind in "SUO" for n in dtype.names):  # type: ignore[index]
+    if dtype.names is None or any(dtype.fields[n][0].kind not in "iuf" for n in dtype.names):  # type: ignore[index]
         return "numpy"
     try:
         import pyarrow.csv  # noqa: F401
@@ -106,9 +133,11 @@ def decode_csv(
         header: the first line of each source is a header and is skipped: of each
             file, each connection of a socket server, each sender of UDP datagrams
             (each is numbered from line 1).
-        engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``
-            (pyarrow when installed and every column is numeric, for blocks of 16 KiB
-            and more; NumPy, inline, for smaller ones such as datagrams).
+        engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``:
+            pyarrow when installed and every column is an integer or a float, for blocks
+            of 16 KiB and more, with NumPy's rules (NumPy judges each line pyarrow
+            rejects, and parses smaller blocks such as datagrams, inline), so results
+            never depend on block size.
         threads: blocks decoded at once in worker threads (both engines release the GIL
             while parsing); by default one per core for pyarrow, none (decode inline,
             fused with the neighbouring stages) for numpy.
@@ -118,12 +147,18 @@ def decode_csv(
     if dt.names is None:
         raise TypeError(f"decode_csv: dtype {dt} must be structured (one field per column)")
     chosen = _engine(engine, dt)
-    decode = _arrow_decoder(dt, delimiter) if chosen == "pyarrow" else _numpy_decoder(dt, delimiter)
+    reference = _numpy_decoder(dt, delimiter)
+    decode = _arrow_decoder(dt, delimiter) if chosen == "pyarrow" else reference
     if threads is None:
         threads = (os.cpu_count() or 1) if chosen == "pyarrow" else 0
-    # "auto" leaves small blocks (a datagram, a few new lines of a followed file) to NumPy:
-    # pyarrow's fixed cost per call (~0.3 ms) is more than NumPy's whole parse of them
-    small = _numpy_decoder(dt, delimiter) if engine == "auto" and chosen == "pyarrow" else None
+    small = None
+    if engine == "auto" and chosen == "pyarrow":
+        # NumPy's rules everywhere: pyarrow parses clean blocks, NumPy judges the lines
+        # pyarrow rejects and parses small blocks (a datagram, a few new lines of a
+        # followed file), where pyarrow's fixed cost per call (~0.3 ms) is more than
+        # NumPy's whole parse
+        decode = _checked_by_numpy(decode, reference)
+        small = reference
     op = DecodeOp(
         f"decode_csv[{chosen}]", decode, on_error, header=header, small=small, small_below=SMALL
     )
