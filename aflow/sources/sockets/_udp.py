@@ -28,7 +28,7 @@ from ._common import OnListening, _announce, _ip_address, _Reporter, _url
 MAX_DATAGRAM = 65_535
 BURST_BYTES = 1 << 20  # most bytes taken from the socket per wakeup
 RECEIVE_BUFFER = 4 << 20  # asked of the kernel (it caps this at net.core.rmem_max)
-SENDERS = 4096  # senders whose numbering is remembered (the least recent is forgotten)
+SENDERS = 65_536  # senders whose numbering is remembered (the least recent is forgotten)
 
 
 class _UdpServer(Source):
@@ -152,7 +152,9 @@ def udp_server(
     an array of ``dtype`` records (``framing="records"``; a datagram that is not a whole
     number of records is dropped and reported through ``on_error``). Provenance names
     the sender (``udp://<host>:<port>``) and numbers its lines (or records) from 1 on
-    across its datagrams, counting what arrived. UDP has no backpressure: while the flow
+    across its datagrams, counting what arrived; the 65,536 most recent senders are
+    remembered, and one forgotten starts again from 1 (with ``decode_csv(header=True)``
+    its first line is then taken for a header). UDP has no backpressure: while the flow
     is slow, the kernel drops datagrams that do not fit its receive buffer (4 MiB is
     asked for; Linux grants at most ``net.core.rmem_max``). See :func:`tcp_server` for
     ``host``, ``port`` and ``on_listening``.
