@@ -191,6 +191,25 @@ def test_csv_auto_engine_follows_numpy_rules_on_any_block(
     assert outcome(auto) == outcome(reference)
 
 
+@pytest.mark.parametrize("engine", ["numpy", "pyarrow"])
+def test_a_float_beyond_its_field_s_range_is_a_bad_line_not_infinity(engine: str) -> None:
+    dt = np.dtype([("a", "i8"), ("v", "f4"), ("h", "f2")])
+    text = b"1,1e39,1\n2,inf,1\n3,1.5,70000\n4,-3.5e38,1\n5,2.5,-0.5\n"
+    dead: list[af.FailedItem] = []
+    decode = af.decode_csv(dt, engine=engine, on_error=af.dead_letter(dead))  # type: ignore[arg-type]
+    got = af.run(af.from_arrays([np.frombuffer(text, np.uint8)]) | decode).value
+    assert got["a"].tolist() == [2, 5]  # "inf" written as such is accepted
+    assert got["v"].tolist() == [np.inf, 2.5]
+    assert [d.item for d in dead] == [b"1,1e39,1\n", b"3,1.5,70000\n", b"4,-3.5e38,1\n"]
+    jsonl = b'{"a": 1, "v": 1e39, "h": 1}\n{"a": 2, "v": 2.5, "h": 1}\n' * 600  # > 16 KiB
+    for blob in (jsonl[:60], jsonl):  # the reference decoder, then pyarrow's fast path
+        dead.clear()
+        stage = af.decode_jsonl(dt, on_error=af.dead_letter(dead))
+        rows = af.run(af.from_arrays([np.frombuffer(blob, np.uint8)]) | stage).value
+        assert rows["a"].tolist() == [2] * (blob.count(b"\n") // 2)
+        assert len(dead) == blob.count(b"\n") - len(rows)
+
+
 def _line_aligned(text: bytes, cuts: list[int]) -> list[bytes]:
     blocks, _ = run_splitter(split_at(text, cuts))
     return [bytes(b.data) for b in blocks] or [b""]

@@ -22,12 +22,40 @@ from ..flow import Stage
 from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
 from ..stats import StageCounters
 
-__all__ = ["BadLine", "DecodeOp", "RejectedLines", "decode_lines", "decode_stage"]
+__all__ = [
+    "BadLine",
+    "DecodeOp",
+    "RejectedLines",
+    "decode_lines",
+    "decode_stage",
+    "fit",
+    "widened",
+]
 
 FastDecode = Callable[[bytes], NDArray[Any]]
 
 BadLine = tuple[int, bytes, Exception]
 """(index of the line in its block, the raw line, the error)."""
+
+
+def fit(values: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
+    """``values`` for a field of ``dtype``: a float narrower than ``values`` is cast, and a
+    finite value beyond its range (``1e39`` for ``float32``) is an error, not infinity."""
+    if dtype.kind != "f" or values.dtype.kind != "f" or dtype.itemsize >= values.dtype.itemsize:
+        return values
+    with np.errstate(over="ignore"):
+        narrow = values.astype(dtype)
+    over = ~np.isfinite(narrow) & np.isfinite(values)
+    if over.any():
+        raise ValueError(f"{values[over][0]!r} is out of range for {dtype}")
+    return narrow
+
+
+def widened(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """``dtype`` with its float fields as float64, to parse into before :func:`fit`."""
+    names = dtype.names or ()
+    fields = [(n, "f8" if dtype.fields[n][0].kind == "f" else dtype.fields[n][0]) for n in names]  # type: ignore[index]
+    return np.dtype(fields)
 
 
 class RejectedLines(ValueError):

@@ -15,7 +15,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..flow import Stage
 from ..policies import ErrorPolicy
-from ._decode import DecodeOp, FastDecode, decode_stage
+from ._decode import DecodeOp, FastDecode, decode_stage, fit, widened
 
 __all__ = ["decode_csv"]
 
@@ -25,6 +25,8 @@ SMALL = 16 * 1024  # bytes: below this, NumPy parses a block faster than pyarrow
 
 
 def _numpy_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
+    wide = widened(dtype)  # floats parsed as float64, then narrowed with a range check
+
     def decode(blob: bytes) -> NDArray[Any]:
         if not blob.strip():
             return np.empty(0, dtype)
@@ -33,7 +35,7 @@ def _numpy_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
         rows = np.loadtxt(
             io.StringIO(text),
             delimiter=delimiter,
-            dtype=dtype,
+            dtype=wide,
             quotechar='"',
             comments=None,  # "#" is data, not a comment
             ndmin=1,
@@ -41,7 +43,12 @@ def _numpy_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
         lines = sum(1 for line in text.split("\n") if line.strip())
         if len(rows) != lines:  # a quote left open joined lines: isolate them
             raise ValueError(f"{len(rows)} records from {lines} lines (unbalanced quote?)")
-        return rows.astype(dtype, copy=False)
+        if wide == dtype:
+            return rows
+        out = np.empty(len(rows), dtype)
+        for name in dtype.names or ():
+            out[name] = fit(rows[name], dtype.fields[name][0])  # type: ignore[index]
+        return out
 
     return decode
 
@@ -71,7 +78,7 @@ def _arrow_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
             column = table.column(name)
             if column.null_count:
                 raise ValueError(f"empty value in column {name!r}")
-            out[name] = column.to_numpy()
+            out[name] = fit(column.to_numpy(), dtype.fields[name][0])  # type: ignore[index]
         return out
 
     return decode

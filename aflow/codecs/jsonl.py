@@ -20,7 +20,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..flow import Stage
 from ..policies import ErrorPolicy
-from ._decode import DecodeOp, FastDecode, decode_stage
+from ._decode import DecodeOp, FastDecode, decode_stage, fit
 from .csv import SMALL
 
 __all__ = ["decode_jsonl"]
@@ -52,7 +52,10 @@ def _decoder(dtype: np.dtype[Any]) -> FastDecode:
                 raise TypeError(f"field {name!r} must hold integers")
             if kind in "fc" and any(type(v) not in (int, float) for v in column):
                 raise TypeError(f"field {name!r} must hold numbers")
-            out[name] = column
+            if kind == "f":
+                out[name] = fit(np.array(column, np.float64), dtype.fields[name][0])  # type: ignore[index]
+            else:
+                out[name] = column
         return out
 
     return decode
@@ -91,7 +94,7 @@ def _arrow_decoder(dtype: np.dtype[Any], reference: FastDecode) -> FastDecode | 
             return reference(blob)  # a missing key or a null
         out = np.empty(table.num_rows, dtype)
         for name in names:
-            out[name] = table.column(name).to_numpy()
+            out[name] = fit(table.column(name).to_numpy(), dtype.fields[name][0])  # type: ignore[index]
         for n in floats:  # NaN or Infinity (not JSON); -0, an integer to the reference
             if not np.isfinite(out[n]).all() or (np.signbit(out[n]) & (out[n] == 0)).any():
                 return reference(blob)
