@@ -21,7 +21,7 @@ from numpy.typing import DTypeLike, NDArray
 from ..flow import Stage
 from ..policies import ErrorPolicy
 from ._decode import DecodeOp, FastDecode, decode_stage, fit
-from .csv import SMALL
+from .csv import SMALL, _arrow_type
 
 __all__ = ["decode_jsonl"]
 
@@ -101,10 +101,6 @@ def _arrow_decoder(dtype: np.dtype[Any], reference: FastDecode) -> FastDecode | 
         return out
 
     return decode
-
-
-def _arrow_type(pa: Any, dt: np.dtype[Any]) -> Any:
-    return pa.float64() if dt.kind == "f" else pa.from_numpy_dtype(dt)
 
 
 def _plain(blob: bytes) -> bool:
