@@ -3,14 +3,10 @@
 Re-exports only; see the modules for the code.
 """
 
-from ._message import Batch as Batch
-from ._message import Provenance as Provenance
-from ._run import Run as Run
-from ._run import RunResult as RunResult
-from ._run import run as run
-from .batching import batch as batch
-from .batching import rebatch as rebatch
-from .batching import unbatch as unbatch
+from ._core.messages import Batch as Batch
+from ._core.messages import Provenance as Provenance
+from ._core.run import Run as Run
+from ._core.run import RunResult as RunResult
 from .codecs.csv import decode_csv as decode_csv
 from .codecs.jsonl import decode_jsonl as decode_jsonl
 from .codecs.logs import decode_log as decode_log
@@ -24,6 +20,7 @@ from .flow import Flow as Flow
 from .flow import Sink as Sink
 from .flow import SinkFlow as SinkFlow
 from .flow import Stage as Stage
+from .flow import run as run
 from .policies import FailedItem as FailedItem
 from .policies import dead_letter as dead_letter
 from .policies import retry as retry
@@ -71,6 +68,9 @@ from .sources.sockets import udp_server as udp_server
 from .sources.sockets import unix_server as unix_server
 from .stages.batch import filter_rows as filter_rows
 from .stages.batch import map_batches as map_batches
+from .stages.batching import batch as batch
+from .stages.batching import rebatch as rebatch
+from .stages.batching import unbatch as unbatch
 from .stages.element import filter as filter
 from .stages.element import flat_map as flat_map
 from .stages.element import map as map

@@ -127,7 +127,7 @@ async def backpressure(rows: int) -> None:
         | af.buffer(64)
         | af.for_each(slow_consumer, buffer=64)
     )
-    result = await flow.run(max_bytes=ceiling)
+    result = await flow.run(max_bytes_in_flight=ceiling)
     stats = result.statistics
     source = stats.stage("sensors")
     print(f"\n4. Backpressure: {rows:,} rows into a consumer that sleeps 10 ms per batch")

@@ -11,8 +11,7 @@ from typing import Any
 
 import anyio
 
-from ._run import run
-from .flow import Flow, SinkFlow
+from .flow import Flow, SinkFlow, run
 
 
 def _load(target: str) -> Any:
@@ -40,7 +39,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(flow, Flow | SinkFlow):
         raise SystemExit(f"aflow run: {args.target} is a {type(flow).__name__}, not a flow")
     try:
-        result = run(flow, backend=args.backend, buffer=args.buffer, max_bytes=args.max_bytes)
+        result = run(
+            flow,
+            backend=args.backend,
+            buffer=args.buffer,
+            max_bytes_in_flight=args.max_bytes_in_flight,
+        )
     except KeyboardInterrupt:
         print("aflow run: interrupted; partial batches were flushed", file=sys.stderr)
         return 130
@@ -68,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("target", help="module:name or file.py:name of a flow (or a function)")
     run_p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     run_p.add_argument("--buffer", type=int, default=4, help="messages per buffer")
-    run_p.add_argument("--max-bytes", type=int, default=None, help="run-wide byte ceiling")
+    run_p.add_argument(
+        "--max-bytes-in-flight",
+        type=int,
+        default=None,
+        help="ceiling on array bytes waiting in all buffers",
+    )
     run_p.add_argument("--stats", action="store_true", help="print statistics to stderr")
     run_p.add_argument(
         "--progress",

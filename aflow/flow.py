@@ -13,16 +13,19 @@ written.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar, overload
 
-from ._ops import Op, SinkOp, Source
-from ._run import DEFAULT_BUFFER, DEFAULT_GRACE, RunResult, _RunManager
-from ._run import Run as Run  # re-exported: flows and their runs go together
-from ._run import flow_edges as flow_edges
-from ._run import op_edges as op_edges
+import anyio
+
+from ._core.collect import CollectOperator
+from ._core.operators import Op, SinkOperator, Source, chain_buffers, op_buffers
+from ._core.run import DEFAULT_BUFFER, DEFAULT_GRACE, Run, RunManager, RunResult
 from .errors import FlowDefinitionError
 
-__all__ = ["Flow", "Sink", "SinkFlow", "Stage", "flow_edges", "op_edges"]
+__all__ = ["Flow", "Sink", "SinkFlow", "Stage", "run"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -66,9 +69,13 @@ class Sink(Generic[T, R]):
 
     __slots__ = ("pre_ops", "terminal")
 
-    def __init__(self, terminal: SinkOp[Any, R], pre_ops: tuple[Op, ...] = ()) -> None:
+    def __init__(self, terminal: SinkOperator[Any, R], pre_ops: tuple[Op, ...] = ()) -> None:
         self.terminal = terminal
         self.pre_ops = pre_ops
+
+    def nested_buffers(self) -> int:
+        """Buffers this sink adds when run as a branch (``broadcast``), its input included."""
+        return 1 + sum(op_buffers(op) for op in self.pre_ops) + op_buffers(self.terminal)
 
     def __repr__(self) -> str:
         return " | ".join([*(op.name for op in self.pre_ops), self.terminal.name])
@@ -94,6 +101,10 @@ class Flow(Generic[T_co]):
     def ops(self) -> tuple[Op, ...]:
         return self._ops
 
+    def nested_buffers(self) -> int:
+        """Buffers this flow adds when run inside another (``merge``), its output included."""
+        return chain_buffers(self._source, self._ops) + 1
+
     @overload
     def __or__(self, other: Stage[Any, U]) -> Flow[U]: ...
     @overload
@@ -109,31 +120,35 @@ class Flow(Generic[T_co]):
         self,
         *,
         buffer: int = DEFAULT_BUFFER,
-        max_bytes: int | None = None,
+        max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
-    ) -> _RunManager[Any]:
+    ) -> RunManager[Any]:
         """Start a run and iterate its output: ``async with flow.open() as run: ...``.
 
         Args:
             buffer: default capacity of each buffer, in messages (a chunk of elements or
                 one array batch).
-            max_bytes: ceiling on array bytes waiting in all buffers of the run, shared
-                equally among them (a batch larger than a buffer's share passes alone).
+            max_bytes_in_flight: ceiling on array bytes waiting in all buffers of the run,
+                shared equally among them (a batch larger than a buffer's share passes
+                alone).
             grace: seconds a graceful stop may take before the run is cancelled.
         """
-        return _RunManager(self._source, self._ops, None, buffer, max_bytes, grace)
+        return RunManager(self._source, self._ops, None, buffer, max_bytes_in_flight, grace)
 
     async def run(
         self,
         *,
         buffer: int = DEFAULT_BUFFER,
-        max_bytes: int | None = None,
+        max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
     ) -> RunResult[Any]:
         """Run to the end and collect the output (see :func:`aflow.collect`)."""
-        from .sinks.collect import collect
+        return await self._collected().run(
+            buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace
+        )
 
-        return await (self | collect()).run(buffer=buffer, max_bytes=max_bytes, grace=grace)
+    def _collected(self) -> SinkFlow[Any]:
+        return SinkFlow(self._source, self._ops, CollectOperator("auto"))
 
     def __aiter__(self) -> Any:
         """Not supported: iterate a run, ``async with flow.open() as run: async for x in run``.
@@ -155,7 +170,7 @@ class SinkFlow(Generic[R_co]):
 
     __slots__ = ("_ops", "_sink", "_source")
 
-    def __init__(self, source: Source, ops: tuple[Op, ...], sink: SinkOp[Any, R_co]) -> None:
+    def __init__(self, source: Source, ops: tuple[Op, ...], sink: SinkOperator[Any, R_co]) -> None:
         self._source = source
         self._ops = ops
         self._sink = sink
@@ -170,19 +185,19 @@ class SinkFlow(Generic[R_co]):
         self,
         *,
         buffer: int = DEFAULT_BUFFER,
-        max_bytes: int | None = None,
+        max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
-    ) -> _RunManager[R_co]:
+    ) -> RunManager[R_co]:
         """Start a run: ``async with flow.open() as run:``; ``await run.wait()`` for the
         result, ``run.statistics()`` for live figures, ``run.stop()`` to stop gracefully.
         Leaving the block stops the run gracefully and waits for it."""
-        return _RunManager(self._source, self._ops, self._sink, buffer, max_bytes, grace)
+        return RunManager(self._source, self._ops, self._sink, buffer, max_bytes_in_flight, grace)
 
     async def run(
         self,
         *,
         buffer: int = DEFAULT_BUFFER,
-        max_bytes: int | None = None,
+        max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
     ) -> RunResult[R_co]:
         """Run the flow to the end; return the sink's result and the statistics.
@@ -195,11 +210,75 @@ class SinkFlow(Generic[R_co]):
             Exception: the first error raised by any stage, as itself, with a note naming
                 the stage.
         """
-        async with self.open(buffer=buffer, max_bytes=max_bytes, grace=grace) as r:
+        async with self.open(
+            buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace
+        ) as r:
             return await r.wait()
 
     def __repr__(self) -> str:
         return " | ".join([self._source.name, *(op.name for op in self._ops), self._sink.name])
+
+
+def run(
+    flow: SinkFlow[R] | Flow[Any],
+    *,
+    backend: str = "asyncio",
+    buffer: int = DEFAULT_BUFFER,
+    max_bytes_in_flight: int | None = None,
+    grace: float = DEFAULT_GRACE,
+    handle_signals: bool = True,
+    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
+) -> RunResult[Any]:
+    """Run ``flow`` from synchronous code (a script, a notebook cell, a test).
+
+    With ``handle_signals`` (and when called from the main thread), Ctrl-C (SIGINT) stops
+    the run gracefully: sources stop, partial batches are flushed, files and sockets are
+    closed, then ``KeyboardInterrupt`` is raised. SIGTERM stops it the same way and the
+    result so far is returned. A second Ctrl-C during the grace period cancels at once.
+
+    Args:
+        backend: ``"asyncio"`` or ``"trio"``.
+        handle_signals: install the SIGINT/SIGTERM handlers described above.
+        monitor: a coroutine function run beside the flow with its :class:`Run` (to show
+            progress or export statistics); it is cancelled when the run ends.
+    """
+    interrupted: list[int] = []
+    if isinstance(flow, Flow):
+        flow = flow._collected()
+    signals = handle_signals and threading.current_thread() is threading.main_thread()
+
+    async def main() -> RunResult[Any]:
+        error: Exception | None = None
+        async with (
+            flow.open(buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace) as r,
+            anyio.create_task_group() as tg,
+        ):
+            if signals:
+                tg.start_soon(_stop_on_signals, r, interrupted)
+            if monitor is not None:
+                tg.start_soon(monitor, r)
+            try:
+                result = await r.wait()
+            except Exception as exc:  # raised below, outside the task group, as itself
+                error = exc
+            tg.cancel_scope.cancel()
+        if interrupted and interrupted[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        if error is not None:
+            raise error
+        return result
+
+    return anyio.run(main, backend=backend)
+
+
+async def _stop_on_signals(r: Run[Any], seen: list[int]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            seen.append(signum)
+            if len(seen) == 1:
+                r.stop()
+            else:
+                r._scope.cancel()
 
 
 def _bad_operand(left: object, right: object) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from ._run import Run
+from ._core.run import Run
 from .stats import RunStatistics, StageStatistics
 
 __all__ = ["Monitor", "Progress", "serve_metrics", "watch"]

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeAlias
 
 import anyio
 
-from ._message import Provenance
+from ._core.messages import Provenance
 from .errors import RetriesExhaustedError
 
 __all__ = ["DeadLetter", "ErrorPolicy", "FailedItem", "Retry", "dead_letter", "retry"]

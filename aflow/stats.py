@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ._message import Batch, Message
+from ._core.messages import Batch, Message
 
 __all__ = ["RunCounters", "RunStatistics", "StageCounters", "StageStatistics"]
 

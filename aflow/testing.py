@@ -12,7 +12,7 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from ._run import RunResult
+from ._core.run import RunResult
 from .flow import Flow, SinkFlow
 
 __all__ = ["CountingSource", "VirtualClock", "from_schedule", "run_virtual"]

@@ -56,7 +56,7 @@ async def test_peak_bytes_in_flight_never_pass_the_run_ceiling() -> None:
         | af.for_each(slow)
     )
     ceiling = 64_000
-    result = await flow.run(max_bytes=ceiling, buffer=16)
+    result = await flow.run(max_bytes_in_flight=ceiling, buffer=16)
     assert result.value == 200
     assert 0 < result.statistics.peak_bytes_in_flight <= ceiling
     # without the ceiling, the same buffers would hold up to 3 x 16 batches
@@ -70,7 +70,7 @@ async def test_per_stage_byte_limit_bounds_its_buffer() -> None:
 
     flow = (
         af.from_array(np.zeros(100_000), 1000)  # 8,000-byte batches
-        | af.buffer(50, max_bytes=16_000)
+        | af.buffer(50, buffer_bytes=16_000)
         | af.for_each(slow, buffer=1)
     )
     result = await flow.run()
@@ -79,7 +79,7 @@ async def test_per_stage_byte_limit_bounds_its_buffer() -> None:
 
 
 async def test_a_batch_larger_than_the_limit_still_passes_alone() -> None:
-    flow = af.from_array(np.zeros(10_000), 5000) | af.buffer(4, max_bytes=100) | af.collect()
+    flow = af.from_array(np.zeros(10_000), 5000) | af.buffer(4, buffer_bytes=100) | af.collect()
     result = await flow.run()
     assert len(result.value) == 10_000
 

@@ -34,7 +34,7 @@ def test_batches_concatenate_to_the_input_and_respect_bounds(
     values: list[int], size: int, max_rows_by_bytes: int | None
 ) -> None:
     max_bytes = None if max_rows_by_bytes is None else max_rows_by_bytes * 8
-    got = batches_of(af.from_iterable(values) | af.batch(size, max_bytes=max_bytes, dtype="i8"))
+    got = batches_of(af.from_iterable(values) | af.batch(size, batch_bytes=max_bytes, dtype="i8"))
     joined = np.concatenate([b.data for b in got]) if got else np.empty(0, "i8")
     np.testing.assert_array_equal(joined, np.asarray(values, dtype="i8"))
     limit = size if max_rows_by_bytes is None else min(size, max_rows_by_bytes)
@@ -135,7 +135,7 @@ def test_batch_of_arrays_rebatches_them() -> None:
 
 
 def test_max_bytes_closes_batches_before_the_count() -> None:
-    got = batches_of(af.from_array(np.zeros(100, RECORD), 100) | af.batch(50, max_bytes=160))
+    got = batches_of(af.from_array(np.zeros(100, RECORD), 100) | af.batch(50, batch_bytes=160))
     assert {b.reason for b in got[:-1]} == {"bytes"}
     assert all(b.data.nbytes <= 160 for b in got)
     assert sum(len(b) for b in got) == 100
@@ -158,5 +158,5 @@ def test_batch_arguments_are_checked() -> None:
         af.batch(0)
     with pytest.raises(ValueError, match="timeout"):
         af.batch(10, timeout=0)
-    with pytest.raises(ValueError, match="max_bytes"):
-        af.batch(10, max_bytes=0)
+    with pytest.raises(ValueError, match="batch_bytes"):
+        af.batch(10, batch_bytes=0)

@@ -130,7 +130,7 @@ async def test_merge_respects_the_byte_ceiling() -> None:
         return af.from_array(np.zeros(n * 125), batch_size=125)  # 1000-byte batches
 
     flow = af.merge(part(50), part(50), part(50)) | af.for_each(slow)
-    result = await flow.run(max_bytes=4000)
+    result = await flow.run(max_bytes_in_flight=4000)
     assert result.value == 150
     assert result.statistics.peak_bytes_in_flight <= 4000
 

@@ -15,8 +15,7 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, Message, Provenance
-from .._ops import ChunkOp, ChunkRunner
+from ..abc import Batch, Message, Operator, Processor, Provenance
 from ..errors import DecodeError
 from ..flow import Stage
 from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
@@ -111,7 +110,7 @@ def _bisect(
     _bisect(blob, ends, mid, hi, decode, parts, bad)
 
 
-class _DecodeRunner(ChunkRunner):
+class _DecodeRunner(Processor):
     guarded = True
 
     def __init__(self, op: DecodeOp) -> None:
@@ -191,7 +190,7 @@ def _line_bytes(x: Any) -> bytes:
     return raw if raw.endswith(b"\n") else raw + b"\n"
 
 
-class DecodeOp(ChunkOp):
+class DecodeOp(Operator):
     """A fusable stage running ``decode`` on every block, with an error policy per line.
 
     Args:
@@ -226,7 +225,7 @@ class DecodeOp(ChunkOp):
         """The decoder for a block of ``size`` bytes."""
         return self.small if self.small is not None and size < self.small_below else self.decode
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _DecodeRunner(self)
 
 

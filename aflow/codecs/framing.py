@@ -22,9 +22,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, Message, Provenance
+from ..abc import Batch, Message, Provenance
 from ..errors import DecodeError
-from .lines import LineSplitter
+from .lines import LineSplitter, is_line_block
 
 __all__ = [
     "HEADER",
@@ -251,14 +251,6 @@ def encode_items(items: list[Any], framing: Framing, *, fmt: str, delimiter: str
     if framing == "length_prefixed":
         return b"".join(HEADER.pack(len(raw)) + raw for raw in map(_raw, items))
     return b"".join(map(_raw, items))
-
-
-def is_line_block(batch: Batch) -> bool:
-    """Whether ``batch`` is a block of text lines (``uint8`` bytes counted in lines), as
-    :class:`LineFramer` and the file sources make: sent on as it is, not as numbers."""
-    prov = batch.provenance
-    data = batch.data
-    return prov is not None and prov.unit == "line" and data.dtype == np.uint8 and data.ndim == 1
 
 
 def encode_array(data: NDArray[Any], framing: Framing, *, fmt: str, delimiter: str) -> bytes:

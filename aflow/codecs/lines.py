@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .._message import Batch, Provenance
+from ..abc import Batch, Provenance
 from ..errors import DecodeError
 
-__all__ = ["LineSplitter", "LineTooLongError"]
+__all__ = ["LineSplitter", "LineTooLongError", "block_lines", "is_line_block", "split_block"]
 
 DEFAULT_MAX_LINE = 1 << 20
 
@@ -161,3 +161,28 @@ class LineSplitter:
         """The errors found since the last call (and forget them)."""
         errors, self.errors = self.errors, []
         return errors
+
+
+def is_line_block(batch: Batch) -> bool:
+    """Whether ``batch`` is a block of text lines (1-D ``uint8`` bytes counted in lines),
+    as :class:`LineSplitter` and the file and socket sources make."""
+    prov = batch.provenance
+    data = batch.data
+    return prov is not None and prov.unit == "line" and data.dtype == np.uint8 and data.ndim == 1
+
+
+def block_lines(batch: Batch) -> int:
+    """Number of lines in a line block."""
+    return int(np.count_nonzero(batch.data == 10))
+
+
+def split_block(batch: Batch, lines: int) -> tuple[Batch, Batch]:
+    """A line block cut after its first ``lines`` lines (0 < lines < its line count)."""
+    data, prov = batch.data, batch.provenance
+    assert prov is not None
+    cut = int(np.flatnonzero(data == 10)[lines - 1]) + 1
+    middle = prov.start + lines
+    offset = None if prov.offset is None else prov.offset + cut
+    head = Provenance(prov.source, prov.start, middle, "line", prov.offset, offset)
+    tail = Provenance(prov.source, middle, prov.stop, "line", offset, prov.end_offset)
+    return Batch(data[:cut], batch.reason, head), Batch(data[cut:], batch.reason, tail)

@@ -31,9 +31,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch
-from .._ops import SinkOp, SinkWriter
-from .._runtime import RunContext
+from ..abc import Batch, Context, SinkOperator, SinkWriter
 from ..flow import Sink
 from ._grouping import Groups, group
 
@@ -352,13 +350,13 @@ class _AggregateWriter(SinkWriter[Any, NDArray[np.void]]):
         return self.acc.result(self.key or "key")
 
 
-class _AggregateOp(SinkOp[Any, NDArray[np.void]]):
+class _AggregateOp(SinkOperator[Any, NDArray[np.void]]):
     def __init__(self, key: str | None, value: str | None, stats: Sequence[str], ddof: int):
         KeyedStats(stats, ddof=ddof)  # validate now, not at the first batch
         self.key, self.value, self.stats, self.ddof = key, value, tuple(stats), ddof
         self.name = f"to_aggregate({key or ''})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, NDArray[np.void]]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, NDArray[np.void]]:
         return _AggregateWriter(self.key, self.value, KeyedStats(self.stats, ddof=self.ddof))
 
 

@@ -6,12 +6,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
-import numpy as np
-from numpy.typing import NDArray
-
-from .._message import Batch
-from .._ops import SinkOp, SinkWriter, callable_name
-from .._runtime import RunContext
+from .._core.collect import CollectOperator
+from ..abc import Batch, Context, SinkOperator, SinkWriter, callable_name
 from ..flow import Sink
 
 __all__ = ["collect", "discard", "for_each", "reduce"]
@@ -20,42 +16,6 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 _NOTHING: Any = object()
-
-
-class _CollectWriter(SinkWriter[Any, Any]):
-    def __init__(self, mode: Literal["auto", "list", "array"]) -> None:
-        self.mode = mode
-        self.items: list[Any] = []
-        self.arrays: list[NDArray[Any]] = []
-
-    async def write(self, item: Any) -> None:
-        self.items.append(item)
-
-    async def write_chunk(self, items: list[Any]) -> None:
-        self.items.extend(items)
-
-    async def write_batch(self, batch: Batch) -> None:
-        if self.mode == "list":
-            self.items.append(batch.data)
-        else:
-            self.arrays.append(batch.data)
-
-    def result(self) -> Any:
-        if self.mode == "array":
-            parts = [*self.arrays, *([np.asarray(self.items)] if self.items else [])]
-            return np.concatenate(parts) if parts else np.empty(0)
-        if self.arrays and not self.items:
-            return np.concatenate(self.arrays)
-        return [*self.items, *self.arrays]
-
-
-class _CollectOp(SinkOp[Any, Any]):
-    def __init__(self, mode: Literal["auto", "list", "array"]) -> None:
-        self.mode = mode
-        self.name = "collect"
-
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, Any]:
-        return _CollectWriter(self.mode)
 
 
 def collect(mode: Literal["auto", "list", "array"] = "auto") -> Sink[Any, Any]:
@@ -68,7 +28,7 @@ def collect(mode: Literal["auto", "list", "array"] = "auto") -> Sink[Any, Any]:
 
     Memory grows with the output: meant for results, tests and small flows.
     """
-    return Sink(_CollectOp(mode))
+    return Sink(CollectOperator(mode))
 
 
 class _ReduceWriter(SinkWriter[Any, Any]):
@@ -96,13 +56,13 @@ class _ReduceWriter(SinkWriter[Any, Any]):
         return self.acc
 
 
-class _ReduceOp(SinkOp[Any, Any]):
+class _ReduceOp(SinkOperator[Any, Any]):
     def __init__(self, fn: Callable[[Any, Any], Any], initial: Any) -> None:
         self.fn = fn
         self.initial = initial
         self.name = f"reduce({callable_name(fn)})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, Any]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, Any]:
         return _ReduceWriter(self.fn, self.initial, self.name)
 
 
@@ -148,7 +108,7 @@ class _ForEachWriter(SinkWriter[Any, int]):
         return self.count
 
 
-class _ForEachOp(SinkOp[Any, int]):
+class _ForEachOp(SinkOperator[Any, int]):
     def __init__(self, fn: Callable[[Any], Any], buffer: int | None) -> None:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -156,7 +116,7 @@ class _ForEachOp(SinkOp[Any, int]):
         self.buffer = buffer
         self.name = f"for_each({callable_name(fn)})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _ForEachWriter(self.fn, self.is_async)
 
 
@@ -188,10 +148,10 @@ class _DiscardWriter(SinkWriter[Any, int]):
         return self.rows
 
 
-class _DiscardOp(SinkOp[Any, int]):
+class _DiscardOp(SinkOperator[Any, int]):
     name = "discard"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _DiscardWriter()
 
 

@@ -26,9 +26,7 @@ import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch
-from .._ops import SinkOp, SinkWriter
-from .._runtime import RunContext
+from ..abc import Batch, Context, SinkOperator, SinkWriter
 from ..flow import Sink
 from ._encode import Fmt, columns, csv_header, csv_lines, jsonl_lines, npy_header
 
@@ -194,7 +192,7 @@ class _TextWriter(_FileWriter):
         return await anyio.to_thread.run_sync(self._encode, data)
 
 
-class _FileOp(SinkOp[Any, FileSummary]):
+class _FileOp(SinkOperator[Any, FileSummary]):
     fused = False
 
     def __init__(self, kind: str, path: str | os.PathLike[str], make: Callable[[str], Any]):
@@ -202,7 +200,7 @@ class _FileOp(SinkOp[Any, FileSummary]):
         self.make = make
         self.name = f"{kind}({Path(self.path).name})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, FileSummary]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, FileSummary]:
         writer: SinkWriter[Any, FileSummary] = self.make(self.path)
         return writer
 

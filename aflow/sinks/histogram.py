@@ -20,9 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .._message import Batch
-from .._ops import SinkOp, SinkWriter
-from .._runtime import RunContext
+from ..abc import Batch, Context, SinkOperator, SinkWriter
 from ..flow import Sink
 from ._sketch import QuantileSketch
 
@@ -113,12 +111,12 @@ class _HistogramWriter(SinkWriter[Any, Histogram]):
         return Histogram(self.edges, c[1:-1].copy(), int(c[0]), int(c[-1]), self.nan)
 
 
-class _HistogramOp(SinkOp[Any, Histogram]):
+class _HistogramOp(SinkOperator[Any, Histogram]):
     def __init__(self, column: str | None, edges: NDArray[np.float64]) -> None:
         self.column, self.edges = column, edges
         self.name = f"to_histogram({column or ''})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, Histogram]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, Histogram]:
         return _HistogramWriter(self.column, self.edges)
 
 
@@ -183,14 +181,14 @@ class _QuantileWriter(SinkWriter[Any, NDArray[np.float64]]):
         return out
 
 
-class _QuantileOp(SinkOp[Any, NDArray[np.float64]]):
+class _QuantileOp(SinkOperator[Any, NDArray[np.float64]]):
     def __init__(self, column: str | None, q: Sequence[float], exact: bool, accuracy: float):
         self.column, self.exact, self.accuracy = column, exact, accuracy
         self.q = np.asarray(q, np.float64)
         QuantileSketch(accuracy).quantile(self.q)  # validate now, not at the end
         self.name = f"to_quantiles({column or ''})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, NDArray[np.float64]]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, NDArray[np.float64]]:
         sketch = None if self.exact else QuantileSketch(self.accuracy)
         return _QuantileWriter(self.column, self.q, sketch)
 

@@ -13,9 +13,7 @@ from typing import Any
 
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .._message import Batch
-from .._ops import SinkOp, SinkWriter
-from .._runtime import RunContext
+from ..abc import Batch, Context, SinkOperator, SinkWriter
 from ..flow import Sink
 
 __all__ = ["to_queue"]
@@ -72,7 +70,7 @@ class _QueueWriter(SinkWriter[Any, int]):
         return self.count
 
 
-class _QueueOp(SinkOp[Any, int]):
+class _QueueOp(SinkOperator[Any, int]):
     fused = False
 
     def __init__(self, target: Target, end: Any, envelopes: bool, close: bool) -> None:
@@ -84,7 +82,7 @@ class _QueueOp(SinkOp[Any, int]):
         self.target, self.end, self.envelopes, self.close = target, end, envelopes, close
         self.name = "to_queue"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _QueueWriter(self.target, self.end, self.envelopes, self.close)
 
 

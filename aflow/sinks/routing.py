@@ -11,32 +11,27 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, Message
-from .._ops import SinkOp, SinkWriter, callable_name
-from .._runtime import Closed, Edge, RunContext
-from ..flow import Sink, op_edges
+from ..abc import Batch, Buffer, Closed, Context, Message, SinkOperator, SinkWriter, callable_name
+from ..flow import Sink
 from ..stats import StageCounters
 
 __all__ = ["broadcast", "partition"]
 
 
-def _branch_edges(sink: Sink[Any, Any]) -> int:
-    return 1 + sum(op_edges(op) for op in sink.pre_ops) + op_edges(sink.terminal)
-
-
 class _Branches:
     """Starts one chain per branch and keeps the writers to read their results."""
 
-    def __init__(self, ctx: RunContext, name: str, sinks: tuple[Sink[Any, Any], ...]) -> None:
-        self.edges: list[Edge] = []
+    def __init__(self, ctx: Context, name: str, sinks: tuple[Sink[Any, Any], ...]) -> None:
+        self.edges: list[Buffer] = []
         self.writers: list[SinkWriter[Any, Any]] = []
         for i, sink in enumerate(sinks):
             first = sink.pre_ops[0] if sink.pre_ops else sink.terminal
-            edge = ctx.edge(ctx.stage(f"{name}[{i}].input"), first)
-            writer = ctx.start_chain(edge, sink.pre_ops, sink.terminal, source_name=f"{name}[{i}]")
+            edge = ctx.new_buffer(ctx.new_counters(f"{name}[{i}].input"), first)
+            writer = ctx.start_chain(edge, sink.pre_ops, sink.terminal, name=f"{name}[{i}]")
             assert writer is not None
             self.writers.append(writer)
             self.edges.append(edge)
@@ -61,26 +56,24 @@ class _Branches:
 
 
 class _BroadcastWriter(SinkWriter[Any, tuple[Any, ...]]):
-    def __init__(self, branches: _Branches, counters: StageCounters) -> None:
+    def __init__(self, branches: _Branches) -> None:
         self.branches = branches
-        self.counters = counters
-
-    @property
-    def blocked(self) -> list[float]:
-        return self.counters.blocked
+        self.blocked = [0.0]
 
     def close_input(self) -> None:
         """Called by the runtime when no more input will come: branches may finish."""
         self.branches.close()
 
-    def attach_sender_scope(self, scope: Any) -> None:
-        """Cancel the producing task once every branch has stopped reading."""
+    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
+        """Count waits for the branches as this sink's; cancel the producing task once
+        every branch has stopped reading."""
+        self.blocked = counters.blocked
         closed: set[int] = set()
 
         def closed_one(i: int) -> None:
             closed.add(i)
             if len(closed) == len(self.branches.edges):
-                scope.cancel()
+                producer.cancel()
 
         for i, edge in enumerate(self.branches.edges):
             edge.on_receiver_close(partial(closed_one, i))
@@ -105,17 +98,16 @@ class _BroadcastWriter(SinkWriter[Any, tuple[Any, ...]]):
         return self.branches.results()
 
 
-class _BroadcastOp(SinkOp[Any, tuple[Any, ...]]):
+class _BroadcastOp(SinkOperator[Any, tuple[Any, ...]]):
     def __init__(self, sinks: tuple[Sink[Any, Any], ...]) -> None:
         self.sinks = sinks
         self.name = f"broadcast({len(sinks)})"
 
-    def nested_edges(self) -> int:
-        return sum(_branch_edges(s) for s in self.sinks)
+    def nested_buffers(self) -> int:
+        return sum(s.nested_buffers() for s in self.sinks)
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, tuple[Any, ...]]:
-        counters = ctx.counters.stages[-1]  # this sink's own counters, made just before
-        return _BroadcastWriter(_Branches(ctx, self.name, self.sinks), counters)
+    def writer(self, ctx: Context) -> SinkWriter[Any, tuple[Any, ...]]:
+        return _BroadcastWriter(_Branches(ctx, self.name, self.sinks))
 
 
 def broadcast(*sinks: Sink[Any, Any]) -> Sink[Any, tuple[Any, ...]]:
@@ -135,10 +127,8 @@ tee = broadcast
 
 
 class _PartitionWriter(_BroadcastWriter):
-    def __init__(
-        self, branches: _Branches, counters: StageCounters, key: Callable[[Any], Any]
-    ) -> None:
-        super().__init__(branches, counters)
+    def __init__(self, branches: _Branches, key: Callable[[Any], Any]) -> None:
+        super().__init__(branches)
         self.key = key
         self.n = len(branches.edges)
 
@@ -180,9 +170,8 @@ class _PartitionOp(_BroadcastOp):
         self.key = key
         self.name = f"partition({callable_name(key)}, {len(sinks)})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, tuple[Any, ...]]:
-        counters = ctx.counters.stages[-1]
-        return _PartitionWriter(_Branches(ctx, self.name, self.sinks), counters, self.key)
+    def writer(self, ctx: Context) -> SinkWriter[Any, tuple[Any, ...]]:
+        return _PartitionWriter(_Branches(ctx, self.name, self.sinks), self.key)
 
 
 def partition(key: Callable[[Any], Any], *sinks: Sink[Any, Any]) -> Sink[Any, tuple[Any, ...]]:

@@ -15,9 +15,7 @@ from typing import Any
 import anyio
 from anyio.abc import ConnectedUDPSocket, SocketStream
 
-from .._message import Batch
-from .._ops import SinkOp, SinkWriter
-from .._runtime import RunContext
+from ..abc import Batch, Context, SinkOperator, SinkWriter
 from ..codecs.framing import (
     Framing,
     check_framing,
@@ -96,7 +94,7 @@ class _TcpWriter(SinkWriter[Any, int]):
         return self.sent
 
 
-class _TcpOp(SinkOp[Any, int]):
+class _TcpOp(SinkOperator[Any, int]):
     fused = False
 
     def __init__(
@@ -119,7 +117,7 @@ class _TcpOp(SinkOp[Any, int]):
         self.buffer = buffer
         self.name = f"to_tcp({host}:{port})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _TcpWriter(self)
 
 
@@ -214,7 +212,7 @@ class _UdpWriter(SinkWriter[Any, int]):
         return self.sent
 
 
-class _UdpOp(SinkOp[Any, int]):
+class _UdpOp(SinkOperator[Any, int]):
     fused = False
 
     def __init__(
@@ -239,7 +237,7 @@ class _UdpOp(SinkOp[Any, int]):
         self.buffer = buffer
         self.name = f"to_udp({host}:{port})"
 
-    def writer(self, ctx: RunContext) -> SinkWriter[Any, int]:
+    def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _UdpWriter(self)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import anyio
 import numpy as np
 
-from .._message import Batch, Message, Provenance
+from ..abc import Batch, Message, Provenance
 from ..codecs.lines import LineSplitter
 from ..errors import DecodeError
 

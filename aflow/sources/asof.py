@@ -14,10 +14,8 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, Message
-from .._ops import Outlet, Source
-from .._runtime import Edge, RunContext
-from ..flow import Flow, flow_edges
+from ..abc import Batch, Buffer, Context, Message, Outlet, Source
+from ..flow import Flow
 from ..stages.windows import TimeSpan, as_units
 
 __all__ = ["asof_join"]
@@ -30,7 +28,7 @@ def _numeric(ts: NDArray[Any]) -> NDArray[Any]:
 class _Side:
     """One input of the join: its buffer, what it holds, and whether it ended."""
 
-    def __init__(self, edge: Edge) -> None:
+    def __init__(self, edge: Buffer) -> None:
         self.edge = edge
         self.rows: NDArray[Any] | None = None
         self.done = False
@@ -66,14 +64,14 @@ class _AsofSource(Source):
         self.suffix, self.matched = suffix, matched
         self.name = f"asof_join(on={on!r})"
 
-    def nested_edges(self) -> int:
-        return flow_edges(self.left) + flow_edges(self.right)
+    def nested_buffers(self) -> int:
+        return self.left.nested_buffers() + self.right.nested_buffers()
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
-        counters = ctx.stage(f"{self.name}.input")
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        counters = ctx.new_counters(f"{self.name}.input")
         sides = []
         for flow in (self.left, self.right):
-            edge = ctx.edge(counters)
+            edge = ctx.new_buffer(counters)
             ctx.start_chain(flow.source, flow.ops(), edge)
             sides.append(_Side(edge))
         try:

@@ -12,10 +12,8 @@ from typing import Any
 
 import anyio
 
-from .._message import Batch, Message
-from .._ops import Outlet, Source
-from .._runtime import Edge, RunContext
-from ..flow import Flow, flow_edges
+from ..abc import Batch, Buffer, Context, Message, Outlet, Source
+from ..flow import Flow
 
 __all__ = ["concat", "merge", "repeat", "zip"]
 
@@ -27,7 +25,7 @@ def _check(flows: tuple[Any, ...], what: str) -> tuple[Flow[Any], ...]:
     return flows
 
 
-def _start(ctx: RunContext, flow: Flow[Any], into: Any) -> None:
+def _start(ctx: Context, flow: Flow[Any], into: Any) -> None:
     ctx.start_chain(flow.source, flow.ops(), into)
 
 
@@ -36,11 +34,11 @@ class _MergeSource(Source):
         self.flows = flows
         self.name = f"merge({len(flows)})"
 
-    def nested_edges(self) -> int:
-        return 1 + sum(flow_edges(f) - 1 for f in self.flows)
+    def nested_buffers(self) -> int:
+        return 1 + sum(f.nested_buffers() - 1 for f in self.flows)
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
-        edge = ctx.edge(ctx.stage(f"{self.name}.input"))
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        edge = ctx.new_buffer(ctx.new_counters(f"{self.name}.input"))
         for flow in self.flows:
             _start(ctx, flow, edge.sender())
         edge.close_send()
@@ -64,15 +62,15 @@ class _ConcatSource(Source):
         self.flows = flows
         self.name = name
 
-    def nested_edges(self) -> int:
-        return max((flow_edges(f) for f in self.flows), default=0)
+    def nested_buffers(self) -> int:
+        return max((f.nested_buffers() for f in self.flows), default=0)
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
-        counters = ctx.stage(f"{self.name}.input")
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        counters = ctx.new_counters(f"{self.name}.input")
         for flow in self.flows:
             if out.stopping:
                 return
-            edge = ctx.edge(counters)
+            edge = ctx.new_buffer(counters)
             _start(ctx, flow, edge)
             try:
                 async for msg in edge:
@@ -105,12 +103,12 @@ class _RepeatSource(_ConcatSource):
         super().__init__((flow,), f"repeat({'forever' if times is None else times})")
         self.times = times
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
-        counters = ctx.stage(f"{self.name}.input")
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        counters = ctx.new_counters(f"{self.name}.input")
         done = 0
         while (self.times is None or done < self.times) and not out.stopping:
-            edge = ctx.edge(counters)
-            with ctx.capture() as used:
+            edge = ctx.new_buffer(counters)
+            with ctx.reuse_counters() as recycle:
                 _start(ctx, self.flows[0], edge)
             produced = False
             try:
@@ -119,7 +117,7 @@ class _RepeatSource(_ConcatSource):
                     await out.emit(msg)
             finally:
                 edge.close_receive()
-            ctx.recycle(used)
+            recycle()
             done += 1
             if not produced and self.times is None:
                 return  # repeating an empty flow forever would never end
@@ -131,14 +129,14 @@ class _ZipSource(Source):
         self.flows = flows
         self.name = f"zip({len(flows)})"
 
-    def nested_edges(self) -> int:
-        return sum(flow_edges(f) for f in self.flows)
+    def nested_buffers(self) -> int:
+        return sum(f.nested_buffers() for f in self.flows)
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
-        counters = ctx.stage(f"{self.name}.input")
-        edges: list[Edge] = []
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        counters = ctx.new_counters(f"{self.name}.input")
+        edges: list[Buffer] = []
         for flow in self.flows:
-            edge = ctx.edge(counters)
+            edge = ctx.new_buffer(counters)
             _start(ctx, flow, edge)
             edges.append(edge)
         pending: list[deque[Any]] = [deque() for _ in edges]
@@ -156,7 +154,7 @@ class _ZipSource(Source):
                 edge.close_receive()
 
 
-async def _refill(edge: Edge, items: deque[Any]) -> bool:
+async def _refill(edge: Buffer, items: deque[Any]) -> bool:
     try:
         msg: Message = await edge.receive()
     except anyio.EndOfStream:

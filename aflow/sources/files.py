@@ -16,9 +16,7 @@ import anyio
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .._message import Message, Provenance
-from .._ops import Outlet, Source
-from .._runtime import RunContext
+from ..abc import Context, Message, Outlet, Provenance, Source
 from ..codecs.csv import Engine, decode_csv
 from ..codecs.jsonl import decode_jsonl
 from ..codecs.logs import COMBINED, decode_log
@@ -92,7 +90,7 @@ class _FilesSource(Source):
         self.header_bytes = header_bytes
         self.name = name
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+    async def produce(self, out: Outlet, ctx: Context) -> None:
         files = await anyio.to_thread.run_sync(expand, self.paths)  # a glob may be slow
         if not files and isinstance(self.paths, str):
             raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
@@ -384,7 +382,7 @@ class _NpySource(_FilesSource):
     """``.npy`` files: each file's header is read at run time (its own length, checked to
     hold the same dtype and row shape as the first file)."""
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+    async def produce(self, out: Outlet, ctx: Context) -> None:
         files = await anyio.to_thread.run_sync(expand, self.paths)
         if not files:
             raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")

@@ -11,9 +11,7 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, BatchReason, Provenance
-from .._ops import Outlet, Source, callable_name
-from .._runtime import RunContext
+from ..abc import Batch, BatchReason, Context, Outlet, Provenance, Source, callable_name
 from ..errors import SourceReusedError
 from ..flow import Flow
 
@@ -55,7 +53,7 @@ class _IterableSource(Source):
             return made
         return obj
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+    async def produce(self, out: Outlet, ctx: Context) -> None:
         obj = self._open()
         if isinstance(obj, np.ndarray) and not self.as_batches:
             await self._produce_array_elements(obj, out)
@@ -209,7 +207,7 @@ class _ArraySource(Source):
         self.batch_size = batch_size
         self.name = name
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+    async def produce(self, out: Outlet, ctx: Context) -> None:
         arr, step = self.array, self.batch_size
         for start in range(0, len(arr), step):
             if out.stopping:

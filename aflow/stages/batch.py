@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, Message
-from .._ops import FunctionOp, callable_name
+from ..abc import Batch, Message, callable_name
 from ..flow import Stage
 from ..policies import ErrorPolicy
 from ..stats import StageCounters
+from ._function import FunctionOp
 
 __all__ = ["filter_rows", "map_batches"]
 

@@ -17,12 +17,21 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .._message import Batch, Message
-from .._ops import Emit, FunctionOp, Inbox, TaskOp, callable_name
-from .._runtime import Closed, RunContext, locate
+from ..abc import (
+    AsyncOperator,
+    Batch,
+    Closed,
+    Context,
+    Inbox,
+    Message,
+    Outlet,
+    callable_name,
+    locate,
+)
 from ..flow import Stage
 from ..policies import ErrorPolicy, check_policy, recover
 from ..stats import StageCounters
+from ._function import FunctionOp
 
 __all__ = ["concurrent_map", "threaded"]
 
@@ -30,7 +39,7 @@ Work = Callable[[Message, StageCounters, anyio.CapacityLimiter], Awaitable[list[
 """Computes one unit's output; the limiter (one per run) bounds worker threads."""
 
 
-class _ConcurrentOp(TaskOp):
+class _ConcurrentOp(AsyncOperator):
     def __init__(
         self,
         name: str,
@@ -49,7 +58,8 @@ class _ConcurrentOp(TaskOp):
         self.ordered = ordered
         self.buffer = buffer
 
-    async def run(self, inbox: Inbox, emit: Emit, ctx: RunContext, counters: StageCounters) -> None:
+    async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
+        emit, counters = out.emit, out.counters
         state = _State(self, emit, counters)
         async with anyio.create_task_group() as tg:
             state.tg = tg
@@ -64,7 +74,9 @@ class _ConcurrentOp(TaskOp):
 class _State:
     """One run of a concurrent stage: a feeder, workers and an emitter."""
 
-    def __init__(self, op: _ConcurrentOp, emit: Emit, counters: StageCounters) -> None:
+    def __init__(
+        self, op: _ConcurrentOp, emit: Callable[[Message], Awaitable[None]], counters: StageCounters
+    ) -> None:
         self.op = op
         self.emit = emit
         self.counters = counters

@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .._message import Batch, Message, block_lines, is_line_block, split_block
-from .._ops import ChunkOp, ChunkRunner, FunctionOp, callable_name
+from ..abc import Batch, Message, Operator, Processor, callable_name
+from ..codecs.lines import block_lines, is_line_block, split_block
 from ..flow import Stage
 from ..policies import ErrorPolicy
+from ._function import FunctionOp
 
 __all__ = ["filter", "flat_map", "map", "scan", "skip", "take", "take_while"]
 
@@ -150,7 +151,7 @@ def flat_map(
     return Stage(_FlatMapOp(fn, on_error, name))
 
 
-class _TakeRunner(ChunkRunner):
+class _TakeRunner(Processor):
     def __init__(self, n: int) -> None:
         self.left = n
         self.done = n <= 0
@@ -180,14 +181,14 @@ class _TakeRunner(ChunkRunner):
         return [msg]
 
 
-class _TakeOp(ChunkOp):
+class _TakeOp(Operator):
     def __init__(self, n: int) -> None:
         if n < 0:
             raise ValueError(f"take({n}): n must be >= 0")
         self.n = n
         self.name = f"take({n})"
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _TakeRunner(self.n)
 
 
@@ -202,7 +203,7 @@ def take(n: int) -> Stage[T, T]:
     return Stage(_TakeOp(n))
 
 
-class _SkipRunner(ChunkRunner):
+class _SkipRunner(Processor):
     def __init__(self, n: int) -> None:
         self.left = n
 
@@ -223,14 +224,14 @@ class _SkipRunner(ChunkRunner):
         return [msg[left:]]
 
 
-class _SkipOp(ChunkOp):
+class _SkipOp(Operator):
     def __init__(self, n: int) -> None:
         if n < 0:
             raise ValueError(f"skip({n}): n must be >= 0")
         self.n = n
         self.name = f"skip({n})"
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _SkipRunner(self.n)
 
 
@@ -239,7 +240,7 @@ def skip(n: int) -> Stage[T, T]:
     return Stage(_SkipOp(n))
 
 
-class _TakeWhileRunner(ChunkRunner):
+class _TakeWhileRunner(Processor):
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
 
@@ -259,12 +260,12 @@ class _TakeWhileRunner(ChunkRunner):
         return [msg]
 
 
-class _TakeWhileOp(ChunkOp):
+class _TakeWhileOp(Operator):
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
         self.name = f"take_while({callable_name(fn)})"
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _TakeWhileRunner(self.fn)
 
 
@@ -277,7 +278,7 @@ def take_while(fn: Callable[[T], Any]) -> Stage[T, T]:
     return Stage(_TakeWhileOp(fn))
 
 
-class _ScanRunner(ChunkRunner):
+class _ScanRunner(Processor):
     def __init__(self, fn: Callable[[Any, Any], Any], initial: Any) -> None:
         self.fn = fn
         self.acc = initial
@@ -296,13 +297,13 @@ class _ScanRunner(ChunkRunner):
         return [out] if out else []
 
 
-class _ScanOp(ChunkOp):
+class _ScanOp(Operator):
     def __init__(self, fn: Callable[[Any, Any], Any], initial: Any) -> None:
         self.fn = fn
         self.initial = initial
         self.name = f"scan({callable_name(fn)})"
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _ScanRunner(self.fn, self.initial)
 
 

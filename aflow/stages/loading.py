@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, Message
-from .._ops import ChunkOp, ChunkRunner
+from ..abc import Batch, Message, Operator, Processor
 from ..flow import Stage
 
 __all__ = ["sample", "shuffle"]
@@ -26,7 +25,7 @@ __all__ = ["sample", "shuffle"]
 T = TypeVar("T")
 
 
-class _ShuffleRunner(ChunkRunner):
+class _ShuffleRunner(Processor):
     """Reservoir-style shuffle: each arriving row takes the place of a random held row.
 
     Elements and rows are held separately; memory is at most ``size`` of each.
@@ -90,7 +89,7 @@ class _ShuffleRunner(ChunkRunner):
         rows = out[0] if len(out) == 1 else np.concatenate(out)
         return [Batch(rows, batch.reason)]  # shuffled rows have no single provenance
 
-    def finish(self) -> list[Message]:
+    def flush(self) -> list[Message]:
         out: list[Message] = []
         if self.elements:
             order = self.rng.permutation(len(self.elements)).tolist()
@@ -104,13 +103,13 @@ class _ShuffleRunner(ChunkRunner):
         return out
 
 
-class _ShuffleOp(ChunkOp):
+class _ShuffleOp(Operator):
     def __init__(self, size: int, seed: int | None) -> None:
         self.size = size
         self.seed = seed
         self.name = f"shuffle({size})"
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _ShuffleRunner(self.size, self.seed)
 
 
@@ -132,7 +131,7 @@ def shuffle(buffer_size: int, *, seed: int | None = None) -> Stage[T, T]:
     return Stage(_ShuffleOp(buffer_size, seed))
 
 
-class _SampleRunner(ChunkRunner):
+class _SampleRunner(Processor):
     def __init__(self, fraction: float, seed: int | None) -> None:
         self.fraction = fraction
         self.rng = np.random.default_rng(seed)
@@ -147,13 +146,13 @@ class _SampleRunner(ChunkRunner):
         return [kept] if kept else []
 
 
-class _SampleOp(ChunkOp):
+class _SampleOp(Operator):
     def __init__(self, fraction: float, seed: int | None) -> None:
         self.fraction = fraction
         self.seed = seed
         self.name = f"sample({fraction:g})"
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _SampleRunner(self.fraction, self.seed)
 
 

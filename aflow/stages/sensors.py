@@ -14,8 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, Message
-from .._ops import ChunkOp, ChunkRunner
+from ..abc import Batch, Message, Operator, Processor
 from ..flow import Stage
 from ..stats import StageCounters
 from .windows import LateTarget, TimeSpan, as_units, deliver_late
@@ -31,7 +30,7 @@ def _ts(data: NDArray[Any], by: str, stage: str) -> NDArray[Any]:
     return ts.view(np.int64) if ts.dtype.kind == "M" else ts
 
 
-class _ReorderRunner(ChunkRunner):
+class _ReorderRunner(Processor):
     guarded = True  # process_guarded: counts late rows and awaits async late targets
 
     def __init__(self, op: _ReorderOp) -> None:
@@ -74,19 +73,19 @@ class _ReorderRunner(ChunkRunner):
         self.held, self.held_ts = self.held[n:], self.held_ts[n:]
         return [Batch(out, msg.reason if isinstance(msg, Batch) else "source")]
 
-    def finish(self) -> list[Message]:
+    def flush(self) -> list[Message]:
         if self.held is None or not len(self.held):
             return []
         out, self.held, self.held_ts = self.held, None, None
         return [Batch(out, "end")]
 
 
-class _ReorderOp(ChunkOp):
+class _ReorderOp(Operator):
     def __init__(self, by: str, horizon: TimeSpan, late: LateTarget) -> None:
         self.by, self.horizon, self.late = by, horizon, late
         self.name = f"reorder(by={by!r})"
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _ReorderRunner(self)
 
 
@@ -117,7 +116,7 @@ def reorder(
     return Stage(_ReorderOp(by, horizon, late))
 
 
-class _ResampleRunner(ChunkRunner):
+class _ResampleRunner(Processor):
     def __init__(self, op: _ResampleOp) -> None:
         self.op = op
         self.prev: NDArray[Any] | None = None  # the last row seen (shape (1,))
@@ -177,11 +176,11 @@ class _ResampleRunner(ChunkRunner):
         out[self.op.valid] = exact | (ts[j] - ts[i] <= self.max_gap)
         return out
 
-    def finish(self) -> list[Message]:
+    def flush(self) -> list[Message]:
         return [] if self.prev is None else self._emit(self.prev, final=True)
 
 
-class _ResampleOp(ChunkOp):
+class _ResampleOp(Operator):
     def __init__(
         self,
         by: str,
@@ -195,7 +194,7 @@ class _ResampleOp(ChunkOp):
         self.columns, self.valid = columns, valid
         self.name = f"resample(by={by!r}, fill={fill!r})"
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _ResampleRunner(self)
 
     def out_dtype(self, dtype: np.dtype[Any]) -> np.dtype[Any]:

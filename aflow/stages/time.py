@@ -7,26 +7,24 @@ from typing import Literal, TypeVar
 
 import anyio
 
-from .._message import Batch, Message
-from .._ops import Emit, Inbox, TaskOp
-from .._runtime import RunContext
+from ..abc import AsyncOperator, Batch, Context, Inbox, Message, Outlet
 from ..errors import StageTimeoutError
 from ..flow import Stage
-from ..stats import StageCounters
 
 __all__ = ["buffer", "throttle", "timeout"]
 
 T = TypeVar("T")
 
 
-class _ThrottleOp(TaskOp):
+class _ThrottleOp(AsyncOperator):
     def __init__(self, rate: float, burst: int, buffer: int | None) -> None:
         self.rate = rate
         self.burst = burst
         self.buffer = buffer
         self.name = f"throttle({rate:g}/s)"
 
-    async def run(self, inbox: Inbox, emit: Emit, ctx: RunContext, counters: StageCounters) -> None:
+    async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
+        emit = out.emit
         interval = 1.0 / self.rate
         slack = (self.burst - 1) * interval
         next_at = -math.inf
@@ -55,13 +53,14 @@ def throttle(rate: float, *, burst: int = 1, buffer: int | None = None) -> Stage
     return Stage(_ThrottleOp(rate, burst, buffer))
 
 
-class _TimeoutOp(TaskOp):
+class _TimeoutOp(AsyncOperator):
     def __init__(self, seconds: float, on_timeout: Literal["raise", "stop"]) -> None:
         self.seconds = seconds
         self.on_timeout = on_timeout
         self.name = f"timeout({seconds:g}s)"
 
-    async def run(self, inbox: Inbox, emit: Emit, ctx: RunContext, counters: StageCounters) -> None:
+    async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
+        emit = out.emit
         while True:
             with anyio.move_on_after(self.seconds) as scope:
                 try:
@@ -92,24 +91,25 @@ def timeout(seconds: float, *, on_timeout: Literal["raise", "stop"] = "raise") -
     return Stage(_TimeoutOp(seconds, on_timeout))
 
 
-class _BufferOp(TaskOp):
-    def __init__(self, size: int, max_bytes: int | None) -> None:
+class _BufferOp(AsyncOperator):
+    def __init__(self, size: int, buffer_bytes: int | None) -> None:
         self.buffer = size
-        self.max_bytes = max_bytes
+        self.buffer_bytes = buffer_bytes
         self.name = f"buffer({size})"
 
-    async def run(self, inbox: Inbox, emit: Emit, ctx: RunContext, counters: StageCounters) -> None:
+    async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
+        emit = out.emit
         async for msg in inbox:
             await emit(msg)
 
 
-def buffer(size: int, *, max_bytes: int | None = None) -> Stage[T, T]:
+def buffer(size: int, *, buffer_bytes: int | None = None) -> Stage[T, T]:
     """Decouple the stages before and after with a buffer of ``size`` messages.
 
     Everything before runs in one task, everything after in another, so a burst upstream
     does not wait for the downstream to catch up (until the buffer is full).
-    ``max_bytes`` also bounds the buffer by the bytes of the arrays in it.
+    ``buffer_bytes`` also bounds the buffer by the bytes of the arrays in it.
     """
     if size < 1:
         raise ValueError(f"buffer({size}): size must be at least 1")
-    return Stage(_BufferOp(size, max_bytes))
+    return Stage(_BufferOp(size, buffer_bytes))

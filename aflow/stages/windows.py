@@ -21,9 +21,17 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from .._message import Batch, BatchReason, Message
-from .._ops import ChunkOp, ChunkRunner, Emit, Inbox, TaskOp
-from .._runtime import RunContext
+from ..abc import (
+    AsyncOperator,
+    Batch,
+    BatchReason,
+    Context,
+    Inbox,
+    Message,
+    Operator,
+    Outlet,
+    Processor,
+)
 from ..flow import Stage
 from ..stats import StageCounters
 from ._panes import STATS, AggSpec
@@ -58,7 +66,7 @@ async def deliver_late(target: LateTarget, rows: NDArray[Any], counters: StageCo
         await result
 
 
-class _WindowOp(ChunkOp):
+class _WindowOp(Operator):
     """The description of a window stage; ``start()`` makes the per-run state."""
 
     def __init__(self, name: str, domain: Domain, by: str | None, make: _EngineFactory) -> None:
@@ -111,7 +119,7 @@ def as_units(value: TimeSpan, ts_dtype: np.dtype[Any]) -> float:
     return value
 
 
-class _WindowRunner(ChunkRunner):
+class _WindowRunner(Processor):
     """Per-run state: the engine, the watermark rule, the row count."""
 
     guarded = True  # process_guarded: awaits async late targets and counts late rows
@@ -184,13 +192,13 @@ class _WindowRunner(ChunkRunner):
             return []
         return [Batch(out, "time") for out in self.engine.flush() if len(out)]
 
-    def finish(self) -> list[Message]:
+    def flush(self) -> list[Message]:
         if self.engine is None:
             return []
         return [Batch(out, "end") for out in self.engine.flush() if len(out)]
 
 
-class _TimedWindowOp(TaskOp):
+class _TimedWindowOp(AsyncOperator):
     """A window stage with a timer: processing-time windows, or an idle timeout."""
 
     def __init__(self, inner: _WindowOp, idle_timeout: float | None, buffer: int | None) -> None:
@@ -208,7 +216,8 @@ class _TimedWindowOp(TaskOp):
         open_ = runner.engine.next_end() is not None
         return last_input + self.idle_timeout if open_ else math.inf
 
-    async def run(self, inbox: Inbox, emit: Emit, ctx: RunContext, counters: StageCounters) -> None:
+    async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
+        emit, counters = out.emit, out.counters
         runner = self.inner.start()
         last_input = anyio.current_time()
         while True:
@@ -225,10 +234,10 @@ class _TimedWindowOp(TaskOp):
             else:
                 last_input = now
                 outs = await runner.step(msg, counters, now)
-            for out in outs:
-                await emit(out)
-        for out in runner.finish():
-            await emit(out)
+            for piece in outs:
+                await emit(piece)
+        for piece in runner.flush():
+            await emit(piece)
 
 
 def window(

@@ -851,7 +851,7 @@ def slow_aflow(path: str) -> dict[str, Any]:
             await asyncio.sleep(owed)
 
     flow = af.read_records(path, READING) | af.map_batches(read) | af.for_each(write)
-    af.run(flow, max_bytes=4 * BLOCK)
+    af.run(flow, max_bytes_in_flight=4 * BLOCK)
     return device.summary()
 
 

@@ -8,8 +8,7 @@ import anyio
 from anyio.abc import SocketStream
 from numpy.typing import DTypeLike
 
-from ..._ops import Outlet, Source
-from ..._runtime import RunContext
+from ...abc import Context, Outlet, Source
 from ...codecs.framing import Framing
 from ...flow import Flow
 from ...policies import ErrorPolicy, check_policy
@@ -41,7 +40,7 @@ class _TcpClient(Source):
         self.on_error = check_policy(on_error)
         self.name = f"tcp_client({host}:{port})"
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+    async def produce(self, out: Outlet, ctx: Context) -> None:
         report = _Reporter(self.on_error, self.name, out)
         delay = self.backoff
         while not out.stopping:

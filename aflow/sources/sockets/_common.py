@@ -13,8 +13,7 @@ import numpy as np
 from anyio.abc import ByteReceiveStream
 from numpy.typing import DTypeLike
 
-from ..._message import Message, Provenance
-from ..._ops import Outlet
+from ...abc import Message, Outlet, Provenance
 from ...codecs.framing import Framer, Framing, check_framing, make_framer
 from ...errors import DecodeError
 from ...policies import DeadLetter, ErrorPolicy, FailedItem, Retry

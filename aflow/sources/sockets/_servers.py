@@ -13,9 +13,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from numpy.typing import DTypeLike
 
-from ..._message import Message
-from ..._ops import Outlet, Source
-from ..._runtime import Closed, Edge, RunContext, locate
+from ...abc import Buffer, Closed, Context, Message, Outlet, Source
 from ...codecs.framing import Framing
 from ...flow import Flow
 from ...policies import ErrorPolicy, check_policy
@@ -35,7 +33,7 @@ from ._common import (
 
 
 class _SendHandle(Protocol):
-    """One producer's handle on the shared buffer (``Edge.sender()``)."""
+    """One producer's handle on the shared buffer (``Buffer.sender()``)."""
 
     async def send(self, msg: Message, blocked: list[float], /) -> None: ...
 
@@ -64,7 +62,7 @@ class _StreamServer(Source):
         self.on_listening = on_listening
         self.name = name
 
-    def nested_edges(self) -> int:
+    def nested_buffers(self) -> int:
         return 1
 
     async def bind(self) -> tuple[list[SocketListener], Any, Callable[[], None]]:
@@ -75,9 +73,9 @@ class _StreamServer(Source):
     def peer(self, stream: SocketStream, number: int) -> str:
         return _url(self.scheme, stream.extra(SocketAttribute.remote_address))
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+    async def produce(self, out: Outlet, ctx: Context) -> None:
         listeners, address, unbind = await self.bind()
-        edge = ctx.edge(ctx.stage(f"{self.name}.input"))
+        edge = ctx.new_buffer(ctx.new_counters(f"{self.name}.input"))
         serving = _Serving(self, out, ctx, edge, len(listeners))
         try:
             for listener in listeners:
@@ -102,7 +100,7 @@ class _Serving:
     """
 
     def __init__(
-        self, server: _StreamServer, out: Outlet, ctx: RunContext, edge: Edge, listeners: int
+        self, server: _StreamServer, out: Outlet, ctx: Context, edge: Buffer, listeners: int
     ) -> None:
         self.server = server
         self.out = out
@@ -116,19 +114,15 @@ class _Serving:
         self.accepted = 0
 
     def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        self.ctx.tg.start_soon(self._guarded, fn, *args, name=f"aflow:{self.server.name}")
+        self.ctx.start_soon(self._scoped, fn, *args, name=self.server.name)
 
-    async def _guarded(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    async def _scoped(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         with anyio.CancelScope() as scope:
             if self.closed:
                 scope.cancel()
             self.scopes.add(scope)
             try:
                 await fn(*args)
-            except Closed:
-                pass
-            except Exception as exc:
-                self.ctx.fail(locate(exc, self.server.name))
             finally:
                 self.scopes.discard(scope)
 

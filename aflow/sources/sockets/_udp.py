@@ -17,9 +17,7 @@ import anyio
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..._message import Batch, Provenance
-from ..._ops import Outlet, Source
-from ..._runtime import RunContext
+from ...abc import Batch, Context, Outlet, Provenance, Source
 from ...codecs.framing import Framing, IncompleteFrameError, check_framing
 from ...flow import Flow
 from ...policies import ErrorPolicy, check_policy
@@ -49,7 +47,7 @@ class _UdpServer(Source):
         self.on_listening = on_listening
         self.name = f"udp_server({host}:{port})"
 
-    async def produce(self, out: Outlet, ctx: RunContext) -> None:
+    async def produce(self, out: Outlet, ctx: Context) -> None:
         report = _Reporter(self.on_error, self.name, out)
         sock = await _bind(self.host, self.port)
         numbers: OrderedDict[str, int] = OrderedDict()  # sender -> next line or row

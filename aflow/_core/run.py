@@ -7,25 +7,21 @@ before the cancellation goes on; ``run.wait()`` and ``aflow.run`` build on it.
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskStatus
 
-from ._message import Batch, Message
-from ._ops import Op, SinkOp, Source, TaskOp
-from ._runtime import Edge, RunContext
-from .errors import FlowDefinitionError
-from .stats import RunStatistics, StageCounters
+from ..errors import FlowDefinitionError
+from ..stats import RunStatistics, StageCounters
+from .buffers import Buffer
+from .context import RunContext
+from .messages import Batch, Message
+from .operators import Op, SinkOperator, Source, chain_buffers, op_buffers
 
-if TYPE_CHECKING:
-    from .flow import Flow, SinkFlow
-
-__all__ = ["Run", "RunResult", "flow_edges", "op_edges", "run"]
+__all__ = ["DEFAULT_BUFFER", "DEFAULT_GRACE", "Run", "RunManager", "RunResult"]
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -34,28 +30,10 @@ DEFAULT_BUFFER = 4
 DEFAULT_GRACE = 10.0
 
 
-def _edge_count(source: Source, ops: tuple[Op, ...], sink: SinkOp[Any, Any] | None) -> int:
-    """How many buffers a run will have (to share a ``max_bytes`` ceiling among them)."""
-    n = source_edges(source) + sum(op_edges(op) for op in ops)
-    if sink is None:
-        return n + 1
-    return n + op_edges(sink)
-
-
-def op_edges(op: Op) -> int:
-    own = 1 if isinstance(op, TaskOp) or (isinstance(op, SinkOp) and not op.fused) else 0
-    nested: Callable[[], int] | None = getattr(op, "nested_edges", None)
-    return own + (nested() if nested is not None else 0)
-
-
-def source_edges(source: Source) -> int:
-    nested: Callable[[], int] | None = getattr(source, "nested_edges", None)
-    return nested() if nested is not None else 0
-
-
-def flow_edges(flow: Flow[Any]) -> int:
-    """Buffers a nested flow adds, plus the one it feeds its parent through."""
-    return _edge_count(flow.source, flow.ops(), None)
+def _buffer_count(source: Source, ops: tuple[Op, ...], sink: SinkOperator[Any, Any] | None) -> int:
+    """How many buffers a run will have (to share ``max_bytes_in_flight`` among them)."""
+    n = chain_buffers(source, ops)
+    return n + (1 if sink is None else op_buffers(sink))
 
 
 class RunResult(NamedTuple, Generic[R_co]):
@@ -75,7 +53,7 @@ class Run(Generic[R_co]):
     def __init__(self, grace: float) -> None:
         self._grace = grace
         self._ctx: RunContext | None = None
-        self._output: Edge | None = None
+        self._output: Buffer | None = None
         self._sink_writer: Any = None
         self._done = anyio.Event()
         self._scope = anyio.CancelScope(shield=True)
@@ -150,9 +128,9 @@ class Run(Generic[R_co]):
         self,
         source: Source,
         ops: tuple[Op, ...],
-        sink: SinkOp[Any, Any] | None,
+        sink: SinkOperator[Any, Any] | None,
         buffer: int,
-        max_bytes: int | None,
+        max_bytes_in_flight: int | None,
         *,
         task_status: TaskStatus[None],
     ) -> None:
@@ -163,13 +141,13 @@ class Run(Generic[R_co]):
                     ctx = RunContext(
                         tg,
                         buffer=buffer,
-                        max_bytes=max_bytes,
-                        edge_count=_edge_count(source, ops, sink),
+                        max_bytes_in_flight=max_bytes_in_flight,
+                        buffer_count=_buffer_count(source, ops, sink),
                     )
                     self._ctx = ctx
                     if sink is None:
                         out = StageCounters("output")
-                        self._output = ctx.edge(out)
+                        self._output = ctx.new_buffer(out)
                         ctx.start_chain(source, ops, self._output)
                     else:
                         self._sink_writer = ctx.start_chain(source, ops, sink)
@@ -220,21 +198,21 @@ class _Items:
         return self._chunk[self._pos - 1]
 
 
-class _RunManager(Generic[R_co]):
+class RunManager(Generic[R_co]):
     """The async context manager behind ``flow.open()``."""
 
     def __init__(
         self,
         source: Source,
         ops: tuple[Op, ...],
-        sink: SinkOp[Any, Any] | None,
+        sink: SinkOperator[Any, Any] | None,
         buffer: int,
-        max_bytes: int | None,
+        max_bytes_in_flight: int | None,
         grace: float,
     ) -> None:
         if buffer < 1:
             raise ValueError(f"buffer={buffer}: a buffer holds at least one message")
-        self._args = (source, ops, sink, buffer, max_bytes)
+        self._args = (source, ops, sink, buffer, max_bytes_in_flight)
         self._grace = grace
 
     def __call__(self) -> Any:  # pragma: no cover - guards a common slip
@@ -274,68 +252,3 @@ class _RunManager(Generic[R_co]):
         if error is not None:
             raise error
         run._raise_error()
-
-
-def run(
-    flow: SinkFlow[R] | Flow[Any],
-    *,
-    backend: str = "asyncio",
-    buffer: int = DEFAULT_BUFFER,
-    max_bytes: int | None = None,
-    grace: float = DEFAULT_GRACE,
-    handle_signals: bool = True,
-    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
-) -> RunResult[Any]:
-    """Run ``flow`` from synchronous code (a script, a notebook cell, a test).
-
-    With ``handle_signals`` (and when called from the main thread), Ctrl-C (SIGINT) stops
-    the run gracefully: sources stop, partial batches are flushed, files and sockets are
-    closed, then ``KeyboardInterrupt`` is raised. SIGTERM stops it the same way and the
-    result so far is returned. A second Ctrl-C during the grace period cancels at once.
-
-    Args:
-        backend: ``"asyncio"`` or ``"trio"``.
-        handle_signals: install the SIGINT/SIGTERM handlers described above.
-        monitor: a coroutine function run beside the flow with its :class:`Run` (to show
-            progress or export statistics); it is cancelled when the run ends.
-    """
-    from .flow import Flow
-    from .sinks.collect import collect
-
-    interrupted: list[int] = []
-    if isinstance(flow, Flow):
-        flow = flow | collect()
-    signals = handle_signals and threading.current_thread() is threading.main_thread()
-
-    async def main() -> RunResult[Any]:
-        error: Exception | None = None
-        async with (
-            flow.open(buffer=buffer, max_bytes=max_bytes, grace=grace) as r,
-            anyio.create_task_group() as tg,
-        ):
-            if signals:
-                tg.start_soon(_stop_on_signals, r, interrupted)
-            if monitor is not None:
-                tg.start_soon(monitor, r)
-            try:
-                result = await r.wait()
-            except Exception as exc:  # raised below, outside the task group, as itself
-                error = exc
-            tg.cancel_scope.cancel()
-        if interrupted and interrupted[0] == signal.SIGINT:
-            raise KeyboardInterrupt
-        if error is not None:
-            raise error
-        return result
-
-    return anyio.run(main, backend=backend)
-
-
-async def _stop_on_signals(r: Run[Any], seen: list[int]) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            seen.append(signum)
-            if len(seen) == 1:
-                r.stop()
-            else:
-                r._scope.cancel()

@@ -9,20 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeAlias
 
-import numpy as np
 from numpy.typing import NDArray
 
-__all__ = [
-    "Batch",
-    "BatchReason",
-    "Message",
-    "Provenance",
-    "block_lines",
-    "is_line_block",
-    "message_bytes",
-    "message_rows",
-    "split_block",
-]
+__all__ = ["Batch", "BatchReason", "Message", "Provenance", "message_bytes"]
 
 BatchReason: TypeAlias = Literal["count", "time", "bytes", "end", "source"]
 """Why a batch closed: its row count was reached, its timeout expired, its byte limit was
@@ -123,39 +112,6 @@ class Batch:
 Message: TypeAlias = "list[Any] | Batch"
 
 
-def message_rows(msg: Message) -> int:
-    """Number of elements (for a chunk) or rows (for a batch) in ``msg``."""
-    return len(msg.data) if isinstance(msg, Batch) else len(msg)
-
-
 def message_bytes(msg: Message) -> int:
     """Bytes held by the arrays of ``msg`` (0 for a chunk of plain Python elements)."""
     return msg.data.nbytes if isinstance(msg, Batch) else 0
-
-
-def is_line_block(batch: Batch) -> bool:
-    """Whether ``batch`` is a block of lines (uint8 bytes with line provenance)."""
-    prov = batch.provenance
-    return batch.data.dtype == np.uint8 and prov is not None and prov.unit == "line"
-
-
-def block_lines(batch: Batch) -> int:
-    """Number of lines in a line block."""
-    return int(np.count_nonzero(batch.data == 10))
-
-
-def split_block(batch: Batch, lines: int) -> tuple[Batch, Batch]:
-    """A line block cut after its first ``lines`` lines (0 < lines < its line count)."""
-    data, prov = batch.data, batch.provenance
-    assert prov is not None
-    cut = int(np.flatnonzero(data == 10)[lines - 1]) + 1
-    middle = prov.start + lines
-    offset = None if prov.offset is None else prov.offset + cut
-    head = Provenance(prov.source, prov.start, middle, "line", prov.offset, offset)
-    tail = Provenance(prov.source, middle, prov.stop, "line", offset, prov.end_offset)
-    return Batch(data[:cut], batch.reason, head), Batch(data[cut:], batch.reason, tail)
-
-
-def as_array(value: Any) -> NDArray[Any]:
-    """``value`` as an ndarray without copying when it already is one."""
-    return value if isinstance(value, np.ndarray) else np.asarray(value)

@@ -1,7 +1,7 @@
 """Batching: elements into NumPy arrays, arrays into other sizes, and back to elements.
 
 The partial-batch rule lives here and only here: a batch closes when it holds ``size`` rows,
-when ``max_bytes`` would be passed, when ``timeout`` seconds have gone by since its first
+when ``batch_bytes`` would be passed, when ``timeout`` seconds have gone by since its first
 row, or at the end of input (or a graceful stop), whichever comes first. Its envelope says
 which (``Batch.reason``). Nothing is ever dropped: the rows out equal the rows in.
 """
@@ -16,33 +16,42 @@ import anyio
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ._message import Batch, BatchReason, Message, Provenance
-from ._ops import ChunkOp, ChunkRunner, Emit, Inbox, TaskOp
-from ._runtime import RunContext
-from .flow import Stage
-from .stats import StageCounters
+from ..abc import (
+    AsyncOperator,
+    Batch,
+    BatchReason,
+    Context,
+    Inbox,
+    Message,
+    Operator,
+    Outlet,
+    Processor,
+    Provenance,
+)
+from ..flow import Stage
+from ..stats import StageCounters
 
 __all__ = ["batch", "rebatch", "unbatch"]
 
 T = TypeVar("T")
 
 
-class Batcher(ChunkRunner):
+class Batcher(Processor):
     """Accumulates rows (from element chunks or array batches) and cuts batches."""
 
-    def __init__(self, size: int, max_bytes: int | None, dtype: np.dtype[Any] | None) -> None:
+    def __init__(self, size: int, batch_bytes: int | None, dtype: np.dtype[Any] | None) -> None:
         self.size = size
-        self.max_bytes = max_bytes
+        self.batch_bytes = batch_bytes
         self.dtype = dtype
         self.parts: list[NDArray[Any]] = []
         self.provs: list[Provenance | None] = []
         self.rows = 0
 
     def _limit(self) -> tuple[int, BatchReason]:
-        if self.max_bytes is None or not self.parts:
+        if self.batch_bytes is None or not self.parts:
             return self.size, "count"
         itemsize = max(1, self.parts[0].dtype.itemsize * _row_width(self.parts[0]))
-        by_bytes = max(1, self.max_bytes // itemsize)
+        by_bytes = max(1, self.batch_bytes // itemsize)
         return (by_bytes, "bytes") if by_bytes < self.size else (self.size, "count")
 
     def add(self, msg: Message) -> None:
@@ -81,7 +90,7 @@ class Batcher(ChunkRunner):
         self.add(msg)
         return self.cut()
 
-    def flush(self, reason: BatchReason) -> list[Message]:
+    def cut_partial(self, reason: BatchReason) -> list[Message]:
         """The partial batch, if any rows are held."""
         if not self.rows:
             return []
@@ -89,8 +98,8 @@ class Batcher(ChunkRunner):
         self.parts, self.provs, self.rows = [], [], 0
         return [Batch(data, reason, prov)]
 
-    def finish(self) -> list[Message]:
-        return self.flush("end")
+    def flush(self) -> list[Message]:
+        return self.cut_partial("end")
 
     def _concat(self) -> tuple[NDArray[Any], Provenance | None]:
         parts = self.parts
@@ -119,41 +128,41 @@ def _sub(prov: Provenance | None, start: int, rows: int) -> Provenance | None:
     return prov
 
 
-class _BatchOp(ChunkOp):
+class _BatchOp(Operator):
     def __init__(
-        self, size: int, max_bytes: int | None, dtype: np.dtype[Any] | None, name: str
+        self, size: int, batch_bytes: int | None, dtype: np.dtype[Any] | None, name: str
     ) -> None:
         self.size = size
-        self.max_bytes = None
-        self.batch_max_bytes = max_bytes
+        self.batch_bytes = batch_bytes
         self.dtype = dtype
         self.name = name
 
-    def start(self) -> ChunkRunner:
-        return Batcher(self.size, self.batch_max_bytes, self.dtype)
+    def start(self) -> Processor:
+        return Batcher(self.size, self.batch_bytes, self.dtype)
 
 
-class _TimedBatchOp(TaskOp):
+class _TimedBatchOp(AsyncOperator):
     """Batching with a timeout: needs a task of its own to wake up when time runs out."""
 
     def __init__(
         self,
         size: int,
         timeout: float,
-        max_bytes: int | None,
+        batch_bytes: int | None,
         dtype: np.dtype[Any] | None,
         buffer: int | None,
         name: str,
     ) -> None:
         self.size = size
         self.timeout = timeout
-        self.batch_max_bytes = max_bytes
+        self.batch_bytes = batch_bytes
         self.dtype = dtype
         self.buffer = buffer
         self.name = name
 
-    async def run(self, inbox: Inbox, emit: Emit, ctx: RunContext, counters: StageCounters) -> None:
-        batcher = Batcher(self.size, self.batch_max_bytes, self.dtype)
+    async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
+        emit, counters = out.emit, out.counters
+        batcher = Batcher(self.size, self.batch_bytes, self.dtype)
         deadline = math.inf  # when the partial batch must close
         while True:
             try:
@@ -163,8 +172,8 @@ class _TimedBatchOp(TaskOp):
                 break
             if scope.cancelled_caught:
                 deadline = math.inf
-                for out in batcher.flush("time"):
-                    await emit(out)
+                for piece in batcher.cut_partial("time"):
+                    await emit(piece)
                 continue
             was_empty = not batcher.rows
             outs = self._process(batcher, msg, counters)
@@ -172,10 +181,10 @@ class _TimedBatchOp(TaskOp):
                 deadline = math.inf
             elif was_empty or outs:  # the held rows' first one arrived just now
                 deadline = anyio.current_time() + self.timeout
-            for out in outs:
-                await emit(out)
-        for out in batcher.flush("end"):
-            await emit(out)
+            for piece in outs:
+                await emit(piece)
+        for piece in batcher.cut_partial("end"):
+            await emit(piece)
 
     @staticmethod
     def _process(batcher: Batcher, msg: Message, counters: StageCounters) -> list[Message]:
@@ -189,7 +198,7 @@ def batch(
     size: int,
     *,
     timeout: float | None = None,
-    max_bytes: int | None = None,
+    batch_bytes: int | None = None,
     dtype: DTypeLike | None = None,
     buffer: int | None = None,
 ) -> Stage[Any, NDArray[Any]]:
@@ -199,7 +208,7 @@ def batch(
     array batches are re-cut, so ``batch`` also rebatches. A batch closes on the first of:
 
     * ``size`` rows (``reason == "count"``);
-    * ``max_bytes`` bytes of rows (``"bytes"``);
+    * ``batch_bytes`` bytes of rows (``"bytes"``);
     * ``timeout`` seconds after its first row arrived (``"time"``);
     * the end of input or a graceful stop (``"end"``).
 
@@ -207,35 +216,35 @@ def batch(
         size: most rows per batch.
         timeout: seconds a partial batch may wait for more rows (runs the stage in a task
             of its own; without it the stage is fused with its neighbours).
-        max_bytes: most bytes per batch.
+        batch_bytes: most bytes per batch.
         dtype: dtype of the arrays (inferred from the data when omitted), e.g.
             ``[("ts", "i8"), ("sensor", "i4"), ("value", "f4")]`` for records.
         buffer: input buffer size (messages) when a ``timeout`` gives the stage a task.
     """
     if size < 1:
         raise ValueError(f"batch({size}): size must be at least 1")
-    if max_bytes is not None and max_bytes < 1:
-        raise ValueError(f"batch(max_bytes={max_bytes}): must be at least 1")
+    if batch_bytes is not None and batch_bytes < 1:
+        raise ValueError(f"batch(batch_bytes={batch_bytes}): must be at least 1")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"batch(timeout={timeout}): must be > 0 seconds")
     dt = None if dtype is None else np.dtype(dtype)
     name = f"batch({size}{'' if timeout is None else f', timeout={timeout}'})"
     if timeout is None:
-        return Stage(_BatchOp(size, max_bytes, dt, name))
-    return Stage(_TimedBatchOp(size, timeout, max_bytes, dt, buffer, name))
+        return Stage(_BatchOp(size, batch_bytes, dt, name))
+    return Stage(_TimedBatchOp(size, timeout, batch_bytes, dt, buffer, name))
 
 
-def rebatch(size: int, *, max_bytes: int | None = None) -> Stage[NDArray[Any], NDArray[Any]]:
+def rebatch(size: int, *, batch_bytes: int | None = None) -> Stage[NDArray[Any], NDArray[Any]]:
     """Re-cut array batches into batches of ``size`` rows (the last may be shorter).
 
     Rows are sliced and concatenated as arrays: no Python runs per row.
     """
     if size < 1:
         raise ValueError(f"rebatch({size}): size must be at least 1")
-    return Stage(_BatchOp(size, max_bytes, None, f"rebatch({size})"))
+    return Stage(_BatchOp(size, batch_bytes, None, f"rebatch({size})"))
 
 
-class _UnbatchRunner(ChunkRunner):
+class _UnbatchRunner(Processor):
     def __init__(self, chunk: int) -> None:
         self.chunk = chunk
 
@@ -247,13 +256,13 @@ class _UnbatchRunner(ChunkRunner):
         return [rows[i : i + step] for i in range(0, len(rows), step)]
 
 
-class _UnbatchOp(ChunkOp):
+class _UnbatchOp(Operator):
     name = "unbatch"
 
     def __init__(self, chunk: int) -> None:
         self.chunk = chunk
 
-    def start(self) -> ChunkRunner:
+    def start(self) -> Processor:
         return _UnbatchRunner(self.chunk)
 
 

@@ -13,15 +13,15 @@ from typing import Any
 
 import anyio
 
-from ._message import Message, message_bytes
-from .stats import RunCounters, StageCounters
+from ..stats import RunCounters, StageCounters
+from .messages import Message, message_bytes
 
-__all__ = ["Edge"]
+__all__ = ["Buffer", "Sender"]
 
 perf_counter = time.perf_counter
 
 
-class Edge:
+class Buffer:
     """A bounded buffer between two tasks, counting messages and array bytes.
 
     A sender waits while the buffer holds ``size`` messages, or while adding the message
@@ -45,7 +45,8 @@ class Edge:
         receiver.buffer_size = size
 
     async def send(self, msg: Message, blocked: list[float]) -> None:
-        """Put ``msg`` in the buffer; add the time spent waiting for room to ``blocked[0]``.
+        """Put ``msg`` in the buffer; add the time spent waiting for room to ``blocked[0]``
+        (a producing stage's ``counters.blocked``).
 
         Does not yield to the event loop while there is room: tasks switch when a buffer
         fills or empties, not on every message, which keeps the cost of a hop low.
@@ -115,7 +116,7 @@ class Edge:
         receiver.buffer_high_water = self._receiver.buffer_high_water
         self._receiver = receiver
 
-    def __aiter__(self) -> Edge:
+    def __aiter__(self) -> Buffer:
         return self
 
     async def __anext__(self) -> Message:
@@ -124,9 +125,9 @@ class Edge:
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    def sender(self) -> _Sender:
-        """A separately closable sending handle (for several producers into one edge)."""
-        return _Sender(self, self._tx.clone())
+    def sender(self) -> Sender:
+        """A separately closable sending handle (for several producers into one buffer)."""
+        return Sender(self, self._tx.clone())
 
     def close_send(self) -> None:
         self._tx.close()
@@ -141,18 +142,18 @@ class Edge:
             self._space.set()
 
 
-async def _send_counted(edge: Edge, tx: Any, msg: Message, blocked: list[float]) -> None:
-    """Send ``msg`` into ``edge`` through ``tx``, honouring its message and byte limits.
+async def _send_counted(buffer: Buffer, tx: Any, msg: Message, blocked: list[float]) -> None:
+    """Send ``msg`` into ``buffer`` through ``tx``, honouring its message and byte limits.
 
-    Bytes are reserved before any wait for room, so several producers sharing the edge
+    Bytes are reserved before any wait for room, so several producers sharing the buffer
     (merge) cannot all pass the byte check at once. Does not yield while there is room.
     """
     n = message_bytes(msg)
-    if n and edge.max_bytes is not None and edge.bytes + n > edge.max_bytes and edge.bytes:
+    if n and buffer.max_bytes is not None and buffer.bytes + n > buffer.max_bytes and buffer.bytes:
         t0 = perf_counter()
-        await edge._wait_for_bytes(n)
+        await buffer._wait_for_bytes(n)
         blocked[0] += perf_counter() - t0
-    edge._reserve(n)
+    buffer._reserve(n)
     try:
         try:
             tx.send_nowait(msg)
@@ -161,20 +162,20 @@ async def _send_counted(edge: Edge, tx: Any, msg: Message, blocked: list[float])
             await tx.send(msg)
             blocked[0] += perf_counter() - t0
     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-        edge._reserve(-n)
+        buffer._reserve(-n)
         raise
-    edge._admitted()
+    buffer._admitted()
 
 
-class _Sender:
-    """One producer's handle on a shared edge."""
+class Sender:
+    """One producer's handle on a shared buffer."""
 
-    def __init__(self, edge: Edge, tx: Any) -> None:
-        self.edge = edge
+    def __init__(self, buffer: Buffer, tx: Any) -> None:
+        self.buffer = buffer
         self._tx = tx
 
     async def send(self, msg: Message, blocked: list[float]) -> None:
-        await _send_counted(self.edge, self._tx, msg, blocked)
+        await _send_counted(self.buffer, self._tx, msg, blocked)
 
     def close_send(self) -> None:
         self._tx.close()

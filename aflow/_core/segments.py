@@ -1,9 +1,9 @@
-"""The runtime: one task group per run, one task per segment, one bounded buffer per edge.
+"""The runtime: one task group per run, one task per segment, a bounded buffer between tasks.
 
 A flow's ops are cut into *segments*: a head (a source, an async stage or a sink's consumer)
-followed by the synchronous chunk ops fused behind it. Each segment is one task; between
-segments sits an :class:`Edge`, a bounded anyio memory object stream that also counts bytes.
-A full edge suspends the sender: that is backpressure, from the sink back to the source.
+followed by the synchronous operators fused behind it. Each segment is one task; between
+segments sits a :class:`Buffer`, a bounded anyio memory object stream that also counts bytes.
+A full buffer suspends the sender: that is backpressure, from the sink back to the source.
 
 Shutdown is graceful by default: ``RunContext.request_stop()`` stops the *sources* only; every
 other task drains its input, flushes what it holds (partial batches) and closes, so results
@@ -13,19 +13,29 @@ are complete up to the stop. Errors and the end of the grace period cancel every
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskGroup
 
-from ._edge import Edge, _Sender
-from ._message import Batch, Message
-from ._ops import ChunkOp, ChunkRunner, Op, SinkOp, SinkWriter, Source, TaskOp
-from .stats import RunCounters, StageCounters
+from ..stats import StageCounters
+from .buffers import Buffer, Sender
+from .messages import Batch, Message
+from .operators import AsyncOperator, Closed, Op, Operator, Processor, SinkWriter, Source
 
-__all__ = ["Closed", "Edge", "RunContext"]
+if TYPE_CHECKING:
+    from .context import RunContext
+
+__all__ = [
+    "ChainBuilder",
+    "Downstream",
+    "FusedSink",
+    "Segment",
+    "locate",
+    "sink_head",
+    "task_head",
+]
 
 perf_counter = time.perf_counter
 
@@ -33,11 +43,7 @@ CHECKPOINT_INTERVAL = 0.002
 """A task that never waits (a fused source-to-sink pipeline) yields this often (seconds)."""
 
 
-class Closed(Exception):
-    """Internal: downstream wants no more messages (it closed, or ``take`` is satisfied)."""
-
-
-class _FusedSink:
+class FusedSink:
     """A sink run inside the task of the step before it."""
 
     def __init__(
@@ -73,12 +79,10 @@ class _FusedSink:
         await self.writer.flush()
 
     def close_send(self) -> None:
-        close_input = getattr(self.writer, "close_input", None)
-        if close_input is not None:  # routing sinks: let their branches finish
-            close_input()
+        self.writer.close_input()
 
 
-Downstream = Edge | _Sender | _FusedSink
+Downstream = Buffer | Sender | FusedSink
 
 
 def locate(exc: BaseException, stage: str, msg: Message | None = None) -> BaseException:
@@ -101,9 +105,9 @@ class Segment:
         ctx: RunContext,
         head: Callable[[Segment], Any],
         head_name: str,
-        fused: list[tuple[ChunkRunner, StageCounters]],
+        fused: list[tuple[Processor, StageCounters]],
         downstream: Downstream,
-        inbox: Edge | None,
+        inbox: Buffer | None,
         blocked: list[float],
         head_counters: StageCounters | None,
     ) -> None:
@@ -116,14 +120,12 @@ class Segment:
         self.inbox = inbox
         self.blocked = blocked
         self.scope = anyio.CancelScope()  # cancelled when the downstream buffer closes
-        if isinstance(downstream, Edge):
+        if isinstance(downstream, Buffer):
             downstream.add_sender_scope(self.scope)
-        elif isinstance(downstream, _Sender):
-            downstream.edge.add_sender_scope(self.scope)
+        elif isinstance(downstream, Sender):
+            downstream.buffer.add_sender_scope(self.scope)
         else:  # a routing sink stops this task once all its branches have stopped
-            attach = getattr(downstream.writer, "attach_sender_scope", None)
-            if attach is not None:
-                attach(self.scope)
+            downstream.writer.attach(downstream.counters, self.scope)
         self._resumed = self._checkpointed = perf_counter()
 
     # -- the Outlet protocol, for sources ---------------------------------------------
@@ -132,7 +134,8 @@ class Segment:
         return self.ctx.stopping
 
     @property
-    def counters(self) -> StageCounters | None:
+    def counters(self) -> StageCounters:
+        assert self.head_counters is not None, "only sources and async operators emit"
         return self.head_counters
 
     @contextmanager
@@ -143,7 +146,7 @@ class Segment:
     @property
     def backlogged(self) -> bool:
         d = self.downstream
-        return d.full if isinstance(d, Edge) else isinstance(d, _Sender) and d.edge.full
+        return d.full if isinstance(d, Buffer) else isinstance(d, Sender) and d.buffer.full
 
     async def emit(self, msg: Message) -> None:
         """Pass ``msg`` through the fused ops and send what comes out downstream."""
@@ -215,7 +218,7 @@ class Segment:
         for i in range(start, len(self.fused)):
             runner, c = self.fused[i]
             try:
-                flushed = runner.finish()
+                flushed = runner.flush()
             except Exception as exc:
                 locate(exc, c.name)
                 raise
@@ -224,7 +227,7 @@ class Segment:
             msgs, _ = await self._push(flushed, i + 1)
             for m in msgs:
                 await self._send(m)
-        if isinstance(self.downstream, _FusedSink):
+        if isinstance(self.downstream, FusedSink):
             try:
                 await self.downstream.finish()
             except Exception as exc:
@@ -246,171 +249,31 @@ class Segment:
                 self.inbox.close_receive()
 
 
-class RunContext:
-    """The state of one run: its task group, counters, buffers, stop flag and first error."""
+class ChainBuilder:
+    """Cuts a linear chain of ops into segments while ``RunContext.start_chain`` walks it."""
 
-    def __init__(
-        self,
-        tg: TaskGroup,
-        *,
-        buffer: int,
-        max_bytes: int | None,
-        edge_count: int,
-    ) -> None:
-        self.tg = tg
-        self.counters = RunCounters()
-        self.buffer = buffer
-        self.edge_max_bytes = None if max_bytes is None else max(1, max_bytes // max(1, edge_count))
-        self.stopping = False
-        self.first_error: BaseException | None = None
-        self.writers: list[SinkWriter[Any, Any]] = []
-        self._pull_scopes: set[anyio.CancelScope] = set()
-        self._names: dict[int, str] = {}
-        self._recycled: dict[str, list[StageCounters]] = {}
-        self._captured: list[StageCounters] | None = None
-        self._stage_number = 0
-
-    # -- lifecycle --------------------------------------------------------------------
-    def request_stop(self) -> None:
-        """Graceful stop: sources stop pulling; everything else drains and flushes."""
-        self.stopping = True
-        for scope in list(self._pull_scopes):
-            scope.cancel()
-
-    @contextmanager
-    def pull_scope(self) -> Iterator[anyio.CancelScope]:
-        """A cancel scope around a source's wait for data, cancelled by ``request_stop``."""
-        scope = anyio.CancelScope()
-        if self.stopping:
-            scope.cancel()
-        self._pull_scopes.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._pull_scopes.discard(scope)
-
-    def fail(self, exc: BaseException) -> None:
-        """Record the first error and cancel the run."""
-        if self.first_error is None:
-            self.first_error = exc
-        self.tg.cancel_scope.cancel()
-
-    # -- building ---------------------------------------------------------------------
-    def stage(self, name: str) -> StageCounters:
-        """Counters for a new stage (or recycled ones of a finished stage of that name)."""
-        pool = self._recycled.get(name)
-        if pool:
-            c = pool.pop()
-        else:
-            c = StageCounters(f"{self._stage_number}:{name}")
-            self._stage_number += 1
-            self.counters.stages.append(c)
-            self._names[id(c)] = name
-        if self._captured is not None:
-            self._captured.append(c)
-        return c
-
-    @contextmanager
-    def capture(self) -> Iterator[list[StageCounters]]:
-        """Collect the counters handed out inside the block (to recycle them later)."""
-        captured: list[StageCounters] = []
-        self._captured = captured
-        try:
-            yield captured
-        finally:
-            self._captured = None
-
-    def recycle(self, counters: list[StageCounters]) -> None:
-        """Let finished stages' counters be reused by the next stages of the same names
-        (each repetition of ``repeat`` adds to the same records instead of new ones)."""
-        for c in counters:
-            self._recycled.setdefault(self._names[id(c)], []).append(c)
-
-    def edge(self, receiver: StageCounters, op: Op | None = None) -> Edge:
-        size = op.buffer if op is not None and op.buffer is not None else self.buffer
-        max_bytes = op.max_bytes if op is not None and op.max_bytes is not None else None
-        return Edge(self.counters, receiver, size, max_bytes or self.edge_max_bytes)
-
-    def start_chain(
-        self,
-        source: Source | Edge,
-        ops: Sequence[Op],
-        terminal: Downstream | SinkOp[Any, Any],
-        *,
-        source_name: str | None = None,
-    ) -> SinkWriter[Any, Any] | None:
-        """Cut ``ops`` into segments and start one task per segment.
-
-        ``source`` is a :class:`Source` or an edge fed by someone else (a branch, a
-        sub-flow); ``terminal`` is a sink description or a downstream buffer. Returns the
-        sink's writer, when ``terminal`` is a sink.
-        """
-        writer: SinkWriter[Any, Any] | None = None
-        chain = _ChainBuilder(self, source, source_name)
-        for op in ops:
-            c = self.stage(op.name)
-            if isinstance(op, ChunkOp):
-                chain.fuse(op, c)
-            else:
-                assert isinstance(op, TaskOp), op
-                edge = chain.hop(c, op)
-                chain.restart(_task_head(op, edge, self, c), c.name, edge, c)
-        if isinstance(terminal, SinkOp):
-            c = self.stage(terminal.name)
-            writer = terminal.writer(self)
-            self.writers.append(writer)
-            if terminal.fused:
-                c.blocked = chain.blocked
-                chain.finish(_FusedSink(writer, c, count_in=True))
-            else:
-                edge = chain.hop(c, terminal)
-                chain.restart(_sink_head(edge), c.name, edge, None)
-                c.blocked = chain.blocked
-                chain.finish(_FusedSink(writer, c, count_in=False))
-        else:
-            chain.finish(terminal)
-        return writer
-
-    def _start_segment(
-        self,
-        head: Callable[[Segment], Any],
-        head_name: str,
-        fused: list[tuple[ChunkRunner, StageCounters]],
-        downstream: Downstream,
-        inbox: Edge | None,
-        blocked: list[float],
-        head_counters: StageCounters | None,
-    ) -> None:
-        seg = Segment(self, head, head_name, fused, downstream, inbox, blocked, head_counters)
-        self.tg.start_soon(seg.run, name=f"aflow:{head_name}")
-
-
-class _ChainBuilder:
-    """Cuts a linear chain of ops into segments while ``start_chain`` walks it."""
-
-    def __init__(self, ctx: RunContext, source: Source | Edge, source_name: str | None) -> None:
+    def __init__(self, ctx: RunContext, source: Source | Buffer, source_name: str | None) -> None:
         self.ctx = ctx
         self.blocked = [0.0]
-        self.fused: list[tuple[ChunkRunner, StageCounters]] = []
+        self.fused: list[tuple[Processor, StageCounters]] = []
         self.head_counters: StageCounters | None
-        self.inbox: Edge | None
-        if isinstance(source, Edge):
+        self.inbox: Buffer | None
+        if isinstance(source, Buffer):
             self.inbox, self.head_counters = source, None
             self.head: Callable[[Segment], Any] = _drain_into_emit(source)
             self.head_name = source_name or "input"
         else:
             self.inbox = None
-            self.head_counters = ctx.stage(source.name)
+            self.head_counters = ctx.new_counters(source.name)
             self.head_counters.blocked = self.blocked
             self.head = _source_head(source, ctx)
             self.head_name = self.head_counters.name
 
-    def fuse(self, op: ChunkOp, c: StageCounters) -> None:
+    def fuse(self, op: Operator, c: StageCounters) -> None:
         c.blocked = self.blocked
         self.fused.append((op.start(), c))
 
-    def hop(self, c: StageCounters, op: Op) -> Edge:
+    def hop(self, c: StageCounters, op: Op) -> Buffer:
         """The buffer in front of a task for ``op``; ends the current segment."""
         inbox = self.inbox
         if inbox is not None and self.head_counters is None and not self.fused:
@@ -419,12 +282,12 @@ class _ChainBuilder:
             self.ctx.counters.stages.remove(inbox.receiver)
             inbox.retarget(c)
             return inbox
-        edge = self.ctx.edge(c, op)
-        self.finish(edge)
-        return edge
+        buffer = self.ctx.new_buffer(c, op)
+        self.finish(buffer)
+        return buffer
 
     def restart(
-        self, head: Callable[[Segment], Any], name: str, inbox: Edge, c: StageCounters | None
+        self, head: Callable[[Segment], Any], name: str, inbox: Buffer, c: StageCounters | None
     ) -> None:
         self.head, self.head_name, self.inbox, self.fused = head, name, inbox, []
         self.head_counters = c
@@ -433,7 +296,8 @@ class _ChainBuilder:
             c.blocked = self.blocked
 
     def finish(self, downstream: Downstream) -> None:
-        self.ctx._start_segment(
+        seg = Segment(
+            self.ctx,
             self.head,
             self.head_name,
             self.fused,
@@ -442,6 +306,7 @@ class _ChainBuilder:
             self.blocked,
             self.head_counters,
         )
+        self.ctx.tg.start_soon(seg.run, name=f"aflow:{self.head_name}")
 
 
 def _source_head(source: Source, ctx: RunContext) -> Callable[[Segment], Any]:
@@ -451,7 +316,7 @@ def _source_head(source: Source, ctx: RunContext) -> Callable[[Segment], Any]:
     return head
 
 
-def _drain_into_emit(inbox: Edge) -> Callable[[Segment], Any]:
+def _drain_into_emit(inbox: Buffer) -> Callable[[Segment], Any]:
     async def head(seg: Segment) -> None:
         async for msg in inbox:
             await seg.emit(msg)
@@ -459,7 +324,9 @@ def _drain_into_emit(inbox: Edge) -> Callable[[Segment], Any]:
     return head
 
 
-def _sink_head(inbox: Edge) -> Callable[[Segment], Any]:
+def sink_head(inbox: Buffer) -> Callable[[Segment], Any]:
+    """The head of a segment that only feeds a sink with a task of its own."""
+
     async def head(seg: Segment) -> None:
         async for msg in inbox:
             await seg.downstream.send(msg, seg.blocked)
@@ -467,8 +334,10 @@ def _sink_head(inbox: Edge) -> Callable[[Segment], Any]:
     return head
 
 
-def _task_head(op: TaskOp, inbox: Edge, ctx: RunContext, c: StageCounters) -> Callable[..., Any]:
+def task_head(op: AsyncOperator, inbox: Buffer, ctx: RunContext) -> Callable[[Segment], Any]:
+    """The head of a segment running an async operator over its input buffer."""
+
     async def head(seg: Segment) -> None:
-        await op.run(inbox, seg.emit, ctx, c)
+        await op.run(inbox, seg, ctx)
 
     return head

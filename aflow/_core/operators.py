@@ -1,0 +1,305 @@
+"""The pieces a flow is made of, as the runtime sees them (made public by :mod:`aflow.abc`).
+
+* :class:`Operator` — a synchronous stateful step: ``start()`` makes a fresh
+  :class:`Processor` per run, which maps each message to zero or more and flushes what it
+  holds at end of input. Consecutive operators are fused into one task (no buffer between).
+* :class:`AsyncOperator` — an asynchronous step with its own task and input buffer (async
+  functions, concurrency, timers, threads).
+* :class:`Source` — produces messages into an :class:`Outlet`; one task, with the
+  operators fused behind it.
+* :class:`SinkOperator` — makes a :class:`SinkWriter` per run, which consumes messages at
+  the end of the flow.
+* :class:`Context` — what any of them may ask of the run it belongs to.
+
+Each is a *description*: ``start()`` / ``writer()`` / ``produce()`` make the per-run state,
+which is what makes a flow re-runnable.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import anyio
+
+from .messages import Batch, Message
+
+if TYPE_CHECKING:
+    from ..stats import StageCounters
+    from .buffers import Buffer
+
+__all__ = [
+    "AsyncOperator",
+    "Closed",
+    "Context",
+    "Inbox",
+    "Op",
+    "Operator",
+    "Outlet",
+    "Processor",
+    "SinkOperator",
+    "SinkWriter",
+    "Source",
+    "callable_name",
+    "chain_buffers",
+]
+
+R_co = TypeVar("R_co", covariant=True)
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Closed(Exception):
+    """Raised by ``emit`` when nothing downstream wants more messages (every consumer
+    stopped, or a ``take`` is satisfied). Let it propagate: the runtime ends the task
+    quietly, after the ``finally`` blocks that close what it opened."""
+
+
+class Op:
+    """A stage description. ``name`` labels its statistics and errors.
+
+    Attributes:
+        name: shown in statistics and in error notes.
+        buffer: capacity in messages of the stage's input buffer (``None``: the run's).
+        buffer_bytes: bytes ceiling of that buffer (``None``: the run's share).
+    """
+
+    name: str = "op"
+    buffer: int | None = None
+    buffer_bytes: int | None = None
+
+    def nested_buffers(self) -> int:
+        """Buffers this stage adds inside itself (a routing sink's branches, say), so a
+        run's ``max_bytes`` can be shared among all of them. 0 for a plain stage."""
+        return 0
+
+
+class Processor:
+    """Per-run state of an :class:`Operator`.
+
+    ``process`` maps one message to zero or more; ``flush`` hands on what is held at end of
+    input (or at a graceful stop); ``done`` turns true once the step wants no more input
+    (``take``). ``guarded`` processors apply an error policy item by item instead, in
+    ``process_guarded``.
+    """
+
+    done: bool = False
+    guarded: bool = False
+
+    def process(self, msg: Message) -> list[Message]:
+        raise NotImplementedError
+
+    async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
+        """Like ``process`` but applying the stage's error policy item by item."""
+        return self.process(msg)
+
+    def flush(self) -> list[Message]:
+        """Messages held back so far, handed on at end of input. Default: none."""
+        return []
+
+
+class Operator(Op):
+    """A synchronous, fusable step: ``start()`` returns a fresh :class:`Processor`."""
+
+    @abstractmethod
+    def start(self) -> Processor: ...
+
+
+class Inbox(Protocol):
+    """The receiving end of a task's input buffer."""
+
+    def __aiter__(self) -> AsyncIterator[Message]: ...
+
+    async def receive(self) -> Message: ...
+
+
+class Outlet(Protocol):
+    """What a source or an async operator sees of the run: where to emit, whether to stop,
+    and its own statistics."""
+
+    async def emit(self, msg: Message, /) -> None:
+        """Hand ``msg`` on; waits while the buffer downstream is full (backpressure).
+
+        Raises:
+            Closed: nothing downstream wants more (let it propagate).
+        """
+        ...
+
+    @property
+    def stopping(self) -> bool:
+        """True once a graceful stop was asked for: a source stops reading new input."""
+        ...
+
+    @property
+    def counters(self) -> StageCounters:
+        """The stage's own statistics (to count ``errors`` and ``retries``)."""
+        ...
+
+    def pull_scope(self) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope to wrap waits for new input in; a graceful stop cancels it."""
+        ...
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether an emit would wait now (the buffer after the source is full): a source
+        may gather more input into one message meanwhile."""
+        ...
+
+
+class AsyncOperator(Op):
+    """An asynchronous step with its own task and input buffer."""
+
+    @abstractmethod
+    async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
+        """Consume ``inbox`` until it ends, calling ``out.emit`` for each output message.
+
+        Return normally at end of input after flushing any held state through ``emit``.
+        """
+
+
+class Source(ABC):
+    """Produces messages. ``produce`` is called once per run with fresh state."""
+
+    name: str = "source"
+
+    def nested_buffers(self) -> int:
+        """Buffers this source adds inside itself (sub-flows it runs). 0 by default."""
+        return 0
+
+    @abstractmethod
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        """Emit every message of the source, then return.
+
+        Check ``out.stopping`` between messages and wrap waits for new data in
+        ``with out.pull_scope():`` so a graceful stop can interrupt them. Close every resource
+        you open before returning (``async with``).
+        """
+
+
+class SinkWriter(Generic[T_contra, R_co]):
+    """Per-run state of a sink: open, write, flush, close, then give a result.
+
+    ``write`` gets one item: an element, or a batch's array. Override ``write_chunk`` and
+    ``write_batch`` to take a whole chunk or the batch envelope (with its provenance).
+    ``aclose`` must be idempotent; the runtime calls it under a shielded cancel scope, also
+    after errors and cancellation.
+    """
+
+    async def __aenter__(self) -> SinkWriter[T_contra, R_co]:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+
+    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
+        """Called once by the runtime before anything else: the sink's own statistics and
+        the cancel scope of the task feeding it (cancel it to stop that task, as a router
+        does once all its branches stopped). Default: nothing."""
+
+    async def open(self) -> None:
+        """Acquire resources (files, sockets). Called once, before the first write."""
+
+    @abstractmethod
+    async def write(self, item: T_contra) -> None: ...
+
+    async def write_chunk(self, items: list[T_contra]) -> None:
+        for item in items:
+            await self.write(item)
+
+    async def write_batch(self, batch: Batch) -> None:
+        await self.write(batch.data)  # type: ignore[arg-type]
+
+    async def flush(self) -> None:
+        """Make written data durable. Called at end of input and on graceful stop."""
+
+    def close_input(self) -> None:
+        """Called when no more input will come (before ``flush``). Default: nothing."""
+
+    async def aclose(self) -> None:
+        """Release resources. Idempotent; also called after errors and cancellation."""
+
+    @abstractmethod
+    def result(self) -> R_co:
+        """The sink's result, read once the run is over."""
+
+
+class SinkOperator(Op, Generic[T_contra, R_co]):
+    """A sink description: ``writer(ctx)`` makes a fresh :class:`SinkWriter` per run.
+
+    Attributes:
+        fused: True when writes never wait for long, so the sink can run inside the task of
+            the step before it (no extra hop). Sinks that await I/O or user coroutines say
+            False and get a task and input buffer of their own.
+    """
+
+    fused: bool = True
+
+    @abstractmethod
+    def writer(self, ctx: Context) -> SinkWriter[T_contra, R_co]: ...
+
+
+class Context(Protocol):
+    """What a source, operator or sink may ask of the run it belongs to.
+
+    Most never need it; sources made of other flows (``merge``), routing sinks
+    (``broadcast``) and servers (one task per connection) do.
+    """
+
+    @property
+    def stopping(self) -> bool:
+        """True once a graceful stop was asked for."""
+        ...
+
+    def new_counters(self, name: str) -> StageCounters:
+        """A new statistics record, shown as a stage of the run."""
+        ...
+
+    def new_buffer(self, receiver: StageCounters, op: Op | None = None) -> Buffer:
+        """A bounded buffer delivering into ``receiver`` (sized by ``op``, else the run)."""
+        ...
+
+    def start_chain(
+        self,
+        source: Source | Buffer,
+        ops: Iterable[Op],
+        into: Buffer | SinkOperator[Any, Any],
+        *,
+        name: str | None = None,
+    ) -> SinkWriter[Any, Any] | None:
+        """Start ``source`` (or a buffer someone else feeds) and ``ops`` in the run's task
+        group, feeding ``into``; return the sink's writer when ``into`` is a sink."""
+        ...
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
+        """Run ``fn(*args)`` in the run's task group. An exception fails the run, with a
+        note naming ``name``; :class:`Closed` ends the task quietly."""
+        ...
+
+    def reuse_counters(self) -> AbstractContextManager[Callable[[], None]]:
+        """Inside the block, chains started get statistics records; calling the yielded
+        function after they finished lets the next chains of the same names add to them
+        (``repeat`` shows one record per stage, not one per repetition)."""
+        ...
+
+
+def chain_buffers(source: Source, ops: Iterable[Op]) -> int:
+    """Buffers a chain adds to a run (to share ``max_bytes`` among them)."""
+    return source.nested_buffers() + sum(op_buffers(op) for op in ops)
+
+
+def op_buffers(op: Op) -> int:
+    """Buffers one stage adds: its own input buffer, if it has a task, and nested ones."""
+    own = isinstance(op, AsyncOperator) or (isinstance(op, SinkOperator) and not op.fused)
+    return int(own) + op.nested_buffers()
+
+
+def callable_name(fn: Callable[..., Any]) -> str:
+    """A short name for a user function: its ``__name__``, or its type's name."""
+    inner = getattr(fn, "func", None)  # functools.partial
+    if inner is not None and callable(inner):
+        return callable_name(inner)
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "lambda" if name == "<lambda>" else str(name)
