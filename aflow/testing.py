@@ -65,9 +65,9 @@ class CountingSource:
 
 
 class VirtualClock:
-    """Runs flows, or any async function, on trio with a clock that jumps ahead whenever
-    every task waits: sleeps, timeouts, ``batch(timeout=)``, processing-time windows and
-    idle timeouts take no real time and behave deterministically.
+    """Runs flows, or any async function, with a clock that jumps ahead whenever every
+    task waits: sleeps, timeouts, ``batch(timeout=)``, processing-time windows and idle
+    timeouts take no real time and behave deterministically.
 
     Examples:
         >>> import aflow as af
@@ -77,26 +77,69 @@ class VirtualClock:
         ...     return anyio.current_time()
         >>> VirtualClock().call(slow) >= 3600  # returns at once
         True
+        >>> VirtualClock(backend="asyncio").call(slow) >= 3600
+        True
 
-    Needs trio (``pip install aflow[trio]``).
+    Args:
+        autojump_threshold: real seconds every task must have waited before the clock
+            jumps (0: at once). Work in threads or on real sockets is not waited for
+            unless this leaves it time to finish.
+        backend: ``"trio"`` (a ``trio.testing.MockClock``; needs ``pip install aflow[trio]``)
+            or ``"asyncio"`` (an event loop whose ``time()`` is virtual).
+
+    With anyio's pytest plugin, return ``(backend, clock.backend_options())`` from the
+    ``anyio_backend`` fixture to run async tests on virtual time.
     """
 
-    def __init__(self, autojump_threshold: float = 0.0) -> None:
+    def __init__(self, autojump_threshold: float = 0.0, *, backend: str = "trio") -> None:
+        if backend not in ("trio", "asyncio"):
+            raise ValueError(f"backend={backend!r}: choose 'trio' or 'asyncio'")
         self.autojump_threshold = autojump_threshold
+        self.backend = backend
+
+    def backend_options(self) -> dict[str, Any]:
+        """``backend_options`` for ``anyio.run`` (or the pytest plugin): a fresh clock."""
+        if self.backend == "asyncio":
+            return {"loop_factory": lambda: _virtual_time_loop(self.autojump_threshold)}
+        from trio.testing import MockClock
+
+        return {"clock": MockClock(autojump_threshold=self.autojump_threshold)}
 
     def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn()`` to completion on virtual time; return its result."""
-        from trio.testing import MockClock
 
         async def main() -> T:
             return await fn()
 
-        clock = MockClock(autojump_threshold=self.autojump_threshold)
-        return anyio.run(main, backend="trio", backend_options={"clock": clock})
+        return anyio.run(main, backend=self.backend, backend_options=self.backend_options())
 
     def run(self, flow: SinkFlow[Any] | Flow[Any], **options: Any) -> RunResult[Any]:
         """``flow.run(**options)`` on virtual time."""
         return self.call(lambda: flow.run(**options))
+
+
+def _virtual_time_loop(autojump_threshold: float) -> Any:
+    """An asyncio event loop on virtual time, starting at 0: where it would wait for its
+    next timer, it waits at most ``autojump_threshold`` real seconds for I/O (a thread's
+    result included) and, if none came, moves its clock to that timer instead."""
+    import asyncio
+
+    loop = asyncio.SelectorEventLoop()
+    now = 0.0
+    select = loop._selector.select  # type: ignore[attr-defined]
+
+    def jump_instead_of_waiting(timeout: float | None = None) -> Any:
+        nonlocal now
+        if timeout is None:  # no timer: wait for I/O
+            return select(None)
+        ready = select(min(timeout, autojump_threshold))
+        if not ready:
+            now += timeout
+        return ready
+
+    loop._selector.select = jump_instead_of_waiting  # type: ignore[attr-defined]
+    loop.time = lambda: now  # type: ignore[method-assign]
+    return loop
 
 
 def from_schedule(schedule: Sequence[tuple[float, Any]], *, name: str = "schedule") -> Flow[Any]:

@@ -3,19 +3,57 @@
 Backend-neutral tests are marked ``pytest.mark.anyio`` and run once per backend through
 anyio's ``anyio_backend`` parametrization (asyncio and trio); asyncio-only tests use
 pytest-asyncio in strict mode (``pytest.mark.asyncio``). Neither plugin runs in auto mode.
+
+An anyio test also marked ``pytest.mark.virtual_time`` runs on both backends on the
+virtual clock of :class:`aflow.testing.VirtualClock` (the marker's arguments go to it):
+sleeps and timeouts take no real time, and the clock moves only once every task waits.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
+from aflow.testing import VirtualClock
+
 
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
+    backend = str(request.param)
+    marker = request.node.get_closest_marker("virtual_time")
+    if marker is None:
+        return backend
+    clock = VirtualClock(*marker.args, backend=backend, **marker.kwargs)
+    return backend, clock.backend_options()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's "thread" method (see pyproject.toml), naming the test that ran out
+    of time before it dumps every thread's stack and ends the session."""
+    if settings.method != "thread":
+        return None
+    import pytest_timeout
+
+    def expire() -> None:
+        sys.stderr.write(f"\n{item.nodeid}: still running after {settings.timeout} s\n")
+        pytest_timeout.timeout_timer(item, settings)
+
+    timer = threading.Timer(settings.timeout, expire)
+    timer.daemon = True
+
+    def cancel() -> None:
+        timer.cancel()
+        timer.join()
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # what pytest-timeout calls
+    timer.start()
+    return True
 
 
 # CI runs the property tests on a fixed set of examples (reproducible); locally they explore.

@@ -208,3 +208,11 @@ async def test_sink_counts_plain_key_batches() -> None:
 async def test_sink_rejects_elements() -> None:
     with pytest.raises(TypeError, match=r"af\.batch"):
         await (af.from_iterable([1, 2, 3]) | af.to_aggregate(key=None, value=None)).run()
+
+
+def test_narrow_integer_keys_with_a_wide_span() -> None:
+    stats = KeyedStats(("count", "sum"))
+    stats.update(np.array([-100, 100, -100], np.int8), np.array([1.0, 2.0, 3.0]))
+    out = stats.result("key")
+    assert out["key"].tolist() == [-100, 100]
+    assert out["sum"].tolist() == [4.0, 2.0]

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
-from aflow.testing import run_virtual
+from aflow.testing import VirtualClock
 
 RECORD = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f4")])
 
@@ -84,6 +84,7 @@ def expected_timed_batches(delays: list[int], size: int, timeout: int) -> list[t
     return out
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @settings(max_examples=40, deadline=None)
 @given(
     delays=st.lists(st.sampled_from([0, 1, 2, 5, 20]), max_size=40),
@@ -91,7 +92,7 @@ def expected_timed_batches(delays: list[int], size: int, timeout: int) -> list[t
     timeout=st.sampled_from([3, 7, 15]),
 )
 def test_timed_batches_follow_the_model_on_a_virtual_clock(
-    delays: list[int], size: int, timeout: int
+    backend: str, delays: list[int], size: int, timeout: int
 ) -> None:
     tick = 0.01
     half = tick / 2  # no arrival ever coincides with a deadline
@@ -103,18 +104,15 @@ def test_timed_batches_follow_the_model_on_a_virtual_clock(
             yield i
 
     flow = af.from_iterable(arrivals) | af.batch(size, timeout=timeout * tick + half)
-    result = run_virtual(flow | af.for_each(lambda b: None))
+    clock = VirtualClock(backend=backend)
+    result = clock.run(flow | af.for_each(lambda b: None))
     assert result.value == len(expected_timed_batches(delays, size, timeout))
 
     async def main() -> list[tuple[int, str]]:
         async with flow.open() as run:
             return [(len(b), b.reason) async for b in run.envelopes()]  # type: ignore[arg-type]
 
-    from trio.testing import MockClock
-
-    got = anyio.run(
-        main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
-    )
+    got = clock.call(main)
     assert got == expected_timed_batches(delays, size, timeout)
 
 

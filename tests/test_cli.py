@@ -7,6 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from _helpers import python_env
+
+# Real subprocesses, each given up to 120 s.
+pytestmark = pytest.mark.timeout(150)
+
 
 def aflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -16,6 +22,7 @@ def aflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[st
         timeout=120,
         cwd=cwd,
         check=False,
+        env=python_env(),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
+from _helpers import python_env
 
 import aflow as af
 from aflow.sinks._encode import csv_lines, jsonl_lines
@@ -110,7 +111,7 @@ def read_back(kind: str, path: Path) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["npy", "csv", "jsonl"])
 def test_file_is_readable_after_sigkill(tmp_path: Path, kind: str) -> None:
     path = tmp_path / f"crash.{kind}"
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, kind, str(path)])
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, kind, str(path)], env=python_env())
     try:
         deadline = time.monotonic() + 20
         while not (path.exists() and path.stat().st_size > 100_000):
@@ -240,9 +241,43 @@ async def test_graceful_stop_flushes_every_batch_received(tmp_path: Path) -> Non
 
 async def test_cancelled_caller_still_gets_a_complete_file(tmp_path: Path) -> None:
     path = tmp_path / "cancel.jsonl"
-    with anyio.move_on_after(0.2):
-        await (af.from_arrays(endless) | af.to_jsonl(path)).run()
+    flow = af.from_arrays(endless) | af.to_jsonl(path)
+    with anyio.fail_after(10), anyio.CancelScope() as caller:
+        async with flow.open() as run:
+            while run.statistics().stages[-1].items_in < 1000:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            caller.cancel()  # the caller is cancelled while the run writes
+            await run.wait()
+    assert caller.cancelled_caught
     values = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(values) >= 100
     assert len(values) % 100 == 0
     assert values == list(range(len(values)))
+
+
+async def test_empty_batches_write_no_blank_lines(tmp_path: Path) -> None:
+    rows = np.array([(1, "x"), (2, "y"), (3, "z")], [("a", "i8"), ("s", "U3")])
+    drop_two = af.map_batches(lambda b: b[b["a"] != 2])
+    await (af.from_array(rows, 1) | drop_two | af.to_csv(tmp_path / "o.csv")).run()
+    assert (tmp_path / "o.csv").read_text() == "a,s\n1,x\n3,z\n"
+    await (af.from_array(rows, 1) | drop_two | af.to_jsonl(tmp_path / "o.jsonl")).run()
+    lines = (tmp_path / "o.jsonl").read_text().splitlines()
+    assert [json.loads(line)["a"] for line in lines] == [1, 3]
+
+
+async def test_parquet_is_readable_after_an_upstream_error(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    def fail_late(b: np.ndarray) -> np.ndarray:
+        if b[0] >= 250:
+            raise RuntimeError("upstream failure")
+        return b
+
+    path = tmp_path / "part.parquet"
+    flow = af.from_array(np.arange(300.0), 50) | af.map_batches(fail_late)
+    with pytest.raises(RuntimeError, match="upstream failure"):
+        await (flow | af.to_parquet(path, chunk_bytes=1000)).run()
+    if path.exists():  # whatever reached the sink before the error is a readable file
+        rows = pq.read_table(path).num_rows
+        assert rows <= 250
+        assert rows % 50 == 0

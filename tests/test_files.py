@@ -188,7 +188,7 @@ async def test_follow_stops_gracefully_and_flushes(tmp_path: Path) -> None:
     path.write_text("1,1,1\n2,2,2\n")
     flow = af.read_csv(str(path), READING, follow=True) | af.batch(100) | af.collect()
     async with flow.open() as run:
-        await anyio.sleep(0.3)
+        await wait_for(lambda: run.statistics().stage("batch(100)").items_in == 2)
         run.stop()
         result = await run.wait()
     assert result.value["ts"].tolist() == [1, 2]  # the partial batch was flushed
@@ -248,3 +248,75 @@ async def test_take_and_skip_count_lines_of_line_blocks(tmp_path: Path) -> None:
         got = [b async for b in run.envelopes()]
     assert b"".join(bytes(b.data) for b in got) == b"97,1,48.5\n98,1,49.0\n"  # type: ignore[union-attr]
     assert got[0].provenance.start == 98  # type: ignore[union-attr]
+
+
+async def test_follow_a_small_file_that_grows_reads_each_line_once(tmp_path: Path) -> None:
+    path = tmp_path / "small.log"
+    path.write_text("line 0\n")
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.01) | af.for_each(seen.append)
+    async with flow.open() as run:
+        await wait_for(lambda: seen == ["line 0"])
+        with path.open("a") as f:
+            f.writelines(f"line {i}\n" for i in range(1, 60))
+        await wait_for(lambda: len(seen) >= 60)
+        await anyio.sleep(0.1)
+        run.stop()
+    assert seen == [f"line {i}" for i in range(60)]
+
+
+async def test_follow_a_file_rewritten_bigger_in_place_reads_the_new_content_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rewritten.log"
+    path.write_text("".join(f"old {i:02d}\n" for i in range(40)))
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.2) | af.for_each(seen.append)
+    async with flow.open() as run:
+        await wait_for(lambda: len(seen) == 40)
+        path.write_text("".join(f"new {i:02d}\n" for i in range(60)))  # truncate + write
+        await wait_for(lambda: len(seen) >= 100)
+        await anyio.sleep(0.3)
+        run.stop()
+    assert seen[40:] == [f"new {i:02d}" for i in range(60)]
+
+
+async def test_lines_split_only_on_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "odd.txt"
+    path.write_text("a\x0cb\nc\u2028d\ne\x85f\r\ng\rh\n", encoding="utf-8", newline="")
+    assert (await af.read_lines(str(path)).run()).value == [
+        "a\x0cb",
+        "c\u2028d",
+        "e\x85f",
+        "g\rh",
+    ]
+
+
+async def test_read_npy_reads_each_file_header_and_checks_it(tmp_path: Path) -> None:
+    import numpy.lib.format as fmt
+
+    a = np.arange(6.0).reshape(3, 2)
+    np.save(tmp_path / "a.npy", a)
+    with (tmp_path / "b.npy").open("wb") as f:  # a longer (version 2.0) header
+        fmt.write_array(f, a + 10, version=(2, 0))
+    got = (await af.read_npy(str(tmp_path / "*.npy")).run()).value
+    assert sorted(got[:, 0].tolist()) == [0.0, 2.0, 4.0, 10.0, 12.0, 14.0]
+    np.save(tmp_path / "c.npy", np.arange(3.0))
+    with pytest.raises(ValueError, match="rows of shape"):
+        await af.read_npy(str(tmp_path / "*.npy")).run()
+
+
+async def test_max_line_holds_for_lines_inside_one_read(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"a\n" + b"x" * 50 + b"\nb\n")
+    dead: list[af.FailedItem] = []
+    flow = af.read_csv(
+        str(path),
+        [("v", "U4")],
+        max_line=10,
+        engine="numpy",
+        on_error=af.dead_letter(dead),
+    )
+    got = (await flow.run()).value
+    assert got["v"].tolist() == ["a", "b"]
+    assert [d.error.line for d in dead] == [2]  # type: ignore[attr-defined]

@@ -7,11 +7,13 @@ import asyncio
 import anyio
 import numpy as np
 import pytest
+from _helpers import all_tasks_blocked
 
 import aflow as af
 
 
 @pytest.mark.anyio
+@pytest.mark.virtual_time  # the slow consumer's sleeps take no real time
 async def test_memory_stream_gets_items_batches_and_end_of_stream() -> None:
     send, receive = anyio.create_memory_object_stream[object](1)
     got: list[object] = []
@@ -46,7 +48,7 @@ async def test_asyncio_queue_backpressure_and_end() -> None:
     flow = af.from_iterable(range(100)) | af.to_queue(queue, end=None)
     async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
         task = tg.create_task(flow.run())
-        await asyncio.sleep(0.05)
+        await all_tasks_blocked()
         assert not task.done()  # waiting for the consumer
         assert queue.full()
         got = []

@@ -171,3 +171,13 @@ def test_asof_join_equals_brute_force(
         assert np.isnan(got["value_right"][~found]).all()
     if by and len(right):
         assert "key_right" not in (got.dtype.names or ())
+
+
+@pytest.mark.anyio
+async def test_asof_join_unmatched_rows_get_blanks() -> None:
+    temp = np.array([(1, 20.5), (10, 21.0)], [("ts", "i8"), ("temp", "f4")])
+    hum = np.array([(5, 0.4)], [("ts", "i8"), ("hum", "f4")])
+    got = (await af.asof_join(af.from_array(temp), af.from_array(hum)).run()).value
+    assert got["matched"].tolist() == [False, True]
+    assert np.isnan(got["hum"][0])
+    assert got["hum"][1] == pytest.approx(0.4)

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
+from _helpers import settle
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -261,22 +262,30 @@ async def test_slow_sink_makes_the_server_stop_reading() -> None:
     make = lambda cb: af.tcp_server(0, on_listening=cb) | af.for_each(paused, buffer=1)  # noqa: E731
     async with serving(make) as (run, (host, port)):
         payload = (b"y" * 99 + b"\n") * 655
-        sent = tried = 0  # a send cut short by the deadline may have sent a part
+        sent = tried = 0  # a send cut short by the cancellation may have sent a part
+        input_buffer = "tcp_server(127.0.0.1:0).input"
         async with await anyio.connect_tcp(host, port) as stream:
-            with anyio.move_on_after(0.5):
-                while sent < 64 * MiB:  # loopback takes this in well under 0.5 s unhindered
+
+            async def send_all() -> None:
+                nonlocal sent, tried
+                while sent < 64 * MiB:
                     tried += len(payload)
                     await stream.send(payload)
                     sent += len(payload)
-            stats = run.statistics()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all)
+                await wait_until(lambda: run.statistics().stage(input_buffer).buffer_high_water)
+                await settle(lambda: (sent, received_bytes(run)))  # the sender is stuck
+                stats = run.statistics()
+                tg.cancel_scope.cancel()
             assert sent < 24 * MiB  # what the kernel's socket buffers hold, no more
             # 4 blocks buffered, 1 in the sink's buffer, 1 in hand; a busy connection
             # gathers up to GATHER_READS reads into one block
             assert stats.peak_bytes_in_flight <= 6 * GATHER_READS * READ_SIZE
-            assert stats.stage("tcp_server(127.0.0.1:0).input").buffer_high_water == 4
+            assert stats.stage(input_buffer).buffer_high_water == 4
             gate.set()
         await wait_until(lambda: received >= sent - len(payload))
-        await anyio.sleep(0.05)
         run.stop()
     assert sent - len(payload) <= received <= tried
 
@@ -290,7 +299,7 @@ async def test_a_busy_server_gathers_reads_into_larger_blocks_and_holds_none_bac
         async with await anyio.connect_tcp(host, port) as stream:
             for k in range(0, len(lines), 20):  # 2,000-byte writes, nobody reading the run
                 await stream.send(b"".join(line + b"\n" for line in lines[k : k + 20]))
-            await anyio.sleep(0.1)  # the server reads on, gathering while the buffer is full
+            await settle(lambda: received_bytes(run))  # it read on, gathering while backlogged
             sizes: list[int] = []
             got: list[Line] = []
             with anyio.fail_after(5):
@@ -316,7 +325,7 @@ async def test_a_busy_tcp_client_gathers_reads_too() -> None:
         async with conn:
             for k in range(0, len(lines), 20):  # nobody reads the run meanwhile
                 await conn.send(b"".join(line + b"\n" for line in lines[k : k + 20]))
-            await anyio.sleep(0.1)
+            await settle(lambda: run.statistics().stages[0].items_out)
             sizes: list[int] = []
             got: list[Line] = []
             with anyio.fail_after(5):
@@ -408,18 +417,21 @@ async def test_take_ends_the_server_and_its_connections() -> None:
 @pytest.mark.anyio
 async def test_cancelling_the_run_closes_the_listener_and_connections() -> None:
     addresses: list[Address] = []
-    flow = af.tcp_server(0, on_listening=addresses.append) | af.collect()
+    arrived = anyio.Event()
+    flow = af.tcp_server(0, on_listening=addresses.append) | af.for_each(lambda _: arrived.set())
     client: list[SocketStream] = []
 
-    async def connect_one() -> None:
+    async def connect_one_then_cancel(run: anyio.CancelScope) -> None:
         await wait_until(lambda: bool(addresses))
         client.append(await connect(*addresses[0]))
         await client[0].send(b"hello\n")
+        await arrived.wait()  # the run holds a connection now
+        run.cancel()
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(connect_one)
-            with anyio.move_on_after(0.3):
+            with anyio.CancelScope() as outside:
+                tg.start_soon(connect_one_then_cancel, outside)
                 await flow.run()
         async with client[0]:
             with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):

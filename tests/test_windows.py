@@ -272,3 +272,26 @@ async def test_async_late_target_gets_each_batch_of_late_rows() -> None:
 def test_bad_arguments_fail_at_build_time(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         af.window(**kwargs)
+
+
+@pytest.mark.anyio
+async def test_epoch_nanosecond_rows_within_allowed_lateness_are_not_late() -> None:
+    sec = 10**9
+    epoch = 1_700_000_000 * sec
+    rows = np.array(
+        [(epoch + 5 * sec - 1, 1, 1.0), (epoch - 1, 1, 2.0)],
+        [("ts", "i8"), ("key", "i4"), ("value", "f8")],
+    )
+    late: list[np.ndarray] = []
+    flow = af.from_array(rows, 1) | af.window(
+        sec,
+        by="ts",
+        key="key",
+        value="value",
+        stats=("count",),
+        allowed_lateness=5 * sec,
+        late=late.append,
+    )
+    result = await flow.run()
+    assert late == []
+    assert int(result.value["count"].sum()) == 2
