@@ -675,3 +675,58 @@ def test_record_framer_any_split(n: int, cuts: list[int], extra: int) -> None:
     assert np.array_equal(np.concatenate([np.empty(0, RECORD), *rows]), records)
     tail = framer.finish("end")
     assert (tail is None) == (extra == 0)
+
+
+def _connect_and_reset(address: Address, payload: bytes = b"", delay: float = 0.0) -> None:
+    """A hostile client: connects, maybe sends, then resets (RST, not FIN) the connection."""
+    import socket
+    import struct
+    import time
+
+    with socket.create_connection(address) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if payload:
+            s.sendall(payload)
+        if delay:
+            time.sleep(delay)
+
+
+@pytest.mark.anyio
+async def test_clients_that_reset_at_once_cost_only_their_own_connection() -> None:
+    """Issue 10.1: a connect-then-reset storm interleaved with normal senders ends only the
+    resetting connections; every line of the normal senders arrives."""
+    got: list[bytes] = []
+    expected = 8 * len(b"normal 0\n") + len(b"last\n")
+    arrived = anyio.Event()
+
+    def keep(block: np.ndarray) -> None:
+        got.append(block.tobytes())
+        if sum(map(len, got)) >= expected:
+            arrived.set()
+
+    async with serving(lambda cb: af.tcp_server(0, HOST, on_listening=cb) | af.for_each(keep)) as (
+        run,
+        address,
+    ):
+        sent: list[bytes] = []
+        for i in range(200):
+            await anyio.to_thread.run_sync(_connect_and_reset, address)
+            if i % 25 == 0:
+                line = f"normal {i // 25}\n".encode()
+                await anyio.to_thread.run_sync(_send_all, address, line)
+                sent.append(line)
+        await anyio.to_thread.run_sync(_connect_and_reset, address, b"partial line", 0.05)
+        await anyio.to_thread.run_sync(_send_all, address, b"last\n")
+        sent.append(b"last\n")
+        with anyio.fail_after(5):
+            await arrived.wait()
+        run.stop()
+        await run.wait()
+    assert sorted(b"".join(got).splitlines(keepends=True)) == sorted(sent)
+
+
+def _send_all(address: Address, data: bytes) -> None:
+    import socket
+
+    with socket.create_connection(address) as s:
+        s.sendall(data)

@@ -71,7 +71,12 @@ class _StreamServer(Source):
         raise NotImplementedError
 
     def peer(self, stream: SocketStream, number: int) -> str:
-        return _url(self.scheme, stream.extra(SocketAttribute.remote_address))
+        # A client that reset the connection before we looked has no address any more:
+        # that must cost its own connection only, never the server.
+        address = stream.extra(SocketAttribute.remote_address, None)
+        if address is None:
+            return f"{self.scheme}://unknown-peer#{number}"
+        return _url(self.scheme, address)
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
         listeners, address, unbind = await self.bind()
