@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 
 from .flow import Flow, SinkFlow, run
+from .monitor import Monitor, Progress, serve_metrics, watch
 
 
 def _load(target: str) -> Any:
@@ -34,16 +35,38 @@ def _load(target: str) -> Any:
     return obj() if callable(obj) and not isinstance(obj, Flow | SinkFlow) else obj
 
 
+def _require(module: str, option: str) -> None:
+    """Exit with one line naming the extra to install when ``module`` is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise SystemExit(
+            f"aflow run {option} needs the {module!r} package: pip install 'aflow[cli]'"
+        )
+
+
+def _monitors(args: argparse.Namespace) -> list[Monitor]:
+    """The live displays asked for on the command line, checked before the run starts."""
+    monitors: list[Monitor] = []
+    if args.progress or (args.progress is None and sys.stderr.isatty()):
+        _require("rich", "--progress")
+        monitors.append(Progress(force=True))
+    if args.metrics_port is not None:
+        _require("prometheus_client", "--metrics-port")
+        monitors.append(serve_metrics(args.metrics_port, args.metrics_host))
+    return monitors
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     flow = _load(args.target)
     if not isinstance(flow, Flow | SinkFlow):
         raise SystemExit(f"aflow run: {args.target} is a {type(flow).__name__}, not a flow")
+    monitors = _monitors(args)
     try:
         result = run(
             flow,
             backend=args.backend,
             buffer=args.buffer,
             max_bytes_in_flight=args.max_bytes_in_flight,
+            monitor=watch(*monitors) if monitors else None,
         )
     except KeyboardInterrupt:
         print("aflow run: interrupted; partial batches were flushed", file=sys.stderr)

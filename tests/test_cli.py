@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
+
+import pytest
+
+from aflow.cli import _require
 
 
 def aflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,3 +64,88 @@ def test_run_rejects_what_is_not_a_flow(tmp_path: Path) -> None:
     done = aflow("run", "notflow.py:x", cwd=tmp_path)
     assert done.returncode != 0
     assert "not a flow" in done.stderr
+
+
+SLOW_FLOW = """
+import anyio
+import aflow as af
+
+async def ticks():
+    for i in range(40):
+        await anyio.sleep(0.05)
+        yield i
+
+slow = af.from_iterable(ticks) | af.map(lambda x: x + 1) | af.collect()
+"""
+
+
+def test_metrics_port_serves_live_statistics_while_the_run_lasts(tmp_path: Path) -> None:
+    (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aflow", "run", "slowflow.py:slow", "--metrics-port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        body = ""
+        deadline = time.monotonic() + 10
+        while "aflow_stage_items_out" not in body and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                    body = r.read().decode()
+            except OSError:
+                time.sleep(0.05)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.strip() == str(list(range(1, 41)))
+    assert 'aflow_stage_items_out_total{stage="1:map(lambda)"}' in body
+    assert "aflow_peak_bytes_in_flight" in body
+
+
+def test_progress_is_shown_on_a_terminal(tmp_path: Path) -> None:
+    """Without --progress, a live table appears when stderr is a (pseudo-)terminal."""
+    (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aflow", "run", "slowflow.py:slow"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    out, _ = proc.communicate(timeout=30)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert out.strip() == str(list(range(1, 41)))
+    assert "items out" in shown
+    assert "map(lambda)" in shown
+
+
+def test_no_progress_when_not_a_terminal_and_not_asked(tmp_path: Path) -> None:
+    (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
+    done = aflow("run", "slowflow.py:slow", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "items out" not in done.stderr
+
+
+def test_a_missing_extra_is_named_in_one_line() -> None:
+    with pytest.raises(SystemExit, match=r"needs the 'no_such_pkg' package: pip install"):
+        _require("no_such_pkg", "--progress")
