@@ -71,7 +71,7 @@ class CsvDecoder:
         TypeError: ``dtype`` is not structured.
         ImportError: ``engine="pyarrow"`` without pyarrow installed.
 
-    Example:
+    Examples:
         >>> decoder = CsvDecoder([("ts", "i8"), ("value", "f4")])
         >>> rows, bad = decoder.decode(b"ts,value\\n1,0.5\\n2,oops\\n3,1e3\\n", header=True)
         >>> rows.tolist()
@@ -237,7 +237,7 @@ class CsvEncoder:
         fmt: see :data:`Fmt`.
         delimiter: between the values of a line.
 
-    Example:
+    Examples:
         >>> rows = np.array([(1, 0.1, b"a,b")], [("id", "i4"), ("x", "f4"), ("tag", "S3")])
         >>> CsvEncoder().encode(rows)
         b'1,0.1,"a,b"\\n'

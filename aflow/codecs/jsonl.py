@@ -66,7 +66,7 @@ class JsonlDecoder:
         ValueError: ``engine="pyarrow"`` with a field that is not a number.
         ImportError: ``engine="pyarrow"`` without pyarrow installed.
 
-    Example:
+    Examples:
         >>> decoder = JsonlDecoder([("id", "i8"), ("x", "f8")])
         >>> rows, bad = decoder.decode(b'{"id": 1, "x": 2.5}\\n{"id": "one"}\\n')
         >>> rows.tolist(), [b.index for b in bad]
@@ -235,7 +235,7 @@ class JsonlEncoder:
     ``true``/``false``; byte strings decoded as UTF-8, datetimes in ISO 8601, both as
     strings. An array of no rows is no bytes.
 
-    Example:
+    Examples:
         >>> JsonlEncoder().encode(np.array([(1, np.nan)], [("id", "i4"), ("x", "f4")]))
         b'{"id": 1, "x": null}\\n'
     """

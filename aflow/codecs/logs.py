@@ -203,7 +203,7 @@ class LogDecoder:
         ValueError: a column that is not a named group of the pattern, or of an unknown
             type.
 
-    Example:
+    Examples:
         >>> decoder = LogDecoder(r"(?P<level>[A-Z]+) (?P<ms>\\d+)", {"level": "str", "ms": "int"})
         >>> rows, bad = decoder.decode(b"INFO 12\\nbroken\\nWARN 7\\n")
         >>> rows.tolist(), [b.line for b in bad]
