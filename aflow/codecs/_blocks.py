@@ -18,6 +18,7 @@ __all__ = [
     "BadLine",
     "Block",
     "Decoded",
+    "LineDecoder",
     "Parse",
     "RejectedLines",
     "as_bytes",
@@ -69,6 +70,32 @@ class RejectedLines(ValueError):
         super().__init__(f"{len(bad)} bad line(s)")
         self.rows = rows
         self.bad = bad
+
+
+class LineDecoder:
+    """What the decoders share: ``decode`` a block with a parser, isolating bad lines.
+
+    Attributes:
+        dtype: the rows' dtype.
+        small_block: blocks of fewer bytes are parsed by an engine cheap enough to call
+            without a worker thread (0: every block takes the same path).
+    """
+
+    dtype: np.dtype[Any]
+    small_block: int = 0
+    _parse: Parse
+
+    def decode(self, block: Block) -> Decoded:
+        """The rows of a block's good lines, and its bad lines.
+
+        Args:
+            block: whole lines (see :data:`~aflow.codecs.Block`).
+
+        Returns:
+            ``Decoded(rows, bad)``: a 1-D array of ``dtype`` and a list of
+            :class:`~aflow.codecs.BadLine`. Never raises on bad input.
+        """
+        return decode_block(as_bytes(block), self._parse, self.dtype)
 
 
 def as_bytes(block: Block) -> bytes:

@@ -23,6 +23,7 @@ from ._blocks import (
     SMALL_BLOCK,
     Block,
     Decoded,
+    LineDecoder,
     Parse,
     as_bytes,
     by_size,
@@ -43,7 +44,7 @@ Fmt: TypeAlias = "str | Sequence[str | None] | None"
 (``None`` entries keep the default)."""
 
 
-class CsvDecoder:
+class CsvDecoder(LineDecoder):
     """Decodes blocks of delimited lines into a structured array of ``dtype``.
 
     Fields may be quoted with ``"``. Empty lines are skipped; ``nan`` and ``inf`` are
@@ -85,7 +86,6 @@ class CsvDecoder:
         self.delimiter = delimiter
         self.engine = _choose(engine, self.dtype)
         reference = _numpy_parser(self.dtype, delimiter)
-        self.small_block = 0
         self._parse = reference
         if self.engine == "pyarrow":
             fast = _arrow_parser(self.dtype, delimiter)
@@ -109,9 +109,9 @@ class CsvDecoder:
             ``Decoded(rows, bad)``: a 1-D array of ``dtype`` and a list of
             :class:`~aflow.codecs.BadLine`. Never raises on bad input.
         """
-        blob = as_bytes(block)
         if not header:
-            return decode_block(blob, self._parse, self.dtype)
+            return super().decode(block)
+        blob = as_bytes(block)
         cut = blob.find(b"\n") + 1 or len(blob)
         rows, bad = decode_block(blob[cut:], self._parse, self.dtype)
         return Decoded(rows, [b._replace(index=b.index + 1) for b in bad])

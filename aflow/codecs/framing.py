@@ -1,6 +1,7 @@
 """Framing a byte stream into messages, and messages back into bytes.
 
-Three framings, shared by the socket sources and sinks:
+Three framings, shared by the socket sources and sinks (and, for records, the file
+sources):
 
 * ``"lines"``: ``\\n``-terminated lines, received as blocks of complete lines (``uint8``
   batches with line provenance, see :mod:`aflow.codecs.lines`) for the decoders.
@@ -11,6 +12,9 @@ Three framings, shared by the socket sources and sinks:
 
 A :class:`Framer` holds the state of one stream (one connection): what it has of an
 unfinished line, frame or record. Its memory is bounded by ``max_size`` plus one read.
+
+Sinks encode with :func:`encode_items` and :func:`encode_array`: text lines are CSV lines
+by :class:`~aflow.codecs.CsvEncoder`'s rules, the same the file sinks write.
 """
 
 from __future__ import annotations

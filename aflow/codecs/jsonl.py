@@ -19,12 +19,9 @@ from numpy.typing import DTypeLike, NDArray
 
 from ._blocks import (
     SMALL_BLOCK,
-    Block,
-    Decoded,
+    LineDecoder,
     Parse,
-    as_bytes,
     by_size,
-    decode_block,
     fit,
     structured,
 )
@@ -36,7 +33,7 @@ __all__ = ["JsonEngine", "JsonlDecoder", "JsonlEncoder"]
 JsonEngine: TypeAlias = Literal["auto", "python", "pyarrow"]
 
 
-class JsonlDecoder:
+class JsonlDecoder(LineDecoder):
     """Decodes blocks of JSON lines (one object per line) into a structured array.
 
     Each object must have a key per field of ``dtype`` (other keys are ignored). Empty
@@ -77,25 +74,12 @@ class JsonlDecoder:
         self.dtype = structured(dtype, "JsonlDecoder", "key")
         reference = _python_parser(self.dtype)
         self.engine = _choose(engine, self.dtype)
-        self.small_block = 0
         self._parse = reference
         if self.engine == "pyarrow":
             self._parse = _arrow_parser(self.dtype, reference)
             if engine == "auto":
                 self._parse = by_size(self._parse, reference)
                 self.small_block = SMALL_BLOCK
-
-    def decode(self, block: Block) -> Decoded:
-        """The rows of a block's good lines, and its bad lines.
-
-        Args:
-            block: whole lines (see :data:`~aflow.codecs.Block`).
-
-        Returns:
-            ``Decoded(rows, bad)``: a 1-D array of ``dtype`` and a list of
-            :class:`~aflow.codecs.BadLine`. Never raises on bad input.
-        """
-        return decode_block(as_bytes(block), self._parse, self.dtype)
 
 
 def _choose(engine: JsonEngine, dtype: np.dtype[Any]) -> Literal["python", "pyarrow"]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._blocks import Block, Decoded, Parse, RejectedLines, as_bytes, decode_block
+from ._blocks import LineDecoder, Parse, RejectedLines
 from ._timeparse import FixedFormat
 
 __all__ = ["COMBINED", "COMBINED_COLUMNS", "LogDecoder"]
@@ -178,7 +178,7 @@ def _fixed_format(fmt: str) -> FixedFormat | None:
         return None
 
 
-class LogDecoder:
+class LogDecoder(LineDecoder):
     """Decodes blocks of log lines into a structured array, one field per column.
 
     Each line must match ``pattern`` as a whole; blank lines are skipped. A line that does
@@ -216,16 +216,3 @@ class LogDecoder:
         compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
         cols = dict(COMBINED_COLUMNS if columns is None else columns)
         self._parse, self.dtype = _parser(compiled, cols)
-        self.small_block = 0
-
-    def decode(self, block: Block) -> Decoded:
-        """The rows of a block's good lines, and its bad lines.
-
-        Args:
-            block: whole lines (see :data:`~aflow.codecs.Block`).
-
-        Returns:
-            ``Decoded(rows, bad)``: a 1-D array of ``dtype`` and a list of
-            :class:`~aflow.codecs.BadLine`. Never raises on bad input.
-        """
-        return decode_block(as_bytes(block), self._parse, self.dtype)
