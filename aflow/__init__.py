@@ -7,12 +7,12 @@ from ._core.messages import Batch as Batch
 from ._core.messages import Provenance as Provenance
 from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
-from .codecs.csv import decode_csv as decode_csv
-from .codecs.jsonl import decode_jsonl as decode_jsonl
-from .codecs.logs import decode_log as decode_log
 from .errors import AflowError as AflowError
 from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
+from .errors import FrameTooLongError as FrameTooLongError
+from .errors import IncompleteFrameError as IncompleteFrameError
+from .errors import LineTooLongError as LineTooLongError
 from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
 from .errors import StageTimeoutError as StageTimeoutError
@@ -71,6 +71,9 @@ from .stages.batch import map_batches as map_batches
 from .stages.batching import batch as batch
 from .stages.batching import rebatch as rebatch
 from .stages.batching import unbatch as unbatch
+from .stages.decode import decode_csv as decode_csv
+from .stages.decode import decode_jsonl as decode_jsonl
+from .stages.decode import decode_log as decode_log
 from .stages.element import filter as filter
 from .stages.element import flat_map as flat_map
 from .stages.element import map as map
@@ -99,8 +102,11 @@ __all__ = [
     "FileSummary",
     "Flow",
     "FlowDefinitionError",
+    "FrameTooLongError",
     "Histogram",
+    "IncompleteFrameError",
     "KeyedStats",
+    "LineTooLongError",
     "Provenance",
     "QuantileSketch",
     "RetriesExhaustedError",

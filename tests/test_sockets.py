@@ -20,15 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
-from aflow.codecs.framing import (
-    HEADER,
-    FrameTooLongError,
-    IncompleteFrameError,
-    LengthPrefixedFramer,
-    RecordFramer,
-    split_datagrams,
-)
-from aflow.codecs.lines import LineTooLongError
+from aflow import FrameTooLongError, IncompleteFrameError, LineTooLongError
+from aflow.codecs.framing import HEADER, LengthPrefixedFramer, RecordFramer, split_datagrams
 from aflow.sources.sockets._common import GATHER_READS, READ_SIZE
 
 HOST = "127.0.0.1"

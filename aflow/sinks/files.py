@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..abc import Batch, Context, SinkOperator, SinkWriter
+from ..codecs import CsvEncoder, Fmt, JsonlEncoder, columns
 from ..flow import Sink
-from ._encode import Fmt, columns, csv_header, csv_lines, jsonl_lines, npy_header
 
 __all__ = ["FileSummary", "to_csv", "to_jsonl", "to_npy", "to_parquet"]
 
@@ -46,6 +47,23 @@ class FileSummary(NamedTuple):
 
     path: str
     rows: int
+
+
+def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    """A ``.npy`` header for ``shape`` whose length does not depend on ``shape[0]``.
+
+    NumPy pads the header with room for ``shape[0]`` to grow to 21 digits, so rewriting it
+    in place as rows are appended never moves the data. Version 1.0, or 2.0 when the dtype
+    description is too long for 1.0.
+    """
+    d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    buf = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buf, d)
+    except ValueError:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, d)
+    return buf.getvalue()
 
 
 class _File(Protocol):
@@ -205,17 +223,17 @@ class _FileOp(SinkOperator[Any, FileSummary]):
         return writer
 
 
-class _CsvEncoder:
-    """CSV text of each batch, the header line before the first."""
+class _CsvFile:
+    """CSV text of each batch, the header line before the first (one per writer)."""
 
     def __init__(self, header: bool, fmt: Fmt) -> None:
-        self.header, self.fmt = header, fmt
+        self.header, self.encoder = header, CsvEncoder(fmt)
 
     def __call__(self, data: NDArray[Any]) -> bytes:
-        lines = csv_lines(data, self.fmt)
+        lines = self.encoder.encode(data)
         if self.header:
             self.header = False
-            return csv_header(data) + lines
+            return self.encoder.header(data) + lines
         return lines
 
 
@@ -303,6 +321,9 @@ def to_csv(
 ) -> Sink[Any, FileSummary]:
     """Write the rows as CSV (comma-separated, ``\\n`` line ends, RFC 4180 quoting).
 
+    The text follows :class:`aflow.codecs.CsvEncoder`'s rules, as the socket sinks'
+    lines do: the same batch gives the same bytes.
+
     Args:
         path: the file to write (created or truncated).
         header: write the column names first: the fields of records, ``value`` for 1-D
@@ -315,7 +336,7 @@ def to_csv(
     Returns:
         A sink whose result is a :class:`FileSummary` ``(path, rows)``.
     """
-    encoder = functools.partial(_CsvEncoder, header, fmt)
+    encoder = functools.partial(_CsvFile, header, fmt)
     return Sink(_FileOp("to_csv", path, lambda p: _TextWriter(p, chunk_bytes, fsync, encoder())))
 
 
@@ -324,13 +345,16 @@ def to_jsonl(
 ) -> Sink[Any, FileSummary]:
     """Write one JSON value per row: an object for a record, a number for 1-D batches.
 
-    NaN and infinities are written as ``null``; strings as UTF-8.
+    NaN and infinities are written as ``null``; strings as UTF-8 (the rules of
+    :class:`aflow.codecs.JsonlEncoder`).
 
     Returns:
         A sink whose result is a :class:`FileSummary` ``(path, rows)``.
     """
     return Sink(
-        _FileOp("to_jsonl", path, lambda p: _TextWriter(p, chunk_bytes, fsync, jsonl_lines))
+        _FileOp(
+            "to_jsonl", path, lambda p: _TextWriter(p, chunk_bytes, fsync, JsonlEncoder().encode)
+        )
     )
 
 

@@ -1,9 +1,10 @@
 """Socket sinks: write a flow to a TCP server or as UDP datagrams.
 
 What is sent follows ``encode`` (see :mod:`aflow.codecs.framing`): text lines (arrays
-formatted like ``np.savetxt``), length-prefixed frames, or raw binary records
-(``arr.tobytes()``). Both sinks await I/O, so each runs in a task of its own behind a
-buffer; a TCP peer that reads slowly suspends the flow (backpressure).
+as CSV lines by :class:`aflow.codecs.CsvEncoder`, byte for byte what :func:`aflow.to_csv`
+writes), length-prefixed frames, or raw binary records (``arr.tobytes()``). Both sinks
+await I/O, so each runs in a task of its own behind a buffer; a TCP peer that reads
+slowly suspends the flow (backpressure).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import anyio
 from anyio.abc import ConnectedUDPSocket, SocketStream
 
 from ..abc import Batch, Context, SinkOperator, SinkWriter
+from ..codecs import CsvEncoder, Fmt
 from ..codecs.framing import (
     Framing,
     check_framing,
@@ -37,21 +39,18 @@ THREAD_ROWS = 4096
 class _Encoder:
     """Turns messages into bytes for one ``encode`` choice."""
 
-    def __init__(self, framing: Framing, fmt: str, delimiter: str) -> None:
+    def __init__(self, framing: Framing, fmt: Fmt, delimiter: str) -> None:
         self.framing = framing
-        self.fmt = fmt
-        self.delimiter = delimiter
+        self.text = CsvEncoder(fmt, delimiter=delimiter)
 
     def items(self, items: list[Any]) -> bytes:
-        return encode_items(items, self.framing, fmt=self.fmt, delimiter=self.delimiter)
+        return encode_items(items, self.framing, self.text)
 
     async def batch(self, batch: Batch) -> bytes:
         data = batch.data
         if self.framing == "lines" and is_line_block(batch):
             return data.tobytes()
-        encode = functools.partial(
-            encode_array, framing=self.framing, fmt=self.fmt, delimiter=self.delimiter
-        )
+        encode = functools.partial(encode_array, framing=self.framing, text=self.text)
         if self.framing == "lines" and len(data) >= THREAD_ROWS:
             return await anyio.to_thread.run_sync(encode, data)
         return encode(data)
@@ -102,7 +101,7 @@ class _TcpOp(SinkOperator[Any, int]):
         host: str,
         port: int,
         framing: Framing,
-        fmt: str,
+        fmt: Fmt,
         delimiter: str,
         connect_timeout: float,
         buffer: int | None,
@@ -126,7 +125,7 @@ def to_tcp(
     port: int,
     *,
     encode: Framing = "lines",
-    fmt: str = "%s",
+    fmt: Fmt = None,
     delimiter: str = ",",
     connect_timeout: float = 10.0,
     buffer: int | None = None,
@@ -137,15 +136,17 @@ def to_tcp(
         host: the server's address.
         port: the server's port.
         encode: ``"lines"``: an element is a line (``str`` as UTF-8, ``bytes`` as they
-            are, a tuple joined with ``delimiter``; a newline added where missing), an
-            array batch one line per row (``np.savetxt(fmt=, delimiter=)``; structured
-            records field by field; give byte-string fields a ``fmt`` of their own), and
-            a block of lines (as from :func:`~aflow.tcp_server` or
-            :func:`~aflow.read_blocks`) passes as it is. ``"length_prefixed"``: each
-            element (``str``, ``bytes`` or array) and each batch is one frame.
-            ``"records"``: arrays as raw bytes (``tobytes()``, native byte order), and
-            ``bytes`` elements as they are.
-        fmt: ``%``-format of each value in text lines.
+            are, a newline added where missing; a tuple is a CSV line of its values), an
+            array batch one CSV line per row, by the rules of
+            :class:`aflow.codecs.CsvEncoder` (the bytes :func:`~aflow.to_csv` writes
+            without its header), and a block of lines (as from
+            :func:`~aflow.tcp_server` or :func:`~aflow.read_blocks`) passes as it is.
+            ``"length_prefixed"``: each element (``str``, ``bytes`` or array) and each
+            batch is one frame. ``"records"``: arrays as raw bytes (``tobytes()``,
+            native byte order), and ``bytes`` elements as they are.
+        fmt: how values are written in text lines: ``None`` (the shortest text that
+            reads back the same value), one ``%``-format for every column, or one per
+            column (see :data:`aflow.codecs.Fmt`).
         delimiter: between the values of a text line.
         connect_timeout: seconds to wait for the connection, opened when the run starts.
         buffer: messages waiting in front of the sink.
@@ -220,7 +221,7 @@ class _UdpOp(SinkOperator[Any, int]):
         host: str,
         port: int,
         framing: Framing,
-        fmt: str,
+        fmt: Fmt,
         delimiter: str,
         max_datagram: int,
         buffer: int | None,
@@ -246,7 +247,7 @@ def to_udp(
     port: int,
     *,
     encode: Framing = "lines",
-    fmt: str = "%s",
+    fmt: Fmt = None,
     delimiter: str = ",",
     max_datagram: int = 1472,
     buffer: int | None = None,

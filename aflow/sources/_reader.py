@@ -22,7 +22,7 @@ import anyio
 import numpy as np
 
 from ..abc import Batch, Message, Provenance
-from ..codecs.lines import LineSplitter
+from ..codecs import LineSplitter, RecordFramer
 from ..errors import DecodeError
 
 __all__ = ["FileReader", "Shape"]
@@ -120,61 +120,47 @@ def file_id(path: str, length: int = FINGERPRINT_BYTES) -> FileId | None:
 
 
 class _Framer:
-    """Turns raw chunks of one file into messages of the wanted shape."""
+    """Turns raw chunks of one file into messages of the wanted shape: blocks of lines
+    (a :class:`~aflow.codecs.LineSplitter`; a last line without a newline is kept), whole
+    records (a :class:`~aflow.codecs.RecordFramer`), or the chunks as they are."""
 
     def __init__(
-        self, path: str, shape: Shape, dtype: np.dtype[Any] | None, max_line: int, offset: int
+        self,
+        path: str,
+        shape: Shape,
+        dtype: np.dtype[Any] | None,
+        row_shape: tuple[int, ...],
+        max_line: int,
+        offset: int,
     ) -> None:
         self.path = path
         self.shape = shape
-        self.dtype = dtype
-        self.offset = offset  # byte offset of the next byte fed
-        self.row = 0
-        self.rest = b""
+        self.start = offset  # byte offset of the first byte fed
+        self.offset = offset  # byte offset of the next chunk (shape "bytes")
         self.lines = LineSplitter(path, max_line=max_line, offset=offset)
-        self.row_shape: tuple[int, ...] = ()
+        self.records: RecordFramer | None = None
+        if shape == "records":
+            assert dtype is not None
+            self.records = RecordFramer(path, dtype, row_shape=row_shape, offset=offset)
 
     def feed(self, chunk: bytes) -> Message | None:
+        if self.records is not None:
+            return self.records.feed(chunk)
         if self.shape == "lines":
             return self.lines.feed(chunk)
-        if self.shape == "bytes":
-            start = self.offset
-            self.offset += len(chunk)
-            prov = Provenance(self.path, start, self.offset, "byte", start, self.offset)
-            return Batch(np.frombuffer(chunk, np.uint8), "source", prov)
-        return self._records(chunk)
+        start = self.offset
+        self.offset += len(chunk)
+        prov = Provenance(self.path, start, self.offset, "byte", start, self.offset)
+        return Batch(np.frombuffer(chunk, np.uint8), "source", prov)
 
-    def _records(self, chunk: bytes) -> Batch | None:
-        assert self.dtype is not None
-        data = self.rest + chunk if self.rest else chunk
-        size = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        n = len(data) // size
-        self.rest = data[n * size :]
-        if not n:
-            return None
-        rows = np.frombuffer(data, self.dtype, count=n * (size // self.dtype.itemsize))
-        if self.row_shape:
-            rows = rows.reshape(n, *self.row_shape)
-        start, self.row = self.row, self.row + n
-        offset, self.offset = self.offset, self.offset + n * size
-        return Batch(
-            rows, "source", Provenance(self.path, start, self.row, "row", offset, self.offset)
-        )
-
-    def finish(self) -> tuple[Message | None, DecodeError | None, bytes]:
-        """The last partial line; or the error and bytes of a partial trailing record."""
+    def finish(self) -> tuple[Message | None, tuple[DecodeError, bytes, Provenance | None] | None]:
+        """The last line (without a newline); or the error of a partial trailing record,
+        with its bytes and provenance."""
+        if self.records is not None:
+            return None, self.records.finish("the file ended")
         if self.shape == "lines":
-            return self.lines.finish(), None, b""
-        if self.shape == "records" and self.rest:
-            rest, self.rest = self.rest, b""
-            error = DecodeError(
-                f"file ends with a partial record of {len(rest)} bytes "
-                f"(records are {self.dtype.itemsize if self.dtype else 0} bytes)",
-                source=self.path,
-                offset=self.offset,
-            )
-            return None, error, rest
-        return None, None, b""
+            return self.lines.finish(), None
+        return None, None
 
     def take_errors(self) -> list[DecodeError]:
         return list(self.lines.take_errors()) if self.shape == "lines" else []
@@ -211,9 +197,7 @@ class FileReader:
         self.poll_interval = poll_interval
 
     def _framer(self, offset: int) -> _Framer:
-        framer = _Framer(self.path, self.shape, self.dtype, self.max_line, offset)
-        framer.row_shape = self.row_shape
-        return framer
+        return _Framer(self.path, self.shape, self.dtype, self.row_shape, self.max_line, offset)
 
     async def run(self, emit: Emit, report: Report, out: Any) -> None:
         """Read until the end (or until stopped, in follow mode)."""
@@ -253,7 +237,7 @@ class FileReader:
         out: Any,
     ) -> bool:
         """Read ``f`` to its end; in follow mode, True means: reopen the path."""
-        position = framer.offset
+        position = framer.start
         resumed = False  # the last read hit end of file and we waited since
         while not out.stopping:
             chunk = b""
@@ -324,9 +308,8 @@ class FileReader:
         return None, ident
 
     async def _finish(self, framer: _Framer, emit: Emit, report: Report) -> None:
-        msg, error, raw = framer.finish()
-        if error is not None:
-            prov = Provenance(self.path, framer.offset, framer.offset + len(raw), "byte")
-            await report(error, raw, prov)
+        msg, failed = framer.finish()
+        if failed is not None:
+            await report(*failed)
         if msg is not None:
             await emit(msg)

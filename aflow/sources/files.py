@@ -17,12 +17,12 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..abc import Context, Message, Outlet, Provenance, Source
-from ..codecs.csv import Engine, decode_csv
-from ..codecs.jsonl import decode_jsonl
-from ..codecs.logs import COMBINED, decode_log
+from ..codecs import COMBINED
+from ..codecs.csv import Engine
 from ..errors import DecodeError
 from ..flow import Flow
 from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
+from ..stages.decode import decode_csv, decode_jsonl, decode_log
 from ._reader import FileReader, Shape
 
 __all__ = [

@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ...abc import Batch, Context, Outlet, Provenance, Source
-from ...codecs.framing import Framing, IncompleteFrameError, check_framing
+from ...codecs.framing import Framing, check_framing
+from ...errors import IncompleteFrameError
 from ...flow import Flow
 from ...policies import ErrorPolicy, check_policy
 from ._common import OnListening, _announce, _ip_address, _Reporter, _url
