@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import aflow as af
 from aflow.cli import _require
 
 
@@ -149,3 +151,74 @@ def test_no_progress_when_not_a_terminal_and_not_asked(tmp_path: Path) -> None:
 def test_a_missing_extra_is_named_in_one_line() -> None:
     with pytest.raises(SystemExit, match=r"needs the 'no_such_pkg' package: pip install"):
         _require("no_such_pkg", "--progress")
+
+
+def test_version() -> None:
+    done = aflow("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"aflow {af.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nosuch.py:flow", "aflow run: no file 'nosuch.py'"),
+        ("nosuchmodule:flow", "aflow run: no module 'nosuchmodule'"),
+        ("slowflow:nosuch", "aflow run: slowflow has no 'nosuch'"),
+        ("slowflow", "aflow run: expected MODULE:FLOW or FILE.py:FLOW"),
+    ],
+)
+def test_a_bad_target_is_one_line(tmp_path: Path, target: str, message: str) -> None:
+    (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
+    done = aflow("run", target, cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.strip().startswith(message)
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_arguments_reach_a_flow_factory_and_records_print_with_names(tmp_path: Path) -> None:
+    (tmp_path / "factory.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            import aflow as af
+
+            def readings(n, label="x"):
+                rows = np.zeros(n, [("i", "i8"), ("label", "U4")])
+                rows["i"] = np.arange(n)
+                rows["label"] = label
+                return af.from_array(rows, 2) | af.collect()
+            """
+        )
+    )
+    done = aflow("run", "factory.py:readings", "--arg", "n=3", "--arg", "label=ab", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["i\tlabel", "0\tab", "1\tab", "2\tab"]
+    bad = aflow("run", "factory.py:readings", "--arg", "3", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "expected NAME=VALUE" in bad.stderr
+
+
+def test_ctrl_c_prints_one_line_and_the_statistics(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    (tmp_path / "slowflow.py").write_text(
+        SLOW_FLOW.replace("range(40)", "range(4000)").replace(
+            "        yield i", f"        yield i\n        open({str(started)!r}, 'w').close()"
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aflow", "run", "slowflow.py:slow", "--stats"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:  # the run is under way
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.splitlines()[0] == "aflow run: interrupted; partial batches were flushed"
+    assert "1:map(lambda)" in err
