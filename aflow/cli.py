@@ -78,11 +78,12 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _require(module: str, option: str) -> None:
-    """Exit with one line naming the extra to install when ``module`` is missing."""
+def _require(module: str, option: str, package: str) -> None:
+    """Exit with one line naming what to install when ``module`` is missing."""
     if importlib.util.find_spec(module) is None:
         raise SystemExit(
-            f"aflow run {option} needs the {module!r} package: pip install 'aflow[cli]'"
+            f"aflow run {option} needs the {module!r} module: pip install {package}"
+            " (or the cli extra)"
         )
 
 
@@ -90,10 +91,10 @@ def _monitors(args: argparse.Namespace) -> list[Monitor]:
     """The live displays asked for on the command line, checked before the run starts."""
     monitors: list[Monitor] = []
     if args.progress or (args.progress is None and sys.stderr.isatty()):
-        _require("rich", "--progress")
+        _require("rich", "--progress", "rich")
         monitors.append(Progress(force=True))
     if args.metrics_port is not None:
-        _require("prometheus_client", "--metrics-port")
+        _require("prometheus_client", "--metrics-port", "prometheus-client")
         monitors.append(serve_metrics(args.metrics_port, args.metrics_host))
     return monitors
 

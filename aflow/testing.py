@@ -78,7 +78,7 @@ class VirtualClock:
         >>> VirtualClock().call(slow) >= 3600  # returns at once
         True
 
-    Needs trio (``pip install aflow[trio]``).
+    Needs trio (``pip install trio``, the ``trio`` extra).
     """
 
     def __init__(self, autojump_threshold: float = 0.0) -> None:
@@ -121,7 +121,7 @@ def run_virtual(flow: SinkFlow[Any] | Flow[Any], **options: Any) -> RunResult[An
     """Run ``flow`` on trio with a virtual clock that jumps ahead whenever all tasks wait.
 
     Timeouts, ``batch(timeout=...)``, ``throttle`` and sleeps then take no real time and
-    behave deterministically. Needs trio (``pip install aflow[trio]``). Same as
+    behave deterministically. Needs trio (``pip install trio``, the ``trio`` extra). Same as
     ``VirtualClock().run(flow, **options)``.
     """
     return VirtualClock().run(flow, **options)

@@ -149,8 +149,8 @@ def test_no_progress_when_not_a_terminal_and_not_asked(tmp_path: Path) -> None:
 
 
 def test_a_missing_extra_is_named_in_one_line() -> None:
-    with pytest.raises(SystemExit, match=r"needs the 'no_such_pkg' package: pip install"):
-        _require("no_such_pkg", "--progress")
+    with pytest.raises(SystemExit, match=r"needs the 'no_such_pkg' module: pip install no-such"):
+        _require("no_such_pkg", "--progress", "no-such")
 
 
 def test_version() -> None:

@@ -251,7 +251,7 @@ async def test_parquet_round_trip(tmp_path: Path) -> None:
 
 def test_parquet_needs_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ImportError, match=r"aflow\[arrow\]"):
+    with pytest.raises(ImportError, match=r"pip install pyarrow"):
         af.to_parquet("x.parquet")
 
 

@@ -1,8 +1,8 @@
 """CSV both ways: delimited lines into structured arrays, and arrays into CSV lines.
 
 Decoding has two engines: NumPy's C ``loadtxt`` (always there) and pyarrow's CSV reader
-(``pip install aflow[arrow]``), several times faster on large blocks. Both follow NumPy's
-rules on which lines are bad.
+(``pip install pyarrow``, the ``arrow`` extra), several times faster on large blocks. Both
+follow NumPy's rules on which lines are bad.
 
 Encoding follows one set of rules, used by the file sink :func:`~aflow.to_csv` and the
 socket sinks :func:`~aflow.to_tcp` and :func:`~aflow.to_udp` alike (see
@@ -56,7 +56,7 @@ class CsvDecoder(LineDecoder):
         dtype: a structured dtype, one field per column, e.g.
             ``[("ts", "i8"), ("sensor", "i4"), ("value", "f4")]``.
         delimiter: the field separator.
-        engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``:
+        engine: ``"numpy"``, ``"pyarrow"`` (needs pyarrow, the ``arrow`` extra), or ``"auto"``:
             pyarrow when installed and every column is an integer or a float, for
             blocks of :data:`~aflow.codecs.SMALL_BLOCK` bytes and more, with NumPy's
             rules (NumPy judges each line pyarrow rejects, and parses smaller blocks),
@@ -152,7 +152,7 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str) -> Parse:
         import pyarrow.csv as pacsv
     except ImportError as exc:
         raise ImportError(
-            "engine='pyarrow' needs pyarrow: install it with `pip install aflow[arrow]`"
+            "engine='pyarrow' needs pyarrow: `pip install pyarrow` (the arrow extra)"
         ) from exc
 
     names = list(dtype.names or ())

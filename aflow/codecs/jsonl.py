@@ -47,7 +47,7 @@ class JsonlDecoder(LineDecoder):
         dtype: a structured dtype, one field per key.
         engine: ``"python"`` (orjson or json, line by line), ``"pyarrow"`` (pyarrow's
             reader for clean blocks, the python engine for the others; needs
-            ``aflow[arrow]`` and numeric fields only), or ``"auto"``: pyarrow when
+            the ``arrow`` extra, and numeric fields only), or ``"auto"``: pyarrow when
             installed and every field is a number, for blocks of
             :data:`~aflow.codecs.SMALL_BLOCK` bytes and more. Every engine gives the
             same result.
@@ -146,7 +146,7 @@ def _arrow_parser(dtype: np.dtype[Any], reference: Parse) -> Parse:
         import pyarrow.json as pajson
     except ImportError as exc:
         raise ImportError(
-            "engine='pyarrow' needs pyarrow: install it with `pip install aflow[arrow]`"
+            "engine='pyarrow' needs pyarrow: `pip install pyarrow` (the arrow extra)"
         ) from exc
     names = list(dtype.names or ())
     # floats are read as float64 and cast by NumPy, exactly as the reference decoder does

@@ -361,7 +361,7 @@ def to_jsonl(
 def to_parquet(
     path: str | os.PathLike[str], *, chunk_bytes: int = 64 << 20
 ) -> Sink[Any, FileSummary]:
-    """Write the rows to a Parquet file with pyarrow (``pip install aflow[arrow]``).
+    """Write the rows to a Parquet file with pyarrow (``pip install pyarrow``, the ``arrow`` extra).
 
     Each ``chunk_bytes`` of rows is one row group. Parquet's footer is written when the
     sink closes, so a run killed before that leaves no readable file.
@@ -376,6 +376,6 @@ def to_parquet(
         import pyarrow.parquet  # noqa: F401
     except ImportError as exc:
         raise ImportError(
-            "to_parquet needs pyarrow: install it with `pip install aflow[arrow]`"
+            "to_parquet needs pyarrow: `pip install pyarrow` (the arrow extra)"
         ) from exc
     return Sink(_FileOp("to_parquet", path, lambda p: _ParquetWriter(p, chunk_bytes)))

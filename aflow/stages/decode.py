@@ -223,7 +223,7 @@ def decode_csv(
             file, each connection of a socket server, each sender of UDP datagrams
             (each is numbered from line 1), and the first line of a run for lines
             without provenance (chunks of lines, plain arrays).
-        engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``:
+        engine: ``"numpy"``, ``"pyarrow"`` (needs pyarrow, the ``arrow`` extra), or ``"auto"``:
             pyarrow when installed and every column is an integer or a float, for blocks
             of 16 KiB and more, with NumPy's rules (NumPy judges each line pyarrow
             rejects, and parses smaller blocks such as datagrams, inline), so results
@@ -255,7 +255,7 @@ def decode_jsonl(
     integer field, a non-number for a float field) is a bad line for ``on_error``; the
     rest of its block goes on. A key given twice takes its last value.
 
-    With pyarrow installed (``aflow[arrow]``) and only numeric fields, blocks of 16 KiB
+    With pyarrow installed (the ``arrow`` extra) and only numeric fields, blocks of 16 KiB
     and more are parsed by pyarrow's JSON reader in ``threads`` worker threads (default:
     one per core); the result is the same. Otherwise blocks are decoded inline.
 
