@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from . import _demo
 from .flow import Flow, SinkFlow, run
 
 
@@ -55,8 +56,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import _demo
-
     anyio.run(_demo.main, args.rows, backend=args.backend)
     return 0
 

@@ -8,7 +8,8 @@ the builtin exception whose meaning it shares, so ``except ValueError`` keeps wo
     ├── SourceReusedError (RuntimeError)  a single-use iterator was asked to run a second time
     ├── StageTimeoutError (TimeoutError)  ``timeout()`` saw no item within its limit
     ├── RetriesExhaustedError             ``retry()`` gave up; the last failure is ``__cause__``
-    └── DecodeError (ValueError)          a record could not be decoded (says where it came from)
+    ├── DecodeError (ValueError)          a record could not be decoded (says where it came from)
+    └── LateDataError (ValueError)        rows came after the windows they belong to had closed
 
 Errors raised by *user* functions inside a stage are never wrapped: the first one cancels the
 run and is raised as itself, with a note naming the stage (and the batch's provenance when
@@ -21,6 +22,7 @@ __all__ = [
     "AflowError",
     "DecodeError",
     "FlowDefinitionError",
+    "LateDataError",
     "RetriesExhaustedError",
     "SourceReusedError",
     "StageTimeoutError",
@@ -82,3 +84,12 @@ class DecodeError(AflowError, ValueError):
         self.source = source
         self.line = line
         self.offset = offset
+
+
+class LateDataError(AflowError, ValueError):
+    """Rows arrived after every window they belong to had closed (the watermark had passed
+    them), or behind what :func:`aflow.reorder` had already released.
+
+    The error of the late rows handed to a window's ``late=`` policy; raised when that
+    policy is ``"raise"``. Raise ``allowed_lateness`` (or ``horizon``) to accept them.
+    """

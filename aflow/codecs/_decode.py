@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from ..abc import Batch, Message, Operator, Processor, Provenance
 from ..errors import DecodeError
 from ..flow import Stage
-from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
+from ..policies import ErrorPolicy, apply_policy, check_policy
 from ..stats import StageCounters
 
 __all__ = [
@@ -115,6 +115,7 @@ class _DecodeRunner(Processor):
 
     def __init__(self, op: DecodeOp) -> None:
         self.op = op
+        self.stage = op.name  # the name failed lines give (threads: the concurrent stage's)
         self.first = True
 
     def process(self, msg: Message) -> list[Message]:  # pragma: no cover - guarded only
@@ -175,14 +176,8 @@ class _DecodeRunner(Processor):
             f"{self.op.name}: cannot decode {line[:80]!r}: {exc}", source=source, line=number
         )
         error.__cause__ = exc
-        policy = self.op.on_error
-        if isinstance(policy, Retry):
-            policy = policy.then  # decoding the same bytes again cannot succeed
-        if policy == "raise":
-            raise error
-        counters.errors += 1
-        if isinstance(policy, DeadLetter):
-            await policy.deliver(FailedItem(line, error, self.op.name, prov))
+        # provenance None: the line's own, from the error (the bytes are not retried)
+        await apply_policy(self.op.on_error, line, error, self.stage, None, counters)
 
 
 def _line_bytes(x: Any) -> bytes:
@@ -237,6 +232,7 @@ def decode_stage(op: DecodeOp, threads: int) -> Stage[Any, NDArray[Any]]:
     from ..stages.concurrency import _ConcurrentOp, _whole
 
     runner = _DecodeRunner(op)
+    runner.stage = name = f"{op.name}[threads={threads}]"
 
     async def work(
         msg: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
@@ -251,4 +247,4 @@ def decode_stage(op: DecodeOp, threads: int) -> Stage[Any, NDArray[Any]]:
             )
         return await runner.assemble(batch, parts, bad, counters)
 
-    return Stage(_ConcurrentOp(f"{op.name}[threads={threads}]", work, _whole, threads, True, None))
+    return Stage(_ConcurrentOp(name, work, _whole, threads, True, None))
