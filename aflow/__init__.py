@@ -12,6 +12,7 @@ from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
 from .errors import FrameTooLongError as FrameTooLongError
 from .errors import IncompleteFrameError as IncompleteFrameError
+from .errors import LateDataError as LateDataError
 from .errors import LineTooLongError as LineTooLongError
 from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
@@ -21,10 +22,10 @@ from .flow import Sink as Sink
 from .flow import SinkFlow as SinkFlow
 from .flow import Stage as Stage
 from .flow import run as run
+from .kernels.keyed import KeyedStats as KeyedStats
 from .policies import FailedItem as FailedItem
 from .policies import dead_letter as dead_letter
 from .policies import retry as retry
-from .sinks.aggregate import KeyedStats as KeyedStats
 from .sinks.aggregate import to_aggregate as to_aggregate
 from .sinks.collect import collect as collect
 from .sinks.collect import discard as discard
@@ -106,6 +107,7 @@ __all__ = [
     "Histogram",
     "IncompleteFrameError",
     "KeyedStats",
+    "LateDataError",
     "LineTooLongError",
     "Provenance",
     "QuantileSketch",

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from . import __version__
+from . import __version__, _demo
 from ._core.run import Run
 from .flow import Flow, SinkFlow, run
 from .monitor import Monitor, Progress, serve_metrics, watch
@@ -129,8 +129,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import _demo
-
     anyio.run(_demo.main, args.rows, backend=args.backend)
     return 0
 

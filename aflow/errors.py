@@ -8,10 +8,11 @@ the builtin exception whose meaning it shares, so ``except ValueError`` keeps wo
     ├── SourceReusedError (RuntimeError)  a single-use iterator was asked to run a second time
     ├── StageTimeoutError (TimeoutError)  ``timeout()`` saw no item within its limit
     ├── RetriesExhaustedError             ``retry()`` gave up; the last failure is ``__cause__``
-    └── DecodeError (ValueError)          a record could not be decoded (says where it came from)
-        ├── LineTooLongError              a line grew past ``max_line`` bytes without ending
-        ├── FrameTooLongError             a length prefix announced more than ``max_size`` bytes
-        └── IncompleteFrameError          a stream ended inside a line, frame or record
+    ├── DecodeError (ValueError)          a record could not be decoded (says where it came from)
+    │   ├── LineTooLongError              a line grew past ``max_line`` bytes without ending
+    │   ├── FrameTooLongError             a length prefix announced more than ``max_size`` bytes
+    │   └── IncompleteFrameError          a stream ended inside a line, frame or record
+    └── LateDataError (ValueError)        rows came after the windows they belong to had closed
 
 Errors raised by *user* functions inside a stage are never wrapped: the first one cancels the
 run and is raised as itself, with a note naming the stage (and the batch's provenance when
@@ -26,6 +27,7 @@ __all__ = [
     "FlowDefinitionError",
     "FrameTooLongError",
     "IncompleteFrameError",
+    "LateDataError",
     "LineTooLongError",
     "RetriesExhaustedError",
     "SourceReusedError",
@@ -108,3 +110,12 @@ class FrameTooLongError(DecodeError):
 class IncompleteFrameError(DecodeError):
     """A stream ended inside a line, frame or record (the peer left, went idle, the run
     stopped, or a file ended); those bytes are handed to the error policy."""
+
+
+class LateDataError(AflowError, ValueError):
+    """Rows arrived after every window they belong to had closed (the watermark had passed
+    them), or behind what :func:`aflow.reorder` had already released.
+
+    The error of the late rows handed to a window's ``late=`` policy; raised when that
+    policy is ``"raise"``. Raise ``allowed_lateness`` (or ``horizon``) to accept them.
+    """

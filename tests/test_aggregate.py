@@ -1,4 +1,4 @@
-"""Keyed aggregates (aflow/sinks/aggregate.py) against brute-force references."""
+"""KeyedStats (aflow/kernels/keyed.py) and to_aggregate against brute-force references."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
-from aflow.sinks._grouping import group
-from aflow.sinks.aggregate import STATS, KeyedStats
+from aflow.kernels._grouping import group
+from aflow.kernels.keyed import STATS, KeyedStats
 
 ROW = np.dtype([("sensor", "i4"), ("value", "f8")])
 

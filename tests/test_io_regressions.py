@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import aflow as af
-from aflow.sinks.aggregate import KeyedStats
+from aflow.kernels.keyed import KeyedStats
 
 pytestmark = pytest.mark.anyio
 

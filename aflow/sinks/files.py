@@ -1,12 +1,13 @@
 """File sinks: ``.npy``, CSV, JSON lines and Parquet.
 
 Every file sink buffers encoded batches and writes them in chunks of at least
-``chunk_bytes`` (one thread hop per chunk: aiofiles on asyncio, anyio's file API on trio),
-at end of input, on graceful stop, and when closed after an error. A chunk holds whole
-batches only, so after a crash (even ``SIGKILL``) the file holds a prefix of complete
-batches: ``.npy`` files stay loadable (their header is rewritten after each chunk, see
-:func:`to_npy`); CSV and JSON lines files end at a line break. Parquet is the exception:
-its footer is written on close, so only a cleanly closed Parquet file is readable.
+``chunk_bytes`` (one thread hop per chunk: aiofiles on asyncio, anyio's file API on trio,
+as the file sources read), at end of input, on graceful stop, and when closed after an
+error. A chunk holds whole batches only, so after a crash (even ``SIGKILL``) the file
+holds a prefix of complete batches: ``.npy`` files stay loadable (their header is
+rewritten after each chunk, see :func:`to_npy`); CSV and JSON lines files end at a line
+break. Parquet is the exception: its footer is written on close, so only a cleanly
+closed Parquet file is readable.
 
 The sinks await I/O, so each runs in a task of its own behind a buffer: a slow disk
 suspends the flow (backpressure). Text encoding runs in a worker thread.
@@ -14,19 +15,19 @@ suspends the flow (backpressure). Text encoding runs in a worker thread.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 
+from .._aio import AsyncFile, open_file
 from ..abc import Batch, Context, SinkOperator, SinkWriter
 from ..codecs import CsvEncoder, Fmt, JsonlEncoder, columns
 from ..flow import Sink
@@ -66,27 +67,6 @@ def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
-class _File(Protocol):
-    async def write(self, data: bytes, /) -> Any: ...
-
-    async def seek(self, offset: int, whence: int = 0, /) -> Any: ...
-
-    async def flush(self) -> Any: ...
-
-
-async def _open(path: str) -> tuple[_File, Callable[[], Any], int]:
-    """Open ``path`` for writing with the backend's file API: (file, close, fileno)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio
-        f = await anyio.open_file(path, "wb")
-        return f, f.aclose, f.wrapped.fileno()
-    import aiofiles
-
-    h = await aiofiles.open(path, "wb")
-    return h, h.close, h.fileno()
-
-
 class _FileWriter(SinkWriter[Any, FileSummary]):
     """Buffers encoded batches; writes them in chunks; subclasses say how to encode."""
 
@@ -94,13 +74,13 @@ class _FileWriter(SinkWriter[Any, FileSummary]):
         self.path, self.chunk_bytes, self.fsync = path, chunk_bytes, fsync
         self.pending: list[bytes] = []
         self.pending_bytes = self.pending_rows = self.rows = 0
-        self.file: _File | None = None
+        self.file: AsyncFile | None = None
         self.close_file: Callable[[], Any] | None = None
         self.fileno = -1
 
     async def open(self) -> None:
-        with anyio.CancelScope(shield=True):  # a cancelled open would leak the opened file
-            self.file, self.close_file, self.fileno = await _open(self.path)
+        self.file = await open_file(self.path, "wb")
+        self.close_file, self.fileno = self.file.aclose, self.file.fileno()
 
     async def write(self, item: Any) -> None:
         data = np.asarray(item)

@@ -16,13 +16,9 @@ from numpy.typing import NDArray
 
 from ..abc import Batch, Buffer, Context, Message, Outlet, Source
 from ..flow import Flow
-from ..stages.windows import TimeSpan, as_units
+from ..kernels.time_units import TimeSpan, as_numbers, as_units
 
 __all__ = ["asof_join"]
-
-
-def _numeric(ts: NDArray[Any]) -> NDArray[Any]:
-    return ts.view(np.int64) if ts.dtype.kind == "M" else ts
 
 
 class _Side:
@@ -85,7 +81,7 @@ class _AsofSource(Source):
         right_max = -math.inf
         while True:
             if pending is not None and len(pending):
-                lts = _numeric(pending[self.on])
+                lts = as_numbers(pending[self.on])
                 n = len(pending) if right.done else int(np.count_nonzero(lts < right_max))
                 if n:
                     ready, pending = pending[:n], pending[n:]
@@ -97,7 +93,7 @@ class _AsofSource(Source):
                 got = await right.pull()
                 if got is not None:
                     right.rows = self._add_right(right.rows, got)
-                    right_max = max(right_max, float(_numeric(got[self.on]).max()))
+                    right_max = max(right_max, float(as_numbers(got[self.on]).max()))
             else:
                 got = await left.pull()
                 if got is not None:
@@ -105,13 +101,13 @@ class _AsofSource(Source):
 
     def _add_right(self, held: NDArray[Any] | None, rows: NDArray[Any]) -> NDArray[Any]:
         both = rows if held is None else np.concatenate((held, rows))
-        return both[np.argsort(_numeric(both[self.on]), kind="stable")]
+        return both[np.argsort(as_numbers(both[self.on]), kind="stable")]
 
     def _prune(self, rows: NDArray[Any] | None, upto: float) -> NDArray[Any] | None:
         """Drop right rows no later left row (at or after ``upto``) can match."""
         if rows is None:
             return None
-        ts = _numeric(rows[self.on])
+        ts = as_numbers(rows[self.on])
         old = ts < upto
         if not old.any():
             return rows
@@ -141,7 +137,7 @@ class _AsofSource(Source):
         safe = np.maximum(idx, 0)
         if self.tolerance is not None:
             tol = as_units(self.tolerance, left.dtype[self.on])
-            gap = _numeric(left[self.on]) - _numeric(rows[self.on])[safe]
+            gap = as_numbers(left[self.on]) - as_numbers(rows[self.on])[safe]
             found &= gap <= tol
         for src, dst in self._right_names(left.dtype, rows.dtype):
             out[dst] = rows[src][safe]
@@ -151,7 +147,7 @@ class _AsofSource(Source):
 
     def _indices(self, left: NDArray[Any], rows: NDArray[Any]) -> NDArray[np.intp]:
         """Per left row, the index of its right row (-1 when there is none)."""
-        lts, rts = _numeric(left[self.on]), _numeric(rows[self.on])
+        lts, rts = as_numbers(left[self.on]), as_numbers(rows[self.on])
         if self.by is None:
             return np.searchsorted(rts, lts, side="right") - 1
         # One sortable code per row: (key code, rank of ts among both sides).

@@ -16,13 +16,13 @@ import anyio
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..abc import Context, Message, Outlet, Provenance, Source
+from ..abc import Context, Message, Outlet, Source
 from ..codecs import COMBINED
 from ..codecs.csv import Engine
-from ..errors import DecodeError
 from ..flow import Flow
-from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
+from ..policies import ErrorPolicy, Reporter, check_policy
 from ..stages.decode import decode_csv, decode_jsonl, decode_log
+from ..stages.element import flat_map
 from ._reader import FileReader, Shape
 
 __all__ = [
@@ -94,7 +94,7 @@ class _FilesSource(Source):
         files = await anyio.to_thread.run_sync(expand, self.paths)  # a glob may be slow
         if not files and isinstance(self.paths, str):
             raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
-        report = _reporter(self.on_error, self.name, out)
+        report = Reporter(self.on_error, self.name, out.counters)
         # Even one file is read by a task of its own, a few reads ahead of the stages
         # fused behind this source, so reading and processing overlap.
         await _read_concurrently([self._reader(f) for f in files], self.max_open, report, out)
@@ -104,7 +104,7 @@ class _FilesSource(Source):
 
 
 async def _read_concurrently(
-    readers: list[FileReader], max_open: int, report: Any, out: Outlet
+    readers: list[FileReader], max_open: int, report: Reporter, out: Outlet
 ) -> None:
     """Run readers in tasks, at most ``max_open`` at a time, all emitting into ``out``
     through a buffer of ``max_open`` messages (the read-ahead).
@@ -138,20 +138,6 @@ async def _read_concurrently(
             tg.cancel_scope.cancel()
     if failure:
         raise failure[0]
-
-
-def _reporter(policy: ErrorPolicy, stage: str, out: Outlet) -> Any:
-    async def report(error: DecodeError, raw: bytes, prov: Provenance | None) -> None:
-        fallback = policy.then if isinstance(policy, Retry) else policy
-        if fallback == "raise":
-            raise error
-        counters = out.counters
-        if counters is not None:
-            counters.errors += 1
-        if isinstance(fallback, DeadLetter):
-            await fallback.deliver(FailedItem(raw, error, stage, prov))
-
-    return report
 
 
 def _name(kind: str, paths: Paths) -> str:
@@ -242,8 +228,6 @@ def read_lines(
     invalid UTF-8). ``on_error`` handles lines longer than ``max_line`` (see
     :func:`read_blocks`).
     """
-    from ..stages.element import flat_map
-
     blocks = read_blocks(
         paths,
         chunk_size=chunk_size,
@@ -405,7 +389,7 @@ class _NpySource(_FilesSource):
             FileReader(path, start=start, **options)  # type: ignore[arg-type]
             for path, (_, _, start) in zip(files, headers, strict=True)
         ]
-        report = _reporter(self.on_error, self.name, out)
+        report = Reporter(self.on_error, self.name, out.counters)
         await _read_concurrently(readers, self.max_open, report, out)
 
 

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..sinks.aggregate import KeyedStats
+from ..kernels.keyed import KeyedStats
+from ..kernels.time_units import as_timestamps
 from ._panes import AggSpec, PaneStore, window_records
 
 __all__ = ["Engine", "FixedWindows", "SessionWindows"]
@@ -69,9 +70,7 @@ class Engine(ABC):
         return [] if end is None else self.close(end)
 
     def out_ts(self, values: NDArray[Any]) -> NDArray[Any]:
-        if self.out_dtype.kind == "M":
-            return values.astype(np.int64).view(self.out_dtype)
-        return values.astype(self.out_dtype)
+        return as_timestamps(values, self.out_dtype)
 
 
 class FixedWindows(Engine):

@@ -13,6 +13,7 @@ from ..flow import Stage
 from ..policies import ErrorPolicy
 from ..stats import StageCounters
 from ._function import FunctionOp
+from .concurrency import threaded
 
 __all__ = ["filter_rows", "map_batches"]
 
@@ -90,8 +91,6 @@ def map_batches(
     """
     op = _MapBatchesOp(fn, on_error, name)
     if thread or concurrency != 1:
-        from .concurrency import threaded
-
         return threaded(op, concurrency=concurrency, buffer=buffer)
     return Stage(op)
 

@@ -29,9 +29,9 @@ from ..abc import (
     locate,
 )
 from ..flow import Stage
-from ..policies import ErrorPolicy, check_policy, recover
+from ..policies import ErrorPolicy, apply_policy, check_policy
 from ..stats import StageCounters
-from ._function import FunctionOp
+from ._function import FunctionOp, MapOp, rewrap
 
 __all__ = ["concurrent_map", "threaded"]
 
@@ -183,10 +183,8 @@ def concurrent_map(
         else f"map({callable_name(fn)}, concurrency={concurrency})"
     )
     if thread or not inspect.iscoroutinefunction(fn):
-        from .element import _MapOp
-
         return threaded(
-            _MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer, ordered=ordered
+            MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer, ordered=ordered
         )
 
     async def work(
@@ -199,18 +197,13 @@ def concurrent_map(
             if on_error == "raise":
                 raise
             prov = unit.provenance if isinstance(unit, Batch) else None
-            outs = await recover(
-                on_error, lambda: _call_async(fn, value), value, exc, label, prov, counters
+            outs = await apply_policy(
+                on_error, value, exc, label, prov, counters, again=lambda: _call_async(fn, value)
             )
             if not outs:
                 return []
             result = outs[0]
-        if isinstance(unit, Batch):
-            import numpy as np
-
-            if isinstance(result, np.ndarray):
-                return [unit.with_data(result)]
-        return [[result]]
+        return rewrap(unit, result) if isinstance(unit, Batch) else [[result]]
 
     return Stage(_ConcurrentOp(label, work, _split_elements, concurrency, ordered, buffer))
 
@@ -229,6 +222,7 @@ def threaded(
     called twice on an item that succeeded, nor on the event loop's thread.
     """
     runner = op.start()
+    name = op.name if "thread" in op.name else f"{op.name}[threads={concurrency}]"
 
     async def work(
         unit: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
@@ -239,34 +233,33 @@ def threaded(
             try:
                 return await anyio.to_thread.run_sync(op.apply_batch, unit, limiter=limiter)
             except Exception as exc:
-                return await recover(
+                return await apply_policy(
                     op.on_error,
-                    lambda: anyio.to_thread.run_sync(op.apply_batch, unit, limiter=limiter),
                     unit.data,
                     exc,
-                    op.name,
+                    name,
                     unit.provenance,
                     counters,
+                    again=lambda: anyio.to_thread.run_sync(op.apply_batch, unit, limiter=limiter),
                 )
         results = await anyio.to_thread.run_sync(_apply_each, op, unit, limiter=limiter)
         out: list[Any] = []
         for item, result in zip(unit, results, strict=True):
             if isinstance(result, Exception):
-                result = await recover(
+                result = await apply_policy(
                     op.on_error,
-                    lambda item=item: anyio.to_thread.run_sync(  # type: ignore[misc]
-                        op.apply_one, item, limiter=limiter
-                    ),
                     item,
                     result,
-                    op.name,
+                    name,
                     None,
                     counters,
+                    again=lambda item=item: anyio.to_thread.run_sync(  # type: ignore[misc]
+                        op.apply_one, item, limiter=limiter
+                    ),
                 )
             out.extend(result)
         return [out] if out else []
 
-    name = op.name if "thread" in op.name else f"{op.name}[threads={concurrency}]"
     return Stage(_ConcurrentOp(name, work, _whole, concurrency, ordered, buffer))
 
 

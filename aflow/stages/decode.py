@@ -32,7 +32,7 @@ from ..codecs import COMBINED, CsvDecoder, Decoded, JsonlDecoder, LogDecoder
 from ..codecs.csv import Engine
 from ..errors import DecodeError
 from ..flow import Stage
-from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
+from ..policies import ErrorPolicy, apply_policy, check_policy
 from ..stats import StageCounters
 from .concurrency import _ConcurrentOp
 
@@ -82,6 +82,7 @@ class _DecodeRunner(Processor):
 
     def __init__(self, op: DecodeOp) -> None:
         self.op = op
+        self.stage = op.name  # the name failed lines give (threads: the concurrent stage's)
         self.first = True
 
     def process(self, msg: Message) -> list[Message]:  # pragma: no cover - guarded only
@@ -137,14 +138,8 @@ class _DecodeRunner(Processor):
             f"{self.op.name}: cannot decode {line[:80]!r}: {exc}", source=source, line=number
         )
         error.__cause__ = exc
-        policy = self.op.on_error
-        if isinstance(policy, Retry):
-            policy = policy.then  # decoding the same bytes again cannot succeed
-        if policy == "raise":
-            raise error
-        counters.errors += 1
-        if isinstance(policy, DeadLetter):
-            await policy.deliver(FailedItem(line, error, self.op.name, prov))
+        # provenance None: the line's own, from the error (the bytes are not retried)
+        await apply_policy(self.op.on_error, line, error, self.stage, None, counters)
 
 
 def _line_bytes(x: Any) -> bytes:
@@ -170,6 +165,7 @@ class _ThreadedDecodeOp(AsyncOperator):
 
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
         runner = _DecodeRunner(self.op)  # this run's state
+        runner.stage = self.name  # failed lines name the stage their statistics show
         decoder = self.op.decoder
 
         async def work(

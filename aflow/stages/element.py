@@ -18,7 +18,8 @@ from ..abc import Batch, Message, Operator, Processor, callable_name
 from ..codecs.lines import block_lines, is_line_block, split_block
 from ..flow import Stage
 from ..policies import ErrorPolicy
-from ._function import FunctionOp
+from ._function import FunctionOp, MapOp, rewrap
+from .concurrency import concurrent_map
 
 __all__ = ["filter", "flat_map", "map", "scan", "skip", "take", "take_while"]
 
@@ -28,27 +29,6 @@ A = TypeVar("A")
 
 _map = map
 _filter = filter
-
-
-def _rewrap(batch: Batch, value: Any) -> list[Message]:
-    if isinstance(value, np.ndarray):
-        return [batch.with_data(value)]
-    return [[value]]
-
-
-class _MapOp(FunctionOp):
-    def __init__(self, fn: Callable[[Any], Any], on_error: ErrorPolicy, name: str | None) -> None:
-        super().__init__(name or f"map({callable_name(fn)})", on_error)
-        self.fn = fn
-
-    def apply_chunk(self, items: list[Any]) -> list[Any]:
-        return list(_map(self.fn, items))
-
-    def apply_one(self, item: Any) -> list[Any]:
-        return [self.fn(item)]
-
-    def apply_batch(self, batch: Batch) -> list[Message]:
-        return _rewrap(batch, self.fn(batch.data))
 
 
 def map(
@@ -75,8 +55,6 @@ def map(
         name: the stage's name in statistics and errors.
     """
     if inspect.iscoroutinefunction(fn) or thread or concurrency != 1:
-        from .concurrency import concurrent_map
-
         return concurrent_map(
             fn,
             concurrency=concurrency,
@@ -86,7 +64,7 @@ def map(
             buffer=buffer,
             name=name,
         )
-    return Stage(_MapOp(fn, on_error, name))
+    return Stage(MapOp(fn, on_error, name))
 
 
 class _FilterOp(FunctionOp):
@@ -287,7 +265,7 @@ class _ScanRunner(Processor):
         fn = self.fn
         if isinstance(msg, Batch):
             self.acc = fn(self.acc, msg.data)
-            return _rewrap(msg, self.acc)
+            return rewrap(msg, self.acc)
         out = []
         acc = self.acc
         for item in msg:

@@ -16,8 +16,9 @@ from numpy.typing import NDArray
 
 from ..abc import Batch, Message, Operator, Processor
 from ..flow import Stage
+from ..kernels.time_units import TimeSpan, as_numbers, as_timestamps, as_units
 from ..stats import StageCounters
-from .windows import LateTarget, TimeSpan, as_units, deliver_late
+from ._late import LateTarget, check_late, reject_late
 
 __all__ = ["reorder", "resample"]
 
@@ -26,12 +27,11 @@ def _ts(data: NDArray[Any], by: str, stage: str) -> NDArray[Any]:
     """The numeric timestamps (int64 or float64 view, shape (n,)) of column ``by``."""
     if data.dtype.names is None or by not in data.dtype.names:
         raise TypeError(f"{stage}: batches need a {by!r} timestamp column")
-    ts = data[by]
-    return ts.view(np.int64) if ts.dtype.kind == "M" else ts
+    return as_numbers(data[by])
 
 
 class _ReorderRunner(Processor):
-    guarded = True  # process_guarded: counts late rows and awaits async late targets
+    guarded = True  # process_guarded: late rows go to the late policy, which may await
 
     def __init__(self, op: _ReorderOp) -> None:
         self.op = op
@@ -49,7 +49,8 @@ class _ReorderRunner(Processor):
             self.horizon = as_units(self.op.horizon, data.dtype[self.op.by])
         late = ts < self.wm
         if late.any():
-            await deliver_late(self.op.late, data[late], counters)
+            prov = msg.provenance if isinstance(msg, Batch) else None
+            await reject_late(self.op.late, data[late], self.wm, self.op.name, prov, counters)
             data, ts = data[~late], ts[~late]
         self._hold(data, ts)
         if len(ts):
@@ -82,7 +83,7 @@ class _ReorderRunner(Processor):
 
 class _ReorderOp(Operator):
     def __init__(self, by: str, horizon: TimeSpan, late: LateTarget) -> None:
-        self.by, self.horizon, self.late = by, horizon, late
+        self.by, self.horizon, self.late = by, horizon, check_late(late)
         self.name = f"reorder(by={by!r})"
 
     def start(self) -> Processor:
@@ -103,8 +104,9 @@ def reorder(
     Args:
         by: the timestamp column (int, float or ``datetime64``).
         horizon: how far out of order rows may be (``np.timedelta64`` for datetime64).
-        late: ``"drop"``, a list to append arrays of late rows to, or a callable taking
-            them (sync or async).
+        late: the error policy for late rows, as for :func:`~aflow.window`: ``"drop"``,
+            ``"raise"``, :func:`~aflow.dead_letter`, or a list or (sync or async) callable
+            taking the arrays of late rows.
 
     Examples:
         >>> import numpy as np, aflow as af
@@ -168,11 +170,7 @@ class _ResampleRunner(Processor):
             for name in self.op.linear_columns(data.dtype):
                 a, b = data[name][i], data[name][j]
                 out[name] = a + w * (b - a)
-        out[self.op.by] = (
-            grid.astype(np.int64).view(out.dtype[self.op.by])
-            if (out.dtype[self.op.by].kind == "M")
-            else grid
-        )
+        out[self.op.by] = as_timestamps(grid, out.dtype[self.op.by])
         out[self.op.valid] = exact | (ts[j] - ts[i] <= self.max_gap)
         return out
 

@@ -11,10 +11,9 @@ have one (a timer closes them).
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
 import anyio
@@ -33,37 +32,16 @@ from ..abc import (
     Processor,
 )
 from ..flow import Stage
+from ..kernels.time_units import TimeSpan, as_numbers, as_units
+from ..policies import ErrorPolicy
 from ..stats import StageCounters
+from ._late import LateTarget, check_late, reject_late, waits_on_target
 from ._panes import STATS, AggSpec
 from ._windowing import Engine, FixedWindows, SessionWindows
 
-__all__ = ["LateTarget", "TimeSpan", "as_units", "deliver_late", "window"]
-
-TimeSpan: TypeAlias = "int | float | np.timedelta64"
-"""A duration: in the timestamp column's units (an int for int64 nanoseconds, a
-``np.timedelta64`` for ``datetime64`` columns), seconds of processing time, or rows."""
-
-LateTarget: TypeAlias = (
-    "Literal['drop'] | list[NDArray[Any]] | Callable[[NDArray[Any]], None]"
-    " | Callable[[NDArray[Any]], Awaitable[None]]"
-)
-"""Where late rows go: dropped (and counted), appended to a list, or passed to a callable
-(sync or async), one array of late rows per incoming batch that had some."""
+__all__ = ["window"]
 
 Domain: TypeAlias = Literal["event", "processing", "count"]
-
-
-async def deliver_late(target: LateTarget, rows: NDArray[Any], counters: StageCounters) -> None:
-    """Count ``rows`` in the stage's ``errors`` and hand them to ``target``."""
-    counters.errors += len(rows)
-    if isinstance(target, str):
-        return
-    if isinstance(target, list):
-        target.append(rows)
-        return
-    result = target(rows)
-    if inspect.isawaitable(result):
-        await result
 
 
 class _WindowOp(Operator):
@@ -74,7 +52,7 @@ class _WindowOp(Operator):
         self.domain = domain
         self.by = by
         self.make = make
-        self.late: LateTarget = "drop"
+        self.late: ErrorPolicy = "skip"
         self.lateness: TimeSpan = 0
 
     def start(self) -> _WindowRunner:
@@ -105,24 +83,10 @@ class _EngineFactory:
         return FixedWindows(size, step, self.spec, out, first=self.first)
 
 
-def as_units(value: TimeSpan, ts_dtype: np.dtype[Any]) -> float:
-    """``value`` as a number in the units of timestamps of ``ts_dtype``."""
-    if ts_dtype.kind == "M":
-        unit, _ = np.datetime_data(ts_dtype)
-        if isinstance(value, int | float) and value == 0:
-            return 0
-        if not isinstance(value, np.timedelta64):
-            raise TypeError(f"windows over a {ts_dtype} column take np.timedelta64 durations")
-        return int(value.astype(f"m8[{unit}]").astype(np.int64))
-    if isinstance(value, np.timedelta64):
-        raise TypeError(f"np.timedelta64 durations need a datetime64 column, not {ts_dtype}")
-    return value
-
-
 class _WindowRunner(Processor):
     """Per-run state: the engine, the watermark rule, the row count."""
 
-    guarded = True  # process_guarded: awaits async late targets and counts late rows
+    guarded = True  # process_guarded: late rows go to the late policy, which may await
 
     def __init__(self, op: _WindowOp) -> None:
         self.op = op
@@ -149,7 +113,7 @@ class _WindowRunner(Processor):
             self.engine = op.make(ts.dtype)
             if op.domain == "event":
                 self.lateness = as_units(op.lateness, ts.dtype)
-        return ts.view(np.int64) if ts.dtype.kind == "M" else ts
+        return as_numbers(ts)
 
     async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
         return await self.step(msg, counters, anyio.current_time())
@@ -162,11 +126,13 @@ class _WindowRunner(Processor):
         t0 = time.perf_counter()
         ts = self.timestamps(data, now)
         assert self.engine is not None
+        wm = self.engine.wm
         late = self.engine.add(ts, data)
         self.rows_seen += len(data)
         counters.busy_seconds += time.perf_counter() - t0
         if late.any():
-            await deliver_late(self.op.late, data[late], counters)
+            prov = msg.provenance if isinstance(msg, Batch) else None
+            await reject_late(self.op.late, data[late], wm, self.op.name, prov, counters)
         return self.advance(self._watermark(ts, now))
 
     def _watermark(self, ts: NDArray[Any], now: float) -> float:  # an int for int timestamps
@@ -271,10 +237,11 @@ def window(
     The watermark advances after every batch to (max timestamp seen) - ``allowed_lateness``
     (event time), the number of rows seen (count) or the current time (processing).
     A window closes when the watermark reaches its end. Rows arriving after every window
-    they belong to closed are *late*: counted in the stage's ``errors`` statistic and
-    dropped, or handed to ``late``. With ``idle_timeout``, an input quiet for that many
-    seconds closes every open window (rows for them arriving later are late). At the end
-    of input or a graceful stop, open windows are flushed (``Batch.reason == "end"``).
+    they belong to closed are *late*: each counts in the stage's ``errors`` statistic, and
+    the late rows of a batch go to the ``late`` policy, like any failed item. With
+    ``idle_timeout``, an input quiet for that many seconds closes every open window (rows
+    for them arriving later are late). At the end of input or a graceful stop, open
+    windows are flushed (``Batch.reason == "end"``).
 
     Output: without ``key``/``stats``, each closed window is one batch of its rows (the
     input dtype; sessions in timestamp order). With them, one structured array per
@@ -299,8 +266,10 @@ def window(
         allowed_lateness: how far behind the largest timestamp seen rows may still come
             before their windows close (event time).
         idle_timeout: seconds without input after which open windows close (event time).
-        late: ``"drop"``, a list to append arrays of late rows to, or a (sync or async)
-            callable receiving them.
+        late: the error policy for late rows: ``"drop"`` (or ``"skip"``), ``"raise"`` (a
+            :class:`~aflow.LateDataError`), :func:`~aflow.dead_letter` (one
+            :class:`~aflow.FailedItem` of the late rows per batch); or, for short, a list
+            to append those arrays to, or a (sync or async) callable receiving them.
         buffer: input buffer size, when the stage has a task (processing time, idle timeout
             or an async ``late``).
         name: the stage's name in statistics and errors.
@@ -321,9 +290,8 @@ def window(
     factory = _EngineFactory(size, step, gap, key, spec)
     factory.first = 0 if dom == "count" else None
     op = _WindowOp(label, dom, by, factory)
-    op.late, op.lateness = late, allowed_lateness
-    async_late = callable(late) and inspect.iscoroutinefunction(late)
-    if dom == "processing" or idle_timeout is not None or async_late:
+    op.late, op.lateness = check_late(late), allowed_lateness
+    if dom == "processing" or idle_timeout is not None or waits_on_target(late):
         return Stage(_TimedWindowOp(op, idle_timeout, buffer))
     return Stage(op)
 

@@ -16,7 +16,7 @@ from numpy.typing import DTypeLike
 from ...abc import Buffer, Closed, Context, Message, Outlet, Source
 from ...codecs.framing import Framing
 from ...flow import Flow
-from ...policies import ErrorPolicy, check_policy
+from ...policies import ErrorPolicy, Reporter, check_policy
 from ._common import (
     READ_SIZE,
     MiB,
@@ -26,7 +26,6 @@ from ._common import (
     _ip_address,
     _Options,
     _pump,
-    _Reporter,
     _url,
     logger,
 )
@@ -111,7 +110,7 @@ class _Serving:
         self.out = out
         self.ctx = ctx
         self.edge = edge
-        self.report = _Reporter(server.on_error, server.name, out)
+        self.report = Reporter(server.on_error, server.name, out.counters)
         self.slots = anyio.Semaphore(server.max_connections)
         self.scopes: set[anyio.CancelScope] = set()
         self.closed = False
