@@ -12,6 +12,7 @@ third request and drops the connection instead of answering every seventh.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,7 @@ class IngestClient:
             await self.stream.send(f"{request_id} {len(payload)}\n".encode() + payload)
             reply = await self.replies.receive_until(b"\n", 64)
         except (anyio.IncompleteRead, anyio.BrokenResourceError, OSError) as exc:
+            await self.aclose()  # the connection is of no more use
             raise Unavailable(f"connection lost: {exc!r}") from exc
         if reply != b"OK":
             raise Unavailable(f"the server answered {reply.decode()!r}")
@@ -128,12 +130,11 @@ class IngestWriter(SinkWriter[Any, Delivery]):
         request_id = f"{self.run_id}-{self.requests}"
         for attempt in range(1, op.attempts + 1):
             try:
-                if self.client is None:
+                if self.client is None or self.client.stream is None:  # lost: reconnect
                     self.client = await IngestClient.connect(op.host, op.port)
                 await self.client.send(request_id, rows)
                 break
             except (Unavailable, OSError) as exc:
-                await self.aclose()  # the next attempt starts on a fresh connection
                 if attempt == op.attempts:
                     raise Unavailable(
                         f"{op.name}: request {request_id} ({len(rows)} rows) failed "
@@ -207,16 +208,16 @@ class IngestServer:
         try:
             async with stream:
                 requests = BufferedByteReceiveStream(stream)
-                while True:
+                for number in itertools.count(1):  # failures follow the count per connection
                     header = await requests.receive_until(b"\n", 64)
                     request_id, size = header.decode().split()
                     payload = await requests.receive_exactly(int(size))
                     self.requests += 1
-                    if self.busy_every and self.requests % self.busy_every == 0:
+                    if self.busy_every and number % self.busy_every == 0:
                         await stream.send(b"BUSY\n")
                         continue
                     self.taken.setdefault(request_id, np.frombuffer(payload, READING))
-                    if self.lose_reply_every and self.requests % self.lose_reply_every == 0:
+                    if self.lose_reply_every and number % self.lose_reply_every == 0:
                         return  # applied, but the answer is lost: the client sends it again
                     await stream.send(b"OK\n")
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -177,30 +178,41 @@ def read_readings(host: str, port: int, **options: Any) -> af.Flow[NDArray[Any]]
 # -- a server to read from (what the tests and the demo run) ------------------------------
 
 
+@dataclass
+class ReadingsServer:
+    """Where the test server listens, and how many clients it is serving now."""
+
+    port: int = 0
+    open_connections: int = 0
+
+
 @asynccontextmanager
 async def serve_readings(
     n: int | None, *, drop_every: int | None = None, pause_at: int | None = None
-) -> AsyncIterator[int]:
-    """Serve readings ``0..n-1`` (forever when ``n`` is None) on 127.0.0.1; yield the port.
+) -> AsyncIterator[ReadingsServer]:
+    """Serve readings ``0..n-1`` (forever when ``n`` is None) on 127.0.0.1.
 
     ``drop_every`` closes each connection after that many lines; ``pause_at`` stops
     sending (without closing) at that sequence number.
     """
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    server = ReadingsServer()
 
     async def handle(stream: SocketStream) -> None:
-        async with stream:
-            try:
+        server.open_connections += 1
+        try:
+            async with stream:
                 request = await stream.receive()
                 await send_from(stream, int(request.split()[1]))
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the client went away
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the client went away
+        finally:
+            server.open_connections -= 1
 
     async def send_from(stream: SocketStream, seq: int) -> None:
         sent = 0
         while n is None or seq < n:
             if seq == pause_at:
-                await anyio.sleep_forever()
+                await stream.receive()  # until the client closes the connection
             if drop_every is not None and sent == drop_every:
                 return
             stop = seq + 100 if n is None else min(seq + 100, n)
@@ -213,15 +225,17 @@ async def serve_readings(
             sent, seq = sent + stop - seq, stop
         await stream.send(b"END\n")
 
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    server.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
-        yield int(listener.extra(anyio.abc.SocketAttribute.local_port))
+        yield server
         tg.cancel_scope.cancel()
 
 
 async def main() -> None:
-    async with serve_readings(10_000, drop_every=2_500) as port:
-        result = await (read_readings("127.0.0.1", port) | af.collect()).run()
+    async with serve_readings(10_000, drop_every=2_500) as server:
+        result = await (read_readings("127.0.0.1", server.port) | af.collect()).run()
     rows = result.value
     assert np.array_equal(rows["seq"], np.arange(10_000)), "lost or repeated readings"
     print(f"{len(rows):,} readings, seq 0..{rows['seq'][-1]}, none lost or repeated")
