@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from ._core.run import RunResult
 from .abc import (
     Batch,
+    Closed,
     Context,
     Message,
     Outlet,
@@ -360,9 +361,10 @@ class _SpyWriter(SinkWriter[Any, Any]):
         return self.inner.result()
 
     async def _watch(self, name: str, call: Awaitable[None]) -> None:
+        cancelled_before = _cancelled()  # a call that never waits may meet a cancel pending
         await call
-        if _cancelled() and self.swallowed is None:
-            self.swallowed = name
+        if _cancelled() and not cancelled_before and self.swallowed is None:
+            self.swallowed = name  # cancelled while it waited, yet it returned
 
 
 class _SpySinkOp(SinkOperator[Any, Any]):
@@ -392,7 +394,7 @@ class _Cycle(Source):
     async def produce(self, out: Outlet, ctx: Context) -> None:
         start = 0
         while not out.stopping:
-            part = self.rows[start % len(self.rows) :][: self.step]
+            part = np.take(self.rows, range(start, start + self.step), mode="wrap")
             await out.emit(Batch(part, "source", Provenance(self.name, start, start + len(part))))
             self.emitted += len(part)
             start += len(part)
@@ -596,6 +598,7 @@ class _SourceLog:
         self.pending = 0  # emits waiting for room
         self.done = False
         self.outcome = "running"
+        self.closed = False  # an emit raised Closed
         self.swallowed = False
 
     @property
@@ -613,6 +616,9 @@ class _SpyOutlet:
         self.log.pending += 1
         try:
             await self.out.emit(msg)
+        except Closed:
+            self.log.closed = True  # returning normally after this is fine
+            raise
         finally:
             self.log.pending -= 1
         self.log.emitted += 1
@@ -651,7 +657,7 @@ class _SpySource(Source):
             raise
         else:
             log.outcome = "returned"
-            log.swallowed = _cancelled()
+            log.swallowed = _cancelled() and not log.closed
         finally:
             log.done = True
 
