@@ -384,16 +384,23 @@ class _SpySinkOp(SinkOperator[Any, Any]):
 
 
 class _Cycle(Source):
-    """Endless batches of ``rows``, cycling; counts the rows emitted."""
+    """Batches of ``rows``, cycling: endless, or ``batches`` of them and then quiet until
+    stopped (as a live feed can be); counts the rows emitted."""
 
-    def __init__(self, rows: NDArray[Any], step: int) -> None:
-        self.rows, self.step = rows, step
+    def __init__(self, rows: NDArray[Any], step: int, batches: int | None = None) -> None:
+        self.rows, self.step, self.batches = rows, step, batches
         self.name = "check_sink.input"
         self.emitted = 0
+        self.quiet = False
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
         start = 0
         while not out.stopping:
+            if self.batches is not None and start >= self.batches * self.step:
+                self.quiet = True
+                with out.pull_scope():
+                    await anyio.sleep_forever()
+                continue
             part = np.take(self.rows, range(start, start + self.step), mode="wrap")
             await out.emit(Batch(part, "source", Provenance(self.name, start, start + len(part))))
             self.emitted += len(part)
@@ -434,7 +441,8 @@ async def check_sink(
       included (``data`` is cut so that the last batch is short);
     * **idempotent aclose**: the runtime closes each writer once; a second ``aclose()``
       does not raise;
-    * **graceful stop**: after ``run.stop()`` every row the source emitted is delivered;
+    * **graceful stop**: after three batches and a quiet moment of input, ``run.stop()``;
+      every row the source emitted must be delivered;
     * **cancellation**: a run cancelled mid-way closes the writer, lets the cancellation
       propagate (no writer method returns normally once cancelled) and leaves no task
       running.
@@ -535,10 +543,10 @@ async def _check_sink_stop(
     count: Callable[[Any], int],
     seconds: float,
 ) -> None:
-    source = _Cycle(rows, step)
+    source = _Cycle(rows, step, batches=3)  # the same rows on every check: deterministic
     with anyio.fail_after(seconds):
         async with (Flow(source) | sink).open() as run:
-            await _wait_for(lambda: bool(op.spies) and op.spies[0].messages >= 2)
+            await _wait_for(lambda: source.quiet)
             run.stop()
             result = await run.wait()
     got = count(result.value)
@@ -562,9 +570,9 @@ async def _check_sink_cancel(
     prop = "cancellation"
     finished = False
     before = _running_tasks()
-    with anyio.fail_after(seconds), anyio.CancelScope() as scope:
+    with anyio.fail_after(2 * seconds), anyio.CancelScope() as scope:
         async with (Flow(_Cycle(rows, step)) | sink).open(grace=0) as run:
-            await _wait_for(lambda: bool(op.spies) and op.spies[0].messages >= 2)
+            await _wait_for_writes(op, prop, seconds)
             scope.cancel()
             await run.wait()
             finished = True
@@ -581,6 +589,19 @@ async def _check_sink_cancel(
     if spy.closed != 1:
         raise _fail(prop, "aclose() was not called", "Report this: the runtime must close it.")
     await _check_no_leak(prop, before)
+
+
+async def _wait_for_writes(op: _SpySinkOp, prop: str, seconds: float) -> None:
+    """Wait until the sink has received two messages, failing ``prop`` after ``seconds``."""
+    with anyio.move_on_after(seconds):
+        await _wait_for(lambda: bool(op.spies) and op.spies[0].messages >= 2)
+        return
+    raise _fail(
+        prop,
+        f"the sink received fewer than 2 messages in {seconds} s of endless input",
+        "Pass the sink itself to the check (stages before it must let rows through), and "
+        "make sure its writes return.",
+    )
 
 
 async def _wait_for(condition: Callable[[], bool]) -> None:
