@@ -180,10 +180,12 @@ def read_readings(host: str, port: int, **options: Any) -> af.Flow[NDArray[Any]]
 
 @dataclass
 class ReadingsServer:
-    """Where the test server listens, and how many clients it is serving now."""
+    """Where the test server listens, how many clients it is serving now, and how many
+    readings it has sent in all."""
 
     port: int = 0
     open_connections: int = 0
+    sent: int = 0
 
 
 @asynccontextmanager
@@ -222,6 +224,7 @@ async def serve_readings(
                 stop = min(stop, seq + drop_every - sent)
             lines = "".join(f"{i},{i % 7},{i * 0.5}\n" for i in range(seq, stop))
             await stream.send(lines.encode())
+            server.sent += stop - seq
             sent, seq = sent + stop - seq, stop
         await stream.send(b"END\n")
 

@@ -116,7 +116,9 @@ async def test_source_stop_while_waiting_emits_what_it_holds() -> None:
         flow = src.read_readings("127.0.0.1", server.port, batch_rows=1000, max_delay=60)
         with anyio.fail_after(5):
             async with flow.open() as run:
-                await anyio.sleep(0.5)  # 150 rows arrive, then the server goes quiet
+                while server.sent < 150:  # noqa: ASYNC110 - a counter, not an event
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.2)  # the 150 rows arrive; then the server goes quiet
                 run.stop()  # interrupts the wait in pull_scope(): the held rows go out
                 got = [b async for b in run]
         assert len(got) == 1
