@@ -42,11 +42,9 @@ from .sinks.histogram import to_quantiles as to_quantiles
 from .sinks.queues import to_queue as to_queue
 from .sinks.routing import broadcast as broadcast
 from .sinks.routing import partition as partition
-from .sinks.routing import tee as tee
 from .sinks.sockets import to_tcp as to_tcp
 from .sinks.sockets import to_udp as to_udp
 from .sources.asof import asof_join as asof_join
-from .sources.combine import chain as chain
 from .sources.combine import concat as concat
 from .sources.combine import merge as merge
 from .sources.combine import repeat as repeat
@@ -117,7 +115,6 @@ __all__ = [
     "batch",
     "broadcast",
     "buffer",
-    "chain",
     "collect",
     "concat",
     "dead_letter",
@@ -159,7 +156,6 @@ __all__ = [
     "take_while",
     "tcp_client",
     "tcp_server",
-    "tee",
     "throttle",
     "timeout",
     "to_aggregate",

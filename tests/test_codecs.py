@@ -284,6 +284,29 @@ def test_log_one_column_with_bad_lines_in_the_block(tmp_path: Path) -> None:
     assert [d.error.line for d in dead] == [2, 6, 10]  # type: ignore[attr-defined]
 
 
+def test_log_decoded_in_threads_like_inline(tmp_path: Path) -> None:
+    lines = [COMBINED_LINE, "garbage\n", COMBINED_LINE.replace(" 200 ", " 503 ")] * 300
+    (tmp_path / "access.log").write_text("".join(lines))
+
+    def decoded(threads: int | None) -> tuple[af.RunResult[Any], list[int]]:
+        dead: list[af.FailedItem] = []
+        flow = af.read_log(
+            str(tmp_path / "access.log"),
+            columns={"status": "int", "time": "timestamp:%d/%b/%Y:%H:%M:%S %z"},
+            threads=threads,
+            read_size=4096,
+            on_error=af.dead_letter(dead),
+        )
+        return af.run(flow), [d.error.line for d in dead]  # type: ignore[attr-defined]
+
+    (inline, inline_dead), (threaded, threaded_dead) = decoded(None), decoded(3)
+    assert threaded.value.tolist() == inline.value.tolist()
+    assert sorted(threaded_dead) == inline_dead == list(range(2, 900, 3))  # any order
+    assert threaded.statistics.stage("decode_log[threads=3]").batches_out > 1
+    with pytest.raises(KeyError):
+        inline.statistics.stage("decode_log[threads=3]")
+
+
 def test_log_groups_never_take_the_block_s_last_newline() -> None:
     stage = af.decode_log(r"(?P<key>\w+)=(?P<value>[^;]*)", {"key": "str", "value": "str"})
     for lines in ([b"a=1\n"], [b"a=1\n", b"b=2\n"]):

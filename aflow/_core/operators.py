@@ -71,7 +71,7 @@ class Op:
 
     def nested_buffers(self) -> int:
         """Buffers this stage adds inside itself (a routing sink's branches, say), so a
-        run's ``max_bytes`` can be shared among all of them. 0 for a plain stage."""
+        run's ``max_bytes_in_flight`` can be shared among all of them. 0 for a plain stage."""
         return 0
 
 
@@ -286,7 +286,7 @@ class Context(Protocol):
 
 
 def chain_buffers(source: Source, ops: Iterable[Op]) -> int:
-    """Buffers a chain adds to a run (to share ``max_bytes`` among them)."""
+    """Buffers a chain adds to a run (to share ``max_bytes_in_flight`` among them)."""
     return source.nested_buffers() + sum(op_buffers(op) for op in ops)
 
 

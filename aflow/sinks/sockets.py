@@ -1,6 +1,6 @@
 """Socket sinks: write a flow to a TCP server or as UDP datagrams.
 
-What is sent follows ``encode`` (see :mod:`aflow.codecs.framing`): text lines (arrays
+What is sent follows ``framing`` (see :mod:`aflow.codecs.framing`): text lines (arrays
 formatted like ``np.savetxt``), length-prefixed frames, or raw binary records
 (``arr.tobytes()``). Both sinks await I/O, so each runs in a task of its own behind a
 buffer; a TCP peer that reads slowly suspends the flow (backpressure).
@@ -35,7 +35,7 @@ THREAD_ROWS = 4096
 
 
 class _Encoder:
-    """Turns messages into bytes for one ``encode`` choice."""
+    """Turns messages into bytes for one ``framing`` choice."""
 
     def __init__(self, framing: Framing, fmt: str, delimiter: str) -> None:
         self.framing = framing
@@ -125,7 +125,7 @@ def to_tcp(
     host: str,
     port: int,
     *,
-    encode: Framing = "lines",
+    framing: Framing = "lines",
     fmt: str = "%s",
     delimiter: str = ",",
     connect_timeout: float = 10.0,
@@ -136,7 +136,7 @@ def to_tcp(
     Args:
         host: the server's address.
         port: the server's port.
-        encode: ``"lines"``: an element is a line (``str`` as UTF-8, ``bytes`` as they
+        framing: ``"lines"``: an element is a line (``str`` as UTF-8, ``bytes`` as they
             are, a tuple joined with ``delimiter``; a newline added where missing), an
             array batch one line per row (``np.savetxt(fmt=, delimiter=)``; structured
             records field by field; give byte-string fields a ``fmt`` of their own), and
@@ -153,7 +153,7 @@ def to_tcp(
     Raises:
         OSError: the connection failed (refused, reset, timed out); this fails the run.
     """
-    return Sink(_TcpOp(host, port, encode, fmt, delimiter, connect_timeout, buffer))
+    return Sink(_TcpOp(host, port, framing, fmt, delimiter, connect_timeout, buffer))
 
 
 class _UdpWriter(SinkWriter[Any, int]):
@@ -245,7 +245,7 @@ def to_udp(
     host: str,
     port: int,
     *,
-    encode: Framing = "lines",
+    framing: Framing = "lines",
     fmt: str = "%s",
     delimiter: str = ",",
     max_datagram: int = 1472,
@@ -253,14 +253,14 @@ def to_udp(
 ) -> Sink[Any, int]:
     """Send the flow as UDP datagrams; the result is the number of bytes sent.
 
-    Lines (``encode="lines"``) and records (``"records"``) are encoded as in
+    Lines (``framing="lines"``) and records (``"records"``) are encoded as in
     :func:`to_tcp` and packed into datagrams of at most ``max_datagram`` bytes, each
     holding whole lines or records, as :func:`~aflow.udp_server` reads them (1472 bytes
     fit one Ethernet frame; loopback takes up to 65507). A ``bytes`` element with
-    ``encode="records"`` is one datagram. UDP may drop datagrams, and a datagram the
+    ``framing="records"`` is one datagram. UDP may drop datagrams, and a datagram the
     peer refuses (nobody listens) is dropped with a warning.
 
     Raises:
         ValueError: a single line, record or element does not fit ``max_datagram``.
     """
-    return Sink(_UdpOp(host, port, encode, fmt, delimiter, max_datagram, buffer))
+    return Sink(_UdpOp(host, port, framing, fmt, delimiter, max_datagram, buffer))
