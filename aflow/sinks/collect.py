@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from .._core.collect import CollectOperator
-from ..abc import Batch, Context, SinkOperator, SinkWriter, callable_name
+from ..abc import (
+    Batch,
+    Context,
+    SinkOperator,
+    SinkWriter,
+    callable_name,
+    is_async_callable,
+    refuse_async,
+)
 from ..flow import Sink
 
 __all__ = ["collect", "discard", "for_each", "reduce"]
@@ -77,6 +84,12 @@ def reduce(fn: Callable[[A, T], A], initial: A = _NOTHING) -> Sink[T, A]:
         initial: the starting value; without it the first item starts the fold and an
             empty flow raises ``ValueError``.
     """
+    refuse_async(
+        fn,
+        "reduce()",
+        "await what it needs in a map(fn, concurrency=n) before it, or use for_each(fn), "
+        "which awaits an async function on every item",
+    )
     return Sink(_ReduceOp(fn, initial))
 
 
@@ -111,7 +124,7 @@ class _ForEachWriter(SinkWriter[Any, int]):
 class _ForEachOp(SinkOperator[Any, int]):
     def __init__(self, fn: Callable[[Any], Any], buffer: int | None) -> None:
         self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = is_async_callable(fn)
         self.fused = not self.is_async
         self.buffer = buffer
         self.name = f"for_each({callable_name(fn)})"
@@ -128,6 +141,7 @@ def for_each(
     An async ``fn`` runs in a task of its own behind a buffer of ``buffer`` messages, and
     while it is slow the buffer fills and the upstream stages wait (backpressure).
     """
+    refuse_async(fn, "for_each()", "give an async function (no yield)", kinds=("generator",))
     return Sink(_ForEachOp(fn, buffer))
 
 

@@ -15,7 +15,17 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Buffer, Closed, Context, Message, SinkOperator, SinkWriter, callable_name
+from ..abc import (
+    Batch,
+    Buffer,
+    Closed,
+    Context,
+    Message,
+    SinkOperator,
+    SinkWriter,
+    callable_name,
+    refuse_async,
+)
 from ..flow import Sink
 from ..stats import StageCounters
 
@@ -181,4 +191,10 @@ def partition(fn: Callable[[Any], Any], *sinks: Sink[Any, Any]) -> Sink[Any, tup
     """
     if not sinks:
         raise ValueError("partition() needs at least one sink")
+    refuse_async(
+        fn,
+        "partition()",
+        "compute the branch number in a map(fn, concurrency=n) before it "
+        "(partition's function is sync)",
+    )
     return Sink(_PartitionOp(fn, sinks))

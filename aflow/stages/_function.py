@@ -75,3 +75,8 @@ class FunctionOp(Operator, Processor):
 
     @abstractmethod
     def apply_batch(self, batch: Batch) -> list[Message]: ...
+
+    def shape(self, unit: Message, result: Any) -> list[Message]:
+        """The output for one item (a one-element chunk, or a batch) given the awaited
+        result of the stage's async function (see :func:`.concurrency.concurrent`)."""
+        raise NotImplementedError(f"{self.name} has no async form")

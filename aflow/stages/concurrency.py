@@ -8,7 +8,6 @@ been handed downstream, so memory stays bounded by ``concurrency`` results.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -26,14 +25,15 @@ from ..abc import (
     Message,
     Outlet,
     callable_name,
+    is_async_callable,
     locate,
 )
 from ..flow import Stage
-from ..policies import ErrorPolicy, check_policy, recover
+from ..policies import recover
 from ..stats import StageCounters
 from ._function import FunctionOp
 
-__all__ = ["concurrent_map", "threaded"]
+__all__ = ["concurrent", "concurrent_name", "threaded"]
 
 Work = Callable[[Message, StageCounters, anyio.CapacityLimiter], Awaitable[list[Message]]]
 """Computes one unit's output; the limiter (one per run) bounds worker threads."""
@@ -165,29 +165,22 @@ def _whole(msg: Message) -> list[Message]:
     return [msg]
 
 
-def concurrent_map(
+def concurrent(
+    op: FunctionOp,
     fn: Callable[[Any], Any],
     *,
     concurrency: int,
     ordered: bool,
     thread: bool,
-    on_error: ErrorPolicy,
     buffer: int | None,
-    name: str | None,
 ) -> Stage[Any, Any]:
-    """The engine behind ``map(async_fn, concurrency=...)`` and ``map(fn, thread=True)``."""
-    check_policy(on_error)
-    label = name or (
-        f"map({callable_name(fn)}, threads={concurrency})"
-        if thread or not inspect.iscoroutinefunction(fn)
-        else f"map({callable_name(fn)}, concurrency={concurrency})"
-    )
-    if thread or not inspect.iscoroutinefunction(fn):
-        from .element import _MapOp
+    """The engine behind ``map``, ``filter`` and ``flat_map`` with an async ``fn``
+    (awaited, up to ``concurrency`` calls at once) or a sync one in worker threads.
 
-        return threaded(
-            _MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer, ordered=ordered
-        )
+    ``op`` is the stage's sync form: its ``shape`` turns one item and ``fn``'s awaited
+    result into the stage's output."""
+    if thread or not is_async_callable(fn):
+        return threaded(op, concurrency=concurrency, buffer=buffer, ordered=ordered)
 
     async def work(
         unit: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
@@ -196,23 +189,26 @@ def concurrent_map(
         try:
             result = await fn(value)
         except Exception as exc:
-            if on_error == "raise":
+            if op.on_error == "raise":
                 raise
             prov = unit.provenance if isinstance(unit, Batch) else None
             outs = await recover(
-                on_error, lambda: _call_async(fn, value), value, exc, label, prov, counters
+                op.on_error, lambda: _call_async(fn, value), value, exc, op.name, prov, counters
             )
             if not outs:
                 return []
             result = outs[0]
-        if isinstance(unit, Batch):
-            import numpy as np
+        return op.shape(unit, result)
 
-            if isinstance(result, np.ndarray):
-                return [unit.with_data(result)]
-        return [[result]]
+    return Stage(_ConcurrentOp(op.name, work, _split_elements, concurrency, ordered, buffer))
 
-    return Stage(_ConcurrentOp(label, work, _split_elements, concurrency, ordered, buffer))
+
+def concurrent_name(kind: str, fn: Callable[..., Any], concurrency: int, thread: bool) -> str:
+    """``map(fn)``, ``map(fn, threads=4)`` or ``map(fn, concurrency=4)``."""
+    if not (thread or concurrency != 1 or is_async_callable(fn)):
+        return f"{kind}({callable_name(fn)})"
+    how = "threads" if thread or not is_async_callable(fn) else "concurrency"
+    return f"{kind}({callable_name(fn)}, {how}={concurrency})"
 
 
 async def _call_async(fn: Callable[[Any], Any], value: Any) -> list[Any]:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Message, Operator, Processor
+from ..abc import Batch, Message, Operator, Processor, refuse_async
 from ..flow import Stage
 from ..stats import StageCounters
 from .windows import LateTarget, TimeSpan, as_units, deliver_late
@@ -113,6 +113,10 @@ def reorder(
         >>> af.run(flow | af.collect()).value["ts"].tolist()
         [1, 2, 3, 5, 6, 9]
     """
+    if callable(late):
+        refuse_async(
+            late, "reorder(late=)", "give an async function (no yield)", kinds=("generator",)
+        )
     return Stage(_ReorderOp(on, horizon, late))
 
 

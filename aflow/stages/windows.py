@@ -31,6 +31,8 @@ from ..abc import (
     Operator,
     Outlet,
     Processor,
+    is_async_callable,
+    refuse_async,
 )
 from ..flow import Stage
 from ..stats import StageCounters
@@ -322,7 +324,11 @@ def window(
     factory.first = 0 if dom == "count" else None
     op = _WindowOp(label, dom, on, factory)
     op.late, op.lateness = late, allowed_lateness
-    async_late = callable(late) and inspect.iscoroutinefunction(late)
+    if callable(late):
+        refuse_async(
+            late, "window(late=)", "give an async function (no yield)", kinds=("generator",)
+        )
+    async_late = is_async_callable(late)
     if dom == "processing" or idle_timeout is not None or async_late:
         return Stage(_TimedWindowOp(op, idle_timeout, buffer))
     return Stage(op)
