@@ -5,6 +5,7 @@ Re-exports only; see the modules for the code.
 
 from ._core.messages import Batch as Batch
 from ._core.messages import Provenance as Provenance
+from ._core.run import OutputRun as OutputRun
 from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
 from .codecs.csv import decode_csv as decode_csv
@@ -16,6 +17,8 @@ from .errors import FlowDefinitionError as FlowDefinitionError
 from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
 from .errors import StageTimeoutError as StageTimeoutError
+from .flow import Collect as Collect
+from .flow import CollectMode as CollectMode
 from .flow import Flow as Flow
 from .flow import Sink as Sink
 from .flow import SinkFlow as SinkFlow
@@ -92,6 +95,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AflowError",
     "Batch",
+    "Collect",
+    "CollectMode",
     "DecodeError",
     "FailedItem",
     "FileSummary",
@@ -99,6 +104,7 @@ __all__ = [
     "FlowDefinitionError",
     "Histogram",
     "KeyedStats",
+    "OutputRun",
     "Provenance",
     "QuantileSketch",
     "RetriesExhaustedError",

@@ -169,7 +169,7 @@ async def files(folder: Path, rows: int) -> None:
         | af.window(
             minute, on="ts", key="sensor", value="value", stats=stats, allowed_lateness=10 * minute
         )
-        | af.collect()
+        | af.collect("array")
     )
     started = time.perf_counter()
     result = await flow.run()

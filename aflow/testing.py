@@ -96,7 +96,8 @@ class VirtualClock:
 
     def run(self, flow: SinkFlow[Any] | Flow[Any], **options: Any) -> RunResult[Any]:
         """``flow.run(**options)`` on virtual time."""
-        return self.call(lambda: flow.run(**options))
+        result: RunResult[Any] = self.call(lambda: flow.run(**options))
+        return result
 
 
 def from_schedule(schedule: Sequence[tuple[float, Any]], *, name: str = "schedule") -> Flow[Any]:

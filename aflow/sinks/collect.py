@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from .._core.collect import CollectOperator
 from ..abc import (
@@ -15,7 +15,7 @@ from ..abc import (
     is_async_callable,
     refuse_async,
 )
-from ..flow import Sink
+from ..flow import Collect, CollectMode, Sink
 
 __all__ = ["collect", "discard", "for_each", "reduce"]
 
@@ -25,7 +25,13 @@ A = TypeVar("A")
 _NOTHING: Any = object()
 
 
-def collect(mode: Literal["auto", "list", "array"] = "auto") -> Sink[Any, Any]:
+@overload
+def collect(mode: Literal["list"]) -> Collect[Literal["list"]]: ...
+@overload
+def collect(mode: Literal["array"]) -> Collect[Literal["array"]]: ...
+@overload
+def collect(mode: Literal["auto"] = "auto") -> Collect[Literal["auto"]]: ...
+def collect(mode: CollectMode = "auto") -> Collect[Any]:
     """Gather everything: a list of elements, or one array of all batches' rows.
 
     Args:
@@ -33,9 +39,15 @@ def collect(mode: Literal["auto", "list", "array"] = "auto") -> Sink[Any, Any]:
             and a list otherwise; ``"list"`` always returns a list (batches as its items);
             ``"array"`` always returns one array.
 
+    Under mypy, ``Flow[T] | collect("list")`` gives a ``list[T]`` and ``collect("array")``
+    an ``NDArray``; ``"auto"`` gives ``list[T]``, or for a ``Flow[NDArray]`` either an
+    array or a list of arrays (an empty flow, or arrays as plain elements, give a list).
+
     Memory grows with the output: meant for results, tests and small flows.
     """
-    return Sink(CollectOperator(mode))
+    if mode not in ("auto", "list", "array"):
+        raise ValueError(f"collect(mode={mode!r}): use 'auto', 'list' or 'array'")
+    return Collect(CollectOperator(mode))
 
 
 class _ReduceWriter(SinkWriter[Any, Any]):
