@@ -240,12 +240,13 @@ class _ArraySource(Source):
 
 
 def from_array(
-    array: NDArray[Any] | Any, batch_size: int = 65_536, *, name: str = "from_array"
+    array: NDArray[Any] | Any, batch_size: int = 65_536, *, name: str | None = None
 ) -> Flow[NDArray[Any]]:
     """A flow of batches that are views (no copies) of consecutive rows of ``array``.
 
     Args:
         array: any array-like; a 1-D array of scalars or a structured array of records.
         batch_size: rows per batch; the last batch may be shorter.
+        name: the source's name in statistics and errors (``from_array`` by default).
     """
-    return Flow(_ArraySource(np.asarray(array), batch_size, name))
+    return Flow(_ArraySource(np.asarray(array), batch_size, name or "from_array"))
