@@ -174,12 +174,17 @@ def concurrent(
     thread: bool,
     buffer: int | None,
 ) -> Stage[Any, Any]:
-    """The engine behind ``map``, ``filter`` and ``flat_map`` with an async ``fn``
-    (awaited, up to ``concurrency`` calls at once) or a sync one in worker threads.
+    """``map``, ``filter`` or ``flat_map`` as a stage: ``op`` fused with its neighbours
+    (a sync ``fn``, ``concurrency=1``), in worker threads (``thread=True`` or a sync ``fn``
+    with ``concurrency > 1``), or awaiting an async ``fn`` up to ``concurrency`` calls at
+    once.
 
     ``op`` is the stage's sync form: its ``shape`` turns one item and ``fn``'s awaited
     result into the stage's output."""
-    if thread or not is_async_callable(fn):
+    is_async = is_async_callable(fn)
+    if not (is_async or thread or concurrency != 1):
+        return Stage(op)
+    if thread or not is_async:
         return threaded(op, concurrency=concurrency, buffer=buffer, ordered=ordered)
 
     async def work(

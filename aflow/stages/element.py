@@ -19,13 +19,13 @@ from ..abc import (
     Operator,
     Processor,
     callable_name,
-    is_async_callable,
     refuse_async,
 )
 from ..codecs.lines import block_lines, is_line_block, split_block
 from ..flow import Stage
 from ..policies import ErrorPolicy
 from ._function import FunctionOp
+from .concurrency import concurrent, concurrent_name
 
 __all__ = ["filter", "flat_map", "map", "scan", "skip", "take", "take_while"]
 
@@ -59,30 +59,6 @@ class _MapOp(FunctionOp):
 
     def shape(self, unit: Message, result: Any) -> list[Message]:
         return _rewrap(unit, result) if isinstance(unit, Batch) else [[result]]
-
-
-def _concurrently(
-    op: FunctionOp,
-    fn: Callable[[Any], Any],
-    concurrency: int,
-    ordered: bool,
-    thread: bool,
-    buffer: int | None,
-) -> Stage[Any, Any]:
-    """``op`` fused, or (async ``fn``, threads, concurrency) in a task of its own."""
-    if not (is_async_callable(fn) or thread or concurrency != 1):
-        return Stage(op)
-    from .concurrency import concurrent
-
-    return concurrent(
-        op, fn, concurrency=concurrency, ordered=ordered, thread=thread, buffer=buffer
-    )
-
-
-def _label(kind: str, fn: Callable[..., Any], concurrency: int, thread: bool) -> str:
-    from .concurrency import concurrent_name
-
-    return concurrent_name(kind, fn, concurrency, thread)
 
 
 @overload
@@ -153,8 +129,10 @@ def map(
             "drop thread=True: map awaits an async function on the event loop, "
             "concurrency=n calls at once",
         )
-    op = _MapOp(fn, on_error, name or _label("map", fn, concurrency, thread))
-    return _concurrently(op, fn, concurrency, ordered, thread, buffer)
+    op = _MapOp(fn, on_error, name or concurrent_name("map", fn, concurrency, thread))
+    return concurrent(
+        op, fn, concurrency=concurrency, ordered=ordered, thread=thread, buffer=buffer
+    )
 
 
 class _FilterOp(FunctionOp):
@@ -202,8 +180,8 @@ def filter(
     refuse_async(
         fn, "filter()", "give an async function returning true or false", kinds=("generator",)
     )
-    op = _FilterOp(fn, on_error, name or _label("filter", fn, concurrency, False))
-    return _concurrently(op, fn, concurrency, ordered, False, buffer)
+    op = _FilterOp(fn, on_error, name or concurrent_name("filter", fn, concurrency, False))
+    return concurrent(op, fn, concurrency=concurrency, ordered=ordered, thread=False, buffer=buffer)
 
 
 class _FlatMapOp(FunctionOp):
@@ -302,8 +280,8 @@ def flat_map(
         "give an async function returning a list (or any iterable)",
         kinds=("generator",),
     )
-    op = _FlatMapOp(fn, on_error, name or _label("flat_map", fn, concurrency, False))
-    return _concurrently(op, fn, concurrency, ordered, False, buffer)
+    op = _FlatMapOp(fn, on_error, name or concurrent_name("flat_map", fn, concurrency, False))
+    return concurrent(op, fn, concurrency=concurrency, ordered=ordered, thread=False, buffer=buffer)
 
 
 class _TakeRunner(Processor):
