@@ -5,6 +5,7 @@ Re-exports only; see the modules for the code.
 
 from ._core.messages import Batch as Batch
 from ._core.messages import Provenance as Provenance
+from ._core.run import OutputRun as OutputRun
 from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
 from .errors import AflowError as AflowError
@@ -17,6 +18,8 @@ from .errors import LineTooLongError as LineTooLongError
 from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
 from .errors import StageTimeoutError as StageTimeoutError
+from .flow import Collect as Collect
+from .flow import CollectMode as CollectMode
 from .flow import Flow as Flow
 from .flow import Sink as Sink
 from .flow import SinkFlow as SinkFlow
@@ -43,11 +46,9 @@ from .sinks.histogram import to_quantiles as to_quantiles
 from .sinks.queues import to_queue as to_queue
 from .sinks.routing import broadcast as broadcast
 from .sinks.routing import partition as partition
-from .sinks.routing import tee as tee
 from .sinks.sockets import to_tcp as to_tcp
 from .sinks.sockets import to_udp as to_udp
 from .sources.asof import asof_join as asof_join
-from .sources.combine import chain as chain
 from .sources.combine import concat as concat
 from .sources.combine import merge as merge
 from .sources.combine import repeat as repeat
@@ -98,6 +99,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AflowError",
     "Batch",
+    "Collect",
+    "CollectMode",
     "DecodeError",
     "FailedItem",
     "FileSummary",
@@ -109,6 +112,7 @@ __all__ = [
     "KeyedStats",
     "LateDataError",
     "LineTooLongError",
+    "OutputRun",
     "Provenance",
     "QuantileSketch",
     "RetriesExhaustedError",
@@ -125,7 +129,6 @@ __all__ = [
     "batch",
     "broadcast",
     "buffer",
-    "chain",
     "collect",
     "concat",
     "dead_letter",
@@ -167,7 +170,6 @@ __all__ = [
     "take_while",
     "tcp_client",
     "tcp_server",
-    "tee",
     "throttle",
     "timeout",
     "to_aggregate",

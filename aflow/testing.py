@@ -6,6 +6,7 @@ These are part of the public API, for your own tests of flows built with aflow.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import math
@@ -32,7 +33,8 @@ from .abc import (
     StageCounters,
 )
 from .flow import Flow, Sink, SinkFlow
-from .sources.iterables import from_array
+from .sources.iterables import from_array, from_arrays
+from .stages.element import take
 
 __all__ = [
     "CountingSource",
@@ -123,7 +125,8 @@ class VirtualClock:
 
     def run(self, flow: SinkFlow[Any] | Flow[Any], **options: Any) -> RunResult[Any]:
         """``flow.run(**options)`` on virtual time."""
-        return self.call(lambda: flow.run(**options))
+        result: RunResult[Any] = self.call(lambda: flow.run(**options))
+        return result
 
 
 def from_schedule(schedule: Sequence[tuple[float, Any]], *, name: str = "schedule") -> Flow[Any]:
@@ -133,7 +136,6 @@ def from_schedule(schedule: Sequence[tuple[float, Any]], *, name: str = "schedul
     array batches. Pair it with :class:`VirtualClock` to test processing-time windows and
     timeouts: the waits then take no real time.
     """
-    from .sources.iterables import from_arrays
 
     async def items() -> AsyncIterator[NDArray[Any]]:
         t0 = anyio.current_time()
@@ -251,8 +253,6 @@ def _fail(prop: str, what: str, todo: str) -> AssertionError:
 
 def _running_tasks() -> set[object]:
     """Tasks alive in this event loop (asyncio) or under the root task (trio)."""
-    import asyncio
-
     try:
         return set(asyncio.all_tasks())
     except RuntimeError:  # not asyncio
@@ -698,8 +698,6 @@ def _items(messages: list[Message]) -> list[Any]:
 
 async def _collect(flow: Flow[Any], limit: int | None) -> list[Any]:
     if limit is not None:
-        from .stages.element import take
-
         flow = flow | take(limit)
     async with flow.open() as run:
         messages = [m async for m in run.envelopes()]
@@ -802,7 +800,6 @@ async def _check_early_close(
     seconds: float,
     released: Callable[[], Any] | None,
 ) -> None:
-    from .stages.element import take
 
     prop = "early close"
     spy, flow = _spied(make_flow())

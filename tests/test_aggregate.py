@@ -192,7 +192,7 @@ async def test_sink_in_a_flow() -> None:
     rng = np.random.default_rng(3)
     rows = np.empty(10_000, ROW)
     rows["sensor"], rows["value"] = rng.integers(0, 20, len(rows)), rng.normal(size=len(rows))
-    result = await (af.from_array(rows, batch_size=999) | af.to_aggregate()).run()
+    result = await (af.from_array(rows, batch_size=999) | af.to_aggregate("sensor", "value")).run()
     assert_matches(result.value, brute(rows["sensor"], rows["value"]), key="sensor")
 
 

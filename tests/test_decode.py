@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -257,7 +258,7 @@ async def test_a_flow_with_a_header_gives_the_same_rows_every_run(
     flows = [
         af.from_iterable(HEADER_LINES) | decode,  # chunks of lines: no provenance
         af.from_arrays(blocks) | decode,  # arrays: rows, not lines
-        af.read_blocks(str(tmp_path / "a.csv"), chunk_size=500) | decode,  # numbered lines
+        af.read_blocks(str(tmp_path / "a.csv"), read_size=500) | decode,  # numbered lines
     ]
     for flow in flows:
         for _ in range(5):
@@ -275,3 +276,26 @@ async def test_a_flow_with_a_header_gives_the_same_rows_every_run(
         assert len(results) == 5
         for got in results:
             np.testing.assert_array_equal(got, expected)
+
+
+def test_log_decoded_in_threads_like_inline(tmp_path: Path) -> None:
+    lines = [COMBINED_LINE, "garbage\n", COMBINED_LINE.replace(" 200 ", " 503 ")] * 300
+    (tmp_path / "access.log").write_text("".join(lines))
+
+    def decoded(threads: int | None) -> tuple[af.RunResult[Any], list[int]]:
+        dead: list[af.FailedItem] = []
+        flow = af.read_log(
+            str(tmp_path / "access.log"),
+            columns={"status": "int", "time": "timestamp:%d/%b/%Y:%H:%M:%S %z"},
+            threads=threads,
+            read_size=4096,
+            on_error=af.dead_letter(dead),
+        )
+        return af.run(flow), [d.error.line for d in dead]  # type: ignore[attr-defined]
+
+    (inline, inline_dead), (threaded, threaded_dead) = decoded(None), decoded(3)
+    assert threaded.value.tolist() == inline.value.tolist()
+    assert sorted(threaded_dead) == inline_dead == list(range(2, 900, 3))  # any order
+    assert threaded.statistics.stage("decode_log[threads=3]").batches_out > 1
+    with pytest.raises(KeyError):
+        inline.statistics.stage("decode_log[threads=3]")

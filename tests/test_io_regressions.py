@@ -55,7 +55,7 @@ async def test_follow_a_file_rewritten_bigger_in_place_reads_the_new_content_onc
 async def test_asof_join_unmatched_rows_get_blanks() -> None:
     temp = np.array([(1, 20.5), (10, 21.0)], [("ts", "i8"), ("temp", "f4")])
     hum = np.array([(5, 0.4)], [("ts", "i8"), ("hum", "f4")])
-    got = (await af.asof_join(af.from_array(temp), af.from_array(hum)).run()).value
+    got = (await af.asof_join(af.from_array(temp), af.from_array(hum), on="ts").run()).value
     assert got["matched"].tolist() == [False, True]
     assert np.isnan(got["hum"][0])
     assert got["hum"][1] == pytest.approx(0.4)
@@ -139,7 +139,7 @@ async def test_epoch_nanosecond_rows_within_allowed_lateness_are_not_late() -> N
     late: list[np.ndarray] = []
     flow = af.from_array(rows, 1) | af.window(
         sec,
-        by="ts",
+        on="ts",
         key="key",
         value="value",
         stats=("count",),

@@ -194,7 +194,7 @@ async def read_from_socket(tmp_path: Path, policy: Any) -> af.RunStatistics:
 
 async def late_in_window(tmp_path: Path, policy: Any) -> af.RunStatistics:
     rows = np.array([(0, 1.0), (15, 2.0), (3, 3.0), (4, 4.0)], [("ts", "i8"), ("v", "f8")])
-    flow = af.from_array(rows, 2, name="meter") | af.window(10, by="ts", late=policy)
+    flow = af.from_array(rows, 2, name="meter") | af.window(10, on="ts", late=policy)
     result = await (flow | af.collect("list")).run()
     assert [w["ts"].tolist() for w in result.value] == [[0], [15]]
     return result.statistics
@@ -267,7 +267,7 @@ async def test_every_path_raises_the_error_itself(tmp_path: Path, path: str) -> 
 async def test_late_rows_may_still_go_to_a_list_of_arrays() -> None:
     late: list[np.ndarray] = []
     rows = np.array([(0,), (15,), (3,)], [("ts", "i8")])
-    flow = af.from_array(rows, 2) | af.window(10, by="ts", late=late) | af.discard()
+    flow = af.from_array(rows, 2) | af.window(10, on="ts", late=late) | af.discard()
     result = await flow.run()
     assert [a["ts"].tolist() for a in late] == [[3]]
     assert result.statistics.stage("window(tumbling, event)").errors == 1

@@ -551,7 +551,7 @@ async def test_to_tcp_round_trips_records_lines_and_frames(tmp_path: Path) -> No
 
     async def round_trip(server: Any, flow: Any, n: int) -> tuple[list[Any], int]:
         async with serving(server) as (run, (host, port)):
-            sent = await (flow | af.to_tcp(host, port, **encode)).run()
+            sent = await (flow | af.to_tcp(host, port, **framing)).run()
             got: list[Any] = []
             with anyio.fail_after(5):
                 async for item in run:
@@ -561,7 +561,7 @@ async def test_to_tcp_round_trips_records_lines_and_frames(tmp_path: Path) -> No
             run.stop()
         return got, sent.value
 
-    encode: dict[str, Any] = {"encode": "records"}
+    framing: dict[str, Any] = {"framing": "records"}
     got, sent = await round_trip(
         lambda cb: af.tcp_server(0, framing="records", dtype=RECORD, on_listening=cb),
         af.from_array(records, 700),
@@ -570,7 +570,7 @@ async def test_to_tcp_round_trips_records_lines_and_frames(tmp_path: Path) -> No
     assert sent == records.nbytes
     assert np.array_equal(np.concatenate(got), records)
 
-    encode = {"encode": "lines"}  # structured rows as CSV text, decoded back
+    framing = {"framing": "lines"}  # structured rows as CSV text, decoded back
     got, _ = await round_trip(
         lambda cb: af.tcp_server(0, on_listening=cb) | af.decode_csv(RECORD),
         af.from_array(records, 5000),
@@ -592,7 +592,7 @@ async def test_to_tcp_round_trips_records_lines_and_frames(tmp_path: Path) -> No
     )
     assert bytes(np.concatenate(got)) == b"7\n8\nx\ny\n"
 
-    encode = {"encode": "length_prefixed"}
+    framing = {"framing": "length_prefixed"}
     got, _ = await round_trip(
         lambda cb: af.tcp_server(0, framing="length_prefixed", on_listening=cb),
         af.from_iterable([b"x", "y\nz", b""]),
@@ -616,7 +616,7 @@ async def test_to_udp_packs_lines_and_records_into_datagrams() -> None:
     records["id"] = np.arange(400)
     async with await anyio.create_udp_socket(local_host=HOST) as receiver:
         port = receiver.extra(SocketAttribute.local_port)
-        sink = af.to_udp(HOST, port, encode="records", max_datagram=1000)
+        sink = af.to_udp(HOST, port, framing="records", max_datagram=1000)
         await (af.from_array(records, 250) | sink).run()
         datagrams: list[bytes] = []
         with anyio.fail_after(5):

@@ -48,8 +48,8 @@ class _AggregateOp(SinkOperator[Any, NDArray[np.void]]):
 
 
 def to_aggregate(
-    key: str | None = "sensor",
-    value: str | None = "value",
+    key: str | None,
+    value: str | None,
     stats: Sequence[str] = STATS,
     *,
     ddof: int = 0,
@@ -59,7 +59,7 @@ def to_aggregate(
     Examples:
         >>> import aflow as af
         >>> rows = np.array([(1, 2.0), (2, 4.0), (1, 6.0)], [("sensor", "i4"), ("value", "f4")])
-        >>> flow = af.from_array(rows, batch_size=2) | af.to_aggregate(stats=("count", "mean"))
+        >>> flow = af.from_array(rows, 2) | af.to_aggregate("sensor", "value", ("count", "mean"))
         >>> af.run(flow).value.tolist()
         [(1, 2, 4.0), (2, 1, 4.0)]
 

@@ -1,6 +1,6 @@
 """Socket sinks: write a flow to a TCP server or as UDP datagrams.
 
-What is sent follows ``encode`` (see :mod:`aflow.codecs.framing`): text lines (arrays
+What is sent follows ``framing`` (see :mod:`aflow.codecs.framing`): text lines (arrays
 as CSV lines by :class:`aflow.codecs.CsvEncoder`, byte for byte what :func:`aflow.to_csv`
 writes), length-prefixed frames, or raw binary records (``arr.tobytes()``). Both sinks
 await I/O, so each runs in a task of its own behind a buffer; a TCP peer that reads
@@ -37,7 +37,7 @@ THREAD_ROWS = 4096
 
 
 class _Encoder:
-    """Turns messages into bytes for one ``encode`` choice."""
+    """Turns messages into bytes for one ``framing`` choice."""
 
     def __init__(self, framing: Framing, fmt: Fmt, delimiter: str) -> None:
         self.framing = framing
@@ -124,7 +124,7 @@ def to_tcp(
     host: str,
     port: int,
     *,
-    encode: Framing = "lines",
+    framing: Framing = "lines",
     fmt: Fmt = None,
     delimiter: str = ",",
     connect_timeout: float = 10.0,
@@ -135,7 +135,7 @@ def to_tcp(
     Args:
         host: the server's address.
         port: the server's port.
-        encode: ``"lines"``: an element is a line (``str`` as UTF-8, ``bytes`` as they
+        framing: ``"lines"``: an element is a line (``str`` as UTF-8, ``bytes`` as they
             are, a newline added where missing; a tuple is a CSV line of its values), an
             array batch one CSV line per row, by the rules of
             :class:`aflow.codecs.CsvEncoder` (the bytes :func:`~aflow.to_csv` writes
@@ -154,7 +154,7 @@ def to_tcp(
     Raises:
         OSError: the connection failed (refused, reset, timed out); this fails the run.
     """
-    return Sink(_TcpOp(host, port, encode, fmt, delimiter, connect_timeout, buffer))
+    return Sink(_TcpOp(host, port, framing, fmt, delimiter, connect_timeout, buffer))
 
 
 class _UdpWriter(SinkWriter[Any, int]):
@@ -246,7 +246,7 @@ def to_udp(
     host: str,
     port: int,
     *,
-    encode: Framing = "lines",
+    framing: Framing = "lines",
     fmt: Fmt = None,
     delimiter: str = ",",
     max_datagram: int = 1472,
@@ -254,14 +254,14 @@ def to_udp(
 ) -> Sink[Any, int]:
     """Send the flow as UDP datagrams; the result is the number of bytes sent.
 
-    Lines (``encode="lines"``) and records (``"records"``) are encoded as in
+    Lines (``framing="lines"``) and records (``"records"``) are encoded as in
     :func:`to_tcp` and packed into datagrams of at most ``max_datagram`` bytes, each
     holding whole lines or records, as :func:`~aflow.udp_server` reads them (1472 bytes
     fit one Ethernet frame; loopback takes up to 65507). A ``bytes`` element with
-    ``encode="records"`` is one datagram. UDP may drop datagrams, and a datagram the
+    ``framing="records"`` is one datagram. UDP may drop datagrams, and a datagram the
     peer refuses (nobody listens) is dropped with a warning.
 
     Raises:
         ValueError: a single line, record or element does not fit ``max_datagram``.
     """
-    return Sink(_UdpOp(host, port, encode, fmt, delimiter, max_datagram, buffer))
+    return Sink(_UdpOp(host, port, framing, fmt, delimiter, max_datagram, buffer))

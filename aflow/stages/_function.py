@@ -1,19 +1,15 @@
 """The base of stateless stages that apply a user function item by item, with an error
-policy (map, filter, flat_map, map_batches, filter_rows); and ``map``'s own step, which
-both :mod:`.element` and :mod:`.concurrency` (in worker threads) build on."""
+policy (map, filter, flat_map, map_batches, filter_rows)."""
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from ..abc import Batch, Message, Operator, Processor, StageCounters, callable_name
+from ..abc import Batch, Message, Operator, Processor, StageCounters
 from ..policies import ErrorPolicy, apply_policy, check_policy
 
-__all__ = ["FunctionOp", "MapOp", "rewrap"]
+__all__ = ["FunctionOp"]
 
 
 class FunctionOp(Operator, Processor):
@@ -43,7 +39,7 @@ class FunctionOp(Operator, Processor):
             try:
                 return self.apply_batch(msg)
             except Exception as exc:
-                return await apply_policy(
+                outs = await apply_policy(
                     self.on_error,
                     msg.data,
                     exc,
@@ -52,6 +48,7 @@ class FunctionOp(Operator, Processor):
                     counters,
                     again=lambda: self.apply_batch(msg),
                 )
+                return outs
         out: list[Any] = []
         for item in msg:
             try:
@@ -79,27 +76,7 @@ class FunctionOp(Operator, Processor):
     @abstractmethod
     def apply_batch(self, batch: Batch) -> list[Message]: ...
 
-
-def rewrap(batch: Batch, value: Any) -> list[Message]:
-    """A function's result on ``batch``'s array: an array keeps the batch's envelope
-    (reason, provenance); anything else travels as an element."""
-    if isinstance(value, np.ndarray):
-        return [batch.with_data(value)]
-    return [[value]]
-
-
-class MapOp(FunctionOp):
-    """``map(fn)``'s step: ``fn`` applied to every element (or batch's array)."""
-
-    def __init__(self, fn: Callable[[Any], Any], on_error: ErrorPolicy, name: str | None) -> None:
-        super().__init__(name or f"map({callable_name(fn)})", on_error)
-        self.fn = fn
-
-    def apply_chunk(self, items: list[Any]) -> list[Any]:
-        return list(map(self.fn, items))
-
-    def apply_one(self, item: Any) -> list[Any]:
-        return [self.fn(item)]
-
-    def apply_batch(self, batch: Batch) -> list[Message]:
-        return rewrap(batch, self.fn(batch.data))
+    def shape(self, unit: Message, result: Any) -> list[Message]:
+        """The output for one item (a one-element chunk, or a batch) given the awaited
+        result of the stage's async function (see :func:`.concurrency.concurrent`)."""
+        raise NotImplementedError(f"{self.name} has no async form")

@@ -3,13 +3,12 @@ after the watermark passed them, through the stage's error policy."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeAlias
 
 from numpy.typing import NDArray
 
-from ..abc import Provenance, StageCounters
+from ..abc import Provenance, StageCounters, is_async_callable
 from ..errors import LateDataError
 from ..policies import DeadLetter, ErrorPolicy, Retry, apply_policy, check_policy
 
@@ -48,7 +47,7 @@ def waits_on_target(late: LateTarget) -> bool:
     if isinstance(late, Retry):
         late = late.then
     target = late.target if isinstance(late, DeadLetter) else late
-    return callable(target) and inspect.iscoroutinefunction(target)
+    return callable(target) and is_async_callable(target)
 
 
 async def reject_late(

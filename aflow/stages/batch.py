@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Message, callable_name
+from ..abc import Batch, Message, callable_name, refuse_async
 from ..flow import Stage
 from ..policies import ErrorPolicy
 from ..stats import StageCounters
@@ -89,6 +89,12 @@ def map_batches(
         buffer: input buffer size when the stage runs in its own task (``thread=True``).
         name: the stage's name in statistics and errors.
     """
+    refuse_async(
+        fn,
+        "map_batches()",
+        "use map(fn, concurrency=n), which awaits it on each batch's array (an array it "
+        "returns keeps the batch's envelope)",
+    )
     op = _MapBatchesOp(fn, on_error, name)
     if thread or concurrency != 1:
         return threaded(op, concurrency=concurrency, buffer=buffer)
@@ -129,4 +135,10 @@ def filter_rows(
 
     Example: ``filter_rows(lambda b: b["value"] > 0)``. Batches left empty are dropped.
     """
+    refuse_async(
+        fn,
+        "filter_rows()",
+        "select the rows in an async function of your own and use map(fn, concurrency=n), "
+        "e.g. `async def keep(b): return b[await mask(b)]`",
+    )
     return Stage(_FilterRowsOp(fn, on_error, name))

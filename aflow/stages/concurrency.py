@@ -8,7 +8,6 @@ been handed downstream, so memory stays bounded by ``concurrency`` results.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -26,14 +25,15 @@ from ..abc import (
     Message,
     Outlet,
     callable_name,
+    is_async_callable,
     locate,
 )
 from ..flow import Stage
-from ..policies import ErrorPolicy, apply_policy, check_policy
+from ..policies import apply_policy
 from ..stats import StageCounters
-from ._function import FunctionOp, MapOp, rewrap
+from ._function import FunctionOp
 
-__all__ = ["concurrent_map", "threaded"]
+__all__ = ["concurrent", "concurrent_name", "threaded"]
 
 Work = Callable[[Message, StageCounters, anyio.CapacityLimiter], Awaitable[list[Message]]]
 """Computes one unit's output; the limiter (one per run) bounds worker threads."""
@@ -165,27 +165,27 @@ def _whole(msg: Message) -> list[Message]:
     return [msg]
 
 
-def concurrent_map(
+def concurrent(
+    op: FunctionOp,
     fn: Callable[[Any], Any],
     *,
     concurrency: int,
     ordered: bool,
     thread: bool,
-    on_error: ErrorPolicy,
     buffer: int | None,
-    name: str | None,
 ) -> Stage[Any, Any]:
-    """The engine behind ``map(async_fn, concurrency=...)`` and ``map(fn, thread=True)``."""
-    check_policy(on_error)
-    label = name or (
-        f"map({callable_name(fn)}, threads={concurrency})"
-        if thread or not inspect.iscoroutinefunction(fn)
-        else f"map({callable_name(fn)}, concurrency={concurrency})"
-    )
-    if thread or not inspect.iscoroutinefunction(fn):
-        return threaded(
-            MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer, ordered=ordered
-        )
+    """``map``, ``filter`` or ``flat_map`` as a stage: ``op`` fused with its neighbours
+    (a sync ``fn``, ``concurrency=1``), in worker threads (``thread=True`` or a sync ``fn``
+    with ``concurrency > 1``), or awaiting an async ``fn`` up to ``concurrency`` calls at
+    once.
+
+    ``op`` is the stage's sync form: its ``shape`` turns one item and ``fn``'s awaited
+    result into the stage's output."""
+    is_async = is_async_callable(fn)
+    if not (is_async or thread or concurrency != 1):
+        return Stage(op)
+    if thread or not is_async:
+        return threaded(op, concurrency=concurrency, buffer=buffer, ordered=ordered)
 
     async def work(
         unit: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
@@ -194,18 +194,32 @@ def concurrent_map(
         try:
             result = await fn(value)
         except Exception as exc:
-            if on_error == "raise":
+            if op.on_error == "raise":
                 raise
             prov = unit.provenance if isinstance(unit, Batch) else None
             outs = await apply_policy(
-                on_error, value, exc, label, prov, counters, again=lambda: _call_async(fn, value)
+                op.on_error,
+                value,
+                exc,
+                op.name,
+                prov,
+                counters,
+                again=lambda: _call_async(fn, value),
             )
             if not outs:
                 return []
             result = outs[0]
-        return rewrap(unit, result) if isinstance(unit, Batch) else [[result]]
+        return op.shape(unit, result)
 
-    return Stage(_ConcurrentOp(label, work, _split_elements, concurrency, ordered, buffer))
+    return Stage(_ConcurrentOp(op.name, work, _split_elements, concurrency, ordered, buffer))
+
+
+def concurrent_name(kind: str, fn: Callable[..., Any], concurrency: int, thread: bool) -> str:
+    """``map(fn)``, ``map(fn, threads=4)`` or ``map(fn, concurrency=4)``."""
+    if not (thread or concurrency != 1 or is_async_callable(fn)):
+        return f"{kind}({callable_name(fn)})"
+    how = "threads" if thread or not is_async_callable(fn) else "concurrency"
+    return f"{kind}({callable_name(fn)}, {how}={concurrency})"
 
 
 async def _call_async(fn: Callable[[Any], Any], value: Any) -> list[Any]:

@@ -30,6 +30,7 @@ from ..abc import (
     Operator,
     Outlet,
     Processor,
+    refuse_async,
 )
 from ..flow import Stage
 from ..kernels.time_units import TimeSpan, as_numbers, as_units
@@ -37,7 +38,7 @@ from ..policies import ErrorPolicy
 from ..stats import StageCounters
 from ._late import LateTarget, check_late, reject_late, waits_on_target
 from ._panes import STATS, AggSpec
-from ._windowing import Engine, FixedWindows, SessionWindows
+from ._windowing import FixedWindows, OpenWindows, SessionWindows
 
 __all__ = ["window"]
 
@@ -47,10 +48,10 @@ Domain: TypeAlias = Literal["event", "processing", "count"]
 class _WindowOp(Operator):
     """The description of a window stage; ``start()`` makes the per-run state."""
 
-    def __init__(self, name: str, domain: Domain, by: str | None, make: _EngineFactory) -> None:
+    def __init__(self, name: str, domain: Domain, on: str | None, make: _WindowsFactory) -> None:
         self.name = name
         self.domain = domain
-        self.by = by
+        self.on = on
         self.make = make
         self.late: ErrorPolicy = "skip"
         self.lateness: TimeSpan = 0
@@ -59,8 +60,8 @@ class _WindowOp(Operator):
         return _WindowRunner(self)
 
 
-class _EngineFactory:
-    """Builds the engine once the first batch shows the timestamp dtype."""
+class _WindowsFactory:
+    """Builds the open-windows state once the first batch shows the timestamp dtype."""
 
     def __init__(
         self,
@@ -73,7 +74,7 @@ class _EngineFactory:
         self.size, self.step, self.gap, self.key, self.spec = size, step, gap, key, spec
         self.first: int | None = None  # count windows start at row 0
 
-    def __call__(self, ts_dtype: np.dtype[Any]) -> Engine:
+    def __call__(self, ts_dtype: np.dtype[Any]) -> OpenWindows:
         out = ts_dtype if ts_dtype.kind in "Mf" else np.dtype(np.int64)
         if self.gap is not None:
             return SessionWindows(as_units(self.gap, ts_dtype), self.key, self.spec, out)
@@ -84,13 +85,13 @@ class _EngineFactory:
 
 
 class _WindowRunner(Processor):
-    """Per-run state: the engine, the watermark rule, the row count."""
+    """Per-run state: the open windows, the watermark rule, the row count."""
 
     guarded = True  # process_guarded: late rows go to the late policy, which may await
 
     def __init__(self, op: _WindowOp) -> None:
         self.op = op
-        self.engine: Engine | None = None
+        self.windows: OpenWindows | None = None
         self.lateness = 0.0
         self.rows_seen = 0
         self.reason: BatchReason = "count" if op.domain == "count" else "time"
@@ -106,11 +107,11 @@ class _WindowRunner(Processor):
         elif op.domain == "processing":
             ts = np.full(len(data), now)
         else:
-            if data.dtype.names is None or op.by not in data.dtype.names:
-                raise TypeError(f"{op.name}: batches need a {op.by!r} timestamp column")
-            ts = data[op.by]
-        if self.engine is None:
-            self.engine = op.make(ts.dtype)
+            if data.dtype.names is None or op.on not in data.dtype.names:
+                raise TypeError(f"{op.name}: batches need a {op.on!r} timestamp column")
+            ts = data[op.on]
+        if self.windows is None:
+            self.windows = op.make(ts.dtype)
             if op.domain == "event":
                 self.lateness = as_units(op.lateness, ts.dtype)
         return as_numbers(ts)
@@ -125,9 +126,9 @@ class _WindowRunner(Processor):
             return []
         t0 = time.perf_counter()
         ts = self.timestamps(data, now)
-        assert self.engine is not None
-        wm = self.engine.wm
-        late = self.engine.add(ts, data)
+        assert self.windows is not None
+        wm = self.windows.wm
+        late = self.windows.add(ts, data)
         self.rows_seen += len(data)
         counters.busy_seconds += time.perf_counter() - t0
         if late.any():
@@ -148,20 +149,20 @@ class _WindowRunner(Processor):
 
     def advance(self, wm: float) -> list[Message]:
         """Close the windows that end at or before ``wm``."""
-        if self.engine is None:
+        if self.windows is None:
             return []
-        return [Batch(out, self.reason) for out in self.engine.close(wm) if len(out)]
+        return [Batch(out, self.reason) for out in self.windows.close(wm) if len(out)]
 
     def idle(self) -> list[Message]:
         """The input went quiet: close every open window."""
-        if self.engine is None:
+        if self.windows is None:
             return []
-        return [Batch(out, "time") for out in self.engine.flush() if len(out)]
+        return [Batch(out, "time") for out in self.windows.flush() if len(out)]
 
     def flush(self) -> list[Message]:
-        if self.engine is None:
+        if self.windows is None:
             return []
-        return [Batch(out, "end") for out in self.engine.flush() if len(out)]
+        return [Batch(out, "end") for out in self.windows.flush() if len(out)]
 
 
 class _TimedWindowOp(AsyncOperator):
@@ -175,11 +176,11 @@ class _TimedWindowOp(AsyncOperator):
 
     def _deadline(self, runner: _WindowRunner, last_input: float) -> float:
         if self.inner.domain == "processing":
-            end = runner.engine.next_end() if runner.engine is not None else None
+            end = runner.windows.next_end() if runner.windows is not None else None
             return math.inf if end is None else end
-        if self.idle_timeout is None or runner.engine is None:
+        if self.idle_timeout is None or runner.windows is None:
             return math.inf
-        open_ = runner.engine.next_end() is not None
+        open_ = runner.windows.next_end() is not None
         return last_input + self.idle_timeout if open_ else math.inf
 
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
@@ -211,7 +212,7 @@ def window(
     *,
     step: TimeSpan | None = None,
     gap: TimeSpan | None = None,
-    by: str | None = None,
+    on: str | None = None,
     domain: Domain | None = None,
     key: str | None = None,
     value: str | Sequence[str] | None = None,
@@ -229,9 +230,9 @@ def window(
     key, a pause of ``gap`` or more ends a session). Window ``k`` covers
     ``[k * step, k * step + size)``; a session ``[first ts, last ts + gap)``.
 
-    Domains: ``"event"`` (the default when ``by`` names a timestamp column: int, float or
+    Domains: ``"event"`` (the default when ``on`` names a timestamp column: int, float or
     ``datetime64``), ``"processing"`` (arrival time, seconds of the event loop's clock;
-    the default without ``by``) and ``"count"`` (row numbers: ``window(100,
+    the default without ``on``) and ``"count"`` (row numbers: ``window(100,
     domain="count")`` is every 100 rows).
 
     The watermark advances after every batch to (max timestamp seen) - ``allowed_lateness``
@@ -256,7 +257,7 @@ def window(
         size: window length (tumbling, sliding). ``np.timedelta64`` for datetime64 columns.
         step: distance between window starts (sliding); ``size`` by default.
         gap: session gap (session windows; instead of ``size``).
-        by: the timestamp column (event time).
+        on: the timestamp column (event time).
         domain: ``"event"``, ``"processing"`` or ``"count"``.
         key: key column: statistics per key in each window; sessions per key.
         value: value column(s) the statistics are of (the array itself when the batches
@@ -278,18 +279,22 @@ def window(
         >>> import numpy as np, aflow as af
         >>> rows = np.array([(0, 1, 2.0), (5, 1, 4.0), (12, 2, 1.0)],
         ...                 dtype=[("ts", "i8"), ("sensor", "i4"), ("value", "f4")])
-        >>> flow = af.from_array(rows, 2) | af.window(10, by="ts", key="sensor",
+        >>> flow = af.from_array(rows, 2) | af.window(10, on="ts", key="sensor",
         ...                                            value="value", stats=("count", "mean"))
         >>> af.run(flow | af.collect()).value.tolist()
         [(0, 10, 1, 2, 3.0), (10, 20, 2, 1, 1.0)]
     """
-    dom = _check(size, step, gap, by, domain, allowed_lateness, idle_timeout)
+    dom = _check(size, step, gap, on, domain, allowed_lateness, idle_timeout)
     spec = _spec(key, value, stats)
     kind = "session" if gap is not None else "sliding" if step not in (None, size) else "tumbling"
     label = name or f"window({kind}, {dom}{'' if key is None else f', key={key!r}'})"
-    factory = _EngineFactory(size, step, gap, key, spec)
+    factory = _WindowsFactory(size, step, gap, key, spec)
     factory.first = 0 if dom == "count" else None
-    op = _WindowOp(label, dom, by, factory)
+    op = _WindowOp(label, dom, on, factory)
+    if callable(late):
+        refuse_async(
+            late, "window(late=)", "give an async function (no yield)", kinds=("generator",)
+        )
     op.late, op.lateness = check_late(late), allowed_lateness
     if dom == "processing" or idle_timeout is not None or waits_on_target(late):
         return Stage(_TimedWindowOp(op, idle_timeout, buffer))
@@ -300,12 +305,12 @@ def _check(
     size: TimeSpan | None,
     step: TimeSpan | None,
     gap: TimeSpan | None,
-    by: str | None,
+    on: str | None,
     domain: Domain | None,
     lateness: TimeSpan,
     idle_timeout: float | None,
 ) -> Domain:
-    dom: Domain = domain or ("event" if by is not None else "processing")
+    dom: Domain = domain or ("event" if on is not None else "processing")
     if (size is None) == (gap is None):
         raise ValueError("window(): give either size= (tumbling, sliding) or gap= (sessions)")
     for label, v in (("size", size), ("step", step), ("gap", gap)):
@@ -313,10 +318,10 @@ def _check(
             raise ValueError(f"window({label}={v!r}): must be > 0")
     if gap is not None and step is not None:
         raise ValueError("window(): step= is for sliding windows, not sessions (gap=)")
-    if dom == "event" and by is None:
-        raise ValueError("window(domain='event') needs by=, the timestamp column")
-    if dom != "event" and (by is not None or idle_timeout is not None or lateness != 0):
-        raise ValueError("window(): by=, idle_timeout= and allowed_lateness= are for event time")
+    if dom == "event" and on is None:
+        raise ValueError("window(domain='event') needs on=, the timestamp column")
+    if dom != "event" and (on is not None or idle_timeout is not None or lateness != 0):
+        raise ValueError("window(): on=, idle_timeout= and allowed_lateness= are for event time")
     if dom == "count" and gap is not None:
         raise ValueError("window(domain='count'): count windows cannot be sessions")
     if idle_timeout is not None and not idle_timeout > 0:

@@ -321,7 +321,7 @@ def unix_server(
     *,
     framing: Framing = "lines",
     dtype: DTypeLike | None = None,
-    mode: int | None = None,
+    permissions: int | None = None,
     max_connections: int = 64,
     max_line: int = MiB,
     idle_timeout: float | None = None,
@@ -333,7 +333,7 @@ def unix_server(
 
     A stale socket file at ``path`` is replaced; the run removes its socket file when it
     ends. Provenance names each connection ``unix://<path>#<n>`` (n counts connections
-    of the run). ``mode`` sets the socket file's permissions (e.g. ``0o600``);
+    of the run). ``permissions`` sets the socket file's mode (e.g. ``0o600``);
     ``on_listening`` receives the path.
     """
     opts = _Options.check(framing, dtype, max_line, idle_timeout, read_size)
@@ -341,7 +341,7 @@ def unix_server(
     return Flow(
         _UnixServer(
             text,
-            mode,
+            permissions,
             opts,
             max_connections=max_connections,
             on_error=on_error,
