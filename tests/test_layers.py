@@ -49,12 +49,6 @@ OPTIONAL = frozenset({"pyarrow", "orjson", "rich", "prometheus_client", "trio"})
 """The packages of aflow's extras (arrow, json, cli, trio): the only imports allowed inside
 a function, where they are imported on first use, behind a guard."""
 
-# A circle of annotations only (under ``if TYPE_CHECKING:``, never run): segments are typed
-# with the RunContext that builds them. Removed when _core types them with a protocol.
-TYPE_ONLY_CYCLE = frozenset({("aflow._core.segments", "aflow._core.context")})
-
-KNOWN_EXCEPTIONS = TYPE_ONLY_CYCLE
-
 
 @dataclass(frozen=True)
 class Import:
@@ -159,10 +153,6 @@ def layer_of(module: str) -> tuple[str, int]:
     return best[1], best[2]
 
 
-def known(imp: Import) -> bool:
-    return (imp.importer, imp.target) in KNOWN_EXCEPTIONS
-
-
 def test_every_module_has_a_layer() -> None:
     for module in modules():
         layer_of(module)
@@ -172,7 +162,7 @@ def test_imports_point_down() -> None:
     wrong = []
     for imp in internal_imports():
         (layer, rank), (to_layer, to_rank) = layer_of(imp.importer), layer_of(imp.target)
-        if (to_rank < rank or to_layer == layer) or known(imp):
+        if to_rank < rank or to_layer == layer:
             continue
         wrong.append(
             f"{imp} from the {to_layer} layer (rank {to_rank}), above or beside its own "
@@ -185,7 +175,7 @@ def test_no_imports_inside_functions_but_optional_extras() -> None:
     wrong = [
         f"{imp} inside a function"
         for imp in all_imports()
-        if imp.in_function and imp.target.split(".")[0] not in OPTIONAL and not known(imp)
+        if imp.in_function and imp.target.split(".")[0] not in OPTIONAL
     ]
     assert wrong == [], "move these imports to the top of their module:\n" + "\n".join(wrong)
 
@@ -195,7 +185,7 @@ def module_graph() -> dict[str, set[str]]:
     are loaded first by Python itself: they are not edges)."""
     graph: dict[str, set[str]] = {m: set() for m in modules()}
     for imp in internal_imports():
-        if imp.target != imp.importer and not (imp.type_checking and known(imp)):
+        if imp.target != imp.importer:
             graph[imp.importer].add(imp.target)
     return graph
 
@@ -243,12 +233,6 @@ def test_kernels_use_only_numpy_and_the_standard_library() -> None:
         and not imp.target.startswith("aflow.kernels")
     ]
     assert wrong == []
-
-
-def test_known_exceptions_are_still_needed() -> None:
-    """An exception that no longer occurs is removed from the lists above."""
-    present = {(imp.importer, imp.target) for imp in all_imports()}
-    assert KNOWN_EXCEPTIONS - present == set()
 
 
 def test_layers_catch_an_import_pointing_up() -> None:
