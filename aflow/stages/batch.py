@@ -49,11 +49,6 @@ class _MapBatchesOp(_BatchFunctionOp):
         super().__init__(name or f"map_batches({callable_name(fn)})", on_error)
         self.fn = fn
 
-    def process(self, msg: Message) -> list[Message]:
-        if isinstance(msg, Batch):
-            return self.apply_batch(msg)
-        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]
-
     def apply_batch(self, batch: Batch) -> list[Message]:
         out = self.fn(batch.data)
         if not isinstance(out, np.ndarray):
@@ -105,11 +100,6 @@ class _FilterRowsOp(_BatchFunctionOp):
     def __init__(self, fn: ArrayFn, on_error: ErrorPolicy, name: str | None) -> None:
         super().__init__(name or f"filter_rows({callable_name(fn)})", on_error)
         self.fn = fn
-
-    def process(self, msg: Message) -> list[Message]:
-        if isinstance(msg, Batch):
-            return self.apply_batch(msg)
-        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]
 
     def apply_batch(self, batch: Batch) -> list[Message]:
         mask = np.asarray(self.fn(batch.data))
