@@ -5,26 +5,30 @@ Re-exports only; see the modules for the code.
 
 from ._core.messages import Batch as Batch
 from ._core.messages import Provenance as Provenance
+from ._core.run import OutputRun as OutputRun
 from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
-from .codecs.csv import decode_csv as decode_csv
-from .codecs.jsonl import decode_jsonl as decode_jsonl
-from .codecs.logs import decode_log as decode_log
 from .errors import AflowError as AflowError
 from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
+from .errors import FrameTooLongError as FrameTooLongError
+from .errors import IncompleteFrameError as IncompleteFrameError
+from .errors import LateDataError as LateDataError
+from .errors import LineTooLongError as LineTooLongError
 from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
 from .errors import StageTimeoutError as StageTimeoutError
+from .flow import Collect as Collect
+from .flow import CollectMode as CollectMode
 from .flow import Flow as Flow
 from .flow import Sink as Sink
 from .flow import SinkFlow as SinkFlow
 from .flow import Stage as Stage
 from .flow import run as run
+from .kernels.keyed import KeyedStats as KeyedStats
 from .policies import FailedItem as FailedItem
 from .policies import dead_letter as dead_letter
 from .policies import retry as retry
-from .sinks.aggregate import KeyedStats as KeyedStats
 from .sinks.aggregate import to_aggregate as to_aggregate
 from .sinks.collect import collect as collect
 from .sinks.collect import discard as discard
@@ -42,11 +46,9 @@ from .sinks.histogram import to_quantiles as to_quantiles
 from .sinks.queues import to_queue as to_queue
 from .sinks.routing import broadcast as broadcast
 from .sinks.routing import partition as partition
-from .sinks.routing import tee as tee
 from .sinks.sockets import to_tcp as to_tcp
 from .sinks.sockets import to_udp as to_udp
 from .sources.asof import asof_join as asof_join
-from .sources.combine import chain as chain
 from .sources.combine import concat as concat
 from .sources.combine import merge as merge
 from .sources.combine import repeat as repeat
@@ -71,6 +73,9 @@ from .stages.batch import map_batches as map_batches
 from .stages.batching import batch as batch
 from .stages.batching import rebatch as rebatch
 from .stages.batching import unbatch as unbatch
+from .stages.decode import decode_csv as decode_csv
+from .stages.decode import decode_jsonl as decode_jsonl
+from .stages.decode import decode_log as decode_log
 from .stages.element import filter as filter
 from .stages.element import flat_map as flat_map
 from .stages.element import map as map
@@ -94,13 +99,20 @@ __version__ = "0.1.0"
 __all__ = [
     "AflowError",
     "Batch",
+    "Collect",
+    "CollectMode",
     "DecodeError",
     "FailedItem",
     "FileSummary",
     "Flow",
     "FlowDefinitionError",
+    "FrameTooLongError",
     "Histogram",
+    "IncompleteFrameError",
     "KeyedStats",
+    "LateDataError",
+    "LineTooLongError",
+    "OutputRun",
     "Provenance",
     "QuantileSketch",
     "RetriesExhaustedError",
@@ -117,7 +129,6 @@ __all__ = [
     "batch",
     "broadcast",
     "buffer",
-    "chain",
     "collect",
     "concat",
     "dead_letter",
@@ -159,7 +170,6 @@ __all__ = [
     "take_while",
     "tcp_client",
     "tcp_server",
-    "tee",
     "throttle",
     "timeout",
     "to_aggregate",

@@ -167,9 +167,9 @@ async def files(folder: Path, rows: int) -> None:
         af.read_csv(str(folder / "sensors-*.csv"), READING, on_error=af.dead_letter(dead))
         | af.filter_rows(valid)
         | af.window(
-            minute, by="ts", key="sensor", value="value", stats=stats, allowed_lateness=10 * minute
+            minute, on="ts", key="sensor", value="value", stats=stats, allowed_lateness=10 * minute
         )
-        | af.collect()
+        | af.collect("array")
     )
     started = time.perf_counter()
     result = await flow.run()
@@ -231,7 +231,7 @@ async def logs(folder: Path, lines: int) -> None:
     parsed = af.read_log(str(folder / "access.log"), columns=columns, on_error=af.dead_letter(dead))
     flow = parsed | af.broadcast(
         af.to_aggregate(key="status", value="request_time", stats=("count", "mean")),
-        af.to_quantiles(column="request_time", q=(0.5, 0.99)),
+        af.to_quantiles(value="request_time", q=(0.5, 0.99)),
     )
     started = time.perf_counter()
     result = await flow.run()

@@ -34,8 +34,11 @@ from ._core.operators import Processor as Processor
 from ._core.operators import SinkOperator as SinkOperator
 from ._core.operators import SinkWriter as SinkWriter
 from ._core.operators import Source as Source
+from ._core.operators import async_kind as async_kind
 from ._core.operators import callable_name as callable_name
 from ._core.operators import chain_buffers as chain_buffers
+from ._core.operators import is_async_callable as is_async_callable
+from ._core.operators import refuse_async as refuse_async
 from ._core.segments import locate as locate
 from .stats import StageCounters as StageCounters
 
@@ -57,7 +60,10 @@ __all__ = [
     "SinkWriter",
     "Source",
     "StageCounters",
+    "async_kind",
     "callable_name",
     "chain_buffers",
+    "is_async_callable",
     "locate",
+    "refuse_async",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import sys
@@ -10,17 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 
+from . import __version__, _demo
+from ._core.run import Run
 from .flow import Flow, SinkFlow, run
+from .monitor import Monitor, Progress, serve_metrics, watch
+
+SHOWN_ROWS = 50
+"""Rows of a record-array result printed before "... N more rows"."""
 
 
-def _load(target: str) -> Any:
-    """``package.module:name`` or ``path/to/file.py:name`` -> the object."""
+def _load(target: str, kwargs: dict[str, Any]) -> Any:
+    """``package.module:name`` or ``path/to/file.py:name`` -> the object (called with
+    ``kwargs`` when it is a function making a flow). Exits with one line when it fails."""
     module_name, _, attr = target.partition(":")
     if not attr:
         raise SystemExit(f"aflow run: expected MODULE:FLOW or FILE.py:FLOW, got {target!r}")
     if module_name.endswith(".py"):
         path = Path(module_name)
+        if not path.is_file():
+            raise SystemExit(f"aflow run: no file {str(path)!r}")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         if spec is None or spec.loader is None:
             raise SystemExit(f"aflow run: cannot load {path}")
@@ -29,54 +40,142 @@ def _load(target: str) -> Any:
         spec.loader.exec_module(module)
     else:
         sys.path.insert(0, str(Path.cwd()))
-        module = importlib.import_module(module_name)
-    obj = getattr(module, attr)
-    return obj() if callable(obj) and not isinstance(obj, Flow | SinkFlow) else obj
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise SystemExit(f"aflow run: no module {exc.name!r} (from {target!r})") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise SystemExit(f"aflow run: {module_name} has no {attr!r}") from None
+    if callable(obj) and not isinstance(obj, Flow | SinkFlow):
+        return obj(**kwargs)
+    if kwargs:
+        raise SystemExit(f"aflow run: {target} is not a function; --arg needs one")
+    return obj
+
+
+def _arg(text: str) -> tuple[str, Any]:
+    """``name=value`` -> (name, value): a Python literal when it parses as one, else text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
+def _show(value: Any) -> str:
+    """A result as text: records with their field names, one per line."""
+    if isinstance(value, np.ndarray) and value.dtype.names:
+        names = value.dtype.names
+        rows = ["\t".join(names)]
+        rows.extend("\t".join(str(v) for v in row) for row in value[:SHOWN_ROWS].tolist())
+        if len(value) > SHOWN_ROWS:
+            rows.append(f"... {len(value) - SHOWN_ROWS:,} more rows")
+        return "\n".join(rows)
+    return str(value)
+
+
+def _require(module: str, option: str, package: str) -> None:
+    """Exit with one line naming what to install when ``module`` is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise SystemExit(
+            f"aflow run {option} needs the {module!r} module: pip install {package}"
+            " (or the cli extra)"
+        )
+
+
+def _monitors(args: argparse.Namespace) -> list[Monitor]:
+    """The live displays asked for on the command line, checked before the run starts."""
+    monitors: list[Monitor] = []
+    if args.progress or (args.progress is None and sys.stderr.isatty()):
+        _require("rich", "--progress", "rich")
+        monitors.append(Progress(force=True))
+    if args.metrics_port is not None:
+        _require("prometheus_client", "--metrics-port", "prometheus-client")
+        monitors.append(serve_metrics(args.metrics_port, args.metrics_host))
+    return monitors
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    flow = _load(args.target)
+    flow = _load(args.target, dict(args.arg))
     if not isinstance(flow, Flow | SinkFlow):
         raise SystemExit(f"aflow run: {args.target} is a {type(flow).__name__}, not a flow")
+    seen: list[Run[Any]] = []
+
+    async def keep(run: Run[Any]) -> None:  # to print statistics after Ctrl-C too
+        seen.append(run)
+
+    monitors = [keep, *_monitors(args)]
     try:
         result = run(
             flow,
             backend=args.backend,
             buffer=args.buffer,
             max_bytes_in_flight=args.max_bytes_in_flight,
+            monitor=watch(*monitors),
         )
     except KeyboardInterrupt:
         print("aflow run: interrupted; partial batches were flushed", file=sys.stderr)
+        if args.stats and seen:
+            print(seen[0].statistics().format(), file=sys.stderr)
         return 130
-    print(result.value)
+    print(_show(result.value))
     if args.stats:
         print(result.statistics.format(), file=sys.stderr)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import _demo
-
     anyio.run(_demo.main, args.rows, backend=args.backend)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="aflow",
+        description="Run aflow pipelines: a demo, or a flow defined in Python.",
+    )
+    parser.add_argument("--version", action="version", version=f"aflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a demo pipeline on data it generates")
-    demo.add_argument("--rows", type=int, default=5_000_000, help="readings to generate")
-    demo.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    demo.add_argument(
+        "--rows",
+        type=int,
+        default=5_000_000,
+        help="sensor readings to generate (default: 5,000,000)",
+    )
+    demo.add_argument(
+        "--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop"
+    )
     demo.set_defaults(func=_cmd_demo)
     run_p = sub.add_parser("run", help="run a flow defined in Python (MODULE:FLOW)")
-    run_p.add_argument("target", help="module:name or file.py:name of a flow (or a function)")
-    run_p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    run_p.add_argument("--buffer", type=int, default=4, help="messages per buffer")
+    run_p.add_argument(
+        "target",
+        help="MODULE:NAME or FILE.py:NAME of a flow, or of a function returning one",
+    )
+    run_p.add_argument(
+        "--arg",
+        action="append",
+        type=_arg,
+        default=[],
+        metavar="NAME=VALUE",
+        help="keyword argument for a function target (a Python literal, else text); repeatable",
+    )
+    run_p.add_argument(
+        "--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop"
+    )
+    run_p.add_argument(
+        "--buffer", type=int, default=4, help="capacity of each buffer, in messages (default: 4)"
+    )
     run_p.add_argument(
         "--max-bytes-in-flight",
         type=int,
         default=None,
-        help="ceiling on array bytes waiting in all buffers",
+        metavar="BYTES",
+        help="ceiling on array bytes waiting in all buffers of the run (default: none)",
     )
     run_p.add_argument("--stats", action="store_true", help="print statistics to stderr")
     run_p.add_argument(
@@ -89,9 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics-port",
         type=int,
         default=None,
-        help="serve live statistics in Prometheus format on this port (/metrics)",
+        metavar="PORT",
+        help="serve live statistics in Prometheus text format on http://HOST:PORT/metrics",
     )
-    run_p.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on")
+    run_p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address to serve metrics on (default: 127.0.0.1)",
+    )
     run_p.set_defaults(func=_cmd_run)
     args = parser.parse_args(argv)
     return int(args.func(args))

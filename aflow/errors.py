@@ -8,7 +8,11 @@ the builtin exception whose meaning it shares, so ``except ValueError`` keeps wo
     ├── SourceReusedError (RuntimeError)  a single-use iterator was asked to run a second time
     ├── StageTimeoutError (TimeoutError)  ``timeout()`` saw no item within its limit
     ├── RetriesExhaustedError             ``retry()`` gave up; the last failure is ``__cause__``
-    └── DecodeError (ValueError)          a record could not be decoded (says where it came from)
+    ├── DecodeError (ValueError)          a record could not be decoded (says where it came from)
+    │   ├── LineTooLongError              a line grew past ``max_line`` bytes without ending
+    │   ├── FrameTooLongError             a length prefix announced more than ``max_size`` bytes
+    │   └── IncompleteFrameError          a stream ended inside a line, frame or record
+    └── LateDataError (ValueError)        rows came after the windows they belong to had closed
 
 Errors raised by *user* functions inside a stage are never wrapped: the first one cancels the
 run and is raised as itself, with a note naming the stage (and the batch's provenance when
@@ -21,6 +25,10 @@ __all__ = [
     "AflowError",
     "DecodeError",
     "FlowDefinitionError",
+    "FrameTooLongError",
+    "IncompleteFrameError",
+    "LateDataError",
+    "LineTooLongError",
     "RetriesExhaustedError",
     "SourceReusedError",
     "StageTimeoutError",
@@ -82,3 +90,32 @@ class DecodeError(AflowError, ValueError):
         self.source = source
         self.line = line
         self.offset = offset
+
+
+class LineTooLongError(DecodeError):
+    """A line grew past a splitter's ``max_line`` bytes without ending.
+
+    The line is skipped to its end; the lines around it are unaffected. Raise ``max_line``
+    (or ``max_size`` for socket sources) to accept longer lines.
+    """
+
+
+class FrameTooLongError(DecodeError):
+    """A length-prefixed frame announced more than ``max_size`` bytes.
+
+    The stream cannot be resynchronized after it, so the connection is closed.
+    """
+
+
+class IncompleteFrameError(DecodeError):
+    """A stream ended inside a line, frame or record (the peer left, went idle, the run
+    stopped, or a file ended); those bytes are handed to the error policy."""
+
+
+class LateDataError(AflowError, ValueError):
+    """Rows arrived after every window they belong to had closed (the watermark had passed
+    them), or behind what :func:`aflow.reorder` had already released.
+
+    The error of the late rows handed to a window's ``late=`` policy; raised when that
+    policy is ``"raise"``. Raise ``allowed_lateness`` (or ``horizon``) to accept them.
+    """

@@ -16,16 +16,18 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
+import numpy as np
+from numpy.typing import NDArray
 
 from ._core.collect import CollectOperator
 from ._core.operators import Op, SinkOperator, Source, chain_buffers, op_buffers
-from ._core.run import DEFAULT_BUFFER, DEFAULT_GRACE, Run, RunManager, RunResult
+from ._core.run import DEFAULT_BUFFER, DEFAULT_GRACE, OutputRun, Run, RunManager, RunResult
 from .errors import FlowDefinitionError
 
-__all__ = ["Flow", "Sink", "SinkFlow", "Stage", "run"]
+__all__ = ["Collect", "CollectMode", "Flow", "Sink", "SinkFlow", "Stage", "run"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -33,6 +35,12 @@ V = TypeVar("V")
 R = TypeVar("R")
 T_co = TypeVar("T_co", covariant=True)
 R_co = TypeVar("R_co", covariant=True)
+S = TypeVar("S", bound=np.generic)
+M = TypeVar("M", bound=str)
+
+CollectMode = Literal["auto", "list", "array"]
+"""What :func:`aflow.collect` returns: ``"list"`` a list of the items, ``"array"`` one
+array, ``"auto"`` one array of a flow of batches' rows and a list otherwise."""
 
 
 class Stage(Generic[T, U]):
@@ -52,8 +60,12 @@ class Stage(Generic[T, U]):
     @overload
     def __or__(self, other: Stage[U, V]) -> Stage[T, V]: ...
     @overload
+    def __or__(self, other: Collect[Literal["list"]]) -> Sink[T, list[U]]: ...
+    @overload
+    def __or__(self, other: Collect[Literal["array"]]) -> Sink[T, NDArray[Any]]: ...
+    @overload
     def __or__(self, other: Sink[U, R]) -> Sink[T, R]: ...
-    def __or__(self, other: Stage[U, V] | Sink[U, R]) -> Stage[T, V] | Sink[T, R]:
+    def __or__(self, other: Stage[U, V] | Sink[U, Any]) -> Stage[T, V] | Sink[T, Any]:
         if isinstance(other, Stage):
             return Stage(*self._ops, *other.ops())
         if isinstance(other, Sink):
@@ -79,6 +91,14 @@ class Sink(Generic[T, R]):
 
     def __repr__(self) -> str:
         return " | ".join([*(op.name for op in self.pre_ops), self.terminal.name])
+
+
+class Collect(Sink[Any, Any], Generic[M]):
+    """The sink :func:`aflow.collect` makes. Its type parameter is the mode (a
+    :data:`CollectMode` literal), so that ``Flow[T] | collect("list")`` is typed
+    ``SinkFlow[list[T]]``."""
+
+    __slots__ = ()
 
 
 class Flow(Generic[T_co]):
@@ -108,8 +128,18 @@ class Flow(Generic[T_co]):
     @overload
     def __or__(self, other: Stage[Any, U]) -> Flow[U]: ...
     @overload
+    def __or__(self, other: Collect[Literal["list"]]) -> SinkFlow[list[T_co]]: ...
+    @overload
+    def __or__(self, other: Collect[Literal["array"]]) -> SinkFlow[NDArray[Any]]: ...
+    @overload
+    def __or__(  # type: ignore[overload-overlap]
+        self: Flow[NDArray[S]], other: Collect[Literal["auto"]]
+    ) -> SinkFlow[NDArray[S] | list[NDArray[S]]]: ...
+    @overload
+    def __or__(self, other: Collect[Literal["auto"]]) -> SinkFlow[list[T_co]]: ...
+    @overload
     def __or__(self, other: Sink[Any, R]) -> SinkFlow[R]: ...
-    def __or__(self, other: Stage[Any, U] | Sink[Any, R]) -> Flow[U] | SinkFlow[R]:
+    def __or__(self, other: Stage[Any, U] | Sink[Any, Any]) -> Flow[U] | SinkFlow[Any]:
         if isinstance(other, Stage):
             return Flow(self._source, self._ops + other.ops())
         if isinstance(other, Sink):
@@ -122,8 +152,9 @@ class Flow(Generic[T_co]):
         buffer: int = DEFAULT_BUFFER,
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
-    ) -> RunManager[Any]:
-        """Start a run and iterate its output: ``async with flow.open() as run: ...``.
+    ) -> RunManager[OutputRun[T_co]]:
+        """Start a run and iterate its output: ``async with flow.open() as run: ...``
+        (``async for item in run``: items of type ``T``).
 
         Args:
             buffer: default capacity of each buffer, in messages (a chunk of elements or
@@ -135,6 +166,22 @@ class Flow(Generic[T_co]):
         """
         return RunManager(self._source, self._ops, None, buffer, max_bytes_in_flight, grace)
 
+    @overload
+    async def run(  # type: ignore[overload-overlap]
+        self: Flow[NDArray[S]],
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        max_bytes_in_flight: int | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> RunResult[NDArray[S] | list[NDArray[S]]]: ...
+    @overload
+    async def run(
+        self,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        max_bytes_in_flight: int | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> RunResult[list[T_co]]: ...
     async def run(
         self,
         *,
@@ -142,7 +189,9 @@ class Flow(Generic[T_co]):
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
     ) -> RunResult[Any]:
-        """Run to the end and collect the output (see :func:`aflow.collect`)."""
+        """Run to the end and collect the output like ``collect()`` (``"auto"``): one
+        array of the rows of a flow of batches, a list of the items otherwise. Typed code
+        that wants one of the two says so: ``(flow | af.collect("array")).run()``."""
         return await self._collected().run(
             buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace
         )
@@ -187,7 +236,7 @@ class SinkFlow(Generic[R_co]):
         buffer: int = DEFAULT_BUFFER,
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
-    ) -> RunManager[R_co]:
+    ) -> RunManager[Run[R_co]]:
         """Start a run: ``async with flow.open() as run:``; ``await run.wait()`` for the
         result, ``run.statistics()`` for live figures, ``run.stop()`` to stop gracefully.
         Leaving the block stops the run gracefully and waits for it."""
@@ -219,8 +268,41 @@ class SinkFlow(Generic[R_co]):
         return " | ".join([self._source.name, *(op.name for op in self._ops), self._sink.name])
 
 
+@overload
 def run(
-    flow: SinkFlow[R] | Flow[Any],
+    flow: SinkFlow[R],
+    *,
+    backend: str = "asyncio",
+    buffer: int = DEFAULT_BUFFER,
+    max_bytes_in_flight: int | None = None,
+    grace: float = DEFAULT_GRACE,
+    handle_signals: bool = True,
+    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
+) -> RunResult[R]: ...
+@overload
+def run(  # type: ignore[overload-overlap]
+    flow: Flow[NDArray[S]],
+    *,
+    backend: str = "asyncio",
+    buffer: int = DEFAULT_BUFFER,
+    max_bytes_in_flight: int | None = None,
+    grace: float = DEFAULT_GRACE,
+    handle_signals: bool = True,
+    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
+) -> RunResult[NDArray[S] | list[NDArray[S]]]: ...
+@overload
+def run(
+    flow: Flow[T],
+    *,
+    backend: str = "asyncio",
+    buffer: int = DEFAULT_BUFFER,
+    max_bytes_in_flight: int | None = None,
+    grace: float = DEFAULT_GRACE,
+    handle_signals: bool = True,
+    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
+) -> RunResult[list[T]]: ...
+def run(
+    flow: SinkFlow[Any] | Flow[Any],
     *,
     backend: str = "asyncio",
     buffer: int = DEFAULT_BUFFER,
@@ -230,6 +312,9 @@ def run(
     monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
 ) -> RunResult[Any]:
     """Run ``flow`` from synchronous code (a script, a notebook cell, a test).
+
+    The result's value is the sink's result; a flow without a sink is collected as by
+    :meth:`Flow.run`.
 
     With ``handle_signals`` (and when called from the main thread), Ctrl-C (SIGINT) stops
     the run gracefully: sources stop, partial batches are flushed, files and sockets are

@@ -1,7 +1,7 @@
 """Live statistics of a run: a terminal progress display and a Prometheus endpoint.
 
 Both read ``run.statistics()`` snapshots; neither touches the hot path. They need the
-``cli`` extra (``pip install aflow[cli]``: rich and prometheus-client).
+``cli`` extra (``pip install rich prometheus-client``, the ``cli`` extra).
 """
 
 from __future__ import annotations

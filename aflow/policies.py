@@ -1,14 +1,19 @@
-"""Error policies: what a stage does when the user's function raises on one item.
+"""Error policies: what a stage does with an item it cannot process.
 
-A stage takes ``on_error=`` one of:
+A stage (and a decoder, a source reading bad input, a window receiving late rows) takes
+``on_error=`` one of:
 
 * ``"raise"`` (the default): the first error cancels the run and is raised as itself;
 * ``"skip"``: the item is dropped and counted in the stage's ``errors`` statistic;
 * :func:`retry`: the item is tried again with exponential backoff, then handed to a fallback;
 * :func:`dead_letter`: the item goes, with its exception and provenance, to a target of yours.
 
-A policy applies per item (an element, or a whole batch for batch-wise stages): one bad item
-never costs its neighbours.
+A policy applies per item (an element, a whole batch for batch-wise stages, one raw line,
+frame, record or datagram for decoders and sources, the late rows of one batch for
+windows): one bad item never costs its neighbours. Every one of them goes through
+:func:`apply_policy`, so a policy means the same everywhere. Input that fails the same
+way each time it is read (bytes that do not decode, rows that are late) is not retried: a
+retry policy goes straight to its ``then``.
 """
 
 from __future__ import annotations
@@ -21,9 +26,21 @@ from typing import Any, Literal, TypeAlias
 import anyio
 
 from ._core.messages import Provenance
-from .errors import RetriesExhaustedError
+from .errors import DecodeError, RetriesExhaustedError
+from .stats import StageCounters
 
-__all__ = ["DeadLetter", "ErrorPolicy", "FailedItem", "Retry", "dead_letter", "retry"]
+__all__ = [
+    "DeadLetter",
+    "ErrorPolicy",
+    "FailedItem",
+    "Reporter",
+    "Retry",
+    "apply_policy",
+    "check_policy",
+    "dead_letter",
+    "retry",
+    "where",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +48,16 @@ class FailedItem:
     """An item a stage could not process, as handed to a dead-letter target.
 
     Attributes:
-        item: the element, or the array of a batch, that failed.
-        error: the exception the stage's function raised.
-        stage: the stage's name.
-        provenance: where the item's rows came from, when known.
+        item: exactly what failed: the element; the array of a batch (batch-wise stages);
+            the raw bytes of a line (its newline included), frame, record or datagram
+            (decoders, sources; an over-long line or frame is not kept: ``b""``); or the late
+            rows of one batch (windows, ``reorder``).
+        error: why: the exception the stage's function raised; a
+            :class:`~aflow.DecodeError` naming the source, line and byte offset for bad
+            input; a :class:`~aflow.LateDataError` for late rows.
+        stage: the stage's (or source's) name.
+        provenance: where the item came from, when known: a batch's rows; for a bad line,
+            that line alone (``unit == "line"``, ``stop == start + 1``).
     """
 
     item: Any
@@ -43,9 +66,7 @@ class FailedItem:
     provenance: Provenance | None = None
 
 
-DeadLetterTarget: TypeAlias = (
-    "list[FailedItem] | Callable[[FailedItem], None] | Callable[[FailedItem], Awaitable[None]]"
-)
+DeadLetterTarget: TypeAlias = "list[FailedItem] | Callable[[FailedItem], Awaitable[None] | None]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,37 +148,96 @@ def check_policy(policy: object) -> ErrorPolicy:
     )
 
 
-async def recover(
+async def apply_policy(
     policy: ErrorPolicy,
-    call: Callable[[], list[Any] | Awaitable[list[Any]]],
     item: Any,
     error: Exception,
     stage: str,
     provenance: Provenance | None,
-    counters: Any,
+    counters: StageCounters,
+    *,
+    again: Callable[[], list[Any] | Awaitable[list[Any]]] | None = None,
+    count: int = 1,
 ) -> list[Any]:
-    """Apply ``policy`` to one failed item; return its outputs when a retry succeeds.
+    """Apply ``policy`` to one failed item: raise, retry, skip and count, or dead-letter.
 
-    ``call`` re-runs the stage's function on the item. Raises when the policy says so.
+    Every stage, decoder, source and late-data path hands its failures here.
+
+    Args:
+        policy: the stage's ``on_error``.
+        item: exactly what failed (see :class:`FailedItem`).
+        error: why it failed; raised as itself under ``"raise"``.
+        stage: the stage's (or source's) name.
+        provenance: where ``item`` came from. ``None``: the place a
+            :class:`~aflow.errors.DecodeError` names (see :func:`where`), if any.
+        counters: the stage's statistics; ``errors`` grows by ``count`` for an item
+            skipped or dead-lettered, ``retries`` by one per attempt repeated.
+        again: runs the stage on ``item`` again and returns its outputs (sync or async).
+            ``None`` when that cannot help (the same bytes decode the same way, late rows
+            stay late): a :func:`retry` policy then goes straight to its ``then``.
+        count: how many items ``item`` stands for in ``errors`` (late rows count one each).
+
+    Returns:
+        The outputs of a retry that succeeded; otherwise ``[]``.
+
+    Raises:
+        Exception: ``error`` itself under ``"raise"``;
+            :class:`~aflow.errors.RetriesExhaustedError` (from the last error) once every
+            attempt of a :func:`retry` with ``then="raise"`` failed.
+
+    Blocks for the retry waits and an async dead-letter target; cancellation interrupts
+    both.
     """
     fallback: ErrorPolicy = policy
     if isinstance(policy, Retry):
-        for attempt in range(2, policy.attempts + 1):
-            await anyio.sleep(policy.delay(attempt))
-            counters.retries += 1
-            try:
-                result = call()
-                return await result if inspect.isawaitable(result) else result
-            except Exception as exc:
-                error = exc
         fallback = policy.then
-        if fallback == "raise":
-            raise RetriesExhaustedError(
-                f"stage {stage!r} failed {policy.attempts} times on one item: {error!r}"
-            ) from error
+        if again is not None:
+            for attempt in range(2, policy.attempts + 1):
+                await anyio.sleep(policy.delay(attempt))
+                counters.retries += 1
+                try:
+                    result = again()
+                    return await result if inspect.isawaitable(result) else result
+                except Exception as exc:
+                    error = exc
+            if fallback == "raise":
+                raise RetriesExhaustedError(
+                    f"stage {stage!r} failed {policy.attempts} times on one item: {error!r}"
+                ) from error
     if fallback == "raise":
         raise error
-    counters.errors += 1
+    counters.errors += count
     if isinstance(fallback, DeadLetter):
-        await fallback.deliver(FailedItem(item, error, stage, provenance))
+        place = provenance if provenance is not None else where(error)
+        await fallback.deliver(FailedItem(item, error, stage, place))
     return []
+
+
+@dataclass(frozen=True, slots=True)
+class Reporter:
+    """:func:`apply_policy` bound to one source or stage: ``await report(item, error)``.
+
+    For input that cannot succeed on a second try (bad bytes), so nothing is retried.
+    """
+
+    policy: ErrorPolicy
+    stage: str
+    counters: StageCounters
+
+    async def __call__(
+        self, item: Any, error: Exception, provenance: Provenance | None = None
+    ) -> None:
+        await apply_policy(self.policy, item, error, self.stage, provenance, self.counters)
+
+
+def where(error: BaseException) -> Provenance | None:
+    """The place a :class:`~aflow.errors.DecodeError` names, as a provenance: its line
+    (``unit == "line"``, one line long) or else its byte offset; ``None`` for other errors
+    and for decode errors that name no source, line or offset."""
+    if not isinstance(error, DecodeError) or error.source is None:
+        return None
+    if error.line is not None:
+        return Provenance(error.source, error.line, error.line + 1, "line", error.offset)
+    if error.offset is not None:
+        return Provenance(error.source, error.offset, error.offset, "byte", error.offset)
+    return None

@@ -6,7 +6,7 @@ of ``ts`` int64 nanoseconds (one row per millisecond plus up to 5 ms of jitter: 
 
 Query: per 60-second tumbling window and key, ``count``, ``mean`` and ``max`` of ``value``.
 
-- aflow: ``from_array(rows, 65_536) | window(60 s, by="ts", key="key", value="value",
+- aflow: ``from_array(rows, 65_536) | window(60 s, on="ts", key="key", value="value",
   stats=..., allowed_lateness=10 ms) | collect()``: windows close as the watermark passes
   them; memory holds the open windows' per-key partials, not rows.
 - single shot: the whole array at once: window id ``ts // size``, one code per (window,
@@ -66,7 +66,7 @@ def single_shot(rows: np.ndarray[Any, np.dtype[np.void]]) -> dict[str, np.ndarra
 def with_aflow(rows: np.ndarray[Any, np.dtype[np.void]]) -> dict[str, np.ndarray[Any, Any]]:
     flow = af.from_array(rows, BATCH) | af.window(
         SIZE,
-        by="ts",
+        on="ts",
         key="key",
         value="value",
         stats=("count", "mean", "max"),

@@ -89,7 +89,7 @@ async def main_async(seconds: float, rate: int, rotate: int, folder: Path) -> in
         )
         | af.window(
             np.timedelta64(1, "m"),
-            by="time",
+            on="time",
             key="status",
             value="request_time",
             stats=("count", "mean", "max"),

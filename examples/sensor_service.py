@@ -84,7 +84,7 @@ def service(udp: int, tcp: int, latest: Latest) -> af.SinkFlow[int]:
         | af.decode_csv(READING, on_error="skip")
         | af.window(
             WINDOW_MS,
-            by="ts",
+            on="ts",
             key="sensor",
             value="value",
             stats=("count", "mean", "max"),

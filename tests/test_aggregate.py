@@ -1,4 +1,4 @@
-"""Keyed aggregates (aflow/sinks/aggregate.py) against brute-force references."""
+"""KeyedStats (aflow/kernels/keyed.py) and to_aggregate against brute-force references."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
-from aflow.sinks._grouping import group
-from aflow.sinks.aggregate import STATS, KeyedStats
+from aflow.kernels._grouping import group
+from aflow.kernels.keyed import STATS, KeyedStats
 
 ROW = np.dtype([("sensor", "i4"), ("value", "f8")])
 
@@ -192,7 +192,7 @@ async def test_sink_in_a_flow() -> None:
     rng = np.random.default_rng(3)
     rows = np.empty(10_000, ROW)
     rows["sensor"], rows["value"] = rng.integers(0, 20, len(rows)), rng.normal(size=len(rows))
-    result = await (af.from_array(rows, batch_size=999) | af.to_aggregate()).run()
+    result = await (af.from_array(rows, batch_size=999) | af.to_aggregate("sensor", "value")).run()
     assert_matches(result.value, brute(rows["sensor"], rows["value"]), key="sensor")
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from _helpers import python_env
+
+import aflow as af
+from aflow.cli import _require
 
 # Real subprocesses, each given up to 120 s.
 pytestmark = pytest.mark.timeout(150)
@@ -62,3 +71,162 @@ def test_run_rejects_what_is_not_a_flow(tmp_path: Path) -> None:
     done = aflow("run", "notflow.py:x", cwd=tmp_path)
     assert done.returncode != 0
     assert "not a flow" in done.stderr
+
+
+SLOW_FLOW = """
+import anyio
+import aflow as af
+
+async def ticks():
+    for i in range(40):
+        await anyio.sleep(0.05)
+        yield i
+
+slow = af.from_iterable(ticks) | af.map(lambda x: x + 1) | af.collect()
+"""
+
+
+def test_metrics_port_serves_live_statistics_while_the_run_lasts(tmp_path: Path) -> None:
+    (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aflow", "run", "slowflow.py:slow", "--metrics-port", str(port)],
+        cwd=tmp_path,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        body = ""
+        deadline = time.monotonic() + 10
+        while "aflow_stage_items_out" not in body and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+                    body = r.read().decode()
+            except OSError:
+                time.sleep(0.05)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.strip() == str(list(range(1, 41)))
+    assert 'aflow_stage_items_out_total{stage="1:map(lambda)"}' in body
+    assert "aflow_peak_bytes_in_flight" in body
+
+
+def test_progress_is_shown_on_a_terminal(tmp_path: Path) -> None:
+    """Without --progress, a live table appears when stderr is a (pseudo-)terminal."""
+    (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aflow", "run", "slowflow.py:slow"],
+        cwd=tmp_path,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    out, _ = proc.communicate(timeout=30)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert out.strip() == str(list(range(1, 41)))
+    assert "items out" in shown
+    assert "map(lambda)" in shown
+
+
+def test_no_progress_when_not_a_terminal_and_not_asked(tmp_path: Path) -> None:
+    (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
+    done = aflow("run", "slowflow.py:slow", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "items out" not in done.stderr
+
+
+def test_a_missing_extra_is_named_in_one_line() -> None:
+    with pytest.raises(SystemExit, match=r"needs the 'no_such_pkg' module: pip install no-such"):
+        _require("no_such_pkg", "--progress", "no-such")
+
+
+def test_version() -> None:
+    done = aflow("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"aflow {af.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nosuch.py:flow", "aflow run: no file 'nosuch.py'"),
+        ("nosuchmodule:flow", "aflow run: no module 'nosuchmodule'"),
+        ("slowflow:nosuch", "aflow run: slowflow has no 'nosuch'"),
+        ("slowflow", "aflow run: expected MODULE:FLOW or FILE.py:FLOW"),
+    ],
+)
+def test_a_bad_target_is_one_line(tmp_path: Path, target: str, message: str) -> None:
+    (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
+    done = aflow("run", target, cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.strip().startswith(message)
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_arguments_reach_a_flow_factory_and_records_print_with_names(tmp_path: Path) -> None:
+    (tmp_path / "factory.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            import aflow as af
+
+            def readings(n, label="x"):
+                rows = np.zeros(n, [("i", "i8"), ("label", "U4")])
+                rows["i"] = np.arange(n)
+                rows["label"] = label
+                return af.from_array(rows, 2) | af.collect()
+            """
+        )
+    )
+    done = aflow("run", "factory.py:readings", "--arg", "n=3", "--arg", "label=ab", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["i\tlabel", "0\tab", "1\tab", "2\tab"]
+    bad = aflow("run", "factory.py:readings", "--arg", "3", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "expected NAME=VALUE" in bad.stderr
+
+
+def test_ctrl_c_prints_one_line_and_the_statistics(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    (tmp_path / "slowflow.py").write_text(
+        SLOW_FLOW.replace("range(40)", "range(4000)").replace(
+            "        yield i", f"        yield i\n        open({str(started)!r}, 'w').close()"
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aflow", "run", "slowflow.py:slow", "--stats"],
+        cwd=tmp_path,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:  # the run is under way
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.splitlines()[0] == "aflow run: interrupted; partial batches were flushed"
+    assert "1:map(lambda)" in err

@@ -1,10 +1,10 @@
-"""Line splitting and decoders: any split of the input gives the same records, bad lines
-are split off one by one, good ones never lost."""
+"""Codecs (aflow/codecs/): line splitting, decoders and encoders, through their public
+API, without a flow. Any split of the input gives the same records, bad lines are split
+off one by one, good ones never lost."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,12 +13,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import aflow as af
-from aflow.codecs._decode import decode_lines
-from aflow.codecs.csv import _arrow_decoder, _checked_by_numpy, _numpy_decoder
-from aflow.codecs.jsonl import _arrow_decoder as _arrow_json_decoder
-from aflow.codecs.jsonl import _decoder as _json_decoder
-from aflow.codecs.lines import LineSplitter, LineTooLongError
-from aflow.codecs.logs import COMBINED
+from aflow.codecs import (
+    COMBINED,
+    SMALL_BLOCK,
+    CsvDecoder,
+    CsvEncoder,
+    JsonlDecoder,
+    JsonlEncoder,
+    LineSplitter,
+    LogDecoder,
+)
 
 READING = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f8")])
 
@@ -30,7 +34,7 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
 
 def run_splitter(
     chunks: list[bytes], max_line: int = 1 << 20
-) -> tuple[list[af.Batch], list[LineTooLongError]]:
+) -> tuple[list[af.Batch], list[af.LineTooLongError]]:
     splitter = LineSplitter("mem", max_line=max_line)
     blocks = [b for b in map(splitter.feed, chunks) if b is not None]
     errors = splitter.take_errors()
@@ -100,42 +104,6 @@ def csv_text(rows: list[tuple[int, int, float]]) -> bytes:
     return b"".join(f"{a},{b},{c!r}\n".encode() for a, b, c in rows)
 
 
-rows_strategy = st.lists(
-    st.tuples(
-        st.integers(-(2**62), 2**62),
-        st.integers(-(2**31), 2**31 - 1),
-        st.floats(allow_nan=False, allow_infinity=True),
-    ),
-    max_size=60,
-)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    rows=rows_strategy,
-    bad_at=st.lists(st.integers(0, 60), max_size=5),
-    cuts=st.lists(st.integers(0, 10_000), max_size=8),
-    engine=st.sampled_from(["numpy", "pyarrow"]),
-)
-def test_csv_good_records_survive_any_split_and_bad_lines(
-    rows: list[tuple[int, int, float]], bad_at: list[int], cuts: list[int], engine: str
-) -> None:
-    lines = [csv_text([r]) for r in rows]
-    for i in sorted(set(bad_at), reverse=True):
-        lines.insert(min(i, len(lines)), b"not,a,number\n")
-    text = b"".join(lines)
-    dead: list[af.FailedItem] = []
-    flow = af.from_arrays(
-        [np.frombuffer(c, np.uint8) for c in _line_aligned(text, cuts)]
-    ) | af.decode_csv(READING, engine=engine, on_error=af.dead_letter(dead))  # type: ignore[arg-type]
-    got = af.run(flow).value
-    expected = np.array(rows, dtype=READING)
-    assert len(got) == len(rows)
-    if rows:
-        np.testing.assert_array_equal(got, expected)
-    assert [d.item for d in dead] == [b"not,a,number\n"] * len(set(bad_at))
-
-
 csv_token = st.one_of(
     st.integers(-(2**40), 2**40).map(str),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
@@ -179,40 +147,20 @@ def test_csv_auto_engine_follows_numpy_rules_on_any_block(
     rows: list[tuple[str, str, str]], ending: str, dtype: list[tuple[str, str]]
 ) -> None:
     dt = np.dtype(dtype)
-    blob = "".join(",".join(r) + ending for r in rows).encode()
-    reference = _numpy_decoder(dt, ",")
-    auto = _checked_by_numpy(_arrow_decoder(dt, ","), reference)
+    # good lines around the tokens make a block large enough for pyarrow, and halves of it
+    # still large enough when bisection looks for the bad lines
+    padding = ("0,0,0" + ending) * (SMALL_BLOCK // 5)
+    blob = (padding + "".join(",".join(r) + ending for r in rows) + padding).encode()
+    reference = CsvDecoder(dt, engine="numpy")
+    auto = CsvDecoder(dt, engine="auto")
+    assert auto.engine == "pyarrow"
 
-    def outcome(decode: Any) -> tuple[list[Any], list[int]]:
-        parts, bad = decode_lines(blob, decode)
-        got = [repr(r) for p in parts for r in p.tolist()]
+    def outcome(decoder: CsvDecoder) -> tuple[list[Any], list[int]]:
+        rows, bad = decoder.decode(blob)
+        got = [repr(r) for r in rows.tolist()]
         return got, [i for i, _, _ in bad]
 
     assert outcome(auto) == outcome(reference)
-
-
-@pytest.mark.parametrize("engine", ["numpy", "pyarrow"])
-def test_a_float_beyond_its_field_s_range_is_a_bad_line_not_infinity(engine: str) -> None:
-    dt = np.dtype([("a", "i8"), ("v", "f4"), ("h", "f2")])
-    text = b"1,1e39,1\n2,inf,1\n3,1.5,70000\n4,-3.5e38,1\n5,2.5,-0.5\n"
-    dead: list[af.FailedItem] = []
-    decode = af.decode_csv(dt, engine=engine, on_error=af.dead_letter(dead))  # type: ignore[arg-type]
-    got = af.run(af.from_arrays([np.frombuffer(text, np.uint8)]) | decode).value
-    assert got["a"].tolist() == [2, 5]  # "inf" written as such is accepted
-    assert got["v"].tolist() == [np.inf, 2.5]
-    assert [d.item for d in dead] == [b"1,1e39,1\n", b"3,1.5,70000\n", b"4,-3.5e38,1\n"]
-    jsonl = b'{"a": 1, "v": 1e39, "h": 1}\n{"a": 2, "v": 2.5, "h": 1}\n' * 600  # > 16 KiB
-    for blob in (jsonl[:60], jsonl):  # the reference decoder, then pyarrow's fast path
-        dead.clear()
-        stage = af.decode_jsonl(dt, on_error=af.dead_letter(dead))
-        rows = af.run(af.from_arrays([np.frombuffer(blob, np.uint8)]) | stage).value
-        assert rows["a"].tolist() == [2] * (blob.count(b"\n") // 2)
-        assert len(dead) == blob.count(b"\n") - len(rows)
-
-
-def _line_aligned(text: bytes, cuts: list[int]) -> list[bytes]:
-    blocks, _ = run_splitter(split_at(text, cuts))
-    return [bytes(b.data) for b in blocks] or [b""]
 
 
 def test_bisection_isolates_each_bad_line() -> None:
@@ -221,146 +169,10 @@ def test_bisection_isolates_each_bad_line() -> None:
     lines[10] = b"1,2\n"
     lines[500] = b"\xff\xfe,1,1\n"
     lines[999] = b"1,2,3,4\n"
-    parts, bad = decode_lines(b"".join(lines), _numpy_decoder(READING, ","))
-    assert [index for index, _, _ in bad] == [10, 500, 999]
-    assert sum(len(p) for p in parts) == 997
-
-
-def test_csv_empty_lines_nan_inf_quotes_and_crlf() -> None:
-    text = [b"1,2,nan\r\n", b"\n", b'2,3,"inf"\n', b"3,4,-inf\n"]
     for engine in ("numpy", "pyarrow"):
-        got = af.run(af.from_iterable(text) | af.decode_csv(READING, engine=engine)).value  # type: ignore[arg-type]
-        assert got["ts"].tolist() == [1, 2, 3]
-        assert np.isnan(got["value"][0])
-        assert got["value"][1:].tolist() == [np.inf, -np.inf]
-
-
-def test_jsonl_decodes_and_splits_off_bad_lines() -> None:
-    text = [
-        b'{"ts": 1, "sensor": 2, "value": 0.5}\n',
-        b"\n",
-        b'{"ts": 2, "sensor": 3}\n',
-        b'{"ts": 3, "sensor": 4, "value": NaN}\n',
-        b'{"ts": 4.5, "sensor": 4, "value": 1}\n',
-        b"[1, 2, 3]\n",
-        b'{"ts": 5, "sensor": 6, "value": 7, "extra": "ignored"}\n',
-    ]
-    dead: list[af.FailedItem] = []
-    got = af.run(
-        af.from_iterable(text) | af.decode_jsonl(READING, on_error=af.dead_letter(dead))
-    ).value
-    assert got.tolist() == [(1, 2, 0.5), (5, 6, 7.0)]
-    assert len(dead) == 4
-
-
-COMBINED_LINE = (
-    '203.0.113.9 - alice [10/Oct/2000:13:55:36 -0700] "GET /index.html HTTP/1.1" 200 2326 '
-    '"http://example.com/" "Mozilla/5.0" 0.012\n'
-)
-
-
-def test_log_combined_format() -> None:
-    lines = [COMBINED_LINE, "garbage\n", COMBINED_LINE.replace(" 200 2326 ", " 404 - ")]
-    dead: list[af.FailedItem] = []
-    got = af.run(af.from_iterable(lines) | af.decode_log(on_error=af.dead_letter(dead))).value
-    assert got["status"].tolist() == [200, 404]
-    assert got["bytes"].tolist() == [2326, 0]
-    assert got["path"].tolist() == ["/index.html"] * 2
-    assert got["time"][0] == np.datetime64("2000-10-10T20:55:36", "ns")
-    assert got["request_time"][0] == pytest.approx(0.012)
-    assert [d.item for d in dead] == [b"garbage\n"]
-
-
-def test_log_one_column_with_bad_lines_in_the_block(tmp_path: Path) -> None:
-    lines = [COMBINED_LINE, "garbage\n", "\n", COMBINED_LINE.replace(" 200 ", " 503 ")] * 3
-    (tmp_path / "access.log").write_text("".join(lines))
-    dead: list[af.FailedItem] = []
-    flow = af.read_log(
-        str(tmp_path / "access.log"), columns={"status": "int"}, on_error=af.dead_letter(dead)
-    )
-    got = af.run(flow).value
-    assert got["status"].tolist() == [200, 503] * 3
-    assert [d.item for d in dead] == [b"garbage\n"] * 3
-    assert [d.error.line for d in dead] == [2, 6, 10]  # type: ignore[attr-defined]
-
-
-def test_log_groups_never_take_the_block_s_last_newline() -> None:
-    stage = af.decode_log(r"(?P<key>\w+)=(?P<value>[^;]*)", {"key": "str", "value": "str"})
-    for lines in ([b"a=1\n"], [b"a=1\n", b"b=2\n"]):
-        got = af.run(af.from_arrays([np.frombuffer(b"".join(lines), np.uint8)]) | stage).value
-        assert got["value"].tolist() == ["1", "2"][: len(lines)]
-
-
-def test_log_patterns_with_global_flags_or_verbose_comments() -> None:
-    verbose = re.compile(r"(?P<level>\w+) (?P<msg>.*)  # level, then the message", re.VERBOSE)
-    for pattern in [r"(?i)(?P<level>info|warn) (?P<msg>.*)", verbose]:
-        stage = af.decode_log(pattern, {"level": "str", "msg": "str"})
-        got = af.run(af.from_iterable([b"INFO started\n", b"warn low disk\n"]) | stage).value
-        assert got["level"].tolist() == ["INFO", "warn"]
-
-
-def test_log_custom_pattern_and_invalid_utf8() -> None:
-    pattern = r"(?P<level>[A-Z]+) (?P<ms>\d+) (?P<msg>.*)"
-    columns = {"level": "str", "ms": "int", "msg": "str"}
-    lines = [b"INFO 12 started\n", b"WARN 7 caf\xc3\xa9\n", b"ERROR 3 \xff\xfe\n"]
-    dead: list[af.FailedItem] = []
-    stage = af.decode_log(pattern, columns, on_error=af.dead_letter(dead))
-    got = af.run(af.from_iterable(lines) | stage).value
-    assert got["msg"].tolist() == ["started", "café"]
-    assert [d.item for d in dead] == [b"ERROR 3 \xff\xfe\n"]
-
-
-log_line = st.one_of(
-    st.builds(
-        lambda status, size, path, rt: (
-            f'10.0.0.{status % 250} - - [10/Oct/2000:13:55:36 -0700] "GET /{path} HTTP/1.1" '
-            f'{status} {size} "-" "agent"{rt}'
-        ),
-        st.integers(100, 599),
-        st.one_of(st.integers(0, 10**9).map(str), st.just("-")),
-        st.text("abc/.", max_size=6),
-        st.one_of(st.just(""), st.just(" -"), st.floats(0, 60).map(lambda f: f" {f:.3f}")),
-    ),
-    st.sampled_from(
-        [
-            "",
-            "   ",
-            "garbage",
-            '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET /open-quote HTTP/1.1',  # spills over
-            '" 200 5 "-" "-"',
-            "1.2.3.4 - - [bad",
-        ]
-    ),
-)
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    lines=st.lists(st.tuples(log_line, st.booleans()), max_size=30),
-    cuts=st.lists(st.integers(0, 10_000), max_size=6),
-)
-def test_log_blocks_decode_like_line_by_line(
-    lines: list[tuple[str, bool]], cuts: list[int]
-) -> None:
-    raw = [(text + ("\r\n" if crlf else "\n")).encode() for text, crlf in lines]
-    pattern = re.compile(COMBINED)
-    good = [pattern.fullmatch(t) for t, _ in lines if t.strip()]
-    bad = [
-        r for (t, _), r in zip(lines, raw, strict=True) if t.strip() and not pattern.fullmatch(t)
-    ]
-    dead: list[af.FailedItem] = []
-    flow = af.from_arrays(
-        [np.frombuffer(c, np.uint8) for c in _line_aligned(b"".join(raw), cuts)]
-    ) | af.decode_log(on_error=af.dead_letter(dead))
-    got = af.run(flow).value
-    rows = [m for m in good if m is not None]
-    if not rows:  # nothing decoded: no batch, so collect() gives an empty list
-        assert len(got) == 0
-        got = np.empty(0, [("status", "i8"), ("bytes", "i8"), ("path", "O")])
-    assert got["status"].tolist() == [int(m["status"]) for m in rows]
-    assert got["bytes"].tolist() == [0 if m["bytes"] == "-" else int(m["bytes"]) for m in rows]
-    assert got["path"].tolist() == [m["path"] for m in rows]
-    assert [d.item for d in dead] == bad
+        rows, bad = CsvDecoder(READING, engine=engine).decode(b"".join(lines))  # type: ignore[arg-type]
+        assert [index for index, _, _ in bad] == [10, 500, 999]
+        assert len(rows) == 997
 
 
 json_special = st.sampled_from(["NaN", "Infinity", "null", '"7"', "true", "1e400", "2.5e3", "-0"])
@@ -402,20 +214,110 @@ json_line = st.one_of(
 def test_jsonl_pyarrow_fast_path_agrees_with_the_reference(lines: list[str], f4: bool) -> None:
     dtype = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f4" if f4 else "f8")])
     blob = "".join(line + "\n" for line in lines).encode(errors="surrogateescape")
-    reference = _json_decoder(dtype)
-    fast = _arrow_json_decoder(dtype, reference)
-    assert fast is not None
+    reference = JsonlDecoder(dtype, engine="python")
+    fast = JsonlDecoder(dtype, engine="pyarrow")  # on blocks of every size
+    assert fast.engine == "pyarrow"
 
-    def outcome(decode: Any) -> tuple[list[Any], list[bytes]]:
-        parts, bad = decode_lines(blob, decode)
-        rows = [r for p in parts for r in p.tolist()]
-        return rows, [raw for _, raw, _ in bad]
+    def outcome(decoder: JsonlDecoder) -> tuple[list[Any], list[bytes]]:
+        decoded = decoder.decode(blob)
+        rows = decoded.rows.tolist()
+        return rows, [raw for _, raw, _ in decoded.bad]
 
     assert outcome(fast) == outcome(reference)  # same rows (no NaN passes), same bad lines
 
 
-def test_decoders_reject_unstructured_dtypes() -> None:
+def test_decoders_reject_unstructured_dtypes_and_unknown_engines() -> None:
     with pytest.raises(TypeError, match="structured"):
-        af.decode_csv("f8")
+        CsvDecoder("f8")
+    with pytest.raises(TypeError, match="structured"):
+        JsonlDecoder("f8")
     with pytest.raises(ValueError, match="not a named group"):
-        af.decode_log(r"(?P<a>\d+)", {"b": "int"})
+        LogDecoder(r"(?P<a>\d+)", {"b": "int"})
+    with pytest.raises(ValueError, match="engine="):
+        CsvDecoder(READING, engine="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="number fields only"):
+        JsonlDecoder([("name", "U8")], engine="pyarrow")
+    assert JsonlDecoder([("name", "U8")]).engine == "python"
+
+
+@pytest.mark.parametrize("engine", ["numpy", "pyarrow", "auto"])
+def test_csv_decoder_takes_bytes_or_a_line_block_and_skips_a_header(engine: str) -> None:
+    text = b"ts,sensor,value\n1,2,0.5\nbad\n3,4,1e3"  # no newline at the end
+    decoder = CsvDecoder(READING, engine=engine)  # type: ignore[arg-type]
+    for block in (text, np.frombuffer(text, np.uint8), bytearray(text)):
+        rows, bad = decoder.decode(block, header=True)
+        assert rows.dtype == READING
+        assert rows.tolist() == [(1, 2, 0.5), (3, 4, 1000.0)]
+        assert [(b.index, b.line) for b in bad] == [(2, b"bad\n")]
+        assert isinstance(bad[0].error, ValueError)
+    rows, bad = decoder.decode(text)  # without header=True, the header is a bad line
+    assert len(rows) == 2
+    assert [b.index for b in bad] == [0, 2]
+    assert len(decoder.decode(b"").rows) == 0
+    assert decoder.decode(b"bad\n").rows.dtype == READING
+
+
+MIXED = np.dtype([("id", "i8"), ("x", "f4"), ("y", "f8"), ("n", "u1")])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(-(2**63), 2**63 - 1),
+            st.floats(width=32, allow_nan=False),
+            st.floats(allow_nan=False),
+            st.integers(0, 255),
+        ),
+        max_size=40,
+    )
+)
+def test_encoded_rows_decode_to_the_same_values(rows: list[tuple[Any, ...]]) -> None:
+    data = np.array(rows, MIXED)
+    text = CsvEncoder().encode(data)
+    assert text.count(b"\n") == len(data)
+    for engine in ("numpy", "pyarrow"):
+        decoded = CsvDecoder(MIXED, engine=engine).decode(text)  # type: ignore[arg-type]
+        assert decoded.bad == []
+        assert decoded.rows.tobytes() == data.tobytes()
+    finite = data[np.isfinite(data["x"]) & np.isfinite(data["y"])]  # JSON has no infinity
+    decoded = JsonlDecoder(MIXED).decode(JsonlEncoder().encode(finite))
+    assert decoded.bad == []
+    assert decoded.rows.tobytes() == finite.tobytes()
+
+
+def test_csv_encoder_rules() -> None:
+    text = np.array(["a", "b;c", 'd"e', "f\ng"])
+    assert CsvEncoder(delimiter=";").encode(text) == b'a\n"b;c"\n"d""e"\n"f\ng"\n'
+    assert CsvEncoder().encode(np.array([b"caf\xc3\xa9", b"x,y"])) == 'café\n"x,y"\n'.encode()
+    when = np.array(["2024-01-02T03:04:05"], "M8[s]")
+    assert CsvEncoder().encode(when) == b"2024-01-02T03:04:05\n"
+    assert CsvEncoder().encode(np.array([True, False])) == b"True\nFalse\n"
+    assert CsvEncoder().encode(np.array([0.1, np.nan, -np.inf], "f4")) == b"0.1\nnan\n-inf\n"
+    assert CsvEncoder().encode(np.empty(0)) == b""
+    assert CsvEncoder().header(np.zeros((1, 2))) == b"0,1\n"
+    assert CsvEncoder(delimiter=";").header(np.zeros(1, [("a;b", "i4"), ("c", "i4")])) == (
+        b'"a;b";c\n'
+    )
+    assert CsvEncoder().line(("c", 1, 2.5, b"d,e")) == b'c,1,2.5,"d,e"\n'
+    assert CsvEncoder("%.2f").line((1.0, "x")) == b"1.00,x\n"
+    with pytest.raises(TypeError, match="scalar fields"):
+        CsvEncoder().encode(np.zeros(2, [("v", "f4", (2,))]))
+
+
+def test_log_decoder_without_a_flow() -> None:
+    line = (
+        '203.0.113.9 - alice [10/Oct/2000:13:55:36 -0700] "GET /index.html HTTP/1.1" 200 2326 '
+        '"http://example.com/" "Mozilla/5.0" 0.012\n'
+    )
+    rows, bad = LogDecoder().decode((line + "garbage\n" + line).encode())
+    assert rows["status"].tolist() == [200, 200]
+    assert rows["time"][0] == np.datetime64("2000-10-10T20:55:36", "ns")
+    assert [(b.index, b.line) for b in bad] == [(1, b"garbage\n")]
+    assert re.fullmatch(COMBINED, line.strip()) is not None
+
+
+def test_codec_errors_are_decode_errors_and_value_errors() -> None:
+    for error in (af.LineTooLongError, af.FrameTooLongError, af.IncompleteFrameError):
+        assert issubclass(error, af.DecodeError)
+        assert issubclass(error, ValueError)

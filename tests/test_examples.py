@@ -119,3 +119,20 @@ def test_sensor_service_counts_every_reading_sent_over_udp_and_tcp() -> None:
     assert service.returncode == 0
     assert live["readings"] > 0  # windows closed while the service ran
     assert f"stopped: {sent:,} readings from 10 sensors" in out
+
+
+def test_extending_source_reads_across_dropped_connections() -> None:
+    out = assert_ok(run_example("extending_source.py"))
+    assert "10,000 readings, seq 0..9999, none lost or repeated" in out
+
+
+def test_extending_stage_drops_duplicates_and_flushes_the_rest() -> None:
+    out = assert_ok(run_example("extending_stage.py"))
+    assert (
+        "11,000 rows in, 10,000 out in 20 batches of 512 rows (the last, from flush(), 272)" in out
+    )
+
+
+def test_extending_sink_retries_and_flushes() -> None:
+    out = assert_ok(run_example("extending_sink.py"))
+    assert "10,500 rows in 11 requests (the last, sent by flush(), of 500 rows)" in out

@@ -18,9 +18,10 @@ import anyio
 import numpy as np
 import pytest
 from _helpers import python_env
+from anyio.abc import SocketAttribute
 
 import aflow as af
-from aflow.sinks._encode import csv_lines, jsonl_lines
+from aflow.codecs import CsvEncoder, JsonlEncoder
 
 pytestmark = pytest.mark.anyio
 
@@ -153,9 +154,66 @@ async def test_csv_formats_and_shapes(tmp_path: Path) -> None:
     grid = np.arange(6).reshape(3, 2)
     await (af.from_array(grid) | af.to_csv(tmp_path / "b.csv", header=False)).run()
     assert (tmp_path / "b.csv").read_text() == "0,1\n2,3\n4,5\n"
-    assert csv_lines(rows(2), ["%d", None, "%.1f"]) == b"0,0,0.0\n1,1,0.2\n"
+    assert CsvEncoder(["%d", None, "%.1f"]).encode(rows(2)) == b"0,0,0.0\n1,1,0.2\n"
     with pytest.raises(ValueError, match="3 columns"):
-        csv_lines(rows(2), ["%d"])
+        CsvEncoder(["%d"]).encode(rows(2))
+
+
+MIXED = np.dtype(
+    [("id", "i8"), ("x", "f4"), ("y", "f8"), ("text", "U12"), ("raw", "S6"), ("ok", "?")]
+)
+
+
+def mixed_rows(n: int) -> np.ndarray:
+    data = np.zeros(n, MIXED)
+    data["id"] = np.arange(n) - n // 2
+    data["x"] = np.arange(n, dtype="f4") / 3
+    data["y"] = np.where(np.arange(n) % 5 == 0, np.nan, np.arange(n) * 1e-7)
+    data["text"] = ["plain", 'a "quote"', "a,comma", "line\nbreak", "café"] * (n // 5)
+    data["raw"] = [b"bytes", b"b,c", b"", b'q"', b"x"] * (n // 5)
+    data["ok"] = np.arange(n) % 2 == 0
+    return data
+
+
+async def test_file_and_socket_sinks_write_the_same_csv_bytes(tmp_path: Path) -> None:
+    data = mixed_rows(5000)  # enough rows for the socket sink to format them in a thread
+    path = tmp_path / "out.csv"
+    for fmt in (None, ["%d", "%.3f", None, None, None, None]):
+        await (af.from_array(data, 700) | af.to_csv(path, header=False, fmt=fmt)).run()
+        received = bytearray()
+        done = anyio.Event()
+
+        async def serve(stream: Any, received: bytearray = received, done: Any = done) -> None:
+            async with stream:
+                async for chunk in stream:
+                    received.extend(chunk)
+            done.set()  # the sink closed the connection: all is here
+
+        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+            port = listener.extra(SocketAttribute.local_port)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, serve)
+                sent = await (
+                    af.from_array(data, 700) | af.to_tcp("127.0.0.1", port, fmt=fmt)
+                ).run()
+                with anyio.fail_after(10):
+                    await done.wait()
+                tg.cancel_scope.cancel()
+        assert bytes(received) == path.read_bytes()
+        assert len(received) == sent.value
+        with path.open(newline="", encoding="utf-8") as f:
+            table = list(csv.reader(f))
+        assert len(table) == len(data)
+        if fmt is None:  # the shortest text that reads back the same value
+            assert np.array_equal(np.array([float(r[1]) for r in table], "f4"), data["x"])
+            assert [r[2] for r in table[:2]] == ["nan", "1e-07"]
+        assert [r[3:] for r in table[:5]] == [
+            ["plain", "bytes", "True"],
+            ['a "quote"', "b,c", "False"],
+            ["a,comma", "", "True"],
+            ["line\nbreak", 'q"', "False"],
+            ["café", "x", "True"],
+        ]
 
 
 async def test_jsonl_round_trip(tmp_path: Path) -> None:
@@ -174,10 +232,10 @@ async def test_jsonl_round_trip(tmp_path: Path) -> None:
 
 
 def test_jsonl_values_and_arrays() -> None:
-    assert jsonl_lines(np.array([1, 2])) == b"1\n2\n"
-    assert jsonl_lines(np.array([[1.5, np.nan]])) == b"[1.5, null]\n"
+    assert JsonlEncoder().encode(np.array([1, 2])) == b"1\n2\n"
+    assert JsonlEncoder().encode(np.array([[1.5, np.nan]])) == b"[1.5, null]\n"
     with pytest.raises(TypeError, match="as JSON"):
-        jsonl_lines(np.array([1 + 2j]))
+        JsonlEncoder().encode(np.array([1 + 2j]))
 
 
 async def test_parquet_round_trip(tmp_path: Path) -> None:
@@ -194,7 +252,7 @@ async def test_parquet_round_trip(tmp_path: Path) -> None:
 
 def test_parquet_needs_pyarrow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ImportError, match=r"aflow\[arrow\]"):
+    with pytest.raises(ImportError, match=r"pip install pyarrow"):
         af.to_parquet("x.parquet")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+from _helpers import settle
 
 import aflow as af
 
@@ -26,7 +27,7 @@ async def test_glob_of_csv_files_read_concurrently(tmp_path: Path) -> None:
     for k in range(6):
         write_csv(tmp_path / f"s{k}.csv", k * 10_000, 3000, k)
     (tmp_path / "ignored.txt").write_text("x\n")
-    flow = af.read_csv(str(tmp_path / "*.csv"), READING, chunk_size=8192, max_open=3)
+    flow = af.read_csv(str(tmp_path / "*.csv"), READING, read_size=8192, max_open=3)
     result = await flow.run()
     got = np.sort(result.value, order="ts")
     assert len(got) == 18_000
@@ -53,7 +54,7 @@ async def test_dead_letters_carry_raw_bytes_and_provenance(tmp_path: Path) -> No
     path = tmp_path / "meter.csv"
     path.write_bytes(b"1,1,1\n2,2\n3,3,3\n\xff,4,4\n5,5,5")
     dead: list[af.FailedItem] = []
-    flow = af.read_csv(str(path), READING, chunk_size=4, on_error=af.dead_letter(dead))
+    flow = af.read_csv(str(path), READING, read_size=4, on_error=af.dead_letter(dead))
     result = await flow.run()
     assert result.value["ts"].tolist() == [1, 3, 5]  # the last line had no newline
     assert [d.item for d in dead] == [b"2,2\n", b"\xff,4,4\n"]
@@ -66,14 +67,14 @@ async def test_lines_across_chunk_boundaries(tmp_path: Path) -> None:
     path = tmp_path / "text.log"
     lines = [f"line {i} " + "x" * (i % 17) for i in range(500)]
     path.write_bytes("\r\n".join(lines).encode())  # CRLF, no final newline
-    got = (await af.read_lines(str(path), chunk_size=7).run()).value
+    got = (await af.read_lines(str(path), read_size=7).run()).value
     assert got == lines
 
 
 async def test_block_provenance_gives_lines_and_offsets(tmp_path: Path) -> None:
     path = tmp_path / "t.txt"
     path.write_text("a\nbb\nccc\n")
-    async with af.read_blocks(str(path), chunk_size=5).open() as run:
+    async with af.read_blocks(str(path), read_size=5).open() as run:
         provs = [
             (b.provenance.start, b.provenance.stop, b.provenance.offset, b.provenance.end_offset)
             async for b in run.envelopes()
@@ -87,7 +88,7 @@ async def test_binary_records_and_partial_trailing_record(tmp_path: Path) -> Non
     data["value"] = np.linspace(0, 1, 10_000)
     path = tmp_path / "r.bin"
     data.tofile(path)
-    got = (await af.read_records(str(path), READING, chunk_size=4000).run()).value
+    got = (await af.read_records(str(path), READING, read_size=4000).run()).value
     np.testing.assert_array_equal(got, data)
     with path.open("ab") as f:
         f.write(b"\x01\x02\x03")
@@ -113,7 +114,7 @@ async def test_npy_files_stream_in_rows(tmp_path: Path) -> None:
     a = np.arange(3000, dtype="f8").reshape(1000, 3)
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", a + 3000)
-    async with af.read_npy(str(tmp_path / "*.npy"), chunk_size=2400).open() as run:
+    async with af.read_npy(str(tmp_path / "*.npy"), read_size=2400).open() as run:
         batches = [b async for b in run]
     assert all(b.shape[1:] == (3,) and len(b) <= 100 for b in batches)
     got = np.concatenate(batches)
@@ -194,12 +195,39 @@ async def test_follow_stops_gracefully_and_flushes(tmp_path: Path) -> None:
     assert result.value["ts"].tolist() == [1, 2]  # the partial batch was flushed
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+async def test_read_csv_and_jsonl_follow_at_their_poll_interval(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"m.{fmt}"
+    line = {"csv": "{0},{0},0.5\n", "jsonl": '{{"ts": {0}, "sensor": {0}, "value": 0.5}}\n'}[fmt]
+    read = {"csv": af.read_csv, "jsonl": af.read_jsonl}[fmt]
+
+    async def seen_after_append(poll_interval: float) -> list[int]:
+        path.write_text(line.format(1))
+        seen: list[int] = []
+        flow = read(str(path), READING, follow=True, poll_interval=poll_interval)
+        async with (flow | af.for_each(lambda b: seen.extend(b["ts"].tolist()))).open() as run:
+            await wait_for(lambda: seen == [1])
+            await settle()
+            await anyio.sleep(0.05)  # a real file: the read that found its end has returned
+            with path.open("a") as f:
+                f.write(line.format(2))
+            if poll_interval < 1:
+                await wait_for(lambda: len(seen) == 2)
+            else:
+                await anyio.sleep(0.5)
+            run.stop()
+        return seen
+
+    assert await seen_after_append(0.01) == [1, 2]
+    assert await seen_after_append(60.0) == [1]  # the next poll is a minute away
+
+
 async def test_an_overlong_line_in_a_file_is_reported_alone(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_bytes(b"1,1,1\n" + b"9" * 5000 + b"\n2,2,2\n")
     dead: list[af.FailedItem] = []
     flow = af.read_csv(
-        str(path), READING, max_line=1000, chunk_size=700, on_error=af.dead_letter(dead)
+        str(path), READING, max_line=1000, read_size=700, on_error=af.dead_letter(dead)
     )
     result = await flow.run()
     assert result.value["ts"].tolist() == [1, 2]
@@ -243,7 +271,7 @@ async def test_take_and_skip_count_lines_of_line_blocks(tmp_path: Path) -> None:
     write_csv(path, 0, 100, 1)
     first = await (af.read_csv(str(path), READING) | af.take(5)).run()
     assert first.value["ts"].tolist() == [0, 1, 2, 3, 4]
-    blocks = af.read_blocks(str(path), chunk_size=64) | af.skip(97) | af.take(2)
+    blocks = af.read_blocks(str(path), read_size=64) | af.skip(97) | af.take(2)
     async with blocks.open() as run:
         got = [b async for b in run.envelopes()]
     assert b"".join(bytes(b.data) for b in got) == b"97,1,48.5\n98,1,49.0\n"  # type: ignore[union-attr]

@@ -45,7 +45,7 @@ def test_reorder_within_the_horizon_is_a_stable_sort(
 ) -> None:
     rows, horizon = data
     late: list[Any] = []
-    got = collect(af.from_arrays(split(rows, cuts)) | af.reorder(horizon=horizon, late=late))
+    got = collect(af.from_arrays(split(rows, cuts)) | af.reorder("ts", horizon=horizon, late=late))
     want = rows[np.argsort(rows["ts"], kind="stable")]
     assert got.tolist() == want.tolist()
     assert late == []
@@ -64,7 +64,7 @@ def test_reorder_routes_rows_behind_the_horizon_as_late(
     batches = split(rows, cuts)
     late: list[Any] = []
     result = af.run(
-        af.from_arrays(batches) | af.reorder(horizon=horizon, late=late) | af.collect("list")
+        af.from_arrays(batches) | af.reorder("ts", horizon=horizon, late=late) | af.collect("list")
     )
     wm, want_late, kept = -np.inf, [], []
     for b in batches:  # the model
@@ -75,7 +75,7 @@ def test_reorder_routes_rows_behind_the_horizon_as_late(
     got = np.concatenate(result.value).tolist() if result.value else []
     assert got == sorted(kept, key=lambda r: r[0])
     assert [r for part in late for r in part.tolist()] == want_late
-    assert result.statistics.stage("reorder(by='ts')").errors == len(want_late)
+    assert result.statistics.stage("reorder(on='ts')").errors == len(want_late)
 
 
 @settings(max_examples=60, deadline=None)
@@ -93,6 +93,7 @@ def test_resample_equals_interpolation_over_the_whole_stream(
     ts = start + np.cumsum([0, *steps])
     rows = rows_of(ts, np.arange(len(ts)), np.sin(ts))
     flow = af.from_arrays(split(rows, cuts)) | af.resample(
+        "ts",
         every=every,
         fill=fill,  # type: ignore[arg-type]
         max_gap=max_gap,
@@ -114,7 +115,7 @@ def test_resample_equals_interpolation_over_the_whole_stream(
 def test_resample_rejects_unsorted_input() -> None:
     rows = rows_of([0, 5, 3], [0, 0, 0], [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="reorder"):
-        collect(af.from_array(rows) | af.resample(every=1))
+        collect(af.from_array(rows) | af.resample("ts", every=1))
 
 
 def asof_reference(
@@ -157,7 +158,8 @@ def test_asof_join_equals_brute_force(
     flow = af.asof_join(
         af.from_arrays(split(left, lcuts)),
         af.from_arrays(split(right, rcuts)),
-        by="key" if by else None,
+        on="ts",
+        key="key" if by else None,
         tolerance=tol,
     )
     got = collect(flow)
@@ -177,7 +179,7 @@ def test_asof_join_equals_brute_force(
 async def test_asof_join_unmatched_rows_get_blanks() -> None:
     temp = np.array([(1, 20.5), (10, 21.0)], [("ts", "i8"), ("temp", "f4")])
     hum = np.array([(5, 0.4)], [("ts", "i8"), ("hum", "f4")])
-    got = (await af.asof_join(af.from_array(temp), af.from_array(hum)).run()).value
+    got = (await af.asof_join(af.from_array(temp), af.from_array(hum), on="ts").run()).value
     assert got["matched"].tolist() == [False, True]
     assert np.isnan(got["hum"][0])
     assert got["hum"][1] == pytest.approx(0.4)

@@ -21,15 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
-from aflow.codecs.framing import (
-    HEADER,
-    FrameTooLongError,
-    IncompleteFrameError,
-    LengthPrefixedFramer,
-    RecordFramer,
-    split_datagrams,
-)
-from aflow.codecs.lines import LineTooLongError
+from aflow import FrameTooLongError, IncompleteFrameError, LineTooLongError
+from aflow.codecs.framing import HEADER, LengthPrefixedFramer, RecordFramer, split_datagrams
 from aflow.sources.sockets._common import GATHER_READS, READ_SIZE
 
 HOST = "127.0.0.1"
@@ -570,7 +563,7 @@ async def test_to_tcp_round_trips_records_lines_and_frames(tmp_path: Path) -> No
 
     async def round_trip(server: Any, flow: Any, n: int) -> tuple[list[Any], int]:
         async with serving(server) as (run, (host, port)):
-            sent = await (flow | af.to_tcp(host, port, **encode)).run()
+            sent = await (flow | af.to_tcp(host, port, **framing)).run()
             got: list[Any] = []
             with anyio.fail_after(5):
                 async for item in run:
@@ -580,7 +573,7 @@ async def test_to_tcp_round_trips_records_lines_and_frames(tmp_path: Path) -> No
             run.stop()
         return got, sent.value
 
-    encode: dict[str, Any] = {"encode": "records"}
+    framing: dict[str, Any] = {"framing": "records"}
     got, sent = await round_trip(
         lambda cb: af.tcp_server(0, framing="records", dtype=RECORD, on_listening=cb),
         af.from_array(records, 700),
@@ -589,7 +582,7 @@ async def test_to_tcp_round_trips_records_lines_and_frames(tmp_path: Path) -> No
     assert sent == records.nbytes
     assert np.array_equal(np.concatenate(got), records)
 
-    encode = {"encode": "lines"}  # structured rows as CSV text, decoded back
+    framing = {"framing": "lines"}  # structured rows as CSV text, decoded back
     got, _ = await round_trip(
         lambda cb: af.tcp_server(0, on_listening=cb) | af.decode_csv(RECORD),
         af.from_array(records, 5000),
@@ -611,7 +604,7 @@ async def test_to_tcp_round_trips_records_lines_and_frames(tmp_path: Path) -> No
     )
     assert bytes(np.concatenate(got)) == b"7\n8\nx\ny\n"
 
-    encode = {"encode": "length_prefixed"}
+    framing = {"framing": "length_prefixed"}
     got, _ = await round_trip(
         lambda cb: af.tcp_server(0, framing="length_prefixed", on_listening=cb),
         af.from_iterable([b"x", "y\nz", b""]),
@@ -635,7 +628,7 @@ async def test_to_udp_packs_lines_and_records_into_datagrams() -> None:
     records["id"] = np.arange(400)
     async with await anyio.create_udp_socket(local_host=HOST) as receiver:
         port = receiver.extra(SocketAttribute.local_port)
-        sink = af.to_udp(HOST, port, encode="records", max_datagram=1000)
+        sink = af.to_udp(HOST, port, framing="records", max_datagram=1000)
         await (af.from_array(records, 250) | sink).run()
         datagrams: list[bytes] = []
         with anyio.fail_after(5):
@@ -687,3 +680,58 @@ def test_record_framer_any_split(n: int, cuts: list[int], extra: int) -> None:
     assert np.array_equal(np.concatenate([np.empty(0, RECORD), *rows]), records)
     tail = framer.finish("end")
     assert (tail is None) == (extra == 0)
+
+
+def _connect_and_reset(address: Address, payload: bytes = b"", delay: float = 0.0) -> None:
+    """A hostile client: connects, maybe sends, then resets (RST, not FIN) the connection."""
+    import socket
+    import struct
+    import time
+
+    with socket.create_connection(address) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if payload:
+            s.sendall(payload)
+        if delay:
+            time.sleep(delay)
+
+
+@pytest.mark.anyio
+async def test_clients_that_reset_at_once_cost_only_their_own_connection() -> None:
+    """Issue 10.1: a connect-then-reset storm interleaved with normal senders ends only the
+    resetting connections; every line of the normal senders arrives."""
+    got: list[bytes] = []
+    expected = 8 * len(b"normal 0\n") + len(b"last\n")
+    arrived = anyio.Event()
+
+    def keep(block: np.ndarray) -> None:
+        got.append(block.tobytes())
+        if sum(map(len, got)) >= expected:
+            arrived.set()
+
+    async with serving(lambda cb: af.tcp_server(0, HOST, on_listening=cb) | af.for_each(keep)) as (
+        run,
+        address,
+    ):
+        sent: list[bytes] = []
+        for i in range(200):
+            await anyio.to_thread.run_sync(_connect_and_reset, address)
+            if i % 25 == 0:
+                line = f"normal {i // 25}\n".encode()
+                await anyio.to_thread.run_sync(_send_all, address, line)
+                sent.append(line)
+        await anyio.to_thread.run_sync(_connect_and_reset, address, b"partial line", 0.05)
+        await anyio.to_thread.run_sync(_send_all, address, b"last\n")
+        sent.append(b"last\n")
+        with anyio.fail_after(5):
+            await arrived.wait()
+        run.stop()
+        await run.wait()
+    assert sorted(b"".join(got).splitlines(keepends=True)) == sorted(sent)
+
+
+def _send_all(address: Address, data: bytes) -> None:
+    import socket
+
+    with socket.create_connection(address) as s:
+        s.sendall(data)

@@ -69,11 +69,11 @@ def test_keyed_window_stats_equal_brute_force_under_any_split(
     rows, jitter = data
     step = max(1, size // ratio)
     stage = af.window(
-        size, step=step, by="ts", key="key", value="value", stats=STATS, allowed_lateness=jitter
+        size, step=step, on="ts", key="key", value="value", stats=STATS, allowed_lateness=jitter
     )
     late: list[Any] = []
     stage_late = af.window(
-        size, step=step, by="ts", key="key", value="value", stats=STATS,
+        size, step=step, on="ts", key="key", value="value", stats=STATS,
         allowed_lateness=jitter, late=late,
     )  # fmt: skip
     got = np.concatenate(run_list(af.from_arrays(split(rows, cuts)) | stage))
@@ -92,7 +92,7 @@ def test_window_rows_are_the_rows_of_each_window(
 ) -> None:
     rows, jitter = data
     flow = af.from_arrays(split(rows, cuts)) | af.window(
-        size, step=max(1, size // 2), by="ts", allowed_lateness=jitter
+        size, step=max(1, size // 2), on="ts", allowed_lateness=jitter
     )
     step = max(1, size // 2)
     got = run_list(flow)
@@ -121,7 +121,7 @@ def test_late_rows_are_routed_exactly_as_the_watermark_model_says(
     batches = split(rows, cuts)
     late: list[Any] = []
     flow = af.from_arrays(batches) | af.window(
-        size, by="ts", stats=("count",), allowed_lateness=lateness, late=late
+        size, on="ts", stats=("count",), allowed_lateness=lateness, late=late
     )
     result = af.run(flow | af.collect("list"))
     wm, want_late, on_time = -np.inf, [], []
@@ -152,7 +152,7 @@ def test_sessions_equal_brute_force(
     ts = sorted(ts)
     rows = rows_of(ts, keys[: len(ts)], [float(t) for t in ts])
     flow = af.from_arrays(split(rows, cuts)) | af.window(
-        gap=gap, by="ts", key="key", value="value", stats=("count", "max")
+        gap=gap, on="ts", key="key", value="value", stats=("count", "max")
     )
     batches = run_list(flow)
     got = np.concatenate(batches)
@@ -177,7 +177,7 @@ def test_datetime_columns_take_timedelta_sizes() -> None:
         dtype=[("ts", "M8[s]"), ("value", "f4")],
     )
     flow = af.from_array(rows, 1) | af.window(
-        np.timedelta64(1, "m"), by="ts", value="value", stats=("mean",)
+        np.timedelta64(1, "m"), on="ts", value="value", stats=("mean",)
     )
     got = np.concatenate(run_list(flow))
     assert got.dtype["window_start"] == np.dtype("M8[s]")
@@ -208,7 +208,7 @@ def test_open_windows_are_flushed_at_the_end() -> None:
     rows = rows_of([1, 2, 15], [0, 0, 0], [1.0, 2.0, 3.0])
 
     async def main() -> list[str]:
-        flow = af.from_array(rows, 1) | af.window(10, by="ts", stats=("count",))
+        flow = af.from_array(rows, 1) | af.window(10, on="ts", stats=("count",))
         async with flow.open() as run:
             return [b.reason async for b in run.envelopes()]  # type: ignore[union-attr]
 
@@ -235,7 +235,7 @@ def test_idle_timeout_closes_windows_and_later_rows_are_late() -> None:
     async def stamp(batch: np.ndarray[Any, Any]) -> None:
         emitted.append((round(anyio.current_time(), 6), batch["count"].tolist()))
 
-    stage = af.window(10, by="ts", stats=("count",), idle_timeout=2.0, late=late)
+    stage = af.window(10, on="ts", stats=("count",), idle_timeout=2.0, late=late)
     VirtualClock().run(from_schedule(schedule) | stage | af.for_each(stamp))
     assert emitted == [(2.0, [2]), (10.0, [1])]
     assert [r["ts"] for part in late for r in part] == [7]
@@ -250,7 +250,7 @@ async def test_async_late_target_gets_each_batch_of_late_rows() -> None:
         seen.append(rows["ts"].tolist())
 
     batches = [rows_of([30], [0], [0]), rows_of([1, 2, 31], [0, 0, 0], [0, 0, 0])]
-    flow = af.from_arrays(batches) | af.window(10, by="ts", key="key", late=on_late)
+    flow = af.from_arrays(batches) | af.window(10, on="ts", key="key", late=on_late)
     result = await (flow | af.collect()).run()
     assert seen == [[1, 2]]
     assert result.value["count"].tolist() == [2]
@@ -261,12 +261,12 @@ async def test_async_late_target_gets_each_batch_of_late_rows() -> None:
     [
         ({}, "either size"),
         ({"size": 5, "gap": 2}, "either size"),
-        ({"size": 0, "by": "ts"}, "must be > 0"),
-        ({"gap": 2, "step": 1, "by": "ts"}, "step="),
-        ({"size": 5, "domain": "event"}, "needs by="),
+        ({"size": 0, "on": "ts"}, "must be > 0"),
+        ({"gap": 2, "step": 1, "on": "ts"}, "step="),
+        ({"size": 5, "domain": "event"}, "needs on="),
         ({"size": 5, "idle_timeout": 1.0}, "event time"),
         ({"gap": 5, "domain": "count"}, "sessions"),
-        ({"size": 5, "by": "ts", "stats": ("median",)}, "choose from"),
+        ({"size": 5, "on": "ts", "stats": ("median",)}, "choose from"),
     ],
 )
 def test_bad_arguments_fail_at_build_time(kwargs: dict[str, Any], match: str) -> None:
@@ -285,7 +285,7 @@ async def test_epoch_nanosecond_rows_within_allowed_lateness_are_not_late() -> N
     late: list[np.ndarray] = []
     flow = af.from_array(rows, 1) | af.window(
         sec,
-        by="ts",
+        on="ts",
         key="key",
         value="value",
         stats=("count",),

@@ -17,13 +17,16 @@ which is what makes a flow re-runnable.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 
+from ..errors import FlowDefinitionError
 from .messages import Batch, Message
 
 if TYPE_CHECKING:
@@ -71,7 +74,7 @@ class Op:
 
     def nested_buffers(self) -> int:
         """Buffers this stage adds inside itself (a routing sink's branches, say), so a
-        run's ``max_bytes`` can be shared among all of them. 0 for a plain stage."""
+        run's ``max_bytes_in_flight`` can be shared among all of them. 0 for a plain stage."""
         return 0
 
 
@@ -286,7 +289,7 @@ class Context(Protocol):
 
 
 def chain_buffers(source: Source, ops: Iterable[Op]) -> int:
-    """Buffers a chain adds to a run (to share ``max_bytes`` among them)."""
+    """Buffers a chain adds to a run (to share ``max_bytes_in_flight`` among them)."""
     return source.nested_buffers() + sum(op_buffers(op) for op in ops)
 
 
@@ -303,3 +306,45 @@ def callable_name(fn: Callable[..., Any]) -> str:
         return callable_name(inner)
     name = getattr(fn, "__name__", None) or type(fn).__name__
     return "lambda" if name == "<lambda>" else str(name)
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` gives something to await or iterate asynchronously: an
+    ``async def`` function or method, an async generator function, a
+    ``functools.partial`` of one, or an object whose ``__call__`` is one."""
+    return async_kind(fn) is not None
+
+
+def async_kind(fn: object) -> Literal["coroutine", "generator"] | None:
+    """``"coroutine"`` for an ``async def`` function (or a ``functools.partial`` of one,
+    or an object whose ``__call__`` is one), ``"generator"`` for an async generator
+    function, ``None`` for anything else."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not (inspect.isroutine(fn) or isinstance(fn, type)):
+        fn = getattr(fn, "__call__", fn)  # noqa: B004 - the method itself, to inspect it
+    if inspect.iscoroutinefunction(fn):
+        return "coroutine"
+    if inspect.isasyncgenfunction(fn):
+        return "generator"
+    return None
+
+
+def refuse_async(
+    fn: Callable[..., Any],
+    where: str,
+    instead: str,
+    *,
+    kinds: tuple[str, ...] = ("coroutine", "generator"),
+) -> None:
+    """Raise :class:`~aflow.FlowDefinitionError` if ``fn`` is async, of one of ``kinds``
+    (see :func:`async_kind`): ``where`` calls it without awaiting or iterating its
+    result asynchronously, which would be silently wrong. ``instead`` says what to write.
+    """
+    kind = async_kind(fn)
+    if kind not in kinds:
+        return
+    what = "an async function" if kind == "coroutine" else "an async generator function"
+    raise FlowDefinitionError(
+        f"{where} got {what} ({callable_name(fn)}), but calls it without awaiting; {instead}"
+    )

@@ -21,10 +21,12 @@ from .context import RunContext
 from .messages import Batch, Message
 from .operators import Op, SinkOperator, Source, chain_buffers, op_buffers
 
-__all__ = ["DEFAULT_BUFFER", "DEFAULT_GRACE", "Run", "RunManager", "RunResult"]
+__all__ = ["DEFAULT_BUFFER", "DEFAULT_GRACE", "OutputRun", "Run", "RunManager", "RunResult"]
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
+T_co = TypeVar("T_co", covariant=True)
+RunT_co = TypeVar("RunT_co", bound="Run[Any]", covariant=True)
 
 DEFAULT_BUFFER = 4
 DEFAULT_GRACE = 10.0
@@ -44,10 +46,10 @@ class RunResult(NamedTuple, Generic[R_co]):
 
 
 class Run(Generic[R_co]):
-    """A running flow, as handed out by ``flow.open()``.
+    """A running flow, as handed out by ``flow.open()``; ``R_co`` is its sink's result.
 
-    Iterate it (``async for item in run``) when the flow has no sink; ``await run.wait()``
-    when it has one. ``statistics()`` may be read at any time, from any task.
+    ``await run.wait()`` for the result; ``statistics()`` may be read at any time, from
+    any task. A flow without a sink gives an :class:`OutputRun` to iterate instead.
     """
 
     def __init__(self, grace: float) -> None:
@@ -104,12 +106,13 @@ class Run(Generic[R_co]):
                 self._scope.cancel()
                 await self._done.wait()
 
-    def __aiter__(self) -> _Items:
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """The output items, for a flow without a sink (see :class:`OutputRun`)."""
         if self._output is None:
             raise FlowDefinitionError("this flow ends in a sink; use `await run.wait()`")
         return _Items(self)
 
-    def envelopes(self) -> _Envelopes:
+    def envelopes(self) -> AsyncIterator[Message]:
         """Iterate output messages: a ``list`` chunk of elements or a :class:`Batch`
         envelope (with ``reason`` and ``provenance``) per array batch."""
         if self._output is None:
@@ -163,6 +166,14 @@ class Run(Generic[R_co]):
             self._done.set()
 
 
+class OutputRun(Run[None], Generic[T_co]):
+    """The run of a flow without a sink (``Flow[T].open()``): ``async for item in run``
+    gives its items of type ``T`` (elements, or a batch's array per batch)."""
+
+    def __aiter__(self) -> AsyncIterator[T_co]:
+        return _Items(self)
+
+
 class _Envelopes:
     """Async iterator over a run's output messages (a class, not an async generator, so
     breaking out of the loop leaves nothing to finalize)."""
@@ -198,8 +209,9 @@ class _Items:
         return self._chunk[self._pos - 1]
 
 
-class RunManager(Generic[R_co]):
-    """The async context manager behind ``flow.open()``."""
+class RunManager(Generic[RunT_co]):
+    """The async context manager behind ``flow.open()``: gives a :class:`Run` (an
+    :class:`OutputRun` for a flow without a sink)."""
 
     def __init__(
         self,
@@ -218,7 +230,7 @@ class RunManager(Generic[R_co]):
     def __call__(self) -> Any:  # pragma: no cover - guards a common slip
         raise TypeError("flow.open() is an async context manager: `async with flow.open()`")
 
-    async def __aenter__(self) -> Run[R_co]:
+    async def __aenter__(self) -> RunT_co:
         self._cm = self._open()
         return await self._cm.__aenter__()
 
@@ -226,8 +238,9 @@ class RunManager(Generic[R_co]):
         return await self._cm.__aexit__(*exc)
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[Run[R_co]]:
-        run: Run[R_co] = Run(self._grace)
+    async def _open(self) -> AsyncIterator[RunT_co]:
+        sink = self._args[2]
+        run = cast(RunT_co, Run(self._grace) if sink is not None else OutputRun(self._grace))
         error: BaseException | None = None
         async with anyio.create_task_group() as tg:
             await tg.start(run._main, *self._args)

@@ -14,18 +14,38 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any, Protocol
 
 import anyio
+from anyio.abc import TaskGroup
 
-from ..stats import StageCounters
+from ..stats import RunCounters, StageCounters
 from .buffers import Buffer, Sender
 from .messages import Batch, Message
-from .operators import AsyncOperator, Closed, Op, Operator, Processor, SinkWriter, Source
+from .operators import (
+    AsyncOperator,
+    Closed,
+    Context,
+    Op,
+    Operator,
+    Processor,
+    SinkWriter,
+    Source,
+)
 
-if TYPE_CHECKING:
-    from .context import RunContext
+
+class RunState(Context, Protocol):
+    """What segments need of their run, beyond the public :class:`Context` (implemented
+    by :class:`~aflow._core.context.RunContext`)."""
+
+    tg: TaskGroup
+    counters: RunCounters
+
+    def pull_scope(self) -> AbstractContextManager[anyio.CancelScope]: ...
+
+    def fail(self, exc: BaseException) -> None: ...
+
 
 __all__ = [
     "ChainBuilder",
@@ -102,7 +122,7 @@ class Segment:
 
     def __init__(
         self,
-        ctx: RunContext,
+        ctx: RunState,
         head: Callable[[Segment], Any],
         head_name: str,
         fused: list[tuple[Processor, StageCounters]],
@@ -252,7 +272,7 @@ class Segment:
 class ChainBuilder:
     """Cuts a linear chain of ops into segments while ``RunContext.start_chain`` walks it."""
 
-    def __init__(self, ctx: RunContext, source: Source | Buffer, source_name: str | None) -> None:
+    def __init__(self, ctx: RunState, source: Source | Buffer, source_name: str | None) -> None:
         self.ctx = ctx
         self.blocked = [0.0]
         self.fused: list[tuple[Processor, StageCounters]] = []
@@ -309,7 +329,7 @@ class ChainBuilder:
         self.ctx.tg.start_soon(seg.run, name=f"aflow:{self.head_name}")
 
 
-def _source_head(source: Source, ctx: RunContext) -> Callable[[Segment], Any]:
+def _source_head(source: Source, ctx: RunState) -> Callable[[Segment], Any]:
     async def head(seg: Segment) -> None:
         await source.produce(seg, ctx)
 
@@ -334,7 +354,7 @@ def sink_head(inbox: Buffer) -> Callable[[Segment], Any]:
     return head
 
 
-def task_head(op: AsyncOperator, inbox: Buffer, ctx: RunContext) -> Callable[[Segment], Any]:
+def task_head(op: AsyncOperator, inbox: Buffer, ctx: RunState) -> Callable[[Segment], Any]:
     """The head of a segment running an async operator over its input buffer."""
 
     async def head(seg: Segment) -> None:

@@ -1,33 +1,126 @@
-"""Delimited numbers (CSV) into structured arrays, a whole block per call.
+"""CSV both ways: delimited lines into structured arrays, and arrays into CSV lines.
 
-Two engines: NumPy's C ``loadtxt`` (always there) and pyarrow's multi-threaded CSV reader
-(``pip install aflow[arrow]``), several times faster.
+Decoding has two engines: NumPy's C ``loadtxt`` (always there) and pyarrow's CSV reader
+(``pip install pyarrow``, the ``arrow`` extra), several times faster on large blocks. Both
+follow NumPy's rules on which lines are bad.
+
+Encoding follows one set of rules, used by the file sink :func:`~aflow.to_csv` and the
+socket sinks :func:`~aflow.to_tcp` and :func:`~aflow.to_udp` alike (see
+:class:`CsvEncoder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-import os
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..flow import Stage
-from ..policies import ErrorPolicy
-from ._decode import DecodeOp, FastDecode, decode_stage, fit, widened
+from ._blocks import (
+    SMALL_BLOCK,
+    Block,
+    Decoded,
+    LineDecoder,
+    Parse,
+    as_bytes,
+    by_size,
+    decode_block,
+    fit,
+    structured,
+    widened,
+)
+from ._text import as_text, columns, join_rows
 
-__all__ = ["decode_csv"]
+__all__ = ["CsvDecoder", "CsvEncoder", "Engine", "Fmt"]
 
-Engine = Literal["auto", "numpy", "pyarrow"]
+Engine: TypeAlias = Literal["auto", "numpy", "pyarrow"]
 
-SMALL = 16 * 1024  # bytes: below this, NumPy parses a block faster than pyarrow
+Fmt: TypeAlias = "str | Sequence[str | None] | None"
+"""How values are written as text: ``None`` (the default text of each column, see
+:class:`CsvEncoder`), one ``%``-format for every column (``"%.3f"``), or one per column
+(``None`` entries keep the default)."""
 
 
-def _numpy_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
+class CsvDecoder(LineDecoder):
+    """Decodes blocks of delimited lines into a structured array of ``dtype``.
+
+    Fields may be quoted with ``"``. Empty lines are skipped; ``nan`` and ``inf`` are
+    accepted in float columns; a finite number beyond a float field's range (``1e39`` for
+    ``float32``) is an error, not infinity. A line with a wrong field count, an unparsable
+    number or invalid UTF-8 is one bad line; the rest of its block is decoded.
+
+    Args:
+        dtype: a structured dtype, one field per column, e.g.
+            ``[("ts", "i8"), ("sensor", "i4"), ("value", "f4")]``.
+        delimiter: the field separator.
+        engine: ``"numpy"``, ``"pyarrow"`` (needs pyarrow, the ``arrow`` extra), or ``"auto"``:
+            pyarrow when installed and every column is an integer or a float, for
+            blocks of :data:`~aflow.codecs.SMALL_BLOCK` bytes and more, with NumPy's
+            rules (NumPy judges each line pyarrow rejects, and parses smaller blocks),
+            so results never depend on block size.
+
+    Attributes:
+        dtype: the rows' dtype.
+        engine: the engine chosen, ``"numpy"`` or ``"pyarrow"``.
+        small_block: blocks of fewer bytes are parsed by NumPy, cheap enough to call
+            without a worker thread (0: no such switch).
+
+    Raises:
+        TypeError: ``dtype`` is not structured.
+        ImportError: ``engine="pyarrow"`` without pyarrow installed.
+
+    Examples:
+        >>> decoder = CsvDecoder([("ts", "i8"), ("value", "f4")])
+        >>> rows, bad = decoder.decode(b"ts,value\\n1,0.5\\n2,oops\\n3,1e3\\n", header=True)
+        >>> rows.tolist()
+        [(1, 0.5), (3, 1000.0)]
+        >>> [(b.index, b.line) for b in bad]
+        [(2, b'2,oops\\n')]
+    """
+
+    def __init__(self, dtype: DTypeLike, *, delimiter: str = ",", engine: Engine = "auto") -> None:
+        self.dtype = structured(dtype, "CsvDecoder", "column")
+        self.delimiter = delimiter
+        self.engine = _choose(engine, self.dtype)
+        reference = _numpy_parser(self.dtype, delimiter)
+        self._parse = reference
+        if self.engine == "pyarrow":
+            fast = _arrow_parser(self.dtype, delimiter)
+            self._parse = fast
+            if engine == "auto":
+                # NumPy's rules everywhere: pyarrow parses clean blocks, NumPy judges the
+                # lines pyarrow rejects and parses small blocks (a datagram, a few new
+                # lines of a followed file)
+                self._parse = by_size(_checked_by(fast, reference), reference)
+                self.small_block = SMALL_BLOCK
+
+    def decode(self, block: Block, *, header: bool = False) -> Decoded:
+        """The rows of a block's good lines, and its bad lines.
+
+        Args:
+            block: whole lines (see :data:`~aflow.codecs.Block`).
+            header: the block's first line is a header: skip it. Bad lines keep their
+                index in ``block`` (the first data line is line 1).
+
+        Returns:
+            ``Decoded(rows, bad)``: a 1-D array of ``dtype`` and a list of
+            :class:`~aflow.codecs.BadLine`. Never raises on bad input.
+        """
+        if not header:
+            return super().decode(block)
+        blob = as_bytes(block)
+        cut = blob.find(b"\n") + 1 or len(blob)
+        rows, bad = decode_block(blob[cut:], self._parse, self.dtype)
+        return Decoded(rows, [b._replace(index=b.index + 1) for b in bad])
+
+
+def _numpy_parser(dtype: np.dtype[Any], delimiter: str) -> Parse:
     wide = widened(dtype)  # floats parsed as float64, then narrowed with a range check
 
-    def decode(blob: bytes) -> NDArray[Any]:
+    def parse(blob: bytes) -> NDArray[Any]:
         if not blob.strip():
             return np.empty(0, dtype)
         text = blob.decode("utf-8-sig")  # a leading BOM goes (as pyarrow drops it); invalid
@@ -50,29 +143,34 @@ def _numpy_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
             out[name] = fit(rows[name], dtype.fields[name][0])  # type: ignore[index]
         return out
 
-    return decode
+    return parse
 
 
-def _arrow_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+def _arrow_parser(dtype: np.dtype[Any], delimiter: str) -> Parse:
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError as exc:
+        raise ImportError(
+            "engine='pyarrow' needs pyarrow: `pip install pyarrow` (the arrow extra)"
+        ) from exc
 
     names = list(dtype.names or ())
     # floats are parsed as float64 and cast by NumPy, as NumPy's engine does (parsing
     # straight to float32 rounds differently; float16 pyarrow cannot parse)
-    types = {n: _arrow_type(pa, dtype.fields[n][0]) for n in names}  # type: ignore[index]
-    read = pacsv.ReadOptions(column_names=names, use_threads=False)  # aflow runs blocks in parallel
-    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"')
+    types = {n: arrow_type(pa, dtype.fields[n][0]) for n in names}  # type: ignore[index]
+    read = pacsv.ReadOptions(column_names=names, use_threads=False)  # blocks run in parallel
+    options = pacsv.ParseOptions(delimiter=delimiter, quote_char='"')
     convert = pacsv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False)
 
-    def decode(blob: bytes) -> NDArray[Any]:
+    def parse(blob: bytes) -> NDArray[Any]:
         if not blob.strip():
             return np.empty(0, dtype)
         if b"\r" in blob and blob.count(b"\r") != blob.count(b"\r\n"):
             raise ValueError("a carriage return inside a line")  # pyarrow would end a row there
         if b"0x" in blob or b"0X" in blob:
             raise ValueError("a hexadecimal number")  # pyarrow reads some; NumPy does not
-        table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert)
+        table = pacsv.read_csv(pa.py_buffer(blob), read, options, convert)
         out = np.empty(table.num_rows, dtype)
         for name in names:
             column = table.column(name)
@@ -81,19 +179,20 @@ def _arrow_decoder(dtype: np.dtype[Any], delimiter: str) -> FastDecode:
             out[name] = fit(column.to_numpy(), dtype.fields[name][0])  # type: ignore[index]
         return out
 
-    return decode
+    return parse
 
 
-def _arrow_type(pa: Any, dt: np.dtype[Any]) -> Any:
+def arrow_type(pa: Any, dt: np.dtype[Any]) -> Any:
+    """The pyarrow type a field of ``dt`` is parsed as (floats as float64, then narrowed)."""
     return pa.float64() if dt.kind == "f" else pa.from_numpy_dtype(dt)
 
 
-def _checked_by_numpy(fast: FastDecode, reference: FastDecode) -> FastDecode:
+def _checked_by(fast: Parse, reference: Parse) -> Parse:
     """``fast`` for blocks, ``reference`` for the single lines ``fast`` rejects: a block
     ``fast`` accepts, ``reference`` accepts alike, so bisection narrows a failure down to
     lines and the reference decides each (``+1`` is an integer to NumPy, not to pyarrow)."""
 
-    def decode(blob: bytes) -> NDArray[Any]:
+    def parse(blob: bytes) -> NDArray[Any]:
         try:
             return fast(blob)
         except Exception:
@@ -101,13 +200,15 @@ def _checked_by_numpy(fast: FastDecode, reference: FastDecode) -> FastDecode:
                 raise
         return reference(blob)
 
-    return decode
+    return parse
 
 
-def _engine(engine: Engine, dtype: np.dtype[Any]) -> Engine:
+def _choose(engine: Engine, dtype: np.dtype[Any]) -> Literal["numpy", "pyarrow"]:
+    if engine not in ("auto", "numpy", "pyarrow"):
+        raise ValueError(f"engine={engine!r}: use 'auto', 'numpy' or 'pyarrow'")
     if engine != "auto":
         return engine
-    if dtype.names is None or any(dtype.fields[n][0].kind not in "iuf" for n in dtype.names):  # type: ignore[index]
+    if any(dtype.fields[n][0].kind not in "iuf" for n in dtype.names or ()):  # type: ignore[index]
         return "numpy"
     try:
         import pyarrow.csv  # noqa: F401
@@ -116,57 +217,89 @@ def _engine(engine: Engine, dtype: np.dtype[Any]) -> Engine:
     return "pyarrow"
 
 
-def decode_csv(
-    dtype: DTypeLike,
-    *,
-    delimiter: str = ",",
-    header: bool = False,
-    engine: Engine = "auto",
-    threads: int | None = None,
-    on_error: ErrorPolicy = "raise",
-) -> Stage[Any, NDArray[Any]]:
-    """Decode blocks of delimited lines into a structured array of ``dtype``.
+class CsvEncoder:
+    """Encodes arrays as CSV lines: one line per row, ``\\n`` line ends, RFC 4180 quoting.
 
-    Takes line blocks (from :func:`aflow.read_lines`'s ``blocks=True``, file and socket
-    sources) or chunks of ``str``/``bytes`` lines. Fields may be quoted with ``"``.
-    Empty lines are skipped; ``nan`` and ``inf`` are accepted in float columns; a line
-    with a wrong field count, an unparsable number or invalid UTF-8 is one bad line,
-    handled by ``on_error`` while the rest of its block goes on.
+    The rules, the same for every sink that writes text lines:
+
+    * Columns: the fields of a structured array (scalar fields only), the values of a
+      1-D array, the columns of a 2-D array (see :meth:`header` for their names).
+    * Values, with ``fmt=None``: numbers in the shortest form that reads back the same
+      value (``0.1`` for a ``float32`` 0.1, not ``0.10000000149011612``), ``nan`` and
+      ``inf`` as such, booleans as ``True``/``False``, datetimes in ISO 8601, byte strings
+      decoded as UTF-8, other objects through ``str``. A ``%``-format (one for all columns,
+      or one per column) replaces the default where given.
+    * Text fields (``str``, ``bytes`` and object columns) holding the delimiter, a ``"``,
+      a ``\\r`` or a ``\\n`` are quoted, their quotes doubled.
+    * An array of no rows is no bytes (not an empty line).
 
     Args:
-        dtype: a structured dtype, one field per column, e.g.
-            ``[("ts", "i8"), ("sensor", "i4"), ("value", "f4")]``.
-        delimiter: the field separator.
-        header: the first line of each source is a header and is skipped: of each
-            file, each connection of a socket server, each sender of UDP datagrams
-            (each is numbered from line 1).
-        engine: ``"numpy"``, ``"pyarrow"`` (needs ``aflow[arrow]``), or ``"auto"``:
-            pyarrow when installed and every column is an integer or a float, for blocks
-            of 16 KiB and more, with NumPy's rules (NumPy judges each line pyarrow
-            rejects, and parses smaller blocks such as datagrams, inline), so results
-            never depend on block size.
-        threads: blocks decoded at once in worker threads (both engines release the GIL
-            while parsing); by default one per core for pyarrow, none (decode inline,
-            fused with the neighbouring stages) for numpy.
-        on_error: ``"raise"``, ``"skip"`` or :func:`~aflow.dead_letter`.
+        fmt: see :data:`Fmt`.
+        delimiter: between the values of a line.
+
+    Examples:
+        >>> rows = np.array([(1, 0.1, b"a,b")], [("id", "i4"), ("x", "f4"), ("tag", "S3")])
+        >>> CsvEncoder().encode(rows)
+        b'1,0.1,"a,b"\\n'
     """
-    dt = np.dtype(dtype)
-    if dt.names is None:
-        raise TypeError(f"decode_csv: dtype {dt} must be structured (one field per column)")
-    chosen = _engine(engine, dt)
-    reference = _numpy_decoder(dt, delimiter)
-    decode = _arrow_decoder(dt, delimiter) if chosen == "pyarrow" else reference
-    if threads is None:
-        threads = (os.cpu_count() or 1) if chosen == "pyarrow" else 0
-    small = None
-    if engine == "auto" and chosen == "pyarrow":
-        # NumPy's rules everywhere: pyarrow parses clean blocks, NumPy judges the lines
-        # pyarrow rejects and parses small blocks (a datagram, a few new lines of a
-        # followed file), where pyarrow's fixed cost per call (~0.3 ms) is more than
-        # NumPy's whole parse
-        decode = _checked_by_numpy(decode, reference)
-        small = reference
-    op = DecodeOp(
-        f"decode_csv[{chosen}]", decode, on_error, header=header, small=small, small_below=SMALL
-    )
-    return decode_stage(op, threads)
+
+    def __init__(self, fmt: Fmt = None, *, delimiter: str = ",") -> None:
+        self.fmt = fmt
+        self.delimiter = delimiter
+
+    def encode(self, data: NDArray[Any]) -> bytes:
+        """The rows of ``data`` (shape ``(n, ...)``) as CSV lines, UTF-8.
+
+        Raises:
+            TypeError: a field holding a sub-array, or more than two dimensions.
+            ValueError: ``fmt`` has not one entry per column.
+        """
+        if not len(data):
+            return b""
+        cols = columns(data)
+        parts: list[Any] = []
+        for (_, col), f in zip(cols, self._fmts(len(cols)), strict=True):
+            text = as_text(col) if f is None else np.char.mod(f, col)
+            parts += [self._quote(text) if col.dtype.kind in "USO" else text, self.delimiter]
+        return join_rows(parts[:-1])
+
+    def line(self, values: Sequence[Any]) -> bytes:
+        """One line of Python values (an element of a flow), by the same rules applied
+        value by value; a value a ``%``-format does not take is written with ``str``."""
+        texts = [self._text(v, f) for v, f in zip(values, self._fmts(len(values)), strict=True)]
+        return (self.delimiter.join(texts) + "\n").encode()
+
+    def _fmts(self, n: int) -> list[str | None]:
+        fmt = self.fmt
+        fmts = [fmt] * n if fmt is None or isinstance(fmt, str) else list(fmt)
+        if len(fmts) != n:
+            raise ValueError(f"fmt has {len(fmts)} entries for {n} columns")
+        return fmts
+
+    def _text(self, value: Any, fmt: str | None) -> str:
+        text = None
+        if fmt is not None:
+            with contextlib.suppress(TypeError):  # not a value for this format: str
+                text = fmt % (value,)
+        if text is None:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+        return str(self._quote(np.array([text]))[0])  # as in an object column
+
+    def header(self, data: NDArray[Any]) -> bytes:
+        """The header line for batches like ``data``: the column names (the fields of
+        records, ``value`` for 1-D arrays, ``0`` .. ``k-1`` for 2-D ones), quoted where
+        needed."""
+        names = np.array([name for name, _ in columns(data)])
+        return (self.delimiter.join(self._quote(names).tolist()) + "\n").encode()
+
+    def _quote(self, text: NDArray[np.str_]) -> NDArray[np.str_]:
+        """Quote the fields holding the delimiter, a quote or a line break; double the
+        quotes."""
+        special = np.zeros(text.shape, bool)
+        for ch in {self.delimiter, '"', "\n", "\r"}:
+            special |= np.strings.find(text, ch) >= 0
+        if not special.any():
+            return text
+        quoted = np.strings.add(np.strings.add('"', np.strings.replace(text, '"', '""')), '"')
+        out: NDArray[np.str_] = np.where(special, quoted, text)
+        return out

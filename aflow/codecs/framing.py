@@ -1,6 +1,7 @@
 """Framing a byte stream into messages, and messages back into bytes.
 
-Three framings, shared by the socket sources and sinks:
+Three framings, shared by the socket sources and sinks (and, for records, the file
+sources):
 
 * ``"lines"``: ``\\n``-terminated lines, received as blocks of complete lines (``uint8``
   batches with line provenance, see :mod:`aflow.codecs.lines`) for the decoders.
@@ -11,11 +12,13 @@ Three framings, shared by the socket sources and sinks:
 
 A :class:`Framer` holds the state of one stream (one connection): what it has of an
 unfinished line, frame or record. Its memory is bounded by ``max_size`` plus one read.
+
+Sinks encode with :func:`encode_items` and :func:`encode_array`: text lines are CSV lines
+by :class:`~aflow.codecs.CsvEncoder`'s rules, the same the file sinks write.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 from typing import Any, Literal, Protocol
 
@@ -23,15 +26,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..abc import Batch, Message, Provenance
-from ..errors import DecodeError
+from ..errors import DecodeError, FrameTooLongError, IncompleteFrameError
+from .csv import CsvEncoder
 from .lines import LineSplitter, is_line_block
 
 __all__ = [
     "HEADER",
-    "FrameTooLongError",
     "Framer",
     "Framing",
-    "IncompleteFrameError",
     "LengthPrefixedFramer",
     "LineFramer",
     "RecordFramer",
@@ -48,15 +50,6 @@ FRAMINGS = ("lines", "length_prefixed", "records")
 
 HEADER = struct.Struct("!I")
 """The length prefix of a frame: 4 bytes, big-endian (network order), unsigned."""
-
-
-class FrameTooLongError(DecodeError):
-    """A length-prefixed frame announced more than ``max_size`` bytes."""
-
-
-class IncompleteFrameError(DecodeError):
-    """A stream ended (the peer left, went idle or the run stopped) inside a line, frame or
-    record; those bytes are dropped and handed to the error policy."""
 
 
 class Framer(Protocol):
@@ -193,24 +186,37 @@ class LengthPrefixedFramer:
 
 
 class RecordFramer:
-    """Whole records of ``dtype``; the bytes of a partial record wait for the next chunk."""
+    """Whole records of ``dtype``; the bytes of a partial record wait for the next chunk.
 
-    def __init__(self, source: str, dtype: np.dtype[Any]) -> None:
+    Args:
+        source: name for provenance and errors (a path, a peer address).
+        dtype: each record's dtype.
+        row_shape: the shape of a row of records (``()``: a row is one record).
+        offset: byte offset of the first byte fed (rows are numbered from 0 there).
+    """
+
+    def __init__(
+        self, source: str, dtype: np.dtype[Any], *, row_shape: tuple[int, ...] = (), offset: int = 0
+    ) -> None:
         self.source = source
         self.dtype = dtype
+        self.row_shape = row_shape
+        self.row_size = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
         self.row = 0
-        self.offset = 0
+        self.offset = offset
         self._rest = b""
 
     def feed(self, data: bytes) -> Batch | None:
         if self._rest:
             data = self._rest + data
-        size = self.dtype.itemsize
+        size = self.row_size
         n = len(data) // size
         self._rest = data[n * size :]
         if not n:
             return None
-        rows = np.frombuffer(data, self.dtype, count=n)
+        rows = np.frombuffer(data, self.dtype, count=n * (size // self.dtype.itemsize))
+        if self.row_shape:
+            rows = rows.reshape(n, *self.row_shape)
         start, self.row = self.row, self.row + n
         offset, self.offset = self.offset, self.offset + n * size
         prov = Provenance(self.source, start, self.row, "row", offset, self.offset)
@@ -224,63 +230,50 @@ class RecordFramer:
             return None
         raw, self._rest = self._rest, b""
         error = IncompleteFrameError(
-            f"{why} inside record {self.row}; its {len(raw)} of {self.dtype.itemsize} "
-            "bytes were dropped",
+            f"{why} inside row {self.row}: a partial record of {len(raw)} bytes (records are "
+            f"{self.row_size} bytes) was dropped",
             source=self.source,
             offset=self.offset,
         )
-        return error, raw, Provenance(self.source, self.row, self.row + 1, "row", self.offset)
+        return error, raw, Provenance(self.source, self.offset, self.offset + len(raw), "byte")
 
 
 # -- encoding, for the sinks ------------------------------------------------------------
 
 
-def encode_items(items: list[Any], framing: Framing, *, fmt: str, delimiter: str) -> bytes:
+def encode_items(items: list[Any], framing: Framing, text: CsvEncoder) -> bytes:
     """Encode a chunk of elements.
 
-    ``"lines"``: a ``str`` is encoded as UTF-8, ``bytes`` go as they are, a tuple or list
-    is joined with ``delimiter``, anything else goes through ``str``; a newline is added
-    where missing. ``"length_prefixed"``: each ``str``/``bytes``/array becomes one frame.
-    ``"records"``: ``bytes`` and arrays (``tobytes()``) go as they are.
+    ``"lines"``: a ``str`` is encoded as UTF-8 and ``bytes`` go as they are (a newline
+    added where missing), a tuple or list is one CSV line of its values and anything else
+    a line of one value (:meth:`CsvEncoder.line`). ``"length_prefixed"``: each
+    ``str``/``bytes``/array becomes one frame. ``"records"``: ``bytes`` and arrays
+    (``tobytes()``) go as they are.
 
     Raises:
         TypeError: an element that the framing cannot send.
     """
     if framing == "lines":
-        return b"".join(_line(x, fmt, delimiter) for x in items)
+        return b"".join(_line(x, text) for x in items)
     if framing == "length_prefixed":
         return b"".join(HEADER.pack(len(raw)) + raw for raw in map(_raw, items))
     return b"".join(map(_raw, items))
 
 
-def encode_array(data: NDArray[Any], framing: Framing, *, fmt: str, delimiter: str) -> bytes:
-    """Encode a batch's array: text lines (``np.savetxt`` with ``fmt`` and ``delimiter``,
-    one line per row), one frame, or the raw records (``tobytes()``)."""
+def encode_array(data: NDArray[Any], framing: Framing, text: CsvEncoder) -> bytes:
+    """Encode a batch's array: CSV lines (``text.encode``, one line per row), one frame,
+    or the raw records (``tobytes()``)."""
     if framing == "lines":
-        buf = io.BytesIO()
-        np.savetxt(buf, data, fmt=fmt, delimiter=delimiter)
-        return buf.getvalue()
+        return text.encode(data)
     raw = np.ascontiguousarray(data).tobytes()
     return HEADER.pack(len(raw)) + raw if framing == "length_prefixed" else raw
 
 
-def _line(x: Any, fmt: str, delimiter: str) -> bytes:
-    if isinstance(x, str):
-        raw = x.encode()
-    elif isinstance(x, bytes | bytearray | memoryview):
-        raw = bytes(x)
-    elif isinstance(x, tuple | list):
-        raw = delimiter.join(_field(v, fmt) for v in x).encode()
-    else:
-        raw = _field(x, fmt).encode()
-    return raw if raw.endswith(b"\n") else raw + b"\n"
-
-
-def _field(value: Any, fmt: str) -> str:
-    try:
-        return fmt % (value,)
-    except TypeError:
-        return str(value)
+def _line(x: Any, text: CsvEncoder) -> bytes:
+    if isinstance(x, str | bytes | bytearray | memoryview):
+        raw = x.encode() if isinstance(x, str) else bytes(x)
+        return raw if raw.endswith(b"\n") else raw + b"\n"
+    return text.line(x if isinstance(x, tuple | list) else (x,))
 
 
 def _raw(x: Any) -> bytes:

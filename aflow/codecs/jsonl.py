@@ -1,29 +1,104 @@
-"""JSON lines into structured arrays.
+"""JSON lines both ways: one object per line into structured arrays, and arrays into
+JSON lines.
 
-The reference decoder parses line by line with orjson (when installed, else the standard
-json). When pyarrow is installed and every field is a number, blocks of 16 KiB and more
-first go to pyarrow's JSON reader, in worker threads: its result is taken only when it
-is clean (one row per line, no missing value, no NaN or infinity, which are not JSON);
-anything else is decoded again by the reference decoder, so both give the same rows and
-the same bad lines.
+The reference engine (``"python"``) parses line by line with orjson (when installed, else
+the standard json). The ``"pyarrow"`` engine first gives a block to pyarrow's JSON reader
+and takes its result only when it is clean (one row per line, no missing value, no NaN
+or infinity, which are not JSON); anything else is decoded again by the reference engine,
+so both give the same rows and the same bad lines.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..flow import Stage
-from ..policies import ErrorPolicy
-from ._decode import DecodeOp, FastDecode, decode_stage, fit
-from .csv import SMALL, _arrow_type
+from ._blocks import (
+    SMALL_BLOCK,
+    LineDecoder,
+    Parse,
+    by_size,
+    fit,
+    structured,
+)
+from ._text import as_text, columns, join_rows
+from .csv import arrow_type
 
-__all__ = ["decode_jsonl"]
+__all__ = ["JsonEngine", "JsonlDecoder", "JsonlEncoder"]
+
+JsonEngine: TypeAlias = Literal["auto", "python", "pyarrow"]
+
+
+class JsonlDecoder(LineDecoder):
+    """Decodes blocks of JSON lines (one object per line) into a structured array.
+
+    Each object must have a key per field of ``dtype`` (other keys are ignored). Empty
+    lines are skipped. ``NaN`` and ``Infinity`` are not JSON and make a line bad. A line
+    that is not valid JSON, not an object, lacks a field or holds a value of the wrong
+    kind (a non-integer for an integer field, a non-number for a float field, a finite
+    number beyond a float field's range) is one bad line; the rest of its block is
+    decoded. A key given twice takes its last value.
+
+    Args:
+        dtype: a structured dtype, one field per key.
+        engine: ``"python"`` (orjson or json, line by line), ``"pyarrow"`` (pyarrow's
+            reader for clean blocks, the python engine for the others; needs
+            the ``arrow`` extra, and numeric fields only), or ``"auto"``: pyarrow when
+            installed and every field is a number, for blocks of
+            :data:`~aflow.codecs.SMALL_BLOCK` bytes and more. Every engine gives the
+            same result.
+
+    Attributes:
+        dtype: the rows' dtype.
+        engine: the engine chosen, ``"python"`` or ``"pyarrow"``.
+        small_block: blocks of fewer bytes are parsed by the python engine, cheap enough
+            to call without a worker thread (0: no such switch).
+
+    Raises:
+        TypeError: ``dtype`` is not structured.
+        ValueError: ``engine="pyarrow"`` with a field that is not a number.
+        ImportError: ``engine="pyarrow"`` without pyarrow installed.
+
+    Examples:
+        >>> decoder = JsonlDecoder([("id", "i8"), ("x", "f8")])
+        >>> rows, bad = decoder.decode(b'{"id": 1, "x": 2.5}\\n{"id": "one"}\\n')
+        >>> rows.tolist(), [b.index for b in bad]
+        ([(1, 2.5)], [1])
+    """
+
+    def __init__(self, dtype: DTypeLike, *, engine: JsonEngine = "auto") -> None:
+        self.dtype = structured(dtype, "JsonlDecoder", "key")
+        reference = _python_parser(self.dtype)
+        self.engine = _choose(engine, self.dtype)
+        self._parse = reference
+        if self.engine == "pyarrow":
+            self._parse = _arrow_parser(self.dtype, reference)
+            if engine == "auto":
+                self._parse = by_size(self._parse, reference)
+                self.small_block = SMALL_BLOCK
+
+
+def _choose(engine: JsonEngine, dtype: np.dtype[Any]) -> Literal["python", "pyarrow"]:
+    if engine not in ("auto", "python", "pyarrow"):
+        raise ValueError(f"engine={engine!r}: use 'auto', 'python' or 'pyarrow'")
+    numeric = all(dtype.fields[n][0].kind in "iuf" for n in dtype.names or ())  # type: ignore[index]
+    if engine == "python":
+        return "python"
+    if engine == "pyarrow":
+        if not numeric:
+            raise ValueError(f"engine='pyarrow' reads number fields only, not {dtype}")
+        return "pyarrow"
+    if not numeric:
+        return "python"
+    try:
+        import pyarrow.json  # noqa: F401
+    except ImportError:
+        return "python"
+    return "pyarrow"
 
 
 def _reject_constant(name: str) -> Any:
@@ -38,11 +113,11 @@ def _loads() -> Any:
     return orjson.loads
 
 
-def _decoder(dtype: np.dtype[Any]) -> FastDecode:
+def _python_parser(dtype: np.dtype[Any]) -> Parse:
     loads = _loads()
     names = list(dtype.names or ())
 
-    def decode(blob: bytes) -> NDArray[Any]:
+    def parse(blob: bytes) -> NDArray[Any]:
         objects = [loads(line) for line in blob.split(b"\n") if line.strip()]
         out = np.empty(len(objects), dtype)
         for name in names:
@@ -58,34 +133,34 @@ def _decoder(dtype: np.dtype[Any]) -> FastDecode:
                 out[name] = column
         return out
 
-    return decode
+    return parse
 
 
 MAX_FAST_LINE = 2048  # longer lines (which could nest past orjson's 1024 levels) to orjson
 
 
-def _arrow_decoder(dtype: np.dtype[Any], reference: FastDecode) -> FastDecode | None:
-    """pyarrow's reader for clean blocks, else ``reference``; None without pyarrow."""
-    if any(dtype.fields[n][0].kind not in "iuf" for n in dtype.names or ()):  # type: ignore[index]
-        return None
+def _arrow_parser(dtype: np.dtype[Any], reference: Parse) -> Parse:
+    """pyarrow's reader for clean blocks, else ``reference``."""
     try:
         import pyarrow as pa
         import pyarrow.json as pajson
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise ImportError(
+            "engine='pyarrow' needs pyarrow: `pip install pyarrow` (the arrow extra)"
+        ) from exc
     names = list(dtype.names or ())
     # floats are read as float64 and cast by NumPy, exactly as the reference decoder does
     # (parsing straight to float32 can round differently)
-    schema = pa.schema([(n, _arrow_type(pa, dtype.fields[n][0])) for n in names])  # type: ignore[index]
+    schema = pa.schema([(n, arrow_type(pa, dtype.fields[n][0])) for n in names])  # type: ignore[index]
     read = pajson.ReadOptions(use_threads=False, block_size=1 << 30)
-    parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     floats = [n for n in names if dtype.fields[n][0].kind == "f"]  # type: ignore[index]
 
-    def decode(blob: bytes) -> NDArray[Any]:
+    def parse(blob: bytes) -> NDArray[Any]:
         if not _plain(blob):
             return reference(blob)
         try:
-            table = pajson.read_json(io.BytesIO(blob), read, parse)
+            table = pajson.read_json(io.BytesIO(blob), read, options)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return reference(blob)
         if not _one_object_per_line(blob, table.num_rows):
@@ -100,7 +175,7 @@ def _arrow_decoder(dtype: np.dtype[Any], reference: FastDecode) -> FastDecode | 
                 return reference(blob)
         return out
 
-    return decode
+    return parse
 
 
 def _plain(blob: bytes) -> bool:
@@ -135,28 +210,67 @@ def _one_object_per_line(blob: bytes, rows: int) -> bool:
     return bool((data[starts] == ord("{")).all() and (data[last] == ord("}")).all())
 
 
-def decode_jsonl(
-    dtype: DTypeLike, *, threads: int | None = None, on_error: ErrorPolicy = "raise"
-) -> Stage[Any, NDArray[Any]]:
-    """Decode blocks of JSON lines (one object per line) into a structured array.
+class JsonlEncoder:
+    """Encodes arrays as JSON lines: one value per row.
 
-    Each object must have a key per field of ``dtype`` (other keys are ignored). Empty
-    lines are skipped. ``NaN`` and ``Infinity`` are not JSON and make a line bad. A
-    line that is not valid JSON, not an object, lacks a field or holds
-    a value of the wrong kind (a non-integer for an integer field, a non-number for a float
-    field) is a bad line for ``on_error``; the rest of its block goes on. A key given
-    twice takes its last value.
+    A record is an object with a key per field, a row of a 2-D array a JSON array, an
+    element of a 1-D array a value. Numbers are written in the shortest form that reads
+    back the same value; NaN and infinities, which JSON lacks, as ``null``; booleans as
+    ``true``/``false``; byte strings decoded as UTF-8, datetimes in ISO 8601, both as
+    strings. An array of no rows is no bytes.
 
-    With pyarrow installed (``aflow[arrow]``) and only numeric fields, blocks of 16 KiB
-    and more are parsed by pyarrow's JSON reader in ``threads`` worker threads (default:
-    one per core); the result is the same.
+    Examples:
+        >>> JsonlEncoder().encode(np.array([(1, np.nan)], [("id", "i4"), ("x", "f4")]))
+        b'{"id": 1, "x": null}\\n'
     """
-    dt = np.dtype(dtype)
-    if dt.names is None:
-        raise TypeError(f"decode_jsonl: dtype {dt} must be structured (one field per key)")
-    reference = _decoder(dt)
-    fast = _arrow_decoder(dt, reference)
-    if fast is None:
-        return Stage(DecodeOp("decode_jsonl", reference, on_error))
-    op = DecodeOp("decode_jsonl[pyarrow]", fast, on_error, small=reference, small_below=SMALL)
-    return decode_stage(op, (os.cpu_count() or 1) if threads is None else threads)
+
+    def encode(self, data: NDArray[Any]) -> bytes:
+        """The rows of ``data`` as JSON lines, UTF-8.
+
+        Raises:
+            TypeError: a column of another kind (complex numbers, objects), a field
+                holding a sub-array, or more than two dimensions.
+        """
+        if not len(data):
+            return b""
+        cols = columns(data)
+        if not data.dtype.names and data.ndim == 1:
+            return join_rows([_json_values(data)])
+        if not data.dtype.names:
+            parts: list[Any] = ["["]
+            for _, col in cols:
+                parts += [_json_values(col), ", "]
+            return join_rows([*parts[:-1], "]"])
+        parts = []
+        for i, (name, col) in enumerate(cols):
+            parts += [("{" if i == 0 else ", ") + json.dumps(name) + ": ", _json_values(col)]
+        return join_rows([*parts, "}"])
+
+
+def _json_values(col: NDArray[Any]) -> NDArray[np.str_]:
+    """One column as JSON text, one element per row."""
+    kind = col.dtype.kind
+    if kind == "b":
+        return np.where(col, "true", "false")
+    if kind in "iu":
+        return col.astype(str)
+    if kind == "f":
+        out: NDArray[np.str_] = np.where(np.isfinite(col), col.astype(str), "null")
+        return out
+    if kind in "USM":
+        return _json_strings(as_text(col))
+    raise TypeError(f"cannot write {col.dtype} columns as JSON")
+
+
+def _json_strings(text: NDArray[np.str_]) -> NDArray[np.str_]:
+    """JSON string literals: quotes and backslashes escaped; control characters via json."""
+    escaped = np.strings.replace(np.strings.replace(text, "\\", "\\\\"), '"', '\\"')
+    out = np.strings.add(np.strings.add('"', escaped), '"')
+    codes = text.view(np.uint32).reshape(len(text), -1) if text.dtype.itemsize else None
+    if codes is not None and codes.size:
+        bad = ((codes < 0x20) & (codes != 0)).any(axis=1)
+        if bad.any():  # rare: let json escape the few rows holding control characters
+            out = out.astype(object)
+            out[bad] = [json.dumps(s, ensure_ascii=False) for s in text[bad].tolist()]
+            out = out.astype(str)
+    return out

@@ -13,15 +13,11 @@ from typing import Any
 import numpy as np
 
 from ..abc import Batch, Provenance
-from ..errors import DecodeError
+from ..errors import LineTooLongError
 
-__all__ = ["LineSplitter", "LineTooLongError", "block_lines", "is_line_block", "split_block"]
+__all__ = ["LineSplitter", "block_lines", "is_line_block", "split_block"]
 
 DEFAULT_MAX_LINE = 1 << 20
-
-
-class LineTooLongError(DecodeError):
-    """A line grew past the splitter's ``max_line`` bytes without ending."""
 
 
 class LineSplitter:
@@ -34,7 +30,7 @@ class LineSplitter:
         source: name for provenance and errors (a path, a peer address).
         max_line: most bytes a line may hold (memory stays bounded by it). A longer line
             is skipped to its end and reported in :attr:`errors` as a
-            :class:`LineTooLongError` (with its line number and offset) for the caller
+            :class:`~aflow.LineTooLongError` (with its line number and offset) for the caller
             to raise, count or route; the lines around it are unaffected.
         first_line: number of the first line (1-based), for resuming.
         offset: byte offset of the first byte fed, for resuming.

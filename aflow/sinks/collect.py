@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from .._core.collect import CollectOperator
-from ..abc import Batch, Context, SinkOperator, SinkWriter, callable_name
-from ..flow import Sink
+from ..abc import (
+    Batch,
+    Context,
+    SinkOperator,
+    SinkWriter,
+    callable_name,
+    is_async_callable,
+    refuse_async,
+)
+from ..flow import Collect, CollectMode, Sink
 
 __all__ = ["collect", "discard", "for_each", "reduce"]
 
@@ -18,7 +25,13 @@ A = TypeVar("A")
 _NOTHING: Any = object()
 
 
-def collect(mode: Literal["auto", "list", "array"] = "auto") -> Sink[Any, Any]:
+@overload
+def collect(mode: Literal["list"]) -> Collect[Literal["list"]]: ...
+@overload
+def collect(mode: Literal["array"]) -> Collect[Literal["array"]]: ...
+@overload
+def collect(mode: Literal["auto"] = "auto") -> Collect[Literal["auto"]]: ...
+def collect(mode: CollectMode = "auto") -> Collect[Any]:
     """Gather everything: a list of elements, or one array of all batches' rows.
 
     Args:
@@ -26,9 +39,15 @@ def collect(mode: Literal["auto", "list", "array"] = "auto") -> Sink[Any, Any]:
             and a list otherwise; ``"list"`` always returns a list (batches as its items);
             ``"array"`` always returns one array.
 
+    Under mypy, ``Flow[T] | collect("list")`` gives a ``list[T]`` and ``collect("array")``
+    an ``NDArray``; ``"auto"`` gives ``list[T]``, or for a ``Flow[NDArray]`` either an
+    array or a list of arrays (an empty flow, or arrays as plain elements, give a list).
+
     Memory grows with the output: meant for results, tests and small flows.
     """
-    return Sink(CollectOperator(mode))
+    if mode not in ("auto", "list", "array"):
+        raise ValueError(f"collect(mode={mode!r}): use 'auto', 'list' or 'array'")
+    return Collect(CollectOperator(mode))
 
 
 class _ReduceWriter(SinkWriter[Any, Any]):
@@ -77,6 +96,12 @@ def reduce(fn: Callable[[A, T], A], initial: A = _NOTHING) -> Sink[T, A]:
         initial: the starting value; without it the first item starts the fold and an
             empty flow raises ``ValueError``.
     """
+    refuse_async(
+        fn,
+        "reduce()",
+        "await what it needs in a map(fn, concurrency=n) before it, or use for_each(fn), "
+        "which awaits an async function on every item",
+    )
     return Sink(_ReduceOp(fn, initial))
 
 
@@ -111,7 +136,7 @@ class _ForEachWriter(SinkWriter[Any, int]):
 class _ForEachOp(SinkOperator[Any, int]):
     def __init__(self, fn: Callable[[Any], Any], buffer: int | None) -> None:
         self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = is_async_callable(fn)
         self.fused = not self.is_async
         self.buffer = buffer
         self.name = f"for_each({callable_name(fn)})"
@@ -128,6 +153,7 @@ def for_each(
     An async ``fn`` runs in a task of its own behind a buffer of ``buffer`` messages, and
     while it is slow the buffer fills and the upstream stages wait (backpressure).
     """
+    refuse_async(fn, "for_each()", "give an async function (no yield)", kinds=("generator",))
     return Sink(_ForEachOp(fn, buffer))
 
 

@@ -1,12 +1,13 @@
 """File sinks: ``.npy``, CSV, JSON lines and Parquet.
 
 Every file sink buffers encoded batches and writes them in chunks of at least
-``chunk_bytes`` (one thread hop per chunk: aiofiles on asyncio, anyio's file API on trio),
-at end of input, on graceful stop, and when closed after an error. A chunk holds whole
-batches only, so after a crash (even ``SIGKILL``) the file holds a prefix of complete
-batches: ``.npy`` files stay loadable (their header is rewritten after each chunk, see
-:func:`to_npy`); CSV and JSON lines files end at a line break. Parquet is the exception:
-its footer is written on close, so only a cleanly closed Parquet file is readable.
+``chunk_bytes`` (one thread hop per chunk: aiofiles on asyncio, anyio's file API on trio,
+as the file sources read), at end of input, on graceful stop, and when closed after an
+error. A chunk holds whole batches only, so after a crash (even ``SIGKILL``) the file
+holds a prefix of complete batches: ``.npy`` files stay loadable (their header is
+rewritten after each chunk, see :func:`to_npy`); CSV and JSON lines files end at a line
+break. Parquet is the exception: its footer is written on close, so only a cleanly
+closed Parquet file is readable.
 
 The sinks await I/O, so each runs in a task of its own behind a buffer: a slow disk
 suspends the flow (backpressure). Text encoding runs in a worker thread.
@@ -14,21 +15,22 @@ suspends the flow (backpressure). Text encoding runs in a worker thread.
 
 from __future__ import annotations
 
-import asyncio
 import functools
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 
+from .._aio import AsyncFile, open_file
 from ..abc import Batch, Context, SinkOperator, SinkWriter
+from ..codecs import CsvEncoder, Fmt, JsonlEncoder, columns
 from ..flow import Sink
-from ._encode import Fmt, columns, csv_header, csv_lines, jsonl_lines, npy_header
 
 __all__ = ["FileSummary", "to_csv", "to_jsonl", "to_npy", "to_parquet"]
 
@@ -48,25 +50,21 @@ class FileSummary(NamedTuple):
     rows: int
 
 
-class _File(Protocol):
-    async def write(self, data: bytes, /) -> Any: ...
+def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    """A ``.npy`` header for ``shape`` whose length does not depend on ``shape[0]``.
 
-    async def seek(self, offset: int, whence: int = 0, /) -> Any: ...
-
-    async def flush(self) -> Any: ...
-
-
-async def _open(path: str) -> tuple[_File, Callable[[], Any], int]:
-    """Open ``path`` for writing with the backend's file API: (file, close, fileno)."""
+    NumPy pads the header with room for ``shape[0]`` to grow to 21 digits, so rewriting it
+    in place as rows are appended never moves the data. Version 1.0, or 2.0 when the dtype
+    description is too long for 1.0.
+    """
+    d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    buf = io.BytesIO()
     try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio
-        f = await anyio.open_file(path, "wb")
-        return f, f.aclose, f.wrapped.fileno()
-    import aiofiles
-
-    h = await aiofiles.open(path, "wb")
-    return h, h.close, h.fileno()
+        np.lib.format.write_array_header_1_0(buf, d)
+    except ValueError:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, d)
+    return buf.getvalue()
 
 
 class _FileWriter(SinkWriter[Any, FileSummary]):
@@ -76,13 +74,13 @@ class _FileWriter(SinkWriter[Any, FileSummary]):
         self.path, self.chunk_bytes, self.fsync = path, chunk_bytes, fsync
         self.pending: list[bytes] = []
         self.pending_bytes = self.pending_rows = self.rows = 0
-        self.file: _File | None = None
+        self.file: AsyncFile | None = None
         self.close_file: Callable[[], Any] | None = None
         self.fileno = -1
 
     async def open(self) -> None:
-        with anyio.CancelScope(shield=True):  # a cancelled open would leak the opened file
-            self.file, self.close_file, self.fileno = await _open(self.path)
+        self.file = await open_file(self.path, "wb")
+        self.close_file, self.fileno = self.file.aclose, self.file.fileno()
 
     async def write(self, item: Any) -> None:
         data = np.asarray(item)
@@ -205,17 +203,17 @@ class _FileOp(SinkOperator[Any, FileSummary]):
         return writer
 
 
-class _CsvEncoder:
-    """CSV text of each batch, the header line before the first."""
+class _CsvFile:
+    """CSV text of each batch, the header line before the first (one per writer)."""
 
     def __init__(self, header: bool, fmt: Fmt) -> None:
-        self.header, self.fmt = header, fmt
+        self.header, self.encoder = header, CsvEncoder(fmt)
 
     def __call__(self, data: NDArray[Any]) -> bytes:
-        lines = csv_lines(data, self.fmt)
+        lines = self.encoder.encode(data)
         if self.header:
             self.header = False
-            return csv_header(data) + lines
+            return self.encoder.header(data) + lines
         return lines
 
 
@@ -303,6 +301,9 @@ def to_csv(
 ) -> Sink[Any, FileSummary]:
     """Write the rows as CSV (comma-separated, ``\\n`` line ends, RFC 4180 quoting).
 
+    The text follows :class:`aflow.codecs.CsvEncoder`'s rules, as the socket sinks'
+    lines do: the same batch gives the same bytes.
+
     Args:
         path: the file to write (created or truncated).
         header: write the column names first: the fields of records, ``value`` for 1-D
@@ -315,7 +316,7 @@ def to_csv(
     Returns:
         A sink whose result is a :class:`FileSummary` ``(path, rows)``.
     """
-    encoder = functools.partial(_CsvEncoder, header, fmt)
+    encoder = functools.partial(_CsvFile, header, fmt)
     return Sink(_FileOp("to_csv", path, lambda p: _TextWriter(p, chunk_bytes, fsync, encoder())))
 
 
@@ -324,20 +325,23 @@ def to_jsonl(
 ) -> Sink[Any, FileSummary]:
     """Write one JSON value per row: an object for a record, a number for 1-D batches.
 
-    NaN and infinities are written as ``null``; strings as UTF-8.
+    NaN and infinities are written as ``null``; strings as UTF-8 (the rules of
+    :class:`aflow.codecs.JsonlEncoder`).
 
     Returns:
         A sink whose result is a :class:`FileSummary` ``(path, rows)``.
     """
     return Sink(
-        _FileOp("to_jsonl", path, lambda p: _TextWriter(p, chunk_bytes, fsync, jsonl_lines))
+        _FileOp(
+            "to_jsonl", path, lambda p: _TextWriter(p, chunk_bytes, fsync, JsonlEncoder().encode)
+        )
     )
 
 
 def to_parquet(
     path: str | os.PathLike[str], *, chunk_bytes: int = 64 << 20
 ) -> Sink[Any, FileSummary]:
-    """Write the rows to a Parquet file with pyarrow (``pip install aflow[arrow]``).
+    """Write the rows to a Parquet file with pyarrow (``pip install pyarrow``, the ``arrow`` extra).
 
     Each ``chunk_bytes`` of rows is one row group. Parquet's footer is written when the
     sink closes, so a run killed before that leaves no readable file.
@@ -352,6 +356,6 @@ def to_parquet(
         import pyarrow.parquet  # noqa: F401
     except ImportError as exc:
         raise ImportError(
-            "to_parquet needs pyarrow: install it with `pip install aflow[arrow]`"
+            "to_parquet needs pyarrow: `pip install pyarrow` (the arrow extra)"
         ) from exc
     return Sink(_FileOp("to_parquet", path, lambda p: _ParquetWriter(p, chunk_bytes)))

@@ -121,7 +121,7 @@ class _HistogramOp(SinkOperator[Any, Histogram]):
 
 
 def to_histogram(
-    column: str | None = None, *, bins: Bins, log: bool = False
+    value: str | None = None, *, bins: Bins, log: bool = False
 ) -> Sink[Any, Histogram]:
     """Count values per bin; nothing is dropped.
 
@@ -132,8 +132,8 @@ def to_histogram(
         ([2, 2, 2, 2, 3], 1)
 
     Args:
-        column: the column of structured batches to count; ``None`` for 1-D batches (or
-            chunks of numbers).
+        value: the value column of structured batches to count; ``None`` for 1-D
+            batches (or chunks of numbers).
         bins: the edges (1-D, increasing), or ``(lo, hi, n)`` for ``n`` equal bins.
         log: with ``(lo, hi, n)``: bins of equal width in ``log(x)`` (``lo > 0``); zero and
             negative values go to ``underflow``.
@@ -141,7 +141,7 @@ def to_histogram(
     Returns:
         A sink whose result is a :class:`Histogram`.
     """
-    return Sink(_HistogramOp(column, make_edges(bins, log)))
+    return Sink(_HistogramOp(value, make_edges(bins, log)))
 
 
 def values_of(item: Any, column: str | None) -> NDArray[Any]:
@@ -194,7 +194,7 @@ class _QuantileOp(SinkOperator[Any, NDArray[np.float64]]):
 
 
 def to_quantiles(
-    column: str | None = None,
+    value: str | None = None,
     q: Sequence[float] = (0.5, 0.9, 0.99),
     *,
     exact: bool = False,
@@ -203,7 +203,7 @@ def to_quantiles(
     """Quantiles of the values, estimated in bounded memory or exactly.
 
     Args:
-        column: the column of structured batches; ``None`` for 1-D batches.
+        value: the value column of structured batches; ``None`` for 1-D batches.
         q: probabilities in [0, 1].
         exact: keep every value and return ``np.quantile(values, q)`` (linear
             interpolation). Memory grows with the rows: for bounded data only.
@@ -213,4 +213,4 @@ def to_quantiles(
     Returns:
         A sink whose result is a float64 array of shape ``(len(q),)`` (NaN when empty).
     """
-    return Sink(_QuantileOp(column, q, exact, relative_accuracy))
+    return Sink(_QuantileOp(value, q, exact, relative_accuracy))

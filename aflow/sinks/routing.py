@@ -1,4 +1,4 @@
-"""Routing sinks: broadcast (tee) every message to several sinks, or partition rows by key.
+"""Routing sinks: broadcast every message to several sinks, or partition rows among them.
 
 Each branch is a sink, possibly with stages before it (``af.map(f) | af.collect()``), and
 runs in its own task(s) behind its own bounded buffer. The router waits for room in every
@@ -15,7 +15,17 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Buffer, Closed, Context, Message, SinkOperator, SinkWriter, callable_name
+from ..abc import (
+    Batch,
+    Buffer,
+    Closed,
+    Context,
+    Message,
+    SinkOperator,
+    SinkWriter,
+    callable_name,
+    refuse_async,
+)
 from ..flow import Sink
 from ..stats import StageCounters
 
@@ -111,7 +121,7 @@ class _BroadcastOp(SinkOperator[Any, tuple[Any, ...]]):
 
 
 def broadcast(*sinks: Sink[Any, Any]) -> Sink[Any, tuple[Any, ...]]:
-    """Send every item to every sink (``tee``); the result is the tuple of their results.
+    """Send every item to every sink; the result is the tuple of their results.
 
     Batches are shared, not copied: branches must not modify arrays in place.
     """
@@ -123,20 +133,17 @@ def broadcast(*sinks: Sink[Any, Any]) -> Sink[Any, tuple[Any, ...]]:
     return Sink(_BroadcastOp(sinks))
 
 
-tee = broadcast
-
-
 class _PartitionWriter(_BroadcastWriter):
-    def __init__(self, branches: _Branches, key: Callable[[Any], Any]) -> None:
+    def __init__(self, branches: _Branches, fn: Callable[[Any], Any]) -> None:
         super().__init__(branches)
-        self.key = key
+        self.fn = fn
         self.n = len(branches.edges)
 
     async def write_chunk(self, items: list[Any]) -> None:
         groups: list[list[Any]] = [[] for _ in range(self.n)]
-        key, n = self.key, self.n
+        fn, n = self.fn, self.n
         for item in items:
-            groups[int(key(item)) % n].append(item)
+            groups[int(fn(item)) % n].append(item)
         for i, group in enumerate(groups):
             if group:
                 await self.branches.send(i, group, self.blocked)
@@ -145,10 +152,10 @@ class _PartitionWriter(_BroadcastWriter):
         await self.write_chunk([item])
 
     async def write_batch(self, batch: Batch) -> None:
-        keys = np.asarray(self.key(batch.data)).astype(np.int64, copy=False) % self.n
+        keys = np.asarray(self.fn(batch.data)).astype(np.int64, copy=False) % self.n
         if keys.shape != (len(batch.data),):
             raise TypeError(
-                f"partition key must return one integer per row, got shape {keys.shape}"
+                f"partition: the function must return one integer per row, got shape {keys.shape}"
             )
         for i, rows in enumerate(_split_by(batch.data, keys, self.n)):
             if len(rows):
@@ -165,23 +172,29 @@ def _split_by(data: NDArray[Any], keys: NDArray[np.int64], n: int) -> list[NDArr
 
 
 class _PartitionOp(_BroadcastOp):
-    def __init__(self, key: Callable[[Any], Any], sinks: tuple[Sink[Any, Any], ...]) -> None:
+    def __init__(self, fn: Callable[[Any], Any], sinks: tuple[Sink[Any, Any], ...]) -> None:
         super().__init__(sinks)
-        self.key = key
-        self.name = f"partition({callable_name(key)}, {len(sinks)})"
+        self.fn = fn
+        self.name = f"partition({callable_name(fn)}, {len(sinks)})"
 
     def writer(self, ctx: Context) -> SinkWriter[Any, tuple[Any, ...]]:
-        return _PartitionWriter(_Branches(ctx, self.name, self.sinks), self.key)
+        return _PartitionWriter(_Branches(ctx, self.name, self.sinks), self.fn)
 
 
-def partition(key: Callable[[Any], Any], *sinks: Sink[Any, Any]) -> Sink[Any, tuple[Any, ...]]:
-    """Route each item to one sink: ``sinks[key(item) % len(sinks)]``.
+def partition(fn: Callable[[Any], Any], *sinks: Sink[Any, Any]) -> Sink[Any, tuple[Any, ...]]:
+    """Route each item to one sink: ``sinks[fn(item) % len(sinks)]``.
 
-    On batches ``key(array)`` returns an integer array (one per row) and each batch is
+    On batches ``fn(array)`` returns an integer array (one per row) and each batch is
     split into per-branch batches with vectorized masks, e.g.
     ``partition(lambda b: b["sensor"], sink_a, sink_b)``. The result is the tuple of the
     sinks' results.
     """
     if not sinks:
         raise ValueError("partition() needs at least one sink")
-    return Sink(_PartitionOp(key, sinks))
+    refuse_async(
+        fn,
+        "partition()",
+        "compute the branch number in a map(fn, concurrency=n) before it "
+        "(partition's function is sync)",
+    )
+    return Sink(_PartitionOp(fn, sinks))

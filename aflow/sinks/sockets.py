@@ -1,9 +1,10 @@
 """Socket sinks: write a flow to a TCP server or as UDP datagrams.
 
-What is sent follows ``encode`` (see :mod:`aflow.codecs.framing`): text lines (arrays
-formatted like ``np.savetxt``), length-prefixed frames, or raw binary records
-(``arr.tobytes()``). Both sinks await I/O, so each runs in a task of its own behind a
-buffer; a TCP peer that reads slowly suspends the flow (backpressure).
+What is sent follows ``framing`` (see :mod:`aflow.codecs.framing`): text lines (arrays
+as CSV lines by :class:`aflow.codecs.CsvEncoder`, byte for byte what :func:`aflow.to_csv`
+writes), length-prefixed frames, or raw binary records (``arr.tobytes()``). Both sinks
+await I/O, so each runs in a task of its own behind a buffer; a TCP peer that reads
+slowly suspends the flow (backpressure).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import anyio
 from anyio.abc import ConnectedUDPSocket, SocketStream
 
 from ..abc import Batch, Context, SinkOperator, SinkWriter
+from ..codecs import CsvEncoder, Fmt
 from ..codecs.framing import (
     Framing,
     check_framing,
@@ -35,23 +37,20 @@ THREAD_ROWS = 4096
 
 
 class _Encoder:
-    """Turns messages into bytes for one ``encode`` choice."""
+    """Turns messages into bytes for one ``framing`` choice."""
 
-    def __init__(self, framing: Framing, fmt: str, delimiter: str) -> None:
+    def __init__(self, framing: Framing, fmt: Fmt, delimiter: str) -> None:
         self.framing = framing
-        self.fmt = fmt
-        self.delimiter = delimiter
+        self.text = CsvEncoder(fmt, delimiter=delimiter)
 
     def items(self, items: list[Any]) -> bytes:
-        return encode_items(items, self.framing, fmt=self.fmt, delimiter=self.delimiter)
+        return encode_items(items, self.framing, self.text)
 
     async def batch(self, batch: Batch) -> bytes:
         data = batch.data
         if self.framing == "lines" and is_line_block(batch):
             return data.tobytes()
-        encode = functools.partial(
-            encode_array, framing=self.framing, fmt=self.fmt, delimiter=self.delimiter
-        )
+        encode = functools.partial(encode_array, framing=self.framing, text=self.text)
         if self.framing == "lines" and len(data) >= THREAD_ROWS:
             return await anyio.to_thread.run_sync(encode, data)
         return encode(data)
@@ -102,7 +101,7 @@ class _TcpOp(SinkOperator[Any, int]):
         host: str,
         port: int,
         framing: Framing,
-        fmt: str,
+        fmt: Fmt,
         delimiter: str,
         connect_timeout: float,
         buffer: int | None,
@@ -125,8 +124,8 @@ def to_tcp(
     host: str,
     port: int,
     *,
-    encode: Framing = "lines",
-    fmt: str = "%s",
+    framing: Framing = "lines",
+    fmt: Fmt = None,
     delimiter: str = ",",
     connect_timeout: float = 10.0,
     buffer: int | None = None,
@@ -136,16 +135,18 @@ def to_tcp(
     Args:
         host: the server's address.
         port: the server's port.
-        encode: ``"lines"``: an element is a line (``str`` as UTF-8, ``bytes`` as they
-            are, a tuple joined with ``delimiter``; a newline added where missing), an
-            array batch one line per row (``np.savetxt(fmt=, delimiter=)``; structured
-            records field by field; give byte-string fields a ``fmt`` of their own), and
-            a block of lines (as from :func:`~aflow.tcp_server` or
-            :func:`~aflow.read_blocks`) passes as it is. ``"length_prefixed"``: each
-            element (``str``, ``bytes`` or array) and each batch is one frame.
-            ``"records"``: arrays as raw bytes (``tobytes()``, native byte order), and
-            ``bytes`` elements as they are.
-        fmt: ``%``-format of each value in text lines.
+        framing: ``"lines"``: an element is a line (``str`` as UTF-8, ``bytes`` as they
+            are, a newline added where missing; a tuple is a CSV line of its values), an
+            array batch one CSV line per row, by the rules of
+            :class:`aflow.codecs.CsvEncoder` (the bytes :func:`~aflow.to_csv` writes
+            without its header), and a block of lines (as from
+            :func:`~aflow.tcp_server` or :func:`~aflow.read_blocks`) passes as it is.
+            ``"length_prefixed"``: each element (``str``, ``bytes`` or array) and each
+            batch is one frame. ``"records"``: arrays as raw bytes (``tobytes()``,
+            native byte order), and ``bytes`` elements as they are.
+        fmt: how values are written in text lines: ``None`` (the shortest text that
+            reads back the same value), one ``%``-format for every column, or one per
+            column (see :data:`aflow.codecs.Fmt`).
         delimiter: between the values of a text line.
         connect_timeout: seconds to wait for the connection, opened when the run starts.
         buffer: messages waiting in front of the sink.
@@ -153,7 +154,7 @@ def to_tcp(
     Raises:
         OSError: the connection failed (refused, reset, timed out); this fails the run.
     """
-    return Sink(_TcpOp(host, port, encode, fmt, delimiter, connect_timeout, buffer))
+    return Sink(_TcpOp(host, port, framing, fmt, delimiter, connect_timeout, buffer))
 
 
 class _UdpWriter(SinkWriter[Any, int]):
@@ -220,7 +221,7 @@ class _UdpOp(SinkOperator[Any, int]):
         host: str,
         port: int,
         framing: Framing,
-        fmt: str,
+        fmt: Fmt,
         delimiter: str,
         max_datagram: int,
         buffer: int | None,
@@ -245,22 +246,22 @@ def to_udp(
     host: str,
     port: int,
     *,
-    encode: Framing = "lines",
-    fmt: str = "%s",
+    framing: Framing = "lines",
+    fmt: Fmt = None,
     delimiter: str = ",",
     max_datagram: int = 1472,
     buffer: int | None = None,
 ) -> Sink[Any, int]:
     """Send the flow as UDP datagrams; the result is the number of bytes sent.
 
-    Lines (``encode="lines"``) and records (``"records"``) are encoded as in
+    Lines (``framing="lines"``) and records (``"records"``) are encoded as in
     :func:`to_tcp` and packed into datagrams of at most ``max_datagram`` bytes, each
     holding whole lines or records, as :func:`~aflow.udp_server` reads them (1472 bytes
     fit one Ethernet frame; loopback takes up to 65507). A ``bytes`` element with
-    ``encode="records"`` is one datagram. UDP may drop datagrams, and a datagram the
+    ``framing="records"`` is one datagram. UDP may drop datagrams, and a datagram the
     peer refuses (nobody listens) is dropped with a warning.
 
     Raises:
         ValueError: a single line, record or element does not fit ``max_datagram``.
     """
-    return Sink(_UdpOp(host, port, encode, fmt, delimiter, max_datagram, buffer))
+    return Sink(_UdpOp(host, port, framing, fmt, delimiter, max_datagram, buffer))

@@ -1,7 +1,7 @@
 """Reading one file: large reads, shapes of output, and follow mode (``tail -F``).
 
-On asyncio reads go through aiofiles; on trio through anyio's thread-backed file API.
-Each read is one thread hop, so reads are large (1 MiB by default) to amortize it.
+Files are opened with :func:`aflow._aio.open_file` (aiofiles on asyncio, anyio's file API
+on trio). Each read is one thread hop, so reads are large (1 MiB by default) to amortize it.
 
 Follow mode keeps reading at end of file, polling. A file is identified by device, inode
 and a fingerprint of its first bytes; when the path names another file (rotation), the old
@@ -11,86 +11,25 @@ reading starts again at offset 0.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import anyio
 import numpy as np
 
+from .._aio import AsyncFile, open_file
 from ..abc import Batch, Message, Provenance
-from ..codecs.lines import LineSplitter
+from ..codecs import LineSplitter, RecordFramer
 from ..errors import DecodeError
+from ..policies import Reporter
 
 __all__ = ["FileReader", "Shape"]
 
 Shape = Literal["bytes", "lines", "records"]
 FINGERPRINT_BYTES = 256
-
-
-class _AsyncFile(Protocol):
-    async def read(self, size: int = -1, /) -> bytes: ...
-
-    async def seek(self, offset: int, whence: int = 0, /) -> int: ...
-
-    async def aclose(self) -> None: ...
-
-    def fileno(self) -> int: ...
-
-
-class _AioFile:
-    """aiofiles' handle under the small interface used here."""
-
-    def __init__(self, handle: Any) -> None:
-        self._h = handle
-
-    async def read(self, size: int = -1) -> bytes:
-        data: bytes = await self._h.read(size)
-        return data
-
-    async def seek(self, offset: int, whence: int = 0) -> int:
-        pos: int = await self._h.seek(offset, whence)
-        return pos
-
-    async def aclose(self) -> None:
-        await self._h.close()
-
-    def fileno(self) -> int:
-        fd: int = self._h.fileno()
-        return fd
-
-
-class _AnyioFile:
-    """anyio's thread-backed file under the same interface (on trio)."""
-
-    def __init__(self, handle: anyio.AsyncFile[bytes]) -> None:
-        self._h = handle
-
-    async def read(self, size: int = -1) -> bytes:
-        return await self._h.read(size)
-
-    async def seek(self, offset: int, whence: int = 0) -> int:
-        return await self._h.seek(offset, whence)
-
-    async def aclose(self) -> None:
-        await self._h.aclose()
-
-    def fileno(self) -> int:
-        return self._h.wrapped.fileno()
-
-
-async def open_binary(path: str) -> _AsyncFile:
-    """Open ``path`` for binary reading with the backend's async file API."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio
-        return _AnyioFile(await anyio.open_file(path, "rb"))
-    import aiofiles
-
-    return _AioFile(await aiofiles.open(path, "rb"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,68 +59,53 @@ def file_id(path: str, length: int = FINGERPRINT_BYTES) -> FileId | None:
 
 
 class _Framer:
-    """Turns raw chunks of one file into messages of the wanted shape."""
+    """Turns raw chunks of one file into messages of the wanted shape: blocks of lines
+    (a :class:`~aflow.codecs.LineSplitter`; a last line without a newline is kept), whole
+    records (a :class:`~aflow.codecs.RecordFramer`), or the chunks as they are."""
 
     def __init__(
-        self, path: str, shape: Shape, dtype: np.dtype[Any] | None, max_line: int, offset: int
+        self,
+        path: str,
+        shape: Shape,
+        dtype: np.dtype[Any] | None,
+        row_shape: tuple[int, ...],
+        max_line: int,
+        offset: int,
     ) -> None:
         self.path = path
         self.shape = shape
-        self.dtype = dtype
-        self.offset = offset  # byte offset of the next byte fed
-        self.row = 0
-        self.rest = b""
+        self.start = offset  # byte offset of the first byte fed
+        self.offset = offset  # byte offset of the next chunk (shape "bytes")
         self.lines = LineSplitter(path, max_line=max_line, offset=offset)
-        self.row_shape: tuple[int, ...] = ()
+        self.records: RecordFramer | None = None
+        if shape == "records":
+            assert dtype is not None
+            self.records = RecordFramer(path, dtype, row_shape=row_shape, offset=offset)
 
     def feed(self, chunk: bytes) -> Message | None:
+        if self.records is not None:
+            return self.records.feed(chunk)
         if self.shape == "lines":
             return self.lines.feed(chunk)
-        if self.shape == "bytes":
-            start = self.offset
-            self.offset += len(chunk)
-            prov = Provenance(self.path, start, self.offset, "byte", start, self.offset)
-            return Batch(np.frombuffer(chunk, np.uint8), "source", prov)
-        return self._records(chunk)
+        start = self.offset
+        self.offset += len(chunk)
+        prov = Provenance(self.path, start, self.offset, "byte", start, self.offset)
+        return Batch(np.frombuffer(chunk, np.uint8), "source", prov)
 
-    def _records(self, chunk: bytes) -> Batch | None:
-        assert self.dtype is not None
-        data = self.rest + chunk if self.rest else chunk
-        size = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        n = len(data) // size
-        self.rest = data[n * size :]
-        if not n:
-            return None
-        rows = np.frombuffer(data, self.dtype, count=n * (size // self.dtype.itemsize))
-        if self.row_shape:
-            rows = rows.reshape(n, *self.row_shape)
-        start, self.row = self.row, self.row + n
-        offset, self.offset = self.offset, self.offset + n * size
-        return Batch(
-            rows, "source", Provenance(self.path, start, self.row, "row", offset, self.offset)
-        )
-
-    def finish(self) -> tuple[Message | None, DecodeError | None, bytes]:
-        """The last partial line; or the error and bytes of a partial trailing record."""
+    def finish(self) -> tuple[Message | None, tuple[DecodeError, bytes, Provenance | None] | None]:
+        """The last line (without a newline); or the error of a partial trailing record,
+        with its bytes and provenance."""
+        if self.records is not None:
+            return None, self.records.finish("the file ended")
         if self.shape == "lines":
-            return self.lines.finish(), None, b""
-        if self.shape == "records" and self.rest:
-            rest, self.rest = self.rest, b""
-            error = DecodeError(
-                f"file ends with a partial record of {len(rest)} bytes "
-                f"(records are {self.dtype.itemsize if self.dtype else 0} bytes)",
-                source=self.path,
-                offset=self.offset,
-            )
-            return None, error, rest
-        return None, None, b""
+            return self.lines.finish(), None
+        return None, None
 
     def take_errors(self) -> list[DecodeError]:
         return list(self.lines.take_errors()) if self.shape == "lines" else []
 
 
 Emit = Callable[[Message], Awaitable[None]]
-Report = Callable[[DecodeError, bytes, Provenance | None], Awaitable[None]]
 
 
 class FileReader:
@@ -211,16 +135,13 @@ class FileReader:
         self.poll_interval = poll_interval
 
     def _framer(self, offset: int) -> _Framer:
-        framer = _Framer(self.path, self.shape, self.dtype, self.max_line, offset)
-        framer.row_shape = self.row_shape
-        return framer
+        return _Framer(self.path, self.shape, self.dtype, self.row_shape, self.max_line, offset)
 
-    async def run(self, emit: Emit, report: Report, out: Any) -> None:
+    async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read until the end (or until stopped, in follow mode)."""
         offset = self.start
         while True:
-            with anyio.CancelScope(shield=True):  # a cancelled open would leak the opened file
-                f = await open_binary(self.path)
+            f = await open_file(self.path, "rb")
             try:
                 ident = await self._identify(f)
                 if offset:
@@ -235,7 +156,7 @@ class FileReader:
                 return
             offset = 0
 
-    async def _identify(self, f: _AsyncFile) -> FileId | None:
+    async def _identify(self, f: AsyncFile) -> FileId | None:
         if not self.follow:
             return None
         st = os.fstat(f.fileno())  # the file opened, even if the path moved on since
@@ -245,15 +166,15 @@ class FileReader:
 
     async def _read(
         self,
-        f: _AsyncFile,
+        f: AsyncFile,
         framer: _Framer,
         ident: FileId | None,
         emit: Emit,
-        report: Report,
+        report: Reporter,
         out: Any,
     ) -> bool:
         """Read ``f`` to its end; in follow mode, True means: reopen the path."""
-        position = framer.offset
+        position = framer.start
         resumed = False  # the last read hit end of file and we waited since
         while not out.stopping:
             chunk = b""
@@ -274,7 +195,7 @@ class FileReader:
                 position += len(chunk)
                 msg = framer.feed(chunk)
                 for error in framer.take_errors():
-                    await report(error, b"", None)
+                    await report(b"", error)  # an over-long line: not kept
                 if msg is not None:
                     await emit(msg)
                 continue
@@ -296,11 +217,11 @@ class FileReader:
             resumed = True
         return False
 
-    async def _drain(self, f: _AsyncFile, framer: _Framer, emit: Emit, report: Report) -> None:
+    async def _drain(self, f: AsyncFile, framer: _Framer, emit: Emit, report: Reporter) -> None:
         while chunk := await f.read(self.chunk_size):
             msg = framer.feed(chunk)
             for error in framer.take_errors():
-                await report(error, b"", None)
+                await report(b"", error)  # an over-long line: not kept
             if msg is not None:
                 await emit(msg)
 
@@ -323,10 +244,10 @@ class FileReader:
             return None, file_id(self.path) or ident  # a small file grew: a fuller fingerprint
         return None, ident
 
-    async def _finish(self, framer: _Framer, emit: Emit, report: Report) -> None:
-        msg, error, raw = framer.finish()
-        if error is not None:
-            prov = Provenance(self.path, framer.offset, framer.offset + len(raw), "byte")
-            await report(error, raw, prov)
+    async def _finish(self, framer: _Framer, emit: Emit, report: Reporter) -> None:
+        msg, failed = framer.finish()
+        if failed is not None:
+            error, raw, prov = failed
+            await report(raw, error, prov)
         if msg is not None:
             await emit(msg)

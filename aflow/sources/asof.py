@@ -16,13 +16,9 @@ from numpy.typing import NDArray
 
 from ..abc import Batch, Buffer, Context, Message, Outlet, Source
 from ..flow import Flow
-from ..stages.windows import TimeSpan, as_units
+from ..kernels.time_units import TimeSpan, as_numbers, as_units
 
 __all__ = ["asof_join"]
-
-
-def _numeric(ts: NDArray[Any]) -> NDArray[Any]:
-    return ts.view(np.int64) if ts.dtype.kind == "M" else ts
 
 
 class _Side:
@@ -54,13 +50,13 @@ class _AsofSource(Source):
         left: Flow[Any],
         right: Flow[Any],
         on: str,
-        by: str | None,
+        key: str | None,
         tolerance: TimeSpan | None,
         suffix: str,
         matched: str,
     ) -> None:
         self.left, self.right = left, right
-        self.on, self.by, self.tolerance = on, by, tolerance
+        self.on, self.key, self.tolerance = on, key, tolerance
         self.suffix, self.matched = suffix, matched
         self.name = f"asof_join(on={on!r})"
 
@@ -85,7 +81,7 @@ class _AsofSource(Source):
         right_max = -math.inf
         while True:
             if pending is not None and len(pending):
-                lts = _numeric(pending[self.on])
+                lts = as_numbers(pending[self.on])
                 n = len(pending) if right.done else int(np.count_nonzero(lts < right_max))
                 if n:
                     ready, pending = pending[:n], pending[n:]
@@ -97,7 +93,7 @@ class _AsofSource(Source):
                 got = await right.pull()
                 if got is not None:
                     right.rows = self._add_right(right.rows, got)
-                    right_max = max(right_max, float(_numeric(got[self.on]).max()))
+                    right_max = max(right_max, float(as_numbers(got[self.on]).max()))
             else:
                 got = await left.pull()
                 if got is not None:
@@ -105,21 +101,21 @@ class _AsofSource(Source):
 
     def _add_right(self, held: NDArray[Any] | None, rows: NDArray[Any]) -> NDArray[Any]:
         both = rows if held is None else np.concatenate((held, rows))
-        return both[np.argsort(_numeric(both[self.on]), kind="stable")]
+        return both[np.argsort(as_numbers(both[self.on]), kind="stable")]
 
     def _prune(self, rows: NDArray[Any] | None, upto: float) -> NDArray[Any] | None:
         """Drop right rows no later left row (at or after ``upto``) can match."""
         if rows is None:
             return None
-        ts = _numeric(rows[self.on])
+        ts = as_numbers(rows[self.on])
         old = ts < upto
         if not old.any():
             return rows
-        if self.by is None:
+        if self.key is None:
             keep = ~old
             keep[np.flatnonzero(old)[-1]] = True
             return rows[keep]
-        k = rows[self.by][old]
+        k = rows[self.key][old]
         order = np.argsort(k, kind="stable")  # old rows are in ts order already
         last = order[np.r_[k[order][1:] != k[order][:-1], True]]
         return np.concatenate((rows[old][last], rows[~old]))[
@@ -141,7 +137,7 @@ class _AsofSource(Source):
         safe = np.maximum(idx, 0)
         if self.tolerance is not None:
             tol = as_units(self.tolerance, left.dtype[self.on])
-            gap = _numeric(left[self.on]) - _numeric(rows[self.on])[safe]
+            gap = as_numbers(left[self.on]) - as_numbers(rows[self.on])[safe]
             found &= gap <= tol
         for src, dst in self._right_names(left.dtype, rows.dtype):
             out[dst] = rows[src][safe]
@@ -151,13 +147,13 @@ class _AsofSource(Source):
 
     def _indices(self, left: NDArray[Any], rows: NDArray[Any]) -> NDArray[np.intp]:
         """Per left row, the index of its right row (-1 when there is none)."""
-        lts, rts = _numeric(left[self.on]), _numeric(rows[self.on])
-        if self.by is None:
+        lts, rts = as_numbers(left[self.on]), as_numbers(rows[self.on])
+        if self.key is None:
             return np.searchsorted(rts, lts, side="right") - 1
         # One sortable code per row: (key code, rank of ts among both sides).
-        keys, rcode = np.unique(rows[self.by], return_inverse=True)
-        lpos = np.minimum(np.searchsorted(keys, left[self.by]), len(keys) - 1)
-        known = keys[lpos] == left[self.by]
+        keys, rcode = np.unique(rows[self.key], return_inverse=True)
+        lpos = np.minimum(np.searchsorted(keys, left[self.key]), len(keys) - 1)
+        known = keys[lpos] == left[self.key]
         every = np.sort(np.concatenate((rts, lts)))
         width = len(every) + 1
         rc = rcode.reshape(-1) * width + np.searchsorted(every, rts, side="right")
@@ -174,7 +170,7 @@ class _AsofSource(Source):
         """(right column, output column) pairs: the key is not repeated; clashes get a suffix."""
         if right is None:
             return []
-        names = [n for n in right.names or () if n != self.by]
+        names = [n for n in right.names or () if n != self.key]
         return [(n, n + self.suffix if n in (left.names or ()) else n) for n in names]
 
     def _out_dtype(self, left: np.dtype[Any], right: np.dtype[Any] | None) -> np.dtype[Any]:
@@ -200,8 +196,8 @@ def asof_join(
     left: Flow[Any],
     right: Flow[Any],
     *,
-    on: str = "ts",
-    by: str | None = None,
+    on: str,
+    key: str | None = None,
     tolerance: TimeSpan | None = None,
     suffix: str = "_right",
     matched: str = "matched",
@@ -209,14 +205,14 @@ def asof_join(
     """Align ``right`` onto ``left``'s timestamps: an as-of (latest-at-or-before) join.
 
     Each left row is emitted with the columns of the latest right row whose ``on`` is at
-    or before its own (of the same ``by`` key, when given), once the right stream has
+    or before its own (of the same ``key``, when given), once the right stream has
     moved past it. Both streams must be sorted by ``on`` (see :func:`aflow.reorder`).
 
     Args:
         left, right: flows of structured batches with an ``on`` column (int, float or
             datetime64, the same on both sides).
         on: the timestamp column.
-        by: a key column both sides have: match only rows of the same key.
+        key: a key column both sides have: match only rows of the same key.
         tolerance: a right row older than this (``left ts - right ts > tolerance``) does
             not match (``np.timedelta64`` for datetime64).
         suffix: added to right column names that clash with left ones (``ts_right``).
@@ -230,11 +226,11 @@ def asof_join(
         >>> import numpy as np, aflow as af
         >>> temp = np.array([(10, 20.5), (20, 21.0)], [("ts", "i8"), ("temp", "f4")])
         >>> hum = np.array([(5, 0.4), (15, 0.5)], [("ts", "i8"), ("hum", "f4")])
-        >>> flow = af.asof_join(af.from_array(temp), af.from_array(hum))
+        >>> flow = af.asof_join(af.from_array(temp), af.from_array(hum), on="ts")
         >>> af.run(flow | af.collect()).value.tolist()
         [(10, 20.5, 5, 0.4000000059604645, True), (20, 21.0, 15, 0.5, True)]
     """
     for f in (left, right):
         if not isinstance(f, Flow):
             raise TypeError(f"asof_join() takes flows without sinks, got {type(f).__name__}")
-    return Flow(_AsofSource(left, right, on, by, tolerance, suffix, matched))
+    return Flow(_AsofSource(left, right, on, key, tolerance, suffix, matched))

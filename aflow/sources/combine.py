@@ -1,4 +1,4 @@
-"""Sources made of other flows: merge, concat (chain), zip, repeat.
+"""Sources made of other flows: merge, concat, zip, repeat.
 
 The sub-flows run inside the same run (same task group, same statistics); each feeds its
 output through a bounded buffer, so a slow consumer slows every sub-flow.
@@ -80,11 +80,8 @@ class _ConcatSource(Source):
 
 
 def concat(*flows: Flow[Any]) -> Flow[Any]:
-    """Run flows one after the other (the ``yield from`` of flows). Also named ``chain``."""
+    """Run flows one after the other (the ``yield from`` of flows)."""
     return Flow(_ConcatSource(_check(flows, "concat"), f"concat({len(flows)})"))
-
-
-chain = concat
 
 
 def repeat(flow: Flow[Any], times: int | None = None) -> Flow[Any]:

@@ -16,13 +16,13 @@ import anyio
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..abc import Context, Message, Outlet, Provenance, Source
-from ..codecs.csv import Engine, decode_csv
-from ..codecs.jsonl import decode_jsonl
-from ..codecs.logs import COMBINED, decode_log
-from ..errors import DecodeError
+from ..abc import Context, Message, Outlet, Source
+from ..codecs import COMBINED
+from ..codecs.csv import Engine
 from ..flow import Flow
-from ..policies import DeadLetter, ErrorPolicy, FailedItem, Retry, check_policy
+from ..policies import ErrorPolicy, Reporter, check_policy
+from ..stages.decode import decode_csv, decode_jsonl, decode_log
+from ..stages.element import flat_map
 from ._reader import FileReader, Shape
 
 __all__ = [
@@ -64,7 +64,7 @@ class _FilesSource(Source):
         name: str,
         dtype: np.dtype[Any] | None = None,
         row_shape: tuple[int, ...] = (),
-        chunk_size: int = MiB,
+        read_size: int = MiB,
         max_open: int = 4,
         max_line: int = MiB,
         follow: bool = False,
@@ -72,20 +72,20 @@ class _FilesSource(Source):
         on_error: ErrorPolicy = "raise",
         header_bytes: int = 0,
     ) -> None:
-        if chunk_size < 1 or max_open < 1:
-            raise ValueError(f"{name}: chunk_size and max_open must be at least 1")
+        if read_size < 1 or max_open < 1:
+            raise ValueError(f"{name}: read_size and max_open must be at least 1")
         self.paths = paths
         self.options = {
             "shape": shape,
             "dtype": dtype,
             "row_shape": row_shape,
-            "chunk_size": chunk_size,
+            "chunk_size": read_size,
             "max_line": max_line,
             "follow": follow,
             "poll_interval": poll_interval,
         }
         self.max_open = max_open
-        self.chunk_size = chunk_size
+        self.read_size = read_size
         self.on_error = check_policy(on_error)
         self.header_bytes = header_bytes
         self.name = name
@@ -94,7 +94,7 @@ class _FilesSource(Source):
         files = await anyio.to_thread.run_sync(expand, self.paths)  # a glob may be slow
         if not files and isinstance(self.paths, str):
             raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
-        report = _reporter(self.on_error, self.name, out)
+        report = Reporter(self.on_error, self.name, out.counters)
         # Even one file is read by a task of its own, a few reads ahead of the stages
         # fused behind this source, so reading and processing overlap.
         await _read_concurrently([self._reader(f) for f in files], self.max_open, report, out)
@@ -104,7 +104,7 @@ class _FilesSource(Source):
 
 
 async def _read_concurrently(
-    readers: list[FileReader], max_open: int, report: Any, out: Outlet
+    readers: list[FileReader], max_open: int, report: Reporter, out: Outlet
 ) -> None:
     """Run readers in tasks, at most ``max_open`` at a time, all emitting into ``out``
     through a buffer of ``max_open`` messages (the read-ahead).
@@ -140,20 +140,6 @@ async def _read_concurrently(
         raise failure[0]
 
 
-def _reporter(policy: ErrorPolicy, stage: str, out: Outlet) -> Any:
-    async def report(error: DecodeError, raw: bytes, prov: Provenance | None) -> None:
-        fallback = policy.then if isinstance(policy, Retry) else policy
-        if fallback == "raise":
-            raise error
-        counters = out.counters
-        if counters is not None:
-            counters.errors += 1
-        if isinstance(fallback, DeadLetter):
-            await fallback.deliver(FailedItem(raw, error, stage, prov))
-
-    return report
-
-
 def _name(kind: str, paths: Paths) -> str:
     if isinstance(paths, str | os.PathLike):
         return f"{kind}({os.fspath(paths)})"
@@ -163,7 +149,7 @@ def _name(kind: str, paths: Paths) -> str:
 def read_bytes(
     paths: Paths,
     *,
-    chunk_size: int = MiB,
+    read_size: int = MiB,
     max_open: int = 4,
     follow: bool = False,
     poll_interval: float = 0.25,
@@ -173,7 +159,7 @@ def read_bytes(
     Args:
         paths: a path, a glob (``"logs/*.log"``, ``"data/**/*.bin"``) or a list of them;
             expanded at every run.
-        chunk_size: bytes per read.
+        read_size: bytes per read.
         max_open: files read at once.
         follow: keep reading at end of file (``tail -F``), surviving rotation and
             truncation; the flow then ends only when stopped.
@@ -183,7 +169,7 @@ def read_bytes(
         _FilesSource(
             paths,
             shape="bytes",
-            chunk_size=chunk_size,
+            read_size=read_size,
             max_open=max_open,
             follow=follow,
             poll_interval=poll_interval,
@@ -195,7 +181,7 @@ def read_bytes(
 def read_blocks(
     paths: Paths,
     *,
-    chunk_size: int = MiB,
+    read_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
     follow: bool = False,
@@ -212,7 +198,7 @@ def read_blocks(
         _FilesSource(
             paths,
             shape="lines",
-            chunk_size=chunk_size,
+            read_size=read_size,
             max_open=max_open,
             max_line=max_line,
             follow=follow,
@@ -228,7 +214,7 @@ def read_lines(
     *,
     encoding: str = "utf-8",
     errors: str = "strict",
-    chunk_size: int = MiB,
+    read_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
     follow: bool = False,
@@ -242,11 +228,9 @@ def read_lines(
     invalid UTF-8). ``on_error`` handles lines longer than ``max_line`` (see
     :func:`read_blocks`).
     """
-    from ..stages.element import flat_map
-
     blocks = read_blocks(
         paths,
-        chunk_size=chunk_size,
+        read_size=read_size,
         max_open=max_open,
         max_line=max_line,
         follow=follow,
@@ -269,14 +253,16 @@ def read_csv(
     header: bool = False,
     engine: Engine = "auto",
     threads: int | None = None,
-    chunk_size: int = MiB,
+    read_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
     follow: bool = False,
+    poll_interval: float = 0.25,
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """CSV files into structured arrays: :func:`read_blocks` then :func:`decode_csv`
-    (see there for ``delimiter``, ``header``, ``engine`` and ``threads``)."""
+    (see there for ``delimiter``, ``header``, ``engine`` and ``threads``, and
+    :func:`read_bytes` for the other arguments)."""
     decode = decode_csv(
         dtype,
         delimiter=delimiter,
@@ -287,10 +273,11 @@ def read_csv(
     )
     blocks = read_blocks(
         paths,
-        chunk_size=chunk_size,
+        read_size=read_size,
         max_open=max_open,
         max_line=max_line,
         follow=follow,
+        poll_interval=poll_interval,
         on_error=on_error,
     )
     return blocks | decode
@@ -300,22 +287,26 @@ def read_jsonl(
     paths: Paths,
     dtype: DTypeLike,
     *,
-    chunk_size: int = MiB,
+    threads: int | None = None,
+    read_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
     follow: bool = False,
+    poll_interval: float = 0.25,
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """JSON lines files into structured arrays: :func:`read_blocks` then
-    :func:`decode_jsonl`."""
+    :func:`decode_jsonl` (see there for ``threads``, and :func:`read_bytes` for the other
+    arguments)."""
     return read_blocks(
         paths,
-        chunk_size=chunk_size,
+        read_size=read_size,
         max_open=max_open,
         max_line=max_line,
         follow=follow,
+        poll_interval=poll_interval,
         on_error=on_error,
-    ) | decode_jsonl(dtype, on_error=on_error)
+    ) | decode_jsonl(dtype, threads=threads, on_error=on_error)
 
 
 def read_log(
@@ -323,7 +314,8 @@ def read_log(
     pattern: str | re.Pattern[str] = COMBINED,
     columns: dict[str, str] | None = None,
     *,
-    chunk_size: int = MiB,
+    threads: int | None = None,
+    read_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
     follow: bool = False,
@@ -331,24 +323,24 @@ def read_log(
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """Log files (by default nginx/Apache combined format) into typed columns:
-    :func:`read_blocks` then :func:`decode_log`. With ``follow=True`` this is
-    ``tail -F`` of rotating logs."""
+    :func:`read_blocks` then :func:`decode_log` (see there for ``threads``). With
+    ``follow=True`` this is ``tail -F`` of rotating logs."""
     return read_blocks(
         paths,
-        chunk_size=chunk_size,
+        read_size=read_size,
         max_open=max_open,
         max_line=max_line,
         follow=follow,
         poll_interval=poll_interval,
         on_error=on_error,
-    ) | decode_log(pattern, columns, on_error=on_error)
+    ) | decode_log(pattern, columns, threads=threads, on_error=on_error)
 
 
 def read_records(
     paths: Paths,
     dtype: DTypeLike,
     *,
-    chunk_size: int = MiB,
+    read_size: int = MiB,
     max_open: int = 4,
     follow: bool = False,
     poll_interval: float = 0.25,
@@ -362,13 +354,13 @@ def read_records(
     dropped silently.
     """
     dt = np.dtype(dtype)
-    size = max(dt.itemsize, chunk_size // dt.itemsize * dt.itemsize)
+    size = max(dt.itemsize, read_size // dt.itemsize * dt.itemsize)
     return Flow(
         _FilesSource(
             paths,
             shape="records",
             dtype=dt,
-            chunk_size=size,
+            read_size=size,
             max_open=max_open,
             follow=follow,
             poll_interval=poll_interval,
@@ -399,17 +391,17 @@ class _NpySource(_FilesSource):
             **self.options,
             "dtype": dtype,
             "row_shape": row_shape,
-            "chunk_size": max(size, self.chunk_size // size * size),
+            "chunk_size": max(size, self.read_size // size * size),
         }
         readers = [
             FileReader(path, start=start, **options)  # type: ignore[arg-type]
             for path, (_, _, start) in zip(files, headers, strict=True)
         ]
-        report = _reporter(self.on_error, self.name, out)
+        report = Reporter(self.on_error, self.name, out.counters)
         await _read_concurrently(readers, self.max_open, report, out)
 
 
-def read_npy(paths: Paths, *, chunk_size: int = MiB, max_open: int = 4) -> Flow[NDArray[Any]]:
+def read_npy(paths: Paths, *, read_size: int = MiB, max_open: int = 4) -> Flow[NDArray[Any]]:
     """Rows of ``.npy`` files, streamed (a file is never loaded whole).
 
     All files must hold the same dtype and row shape (C order); the glob is expanded and the
@@ -419,7 +411,7 @@ def read_npy(paths: Paths, *, chunk_size: int = MiB, max_open: int = 4) -> Flow[
         _NpySource(
             paths,
             shape="records",
-            chunk_size=chunk_size,
+            read_size=read_size,
             max_open=max_open,
             name=_name("read_npy", paths),
         )

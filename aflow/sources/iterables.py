@@ -11,7 +11,16 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, BatchReason, Context, Outlet, Provenance, Source, callable_name
+from ..abc import (
+    Batch,
+    BatchReason,
+    Context,
+    Outlet,
+    Provenance,
+    Source,
+    callable_name,
+    refuse_async,
+)
 from ..errors import SourceReusedError
 from ..flow import Flow
 
@@ -142,6 +151,17 @@ def _name(kind: str, obj: Any) -> str:
     return f"{kind}({type(obj).__name__})"
 
 
+def _refuse_coroutine_function(obj: Any, where: str) -> None:
+    if callable(obj) and not _is_iterable(obj):
+        refuse_async(
+            obj,
+            where,
+            "give an async generator function (async def with yield), an async iterable, "
+            "or a function returning an iterable",
+            kinds=("coroutine",),
+        )
+
+
 def from_iterable(
     iterable: Iterable[T] | AsyncIterable[T] | Callable[[], Iterable[T] | AsyncIterable[T]],
     *,
@@ -172,6 +192,7 @@ def from_iterable(
         >>> af.run(af.from_iterable(naturals) | af.take(5) | af.collect()).value
         [0, 1, 2, 3, 4]
     """
+    _refuse_coroutine_function(iterable, "from_iterable()")
     source = _IterableSource(
         iterable,
         chunk_size=chunk_size,
@@ -193,6 +214,7 @@ def from_arrays(
             :func:`from_iterable`) of arrays or array-likes.
         name: the source's name; batches carry provenance ``name rows start..stop``.
     """
+    _refuse_coroutine_function(arrays, "from_arrays()")
     source = _IterableSource(
         arrays, chunk_size=1, as_batches=True, name=name or _name("from_arrays", arrays)
     )
@@ -218,12 +240,13 @@ class _ArraySource(Source):
 
 
 def from_array(
-    array: NDArray[Any] | Any, batch_size: int = 65_536, *, name: str = "from_array"
+    array: NDArray[Any] | Any, batch_size: int = 65_536, *, name: str | None = None
 ) -> Flow[NDArray[Any]]:
     """A flow of batches that are views (no copies) of consecutive rows of ``array``.
 
     Args:
         array: any array-like; a 1-D array of scalars or a structured array of records.
         batch_size: rows per batch; the last batch may be shorter.
+        name: the source's name in statistics and errors (``from_array`` by default).
     """
-    return Flow(_ArraySource(np.asarray(array), batch_size, name))
+    return Flow(_ArraySource(np.asarray(array), batch_size, name or "from_array"))

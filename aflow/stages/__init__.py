@@ -1,1 +1,2 @@
-"""Stages: element-wise, batch-wise, concurrent, timed, routing and data-loading steps."""
+"""Stages: element-wise, batch-wise, concurrent, timed, decoding, windowing and data-loading
+steps."""

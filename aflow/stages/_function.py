@@ -7,7 +7,7 @@ from abc import abstractmethod
 from typing import Any
 
 from ..abc import Batch, Message, Operator, Processor, StageCounters
-from ..policies import ErrorPolicy, check_policy, recover
+from ..policies import ErrorPolicy, apply_policy, check_policy
 
 __all__ = ["FunctionOp"]
 
@@ -39,14 +39,14 @@ class FunctionOp(Operator, Processor):
             try:
                 return self.apply_batch(msg)
             except Exception as exc:
-                outs = await recover(
+                outs = await apply_policy(
                     self.on_error,
-                    lambda: self.apply_batch(msg),
                     msg.data,
                     exc,
                     self.name,
                     msg.provenance,
                     counters,
+                    again=lambda: self.apply_batch(msg),
                 )
                 return outs
         out: list[Any] = []
@@ -55,14 +55,14 @@ class FunctionOp(Operator, Processor):
                 out.extend(self.apply_one(item))
             except Exception as exc:
                 out.extend(
-                    await recover(
+                    await apply_policy(
                         self.on_error,
-                        lambda item=item: self.apply_one(item),  # type: ignore[misc]
                         item,
                         exc,
                         self.name,
                         None,
                         counters,
+                        again=lambda item=item: self.apply_one(item),  # type: ignore[misc]
                     )
                 )
         return [out] if out else []
@@ -75,3 +75,8 @@ class FunctionOp(Operator, Processor):
 
     @abstractmethod
     def apply_batch(self, batch: Batch) -> list[Message]: ...
+
+    def shape(self, unit: Message, result: Any) -> list[Message]:
+        """The output for one item (a one-element chunk, or a batch) given the awaited
+        result of the stage's async function (see :func:`.concurrency.concurrent`)."""
+        raise NotImplementedError(f"{self.name} has no async form")

@@ -1,4 +1,4 @@
-"""Keyed window aggregates kept as *panes*, built on :class:`aflow.sinks.aggregate.KeyedStats`.
+"""Keyed window aggregates kept as *panes*, built on :class:`aflow.KeyedStats`.
 
 Time is cut into panes of length ``gcd(size, step)``; every row falls in exactly one pane,
 whatever the window kind, so a sliding window never copies a row once per window it
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..sinks.aggregate import STATS, KeyedStats
+from ..kernels.keyed import STATS, KeyedStats
 
 __all__ = ["STATS", "AggSpec", "PaneStore", "window_records"]
 

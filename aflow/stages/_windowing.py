@@ -1,6 +1,6 @@
 """Window state machines: assign rows to windows, split late rows, close on a watermark.
 
-Both engines work on a numeric timestamp per row (int64 or float64: event time, row
+Both kinds work on a numeric timestamp per row (int64 or float64: event time, row
 numbers or processing-time seconds; the caller converts) and hold either the rows of open
 windows or their partial aggregates (``KeyedStats``). Every step is vectorized over the
 rows of a batch; Python runs once per batch (and once per window emitted as rows).
@@ -24,15 +24,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..sinks.aggregate import KeyedStats
+from ..kernels.keyed import KeyedStats
+from ..kernels.time_units import as_timestamps
 from ._panes import AggSpec, PaneStore, window_records
 
-__all__ = ["Engine", "FixedWindows", "SessionWindows"]
+__all__ = ["FixedWindows", "OpenWindows", "SessionWindows"]
 
 Ts = NDArray[Any]  # int64 or float64 timestamps, shape (n,)
 
 
-class Engine(ABC):
+class OpenWindows(ABC):
     """Open windows of one stage, as of watermark ``wm``.
 
     ``out_ts`` converts numeric window bounds into the output timestamp dtype.
@@ -69,12 +70,10 @@ class Engine(ABC):
         return [] if end is None else self.close(end)
 
     def out_ts(self, values: NDArray[Any]) -> NDArray[Any]:
-        if self.out_dtype.kind == "M":
-            return values.astype(np.int64).view(self.out_dtype)
-        return values.astype(self.out_dtype)
+        return as_timestamps(values, self.out_dtype)
 
 
-class FixedWindows(Engine):
+class FixedWindows(OpenWindows):
     """Tumbling or sliding windows of ``size``, one starting every ``step``."""
 
     def __init__(
@@ -169,7 +168,7 @@ class FixedWindows(Engine):
         return float(self.ends[-1]) if self.ends else None
 
 
-class SessionWindows(Engine):
+class SessionWindows(OpenWindows):
     """Session windows: per key, a gap of ``gap`` or more between rows ends a session.
 
     Holds the rows of open sessions (sorted by key, then timestamp) and aggregates a

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Message, callable_name
+from ..abc import Batch, Message, callable_name, refuse_async
 from ..flow import Stage
 from ..policies import ErrorPolicy
 from ..stats import StageCounters
 from ._function import FunctionOp
+from .concurrency import threaded
 
 __all__ = ["filter_rows", "map_batches"]
 
@@ -47,11 +48,6 @@ class _MapBatchesOp(_BatchFunctionOp):
     def __init__(self, fn: ArrayFn, on_error: ErrorPolicy, name: str | None) -> None:
         super().__init__(name or f"map_batches({callable_name(fn)})", on_error)
         self.fn = fn
-
-    def process(self, msg: Message) -> list[Message]:
-        if isinstance(msg, Batch):
-            return self.apply_batch(msg)
-        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]
 
     def apply_batch(self, batch: Batch) -> list[Message]:
         out = self.fn(batch.data)
@@ -88,10 +84,14 @@ def map_batches(
         buffer: input buffer size when the stage runs in its own task (``thread=True``).
         name: the stage's name in statistics and errors.
     """
+    refuse_async(
+        fn,
+        "map_batches()",
+        "use map(fn, concurrency=n), which awaits it on each batch's array (an array it "
+        "returns keeps the batch's envelope)",
+    )
     op = _MapBatchesOp(fn, on_error, name)
     if thread or concurrency != 1:
-        from .concurrency import threaded
-
         return threaded(op, concurrency=concurrency, buffer=buffer)
     return Stage(op)
 
@@ -100,11 +100,6 @@ class _FilterRowsOp(_BatchFunctionOp):
     def __init__(self, fn: ArrayFn, on_error: ErrorPolicy, name: str | None) -> None:
         super().__init__(name or f"filter_rows({callable_name(fn)})", on_error)
         self.fn = fn
-
-    def process(self, msg: Message) -> list[Message]:
-        if isinstance(msg, Batch):
-            return self.apply_batch(msg)
-        return [out for b in _as_batches(msg) for out in self.apply_batch(b)]
 
     def apply_batch(self, batch: Batch) -> list[Message]:
         mask = np.asarray(self.fn(batch.data))
@@ -130,4 +125,10 @@ def filter_rows(
 
     Example: ``filter_rows(lambda b: b["value"] > 0)``. Batches left empty are dropped.
     """
+    refuse_async(
+        fn,
+        "filter_rows()",
+        "select the rows in an async function of your own and use map(fn, concurrency=n), "
+        "e.g. `async def keep(b): return b[await mask(b)]`",
+    )
     return Stage(_FilterRowsOp(fn, on_error, name))

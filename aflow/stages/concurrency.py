@@ -8,7 +8,6 @@ been handed downstream, so memory stays bounded by ``concurrency`` results.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -26,14 +25,15 @@ from ..abc import (
     Message,
     Outlet,
     callable_name,
+    is_async_callable,
     locate,
 )
 from ..flow import Stage
-from ..policies import ErrorPolicy, check_policy, recover
+from ..policies import apply_policy
 from ..stats import StageCounters
 from ._function import FunctionOp
 
-__all__ = ["concurrent_map", "threaded"]
+__all__ = ["concurrent", "concurrent_name", "threaded"]
 
 Work = Callable[[Message, StageCounters, anyio.CapacityLimiter], Awaitable[list[Message]]]
 """Computes one unit's output; the limiter (one per run) bounds worker threads."""
@@ -165,29 +165,27 @@ def _whole(msg: Message) -> list[Message]:
     return [msg]
 
 
-def concurrent_map(
+def concurrent(
+    op: FunctionOp,
     fn: Callable[[Any], Any],
     *,
     concurrency: int,
     ordered: bool,
     thread: bool,
-    on_error: ErrorPolicy,
     buffer: int | None,
-    name: str | None,
 ) -> Stage[Any, Any]:
-    """The engine behind ``map(async_fn, concurrency=...)`` and ``map(fn, thread=True)``."""
-    check_policy(on_error)
-    label = name or (
-        f"map({callable_name(fn)}, threads={concurrency})"
-        if thread or not inspect.iscoroutinefunction(fn)
-        else f"map({callable_name(fn)}, concurrency={concurrency})"
-    )
-    if thread or not inspect.iscoroutinefunction(fn):
-        from .element import _MapOp
+    """``map``, ``filter`` or ``flat_map`` as a stage: ``op`` fused with its neighbours
+    (a sync ``fn``, ``concurrency=1``), in worker threads (``thread=True`` or a sync ``fn``
+    with ``concurrency > 1``), or awaiting an async ``fn`` up to ``concurrency`` calls at
+    once.
 
-        return threaded(
-            _MapOp(fn, on_error, label), concurrency=concurrency, buffer=buffer, ordered=ordered
-        )
+    ``op`` is the stage's sync form: its ``shape`` turns one item and ``fn``'s awaited
+    result into the stage's output."""
+    is_async = is_async_callable(fn)
+    if not (is_async or thread or concurrency != 1):
+        return Stage(op)
+    if thread or not is_async:
+        return threaded(op, concurrency=concurrency, buffer=buffer, ordered=ordered)
 
     async def work(
         unit: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
@@ -196,23 +194,32 @@ def concurrent_map(
         try:
             result = await fn(value)
         except Exception as exc:
-            if on_error == "raise":
+            if op.on_error == "raise":
                 raise
             prov = unit.provenance if isinstance(unit, Batch) else None
-            outs = await recover(
-                on_error, lambda: _call_async(fn, value), value, exc, label, prov, counters
+            outs = await apply_policy(
+                op.on_error,
+                value,
+                exc,
+                op.name,
+                prov,
+                counters,
+                again=lambda: _call_async(fn, value),
             )
             if not outs:
                 return []
             result = outs[0]
-        if isinstance(unit, Batch):
-            import numpy as np
+        return op.shape(unit, result)
 
-            if isinstance(result, np.ndarray):
-                return [unit.with_data(result)]
-        return [[result]]
+    return Stage(_ConcurrentOp(op.name, work, _split_elements, concurrency, ordered, buffer))
 
-    return Stage(_ConcurrentOp(label, work, _split_elements, concurrency, ordered, buffer))
+
+def concurrent_name(kind: str, fn: Callable[..., Any], concurrency: int, thread: bool) -> str:
+    """``map(fn)``, ``map(fn, threads=4)`` or ``map(fn, concurrency=4)``."""
+    if not (thread or concurrency != 1 or is_async_callable(fn)):
+        return f"{kind}({callable_name(fn)})"
+    how = "threads" if thread or not is_async_callable(fn) else "concurrency"
+    return f"{kind}({callable_name(fn)}, {how}={concurrency})"
 
 
 async def _call_async(fn: Callable[[Any], Any], value: Any) -> list[Any]:
@@ -229,6 +236,7 @@ def threaded(
     called twice on an item that succeeded, nor on the event loop's thread.
     """
     runner = op.start()
+    name = op.name if "thread" in op.name else f"{op.name}[threads={concurrency}]"
 
     async def work(
         unit: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
@@ -239,34 +247,33 @@ def threaded(
             try:
                 return await anyio.to_thread.run_sync(op.apply_batch, unit, limiter=limiter)
             except Exception as exc:
-                return await recover(
+                return await apply_policy(
                     op.on_error,
-                    lambda: anyio.to_thread.run_sync(op.apply_batch, unit, limiter=limiter),
                     unit.data,
                     exc,
-                    op.name,
+                    name,
                     unit.provenance,
                     counters,
+                    again=lambda: anyio.to_thread.run_sync(op.apply_batch, unit, limiter=limiter),
                 )
         results = await anyio.to_thread.run_sync(_apply_each, op, unit, limiter=limiter)
         out: list[Any] = []
         for item, result in zip(unit, results, strict=True):
             if isinstance(result, Exception):
-                result = await recover(
+                result = await apply_policy(
                     op.on_error,
-                    lambda item=item: anyio.to_thread.run_sync(  # type: ignore[misc]
-                        op.apply_one, item, limiter=limiter
-                    ),
                     item,
                     result,
-                    op.name,
+                    name,
                     None,
                     counters,
+                    again=lambda item=item: anyio.to_thread.run_sync(  # type: ignore[misc]
+                        op.apply_one, item, limiter=limiter
+                    ),
                 )
             out.extend(result)
         return [out] if out else []
 
-    name = op.name if "thread" in op.name else f"{op.name}[threads={concurrency}]"
     return Stage(_ConcurrentOp(name, work, _whole, concurrency, ordered, buffer))
 
 

@@ -7,18 +7,25 @@ fused with their neighbours into one task and applied to a whole chunk per call.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from itertools import chain
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
-from ..abc import Batch, Message, Operator, Processor, callable_name
+from ..abc import (
+    Batch,
+    Message,
+    Operator,
+    Processor,
+    callable_name,
+    refuse_async,
+)
 from ..codecs.lines import block_lines, is_line_block, split_block
 from ..flow import Stage
 from ..policies import ErrorPolicy
 from ._function import FunctionOp
+from .concurrency import concurrent, concurrent_name
 
 __all__ = ["filter", "flat_map", "map", "scan", "skip", "take", "take_while"]
 
@@ -37,8 +44,8 @@ def _rewrap(batch: Batch, value: Any) -> list[Message]:
 
 
 class _MapOp(FunctionOp):
-    def __init__(self, fn: Callable[[Any], Any], on_error: ErrorPolicy, name: str | None) -> None:
-        super().__init__(name or f"map({callable_name(fn)})", on_error)
+    def __init__(self, fn: Callable[[Any], Any], on_error: ErrorPolicy, name: str) -> None:
+        super().__init__(name, on_error)
         self.fn = fn
 
     def apply_chunk(self, items: list[Any]) -> list[Any]:
@@ -50,9 +57,13 @@ class _MapOp(FunctionOp):
     def apply_batch(self, batch: Batch) -> list[Message]:
         return _rewrap(batch, self.fn(batch.data))
 
+    def shape(self, unit: Message, result: Any) -> list[Message]:
+        return _rewrap(unit, result) if isinstance(unit, Batch) else [[result]]
 
+
+@overload
 def map(
-    fn: Callable[[T], U] | Callable[[T], Awaitable[U]],
+    fn: Callable[[T], Coroutine[Any, Any, U]],
     *,
     concurrency: int = 1,
     ordered: bool = True,
@@ -60,7 +71,39 @@ def map(
     on_error: ErrorPolicy = "raise",
     buffer: int | None = None,
     name: str | None = None,
-) -> Stage[T, U]:
+) -> Stage[T, U]: ...
+@overload
+def map(
+    fn: Callable[[T], U],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    thread: bool = False,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
+) -> Stage[T, U]: ...
+@overload
+def map(
+    fn: Callable[[Any], U],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    thread: bool = False,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
+) -> Stage[Any, U]: ...
+def map(
+    fn: Callable[[Any], Any],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    thread: bool = False,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
+) -> Stage[Any, Any]:
     """Apply ``fn`` to every item.
 
     Args:
@@ -73,25 +116,28 @@ def map(
         on_error: ``"raise"``, ``"skip"``, :func:`~aflow.retry` or :func:`~aflow.dead_letter`.
         buffer: input buffer size (messages) when the stage runs in its own task.
         name: the stage's name in statistics and errors.
-    """
-    if inspect.iscoroutinefunction(fn) or thread or concurrency != 1:
-        from .concurrency import concurrent_map
 
-        return concurrent_map(
+    Raises:
+        FlowDefinitionError: ``fn`` is an async generator function, or async with
+            ``thread=True`` (an async function runs on the event loop, not in threads).
+    """
+    refuse_async(fn, "map()", "give an async function returning the value", kinds=("generator",))
+    if thread:
+        refuse_async(
             fn,
-            concurrency=concurrency,
-            ordered=ordered,
-            thread=thread,
-            on_error=on_error,
-            buffer=buffer,
-            name=name,
+            "map(thread=True)",
+            "drop thread=True: map awaits an async function on the event loop, "
+            "concurrency=n calls at once",
         )
-    return Stage(_MapOp(fn, on_error, name))
+    op = _MapOp(fn, on_error, name or concurrent_name("map", fn, concurrency, thread))
+    return concurrent(
+        op, fn, concurrency=concurrency, ordered=ordered, thread=thread, buffer=buffer
+    )
 
 
 class _FilterOp(FunctionOp):
-    def __init__(self, fn: Callable[[Any], Any], on_error: ErrorPolicy, name: str | None) -> None:
-        super().__init__(name or f"filter({callable_name(fn)})", on_error)
+    def __init__(self, fn: Callable[[Any], Any], on_error: ErrorPolicy, name: str) -> None:
+        super().__init__(name, on_error)
         self.fn = fn
 
     def apply_chunk(self, items: list[Any]) -> list[Any]:
@@ -101,25 +147,48 @@ class _FilterOp(FunctionOp):
         return [item] if self.fn(item) else []
 
     def apply_batch(self, batch: Batch) -> list[Message]:
-        return [batch] if self.fn(batch.data) else []
+        return self.shape(batch, self.fn(batch.data))
+
+    def shape(self, unit: Message, result: Any) -> list[Message]:
+        return [unit] if result else []
 
 
 def filter(
-    fn: Callable[[T], Any], *, on_error: ErrorPolicy = "raise", name: str | None = None
+    fn: Callable[[T], Any],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
 ) -> Stage[T, T]:
     """Keep the items for which ``fn(item)`` is true.
 
     On a flow of batches this keeps or drops whole batches; use :func:`~aflow.filter_rows`
     to select rows inside them.
+
+    Args:
+        fn: a sync or async predicate of one item (an element, or a batch's array).
+        concurrency: for an async ``fn``, how many calls may run at once (a sync ``fn``
+            with ``concurrency > 1`` runs in that many worker threads).
+        ordered: keep input order; ``False`` passes each item as soon as its predicate is
+            known.
+        on_error: ``"raise"``, ``"skip"``, :func:`~aflow.retry` or :func:`~aflow.dead_letter`.
+        buffer: input buffer size (messages) when the stage runs in its own task.
+        name: the stage's name in statistics and errors.
     """
-    return Stage(_FilterOp(fn, on_error, name))
+    refuse_async(
+        fn, "filter()", "give an async function returning true or false", kinds=("generator",)
+    )
+    op = _FilterOp(fn, on_error, name or concurrent_name("filter", fn, concurrency, False))
+    return concurrent(op, fn, concurrency=concurrency, ordered=ordered, thread=False, buffer=buffer)
 
 
 class _FlatMapOp(FunctionOp):
     def __init__(
-        self, fn: Callable[[Any], Iterable[Any]], on_error: ErrorPolicy, name: str | None
+        self, fn: Callable[[Any], Iterable[Any]], on_error: ErrorPolicy, name: str
     ) -> None:
-        super().__init__(name or f"flat_map({callable_name(fn)})", on_error)
+        super().__init__(name, on_error)
         self.fn = fn
 
     def apply_chunk(self, items: list[Any]) -> list[Any]:
@@ -129,14 +198,20 @@ class _FlatMapOp(FunctionOp):
         return list(self.fn(item))
 
     def apply_batch(self, batch: Batch) -> list[Message]:
+        return self.shape(batch, self.fn(batch.data))
+
+    def shape(self, unit: Message, result: Any) -> list[Message]:
+        if not isinstance(unit, Batch):
+            items = list(result)
+            return [items] if items else []
         out: list[Message] = []
         elements: list[Any] = []
-        for value in self.fn(batch.data):
+        for value in result:
             if isinstance(value, np.ndarray):
                 if elements:
                     out.append(elements)
                     elements = []
-                out.append(batch.with_data(value))
+                out.append(unit.with_data(value))
             else:
                 elements.append(value)
         if elements:
@@ -144,11 +219,69 @@ class _FlatMapOp(FunctionOp):
         return out
 
 
+@overload
 def flat_map(
-    fn: Callable[[T], Iterable[U]], *, on_error: ErrorPolicy = "raise", name: str | None = None
-) -> Stage[T, U]:
-    """Replace every item by the items of the iterable ``fn(item)`` returns (zero or more)."""
-    return Stage(_FlatMapOp(fn, on_error, name))
+    fn: Callable[[T], Coroutine[Any, Any, Iterable[U]]],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
+) -> Stage[T, U]: ...
+@overload
+def flat_map(
+    fn: Callable[[T], Iterable[U]],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
+) -> Stage[T, U]: ...
+@overload
+def flat_map(
+    fn: Callable[[Any], Iterable[U]],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
+) -> Stage[Any, U]: ...
+def flat_map(
+    fn: Callable[[Any], Any],
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    on_error: ErrorPolicy = "raise",
+    buffer: int | None = None,
+    name: str | None = None,
+) -> Stage[Any, Any]:
+    """Replace every item by the items of the iterable ``fn(item)`` returns (zero or more).
+
+    Args:
+        fn: a sync function, or an async one (awaited, then iterated), of one item.
+        concurrency: for an async ``fn``, how many calls may run at once (a sync ``fn``
+            with ``concurrency > 1`` runs in that many worker threads).
+        ordered: keep input order; ``False`` emits each item's results as soon as they
+            are ready.
+        on_error: ``"raise"``, ``"skip"``, :func:`~aflow.retry` or :func:`~aflow.dead_letter`.
+        buffer: input buffer size (messages) when the stage runs in its own task.
+        name: the stage's name in statistics and errors.
+
+    Raises:
+        FlowDefinitionError: ``fn`` is an async generator function (return a list from an
+            async function instead).
+    """
+    refuse_async(
+        fn,
+        "flat_map()",
+        "give an async function returning a list (or any iterable)",
+        kinds=("generator",),
+    )
+    op = _FlatMapOp(fn, on_error, name or concurrent_name("flat_map", fn, concurrency, False))
+    return concurrent(op, fn, concurrency=concurrency, ordered=ordered, thread=False, buffer=buffer)
 
 
 class _TakeRunner(Processor):
@@ -275,6 +408,12 @@ def take_while(fn: Callable[[T], Any]) -> Stage[T, T]:
     On a flow of batches ``fn`` gets a whole batch's array and keeps or drops the batch;
     to cut inside a batch, use ``filter_rows`` before it.
     """
+    refuse_async(
+        fn,
+        "take_while()",
+        "compute what it tests in a map(fn, concurrency=n) before it "
+        "(take_while's predicate is sync)",
+    )
     return Stage(_TakeWhileOp(fn))
 
 
@@ -313,4 +452,9 @@ def scan(fn: Callable[[A, T], A], initial: A) -> Stage[T, A]:
     On a flow of batches ``fn`` gets the accumulator and a batch's array; keep it
     vectorized, e.g. ``scan(lambda acc, b: acc + b.sum(), 0.0)``.
     """
+    refuse_async(
+        fn,
+        "scan()",
+        "await what it needs in a map(fn, concurrency=n) before it (scan's function is sync)",
+    )
     return Stage(_ScanOp(fn, initial))

@@ -14,24 +14,24 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Message, Operator, Processor
+from ..abc import Batch, Message, Operator, Processor, refuse_async
 from ..flow import Stage
+from ..kernels.time_units import TimeSpan, as_numbers, as_timestamps, as_units
 from ..stats import StageCounters
-from .windows import LateTarget, TimeSpan, as_units, deliver_late
+from ._late import LateTarget, check_late, reject_late
 
 __all__ = ["reorder", "resample"]
 
 
-def _ts(data: NDArray[Any], by: str, stage: str) -> NDArray[Any]:
-    """The numeric timestamps (int64 or float64 view, shape (n,)) of column ``by``."""
-    if data.dtype.names is None or by not in data.dtype.names:
-        raise TypeError(f"{stage}: batches need a {by!r} timestamp column")
-    ts = data[by]
-    return ts.view(np.int64) if ts.dtype.kind == "M" else ts
+def _ts(data: NDArray[Any], on: str, stage: str) -> NDArray[Any]:
+    """The numeric timestamps (int64 or float64 view, shape (n,)) of column ``on``."""
+    if data.dtype.names is None or on not in data.dtype.names:
+        raise TypeError(f"{stage}: batches need a {on!r} timestamp column")
+    return as_numbers(data[on])
 
 
 class _ReorderRunner(Processor):
-    guarded = True  # process_guarded: counts late rows and awaits async late targets
+    guarded = True  # process_guarded: late rows go to the late policy, which may await
 
     def __init__(self, op: _ReorderOp) -> None:
         self.op = op
@@ -44,12 +44,13 @@ class _ReorderRunner(Processor):
         data = msg.data if isinstance(msg, Batch) else np.asarray(msg)
         if not len(data):
             return []
-        ts = _ts(data, self.op.by, self.op.name)
+        ts = _ts(data, self.op.on, self.op.name)
         if self.held is None:
-            self.horizon = as_units(self.op.horizon, data.dtype[self.op.by])
+            self.horizon = as_units(self.op.horizon, data.dtype[self.op.on])
         late = ts < self.wm
         if late.any():
-            await deliver_late(self.op.late, data[late], counters)
+            prov = msg.provenance if isinstance(msg, Batch) else None
+            await reject_late(self.op.late, data[late], self.wm, self.op.name, prov, counters)
             data, ts = data[~late], ts[~late]
         self._hold(data, ts)
         if len(ts):
@@ -81,16 +82,16 @@ class _ReorderRunner(Processor):
 
 
 class _ReorderOp(Operator):
-    def __init__(self, by: str, horizon: TimeSpan, late: LateTarget) -> None:
-        self.by, self.horizon, self.late = by, horizon, late
-        self.name = f"reorder(by={by!r})"
+    def __init__(self, on: str, horizon: TimeSpan, late: LateTarget) -> None:
+        self.on, self.horizon, self.late = on, horizon, check_late(late)
+        self.name = f"reorder(on={on!r})"
 
     def start(self) -> Processor:
         return _ReorderRunner(self)
 
 
 def reorder(
-    by: str = "ts", *, horizon: TimeSpan, late: LateTarget = "drop"
+    on: str, *, horizon: TimeSpan, late: LateTarget = "drop"
 ) -> Stage[NDArray[Any], NDArray[Any]]:
     """Sort a stream whose rows arrive at most ``horizon`` out of order.
 
@@ -101,19 +102,24 @@ def reorder(
     ``errors`` and dropped or handed to ``late``. At the end of input the rest is released.
 
     Args:
-        by: the timestamp column (int, float or ``datetime64``).
+        on: the timestamp column (int, float or ``datetime64``).
         horizon: how far out of order rows may be (``np.timedelta64`` for datetime64).
-        late: ``"drop"``, a list to append arrays of late rows to, or a callable taking
-            them (sync or async).
+        late: the error policy for late rows, as for :func:`~aflow.window`: ``"drop"``,
+            ``"raise"``, :func:`~aflow.dead_letter`, or a list or (sync or async) callable
+            taking the arrays of late rows.
 
     Examples:
         >>> import numpy as np, aflow as af
         >>> rows = np.array([(3,), (1,), (2,), (6,), (5,), (9,)], dtype=[("ts", "i8")])
-        >>> flow = af.from_array(rows, 2) | af.reorder(horizon=2)
+        >>> flow = af.from_array(rows, 2) | af.reorder("ts", horizon=2)
         >>> af.run(flow | af.collect()).value["ts"].tolist()
         [1, 2, 3, 5, 6, 9]
     """
-    return Stage(_ReorderOp(by, horizon, late))
+    if callable(late):
+        refuse_async(
+            late, "reorder(late=)", "give an async function (no yield)", kinds=("generator",)
+        )
+    return Stage(_ReorderOp(on, horizon, late))
 
 
 class _ResampleRunner(Processor):
@@ -135,14 +141,14 @@ class _ResampleRunner(Processor):
         return self._emit(data, final=False)
 
     def _first(self, data: NDArray[Any]) -> None:
-        by = self.op.by
-        self.every = as_units(self.op.every, data.dtype[by])
+        on = self.op.on
+        self.every = as_units(self.op.every, data.dtype[on])
         if self.op.max_gap is not None:
-            self.max_gap = as_units(self.op.max_gap, data.dtype[by])
-        self.next_k = int(-(-_ts(data[:1], by, self.op.name)[0] // self.every))
+            self.max_gap = as_units(self.op.max_gap, data.dtype[on])
+        self.next_k = int(-(-_ts(data[:1], on, self.op.name)[0] // self.every))
 
     def _emit(self, data: NDArray[Any], final: bool) -> list[Message]:
-        ts = _ts(data, self.op.by, self.op.name)
+        ts = _ts(data, self.op.on, self.op.name)
         if np.any(ts[1:] < ts[:-1]):
             raise ValueError(f"{self.op.name}: timestamps go backwards; put reorder() before")
         self.prev = data[-1:]
@@ -168,11 +174,7 @@ class _ResampleRunner(Processor):
             for name in self.op.linear_columns(data.dtype):
                 a, b = data[name][i], data[name][j]
                 out[name] = a + w * (b - a)
-        out[self.op.by] = (
-            grid.astype(np.int64).view(out.dtype[self.op.by])
-            if (out.dtype[self.op.by].kind == "M")
-            else grid
-        )
+        out[self.op.on] = as_timestamps(grid, out.dtype[self.op.on])
         out[self.op.valid] = exact | (ts[j] - ts[i] <= self.max_gap)
         return out
 
@@ -183,16 +185,16 @@ class _ResampleRunner(Processor):
 class _ResampleOp(Operator):
     def __init__(
         self,
-        by: str,
+        on: str,
         every: TimeSpan,
         fill: Literal["last", "linear"],
         max_gap: TimeSpan | None,
         columns: Sequence[str] | None,
         valid: str,
     ) -> None:
-        self.by, self.every, self.fill, self.max_gap = by, every, fill, max_gap
+        self.on, self.every, self.fill, self.max_gap = on, every, fill, max_gap
         self.columns, self.valid = columns, valid
-        self.name = f"resample(by={by!r}, fill={fill!r})"
+        self.name = f"resample(on={on!r}, fill={fill!r})"
 
     def start(self) -> Processor:
         return _ResampleRunner(self)
@@ -207,11 +209,11 @@ class _ResampleOp(Operator):
     def linear_columns(self, dtype: np.dtype[Any]) -> list[str]:
         if self.columns is not None:
             return list(self.columns)
-        return [n for n in dtype.names or () if n != self.by and dtype[n].kind == "f"]
+        return [n for n in dtype.names or () if n != self.on and dtype[n].kind == "f"]
 
 
 def resample(
-    by: str = "ts",
+    on: str,
     *,
     every: TimeSpan,
     fill: Literal["last", "linear"] = "last",
@@ -227,12 +229,12 @@ def resample(
     at the end of input the grid is completed up to the last sample.
 
     Args:
-        by: the timestamp column; rows must arrive sorted by it (see :func:`reorder`).
+        on: the timestamp column; rows must arrive sorted by it (see :func:`reorder`).
         every: the output period (``np.timedelta64`` for datetime64 columns).
         fill: ``"last"`` (previous value) or ``"linear"`` (interpolation).
         max_gap: rows filled across a gap between samples longer than this get
             ``valid == False`` (a row exactly on a sample is always valid).
-        columns: the columns to interpolate (default: every float column but ``by``).
+        columns: the columns to interpolate (default: every float column but ``on``).
         valid: name of the added bool column.
 
     Returns:
@@ -241,10 +243,10 @@ def resample(
     Examples:
         >>> import numpy as np, aflow as af
         >>> rows = np.array([(0, 0.0), (10, 1.0), (40, 4.0)], [("ts", "i8"), ("v", "f8")])
-        >>> flow = af.from_array(rows) | af.resample(every=10, fill="linear", max_gap=10)
+        >>> flow = af.from_array(rows) | af.resample("ts", every=10, fill="linear", max_gap=10)
         >>> [tuple(r) for r in af.run(flow | af.collect()).value.tolist()]
         [(0, 0.0, True), (10, 1.0, True), (20, 2.0, False), (30, 3.0, False), (40, 4.0, True)]
     """
     if fill not in ("last", "linear"):
         raise ValueError(f"resample(fill={fill!r}): use 'last' or 'linear'")
-    return Stage(_ResampleOp(by, every, fill, max_gap, columns, valid))
+    return Stage(_ResampleOp(on, every, fill, max_gap, columns, valid))

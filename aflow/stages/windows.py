@@ -11,10 +11,9 @@ have one (a timer closes them).
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
 import anyio
@@ -31,58 +30,38 @@ from ..abc import (
     Operator,
     Outlet,
     Processor,
+    refuse_async,
 )
 from ..flow import Stage
+from ..kernels.time_units import TimeSpan, as_numbers, as_units
+from ..policies import ErrorPolicy
 from ..stats import StageCounters
+from ._late import LateTarget, check_late, reject_late, waits_on_target
 from ._panes import STATS, AggSpec
-from ._windowing import Engine, FixedWindows, SessionWindows
+from ._windowing import FixedWindows, OpenWindows, SessionWindows
 
-__all__ = ["LateTarget", "TimeSpan", "as_units", "deliver_late", "window"]
-
-TimeSpan: TypeAlias = "int | float | np.timedelta64"
-"""A duration: in the timestamp column's units (an int for int64 nanoseconds, a
-``np.timedelta64`` for ``datetime64`` columns), seconds of processing time, or rows."""
-
-LateTarget: TypeAlias = (
-    "Literal['drop'] | list[NDArray[Any]] | Callable[[NDArray[Any]], None]"
-    " | Callable[[NDArray[Any]], Awaitable[None]]"
-)
-"""Where late rows go: dropped (and counted), appended to a list, or passed to a callable
-(sync or async), one array of late rows per incoming batch that had some."""
+__all__ = ["window"]
 
 Domain: TypeAlias = Literal["event", "processing", "count"]
-
-
-async def deliver_late(target: LateTarget, rows: NDArray[Any], counters: StageCounters) -> None:
-    """Count ``rows`` in the stage's ``errors`` and hand them to ``target``."""
-    counters.errors += len(rows)
-    if isinstance(target, str):
-        return
-    if isinstance(target, list):
-        target.append(rows)
-        return
-    result = target(rows)
-    if inspect.isawaitable(result):
-        await result
 
 
 class _WindowOp(Operator):
     """The description of a window stage; ``start()`` makes the per-run state."""
 
-    def __init__(self, name: str, domain: Domain, by: str | None, make: _EngineFactory) -> None:
+    def __init__(self, name: str, domain: Domain, on: str | None, make: _WindowsFactory) -> None:
         self.name = name
         self.domain = domain
-        self.by = by
+        self.on = on
         self.make = make
-        self.late: LateTarget = "drop"
+        self.late: ErrorPolicy = "skip"
         self.lateness: TimeSpan = 0
 
     def start(self) -> _WindowRunner:
         return _WindowRunner(self)
 
 
-class _EngineFactory:
-    """Builds the engine once the first batch shows the timestamp dtype."""
+class _WindowsFactory:
+    """Builds the open-windows state once the first batch shows the timestamp dtype."""
 
     def __init__(
         self,
@@ -95,7 +74,7 @@ class _EngineFactory:
         self.size, self.step, self.gap, self.key, self.spec = size, step, gap, key, spec
         self.first: int | None = None  # count windows start at row 0
 
-    def __call__(self, ts_dtype: np.dtype[Any]) -> Engine:
+    def __call__(self, ts_dtype: np.dtype[Any]) -> OpenWindows:
         out = ts_dtype if ts_dtype.kind in "Mf" else np.dtype(np.int64)
         if self.gap is not None:
             return SessionWindows(as_units(self.gap, ts_dtype), self.key, self.spec, out)
@@ -105,28 +84,14 @@ class _EngineFactory:
         return FixedWindows(size, step, self.spec, out, first=self.first)
 
 
-def as_units(value: TimeSpan, ts_dtype: np.dtype[Any]) -> float:
-    """``value`` as a number in the units of timestamps of ``ts_dtype``."""
-    if ts_dtype.kind == "M":
-        unit, _ = np.datetime_data(ts_dtype)
-        if isinstance(value, int | float) and value == 0:
-            return 0
-        if not isinstance(value, np.timedelta64):
-            raise TypeError(f"windows over a {ts_dtype} column take np.timedelta64 durations")
-        return int(value.astype(f"m8[{unit}]").astype(np.int64))
-    if isinstance(value, np.timedelta64):
-        raise TypeError(f"np.timedelta64 durations need a datetime64 column, not {ts_dtype}")
-    return value
-
-
 class _WindowRunner(Processor):
-    """Per-run state: the engine, the watermark rule, the row count."""
+    """Per-run state: the open windows, the watermark rule, the row count."""
 
-    guarded = True  # process_guarded: awaits async late targets and counts late rows
+    guarded = True  # process_guarded: late rows go to the late policy, which may await
 
     def __init__(self, op: _WindowOp) -> None:
         self.op = op
-        self.engine: Engine | None = None
+        self.windows: OpenWindows | None = None
         self.lateness = 0.0
         self.rows_seen = 0
         self.reason: BatchReason = "count" if op.domain == "count" else "time"
@@ -142,14 +107,14 @@ class _WindowRunner(Processor):
         elif op.domain == "processing":
             ts = np.full(len(data), now)
         else:
-            if data.dtype.names is None or op.by not in data.dtype.names:
-                raise TypeError(f"{op.name}: batches need a {op.by!r} timestamp column")
-            ts = data[op.by]
-        if self.engine is None:
-            self.engine = op.make(ts.dtype)
+            if data.dtype.names is None or op.on not in data.dtype.names:
+                raise TypeError(f"{op.name}: batches need a {op.on!r} timestamp column")
+            ts = data[op.on]
+        if self.windows is None:
+            self.windows = op.make(ts.dtype)
             if op.domain == "event":
                 self.lateness = as_units(op.lateness, ts.dtype)
-        return ts.view(np.int64) if ts.dtype.kind == "M" else ts
+        return as_numbers(ts)
 
     async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
         return await self.step(msg, counters, anyio.current_time())
@@ -161,12 +126,14 @@ class _WindowRunner(Processor):
             return []
         t0 = time.perf_counter()
         ts = self.timestamps(data, now)
-        assert self.engine is not None
-        late = self.engine.add(ts, data)
+        assert self.windows is not None
+        wm = self.windows.wm
+        late = self.windows.add(ts, data)
         self.rows_seen += len(data)
         counters.busy_seconds += time.perf_counter() - t0
         if late.any():
-            await deliver_late(self.op.late, data[late], counters)
+            prov = msg.provenance if isinstance(msg, Batch) else None
+            await reject_late(self.op.late, data[late], wm, self.op.name, prov, counters)
         return self.advance(self._watermark(ts, now))
 
     def _watermark(self, ts: NDArray[Any], now: float) -> float:  # an int for int timestamps
@@ -182,20 +149,20 @@ class _WindowRunner(Processor):
 
     def advance(self, wm: float) -> list[Message]:
         """Close the windows that end at or before ``wm``."""
-        if self.engine is None:
+        if self.windows is None:
             return []
-        return [Batch(out, self.reason) for out in self.engine.close(wm) if len(out)]
+        return [Batch(out, self.reason) for out in self.windows.close(wm) if len(out)]
 
     def idle(self) -> list[Message]:
         """The input went quiet: close every open window."""
-        if self.engine is None:
+        if self.windows is None:
             return []
-        return [Batch(out, "time") for out in self.engine.flush() if len(out)]
+        return [Batch(out, "time") for out in self.windows.flush() if len(out)]
 
     def flush(self) -> list[Message]:
-        if self.engine is None:
+        if self.windows is None:
             return []
-        return [Batch(out, "end") for out in self.engine.flush() if len(out)]
+        return [Batch(out, "end") for out in self.windows.flush() if len(out)]
 
 
 class _TimedWindowOp(AsyncOperator):
@@ -209,11 +176,11 @@ class _TimedWindowOp(AsyncOperator):
 
     def _deadline(self, runner: _WindowRunner, last_input: float) -> float:
         if self.inner.domain == "processing":
-            end = runner.engine.next_end() if runner.engine is not None else None
+            end = runner.windows.next_end() if runner.windows is not None else None
             return math.inf if end is None else end
-        if self.idle_timeout is None or runner.engine is None:
+        if self.idle_timeout is None or runner.windows is None:
             return math.inf
-        open_ = runner.engine.next_end() is not None
+        open_ = runner.windows.next_end() is not None
         return last_input + self.idle_timeout if open_ else math.inf
 
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
@@ -245,7 +212,7 @@ def window(
     *,
     step: TimeSpan | None = None,
     gap: TimeSpan | None = None,
-    by: str | None = None,
+    on: str | None = None,
     domain: Domain | None = None,
     key: str | None = None,
     value: str | Sequence[str] | None = None,
@@ -263,18 +230,19 @@ def window(
     key, a pause of ``gap`` or more ends a session). Window ``k`` covers
     ``[k * step, k * step + size)``; a session ``[first ts, last ts + gap)``.
 
-    Domains: ``"event"`` (the default when ``by`` names a timestamp column: int, float or
+    Domains: ``"event"`` (the default when ``on`` names a timestamp column: int, float or
     ``datetime64``), ``"processing"`` (arrival time, seconds of the event loop's clock;
-    the default without ``by``) and ``"count"`` (row numbers: ``window(100,
+    the default without ``on``) and ``"count"`` (row numbers: ``window(100,
     domain="count")`` is every 100 rows).
 
     The watermark advances after every batch to (max timestamp seen) - ``allowed_lateness``
     (event time), the number of rows seen (count) or the current time (processing).
     A window closes when the watermark reaches its end. Rows arriving after every window
-    they belong to closed are *late*: counted in the stage's ``errors`` statistic and
-    dropped, or handed to ``late``. With ``idle_timeout``, an input quiet for that many
-    seconds closes every open window (rows for them arriving later are late). At the end
-    of input or a graceful stop, open windows are flushed (``Batch.reason == "end"``).
+    they belong to closed are *late*: each counts in the stage's ``errors`` statistic, and
+    the late rows of a batch go to the ``late`` policy, like any failed item. With
+    ``idle_timeout``, an input quiet for that many seconds closes every open window (rows
+    for them arriving later are late). At the end of input or a graceful stop, open
+    windows are flushed (``Batch.reason == "end"``).
 
     Output: without ``key``/``stats``, each closed window is one batch of its rows (the
     input dtype; sessions in timestamp order). With them, one structured array per
@@ -289,7 +257,7 @@ def window(
         size: window length (tumbling, sliding). ``np.timedelta64`` for datetime64 columns.
         step: distance between window starts (sliding); ``size`` by default.
         gap: session gap (session windows; instead of ``size``).
-        by: the timestamp column (event time).
+        on: the timestamp column (event time).
         domain: ``"event"``, ``"processing"`` or ``"count"``.
         key: key column: statistics per key in each window; sessions per key.
         value: value column(s) the statistics are of (the array itself when the batches
@@ -299,8 +267,10 @@ def window(
         allowed_lateness: how far behind the largest timestamp seen rows may still come
             before their windows close (event time).
         idle_timeout: seconds without input after which open windows close (event time).
-        late: ``"drop"``, a list to append arrays of late rows to, or a (sync or async)
-            callable receiving them.
+        late: the error policy for late rows: ``"drop"`` (or ``"skip"``), ``"raise"`` (a
+            :class:`~aflow.LateDataError`), :func:`~aflow.dead_letter` (one
+            :class:`~aflow.FailedItem` of the late rows per batch); or, for short, a list
+            to append those arrays to, or a (sync or async) callable receiving them.
         buffer: input buffer size, when the stage has a task (processing time, idle timeout
             or an async ``late``).
         name: the stage's name in statistics and errors.
@@ -309,21 +279,24 @@ def window(
         >>> import numpy as np, aflow as af
         >>> rows = np.array([(0, 1, 2.0), (5, 1, 4.0), (12, 2, 1.0)],
         ...                 dtype=[("ts", "i8"), ("sensor", "i4"), ("value", "f4")])
-        >>> flow = af.from_array(rows, 2) | af.window(10, by="ts", key="sensor",
+        >>> flow = af.from_array(rows, 2) | af.window(10, on="ts", key="sensor",
         ...                                            value="value", stats=("count", "mean"))
         >>> af.run(flow | af.collect()).value.tolist()
         [(0, 10, 1, 2, 3.0), (10, 20, 2, 1, 1.0)]
     """
-    dom = _check(size, step, gap, by, domain, allowed_lateness, idle_timeout)
+    dom = _check(size, step, gap, on, domain, allowed_lateness, idle_timeout)
     spec = _spec(key, value, stats)
     kind = "session" if gap is not None else "sliding" if step not in (None, size) else "tumbling"
     label = name or f"window({kind}, {dom}{'' if key is None else f', key={key!r}'})"
-    factory = _EngineFactory(size, step, gap, key, spec)
+    factory = _WindowsFactory(size, step, gap, key, spec)
     factory.first = 0 if dom == "count" else None
-    op = _WindowOp(label, dom, by, factory)
-    op.late, op.lateness = late, allowed_lateness
-    async_late = callable(late) and inspect.iscoroutinefunction(late)
-    if dom == "processing" or idle_timeout is not None or async_late:
+    op = _WindowOp(label, dom, on, factory)
+    if callable(late):
+        refuse_async(
+            late, "window(late=)", "give an async function (no yield)", kinds=("generator",)
+        )
+    op.late, op.lateness = check_late(late), allowed_lateness
+    if dom == "processing" or idle_timeout is not None or waits_on_target(late):
         return Stage(_TimedWindowOp(op, idle_timeout, buffer))
     return Stage(op)
 
@@ -332,12 +305,12 @@ def _check(
     size: TimeSpan | None,
     step: TimeSpan | None,
     gap: TimeSpan | None,
-    by: str | None,
+    on: str | None,
     domain: Domain | None,
     lateness: TimeSpan,
     idle_timeout: float | None,
 ) -> Domain:
-    dom: Domain = domain or ("event" if by is not None else "processing")
+    dom: Domain = domain or ("event" if on is not None else "processing")
     if (size is None) == (gap is None):
         raise ValueError("window(): give either size= (tumbling, sliding) or gap= (sessions)")
     for label, v in (("size", size), ("step", step), ("gap", gap)):
@@ -345,10 +318,10 @@ def _check(
             raise ValueError(f"window({label}={v!r}): must be > 0")
     if gap is not None and step is not None:
         raise ValueError("window(): step= is for sliding windows, not sessions (gap=)")
-    if dom == "event" and by is None:
-        raise ValueError("window(domain='event') needs by=, the timestamp column")
-    if dom != "event" and (by is not None or idle_timeout is not None or lateness != 0):
-        raise ValueError("window(): by=, idle_timeout= and allowed_lateness= are for event time")
+    if dom == "event" and on is None:
+        raise ValueError("window(domain='event') needs on=, the timestamp column")
+    if dom != "event" and (on is not None or idle_timeout is not None or lateness != 0):
+        raise ValueError("window(): on=, idle_timeout= and allowed_lateness= are for event time")
     if dom == "count" and gap is not None:
         raise ValueError("window(domain='count'): count windows cannot be sessions")
     if idle_timeout is not None and not idle_timeout > 0:

@@ -11,8 +11,8 @@ from numpy.typing import DTypeLike
 from ...abc import Context, Outlet, Source
 from ...codecs.framing import Framing
 from ...flow import Flow
-from ...policies import ErrorPolicy, check_policy
-from ._common import READ_SIZE, MiB, _aclose, _Options, _pump, _Reporter, _url, logger
+from ...policies import ErrorPolicy, Reporter, check_policy
+from ._common import READ_SIZE, MiB, _aclose, _Options, _pump, _url, logger
 
 
 class _TcpClient(Source):
@@ -41,7 +41,7 @@ class _TcpClient(Source):
         self.name = f"tcp_client({host}:{port})"
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
-        report = _Reporter(self.on_error, self.name, out)
+        report = Reporter(self.on_error, self.name, out.counters)
         delay = self.backoff
         while not out.stopping:
             try:

@@ -1,4 +1,4 @@
-"""Shared pieces of the socket sources: options, error reports and the read pump."""
+"""Shared pieces of the socket sources: options, bad-input reports and the read pump."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from numpy.typing import DTypeLike
 from ...abc import Message, Outlet, Provenance
 from ...codecs.framing import Framer, Framing, check_framing, make_framer
 from ...errors import DecodeError
-from ...policies import DeadLetter, ErrorPolicy, FailedItem, Retry
+from ...policies import Reporter
 
 __all__ = [
     "GATHER_READS",
@@ -26,13 +26,12 @@ __all__ = [
     "MiB",
     "OnListening",
     "_Options",
-    "_Reporter",
     "_aclose",
     "_announce",
     "_ip_address",
     "_pump",
+    "_reject",
     "_url",
-    "_where",
     "logger",
 ]
 
@@ -78,23 +77,13 @@ class _Options:
         return make_framer(self.framing, source, dtype=self.dtype, max_size=self.max_line)
 
 
-class _Reporter:
-    """Applies a source's error policy to bad input: log, count, dead-letter or raise."""
-
-    def __init__(self, policy: ErrorPolicy, stage: str, out: Outlet) -> None:
-        self.policy = policy.then if isinstance(policy, Retry) else policy  # bytes won't change
-        self.stage = stage
-        # The Outlet protocol does not expose the source's counters; the runtime's does.
-        self.counters = out.counters
-
-    async def __call__(self, error: DecodeError, raw: bytes, prov: Provenance | None) -> None:
-        if self.policy == "raise":
-            raise error
-        logger.warning("%s: %s", self.stage, error)
-        if self.counters is not None:
-            self.counters.errors += 1
-        if isinstance(self.policy, DeadLetter):
-            await self.policy.deliver(FailedItem(raw, error, self.stage, prov))
+async def _reject(
+    report: Reporter, error: DecodeError, raw: bytes, prov: Provenance | None = None
+) -> None:
+    """Bad input from a peer: to the source's error policy, then (unless it raised) to the
+    ``"aflow"`` log, since it cut the peer's stream short or dropped its datagram."""
+    await report(raw, error, prov)
+    logger.warning("%s: %s", report.stage, error)
 
 
 async def _announce(on_listening: OnListening | None, address: Any) -> None:
@@ -113,15 +102,6 @@ def _url(scheme: str, addr: Any) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _where(error: DecodeError) -> Provenance | None:
-    """The provenance of a framing error's line (or byte offset), from its fields."""
-    if error.source is None or error.offset is None:
-        return None
-    if error.line is not None:
-        return Provenance(error.source, error.line, error.line + 1, "line", error.offset)
-    return Provenance(error.source, error.offset, error.offset, "byte", error.offset)
-
-
 async def _aclose(resource: Any) -> None:
     with anyio.CancelScope(shield=True):
         await resource.aclose()
@@ -133,7 +113,7 @@ async def _pump(
     send: Callable[[Message], Awaitable[None]],
     out: Outlet,
     opts: _Options,
-    report: _Reporter,
+    report: Reporter,
     peer: str,
     backlogged: Callable[[], bool] = lambda: False,
 ) -> bool:
@@ -162,7 +142,7 @@ async def _pump(
             await send(msg)
         errors = framer.take_errors()
         for error in errors:
-            await report(error, b"", _where(error))
+            await _reject(report, error, b"")  # an over-long line or frame: not kept
         return bool(errors)  # the rest of the stream belongs to the bad frame
 
     while not out.stopping:
@@ -200,7 +180,7 @@ async def _pump(
         return received
     tail = framer.finish(why)
     if tail is not None:
-        await report(*tail)
+        await _reject(report, *tail)
     return received
 
 

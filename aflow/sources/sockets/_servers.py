@@ -16,7 +16,7 @@ from numpy.typing import DTypeLike
 from ...abc import Buffer, Closed, Context, Message, Outlet, Source
 from ...codecs.framing import Framing
 from ...flow import Flow
-from ...policies import ErrorPolicy, check_policy
+from ...policies import ErrorPolicy, Reporter, check_policy
 from ._common import (
     READ_SIZE,
     MiB,
@@ -26,7 +26,6 @@ from ._common import (
     _ip_address,
     _Options,
     _pump,
-    _Reporter,
     _url,
     logger,
 )
@@ -71,7 +70,12 @@ class _StreamServer(Source):
         raise NotImplementedError
 
     def peer(self, stream: SocketStream, number: int) -> str:
-        return _url(self.scheme, stream.extra(SocketAttribute.remote_address))
+        # A client that reset the connection before we looked has no address any more:
+        # that must cost its own connection only, never the server.
+        address = stream.extra(SocketAttribute.remote_address, None)
+        if address is None:
+            return f"{self.scheme}://unknown-peer#{number}"
+        return _url(self.scheme, address)
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
         listeners, address, unbind = await self.bind()
@@ -106,7 +110,7 @@ class _Serving:
         self.out = out
         self.ctx = ctx
         self.edge = edge
-        self.report = _Reporter(server.on_error, server.name, out)
+        self.report = Reporter(server.on_error, server.name, out.counters)
         self.slots = anyio.Semaphore(server.max_connections)
         self.scopes: set[anyio.CancelScope] = set()
         self.closed = False
@@ -317,7 +321,7 @@ def unix_server(
     *,
     framing: Framing = "lines",
     dtype: DTypeLike | None = None,
-    mode: int | None = None,
+    permissions: int | None = None,
     max_connections: int = 64,
     max_line: int = MiB,
     idle_timeout: float | None = None,
@@ -329,7 +333,7 @@ def unix_server(
 
     A stale socket file at ``path`` is replaced; the run removes its socket file when it
     ends. Provenance names each connection ``unix://<path>#<n>`` (n counts connections
-    of the run). ``mode`` sets the socket file's permissions (e.g. ``0o600``);
+    of the run). ``permissions`` sets the socket file's mode (e.g. ``0o600``);
     ``on_listening`` receives the path.
     """
     opts = _Options.check(framing, dtype, max_line, idle_timeout, read_size)
@@ -337,7 +341,7 @@ def unix_server(
     return Flow(
         _UnixServer(
             text,
-            mode,
+            permissions,
             opts,
             max_connections=max_connections,
             on_error=on_error,

@@ -18,10 +18,11 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ...abc import Batch, Context, Outlet, Provenance, Source
-from ...codecs.framing import Framing, IncompleteFrameError, check_framing
+from ...codecs.framing import Framing, check_framing
+from ...errors import IncompleteFrameError
 from ...flow import Flow
-from ...policies import ErrorPolicy, check_policy
-from ._common import OnListening, _announce, _ip_address, _Reporter, _url
+from ...policies import ErrorPolicy, Reporter, check_policy
+from ._common import OnListening, _announce, _ip_address, _reject, _url
 
 MAX_DATAGRAM = 65_535
 BURST_BYTES = 1 << 20  # most bytes taken from the socket per wakeup
@@ -48,7 +49,7 @@ class _UdpServer(Source):
         self.name = f"udp_server({host}:{port})"
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
-        report = _Reporter(self.on_error, self.name, out)
+        report = Reporter(self.on_error, self.name, out.counters)
         sock = await _bind(self.host, self.port)
         numbers: OrderedDict[str, int] = OrderedDict()  # sender -> next line or row
         try:
@@ -67,7 +68,7 @@ class _UdpServer(Source):
             sock.close()
 
     async def _frame(
-        self, datagrams: list[bytes], source: str, numbers: OrderedDict[str, int], report: _Reporter
+        self, datagrams: list[bytes], source: str, numbers: OrderedDict[str, int], report: Reporter
     ) -> Batch | None:
         """One sender's datagrams as one block of lines or one array of records, numbered
         on from where its previous ones ended."""
@@ -87,7 +88,7 @@ class _UdpServer(Source):
         return Batch(payload, "source", prov)
 
     async def _whole_records(
-        self, datagrams: list[bytes], source: str, report: _Reporter
+        self, datagrams: list[bytes], source: str, report: Reporter
     ) -> list[bytes]:
         assert self.dtype is not None
         size = self.dtype.itemsize
@@ -99,7 +100,7 @@ class _UdpServer(Source):
                     "records; dropped",
                     source=source,
                 )
-                await report(error, data, Provenance(source, 0, len(data), "byte"))
+                await _reject(report, error, data, Provenance(source, 0, len(data), "byte"))
             else:
                 whole.append(data)
         return whole

@@ -1,0 +1,331 @@
+"""Decoding stages (aflow/stages/decode.py): blocks in a flow, bad lines to the error
+policy with their source and line number, per-run state, worker threads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aflow as af
+from aflow.codecs import COMBINED, LineSplitter
+
+READING = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f8")])
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def _line_aligned(text: bytes, cuts: list[int]) -> list[bytes]:
+    """``text`` cut at ``cuts``, then into whole lines by a splitter, as sources do."""
+    splitter = LineSplitter("mem")
+    blocks = [b for b in map(splitter.feed, split_at(text, cuts)) if b is not None]
+    last = splitter.finish()
+    return [bytes(b.data) for b in [*blocks, *([last] if last else [])]] or [b""]
+
+
+def csv_text(rows: list[tuple[int, int, float]]) -> bytes:
+    return b"".join(f"{a},{b},{c!r}\n".encode() for a, b, c in rows)
+
+
+rows_strategy = st.lists(
+    st.tuples(
+        st.integers(-(2**62), 2**62),
+        st.integers(-(2**31), 2**31 - 1),
+        st.floats(allow_nan=False, allow_infinity=True),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=rows_strategy,
+    bad_at=st.lists(st.integers(0, 60), max_size=5),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+    engine=st.sampled_from(["numpy", "pyarrow"]),
+)
+def test_csv_good_records_survive_any_split_and_bad_lines(
+    rows: list[tuple[int, int, float]], bad_at: list[int], cuts: list[int], engine: str
+) -> None:
+    lines = [csv_text([r]) for r in rows]
+    for i in sorted(set(bad_at), reverse=True):
+        lines.insert(min(i, len(lines)), b"not,a,number\n")
+    text = b"".join(lines)
+    dead: list[af.FailedItem] = []
+    flow = af.from_arrays(
+        [np.frombuffer(c, np.uint8) for c in _line_aligned(text, cuts)]
+    ) | af.decode_csv(READING, engine=engine, on_error=af.dead_letter(dead))  # type: ignore[arg-type]
+    got = af.run(flow).value
+    expected = np.array(rows, dtype=READING)
+    assert len(got) == len(rows)
+    if rows:
+        np.testing.assert_array_equal(got, expected)
+    assert [d.item for d in dead] == [b"not,a,number\n"] * len(set(bad_at))
+
+
+@pytest.mark.parametrize("engine", ["numpy", "pyarrow"])
+def test_a_float_beyond_its_field_s_range_is_a_bad_line_not_infinity(engine: str) -> None:
+    dt = np.dtype([("a", "i8"), ("v", "f4"), ("h", "f2")])
+    text = b"1,1e39,1\n2,inf,1\n3,1.5,70000\n4,-3.5e38,1\n5,2.5,-0.5\n"
+    dead: list[af.FailedItem] = []
+    decode = af.decode_csv(dt, engine=engine, on_error=af.dead_letter(dead))  # type: ignore[arg-type]
+    got = af.run(af.from_arrays([np.frombuffer(text, np.uint8)]) | decode).value
+    assert got["a"].tolist() == [2, 5]  # "inf" written as such is accepted
+    assert got["v"].tolist() == [np.inf, 2.5]
+    assert [d.item for d in dead] == [b"1,1e39,1\n", b"3,1.5,70000\n", b"4,-3.5e38,1\n"]
+    jsonl = b'{"a": 1, "v": 1e39, "h": 1}\n{"a": 2, "v": 2.5, "h": 1}\n' * 600  # > 16 KiB
+    # the reference decoder (two whole lines; a cut inside the third would make it a bad
+    # line too, no longer dropped unseen), then pyarrow's fast path
+    for blob in (jsonl[:55], jsonl):
+        dead.clear()
+        stage = af.decode_jsonl(dt, on_error=af.dead_letter(dead))
+        rows = af.run(af.from_arrays([np.frombuffer(blob, np.uint8)]) | stage).value
+        assert rows["a"].tolist() == [2] * (blob.count(b"\n") // 2)
+        assert len(dead) == blob.count(b"\n") - len(rows)
+
+
+def test_csv_empty_lines_nan_inf_quotes_and_crlf() -> None:
+    text = [b"1,2,nan\r\n", b"\n", b'2,3,"inf"\n', b"3,4,-inf\n"]
+    for engine in ("numpy", "pyarrow"):
+        got = af.run(af.from_iterable(text) | af.decode_csv(READING, engine=engine)).value  # type: ignore[arg-type]
+        assert got["ts"].tolist() == [1, 2, 3]
+        assert np.isnan(got["value"][0])
+        assert got["value"][1:].tolist() == [np.inf, -np.inf]
+
+
+def test_jsonl_decodes_and_splits_off_bad_lines() -> None:
+    text = [
+        b'{"ts": 1, "sensor": 2, "value": 0.5}\n',
+        b"\n",
+        b'{"ts": 2, "sensor": 3}\n',
+        b'{"ts": 3, "sensor": 4, "value": NaN}\n',
+        b'{"ts": 4.5, "sensor": 4, "value": 1}\n',
+        b"[1, 2, 3]\n",
+        b'{"ts": 5, "sensor": 6, "value": 7, "extra": "ignored"}\n',
+    ]
+    dead: list[af.FailedItem] = []
+    got = af.run(
+        af.from_iterable(text) | af.decode_jsonl(READING, on_error=af.dead_letter(dead))
+    ).value
+    assert got.tolist() == [(1, 2, 0.5), (5, 6, 7.0)]
+    assert len(dead) == 4
+
+
+COMBINED_LINE = (
+    '203.0.113.9 - alice [10/Oct/2000:13:55:36 -0700] "GET /index.html HTTP/1.1" 200 2326 '
+    '"http://example.com/" "Mozilla/5.0" 0.012\n'
+)
+
+
+def test_log_combined_format() -> None:
+    lines = [COMBINED_LINE, "garbage\n", COMBINED_LINE.replace(" 200 2326 ", " 404 - ")]
+    dead: list[af.FailedItem] = []
+    got = af.run(af.from_iterable(lines) | af.decode_log(on_error=af.dead_letter(dead))).value
+    assert got["status"].tolist() == [200, 404]
+    assert got["bytes"].tolist() == [2326, 0]
+    assert got["path"].tolist() == ["/index.html"] * 2
+    assert got["time"][0] == np.datetime64("2000-10-10T20:55:36", "ns")
+    assert got["request_time"][0] == pytest.approx(0.012)
+    assert [d.item for d in dead] == [b"garbage\n"]
+
+
+def test_log_one_column_with_bad_lines_in_the_block(tmp_path: Path) -> None:
+    lines = [COMBINED_LINE, "garbage\n", "\n", COMBINED_LINE.replace(" 200 ", " 503 ")] * 3
+    (tmp_path / "access.log").write_text("".join(lines))
+    dead: list[af.FailedItem] = []
+    flow = af.read_log(
+        str(tmp_path / "access.log"), columns={"status": "int"}, on_error=af.dead_letter(dead)
+    )
+    got = af.run(flow).value
+    assert got["status"].tolist() == [200, 503] * 3
+    assert [d.item for d in dead] == [b"garbage\n"] * 3
+    assert [d.error.line for d in dead] == [2, 6, 10]  # type: ignore[attr-defined]
+
+
+def test_log_groups_never_take_the_block_s_last_newline() -> None:
+    stage = af.decode_log(r"(?P<key>\w+)=(?P<value>[^;]*)", {"key": "str", "value": "str"})
+    for lines in ([b"a=1\n"], [b"a=1\n", b"b=2\n"]):
+        got = af.run(af.from_arrays([np.frombuffer(b"".join(lines), np.uint8)]) | stage).value
+        assert got["value"].tolist() == ["1", "2"][: len(lines)]
+
+
+def test_log_patterns_with_global_flags_or_verbose_comments() -> None:
+    verbose = re.compile(r"(?P<level>\w+) (?P<msg>.*)  # level, then the message", re.VERBOSE)
+    for pattern in [r"(?i)(?P<level>info|warn) (?P<msg>.*)", verbose]:
+        stage = af.decode_log(pattern, {"level": "str", "msg": "str"})
+        got = af.run(af.from_iterable([b"INFO started\n", b"warn low disk\n"]) | stage).value
+        assert got["level"].tolist() == ["INFO", "warn"]
+
+
+def test_log_custom_pattern_and_invalid_utf8() -> None:
+    pattern = r"(?P<level>[A-Z]+) (?P<ms>\d+) (?P<msg>.*)"
+    columns = {"level": "str", "ms": "int", "msg": "str"}
+    lines = [b"INFO 12 started\n", b"WARN 7 caf\xc3\xa9\n", b"ERROR 3 \xff\xfe\n"]
+    dead: list[af.FailedItem] = []
+    stage = af.decode_log(pattern, columns, on_error=af.dead_letter(dead))
+    got = af.run(af.from_iterable(lines) | stage).value
+    assert got["msg"].tolist() == ["started", "café"]
+    assert [d.item for d in dead] == [b"ERROR 3 \xff\xfe\n"]
+
+
+log_line = st.one_of(
+    st.builds(
+        lambda status, size, path, rt: (
+            f'10.0.0.{status % 250} - - [10/Oct/2000:13:55:36 -0700] "GET /{path} HTTP/1.1" '
+            f'{status} {size} "-" "agent"{rt}'
+        ),
+        st.integers(100, 599),
+        st.one_of(st.integers(0, 10**9).map(str), st.just("-")),
+        st.text("abc/.", max_size=6),
+        st.one_of(st.just(""), st.just(" -"), st.floats(0, 60).map(lambda f: f" {f:.3f}")),
+    ),
+    st.sampled_from(
+        [
+            "",
+            "   ",
+            "garbage",
+            '1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET /open-quote HTTP/1.1',  # spills over
+            '" 200 5 "-" "-"',
+            "1.2.3.4 - - [bad",
+        ]
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(st.tuples(log_line, st.booleans()), max_size=30),
+    cuts=st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_log_blocks_decode_like_line_by_line(
+    lines: list[tuple[str, bool]], cuts: list[int]
+) -> None:
+    raw = [(text + ("\r\n" if crlf else "\n")).encode() for text, crlf in lines]
+    pattern = re.compile(COMBINED)
+    good = [pattern.fullmatch(t) for t, _ in lines if t.strip()]
+    bad = [
+        r for (t, _), r in zip(lines, raw, strict=True) if t.strip() and not pattern.fullmatch(t)
+    ]
+    dead: list[af.FailedItem] = []
+    flow = af.from_arrays(
+        [np.frombuffer(c, np.uint8) for c in _line_aligned(b"".join(raw), cuts)]
+    ) | af.decode_log(on_error=af.dead_letter(dead))
+    got = af.run(flow).value
+    rows = [m for m in good if m is not None]
+    if not rows:  # nothing decoded: no batch, so collect() gives an empty list
+        assert len(got) == 0
+        got = np.empty(0, [("status", "i8"), ("bytes", "i8"), ("path", "O")])
+    assert got["status"].tolist() == [int(m["status"]) for m in rows]
+    assert got["bytes"].tolist() == [0 if m["bytes"] == "-" else int(m["bytes"]) for m in rows]
+    assert got["path"].tolist() == [m["path"] for m in rows]
+    assert [d.item for d in dead] == bad
+
+
+def test_decoders_reject_unstructured_dtypes() -> None:
+    with pytest.raises(TypeError, match="structured"):
+        af.decode_csv("f8")
+    with pytest.raises(ValueError, match="not a named group"):
+        af.decode_log(r"(?P<a>\d+)", {"b": "int"})
+
+
+HEADER_LINES = [b"ts,sensor,value\n"] + [f"{i},{i % 3},{i / 4}\n".encode() for i in range(300)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "options",
+    [{"engine": "numpy"}, {"engine": "numpy", "threads": 2}, {"engine": "pyarrow"}, {}],
+    ids=["numpy-fused", "numpy-threads", "pyarrow-threads", "auto"],
+)
+async def test_a_flow_with_a_header_gives_the_same_rows_every_run(
+    options: dict[str, object], tmp_path: Path
+) -> None:
+    (tmp_path / "a.csv").write_bytes(b"".join(HEADER_LINES))
+    expected = np.array([(i, i % 3, i / 4) for i in range(300)], READING)
+    decode = af.decode_csv(READING, header=True, **options)  # type: ignore[arg-type]
+    blocks = [
+        np.frombuffer(b"".join(HEADER_LINES[i : i + 40]), np.uint8) for i in range(0, 301, 40)
+    ]
+    flows = [
+        af.from_iterable(HEADER_LINES) | decode,  # chunks of lines: no provenance
+        af.from_arrays(blocks) | decode,  # arrays: rows, not lines
+        af.read_blocks(str(tmp_path / "a.csv"), read_size=500) | decode,  # numbered lines
+    ]
+    for flow in flows:
+        for _ in range(5):
+            got = (await flow.run()).value
+            np.testing.assert_array_equal(got, expected)
+        results: list[np.ndarray] = []
+
+        async def run_once(flow: af.Flow = flow, results: list[np.ndarray] = results) -> None:
+            results.append((await flow.run()).value)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(run_once)
+        assert len(results) == 5
+        for got in results:
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_log_decoded_in_threads_like_inline(tmp_path: Path) -> None:
+    lines = [COMBINED_LINE, "garbage\n", COMBINED_LINE.replace(" 200 ", " 503 ")] * 300
+    (tmp_path / "access.log").write_text("".join(lines))
+
+    def decoded(threads: int | None) -> tuple[af.RunResult[Any], list[int]]:
+        dead: list[af.FailedItem] = []
+        flow = af.read_log(
+            str(tmp_path / "access.log"),
+            columns={"status": "int", "time": "timestamp:%d/%b/%Y:%H:%M:%S %z"},
+            threads=threads,
+            read_size=4096,
+            on_error=af.dead_letter(dead),
+        )
+        return af.run(flow), [d.error.line for d in dead]  # type: ignore[attr-defined]
+
+    (inline, inline_dead), (threaded, threaded_dead) = decoded(None), decoded(3)
+    assert threaded.value.tolist() == inline.value.tolist()
+    assert sorted(threaded_dead) == inline_dead == list(range(2, 900, 3))  # any order
+    assert threaded.statistics.stage("decode_log[threads=3]").batches_out > 1
+    with pytest.raises(KeyError):
+        inline.statistics.stage("decode_log[threads=3]")
+
+
+@pytest.mark.anyio
+async def test_numpy_csv_engine_keeps_hash_signs_and_isolates_open_quotes() -> None:
+    dt = np.dtype([("a", "U10"), ("b", "i8")])
+    dead: list[af.FailedItem] = []
+    lines = [b"#x,1\n", b'"y,2\n', b'z",3\n', b"w,4\n"]
+    stage = af.decode_csv(dt, engine="numpy", on_error=af.dead_letter(dead))
+    got = (await (af.from_iterable(lines) | stage).run()).value
+    # the open quote is reported on its own line; nothing is silently merged
+    assert got.tolist() == [("#x", 1), ('z"', 3), ("w", 4)]
+    assert [d.item for d in dead] == [b'"y,2\n']
+
+
+@pytest.mark.anyio
+async def test_header_of_lines_given_as_chunks() -> None:
+    dt = np.dtype([("a", "i8"), ("b", "f8")])
+    flow = af.from_iterable(["a,b", "1,2.5", "3,4.5"]) | af.decode_csv(dt, header=True)
+    assert (await flow.run()).value.tolist() == [(1, 2.5), (3, 4.5)]
+
+
+@pytest.mark.anyio
+async def test_jsonl_float_fields_take_numbers_only() -> None:
+    dt = np.dtype([("v", "f8")])
+    dead: list[af.FailedItem] = []
+    lines = [b'{"v": 1}\n', b'{"v": "1.5"}\n', b'{"v": null}\n', b'{"v": true}\n', b'{"v": 2.5}\n']
+    stage = af.decode_jsonl(dt, on_error=af.dead_letter(dead))
+    got = (await (af.from_iterable(lines) | stage).run()).value
+    assert got["v"].tolist() == [1.0, 2.5]
+    assert len(dead) == 3
