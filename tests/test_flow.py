@@ -184,3 +184,36 @@ async def test_batches_carry_provenance() -> None:
     async with flow.open() as run:
         provs = [str(b.provenance) async for b in run.envelopes()]
     assert provs == ["readings rows 0..4", "readings rows 4..8", "readings rows 8..10"]
+
+
+@pytest.mark.anyio
+async def test_sync_run_inside_a_running_loop_points_to_await() -> None:
+    """Issue 14.7: ``af.run`` in an async function (or a notebook cell) says what to use."""
+    flow = af.from_iterable(range(3)) | af.collect()
+    with pytest.raises(RuntimeError, match=r"use `await flow.run\(\)` instead"):
+        af.run(flow)
+    assert (await flow.run()).value == [0, 1, 2]
+
+
+@pytest.mark.anyio
+async def test_a_failing_flow_cancels_the_open_block_at_once() -> None:
+    """Issue 14.6: the error of a run is raised while the ``async with flow.open()`` body
+    still waits, as a task group would, not when the body leaves the block."""
+
+    def boom(x: int) -> int:
+        if x == 3:
+            raise ValueError("bad item")
+        return x
+
+    body_finished = False
+    gate = anyio.Event()  # never set: the body would wait for ever
+
+    async def body() -> None:
+        nonlocal body_finished
+        async with (af.from_iterable(range(10)) | af.map(boom) | af.discard()).open():
+            await gate.wait()
+            body_finished = True
+
+    with anyio.fail_after(5), pytest.raises(ValueError, match="bad item"):
+        await body()
+    assert not body_finished
