@@ -13,6 +13,7 @@ written.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from collections.abc import Callable, Coroutine
@@ -20,6 +21,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import numpy as np
+import sniffio
 from numpy.typing import NDArray
 
 from ._core.collect import CollectOperator
@@ -311,7 +313,11 @@ def run(
     handle_signals: bool = True,
     monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
 ) -> RunResult[Any]:
-    """Run ``flow`` from synchronous code (a script, a notebook cell, a test).
+    """Run ``flow`` from synchronous code (a script, a test, a thread without an event loop).
+
+    Where an event loop already runs (an ``async def``, a Jupyter notebook cell), use
+    ``await flow.run()`` instead: this function starts an event loop of its own and says so
+    with a ``RuntimeError``.
 
     The result's value is the sink's result; a flow without a sink is collected as by
     :meth:`Flow.run`.
@@ -326,7 +332,11 @@ def run(
         handle_signals: install the SIGINT/SIGTERM handlers described above.
         monitor: a coroutine function run beside the flow with its :class:`Run` (to show
             progress or export statistics); it is cancelled when the run ends.
+
+    Raises:
+        RuntimeError: called where an event loop is already running.
     """
+    _refuse_running_loop()
     interrupted: list[int] = []
     if isinstance(flow, Flow):
         flow = flow._collected()
@@ -364,6 +374,21 @@ async def _stop_on_signals(r: Run[Any], seen: list[int]) -> None:
                 r.stop()
             else:
                 r._scope.cancel()
+
+
+def _refuse_running_loop() -> None:
+    try:
+        asyncio.get_running_loop()
+        library = "asyncio"
+    except RuntimeError:
+        try:
+            library = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            return
+    raise RuntimeError(
+        f"aflow.run() starts an event loop, but {library} is already running here (an async "
+        "function or a notebook cell): use `await flow.run()` instead"
+    )
 
 
 def _bad_operand(left: object, right: object) -> Any:

@@ -28,7 +28,8 @@ def _rate(now: StageStatistics, before: StageStatistics | None, seconds: float) 
 
 
 class Progress:
-    """A live table on the terminal: per stage rows/s, MB/s, buffer fill and blocked time.
+    """A live table on the terminal: per stage rows/s, MB/s, errors, buffer fill and blocked
+    time.
 
     Args:
         interval: seconds between refreshes.
@@ -46,8 +47,11 @@ class Progress:
         seconds = stats.seconds - (before.seconds if before is not None else 0.0)
         previous = {s.name: s for s in before.stages} if before is not None else {}
         table = Table(title=f"aflow: {stats.seconds:,.1f} s", title_justify="left")
-        for column in ("stage", "items out", "rows/s", "MB/s", "buffer", "blocked s"):
-            table.add_column(column, justify="left" if column == "stage" else "right")
+        columns = ("stage", "items out", "rows/s", "MB/s", "errors", "dead", "buffer", "blocked s")
+        longest = max((len(s.name) for s in stats.stages), default=5)
+        table.add_column("stage", no_wrap=True, min_width=longest)  # names stay whole
+        for column in columns[1:]:
+            table.add_column(column, justify="right")
         for s in stats.stages:
             old = previous.get(s.name)
             mb = (s.bytes_out - (old.bytes_out if old else 0)) / 1e6 / max(seconds, 1e-9)
@@ -57,10 +61,15 @@ class Progress:
                 f"{s.items_out:,}",
                 f"{_rate(s, old, seconds):,.0f}",
                 f"{mb:,.1f}",
+                f"{s.errors:,}",
+                f"{s.dead_lettered:,}",
                 fill,
                 f"{s.blocked_seconds:.2f}",
             )
-        table.caption = f"peak in flight {stats.peak_bytes_in_flight / 1e6:.2f} MB"
+        table.caption = (
+            f"peak in flight {stats.peak_bytes_in_flight / 1e6:.2f} MB, "
+            f"{stats.errors:,} errors ({stats.dead_lettered:,} dead-lettered)"
+        )
         return table
 
     async def __call__(self, run: Run[Any]) -> None:
@@ -97,7 +106,8 @@ class _Collector:
             "items_out": "Elements or rows emitted",
             "batches_out": "Array batches emitted",
             "bytes_out": "Bytes of array batches emitted",
-            "errors": "Items skipped or sent to a dead-letter target",
+            "errors": "Items that failed: skipped or sent to a dead-letter target",
+            "dead_lettered": "Failed items sent to a dead-letter target",
             "busy_seconds": "Seconds spent in the stage's own work",
             "blocked_seconds": "Seconds waiting for room downstream (backpressure)",
         }

@@ -208,6 +208,7 @@ async def apply_policy(
         raise error
     counters.errors += count
     if isinstance(fallback, DeadLetter):
+        counters.dead_lettered += count
         place = provenance if provenance is not None else where(error)
         await fallback.deliver(FailedItem(item, error, stage, place))
     return []

@@ -24,6 +24,8 @@ class StageStatistics:
         batches_in / batches_out: array batches (a chunk of plain elements is not a batch).
         bytes_in / bytes_out: ``nbytes`` of the array batches.
         errors: items that failed and were skipped or sent to a dead-letter target.
+        dead_lettered: of those, the items sent to a dead-letter target (the rest were
+            skipped: counted, not kept).
         retries: attempts repeated by a retry policy.
         busy_seconds: time spent in the stage's own work.
         blocked_seconds: time the stage's task waited for room in a full downstream buffer
@@ -40,6 +42,7 @@ class StageStatistics:
     bytes_in: int
     bytes_out: int
     errors: int
+    dead_lettered: int
     retries: int
     busy_seconds: float
     blocked_seconds: float
@@ -70,21 +73,40 @@ class RunStatistics:
                 return s
         raise KeyError(f"no stage named {name!r}; stages are {[s.name for s in self.stages]}")
 
+    @property
+    def errors(self) -> int:
+        """Items that failed in any stage (skipped or dead-lettered)."""
+        return sum(s.errors for s in self.stages)
+
+    @property
+    def dead_lettered(self) -> int:
+        """Items any stage sent to a dead-letter target."""
+        return sum(s.dead_lettered for s in self.stages)
+
     def format(self) -> str:
-        """A plain-text table, one row per stage."""
+        """A plain-text table, one row per stage, with a line of totals.
+
+        Stage names are shown whole (the column is as wide as the longest); ``errors``
+        counts failed items, skipped or dead-lettered (``dead``).
+        """
+        width = max([28, *(len(s.name) for s in self.stages)])
         head = (
-            f"{'stage':<28} {'items in':>11} {'items out':>11} {'batches':>8} "
-            f"{'MB out':>8} {'busy s':>7} {'blocked s':>9} {'buf hw':>6}"
+            f"{'stage':<{width}} {'items in':>11} {'items out':>11} {'batches':>8} "
+            f"{'MB out':>8} {'errors':>8} {'dead':>7} {'busy s':>7} {'blocked s':>9} "
+            f"{'buf hw':>6}"
         )
         rows = [head, "-" * len(head)]
         rows.extend(
-            f"{s.name[:28]:<28} {s.items_in:>11,} {s.items_out:>11,} {s.batches_out:>8,} "
-            f"{s.bytes_out / 1e6:>8.1f} {s.busy_seconds:>7.3f} {s.blocked_seconds:>9.3f} "
+            f"{s.name:<{width}} {s.items_in:>11,} {s.items_out:>11,} {s.batches_out:>8,} "
+            f"{s.bytes_out / 1e6:>8.1f} {s.errors:>8,} {s.dead_lettered:>7,} "
+            f"{s.busy_seconds:>7.3f} {s.blocked_seconds:>9.3f} "
             f"{s.buffer_high_water:>3}/{s.buffer_size:<2}"
             for s in self.stages
         )
         rows.append(
-            f"{self.seconds:.3f} s wall, peak {self.peak_bytes_in_flight / 1e6:.2f} MB in flight"
+            f"{self.seconds:.3f} s wall, peak {self.peak_bytes_in_flight / 1e6:.2f} MB in flight, "
+            f"{self.errors:,} errors ({self.dead_lettered:,} dead-lettered, "
+            f"{self.errors - self.dead_lettered:,} skipped)"
         )
         return "\n".join(rows)
 
@@ -101,6 +123,7 @@ class StageCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     errors: int = 0
+    dead_lettered: int = 0
     retries: int = 0
     busy_seconds: float = 0.0
     blocked: list[float] = field(default_factory=lambda: [0.0])  # shared by a task's stages
@@ -133,6 +156,7 @@ class StageCounters:
             self.bytes_in,
             self.bytes_out,
             self.errors,
+            self.dead_lettered,
             self.retries,
             self.busy_seconds,
             self.blocked[0],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import time
 import urllib.request
@@ -121,10 +124,11 @@ def test_progress_is_shown_on_a_terminal(tmp_path: Path) -> None:
     """Without --progress, a live table appears when stderr is a (pseudo-)terminal."""
     (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
     leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, cols
     proc = subprocess.Popen(
         [sys.executable, "-m", "aflow", "run", "slowflow.py:slow"],
         cwd=tmp_path,
-        env=python_env(),
+        env=python_env(COLUMNS="120"),
         stdout=subprocess.PIPE,
         stderr=follower,
         text=True,

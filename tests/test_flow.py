@@ -163,3 +163,36 @@ def test_run_from_sync_code_on_both_backends() -> None:
     flow = af.from_iterable(range(5)) | af.map(lambda x: x * x) | af.collect()
     assert af.run(flow).value == [0, 1, 4, 9, 16]
     assert af.run(flow, backend="trio").value == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.anyio
+async def test_sync_run_inside_a_running_loop_points_to_await() -> None:
+    """Issue 14.7: ``af.run`` in an async function (or a notebook cell) says what to use."""
+    flow = af.from_iterable(range(3)) | af.collect()
+    with pytest.raises(RuntimeError, match=r"use `await flow.run\(\)` instead"):
+        af.run(flow)
+    assert (await flow.run()).value == [0, 1, 2]
+
+
+@pytest.mark.anyio
+async def test_a_failing_flow_cancels_the_open_block_at_once() -> None:
+    """Issue 14.6: the error of a run is raised while the ``async with flow.open()`` body
+    still waits, as a task group would, not when the body leaves the block."""
+
+    def boom(x: int) -> int:
+        if x == 3:
+            raise ValueError("bad item")
+        return x
+
+    body_finished = False
+    gate = anyio.Event()  # never set: the body would wait for ever
+
+    async def body() -> None:
+        nonlocal body_finished
+        async with (af.from_iterable(range(10)) | af.map(boom) | af.discard()).open():
+            await gate.wait()
+            body_finished = True
+
+    with anyio.fail_after(5), pytest.raises(ValueError, match="bad item"):
+        await body()
+    assert not body_finished

@@ -66,3 +66,56 @@ async def test_progress_table_shows_rates_and_buffers() -> None:
 def test_progress_is_off_when_not_a_terminal() -> None:
     assert Progress().enabled is False  # pytest captures stderr: not a tty
     assert Progress(force=True).enabled is True
+
+
+async def test_errors_show_in_every_view_of_the_statistics() -> None:
+    """Issue 14.4: 100,000 skipped lines (and dead-lettered ones) are visible in format(),
+    the progress table and the Prometheus metrics."""
+    good, bad = b"1,2,3.5\n", b"x,y,z\n"
+    lines = [bad] * 100_000 + [good] * 10 + [bad] * 5
+    dead: list[af.FailedItem] = []
+    record = [("ts", "i8"), ("sensor", "i4"), ("value", "f8")]
+    flow = (
+        af.from_iterable(lines)
+        | af.decode_csv(record, on_error="skip")
+        | af.map_batches(lambda b: b[b["value"] < 0] if len(b) else b)
+        | af.discard()
+    )
+    stats = (await flow.run()).statistics
+    assert stats.errors == 100_005
+    table = stats.format()
+    assert "100,005 errors (0 dead-lettered, 100,005 skipped)" in table
+    assert " 100,005 " in table.splitlines()[2 + 1]  # the decode_csv row's errors column
+    flow = af.from_iterable([bad, good]) | af.decode_csv(record, on_error=af.dead_letter(dead))
+    stats = (await (flow | af.discard()).run()).statistics
+    assert (stats.errors, stats.dead_lettered, len(dead)) == (1, 1, 1)
+    console = Console(record=True, width=160)
+    console.print(Progress(force=True).render(stats, None))
+    shown = console.export_text()
+    assert "errors" in shown
+    assert "1 errors (1 dead-lettered)" in shown
+    metrics = await metrics_after(flow | af.discard())
+    for family in ("errors", "dead_lettered"):
+        [line] = [
+            x
+            for x in metrics.splitlines()
+            if x.startswith(f"aflow_stage_{family}_total") and 'stage="1:decode_csv' in x
+        ]
+        assert line.endswith("} 1.0")
+
+
+async def metrics_after(flow: af.SinkFlow[int]) -> str:
+    """The Prometheus text served for a run of ``flow`` once it has ended."""
+    port = free_port()
+    async with flow.open() as run, anyio.create_task_group() as tg:
+        await run.wait()
+        tg.start_soon(serve_metrics(port), run)
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    text = await anyio.to_thread.run_sync(scrape, port)
+                    break
+                except OSError:  # not listening yet
+                    await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    return text

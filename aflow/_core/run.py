@@ -244,6 +244,7 @@ class RunManager(Generic[RunT_co]):
         error: BaseException | None = None
         async with anyio.create_task_group() as tg:
             await tg.start(run._main, *self._args)
+            tg.start_soon(_cancel_body_on_failure, run, tg.cancel_scope)
             try:
                 yield run
             except anyio.get_cancelled_exc_class():
@@ -265,3 +266,12 @@ class RunManager(Generic[RunT_co]):
         if error is not None:
             raise error
         run._raise_error()
+
+
+async def _cancel_body_on_failure(run: Run[Any], body: anyio.CancelScope) -> None:
+    """Once the run has ended with an error, cancel the ``async with flow.open()`` body, so
+    the error is raised at once (as a task group does), not when the body gets round to
+    leaving the block."""
+    await run._done.wait()
+    if run._ctx is not None and run._ctx.first_error is not None:
+        body.cancel()
