@@ -46,3 +46,44 @@ async def test_timeout_raises_when_the_source_goes_quiet() -> None:
         await (af.from_iterable(quiet) | af.timeout(2) | af.collect()).run()
     flow = af.from_iterable(quiet) | af.timeout(2, on_timeout="stop") | af.collect()
     assert (await flow.run()).value == [1]
+
+
+@pytest.mark.parametrize("rate", [1, 100, 10_000, 100_000])
+async def test_throttle_holds_its_rate_from_1_to_100000_per_second(rate: int) -> None:
+    """Issue 13.6: ``throttle(rate)`` lets ``n`` items through in ``n / rate`` seconds
+    (within 2 %), however fine the rate."""
+    n = max(20, rate // 10)
+    times: list[float] = []
+    flow = (
+        af.from_iterable(range(n))
+        | af.throttle(rate)
+        | af.for_each(lambda x: times.append(anyio.current_time()))
+    )
+    await flow.run()
+    elapsed = times[-1] - times[0]
+    assert elapsed == pytest.approx(
+        (n - 1) / rate, rel=0.02, abs=af.throttle.__globals__["TIMER_SLACK"]
+    )
+
+
+async def test_a_slow_consumer_sets_the_pace_and_the_throttle_never_bursts_after_it() -> None:
+    """After a slow consumer held the throttle back, it does not burst to make up lost time:
+    items leave the throttle no faster than its rate, ever."""
+    released: list[float] = []
+
+    def stamp(x: int) -> int:  # fused behind the throttle: the time each item leaves it
+        released.append(anyio.current_time())
+        return x
+
+    async def slow_then_fast(x: int) -> None:
+        if x < 5:
+            await anyio.sleep(1.0)  # much slower than the throttle
+
+    flow = (
+        af.from_iterable(range(40)) | af.throttle(10) | af.map(stamp) | af.for_each(slow_then_fast)
+    )
+    await flow.run()
+    gaps = np.diff(released)
+    assert gaps.min() >= 0.1 - 1e-9
+    assert released[-1] - released[0] > 5  # the sink held it back for its 5 slow items
+    assert gaps[-20:] == pytest.approx([0.1] * 20)  # then the throttle's
