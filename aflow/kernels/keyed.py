@@ -101,8 +101,8 @@ class KeyedStats:
             ValueError: the shapes differ, or values are missing for the statistics asked.
             TypeError: values are not numbers (integers, floats or booleans).
         """
-        keys = np.asarray(keys)
-        vals = self._check_values(keys, values)
+        keys = _aligned(np.asarray(keys))
+        vals = _aligned(self._check_values(keys, values))
         if len(keys) == 0:
             return
         g = group(keys)
@@ -325,3 +325,12 @@ def _blank(name: str, dtype: np.dtype[Any], n: int | np.integer[Any]) -> NDArray
         lo, hi = (-np.inf, np.inf) if dtype.kind == "f" else (info.min, info.max)
         return np.full(int(n), hi if name == "min" else lo, dtype)
     return np.zeros(int(n), dtype)
+
+
+def _aligned(a: NDArray[Any]) -> NDArray[Any]:
+    """``a`` itself when aligned and contiguous, else an aligned copy: a field of a packed
+    record dtype (``[("id", "<i4"), ("value", "<f8")]``) is a strided, misaligned view, on
+    which ``ufunc.at`` and ``bincount`` run ~15x slower than a copy costs."""
+    if a.flags.aligned and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a) if a.flags.aligned else a.copy()

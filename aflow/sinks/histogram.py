@@ -7,8 +7,9 @@
   bound, memory bounded by the data's dynamic range), or computes them exactly.
 
 The exact rule: ``exact=True`` keeps every value (memory grows with the rows, so it is for
-bounded data) and gives ``np.quantile`` of them all. For unbounded streams use the sketch,
-or a histogram when the values' range is known.
+bounded data) and gives the nearest-rank quantiles of the finite ones (as the sketch
+estimates them; per key: :func:`aflow.to_aggregate` with ``"p99"``). For unbounded streams
+use the sketch, or a histogram when the values' range is known.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ..abc import Batch, Context, SinkOperator, SinkWriter
 from ..flow import Sink
-from ._sketch import QuantileSketch
+from ..kernels.sketch import QuantileSketch
 
 __all__ = ["Histogram", "QuantileSketch", "to_histogram", "to_quantiles"]
 
@@ -177,7 +178,11 @@ class _QuantileWriter(SinkWriter[Any, NDArray[np.float64]]):
             return self.sketch.quantile(self.q)
         if not self.kept:
             return np.full(self.q.shape, np.nan)
-        out: NDArray[np.float64] = np.quantile(np.concatenate(self.kept), self.q)
+        x = np.concatenate(self.kept).astype(np.float64, copy=False)
+        x = x[np.isfinite(x)]  # not ranked, as in the sketch
+        if not len(x):
+            return np.full(self.q.shape, np.nan)
+        out: NDArray[np.float64] = np.quantile(x, self.q, method="inverted_cdf")
         return out
 
 
@@ -205,10 +210,11 @@ def to_quantiles(
     Args:
         value: the value column of structured batches; ``None`` for 1-D batches.
         q: probabilities in [0, 1].
-        exact: keep every value and return ``np.quantile(values, q)`` (linear
-            interpolation). Memory grows with the rows: for bounded data only.
+        exact: keep every value and return the nearest-rank quantiles of the finite ones
+            (``np.quantile(values, q, method="inverted_cdf")``: always a value that was
+            seen). Memory grows with the rows: for bounded data only.
         relative_accuracy: the sketch's bound ``a``: each estimate is within ``a * |x|`` of
-            ``x = np.quantile(values, q, method="lower")`` (see :class:`QuantileSketch`).
+            that exact quantile ``x`` (see :class:`QuantileSketch`).
 
     Returns:
         A sink whose result is a float64 array of shape ``(len(q),)`` (NaN when empty).

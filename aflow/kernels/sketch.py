@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["QuantileSketch"]
+__all__ = ["QuantileSketch", "bucket_codes", "bucket_values", "nearest_rank"]
 
 MIN_MAGNITUDE = float(np.finfo(np.float64).tiny)
 """Magnitudes below this (subnormal numbers) are counted as zeros."""
@@ -62,8 +62,9 @@ class QuantileSketch:
     """Streaming quantiles within a relative error ``relative_accuracy``, mergeable.
 
     Guarantee: for ``q`` in [0, 1], ``quantile(q)`` is within ``relative_accuracy * |x|`` of
-    ``x``, the exact order statistic of rank ``floor(q * (n - 1))`` among the ``n`` finite
-    values seen (what ``np.quantile(values, q, method="lower")`` returns). Zeros are exact;
+    ``x``, the nearest-rank quantile of the ``n`` finite values seen: the smallest value
+    with at least ``q * n`` values at or below it (the ``ceil(q * n)``-th smallest, or the
+    smallest for ``q = 0``; ``np.quantile(values, q, method="inverted_cdf")``). Zeros are exact;
     subnormal magnitudes count as zero; NaN and infinities are counted in ``nonfinite``
     and not ranked.
 
@@ -136,8 +137,9 @@ class QuantileSketch:
         if n == 0:
             return np.full(qs.shape, np.nan)
         values, counts = self._ordered()
-        ranks = np.floor(qs * (n - 1))
-        out: NDArray[np.float64] = values[np.searchsorted(np.cumsum(counts), ranks, "right")]
+        out: NDArray[np.float64] = values[
+            np.searchsorted(np.cumsum(counts), nearest_rank(qs, n), "right")
+        ]
         return out
 
     def _ordered(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
@@ -158,3 +160,42 @@ class QuantileSketch:
         np.clip(values, -biggest, biggest, out=values)
         counts = np.concatenate([neg.counts[::-1], [self.zeros], pos.counts])
         return values, counts
+
+
+def nearest_rank(qs: NDArray[np.float64], n: NDArray[Any] | int) -> NDArray[np.float64]:
+    """0-based rank of the nearest-rank ``q`` quantile among ``n`` values: ``ceil(q * n) - 1``,
+    at least 0 (broadcasts over ``qs`` and ``n``)."""
+    ranks: NDArray[np.float64] = np.maximum(np.ceil(qs * n) - 1, 0)
+    return ranks
+
+
+# Buckets as one sortable code: negatives (larger magnitude first), zero, positives.
+_SPAN = 1 << 17  # more than the 2 x 36,000 bucket keys of float64 at the finest accuracy
+_ZERO = _SPAN
+CODE_BITS = 18
+"""Bits of a bucket code: a code ``< 2**CODE_BITS``, so codes of keyed rows pack as
+``slot << CODE_BITS | code``."""
+
+
+def bucket_codes(x: NDArray[np.float64], log_gamma: float) -> NDArray[np.int64]:
+    """The bucket of each finite value as an int64 code that sorts like the values."""
+    mag = np.abs(x)
+    with np.errstate(divide="ignore"):
+        k = np.ceil(np.log(np.maximum(mag, MIN_MAGNITUDE)) / log_gamma).astype(np.int64)
+    codes = np.where(x < 0, _SPAN // 2 - k, _SPAN + _SPAN // 2 + k)
+    codes[mag < MIN_MAGNITUDE] = _ZERO
+    return codes
+
+
+def bucket_values(codes: NDArray[np.int64], gamma: float) -> NDArray[np.float64]:
+    """The value each bucket code stands for (within the sketch's relative accuracy of
+    every value in it; 0 for zeros)."""
+    negative = codes < _ZERO
+    k = np.where(negative, _SPAN // 2 - codes, codes - _SPAN - _SPAN // 2)
+    with np.errstate(over="ignore"):
+        values = np.exp(k * math.log(gamma) + math.log(2.0 / (gamma + 1.0)))
+    biggest = np.finfo(np.float64).max
+    np.clip(values, 0.0, biggest, out=values)
+    out: NDArray[np.float64] = np.where(negative, -values, values)
+    out[codes == _ZERO] = 0.0
+    return out
