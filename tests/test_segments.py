@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aflow as af
+import aflow.abc
 
 pytestmark = pytest.mark.anyio
 
@@ -24,3 +26,28 @@ async def test_a_heavily_filtered_source_lets_stop_and_timeouts_through() -> Non
     with anyio.move_on_after(0.3) as scope:
         await flow.run()
     assert scope.cancelled_caught
+
+
+class _TwoProducers(af.abc.Source):
+    """A user source emitting from two tasks of its own task group: when the flow wants no
+    more, each task gets ``Closed`` and the group raises them together."""
+
+    name = "two_producers"
+
+    async def produce(self, out: af.abc.Outlet, ctx: af.abc.Context) -> None:
+        async def count(start: int) -> None:
+            for i in range(start, start + 1_000_000, 2):
+                await out.emit([i])
+                await anyio.lowlevel.checkpoint()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(count, 0)
+            tg.start_soon(count, 1)
+
+
+async def test_closed_raised_in_a_sources_own_task_group_ends_it_quietly() -> None:
+    """``Closed`` arriving as an exception group of Closed (one per producing task) ends the
+    source like a bare ``Closed``: the run completes with what was taken."""
+    with anyio.fail_after(10):
+        result = await (af.Flow(_TwoProducers()) | af.take(5) | af.collect()).run()
+    assert len(result.value) == 5

@@ -15,7 +15,15 @@ from anyio.abc import TaskGroup
 
 from ..stats import RunCounters, StageCounters
 from .buffers import Buffer
-from .operators import AsyncOperator, Closed, Op, Operator, SinkOperator, SinkWriter, Source
+from .operators import (
+    AsyncOperator,
+    Op,
+    Operator,
+    SinkOperator,
+    SinkWriter,
+    Source,
+    is_closed,
+)
 from .segments import ChainBuilder, Downstream, FusedSink, locate, sink_head, task_head
 
 __all__ = ["RunContext"]
@@ -81,10 +89,9 @@ class RunContext:
     async def _guarded(self, fn: Callable[..., Awaitable[Any]], args: Any, name: str) -> None:
         try:
             await fn(*args)
-        except Closed:
-            pass
         except Exception as exc:
-            self.fail(locate(exc, name))
+            if not is_closed(exc):
+                self.fail(locate(exc, name))
 
     # -- statistics -------------------------------------------------------------------
     def new_counters(self, name: str) -> StageCounters:

@@ -47,6 +47,7 @@ __all__ = [
     "Source",
     "callable_name",
     "chain_buffers",
+    "is_closed",
 ]
 
 R_co = TypeVar("R_co", covariant=True)
@@ -57,6 +58,14 @@ class Closed(Exception):
     """Raised by ``emit`` when nothing downstream wants more messages (every consumer
     stopped, or a ``take`` is satisfied). Let it propagate: the runtime ends the task
     quietly, after the ``finally`` blocks that close what it opened."""
+
+
+def is_closed(exc: BaseException) -> bool:
+    """Whether ``exc`` is :class:`Closed`, or an exception group made only of them (a
+    source that emits from several tasks of its own task group gets one per task)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_closed(e) for e in exc.exceptions)
+    return isinstance(exc, Closed)
 
 
 class Op:

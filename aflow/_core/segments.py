@@ -32,6 +32,7 @@ from .operators import (
     Processor,
     SinkWriter,
     Source,
+    is_closed,
 )
 
 
@@ -229,8 +230,10 @@ class Segment:
                 await self.finish(satisfied[0])
                 raise Closed
             await self.head(self)
-        except Closed:
-            return
+        except Exception as exc:
+            if is_closed(exc):
+                return
+            raise
         await self.finish()
 
     async def finish(self, start: int = 0) -> None:
@@ -259,10 +262,9 @@ class Segment:
         try:
             with self.scope:  # a closed downstream ends this task wherever it waits
                 await self._run_head()
-        except Closed:
-            pass
         except Exception as exc:
-            self.ctx.fail(locate(exc, self.head_name))
+            if not is_closed(exc):
+                self.ctx.fail(locate(exc, self.head_name))
         finally:
             self.downstream.close_send()
             if self.inbox is not None:
