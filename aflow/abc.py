@@ -40,6 +40,9 @@ from ._core.operators import chain_buffers as chain_buffers
 from ._core.operators import is_async_callable as is_async_callable
 from ._core.operators import refuse_async as refuse_async
 from ._core.segments import locate as locate
+from .policies import ErrorPolicy as ErrorPolicy
+from .policies import apply_policy as apply_policy
+from .policies import check_policy as check_policy
 from .stats import StageCounters as StageCounters
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "Buffer",
     "Closed",
     "Context",
+    "ErrorPolicy",
     "Inbox",
     "Message",
     "Op",
@@ -60,9 +64,11 @@ __all__ = [
     "SinkWriter",
     "Source",
     "StageCounters",
+    "apply_policy",
     "async_kind",
     "callable_name",
     "chain_buffers",
+    "check_policy",
     "is_async_callable",
     "locate",
     "refuse_async",

@@ -296,3 +296,47 @@ async def test_a_failed_item_names_its_stage_as_the_statistics_do(thread: bool) 
     result = await (af.from_array(data, 2) | stage).run()
     [failed] = dead
     assert the_failing_stage(result.statistics).name.endswith(f":{failed.stage}")
+
+
+class _Reciprocal(af.abc.Operator):
+    """A user-written stage offering ``on_error=`` through the public extension API."""
+
+    def __init__(self, on_error: af.abc.ErrorPolicy) -> None:
+        self.on_error = af.abc.check_policy(on_error)
+        self.name = "reciprocal"
+
+    def start(self) -> af.abc.Processor:
+        return _ReciprocalRun(self)
+
+
+class _ReciprocalRun(af.abc.Processor):
+    guarded = True
+
+    def __init__(self, op: _Reciprocal) -> None:
+        self.op = op
+
+    async def process_guarded(
+        self, msg: af.abc.Message, counters: af.abc.StageCounters
+    ) -> list[af.abc.Message]:
+        out: list[float] = []
+        for x in msg:
+            try:
+                out.append(1 / x)
+            except ZeroDivisionError as exc:
+                await af.abc.apply_policy(self.op.on_error, x, exc, self.op.name, None, counters)
+        return [out] if out else []
+
+
+async def test_a_user_stage_applies_policies_like_the_built_ins() -> None:
+    dead: list[af.FailedItem] = []
+    flow = af.from_iterable([1, 0, 2, 0]) | af.Stage(_Reciprocal(af.dead_letter(dead)))
+    result = await (flow | af.collect()).run()
+    assert result.value == [1.0, 0.5]
+    assert [(d.item, d.stage, type(d.error)) for d in dead] == [
+        (0, "reciprocal", ZeroDivisionError)
+    ] * 2
+    assert result.statistics.stage("reciprocal").dead_lettered == 2
+    with pytest.raises(ZeroDivisionError):
+        await (af.from_iterable([0]) | af.Stage(_Reciprocal("raise")) | af.collect()).run()
+    with pytest.raises(ValueError, match="on_error="):
+        _Reciprocal("ignore")  # type: ignore[arg-type]
