@@ -36,9 +36,7 @@ def make(n: int, seed: int) -> np.ndarray[Any, np.dtype[np.void]]:
 
 
 def join(left: Any, right: Any, right_batch: int, key: str | None) -> tuple[float, Any]:
-    flow = af.asof_join(
-        af.from_array(left, 1), af.from_array(right, right_batch), on="ts", key=key
-    )
+    flow = af.asof_join(af.from_array(left, 1), af.from_array(right, right_batch), on="ts", key=key)
     t0 = time.perf_counter()
     out = af.run(flow | af.collect()).value
     return time.perf_counter() - t0, out

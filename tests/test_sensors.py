@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import numpy as np
@@ -197,9 +198,7 @@ def test_asof_join_rejects_an_unsorted_side(side: str) -> None:
 
 def test_asof_join_rejects_a_right_batch_behind_the_one_before() -> None:
     right = rows_of([5, 6, 1, 2], [0] * 4, [0.0] * 4)  # each batch sorted, not the stream
-    flow = af.asof_join(
-        af.from_array(rows_of([7], [0], [0.0])), af.from_array(right, 2), on="ts"
-    )
+    flow = af.asof_join(af.from_array(rows_of([7], [0], [0.0])), af.from_array(right, 2), on="ts")
     with pytest.raises(ValueError, match="right side is not sorted"):
         collect(flow)
 
@@ -235,11 +234,9 @@ def test_durations_with_units_and_a_plain_number_on_millisecond_data() -> None:
     start = 1_700_000_000_000  # epoch milliseconds
     rows = rows_of(start + np.arange(0, 10_000, 500), [0] * 20, np.arange(20.0))
     by_text = collect(af.from_array(rows) | af.resample("ts", every="2s"))
-    by_delta = collect(
-        af.from_array(rows) | af.resample("ts", every=__import__("datetime").timedelta(seconds=2))
-    )
+    by_delta = collect(af.from_array(rows) | af.resample("ts", every=datetime.timedelta(seconds=2)))
     by_number = collect(af.from_array(rows) | af.resample("ts", every=2000))
     np.testing.assert_array_equal(by_text, by_number)
     np.testing.assert_array_equal(by_delta, by_number)
-    with pytest.raises(ValueError, match="epoch milliseconds.*694 days.*60000.*'1min'"):
+    with pytest.raises(ValueError, match=r"epoch milliseconds.*694 days.*60000.*'1min'"):
         collect(af.from_array(rows) | af.resample("ts", every=60_000_000_000))
