@@ -144,7 +144,7 @@ def _digits(c: Codes, start: int, width: int) -> tuple[NDArray[np.int64], NDArra
     value = np.zeros(len(c), np.int64)
     for k in range(width):
         value = value * 10 + digits[:, k]
-    return value, ((digits >= 0) & (digits <= 9)).all(axis=1)
+    return value, np.asarray(((digits >= 0) & (digits <= 9)).all(axis=1), np.bool_)
 
 
 def _month(c: Codes, at: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:

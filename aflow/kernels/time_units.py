@@ -188,14 +188,14 @@ def as_units(
         return value
     if ts_dtype.kind == "f":
         return ns / 1e9
-    unit = epoch_unit(ts) if ts is not None and ts_dtype.kind in "iu" else None
-    if unit is None:
+    epoch = epoch_unit(ts) if ts is not None and ts_dtype.kind in "iu" else None
+    if epoch is None:
         raise TypeError(
             f"{what}={value!r}: a duration with units needs a datetime64 column or epoch "
             f"timestamps (s, ms, us or ns since 1970); these {ts_dtype} timestamps are "
             "neither, so give the duration as a number in their units"
         )
-    return _in_unit(ns, _NS[unit], value, what, f"epoch {_UNIT_NAMES[unit]}")
+    return _in_unit(ns, _NS[epoch], value, what, f"epoch {_UNIT_NAMES[epoch]}")
 
 
 def _in_unit(ns: int, per: int, value: TimeSpan, what: str, unit: str) -> int:

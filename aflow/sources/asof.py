@@ -117,10 +117,10 @@ class _AsofSource(Source):
     async def produce(self, out: Outlet, ctx: Context) -> None:
         counters = ctx.new_counters(f"{self.name}.input")
         sides = []
-        for flow, side in ((self.left, "left"), (self.right, "right")):
+        for flow, label in ((self.left, "left"), (self.right, "right")):
             edge = ctx.new_buffer(counters)
             ctx.start_chain(flow.source, flow.ops(), edge)
-            sides.append(_Side(edge, side))
+            sides.append(_Side(edge, label))
         try:
             await self._join(sides[0], sides[1], out)
         finally:
