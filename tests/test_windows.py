@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections import defaultdict
 from typing import Any
 
@@ -397,3 +398,22 @@ async def test_rows_behind_their_own_source_are_late() -> None:
     out = (await (flow | af.collect("list")).run()).value
     assert [x["ts"].tolist() for x in out] == [[0], [25], [30]]
     assert np.concatenate(late)["ts"].tolist() == [3]
+
+
+def test_window_durations_are_checked_against_millisecond_timestamps() -> None:
+    start = 1_700_000_000_000  # epoch milliseconds
+    rows = rows_of((start + np.arange(0, 300_000, 1000)).tolist(), [0] * 300, [1.0] * 300)
+    counts = [
+        af.run(af.from_array(rows, 64) | af.window(size, on="ts", stats=("count",))).value
+        for size in (60_000, "1min", datetime.timedelta(minutes=1), np.timedelta64(1, "m"))
+    ]
+    for c in counts[1:]:
+        np.testing.assert_array_equal(c, counts[0])
+    assert counts[0]["count"].sum() == 300
+    assert (np.diff(counts[0]["window_start"]) == 60_000).all()  # one window per minute
+    with pytest.raises(ValueError, match=r"epoch milliseconds.*694 days.*'1min'"):
+        af.run(af.from_array(rows) | af.window(60_000_000_000, on="ts"))
+    with pytest.raises(ValueError, match="not a duration"):
+        af.window("1 minute", on="ts")
+    with pytest.raises(TypeError, match="epoch timestamps"):  # small ints: no unit to use
+        af.run(af.from_array(rows_of([1, 2], [0, 0], [0.0, 0.0])) | af.window("1s", on="ts"))

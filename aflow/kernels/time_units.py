@@ -13,7 +13,7 @@ This module is the one place durations are converted. A duration is either
   ``datetime.timedelta`` or a ``np.timedelta64``. It is converted to the column's unit:
   a ``datetime64`` column's own, seconds for a float column, and for an int column the
   unit its values show as epoch timestamps (seconds, milliseconds, microseconds or
-  nanoseconds since 1970, told apart by their magnitude).
+  nanoseconds since 1970, told apart by their magnitude: dates from 1990 to 2100).
 
 A plain number that is surely meant in other units is an error, never a silent single
 window: on an int column whose values look like epoch seconds, milliseconds or
@@ -63,6 +63,7 @@ _NS = {
 _UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 _TEXT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Zµ]+)\s*$")
 _DAY_NS = 86400 * 10**9
+_EPOCH_1990, _EPOCH_2100 = 631_152_000, 4_102_444_800  # seconds since 1970
 
 
 def duration_ns(value: TimeSpan) -> int | None:
@@ -124,19 +125,20 @@ def check_duration(value: TimeSpan | None, what: str, *, zero: bool = False) -> 
 
 
 def epoch_unit(ts: NDArray[Any]) -> str | None:
-    """The unit (``"s"``, ``"ms"``, ``"us"`` or ``"ns"``) in which the int timestamps
-    ``ts`` (shape (n,)) read as a date after 1973, or ``None`` (small numbers: row
-    numbers, offsets, test data).
+    """The unit (``"s"``, ``"ms"``, ``"us"`` or ``"ns"``) in which all of the int
+    timestamps ``ts`` (shape (n,)) read as dates from 1990 to 2100, or ``None`` (row
+    numbers, offsets from a start, test data). The four ranges do not overlap.
 
     Examples:
         >>> epoch_unit(np.array([1_700_000_000_000])), epoch_unit(np.array([3, 17]))
         ('ms', None)
+        >>> epoch_unit(np.array([0, 300_000_000_000]))  # nanoseconds from a start
     """
     if not len(ts):
         return None
-    top = float(np.abs(ts).max())
-    for unit, low in (("ns", 1e17), ("us", 1e14), ("ms", 1e11), ("s", 1e8)):
-        if top >= low:
+    low, high = float(ts.min()), float(ts.max())
+    for unit, per in (("s", 1), ("ms", 10**3), ("us", 10**6), ("ns", 10**9)):
+        if _EPOCH_1990 * per <= low and high <= _EPOCH_2100 * per:
             return unit
     return None
 
