@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import numpy as np
@@ -183,3 +184,59 @@ async def test_asof_join_unmatched_rows_get_blanks() -> None:
     assert got["matched"].tolist() == [False, True]
     assert np.isnan(got["hum"][0])
     assert got["hum"][1] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_asof_join_rejects_an_unsorted_side(side: str) -> None:
+    sorted_rows = rows_of([1, 2, 3, 4], [0] * 4, [0.0] * 4)
+    unsorted = rows_of([1, 3, 2, 4], [0] * 4, [0.0] * 4)
+    left, right = (unsorted, sorted_rows) if side == "left" else (sorted_rows, unsorted)
+    flow = af.asof_join(af.from_array(left), af.from_array(right), on="ts")
+    with pytest.raises(ValueError, match=f"the {side} side is not sorted by 'ts'.*reorder"):
+        collect(flow)
+
+
+def test_asof_join_rejects_a_right_batch_behind_the_one_before() -> None:
+    right = rows_of([5, 6, 1, 2], [0] * 4, [0.0] * 4)  # each batch sorted, not the stream
+    flow = af.asof_join(af.from_array(rows_of([7], [0], [0.0])), af.from_array(right, 2), on="ts")
+    with pytest.raises(ValueError, match="right side is not sorted"):
+        collect(flow)
+
+
+@pytest.mark.parametrize("by", [False, True])
+def test_asof_join_one_row_left_batches_against_one_large_right_batch(by: bool) -> None:
+    # The pruning of right rows runs once per left batch: exact matches whatever the
+    # batching, and each right row copied O(1) times (see benchmarks/bench_windows.py).
+    rng = np.random.default_rng(5)
+    n = 3000
+    left = rows_of(np.sort(rng.integers(0, 10 * n, n)), rng.integers(0, 4, n), np.arange(n))
+    right = rows_of(np.sort(rng.integers(0, 10 * n, n)), rng.integers(0, 4, n), -np.arange(n))
+    key = "key" if by else None
+    one = collect(af.asof_join(af.from_array(left, 1), af.from_array(right), on="ts", key=key))
+    big = collect(af.asof_join(af.from_array(left), af.from_array(right, 64), on="ts", key=key))
+    assert one.tobytes() == big.tobytes()  # NaN blanks compare equal too
+    # The reference: pandas.merge_asof.
+    pd = pytest.importorskip("pandas")
+    want = pd.merge_asof(
+        pd.DataFrame(left),
+        pd.DataFrame(right).rename(columns={"value": "value_right"}).assign(r_ts=right["ts"]),
+        on="ts",
+        by=key,
+        suffixes=("", "_right"),
+    )
+    found = ~want["value_right"].isna().to_numpy()
+    assert one["matched"].tolist() == found.tolist()
+    np.testing.assert_array_equal(one["ts_right"][found], want["r_ts"].to_numpy()[found])
+    np.testing.assert_array_equal(one["value_right"][found], want["value_right"][found])
+
+
+def test_durations_with_units_and_a_plain_number_on_millisecond_data() -> None:
+    start = 1_700_000_000_000  # epoch milliseconds
+    rows = rows_of(start + np.arange(0, 10_000, 500), [0] * 20, np.arange(20.0))
+    by_text = collect(af.from_array(rows) | af.resample("ts", every="2s"))
+    by_delta = collect(af.from_array(rows) | af.resample("ts", every=datetime.timedelta(seconds=2)))
+    by_number = collect(af.from_array(rows) | af.resample("ts", every=2000))
+    np.testing.assert_array_equal(by_text, by_number)
+    np.testing.assert_array_equal(by_delta, by_number)
+    with pytest.raises(ValueError, match=r"epoch milliseconds.*694 days.*60000.*'1min'"):
+        collect(af.from_array(rows) | af.resample("ts", every=60_000_000_000))

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 import aflow as af
 from aflow.codecs._timeparse import FixedFormat
 
-FORMATS = ["%d/%b/%Y:%H:%M:%S %z", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S", "%Y%m%d"]
+FORMATS = [
+    "%d/%b/%Y:%H:%M:%S %z",
+    "%Y-%m-%dT%H:%M:%S%z",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y%m%d",
+    "%Y-%m-%dT%H:%M:%S.%f%z",
+    "%Y-%m-%d %H:%M:%S,%f",
+]
 
 
 def strptime_ns(text: str, fmt: str) -> int | None:
@@ -29,7 +36,7 @@ def strptime_ns(text: str, fmt: str) -> int | None:
 
 moments = st.datetimes(datetime(1600, 1, 1), datetime(2300, 12, 31))
 offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
-noise = st.text("0123456789/:-+ TJanFebOctDec", max_size=28)
+noise = st.text("0123456789/:-+ TJanFebOctDec.,Z", max_size=34)
 
 
 @settings(max_examples=300, deadline=None)
@@ -67,8 +74,28 @@ def test_fixed_format_takes_every_well_formed_text() -> None:
     assert not ok.any()  # not a month name, whatever its bits
 
 
+def test_fractions_and_offsets_of_every_width_strptime_reads() -> None:
+    texts = [
+        "2024-02-29T10:00:00.123456+0000",
+        "2024-02-29T10:00:00.123+01:30",
+        "2024-02-29T10:00:00.5Z",
+        "2024-02-29T10:00:00.000001-0700",
+        "2024-02-29T10:00:00.12-00:30",
+    ]
+    fmt = "%Y-%m-%dT%H:%M:%S.%f%z"
+    ns, ok = FixedFormat(fmt).parse(texts)
+    assert ok.all()
+    assert ns.tolist() == [strptime_ns(t, fmt) for t in texts]
+    comma = ["2024-01-01 10:00:00,042", "2024-01-01 10:00:00,999999"]
+    ns, ok = FixedFormat("%Y-%m-%d %H:%M:%S,%f").parse(comma)
+    assert ok.all()
+    assert ns.tolist() == [strptime_ns(t, "%Y-%m-%d %H:%M:%S,%f") for t in comma]
+    ns, ok = FixedFormat(fmt).parse(["2024-02-29T10:00:00.1234567+0000", "2024-02-29T10"])
+    assert not ok.any()  # 7 digits: strptime refuses it too (the caller asks it)
+
+
 def test_formats_without_fixed_width_are_refused() -> None:
-    for fmt in ["%B %d %Y", "%Y-%m-%d %H:%M:%S.%f", "%H:%M"]:
+    for fmt in ["%B %d %Y", "%Y-%m-%d %H:%M:%S.%j", "%y-%m-%d", "%H:%M"]:
         with pytest.raises(ValueError, match=r"fixed width|full date"):
             FixedFormat(fmt)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections import defaultdict
 from typing import Any
 
@@ -295,3 +296,124 @@ async def test_epoch_nanosecond_rows_within_allowed_lateness_are_not_late() -> N
     result = await flow.run()
     assert late == []
     assert int(result.value["count"].sum()) == 2
+
+
+# -- watermarks per source: the docs/index.md example ---------------------------------------
+
+READING = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f4")])
+HOUR_START = 1_704_103_200_000_000_000  # 2024-01-01 10:00 UTC, epoch nanoseconds
+
+
+def write_device_files(folder: Any, devices: int = 12, seconds: int = 3600) -> Any:
+    """One CSV file per device, a reading a second over the same hour, some values NaN."""
+    rng = np.random.default_rng(12)
+    frames = []
+    for device in range(devices):
+        ts = HOUR_START + np.arange(seconds, dtype=np.int64) * 1_000_000_000
+        value = rng.normal(20 + device, 2, seconds).astype(np.float32)
+        value[rng.random(seconds) < 0.01] = np.nan
+        lines = [f"{t},{device},{v}" for t, v in zip(ts.tolist(), value.tolist(), strict=True)]
+        (folder / f"sensors-{device:02}.csv").write_text("\n".join(lines) + "\n")
+        frames.append((ts, np.full(seconds, device), value))
+    return frames
+
+
+def docs_example_flow(folder: Any, out: Any, **window_args: Any) -> af.Flow[Any]:
+    """The flow of docs/index.md, reading ``folder`` and writing ``out``."""
+    return (
+        af.read_csv(str(folder / "sensors-*.csv"), READING, on_error="skip")
+        | af.filter_rows(lambda b: ~np.isnan(b["value"]))
+        | af.window(
+            60_000_000_000,
+            on="ts",
+            key="sensor",
+            value="value",
+            stats=("count", "mean", "max"),
+            **window_args,
+        )
+    ) | af.to_jsonl(str(out))
+
+
+@pytest.mark.parametrize("watermark", ["source", "key"])
+def test_docs_window_example_counts_every_row_of_12_files_like_pandas(
+    tmp_path: Any, watermark: str
+) -> None:
+    pd = pytest.importorskip("pandas")
+    data = tmp_path / "data"
+    data.mkdir()
+    frames = write_device_files(data)
+    out = tmp_path / "per-minute.jsonl"
+    result = af.run(docs_example_flow(data, out, watermark=watermark))
+    got = pd.read_json(out, lines=True).sort_values(["window_start", "sensor"])
+    ts, sensor, value = (np.concatenate(c) for c in zip(*frames, strict=True))
+    frame = pd.DataFrame({"ts": ts, "sensor": sensor, "value": value}).dropna()
+    frame["window_start"] = frame["ts"] // 60_000_000_000 * 60_000_000_000
+    want = (
+        frame.groupby(["window_start", "sensor"])["value"]
+        .agg(["count", "mean", "max"])
+        .reset_index()
+        .sort_values(["window_start", "sensor"])
+    )
+    assert result.statistics.stages[-2].errors == 0  # the window: no late rows
+    assert int(got["count"].sum()) == len(frame) > 42_000
+    assert len(got) == len(want) == 12 * 60  # one record per (minute, sensor)
+    np.testing.assert_array_equal(got["window_start"], want["window_start"])
+    np.testing.assert_array_equal(got["sensor"], want["sensor"])
+    np.testing.assert_array_equal(got["count"], want["count"])
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-6)
+    np.testing.assert_allclose(got["max"], want["max"], rtol=1e-7)
+
+
+def test_one_global_watermark_drops_the_files_read_after_the_first(tmp_path: Any) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_device_files(data, devices=6, seconds=600)
+    late: list[Any] = []
+    flow = docs_example_flow(data, tmp_path / "out.jsonl", watermark="global", late=late)
+    af.run(flow)
+    assert sum(len(x) for x in late) > 1000  # what the per-source default fixes
+
+
+@pytest.mark.anyio
+async def test_merged_inputs_hold_the_watermark_to_the_slowest() -> None:
+    # Two sources interleaved, one far behind the other: the fast one must not close the
+    # windows the slow one still fills (Flink's minimum across inputs).
+    fast = rows_of(list(range(0, 100)), [1] * 100, [1.0] * 100)
+    slow = rows_of(list(range(0, 100)), [2] * 100, [1.0] * 100)
+    flow = af.merge(
+        af.from_array(fast, 10, name="fast"), af.from_array(slow, 10, name="slow")
+    ) | af.window(10, on="ts", key="key", stats=("count",))
+    result = await (flow | af.collect()).run()
+    counts = result.value
+    assert counts["count"].sum() == 200
+    assert sorted(set(counts["key"].tolist())) == [1, 2]
+    assert len(counts) == 20  # one record per (window, key): shared windows
+
+
+@pytest.mark.anyio
+async def test_rows_behind_their_own_source_are_late() -> None:
+    rows = rows_of([0, 25, 3, 30], [1, 1, 1, 1], [1.0] * 4)
+    late: list[Any] = []
+    flow = af.from_array(rows, 1) | af.window(10, on="ts", late=late)
+    out = (await (flow | af.collect("list")).run()).value
+    assert [x["ts"].tolist() for x in out] == [[0], [25], [30]]
+    assert np.concatenate(late)["ts"].tolist() == [3]
+
+
+def test_window_durations_are_checked_against_millisecond_timestamps() -> None:
+    start = 1_700_000_000_000  # epoch milliseconds
+    rows = rows_of((start + np.arange(0, 300_000, 1000)).tolist(), [0] * 300, [1.0] * 300)
+    counts = [
+        af.run(af.from_array(rows, 64) | af.window(size, on="ts", stats=("count",))).value
+        for size in (60_000, "1min", datetime.timedelta(minutes=1), np.timedelta64(1, "m"))
+    ]
+    for c in counts[1:]:
+        np.testing.assert_array_equal(c, counts[0])
+    assert counts[0]["count"].sum() == 300
+    assert (np.diff(counts[0]["window_start"]) == 60_000).all()  # one window per minute
+    with pytest.raises(ValueError, match=r"epoch milliseconds.*694 days.*'1min'"):
+        af.run(af.from_array(rows) | af.window(60_000_000_000, on="ts"))
+    with pytest.raises(ValueError, match="not a duration"):
+        af.window("1 minute", on="ts")
+    with pytest.raises(TypeError, match="epoch timestamps"):  # small ints: no unit to use
+        af.run(af.from_array(rows_of([1, 2], [0, 0], [0.0, 0.0])) | af.window("1s", on="ts"))

@@ -7,7 +7,6 @@ about one batch per side. The per-row work is a ``searchsorted``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import anyio
@@ -16,22 +15,36 @@ from numpy.typing import NDArray
 
 from ..abc import Batch, Buffer, Context, Message, Outlet, Source
 from ..flow import Flow
-from ..kernels.time_units import TimeSpan, as_numbers, as_units
+from ..kernels.time_units import TimeSpan, as_numbers, as_units, check_duration
 
 __all__ = ["asof_join"]
 
 
 class _Side:
-    """One input of the join: its buffer, what it holds, and whether it ended."""
+    """One input of the join: its buffer, what it holds, and whether it ended.
 
-    def __init__(self, edge: Buffer) -> None:
+    Held rows are sorted by time. The right side keeps them as one array and a start
+    index: pruning moves the start (a view, no copy) and compacts only when the dead
+    prefix is larger than what lives, so each right row is copied O(1) times however the
+    left side is batched.
+    """
+
+    def __init__(self, edge: Buffer, name: str) -> None:
         self.edge = edge
+        self.name = name
         self.rows: NDArray[Any] | None = None
         self.done = False
         self.dtype: np.dtype[Any] | None = None
+        self.last: Any = None  # the largest timestamp pulled
+        self.index: _KeyIndex | None = None  # built on demand for keyed joins
 
-    async def pull(self) -> NDArray[Any] | None:
-        """The next batch's rows (``None`` at the end of this side's input)."""
+    async def pull(self, on: str) -> NDArray[Any] | None:
+        """The next batch's rows (``None`` at the end of this side's input).
+
+        Raises:
+            ValueError: the rows are not sorted by ``on`` (within the batch or after the
+                previous one).
+        """
         while True:
             try:
                 msg: Message = await self.edge.receive()
@@ -40,8 +53,46 @@ class _Side:
                 return None
             data = msg.data if isinstance(msg, Batch) else np.asarray(msg)
             if len(data):
+                self._check_sorted(as_numbers(data[on]), msg, on)
                 self.dtype = data.dtype
                 return data
+
+    def _check_sorted(self, ts: NDArray[Any], msg: Message, on: str) -> None:
+        back = ts[1:] < ts[:-1]
+        if not back.any() and (self.last is None or ts[0] >= self.last):
+            self.last = ts[-1]
+            return
+        where = msg.provenance if isinstance(msg, Batch) else None
+        at = f" ({where})" if where is not None else ""
+        raise ValueError(
+            f"asof_join: the {self.name} side is not sorted by {on!r}{at}: a timestamp "
+            "goes backwards; sort it first (af.reorder(on, horizon=...))"
+        )
+
+
+class _KeyIndex:
+    """Right rows grouped by key, each group in time order, for keyed lookups."""
+
+    def __init__(self, rows: NDArray[Any], on: str, key: str) -> None:
+        self.order = np.argsort(rows[key], kind="stable")  # rows are in ts order already
+        k = rows[key][self.order]
+        self.keys, self.starts = np.unique(k, return_index=True)
+        self.stops = np.append(self.starts[1:], len(k))
+        self.ts = as_numbers(rows[on])[self.order]
+
+    def lookup(self, lkeys: NDArray[Any], lts: NDArray[Any]) -> NDArray[np.intp]:
+        """Per left row, the index of the latest right row of its key at or before it."""
+        out = np.full(len(lkeys), -1, np.intp)
+        if not len(self.keys):
+            return out
+        pos = np.minimum(np.searchsorted(self.keys, lkeys), len(self.keys) - 1)
+        known = self.keys[pos] == lkeys
+        for p in np.unique(pos[known]).tolist():
+            rows = np.flatnonzero(known & (pos == p))
+            lo, hi = int(self.starts[p]), int(self.stops[p])
+            at = np.searchsorted(self.ts[lo:hi], lts[rows], side="right") - 1
+            out[rows] = np.where(at >= 0, self.order[lo + np.maximum(at, 0)], -1)
+        return out
 
 
 class _AsofSource(Source):
@@ -66,10 +117,10 @@ class _AsofSource(Source):
     async def produce(self, out: Outlet, ctx: Context) -> None:
         counters = ctx.new_counters(f"{self.name}.input")
         sides = []
-        for flow in (self.left, self.right):
+        for flow, label in ((self.left, "left"), (self.right, "right")):
             edge = ctx.new_buffer(counters)
             ctx.start_chain(flow.source, flow.ops(), edge)
-            sides.append(_Side(edge))
+            sides.append(_Side(edge, label))
         try:
             await self._join(sides[0], sides[1], out)
         finally:
@@ -78,49 +129,54 @@ class _AsofSource(Source):
 
     async def _join(self, left: _Side, right: _Side, out: Outlet) -> None:
         pending: NDArray[Any] | None = None
-        right_max = -math.inf
+        right_max: Any = None  # the right side's largest timestamp so far
         while True:
             if pending is not None and len(pending):
                 lts = as_numbers(pending[self.on])
-                n = len(pending) if right.done else int(np.count_nonzero(lts < right_max))
+                n = (
+                    len(pending)
+                    if right.done
+                    else 0
+                    if right_max is None
+                    else int(np.count_nonzero(lts < right_max))
+                )
                 if n:
                     ready, pending = pending[:n], pending[n:]
                     await out.emit(Batch(self._match(ready, right), "source"))
-                    right.rows = self._prune(right.rows, float(lts[n - 1]))
+                    self._prune(right, lts[n - 1])
             if left.done and (pending is None or not len(pending)):
                 return
             if not right.done and (left.done or (pending is not None and len(pending))):
-                got = await right.pull()
+                got = await right.pull(self.on)
                 if got is not None:
-                    right.rows = self._add_right(right.rows, got)
-                    right_max = max(right_max, float(as_numbers(got[self.on]).max()))
+                    right.rows = got if right.rows is None else np.concatenate((right.rows, got))
+                    right.index = None
+                    right_max = as_numbers(got[self.on])[-1]
             else:
-                got = await left.pull()
+                got = await left.pull(self.on)
                 if got is not None:
                     pending = got if pending is None else np.concatenate((pending, got))
 
-    def _add_right(self, held: NDArray[Any] | None, rows: NDArray[Any]) -> NDArray[Any]:
-        both = rows if held is None else np.concatenate((held, rows))
-        return both[np.argsort(as_numbers(both[self.on]), kind="stable")]
-
-    def _prune(self, rows: NDArray[Any] | None, upto: float) -> NDArray[Any] | None:
-        """Drop right rows no later left row (at or after ``upto``) can match."""
+    def _prune(self, right: _Side, upto: Any) -> None:
+        """Drop right rows no later left row (at or after ``upto``) can match: all but the
+        last one before ``upto`` (per key, when keyed). Amortized: only once the rows to
+        drop outnumber the rest."""
+        rows = right.rows
         if rows is None:
-            return None
-        ts = as_numbers(rows[self.on])
-        old = ts < upto
-        if not old.any():
-            return rows
+            return
+        cut = int(np.searchsorted(as_numbers(rows[self.on]), upto, side="left"))
         if self.key is None:
-            keep = ~old
-            keep[np.flatnonzero(old)[-1]] = True
-            return rows[keep]
-        k = rows[self.key][old]
+            if cut > 1:
+                right.rows = rows[cut - 1 :]  # a view: keeps the last row before upto
+            return
+        if cut < 64 or cut <= len(rows) - cut:
+            return
+        old = rows[:cut]
+        k = old[self.key]
         order = np.argsort(k, kind="stable")  # old rows are in ts order already
-        last = order[np.r_[k[order][1:] != k[order][:-1], True]]
-        return np.concatenate((rows[old][last], rows[~old]))[
-            np.argsort(np.concatenate((ts[old][last], ts[~old])), kind="stable")
-        ]
+        last = np.sort(order[np.r_[k[order][1:] != k[order][:-1], True]])
+        right.rows = np.concatenate((old[last], rows[cut:]))
+        right.index = None
 
     def _match(self, left: NDArray[Any], right: _Side) -> NDArray[Any]:
         """Join ``left`` rows (shape (n,)) to the latest right row at or before each."""
@@ -132,11 +188,12 @@ class _AsofSource(Source):
         if rows is None or not len(rows):
             self._blank(out, np.ones(len(left), bool), left.dtype, right.dtype)
             return out
-        idx = self._indices(left, rows)
+        idx = self._indices(left, right)
         found = idx >= 0
         safe = np.maximum(idx, 0)
         if self.tolerance is not None:
-            tol = as_units(self.tolerance, left.dtype[self.on])
+            lts = as_numbers(left[self.on])
+            tol = as_units(self.tolerance, left.dtype[self.on], lts, what=f"{self.name}: tolerance")
             gap = as_numbers(left[self.on]) - as_numbers(rows[self.on])[safe]
             found &= gap <= tol
         for src, dst in self._right_names(left.dtype, rows.dtype):
@@ -145,24 +202,16 @@ class _AsofSource(Source):
         out[self.matched] = found
         return out
 
-    def _indices(self, left: NDArray[Any], rows: NDArray[Any]) -> NDArray[np.intp]:
+    def _indices(self, left: NDArray[Any], right: _Side) -> NDArray[np.intp]:
         """Per left row, the index of its right row (-1 when there is none)."""
-        lts, rts = as_numbers(left[self.on]), as_numbers(rows[self.on])
+        rows = right.rows
+        assert rows is not None
+        lts = as_numbers(left[self.on])
         if self.key is None:
-            return np.searchsorted(rts, lts, side="right") - 1
-        # One sortable code per row: (key code, rank of ts among both sides).
-        keys, rcode = np.unique(rows[self.key], return_inverse=True)
-        lpos = np.minimum(np.searchsorted(keys, left[self.key]), len(keys) - 1)
-        known = keys[lpos] == left[self.key]
-        every = np.sort(np.concatenate((rts, lts)))
-        width = len(every) + 1
-        rc = rcode.reshape(-1) * width + np.searchsorted(every, rts, side="right")
-        lc = lpos * width + np.searchsorted(every, lts, side="right")
-        order = np.argsort(rc, kind="stable")
-        pos = np.searchsorted(rc[order], lc, side="right") - 1
-        idx = np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
-        ok = known & (pos >= 0) & (rcode.reshape(-1)[np.maximum(idx, 0)] == lpos)
-        return np.where(ok, idx, -1)
+            return np.searchsorted(as_numbers(rows[self.on]), lts, side="right") - 1
+        if right.index is None:
+            right.index = _KeyIndex(rows, self.on, self.key)
+        return right.index.lookup(left[self.key], lts)
 
     def _right_names(
         self, left: np.dtype[Any], right: np.dtype[Any] | None
@@ -206,7 +255,8 @@ def asof_join(
 
     Each left row is emitted with the columns of the latest right row whose ``on`` is at
     or before its own (of the same ``key``, when given), once the right stream has
-    moved past it. Both streams must be sorted by ``on`` (see :func:`aflow.reorder`).
+    moved past it. Both streams must be sorted by ``on`` (see :func:`aflow.reorder`): a
+    timestamp going backwards on either side raises ``ValueError``.
 
     Args:
         left, right: flows of structured batches with an ``on`` column (int, float or
@@ -233,4 +283,5 @@ def asof_join(
     for f in (left, right):
         if not isinstance(f, Flow):
             raise TypeError(f"asof_join() takes flows without sinks, got {type(f).__name__}")
+    check_duration(tolerance, "asof_join(tolerance)", zero=True)
     return Flow(_AsofSource(left, right, on, key, tolerance, suffix, matched))

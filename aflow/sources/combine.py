@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from ..abc import Batch, Buffer, Context, Message, Outlet, Source
+from ..abc import Batch, Buffer, Context, Message, Op, Outlet, Source
 from ..flow import Flow
 
 __all__ = ["concat", "merge", "repeat", "zip"]
@@ -25,8 +25,16 @@ def _check(flows: tuple[Any, ...], what: str) -> tuple[Flow[Any], ...]:
     return flows
 
 
-def _start(ctx: Context, flow: Flow[Any], into: Any) -> None:
-    ctx.start_chain(flow.source, flow.ops(), into)
+def _start(ctx: Context, flow: Flow[Any], into: Any, epoch: int | None = None) -> None:
+    ops = flow.ops() if epoch is None else [_for_epoch(op, epoch) for op in flow.ops()]
+    ctx.start_chain(flow.source, ops, into)
+
+
+def _for_epoch(op: Op, epoch: int) -> Op:
+    """``op`` as it runs in epoch ``epoch`` of a repeat: a stage with a ``for_epoch``
+    method (``shuffle``) gives its description for that epoch."""
+    hook = getattr(op, "for_epoch", None)
+    return op if hook is None else hook(epoch)
 
 
 class _MergeSource(Source):
@@ -87,7 +95,10 @@ def concat(*flows: Flow[Any]) -> Flow[Any]:
 def repeat(flow: Flow[Any], times: int | None = None) -> Flow[Any]:
     """Run ``flow`` ``times`` times in a row (forever when ``None``): epochs over a dataset.
 
-    Every repetition starts the flow afresh (new generators, files reopened).
+    Every repetition starts the flow afresh (new generators, files reopened). A
+    :func:`aflow.shuffle` in ``flow`` shuffles each epoch differently (seeded by its seed
+    and the epoch number): a stage takes part by having a ``for_epoch(epoch)`` method
+    that returns its description for that epoch (epochs count from 0).
     """
     if times is not None and times < 0:
         raise ValueError(f"repeat(times={times}): must be >= 0")
@@ -106,7 +117,7 @@ class _RepeatSource(_ConcatSource):
         while (self.times is None or done < self.times) and not out.stopping:
             edge = ctx.new_buffer(counters)
             with ctx.reuse_counters() as recycle:
-                _start(ctx, self.flows[0], edge)
+                _start(ctx, self.flows[0], edge, epoch=done)
             produced = False
             try:
                 async for msg in edge:

@@ -31,7 +31,7 @@ class _ShuffleRunner(Processor):
     Elements and rows are held separately; memory is at most ``size`` of each.
     """
 
-    def __init__(self, size: int, seed: int | None) -> None:
+    def __init__(self, size: int, seed: int | list[int] | None) -> None:
         self.size = size
         self.rng = np.random.default_rng(seed)
         self.elements: list[Any] = []
@@ -70,24 +70,36 @@ class _ShuffleRunner(Processor):
             )
         if data.dtype != self.rows.dtype:
             data = data.astype(self.rows.dtype)
-        out: list[NDArray[Any]] = []
         start = 0
-        while start < len(data):
-            if self.held < self.size:  # still filling
-                take = min(self.size - self.held, len(data) - start)
-                self.rows[self.held : self.held + take] = data[start : start + take]
-                self.held += take
-                start += take
-                continue
-            piece = data[start : start + self.size]
-            idx = self.rng.choice(self.size, len(piece), replace=False)
-            out.append(self.rows[idx])  # fancy indexing copies
-            self.rows[idx] = piece
-            start += len(piece)
-        if not out:
+        if self.held < self.size:  # still filling
+            start = min(self.size - self.held, len(data))
+            self.rows[self.held : self.held + start] = data[:start]
+            self.held += start
+        if start == len(data):
             return []
-        rows = out[0] if len(out) == 1 else np.concatenate(out)
+        rows = self._replace(data[start:])
         return [Batch(rows, batch.reason)]  # shuffled rows have no single provenance
+
+    def _replace(self, incoming: NDArray[Any]) -> NDArray[Any]:
+        """Row by row, each incoming row takes a random slot and sends out what was there:
+        exactly the per-row reservoir, vectorized. A slot picked twice in one batch sends
+        out the row that came in at its first pick (so rows can pass straight through,
+        as they do one row at a time)."""
+        assert self.rows is not None
+        picks = self.rng.integers(0, self.size, len(incoming))
+        order = np.argsort(picks, kind="stable")  # by slot, then arrival
+        slots = picks[order]
+        repeat = np.empty(len(slots), bool)
+        repeat[0] = False
+        repeat[1:] = slots[1:] == slots[:-1]
+        out = np.empty_like(incoming)
+        first = order[~repeat]
+        out[first] = self.rows[slots[~repeat]]  # what the slot held before this batch
+        again = order[repeat]
+        out[again] = incoming[order[np.flatnonzero(repeat) - 1]]  # its previous newcomer
+        last = np.append(slots[1:] != slots[:-1], True)
+        self.rows[slots[last]] = incoming[order[last]]
+        return out
 
     def flush(self) -> list[Message]:
         out: list[Message] = []
@@ -104,31 +116,52 @@ class _ShuffleRunner(Processor):
 
 
 class _ShuffleOp(Operator):
-    def __init__(self, size: int, seed: int | None) -> None:
+    def __init__(self, size: int, seed: int | None, reshuffle: bool, epoch: int = 0) -> None:
         self.size = size
         self.seed = seed
+        self.reshuffle = reshuffle
+        self.epoch = epoch
         self.name = f"shuffle({size})"
 
     def start(self) -> Processor:
-        return _ShuffleRunner(self.size, self.seed)
+        seed: int | list[int] | None = self.seed
+        if self.seed is not None and self.epoch:
+            seed = [self.seed, self.epoch]
+        return _ShuffleRunner(self.size, seed)
+
+    def for_epoch(self, epoch: int) -> _ShuffleOp:
+        """This shuffle for epoch ``epoch`` of :func:`aflow.repeat`: seeded by
+        ``(seed, epoch)`` so every epoch has its own order (unless ``reshuffle`` is off)."""
+        if not self.reshuffle:
+            return self
+        return _ShuffleOp(self.size, self.seed, self.reshuffle, epoch)
 
 
-def shuffle(buffer_size: int, *, seed: int | None = None) -> Stage[T, T]:
+def shuffle(
+    buffer_size: int, *, seed: int | None = None, reshuffle_each_epoch: bool = True
+) -> Stage[T, T]:
     """Shuffle within a bounded buffer of ``buffer_size`` elements or rows.
 
     The first ``buffer_size`` rows fill the buffer; then each arriving row replaces a
-    randomly chosen held row, which is emitted (vectorized per batch). At the end the
-    held rows are emitted in random order. The larger the buffer, the closer to a full
-    shuffle; memory is ``buffer_size`` rows. Put it *after* :func:`aflow.repeat` to get a
-    new order every epoch.
+    randomly chosen held row, which is emitted. That is done row by row in effect,
+    whatever the batch size (vectorized per batch: a batch as large as the buffer shuffles
+    exactly as its rows would one at a time). At the end the held rows are emitted in
+    random order. The larger the buffer, the closer to a full shuffle; memory is
+    ``buffer_size`` rows.
+
+    Inside :func:`aflow.repeat` (``repeat(flow | shuffle(n, seed=s))``) every epoch gets
+    its own order, seeded by ``(s, epoch)``, as tf.data's ``reshuffle_each_iteration``;
+    ``reshuffle_each_epoch=False`` repeats the first epoch's order. After ``repeat`` one
+    buffer runs across the epochs (rows of neighbouring epochs mix).
 
     Args:
         buffer_size: rows (or elements) held.
         seed: seed of the random generator, for reproducible runs.
+        reshuffle_each_epoch: a new order in each epoch of an enclosing ``repeat``.
     """
     if buffer_size < 1:
         raise ValueError(f"shuffle({buffer_size}): buffer_size must be at least 1")
-    return Stage(_ShuffleOp(buffer_size, seed))
+    return Stage(_ShuffleOp(buffer_size, seed, reshuffle_each_epoch))
 
 
 class _SampleRunner(Processor):

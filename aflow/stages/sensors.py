@@ -16,7 +16,13 @@ from numpy.typing import NDArray
 
 from ..abc import Batch, Message, Operator, Processor, refuse_async
 from ..flow import Stage
-from ..kernels.time_units import TimeSpan, as_numbers, as_timestamps, as_units
+from ..kernels.time_units import (
+    TimeSpan,
+    as_numbers,
+    as_timestamps,
+    as_units,
+    check_duration,
+)
 from ..stats import StageCounters
 from ._late import LateTarget, check_late, reject_late
 
@@ -46,7 +52,8 @@ class _ReorderRunner(Processor):
             return []
         ts = _ts(data, self.op.on, self.op.name)
         if self.held is None:
-            self.horizon = as_units(self.op.horizon, data.dtype[self.op.on])
+            what = f"{self.op.name}: horizon"
+            self.horizon = as_units(self.op.horizon, data.dtype[self.op.on], ts, what=what)
         late = ts < self.wm
         if late.any():
             prov = msg.provenance if isinstance(msg, Batch) else None
@@ -119,6 +126,7 @@ def reorder(
         refuse_async(
             late, "reorder(late=)", "give an async function (no yield)", kinds=("generator",)
         )
+    check_duration(horizon, "reorder(horizon)", zero=True)
     return Stage(_ReorderOp(on, horizon, late))
 
 
@@ -141,10 +149,12 @@ class _ResampleRunner(Processor):
         return self._emit(data, final=False)
 
     def _first(self, data: NDArray[Any]) -> None:
-        on = self.op.on
-        self.every = as_units(self.op.every, data.dtype[on])
+        on, name = self.op.on, self.op.name
+        ts = _ts(data, on, name)
+        self.every = as_units(self.op.every, data.dtype[on], ts, what=f"{name}: every")
         if self.op.max_gap is not None:
-            self.max_gap = as_units(self.op.max_gap, data.dtype[on])
+            what = f"{name}: max_gap"
+            self.max_gap = as_units(self.op.max_gap, data.dtype[on], ts, what=what)
         self.next_k = int(-(-_ts(data[:1], on, self.op.name)[0] // self.every))
 
     def _emit(self, data: NDArray[Any], final: bool) -> list[Message]:
@@ -249,4 +259,6 @@ def resample(
     """
     if fill not in ("last", "linear"):
         raise ValueError(f"resample(fill={fill!r}): use 'last' or 'linear'")
+    check_duration(every, "resample(every)")
+    check_duration(max_gap, "resample(max_gap)", zero=True)
     return Stage(_ResampleOp(on, every, fill, max_gap, columns, valid))

@@ -33,11 +33,12 @@ from ..abc import (
     refuse_async,
 )
 from ..flow import Stage
-from ..kernels.time_units import TimeSpan, as_numbers, as_units
+from ..kernels.time_units import TimeSpan, as_numbers, as_units, check_duration, duration_ns
 from ..policies import ErrorPolicy
 from ..stats import StageCounters
 from ._late import LateTarget, check_late, reject_late, waits_on_target
 from ._panes import STATS, AggSpec
+from ._watermarks import Groups, WatermarkMode
 from ._windowing import FixedWindows, OpenWindows, SessionWindows
 
 __all__ = ["window"]
@@ -53,8 +54,10 @@ class _WindowOp(Operator):
         self.domain = domain
         self.on = on
         self.make = make
+        self.key = make.key
         self.late: ErrorPolicy = "skip"
         self.lateness: TimeSpan = 0
+        self.watermark: WatermarkMode = "source"
 
     def start(self) -> _WindowRunner:
         return _WindowRunner(self)
@@ -74,25 +77,30 @@ class _WindowsFactory:
         self.size, self.step, self.gap, self.key, self.spec = size, step, gap, key, spec
         self.first: int | None = None  # count windows start at row 0
 
-    def __call__(self, ts_dtype: np.dtype[Any]) -> OpenWindows:
+    def __call__(self, ts_dtype: np.dtype[Any], ts: NDArray[Any], name: str) -> OpenWindows:
+        """New open windows for timestamps of ``ts_dtype`` (``ts``: the first ones, as
+        numbers, to tell their epoch unit)."""
         out = ts_dtype if ts_dtype.kind in "Mf" else np.dtype(np.int64)
         if self.gap is not None:
-            return SessionWindows(as_units(self.gap, ts_dtype), self.key, self.spec, out)
+            gap = as_units(self.gap, ts_dtype, ts, what=f"{name}: gap")
+            return SessionWindows(gap, self.key, self.spec, out)
         assert self.size is not None
-        size = as_units(self.size, ts_dtype)
-        step = size if self.step is None else as_units(self.step, ts_dtype)
+        size = as_units(self.size, ts_dtype, ts, what=f"{name}: size")
+        step = (
+            size if self.step is None else as_units(self.step, ts_dtype, ts, what=f"{name}: step")
+        )
         return FixedWindows(size, step, self.spec, out, first=self.first)
 
 
 class _WindowRunner(Processor):
-    """Per-run state: the open windows, the watermark rule, the row count."""
+    """Per-run state: the groups of open windows, their watermarks, the row count."""
 
     guarded = True  # process_guarded: late rows go to the late policy, which may await
 
     def __init__(self, op: _WindowOp) -> None:
         self.op = op
-        self.windows: OpenWindows | None = None
-        self.lateness = 0.0
+        self.groups: Groups | None = None
+        self.lateness: Any = 0
         self.rows_seen = 0
         self.reason: BatchReason = "count" if op.domain == "count" else "time"
 
@@ -110,59 +118,73 @@ class _WindowRunner(Processor):
             if data.dtype.names is None or op.on not in data.dtype.names:
                 raise TypeError(f"{op.name}: batches need a {op.on!r} timestamp column")
             ts = data[op.on]
-        if self.windows is None:
-            self.windows = op.make(ts.dtype)
+        if self.groups is None:
+            numbers = as_numbers(ts)
+            mode = op.watermark if op.domain == "event" else "global"
+            self.groups = Groups(mode, lambda: op.make(ts.dtype, numbers, op.name))
             if op.domain == "event":
-                self.lateness = as_units(op.lateness, ts.dtype)
+                what = f"{op.name}: allowed_lateness"
+                self.lateness = as_units(op.lateness, ts.dtype, numbers, what=what)
         return as_numbers(ts)
 
     async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
         return await self.step(msg, counters, anyio.current_time())
 
     async def step(self, msg: Message, counters: StageCounters, now: float) -> list[Message]:
-        """Add one message's rows, split off late rows, advance the watermark, emit."""
+        """Add one message's rows, split off late rows, advance the watermarks, emit."""
         data = msg.data if isinstance(msg, Batch) else np.asarray(msg)
         if not len(data):
             return []
         t0 = time.perf_counter()
         ts = self.timestamps(data, now)
-        assert self.windows is not None
-        wm = self.windows.wm
-        late = self.windows.add(ts, data)
+        assert self.groups is not None
+        prov = msg.provenance if isinstance(msg, Batch) else None
+        source = None if prov is None else prov.source
+        out: list[Message] = []
+        for input_id, rows, times in self.groups.split(data, ts, source, self.op.key):
+            group = self.groups.group_of(input_id, times)
+            wm = group.windows.wm
+            late = group.windows.add(times, rows)
+            if late.any():
+                counters.busy_seconds += time.perf_counter() - t0
+                await reject_late(self.op.late, rows[late], wm, self.op.name, prov, counters)
+                t0 = time.perf_counter()
+            top = self._top(times, now)
+            group.marks[input_id] = max(group.marks.get(input_id, top), top)
+            out += self._close(group.windows, group.watermark(self._lateness()))
         self.rows_seen += len(data)
         counters.busy_seconds += time.perf_counter() - t0
-        if late.any():
-            prov = msg.provenance if isinstance(msg, Batch) else None
-            await reject_late(self.op.late, data[late], wm, self.op.name, prov, counters)
-        return self.advance(self._watermark(ts, now))
+        return out
 
-    def _watermark(self, ts: NDArray[Any], now: float) -> float:  # an int for int timestamps
+    def _top(self, ts: NDArray[Any], now: float) -> Any:
         if self.op.domain == "count":
-            return self.rows_seen
+            return self.rows_seen + len(ts)
         if self.op.domain == "processing":
             return now
         top = ts.max()
-        lateness = self.lateness
-        if ts.dtype.kind in "iu" and float(lateness).is_integer():
-            return int(top) - int(lateness)  # exact: floats round epoch nanoseconds
-        return float(top) - float(lateness)
+        return int(top) if ts.dtype.kind in "iu" else float(top)
+
+    def _lateness(self) -> Any:
+        return self.lateness if self.op.domain == "event" else 0
+
+    def _close(self, windows: OpenWindows, wm: Any) -> list[Message]:
+        return [Batch(out, self.reason) for out in windows.close(wm) if len(out)]
 
     def advance(self, wm: float) -> list[Message]:
-        """Close the windows that end at or before ``wm``."""
-        if self.windows is None:
-            return []
-        return [Batch(out, self.reason) for out in self.windows.close(wm) if len(out)]
+        """Close the windows that end at or before ``wm`` (processing time)."""
+        return [m for g in self.groups or () for m in self._close(g.windows, wm)]
+
+    def next_end(self) -> float | None:
+        """The earliest end of an open window, ``None`` when none is open."""
+        ends = [e for g in self.groups or () if (e := g.windows.next_end()) is not None]
+        return min(ends, default=None)
 
     def idle(self) -> list[Message]:
         """The input went quiet: close every open window."""
-        if self.windows is None:
-            return []
-        return [Batch(out, "time") for out in self.windows.flush() if len(out)]
+        return [Batch(o, "time") for g in self.groups or () for o in g.windows.flush() if len(o)]
 
     def flush(self) -> list[Message]:
-        if self.windows is None:
-            return []
-        return [Batch(out, "end") for out in self.windows.flush() if len(out)]
+        return [Batch(o, "end") for g in self.groups or () for o in g.windows.flush() if len(o)]
 
 
 class _TimedWindowOp(AsyncOperator):
@@ -176,11 +198,11 @@ class _TimedWindowOp(AsyncOperator):
 
     def _deadline(self, runner: _WindowRunner, last_input: float) -> float:
         if self.inner.domain == "processing":
-            end = runner.windows.next_end() if runner.windows is not None else None
+            end = runner.next_end()
             return math.inf if end is None else end
-        if self.idle_timeout is None or runner.windows is None:
+        if self.idle_timeout is None:
             return math.inf
-        open_ = runner.windows.next_end() is not None
+        open_ = runner.next_end() is not None
         return last_input + self.idle_timeout if open_ else math.inf
 
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
@@ -218,6 +240,7 @@ def window(
     value: str | Sequence[str] | None = None,
     stats: Sequence[str] | None = None,
     allowed_lateness: TimeSpan = 0,
+    watermark: WatermarkMode = "source",
     idle_timeout: float | None = None,
     late: LateTarget = "drop",
     buffer: int | None = None,
@@ -285,6 +308,10 @@ def window(
         [(0, 10, 1, 2, 3.0), (10, 20, 2, 1, 1.0)]
     """
     dom = _check(size, step, gap, on, domain, allowed_lateness, idle_timeout)
+    if watermark not in ("source", "key", "global"):
+        raise ValueError(f"window(watermark={watermark!r}): use 'source', 'key' or 'global'")
+    if watermark == "key" and key is None:
+        raise ValueError("window(watermark='key') needs key=, the column of the keys")
     spec = _spec(key, value, stats)
     kind = "session" if gap is not None else "sliding" if step not in (None, size) else "tumbling"
     label = name or f"window({kind}, {dom}{'' if key is None else f', key={key!r}'})"
@@ -295,7 +322,7 @@ def window(
         refuse_async(
             late, "window(late=)", "give an async function (no yield)", kinds=("generator",)
         )
-    op.late, op.lateness = check_late(late), allowed_lateness
+    op.late, op.lateness, op.watermark = check_late(late), allowed_lateness, watermark
     if dom == "processing" or idle_timeout is not None or waits_on_target(late):
         return Stage(_TimedWindowOp(op, idle_timeout, buffer))
     return Stage(op)
@@ -314,25 +341,24 @@ def _check(
     if (size is None) == (gap is None):
         raise ValueError("window(): give either size= (tumbling, sliding) or gap= (sessions)")
     for label, v in (("size", size), ("step", step), ("gap", gap)):
-        if v is not None and not v > _zero(v):
-            raise ValueError(f"window({label}={v!r}): must be > 0")
+        check_duration(v, f"window({label})")
     if gap is not None and step is not None:
         raise ValueError("window(): step= is for sliding windows, not sessions (gap=)")
     if dom == "event" and on is None:
         raise ValueError("window(domain='event') needs on=, the timestamp column")
-    if dom != "event" and (on is not None or idle_timeout is not None or lateness != 0):
+    if dom != "event" and (
+        on is not None
+        or idle_timeout is not None
+        or duration_ns(lateness) is not None
+        or lateness != 0
+    ):
         raise ValueError("window(): on=, idle_timeout= and allowed_lateness= are for event time")
     if dom == "count" and gap is not None:
         raise ValueError("window(domain='count'): count windows cannot be sessions")
     if idle_timeout is not None and not idle_timeout > 0:
         raise ValueError(f"window(idle_timeout={idle_timeout}): must be > 0 seconds")
-    if lateness < _zero(lateness):
-        raise ValueError(f"window(allowed_lateness={lateness!r}): must be >= 0")
+    check_duration(lateness, "window(allowed_lateness)", zero=True)
     return dom
-
-
-def _zero(v: TimeSpan) -> Any:
-    return np.timedelta64(0, "ns") if isinstance(v, np.timedelta64) else 0
 
 
 def _spec(
