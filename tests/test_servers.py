@@ -40,10 +40,15 @@ async def serving(make: Callable[[Any], Any], **run: Any) -> AsyncIterator[tuple
             yield handle, address
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    with anyio.fail_after(timeout):
+async def wait_until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
         while not condition():  # noqa: ASYNC110 (polls state that has no event)
             await anyio.sleep(0.01)
+
+
+def _start(*cmd: str) -> subprocess.Popen[bytes]:
+    """A real client process, started without waiting for it."""
+    return subprocess.Popen(cmd)
 
 
 def _reset(address: Address, payload: bytes = b"", delay: float = 0.0) -> None:
@@ -112,15 +117,13 @@ async def test_a_storm_of_resetting_processes_loses_nothing_of_8_real_senders(
     lines: list[bytes] = []
     flow = lambda cb: af.tcp_server(0, on_listening=cb, on_connection=events.append)  # noqa: E731
     async with serving(flow) as (run, (host, port)):
-        procs = [
-            subprocess.Popen([sys.executable, "-c", STORM, str(port), "250"]) for _ in range(4)
-        ]
+        procs = [_start(sys.executable, "-c", STORM, str(port), "250") for _ in range(4)]
         for k, path in enumerate(files):
             if k % 2:
                 cmd = ["socat", "-u", f"FILE:{path}", f"TCP:{host}:{port}"]
             else:
                 cmd = ["sh", "-c", f"nc -N {host} {port} < {path}"]
-            procs.append(subprocess.Popen(cmd))
+            procs.append(_start(*cmd))
         with anyio.fail_after(90):
             async for block in run:
                 lines.extend(bytes(block).splitlines())
@@ -155,14 +158,14 @@ async def test_backpressure_reaches_a_real_fast_sender_and_a_stop_loses_no_read_
         delivered.append(len(block))
         await held.wait()
 
-    make = lambda cb: (
-        af.tcp_server(  # noqa: E731
+    def make(cb: Any) -> Any:
+        server = af.tcp_server(
             0, on_listening=cb, on_connection=events.append, on_error=af.dead_letter(dead)
         )
-        | af.for_each(slow)
-    )
+        return server | af.for_each(slow)
+
     async with serving(make, max_bytes_in_flight=budget) as (run, (host, port)):
-        proc = subprocess.Popen(["socat", "-u", f"FILE:{path}", f"TCP:{host}:{port}"])
+        proc = _start("socat", "-u", f"FILE:{path}", f"TCP:{host}:{port}")
         try:
             source = run.statistics().stages[0].name
 
@@ -335,12 +338,11 @@ async def test_a_clients_bad_line_is_isolated_by_the_decoders_error_policy() -> 
     names the peer and line of each bad row."""
     bad: list[af.FailedItem] = []
     dtype = np.dtype([("a", "i8"), ("b", "f8")])
-    make = lambda cb: (
-        af.tcp_server(0, on_listening=cb)
-        | af.decode_csv(  # noqa: E731
-            dtype, on_error=af.dead_letter(bad)
-        )
-    )
+
+    def make(cb: Any) -> Any:
+        decode = af.decode_csv(dtype, on_error=af.dead_letter(bad))
+        return af.tcp_server(0, on_listening=cb) | decode
+
     async with serving(make) as (run, address):
         await anyio.to_thread.run_sync(_send, address, b"1,2.5\nnot,a row\n3,4.5\n")
         await anyio.to_thread.run_sync(_send, address, b"5,6.5\n")
