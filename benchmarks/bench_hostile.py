@@ -48,8 +48,28 @@ def _endless(port: int, done: list[bool]) -> None:
             pass
 
 
+class _Port:
+    """Receives the bound address (``on_listening``); ``await port.wait()`` gives the port."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.port = 0
+
+    def __call__(self, address: Any) -> None:
+        self.port = address[1]
+        self.event.set()
+
+    async def wait(self) -> int:
+        await self.event.wait()
+        return self.port
+
+
+def _start(*cmd: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd)
+
+
 async def cut_endless_line(limit_mib: int) -> tuple[float, float]:
-    ports: list[Any] = []
+    ports = _Port()
     closed = anyio.Event()
 
     def seen(event: af.ConnectionEvent) -> None:
@@ -57,17 +77,16 @@ async def cut_endless_line(limit_mib: int) -> tuple[float, float]:
             closed.set()
 
     flow = (
-        af.tcp_server(0, max_line=limit_mib * MiB, on_listening=ports.append, on_connection=seen)
+        af.tcp_server(0, max_line=limit_mib * MiB, on_listening=ports, on_connection=seen)
         | af.discard()
     )
     worst = [0.0]
     done = [False]
     async with flow.open() as run, anyio.create_task_group() as tg:
-        while not ports:
-            await anyio.sleep(0.01)
+        port = await ports.wait()
         tg.start_soon(_ticker, worst)
         t0 = time.perf_counter()
-        tg.start_soon(anyio.to_thread.run_sync, _endless, ports[0][1], done)
+        tg.start_soon(anyio.to_thread.run_sync, _endless, port, done)
         await closed.wait()
         seconds = time.perf_counter() - t0
         done[0] = True
@@ -86,17 +105,15 @@ with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
 
 
 async def read_ahead(budget: int) -> tuple[int, bool]:
-    ports: list[Any] = []
+    ports = _Port()
     held = anyio.Event()
 
     async def slow(block: Any) -> None:
         await held.wait()
 
-    flow = af.tcp_server(0, on_listening=ports.append) | af.for_each(slow)
+    flow = af.tcp_server(0, on_listening=ports) | af.for_each(slow)
     async with flow.open(max_bytes_in_flight=budget) as run:
-        while not ports:
-            await anyio.sleep(0.01)
-        proc = subprocess.Popen([sys.executable, "-c", SENDER, str(ports[0][1])])
+        proc = _start(sys.executable, "-c", SENDER, str(await ports.wait()))
         await anyio.sleep(2)
         read = run.statistics().stages[0].bytes_out
         blocked = proc.poll() is None
