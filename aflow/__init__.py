@@ -64,6 +64,7 @@ from .sources.files import read_records as read_records
 from .sources.iterables import from_array as from_array
 from .sources.iterables import from_arrays as from_arrays
 from .sources.iterables import from_iterable as from_iterable
+from .sources.sockets import ConnectionEvent as ConnectionEvent
 from .sources.sockets import tcp_client as tcp_client
 from .sources.sockets import tcp_server as tcp_server
 from .sources.sockets import udp_server as udp_server
@@ -101,6 +102,7 @@ __all__ = [
     "Batch",
     "Collect",
     "CollectMode",
+    "ConnectionEvent",
     "DecodeError",
     "FailedItem",
     "FileSummary",

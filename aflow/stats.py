@@ -32,6 +32,9 @@ class StageStatistics:
             (backpressure). Stages fused into one task share their task's figure.
         buffer_size: capacity of the stage's input buffer in messages (0 when fused).
         buffer_high_water: most messages ever waiting in that buffer.
+        dropped: input lost before the stage could read it, as its source learns: for
+            :func:`~aflow.udp_server`, the datagrams the kernel dropped because its
+            receive buffer was full (Linux ``SO_RXQ_OVFL``). Not part of ``errors``.
     """
 
     name: str
@@ -48,6 +51,7 @@ class StageStatistics:
     blocked_seconds: float
     buffer_size: int
     buffer_high_water: int
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +87,17 @@ class RunStatistics:
         """Items any stage sent to a dead-letter target."""
         return sum(s.dead_lettered for s in self.stages)
 
+    @property
+    def dropped(self) -> int:
+        """Input lost before any stage could read it (datagrams the kernel dropped)."""
+        return sum(s.dropped for s in self.stages)
+
     def format(self) -> str:
         """A plain-text table, one row per stage, with a line of totals.
 
         Stage names are shown whole (the column is as wide as the longest); ``errors``
-        counts failed items, skipped or dead-lettered (``dead``).
+        counts failed items, skipped or dead-lettered (``dead``). Input lost before it
+        was read (``dropped``) is added to a stage's row and to the totals when any was.
         """
         width = max([28, *(len(s.name) for s in self.stages)])
         head = (
@@ -101,12 +111,15 @@ class RunStatistics:
             f"{s.bytes_out / 1e6:>8.1f} {s.errors:>8,} {s.dead_lettered:>7,} "
             f"{s.busy_seconds:>7.3f} {s.blocked_seconds:>9.3f} "
             f"{s.buffer_high_water:>3}/{s.buffer_size:<2}"
+            + (f" {s.dropped:,} dropped" if s.dropped else "")
             for s in self.stages
         )
+        dropped = self.dropped
         rows.append(
             f"{self.seconds:.3f} s wall, peak {self.peak_bytes_in_flight / 1e6:.2f} MB in flight, "
             f"{self.errors:,} errors ({self.dead_lettered:,} dead-lettered, "
             f"{self.errors - self.dead_lettered:,} skipped)"
+            + (f", {dropped:,} dropped before they were read" if dropped else "")
         )
         return "\n".join(rows)
 
@@ -129,6 +142,7 @@ class StageCounters:
     blocked: list[float] = field(default_factory=lambda: [0.0])  # shared by a task's stages
     buffer_size: int = 0
     buffer_high_water: int = 0
+    dropped: int = 0
 
     def count_in(self, msg: Message) -> None:
         if isinstance(msg, Batch):
@@ -162,6 +176,7 @@ class StageCounters:
             self.blocked[0],
             self.buffer_size,
             self.buffer_high_water,
+            self.dropped,
         )
 
 

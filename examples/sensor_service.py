@@ -38,6 +38,7 @@ class Latest:
         self.lock = threading.Lock()
         self.sensors: dict[int, dict[str, Any]] = {}
         self.readings = 0
+        self.rejected: dict[str, int] = {}  # client -> bad lines
 
     def update(self, windows: np.ndarray) -> None:
         with self.lock:
@@ -52,9 +53,19 @@ class Latest:
                 }
                 self.readings += count
 
+    def reject(self, failed: af.FailedItem) -> None:
+        """A client's bad line: counted per client; the other clients are still served."""
+        peer = failed.provenance.source if failed.provenance else failed.stage
+        with self.lock:
+            self.rejected[peer] = self.rejected.get(peer, 0) + 1
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {"readings": self.readings, "sensors": dict(self.sensors)}
+            return {
+                "readings": self.readings,
+                "sensors": dict(self.sensors),
+                "rejected_lines_by_client": dict(self.rejected),
+            }
 
 
 def serve_http(latest: Latest, port: int) -> ThreadingHTTPServer:
@@ -81,7 +92,9 @@ def service(udp: int, tcp: int, latest: Latest) -> af.SinkFlow[int]:
     )
     return (
         ingest
-        | af.decode_csv(READING, on_error="skip")
+        # a client's bad line is set aside (with the client's address and line number)
+        # and every client goes on being served; the default, "raise", would stop the service
+        | af.decode_csv(READING, on_error=af.dead_letter(latest.reject))
         | af.window(
             WINDOW_MS,
             on="ts",
@@ -127,7 +140,9 @@ def main() -> int:
     print(f"stopped: {snapshot['readings']:,} readings from {len(snapshot['sensors'])} sensors")
     if result is not None:
         decode = next(s for s in result.statistics.stages if "decode_csv" in s.name)
-        print(f"malformed lines skipped: {decode.errors}")
+        print(f"malformed lines set aside: {decode.errors}")
+        for peer, count in sorted(snapshot["rejected_lines_by_client"].items()):
+            print(f"  {peer}: {count:,}")
     return 0
 
 

@@ -507,7 +507,8 @@ async def test_udp_datagrams_with_several_records_each() -> None:
 
 @pytest.mark.anyio
 async def test_udp_bursts_become_one_block_per_sender_numbered_on() -> None:
-    async with serving(lambda cb: af.udp_server(0, on_listening=cb)) as (run, (host, port)):
+    make = lambda cb: af.udp_server(0, datagrams="messages", on_listening=cb)  # noqa: E731
+    async with serving(make) as (run, (host, port)):
         async with (
             await anyio.create_connected_udp_socket(host, port) as a,
             await anyio.create_connected_udp_socket(host, port) as b,

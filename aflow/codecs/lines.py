@@ -50,7 +50,7 @@ class LineSplitter:
         self.line = first_line
         self.offset = offset
         self.overlong = 0
-        self._rest = b""
+        self._rest: bytes | bytearray = b""
         self._skipping = False
 
     @property
@@ -72,9 +72,7 @@ class LineSplitter:
         cut = chunk.rfind(b"\n") + 1
         rest = self._rest
         if cut == 0:
-            self._rest = rest + chunk if rest else chunk
-            if len(self._rest) > self.max_line:
-                self._overlong(self._rest)
+            self._hold(chunk)
             return None
         # one copy at most: the held partial line and the chunk's complete lines
         view = np.frombuffer(chunk, np.uint8)[:cut]
@@ -137,7 +135,21 @@ class LineSplitter:
             )
         return data[np.repeat(~long, lengths + 1)]
 
-    def _overlong(self, data: bytes) -> None:
+    def _hold(self, chunk: bytes) -> None:
+        """Keep ``chunk``, which has no newline, as more of the unfinished line; cut the line
+        once it passes ``max_line``. Appends in place (a ``bytearray``), so an endless line
+        costs time linear in its length, never a copy of all of it per chunk."""
+        rest = self._rest
+        if not rest:
+            self._rest = chunk
+        elif isinstance(rest, bytearray):
+            rest += chunk
+        else:
+            self._rest = bytearray(rest) + chunk
+        if len(self._rest) > self.max_line:
+            self._overlong(self._rest)
+
+    def _overlong(self, data: bytes | bytearray) -> None:
         line, offset = self.line, self.offset
         self.offset += len(data)
         self._rest = b""

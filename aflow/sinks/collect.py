@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
+import anyio
+
 from .._core.collect import CollectOperator
 from ..abc import (
     Batch,
     Context,
+    Provenance,
     SinkOperator,
     SinkWriter,
+    StageCounters,
     callable_name,
     is_async_callable,
     refuse_async,
 )
 from ..flow import Collect, CollectMode, Sink
+from ..policies import ErrorPolicy, apply_policy, check_policy
 
 __all__ = ["collect", "discard", "for_each", "reduce"]
 
@@ -106,22 +111,52 @@ def reduce(fn: Callable[[A, T], A], initial: A = _NOTHING) -> Sink[T, A]:
 
 
 class _ForEachWriter(SinkWriter[Any, int]):
-    def __init__(self, fn: Callable[[Any], Any], is_async: bool) -> None:
-        self.fn = fn
-        self.is_async = is_async
+    def __init__(self, op: _ForEachOp) -> None:
+        self.fn = op.fn
+        self.is_async = op.is_async
+        self.on_error = op.on_error
+        self.name = op.name
+        self.counters: StageCounters | None = None
         self.count = 0
 
-    async def write(self, item: Any) -> None:
-        self.count += 1
+    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
+        self.counters = counters
+
+    async def _call(self, item: Any) -> None:
         if self.is_async:
             await self.fn(item)
         else:
             self.fn(item)
 
+    async def _guarded(self, item: Any, provenance: Provenance | None = None) -> None:
+        """``fn(item)``, a failure handed to the error policy."""
+        try:
+            await self._call(item)
+        except Exception as exc:
+            if self.on_error == "raise":
+                raise
+            assert self.counters is not None
+
+            async def again() -> list[Any]:
+                await self._call(item)
+                return []
+
+            await apply_policy(
+                self.on_error, item, exc, self.name, provenance, self.counters, again=again
+            )
+
+    async def write(self, item: Any) -> None:
+        self.count += 1
+        await self._guarded(item)
+
+    async def write_batch(self, batch: Batch) -> None:
+        self.count += 1
+        await self._guarded(batch.data, batch.provenance)
+
     async def write_chunk(self, items: list[Any]) -> None:
-        if self.is_async:
+        if self.is_async or self.on_error != "raise":
             for item in items:
-                await self.fn(item)
+                await self._guarded(item)
                 self.count += 1
         else:
             fn = self.fn
@@ -134,27 +169,39 @@ class _ForEachWriter(SinkWriter[Any, int]):
 
 
 class _ForEachOp(SinkOperator[Any, int]):
-    def __init__(self, fn: Callable[[Any], Any], buffer: int | None) -> None:
+    def __init__(self, fn: Callable[[Any], Any], buffer: int | None, on_error: ErrorPolicy) -> None:
         self.fn = fn
         self.is_async = is_async_callable(fn)
         self.fused = not self.is_async
         self.buffer = buffer
+        self.on_error = check_policy(on_error)
         self.name = f"for_each({callable_name(fn)})"
 
     def writer(self, ctx: Context) -> SinkWriter[Any, int]:
-        return _ForEachWriter(self.fn, self.is_async)
+        return _ForEachWriter(self)
 
 
 def for_each(
-    fn: Callable[[T], None] | Callable[[T], Awaitable[None]], *, buffer: int | None = None
+    fn: Callable[[T], None] | Callable[[T], Awaitable[None]],
+    *,
+    buffer: int | None = None,
+    on_error: ErrorPolicy = "raise",
 ) -> Sink[T, int]:
     """Call ``fn`` on every item (an element, or a batch's array); the result is the count.
 
     An async ``fn`` runs in a task of its own behind a buffer of ``buffer`` messages, and
     while it is slow the buffer fills and the upstream stages wait (backpressure).
+
+    Args:
+        fn: called with each item; sync or async.
+        buffer: messages waiting in front of an async ``fn``.
+        on_error: what a call that raises does (see :mod:`aflow.policies`): ``"raise"``
+            (fail the run), ``"skip"`` (count it in the sink's ``errors``),
+            :func:`~aflow.retry` (call again) or :func:`~aflow.dead_letter` (with the
+            batch's provenance).
     """
     refuse_async(fn, "for_each()", "give an async function (no yield)", kinds=("generator",))
-    return Sink(_ForEachOp(fn, buffer))
+    return Sink(_ForEachOp(fn, buffer, on_error))
 
 
 class _DiscardWriter(SinkWriter[Any, int]):

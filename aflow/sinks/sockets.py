@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from anyio.abc import ConnectedUDPSocket, SocketStream
 
-from ..abc import Batch, Context, SinkOperator, SinkWriter
+from ..abc import Batch, Context, SinkOperator, SinkWriter, StageCounters
 from ..codecs import CsvEncoder, Fmt
 from ..codecs.framing import (
     Framing,
@@ -27,6 +27,7 @@ from ..codecs.framing import (
     split_datagrams,
 )
 from ..flow import Sink
+from ..policies import ErrorPolicy, apply_policy, check_policy
 
 __all__ = ["to_tcp", "to_udp"]
 
@@ -61,27 +62,72 @@ class _TcpWriter(SinkWriter[Any, int]):
         self.op = op
         self.encoder = _Encoder(op.framing, op.fmt, op.delimiter)
         self.stream: SocketStream | None = None
+        self.counters: StageCounters | None = None
         self.sent = 0
 
+    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
+        self.counters = counters
+
     async def open(self) -> None:
+        await self._connect()
+
+    async def _connect(self) -> SocketStream:
         op = self.op
         with anyio.fail_after(op.connect_timeout):
             self.stream = await anyio.connect_tcp(op.host, op.port)
+        return self.stream
 
-    async def _send(self, payload: bytes) -> None:
-        assert self.stream is not None
-        if payload:
-            await self.stream.send(payload)
-            self.sent += len(payload)
+    async def _send_once(self, payload: bytes) -> None:
+        """Send ``payload``, connecting again first if an earlier send broke."""
+        stream = self.stream if self.stream is not None else await self._connect()
+        try:
+            await stream.send(payload)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self.stream = None
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise self._broken(exc, len(payload)) from exc
+        self.sent += len(payload)
+
+    def _broken(self, exc: BaseException, size: int) -> ConnectionError:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        why = (
+            f" ({cause!r})"
+            if str(cause) or not isinstance(cause, anyio.BrokenResourceError)
+            else ""
+        )
+        return ConnectionError(
+            f"{self.op.name}: the peer tcp://{self.op.host}:{self.op.port} closed or reset the "
+            f"connection{why}; {size} bytes were not sent after {self.sent} sent. Check that "
+            "the server is up and reads; on_error=aflow.retry(...) reconnects and sends again"
+        )
+
+    async def _send(self, payload: bytes, item: Any, provenance: Any = None) -> None:
+        if not payload:
+            return
+        try:
+            await self._send_once(payload)
+        except ConnectionError as exc:
+            if self.op.on_error == "raise":
+                raise
+            assert self.counters is not None
+
+            async def again() -> list[Any]:
+                await self._send_once(payload)
+                return []
+
+            await apply_policy(
+                self.op.on_error, item, exc, self.op.name, provenance, self.counters, again=again
+            )
 
     async def write(self, item: Any) -> None:
-        await self._send(self.encoder.items([item]))
+        await self._send(self.encoder.items([item]), item)
 
     async def write_chunk(self, items: list[Any]) -> None:
-        await self._send(self.encoder.items(items))
+        await self._send(self.encoder.items(items), items)
 
     async def write_batch(self, batch: Batch) -> None:
-        await self._send(await self.encoder.batch(batch))
+        await self._send(await self.encoder.batch(batch), batch.data, batch.provenance)
 
     async def aclose(self) -> None:
         stream, self.stream = self.stream, None
@@ -105,6 +151,7 @@ class _TcpOp(SinkOperator[Any, int]):
         delimiter: str,
         connect_timeout: float,
         buffer: int | None,
+        on_error: ErrorPolicy,
     ) -> None:
         check_framing(framing, decoding=False)
         self.host = host
@@ -114,6 +161,7 @@ class _TcpOp(SinkOperator[Any, int]):
         self.delimiter = delimiter
         self.connect_timeout = connect_timeout
         self.buffer = buffer
+        self.on_error = check_policy(on_error)
         self.name = f"to_tcp({host}:{port})"
 
     def writer(self, ctx: Context) -> SinkWriter[Any, int]:
@@ -129,6 +177,7 @@ def to_tcp(
     delimiter: str = ",",
     connect_timeout: float = 10.0,
     buffer: int | None = None,
+    on_error: ErrorPolicy = "raise",
 ) -> Sink[Any, int]:
     """Send the flow over one TCP connection; the result is the number of bytes sent.
 
@@ -150,11 +199,18 @@ def to_tcp(
         delimiter: between the values of a text line.
         connect_timeout: seconds to wait for the connection, opened when the run starts.
         buffer: messages waiting in front of the sink.
+        on_error: what a send that fails because the connection broke does: ``"raise"``
+            (fail the run), ``"skip"`` (drop that message, count it in the sink's
+            ``errors`` and connect again for the next), :func:`~aflow.retry` (connect
+            again and resend, with backoff) or :func:`~aflow.dead_letter` (the message's
+            items with their provenance).
 
     Raises:
-        OSError: the connection failed (refused, reset, timed out); this fails the run.
+        OSError: the connection could not be opened (refused, timed out): fails the run.
+        ConnectionError: the peer closed or reset the connection (the message names the
+            peer and how many bytes were sent), under ``on_error="raise"``.
     """
-    return Sink(_TcpOp(host, port, framing, fmt, delimiter, connect_timeout, buffer))
+    return Sink(_TcpOp(host, port, framing, fmt, delimiter, connect_timeout, buffer, on_error))
 
 
 class _UdpWriter(SinkWriter[Any, int]):

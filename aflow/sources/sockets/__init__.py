@@ -16,8 +16,21 @@ each run gets a fresh ephemeral port, which ``on_listening`` receives once it is
 from ._client import tcp_client as tcp_client
 from ._common import Address as Address
 from ._common import OnListening as OnListening
+from ._lifecycle import CloseReason as CloseReason
+from ._lifecycle import ConnectionEvent as ConnectionEvent
+from ._lifecycle import OnConnection as OnConnection
 from ._servers import tcp_server as tcp_server
 from ._servers import unix_server as unix_server
 from ._udp import udp_server as udp_server
 
-__all__ = ["Address", "OnListening", "tcp_client", "tcp_server", "udp_server", "unix_server"]
+__all__ = [
+    "Address",
+    "CloseReason",
+    "ConnectionEvent",
+    "OnConnection",
+    "OnListening",
+    "tcp_client",
+    "tcp_server",
+    "udp_server",
+    "unix_server",
+]

@@ -13,6 +13,7 @@ from ...codecs.framing import Framing
 from ...flow import Flow
 from ...policies import ErrorPolicy, Reporter, check_policy
 from ._common import READ_SIZE, MiB, _aclose, _Options, _pump, _url, logger
+from ._lifecycle import _Tally
 
 
 class _TcpClient(Source):
@@ -54,18 +55,19 @@ class _TcpClient(Source):
                 if stream is None:
                     return
                 try:
-                    peer = _url("tcp", (self.host, self.port))
-                    framer = self.opts.framer(peer)
-                    received = await _pump(
-                        stream,
+                    tally = _Tally(_url("tcp", (self.host, self.port)), 1)
+                    framer = self.opts.framer(tally.peer)
+                    await _pump(
+                        stream.receive,
                         framer,
                         out.emit,
                         out,
                         self.opts,
                         report,
-                        peer,
+                        tally,
                         lambda: out.backlogged,
                     )
+                    received = tally.bytes > 0
                 finally:
                     await _aclose(stream)
                 if not self.reconnect:
@@ -125,6 +127,3 @@ def tcp_client(
             on_error=on_error,
         )
     )
-
-
-# -- UDP --------------------------------------------------------------------------------

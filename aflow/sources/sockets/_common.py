@@ -10,13 +10,13 @@ from typing import Any, TypeAlias
 
 import anyio
 import numpy as np
-from anyio.abc import ByteReceiveStream
 from numpy.typing import DTypeLike
 
-from ...abc import Message, Outlet, Provenance
+from ...abc import Batch, Message, Outlet, Provenance
 from ...codecs.framing import Framer, Framing, check_framing, make_framer
 from ...errors import DecodeError
 from ...policies import Reporter
+from ._lifecycle import CloseReason, ConnectionEvent, OnConnection, _Tally
 
 __all__ = [
     "GATHER_READS",
@@ -25,9 +25,11 @@ __all__ = [
     "Address",
     "MiB",
     "OnListening",
+    "Receive",
     "_Options",
     "_aclose",
     "_announce",
+    "_announce_connection",
     "_ip_address",
     "_pump",
     "_reject",
@@ -43,6 +45,9 @@ GATHER_READS = 4  # reads gathered into one message while the flow is busy
 LINGER = 0.001  # seconds a gathering connection waits for its next read
 
 Address: TypeAlias = tuple[str, int]
+Receive: TypeAlias = Callable[[int], Awaitable[bytes]]
+"""Reads at most n bytes of a connection: ``b""`` at its end; raises ``OSError`` (or
+``anyio.BrokenResourceError``) when it breaks."""
 OnListening: TypeAlias = Callable[[Any], Awaitable[None] | None]
 """Receives the bound address of each run: ``(host, port)``, or the path of a Unix socket.
 May be sync or async; e.g. ``send.send_nowait`` of a memory object stream."""
@@ -55,6 +60,8 @@ class _Options:
     max_line: int
     idle_timeout: float | None
     read_size: int
+    line_timeout: float | None = None
+    on_connection: OnConnection | None = None
 
     @classmethod
     def check(
@@ -64,14 +71,17 @@ class _Options:
         max_line: int,
         idle_timeout: float | None,
         read_size: int,
+        line_timeout: float | None = None,
+        on_connection: OnConnection | None = None,
     ) -> _Options:
         check_framing(framing, dtype)
         if max_line < 1 or read_size < 1:
             raise ValueError("max_line and read_size must be at least 1")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError(f"idle_timeout={idle_timeout}: must be positive (or None)")
+        for name, value in (("idle_timeout", idle_timeout), ("line_timeout", line_timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}={value}: must be positive (or None)")
         dt = None if dtype is None else np.dtype(dtype)
-        return cls(framing, dt, max_line, idle_timeout, read_size)
+        return cls(framing, dt, max_line, idle_timeout, read_size, line_timeout, on_connection)
 
     def framer(self, source: str) -> Framer:
         return make_framer(self.framing, source, dtype=self.dtype, max_size=self.max_line)
@@ -108,80 +118,183 @@ async def _aclose(resource: Any) -> None:
 
 
 async def _pump(
-    stream: ByteReceiveStream,
+    receive: Receive,
     framer: Framer,
     send: Callable[[Message], Awaitable[None]],
     out: Outlet,
     opts: _Options,
     report: Reporter,
-    peer: str,
+    tally: _Tally,
     backlogged: Callable[[], bool] = lambda: False,
-) -> bool:
-    """Read ``stream`` into ``send`` until it ends, breaks, idles or the run stops.
+) -> None:
+    """Read a connection into ``send`` until it ends, breaks, idles, is too slow, is
+    evicted or the run stops; ``tally`` counts it and records why it ended.
 
     While ``backlogged()`` (the buffer after the source is full, so a send would wait)
     reads that follow at once are gathered, up to ``GATHER_READS`` of them, into one
     message: a busy flow gets fewer, larger blocks (cheaper to decode) and an idle one
-    gets every read at once. Framing errors end the stream; a partial line, frame or
-    record at the end is reported. Returns whether any byte arrived.
+    gets every read at once. Nothing more is read while a message waits for room, so a
+    connection holds at most ``GATHER_READS * read_size`` bytes of reads plus one
+    unfinished line or frame (``max_line``). Framing errors end the stream; a partial
+    line, frame or record at the end is reported.
     """
-    why = "the peer closed the connection"
-    received = False
-    held: list[bytes] = []
-    held_bytes = 0
+    reader = _Reader(receive, framer, send, opts, report, tally)
     gather = opts.read_size * GATHER_READS
+    while not out.stopping and not tally.evicted:
+        data = await reader.read(out)
+        if data is None:
+            break
+        reader.hold(data)
+        if reader.held_bytes + opts.read_size <= gather and backlogged():
+            continue
+        if await reader.flush():
+            return
+    else:
+        tally.reason = "evicted" if tally.evicted else "stopped"
+    if reader.held and await reader.flush():
+        return
+    tail = framer.finish(_WHY[tally.reason])
+    if tail is not None:
+        tally.errors += 1
+        await _reject(report, *tail)
 
-    async def flush() -> bool:
+
+_WHY: dict[CloseReason, str] = {
+    "eof": "the peer closed the connection",
+    "broken": "the connection broke",
+    "idle": "the connection went idle",
+    "slow": "the connection was too slow",
+    "evicted": "the connection was evicted for a new one",
+    "overlong": "a line or frame was too long",
+    "stopped": "the run stopped",
+}
+
+
+class _Reader:
+    """The state of one connection's pump: reads held back, deadlines, counts."""
+
+    def __init__(
+        self,
+        receive: Receive,
+        framer: Framer,
+        send: Callable[[Message], Awaitable[None]],
+        opts: _Options,
+        report: Reporter,
+        tally: _Tally,
+    ) -> None:
+        self.receive = receive
+        self.framer = framer
+        self.send = send
+        self.opts = opts
+        self.report = report
+        self.tally = tally
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.last_byte = anyio.current_time()
+        self.unfinished = False  # bytes arrived since the last complete line or frame
+
+    def hold(self, data: bytes) -> None:
+        self.held.append(data)
+        self.held_bytes += len(data)
+        self.tally.bytes += len(data)
+        self.last_byte = anyio.current_time()
+        self.unfinished = True
+
+    def _deadline(self) -> tuple[float, CloseReason]:
+        """When the connection is to be closed if nothing more arrives, and why."""
+        opts, tally = self.opts, self.tally
+        deadline = float("inf")
+        reason: CloseReason = "idle"
+        if opts.idle_timeout is not None:
+            deadline = self.last_byte + opts.idle_timeout
+        if opts.line_timeout is not None and self.unfinished:
+            slow = tally.progress + opts.line_timeout
+            if slow < deadline:
+                deadline, reason = slow, "slow"
+        return deadline, reason
+
+    async def read(self, out: Outlet) -> bytes | None:
+        """The next read; None once the connection ended (``tally.reason`` says why).
+        Held reads are flushed after ``LINGER`` seconds without a new one."""
+        tally = self.tally
+        while True:
+            deadline, reason = self._deadline()
+            wait = deadline - anyio.current_time()
+            if self.held:
+                wait = min(wait, LINGER)
+            data: bytes | None = None
+            with out.pull_scope(), tally.reading(), anyio.move_on_after(max(wait, 0)) as timer:
+                try:
+                    data = await self.receive(self.opts.read_size)
+                except anyio.EndOfStream:
+                    data = b""
+                except (anyio.BrokenResourceError, OSError) as exc:
+                    tally.reason = "broken"
+                    logger.info(
+                        "%s: %s: the connection broke (%r)", self.report.stage, tally.peer, exc
+                    )
+                    return None
+            if data is not None:
+                if not data:
+                    tally.reason = "eof"
+                    return None
+                return data
+            if tally.evicted:
+                tally.reason = "evicted"
+                return None
+            if not timer.cancelled_caught:
+                tally.reason = "stopped"
+                return None
+            if self.held and anyio.current_time() < deadline:
+                if await self.flush():
+                    return None
+                continue
+            tally.reason = reason
+            logger.info(
+                "%s: %s: %s: connection closed", self.report.stage, tally.peer, _WHY[reason]
+            )
+            return None
+
+    async def flush(self) -> bool:
         """Frame and send the held reads; True if a framing error ended the stream."""
-        nonlocal held_bytes
+        held, tally = self.held, self.tally
+        if not held:
+            return False
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
-        held_bytes = 0
-        msg = framer.feed(data)
+        self.held_bytes = 0
+        msg = self.framer.feed(data)
         if msg is not None:
-            await send(msg)
-        errors = framer.take_errors()
+            tally.items += _items(msg)
+            tally.progress = anyio.current_time()
+            self.unfinished = False
+            tally.sending = True
+            try:
+                await self.send(msg)
+            finally:
+                tally.sending = False
+            tally.progress = anyio.current_time()
+        errors = self.framer.take_errors()
         for error in errors:
-            await _reject(report, error, b"")  # an over-long line or frame: not kept
+            tally.errors += 1
+            await _reject(self.report, error, b"")  # an over-long line or frame: not kept
+        if errors:
+            tally.reason = "overlong"
         return bool(errors)  # the rest of the stream belongs to the bad frame
 
-    while not out.stopping:
-        data: bytes | None = None
-        wait = LINGER if held else opts.idle_timeout
-        with out.pull_scope(), anyio.move_on_after(wait) as timer:
-            try:
-                data = await stream.receive(opts.read_size)
-            except anyio.EndOfStream:
-                break
-            except (anyio.BrokenResourceError, OSError) as exc:
-                why = f"the connection broke ({exc!r})"
-                logger.info("%s: %s: %s", report.stage, peer, why)
-                break
-        if data is None:
-            if held and timer.cancelled_caught:  # nothing more right now: pass it on
-                if await flush():
-                    return received
-                continue
-            why = "the run stopped"
-            if timer.cancelled_caught:
-                why = f"no data for {opts.idle_timeout} s: connection closed"
-                logger.info("%s: %s: %s", report.stage, peer, why)
-            break
-        received = True
-        held.append(data)
-        held_bytes += len(data)
-        if held_bytes + opts.read_size <= gather and backlogged():
-            continue
-        if await flush():
-            return received
-    else:
-        why = "the run stopped"
-    if held and await flush():
-        return received
-    tail = framer.finish(why)
-    if tail is not None:
-        await _reject(report, *tail)
-    return received
+
+def _items(msg: Message) -> int:
+    """Lines, frames or records in a message of a framer."""
+    if isinstance(msg, Batch):
+        prov = msg.provenance
+        if prov is not None and prov.unit == "line":
+            return prov.stop - prov.start
+        return len(msg.data)
+    return len(msg)
 
 
-# -- stream servers (TCP, Unix) ---------------------------------------------------------
+async def _announce_connection(on_connection: OnConnection | None, event: ConnectionEvent) -> None:
+    if on_connection is not None:
+        result = on_connection(event)
+        if inspect.isawaitable(result):
+            await result

@@ -10,7 +10,8 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream
+import anyio.lowlevel
+from anyio.abc import SocketAttribute, SocketListener
 from numpy.typing import DTypeLike
 
 from ...abc import Buffer, Closed, Context, Message, Outlet, Source
@@ -23,12 +24,22 @@ from ._common import (
     OnListening,
     _aclose,
     _announce,
+    _announce_connection,
     _ip_address,
     _Options,
     _pump,
     _url,
     logger,
 )
+from ._lifecycle import OnConnection, _Tally
+
+IDLE_TIMEOUT = 60.0
+"""Default seconds a connection may send nothing before it is closed."""
+LINE_TIMEOUT = 30.0
+"""Default seconds a connection may send bytes without completing a line or frame."""
+EVICT_AFTER = 1.0
+"""Seconds a connection must have gone without a complete line or frame before a new
+client may evict it when every slot is taken."""
 
 
 class _SendHandle(Protocol):
@@ -40,7 +51,12 @@ class _SendHandle(Protocol):
 
 
 class _StreamServer(Source):
-    """Accepts connections; each is read by its own task into one shared buffer."""
+    """Accepts connections; each is read by its own task into one shared buffer.
+
+    Sockets are read directly (``recv`` once readable), never through a transport that
+    reads ahead: what the server has not asked for stays in the kernel, whose full
+    buffers then stop the client (backpressure).
+    """
 
     scheme = "tcp"
 
@@ -49,14 +65,18 @@ class _StreamServer(Source):
         opts: _Options,
         *,
         max_connections: int,
+        stop_after: int | None,
         on_error: ErrorPolicy,
         on_listening: OnListening | None,
         name: str,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections={max_connections}: must be at least 1")
+        if stop_after is not None and stop_after < 1:
+            raise ValueError(f"stop_after={stop_after}: must be at least 1 (or None)")
         self.opts = opts
         self.max_connections = max_connections
+        self.stop_after = stop_after
         self.on_error = check_policy(on_error)
         self.on_listening = on_listening
         self.name = name
@@ -69,13 +89,13 @@ class _StreamServer(Source):
         call once they are closed."""
         raise NotImplementedError
 
-    def peer(self, stream: SocketStream, number: int) -> str:
-        # A client that reset the connection before we looked has no address any more:
-        # that must cost its own connection only, never the server.
-        address = stream.extra(SocketAttribute.remote_address, None)
-        if address is None:
+    def peer(self, address: Any, number: int) -> str:
+        # A client that reset the connection before we looked may have no address: that
+        # must cost its own connection only, never the server.
+        try:
+            return _url(self.scheme, address)
+        except (TypeError, ValueError, IndexError):
             return f"{self.scheme}://unknown-peer#{number}"
-        return _url(self.scheme, address)
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
         listeners, address, unbind = await self.bind()
@@ -113,6 +133,7 @@ class _Serving:
         self.report = Reporter(server.on_error, server.name, out.counters)
         self.slots = anyio.Semaphore(server.max_connections)
         self.scopes: set[anyio.CancelScope] = set()
+        self.open: set[_Tally] = set()
         self.closed = False
         self.accepting = listeners
         self.accepted = 0
@@ -135,42 +156,85 @@ class _Serving:
         for scope in list(self.scopes):
             scope.cancel()
 
+    def _done_accepting(self) -> bool:
+        limit = self.server.stop_after
+        return self.out.stopping or (limit is not None and self.accepted >= limit)
+
     async def accept_loop(self, listener: SocketListener) -> None:
+        raw = listener.extra(SocketAttribute.raw_socket)
+        raw.setblocking(False)
         try:
-            while (stream := await self._accept(listener)) is not None:
+            while not self._done_accepting():
+                accepted = await self._accept(raw)
+                if accepted is None:
+                    break
+                sock, address = accepted
+                if self._done_accepting():  # another listener reached stop_after
+                    sock.close()
+                    break
                 self.accepted += 1
-                self.spawn(self._connection, stream, self.edge.sender(), self.accepted)
+                tally = _Tally(self.server.peer(address, self.accepted), self.accepted)
+                self.open.add(tally)
+                self.spawn(self._connection, sock, tally, self.edge.sender())
         finally:
             await _aclose(listener)
             self.accepting -= 1
             if not self.accepting:
                 self.edge.close_send()
 
-    async def _accept(self, listener: SocketListener) -> SocketStream | None:
-        """The next connection once a slot is free; None once the run stops."""
+    async def _accept(self, raw: socket.socket) -> tuple[socket.socket, Any] | None:
+        """The next connection, with a slot for it; None once the run stops."""
         while not self.out.stopping:
             with self.out.pull_scope():
-                await self.slots.acquire()
                 try:
-                    return await listener.accept()
-                except anyio.ClosedResourceError:  # closed by the server's end
-                    self.slots.release()
-                    return None
+                    await anyio.wait_readable(raw)
+                    sock, address = raw.accept()
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    continue  # gone before we took it
                 except OSError as exc:  # out of file descriptors and the like: wait
                     logger.warning("%s: accept failed: %r", self.server.name, exc)
-                    self.slots.release()
                     await anyio.sleep(0.1)
+                    continue
+                try:
+                    sock.setblocking(False)
+                    await self._slot()
                 except BaseException:
-                    self.slots.release()
+                    sock.close()
                     raise
+                return sock, address
         return None
+
+    async def _slot(self) -> None:
+        """Take a connection slot. When all are taken, evict the connection that has gone
+        longest without a complete line or frame, once that is ``EVICT_AFTER`` seconds."""
+        while True:
+            try:
+                self.slots.acquire_nowait()
+                return
+            except anyio.WouldBlock:
+                pass
+            idle = [t for t in self.open if not t.sending and not t.evicted]
+            wait = float("inf")
+            if idle:
+                victim = min(idle, key=lambda t: t.progress)
+                wait = victim.progress + EVICT_AFTER - anyio.current_time()
+                if wait <= 0:
+                    logger.info(
+                        "%s: %s: every slot taken: evicted for a new client",
+                        self.server.name,
+                        victim.peer,
+                    )
+                    victim.evict()
+                    wait = float("inf")
+            with anyio.move_on_after(wait):
+                await self.slots.acquire()
+                return
 
     def _backlogged(self) -> bool:
         return self.edge.full
 
-    async def _connection(self, stream: SocketStream, sender: _SendHandle, number: int) -> None:
+    async def _connection(self, sock: socket.socket, tally: _Tally, sender: _SendHandle) -> None:
         server = self.server
-        peer = server.peer(stream, number)
         blocked = self.edge.receiver.blocked
 
         async def send(msg: Message) -> None:
@@ -179,17 +243,30 @@ class _Serving:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise Closed from None
 
-        logger.debug("%s: %s connected", server.name, peer)
+        async def receive(n: int) -> bytes:
+            await anyio.lowlevel.checkpoint()  # before the read: a cancel loses nothing
+            while True:
+                try:
+                    return sock.recv(n)
+                except (BlockingIOError, InterruptedError):
+                    await anyio.wait_readable(sock)
+
+        logger.debug("%s: %s connected", server.name, tally.peer)
+        on_connection = server.opts.on_connection
         try:
-            framer = server.opts.framer(peer)
+            await _announce_connection(on_connection, tally.event("opened"))
+            framer = server.opts.framer(tally.peer)
             await _pump(
-                stream, framer, send, self.out, server.opts, self.report, peer, self._backlogged
+                receive, framer, send, self.out, server.opts, self.report, tally, self._backlogged
             )
         finally:
             sender.close_send()
+            self.open.discard(tally)
             self.slots.release()
-            await _aclose(stream)
-            logger.debug("%s: %s closed", server.name, peer)
+            sock.close()
+            logger.debug("%s: %s closed (%s)", server.name, tally.peer, tally.reason)
+            with anyio.CancelScope(shield=True):
+                await _announce_connection(on_connection, tally.event("closed"))
 
 
 class _TcpServer(_StreamServer):
@@ -231,7 +308,7 @@ class _UnixServer(_StreamServer):
             if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
                 os.unlink(self.path)
 
-    def peer(self, stream: SocketStream, number: int) -> str:
+    def peer(self, address: Any, number: int) -> str:
         return f"unix://{self.path}#{number}"
 
 
@@ -243,10 +320,13 @@ def tcp_server(
     dtype: DTypeLike | None = None,
     max_connections: int = 64,
     max_line: int = MiB,
-    idle_timeout: float | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
+    line_timeout: float | None = LINE_TIMEOUT,
     read_size: int = READ_SIZE,
+    stop_after: int | None = None,
     on_error: ErrorPolicy = "skip",
     on_listening: OnListening | None = None,
+    on_connection: OnConnection | None = None,
 ) -> Flow[Any]:
     """A TCP server: what its clients send, framed, as one flow; runs until stopped.
 
@@ -261,15 +341,30 @@ def tcp_server(
       split across reads is joined, per connection.
 
     Clients are read concurrently, each by its own task; while the flow's buffers are
-    full the server stops reading, so the clients' writes block. Beyond
-    ``max_connections`` open connections, new clients wait in the listen backlog (their
-    connect succeeds but nothing is read) until a connection closes.
+    full the server stops reading, so the kernel's buffers fill and the clients' writes
+    block. A connection holds at most ``4 * read_size`` bytes of reads plus one
+    unfinished line or frame (``max_line``) beyond what the run's buffers hold: with the
+    defaults, 2 MiB per connection on top of ``max_bytes_in_flight``.
 
-    A client that sends a line or frame longer than ``max_line`` bytes is disconnected.
-    Unfinished data at the end of a connection (the client left mid-line, went idle, or
-    the run stopped) is dropped as an :class:`~aflow.codecs.framing.IncompleteFrameError`.
-    Both are logged (logger ``"aflow"``), counted in the source's ``errors`` and handed
-    to ``on_error``; other connections are unaffected.
+    Hostile or broken clients cost only their own connection, and the defaults keep the
+    service reachable (see "Running a server in production" in the docs):
+
+    * a client that resets its connection, or leaves mid-line, loses only its own
+      unfinished line (reported as an
+      :class:`~aflow.codecs.framing.IncompleteFrameError`);
+    * a line or frame longer than ``max_line`` bytes closes its connection;
+    * a connection silent for ``idle_timeout`` seconds is closed, and so is one that
+      sends bytes without completing a line or frame for ``line_timeout`` seconds (a
+      "slowloris" client);
+    * once ``max_connections`` are open, a new client evicts the connection that has gone
+      longest without a complete line or frame, if that is at least 1 s (else it waits
+      for a free slot).
+
+    Bad input is logged (logger ``"aflow"``), counted in the source's ``errors`` and
+    handed to ``on_error``. To isolate a client's bad *lines* (a row that does not
+    decode), give the decoder an error policy: ``af.decode_csv(dtype,
+    on_error=af.dead_letter(bad))`` keeps serving every client, and each
+    :class:`~aflow.FailedItem`'s provenance names the peer and the line.
 
     Args:
         port: port to listen on; 0 picks a free port at every run (see ``on_listening``).
@@ -279,7 +374,10 @@ def tcp_server(
         dtype: the record dtype, for ``framing="records"``.
         max_connections: connections read at once.
         max_line: longest line or frame accepted, in bytes; bounds memory per connection.
-        idle_timeout: close a connection that sends nothing for this many seconds.
+        idle_timeout: close a connection that sends nothing for this many seconds
+            (``None``: never).
+        line_timeout: close a connection that sends bytes but no complete line or frame
+            for this many seconds (``None``: never).
         read_size: bytes asked of the socket per read. While the flow is busy (its
             buffer full), reads that follow at once are gathered, up to 4 of them, into
             one block: fewer, larger blocks decode faster, and an idle flow still gets
@@ -287,8 +385,14 @@ def tcp_server(
             unfinished line.
         on_error: ``"skip"`` (log and count), :func:`~aflow.dead_letter` (also receives
             the dropped bytes with their provenance), or ``"raise"`` (fail the run).
+        stop_after: stop listening after this many connections; the flow ends once
+            they have closed (``None``: run until stopped).
         on_listening: called with ``(host, port)`` at each run once the socket is bound,
             before the first client is read; sync or async.
+        on_connection: called with a :class:`~aflow.ConnectionEvent` as each connection
+            opens and closes (peer, bytes, lines, errors, duration, why it closed); sync
+            or async. To stop the server on a condition of yours, call ``run.stop()``
+            from it (see the docs).
 
     The server stops with the run (``run.stop()``, a ``take`` satisfied downstream,
     cancellation): it closes the listener and every connection, and what was read is
@@ -302,13 +406,16 @@ def tcp_server(
             host, port = await receive.receive()
             ...  # tell the clients; then `async for rows in run`
     """
-    opts = _Options.check(framing, dtype, max_line, idle_timeout, read_size)
+    opts = _Options.check(
+        framing, dtype, max_line, idle_timeout, read_size, line_timeout, on_connection
+    )
     return Flow(
         _TcpServer(
             host,
             port,
             opts,
             max_connections=max_connections,
+            stop_after=stop_after,
             on_error=on_error,
             on_listening=on_listening,
             name=f"tcp_server({host}:{port})",
@@ -324,10 +431,13 @@ def unix_server(
     permissions: int | None = None,
     max_connections: int = 64,
     max_line: int = MiB,
-    idle_timeout: float | None = None,
+    idle_timeout: float | None = IDLE_TIMEOUT,
+    line_timeout: float | None = LINE_TIMEOUT,
     read_size: int = READ_SIZE,
+    stop_after: int | None = None,
     on_error: ErrorPolicy = "skip",
     on_listening: OnListening | None = None,
+    on_connection: OnConnection | None = None,
 ) -> Flow[Any]:
     """A server on a Unix socket at ``path``; like :func:`tcp_server` otherwise.
 
@@ -336,7 +446,9 @@ def unix_server(
     of the run). ``permissions`` sets the socket file's mode (e.g. ``0o600``);
     ``on_listening`` receives the path.
     """
-    opts = _Options.check(framing, dtype, max_line, idle_timeout, read_size)
+    opts = _Options.check(
+        framing, dtype, max_line, idle_timeout, read_size, line_timeout, on_connection
+    )
     text = os.fspath(path)
     return Flow(
         _UnixServer(
@@ -344,11 +456,9 @@ def unix_server(
             permissions,
             opts,
             max_connections=max_connections,
+            stop_after=stop_after,
             on_error=on_error,
             on_listening=on_listening,
             name=f"unix_server({text})",
         )
     )
-
-
-# -- TCP client -------------------------------------------------------------------------
