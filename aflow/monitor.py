@@ -7,18 +7,15 @@ Both read ``run.statistics()`` snapshots; neither touches the hot path. They nee
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 
-from ._core.run import Run
+from ._core.run import Monitor, Run
 from .stats import RunStatistics, StageStatistics
 
 __all__ = ["Monitor", "Progress", "serve_metrics", "watch"]
-
-Monitor = Callable[[Run[Any]], Coroutine[Any, Any, None]]
-"""A coroutine function run beside a flow with its :class:`~aflow.Run`."""
 
 
 def _rate(now: StageStatistics, before: StageStatistics | None, seconds: float) -> float:
