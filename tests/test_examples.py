@@ -136,3 +136,14 @@ def test_extending_stage_drops_duplicates_and_flushes_the_rest() -> None:
 def test_extending_sink_retries_and_flushes() -> None:
     out = assert_ok(run_example("extending_sink.py"))
     assert "10,500 rows in 11 requests (the last, sent by flush(), of 500 rows)" in out
+
+
+def test_the_readme_example_is_quickstart_and_runs_as_written() -> None:
+    """Issue 14.8: the README's first code block is examples/quickstart.py, verbatim."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```\n", 1)[0]
+    assert block == (EXAMPLES / "quickstart.py").read_text()
+    out = assert_ok(run_example("quickstart.py"))
+    assert "sum of values: 8,415.0; 3 bad lines set aside" in out
+    assert "3 errors (3 dead-lettered, 0 skipped)" in out
+    assert "26 Fibonacci numbers up to 1,779,979,416,004,714,189" in out
