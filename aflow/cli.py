@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from . import __version__, _demo
+from . import __version__, demo
 from ._core.run import Run
 from .flow import Flow, SinkFlow, run
 from .monitor import Monitor, Progress, serve_metrics, watch
@@ -153,7 +153,7 @@ def _ending(ended: str) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    anyio.run(_demo.main, args.rows, backend=args.backend)
+    anyio.run(demo.main, args.rows, backend=args.backend)
     return 0
 
 
@@ -164,17 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"aflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a demo pipeline on data it generates")
-    demo.add_argument(
+    demo_p = sub.add_parser("demo", help="run a demo pipeline on data it generates")
+    demo_p.add_argument(
         "--rows",
         type=int,
         default=5_000_000,
         help="sensor readings to generate (default: 5,000,000)",
     )
-    demo.add_argument(
+    demo_p.add_argument(
         "--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop"
     )
-    demo.set_defaults(func=_cmd_demo)
+    demo_p.set_defaults(func=_cmd_demo)
     run_p = sub.add_parser(
         "run",
         help="run a flow defined in Python (MODULE:FLOW)",

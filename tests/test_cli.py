@@ -45,6 +45,17 @@ def test_demo_runs_and_checks_itself() -> None:
     assert "check against single-shot NumPy: identical" in done.stdout
     assert "second run identical: True" in done.stdout
     assert "peak in flight" in done.stdout
+    # Issue 14.3: the engine is named first, each section's heading comes before its
+    # figures, the broadcast row is explained and the source is pointed to.
+    lines = done.stdout.splitlines()
+    assert lines[0] == "aflow demo: five pipelines; CSV decoding with pyarrow (the fast engine)"
+    assert lines[2].startswith("1. Telemetry: 300,000 readings")
+    assert lines[3].endswith("NaN dropped")
+    assert "broadcast(2) and the sinks (reduce) pass no items on" in done.stdout
+    assert "The demo's pipelines are readable source:" in done.stdout
+    source = Path(done.stdout.split("readable source: ")[1].split()[0])
+    assert source.name == "demo.py"
+    assert "async def telemetry" in source.read_text()
 
 
 def test_demo_on_trio() -> None:
