@@ -87,6 +87,7 @@ class Run(Generic[R_co]):
         self._done = anyio.Event()
         self._scope = anyio.CancelScope(shield=True)
         self._ended: Ended = "completed"
+        self._source: Source | None = None
 
     def statistics(self) -> RunStatistics:
         """Per-stage statistics so far (a frozen snapshot)."""
@@ -114,6 +115,13 @@ class Run(Generic[R_co]):
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    def input_size(self) -> tuple[int, str] | None:
+        """How much the source will emit, when known: ``(amount, unit)``, unit ``"rows"``
+        (``from_array``, ``read_records``) or ``"bytes"`` (``read_csv`` and the other
+        readers of bytes); ``None`` otherwise (generators, sockets, ``follow=True``).
+        Blocks while files are looked at: call it in a worker thread."""
+        return None if self._source is None else self._source.size()
 
     @property
     def ended(self) -> Ended:
@@ -185,6 +193,7 @@ class Run(Generic[R_co]):
         task_status: TaskStatus[None],
     ) -> None:
         ctx: RunContext | None = None
+        self._source = source
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
