@@ -134,6 +134,7 @@ async def telemetry(rows: int) -> None:
 
 async def backpressure(rows: int) -> None:
     """4. A fast source, a slow consumer and a ceiling on bytes in flight: the source waits."""
+
     async def slow_consumer(b: NDArray[Any]) -> None:
         await anyio.sleep(0.01)
 

@@ -202,11 +202,20 @@ async def test_a_result_says_how_the_run_ended() -> None:
     """Issue 14.5: a completed run and a stopped one are told apart."""
     whole = await (af.from_iterable(range(10)) | af.take(5) | af.collect()).run()
     assert (whole.value, whole.ended) == ([0, 1, 2, 3, 4], "completed")
-    source = CountingSource(delay=0.001)
-    async with (af.from_iterable(source) | af.collect()).open() as run:
+    ten = anyio.Event()
+
+    async def numbers() -> AsyncIterator[int]:
+        i = 0
+        while True:
+            if i == 10:
+                ten.set()
+            yield i
+            i += 1
+            await anyio.sleep(0.001)
+
+    async with (af.from_iterable(numbers) | af.collect()).open() as run:
         with anyio.fail_after(5):
-            while source.produced < 10:
-                await anyio.sleep(0.01)
+            await ten.wait()
         assert run.ended == "completed"  # no stop asked for yet
         run.stop()
         partial = await run.wait()

@@ -131,19 +131,18 @@ async def test_progress_gives_percent_done_and_eta_when_the_input_size_is_known(
 ) -> None:
     """Issue 14.9: % done, totals and ETA against the source's size, rates with units."""
     rows = np.arange(10_000)
-    gate = anyio.Event()
+    gate, first = anyio.Event(), anyio.Event()
 
     async def wait_at_half(b: object) -> None:
-        if not gate.is_set():
-            await gate.wait()
+        first.set()
+        await gate.wait()
 
     flow = af.from_array(rows, 1000) | af.map_batches(lambda b: b) | af.for_each(wait_at_half)
     async with flow.open(buffer=1) as run:
         size = await anyio.to_thread.run_sync(run.input_size)
         assert size == (10_000, "rows")
         with anyio.fail_after(5):
-            while run.statistics().stages[0].items_out == 0:
-                await anyio.sleep(0.01)
+            await first.wait()
         line = done_line(run.statistics(), size)
         gate.set()
     emitted = int(line.split("(")[1].split(" rows")[0].replace(",", ""))

@@ -7,9 +7,8 @@ before the cancellation goes on; ``run.wait()`` and ``aflow.run`` build on it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast
 
 import anyio
