@@ -188,3 +188,23 @@ def test_sensor_service_docstring_gives_the_window_it_uses() -> None:
     assert "WINDOW_MS = 1_000" in text
     assert "1-second windows" in text
     assert "10-second" not in text
+
+
+def test_asyncio_service_stops_gracefully_on_sigterm() -> None:
+    """Issue 14.7: the plain asyncio service recipe, run and sent SIGTERM."""
+    import signal
+
+    service = subprocess.Popen(
+        [sys.executable, "-W", "error", str(EXAMPLES / "asyncio_service.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+    )
+    assert service.stdout is not None
+    assert service.stdout.readline() == "service up; health: running\n"
+    service.send_signal(signal.SIGTERM)
+    out, err = service.communicate(timeout=30)
+    assert service.returncode == 0, err
+    assert out.startswith("health: ended: stopped; ")
+    assert out.endswith(" readings counted\n")
