@@ -13,13 +13,20 @@ from typing import Any
 import anyio
 import numpy as np
 
-from . import __version__, _demo
+from . import __version__, demo
 from ._core.run import Run
 from .flow import Flow, SinkFlow, run
 from .monitor import Monitor, Progress, serve_metrics, watch
 
 SHOWN_ROWS = 50
 """Rows of a record-array result printed before "... N more rows"."""
+
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+EXIT_TERMINATED = 143
+"""Exit status after SIGTERM (128 + SIGTERM): the result printed is partial."""
+EXIT_STOPPED = 3
+"""Exit status when the flow's own code stopped the run before its input ended."""
 
 
 def _load(target: str, kwargs: dict[str, Any]) -> Any:
@@ -121,15 +128,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("aflow run: interrupted; partial batches were flushed", file=sys.stderr)
         if args.stats and seen:
             print(seen[0].statistics().format(), file=sys.stderr)
-        return 130
+            print("ended: interrupted (Ctrl-C): partial result", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(_show(result.value))
     if args.stats:
         print(result.statistics.format(), file=sys.stderr)
+        print(f"ended: {_ending(result.ended)}", file=sys.stderr)
+    if result.ended == "interrupted":
+        print("aflow run: terminated (SIGTERM); the result above is partial", file=sys.stderr)
+        return EXIT_TERMINATED
+    if result.ended == "stopped":
+        print("aflow run: the flow was stopped; the result above is partial", file=sys.stderr)
+        return EXIT_STOPPED
     return 0
 
 
+def _ending(ended: str) -> str:
+    """How a run ended, in words for ``--stats``."""
+    return {
+        "completed": "completed (all input read)",
+        "stopped": "stopped by run.stop(): partial result",
+        "interrupted": "interrupted by SIGTERM: partial result",
+    }[ended]
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    anyio.run(_demo.main, args.rows, backend=args.backend)
+    anyio.run(demo.main, args.rows, backend=args.backend)
     return 0
 
 
@@ -140,18 +164,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"aflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a demo pipeline on data it generates")
-    demo.add_argument(
+    demo_p = sub.add_parser("demo", help="run a demo pipeline on data it generates")
+    demo_p.add_argument(
         "--rows",
         type=int,
         default=5_000_000,
         help="sensor readings to generate (default: 5,000,000)",
     )
-    demo.add_argument(
+    demo_p.add_argument(
         "--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop"
     )
-    demo.set_defaults(func=_cmd_demo)
-    run_p = sub.add_parser("run", help="run a flow defined in Python (MODULE:FLOW)")
+    demo_p.set_defaults(func=_cmd_demo)
+    run_p = sub.add_parser(
+        "run",
+        help="run a flow defined in Python (MODULE:FLOW)",
+        description="Run a flow defined in Python and print its result.",
+        epilog=(
+            "exit status: 0 the run completed; 143 SIGTERM stopped it (the result printed is "
+            "partial); 130 Ctrl-C stopped it; 3 the flow stopped itself (partial); "
+            "1 a stage failed"
+        ),
+    )
     run_p.add_argument(
         "target",
         help="MODULE:NAME or FILE.py:NAME of a flow, or of a function returning one",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
@@ -26,7 +25,15 @@ from numpy.typing import NDArray
 
 from ._core.collect import CollectOperator
 from ._core.operators import Op, SinkOperator, Source, chain_buffers, op_buffers
-from ._core.run import DEFAULT_BUFFER, DEFAULT_GRACE, OutputRun, Run, RunManager, RunResult
+from ._core.run import (
+    DEFAULT_BUFFER,
+    DEFAULT_GRACE,
+    Monitor,
+    OutputRun,
+    Run,
+    RunManager,
+    RunResult,
+)
 from .errors import FlowDefinitionError
 
 __all__ = ["Collect", "CollectMode", "Flow", "Sink", "SinkFlow", "Stage", "run"]
@@ -154,6 +161,7 @@ class Flow(Generic[T_co]):
         buffer: int = DEFAULT_BUFFER,
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
+        monitor: Monitor | None = None,
     ) -> RunManager[OutputRun[T_co]]:
         """Start a run and iterate its output: ``async with flow.open() as run: ...``
         (``async for item in run``: items of type ``T``).
@@ -165,8 +173,13 @@ class Flow(Generic[T_co]):
                 shared equally among them (a batch larger than a buffer's share passes
                 alone).
             grace: seconds a graceful stop may take before the run is cancelled.
+            monitor: a coroutine function run beside the flow with its :class:`Run`
+                (``aflow.monitor.Progress()``, ``serve_metrics(port)``); it is cancelled
+                when the run ends.
         """
-        return RunManager(self._source, self._ops, None, buffer, max_bytes_in_flight, grace)
+        return RunManager(
+            self._source, self._ops, None, buffer, max_bytes_in_flight, grace, monitor
+        )
 
     @overload
     async def run(  # type: ignore[overload-overlap]
@@ -175,6 +188,7 @@ class Flow(Generic[T_co]):
         buffer: int = DEFAULT_BUFFER,
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
+        monitor: Monitor | None = None,
     ) -> RunResult[NDArray[S] | list[NDArray[S]]]: ...
     @overload
     async def run(
@@ -183,6 +197,7 @@ class Flow(Generic[T_co]):
         buffer: int = DEFAULT_BUFFER,
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
+        monitor: Monitor | None = None,
     ) -> RunResult[list[T_co]]: ...
     async def run(
         self,
@@ -190,12 +205,13 @@ class Flow(Generic[T_co]):
         buffer: int = DEFAULT_BUFFER,
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
+        monitor: Monitor | None = None,
     ) -> RunResult[Any]:
         """Run to the end and collect the output like ``collect()`` (``"auto"``): one
         array of the rows of a flow of batches, a list of the items otherwise. Typed code
         that wants one of the two says so: ``(flow | af.collect("array")).run()``."""
         return await self._collected().run(
-            buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace
+            buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace, monitor=monitor
         )
 
     def _collected(self) -> SinkFlow[Any]:
@@ -238,11 +254,15 @@ class SinkFlow(Generic[R_co]):
         buffer: int = DEFAULT_BUFFER,
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
+        monitor: Monitor | None = None,
     ) -> RunManager[Run[R_co]]:
         """Start a run: ``async with flow.open() as run:``; ``await run.wait()`` for the
         result, ``run.statistics()`` for live figures, ``run.stop()`` to stop gracefully.
-        Leaving the block stops the run gracefully and waits for it."""
-        return RunManager(self._source, self._ops, self._sink, buffer, max_bytes_in_flight, grace)
+        Leaving the block stops the run gracefully and waits for it. Arguments as for
+        :meth:`Flow.open`."""
+        return RunManager(
+            self._source, self._ops, self._sink, buffer, max_bytes_in_flight, grace, monitor
+        )
 
     async def run(
         self,
@@ -250,19 +270,22 @@ class SinkFlow(Generic[R_co]):
         buffer: int = DEFAULT_BUFFER,
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
+        monitor: Monitor | None = None,
     ) -> RunResult[R_co]:
         """Run the flow to the end; return the sink's result and the statistics.
 
         Blocks until the source is exhausted (or a ``take`` is satisfied). If the caller is
         cancelled, the sources stop, partial batches are flushed to the sink and every
         resource is closed (within ``grace`` seconds), then the cancellation propagates.
+        ``monitor`` is run beside the flow (see :meth:`Flow.open`); the result's ``ended``
+        says whether the run completed.
 
         Raises:
             Exception: the first error raised by any stage, as itself, with a note naming
                 the stage.
         """
         async with self.open(
-            buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace
+            buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace, monitor=monitor
         ) as r:
             return await r.wait()
 
@@ -279,7 +302,7 @@ def run(
     max_bytes_in_flight: int | None = None,
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
-    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
+    monitor: Monitor | None = None,
 ) -> RunResult[R]: ...
 @overload
 def run(  # type: ignore[overload-overlap]
@@ -290,7 +313,7 @@ def run(  # type: ignore[overload-overlap]
     max_bytes_in_flight: int | None = None,
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
-    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
+    monitor: Monitor | None = None,
 ) -> RunResult[NDArray[S] | list[NDArray[S]]]: ...
 @overload
 def run(
@@ -301,7 +324,7 @@ def run(
     max_bytes_in_flight: int | None = None,
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
-    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
+    monitor: Monitor | None = None,
 ) -> RunResult[list[T]]: ...
 def run(
     flow: SinkFlow[Any] | Flow[Any],
@@ -311,7 +334,7 @@ def run(
     max_bytes_in_flight: int | None = None,
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
-    monitor: Callable[[Run[Any]], Coroutine[Any, Any, None]] | None = None,
+    monitor: Monitor | None = None,
 ) -> RunResult[Any]:
     """Run ``flow`` from synchronous code (a script, a test, a thread without an event loop).
 
@@ -325,7 +348,8 @@ def run(
     With ``handle_signals`` (and when called from the main thread), Ctrl-C (SIGINT) stops
     the run gracefully: sources stop, partial batches are flushed, files and sockets are
     closed, then ``KeyboardInterrupt`` is raised. SIGTERM stops it the same way and the
-    result so far is returned. A second Ctrl-C during the grace period cancels at once.
+    result so far is returned, with ``ended == "interrupted"``. A second Ctrl-C during the
+    grace period cancels at once.
 
     Args:
         backend: ``"asyncio"`` or ``"trio"``.
@@ -345,13 +369,13 @@ def run(
     async def main() -> RunResult[Any]:
         error: Exception | None = None
         async with (
-            flow.open(buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace) as r,
+            flow.open(
+                buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace, monitor=monitor
+            ) as r,
             anyio.create_task_group() as tg,
         ):
             if signals:
                 tg.start_soon(_stop_on_signals, r, interrupted)
-            if monitor is not None:
-                tg.start_soon(monitor, r)
             try:
                 result = await r.wait()
             except Exception as exc:  # raised below, outside the task group, as itself
@@ -371,7 +395,7 @@ async def _stop_on_signals(r: Run[Any], seen: list[int]) -> None:
         async for signum in signals:
             seen.append(signum)
             if len(seen) == 1:
-                r.stop()
+                r.interrupt()
             else:
                 r._scope.cancel()
 

@@ -12,6 +12,7 @@ third request and drops the connection instead of answering every seventh.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import uuid
 from collections.abc import AsyncIterator
@@ -255,4 +256,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(  # no options; --help describes the example without running it
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     anyio.run(main)

@@ -10,6 +10,7 @@ every 2,500 readings and reads 10,000 readings from it.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -245,4 +246,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(  # no options; --help describes the example without running it
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     anyio.run(main)

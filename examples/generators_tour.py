@@ -17,6 +17,7 @@ Run ``python examples/generators_tour.py``.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -191,4 +192,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(  # no options; --help describes the example without running it
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     main()

@@ -21,7 +21,7 @@ import json
 import os
 import random
 from pathlib import Path
-from tempfile import TemporaryDirectory
+from tempfile import mkdtemp
 
 import anyio
 import numpy as np
@@ -141,9 +141,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="how long to run")
     parser.add_argument("--rate", type=int, default=4000, help="lines per second")
     parser.add_argument("--rotate", type=int, default=3000, help="lines between rotations")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the logs, per_minute.jsonl and dead.txt (default: a new temporary"
+        " folder, kept and named at the end)",
+    )
     args = parser.parse_args()
-    with TemporaryDirectory(prefix="aflow-logs-") as tmp:
-        return anyio.run(main_async, args.seconds, args.rate, args.rotate, Path(tmp))
+    folder = args.out if args.out is not None else Path(mkdtemp(prefix="aflow-logs-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    status = anyio.run(main_async, args.seconds, args.rate, args.rotate, folder)
+    print(f"output kept in {folder}")
+    return status
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """A sensor ingestion service: devices send readings over UDP and TCP; per-sensor statistics
-over 10-second windows are served as JSON over HTTP.
+over 1-second windows of event time are served as JSON over HTTP.
 
     readings over UDP  --\\
                           merge -> decode_csv -> window(1 s of event time, per sensor)
@@ -18,7 +18,9 @@ how many readings it counted.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -109,11 +111,26 @@ def service(udp: int, tcp: int, latest: Latest) -> af.SinkFlow[int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--udp", type=int, default=9901)
-    parser.add_argument("--tcp", type=int, default=9902)
-    parser.add_argument("--http", type=int, default=9903)
+    parser.add_argument("--udp", type=int, default=9901, help="UDP port for readings")
+    parser.add_argument("--tcp", type=int, default=9902, help="TCP port for readings")
+    parser.add_argument("--http", type=int, default=9903, help="HTTP port of GET /sensors")
     parser.add_argument("--seconds", type=float, default=None, help="stop after (default: never)")
     args = parser.parse_args()
+    try:
+        return serve(args)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"sensor_service: a port is in use ({exc.strerror}): udp {args.udp}, tcp {args.tcp},"
+            f" http {args.http}; pick free ones with --udp, --tcp and --http",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the service until ``--seconds`` have passed or Ctrl-C; print what it counted."""
     latest = Latest()
     server = serve_http(latest, args.http)
     flow = service(args.udp, args.tcp, latest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import os
 import pty
@@ -44,6 +45,17 @@ def test_demo_runs_and_checks_itself() -> None:
     assert "check against single-shot NumPy: identical" in done.stdout
     assert "second run identical: True" in done.stdout
     assert "peak in flight" in done.stdout
+    # Issue 14.3: the engine is named first, each section's heading comes before its
+    # figures, the broadcast row is explained and the source is pointed to.
+    lines = done.stdout.splitlines()
+    assert lines[0] == "aflow demo: five pipelines; CSV decoding with pyarrow (the fast engine)"
+    assert lines[2].startswith("1. Telemetry: 300,000 readings")
+    assert lines[3].endswith("NaN dropped")
+    assert "broadcast(2) and the sinks (reduce) pass no items on" in done.stdout
+    assert "The demo's pipelines are readable source:" in done.stdout
+    source = Path(done.stdout.split("readable source: ")[1].split()[0])
+    assert source.name == "demo.py"
+    assert "async def telemetry" in source.read_text()
 
 
 def test_demo_on_trio() -> None:
@@ -234,3 +246,49 @@ def test_ctrl_c_prints_one_line_and_the_statistics(tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert err.splitlines()[0] == "aflow run: interrupted; partial batches were flushed"
     assert "1:map(lambda)" in err
+
+
+def test_sigterm_gives_a_partial_result_with_its_own_exit_status(tmp_path: Path) -> None:
+    """Issue 14.5: a finite job stopped by SIGTERM prints what it has, says it is partial
+    (--stats and stderr) and exits 143, not 0."""
+    started = tmp_path / "started"
+    (tmp_path / "slowflow.py").write_text(
+        SLOW_FLOW.replace("range(40)", "range(1_000_000)").replace(
+            "        yield i", f"        yield i\n        open({str(started)!r}, 'w').close()"
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aflow", "run", "slowflow.py:slow", "--stats"],
+        cwd=tmp_path,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:  # the run is under way
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    got = ast.literal_eval(out)  # the partial list printed
+    assert 0 < len(got) < 1_000_000
+    assert got == list(range(1, len(got) + 1))  # what was read was flushed, in order
+    assert "ended: interrupted by SIGTERM: partial result" in err
+    assert "aflow run: terminated (SIGTERM); the result above is partial" in err
+
+
+def test_a_completed_run_says_so_in_the_statistics(tmp_path: Path) -> None:
+    (tmp_path / "myflows.py").write_text(
+        "import aflow as af\nsquares = af.from_iterable(range(5)) | af.collect()\n"
+    )
+    done = aflow("run", "myflows.py:squares", "--stats", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "ended: completed (all input read)" in done.stderr
+
+
+def test_run_help_gives_the_exit_statuses() -> None:
+    done = aflow("run", "--help")
+    assert done.returncode == 0
+    assert "143 SIGTERM" in " ".join(done.stdout.split())

@@ -64,12 +64,20 @@ def test_generators_tour() -> None:
     assert "all sections ok" in out
 
 
-def test_log_pipeline_follows_rotation_and_loses_nothing() -> None:
-    out = assert_ok(run_example("log_pipeline.py", "--seconds", "1.5", "--rotate", "1500"))
+def test_log_pipeline_follows_rotation_and_loses_nothing(tmp_path: Path) -> None:
+    out = assert_ok(
+        run_example(
+            "log_pipeline.py", "--seconds", "1.5", "--rotate", "1500", "--out", str(tmp_path)
+        )
+    )
     assert "log rotated: True" in out
     assert "malformed lines set aside in dead.txt:" in out
     assert "access.log:" in out  # dead letters say where they came from
     assert "nothing lost" in out
+    assert f"output kept in {tmp_path}" in out  # issue 14.11: the files reported stay
+    kept = tmp_path
+    assert (kept / "per_minute.jsonl").read_text()
+    assert (kept / "dead.txt").exists()
 
 
 def test_sensor_service_counts_every_reading_sent_over_udp_and_tcp() -> None:
@@ -136,3 +144,67 @@ def test_extending_stage_drops_duplicates_and_flushes_the_rest() -> None:
 def test_extending_sink_retries_and_flushes() -> None:
     out = assert_ok(run_example("extending_sink.py"))
     assert "10,500 rows in 11 requests (the last, sent by flush(), of 500 rows)" in out
+
+
+def test_the_readme_example_is_quickstart_and_runs_as_written() -> None:
+    """Issue 14.8: the README's first code block is examples/quickstart.py, verbatim."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```\n", 1)[0]
+    assert block == (EXAMPLES / "quickstart.py").read_text()
+    out = assert_ok(run_example("quickstart.py"))
+    assert "sum of values: 8,415.0; 3 bad lines set aside" in out
+    assert "3 errors (3 dead-lettered, 0 skipped)" in out
+    assert "26 Fibonacci numbers up to 1,779,979,416,004,714,189" in out
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "quickstart.py"),
+)
+def test_help_describes_an_example_without_running_it(name: str) -> None:
+    """Issue 14.11 (quickstart.py is the README's snippet, a script without options)."""
+    proc = run_example(name, "--help")
+    out = assert_ok(proc)
+    assert out.startswith("usage:")
+    assert proc.stderr == ""
+
+
+def test_sensor_service_says_when_a_port_is_in_use() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_example("sensor_service.py", "--http", str(port), "--seconds", "1")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "a port is in use" in proc.stderr
+    assert f"http {port}; pick free ones with --udp, --tcp and --http" in proc.stderr
+
+
+def test_sensor_service_docstring_gives_the_window_it_uses() -> None:
+    text = (EXAMPLES / "sensor_service.py").read_text()
+    assert "WINDOW_MS = 1_000" in text
+    assert "1-second windows" in text
+    assert "10-second" not in text
+
+
+def test_asyncio_service_stops_gracefully_on_sigterm() -> None:
+    """Issue 14.7: the plain asyncio service recipe, run and sent SIGTERM."""
+    import signal
+
+    service = subprocess.Popen(
+        [sys.executable, "-W", "error", str(EXAMPLES / "asyncio_service.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+    )
+    assert service.stdout is not None
+    assert service.stdout.readline() == "service up; health: running\n"
+    service.send_signal(signal.SIGTERM)
+    out, err = service.communicate(timeout=30)
+    assert service.returncode == 0, err
+    assert out.startswith("health: ended: stopped; ")
+    assert out.endswith(" readings counted\n")

@@ -196,3 +196,61 @@ async def test_a_failing_flow_cancels_the_open_block_at_once() -> None:
     with anyio.fail_after(5), pytest.raises(ValueError, match="bad item"):
         await body()
     assert not body_finished
+
+
+async def test_a_result_says_how_the_run_ended() -> None:
+    """Issue 14.5: a completed run and a stopped one are told apart."""
+    whole = await (af.from_iterable(range(10)) | af.take(5) | af.collect()).run()
+    assert (whole.value, whole.ended) == ([0, 1, 2, 3, 4], "completed")
+    ten = anyio.Event()
+
+    async def numbers() -> AsyncIterator[int]:
+        i = 0
+        while True:
+            if i == 10:
+                ten.set()
+            yield i
+            i += 1
+            await anyio.sleep(0.001)
+
+    async with (af.from_iterable(numbers) | af.collect()).open() as run:
+        with anyio.fail_after(5):
+            await ten.wait()
+        assert run.ended == "completed"  # no stop asked for yet
+        run.stop()
+        partial = await run.wait()
+    assert partial.ended == "stopped"
+    assert len(partial.value) >= 10
+    async with (af.from_iterable(CountingSource(delay=0.001)) | af.collect()).open() as run:
+        run.interrupt()
+        assert (await run.wait()).ended == "interrupted"
+
+
+async def test_run_and_open_take_a_monitor() -> None:
+    """Issue 14.7: Flow.run/open accept monitor= like af.run; it sees the live run and is
+    cancelled when the run ends."""
+    seen: list[int] = []
+    cancelled = anyio.Event()
+
+    async def monitor(run: af.Run[object]) -> None:
+        try:
+            while True:
+                seen.append(sum(s.items_out for s in run.statistics().stages))
+                await anyio.sleep(0.001)
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    flow = af.from_iterable(CountingSource(delay=0.001)) | af.take(50)
+    with anyio.fail_after(5):
+        result = await flow.run(monitor=monitor)
+        await cancelled.wait()
+    assert len(result.value) == 50
+    assert seen
+    seen.clear()
+    cancelled = anyio.Event()
+    with anyio.fail_after(5):
+        async with (flow | af.collect()).open(monitor=monitor) as run:
+            await run.wait()
+        await cancelled.wait()
+    assert seen

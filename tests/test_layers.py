@@ -41,7 +41,7 @@ LAYERS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     (
         "front",
         8,
-        ("aflow", "aflow.__main__", "aflow.cli", "aflow.monitor", "aflow.testing", "aflow._demo"),
+        ("aflow", "aflow.__main__", "aflow.cli", "aflow.monitor", "aflow.testing", "aflow.demo"),
     ),
 )
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
+from _helpers import python_env
 from rich.console import Console
 
 import aflow as af
-from aflow.monitor import Progress, serve_metrics
+from aflow.monitor import Progress, done_line, serve_metrics
 from aflow.testing import CountingSource
 
 pytestmark = pytest.mark.anyio
@@ -119,3 +124,69 @@ async def metrics_after(flow: af.SinkFlow[int]) -> str:
                     await anyio.sleep(0.05)
         tg.cancel_scope.cancel()
     return text
+
+
+async def test_progress_gives_percent_done_and_eta_when_the_input_size_is_known(
+    tmp_path: Path,
+) -> None:
+    """Issue 14.9: % done, totals and ETA against the source's size, rates with units."""
+    rows = np.arange(10_000)
+    gate, first = anyio.Event(), anyio.Event()
+
+    async def wait_at_half(b: object) -> None:
+        first.set()
+        await gate.wait()
+
+    flow = af.from_array(rows, 1000) | af.map_batches(lambda b: b) | af.for_each(wait_at_half)
+    async with flow.open(buffer=1) as run:
+        size = await anyio.to_thread.run_sync(run.input_size)
+        assert size == (10_000, "rows")
+        with anyio.fail_after(5):
+            await first.wait()
+        line = done_line(run.statistics(), size)
+        gate.set()
+    emitted = int(line.split("(")[1].split(" rows")[0].replace(",", ""))
+    assert 0 < emitted < 10_000
+    assert f"{emitted / 10_000:.1%} of the input ({emitted:,} rows of 10,000 rows), ETA" in line
+    csv = tmp_path / "r.csv"
+    csv.write_bytes(b"1,2\n" * 250_000)  # 1 MB
+    record = [("a", "i8"), ("b", "i8")]
+    async with (af.read_csv(str(csv), record) | af.discard()).open() as run:
+        size = await anyio.to_thread.run_sync(run.input_size)
+        result = await run.wait()
+    assert size == (1_000_000, "bytes")
+    assert done_line(result.statistics, size).endswith("100.0% of the input (1.0 MB of 1.0 MB)")
+    console = Console(record=True, width=240)
+    console.print(Progress(force=True).render(result.statistics, None, size))
+    shown = console.export_text()
+    assert " MB/s " in shown.splitlines()[4]  # the source's rate, in bytes
+    assert "250,000 rows" in shown
+    assert "rows/s" in shown
+    unknown = af.from_iterable(range(3)) | af.discard()
+    async with unknown.open() as run:
+        assert await anyio.to_thread.run_sync(run.input_size) is None
+
+
+def test_progress_off_a_terminal_prints_the_last_table_whole_with_a_final_newline(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "arr.py").write_text(
+        "import numpy as np\nimport aflow as af\n"
+        "flow = af.from_array(np.arange(5000), 100) | af.map_batches(lambda b: b + 1)"
+        " | af.reduce(lambda t, b: t + int(b.sum()), 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "aflow", "run", "arr.py:flow", "--progress"],
+        cwd=tmp_path,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(sum(range(1, 5001)))
+    assert done.stderr.endswith("\n")
+    assert "100.0% of the input (5,000 rows of 5,000 rows)" in done.stderr
+    assert "1:map_batches(lambda)" in done.stderr  # whole, not cut at 80 columns
+    assert "rows/s" in done.stderr

@@ -179,6 +179,12 @@ class Source(ABC):
         """Buffers this source adds inside itself (sub-flows it runs). 0 by default."""
         return 0
 
+    def size(self) -> tuple[int, str] | None:
+        """How much the source will emit, when known before it runs: ``(amount, unit)``,
+        unit ``"rows"`` or ``"bytes"``, in the units of its ``items_out``; ``None`` (the
+        default) when unknown. May block (files are looked at): call it in a thread."""
+        return None
+
     @abstractmethod
     async def produce(self, out: Outlet, ctx: Context) -> None:
         """Emit every message of the source, then return.

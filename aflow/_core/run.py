@@ -7,9 +7,9 @@ before the cancellation goes on; ``run.wait()`` and ``aflow.run`` build on it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, Literal, NamedTuple, TypeAlias, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -21,7 +21,16 @@ from .context import RunContext
 from .messages import Batch, Message
 from .operators import Op, SinkOperator, Source, chain_buffers, op_buffers
 
-__all__ = ["DEFAULT_BUFFER", "DEFAULT_GRACE", "OutputRun", "Run", "RunManager", "RunResult"]
+__all__ = [
+    "DEFAULT_BUFFER",
+    "DEFAULT_GRACE",
+    "Ended",
+    "Monitor",
+    "OutputRun",
+    "Run",
+    "RunManager",
+    "RunResult",
+]
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -38,11 +47,28 @@ def _buffer_count(source: Source, ops: tuple[Op, ...], sink: SinkOperator[Any, A
     return n + (1 if sink is None else op_buffers(sink))
 
 
+Ended: TypeAlias = Literal["completed", "stopped", "interrupted"]
+"""How a run ended: ``"completed"`` (the input ran out, or a ``take`` was satisfied: the
+result is whole), ``"stopped"`` (``run.stop()`` was called before the input ended: the
+result covers what was read until then) or ``"interrupted"`` (a signal, SIGTERM or Ctrl-C,
+stopped it: the result is partial)."""
+
+
 class RunResult(NamedTuple, Generic[R_co]):
-    """What ``run()`` returns: the sink's result and the run's statistics."""
+    """What ``run()`` returns: the sink's result, the run's statistics and how it ended.
+
+    A result whose ``ended`` is not ``"completed"`` is partial: check it before trusting
+    totals (``aflow run`` exits with 143 after SIGTERM).
+    """
 
     value: R_co
     statistics: RunStatistics
+    ended: Ended = "completed"
+
+
+Monitor: TypeAlias = Callable[["Run[Any]"], Coroutine[Any, Any, None]]
+"""A coroutine function run beside a flow with its :class:`Run` (to show progress or
+export statistics); it is cancelled when the run ends."""
 
 
 class Run(Generic[R_co]):
@@ -59,6 +85,8 @@ class Run(Generic[R_co]):
         self._sink_writer: Any = None
         self._done = anyio.Event()
         self._scope = anyio.CancelScope(shield=True)
+        self._ended: Ended = "completed"
+        self._source: Source | None = None
 
     def statistics(self) -> RunStatistics:
         """Per-stage statistics so far (a frozen snapshot)."""
@@ -66,13 +94,39 @@ class Run(Generic[R_co]):
         return self._ctx.counters.freeze()
 
     def stop(self) -> None:
-        """Stop gracefully: sources stop; what is in flight is processed and flushed."""
-        if self._ctx is not None:
+        """Stop gracefully: sources stop; what is in flight is processed and flushed.
+
+        The result then says ``ended == "stopped"`` (unless the input had already ended).
+        """
+        self._stop("stopped")
+
+    def _stop(self, why: Ended) -> None:
+        if self._ctx is not None and not self._done.is_set():
+            if self._ended == "completed":
+                self._ended = why
             self._ctx.request_stop()
+
+    def interrupt(self) -> None:
+        """Stop gracefully on behalf of a signal (SIGTERM, Ctrl-C): like :meth:`stop`, but
+        the result says ``ended == "interrupted"``."""
+        self._stop("interrupted")
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    def input_size(self) -> tuple[int, str] | None:
+        """How much the source will emit, when known: ``(amount, unit)``, unit ``"rows"``
+        (``from_array``, ``read_records``) or ``"bytes"`` (``read_csv`` and the other
+        readers of bytes); ``None`` otherwise (generators, sockets, ``follow=True``).
+        Blocks while files are looked at: call it in a worker thread."""
+        return None if self._source is None else self._source.size()
+
+    @property
+    def ended(self) -> Ended:
+        """How the run ended (see :data:`Ended`); ``"completed"`` while it still runs and
+        no stop was asked for."""
+        return self._ended
 
     async def wait(self) -> RunResult[R_co]:
         """Wait for the end of the run; return the sink's result and statistics.
@@ -89,7 +143,7 @@ class Run(Generic[R_co]):
         self._raise_error()
         writer = self._sink_writer
         value = cast(R_co, writer.result() if writer is not None else None)
-        return RunResult(value, self.statistics())
+        return RunResult(value, self.statistics(), self._ended)
 
     def _raise_error(self) -> None:
         assert self._ctx is not None
@@ -138,6 +192,7 @@ class Run(Generic[R_co]):
         task_status: TaskStatus[None],
     ) -> None:
         ctx: RunContext | None = None
+        self._source = source
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
@@ -221,11 +276,13 @@ class RunManager(Generic[RunT_co]):
         buffer: int,
         max_bytes_in_flight: int | None,
         grace: float,
+        monitor: Monitor | None = None,
     ) -> None:
         if buffer < 1:
             raise ValueError(f"buffer={buffer}: a buffer holds at least one message")
         self._args = (source, ops, sink, buffer, max_bytes_in_flight)
         self._grace = grace
+        self._monitor = monitor
 
     def __call__(self) -> Any:  # pragma: no cover - guards a common slip
         raise TypeError("flow.open() is an async context manager: `async with flow.open()`")
@@ -245,6 +302,8 @@ class RunManager(Generic[RunT_co]):
         async with anyio.create_task_group() as tg:
             await tg.start(run._main, *self._args)
             tg.start_soon(_cancel_body_on_failure, run, tg.cancel_scope)
+            if self._monitor is not None:
+                tg.start_soon(_watch, run, self._monitor)
             try:
                 yield run
             except anyio.get_cancelled_exc_class():
@@ -275,3 +334,11 @@ async def _cancel_body_on_failure(run: Run[Any], body: anyio.CancelScope) -> Non
     await run._done.wait()
     if run._ctx is not None and run._ctx.first_error is not None:
         body.cancel()
+
+
+async def _watch(run: Run[Any], monitor: Monitor) -> None:
+    """Run ``monitor`` beside ``run``; cancel it once the run has ended."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(monitor, run)
+        await run._done.wait()
+        tg.cancel_scope.cancel()

@@ -10,7 +10,7 @@ import glob as globlib
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import numpy as np
@@ -89,6 +89,18 @@ class _FilesSource(Source):
         self.on_error = check_policy(on_error)
         self.header_bytes = header_bytes
         self.name = name
+
+    def size(self) -> tuple[int, str] | None:
+        """Bytes of the files (rows for records); unknown when following them."""
+        shape, dtype = self.options["shape"], cast(np.dtype[Any], self.options["dtype"])
+        row_shape = cast(tuple[int, ...], self.options["row_shape"])
+        if self.options["follow"]:
+            return None
+        sizes = [max(0, os.path.getsize(f) - self.header_bytes) for f in expand(self.paths)]
+        if shape != "records":  # bytes, or blocks of whole lines: counted in bytes
+            return sum(sizes), "bytes"
+        row = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        return sum(n // row for n in sizes), "rows"
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
         files = await anyio.to_thread.run_sync(expand, self.paths)  # a glob may be slow
@@ -373,6 +385,9 @@ def read_records(
 class _NpySource(_FilesSource):
     """``.npy`` files: each file's header is read at run time (its own length, checked to
     hold the same dtype and row shape as the first file)."""
+
+    def size(self) -> None:
+        return None  # the headers' lengths are read at run time
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
         files = await anyio.to_thread.run_sync(expand, self.paths)

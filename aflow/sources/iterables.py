@@ -229,6 +229,9 @@ class _ArraySource(Source):
         self.batch_size = batch_size
         self.name = name
 
+    def size(self) -> tuple[int, str]:
+        return len(self.array), "rows"
+
     async def produce(self, out: Outlet, ctx: Context) -> None:
         arr, step = self.array, self.batch_size
         for start in range(0, len(arr), step):
