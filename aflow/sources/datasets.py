@@ -310,6 +310,7 @@ class _DatasetRun:
     async def produce(self, out: Outlet) -> None:
         jobs = self.source.jobs(len(self.table))
         window: deque[_Job] = deque()
+        failure: list[BaseException] = []
         async with anyio.create_task_group() as tg:
             try:
                 while True:
@@ -327,15 +328,17 @@ class _DatasetRun:
                     batch = await self.finish(job)
                     if batch is not None:
                         await out.emit(batch)
-            finally:
-                tg.cancel_scope.cancel()  # jobs already in threads finish (files close)
+            except Exception as exc:  # Closed, a bad file, an error downstream: as itself
+                failure.append(exc)
+            tg.cancel_scope.cancel()  # jobs already in threads finish (their files close)
+        if failure:
+            raise failure[0]
 
     async def decode(self, job: _Job) -> None:
         try:
             await anyio.to_thread.run_sync(self.decode_job, job, limiter=self.limiter)
-        except BaseException as exc:
+        except Exception as exc:
             job.error = exc
-            raise
         finally:
             job.done.set()
 
@@ -364,6 +367,7 @@ class _DatasetRun:
                     data = f.read()
                 out.append(np.asarray(self.source.decoders(path)(data)))
             except Exception as exc:
+                exc.add_note(f"aflow: while reading and decoding {path} under {self.table.root}")
                 out.append(exc)
         return out
 
