@@ -136,3 +136,19 @@ def test_extending_stage_drops_duplicates_and_flushes_the_rest() -> None:
 def test_extending_sink_retries_and_flushes() -> None:
     out = assert_ok(run_example("extending_sink.py"))
     assert "10,500 rows in 11 requests (the last, sent by flush(), of 500 rows)" in out
+
+
+def test_image_classifier_learns_from_a_generated_folder() -> None:
+    out = assert_ok(run_example("image_classifier.py", "--images", "450", "--epochs", "3"))
+    assert "epoch 3: " in out
+    assert "validation accuracy" in out
+    assert "classes: blobs, rings, stripes" in out
+    assert "resident memory" in out
+    assert "learned: final validation accuracy" in out
+
+
+def test_dataset_memory_compares_both_loaders() -> None:
+    out = assert_ok(run_example("dataset_memory.py", "--images", "300", "--side", "48"))
+    assert "  list loader: peak resident memory" in out
+    assert " aflow loader: peak resident memory" in out
+    assert "same per-channel means" in out
