@@ -8,6 +8,7 @@ from ._core.messages import Provenance as Provenance
 from ._core.run import OutputRun as OutputRun
 from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
+from .codecs.images import ImageDecoder as ImageDecoder
 from .errors import AflowError as AflowError
 from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
@@ -53,6 +54,10 @@ from .sources.combine import concat as concat
 from .sources.combine import merge as merge
 from .sources.combine import repeat as repeat
 from .sources.combine import zip as zip
+from .sources.datasets import DatasetFiles as DatasetFiles
+from .sources.datasets import DatasetProvenance as DatasetProvenance
+from .sources.datasets import list_dataset as list_dataset
+from .sources.datasets import read_dataset as read_dataset
 from .sources.files import read_blocks as read_blocks
 from .sources.files import read_bytes as read_bytes
 from .sources.files import read_csv as read_csv
@@ -69,6 +74,10 @@ from .sources.sockets import tcp_client as tcp_client
 from .sources.sockets import tcp_server as tcp_server
 from .sources.sockets import udp_server as udp_server
 from .sources.sockets import unix_server as unix_server
+from .stages.augment import add_noise as add_noise
+from .stages.augment import normalize as normalize
+from .stages.augment import random_crop as random_crop
+from .stages.augment import random_flip as random_flip
 from .stages.batch import filter_rows as filter_rows
 from .stages.batch import map_batches as map_batches
 from .stages.batching import batch as batch
@@ -103,6 +112,8 @@ __all__ = [
     "Collect",
     "CollectMode",
     "ConnectionEvent",
+    "DatasetFiles",
+    "DatasetProvenance",
     "DecodeError",
     "FailedItem",
     "FileSummary",
@@ -110,6 +121,7 @@ __all__ = [
     "FlowDefinitionError",
     "FrameTooLongError",
     "Histogram",
+    "ImageDecoder",
     "IncompleteFrameError",
     "KeyedStats",
     "LateDataError",
@@ -127,6 +139,7 @@ __all__ = [
     "Stage",
     "StageStatistics",
     "StageTimeoutError",
+    "add_noise",
     "asof_join",
     "batch",
     "broadcast",
@@ -145,13 +158,18 @@ __all__ = [
     "from_array",
     "from_arrays",
     "from_iterable",
+    "list_dataset",
     "map",
     "map_batches",
     "merge",
+    "normalize",
     "partition",
+    "random_crop",
+    "random_flip",
     "read_blocks",
     "read_bytes",
     "read_csv",
+    "read_dataset",
     "read_jsonl",
     "read_lines",
     "read_log",

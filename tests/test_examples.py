@@ -208,3 +208,19 @@ def test_asyncio_service_stops_gracefully_on_sigterm() -> None:
     assert service.returncode == 0, err
     assert out.startswith("health: ended: stopped; ")
     assert out.endswith(" readings counted\n")
+
+
+def test_image_classifier_learns_from_a_generated_folder() -> None:
+    out = assert_ok(run_example("image_classifier.py", "--images", "450", "--epochs", "3"))
+    assert "epoch 3: " in out
+    assert "validation accuracy" in out
+    assert "classes: blobs, rings, stripes" in out
+    assert "resident memory" in out
+    assert "learned: final validation accuracy" in out
+
+
+def test_dataset_memory_compares_both_loaders() -> None:
+    out = assert_ok(run_example("dataset_memory.py", "--images", "300", "--side", "48"))
+    assert "  list loader: peak resident memory" in out
+    assert " aflow loader: peak resident memory" in out
+    assert "same per-channel means" in out

@@ -45,8 +45,8 @@ LAYERS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     ),
 )
 
-OPTIONAL = frozenset({"pyarrow", "orjson", "rich", "prometheus_client", "trio"})
-"""The packages of aflow's extras (arrow, json, cli, trio): the only imports allowed inside
+OPTIONAL = frozenset({"pyarrow", "orjson", "rich", "prometheus_client", "trio", "PIL"})
+"""The packages of aflow's extras (arrow, json, cli, trio, images): the only imports allowed inside
 a function, where they are imported on first use, behind a guard."""
 
 

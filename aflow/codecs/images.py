@@ -1,0 +1,154 @@
+"""Decoders for the files of a dataset: one file's bytes to one NumPy array.
+
+A *sample decoder* is any callable ``decode(data: bytes) -> array`` (see
+:class:`SampleDecoder`); :func:`aflow.read_dataset` calls it in worker threads, once per
+file, and stacks the arrays of a batch. Every array a dataset yields must have the same
+shape and dtype, so image decoders bring every picture to a fixed size.
+
+* :func:`decode_npy` — a ``.npy`` file, or one array of a ``.npz`` file (:class:`NpzDecoder`).
+* :class:`ImageDecoder` — PNG, JPEG, BMP, GIF, WebP, TIFF through Pillow (the ``images``
+  extra: ``pip install aflow-streams[images]``): ``uint8`` arrays of shape
+  ``(height, width, channels)``, channels last, in the order of ``mode`` (``"RGB"``,
+  ``"L"`` grey with one channel, ``"RGBA"``).
+* Anything else (audio, a custom binary format): write a function of the bytes, e.g.
+  ``lambda data: np.frombuffer(data, "<i2")[:16000]``.
+
+>>> import io
+>>> import numpy as np
+>>> buf = io.BytesIO()
+>>> np.save(buf, np.arange(6, dtype=np.int16).reshape(2, 3))
+>>> decode_npy(buf.getvalue()).shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Fit",
+    "ImageDecoder",
+    "NpzDecoder",
+    "SampleDecoder",
+    "decode_npy",
+]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+"""File suffixes (lower case) that :class:`ImageDecoder` reads."""
+
+Fit = Literal["resize", "crop", "pad"]
+"""How an image reaches the target size: ``"resize"`` stretches it; ``"crop"`` scales its
+shorter side to fit and cuts the centre (keeps the aspect ratio); ``"pad"`` scales its
+longer side to fit and pads the borders with zeros (keeps the whole picture)."""
+
+
+class SampleDecoder(Protocol):
+    """Decodes the bytes of one file into one array (runs in a worker thread).
+
+    Raise any exception for bytes it cannot decode: the dataset's ``on_error`` policy then
+    handles that file (by default the run fails, naming the file).
+    """
+
+    def __call__(self, data: bytes, /) -> NDArray[Any]: ...
+
+
+def decode_npy(data: bytes) -> NDArray[Any]:
+    """The array of a ``.npy`` file's bytes (object arrays are refused)."""
+    return np.load(io.BytesIO(data), allow_pickle=False)  # type: ignore[no-any-return]
+
+
+class NpzDecoder:
+    """One array of a ``.npz`` file: the one named ``key``, or its first one."""
+
+    def __init__(self, key: str | None = None) -> None:
+        self.key = key
+
+    def __call__(self, data: bytes, /) -> NDArray[Any]:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            key = self.key if self.key is not None else archive.files[0]
+            return archive[key]  # type: ignore[no-any-return]
+
+
+class ImageDecoder:
+    """Decode an image file into a ``uint8`` array of shape ``(height, width, channels)``.
+
+    Channels are last, in the order of ``mode`` (``"RGB"``: red, green, blue; ``"L"``:
+    one grey channel; ``"RGBA"``: with alpha). Needs Pillow (the ``images`` extra).
+
+    Args:
+        size: ``(height, width)`` of every output array; ``None`` keeps each image's own
+            size (then all images of a dataset must share it).
+        mode: Pillow's colour mode to convert to.
+        fit: how an image reaches ``size`` (see :data:`Fit`).
+        resample: Pillow's resampling filter name (``"bilinear"``, ``"nearest"``,
+            ``"bicubic"``, ``"lanczos"``).
+
+    JPEG files are decoded at a reduced scale first when much larger than ``size``
+    (Pillow's ``draft``), which is several times faster than decoding them whole.
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int] | None = None,
+        *,
+        mode: str = "RGB",
+        fit: Fit = "crop",
+        resample: str = "bilinear",
+    ) -> None:
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise ValueError(f"ImageDecoder(size={size!r}): give (height, width), both >= 1")
+        if fit not in ("resize", "crop", "pad"):
+            raise ValueError(f"ImageDecoder(fit={fit!r}): use 'resize', 'crop' or 'pad'")
+        self.size = size
+        self.mode = mode
+        self.fit = fit
+        self.resample = resample
+        self._pil = _pillow()
+        self._filter = getattr(self._pil.Image.Resampling, resample.upper(), None)
+        if self._filter is None:
+            raise ValueError(f"ImageDecoder(resample={resample!r}): unknown filter")
+
+    def __repr__(self) -> str:
+        return f"ImageDecoder(size={self.size}, mode={self.mode!r}, fit={self.fit!r})"
+
+    def __call__(self, data: bytes, /) -> NDArray[np.uint8]:
+        with self._pil.Image.open(io.BytesIO(data)) as img:
+            if self.size is not None:
+                img.draft(self.mode, (self.size[1], self.size[0]))
+            img = img.convert(self.mode)
+            if self.size is not None:
+                img = self._fit(img, self.size)
+            arr = np.asarray(img, dtype=np.uint8)
+        return arr[:, :, None] if arr.ndim == 2 else arr
+
+    def _fit(self, img: Any, size: tuple[int, int]) -> Any:
+        h, w = size
+        if img.size == (w, h):
+            return img
+        if self.fit == "resize":
+            return img.resize((w, h), self._filter)
+        iw, ih = img.size
+        scale = max(w / iw, h / ih) if self.fit == "crop" else min(w / iw, h / ih)
+        sw, sh = max(1, round(iw * scale)), max(1, round(ih * scale))
+        img = img.resize((sw, sh), self._filter)
+        if self.fit == "crop":
+            left, top = (sw - w) // 2, (sh - h) // 2
+            return img.crop((left, top, left + w, top + h))
+        canvas = self._pil.Image.new(img.mode, (w, h))
+        canvas.paste(img, ((w - sw) // 2, (h - sh) // 2))
+        return canvas
+
+
+def _pillow() -> Any:
+    try:
+        import PIL.Image  # the images extra
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "decoding images needs Pillow: pip install 'aflow-streams[images]'"
+        ) from exc
+    return PIL

@@ -1,0 +1,510 @@
+"""Datasets in a directory: files under class folders become batches of samples and labels.
+
+:func:`list_dataset` walks a folder once and returns its table (:class:`DatasetFiles`: the
+files, their labels and the class names); :func:`read_dataset` makes a flow that reads it,
+epoch after epoch, in a new seeded order every epoch, decoding a few batches at once in
+worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import numpy as np
+from numpy.typing import NDArray
+
+from ..abc import Batch, Context, Outlet, Provenance, Source
+from ..codecs.images import IMAGE_SUFFIXES, ImageDecoder, NpzDecoder, SampleDecoder, decode_npy
+from ..flow import Flow
+from ..policies import ErrorPolicy, Reporter, check_policy
+
+__all__ = ["DatasetFiles", "DatasetProvenance", "Labels", "list_dataset", "read_dataset"]
+
+Labels = str | os.PathLike[str] | Mapping[str, str] | Callable[[str], str]
+"""Where labels come from: ``"folders"`` (the first folder under the root names the class),
+the path of a label file (lines ``relative/path,label``; ``#`` starts a comment), a mapping
+of relative paths to labels, or a function of the relative path returning its label."""
+
+Split = Literal["all", "train", "validation"]
+DATA_SUFFIXES = IMAGE_SUFFIXES | {".npy", ".npz"}
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetFiles:
+    """The table of a dataset: its files, their labels and the class names.
+
+    Attributes:
+        root: the dataset's folder.
+        paths: file paths relative to ``root``, with ``/`` separators, sorted.
+        labels: ``int32`` array of shape ``(len(paths),)``: each file's index in
+            ``classes``.
+        classes: the class names, sorted; a label ``y`` names ``classes[y]``.
+    """
+
+    root: str
+    paths: tuple[str, ...]
+    labels: NDArray[np.int32]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def split(self, part: Split, validation: float = 0.2) -> DatasetFiles:
+        """The files of one part: ``"validation"`` holds the files whose path hashes
+        (BLAKE2b) below ``validation``, ``"train"`` the others, ``"all"`` every file.
+
+        A file stays in its part when files are added or removed and across machines and
+        runs (the hash of its relative path decides, not a random draw). The class table
+        is kept whole, so labels mean the same in both parts.
+        """
+        if part == "all":
+            return self
+        if part not in ("train", "validation") or not 0.0 <= validation <= 1.0:
+            raise ValueError(
+                f"split({part!r}, validation={validation}): part is 'all', 'train' or "
+                "'validation' and validation a fraction within [0, 1]"
+            )
+        keep = np.array([_unit_hash(p) < validation for p in self.paths], dtype=bool)
+        if part == "train":
+            keep = ~keep
+        kept = tuple(p for p, k in zip(self.paths, keep.tolist(), strict=True) if k)
+        return DatasetFiles(self.root, kept, self.labels[keep], self.classes)
+
+    def counts(self) -> dict[str, int]:
+        """Files per class name."""
+        n = np.bincount(self.labels, minlength=len(self.classes))
+        return dict(zip(self.classes, n.tolist(), strict=True))
+
+
+def _unit_hash(path: str) -> float:
+    digest = hashlib.blake2b(path.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def list_dataset(
+    root: str | os.PathLike[str],
+    *,
+    labels: Labels = "folders",
+    suffixes: frozenset[str] | set[str] | None = None,
+) -> DatasetFiles:
+    """Walk ``root`` and return its table (blocks: call it from a thread in async code).
+
+    Args:
+        root: the dataset's folder.
+        labels: where labels come from (see :data:`Labels`). With ``"folders"``, files
+            directly in ``root`` have no class and are left out.
+        suffixes: file suffixes to keep (lower case, with the dot); by default images,
+            ``.npy`` and ``.npz``. Hidden files and folders are always left out.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or holds no file to keep.
+    """
+    top = os.fspath(root)
+    if not os.path.isdir(top):
+        raise FileNotFoundError(f"list_dataset: {top!r} is not a folder")
+    keep = DATA_SUFFIXES if suffixes is None else frozenset(s.lower() for s in suffixes)
+    found = [p for p in _walk(top) if os.path.splitext(p)[1].lower() in keep]
+    paths, names = _label(top, found, labels)
+    if not paths:
+        raise FileNotFoundError(
+            f"list_dataset: no file with a suffix in {sorted(keep)} under {top!r}"
+            + (" inside a class folder" if labels == "folders" else " with a label")
+        )
+    classes = tuple(sorted(set(names)))
+    index = {name: i for i, name in enumerate(classes)}
+    ys = np.array([index[n] for n in names], dtype=np.int32)
+    return DatasetFiles(top, tuple(paths), ys, classes)
+
+
+def _walk(top: str) -> list[str]:
+    out: list[str] = []
+    for folder, dirs, files in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(folder, top)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.extend(prefix + f for f in files if not f.startswith("."))
+    return sorted(out)
+
+
+def _label(top: str, found: list[str], labels: Labels) -> tuple[list[str], list[str]]:
+    if isinstance(labels, str) and labels == "folders":
+        pairs = [(p, p.split("/", 1)[0]) for p in found if "/" in p]
+    elif isinstance(labels, str | os.PathLike):
+        table = _read_label_file(os.fspath(labels))
+        pairs = [(p, table[p]) for p in found if p in table]
+    elif isinstance(labels, Mapping):
+        pairs = [(p, str(labels[p])) for p in found if p in labels]
+    else:
+        pairs = [(p, str(labels(p))) for p in found]
+    return [p for p, _ in pairs], [n for _, n in pairs]
+
+
+def _read_label_file(path: str) -> dict[str, str]:
+    table: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            name, sep, label = text.rpartition("," if "," in text else "\t")
+            if not sep or not name.strip() or not label.strip():
+                raise ValueError(
+                    f"label file {path}, line {number}: expected 'relative/path,label', "
+                    f"got {line.rstrip()!r}"
+                )
+            table[name.strip().replace(os.sep, "/")] = label.strip()
+    return table
+
+
+class DatasetProvenance(Provenance):
+    """Where a dataset batch came from: its files, epoch and place in the epoch's order.
+
+    Attributes:
+        source: the dataset's folder.
+        start / stop: the batch's rows within its epoch's order (``unit == "row"``).
+        epoch: the epoch, counted from 0.
+        files: the rows' files, relative to ``source``, in row order.
+    """
+
+    __slots__ = ("epoch", "files")
+
+    def __init__(self, source: str, start: int, epoch: int, files: tuple[str, ...]) -> None:
+        super().__init__(source, start, start + len(files), "row")
+        self.epoch = epoch
+        self.files = files
+
+    def _key(self) -> tuple[object, ...]:
+        return (*Provenance._key(self), self.epoch, self.files)
+
+    def __repr__(self) -> str:
+        return (
+            f"DatasetProvenance({self.source!r}, {self.start}, epoch={self.epoch}, "
+            f"files={self.files!r})"
+        )
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.files[:4]) + (", ..." if len(self.files) > 4 else "")
+        return f"{self.source} epoch {self.epoch} rows {self.start}..{self.stop} ({shown})"
+
+
+Decoding = SampleDecoder | Mapping[str, SampleDecoder] | None
+
+
+class _Decoders:
+    """The decoder of each file, by suffix (the image decoder is made on first use, so a
+    dataset of ``.npy`` files never needs Pillow)."""
+
+    def __init__(self, decode: Decoding, image_size: tuple[int, int] | None) -> None:
+        self.only = decode if callable(decode) else None
+        self.table: dict[str, SampleDecoder] = {".npy": decode_npy, ".npz": NpzDecoder()}
+        if isinstance(decode, Mapping):
+            self.table.update({k.lower(): v for k, v in decode.items()})
+        self.image_size = image_size
+
+    def __call__(self, path: str) -> SampleDecoder:
+        if self.only is not None:
+            return self.only
+        suffix = os.path.splitext(path)[1].lower()
+        found = self.table.get(suffix)
+        if found is None and suffix in IMAGE_SUFFIXES:
+            found = self.table[suffix] = ImageDecoder(self.image_size)
+        if found is None:
+            raise ValueError(f"no decoder for {suffix!r} files: pass decode={{{suffix!r}: fn}}")
+        return found
+
+
+@dataclass(slots=True)
+class _Job:
+    """One batch to decode: its files (rows of the table) and, once done, its outcome."""
+
+    epoch: int
+    start: int
+    rows: NDArray[np.intp]
+    done: anyio.Event
+    samples: list[NDArray[Any] | Exception] | None = None
+    records: NDArray[Any] | None = None  # built in the thread when every file decoded alike
+    error: BaseException | None = None
+
+
+class _DatasetSource(Source):
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | DatasetFiles,
+        *,
+        labels: Labels,
+        split: Split,
+        validation: float,
+        batch_size: int,
+        epochs: int | None,
+        shuffle: bool,
+        seed: int,
+        decoders: _Decoders,
+        workers: int,
+        drop_last: bool,
+        on_error: ErrorPolicy,
+        name: str,
+    ) -> None:
+        self.root = root
+        self.labels = labels
+        self.split = split
+        self.validation = validation
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.shuffle = shuffle
+        self.seed = seed
+        self.decoders = decoders
+        self.workers = workers
+        self.drop_last = drop_last
+        self.on_error = on_error
+        self.name = name
+
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        table = self.root
+        if not isinstance(table, DatasetFiles):
+            table = await anyio.to_thread.run_sync(_list, table, self.labels)
+        table = table.split(self.split, self.validation)
+        if not len(table):
+            raise FileNotFoundError(f"{self.name}: the {self.split!r} part holds no file")
+        run = _DatasetRun(self, table, Reporter(self.on_error, self.name, out.counters))
+        await run.produce(out)
+
+    def jobs(self, n: int) -> Iterator[tuple[int, int, NDArray[np.intp]]]:
+        """``(epoch, start, rows)`` of every batch, epoch after epoch."""
+        epoch = 0
+        step = self.batch_size
+        while self.epochs is None or epoch < self.epochs:
+            order = (
+                np.random.default_rng([self.seed, epoch]).permutation(n)
+                if self.shuffle
+                else np.arange(n)
+            )
+            stop = n - n % step if self.drop_last else n
+            for start in range(0, stop, step):
+                yield epoch, start, order[start : start + step]
+            epoch += 1
+            if stop == 0:
+                return  # fewer files than one batch, with drop_last: nothing, ever
+
+
+def _list(root: str | os.PathLike[str], labels: Labels) -> DatasetFiles:
+    return list_dataset(root, labels=labels)
+
+
+class _DatasetRun:
+    """One run of a dataset: up to ``workers`` batches decoding in threads, emitted in
+    order (so a seed gives the same batches whatever the threads' timing)."""
+
+    def __init__(self, source: _DatasetSource, table: DatasetFiles, report: Reporter) -> None:
+        self.source = source
+        self.table = table
+        self.report = report
+        self.limiter = anyio.CapacityLimiter(source.workers)
+        self.dtype: np.dtype[Any] | None = None
+
+    async def produce(self, out: Outlet) -> None:
+        jobs = self.source.jobs(len(self.table))
+        window: deque[_Job] = deque()
+        failure: list[BaseException] = []
+        async with anyio.create_task_group() as tg:
+            try:
+                while True:
+                    while len(window) < self.source.workers and not out.stopping:
+                        spec = next(jobs, None)
+                        if spec is None:
+                            break
+                        job = _Job(*spec, done=anyio.Event())
+                        window.append(job)
+                        tg.start_soon(self.decode, job)
+                    if not window:
+                        break
+                    job = window.popleft()
+                    await job.done.wait()
+                    batch = await self.finish(job)
+                    if batch is not None:
+                        await out.emit(batch)
+            except Exception as exc:  # Closed, a bad file, an error downstream: as itself
+                failure.append(exc)
+            tg.cancel_scope.cancel()  # jobs already in threads finish (their files close)
+        if failure:
+            raise failure[0]
+
+    async def decode(self, job: _Job) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.decode_job, job, limiter=self.limiter)
+        except Exception as exc:
+            job.error = exc
+        finally:
+            job.done.set()
+
+    def decode_job(self, job: _Job) -> None:
+        """Read and decode the files of one batch and, when every one decoded to the same
+        shape and dtype, build its records (in a worker thread)."""
+        samples = job.samples = self.decode_files(job.rows)
+        first = samples[0]
+        if not isinstance(first, np.ndarray):
+            return
+        for s in samples:
+            if not isinstance(s, np.ndarray) or s.shape != first.shape or s.dtype != first.dtype:
+                return
+        records = np.empty(len(samples), [("x", first.dtype, first.shape), ("y", np.int32)])
+        np.stack(samples, out=records["x"])  # type: ignore[arg-type]
+        records["y"] = self.table.labels[job.rows]
+        job.records = records
+
+    def decode_files(self, rows: NDArray[np.intp]) -> list[NDArray[Any] | Exception]:
+        """Read and decode the files of one batch (in a worker thread)."""
+        out: list[NDArray[Any] | Exception] = []
+        for i in rows.tolist():
+            path = self.table.paths[i]
+            try:
+                with open(os.path.join(self.table.root, path), "rb") as f:
+                    data = f.read()
+                out.append(np.asarray(self.source.decoders(path)(data)))
+            except Exception as exc:
+                exc.add_note(f"aflow: while reading and decoding {path} under {self.table.root}")
+                out.append(exc)
+        return out
+
+    async def finish(self, job: _Job) -> Batch | None:
+        """The batch of a decoded job; bad files go to the error policy, in row order."""
+        if job.error is not None:
+            raise job.error
+        assert job.samples is not None
+        files = tuple(self.table.paths[i] for i in job.rows.tolist())
+        where = DatasetProvenance(self.table.root, job.start, job.epoch, files)
+        if job.records is not None:
+            if self.dtype is None:
+                self.dtype = job.records.dtype
+            if job.records.dtype == self.dtype:
+                return Batch(job.records, "source", where)
+        good: list[int] = []
+        for k, sample in enumerate(job.samples):
+            i = int(job.rows[k])
+            if isinstance(sample, np.ndarray):
+                sample = self.check(sample, self.table.paths[i])
+            if isinstance(sample, Exception):
+                path = self.table.paths[i]
+                place = DatasetProvenance(self.table.root, job.start + k, job.epoch, (path,))
+                await self.report(os.path.join(self.table.root, path), sample, place)
+            else:
+                good.append(k)
+        if not good:
+            return None
+        return self.partial(job, good)
+
+    def partial(self, job: _Job, good: list[int]) -> Batch:
+        """The batch of the files of ``job`` that decoded well (the others were reported)."""
+        assert self.dtype is not None
+        assert job.samples is not None
+        rows = job.rows[good]
+        data = np.empty(len(good), dtype=self.dtype)
+        data["x"] = np.stack([job.samples[k] for k in good])  # type: ignore[misc]
+        data["y"] = self.table.labels[rows]
+        files = tuple(self.table.paths[i] for i in rows.tolist())
+        # rows of the epoch's order are no longer contiguous: start names the first
+        return Batch(
+            data, "source", DatasetProvenance(self.table.root, job.start, job.epoch, files)
+        )
+
+    def check(self, sample: NDArray[Any], path: str) -> NDArray[Any] | Exception:
+        """The sample, or an error when it differs in shape or dtype from the first."""
+        if self.dtype is None:
+            self.dtype = np.dtype([("x", sample.dtype, sample.shape), ("y", np.int32)])
+        want = self.dtype["x"]
+        if sample.shape == want.shape and sample.dtype == want.base:
+            return sample
+        return ValueError(
+            f"{self.source.name}: {path} decodes to {sample.dtype} of shape {sample.shape}, "
+            f"but the dataset's first sample was {want.base} of shape {want.shape}; give "
+            "image_size= or a decoder that makes every sample the same shape"
+        )
+
+
+def read_dataset(
+    root: str | os.PathLike[str] | DatasetFiles,
+    *,
+    labels: Labels = "folders",
+    split: Split = "all",
+    validation: float = 0.2,
+    batch_size: int = 32,
+    epochs: int | None = 1,
+    shuffle: bool = True,
+    seed: int = 0,
+    image_size: tuple[int, int] | None = None,
+    decode: Decoding = None,
+    workers: int = 4,
+    drop_last: bool = False,
+    on_error: ErrorPolicy = "raise",
+) -> Flow[NDArray[Any]]:
+    """Batches of samples and labels from a dataset folder, epoch after epoch.
+
+    Each batch is a structured array of up to ``batch_size`` records with two fields:
+    ``x``, one decoded file (the same shape and dtype for every file, e.g. ``uint8`` of
+    shape ``(height, width, 3)`` for RGB images), and ``y``, its label as an ``int32``
+    index into the class table (:func:`list_dataset` gives it: ``classes[y]``). Its
+    provenance (a :class:`DatasetProvenance`) names its files and epoch.
+
+    Files are listed when the run starts (at every run). Up to ``workers`` batches are
+    read and decoded at once in worker threads and handed on in order, so memory holds at
+    most ``workers`` batches beyond the run's buffers, and a seed gives the same batches
+    whatever the threads' timing.
+
+    Args:
+        root: the dataset's folder, or a table made by :func:`list_dataset`.
+        labels: where labels come from (see :data:`Labels`); ignored for a table.
+        split: ``"train"`` or ``"validation"`` to read one part (see
+            :meth:`DatasetFiles.split`), ``"all"`` for every file.
+        validation: the fraction of files in the validation part.
+        batch_size: records per batch; the last batch of an epoch may be shorter.
+        epochs: passes over the files; ``None`` repeats forever (stop with ``take`` or
+            by leaving the loop).
+        shuffle: read each epoch in a new order drawn from ``(seed, epoch)``; ``False``
+            reads the files in table order every epoch.
+        seed: seed of the epochs' orders.
+        image_size: ``(height, width)`` of decoded images (see
+            :class:`~aflow.codecs.images.ImageDecoder`, which brings each image to it by
+            scaling and cropping the centre). ``None``: images must all be one size.
+        decode: a function ``bytes -> array`` for every file, or a mapping of suffixes
+            (``".wav"``) to such functions added to the built-in ones (``.npy``, ``.npz``
+            and images); see :mod:`aflow.codecs.images`.
+        workers: batches decoded at once, each in a worker thread.
+        drop_last: leave out each epoch's last batch when it is short.
+        on_error: what to do with a file that cannot be read or decoded (the item given
+            to the policy is its path; the provenance names it).
+
+    Raises:
+        FileNotFoundError: at run time, when the folder or the chosen part is empty.
+    """
+    if batch_size < 1 or workers < 1:
+        raise ValueError(
+            f"read_dataset: batch_size={batch_size} and workers={workers} must be >= 1"
+        )
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"read_dataset(epochs={epochs}): must be >= 0, or None for forever")
+    if split not in ("all", "train", "validation"):
+        raise ValueError(f"read_dataset(split={split!r}): use 'all', 'train' or 'validation'")
+    where = root.root if isinstance(root, DatasetFiles) else os.fspath(root)
+    part = "" if split == "all" else f", {split}"
+    return Flow(
+        _DatasetSource(
+            root,
+            labels=labels,
+            split=split,
+            validation=validation,
+            batch_size=batch_size,
+            epochs=epochs,
+            shuffle=shuffle,
+            seed=seed,
+            decoders=_Decoders(decode, image_size),
+            workers=workers,
+            drop_last=drop_last,
+            on_error=check_policy(on_error),
+            name=f"read_dataset({where}{part})",
+        )
+    )

@@ -1,0 +1,212 @@
+"""Dataset loading benchmark: a folder of small PNG images, aflow vs a plain loop (vs torch).
+
+A folder of N (default 20,000) 32x32 RGB PNG images in 10 class folders is generated once
+into a temp folder. Each loader reads every image once, in a seeded random order, decodes
+it to ``uint8 (32, 32, 3)`` with Pillow and makes batches of 64 images with their labels;
+the consumer sums each batch (so every pixel is touched):
+
+- plain: a synchronous generator loop (read, decode, stack), the usual first loader;
+- aflow: ``af.read_dataset(root, batch_size=64, workers=W)`` (W batches decoded at once in
+  worker threads), for each W of ``--workers``;
+- torch: ``torch.utils.data.DataLoader`` with W worker processes over the same decoding,
+  only when ``--torch`` is given and torch is importable (a benchmark environment, never
+  a dependency of aflow).
+
+Each loader runs in its own subprocess, so each peak resident memory (VmHWM) is its own.
+Prints images/s, the ratio to the plain loop and peak memory. Targets: aflow >= 1.5x the
+plain loop; >= 0.8x DataLoader at equal workers, with lower memory.
+
+    python benchmarks/bench_datasets.py              # 20,000 images
+    python benchmarks/bench_datasets.py --quick      # 2,000 images
+    python benchmarks/bench_datasets.py --torch      # also torch's DataLoader
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SIDE = 32
+BATCH = 64
+CLASSES = 10
+
+
+def make_folder(root: Path, n: int) -> None:
+    from PIL import Image
+
+    marker = root / f"ready-{n}"
+    if marker.exists():
+        return
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:SIDE, 0:SIDE]
+    for i in range(n):
+        folder = root / f"class{i % CLASSES}"
+        folder.mkdir(parents=True, exist_ok=True)
+        f = rng.uniform(0.1, 0.6, 2)
+        base = (np.sin(xx * f[0] + yy * f[1]) * 60 + 128)[..., None]
+        pixels = np.clip(base + rng.normal(0, 20, (SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:06d}.png")
+    marker.touch()
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_plain(root: Path, workers: int) -> tuple[int, float]:
+    import aflow as af
+    from aflow.codecs.images import ImageDecoder
+
+    table = af.list_dataset(root)
+    decode = ImageDecoder()
+    order = np.random.default_rng(0).permutation(len(table))
+
+    def batches() -> Any:
+        for start in range(0, len(order), BATCH):
+            rows = order[start : start + BATCH]
+            x = np.stack([decode((root / table.paths[i]).read_bytes()) for i in rows])
+            yield x, table.labels[rows]
+
+    n, total = 0, 0.0
+    for x, _y in batches():
+        total += float(x.sum())
+        n += len(x)
+    return n, total
+
+
+def run_aflow(root: Path, workers: int) -> tuple[int, float]:
+    import anyio
+
+    import aflow as af
+
+    async def main() -> tuple[int, float]:
+        n, total = 0, 0.0
+        flow = af.read_dataset(root, batch_size=BATCH, workers=workers, seed=0)
+        async with flow.open() as run:
+            async for batch in run:
+                total += float(batch["x"].sum())
+                n += len(batch)
+        return n, total
+
+    return anyio.run(main)
+
+
+def run_torch(root: Path, workers: int) -> tuple[int, float]:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    import aflow as af
+    from aflow.codecs.images import ImageDecoder
+
+    table = af.list_dataset(root)
+
+    class Folder(Dataset):  # type: ignore[type-arg]
+        def __init__(self) -> None:
+            self.decode = ImageDecoder()
+
+        def __len__(self) -> int:
+            return len(table)
+
+        def __getitem__(self, i: int) -> Any:
+            x = self.decode((root / table.paths[i]).read_bytes())
+            return torch.from_numpy(x), int(table.labels[i])
+
+    loader = DataLoader(
+        Folder(),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(0),
+    )
+    n, total = 0, 0.0
+    for x, _y in loader:
+        total += float(x.numpy().sum())
+        n += len(x)
+    return n, total
+
+
+def measure(kind: str, root: Path, workers: int) -> None:
+    run = {"plain": run_plain, "aflow": run_aflow, "torch": run_torch}[kind]
+    t0 = time.perf_counter()
+    n, total = run(root, workers)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"n": n, "total": total, "seconds": seconds, "peak": peak_rss()}))
+
+
+def child(kind: str, root: Path, workers: int, python: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run(
+        [python, __file__, "--child", kind, "--root", str(root), "--workers", str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true", help="2,000 images")
+    parser.add_argument("--workers", default="2,4", help="comma-separated worker counts")
+    parser.add_argument("--torch", action="store_true", help="also torch's DataLoader")
+    parser.add_argument("--torch-python", default=sys.executable, help="python with torch")
+    parser.add_argument("--reps", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        measure(args.child, args.root, int(args.workers))
+        return
+    n = 2_000 if args.quick else args.images
+    root = Path(tempfile.gettempdir()) / "aflow-bench-datasets"
+    t0 = time.perf_counter()
+    make_folder(root, n)
+    print(
+        f"{n:,} PNG images of {SIDE}x{SIDE}x3 in {CLASSES} classes "
+        f"(ready in {time.perf_counter() - t0:.1f} s), batches of {BATCH}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    cases = [("plain", 1)] + [("aflow", int(w)) for w in args.workers.split(",")]
+    if args.torch:
+        cases += [("torch", int(w)) for w in args.workers.split(",")]
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    for _ in range(args.reps):
+        for kind, workers in cases:
+            python = args.torch_python if kind == "torch" else sys.executable
+            r = child(kind, root, workers, python)
+            best = results.get((kind, workers))
+            if best is None or r["seconds"] < best["seconds"]:
+                results[kind, workers] = r
+    plain = results["plain", 1]
+    print(f"{'loader':<22} {'images/s':>10} {'x plain':>8} {'peak MB':>8}")
+    for (kind, workers), r in results.items():
+        rate = r["n"] / r["seconds"]
+        label = kind if kind == "plain" else f"{kind} workers={workers}"
+        print(
+            f"{label:<22} {rate:>10,.0f} {plain['seconds'] / r['seconds']:>8.2f} "
+            f"{r['peak'] / 1e6:>8.1f}"
+        )
+        if r["n"] != n or not np.isclose(r["total"], plain["total"]):
+            print(f"RESULT MISMATCH: {label} read {r['n']} images, sum {r['total']}")
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

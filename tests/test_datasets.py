@@ -1,0 +1,260 @@
+"""read_dataset and list_dataset on real folders of real PNG, JPEG and .npy files."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from PIL import Image
+
+import aflow as af
+from aflow.codecs.images import ImageDecoder, NpzDecoder, decode_npy
+
+CLASSES = ("cat", "dog", "owl")
+
+
+def make_folder(root: Path, per_class: int = 7, size: tuple[int, int] = (12, 10)) -> Path:
+    """Images whose pixels encode (class, index): red = class, green = index."""
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.zeros((*size, 3), np.uint8)
+            pixels[..., 0] = c * 50
+            pixels[..., 1] = i
+            suffix = "png" if i % 2 else "jpg"
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.{suffix}", quality=100)
+    (root / "README.txt").write_text("not a sample")
+    (root / ".hidden").mkdir()
+    return root
+
+
+async def read_all(flow: af.Flow[Any]) -> list[af.Batch]:
+    batches: list[af.Batch] = []
+
+    async def keep(batch: af.Batch) -> None:
+        batches.append(batch)
+
+    await (flow | af.Sink(_Envelopes(keep))).run()
+    return batches
+
+
+class _Envelopes(af.abc.SinkOperator[Any, None]):  # type: ignore[name-defined]
+    """A sink that keeps whole batches (with their provenance)."""
+
+    def __init__(self, keep: Any) -> None:
+        self.keep = keep
+        self.name = "envelopes"
+
+    def writer(self, ctx: Any) -> Any:
+        keep = self.keep
+
+        class Writer(af.abc.SinkWriter[Any, None]):  # type: ignore[name-defined]
+            async def write(self, item: Any) -> None:
+                raise AssertionError("batches only")
+
+            async def write_batch(self, batch: af.Batch) -> None:
+                await keep(batch)
+
+            def result(self) -> None:
+                return None
+
+        return Writer()
+
+
+def test_list_dataset_reads_classes_from_folders(tmp_path: Path) -> None:
+    table = af.list_dataset(make_folder(tmp_path))
+    assert table.classes == CLASSES
+    assert len(table) == 21
+    assert table.counts() == {"cat": 7, "dog": 7, "owl": 7}
+    assert table.paths[0] == "cat/000.jpg"
+    assert [table.classes[y] for y in table.labels] == [p.split("/")[0] for p in table.paths]
+
+
+def test_labels_from_a_label_file_a_mapping_and_a_function(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "d")
+    label_file = tmp_path / "labels.csv"
+    label_file.write_text("# path,label\ncat/000.jpg,small\ndog/001.png,big\n")
+    assert af.list_dataset(root, labels=label_file).paths == ("cat/000.jpg", "dog/001.png")
+    table = af.list_dataset(root, labels={"owl/002.jpg": "bird"})
+    assert (table.paths, table.classes) == (("owl/002.jpg",), ("bird",))
+    table = af.list_dataset(root, labels=lambda p: "even" if int(p[-7:-4]) % 2 == 0 else "odd")
+    assert table.classes == ("even", "odd")
+    assert len(table) == 21
+
+
+def test_split_is_stable_and_disjoint(tmp_path: Path) -> None:
+    table = af.list_dataset(make_folder(tmp_path / "a", per_class=40))
+    train, val = table.split("train", 0.25), table.split("validation", 0.25)
+    assert set(train.paths) | set(val.paths) == set(table.paths)
+    assert not set(train.paths) & set(val.paths)
+    assert 10 <= len(val) <= 50  # ~30 of 120
+    # The same file lands in the same part in another folder with more files in it.
+    other = af.list_dataset(make_folder(tmp_path / "b", per_class=60)).split("validation", 0.25)
+    assert set(val.paths) <= set(other.paths)
+    assert train.classes == val.classes == CLASSES
+
+
+@pytest.mark.anyio
+async def test_batches_hold_decoded_images_labels_and_their_files(tmp_path: Path) -> None:
+    root = make_folder(tmp_path)
+    batches = await read_all(af.read_dataset(root, batch_size=5, image_size=(8, 8), seed=3))
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 1]
+    seen: list[str] = []
+    for b in batches:
+        prov = b.provenance
+        assert isinstance(prov, af.DatasetProvenance)
+        assert prov.epoch == 0
+        assert prov.source == str(root)
+        assert (prov.start, prov.stop) == (len(seen), len(seen) + len(b))
+        assert b.data.dtype == np.dtype([("x", np.uint8, (8, 8, 3)), ("y", np.int32)])
+        for path, x, y in zip(prov.files, b.data["x"], b.data["y"], strict=True):
+            assert CLASSES[y] == path.split("/")[0]
+            assert abs(int(x[4, 4, 0]) - CLASSES.index(path.split("/")[0]) * 50) <= 3
+            assert abs(int(x[4, 4, 1]) - int(path[-7:-4])) <= 3
+        seen.extend(prov.files)
+    assert sorted(seen) == sorted(af.list_dataset(root).paths)
+    assert seen != sorted(seen)  # shuffled
+
+
+@pytest.mark.anyio
+async def test_each_epoch_has_a_new_order_repeated_by_the_seed(tmp_path: Path) -> None:
+    root = make_folder(tmp_path)
+
+    async def orders(seed: int, workers: int) -> list[list[str]]:
+        flow = af.read_dataset(root, batch_size=4, epochs=3, seed=seed, workers=workers)
+        epochs: list[list[str]] = [[], [], []]
+        for b in await read_all(flow):
+            epochs[b.provenance.epoch].extend(b.provenance.files)  # type: ignore[union-attr]
+        return epochs
+
+    first = await orders(1, 4)
+    assert len({tuple(e) for e in first}) == 3  # three different orders
+    assert all(sorted(e) == sorted(first[0]) for e in first)  # each a whole epoch
+    assert await orders(1, 1) == first  # the seed decides, not the threads
+    assert await orders(2, 4) != first
+
+
+@pytest.mark.anyio
+async def test_forever_until_take_and_no_shuffle(tmp_path: Path) -> None:
+    root = make_folder(tmp_path)
+    flow = af.read_dataset(root, batch_size=10, epochs=None, shuffle=False) | af.take(100)
+    rows = (await (flow | af.collect()).run()).value
+    assert len(rows) == 100  # five epochs of 21 rows, cut at 100
+    assert rows["y"][:21].tolist() == sorted(rows["y"][:21].tolist())
+
+
+@pytest.mark.anyio
+async def test_npy_files_and_a_custom_decoder(tmp_path: Path) -> None:
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            np.save(tmp_path / c / f"{i}.npy", np.full(4, i, np.float32))
+            (tmp_path / c / f"{i}.raw").write_bytes(np.full(2, i, "<i2").tobytes())
+    rows = (await (af.read_dataset(tmp_path, batch_size=4) | af.collect()).run()).value
+    assert rows.dtype["x"] == np.dtype((np.float32, (4,)))
+    assert sorted(rows["x"][:, 0].tolist()) == [0, 0, 1, 1, 2, 2]
+
+    def raw(data: bytes) -> Any:
+        return np.frombuffer(data, "<i2")
+
+    flow = af.read_dataset(
+        af.list_dataset(tmp_path, suffixes={".raw"}), batch_size=4, decode={".raw": raw}
+    )
+    rows = (await (flow | af.collect()).run()).value
+    assert rows.dtype["x"] == np.dtype(("<i2", (2,)))
+    assert sorted(rows["y"].tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.anyio
+async def test_a_bad_file_is_named_or_skipped(tmp_path: Path) -> None:
+    root = make_folder(tmp_path)
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(Exception, match="cannot identify image") as info:
+        await read_all(af.read_dataset(root, image_size=(8, 8)))
+    assert "broken.png" in str(info.value.__notes__)
+    flow = af.read_dataset(root, image_size=(8, 8), on_error="skip")
+    result = await (flow | af.collect()).run()
+    assert len(result.value) == 21
+    assert result.statistics.errors == 1
+
+
+@pytest.mark.anyio
+async def test_samples_of_another_shape_are_refused(tmp_path: Path) -> None:
+    root = make_folder(tmp_path)
+    Image.new("RGB", (5, 5)).save(root / "owl" / "small.png")
+    with pytest.raises(ValueError, match=r"small.png decodes to uint8 of shape \(5, 5, 3\)"):
+        await read_all(af.read_dataset(root, batch_size=64))
+
+
+@pytest.mark.anyio
+async def test_memory_stays_within_the_runs_budget(tmp_path: Path) -> None:
+    root = make_folder(tmp_path, per_class=30, size=(32, 32))
+    flow = af.read_dataset(root, batch_size=8, epochs=2, workers=3) | af.map_batches(
+        lambda b: b, thread=True
+    )
+    budget = 2 * 8 * (32 * 32 * 3 + 4)  # two batches
+    result = await (flow | af.discard()).run(max_bytes_in_flight=budget)
+    assert result.statistics.stage("discard").items_in == 180
+    assert 0 < result.statistics.peak_bytes_in_flight <= budget
+    assert result.statistics.peak_rss_bytes is not None
+
+
+def open_files_under(root: Path) -> list[str]:
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue
+    return [p for p in links if p.startswith(str(root))]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.anyio
+async def test_cancellation_closes_every_file(tmp_path: Path) -> None:
+    root = make_folder(tmp_path, per_class=30, size=(64, 64))
+    got_one = anyio.Event()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def read() -> None:
+                flow = af.read_dataset(root, batch_size=4, epochs=None, workers=4)
+                async with flow.open() as run:
+                    async for _ in run:
+                        got_one.set()
+                        await anyio.sleep_forever()
+
+            tg.start_soon(read)
+            await got_one.wait()
+            tg.cancel_scope.cancel()
+    assert open_files_under(root) == []
+
+
+def test_decoders_state_dtype_shape_and_channel_order() -> None:
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20, 0] = 255  # red left half
+    pixels[:, 20:, 2] = 255  # blue right half
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    png = buf.getvalue()
+    for fit in ("resize", "crop", "pad"):
+        out = ImageDecoder((10, 10), fit=fit)(png)
+        assert (out.dtype, out.shape) == (np.uint8, (10, 10, 3))
+        assert out[5, 1].tolist() == [255, 0, 0]  # RGB order: red at the left
+    assert ImageDecoder((10, 10), fit="pad")(png)[0, 5].tolist() == [0, 0, 0]  # padded
+    assert ImageDecoder(mode="L")(png).shape == (20, 40, 1)
+    assert ImageDecoder()(png).shape == (20, 40, 3)
+    buf = io.BytesIO()
+    np.savez(buf, a=np.arange(3), b=np.ones(2))
+    assert NpzDecoder("b")(buf.getvalue()).tolist() == [1.0, 1.0]
+    assert NpzDecoder()(buf.getvalue()).tolist() == [0, 1, 2]
+    buf = io.BytesIO()
+    np.save(buf, np.eye(2))
+    assert decode_npy(buf.getvalue()).tolist() == [[1, 0], [0, 1]]
+    with pytest.raises(ValueError, match="fit="):
+        ImageDecoder((4, 4), fit="stretch")  # type: ignore[arg-type]
