@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _helpers import python_env
@@ -224,3 +227,45 @@ def test_dataset_memory_compares_both_loaders() -> None:
     assert "  list loader: peak resident memory" in out
     assert " aflow loader: peak resident memory" in out
     assert "same per-channel means" in out
+
+
+def _web_service() -> Any:
+    """examples/web_service.py, imported (its app is tested in process, lifespan and all)."""
+    spec = importlib.util.spec_from_file_location("web_service", EXAMPLES / "web_service.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_web_service_reports_health_and_statistics_and_stops_with_the_app() -> None:
+    """Issue 14.7: the Starlette/FastAPI lifespan recipe, served through its ASGI app."""
+    from starlette.testclient import TestClient
+
+    web = _web_service()
+    with TestClient(web.make_app()) as client:  # lifespan: the flow starts
+        assert client.get("/health").json() == {"state": "running", "errors": 0}
+        deadline = time.monotonic() + 10
+        while not client.get("/stats").json() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the first batch is on its way (a real feed)
+        table = client.get("/stats").json()
+        pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+    assert {row["sensor"] for row in table} <= set(range(8))
+    assert all(row["count"] > 0 and 15 < row["mean"] < 33 for row in table)
+    assert pipeline.done  # the shutdown stopped it, gracefully:
+    assert pipeline.ended == "stopped"
+
+
+def test_web_service_says_when_its_flow_ended() -> None:
+    from starlette.testclient import TestClient
+
+    web = _web_service()
+    with TestClient(web.make_app(batches=3)) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/health").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        health = client.get("/health")
+        stats = client.get("/stats").json()
+    assert (health.status_code, health.json()) == (503, {"state": "completed", "errors": 0})
+    assert sum(row["count"] for row in stats) == 1500
