@@ -269,3 +269,12 @@ def test_web_service_says_when_its_flow_ended() -> None:
         stats = client.get("/stats").json()
     assert (health.status_code, health.json()) == (503, {"state": "completed", "errors": 0})
     assert sum(row["count"] for row in stats) == 1500
+
+
+def test_trio_service_runs_beside_other_tasks_and_stops_gracefully() -> None:
+    """Issue 14.7: the trio recipe."""
+    out = assert_ok(run_example("trio_service.py", "--seconds", "0.5"))
+    assert "heartbeat: " in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("ended: stopped; sum ")
+    assert last.endswith(" (on trio)")
