@@ -9,6 +9,7 @@ from ._core.run import OutputRun as OutputRun
 from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
 from .errors import AflowError as AflowError
+from .errors import DataLossError as DataLossError
 from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
 from .errors import FrameTooLongError as FrameTooLongError
@@ -101,6 +102,7 @@ __all__ = [
     "Batch",
     "Collect",
     "CollectMode",
+    "DataLossError",
     "DecodeError",
     "FailedItem",
     "FileSummary",
