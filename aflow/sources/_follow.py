@@ -23,17 +23,15 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from ..errors import DataLossError
 from ..policies import Reporter, apply_policy
 from ._fileid import FINGERPRINT_BYTES, FileId, find_copy, read_checked, read_range
+from ._reader import Emit, FileReader, _Framer
 from ._watch import Watcher
-
-if TYPE_CHECKING:
-    from ._reader import Emit, FileReader, _Framer
 
 __all__ = ["Follower"]
 

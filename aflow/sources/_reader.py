@@ -3,7 +3,8 @@
 Files are opened with :func:`aflow.sources._open.open_stream`: regular files are read with
 one thread hop per read, so reads are large (1 MiB by default) to amortize it; FIFOs
 without a thread (every wait cancellable); ``.gz``/``.bz2``/``.zst`` content is
-decompressed on the fly. Follow mode is :class:`aflow.sources._follow.Follower`.
+decompressed on the fly. Follow mode is :class:`aflow.sources._follow.Follower`, which
+uses a :class:`FileReader`'s framing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from ..codecs import LineSplitter, RecordFramer
 from ..errors import DecodeError, IncompleteFrameError
 from ..policies import Reporter
 from ._fileid import FINGERPRINT_BYTES, FileId, file_id
-from ._follow import Follower
 from ._open import open_stream
 
 __all__ = ["FINGERPRINT_BYTES", "FileId", "FileReader", "LastLine", "Shape", "file_id"]
@@ -121,10 +121,7 @@ class FileReader:
         return _Framer(self.path, self.shape, self.dtype, self.row_shape, self.max_line, offset)
 
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
-        """Read until the end (or until stopped, in follow mode)."""
-        if self.follow:
-            await Follower(self, self.rotate_wait).run(emit, report, out)
-            return
+        """Read to the end (follow mode is :class:`~aflow.sources._follow.Follower`)."""
         stream = await open_stream(self.path, self.start)
         try:
             framer = self.framer(self.start)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..abc import Context, Message, Outlet, Source
 from ..policies import ErrorPolicy, Reporter, check_policy
+from ._follow import Follower
 from ._open import read_small
 from ._reader import FileReader, LastLine, Shape
 
@@ -199,7 +200,9 @@ async def read_concurrently(
                 tg.cancel_scope.cancel()
 
     async def read_one(tx: Any, reader: FileReader, limited: bool) -> None:
-        if limited:
+        if reader.follow:
+            await Follower(reader, reader.rotate_wait).run(tx.send, report, out)
+        elif limited:
             async with slots:
                 await reader.run(tx.send, report, out)
         else:
