@@ -54,24 +54,23 @@ def file_id(path: str, length: int = FINGERPRINT_BYTES) -> FileId | None:
 
 
 def read_checked(
-    fd: int, size: int, position: int, ident: FileId, check: bool
+    fd: int, size: int, position: int, ident: FileId
 ) -> tuple[bytes | None, FileId]:
     """Read up to ``size`` bytes at ``position`` of the open file ``fd``.
 
-    With ``check`` (the first read after a wait), or while the fingerprint covers fewer than
-    :data:`FINGERPRINT_BYTES`, first make sure the file was not truncated or rewritten from
-    its start: then the result is ``(None, ident)``. Returns the bytes (``b""`` at end of
+    First make sure the file was not truncated or rewritten from its start since (one
+    ``fstat`` and a read of its first bytes, from the page cache): then the result is
+    ``(None, ident)``. Returns the bytes (``b""`` at end of
     file) and the identity to compare with next time (a fuller fingerprint once a small
     file grew).
     """
-    if check or ident.length < FINGERPRINT_BYTES:
-        st = os.fstat(fd)
-        if st.st_size < position:
-            return None, ident
-        if ident.length and not ident.matches(os.pread(fd, ident.length, 0)):
-            return None, ident
-        if ident.length < FINGERPRINT_BYTES and st.st_size > ident.length:
-            ident = FileId.of(st, os.pread(fd, FINGERPRINT_BYTES, 0))
+    st = os.fstat(fd)
+    if st.st_size < position:
+        return None, ident
+    if ident.length and not ident.matches(os.pread(fd, ident.length, 0)):
+        return None, ident
+    if ident.length < FINGERPRINT_BYTES and st.st_size > ident.length:
+        ident = FileId.of(st, os.pread(fd, FINGERPRINT_BYTES, 0))
     return os.pread(fd, size, position), ident
 
 

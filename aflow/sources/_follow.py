@@ -45,7 +45,6 @@ class Tracked:
     framer: _Framer
     position: int
     last_data: float = field(default_factory=time.monotonic)
-    checked: bool = False  # identity checked since the last wait
 
     @property
     def key(self) -> tuple[int, int]:
@@ -77,8 +76,6 @@ class Follower:
                 if not got and not out.stopping:
                     with out.pull_scope():
                         await watcher.wait()
-                    for tracked in self._all():
-                        tracked.checked = False
         finally:
             watcher.close()
             for tracked in self._all():
@@ -115,12 +112,12 @@ class Follower:
         return got
 
     async def _read_one(self, tracked: Tracked, emit: Emit, report: Reporter) -> bytes:
+        # Every read checks first that the file was not truncated since the last one (in
+        # the same thread call: a truncation between two reads must not be read past).
         size = self.reader.chunk_size
-        check = not tracked.checked
         chunk, ident = await anyio.to_thread.run_sync(
-            read_checked, tracked.fd, size, tracked.position, tracked.ident, check
+            read_checked, tracked.fd, size, tracked.position, tracked.ident
         )
-        tracked.checked = True
         if chunk is None:  # truncated or rewritten from its start
             await self._truncated(tracked, emit, report)
             return await self._read_one(tracked, emit, report)
@@ -141,11 +138,12 @@ class Follower:
         tracked.framer = self.reader.framer(0)
         tracked.position = 0
         tracked.ident = FileId(tracked.ident.device, tracked.ident.inode, b"", 0)
-        tracked.checked = True
 
     async def _check_path(self, watcher: Watcher, emit: Emit, report: Reporter) -> None:
         """Has the path moved on to another file? Open it; count files missed."""
         watcher.take_events()  # before looking: every appearance counted is older
+        if not watcher.take_moved() and self.current is not None:
+            return  # nothing was created, moved or removed under the name: no stat
         key = await anyio.to_thread.run_sync(_key_at, self.path)
         if key is not None and (self.current is None or key != self.current.key):
             if self.current is not None:

@@ -122,10 +122,11 @@ def read_small(paths: list[str], limit: int) -> list[tuple[str, bytes | None]]:
     """
     out: list[tuple[str, bytes | None]] = []
     for path in paths:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with open(fd, "rb", buffering=0) as f:  # non-blocking: a FIFO must not wait here
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO: not even opened here
+            out.append((path, None))
+            continue
+        with open(path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size > limit:
                 out.append((path, None))
                 continue
             data = f.read() or b""

@@ -153,7 +153,7 @@ def _match_all(patterns: list[str]) -> list[str]:
     return [path for pattern in patterns for path in _match(pattern)]
 
 
-async def _read_small_files(readers: list[FileReader], tx: Any, report: Reporter) -> list[int]:
+async def _read_small_files(readers: list[FileReader], emit: Any, report: Reporter) -> list[int]:
     """Read the small regular files among ``readers`` whole, many per thread call; return
     the indexes of the others (large files, FIFOs), to be read as streams."""
     rest: list[int] = []
@@ -167,8 +167,8 @@ async def _read_small_files(readers: list[FileReader], tx: Any, report: Reporter
                 continue
             framer = reader.framer(0)
             if data:
-                await reader.feed(framer, data, tx.send, report)
-            await reader.finish(framer, tx.send, report)
+                await reader.feed(framer, data, emit, report)
+            await reader.finish(framer, emit, report)
     return rest
 
 
@@ -187,6 +187,10 @@ async def read_concurrently(
     (no limit: followers never end) by calling ``start(reader)``. The first error (a
     reader's, or one raised downstream of ``out``) stops the others and is raised as itself.
     """
+    # Small files first, in this task (no hop through the read-ahead buffer per file).
+    small = [r for r in readers if not r.follow and r.start == 0]
+    indexes = await _read_small_files(small, out.emit, report) if small else []
+    readers = [small[i] for i in indexes] + [r for r in readers if r.follow or r.start]
     send, receive = anyio.create_memory_object_stream[Message](max_open)
     slots = anyio.Semaphore(max_open)
     failure: list[BaseException] = []
@@ -208,13 +212,6 @@ async def read_concurrently(
         else:
             await reader.run(tx.send, report, out)
 
-    async def read_all(tx: Any) -> None:
-        small = [r for r in readers if not r.follow and r.start == 0]
-        indexes = await _read_small_files(small, tx, report) if small else []
-        big = [small[i] for i in indexes] + [r for r in readers if r.follow or r.start]
-        for reader in big:
-            tg.start_soon(guarded, read_one, tx.clone(), reader, not reader.follow)
-
     async def run_discover(tx: Any) -> None:
         def start(reader: FileReader) -> None:
             tg.start_soon(guarded, read_one, tx.clone(), reader, False)
@@ -223,7 +220,8 @@ async def read_concurrently(
 
     async with anyio.create_task_group() as tg:
         with send:
-            tg.start_soon(guarded, read_all, send.clone())
+            for reader in readers:
+                tg.start_soon(guarded, read_one, send.clone(), reader, not reader.follow)
             if discover is not None:
                 tg.start_soon(guarded, run_discover, send.clone())
         try:

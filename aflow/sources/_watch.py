@@ -48,6 +48,7 @@ class Watcher:
         self.names = frozenset(names)
         self.poll_interval = poll_interval
         self.appeared = 0  # files that appeared under one of ``names``
+        self.moved = True  # a name may name another file now: look again
         self._inotify: Any = None
         self._open()
 
@@ -88,20 +89,34 @@ class Watcher:
         if self._inotify is None:
             await anyio.sleep(self.poll_interval)
             return
-        with anyio.move_on_after(self.poll_interval):
+        with anyio.move_on_after(self.poll_interval) as timer:
             await anyio.wait_readable(self._inotify.fileno())
+        self.moved |= timer.cancelled_caught  # a poll, as a safety net
         self.take_events()
 
     def take_events(self) -> bool:
         """Read the events queued so far (never blocks); True if there were any."""
         if self._inotify is None:
             return False
-        create = inotify_simple.flags.CREATE | inotify_simple.flags.MOVED_TO
+        flags = inotify_simple.flags
+        create = flags.CREATE | flags.MOVED_TO
+        moves = create | flags.MOVED_FROM | flags.DELETE
         events = self._inotify.read(timeout=0)
         for event in events:
-            if event.mask & create and event.name in self.names:
+            if event.name not in self.names:
+                continue
+            self.moved |= bool(event.mask & moves)
+            if event.mask & create:
                 self.appeared += 1
         return bool(events)
+
+    def take_moved(self) -> bool:
+        """Whether a followed name may name another file since the last call (always
+        True when polling)."""
+        if self._inotify is None:
+            return True
+        moved, self.moved = self.moved, False
+        return moved
 
     def close(self) -> None:
         """Release the inotify descriptor (idempotent)."""
