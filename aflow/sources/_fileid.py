@@ -53,9 +53,7 @@ def file_id(path: str, length: int = FINGERPRINT_BYTES) -> FileId | None:
     return FileId.of(st, head)
 
 
-def read_checked(
-    fd: int, size: int, position: int, ident: FileId
-) -> tuple[bytes | None, FileId]:
+def read_checked(fd: int, size: int, position: int, ident: FileId) -> tuple[bytes | None, FileId]:
     """Read up to ``size`` bytes at ``position`` of the open file ``fd``.
 
     First make sure the file was not truncated or rewritten from its start since (one
