@@ -60,8 +60,16 @@ def read_bytes(
         read_size: bytes per read.
         max_open: files read at once.
         follow: keep reading at end of file (``tail -F``), surviving rotation and
-            truncation; the flow then ends only when stopped.
-        poll_interval: seconds between checks for new data when following.
+            truncation, and following files that come to match a glob; the flow then
+            ends only when stopped. A glob matching nothing yet is fine then.
+        poll_interval: seconds between checks for new data when following (the longest
+            sleep when change notifications, the ``inotify`` extra, wake the reader).
+        rotate_wait: seconds a rotated file is still drained after its last write (a
+            writer reopening its log late loses nothing).
+
+    Raises:
+        FileNotFoundError: a path does not exist, or a glob matches nothing (without
+            ``follow``).
     """
     return Flow(
         _FilesSource(
@@ -92,8 +100,11 @@ def read_blocks(
     """Blocks of complete lines (``uint8`` batches) for the decoders.
 
     Provenance gives the path, line numbers and byte offsets of each block. A line
-    longer than ``max_line`` bytes is skipped and reported (``on_error``). See
-    :func:`read_bytes` for the other arguments.
+    longer than ``max_line`` bytes is skipped and reported (``on_error``). A last line
+    without a newline is kept and logged as a warning (``last_line="keep"``) or reported
+    to ``on_error`` as an :class:`~aflow.IncompleteFrameError` (``last_line="report"``).
+    Files rotated away unread while following are reported as
+    :class:`~aflow.DataLossError`. See :func:`read_bytes` for the other arguments.
     """
     return Flow(
         _FilesSource(
@@ -130,8 +141,9 @@ def read_lines(
 
     Convenient for per-line Python work; for bulk decoding use :func:`read_blocks` and
     a decoder. ``errors`` is the text decoding's error handler (``"replace"`` to accept
-    invalid UTF-8). ``on_error`` handles lines longer than ``max_line`` (see
-    :func:`read_blocks`).
+    invalid UTF-8); with ``"strict"`` a line that does not decode goes to ``on_error`` as a
+    :class:`~aflow.DecodeError` naming its line, and its neighbours go on. ``on_error``
+    also handles lines longer than ``max_line`` (see :func:`read_blocks`).
     """
     blocks = read_blocks(
         paths,
