@@ -10,6 +10,7 @@ from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
 from .codecs.images import ImageDecoder as ImageDecoder
 from .errors import AflowError as AflowError
+from .errors import DataLossError as DataLossError
 from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
 from .errors import FrameTooLongError as FrameTooLongError
@@ -112,6 +113,7 @@ __all__ = [
     "Collect",
     "CollectMode",
     "ConnectionEvent",
+    "DataLossError",
     "DatasetFiles",
     "DatasetProvenance",
     "DecodeError",

@@ -12,7 +12,8 @@ the builtin exception whose meaning it shares, so ``except ValueError`` keeps wo
     │   ├── LineTooLongError              a line grew past ``max_line`` bytes without ending
     │   ├── FrameTooLongError             a length prefix announced more than ``max_size`` bytes
     │   └── IncompleteFrameError          a stream ended inside a line, frame or record
-    └── LateDataError (ValueError)        rows came after the windows they belong to had closed
+    ├── LateDataError (ValueError)        rows came after the windows they belong to had closed
+    └── DataLossError (RuntimeError)      input was written but could not be read (rotation)
 
 Errors raised by *user* functions inside a stage are never wrapped: the first one cancels the
 run and is raised as itself, with a note naming the stage (and the batch's provenance when
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "AflowError",
+    "DataLossError",
     "DecodeError",
     "FlowDefinitionError",
     "FrameTooLongError",
@@ -119,3 +121,23 @@ class LateDataError(AflowError, ValueError):
     The error of the late rows handed to a window's ``late=`` policy; raised when that
     policy is ``"raise"``. Raise ``allowed_lateness`` (or ``horizon``) to accept them.
     """
+
+
+class DataLossError(AflowError, RuntimeError):
+    """Input was written but could not be read, and aflow knows it.
+
+    A followed file was rotated away before it could be opened (rotations faster than the
+    follower), or a truncation (``copytruncate``) removed bytes that no copy held. Handed to
+    the source's ``on_error`` policy, so ``"skip"`` counts the losses in its ``errors``
+    statistic (``count`` files or truncations each) instead of ending the run.
+
+    Args:
+        message: what was lost, where, and what to do.
+        source: the followed path.
+        count: how many lost units (files, truncations) this error stands for.
+    """
+
+    def __init__(self, message: str, *, source: str, count: int = 1) -> None:
+        super().__init__(message)
+        self.source = source
+        self.count = count

@@ -13,6 +13,7 @@ import pytest
 from _helpers import settle
 
 import aflow as af
+from aflow.sources import _watch
 
 pytestmark = pytest.mark.anyio
 
@@ -196,7 +197,12 @@ async def test_follow_stops_gracefully_and_flushes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-async def test_read_csv_and_jsonl_follow_at_their_poll_interval(tmp_path: Path, fmt: str) -> None:
+async def test_read_csv_and_jsonl_follow_at_their_poll_interval(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without change notifications (the polling fallback), a follower wakes at its
+    # poll_interval only; with them it wakes at each write (tests/test_follow.py).
+    monkeypatch.setattr(_watch, "have_inotify", lambda: False)
     path = tmp_path / f"m.{fmt}"
     line = {"csv": "{0},{0},0.5\n", "jsonl": '{{"ts": {0}, "sensor": {0}, "value": 0.5}}\n'}[fmt]
     read = {"csv": af.read_csv, "jsonl": af.read_jsonl}[fmt]

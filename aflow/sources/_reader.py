@@ -1,61 +1,33 @@
 """Reading one file: large reads, shapes of output, and follow mode (``tail -F``).
 
-Files are opened with :func:`aflow._aio.open_file` (aiofiles on asyncio, anyio's file API
-on trio). Each read is one thread hop, so reads are large (1 MiB by default) to amortize it.
-
-Follow mode keeps reading at end of file, polling. A file is identified by device, inode
-and a fingerprint of its first bytes; when the path names another file (rotation), the old
-one is drained to its end and the new one opened; when the file shrinks (truncation),
-reading starts again at offset 0.
+Files are opened with :func:`aflow.sources._open.open_stream`: regular files are read with
+one thread hop per read, so reads are large (1 MiB by default) to amortize it; FIFOs
+without a thread (every wait cancellable); ``.gz``/``.bz2``/``.zst`` content is
+decompressed on the fly. Follow mode is :class:`aflow.sources._follow.Follower`, which
+uses a :class:`FileReader`'s framing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 import numpy as np
 
-from .._aio import AsyncFile, open_file
 from ..abc import Batch, Message, Provenance
 from ..codecs import LineSplitter, RecordFramer
-from ..errors import DecodeError
+from ..errors import DecodeError, IncompleteFrameError
 from ..policies import Reporter
+from ._fileid import FINGERPRINT_BYTES, FileId, file_id
+from ._open import open_stream
 
-__all__ = ["FileReader", "Shape"]
+__all__ = ["FINGERPRINT_BYTES", "FileId", "FileReader", "LastLine", "Shape", "file_id"]
 
 Shape = Literal["bytes", "lines", "records"]
-FINGERPRINT_BYTES = 256
-
-
-@dataclass(frozen=True, slots=True)
-class FileId:
-    """What makes a file the same file: device, inode and its first bytes."""
-
-    device: int
-    inode: int
-    fingerprint: bytes
-    length: int  # bytes the fingerprint covers (fewer than FINGERPRINT_BYTES: small file)
-
-
-def _fingerprint(path: str, head: bytes) -> bytes:
-    return hashlib.blake2b(head[:FINGERPRINT_BYTES], digest_size=8).digest()
-
-
-def file_id(path: str, length: int = FINGERPRINT_BYTES) -> FileId | None:
-    """The identity of the file at ``path`` now (fingerprint over its first ``length``
-    bytes), or None if there is none."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            head = f.read(length)
-    except FileNotFoundError:
-        return None
-    return FileId(st.st_dev, st.st_ino, _fingerprint(path, head), len(head))
+LastLine = Literal["keep", "report"]
+logger = logging.getLogger("aflow")
 
 
 class _Framer:
@@ -109,7 +81,13 @@ Emit = Callable[[Message], Awaitable[None]]
 
 
 class FileReader:
-    """Reads one path to its end (or follows it) and emits messages of one shape."""
+    """Reads one path to its end (or follows it) and emits messages of one shape.
+
+    ``last_line`` says what becomes of a last line without a newline (a file still being
+    written, a writer that died mid-line): ``"keep"`` it as a line (and log a warning on
+    the ``"aflow"`` logger naming the file and line), or ``"report"`` it to ``on_error`` as
+    an :class:`~aflow.errors.IncompleteFrameError` with its bytes.
+    """
 
     def __init__(
         self,
@@ -123,6 +101,8 @@ class FileReader:
         start: int = 0,
         follow: bool = False,
         poll_interval: float = 0.25,
+        rotate_wait: float = 1.0,
+        last_line: LastLine = "keep",
     ) -> None:
         self.path = path
         self.shape = shape
@@ -133,121 +113,61 @@ class FileReader:
         self.start = start
         self.follow = follow
         self.poll_interval = poll_interval
+        self.rotate_wait = rotate_wait
+        self.last_line = last_line
 
-    def _framer(self, offset: int) -> _Framer:
+    def framer(self, offset: int) -> _Framer:
+        """A fresh framer for this file's bytes from ``offset`` on."""
         return _Framer(self.path, self.shape, self.dtype, self.row_shape, self.max_line, offset)
 
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
-        """Read until the end (or until stopped, in follow mode)."""
-        offset = self.start
-        while True:
-            f = await open_file(self.path, "rb")
-            try:
-                ident = await self._identify(f)
-                if offset:
-                    await f.seek(offset)
-                framer = self._framer(offset)
-                reopen = await self._read(f, framer, ident, emit, report, out)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await f.aclose()
-            await self._finish(framer, emit, report)
-            if not reopen:
-                return
-            offset = 0
-
-    async def _identify(self, f: AsyncFile) -> FileId | None:
-        if not self.follow:
-            return None
-        st = os.fstat(f.fileno())  # the file opened, even if the path moved on since
-        head = await f.read(FINGERPRINT_BYTES)
-        await f.seek(0)
-        return FileId(st.st_dev, st.st_ino, _fingerprint(self.path, head), len(head))
-
-    async def _read(
-        self,
-        f: AsyncFile,
-        framer: _Framer,
-        ident: FileId | None,
-        emit: Emit,
-        report: Reporter,
-        out: Any,
-    ) -> bool:
-        """Read ``f`` to its end; in follow mode, True means: reopen the path."""
-        position = framer.start
-        resumed = False  # the last read hit end of file and we waited since
-        while not out.stopping:
-            chunk = b""
-            with out.pull_scope():
-                chunk = await f.read(self.chunk_size)
-            if chunk and resumed:
-                resumed = False
-                # The file may have been rewritten between the check and this read: judge
-                # again now, and drop what was read at the old offset if it was.
-                change, ident = await anyio.to_thread.run_sync(self._changed, ident, position)
-                if change == "truncated":
-                    await f.seek(0)
-                    await self._finish(framer, emit, report)
-                    framer = self._framer(0)
-                    position = 0
-                    continue
-            if chunk:  # what was read is processed, even when stopping
-                position += len(chunk)
-                msg = framer.feed(chunk)
-                for error in framer.take_errors():
-                    await report(b"", error)  # an over-long line: not kept
-                if msg is not None:
-                    await emit(msg)
-                continue
-            if not self.follow:
-                return False
-            with out.pull_scope():
-                await anyio.sleep(self.poll_interval)
-            # Judge the path after the wait, before reading on: content replaced while we
-            # slept must not be read from the old offset.
-            change, ident = await anyio.to_thread.run_sync(self._changed, ident, position)
-            if change == "rotated":
-                await self._drain(f, framer, emit, report)  # written before the switch
-                return True
-            if change == "truncated":
-                await f.seek(0)
-                await self._finish(framer, emit, report)
-                framer = self._framer(0)
-                position = 0
-            resumed = True
-        return False
-
-    async def _drain(self, f: AsyncFile, framer: _Framer, emit: Emit, report: Reporter) -> None:
-        while chunk := await f.read(self.chunk_size):
-            msg = framer.feed(chunk)
-            for error in framer.take_errors():
-                await report(b"", error)  # an over-long line: not kept
-            if msg is not None:
-                await emit(msg)
-
-    def _changed(self, ident: FileId | None, position: int) -> tuple[str | None, FileId | None]:
-        """``"rotated"`` (another file at the path), ``"truncated"`` (same file, shrunk or
-        rewritten from its start) or None; and the identity to compare with next time."""
-        assert ident is not None
-        now = file_id(self.path, ident.length)
-        if now is None:
-            return None, ident  # moved away and not yet replaced: wait on the old one
-        if (now.device, now.inode) != (ident.device, ident.inode):
-            return "rotated", ident
+        """Read to the end (follow mode is :class:`~aflow.sources._follow.Follower`)."""
+        stream = await open_stream(self.path, self.start)
         try:
-            size = os.stat(self.path).st_size
-        except FileNotFoundError:
-            return None, ident
-        if size < position or now.fingerprint != ident.fingerprint:
-            return "truncated", file_id(self.path) or ident
-        if ident.length < FINGERPRINT_BYTES and size > ident.length:
-            return None, file_id(self.path) or ident  # a small file grew: a fuller fingerprint
-        return None, ident
+            framer = self.framer(self.start)
+            while not out.stopping:
+                with out.pull_scope():  # a FIFO waits for its writer here
+                    chunk = await stream.read(self.chunk_size)
+                if not chunk:
+                    break
+                await self.feed(framer, chunk, emit, report)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+        await self.finish(framer, emit, report)
 
-    async def _finish(self, framer: _Framer, emit: Emit, report: Reporter) -> None:
+    async def feed(self, framer: _Framer, chunk: bytes, emit: Emit, report: Reporter) -> None:
+        """Frame ``chunk``, report over-long lines, emit what is complete."""
+        msg = framer.feed(chunk)
+        for error in framer.take_errors():
+            await report(b"", error)  # an over-long line: not kept
+        if msg is not None:
+            await emit(msg)
+
+    async def finish(self, framer: _Framer, emit: Emit, report: Reporter) -> None:
+        """The end of one file: its partial last record or line."""
         msg, failed = framer.finish()
         if failed is not None:
             error, raw, prov = failed
             await report(raw, error, prov)
-        if msg is not None:
-            await emit(msg)
+        if not isinstance(msg, Batch):
+            return
+        prov = msg.provenance
+        line = prov.start if prov is not None else None
+        if self.last_line == "report":
+            error = IncompleteFrameError(
+                "the file ended inside a line (no newline after it): it may still be being "
+                "written; read it again later, or pass last_line='keep' to take the line",
+                source=self.path,
+                line=line,
+                offset=prov.offset if prov is not None else None,
+            )
+            await report(bytes(msg.data), error, prov)
+            return
+        logger.warning(
+            "%s: line %s has no newline after it (a file still being written?); kept as a "
+            "line (pass last_line='report' to hand it to on_error instead)",
+            self.path,
+            line,
+        )
+        await emit(msg)

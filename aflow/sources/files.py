@@ -6,24 +6,24 @@ so errors say where a record came from and a later run could resume exactly.
 
 from __future__ import annotations
 
-import glob as globlib
 import os
 import re
-from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..abc import Context, Message, Outlet, Source
+from ..abc import Context, Outlet
 from ..codecs import COMBINED
 from ..codecs.csv import Engine
 from ..flow import Flow
-from ..policies import ErrorPolicy, Reporter, check_policy
+from ..policies import ErrorPolicy, Reporter
 from ..stages.decode import decode_csv, decode_jsonl, decode_log
-from ..stages.element import flat_map
-from ._reader import FileReader, Shape
+from ._lines import split_lines
+from ._reader import FileReader, LastLine
+from ._source import FilesSource as _FilesSource
+from ._source import MiB, Paths, read_concurrently
 
 __all__ = [
     "read_blocks",
@@ -35,121 +35,6 @@ __all__ = [
     "read_npy",
     "read_records",
 ]
-
-Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-MiB = 1 << 20
-
-
-def expand(paths: Paths) -> list[str]:
-    """Paths and glob patterns (``*``, ``?``, ``[``, ``**``) to a sorted list of files."""
-    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    out: list[str] = []
-    for item in items:
-        text = os.fspath(item)
-        if any(ch in text for ch in "*?["):
-            out.extend(sorted(p for p in globlib.glob(text, recursive=True) if os.path.isfile(p)))
-        else:
-            out.append(text)
-    return out
-
-
-class _FilesSource(Source):
-    """Reads each path with a :class:`FileReader`, up to ``max_open`` at once."""
-
-    def __init__(
-        self,
-        paths: Paths,
-        *,
-        shape: Shape,
-        name: str,
-        dtype: np.dtype[Any] | None = None,
-        row_shape: tuple[int, ...] = (),
-        read_size: int = MiB,
-        max_open: int = 4,
-        max_line: int = MiB,
-        follow: bool = False,
-        poll_interval: float = 0.25,
-        on_error: ErrorPolicy = "raise",
-        header_bytes: int = 0,
-    ) -> None:
-        if read_size < 1 or max_open < 1:
-            raise ValueError(f"{name}: read_size and max_open must be at least 1")
-        self.paths = paths
-        self.options = {
-            "shape": shape,
-            "dtype": dtype,
-            "row_shape": row_shape,
-            "chunk_size": read_size,
-            "max_line": max_line,
-            "follow": follow,
-            "poll_interval": poll_interval,
-        }
-        self.max_open = max_open
-        self.read_size = read_size
-        self.on_error = check_policy(on_error)
-        self.header_bytes = header_bytes
-        self.name = name
-
-    def size(self) -> tuple[int, str] | None:
-        """Bytes of the files (rows for records); unknown when following them."""
-        shape, dtype = self.options["shape"], cast(np.dtype[Any], self.options["dtype"])
-        row_shape = cast(tuple[int, ...], self.options["row_shape"])
-        if self.options["follow"]:
-            return None
-        sizes = [max(0, os.path.getsize(f) - self.header_bytes) for f in expand(self.paths)]
-        if shape != "records":  # bytes, or blocks of whole lines: counted in bytes
-            return sum(sizes), "bytes"
-        row = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-        return sum(n // row for n in sizes), "rows"
-
-    async def produce(self, out: Outlet, ctx: Context) -> None:
-        files = await anyio.to_thread.run_sync(expand, self.paths)  # a glob may be slow
-        if not files and isinstance(self.paths, str):
-            raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
-        report = Reporter(self.on_error, self.name, out.counters)
-        # Even one file is read by a task of its own, a few reads ahead of the stages
-        # fused behind this source, so reading and processing overlap.
-        await _read_concurrently([self._reader(f) for f in files], self.max_open, report, out)
-
-    def _reader(self, path: str) -> FileReader:
-        return FileReader(path, start=self.header_bytes, **self.options)  # type: ignore[arg-type]
-
-
-async def _read_concurrently(
-    readers: list[FileReader], max_open: int, report: Reporter, out: Outlet
-) -> None:
-    """Run readers in tasks, at most ``max_open`` at a time, all emitting into ``out``
-    through a buffer of ``max_open`` messages (the read-ahead).
-
-    The first error (a reader's, or one raised downstream of ``out``) stops the others and
-    is raised as itself.
-    """
-    send, receive = anyio.create_memory_object_stream[Message](max_open)
-    slots = anyio.Semaphore(max_open)
-    failure: list[BaseException] = []
-
-    async def read_one(reader: FileReader, tx: Any) -> None:
-        with tx:
-            try:
-                async with slots:
-                    await reader.run(tx.send, report, out)
-            except Exception as exc:
-                failure.append(exc)
-                tg.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        with send:
-            for reader in readers:
-                tg.start_soon(read_one, reader, send.clone())
-        try:
-            with receive:
-                async for msg in receive:
-                    await out.emit(msg)
-        except Exception as exc:  # Closed, or an error downstream: raised below as itself
-            failure.append(exc)
-            tg.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
 
 
 def _name(kind: str, paths: Paths) -> str:
@@ -165,6 +50,7 @@ def read_bytes(
     max_open: int = 4,
     follow: bool = False,
     poll_interval: float = 0.25,
+    rotate_wait: float = 1.0,
 ) -> Flow[NDArray[np.uint8]]:
     """Raw chunks of bytes as ``uint8`` batches (provenance: byte offsets).
 
@@ -174,8 +60,16 @@ def read_bytes(
         read_size: bytes per read.
         max_open: files read at once.
         follow: keep reading at end of file (``tail -F``), surviving rotation and
-            truncation; the flow then ends only when stopped.
-        poll_interval: seconds between checks for new data when following.
+            truncation, and following files that come to match a glob; the flow then
+            ends only when stopped. A glob matching nothing yet is fine then.
+        poll_interval: seconds between checks for new data when following (the longest
+            sleep when change notifications, the ``inotify`` extra, wake the reader).
+        rotate_wait: seconds a rotated file is still drained after its last write (a
+            writer reopening its log late loses nothing).
+
+    Raises:
+        FileNotFoundError: a path does not exist, or a glob matches nothing (without
+            ``follow``).
     """
     return Flow(
         _FilesSource(
@@ -185,6 +79,7 @@ def read_bytes(
             max_open=max_open,
             follow=follow,
             poll_interval=poll_interval,
+            rotate_wait=rotate_wait,
             name=_name("read_bytes", paths),
         )
     )
@@ -198,13 +93,18 @@ def read_blocks(
     max_line: int = MiB,
     follow: bool = False,
     poll_interval: float = 0.25,
+    rotate_wait: float = 1.0,
+    last_line: LastLine = "keep",
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[np.uint8]]:
     """Blocks of complete lines (``uint8`` batches) for the decoders.
 
     Provenance gives the path, line numbers and byte offsets of each block. A line
-    longer than ``max_line`` bytes is skipped and reported (``on_error``). See
-    :func:`read_bytes` for the other arguments.
+    longer than ``max_line`` bytes is skipped and reported (``on_error``). A last line
+    without a newline is kept and logged as a warning (``last_line="keep"``) or reported
+    to ``on_error`` as an :class:`~aflow.IncompleteFrameError` (``last_line="report"``).
+    Files rotated away unread while following are reported as
+    :class:`~aflow.DataLossError`. See :func:`read_bytes` for the other arguments.
     """
     return Flow(
         _FilesSource(
@@ -215,6 +115,8 @@ def read_blocks(
             max_line=max_line,
             follow=follow,
             poll_interval=poll_interval,
+            rotate_wait=rotate_wait,
+            last_line=last_line,
             on_error=on_error,
             name=_name("read_blocks", paths),
         )
@@ -231,14 +133,17 @@ def read_lines(
     max_line: int = MiB,
     follow: bool = False,
     poll_interval: float = 0.25,
+    rotate_wait: float = 1.0,
+    last_line: LastLine = "keep",
     on_error: ErrorPolicy = "raise",
 ) -> Flow[str]:
     """Lines as ``str`` elements, without their line endings (``\\n`` or ``\\r\\n``).
 
     Convenient for per-line Python work; for bulk decoding use :func:`read_blocks` and
     a decoder. ``errors`` is the text decoding's error handler (``"replace"`` to accept
-    invalid UTF-8). ``on_error`` handles lines longer than ``max_line`` (see
-    :func:`read_blocks`).
+    invalid UTF-8); with ``"strict"`` a line that does not decode goes to ``on_error`` as a
+    :class:`~aflow.DecodeError` naming its line, and its neighbours go on. ``on_error``
+    also handles lines longer than ``max_line`` (see :func:`read_blocks`).
     """
     blocks = read_blocks(
         paths,
@@ -247,14 +152,12 @@ def read_lines(
         max_line=max_line,
         follow=follow,
         poll_interval=poll_interval,
+        rotate_wait=rotate_wait,
+        last_line=last_line,
         on_error=on_error,
     )
 
-    def split(block: Any) -> list[str]:
-        lines = bytes(block).decode(encoding, errors).split("\n")
-        return [line.removesuffix("\r") for line in lines[:-1]]  # the block ends with \n
-
-    return blocks | flat_map(split, name="split_lines")
+    return blocks | split_lines(encoding, errors, on_error)
 
 
 def read_csv(
@@ -270,6 +173,8 @@ def read_csv(
     max_line: int = MiB,
     follow: bool = False,
     poll_interval: float = 0.25,
+    rotate_wait: float = 1.0,
+    last_line: LastLine = "keep",
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """CSV files into structured arrays: :func:`read_blocks` then :func:`decode_csv`
@@ -290,6 +195,8 @@ def read_csv(
         max_line=max_line,
         follow=follow,
         poll_interval=poll_interval,
+        rotate_wait=rotate_wait,
+        last_line=last_line,
         on_error=on_error,
     )
     return blocks | decode
@@ -305,6 +212,8 @@ def read_jsonl(
     max_line: int = MiB,
     follow: bool = False,
     poll_interval: float = 0.25,
+    rotate_wait: float = 1.0,
+    last_line: LastLine = "keep",
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """JSON lines files into structured arrays: :func:`read_blocks` then
@@ -317,6 +226,8 @@ def read_jsonl(
         max_line=max_line,
         follow=follow,
         poll_interval=poll_interval,
+        rotate_wait=rotate_wait,
+        last_line=last_line,
         on_error=on_error,
     ) | decode_jsonl(dtype, threads=threads, on_error=on_error)
 
@@ -332,6 +243,8 @@ def read_log(
     max_line: int = MiB,
     follow: bool = False,
     poll_interval: float = 0.25,
+    rotate_wait: float = 1.0,
+    last_line: LastLine = "keep",
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """Log files (by default nginx/Apache combined format) into typed columns:
@@ -344,6 +257,8 @@ def read_log(
         max_line=max_line,
         follow=follow,
         poll_interval=poll_interval,
+        rotate_wait=rotate_wait,
+        last_line=last_line,
         on_error=on_error,
     ) | decode_log(pattern, columns, threads=threads, on_error=on_error)
 
@@ -356,6 +271,7 @@ def read_records(
     max_open: int = 4,
     follow: bool = False,
     poll_interval: float = 0.25,
+    rotate_wait: float = 1.0,
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """Fixed-size binary records of ``dtype`` (give the byte order, e.g. ``"<i8"``).
@@ -376,6 +292,7 @@ def read_records(
             max_open=max_open,
             follow=follow,
             poll_interval=poll_interval,
+            rotate_wait=rotate_wait,
             on_error=on_error,
             name=_name("read_records", paths),
         )
@@ -386,13 +303,10 @@ class _NpySource(_FilesSource):
     """``.npy`` files: each file's header is read at run time (its own length, checked to
     hold the same dtype and row shape as the first file)."""
 
-    def size(self) -> None:
-        return None  # the headers' lengths are read at run time
-
     async def produce(self, out: Outlet, ctx: Context) -> None:
-        files = await anyio.to_thread.run_sync(expand, self.paths)
+        files = await anyio.to_thread.run_sync(self._expand)
         if not files:
-            raise FileNotFoundError(f"{self.name}: no file matches {self.paths!r}")
+            raise FileNotFoundError(f"{self.name}: no file in {self.paths!r}")
         headers = [await anyio.to_thread.run_sync(_npy_header, f) for f in files]
         dtype, row_shape, _ = headers[0]
         for path, (dt, shape, _) in zip(files, headers, strict=True):
@@ -409,11 +323,11 @@ class _NpySource(_FilesSource):
             "chunk_size": max(size, self.read_size // size * size),
         }
         readers = [
-            FileReader(path, start=start, **options)  # type: ignore[arg-type]
+            FileReader(path, start=start, **options)
             for path, (_, _, start) in zip(files, headers, strict=True)
         ]
         report = Reporter(self.on_error, self.name, out.counters)
-        await _read_concurrently(readers, self.max_open, report, out)
+        await read_concurrently(readers, self.max_open, report, out)
 
 
 def read_npy(paths: Paths, *, read_size: int = MiB, max_open: int = 4) -> Flow[NDArray[Any]]:

@@ -1,0 +1,196 @@
+"""Following one path the way ``tail -F`` does, without its losses.
+
+A :class:`Follower` keeps the file it reads open by descriptor, so a rotation by rename
+never takes bytes away from it:
+
+* **rename + create** (logrotate's ``create``, ``os.replace``): when the path names another
+  file, the new file is opened at once (so a fast rotation cannot take it away first) and
+  the old one keeps being drained until it has been quiet for ``rotate_wait`` seconds: a
+  writer that reopens late (``delaycompress``, a slow ``postrotate``) loses nothing, and a
+  drained file that is compressed and removed meanwhile is still read through its
+  descriptor.
+* **copytruncate**: the truncation is seen as it happens (inotify, see
+  :mod:`aflow.sources._watch`); what was not read yet is taken from the copy (a file beside
+  it whose first bytes are the same), so only what the writer wrote between the copy and
+  the truncation is lost, as it is for every reader.
+* **losses that cannot be avoided** (files rotated away before they could be opened; bytes
+  truncated with no copy) are reported as :class:`~aflow.errors.DataLossError` to the
+  source's ``on_error``: ``"skip"`` counts them in its ``errors`` statistic.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from ..errors import DataLossError
+from ..policies import Reporter, apply_policy
+from ._fileid import FINGERPRINT_BYTES, FileId, find_copy, read_checked, read_range
+from ._reader import Emit, FileReader, _Framer
+from ._watch import Watcher
+
+__all__ = ["Follower"]
+
+
+@dataclass(slots=True)
+class Tracked:
+    """One open file of a follower: its descriptor, identity and reading position."""
+
+    fd: int
+    ident: FileId
+    framer: _Framer
+    position: int
+    last_data: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.ident.device, self.ident.inode
+
+
+class Follower:
+    """Follows ``reader.path`` until the run stops; see the module docstring."""
+
+    def __init__(self, reader: FileReader, rotate_wait: float) -> None:
+        self.reader = reader
+        self.path = reader.path
+        self.rotate_wait = rotate_wait
+        self.current: Tracked | None = None
+        self.draining: list[Tracked] = []
+        self.opened = 0  # files opened that their appearance should account for
+        self.reported_missed = 0
+
+    async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
+        """Read, wait for changes, and read again, until ``out.stopping``."""
+        directory, name = os.path.split(self.path)
+        watcher = Watcher(directory, [name], self.reader.poll_interval)
+        try:
+            await self._open_current(first=True)
+            while not out.stopping:
+                got = await self._read_all(emit, report, out)
+                await self._check_path(watcher, emit, report)
+                await self._drop_quiet(emit, report)
+                if not got and not out.stopping:
+                    with out.pull_scope():
+                        await watcher.wait()
+        finally:
+            watcher.close()
+            for tracked in self._all():
+                os.close(tracked.fd)
+        for tracked in self._all():  # stopped gracefully: the partial last lines too
+            await self.reader.finish(tracked.framer, emit, report)
+
+    def _all(self) -> list[Tracked]:
+        return [*self.draining, *([self.current] if self.current else [])]
+
+    async def _open_current(self, *, first: bool = False) -> bool:
+        """Open the file at the path as the current one; False if there is none now."""
+        opened = await anyio.to_thread.run_sync(_open_fd, self.path)
+        if opened is None:
+            return False
+        fd, ident = opened
+        start = self.reader.start if first else 0
+        self.current = Tracked(fd, ident, self.reader.framer(start), start)
+        # A file found at the start may predate the watch: its appearance was not seen.
+        self.opened += 0 if first else 1
+        return True
+
+    async def _read_all(self, emit: Emit, report: Reporter, out: Any) -> bool:
+        """Read what every open file holds now (rotated ones first); True if any data."""
+        got = False
+        for tracked in self._all():
+            while not out.stopping:
+                chunk = await self._read_one(tracked, emit, report)
+                if not chunk:
+                    break
+                got = True
+                tracked.last_data = time.monotonic()
+                await self.reader.feed(tracked.framer, chunk, emit, report)
+        return got
+
+    async def _read_one(self, tracked: Tracked, emit: Emit, report: Reporter) -> bytes:
+        # Every read checks first that the file was not truncated since the last one (in
+        # the same thread call: a truncation between two reads must not be read past).
+        size = self.reader.chunk_size
+        chunk, ident = await anyio.to_thread.run_sync(
+            read_checked, tracked.fd, size, tracked.position, tracked.ident
+        )
+        if chunk is None:  # truncated or rewritten from its start
+            await self._truncated(tracked, emit, report)
+            return await self._read_one(tracked, emit, report)
+        tracked.ident = ident
+        tracked.position += len(chunk)
+        return chunk
+
+    async def _truncated(self, tracked: Tracked, emit: Emit, report: Reporter) -> None:
+        """Take the unread rest from a copy (``copytruncate``), then read from 0 again."""
+        copy = await anyio.to_thread.run_sync(find_copy, self.path, tracked.ident)
+        if copy is not None:
+            while chunk := await anyio.to_thread.run_sync(
+                read_range, copy, tracked.position, self.reader.chunk_size
+            ):
+                tracked.position += len(chunk)
+                await self.reader.feed(tracked.framer, chunk, emit, report)
+        await self.reader.finish(tracked.framer, emit, report)
+        tracked.framer = self.reader.framer(0)
+        tracked.position = 0
+        tracked.ident = FileId(tracked.ident.device, tracked.ident.inode, b"", 0)
+
+    async def _check_path(self, watcher: Watcher, emit: Emit, report: Reporter) -> None:
+        """Has the path moved on to another file? Open it; count files missed."""
+        watcher.take_events()  # before looking: every appearance counted is older
+        if not watcher.take_moved() and self.current is not None:
+            return  # nothing was created, moved or removed under the name: no stat
+        key = await anyio.to_thread.run_sync(_key_at, self.path)
+        if key is not None and (self.current is None or key != self.current.key):
+            if self.current is not None:
+                self.current.last_data = time.monotonic()
+                self.draining.append(self.current)
+                self.current = None
+            await self._open_current()
+        missed = watcher.appeared - self.opened - self.reported_missed
+        if watcher.notified and missed > 0:
+            self.reported_missed += missed
+            error = DataLossError(
+                f"{missed} file(s) appeared at {self.path} and were rotated away before they "
+                "could be opened: whatever they held was not read. Rotate less often, or "
+                "keep rotated files under a name the source also reads (a glob)",
+                source=self.path,
+                count=missed,
+            )
+            await apply_policy(
+                report.policy, b"", error, report.stage, None, report.counters, count=missed
+            )
+
+    async def _drop_quiet(self, emit: Emit, report: Reporter) -> None:
+        """Close rotated files that have been quiet for ``rotate_wait`` seconds."""
+        now = time.monotonic()
+        for tracked in [t for t in self.draining if now - t.last_data >= self.rotate_wait]:
+            self.draining.remove(tracked)
+            os.close(tracked.fd)
+            await self.reader.finish(tracked.framer, emit, report)
+
+
+def _open_fd(path: str) -> tuple[int, FileId] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        head = os.pread(fd, FINGERPRINT_BYTES, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, FileId.of(st, head)
+
+
+def _key_at(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

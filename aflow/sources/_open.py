@@ -1,0 +1,202 @@
+"""Opening a path for reading, whatever it holds: a regular file, a FIFO, compressed data.
+
+* **Regular files** are read with ``os.pread`` in a worker thread, one hop per read.
+* **FIFOs** are opened non-blocking (an open never waits for a writer) and read with
+  :func:`anyio.wait_readable` between reads, so every wait, including the one for the first
+  writer, is cancellable: a cancel scope, SIGTERM or Ctrl-C ends it on asyncio and trio.
+* **Compressed files** (gzip, bzip2 from the standard library; zstandard with the ``zstd``
+  extra) are recognized by their magic bytes, whatever their name, and decompressed in the
+  worker thread as they are read.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import os
+import stat
+from typing import Any, BinaryIO, Protocol
+
+import anyio
+
+try:  # the optional extra 'zstd'
+    import zstandard
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    zstandard = None  # type: ignore[assignment]
+
+__all__ = ["ByteStream", "compression_of", "open_stream", "read_small"]
+
+MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
+MAGIC_BYTES = 4
+
+
+class ByteStream(Protocol):
+    """Bytes of one opened path, read in pieces."""
+
+    async def read(self, size: int, /) -> bytes:
+        """Up to ``size`` bytes; ``b""`` at the end."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the file (idempotent)."""
+        ...
+
+
+def compression_of(head: bytes) -> str | None:
+    """``"gzip"``, ``"bzip2"``, ``"zstd"`` or None, from a file's first bytes."""
+    for magic, kind in MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+async def open_stream(path: str, start: int = 0) -> ByteStream:
+    """Open ``path`` for reading from byte ``start`` (of the decompressed content).
+
+    Does not block the event loop; never waits for a FIFO's writer.
+
+    Raises:
+        OSError: the path cannot be opened (``FileNotFoundError``, ``PermissionError``...).
+        RuntimeError: a zstandard file without the ``zstd`` extra installed.
+    """
+    fd, kind = await anyio.to_thread.run_sync(_open, path)
+    if kind == "fifo":
+        return _FifoStream(fd)
+    if kind is None:
+        return _FileStream(fd, start)
+    raw = os.fdopen(fd, "rb")
+    stream = _DecompressingStream(_decompressor(kind, raw, path), raw)
+    if start:
+        await stream.read(start)
+    return stream
+
+
+def _open(path: str) -> tuple[int, str | None]:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return fd, "fifo"
+        os.set_blocking(fd, True)
+        return fd, compression_of(os.pread(fd, MAGIC_BYTES, 0))
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _decompressor(kind: str, raw: BinaryIO, path: str) -> BinaryIO:
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if kind == "bzip2":
+        return bz2.BZ2File(raw, "rb")  # type: ignore[return-value]
+    if zstandard is None:
+        raw.close()
+        raise RuntimeError(
+            f"{path} is zstandard-compressed: install the 'zstd' extra "
+            "(pip install 'aflow-streams[zstd]') to read it"
+        )
+    reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    return reader
+
+
+def decompress_all(data: bytes, path: str) -> bytes | None:
+    """The decompressed content of a whole small file, or None if it is not compressed."""
+    kind = compression_of(data[:MAGIC_BYTES])
+    if kind is None:
+        return None
+    if kind == "gzip":
+        return gzip.decompress(data)
+    if kind == "bzip2":
+        return bz2.decompress(data)
+    if zstandard is None:
+        raise RuntimeError(f"{path} is zstandard-compressed: install the 'zstd' extra")
+    out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return out
+
+
+def read_small(paths: list[str], limit: int) -> list[tuple[str, bytes | None]]:
+    """Read whole regular files, in one worker-thread call for many small ones.
+
+    Returns each path with its content (decompressed), or None for a file that is not
+    small after all (more than ``limit`` bytes, or not a regular file): read it as a
+    stream. Blocks: call it in a thread.
+    """
+    out: list[tuple[str, bytes | None]] = []
+    for path in paths:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO: not even opened here
+            out.append((path, None))
+            continue
+        with open(path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size > limit:
+                out.append((path, None))
+                continue
+            data = f.read() or b""
+        plain = decompress_all(data, path)
+        out.append((path, data if plain is None else plain))
+    return out
+
+
+class _FileStream:
+    """A regular file read with ``os.pread`` in a worker thread."""
+
+    def __init__(self, fd: int, position: int) -> None:
+        self.fd: int | None = fd
+        self.position = position
+
+    async def read(self, size: int) -> bytes:
+        assert self.fd is not None
+        chunk = await anyio.to_thread.run_sync(os.pread, self.fd, size, self.position)
+        self.position += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+class _FifoStream:
+    """A FIFO (named pipe) read without threads; every wait is cancellable."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+        self.connected = False  # a writer came: an empty read is the end from now on
+
+    async def read(self, size: int) -> bytes:
+        assert self.fd is not None
+        while True:
+            if not self.connected:
+                # With no writer yet an empty read would mean nothing: wait for one (the
+                # kernel reports readable only once a writer wrote or left).
+                await anyio.wait_readable(self.fd)
+                self.connected = True
+            try:
+                return os.read(self.fd, size)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+
+    async def aclose(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+class _DecompressingStream:
+    """A compressed file decompressed in a worker thread as it is read."""
+
+    def __init__(self, file: Any, raw: BinaryIO) -> None:
+        self.file = file
+        self.raw = raw  # gzip and bz2 leave the file they read open: closed here
+
+    async def read(self, size: int) -> bytes:
+        data: bytes = await anyio.to_thread.run_sync(self.file.read, size)
+        return data
+
+    async def aclose(self) -> None:
+        if not self.raw.closed:
+            await anyio.to_thread.run_sync(self._close)
+
+    def _close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.raw.close()

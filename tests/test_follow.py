@@ -1,0 +1,193 @@
+"""Opening and following files the way a log shipper must: globs, FIFOs, compressed files,
+torn last lines, invalid UTF-8 (the rotation modes are in tests/test_rotation.py)."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+import zstandard
+
+import aflow as af
+from aflow.sources import _watch
+
+pytestmark = pytest.mark.anyio
+
+
+async def wait_for(predicate) -> None:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(5):
+        while not predicate():  # noqa: ASYNC110 - polls what the flow has delivered
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify")
+async def test_a_notified_follower_wakes_at_a_write_not_at_its_poll(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("one\n")
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=60) | af.for_each(seen.append)
+    async with flow.open() as run:
+        await wait_for(lambda: seen == ["one"])
+        with path.open("a") as f:
+            f.write("two\n")
+        await wait_for(lambda: seen == ["one", "two"])  # long before the next poll
+        run.stop()
+
+
+async def test_a_path_briefly_missing_does_not_end_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("one\n")
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.01, rotate_wait=0.05)
+    async with (flow | af.for_each(seen.append)).open() as run:
+        await wait_for(lambda: seen == ["one"])
+        os.rename(path, tmp_path / "app.log.1")  # the path is missing for a while
+        await anyio.sleep(0.1)
+        path.write_text("two\n")
+        await wait_for(lambda: seen == ["one", "two"])
+        run.stop()
+
+
+async def test_following_a_glob_picks_up_new_files(tmp_path: Path) -> None:
+    seen: list[str] = []
+    flow = af.read_lines(str(tmp_path / "*.log"), follow=True, poll_interval=0.01)
+    async with (flow | af.for_each(seen.append)).open() as run:  # nothing matches yet: fine
+        (tmp_path / "a.log").write_text("a1\n")
+        await wait_for(lambda: seen == ["a1"])
+        (tmp_path / "b.log").write_text("b1\n")
+        await wait_for(lambda: sorted(seen) == ["a1", "b1"])
+        with (tmp_path / "a.log").open("a") as f:
+            f.write("a2\n")
+        await wait_for(lambda: len(seen) == 3)
+        run.stop()
+    assert sorted(seen) == ["a1", "a2", "b1"]
+
+
+@pytest.mark.parametrize("kind", ["str", "path", "list"])
+async def test_an_empty_glob_raises_whatever_its_type(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "real.txt").write_text("x\n")
+    pattern = tmp_path / "*.nothing"
+    paths = {
+        "str": str(pattern),
+        "path": pattern,
+        "list": [tmp_path / "real.txt", str(pattern)],
+    }[kind]
+    with pytest.raises(FileNotFoundError, match=r"no file matches .*\*\.nothing"):
+        await af.read_lines(paths).run()  # type: ignore[arg-type]
+
+
+async def test_a_fifo_without_a_writer_is_cancellable(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with anyio.move_on_after(0.2) as scope:
+        await af.read_lines(str(fifo)).run()
+    assert scope.cancelled_caught
+
+
+async def test_a_fifo_is_read_once_a_writer_comes(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "w") as f:
+            f.write("one\ntwo\n")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, write)
+        with anyio.fail_after(5):
+            result = await (af.read_lines(str(fifo)) | af.collect()).run()
+    assert result.value == ["one", "two"]
+
+
+def test_sigterm_ends_a_run_waiting_on_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    script = textwrap.dedent(
+        f"""
+        import signal, sys, anyio, aflow as af
+        async def main():
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async with anyio.create_task_group() as tg:
+                    async def stop():
+                        async for _ in signals:
+                            tg.cancel_scope.cancel()
+                    tg.start_soon(stop)
+                    print("ready", flush=True)
+                    await af.read_lines({str(fifo)!r}).run()
+        anyio.run(main, backend=sys.argv[1])
+        print("ended", flush=True)
+        """
+    )
+    for backend in ("asyncio", "trio"):
+        env = {**os.environ, "PYTHONPATH": str(Path(af.__file__).parent.parent)}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, backend], stdout=subprocess.PIPE, text=True, env=env
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+        proc.stdout.close()
+        assert out.strip() == "ended", backend
+
+
+async def test_a_torn_last_line_is_reported_or_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("1,1,1\n1000,1000,12")  # the writer is in the middle of a line
+    dtype = [("ts", "i8"), ("sensor", "i4"), ("value", "f4")]
+    dead: list[af.FailedItem] = []
+    flow = af.read_csv(str(path), dtype, last_line="report", on_error=af.dead_letter(dead))
+    result = await (flow | af.collect()).run()
+    assert result.value["ts"].tolist() == [1]
+    assert isinstance(dead[0].error, af.IncompleteFrameError)
+    assert dead[0].item == b"1000,1000,12\n"
+    assert dead[0].error.line == 2
+    with caplog.at_level(logging.WARNING, logger="aflow"):
+        kept = await (af.read_csv(str(path), dtype) | af.collect()).run()
+    assert kept.value["ts"].tolist() == [1, 1000]
+    assert "line 2 has no newline" in caplog.text
+
+
+def compress(kind: str, data: bytes) -> bytes:
+    if kind == "gz":
+        return gzip.compress(data)
+    if kind == "bz2":
+        return bz2.compress(data)
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "zst"])
+async def test_compressed_files_are_read_transparently(tmp_path: Path, kind: str) -> None:
+    big = b"".join(b"%d\n" % i for i in range(300_000))  # more than one read
+    (tmp_path / f"app.log.2.{kind}").write_bytes(compress(kind, big))
+    (tmp_path / "app.log.1").write_bytes(compress(kind, b"x\ny\n"))  # by magic bytes alone
+    (tmp_path / "app.log").write_bytes(b"z\n")
+    # read_size 64 KiB: the big file is streamed, the small ones read whole
+    flow = af.read_lines(str(tmp_path / "app.log*"), read_size=1 << 16)
+    result = await (flow | af.collect()).run()
+    assert result.value[:3] == ["z", "x", "y"]  # the glob's order: app.log, .1, .2.<kind>
+    assert result.value[3:] == [str(i) for i in range(300_000)]
+
+
+async def test_invalid_utf8_in_read_lines_goes_to_on_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"good\n\xff\xfebad\nalso good\n")
+    dead: list[af.FailedItem] = []
+    result = await (af.read_lines(str(path), on_error=af.dead_letter(dead)) | af.collect()).run()
+    assert result.value == ["good", "also good"]
+    assert dead[0].item == b"\xff\xfebad\n"
+    assert dead[0].error.line == 2  # type: ignore[attr-defined]
+    assert result.statistics.errors == 1
+    with pytest.raises(af.DecodeError, match="not valid utf-8"):
+        await af.read_lines(str(path)).run()
