@@ -101,8 +101,9 @@ class _Framer:
             return self.lines.finish(), None
         return None, None
 
-    def take_errors(self) -> list[DecodeError]:
-        return list(self.lines.take_errors()) if self.shape == "lines" else []
+    def take_errors(self) -> list[tuple[bytes, DecodeError]]:
+        """Over-long lines since the last call: the first bytes of each, its error."""
+        return list(self.lines.take_failures()) if self.shape == "lines" else []
 
 
 Emit = Callable[[Message], Awaitable[None]]
@@ -194,8 +195,8 @@ class FileReader:
             if chunk:  # what was read is processed, even when stopping
                 position += len(chunk)
                 msg = framer.feed(chunk)
-                for error in framer.take_errors():
-                    await report(b"", error)  # an over-long line: not kept
+                for raw, error in framer.take_errors():
+                    await report(raw, error)  # an over-long line: its first bytes
                 if msg is not None:
                     await emit(msg)
                 continue
@@ -220,8 +221,8 @@ class FileReader:
     async def _drain(self, f: AsyncFile, framer: _Framer, emit: Emit, report: Reporter) -> None:
         while chunk := await f.read(self.chunk_size):
             msg = framer.feed(chunk)
-            for error in framer.take_errors():
-                await report(b"", error)  # an over-long line: not kept
+            for raw, error in framer.take_errors():
+                await report(raw, error)  # an over-long line: its first bytes
             if msg is not None:
                 await emit(msg)
 
