@@ -375,8 +375,11 @@ def decode_log(
     pattern: str | re.Pattern[str] = COMBINED,
     columns: dict[str, str] | None = None,
     *,
+    errors: str | None = None,
+    fill_int: int = -1,
     threads: int | None = None,
     on_error: ErrorPolicy = "raise",
+    fail_fast: float | None = 1.0,
 ) -> Stage[Any, NDArray[Any]]:
     """Parse blocks of log lines into a structured array, one field per column.
 
@@ -385,17 +388,28 @@ def decode_log(
     Args:
         pattern: a regular expression with named groups matching a whole line; by
             default the nginx/Apache combined format (:data:`~aflow.codecs.COMBINED`).
-        columns: group name -> ``"int"``, ``"float"``, ``"str"`` or
-            ``"timestamp:<strftime format>"``; by default
+        columns: group name -> ``"int"``, ``"float"``, ``"float:sum"`` (also ``max``,
+            ``min``, ``first``, ``last``: nginx's lists such as ``0.000, 0.001``),
+            ``"str"`` or ``"timestamp:<strftime format>"``; by default
             :data:`~aflow.codecs.COMBINED_COLUMNS`.
+        errors: how bytes that are not UTF-8 are read (a :meth:`bytes.decode` handler:
+            ``"strict"`` makes the line bad, ``"replace"`` keeps it with U+FFFD); by
+            default ``"replace"`` for :data:`~aflow.codecs.COMBINED` (nginx writes some
+            client bytes raw) and ``"strict"`` for other patterns.
+        fill_int: an ``int`` group that took no part in the match (an optional group)
+            reads as this, never as a real 0; ``"-"`` reads as 0, a ``float`` group
+            that took no part or ``"-"`` as NaN, a timestamp as NaT.
         threads: blocks decoded at once in worker threads; by default none (decode
             inline, fused with the neighbouring stages: the regex holds the GIL, so threads
             pay only when the columns' conversions dominate).
         on_error: for lines that do not match or whose fields do not convert (also
-            invalid UTF-8): ``"raise"``, ``"skip"`` or :func:`~aflow.dead_letter`.
+            invalid UTF-8 under ``errors="strict"``): ``"raise"``, ``"skip"`` or
+            :func:`~aflow.dead_letter`; each line is judged alone (no bisection).
+        fail_fast: see :func:`decode_csv`.
 
     Raises:
         ValueError: a column that is not a named group of the pattern.
     """
-    op = DecodeOp("decode_log", LogDecoder(pattern, columns), on_error)
+    decoder = LogDecoder(pattern, columns, errors=errors, fill_int=fill_int)
+    op = DecodeOp("decode_log", decoder, on_error, fail_fast=fail_fast)
     return decode_stage(op, threads or 0)
