@@ -27,6 +27,7 @@ __all__ = [
     "RejectedLines",
     "as_bytes",
     "by_size",
+    "by_suspects",
     "decode_block",
     "fit",
     "structured",
@@ -134,7 +135,7 @@ def decode_block(
         pass
     ends = np.flatnonzero(np.frombuffer(blob, np.uint8) == 10) + 1
     if suspects is not None:
-        found = _by_suspects(blob, ends, parse, dtype, suspects)
+        found = by_suspects(blob, parse, dtype, suspects, ends=ends)
         if found is not None:
             return found
     parts: list[NDArray[Any]] = []
@@ -150,39 +151,64 @@ WHITESPACE = np.zeros(256, bool)
 WHITESPACE[[9, 10, 13, 32]] = True
 
 
-def _by_suspects(
-    blob: bytes, ends: NDArray[np.intp], parse: Parse, dtype: np.dtype[Any], suspects: Suspects
+def by_suspects(
+    blob: bytes,
+    parse: Parse,
+    dtype: np.dtype[Any],
+    suspects: Suspects,
+    judge: Parse | None = None,
+    *,
+    ends: NDArray[np.intp] | None = None,
 ) -> Decoded | None:
-    """The lines ``suspects`` leaves out parsed in one call, each suspect alone; ``None``
-    when the check cannot tell, or missed a bad line (then bisection decides)."""
+    """The lines ``suspects`` leaves out parsed in one call by ``parse``, each suspect
+    alone by ``judge`` (default ``parse``); ``None`` when the check cannot tell, or missed
+    a bad line (then bisection decides).
+
+    Args:
+        blob: whole lines, the last ending with ``\\n``.
+        ends: one past each line's newline, when known.
+    """
     data = np.frombuffer(blob, np.uint8)
+    if ends is None:
+        ends = np.flatnonzero(data == 10) + 1
+    judge = judge or parse
     starts = np.concatenate(([0], ends[:-1])).astype(np.intp)
     mask = suspects(data, starts, ends - 1)
     if mask is None or not mask.any():
         return None
-    lengths = ends - starts
-    clean = ~mask
+    odd = np.flatnonzero(mask).tolist()
+    # the clean lines: the block between the suspects, a few slices joined
+    pieces, at = [], 0
+    for i in odd:
+        pieces.append(blob[at : starts[i]])
+        at = int(ends[i])
+    pieces.append(blob[at:])
     try:
-        rows = parse(data[np.repeat(clean, lengths)].tobytes()) if clean.any() else None
+        rows = parse(b"".join(pieces))
     except Exception:
         return None
-    # which clean lines gave a row: the ones holding more than whitespace
-    solid = np.add.reduceat(~WHITESPACE[data], starts) > 0 if len(data) else clean
-    given = np.flatnonzero(clean & solid)
-    if rows is None:
-        rows = np.empty(0, dtype)
+    blank = [i for i in np.flatnonzero(WHITESPACE[data[starts]] & ~mask).tolist()
+             if not blob[starts[i] : ends[i]].strip()]
+    given = np.flatnonzero(~mask)
+    if blank:
+        given = np.setdiff1d(given, blank)
     if len(rows) != len(given):
         return None
     parts, where, bad = [rows], [given], []
-    for i in np.flatnonzero(mask).tolist():
+    for i in odd:
         line = blob[starts[i] : ends[i]]
         try:
-            row = parse(line)
+            row = judge(line)
+        except RejectedLines as rejected:  # the reason, not the count
+            bad.append(BadLine(i, line, rejected.bad[0][1] if rejected.bad else rejected))
+            continue
         except Exception as exc:
             bad.append(BadLine(i, line, exc))
             continue
         parts.append(row)
         where.append(np.full(len(row), i))
+    if len(parts) == 1:
+        return Decoded(rows, bad)
     order = np.argsort(np.concatenate(where), kind="stable")
     return Decoded(np.concatenate(parts)[order], bad)
 

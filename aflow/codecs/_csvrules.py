@@ -37,33 +37,50 @@ def _allowed(dtype: np.dtype[Any]) -> NDArray[np.bool_]:
 
 def suspects_for(dtype: np.dtype[Any], delimiter: str) -> Any:
     """A :data:`~aflow.codecs._blocks.Suspects` check for CSV lines of ``dtype``, or None
-    for a delimiter that is not one ASCII byte."""
-    if len(delimiter.encode()) != 1:
+    for a delimiter that is not one ASCII byte.
+
+    A handful of passes over the bytes: a byte every column may hold is fine at once;
+    only the others (the ``.`` of a float, the letters of text) are looked up by column.
+    """
+    if len(delimiter.encode()) != 1 or not delimiter.isascii():
         return None
     delim = delimiter.encode()[0]
     allowed = _allowed(dtype)
     ncols = len(allowed)
+    anywhere = allowed.all(axis=0)  # bytes fine in every column
+    anywhere[[delim, 10]] = True
+    somewhere = allowed.any(axis=0)
+    somewhere[[delim, 10]] = True
 
     def suspects(
         data: NDArray[np.uint8], starts: NDArray[np.intp], ends: NDArray[np.intp]
     ) -> NDArray[np.bool_] | None:
-        if not len(starts) or (data == ord('"')).any():
+        if not len(starts) or ord('"') in _present(data):
             return None  # quoted fields: delimiters cannot be counted byte-wise
-        is_delim = data == delim
-        count = np.cumsum(is_delim)
+        count = np.cumsum(data == delim, dtype=np.int32)
         before = np.concatenate(([0], count))[starts]  # delimiters before each line
-        fields = np.add.reduceat(is_delim, starts) + 1
-        column = count - np.repeat(before, np.diff(np.append(starts, len(data))))
-        column = np.minimum(column, ncols - 1)
-        ok = allowed[column, data] | is_delim | (data == 10)
-        # a carriage return is fine only before the newline
-        cr = np.flatnonzero(data == 13)
-        ok[cr[(cr + 1 < len(data)) & (data[np.minimum(cr + 1, len(data) - 1)] == 10)]] = True
-        wrong = np.add.reduceat(~ok, starts) > 0
-        solid = np.add.reduceat(~np.isin(data, (9, 10, 13, 32)), starts) > 0
-        return (wrong | (fields != ncols)) & solid
+        fields = count[ends] - before + 1 if len(data) else before
+        mask = fields != ncols
+        odd = np.flatnonzero(~anywhere[data])  # bytes some column may not hold
+        if len(odd):
+            line = np.searchsorted(starts, odd, "right") - 1
+            column = np.minimum(count[odd] - before[line], ncols - 1)
+            wrong = ~allowed[column, data[odd]] & somewhere[data[odd]] | ~somewhere[data[odd]]
+            # a carriage return is fine just before the newline
+            wrong &= ~((data[odd] == 13) & (odd + 1 == ends[line]))
+            mask[line[wrong]] = True
+        if mask.any():  # blank lines are no rows, not suspects
+            for i in np.flatnonzero(mask & (fields == 1)).tolist():
+                if not data[starts[i] : ends[i]].tobytes().strip():
+                    mask[i] = False
+        return mask
 
     return suspects
+
+
+def _present(data: NDArray[np.uint8]) -> NDArray[np.intp]:
+    """The byte values present in ``data`` (a histogram's nonzero bins)."""
+    return np.flatnonzero(np.bincount(data, minlength=256))
 
 
 _INF = re.compile(rb"(?i)(?:^|[^a-z0-9.])[+-]?inf(?:inity)?(?![a-z0-9.])")

@@ -202,9 +202,16 @@ def _numpy_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
     wide = _text_wide(dtype)  # floats parsed as float64, then narrowed with a range check
     floats = [n for n in dtype.names or () if dtype.fields[n][0].kind == "f"]  # type: ignore[index]
 
+    ncols = len(dtype.names or ())
+    delim = delimiter.encode()
+
     def parse(blob: bytes) -> NDArray[Any]:
         if not blob.strip():
             return np.empty(0, dtype)
+        if b'"' not in blob and blob.count(b"\n") <= 1:  # one line: count fields at once
+            fields = blob.count(delim) + 1
+            if fields != ncols:
+                raise ValueError(f"{fields} fields where the dtype has {ncols} columns ({', '.join(dtype.names or ())})")
         text = blob.decode("utf-8-sig")  # a leading BOM goes (as pyarrow drops it); invalid
         # UTF-8 fails the line, as it should
         if has_empty_field(text, delimiter):

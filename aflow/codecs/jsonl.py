@@ -24,6 +24,7 @@ from ._blocks import (
     Parse,
     RejectedLines,
     by_size,
+    by_suspects,
     fit,
     structured,
 )
@@ -233,26 +234,56 @@ def _arrow_parser(dtype: np.dtype[Any], reference: Parse) -> Parse:
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     floats = [n for n in names if dtype.fields[n][0].kind == "f"]  # type: ignore[index]
 
-    def parse(blob: bytes) -> NDArray[Any]:
+    def strict(blob: bytes) -> NDArray[Any]:
+        """pyarrow's rows for a clean block; raises for any other."""
         if not _plain(blob):
-            return reference(blob)
-        try:
-            table = pajson.read_json(io.BytesIO(blob), read, options)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return reference(blob)
+            raise ValueError("not plain")
+        table = pajson.read_json(io.BytesIO(blob), read, options)
         if not _one_object_per_line(blob, table.num_rows):
-            return reference(blob)  # blank lines, two objects on a line...
+            raise ValueError("not one object per line")  # blank lines, two objects on a line
         if any(c.null_count for c in table.columns):
-            return reference(blob)  # a missing key or a null
+            raise ValueError("a missing key or a null")
         out = np.empty(table.num_rows, dtype)
         for name in names:
             out[name] = fit(table.column(name).to_numpy(), dtype.fields[name][0])  # type: ignore[index]
         for n in floats:  # NaN or Infinity (not JSON); -0, an integer to the reference
             if not np.isfinite(out[n]).all() or (np.signbit(out[n]) & (out[n] == 0)).any():
-                return reference(blob)
+                raise ValueError("NaN, Infinity or -0")
         return out
 
+    def parse(blob: bytes) -> NDArray[Any]:
+        try:
+            return strict(blob)
+        except Exception:
+            pass
+        # a few odd lines: pyarrow for the others, the reference for them
+        found = by_suspects(blob, strict, dtype, _suspects, reference)
+        if found is None:
+            return reference(blob)
+        if found.bad:
+            raise RejectedLines(found.rows, [(b.index, b.error) for b in found.bad])
+        return found.rows
+
     return parse
+
+
+def _suspects(
+    data: NDArray[np.uint8], starts: NDArray[np.intp], ends: NDArray[np.intp]
+) -> NDArray[np.bool_] | None:
+    """Lines that may be bad: not ``{...}``, an escape, or another count of quotes than
+    most lines have (a string where a number belongs)."""
+    if not len(starts) or not len(data):
+        return None
+    quotes = np.cumsum(data == ord('"'), dtype=np.int32)
+    before = np.concatenate(([0], quotes))[starts]
+    count = quotes[ends] - before
+    mode = np.bincount(count).argmax()
+    last = ends - 1 - ((ends > starts) & (data[np.maximum(ends - 1, 0)] == 13))
+    odd = (count != mode) | (data[starts] != ord("{")) | (data[np.maximum(last, 0)] != ord("}"))
+    escapes = np.flatnonzero(data == ord("\\"))
+    if len(escapes):
+        odd[np.searchsorted(starts, escapes, "right") - 1] = True
+    return odd
 
 
 def _plain(blob: bytes) -> bool:

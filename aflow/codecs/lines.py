@@ -60,17 +60,24 @@ def cut_before(prov: Provenance, index: int) -> tuple[int, int]:
 
 
 def line_place(
-    prov: Provenance | None, data: np.ndarray[Any, Any], index: int
+    prov: Provenance | None,
+    data: np.ndarray[Any, Any],
+    index: int,
+    ends: np.ndarray[Any, Any] | None = None,
 ) -> Provenance | None:
     """The provenance of line ``index`` of the line block ``data`` alone: its line number
-    and byte offsets in its source (``None`` for data without numbered lines)."""
+    and byte offsets in its source (``None`` for data without numbered lines).
+
+    ``ends``: the positions of the block's newlines, when known (else found here).
+    """
     if prov is None or prov.unit != "line":
         return None
     lines, skipped = cut_before(prov, index)
     number = prov.start + index + lines
     if prov.offset is None:
         return Provenance(prov.source, number, number + 1, "line")
-    ends = np.flatnonzero(data == 10)
+    if ends is None:
+        ends = np.flatnonzero(data == 10)
     start = int(ends[index - 1]) + 1 if index else 0
     stop = int(ends[index]) + 1 if index < len(ends) else len(data)
     offset = prov.offset + start + skipped

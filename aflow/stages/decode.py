@@ -196,16 +196,23 @@ class _DecodeRunner(Processor):
         self, batch: Batch, decoded: Decoded, counters: StageCounters
     ) -> list[Message]:
         """Report the bad lines, then the good rows as one batch."""
+        ends = np.flatnonzero(batch.data == 10) if decoded.bad else None
         for index, line, exc in decoded.bad:
-            await self._report(index, line, exc, batch, counters)
+            await self._report(index, line, exc, batch, ends, counters)
         if not len(decoded.rows):
             return []
         return [Batch(decoded.rows, batch.reason, batch.provenance)]
 
     async def _report(
-        self, index: int, line: bytes, exc: Exception, batch: Batch, counters: StageCounters
+        self,
+        index: int,
+        line: bytes,
+        exc: Exception,
+        batch: Batch,
+        ends: NDArray[np.intp] | None,
+        counters: StageCounters,
     ) -> None:
-        place = line_place(batch.provenance, batch.data, index)
+        place = line_place(batch.provenance, batch.data, index, ends)
         source = place.source if place is not None else self.op.name
         number = place.start if place is not None else None
         hint = ""
