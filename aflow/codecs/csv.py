@@ -100,13 +100,12 @@ class CsvDecoder(LineDecoder):
         reference = _numpy_parser(self.dtype, delimiter, fill_int)
         self._parse = reference
         if self.engine == "pyarrow":
-            fast = _arrow_parser(self.dtype, delimiter, fill_int)
-            self._parse = fast
+            # NumPy's rules everywhere: pyarrow parses blocks, NumPy judges the lines
+            # pyarrow rejects (and, for "auto", parses small blocks: a datagram, a few
+            # new lines of a followed file)
+            self._parse = _checked_by(_arrow_parser(self.dtype, delimiter, fill_int), reference)
             if engine == "auto":
-                # NumPy's rules everywhere: pyarrow parses clean blocks, NumPy judges the
-                # lines pyarrow rejects and parses small blocks (a datagram, a few new
-                # lines of a followed file)
-                self._parse = by_size(_checked_by(fast, reference), reference)
+                self._parse = by_size(self._parse, reference)
                 self.small_block = SMALL_BLOCK
 
     def decode(self, block: Block, *, header: bool = False) -> Decoded:

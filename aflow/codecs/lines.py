@@ -203,7 +203,7 @@ class LineSplitter:
         for k in np.flatnonzero(long).tolist():
             self.overlong += 1
             removed.append((k - len(removed), int(lengths[k]) + 1))
-            self._prefixes.append(data[starts[k] : starts[k] + PREFIX].tobytes())
+            self._prefixes.append(data[starts[k] : starts[k] + min(PREFIX, lengths[k])].tobytes())
             self.errors.append(
                 LineTooLongError(
                     f"line longer than {self.max_line} bytes was skipped (raise max_line to "
