@@ -106,6 +106,7 @@ class _DecodeRunner(Processor):
         self.stage = op.name  # the name failed lines give (threads: the concurrent stage's)
         self.first = True
         self.probed = op.fail_fast is None
+        self.first_block: Batch | None = None
         self.decoders: dict[str | None, Decoder] = {}  # header="names": one per source
 
     def process(self, msg: Message) -> list[Message]:  # pragma: no cover - guarded only
@@ -113,6 +114,7 @@ class _DecodeRunner(Processor):
 
     async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
         batch = self.prepare(msg)
+        self.probe(batch)
         return await self.assemble(batch, self.decoder(batch).decode(batch.data), counters)
 
     def decoder(self, batch: Batch) -> Decoder:
@@ -124,12 +126,9 @@ class _DecodeRunner(Processor):
 
     def prepare(self, msg: Message) -> Batch:
         """The block as a batch (a chunk of lines is joined), its header line removed;
-        the run's first block probed (``fail_fast``).
+        the run's first block noted for :meth:`probe`.
 
         Called once per message, in input order.
-
-        Raises:
-            DecodeError: the probe found the run's first lines bad.
         """
         if not isinstance(msg, Batch):  # a chunk of lines (bytes or str)
             blob = b"".join(_line_bytes(x) for x in msg)
@@ -137,8 +136,18 @@ class _DecodeRunner(Processor):
         msg = self._cut_header(msg)
         if not self.probed and len(msg.data):
             self.probed = True
-            self._probe(msg)
+            self.first_block = msg
         return msg
+
+    def probe(self, batch: Batch) -> None:
+        """Judge ``batch`` if it is the run's first block (see ``fail_fast``).
+
+        Raises:
+            DecodeError: its first lines are bad.
+        """
+        if batch is self.first_block:
+            self.first_block = None
+            self._probe(batch)
 
     def _cut_header(self, msg: Batch) -> Batch:
         prov = msg.provenance
@@ -168,7 +177,10 @@ class _DecodeRunner(Processor):
         if self.op.header == "names":
             source = was.source if was is not None else None
             by_names = self.op.decoder.by_names  # type: ignore[attr-defined]
-            self.decoders[source] = by_names(msg.data[:cut].tobytes())
+            try:
+                self.decoders[source] = by_names(msg.data[:cut].tobytes())
+            except ValueError as exc:  # raised where the block is decoded
+                self.decoders[source] = _Unusable(exc, self.op.decoder.small_block)
         return Batch(msg.data[cut:], msg.reason, prov if was is not None else msg.provenance)
 
     def _probe(self, batch: Batch) -> None:
@@ -230,6 +242,17 @@ class _DecodeRunner(Processor):
         await apply_policy(self.op.on_error, line, error, self.stage, place, counters)
 
 
+class _Unusable:
+    """A decoder for a source whose header does not fit: raises its error."""
+
+    def __init__(self, error: Exception, small_block: int) -> None:
+        self.error = error
+        self.small_block = small_block
+
+    def decode(self, block: NDArray[np.uint8]) -> Decoded:
+        raise self.error
+
+
 def _line_bytes(x: Any) -> bytes:
     raw = x.encode() if isinstance(x, str) else bytes(x)
     return raw if raw.endswith(b"\n") else raw + b"\n"
@@ -259,6 +282,7 @@ class _ThreadedDecodeOp(AsyncOperator):
             batch: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
         ) -> list[Message]:
             assert isinstance(batch, Batch)
+            runner.probe(batch)
             decoder = runner.decoder(batch)
             if len(batch.data) < decoder.small_block:
                 decoded = decoder.decode(batch.data)
