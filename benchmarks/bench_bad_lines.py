@@ -72,7 +72,11 @@ def main() -> None:
         (
             "log combined",
             "log",
-            lambda p: af.read_log(p, columns={"time": af.codecs.COMBINED_COLUMNS["time"], "status": "int"}, on_error="skip"),
+            lambda p: af.read_log(
+                p,
+                columns={"time": af.codecs.COMBINED_COLUMNS["time"], "status": "int"},
+                on_error="skip",
+            ),
         ),
     ]
     makers = {"csv": _csv, "jsonl": _jsonl, "log": _log}
@@ -87,7 +91,9 @@ def main() -> None:
             t_clean = min(timed(read(str(clean)))[0] for _ in range(3))
             runs = [timed(read(str(dirty))) for _ in range(3)]
             t_bad = min(t for t, _ in runs)
-            print(f"{label:<14}{t_clean:>9.3f}{t_bad:>10.3f}{t_bad / t_clean:>8.2f}{runs[0][1]:>10,}")
+            print(
+                f"{label:<14}{t_clean:>9.3f}{t_bad:>10.3f}{t_bad / t_clean:>8.2f}{runs[0][1]:>10,}"
+            )
 
 
 if __name__ == "__main__":

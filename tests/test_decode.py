@@ -361,9 +361,7 @@ def _read_file(lines: list[bytes], read: Any) -> tuple[list[Any], list[af.Failed
     return result.value, dead
 
 
-def _expected_dead(
-    lines: list[bytes], bad: list[int]
-) -> list[tuple[int, bytes, int]]:
+def _expected_dead(lines: list[bytes], bad: list[int]) -> list[tuple[int, bytes, int]]:
     """``(line number, item, byte offset)`` per bad or over-long line."""
     offsets = np.cumsum([0, *map(len, lines)])
     out = []
@@ -383,7 +381,8 @@ def _same_dead(dead: list[af.FailedItem], lines: list[bytes], bad: list[int]) ->
     assert [(n, o) for n, _, o in got] == [(n, o) for n, _, o in want]
     for (_, item, _), (n, line, _) in zip(got, want, strict=True):
         if len(line.rstrip(b"\n")) > MAX_LINE:
-            assert line.startswith(item) and len(item) > MAX_LINE, n
+            assert line.startswith(item), n
+            assert len(item) > MAX_LINE, n
         else:
             assert item == line, n
 
@@ -391,7 +390,8 @@ def _same_dead(dead: list[af.FailedItem], lines: list[bytes], bad: list[int]) ->
 def _got_dead(dead: list[af.FailedItem]) -> list[tuple[int, bytes, int]]:
     out = []
     for d in dead:
-        assert d.provenance is not None and d.provenance.stop == d.provenance.start + 1
+        assert d.provenance is not None
+        assert d.provenance.stop == d.provenance.start + 1
         assert d.error.line == d.provenance.start  # type: ignore[attr-defined]
         assert d.error.offset == d.provenance.offset  # type: ignore[attr-defined]
         out.append((d.provenance.start, d.item, d.provenance.offset))
@@ -400,8 +400,28 @@ def _got_dead(dead: list[af.FailedItem]) -> list[tuple[int, bytes, int]]:
 
 CSV_DTYPE = np.dtype([("i", "i8"), ("x", "f8"), ("s", "S8"), ("u", "U4")])
 _CSV_TOKENS = st.sampled_from(
-    ["0", "-7", "+3", " 12", "1.5", "-0.0", ".5", "5.", "1e3", "nan", "inf", "-Infinity",
-     "", "1e400", "-" + "9" * 400, "abc", "1.2.3", "0x10", "99999999999999999999", "12 "]
+    [
+        "0",
+        "-7",
+        "+3",
+        " 12",
+        "1.5",
+        "-0.0",
+        ".5",
+        "5.",
+        "1e3",
+        "nan",
+        "inf",
+        "-Infinity",
+        "",
+        "1e400",
+        "-" + "9" * 400,
+        "abc",
+        "1.2.3",
+        "0x10",
+        "99999999999999999999",
+        "12 ",
+    ]
 )
 _CSV_TEXT = st.sampled_from(["", "a", "café", "日本", "naïve", "abcdefghi", "日本語です", "x y"])
 
@@ -416,7 +436,9 @@ def csv_lines(draw: st.DrawFn) -> list[bytes]:
         elif kind == 1:
             lines.append(b"9," * 70 + b"\n")  # over-long
         elif kind == 2:
-            lines.append(draw(st.sampled_from([b"1,2\n", b"1,2,a,b,c\n", b"\xff\xfe,1,a,b\n", b"i,x,s,u\n"])))
+            lines.append(
+                draw(st.sampled_from([b"1,2\n", b"1,2,a,b,c\n", b"\xff\xfe,1,a,b\n", b"i,x,s,u\n"]))
+            )
         else:
             i = draw(st.one_of(st.integers(-(2**63), 2**63 - 1).map(str), _CSV_TOKENS))
             x = draw(st.one_of(st.floats(allow_nan=False).map(repr), _CSV_TOKENS))
@@ -477,11 +499,15 @@ def test_csv_decoder_agrees_with_csv_and_float(
             want.append(row)
     got, dead = _read_file(
         lines,
-        lambda path, policy: af.read_blocks(
-            path, read_size=read_size, max_line=MAX_LINE, on_error=policy
-        )
-        | af.decode_csv(
-            CSV_DTYPE, engine=engine, fill_int=fill_int, on_error=policy, fail_fast=None  # type: ignore[arg-type]
+        lambda path, policy: (
+            af.read_blocks(path, read_size=read_size, max_line=MAX_LINE, on_error=policy)
+            | af.decode_csv(
+                CSV_DTYPE,
+                engine=engine,
+                fill_int=fill_int,
+                on_error=policy,
+                fail_fast=None,  # type: ignore[arg-type]
+            )
         ),
     )
     _same_rows(got, want)
@@ -490,8 +516,24 @@ def test_csv_decoder_agrees_with_csv_and_float(
 
 JSON_DTYPE = np.dtype([("i", "i8"), ("x", "f8"), ("u", "U4")])
 _JSON_VALUES = st.sampled_from(
-    ["0", "-7", "1.5", "null", '"7"', "true", "1e400", "NaN", "Infinity", "99999999999999999999",
-     '"café"', '"日本"', '"abcde"', '"a\\"b"', "[1]", "{}"]
+    [
+        "0",
+        "-7",
+        "1.5",
+        "null",
+        '"7"',
+        "true",
+        "1e400",
+        "NaN",
+        "Infinity",
+        "99999999999999999999",
+        '"café"',
+        '"日本"',
+        '"abcde"',
+        '"a\\"b"',
+        "[1]",
+        "{}",
+    ]
 )
 
 
@@ -505,10 +547,14 @@ def json_lines(draw: st.DrawFn) -> list[bytes]:
         elif kind == 1:
             lines.append(b'{"i": 1, "pad": "' + b"x" * 150 + b'"}\n')  # over-long
         elif kind == 2:
-            lines.append(draw(st.sampled_from([b"[1, 2]\n", b"{not json\n", b'{"i": 1}\n', b"\xff{}\n"])))
+            lines.append(
+                draw(st.sampled_from([b"[1, 2]\n", b"{not json\n", b'{"i": 1}\n', b"\xff{}\n"]))
+            )
         else:
             i = draw(st.one_of(st.integers(-(2**63), 2**63 - 1).map(str), _JSON_VALUES))
-            x = draw(st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(repr), _JSON_VALUES))
+            x = draw(
+                st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(repr), _JSON_VALUES)
+            )
             u = draw(st.one_of(st.sampled_from(['"ok"', '"né"', '"日本"']), _JSON_VALUES))
             lines.append(f'{{"i": {i}, "x": {x}, "u": {u}, "other": [1]}}\n'.encode())
     return lines
@@ -549,10 +595,10 @@ def test_jsonl_decoder_agrees_with_json(lines: list[bytes], read_size: int) -> N
             want.append(row)
     got, dead = _read_file(
         lines,
-        lambda path, policy: af.read_blocks(
-            path, read_size=read_size, max_line=MAX_LINE, on_error=policy
-        )
-        | af.decode_jsonl(JSON_DTYPE, on_error=policy, fail_fast=None),
+        lambda path, policy: (
+            af.read_blocks(path, read_size=read_size, max_line=MAX_LINE, on_error=policy)
+            | af.decode_jsonl(JSON_DTYPE, on_error=policy, fail_fast=None)
+        ),
     )
     _same_rows(got, want)
     _same_dead(dead, lines, bad)
@@ -566,7 +612,11 @@ def test_jsonl_decoder_agrees_with_json(lines: list[bytes], read_size: int) -> N
 NGINX_LINES = [
     ('"\\x16\\x03\\x01\\x00\\xCA\\x01\\x00\\x00\\xC6\\x03\\x03"', 400, ("", "", "")),
     ('"GET /"', 200, ("GET", "/", "")),  # HTTP/0.9
-    ('"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"', 414, ("GET", "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "")),
+    (
+        '"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"',
+        414,
+        ("GET", "/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", ""),
+    ),
     ('"M-SEARCH * HTTP/1.1"', 400, ("M-SEARCH", "*", "HTTP/1.1")),
     ('"get /lower HTTP/1.0"', 400, ("get", "/lower", "HTTP/1.0")),
     ('"GET /a b HTTP/1.1"', 200, ("GET", "/a b", "HTTP/1.1")),
@@ -578,30 +628,43 @@ NGINX_LINES = [
 
 
 def _nginx_line(request: str, status: int, user: str = "-", agent: str = "curl/8.0") -> str:
-    return (
-        f"127.0.0.1 - {user} [10/Oct/2000:13:55:36 -0700] {request} {status} 0 "
-        f'"-" "{agent}"\n'
-    )
+    return f'127.0.0.1 - {user} [10/Oct/2000:13:55:36 -0700] {request} {status} 0 "-" "{agent}"\n'
 
 
 def test_the_default_log_reader_parses_every_line_nginx_writes(tmp_path: Path) -> None:
-    columns = {"remote_user": "str", "method": "str", "path": "str", "protocol": "str",
-               "status": "int", "time": "timestamp:%d/%b/%Y:%H:%M:%S %z"}
+    columns = {
+        "remote_user": "str",
+        "method": "str",
+        "path": "str",
+        "protocol": "str",
+        "status": "int",
+        "time": "timestamp:%d/%b/%Y:%H:%M:%S %z",
+    }
     users = ["-", "alice", "bob smith", "[admin]", "a] [b"]
     text = "".join(
-        _nginx_line(req, status, users[k % len(users)]) for k, (req, status, _) in enumerate(NGINX_LINES)
+        _nginx_line(req, status, users[k % len(users)])
+        for k, (req, status, _) in enumerate(NGINX_LINES)
     )
-    raw = text.encode() + b'127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET /caf\xe9 HTTP/1.1" 200 0 "-" "-"\n'
+    raw = (
+        text.encode()
+        + b'127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET /caf\xe9 HTTP/1.1" 200 0 "-" "-"\n'
+    )
     (tmp_path / "access.log").write_bytes(raw)
     got = af.run(af.read_log(str(tmp_path / "access.log"), columns=columns)).value
     assert len(got) == len(NGINX_LINES) + 1
-    fields = [(m, p, pr) for m, p, pr in zip(got["method"], got["path"], got["protocol"], strict=True)]
+    fields = [
+        (m, p, pr) for m, p, pr in zip(got["method"], got["path"], got["protocol"], strict=True)
+    ]
     assert fields[:-1] == [want for _, _, want in NGINX_LINES]
     assert got["status"].tolist()[:-1] == [s for _, s, _ in NGINX_LINES]
-    assert got["remote_user"].tolist()[:-1] == [users[k % len(users)] for k in range(len(NGINX_LINES))]
+    assert got["remote_user"].tolist()[:-1] == [
+        users[k % len(users)] for k in range(len(NGINX_LINES))
+    ]
     assert got["path"][-1] == "/caf\ufffd"  # raw bytes: kept, replaced (errors="replace")
     strict = af.decode_log(columns=columns, errors="strict", on_error="skip", fail_fast=None)
-    assert len(af.run(af.read_blocks(str(tmp_path / "access.log")) | strict).value) == len(NGINX_LINES)
+    assert len(af.run(af.read_blocks(str(tmp_path / "access.log")) | strict).value) == len(
+        NGINX_LINES
+    )
 
 
 def test_nginx_lists_of_upstream_times_and_optional_groups() -> None:
@@ -614,7 +677,8 @@ def test_nginx_lists_of_upstream_times_and_optional_groups() -> None:
     assert got["retries"].tolist() == [-1, -1, 0, 3]  # no group: fill_int, not a real 0
     first = af.decode_log(pattern, {**columns, "upstream": "float:first"}, fill_int=-9)
     got = af.run(af.from_iterable(lines) | first).value
-    assert got["upstream"][0] == 0.0 and got["retries"][0] == -9
+    assert got["upstream"][0] == 0.0
+    assert got["retries"][0] == -9
 
 
 NGINX_CONF = """
@@ -639,7 +703,7 @@ NGINX_REQUESTS = [
     b"M-SEARCH * HTTP/1.1\r\nHost: x\r\n\r\n",
     b"get /lower HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /q?x=\"y\"&z=\\ HTTP/1.1\r\nHost: x\r\nUser-Agent: a \"quoted\" \xe9 agent\r\n\r\n",
+    b'GET /q?x="y"&z=\\ HTTP/1.1\r\nHost: x\r\nUser-Agent: a "quoted" \xe9 agent\r\n\r\n',
     b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YiBvYiBbeF06cA==\r\n\r\n",
     b"GET /ok HTTP/1.1\r\nHost: x\r\nReferer: http://r/\r\n\r\n",
     b"\r\n\r\n",
@@ -648,7 +712,9 @@ NGINX_REQUESTS = [
 
 @pytest.mark.slow
 def test_real_nginx_lines_parse(tmp_path: Path) -> None:
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    binary = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
+    )
     if binary is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
     (tmp_path / "tmp").mkdir()
@@ -684,26 +750,47 @@ def test_real_nginx_lines_parse(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
-    columns = {"remote_user": "str", "request": "str", "method": "str", "path": "str",
-               "protocol": "str", "status": "int", "bytes": "int"}
+    columns = {
+        "remote_user": "str",
+        "request": "str",
+        "method": "str",
+        "path": "str",
+        "protocol": "str",
+        "status": "int",
+        "bytes": "int",
+    }
     lines = log.read_bytes().splitlines(keepends=True)
     got = af.run(af.read_log(str(log), columns=columns)).value  # raises on a line it cannot parse
     assert len(got) == len(lines) == len(NGINX_REQUESTS)
-    by_request = {r: (m, p, pr) for r, m, p, pr in zip(got["request"], got["method"], got["path"], got["protocol"], strict=True)}
+    by_request = {
+        r: (m, p, pr)
+        for r, m, p, pr in zip(
+            got["request"], got["method"], got["path"], got["protocol"], strict=True
+        )
+    }
     assert by_request["GET /a b HTTP/1.1"] == ("GET", "/a b", "HTTP/1.1")
     assert by_request["M-SEARCH * HTTP/1.1"] == ("M-SEARCH", "*", "HTTP/1.1")
     assert by_request["get /lower HTTP/1.1"] == ("get", "/lower", "HTTP/1.1")
     assert "b ob [x]" in got["remote_user"].tolist()
     # the reference: each line by re + strptime
     for line, status in zip(lines, got["status"].tolist(), strict=True):
-        m = re.fullmatch(r'\S+ - .*? \[([^\]]+)\] "(?:[^"\\]|\\.)*" (\d{3}) .*', line.decode().rstrip("\n"))
-        assert m is not None and int(m[2]) == status
+        m = re.fullmatch(
+            r'\S+ - .*? \[([^\]]+)\] "(?:[^"\\]|\\.)*" (\d{3}) .*', line.decode().rstrip("\n")
+        )
+        assert m is not None
+        assert int(m[2]) == status
         datetime.strptime(m[1], "%d/%b/%Y:%H:%M:%S %z")
 
 
 _TIMES = st.sampled_from(
-    ["10/Oct/2000:13:55:36 -0700", "29/Feb/2024:00:00:00 +0000", "31/Dec/1999:23:59:59 +1400",
-     "32/Oct/2000:13:55:36 -0700", "29/Feb/2023:00:00:00 +0000", "10/Foo/2000:13:55:36 -0700"]
+    [
+        "10/Oct/2000:13:55:36 -0700",
+        "29/Feb/2024:00:00:00 +0000",
+        "31/Dec/1999:23:59:59 +1400",
+        "32/Oct/2000:13:55:36 -0700",
+        "29/Feb/2023:00:00:00 +0000",
+        "10/Foo/2000:13:55:36 -0700",
+    ]
 )
 
 
@@ -713,11 +800,15 @@ def log_lines(draw: st.DrawFn) -> list[bytes]:
     for _ in range(draw(st.integers(0, 30))):
         kind = draw(st.integers(0, 9))
         if kind == 0:
-            lines.append(draw(st.sampled_from([b"\n", b"garbage\n", b"\xff\xfe\n", b"x" * 150 + b"\n"])))
+            lines.append(
+                draw(st.sampled_from([b"\n", b"garbage\n", b"\xff\xfe\n", b"x" * 150 + b"\n"]))
+            )
         else:
             request, status, _ = draw(st.sampled_from(NGINX_LINES))
             user = draw(st.sampled_from(["-", "a b", "[x]"]))
-            line = _nginx_line(request, status, user).replace("10/Oct/2000:13:55:36 -0700", draw(_TIMES))
+            line = _nginx_line(request, status, user).replace(
+                "10/Oct/2000:13:55:36 -0700", draw(_TIMES)
+            )
             lines.append(line.encode())
     return lines
 
@@ -743,10 +834,10 @@ def test_log_decoder_agrees_with_re_and_strptime(lines: list[bytes], read_size: 
         want.append((int(ns.astype("i8")), int(m["status"]), m["path"] or ""))
     got, dead = _read_file(
         lines,
-        lambda path, policy: af.read_blocks(
-            path, read_size=read_size, max_line=MAX_LINE, on_error=policy
-        )
-        | af.decode_log(columns=columns, on_error=policy, fail_fast=None),
+        lambda path, policy: (
+            af.read_blocks(path, read_size=read_size, max_line=MAX_LINE, on_error=policy)
+            | af.decode_log(columns=columns, on_error=policy, fail_fast=None)
+        ),
     )
     _same_rows(got, want)
     _same_dead(dead, lines, bad)
@@ -772,7 +863,10 @@ def test_dead_letters_after_an_overlong_line_carry_their_own_line(
     (tmp_path / "a.csv").write_bytes(b"".join(lines))
     dead: list[af.FailedItem] = []
     flow = af.read_csv(
-        str(tmp_path / "a.csv"), READING, read_size=read_size, max_line=65536,
+        str(tmp_path / "a.csv"),
+        READING,
+        read_size=read_size,
+        max_line=65536,
         on_error=af.dead_letter(dead),
     )
     got = af.run(flow).value
@@ -786,7 +880,8 @@ def test_dead_letters_after_an_overlong_line_carry_their_own_line(
         (i + 1, int(offsets[i]), lines[i]) for i in bad
     ]
     for d in decoded:  # the line alone, not its block
-        assert d.provenance is not None and d.provenance.stop == d.provenance.start + 1
+        assert d.provenance is not None
+        assert d.provenance.stop == d.provenance.start + 1
         assert d.provenance.end_offset == d.provenance.offset + len(d.item)  # type: ignore[operator]
     long = [d for d in dead if isinstance(d.error, af.LineTooLongError)]
     assert len(long) == 21
@@ -803,8 +898,11 @@ def test_numbers_beyond_float64_are_bad_lines_not_infinity(engine: str, width: s
     rows, bad = CsvDecoder(dt, engine=engine).decode(blob)  # type: ignore[arg-type]
     assert rows["a"].tolist() == [4, 5] * (len(blob) // sum(map(len, lines)))
     assert {b.line for b in bad} == set(lines[:3])
-    jsonl = JsonlDecoder(dt).decode(b'{"a": 1, "v": 1e400}\n{"a": 2, "v": ' + huge.encode() + b"}\n")
-    assert len(jsonl.rows) == 0 and len(jsonl.bad) == 2
+    jsonl = JsonlDecoder(dt).decode(
+        b'{"a": 1, "v": 1e400}\n{"a": 2, "v": ' + huge.encode() + b"}\n"
+    )
+    assert len(jsonl.rows) == 0
+    assert len(jsonl.bad) == 2
 
 
 @pytest.mark.anyio
@@ -856,7 +954,7 @@ def test_a_header_line_gets_a_hint_and_aflow_s_own_words() -> None:
         af.run(af.from_iterable(lines) | af.decode_csv(READING))
     assert "usecols" not in str(caught.value)
     for engine in ("numpy", "pyarrow"):
-        rows, bad = CsvDecoder(READING, engine=engine).decode(b"1,2\n1,2,3,4\n")  # type: ignore[arg-type]
+        _rows, bad = CsvDecoder(READING, engine=engine).decode(b"1,2\n1,2,3,4\n")  # type: ignore[arg-type]
         assert [str(b.error) for b in bad] == [
             "2 fields where the dtype has 3 columns (ts, sensor, value)",
             "4 fields where the dtype has 3 columns (ts, sensor, value)",
@@ -872,7 +970,9 @@ async def test_header_names_map_columns_per_file(tmp_path: Path) -> None:
     assert sorted(got.tolist()) == [(1, 2, 0.5), (3, 4, 1.5), (5, 6, 2.5)]
     (tmp_path / "c.csv").write_bytes(b"ts,value\n1,2\n")
     with pytest.raises(ValueError, match="has no column 'sensor'"):
-        await (af.read_blocks(str(tmp_path / "c.csv")) | af.decode_csv(READING, header="names")).run()
+        await (
+            af.read_blocks(str(tmp_path / "c.csv")) | af.decode_csv(READING, header="names")
+        ).run()
 
 
 @pytest.mark.parametrize("engine", ["numpy", "pyarrow"])
@@ -881,7 +981,8 @@ def test_missing_values_and_non_ascii_text(engine: str) -> None:
     text = "1,,café,日本\n,2.5,x,é\n3,1,日本語,x\n".encode()
     rows, bad = CsvDecoder(dt, engine=engine, fill_int=-1).decode(text)  # type: ignore[arg-type]
     assert rows["n"].tolist() == [1, -1]
-    assert np.isnan(rows["x"][0]) and rows["x"][1] == 2.5
+    assert np.isnan(rows["x"][0])
+    assert rows["x"][1] == 2.5
     assert rows["s"].tolist() == ["café".encode(), b"x"]  # UTF-8, in every engine
     assert rows["u"].tolist() == ["日本", "é"]
     assert [b.index for b in bad] == [2]  # 9 bytes of UTF-8 do not fit S6: a bad line
@@ -890,7 +991,9 @@ def test_missing_values_and_non_ascii_text(engine: str) -> None:
     jsonl = JsonlDecoder(dt, fill_int=0).decode(
         '{"n": null, "x": null, "s": "café", "u": "日本"}\n'.encode()
     )
-    assert jsonl.bad == [] and jsonl.rows["s"][0] == "café".encode() and jsonl.rows["n"][0] == 0
+    assert jsonl.bad == []
+    assert jsonl.rows["s"][0] == "café".encode()
+    assert jsonl.rows["n"][0] == 0
 
 
 def test_bad_lines_are_found_without_bisection() -> None:
@@ -910,5 +1013,6 @@ def test_bad_lines_are_found_without_bisection() -> None:
         decoder._parse = counted
         calls = 0
         rows, bad = decoder.decode(b"".join(good))
-        assert len(bad) == 200 and len(rows) == 19_800
+        assert len(bad) == 200
+        assert len(rows) == 19_800
         assert calls <= 2 + 200  # the block, its clean lines, each suspect: no halving

@@ -41,7 +41,9 @@ or a 1-D ``uint8`` array such as a line block from :class:`~aflow.codecs.LineSpl
 Parse = Callable[[bytes], NDArray[Any]]
 """Parses a block of lines into rows; raises on any bad line."""
 
-Suspects = Callable[[NDArray[np.uint8], NDArray[np.intp], NDArray[np.intp]], "NDArray[np.bool_] | None"]
+Suspects = Callable[
+    [NDArray[np.uint8], NDArray[np.intp], NDArray[np.intp]], "NDArray[np.bool_] | None"
+]
 """``(data, starts, ends) -> mask``: the lines of a block (line ``i`` is
 ``data[starts[i]:ends[i]]``, its newline excluded) that may be bad; every line it leaves
 out must parse. ``None``: cannot tell for this block."""
@@ -183,13 +185,24 @@ def by_suspects(
         pieces.append(blob[at : starts[i]])
         at = int(ends[i])
     pieces.append(blob[at:])
+    given = np.flatnonzero(~mask)
+    late: list[BadLine] = []
     try:
         rows = parse(b"".join(pieces))
+    except RejectedLines as rejected:  # by index among the clean lines
+        rows = rejected.rows
+        late = [
+            BadLine(int(given[k]), blob[starts[given[k]] : ends[given[k]]], e)
+            for k, e in rejected.bad
+        ]
+        given = np.setdiff1d(given, [b.index for b in late])
     except Exception:
         return None
-    blank = [i for i in np.flatnonzero(WHITESPACE[data[starts]] & ~mask).tolist()
-             if not blob[starts[i] : ends[i]].strip()]
-    given = np.flatnonzero(~mask)
+    blank = [
+        i
+        for i in np.flatnonzero(WHITESPACE[data[starts]] & ~mask).tolist()
+        if not blob[starts[i] : ends[i]].strip()
+    ]
     if blank:
         given = np.setdiff1d(given, blank)
     if len(rows) != len(given):
@@ -207,6 +220,8 @@ def by_suspects(
             continue
         parts.append(row)
         where.append(np.full(len(row), i))
+    if late:
+        bad = sorted(bad + late, key=lambda b: b.index)
     if len(parts) == 1:
         return Decoded(rows, bad)
     order = np.argsort(np.concatenate(where), kind="stable")

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._blocks import RejectedLines
+
 __all__ = ["aflow_message", "check_overflow", "fill_missing", "has_empty_field", "suspects_for"]
 
 _DIGITS = b"0123456789+- \t"
@@ -47,9 +49,9 @@ def suspects_for(dtype: np.dtype[Any], delimiter: str) -> Any:
     delim = delimiter.encode()[0]
     allowed = _allowed(dtype)
     ncols = len(allowed)
-    anywhere = allowed.all(axis=0)  # bytes fine in every column
+    anywhere: NDArray[np.bool_] = np.asarray(allowed.all(axis=0))  # fine in every column
     anywhere[[delim, 10]] = True
-    somewhere = allowed.any(axis=0)
+    somewhere: NDArray[np.bool_] = np.asarray(allowed.any(axis=0))
     somewhere[[delim, 10]] = True
 
     def suspects(
@@ -73,7 +75,8 @@ def suspects_for(dtype: np.dtype[Any], delimiter: str) -> Any:
             for i in np.flatnonzero(mask & (fields == 1)).tolist():
                 if not data[starts[i] : ends[i]].tobytes().strip():
                     mask[i] = False
-        return mask
+        out: NDArray[np.bool_] = np.asarray(mask, bool)
+        return out
 
     return suspects
 
@@ -88,12 +91,28 @@ _INF = re.compile(rb"(?i)(?:^|[^a-z0-9.])[+-]?inf(?:inity)?(?![a-z0-9.])")
 
 def check_overflow(blob: bytes, rows: NDArray[Any], floats: list[str]) -> None:
     """Raise if ``rows`` hold more infinities than ``blob`` writes: a number beyond
-    float64's range was read as infinity."""
+    float64's range was read as infinity. :class:`RejectedLines` names those lines when
+    each row is one non-blank line of ``blob``."""
     if not floats or not len(rows):
         return
-    infinite = sum(int(np.count_nonzero(np.isinf(rows[name]))) for name in floats)
-    if infinite and infinite > len(_INF.findall(blob)):
+    infinite = np.zeros(len(rows), np.int64)
+    for name in floats:
+        infinite += np.isinf(rows[name])
+    total = int(infinite.sum())
+    if not total or total <= len(_INF.findall(blob)):
+        return
+    lines = blob.split(b"\n")
+    solid = [i for i, line in enumerate(lines) if line.strip()]
+    if len(solid) != len(rows):
         raise ValueError("a number beyond the range of float64")
+    bad: list[tuple[int, Exception]] = [
+        (solid[k], ValueError("a number beyond the range of float64"))
+        for k in np.flatnonzero(infinite).tolist()
+        if infinite[k] > len(_INF.findall(lines[solid[k]]))
+    ]
+    ok = np.ones(len(rows), bool)
+    ok[[np.searchsorted(solid, i) for i, _ in bad]] = False
+    raise RejectedLines(rows[ok], bad)
 
 
 def fill_missing(text: str, dtype: np.dtype[Any], delimiter: str, fill_int: int | None) -> str:
@@ -102,7 +121,13 @@ def fill_missing(text: str, dtype: np.dtype[Any], delimiter: str, fill_int: int 
     fills = []
     for name in dtype.names or ():
         kind = dtype.fields[name][0].kind  # type: ignore[index]
-        fills.append("nan" if kind == "f" else str(fill_int) if kind in "iu" and fill_int is not None else None)
+        fills.append(
+            "nan"
+            if kind == "f"
+            else str(fill_int)
+            if kind in "iu" and fill_int is not None
+            else None
+        )
     if all(f is None for f in fills):
         return text
     lines = text.split("\n")
@@ -113,7 +138,7 @@ def fill_missing(text: str, dtype: np.dtype[Any], delimiter: str, fill_int: int 
         fields = body.split(delimiter)
         if len(fields) != len(fills):
             continue  # a bad line either way
-        fields = [fills[j] or "" if f == "" else f for j, f in enumerate(fields)]  # type: ignore[misc]
+        fields = [(fills[j] or "") if f == "" else f for j, f in enumerate(fields)]
         lines[i] = delimiter.join(fields) + line[len(body) :]
     return "\n".join(lines)
 
@@ -126,7 +151,13 @@ def _has_empty(line: str, delimiter: str) -> bool:
 def has_empty_field(text: str, delimiter: str) -> bool:
     """Whether some line of ``text`` may have an empty field."""
     d = delimiter
-    return d + d in text or f"\n{d}" in text or f"{d}\n" in text or f"{d}\r" in text or text.startswith(d)
+    return (
+        d + d in text
+        or f"\n{d}" in text
+        or f"{d}\n" in text
+        or f"{d}\r" in text
+        or text.startswith(d)
+    )
 
 
 _COLUMNS = re.compile(r"the dtype passed requires (\d+) columns but (\d+) were found")

@@ -44,7 +44,10 @@ def header_hint(line: bytes, dtype: np.dtype[Any] | None, delimiter: str = ",") 
     """``"; line 1 looks like a header: ..."`` when it does, else ``""``."""
     if not looks_like_header(line, dtype, delimiter):
         return ""
-    return "; line 1 looks like a header: pass header=True to skip it, or header='names' to take the columns by name"
+    return (
+        "; line 1 looks like a header: pass header=True to skip it, or header='names' to "
+        "take the columns by name"
+    )
 
 
 def diagnose(bad: list[BadLine], dtype: np.dtype[Any] | None, delimiter: str | None) -> str:

@@ -142,8 +142,14 @@ class CsvDecoder(LineDecoder):
                 f"the header line {text[:200]!r} has no column {missing[0]!r}: "
                 f"name every field of the dtype ({', '.join(self.dtype.names or ())})"
             )
-        fields = [(n, self.dtype.fields[n][0] if n in self.dtype.names else "O") for n in _unique(names)]  # type: ignore[index]
-        inner = CsvDecoder(fields, delimiter=self.delimiter, engine=self._options if self._options != "pyarrow" else "auto", fill_int=self.fill_int)
+        own = dict(_fields(self.dtype))
+        fields = [(n, own.get(n, np.dtype("O"))) for n in _unique(names)]
+        inner = CsvDecoder(
+            fields,
+            delimiter=self.delimiter,
+            engine=self._options if self._options != "pyarrow" else "auto",
+            fill_int=self.fill_int,
+        )
         return _Selected(inner, self.dtype)
 
 
@@ -182,8 +188,13 @@ class _Selected(LineDecoder):
 def _text_wide(dtype: np.dtype[Any]) -> np.dtype[Any]:
     """``dtype`` as parsed: floats as float64 (narrowed by :func:`fit`), text as Python
     strings (checked against the field's width, bytes encoded as UTF-8)."""
-    wide = widened(dtype)
-    return np.dtype([(n, "O" if wide.fields[n][0].kind in "SU" else wide.fields[n][0]) for n in wide.names or ()])  # type: ignore[index]
+    return np.dtype([(n, "O" if dt.kind in "SU" else dt) for n, dt in _fields(widened(dtype))])
+
+
+def _fields(dtype: np.dtype[Any]) -> list[tuple[str, np.dtype[Any]]]:
+    """``(name, dtype)`` of each field of a structured ``dtype``."""
+    fields: Any = dtype.fields or {}
+    return [(name, fields[name][0]) for name in dtype.names or ()]
 
 
 def text_column(values: NDArray[Any], dt: np.dtype[Any], name: str) -> NDArray[Any]:
@@ -210,7 +221,8 @@ def _numpy_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
         if b'"' not in blob and blob.count(b"\n") <= 1:  # one line: count fields at once
             fields = blob.count(delim) + 1
             if fields != ncols:
-                raise ValueError(f"{fields} fields where the dtype has {ncols} columns ({', '.join(dtype.names or ())})")
+                names = ", ".join(dtype.names or ())
+                raise ValueError(f"{fields} fields where the dtype has {ncols} columns ({names})")
         text = blob.decode("utf-8-sig")  # a leading BOM goes (as pyarrow drops it); invalid
         # UTF-8 fails the line, as it should
         if has_empty_field(text, delimiter):
@@ -229,16 +241,16 @@ def _numpy_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
         lines = sum(1 for line in text.split("\n") if line.strip())
         if len(rows) != lines:  # a quote left open joined lines: isolate them
             raise ValueError(f"{len(rows)} records from {lines} lines (unbalanced quote?)")
-        check_overflow(blob, rows, floats)
-        if wide == dtype:
-            return rows
-        out = np.empty(len(rows), dtype)
-        for name in dtype.names or ():
-            dt = dtype.fields[name][0]  # type: ignore[index]
-            if dt.kind in "SU":
-                out[name] = text_column(rows[name], dt, name)
-            else:
-                out[name] = fit(rows[name], dt)
+        out = rows
+        if wide != dtype:
+            out = np.empty(len(rows), dtype)
+            for name in dtype.names or ():
+                dt = dtype.fields[name][0]  # type: ignore[index]
+                if dt.kind in "SU":
+                    out[name] = text_column(rows[name], dt, name)
+                else:
+                    out[name] = fit(rows[name], dt)
+        check_overflow(blob, out, floats)
         return out
 
     return parse

@@ -141,7 +141,9 @@ def _python_parser(dtype: np.dtype[Any], fill_int: int | None) -> Parse:
             rows = _rows(values, names, kinds)
         except _Unfit as unfit:
             rows = unfit.rows
-            bad = sorted(bad + [(where[i], exc) for i, exc in unfit.errors.items()], key=lambda b: b[0])
+            bad = sorted(
+                bad + [(where[i], exc) for i, exc in unfit.errors.items()], key=lambda b: b[0]
+            )
         if bad:
             raise RejectedLines(rows, bad)
         return rows
@@ -174,7 +176,9 @@ def _fields(
     return out
 
 
-def _rows(values: list[list[Any]], names: list[str], kinds: dict[str, np.dtype[Any]]) -> NDArray[Any]:
+def _rows(
+    values: list[list[Any]], names: list[str], kinds: dict[str, np.dtype[Any]]
+) -> NDArray[Any]:
     """The checked values of good lines as rows; raises :class:`RejectedLines` for values
     that do not fit their field (an integer or a float beyond its range, a string longer
     than its field)."""
@@ -283,7 +287,8 @@ def _suspects(
     escapes = np.flatnonzero(data == ord("\\"))
     if len(escapes):
         odd[np.searchsorted(starts, escapes, "right") - 1] = True
-    return odd
+    out: NDArray[np.bool_] = np.asarray(odd, bool)
+    return out
 
 
 def _plain(blob: bytes) -> bool:

@@ -19,8 +19,8 @@ __all__ = [
     "LineBlockProvenance",
     "LineSplitter",
     "block_lines",
-    "is_line_block",
     "cut_before",
+    "is_line_block",
     "line_place",
     "split_block",
 ]
@@ -199,7 +199,7 @@ class LineSplitter:
         long = lengths > self.max_line
         if not long.any():
             return data, ()
-        removed = []
+        removed: list[tuple[int, int]] = []
         for k in np.flatnonzero(long).tolist():
             self.overlong += 1
             removed.append((k - len(removed), int(lengths[k]) + 1))

@@ -11,6 +11,7 @@ block, so a block of one second's lines parses one timestamp).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
@@ -108,7 +109,13 @@ def _to_ns(moment: datetime) -> np.datetime64:
     return np.datetime64(moment, "ns")
 
 
-AGGREGATES = {"sum": sum, "max": max, "min": min, "first": lambda v: v[0], "last": lambda v: v[-1]}
+AGGREGATES: dict[str, Callable[[list[float]], float]] = {
+    "sum": sum,
+    "max": max,
+    "min": min,
+    "first": lambda v: v[0],
+    "last": lambda v: v[-1],
+}
 _LIST = re.compile(r"\s*(?:,|:)\s*")  # nginx: "0.001, 0.002" (upstreams), " : " (redirects)
 
 
@@ -312,6 +319,6 @@ class LogDecoder(LineDecoder):
         cols = dict(COMBINED_COLUMNS if columns is None else columns)
         if errors is None:
             errors = "replace" if compiled.pattern == COMBINED else "strict"
-        "".encode().decode("utf-8", errors)  # an unknown handler fails here, not per block
+        b"".decode("utf-8", errors)  # an unknown handler fails here, not per block
         self.errors = errors
         self._parse, self.dtype = _parser(compiled, cols, errors, fill_int)

@@ -29,9 +29,9 @@ from ..abc import (
     Provenance,
 )
 from ..codecs import COMBINED, CsvDecoder, Decoded, JsonlDecoder, LogDecoder
+from ..codecs._diagnose import diagnose, header_hint
 from ..codecs.csv import Engine
 from ..codecs.lines import LineBlockProvenance, cut_before, line_place
-from ..codecs._diagnose import diagnose, header_hint
 from ..errors import DecodeError
 from ..flow import Stage
 from ..policies import ErrorPolicy, apply_policy, check_policy
@@ -163,11 +163,13 @@ class _DecodeRunner(Processor):
             start = header_end(msg.data)
             offset = None if prov.offset is None else prov.offset + start + skipped
             removed = tuple((k - 1, n) for k, n in getattr(prov, "removed", ()) if k > 1)
-            first = 2 + lines
+            number = 2 + lines
             if removed:
-                prov = LineBlockProvenance(prov.source, first, prov.stop, offset, prov.end_offset, removed)
+                prov = LineBlockProvenance(
+                    prov.source, number, prov.stop, offset, prov.end_offset, removed
+                )
             else:
-                prov = Provenance(prov.source, first, prov.stop, "line", offset, prov.end_offset)
+                prov = Provenance(prov.source, number, prov.stop, "line", offset, prov.end_offset)
             return self._headed(msg, prov, msg.provenance)
         return msg
 
@@ -195,9 +197,12 @@ class _DecodeRunner(Processor):
             return
         first = decoded.bad[0]
         place = line_place(batch.provenance, data, first.index)
+        decoder = self.op.decoder
+        cause = diagnose(
+            decoded.bad, getattr(decoder, "dtype", None), getattr(decoder, "delimiter", None)
+        )
         raise DecodeError(
-            f"{self.op.name}: {len(decoded.bad)} of the first {tried} lines are bad: "
-            f"{diagnose(decoded.bad, getattr(self.op.decoder, 'dtype', None), getattr(self.op.decoder, 'delimiter', None))} "
+            f"{self.op.name}: {len(decoded.bad)} of the first {tried} lines are bad: {cause} "
             "(fail_fast=None reads on)",
             source=place.source if place is not None else self.op.name,
             line=place.start if place is not None else None,
