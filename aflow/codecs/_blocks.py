@@ -1,8 +1,12 @@
 """What every decoder shares: blocks in, :class:`Decoded` out, bad lines isolated.
 
-A decoder parses a whole block in one call (the fast path). When that fails, the block is
-halved and each half tried again, down to single lines: a block with ``k`` bad lines costs
-about ``k * log2(lines)`` extra parses, and the good lines of the block still come out.
+A decoder parses a whole block in one call (the fast path). When that fails, a decoder
+that can tell cheaply which lines *may* be bad (its ``suspects``: a vectorized check over
+the block's bytes, a superset of the bad lines) has the other lines parsed in one call and
+each suspect judged alone: a block with ``k`` bad lines costs about two parses plus ``k``
+one-line parses. Otherwise (or when the check missed a bad line) the block is halved and
+each half tried again, down to single lines: about ``k * log2(lines)`` extra parses. Either
+way the good lines of the block still come out, in order.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "RejectedLines",
     "as_bytes",
     "by_size",
+    "by_suspects",
     "decode_block",
     "fit",
     "structured",
@@ -35,6 +40,13 @@ or a 1-D ``uint8`` array such as a line block from :class:`~aflow.codecs.LineSpl
 
 Parse = Callable[[bytes], NDArray[Any]]
 """Parses a block of lines into rows; raises on any bad line."""
+
+Suspects = Callable[
+    [NDArray[np.uint8], NDArray[np.intp], NDArray[np.intp]], "NDArray[np.bool_] | None"
+]
+"""``(data, starts, ends) -> mask``: the lines of a block (line ``i`` is
+``data[starts[i]:ends[i]]``, its newline excluded) that may be bad; every line it leaves
+out must parse. ``None``: cannot tell for this block."""
 
 SMALL_BLOCK = 16 * 1024
 """Bytes: below this, the reference engines parse a block faster than pyarrow (whose fixed
@@ -84,6 +96,7 @@ class LineDecoder:
     dtype: np.dtype[Any]
     small_block: int = 0
     _parse: Parse
+    _suspects: Suspects | None = None
 
     def decode(self, block: Block) -> Decoded:
         """The rows of a block's good lines, and its bad lines.
@@ -95,7 +108,7 @@ class LineDecoder:
             ``Decoded(rows, bad)``: a 1-D array of ``dtype`` and a list of
             :class:`~aflow.codecs.BadLine`. Never raises on bad input.
         """
-        return decode_block(as_bytes(block), self._parse, self.dtype)
+        return decode_block(as_bytes(block), self._parse, self.dtype, self._suspects)
 
 
 def as_bytes(block: Block) -> bytes:
@@ -107,7 +120,9 @@ def as_bytes(block: Block) -> bytes:
     return bytes(block)
 
 
-def decode_block(blob: bytes, parse: Parse, dtype: np.dtype[Any]) -> Decoded:
+def decode_block(
+    blob: bytes, parse: Parse, dtype: np.dtype[Any], suspects: Suspects | None = None
+) -> Decoded:
     """Decode a block of ``\\n``-terminated lines; isolate the lines ``parse`` rejects."""
     if blob and not blob.endswith(b"\n"):
         blob += b"\n"  # a last line without its newline
@@ -121,6 +136,10 @@ def decode_block(blob: bytes, parse: Parse, dtype: np.dtype[Any]) -> Decoded:
     except Exception:
         pass
     ends = np.flatnonzero(np.frombuffer(blob, np.uint8) == 10) + 1
+    if suspects is not None:
+        found = by_suspects(blob, parse, dtype, suspects, ends=ends)
+        if found is not None:
+            return found
     parts: list[NDArray[Any]] = []
     bad = []
     _bisect(blob, ends, 0, len(ends), parse, parts, bad)
@@ -128,6 +147,85 @@ def decode_block(blob: bytes, parse: Parse, dtype: np.dtype[Any]) -> Decoded:
     if not rows:
         return Decoded(np.empty(0, dtype), bad)
     return Decoded(rows[0] if len(rows) == 1 else np.concatenate(rows), bad)
+
+
+WHITESPACE = np.zeros(256, bool)
+WHITESPACE[[9, 10, 13, 32]] = True
+
+
+def by_suspects(
+    blob: bytes,
+    parse: Parse,
+    dtype: np.dtype[Any],
+    suspects: Suspects,
+    judge: Parse | None = None,
+    *,
+    ends: NDArray[np.intp] | None = None,
+) -> Decoded | None:
+    """The lines ``suspects`` leaves out parsed in one call by ``parse``, each suspect
+    alone by ``judge`` (default ``parse``); ``None`` when the check cannot tell, or missed
+    a bad line (then bisection decides).
+
+    Args:
+        blob: whole lines, the last ending with ``\\n``.
+        ends: one past each line's newline, when known.
+    """
+    data = np.frombuffer(blob, np.uint8)
+    if ends is None:
+        ends = np.flatnonzero(data == 10) + 1
+    judge = judge or parse
+    starts = np.concatenate(([0], ends[:-1])).astype(np.intp)
+    mask = suspects(data, starts, ends - 1)
+    if mask is None or not mask.any():
+        return None
+    odd = np.flatnonzero(mask).tolist()
+    # the clean lines: the block between the suspects, a few slices joined
+    pieces, at = [], 0
+    for i in odd:
+        pieces.append(blob[at : starts[i]])
+        at = int(ends[i])
+    pieces.append(blob[at:])
+    given = np.flatnonzero(~mask)
+    late: list[BadLine] = []
+    try:
+        rows = parse(b"".join(pieces))
+    except RejectedLines as rejected:  # by index among the clean lines
+        rows = rejected.rows
+        late = [
+            BadLine(int(given[k]), blob[starts[given[k]] : ends[given[k]]], e)
+            for k, e in rejected.bad
+        ]
+        given = np.setdiff1d(given, [b.index for b in late])
+    except Exception:
+        return None
+    blank = [
+        i
+        for i in np.flatnonzero(WHITESPACE[data[starts]] & ~mask).tolist()
+        if not blob[starts[i] : ends[i]].strip()
+    ]
+    if blank:
+        given = np.setdiff1d(given, blank)
+    if len(rows) != len(given):
+        return None
+    parts, where, bad = [rows], [given], []
+    for i in odd:
+        line = blob[starts[i] : ends[i]]
+        try:
+            row = judge(line)
+        except RejectedLines as rejected:  # the reason, not the count
+            bad.append(BadLine(i, line, rejected.bad[0][1] if rejected.bad else rejected))
+            continue
+        except Exception as exc:
+            bad.append(BadLine(i, line, exc))
+            continue
+        parts.append(row)
+        where.append(np.full(len(row), i))
+    if late:
+        bad = sorted(bad + late, key=lambda b: b.index)
+    if len(parts) == 1:
+        return Decoded(rows, bad)
+    order = np.argsort(np.concatenate(where), kind="stable")
+    return Decoded(np.concatenate(parts)[order], bad)
 
 
 def _bisect(

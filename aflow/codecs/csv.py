@@ -12,6 +12,7 @@ socket sinks :func:`~aflow.to_tcp` and :func:`~aflow.to_udp` alike (see
 from __future__ import annotations
 
 import contextlib
+import csv as stdcsv
 import io
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
@@ -32,6 +33,7 @@ from ._blocks import (
     structured,
     widened,
 )
+from ._csvrules import aflow_message, check_overflow, fill_missing, has_empty_field, suspects_for
 from ._text import as_text, columns, join_rows
 
 __all__ = ["CsvDecoder", "CsvEncoder", "Engine", "Fmt"]
@@ -81,20 +83,29 @@ class CsvDecoder(LineDecoder):
         [(2, b'2,oops\\n')]
     """
 
-    def __init__(self, dtype: DTypeLike, *, delimiter: str = ",", engine: Engine = "auto") -> None:
+    def __init__(
+        self,
+        dtype: DTypeLike,
+        *,
+        delimiter: str = ",",
+        engine: Engine = "auto",
+        fill_int: int | None = None,
+    ) -> None:
         self.dtype = structured(dtype, "CsvDecoder", "column")
         self.delimiter = delimiter
+        self.fill_int = fill_int
+        self._options = engine
         self.engine = _choose(engine, self.dtype)
-        reference = _numpy_parser(self.dtype, delimiter)
+        self._suspects = suspects_for(self.dtype, delimiter)
+        reference = _numpy_parser(self.dtype, delimiter, fill_int)
         self._parse = reference
         if self.engine == "pyarrow":
-            fast = _arrow_parser(self.dtype, delimiter)
-            self._parse = fast
+            # NumPy's rules everywhere: pyarrow parses blocks, NumPy judges the lines
+            # pyarrow rejects (and, for "auto", parses small blocks: a datagram, a few
+            # new lines of a followed file)
+            self._parse = _checked_by(_arrow_parser(self.dtype, delimiter, fill_int), reference)
             if engine == "auto":
-                # NumPy's rules everywhere: pyarrow parses clean blocks, NumPy judges the
-                # lines pyarrow rejects and parses small blocks (a datagram, a few new
-                # lines of a followed file)
-                self._parse = by_size(_checked_by(fast, reference), reference)
+                self._parse = by_size(self._parse, reference)
                 self.small_block = SMALL_BLOCK
 
     def decode(self, block: Block, *, header: bool = False) -> Decoded:
@@ -113,40 +124,139 @@ class CsvDecoder(LineDecoder):
             return super().decode(block)
         blob = as_bytes(block)
         cut = blob.find(b"\n") + 1 or len(blob)
-        rows, bad = decode_block(blob[cut:], self._parse, self.dtype)
+        rows, bad = decode_block(blob[cut:], self._parse, self.dtype, self._suspects)
         return Decoded(rows, [b._replace(index=b.index + 1) for b in bad])
 
+    def by_names(self, header: bytes) -> LineDecoder:
+        """A decoder for lines under ``header``: each field of ``dtype`` taken from the
+        column of its name, in any order; columns not in ``dtype`` are ignored.
 
-def _numpy_parser(dtype: np.dtype[Any], delimiter: str) -> Parse:
-    wide = widened(dtype)  # floats parsed as float64, then narrowed with a range check
+        Raises:
+            ValueError: a field of ``dtype`` that the header does not name.
+        """
+        text = header.decode("utf-8-sig", "replace").strip("\r\n")
+        names = next(stdcsv.reader([text], delimiter=self.delimiter))
+        missing = [n for n in self.dtype.names or () if n not in names]
+        if missing:
+            raise ValueError(
+                f"the header line {text[:200]!r} has no column {missing[0]!r}: "
+                f"name every field of the dtype ({', '.join(self.dtype.names or ())})"
+            )
+        own = dict(_fields(self.dtype))
+        fields = [(n, own.get(n, np.dtype("O"))) for n in _unique(names)]
+        inner = CsvDecoder(
+            fields,
+            delimiter=self.delimiter,
+            engine=self._options if self._options != "pyarrow" else "auto",
+            fill_int=self.fill_int,
+        )
+        return _Selected(inner, self.dtype)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Header names made unique (a repeated or empty name gets a suffix)."""
+    seen: set[str] = set()
+    out = []
+    for i, name in enumerate(names):
+        unique = name if name and name not in seen else f"{name or 'column'}_{i}"
+        seen.add(unique)
+        out.append(unique)
+    return out
+
+
+class _Selected(LineDecoder):
+    """``inner``'s rows cut down to the fields of ``dtype``, in its order."""
+
+    def __init__(self, inner: CsvDecoder, dtype: np.dtype[Any]) -> None:
+        self.dtype = dtype
+        self.engine = inner.engine
+        self.small_block = inner.small_block
+        self._suspects = inner._suspects
+        names = list(dtype.names or ())
+        parse = inner._parse
+
+        def selected(blob: bytes) -> NDArray[Any]:
+            rows = parse(blob)
+            out = np.empty(len(rows), dtype)
+            for name in names:
+                out[name] = rows[name]
+            return out
+
+        self._parse = selected
+
+
+def _text_wide(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """``dtype`` as parsed: floats as float64 (narrowed by :func:`fit`), text as Python
+    strings (checked against the field's width, bytes encoded as UTF-8)."""
+    return np.dtype([(n, "O" if dt.kind in "SU" else dt) for n, dt in _fields(widened(dtype))])
+
+
+def _fields(dtype: np.dtype[Any]) -> list[tuple[str, np.dtype[Any]]]:
+    """``(name, dtype)`` of each field of a structured ``dtype``."""
+    fields: Any = dtype.fields or {}
+    return [(name, fields[name][0]) for name in dtype.names or ()]
+
+
+def text_column(values: NDArray[Any], dt: np.dtype[Any], name: str) -> NDArray[Any]:
+    """Python strings for a field of ``dt``: ``U`` as they are, ``S`` as UTF-8; a value
+    longer than the field is an error, never cut short."""
+    text = np.array(values.tolist() if values.dtype == object else values, dtype=str)
+    out = np.strings.encode(text, "utf-8") if dt.kind == "S" else text
+    width = dt.itemsize if dt.kind == "S" else dt.itemsize // 4
+    if dt.itemsize and len(out) and int(np.strings.str_len(out).max()) > width:
+        raise ValueError(f"a value longer than column {name!r} holds ({dt})")
+    return out.astype(dt)
+
+
+def _numpy_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) -> Parse:
+    wide = _text_wide(dtype)  # floats parsed as float64, then narrowed with a range check
+    floats = [n for n in dtype.names or () if dtype.fields[n][0].kind == "f"]  # type: ignore[index]
+
+    ncols = len(dtype.names or ())
+    delim = delimiter.encode()
 
     def parse(blob: bytes) -> NDArray[Any]:
         if not blob.strip():
             return np.empty(0, dtype)
+        if b'"' not in blob and blob.count(b"\n") <= 1:  # one line: count fields at once
+            fields = blob.count(delim) + 1
+            if fields != ncols:
+                names = ", ".join(dtype.names or ())
+                raise ValueError(f"{fields} fields where the dtype has {ncols} columns ({names})")
         text = blob.decode("utf-8-sig")  # a leading BOM goes (as pyarrow drops it); invalid
         # UTF-8 fails the line, as it should
-        rows = np.loadtxt(
-            io.StringIO(text),
-            delimiter=delimiter,
-            dtype=wide,
-            quotechar='"',
-            comments=None,  # "#" is data, not a comment
-            ndmin=1,
-        )
+        if has_empty_field(text, delimiter):
+            text = fill_missing(text, dtype, delimiter, fill_int)
+        try:
+            rows = np.loadtxt(
+                io.StringIO(text),
+                delimiter=delimiter,
+                dtype=wide,
+                quotechar='"',
+                comments=None,  # "#" is data, not a comment
+                ndmin=1,
+            )
+        except ValueError as exc:
+            raise aflow_message(exc, dtype) from None
         lines = sum(1 for line in text.split("\n") if line.strip())
         if len(rows) != lines:  # a quote left open joined lines: isolate them
             raise ValueError(f"{len(rows)} records from {lines} lines (unbalanced quote?)")
-        if wide == dtype:
-            return rows
-        out = np.empty(len(rows), dtype)
-        for name in dtype.names or ():
-            out[name] = fit(rows[name], dtype.fields[name][0])  # type: ignore[index]
+        out = rows
+        if wide != dtype:
+            out = np.empty(len(rows), dtype)
+            for name in dtype.names or ():
+                dt = dtype.fields[name][0]  # type: ignore[index]
+                if dt.kind in "SU":
+                    out[name] = text_column(rows[name], dt, name)
+                else:
+                    out[name] = fit(rows[name], dt)
+        check_overflow(blob, out, floats)
         return out
 
     return parse
 
 
-def _arrow_parser(dtype: np.dtype[Any], delimiter: str) -> Parse:
+def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) -> Parse:
     try:
         import pyarrow as pa
         import pyarrow.csv as pacsv
@@ -156,12 +266,19 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str) -> Parse:
         ) from exc
 
     names = list(dtype.names or ())
+    floats = [n for n in names if dtype.fields[n][0].kind == "f"]  # type: ignore[index]
     # floats are parsed as float64 and cast by NumPy, as NumPy's engine does (parsing
-    # straight to float32 rounds differently; float16 pyarrow cannot parse)
+    # straight to float32 rounds differently; float16 pyarrow cannot parse); text as
+    # strings, checked and encoded as the NumPy engine does
     types = {n: arrow_type(pa, dtype.fields[n][0]) for n in names}  # type: ignore[index]
     read = pacsv.ReadOptions(column_names=names, use_threads=False)  # blocks run in parallel
     options = pacsv.ParseOptions(delimiter=delimiter, quote_char='"')
-    convert = pacsv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False)
+    convert = pacsv.ConvertOptions(
+        column_types=types,
+        null_values=[""],  # an empty numeric field: NaN, or the integer fill value
+        quoted_strings_can_be_null=False,
+        strings_can_be_null=False,
+    )
 
     def parse(blob: bytes) -> NDArray[Any]:
         if not blob.strip():
@@ -173,17 +290,25 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str) -> Parse:
         table = pacsv.read_csv(pa.py_buffer(blob), read, options, convert)
         out = np.empty(table.num_rows, dtype)
         for name in names:
+            dt = dtype.fields[name][0]  # type: ignore[index]
             column = table.column(name)
-            if column.null_count:
-                raise ValueError(f"empty value in column {name!r}")
-            out[name] = fit(column.to_numpy(), dtype.fields[name][0])  # type: ignore[index]
+            if column.null_count and dt.kind != "f":
+                if fill_int is None or dt.kind not in "iu":
+                    raise ValueError(f"empty value in column {name!r}")
+                column = column.fill_null(fill_int)
+            values = column.to_numpy(zero_copy_only=False)
+            out[name] = text_column(values, dt, name) if dt.kind in "SU" else fit(values, dt)
+        check_overflow(blob, out, floats)
         return out
 
     return parse
 
 
 def arrow_type(pa: Any, dt: np.dtype[Any]) -> Any:
-    """The pyarrow type a field of ``dt`` is parsed as (floats as float64, then narrowed)."""
+    """The pyarrow type a field of ``dt`` is parsed as (floats as float64, then narrowed;
+    text as strings)."""
+    if dt.kind in "SU":
+        return pa.string()
     return pa.float64() if dt.kind == "f" else pa.from_numpy_dtype(dt)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -21,12 +22,14 @@ from ._blocks import (
     SMALL_BLOCK,
     LineDecoder,
     Parse,
+    RejectedLines,
     by_size,
+    by_suspects,
     fit,
     structured,
 )
 from ._text import as_text, columns, join_rows
-from .csv import arrow_type
+from .csv import arrow_type, text_column
 
 __all__ = ["JsonEngine", "JsonlDecoder", "JsonlEncoder"]
 
@@ -70,9 +73,11 @@ class JsonlDecoder(LineDecoder):
         ([(1, 2.5)], [1])
     """
 
-    def __init__(self, dtype: DTypeLike, *, engine: JsonEngine = "auto") -> None:
+    def __init__(
+        self, dtype: DTypeLike, *, engine: JsonEngine = "auto", fill_int: int | None = None
+    ) -> None:
         self.dtype = structured(dtype, "JsonlDecoder", "key")
-        reference = _python_parser(self.dtype)
+        reference = _python_parser(self.dtype, fill_int)
         self.engine = _choose(engine, self.dtype)
         self._parse = reference
         if self.engine == "pyarrow":
@@ -113,27 +118,104 @@ def _loads() -> Any:
     return orjson.loads
 
 
-def _python_parser(dtype: np.dtype[Any]) -> Parse:
+def _python_parser(dtype: np.dtype[Any], fill_int: int | None) -> Parse:
+    """Line by line: each line is judged alone (a bad one is rejected by its index, no
+    bisection); the good lines' values are converted a column at a time."""
     loads = _loads()
     names = list(dtype.names or ())
+    kinds = {n: dtype.fields[n][0] for n in names}  # type: ignore[index]
 
     def parse(blob: bytes) -> NDArray[Any]:
-        objects = [loads(line) for line in blob.split(b"\n") if line.strip()]
-        out = np.empty(len(objects), dtype)
-        for name in names:
-            column = [obj[name] for obj in objects]  # a missing key fails the line
-            kind = dtype.fields[name][0].kind  # type: ignore[index]
-            if kind in "iu" and any(type(v) is not int for v in column):
-                raise TypeError(f"field {name!r} must hold integers")
-            if kind in "fc" and any(type(v) not in (int, float) for v in column):
-                raise TypeError(f"field {name!r} must hold numbers")
-            if kind == "f":
-                out[name] = fit(np.array(column, np.float64), dtype.fields[name][0])  # type: ignore[index]
-            else:
-                out[name] = column
-        return out
+        values: list[list[Any]] = []
+        where: list[int] = []
+        bad: list[tuple[int, Exception]] = []
+        for i, line in enumerate(blob.split(b"\n")):
+            if not line.strip():
+                continue
+            try:
+                values.append(_fields(loads(line), names, kinds, fill_int))
+                where.append(i)
+            except Exception as exc:
+                bad.append((i, exc))
+        try:
+            rows = _rows(values, names, kinds)
+        except _Unfit as unfit:
+            rows = unfit.rows
+            bad = sorted(
+                bad + [(where[i], exc) for i, exc in unfit.errors.items()], key=lambda b: b[0]
+            )
+        if bad:
+            raise RejectedLines(rows, bad)
+        return rows
 
     return parse
+
+
+def _fields(
+    obj: Any, names: list[str], kinds: dict[str, np.dtype[Any]], fill_int: int | None
+) -> list[Any]:
+    """One object's values for ``names``, checked against the fields' kinds; raises for a
+    bad line."""
+    if type(obj) is not dict:
+        raise TypeError(f"a JSON {type(obj).__name__}, not an object")
+    out = []
+    for name in names:
+        value = obj[name]  # a missing key fails the line
+        kind = kinds[name].kind
+        if value is None and kind == "f":
+            value = math.nan  # a null float: NaN
+        elif value is None and kind in "iu" and fill_int is not None:
+            value = fill_int
+        elif kind in "iu" and type(value) is not int:
+            raise TypeError(f"field {name!r} must hold integers, not {value!r}")
+        elif kind in "fc" and type(value) not in (int, float):
+            raise TypeError(f"field {name!r} must hold numbers, not {value!r}")
+        elif kind in "SU" and type(value) is not str:
+            raise TypeError(f"field {name!r} must hold strings, not {value!r}")
+        out.append(value)
+    return out
+
+
+def _rows(
+    values: list[list[Any]], names: list[str], kinds: dict[str, np.dtype[Any]]
+) -> NDArray[Any]:
+    """The checked values of good lines as rows; raises :class:`RejectedLines` for values
+    that do not fit their field (an integer or a float beyond its range, a string longer
+    than its field)."""
+    out = np.empty(len(values), np.dtype([(n, kinds[n]) for n in names]))
+    if not values:
+        return out
+    ok = np.ones(len(values), bool)
+    errors: dict[int, Exception] = {}
+    for j, name in enumerate(names):
+        column = [v[j] for v in values]
+        try:
+            out[name] = _column(column, kinds[name], name)
+        except Exception:  # rare: find the values at fault one by one
+            for i, value in enumerate(column):
+                try:
+                    out[name][i] = _column([value], kinds[name], name)[0]
+                except Exception as exc:
+                    ok[i] = False
+                    errors.setdefault(i, exc)
+    if ok.all():
+        return out
+    raise _Unfit(out[ok], errors)
+
+
+class _Unfit(Exception):
+    def __init__(self, rows: NDArray[Any], errors: dict[int, Exception]) -> None:
+        super().__init__(f"{len(errors)} value(s) out of range")
+        self.rows = rows
+        self.errors = errors
+
+
+def _column(column: list[Any], dt: np.dtype[Any], name: str) -> NDArray[Any]:
+    if dt.kind == "f":
+        return fit(np.array(column, np.float64), dt)
+    if dt.kind in "SU":
+        return text_column(np.array(column, dtype=str), dt, name)
+    return np.array(column, dt)
 
 
 MAX_FAST_LINE = 2048  # longer lines (which could nest past orjson's 1024 levels) to orjson
@@ -156,26 +238,57 @@ def _arrow_parser(dtype: np.dtype[Any], reference: Parse) -> Parse:
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     floats = [n for n in names if dtype.fields[n][0].kind == "f"]  # type: ignore[index]
 
-    def parse(blob: bytes) -> NDArray[Any]:
+    def strict(blob: bytes) -> NDArray[Any]:
+        """pyarrow's rows for a clean block; raises for any other."""
         if not _plain(blob):
-            return reference(blob)
-        try:
-            table = pajson.read_json(io.BytesIO(blob), read, options)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return reference(blob)
+            raise ValueError("not plain")
+        table = pajson.read_json(io.BytesIO(blob), read, options)
         if not _one_object_per_line(blob, table.num_rows):
-            return reference(blob)  # blank lines, two objects on a line...
+            raise ValueError("not one object per line")  # blank lines, two objects on a line
         if any(c.null_count for c in table.columns):
-            return reference(blob)  # a missing key or a null
+            raise ValueError("a missing key or a null")
         out = np.empty(table.num_rows, dtype)
         for name in names:
             out[name] = fit(table.column(name).to_numpy(), dtype.fields[name][0])  # type: ignore[index]
         for n in floats:  # NaN or Infinity (not JSON); -0, an integer to the reference
             if not np.isfinite(out[n]).all() or (np.signbit(out[n]) & (out[n] == 0)).any():
-                return reference(blob)
+                raise ValueError("NaN, Infinity or -0")
         return out
 
+    def parse(blob: bytes) -> NDArray[Any]:
+        try:
+            return strict(blob)
+        except Exception:
+            pass
+        # a few odd lines: pyarrow for the others, the reference for them
+        found = by_suspects(blob, strict, dtype, _suspects, reference)
+        if found is None:
+            return reference(blob)
+        if found.bad:
+            raise RejectedLines(found.rows, [(b.index, b.error) for b in found.bad])
+        return found.rows
+
     return parse
+
+
+def _suspects(
+    data: NDArray[np.uint8], starts: NDArray[np.intp], ends: NDArray[np.intp]
+) -> NDArray[np.bool_] | None:
+    """Lines that may be bad: not ``{...}``, an escape, or another count of quotes than
+    most lines have (a string where a number belongs)."""
+    if not len(starts) or not len(data):
+        return None
+    quotes = np.cumsum(data == ord('"'), dtype=np.int32)
+    before = np.concatenate(([0], quotes))[starts]
+    count = quotes[ends] - before
+    mode = np.bincount(count).argmax()
+    last = ends - 1 - ((ends > starts) & (data[np.maximum(ends - 1, 0)] == 13))
+    odd = (count != mode) | (data[starts] != ord("{")) | (data[np.maximum(last, 0)] != ord("}"))
+    escapes = np.flatnonzero(data == ord("\\"))
+    if len(escapes):
+        odd[np.searchsorted(starts, escapes, "right") - 1] = True
+    out: NDArray[np.bool_] = np.asarray(odd, bool)
+    return out
 
 
 def _plain(blob: bytes) -> bool:

@@ -15,9 +15,76 @@ import numpy as np
 from ..abc import Batch, Provenance
 from ..errors import LineTooLongError
 
-__all__ = ["LineSplitter", "block_lines", "is_line_block", "split_block"]
+__all__ = [
+    "LineBlockProvenance",
+    "LineSplitter",
+    "block_lines",
+    "cut_before",
+    "is_line_block",
+    "line_place",
+    "split_block",
+]
 
 DEFAULT_MAX_LINE = 1 << 20
+PREFIX = 4096
+"""Bytes of an over-long line kept for its error report (the rest is skipped unseen)."""
+
+
+class LineBlockProvenance(Provenance):
+    """The provenance of a line block from which over-long lines were cut.
+
+    ``removed`` holds, per line cut, ``(k, n)``: it stood before the block's line ``k``
+    (the count of lines kept before it) and held ``n`` bytes, its newline included; so
+    each kept line keeps its line number and byte offset (see :func:`line_place`).
+    """
+
+    __slots__ = ("removed",)
+
+    def __init__(
+        self,
+        source: str,
+        start: int,
+        stop: int,
+        offset: int | None,
+        end_offset: int | None,
+        removed: tuple[tuple[int, int], ...],
+    ) -> None:
+        super().__init__(source, start, stop, "line", offset, end_offset)
+        self.removed = removed
+
+
+def cut_before(prov: Provenance, index: int) -> tuple[int, int]:
+    """Lines and bytes cut from a block before its line ``index``."""
+    removed: tuple[tuple[int, int], ...] = getattr(prov, "removed", ())
+    return sum(1 for k, _ in removed if k <= index), sum(n for k, n in removed if k <= index)
+
+
+def line_place(
+    prov: Provenance | None,
+    data: np.ndarray[Any, Any],
+    index: int,
+    ends: np.ndarray[Any, Any] | None = None,
+) -> Provenance | None:
+    """The provenance of line ``index`` of the line block ``data`` alone: its line number
+    and byte offsets in its source (``None`` for data without numbered lines).
+
+    ``ends``: the positions of the block's newlines, when known (else found here).
+    """
+    if prov is None or prov.unit != "line":
+        return None
+    lines, skipped = cut_before(prov, index)
+    number = prov.start + index + lines
+    if prov.offset is None:
+        return Provenance(prov.source, number, number + 1, "line")
+    if ends is None:
+        ends = np.flatnonzero(data == 10)
+    start = int(ends[index - 1]) + 1 if index else 0
+    stop = int(ends[index]) + 1 if index < len(ends) else len(data)
+    offset = prov.offset + start + skipped
+    end = offset + stop - start
+    if prov.end_offset is not None:
+        end = min(end, prov.end_offset)  # a last line given its newline by the splitter
+    return Provenance(prov.source, number, number + 1, "line", offset, end)
 
 
 class LineSplitter:
@@ -47,6 +114,7 @@ class LineSplitter:
         self.source = source
         self.max_line = max_line
         self.errors: list[LineTooLongError] = []
+        self._prefixes: list[bytes] = []
         self.line = first_line
         self.offset = offset
         self.overlong = 0
@@ -109,21 +177,31 @@ class LineSplitter:
             self.source, self.line, self.line + n, "line", self.offset, self.offset + size
         )
         if may_be_long:
-            data = self._drop_overlong(data)
+            data, removed = self._drop_overlong(data)
+            if removed:
+                prov = LineBlockProvenance(
+                    self.source, self.line, self.line + n, self.offset, self.offset + size, removed
+                )
         self.line += n
         self.offset += size
         return Batch(data, "source", prov)
 
-    def _drop_overlong(self, data: np.ndarray[Any, np.dtype[np.uint8]]) -> Any:
-        """``data`` without its lines longer than ``max_line`` (each one reported)."""
+    def _drop_overlong(
+        self, data: np.ndarray[Any, np.dtype[np.uint8]]
+    ) -> tuple[Any, tuple[tuple[int, int], ...]]:
+        """``data`` with its lines longer than ``max_line`` left empty (each one reported),
+        and the index and bytes removed of each."""
         ends = np.flatnonzero(data == 10)
         starts = np.concatenate(([0], ends[:-1] + 1))
         lengths = ends - starts
         long = lengths > self.max_line
         if not long.any():
-            return data
+            return data, ()
+        removed: list[tuple[int, int]] = []
         for k in np.flatnonzero(long).tolist():
             self.overlong += 1
+            removed.append((k - len(removed), int(lengths[k]) + 1))
+            self._prefixes.append(data[starts[k] : starts[k] + min(PREFIX, lengths[k])].tobytes())
             self.errors.append(
                 LineTooLongError(
                     f"line longer than {self.max_line} bytes was skipped (raise max_line to "
@@ -133,7 +211,7 @@ class LineSplitter:
                     offset=self.offset + int(starts[k]),
                 )
             )
-        return data[np.repeat(~long, lengths + 1)]
+        return data[np.repeat(~long, lengths + 1)], tuple(removed)
 
     def _hold(self, chunk: bytes) -> None:
         """Keep ``chunk``, which has no newline, as more of the unfinished line; cut the line
@@ -155,6 +233,7 @@ class LineSplitter:
         self._rest = b""
         self._skipping = True
         self.overlong += 1
+        self._prefixes.append(bytes(data[:PREFIX]))
         self.errors.append(
             LineTooLongError(
                 f"line longer than {self.max_line} bytes was skipped (raise max_line to "
@@ -168,7 +247,14 @@ class LineSplitter:
     def take_errors(self) -> list[LineTooLongError]:
         """The errors found since the last call (and forget them)."""
         errors, self.errors = self.errors, []
+        self._prefixes = []
         return errors
+
+    def take_failures(self) -> list[tuple[bytes, LineTooLongError]]:
+        """The errors found since the last call, each with the first :data:`PREFIX` bytes
+        of its line (and forget them)."""
+        prefixes = self._prefixes
+        return list(zip(prefixes, self.take_errors(), strict=True))
 
 
 def is_line_block(batch: Batch) -> bool:
@@ -189,8 +275,27 @@ def split_block(batch: Batch, lines: int) -> tuple[Batch, Batch]:
     data, prov = batch.data, batch.provenance
     assert prov is not None
     cut = int(np.flatnonzero(data == 10)[lines - 1]) + 1
-    middle = prov.start + lines
-    offset = None if prov.offset is None else prov.offset + cut
-    head = Provenance(prov.source, prov.start, middle, "line", prov.offset, offset)
-    tail = Provenance(prov.source, middle, prov.stop, "line", offset, prov.end_offset)
+    removed: tuple[tuple[int, int], ...] = getattr(prov, "removed", ())
+    skipped_lines, skipped = cut_before(prov, lines)
+    middle = prov.start + lines + skipped_lines
+    offset = None if prov.offset is None else prov.offset + cut + skipped
+    head = _numbered(prov.source, prov.start, middle, prov.offset, offset, removed, 0, lines)
+    tail = _numbered(prov.source, middle, prov.stop, offset, prov.end_offset, removed, lines, None)
     return Batch(data[:cut], batch.reason, head), Batch(data[cut:], batch.reason, tail)
+
+
+def _numbered(
+    source: str,
+    start: int,
+    stop: int,
+    offset: int | None,
+    end: int | None,
+    removed: tuple[tuple[int, int], ...],
+    lo: int,
+    hi: int | None,
+) -> Provenance:
+    """The provenance of lines ``lo..hi`` of a block (keeping what was cut among them)."""
+    own = tuple((k - lo, n) for k, n in removed if k > lo and (hi is None or k < hi))
+    if own:
+        return LineBlockProvenance(source, start, stop, offset, end, own)
+    return Provenance(source, start, stop, "line", offset, end)

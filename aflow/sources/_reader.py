@@ -73,8 +73,9 @@ class _Framer:
             return self.lines.finish(), None
         return None, None
 
-    def take_errors(self) -> list[DecodeError]:
-        return list(self.lines.take_errors()) if self.shape == "lines" else []
+    def take_errors(self) -> list[tuple[bytes, DecodeError]]:
+        """Over-long lines since the last call: the first bytes of each, its error."""
+        return list(self.lines.take_failures()) if self.shape == "lines" else []
 
 
 Emit = Callable[[Message], Awaitable[None]]
@@ -139,8 +140,8 @@ class FileReader:
     async def feed(self, framer: _Framer, chunk: bytes, emit: Emit, report: Reporter) -> None:
         """Frame ``chunk``, report over-long lines, emit what is complete."""
         msg = framer.feed(chunk)
-        for error in framer.take_errors():
-            await report(b"", error)  # an over-long line: not kept
+        for raw, error in framer.take_errors():
+            await report(raw, error)  # an over-long line: its first bytes
         if msg is not None:
             await emit(msg)
 

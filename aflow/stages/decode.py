@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import numpy as np
@@ -29,14 +29,21 @@ from ..abc import (
     Provenance,
 )
 from ..codecs import COMBINED, CsvDecoder, Decoded, JsonlDecoder, LogDecoder
+from ..codecs._diagnose import diagnose, header_hint
 from ..codecs.csv import Engine
+from ..codecs.lines import LineBlockProvenance, cut_before, line_place
 from ..errors import DecodeError
 from ..flow import Stage
 from ..policies import ErrorPolicy, apply_policy, check_policy
 from ..stats import StageCounters
 from .concurrency import _ConcurrentOp
 
-__all__ = ["DecodeOp", "decode_csv", "decode_jsonl", "decode_log"]
+__all__ = ["PROBE", "DecodeOp", "decode_csv", "decode_jsonl", "decode_log"]
+
+PROBE = 100
+"""Lines of a run's first block that ``fail_fast`` judges."""
+MIN_PROBE = 10
+"""Fewer lines in a run's first block are not judged (a datagram, a short file)."""
 
 
 class Decoder(Protocol):
@@ -59,16 +66,30 @@ class DecodeOp(Operator):
             :func:`~aflow.dead_letter` (receives the raw line and its provenance). A
             :func:`~aflow.retry` policy goes straight to its ``then``: decoding the same
             bytes again cannot succeed.
-        header: the first line of each source is a header: skip it.
+        header: the first line of each source is a header: skip it (``True``), or take
+            each field from the column its name heads (``"names"``; needs a decoder with
+            ``by_names``, as :class:`~aflow.codecs.CsvDecoder`).
+        fail_fast: raise (even under ``"skip"`` or a dead letter) when at least this share
+            of the first :data:`PROBE` lines of a run are bad, naming the likely cause;
+            ``None``: never.
     """
 
     def __init__(
-        self, name: str, decoder: Decoder, on_error: ErrorPolicy, *, header: bool = False
+        self,
+        name: str,
+        decoder: Decoder,
+        on_error: ErrorPolicy,
+        *,
+        header: bool | Literal["names"] = False,
+        fail_fast: float | None = 1.0,
     ) -> None:
         self.name = name
         self.decoder = decoder
         self.on_error = check_policy(on_error)
         self.header = header
+        if fail_fast is not None and not 0 < fail_fast <= 1:
+            raise ValueError(f"fail_fast={fail_fast!r}: a share of bad lines in (0, 1], or None")
+        self.fail_fast = fail_fast
 
     def start(self) -> Processor:
         return _DecodeRunner(self)
@@ -84,22 +105,51 @@ class _DecodeRunner(Processor):
         self.op = op
         self.stage = op.name  # the name failed lines give (threads: the concurrent stage's)
         self.first = True
+        self.probed = op.fail_fast is None
+        self.first_block: Batch | None = None
+        self.decoders: dict[str | None, Decoder] = {}  # header="names": one per source
 
     def process(self, msg: Message) -> list[Message]:  # pragma: no cover - guarded only
         raise NotImplementedError
 
     async def process_guarded(self, msg: Message, counters: StageCounters) -> list[Message]:
         batch = self.prepare(msg)
-        return await self.assemble(batch, self.op.decoder.decode(batch.data), counters)
+        self.probe(batch)
+        return await self.assemble(batch, self.decoder(batch).decode(batch.data), counters)
+
+    def decoder(self, batch: Batch) -> Decoder:
+        """The decoder for ``batch``: the stage's, or its source's (``header="names"``)."""
+        if self.op.header != "names":
+            return self.op.decoder
+        prov = batch.provenance
+        return self.decoders.get(prov.source if prov is not None else None, self.op.decoder)
 
     def prepare(self, msg: Message) -> Batch:
-        """The block as a batch (a chunk of lines is joined), its header line removed.
+        """The block as a batch (a chunk of lines is joined), its header line removed;
+        the run's first block noted for :meth:`probe`.
 
         Called once per message, in input order.
         """
         if not isinstance(msg, Batch):  # a chunk of lines (bytes or str)
             blob = b"".join(_line_bytes(x) for x in msg)
             msg = Batch(np.frombuffer(blob, np.uint8), "source")
+        msg = self._cut_header(msg)
+        if not self.probed and len(msg.data):
+            self.probed = True
+            self.first_block = msg
+        return msg
+
+    def probe(self, batch: Batch) -> None:
+        """Judge ``batch`` if it is the run's first block (see ``fail_fast``).
+
+        Raises:
+            DecodeError: its first lines are bad.
+        """
+        if batch is self.first_block:
+            self.first_block = None
+            self._probe(batch)
+
+    def _cut_header(self, msg: Batch) -> Batch:
         prov = msg.provenance
         if not self.op.header or not len(msg.data):
             return msg
@@ -107,19 +157,65 @@ class _DecodeRunner(Processor):
             # lines not numbered by their source (chunks, arrays): the run's first line is
             # the header
             first, self.first = self.first, False
-            return Batch(msg.data[header_end(msg.data) :], msg.reason, prov) if first else msg
+            return self._headed(msg, None, None) if first else msg
         if prov.start == 1:
-            cut = header_end(msg.data)
-            prov = Provenance(prov.source, 2, prov.stop, "line", prov.offset, prov.end_offset)
-            return Batch(msg.data[cut:], msg.reason, prov)
+            lines, skipped = cut_before(prov, 1)
+            start = header_end(msg.data)
+            offset = None if prov.offset is None else prov.offset + start + skipped
+            removed = tuple((k - 1, n) for k, n in getattr(prov, "removed", ()) if k > 1)
+            number = 2 + lines
+            if removed:
+                prov = LineBlockProvenance(
+                    prov.source, number, prov.stop, offset, prov.end_offset, removed
+                )
+            else:
+                prov = Provenance(prov.source, number, prov.stop, "line", offset, prov.end_offset)
+            return self._headed(msg, prov, msg.provenance)
         return msg
+
+    def _headed(self, msg: Batch, prov: Provenance | None, was: Provenance | None) -> Batch:
+        """``msg`` without its header line (mapping the columns by name, if asked)."""
+        cut = header_end(msg.data)
+        if self.op.header == "names":
+            source = was.source if was is not None else None
+            by_names = self.op.decoder.by_names  # type: ignore[attr-defined]
+            try:
+                self.decoders[source] = by_names(msg.data[:cut].tobytes())
+            except ValueError as exc:  # raised where the block is decoded
+                self.decoders[source] = _Unusable(exc, self.op.decoder.small_block)
+        return Batch(msg.data[cut:], msg.reason, prov if was is not None else msg.provenance)
+
+    def _probe(self, batch: Batch) -> None:
+        """Decode the first :data:`PROBE` lines; raise if ``fail_fast`` of them are bad."""
+        data = batch.data
+        ends = np.flatnonzero(data == 10)
+        head = data[: int(ends[PROBE - 1]) + 1] if len(ends) > PROBE else data
+        decoded = self.decoder(batch).decode(head)
+        tried = len(decoded.rows) + len(decoded.bad)
+        assert self.op.fail_fast is not None
+        if tried < MIN_PROBE or len(decoded.bad) < self.op.fail_fast * tried:
+            return
+        first = decoded.bad[0]
+        place = line_place(batch.provenance, data, first.index)
+        decoder = self.op.decoder
+        cause = diagnose(
+            decoded.bad, getattr(decoder, "dtype", None), getattr(decoder, "delimiter", None)
+        )
+        raise DecodeError(
+            f"{self.op.name}: {len(decoded.bad)} of the first {tried} lines are bad: {cause} "
+            "(fail_fast=None reads on)",
+            source=place.source if place is not None else self.op.name,
+            line=place.start if place is not None else None,
+            offset=place.offset if place is not None else None,
+        ) from first.error
 
     async def assemble(
         self, batch: Batch, decoded: Decoded, counters: StageCounters
     ) -> list[Message]:
         """Report the bad lines, then the good rows as one batch."""
+        ends = np.flatnonzero(batch.data == 10) if decoded.bad else None
         for index, line, exc in decoded.bad:
-            await self._report(index, line, exc, batch.provenance, counters)
+            await self._report(index, line, exc, batch, ends, counters)
         if not len(decoded.rows):
             return []
         return [Batch(decoded.rows, batch.reason, batch.provenance)]
@@ -129,17 +225,37 @@ class _DecodeRunner(Processor):
         index: int,
         line: bytes,
         exc: Exception,
-        prov: Provenance | None,
+        batch: Batch,
+        ends: NDArray[np.intp] | None,
         counters: StageCounters,
     ) -> None:
-        source = prov.source if prov is not None else self.op.name
-        number = prov.start + index if prov is not None and prov.unit == "line" else None
+        place = line_place(batch.provenance, batch.data, index, ends)
+        source = place.source if place is not None else self.op.name
+        number = place.start if place is not None else None
+        hint = ""
+        if number == 1 or (place is None and self.first and index == 0):
+            dtype = getattr(self.op.decoder, "dtype", None)
+            hint = header_hint(line, dtype, getattr(self.op.decoder, "delimiter", ","))
         error = DecodeError(
-            f"{self.op.name}: cannot decode {line[:80]!r}: {exc}", source=source, line=number
+            f"{self.op.name}: cannot decode {line[:80]!r}: {exc}{hint}",
+            source=source,
+            line=number,
+            offset=place.offset if place is not None else None,
         )
         error.__cause__ = exc
-        # provenance None: the line's own, from the error (the bytes are not retried)
-        await apply_policy(self.op.on_error, line, error, self.stage, None, counters)
+        # the line alone: its bytes, and where it is (the bytes are not retried)
+        await apply_policy(self.op.on_error, line, error, self.stage, place, counters)
+
+
+class _Unusable:
+    """A decoder for a source whose header does not fit: raises its error."""
+
+    def __init__(self, error: Exception, small_block: int) -> None:
+        self.error = error
+        self.small_block = small_block
+
+    def decode(self, block: NDArray[np.uint8]) -> Decoded:
+        raise self.error
 
 
 def _line_bytes(x: Any) -> bytes:
@@ -166,12 +282,13 @@ class _ThreadedDecodeOp(AsyncOperator):
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
         runner = _DecodeRunner(self.op)  # this run's state
         runner.stage = self.name  # failed lines name the stage their statistics show
-        decoder = self.op.decoder
 
         async def work(
             batch: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
         ) -> list[Message]:
             assert isinstance(batch, Batch)
+            runner.probe(batch)
+            decoder = runner.decoder(batch)
             if len(batch.data) < decoder.small_block:
                 decoded = decoder.decode(batch.data)
             else:
@@ -197,10 +314,12 @@ def decode_csv(
     dtype: DTypeLike,
     *,
     delimiter: str = ",",
-    header: bool = False,
+    header: bool | Literal["names"] = False,
     engine: Engine = "auto",
+    fill_int: int | None = None,
     threads: int | None = None,
     on_error: ErrorPolicy = "raise",
+    fail_fast: float | None = 1.0,
 ) -> Stage[Any, NDArray[Any]]:
     """Decode blocks of delimited lines into a structured array of ``dtype``.
 
@@ -215,10 +334,12 @@ def decode_csv(
         dtype: a structured dtype, one field per column, e.g.
             ``[("ts", "i8"), ("sensor", "i4"), ("value", "f4")]``.
         delimiter: the field separator.
-        header: the first line of each source is a header and is skipped: of each
-            file, each connection of a socket server, each sender of UDP datagrams
-            (each is numbered from line 1), and the first line of a run for lines
-            without provenance (chunks of lines, plain arrays).
+        header: the first line of each source is a header: of each file, each
+            connection of a socket server, each sender of UDP datagrams (each is
+            numbered from line 1), and the first line of a run for lines without
+            provenance (chunks of lines, plain arrays). ``True`` skips it; ``"names"``
+            takes each field of ``dtype`` from the column its name heads, in any order
+            (other columns are ignored; a field the header lacks fails the run).
         engine: ``"numpy"``, ``"pyarrow"`` (needs pyarrow, the ``arrow`` extra), or ``"auto"``:
             pyarrow when installed and every column is an integer or a float, for blocks
             of 16 KiB and more, with NumPy's rules (NumPy judges each line pyarrow
@@ -227,20 +348,36 @@ def decode_csv(
         threads: blocks decoded at once in worker threads (both engines release the GIL
             while parsing); by default one per core for pyarrow, none (decode inline,
             fused with the neighbouring stages) for numpy.
-        on_error: ``"raise"``, ``"skip"`` or :func:`~aflow.dead_letter`.
+        fill_int: the value of an empty integer field (``None``: such a line is bad).
+            An empty float field is NaN.
+        on_error: ``"raise"``, ``"skip"`` or :func:`~aflow.dead_letter`. A bad line's
+            dead letter holds its bytes and its own provenance (path, line number, byte
+            offsets).
+        fail_fast: when at least this share of a run's first lines (of its first
+            block, at most 100, at least 10) are bad, raise a
+            :class:`~aflow.DecodeError` naming the likely cause (header line, column
+            count, delimiter, dtype) whatever ``on_error`` says; ``None``: never.
 
     Raises:
         TypeError: ``dtype`` is not structured.
     """
-    decoder = CsvDecoder(dtype, delimiter=delimiter, engine=engine)
+    if header not in (False, True, "names"):
+        raise ValueError(f"header={header!r}: use False, True or 'names'")
+    decoder = CsvDecoder(dtype, delimiter=delimiter, engine=engine, fill_int=fill_int)
     if threads is None:
         threads = (os.cpu_count() or 1) if decoder.engine == "pyarrow" else 0
-    op = DecodeOp(f"decode_csv[{decoder.engine}]", decoder, on_error, header=header)
+    name = f"decode_csv[{decoder.engine}]"
+    op = DecodeOp(name, decoder, on_error, header=header, fail_fast=fail_fast)
     return decode_stage(op, threads)
 
 
 def decode_jsonl(
-    dtype: DTypeLike, *, threads: int | None = None, on_error: ErrorPolicy = "raise"
+    dtype: DTypeLike,
+    *,
+    fill_int: int | None = None,
+    threads: int | None = None,
+    on_error: ErrorPolicy = "raise",
+    fail_fast: float | None = 1.0,
 ) -> Stage[Any, NDArray[Any]]:
     """Decode blocks of JSON lines (one object per line) into a structured array.
 
@@ -255,13 +392,18 @@ def decode_jsonl(
     and more are parsed by pyarrow's JSON reader in ``threads`` worker threads (default:
     one per core); the result is the same. Otherwise blocks are decoded inline.
 
+    A ``null`` reads as NaN in a float field, as ``fill_int`` in an integer field (a bad
+    line when ``fill_int`` is None). Text fields (``S``: UTF-8 bytes, ``U``) take any
+    Unicode string that fits them; a longer one is a bad line. ``on_error`` and
+    ``fail_fast`` are :func:`decode_csv`'s.
+
     Raises:
         TypeError: ``dtype`` is not structured.
     """
-    decoder = JsonlDecoder(dtype)
+    decoder = JsonlDecoder(dtype, fill_int=fill_int)
     if decoder.engine != "pyarrow":
-        return Stage(DecodeOp("decode_jsonl", decoder, on_error))
-    op = DecodeOp("decode_jsonl[pyarrow]", decoder, on_error)
+        return Stage(DecodeOp("decode_jsonl", decoder, on_error, fail_fast=fail_fast))
+    op = DecodeOp("decode_jsonl[pyarrow]", decoder, on_error, fail_fast=fail_fast)
     return decode_stage(op, (os.cpu_count() or 1) if threads is None else threads)
 
 
@@ -269,8 +411,11 @@ def decode_log(
     pattern: str | re.Pattern[str] = COMBINED,
     columns: dict[str, str] | None = None,
     *,
+    errors: str | None = None,
+    fill_int: int = -1,
     threads: int | None = None,
     on_error: ErrorPolicy = "raise",
+    fail_fast: float | None = 1.0,
 ) -> Stage[Any, NDArray[Any]]:
     """Parse blocks of log lines into a structured array, one field per column.
 
@@ -279,17 +424,28 @@ def decode_log(
     Args:
         pattern: a regular expression with named groups matching a whole line; by
             default the nginx/Apache combined format (:data:`~aflow.codecs.COMBINED`).
-        columns: group name -> ``"int"``, ``"float"``, ``"str"`` or
-            ``"timestamp:<strftime format>"``; by default
+        columns: group name -> ``"int"``, ``"float"``, ``"float:sum"`` (also ``max``,
+            ``min``, ``first``, ``last``: nginx's lists such as ``0.000, 0.001``),
+            ``"str"`` or ``"timestamp:<strftime format>"``; by default
             :data:`~aflow.codecs.COMBINED_COLUMNS`.
+        errors: how bytes that are not UTF-8 are read (a :meth:`bytes.decode` handler:
+            ``"strict"`` makes the line bad, ``"replace"`` keeps it with U+FFFD); by
+            default ``"replace"`` for :data:`~aflow.codecs.COMBINED` (nginx writes some
+            client bytes raw) and ``"strict"`` for other patterns.
+        fill_int: an ``int`` group that took no part in the match (an optional group)
+            reads as this, never as a real 0; ``"-"`` reads as 0, a ``float`` group
+            that took no part or ``"-"`` as NaN, a timestamp as NaT.
         threads: blocks decoded at once in worker threads; by default none (decode
             inline, fused with the neighbouring stages: the regex holds the GIL, so threads
             pay only when the columns' conversions dominate).
         on_error: for lines that do not match or whose fields do not convert (also
-            invalid UTF-8): ``"raise"``, ``"skip"`` or :func:`~aflow.dead_letter`.
+            invalid UTF-8 under ``errors="strict"``): ``"raise"``, ``"skip"`` or
+            :func:`~aflow.dead_letter`; each line is judged alone (no bisection).
+        fail_fast: see :func:`decode_csv`.
 
     Raises:
         ValueError: a column that is not a named group of the pattern.
     """
-    op = DecodeOp("decode_log", LogDecoder(pattern, columns), on_error)
+    decoder = LogDecoder(pattern, columns, errors=errors, fill_int=fill_int)
+    op = DecodeOp("decode_log", decoder, on_error, fail_fast=fail_fast)
     return decode_stage(op, threads or 0)
