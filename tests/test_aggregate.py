@@ -268,3 +268,19 @@ def test_packed_records_take_the_aligned_path() -> None:
     a.update(packed["sensor_id"], packed["value"])
     b.update(aligned["sensor_id"], aligned["value"])
     assert a.result().tolist() == b.result().tolist()
+
+
+@pytest.mark.parametrize("accuracy", [0.05, 0.01, 0.005, 0.001, 1e-5])
+def test_keyed_quantiles_hold_their_bound_at_any_accuracy_and_magnitude(accuracy: float) -> None:
+    """Bucket codes are sized by the accuracy: fine accuracies over float64's whole range
+    neither wrap into negatives nor spill into the next key (review finding)."""
+    from aflow.kernels.quantiles import KeyedQuantiles
+
+    values = np.array([1e-300, 2e-300, -3e-290, 5.0, 1e-200, 7e300, -1e308, 0.0, 3.5])
+    keys = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    acc = KeyedQuantiles([0.0, 0.5, 1.0], relative_accuracy=accuracy)
+    acc.update(keys, values)
+    got = acc.result(np.array([0, 1, 2]))
+    for k in range(3):
+        ref = np.quantile(values[keys == k], [0.0, 0.5, 1.0], method="inverted_cdf")
+        assert (np.abs(got[k] - ref) <= accuracy * np.abs(ref) * (1 + 1e-9)).all(), (k, got[k], ref)

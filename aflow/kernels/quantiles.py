@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .sketch import CODE_BITS, bucket_codes, bucket_values, nearest_rank
+from .sketch import bucket_codes, bucket_values, code_bits, nearest_rank
 
 __all__ = ["KeyedQuantiles", "parse_quantile"]
 
@@ -65,7 +65,10 @@ class KeyedQuantiles:
         self.exact = exact
         self.gamma = (1.0 + relative_accuracy) / (1.0 - relative_accuracy)
         self._log_gamma = math.log(self.gamma)
-        # sketch state: sorted keys; sorted codes slot << CODE_BITS | bucket, with counts
+        self._bits = code_bits(self._log_gamma)  # slot << bits | bucket
+        if self._bits > 40:
+            raise ValueError(f"relative_accuracy={relative_accuracy}: too fine (use >= 1e-6)")
+        # sketch state: sorted keys; sorted codes slot << self._bits | bucket, with counts
         self._keys: NDArray[Any] = np.empty(0, np.int64)
         self._codes: NDArray[np.int64] = np.empty(0, np.int64)
         self._counts: NDArray[np.int64] = np.empty(0, np.int64)
@@ -85,7 +88,7 @@ class KeyedQuantiles:
             return
         batch_keys, slot = np.unique(keys, return_inverse=True)
         codes, counts = np.unique(
-            (slot.astype(np.int64) << CODE_BITS) | bucket_codes(x, self._log_gamma),
+            (slot.astype(np.int64) << self._bits) | bucket_codes(x, self._log_gamma),
             return_counts=True,
         )
         self._pending.append((batch_keys, codes, counts))
@@ -121,10 +124,10 @@ class KeyedQuantiles:
         parts = [(self._keys, self._codes, self._counts), *self._pending]
         self._pending, self._pending_rows = [], 0
         keys = np.unique(np.concatenate([k for k, _, _ in parts]))
-        mask = (1 << CODE_BITS) - 1
+        mask = (1 << self._bits) - 1
         codes = np.concatenate(
             [
-                (np.searchsorted(keys, k)[c >> CODE_BITS] << CODE_BITS) | (c & mask)
+                (np.searchsorted(keys, k)[c >> self._bits] << self._bits) | (c & mask)
                 for k, c, _ in parts
             ]
         )
@@ -135,13 +138,13 @@ class KeyedQuantiles:
 
     def _sketch_result(self) -> tuple[NDArray[Any], NDArray[np.float64]]:
         self._consolidate()
-        slots = self._codes >> CODE_BITS
+        slots = self._codes >> self._bits
         totals = np.bincount(slots, self._counts.astype(np.float64), len(self._keys))
         starts = np.concatenate([[0.0], np.cumsum(totals)[:-1]])
         cum = np.cumsum(self._counts)
         targets = starts[:, None] + nearest_rank(self.quantiles[None, :], totals[:, None])
         index = np.searchsorted(cum, targets, "right")
-        mask = (1 << CODE_BITS) - 1
+        mask = (1 << self._bits) - 1
         return self._keys, bucket_values(self._codes[index] & mask, self.gamma)
 
     def _exact_result(self) -> tuple[NDArray[Any], NDArray[np.float64]]:
