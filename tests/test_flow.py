@@ -254,3 +254,32 @@ async def test_run_and_open_take_a_monitor() -> None:
             await run.wait()
         await cancelled.wait()
     assert seen
+
+
+async def test_a_run_read_to_its_end_is_completed_even_when_stopped_after() -> None:
+    """Leaving ``open()`` (which stops the run) after the input ran out, or a stop that
+    comes while the last batches are flushed, does not make a whole result "stopped"."""
+    async with af.from_iterable(range(10)).open() as run:
+        items = [x async for x in run]
+    assert items == list(range(10))
+    assert run.ended == "completed"
+    async with (af.from_iterable(range(10)) | af.collect()).open() as run:
+        result = await run.wait()
+        run.stop()  # too late to cut anything
+    assert (result.ended, run.ended) == ("completed", "completed")
+
+
+async def test_a_stop_before_the_input_ends_says_stopped() -> None:
+    async def endless() -> AsyncIterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+            await anyio.sleep(0.01)
+
+    async with (af.from_iterable(endless) | af.collect()).open() as run:
+        await anyio.sleep(0.05)
+        run.stop()
+        result = await run.wait()
+    assert result.ended == "stopped"
+    assert len(result.value) > 0

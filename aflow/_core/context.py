@@ -49,6 +49,7 @@ class RunContext:
             else max(1, max_bytes_in_flight // max(1, buffer_count))
         )
         self.stopping = False
+        self.live_sources = 0  # sources still producing (their input has not ended)
         self.first_error: BaseException | None = None
         self.writers: list[SinkWriter[Any, Any]] = []
         self._pull_scopes: set[anyio.CancelScope] = set()

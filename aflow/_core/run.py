@@ -101,10 +101,11 @@ class Run(Generic[R_co]):
         self._stop("stopped")
 
     def _stop(self, why: Ended) -> None:
-        if self._ctx is not None and not self._done.is_set():
-            if self._ended == "completed":
+        ctx = self._ctx
+        if ctx is not None and not self._done.is_set():
+            if self._ended == "completed" and ctx.live_sources:  # input is cut short
                 self._ended = why
-            self._ctx.request_stop()
+            ctx.request_stop()
 
     def interrupt(self) -> None:
         """Stop gracefully on behalf of a signal (SIGTERM, Ctrl-C): like :meth:`stop`, but

@@ -42,6 +42,7 @@ class RunState(Context, Protocol):
 
     tg: TaskGroup
     counters: RunCounters
+    live_sources: int
 
     def pull_scope(self) -> AbstractContextManager[anyio.CancelScope]: ...
 
@@ -133,6 +134,8 @@ class Segment:
         head_counters: StageCounters | None,
     ) -> None:
         self.ctx = ctx
+        if inbox is None:  # a source, producing until its run() ends
+            ctx.live_sources += 1
         self.head_counters = head_counters
         self.head = head
         self.head_name = head_name
@@ -266,6 +269,8 @@ class Segment:
             if not is_closed(exc):
                 self.ctx.fail(locate(exc, self.head_name))
         finally:
+            if self.inbox is None:  # a source: its input has ended (or it was stopped)
+                self.ctx.live_sources -= 1
             self.downstream.close_send()
             if self.inbox is not None:
                 self.inbox.close_receive()
