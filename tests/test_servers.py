@@ -259,6 +259,44 @@ async def test_idle_and_slow_connections_are_closed_by_their_timeouts() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_client_sending_through_a_downstream_stall_is_not_closed_as_idle() -> None:
+    """The sink stalls 1.5 s (three idle timeouts) while a client keeps sending: the
+    server's send waits for room meanwhile, which is not the client's silence, so the
+    connection stays open and every byte arrives."""
+    events: list[af.ConnectionEvent] = []
+    resumed = anyio.Event()
+    delivered: list[int] = []
+
+    async def stall(block: Any) -> None:
+        if not delivered:
+            await anyio.sleep(1.5)
+            resumed.set()
+        delivered.append(len(block))
+
+    def make(cb: Any) -> Any:
+        server = af.tcp_server(0, idle_timeout=0.5, on_listening=cb, on_connection=events.append)
+        return server | af.for_each(stall)
+
+    chunk = b"%07d,0123456789abcdef\n" * 1000  # 24 KB of lines
+    sent = 0
+    async with serving(make, max_bytes_in_flight=64 * 1024) as (run, (host, port)):
+        with anyio.fail_after(10):
+            async with await anyio.connect_tcp(host, port) as client:
+                after = 0
+                while after < 20:
+                    await client.send(chunk)  # raises if the server closed it
+                    sent += len(chunk)
+                    after += resumed.is_set()
+                    await anyio.sleep(0.01)
+            await wait_until(lambda: any(e.kind == "closed" for e in events))
+        run.stop()
+        await run.wait()
+    [closed] = [e for e in events if e.kind == "closed"]
+    assert closed.reason == "eof"
+    assert closed.bytes == sent == sum(delivered)
+
+
+@pytest.mark.anyio
 async def test_stop_after_n_connections_ends_the_flow_with_their_counts() -> None:
     events: list[af.ConnectionEvent] = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from contextlib import suppress
 from typing import Any
 
 import anyio
@@ -111,3 +112,81 @@ async def test_for_each_on_error_skip_and_dead_letter() -> None:
     assert [list(f.item) for f in dead] == [[4, 5, 6, 7]]
     with pytest.raises(ValueError, match="no 0"):
         await (af.from_iterable(range(3)) | af.for_each(picky)).run()
+
+
+@pytest.mark.anyio
+async def test_to_tcp_dead_letter_takes_a_refused_reconnect_naming_the_peer() -> None:
+    """The server takes one line, resets the connection and stops listening: every later
+    send and reconnect (refused) goes to the policy, and the run ends normally."""
+    listener, port = await listen()
+    reset = anyio.Event()
+    dead: list[af.FailedItem] = []
+    async with anyio.create_task_group() as tg:
+
+        async def reset_and_close() -> None:
+            async with listener:
+                stream = await listener.accept()
+                await stream.receive()
+                _reset(stream)
+                await stream.aclose()
+            reset.set()
+
+        tg.start_soon(reset_and_close)
+        sink = af.to_tcp(HOST, port, on_error=af.dead_letter(dead))
+        with anyio.fail_after(10):
+            result = await (af.from_iterable(_slowly(5, reset)) | sink).run()
+    assert len(dead) >= 3  # the first line after the reset may go into the dead socket
+    assert all(isinstance(f.error, ConnectionError) for f in dead)
+    assert all(f"tcp://{HOST}:{port}" in str(f.error) for f in dead)
+    assert any("connecting again" in str(f.error) for f in dead)  # refused
+    assert result.statistics.stage(f"to_tcp({HOST}:{port})").errors == len(dead)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", ["dead_letter", "retry"])
+async def test_to_tcp_policies_take_a_reconnect_that_times_out(policy: str) -> None:
+    """After a reset, the server's accept queue is full (listen backlog 0, never
+    accepted), so connecting again times out: a dead letter gets the lines, and retry
+    gives up naming the peer, never with a bare TimeoutError."""
+    server = socket.socket()
+    server.bind((HOST, 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    reset = anyio.Event()
+    fillers: list[socket.socket] = []
+    dead: list[af.FailedItem] = []
+
+    async def reset_first_and_fill() -> None:
+        conn, _ = await anyio.to_thread.run_sync(server.accept)
+        with conn:
+            await anyio.to_thread.run_sync(conn.recv, 100)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        for _ in range(2):  # the queue holds backlog + 1 connections: the next hangs
+            filler = socket.socket()
+            filler.setblocking(False)
+            with suppress(BlockingIOError):
+                filler.connect((HOST, port))
+            fillers.append(filler)
+        await anyio.sleep(0.05)  # their handshakes complete on loopback
+        reset.set()
+
+    on_error = af.dead_letter(dead) if policy == "dead_letter" else af.retry(2, backoff=0.01)
+    sink = af.to_tcp(HOST, port, connect_timeout=0.2, on_error=on_error)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reset_first_and_fill)
+            with anyio.fail_after(10):
+                if policy == "dead_letter":
+                    await (af.from_iterable(_slowly(4, reset)) | sink).run()
+                    errors = [f.error for f in dead]
+                else:
+                    with pytest.raises(af.RetriesExhaustedError) as caught:
+                        await (af.from_iterable(_slowly(4, reset)) | sink).run()
+                    errors = [caught.value]
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert errors
+    assert all(f"tcp://{HOST}:{port}" in str(e) for e in errors)
+    assert "timed out" in str(errors[-1])

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import aflow as af
+from aflow.abc import Batch, Message, Operator, Processor, Provenance
 
 HOST = "127.0.0.1"
 Address = tuple[str, int]
@@ -181,3 +182,71 @@ def test_the_prometheus_collector_exports_dropped() -> None:
     families = {f.name: f for f in _Collector(FakeRun()).collect()}  # type: ignore[arg-type]
     [sample] = families["aflow_stage_dropped"].samples
     assert sample.value == 7.0
+
+
+class _Provenances(Operator, Processor):
+    """Records the provenance of every batch passing by."""
+
+    name = "provenances"
+
+    def __init__(self) -> None:
+        self.seen: list[Provenance | None] = []
+
+    def start(self) -> Processor:
+        return self
+
+    def process(self, msg: Message) -> list[Message]:
+        if isinstance(msg, Batch):
+            self.seen.append(msg.provenance)
+        return [msg]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("datagrams", ["stream", "messages"])
+async def test_a_senders_lines_merged_with_many_others_still_count(datagrams: str) -> None:
+    """A sender's line merged into a burst of 10 senders (numbered under the server) still
+    counts: the sender's next line is its line 3."""
+    seen = _Provenances()
+    make = lambda cb: af.udp_server(0, datagrams=datagrams, on_listening=cb) | af.Stage(seen)  # noqa: E731
+    others = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(9)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.bind((HOST, 0))
+        me = _url(sender.getsockname())
+        try:
+            async with serving(make) as (run, address):
+                lines: list[bytes] = []
+
+                async def until(count: int) -> None:
+                    with anyio.fail_after(5):
+                        async for block in run:
+                            lines.extend(bytes(block).splitlines())
+                            if len(lines) >= count:
+                                return
+
+                sender.sendto(b"p 1\n", address)
+                await until(1)
+                # no await between these sends: the server wakes to all ten at once
+                sender.sendto(b"p 2\n", address)
+                for other in others:
+                    other.sendto(b"o 1\n", address)
+                await until(11)
+                sender.sendto(b"p 3\n", address)
+                await until(12)
+                run.stop()
+                await run.wait()
+        finally:
+            for other in others:
+                other.close()
+    first, merged, third = seen.seen
+    assert first is not None
+    assert merged is not None
+    assert third is not None
+    assert (first.source, first.start, first.stop) == (me, 1, 2)
+    assert merged.source == f"udp://{HOST}:{address[1]}"
+    assert (merged.start, merged.stop) == (1, 11)
+    assert (third.source, third.start, third.stop) == (me, 3, 4)
+    assert lines[-1] == b"p 3"
+
+
+def _url(address: Address) -> str:
+    return f"udp://{address[0]}:{address[1]}"

@@ -78,8 +78,15 @@ class _TcpWriter(SinkWriter[Any, int]):
         return self.stream
 
     async def _send_once(self, payload: bytes) -> None:
-        """Send ``payload``, connecting again first if an earlier send broke."""
-        stream = self.stream if self.stream is not None else await self._connect()
+        """Send ``payload``, connecting again first if an earlier send broke. Any failure
+        (refused, timed out, unknown host, reset) raises ``ConnectionError`` naming the
+        peer, for the error policy."""
+        stream = self.stream
+        if stream is None:
+            try:
+                stream = await self._connect()
+            except OSError as exc:  # TimeoutError and socket.gaierror are OSErrors too
+                raise self._unreachable(exc, len(payload)) from exc
         try:
             await stream.send(payload)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
@@ -100,6 +107,14 @@ class _TcpWriter(SinkWriter[Any, int]):
             f"{self.op.name}: the peer tcp://{self.op.host}:{self.op.port} closed or reset the "
             f"connection{why}; {size} bytes were not sent after {self.sent} sent. Check that "
             "the server is up and reads; on_error=aflow.retry(...) reconnects and sends again"
+        )
+
+    def _unreachable(self, exc: OSError, size: int) -> ConnectionError:
+        why = "timed out" if isinstance(exc, TimeoutError) else f"failed ({exc!r})"
+        return ConnectionError(
+            f"{self.op.name}: connecting again to tcp://{self.op.host}:{self.op.port} {why}; "
+            f"{size} bytes were not sent after {self.sent} sent. Check that the server is "
+            "up and reachable; on_error=aflow.retry(...) tries again with backoff"
         )
 
     async def _send(self, payload: bytes, item: Any, provenance: Any = None) -> None:
@@ -199,16 +214,19 @@ def to_tcp(
         delimiter: between the values of a text line.
         connect_timeout: seconds to wait for the connection, opened when the run starts.
         buffer: messages waiting in front of the sink.
-        on_error: what a send that fails because the connection broke does: ``"raise"``
-            (fail the run), ``"skip"`` (drop that message, count it in the sink's
-            ``errors`` and connect again for the next), :func:`~aflow.retry` (connect
-            again and resend, with backoff) or :func:`~aflow.dead_letter` (the message's
-            items with their provenance).
+        on_error: what a send does when the connection broke or connecting again failed
+            (refused, timed out after ``connect_timeout``, unknown host, any other
+            ``OSError``): ``"raise"`` (fail the run), ``"skip"`` (drop that message,
+            count it in the sink's ``errors`` and connect again for the next),
+            :func:`~aflow.retry` (connect again and resend, with backoff) or
+            :func:`~aflow.dead_letter` (the message's items with their provenance).
 
     Raises:
-        OSError: the connection could not be opened (refused, timed out): fails the run.
-        ConnectionError: the peer closed or reset the connection (the message names the
-            peer and how many bytes were sent), under ``on_error="raise"``.
+        OSError: the first connection, when the run starts, could not be opened
+            (refused, timed out): fails the run whatever ``on_error``.
+        ConnectionError: the peer closed or reset the connection, or connecting again
+            failed (the message names the peer and how many bytes were sent), under
+            ``on_error="raise"``.
     """
     return Sink(_TcpOp(host, port, framing, fmt, delimiter, connect_timeout, buffer, on_error))
 

@@ -15,9 +15,12 @@ labels) pass through untouched::
 
 The random draws of a batch come from a generator seeded with ``(seed, epoch, first
 row)`` when the batch's provenance tells its epoch (a dataset's batches do), else with
-``(seed, source, first row)`` from its provenance, else with ``(seed, batch number)``. So
-an epoch's augmentation differs from the last one's yet repeats exactly from run to run,
-whatever the threads' timing.
+``(seed, source, first row)`` from its provenance, else with ``(seed, number)``, where
+batches without provenance (and the samples of an element flow, each on its own) are
+numbered from 0 in input order, afresh every run. So an epoch's augmentation differs from
+the last one's yet repeats exactly from run to run, whatever ``concurrency`` and the
+threads' timing. An element flow's samples are single arrays of shape ``(height, width,
+channels)`` (or records holding ``field``), transformed one by one.
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
+import anyio
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ..abc import Batch, Message
+from ..abc import AsyncOperator, Batch, Context, Inbox, Message, Outlet, Provenance, StageCounters
 from ..flow import Stage
 from ..policies import ErrorPolicy
 from .batch import _BatchFunctionOp
-from .concurrency import threaded
+from .concurrency import _ConcurrentOp
 
 __all__ = ["add_noise", "normalize", "random_crop", "random_flip"]
 
@@ -43,7 +47,9 @@ Transform = Callable[[NDArray[Any], np.random.Generator], NDArray[Any]]
 
 
 class _AugmentOp(_BatchFunctionOp):
-    """Applies a :data:`Transform` to the samples of each batch, seeded per batch."""
+    """Applies a :data:`Transform` to the samples of each batch, or to each sample of an
+    element flow, seeded per batch or sample. ``start()`` gives each run a fresh copy, so
+    the numbers of batches without provenance restart at 0 every run."""
 
     def __init__(self, name: str, transform: Transform, field: str, seed: int) -> None:
         on_error: ErrorPolicy = "raise"
@@ -51,30 +57,83 @@ class _AugmentOp(_BatchFunctionOp):
         self.transform = transform
         self.field = field
         self.seed = seed
-        self.numbers = itertools.count()  # batches without provenance
+        self.numbers = itertools.count()  # batches and elements without provenance
+
+    def start(self) -> _AugmentOp:
+        return _AugmentOp(self.name, self.transform, self.field, self.seed)
+
+    def process(self, msg: Message) -> list[Message]:
+        return self.apply(msg, self.entropies(msg))
 
     def apply_batch(self, batch: Batch) -> list[Message]:
-        data = batch.data
+        return self.apply(batch, self.entropies(batch))
+
+    def apply_one(self, item: Any) -> list[Any]:
+        return [self._one(item, self._entropy(None))]
+
+    def entropies(self, msg: Message) -> list[list[int]]:
+        """The seeds of a message's batch or of each of its elements, drawn in input
+        order (on the event loop, before the work goes to a thread)."""
+        if isinstance(msg, Batch):
+            return [self._entropy(msg.provenance)]
+        return [self._entropy(None) for _ in msg]
+
+    def apply(self, msg: Message, entropies: list[list[int]]) -> list[Message]:
+        """Transform ``msg`` with the seeds of :meth:`entropies` (safe in any thread)."""
+        if isinstance(msg, Batch):
+            return [msg.with_data(self._samples(msg.data, entropies[0]))]
+        out = [self._one(item, e) for item, e in zip(msg, entropies, strict=True)]
+        return [out] if out else []
+
+    def _one(self, item: Any, entropy: list[int]) -> Any:
+        """One sample (an element) transformed as a batch of one."""
+        return self._samples(np.asarray(item)[None], entropy)[0]
+
+    def _samples(self, data: NDArray[Any], entropy: list[int]) -> NDArray[Any]:
         samples = data if data.dtype.names is None else data[self.field]
         if samples.ndim < 3:
             raise ValueError(
                 f"{self.name}: samples of shape {samples.shape[1:]}; expected images of "
                 "shape (height, width) or (height, width, channels)"
             )
-        out = self.transform(samples, np.random.default_rng(self._entropy(batch)))
-        return [batch.with_data(_replace(data, self.field, out))]
+        out = self.transform(samples, np.random.default_rng(entropy))
+        return _replace(data, self.field, out)
 
-    def apply_one(self, item: Any) -> list[Any]:
-        return [b.data for b in self.apply_batch(Batch(np.asarray(item)))]  # type: ignore[union-attr]
-
-    def _entropy(self, batch: Batch) -> list[int]:
-        prov = batch.provenance
+    def _entropy(self, prov: Provenance | None) -> list[int]:
         if prov is None:
             return [self.seed, 0, next(self.numbers)]
         epoch = getattr(prov, "epoch", None)
         if isinstance(epoch, int):
             return [self.seed, 1, epoch, prov.start]
         return [self.seed, 2, zlib.crc32(prov.source.encode()), prov.start]
+
+
+class _ThreadedAugment(AsyncOperator):
+    """An augmentation in worker threads, ``concurrency`` batches at once, order kept.
+    Each run numbers its messages in input order on the event loop before handing them
+    to a thread, so the seeds never depend on the threads' timing."""
+
+    def __init__(self, op: _AugmentOp, concurrency: int) -> None:
+        self.op = op
+        self.concurrency = concurrency
+        self.name = op.name if "thread" in op.name else f"{op.name}[threads={concurrency}]"
+
+    async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
+        runner = self.op.start()
+        seeds: dict[int, list[list[int]]] = {}  # id of a message in flight: its seeds
+
+        def number(msg: Message) -> list[Message]:
+            seeds[id(msg)] = runner.entropies(msg)
+            return [msg]
+
+        async def work(
+            unit: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
+        ) -> list[Message]:
+            entropies = seeds.pop(id(unit))
+            return await anyio.to_thread.run_sync(runner.apply, unit, entropies, limiter=limiter)
+
+        concurrent = _ConcurrentOp(self.name, work, number, self.concurrency, True, None)
+        await concurrent.run(inbox, out, ctx)
 
 
 def _replace(data: NDArray[Any], field: str, values: NDArray[Any]) -> NDArray[Any]:
@@ -95,8 +154,10 @@ def _stage(
     name: str, transform: Transform, field: str, seed: int, thread: bool, concurrency: int
 ) -> Stage[Any, Any]:
     op = _AugmentOp(name, transform, field, seed)
+    if concurrency < 1:
+        raise ValueError(f"{name}: concurrency={concurrency} must be at least 1")
     if thread or concurrency != 1:
-        return threaded(op, concurrency=concurrency, buffer=None)
+        return Stage(_ThreadedAugment(op, concurrency))
     return Stage(op)
 
 

@@ -190,7 +190,7 @@ class _Reader:
         self.tally = tally
         self.held: list[bytes] = []
         self.held_bytes = 0
-        self.last_byte = anyio.current_time()
+        self.last_byte = anyio.current_time()  # or the end of the last send
         self.unfinished = False  # bytes arrived since the last complete line or frame
 
     def hold(self, data: bytes) -> None:
@@ -273,7 +273,9 @@ class _Reader:
                 await self.send(msg)
             finally:
                 tally.sending = False
-            tally.progress = anyio.current_time()
+            # the clocks run only while waiting to read: a send that waited for room
+            # downstream is the flow's delay, not the peer's silence or slowness
+            tally.progress = self.last_byte = anyio.current_time()
         errors = self.framer.take_errors()
         for error in errors:
             tally.errors += 1

@@ -116,12 +116,14 @@ class _Run:
         self.address = _ip_address(sock.getsockname())
         self.url = _url("udp", self.address)
         self.senders: OrderedDict[str, _Sender] = OrderedDict()
-        self.tails: dict[str, _Sender] = {}  # senders with an unfinished line
+        # senders with an unfinished line, oldest first (``since`` only grows)
+        self.tails: OrderedDict[str, _Sender] = OrderedDict()
+        self.coalesced = _Sender(1 if server.framing == "lines" else 0)  # the server's own
 
     def tail_wait(self) -> float:
         if not self.tails:
             return float("inf")
-        first = min(s.since for s in self.tails.values())
+        first = next(iter(self.tails.values())).since
         return max(0.0, first + TAIL_WAIT - anyio.current_time())
 
     def sender(self, source: str) -> _Sender:
@@ -145,7 +147,9 @@ class _Run:
                 parts.append((source, data))
         await self._expire_tails()
         if len(parts) > MANY_SENDERS:
-            await self._emit(self.url, b"".join(d for _, d in parts))
+            for source, data in parts:  # later lines of each sender keep their numbers
+                self.sender(source).number += self._count(data)
+            await self._emit(self.url, b"".join(d for _, d in parts), self.coalesced)
         else:
             for source, data in parts:
                 await self._emit(source, data)
@@ -157,20 +161,29 @@ class _Run:
 
     async def _expire_tails(self) -> None:
         now = anyio.current_time()
-        for source, state in list(self.tails.items()):
-            if now - state.since >= TAIL_WAIT:
-                await self._emit(source, self._take_tail(source))
+        while self.tails:
+            source, state = next(iter(self.tails.items()))
+            if now - state.since < TAIL_WAIT:
+                break  # the rest came later
+            await self._emit(source, self._take_tail(source))
 
     def _take_tail(self, source: str) -> bytes:
         state = self.tails.pop(source)
         tail, state.tail = state.tail, b""
         return tail + b"\n"
 
-    async def _emit(self, source: str, data: bytes) -> None:
+    def _count(self, data: bytes) -> int:
+        """Lines, or records, in whole ``data``."""
+        if self.server.framing == "lines":
+            return data.count(b"\n")
+        assert self.server.dtype is not None
+        return len(data) // self.server.dtype.itemsize
+
+    async def _emit(self, source: str, data: bytes, state: _Sender | None = None) -> None:
         lines = self.server.framing == "lines"
         payload: NDArray[Any] = np.frombuffer(data, np.uint8 if lines else self.server.dtype)
-        count = data.count(b"\n") if lines else len(payload)
-        state = self.sender(source)
+        count = self._count(data)
+        state = self.sender(source) if state is None else state
         first = state.number
         state.number += count
         prov = Provenance(source, first, first + count, "line" if lines else "row")
@@ -190,6 +203,7 @@ class _Run:
         if state.tail:
             state.since = anyio.current_time()
             self.tails[source] = state
+            self.tails.move_to_end(source)
             if len(state.tail) > server.max_line:
                 await self._overlong(source, state)
         else:
@@ -291,10 +305,12 @@ def udp_server(
     (``framing="records"``; a datagram that is not a whole number of records is dropped
     and reported through ``on_error``). When one wakeup brings datagrams from more than
     8 senders, they all become one message whose provenance names the server
-    (``udp://<host>:<port>``), so many senders cost one message, not one each.
+    (``udp://<host>:<port>``), so many senders cost one message, not one each; its lines
+    (or records) are numbered among those of the server's merged messages, from 1 on (0
+    for records), while each sender's own count still advances by its lines in it.
     Otherwise provenance names the sender and numbers its lines (or records) from 1 on
-    across its datagrams; the 65,536 most recent senders are remembered, and one
-    forgotten starts again from 1.
+    across all its datagrams, merged ones included; the 65,536 most recent senders are
+    remembered, and one forgotten starts again from 1.
 
     Lines and datagrams, by ``datagrams``:
 
