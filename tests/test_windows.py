@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
+from aflow.abc import Provenance
+from aflow.stages._watermarks import RETIRED_MAX
 from aflow.testing import VirtualClock, from_schedule
 
 ROW = np.dtype([("ts", "i8"), ("key", "i4"), ("value", "f8")])
@@ -490,3 +492,68 @@ async def test_a_finite_concat_never_waits_for_idle_input_and_flushes_at_the_end
     assert {r for _, r, s in got if s >= 900} == {"end"}  # day 2: no idle wait, the flush
     assert {t for t, _, _ in got} == {0.0}
     assert late == []
+
+
+def quiet_then_resumes(idle_input: float | None, late: list[Any]) -> af.Sink[Any, Any]:
+    """Source a: ts 10-19 at t=0.5 (joins b's windows), then ts 20-29 at t=8; source b:
+    10 rows a second, ts 0-129."""
+    ones = [1.0] * 10
+    a = from_schedule(
+        [(0.5, rows_of(list(range(10, 20)), [1] * 10, ones)),
+         (8, rows_of(list(range(20, 30)), [1] * 10, ones))],
+        name="a",
+    )  # fmt: skip
+    b = from_schedule(
+        [(k, rows_of(list(range(10 * k, 10 * k + 10)), [2] * 10, [1.0] * 10)) for k in range(13)],
+        name="b",
+    )
+    stage = af.window(10, on="ts", stats=("count",), idle_input=idle_input, late=late, name="w")
+    return af.merge(a, b) | stage | af.collect()
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_an_input_that_resumes_after_idle_input_has_its_rows_behind_late() -> None:
+    late: list[Any] = []
+    result = await quiet_then_resumes(5.0, late).run()
+    assert np.concatenate(late)["ts"].tolist() == list(range(20, 30))
+    assert result.statistics.stage("w").errors == 10
+    assert result.value["count"].sum() == 130 + 10
+    held: list[Any] = []  # without idleness, a holds the watermark: nothing is late
+    result = await quiet_then_resumes(None, held).run()
+    assert held == []
+    assert result.value["count"].sum() == 130 + 20
+
+
+async def reconnecting_peers(peers: int, idle_input: float | None) -> tuple[Any, list[Any]]:
+    """A window fed by a server whose clients connect from a new port each time: one a
+    second, each sending two batches then leaving. Returns the runner and its output."""
+    (op,) = af.window(10, on="ts", stats=("count",), idle_input=idle_input).ops()
+    runner, out = op.start(), []  # type: ignore[attr-defined]
+    counters = af.stats.StageCounters("w")
+    for i in range(peers):
+        for half in range(2):
+            rows = rows_of([10 * i + 5 * half + j for j in range(5)], [0] * 5, [1.0] * 5)
+            prov = Provenance(f"127.0.0.1:{10_000 + i}", 5 * half, 5 * half + 5)
+            out += await runner.step(af.Batch(rows, provenance=prov), counters, float(i))
+        assert runner.groups.inputs() <= (peers if idle_input is None else 5)
+    assert counters.errors == 0
+    return runner, out
+
+
+@pytest.mark.anyio
+async def test_inputs_that_went_away_are_forgotten() -> None:
+    runner, out = await reconnecting_peers(2000, 5.0)
+    (group,) = runner.groups
+    assert runner.groups.inputs() == len(group.marks) == 5  # the peers of the last 5 s
+    assert len(group._heap) <= 2 * 5 + 8
+    assert len(runner.groups.retired) == RETIRED_MAX
+    assert len(out) == 2000 - 5  # each peer's window, 5 s after it went quiet
+    assert sum(int(b.data["count"].sum()) for b in out) == 10 * (2000 - 5)
+
+
+@pytest.mark.anyio
+async def test_without_idle_input_the_first_peer_pins_the_watermark() -> None:
+    runner, out = await reconnecting_peers(200, None)
+    assert out == []  # nothing closes
+    assert runner.groups.inputs() == 200

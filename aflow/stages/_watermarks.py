@@ -152,7 +152,8 @@ class Groups:
             group = entry[1]
             self.seen.move_to_end(input_id)
         else:
-            group = self.retired.pop(input_id, None) or self._join(ts)
+            back = self.retired.pop(input_id) if input_id in self.retired else None
+            group = back or self._join(ts)
             self.groups.setdefault(group)
         self.seen[input_id] = (now, group)
         return group

@@ -191,7 +191,9 @@ class _WindowRunner(Processor):
 
     def idle(self) -> list[Message]:
         """The input went quiet: close every open window."""
-        out = [Batch(o, "time") for g in self.groups or () for o in g.windows.flush() if len(o)]
+        out: list[Message] = [
+            Batch(o, "time") for g in self.groups or () for o in g.windows.flush() if len(o)
+        ]
         if self.groups is not None:
             self.groups.prune()
         return out
