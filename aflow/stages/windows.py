@@ -42,7 +42,7 @@ from ._panes import STATS, AggSpec
 from ._watermarks import Group, Groups, WatermarkMode
 from ._windowing import FixedWindows, OpenWindows, SessionWindows
 
-__all__ = ["IDLE_INPUT", "window"]
+__all__ = ["window"]
 
 IDLE_INPUT = 5.0
 """Default ``window(idle_input=)``: seconds after which a quiet input stops holding the
