@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
+from aflow.abc import Provenance
+from aflow.stages._watermarks import RETIRED_MAX
 from aflow.testing import VirtualClock, from_schedule
 
 ROW = np.dtype([("ts", "i8"), ("key", "i4"), ("value", "f8")])
@@ -417,3 +419,141 @@ def test_window_durations_are_checked_against_millisecond_timestamps() -> None:
         af.window("1 minute", on="ts")
     with pytest.raises(TypeError, match="epoch timestamps"):  # small ints: no unit to use
         af.run(af.from_array(rows_of([1, 2], [0, 0], [0.0, 0.0])) | af.window("1s", on="ts"))
+
+
+# -- idle inputs stop holding the watermark (window(idle_input=)) ---------------------------
+
+
+def day_schedule(start: float, first_ts: int, batches: int) -> list[tuple[float, Any]]:
+    """One batch of 100 rows a second from ``start``: timestamps ``first_ts`` onwards."""
+    return [
+        (
+            start + k,
+            rows_of(
+                list(range(first_ts + 100 * k, first_ts + 100 * (k + 1))), [0] * 100, [1.0] * 100
+            ),
+        )
+        for k in range(batches)
+    ]
+
+
+async def windows_by_time(flow: af.Flow[Any]) -> list[tuple[float, str, int]]:
+    """(emission time, reason, window start) of each window the flow emits."""
+    out = []
+    async with flow.open() as run:
+        async for batch in run.envelopes():
+            assert isinstance(batch, af.Batch)
+            now = round(anyio.current_time(), 6)
+            out += [(now, batch.reason, int(s)) for s in batch.data["window_start"].tolist()]
+    return out
+
+
+def two_days(idle_input: float | None, late: list[Any]) -> af.Flow[Any]:
+    day1 = from_schedule(
+        [(k / 10, b) for k, (_, b) in enumerate(day_schedule(0, 0, 10))], name="day1"
+    )
+    day2 = from_schedule(day_schedule(1.0, 1000, 10), name="day2")
+    stage = af.window(100, on="ts", stats=("count",), idle_input=idle_input, late=late)
+    return af.concat(day1, day2) | stage
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_a_finished_input_stops_holding_the_next_one_after_idle_input() -> None:
+    # day1: a batch every 0.1 s until t=0.9; then (concat) day2: one a second, t=1.9-10.9.
+    # At t=5.9 day1 has been quiet for 5 s: forgotten, day2's own watermark closes windows.
+    late: list[Any] = []
+    got = await windows_by_time(two_days(5.0, late))
+    day1 = [(round(0.1 * (k + 1), 6), "time", 100 * k) for k in range(9)]
+    held = [(5.9, "time", s) for s in range(900, 1400, 100)]
+    day2 = [(6.9 + k, "time", 1400 + 100 * k) for k in range(5)]
+    assert got == [*day1, *held, *day2, (10.9, "end", 1900)]
+    assert late == []
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_without_idle_input_a_finished_input_holds_windows_to_the_end() -> None:
+    got = await windows_by_time(two_days(None, []))
+    assert [(t, r) for t, r, s in got if s >= 900] == [(10.9, "end")] * 11
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_a_finite_concat_never_waits_for_idle_input_and_flushes_at_the_end() -> None:
+    day1 = rows_of(list(range(1000)), [0] * 1000, [1.0] * 1000)
+    day2 = rows_of(list(range(1000, 2000)), [0] * 1000, [1.0] * 1000)
+    late: list[Any] = []
+    flow = af.concat(af.from_array(day1, 100, name="day1"), af.from_array(day2, 100, name="day2"))
+    with anyio.fail_after(1):
+        got = await windows_by_time(flow | af.window(100, on="ts", stats=("count",), late=late))
+    assert [s for _, _, s in got] == list(range(0, 2000, 100))
+    assert {r for _, r, s in got if s < 900} == {"time"}  # day 1 while the run goes on
+    assert {r for _, r, s in got if s >= 900} == {"end"}  # day 2: no idle wait, the flush
+    assert {t for t, _, _ in got} == {0.0}
+    assert late == []
+
+
+def quiet_then_resumes(idle_input: float | None, late: list[Any]) -> af.Sink[Any, Any]:
+    """Source a: ts 10-19 at t=0.5 (joins b's windows), then ts 20-29 at t=8; source b:
+    10 rows a second, ts 0-129."""
+    ones = [1.0] * 10
+    a = from_schedule(
+        [(0.5, rows_of(list(range(10, 20)), [1] * 10, ones)),
+         (8, rows_of(list(range(20, 30)), [1] * 10, ones))],
+        name="a",
+    )  # fmt: skip
+    b = from_schedule(
+        [(k, rows_of(list(range(10 * k, 10 * k + 10)), [2] * 10, [1.0] * 10)) for k in range(13)],
+        name="b",
+    )
+    stage = af.window(10, on="ts", stats=("count",), idle_input=idle_input, late=late, name="w")
+    return af.merge(a, b) | stage | af.collect()
+
+
+@pytest.mark.anyio
+@pytest.mark.virtual_time
+async def test_an_input_that_resumes_after_idle_input_has_its_rows_behind_late() -> None:
+    late: list[Any] = []
+    result = await quiet_then_resumes(5.0, late).run()
+    assert np.concatenate(late)["ts"].tolist() == list(range(20, 30))
+    assert result.statistics.stage("w").errors == 10
+    assert result.value["count"].sum() == 130 + 10
+    held: list[Any] = []  # without idleness, a holds the watermark: nothing is late
+    result = await quiet_then_resumes(None, held).run()
+    assert held == []
+    assert result.value["count"].sum() == 130 + 20
+
+
+async def reconnecting_peers(peers: int, idle_input: float | None) -> tuple[Any, list[Any]]:
+    """A window fed by a server whose clients connect from a new port each time: one a
+    second, each sending two batches then leaving. Returns the runner and its output."""
+    (op,) = af.window(10, on="ts", stats=("count",), idle_input=idle_input).ops()
+    runner, out = op.start(), []  # type: ignore[attr-defined]
+    counters = af.stats.StageCounters("w")
+    for i in range(peers):
+        for half in range(2):
+            rows = rows_of([10 * i + 5 * half + j for j in range(5)], [0] * 5, [1.0] * 5)
+            prov = Provenance(f"127.0.0.1:{10_000 + i}", 5 * half, 5 * half + 5)
+            out += await runner.step(af.Batch(rows, provenance=prov), counters, float(i))
+        assert runner.groups.inputs() <= (peers if idle_input is None else 5)
+    assert counters.errors == 0
+    return runner, out
+
+
+@pytest.mark.anyio
+async def test_inputs_that_went_away_are_forgotten() -> None:
+    runner, out = await reconnecting_peers(2000, 5.0)
+    (group,) = runner.groups
+    assert runner.groups.inputs() == len(group.marks) == 5  # the peers of the last 5 s
+    assert len(group._heap) <= 2 * 5 + 8
+    assert len(runner.groups.retired) == RETIRED_MAX
+    assert len(out) == 2000 - 5  # each peer's window, 5 s after it went quiet
+    assert sum(int(b.data["count"].sum()) for b in out) == 10 * (2000 - 5)
+
+
+@pytest.mark.anyio
+async def test_without_idle_input_the_first_peer_pins_the_watermark() -> None:
+    runner, out = await reconnecting_peers(200, None)
+    assert out == []  # nothing closes
+    assert runner.groups.inputs() == 200

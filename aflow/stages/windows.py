@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal, TypeAlias
 
 import anyio
@@ -38,10 +39,14 @@ from ..policies import ErrorPolicy
 from ..stats import StageCounters
 from ._late import LateTarget, check_late, reject_late, waits_on_target
 from ._panes import STATS, AggSpec
-from ._watermarks import Groups, WatermarkMode
+from ._watermarks import Group, Groups, WatermarkMode
 from ._windowing import FixedWindows, OpenWindows, SessionWindows
 
 __all__ = ["window"]
+
+IDLE_INPUT = 5.0
+"""Default ``window(idle_input=)``: seconds after which a quiet input stops holding the
+watermark back."""
 
 Domain: TypeAlias = Literal["event", "processing", "count"]
 
@@ -58,6 +63,7 @@ class _WindowOp(Operator):
         self.late: ErrorPolicy = "skip"
         self.lateness: TimeSpan = 0
         self.watermark: WatermarkMode = "source"
+        self.idle_input: float | None = IDLE_INPUT
 
     def start(self) -> _WindowRunner:
         return _WindowRunner(self)
@@ -121,7 +127,8 @@ class _WindowRunner(Processor):
         if self.groups is None:
             numbers = as_numbers(ts)
             mode = op.watermark if op.domain == "event" else "global"
-            self.groups = Groups(mode, lambda: op.make(ts.dtype, numbers, op.name))
+            make = partial(op.make, ts.dtype, numbers, op.name)
+            self.groups = Groups(mode, make, op.idle_input)
             if op.domain == "event":
                 what = f"{op.name}: allowed_lateness"
                 self.lateness = as_units(op.lateness, ts.dtype, numbers, what=what)
@@ -140,18 +147,17 @@ class _WindowRunner(Processor):
         assert self.groups is not None
         prov = msg.provenance if isinstance(msg, Batch) else None
         source = None if prov is None else prov.source
-        out: list[Message] = []
+        out = [m for g in self.groups.expire(now) for m in self._close_group(g)]
         for input_id, rows, times in self.groups.split(data, ts, source, self.op.key):
-            group = self.groups.group_of(input_id, times)
+            group = self.groups.group_of(input_id, times, now)
             wm = group.windows.wm
             late = group.windows.add(times, rows)
             if late.any():
                 counters.busy_seconds += time.perf_counter() - t0
                 await reject_late(self.op.late, rows[late], wm, self.op.name, prov, counters)
                 t0 = time.perf_counter()
-            top = self._top(times, now)
-            group.marks[input_id] = max(group.marks.get(input_id, top), top)
-            out += self._close(group.windows, group.watermark(self._lateness()))
+            group.raise_mark(input_id, self._top(times, now))
+            out += self._close_group(group)
         self.rows_seen += len(data)
         counters.busy_seconds += time.perf_counter() - t0
         return out
@@ -167,6 +173,10 @@ class _WindowRunner(Processor):
     def _lateness(self) -> Any:
         return self.lateness if self.op.domain == "event" else 0
 
+    def _close_group(self, group: Group) -> list[Message]:
+        wm = group.watermark(self._lateness())
+        return [] if wm is None else self._close(group.windows, wm)
+
     def _close(self, windows: OpenWindows, wm: Any) -> list[Message]:
         return [Batch(out, self.reason) for out in windows.close(wm) if len(out)]
 
@@ -181,7 +191,12 @@ class _WindowRunner(Processor):
 
     def idle(self) -> list[Message]:
         """The input went quiet: close every open window."""
-        return [Batch(o, "time") for g in self.groups or () for o in g.windows.flush() if len(o)]
+        out: list[Message] = [
+            Batch(o, "time") for g in self.groups or () for o in g.windows.flush() if len(o)
+        ]
+        if self.groups is not None:
+            self.groups.prune()
+        return out
 
     def flush(self) -> list[Message]:
         return [Batch(o, "end") for g in self.groups or () for o in g.windows.flush() if len(o)]
@@ -241,6 +256,7 @@ def window(
     stats: Sequence[str] | None = None,
     allowed_lateness: TimeSpan = 0,
     watermark: WatermarkMode = "source",
+    idle_input: float | None = IDLE_INPUT,
     idle_timeout: float | None = None,
     late: LateTarget = "drop",
     buffer: int | None = None,
@@ -260,7 +276,9 @@ def window(
 
     The watermark advances after every batch to (max timestamp seen) - ``allowed_lateness``
     (event time), the number of rows seen (count) or the current time (processing).
-    A window closes when the watermark reaches its end. Rows arriving after every window
+    A window closes when the watermark reaches its end. With ``watermark="source"`` (the
+    default) each input has its own and windows close on the minimum over the inputs; an
+    input quiet for ``idle_input`` seconds no longer holds it back. Rows arriving after every window
     they belong to closed are *late*: each counts in the stage's ``errors`` statistic, and
     the late rows of a batch go to the ``late`` policy, like any failed item. With
     ``idle_timeout``, an input quiet for that many seconds closes every open window (rows
@@ -289,6 +307,15 @@ def window(
             when only a ``key`` is given, ``("count", "mean")`` with a ``value``.
         allowed_lateness: how far behind the largest timestamp seen rows may still come
             before their windows close (event time).
+        watermark: what has a watermark of its own (event time): ``"source"`` (each
+            input: a batch's provenance source, such as a file path, a socket peer, a
+            ``merge`` input; windows close on the minimum over inputs), ``"key"`` (each
+            value of ``key``) or ``"global"`` (one for the stage).
+        idle_input: seconds (processing time) after which an input that sent nothing
+            stops holding the watermark back and is forgotten (``watermark="source"``):
+            a finished file, a quiet sender, a client that reconnected from a new port.
+            Its rows arriving later are late when behind the watermark. Checked when
+            batches arrive. ``None``: inputs hold the watermark until the end of input.
         idle_timeout: seconds without input after which open windows close (event time).
         late: the error policy for late rows: ``"drop"`` (or ``"skip"``), ``"raise"`` (a
             :class:`~aflow.LateDataError`), :func:`~aflow.dead_letter` (one
@@ -308,6 +335,8 @@ def window(
         [(0, 10, 1, 2, 3.0), (10, 20, 2, 1, 1.0)]
     """
     dom = _check(size, step, gap, on, domain, allowed_lateness, idle_timeout)
+    if idle_input is not None and not idle_input > 0:
+        raise ValueError(f"window(idle_input={idle_input}): must be > 0 seconds, or None")
     if watermark not in ("source", "key", "global"):
         raise ValueError(f"window(watermark={watermark!r}): use 'source', 'key' or 'global'")
     if watermark == "key" and key is None:
@@ -323,6 +352,7 @@ def window(
             late, "window(late=)", "give an async function (no yield)", kinds=("generator",)
         )
     op.late, op.lateness, op.watermark = check_late(late), allowed_lateness, watermark
+    op.idle_input = idle_input
     if dom == "processing" or idle_timeout is not None or waits_on_target(late):
         return Stage(_TimedWindowOp(op, idle_timeout, buffer))
     return Stage(op)
