@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import struct
+import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -99,3 +104,25 @@ def python_env(**extra: str) -> dict[str, str]:
     root = str(Path(aflow.__file__).resolve().parent.parent)
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([root, *([path] if path else [])]), **extra}
+
+
+@asynccontextmanager
+async def serving(make: Callable[[Any], Any], **options: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """Open the flow ``make(on_listening)`` (a socket server) with ``flow.open(**options)``;
+    yield the run and the bound address."""
+    tx, rx = anyio.create_memory_object_stream[Any](4)
+    with tx, rx:
+        async with make(tx.send_nowait).open(**options) as run:
+            with anyio.fail_after(5):
+                address = await rx.receive()
+            yield run, address
+
+
+def connect_and_reset(address: tuple[str, int], payload: bytes = b"", delay: float = 0.0) -> None:
+    """A hostile client: connects, maybe sends, then resets (RST, not FIN) the connection."""
+    with socket.create_connection(address) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if payload:
+            s.sendall(payload)
+        if delay:
+            time.sleep(delay)

@@ -6,18 +6,16 @@ processes."""
 from __future__ import annotations
 
 import socket
-import struct
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 import pytest
+from _helpers import connect_and_reset, serving
 
 import aflow as af
 from aflow.codecs.lines import LineSplitter
@@ -27,17 +25,6 @@ HOST = "127.0.0.1"
 MiB = 1 << 20
 Address = tuple[str, int]
 PER_CONNECTION = GATHER_READS * READ_SIZE + MiB  # documented: reads held + one line
-
-
-@asynccontextmanager
-async def serving(make: Callable[[Any], Any], **run: Any) -> AsyncIterator[tuple[Any, Address]]:
-    """Open the flow ``make(on_listening)``; yield the run and the bound address."""
-    tx, rx = anyio.create_memory_object_stream[Any](4)
-    with tx, rx:
-        async with make(tx.send_nowait).open(**run) as handle:
-            with anyio.fail_after(5):
-                address = await rx.receive()
-            yield handle, address
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -51,15 +38,6 @@ def _start(*cmd: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd)
 
 
-def _reset(address: Address, payload: bytes = b"", delay: float = 0.0) -> None:
-    with socket.create_connection(address) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        if payload:
-            s.sendall(payload)
-        if delay:
-            time.sleep(delay)
-
-
 @pytest.mark.anyio
 async def test_a_reset_50_ms_after_sending_costs_only_that_connection() -> None:
     events: list[af.ConnectionEvent] = []
@@ -68,7 +46,7 @@ async def test_a_reset_50_ms_after_sending_costs_only_that_connection() -> None:
         0, on_listening=cb, on_connection=events.append, on_error=af.dead_letter(dead)
     )
     async with serving(make) as (run, address):
-        await anyio.to_thread.run_sync(_reset, address, b"whole\nhalf a li", 0.05)
+        await anyio.to_thread.run_sync(connect_and_reset, address, b"whole\nhalf a li", 0.05)
         with socket.create_connection(address) as s:
             s.sendall(b"after\n")
         got: list[bytes] = []

@@ -8,14 +8,13 @@ import logging
 import random
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 import pytest
-from _helpers import settle
+from _helpers import connect_and_reset, serving, settle
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,17 +31,6 @@ MiB = 1 << 20
 Address = tuple[str, int]
 Line = tuple[str, int, bytes]
 """(source, line number, text without the newline)."""
-
-
-@asynccontextmanager
-async def serving(make: Callable[[Any], Any]) -> AsyncIterator[tuple[af.Run[Any], Any]]:
-    """Open the flow ``make(on_listening)``; yield the run and the bound address."""
-    tx, rx = anyio.create_memory_object_stream[Any](4)
-    with tx, rx:
-        async with make(tx.send_nowait).open() as run:
-            with anyio.fail_after(5):
-                address = await rx.receive()
-            yield run, address
 
 
 def lines_of(block: af.Batch) -> list[Line]:
@@ -683,20 +671,6 @@ def test_record_framer_any_split(n: int, cuts: list[int], extra: int) -> None:
     assert (tail is None) == (extra == 0)
 
 
-def _connect_and_reset(address: Address, payload: bytes = b"", delay: float = 0.0) -> None:
-    """A hostile client: connects, maybe sends, then resets (RST, not FIN) the connection."""
-    import socket
-    import struct
-    import time
-
-    with socket.create_connection(address) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        if payload:
-            s.sendall(payload)
-        if delay:
-            time.sleep(delay)
-
-
 @pytest.mark.anyio
 async def test_clients_that_reset_at_once_cost_only_their_own_connection() -> None:
     """Issue 10.1: a connect-then-reset storm interleaved with normal senders ends only the
@@ -716,12 +690,12 @@ async def test_clients_that_reset_at_once_cost_only_their_own_connection() -> No
     ):
         sent: list[bytes] = []
         for i in range(200):
-            await anyio.to_thread.run_sync(_connect_and_reset, address)
+            await anyio.to_thread.run_sync(connect_and_reset, address)
             if i % 25 == 0:
                 line = f"normal {i // 25}\n".encode()
                 await anyio.to_thread.run_sync(_send_all, address, line)
                 sent.append(line)
-        await anyio.to_thread.run_sync(_connect_and_reset, address, b"partial line", 0.05)
+        await anyio.to_thread.run_sync(connect_and_reset, address, b"partial line", 0.05)
         await anyio.to_thread.run_sync(_send_all, address, b"last\n")
         sent.append(b"last\n")
         with anyio.fail_after(5):

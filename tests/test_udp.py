@@ -8,30 +8,19 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 import pytest
+from _helpers import serving
 
 import aflow as af
 from aflow.abc import Batch, Message, Operator, Processor, Provenance
 
 HOST = "127.0.0.1"
 Address = tuple[str, int]
-
-
-@asynccontextmanager
-async def serving(make: Callable[[Any], Any]) -> AsyncIterator[tuple[Any, Address]]:
-    tx, rx = anyio.create_memory_object_stream[Any](4)
-    with tx, rx:
-        async with make(tx.send_nowait).open() as run:
-            with anyio.fail_after(5):
-                address = await rx.receive()
-            yield run, address
 
 
 def _run(*cmd: str) -> int:
