@@ -354,3 +354,30 @@ async def test_max_line_holds_for_lines_inside_one_read(tmp_path: Path) -> None:
     got = (await flow.run()).value
     assert got["v"].tolist() == ["a", "b"]
     assert [d.error.line for d in dead] == [2]  # type: ignore[attr-defined]
+
+
+def test_read_functions_pass_the_decoders_options_through(tmp_path: Path) -> None:
+    """read_csv / read_jsonl / read_log take the decoders' options (header names, fill
+    values, fail_fast, errors) like decode_* do."""
+    (tmp_path / "a.csv").write_text("value,ts\n1.5,10\n,20\n")
+    rows = af.run(
+        af.read_csv(str(tmp_path / "a.csv"), [("ts", "i8"), ("value", "f8")], header="names")
+    ).value
+    assert rows["ts"].tolist() == [10, 20]
+    assert rows["value"][0] == 1.5
+    assert np.isnan(rows["value"][1])
+    (tmp_path / "a.jsonl").write_text('{"ts": null, "value": 2.0}\n')
+    got = af.run(
+        af.read_jsonl(str(tmp_path / "a.jsonl"), [("ts", "i8"), ("value", "f8")], fill_int=-7)
+    )
+    assert got.value.tolist() == [(-7, 2.0)]
+    (tmp_path / "bad.csv").write_text("x,y\n" * 20)
+    with pytest.raises(af.DecodeError):
+        af.run(af.read_csv(str(tmp_path / "bad.csv"), [("a", "i8"), ("b", "i8")], on_error="skip"))
+    skipped = af.run(
+        af.read_csv(
+            str(tmp_path / "bad.csv"), [("a", "i8"), ("b", "i8")], on_error="skip", fail_fast=None
+        )
+    )
+    assert len(skipped.value) == 0
+    assert skipped.statistics.errors == 20

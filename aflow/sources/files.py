@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import numpy as np
@@ -165,9 +165,11 @@ def read_csv(
     dtype: DTypeLike,
     *,
     delimiter: str = ",",
-    header: bool = False,
+    header: bool | Literal["names"] = False,
     engine: Engine = "auto",
+    fill_int: int | None = None,
     threads: int | None = None,
+    fail_fast: float | None = 1.0,
     read_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
@@ -178,15 +180,17 @@ def read_csv(
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """CSV files into structured arrays: :func:`read_blocks` then :func:`decode_csv`
-    (see there for ``delimiter``, ``header``, ``engine`` and ``threads``, and
-    :func:`read_bytes` for the other arguments)."""
+    (see there for ``delimiter``, ``header``, ``engine``, ``fill_int``, ``threads`` and
+    ``fail_fast``, and :func:`read_bytes` for the other arguments)."""
     decode = decode_csv(
         dtype,
         delimiter=delimiter,
         header=header,
         engine=engine,
+        fill_int=fill_int,
         threads=threads,
         on_error=on_error,
+        fail_fast=fail_fast,
     )
     blocks = read_blocks(
         paths,
@@ -206,7 +210,9 @@ def read_jsonl(
     paths: Paths,
     dtype: DTypeLike,
     *,
+    fill_int: int | None = None,
     threads: int | None = None,
+    fail_fast: float | None = 1.0,
     read_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
@@ -217,8 +223,8 @@ def read_jsonl(
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """JSON lines files into structured arrays: :func:`read_blocks` then
-    :func:`decode_jsonl` (see there for ``threads``, and :func:`read_bytes` for the other
-    arguments)."""
+    :func:`decode_jsonl` (see there for ``fill_int``, ``threads`` and ``fail_fast``, and
+    :func:`read_bytes` for the other arguments)."""
     return read_blocks(
         paths,
         read_size=read_size,
@@ -229,7 +235,9 @@ def read_jsonl(
         rotate_wait=rotate_wait,
         last_line=last_line,
         on_error=on_error,
-    ) | decode_jsonl(dtype, threads=threads, on_error=on_error)
+    ) | decode_jsonl(
+        dtype, fill_int=fill_int, threads=threads, on_error=on_error, fail_fast=fail_fast
+    )
 
 
 def read_log(
@@ -237,7 +245,10 @@ def read_log(
     pattern: str | re.Pattern[str] = COMBINED,
     columns: dict[str, str] | None = None,
     *,
+    errors: str | None = None,
+    fill_int: int = -1,
     threads: int | None = None,
+    fail_fast: float | None = 1.0,
     read_size: int = MiB,
     max_open: int = 4,
     max_line: int = MiB,
@@ -248,8 +259,9 @@ def read_log(
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
     """Log files (by default nginx/Apache combined format) into typed columns:
-    :func:`read_blocks` then :func:`decode_log` (see there for ``threads``). With
-    ``follow=True`` this is ``tail -F`` of rotating logs."""
+    :func:`read_blocks` then :func:`decode_log` (see there for ``errors``, ``fill_int``,
+    ``threads`` and ``fail_fast``). With ``follow=True`` this is ``tail -F`` of rotating
+    logs."""
     return read_blocks(
         paths,
         read_size=read_size,
@@ -260,7 +272,15 @@ def read_log(
         rotate_wait=rotate_wait,
         last_line=last_line,
         on_error=on_error,
-    ) | decode_log(pattern, columns, threads=threads, on_error=on_error)
+    ) | decode_log(
+        pattern,
+        columns,
+        errors=errors,
+        fill_int=fill_int,
+        threads=threads,
+        on_error=on_error,
+        fail_fast=fail_fast,
+    )
 
 
 def read_records(
