@@ -202,9 +202,9 @@ async def late_in_window(tmp_path: Path, policy: Any) -> af.RunStatistics:
 
 CASES = {
     "decoder": Case(decoded, b"2,oops\n", af.DecodeError, ("{path}", 2, 3, "line")),
-    # a file's over-long line keeps its first bytes (issue 12); a socket's is not kept
+    # an over-long line keeps its first bytes (issue 12), from a file or a socket alike
     "file source": Case(read_from_file, b"9" * 40, LineTooLongError, ("{path}", 2, 3, "line")),
-    "socket source": Case(read_from_socket, b"", LineTooLongError, ("tcp://", 2, 3, "line")),
+    "socket source": Case(read_from_socket, b"9" * 40, LineTooLongError, ("tcp://", 2, 3, "line")),
     "late rows": Case(
         late_in_window,
         np.array([(3, 3.0), (4, 4.0)], [("ts", "i8"), ("v", "f8")]),

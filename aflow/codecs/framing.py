@@ -55,14 +55,16 @@ HEADER = struct.Struct("!I")
 class Framer(Protocol):
     """Cuts one byte stream into messages.
 
-    ``feed`` returns what a chunk completed. ``take_errors`` returns errors after which the
-    stream cannot go on (the caller closes it). ``finish`` returns the unfinished rest as an
-    error with its raw bytes and provenance, or None when nothing was pending.
+    ``feed`` returns what a chunk completed. ``take_failures`` returns errors after which
+    the stream cannot go on (the caller closes it), each with the first bytes of what
+    failed (an over-long line's prefix; ``b""`` for a frame that is not kept). ``finish``
+    returns the unfinished rest as an error with its raw bytes and provenance, or None
+    when nothing was pending.
     """
 
     def feed(self, data: bytes) -> Message | None: ...
 
-    def take_errors(self) -> list[DecodeError]: ...
+    def take_failures(self) -> list[tuple[bytes, DecodeError]]: ...
 
     def finish(self, why: str) -> tuple[DecodeError, bytes, Provenance | None] | None: ...
 
@@ -107,8 +109,8 @@ class LineFramer:
     def feed(self, data: bytes) -> Batch | None:
         return self.splitter.feed(data)
 
-    def take_errors(self) -> list[DecodeError]:
-        return list(self.splitter.take_errors())
+    def take_failures(self) -> list[tuple[bytes, DecodeError]]:
+        return list(self.splitter.take_failures())
 
     def finish(self, why: str) -> tuple[DecodeError, bytes, Provenance | None] | None:
         tail = self.splitter.finish()
@@ -169,9 +171,9 @@ class LengthPrefixedFramer:
         self._broken = True
         self._buf = bytearray()
 
-    def take_errors(self) -> list[DecodeError]:
+    def take_failures(self) -> list[tuple[bytes, DecodeError]]:
         errors, self.errors = self.errors, []
-        return errors
+        return [(b"", error) for error in errors]  # a frame too long is never read
 
     def finish(self, why: str) -> tuple[DecodeError, bytes, Provenance | None] | None:
         if not self._buf:
@@ -222,7 +224,7 @@ class RecordFramer:
         prov = Provenance(self.source, start, self.row, "row", offset, self.offset)
         return Batch(rows, "source", prov)
 
-    def take_errors(self) -> list[DecodeError]:
+    def take_failures(self) -> list[tuple[bytes, DecodeError]]:
         return []
 
     def finish(self, why: str) -> tuple[DecodeError, bytes, Provenance | None] | None:

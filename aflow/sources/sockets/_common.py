@@ -276,10 +276,10 @@ class _Reader:
             # the clocks run only while waiting to read: a send that waited for room
             # downstream is the flow's delay, not the peer's silence or slowness
             tally.progress = self.last_byte = anyio.current_time()
-        errors = self.framer.take_errors()
-        for error in errors:
+        errors = self.framer.take_failures()
+        for prefix, error in errors:
             tally.errors += 1
-            await _reject(self.report, error, b"")  # an over-long line or frame: not kept
+            await _reject(self.report, error, prefix)  # an over-long line: its first bytes
         if errors:
             tally.reason = "overlong"
         return bool(errors)  # the rest of the stream belongs to the bad frame
