@@ -278,3 +278,37 @@ def test_trio_service_runs_beside_other_tasks_and_stops_gracefully() -> None:
     last = out.strip().splitlines()[-1]
     assert last.startswith("ended: stopped; sum ")
     assert last.endswith(" (on trio)")
+
+
+def test_notebook_cells_run_as_jupyter_runs_them() -> None:
+    """Issue 14.7: examples/notebook.ipynb's code cells, run one after the other in one
+    namespace inside a running event loop with top-level await (what IPython does)."""
+    import ast
+    import asyncio
+    import json
+
+    cells = json.loads((EXAMPLES / "notebook.ipynb").read_text())["cells"]
+    namespace: dict[str, Any] = {}
+
+    async def kernel() -> list[Any]:
+        shown = []
+        for cell in cells:
+            if cell["cell_type"] != "code":
+                continue
+            tree = ast.parse("".join(cell["source"]))
+            last = tree.body.pop() if isinstance(tree.body[-1], ast.Expr) else None
+            flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+            body = compile(tree, "notebook.ipynb", "exec", flags=flags)
+            if (done := eval(body, namespace)) is not None:  # a coroutine: top-level await
+                await done
+            if last is not None:
+                code = compile(ast.Expression(last.value), "notebook.ipynb", "eval", flags=flags)
+                value = eval(code, namespace)
+                shown.append(await value if asyncio.iscoroutine(value) else value)
+        return shown
+
+    table, ended, message, delivered = asyncio.run(kernel())
+    assert table["count"].sum() == 100_000
+    assert ended == "completed"
+    assert "use `await flow.run()` instead" in message
+    assert delivered == 100_000
