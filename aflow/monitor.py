@@ -123,6 +123,10 @@ class Progress:
             f"{stats.peak_bytes_in_flight / 1e6:.2f} MB, "
             f"{stats.errors:,} errors ({stats.dead_lettered:,} dead-lettered)"
         )
+        if stats.rss_bytes is not None:
+            table.caption += f", resident memory {stats.rss_bytes / 1e6:,.1f} MB"
+        if stats.peak_rss_bytes is not None:
+            table.caption += f" (peak {stats.peak_rss_bytes / 1e6:,.1f} MB)"
         return table
 
     async def __call__(self, run: Run[Any]) -> None:
@@ -194,6 +198,16 @@ class _Collector:
             "Most array bytes ever in buffers",
             value=stats.peak_bytes_in_flight,
         )
+        memory = {
+            "aflow_resident_memory_bytes": ("The process's resident memory", stats.rss_bytes),
+            "aflow_peak_resident_memory_bytes": (
+                "The process's highest resident memory since it started",
+                stats.peak_rss_bytes,
+            ),
+        }
+        for name, (doc, value) in memory.items():
+            if value is not None:
+                yield GaugeMetricFamily(name, doc, value=value)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> Monitor:

@@ -192,3 +192,22 @@ def test_progress_off_a_terminal_prints_the_last_table_whole_with_a_final_newlin
     assert "100.0% of the input (5,000 rows of 5,000 rows)" in done.stderr
     assert "1:map_batches(lambda)" in done.stderr  # whole, not cut at 80 columns
     assert "rows/s" in done.stderr
+
+
+async def test_resident_memory_shows_in_progress_and_metrics() -> None:
+    """Issue 17.4: the process's memory is visible live, beside bytes in flight."""
+    flow = af.from_array(np.arange(100_000.0), 10_000) | af.discard()
+    stats = (await flow.run()).statistics
+    assert stats.rss_bytes is not None
+    assert stats.peak_rss_bytes is not None
+    assert stats.peak_rss_bytes >= stats.rss_bytes > 0
+    console = Console(record=True, width=200)
+    console.print(Progress(force=True).render(stats, None))
+    assert "resident memory" in console.export_text()
+    metrics = await metrics_after(flow)
+    gauges = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith(("aflow_resident_memory_bytes", "aflow_peak_resident_memory_bytes"))
+    }
+    assert gauges["aflow_peak_resident_memory_bytes"] >= gauges["aflow_resident_memory_bytes"] > 0
