@@ -222,10 +222,11 @@ def test_arguments_reach_a_flow_factory_and_records_print_with_names(tmp_path: P
     assert "expected NAME=VALUE" in bad.stderr
 
 
-def test_ctrl_c_prints_one_line_and_the_statistics(tmp_path: Path) -> None:
+def signalled_run(tmp_path: Path, items: int, signum: int) -> subprocess.Popen[str]:
+    """``aflow run --stats`` of a slow flow of ``items``, sent ``signum`` once under way."""
     started = tmp_path / "started"
     (tmp_path / "slowflow.py").write_text(
-        SLOW_FLOW.replace("range(40)", "range(4000)").replace(
+        SLOW_FLOW.replace("range(40)", f"range({items})").replace(
             "        yield i", f"        yield i\n        open({str(started)!r}, 'w').close()"
         )
     )
@@ -240,7 +241,12 @@ def test_ctrl_c_prints_one_line_and_the_statistics(tmp_path: Path) -> None:
     deadline = time.monotonic() + 20
     while not started.exists() and time.monotonic() < deadline:  # the run is under way
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
+    return proc
+
+
+def test_ctrl_c_prints_one_line_and_the_statistics(tmp_path: Path) -> None:
+    proc = signalled_run(tmp_path, 4000, signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "Traceback" not in err
@@ -251,24 +257,7 @@ def test_ctrl_c_prints_one_line_and_the_statistics(tmp_path: Path) -> None:
 def test_sigterm_gives_a_partial_result_with_its_own_exit_status(tmp_path: Path) -> None:
     """Issue 14.5: a finite job stopped by SIGTERM prints what it has, says it is partial
     (--stats and stderr) and exits 143, not 0."""
-    started = tmp_path / "started"
-    (tmp_path / "slowflow.py").write_text(
-        SLOW_FLOW.replace("range(40)", "range(1_000_000)").replace(
-            "        yield i", f"        yield i\n        open({str(started)!r}, 'w').close()"
-        )
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aflow", "run", "slowflow.py:slow", "--stats"],
-        cwd=tmp_path,
-        env=python_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 20
-    while not started.exists() and time.monotonic() < deadline:  # the run is under way
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    proc = signalled_run(tmp_path, 1_000_000, signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
