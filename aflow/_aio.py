@@ -35,8 +35,8 @@ class AsyncFile(Protocol):
     def fileno(self) -> int: ...
 
 
-async def open_file(path: str, mode: Literal["rb", "wb"]) -> AsyncFile:
-    """Open ``path`` in binary ``mode`` (``"rb"``, ``"wb"``) with the running backend's file
+async def open_file(path: str, mode: Literal["rb", "wb", "r+b"]) -> AsyncFile:
+    """Open ``path`` in binary ``mode`` (``"rb"``, ``"wb"``, ``"r+b"``) with the running backend's file
     API.
 
     The open is shielded from cancellation: a cancelled open could leave the file open

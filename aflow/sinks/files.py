@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from .._aio import AsyncFile, open_file
 from ..abc import Batch, Context, SinkOperator, SinkWriter
 from ..codecs import CsvEncoder, Fmt, JsonlEncoder, columns
+from ..errors import CheckpointMismatch
 from ..flow import Sink
 
 __all__ = ["FileSummary", "to_csv", "to_jsonl", "to_npy", "to_parquet"]
@@ -77,10 +78,53 @@ class _FileWriter(SinkWriter[Any, FileSummary]):
         self.file: AsyncFile | None = None
         self.close_file: Callable[[], Any] | None = None
         self.fileno = -1
+        self.restored: dict[str, Any] | None = None
+        self.written = 0  # bytes in the file
 
     async def open(self) -> None:
-        self.file = await open_file(self.path, "wb")
+        state = self.restored
+        if state is None:
+            self.file = await open_file(self.path, "wb")
+            self.close_file, self.fileno = self.file.aclose, self.file.fileno()
+            return
+        # Resumed from a checkpoint: cut what was written after the last commit (it will
+        # be written again), so the file holds each row once.
+        size = int(state["bytes"])
+        try:
+            self.file = await open_file(self.path, "r+b")
+        except FileNotFoundError:
+            raise CheckpointMismatch(
+                f"{self.path}: the checkpoint says {size} bytes were committed to this file, "
+                "but it is gone; use a new checkpoint or delete this one"
+            ) from None
         self.close_file, self.fileno = self.file.aclose, self.file.fileno()
+        length = (await anyio.Path(self.path).stat()).st_size
+        if length < size:
+            raise CheckpointMismatch(
+                f"{self.path}: the checkpoint says {size} bytes were committed to this file, "
+                f"but it holds {length}; use a new checkpoint or delete this one"
+            )
+        await anyio.to_thread.run_sync(os.ftruncate, self.fileno, size)
+        await self.file.seek(size)
+        self.rows, self.written = int(state["rows"]), size
+
+    async def commit(self, epoch: int) -> Any:
+        """Write what is pending, flush and sync: return the committed length and rows."""
+        if self.file is None:
+            return self.restored
+        if self.pending:
+            await self.write_out()
+        await self.file.flush()
+        await anyio.to_thread.run_sync(os.fsync, self.fileno)
+        return {"bytes": self.written, "rows": self.rows, **self.format_state()}
+
+    def format_state(self) -> dict[str, Any]:
+        """What the format needs to go on after a restart (npy: the dtype)."""
+        return {}
+
+    def restore(self, state: Any) -> None:
+        """A resumed run appends after the committed length (see :meth:`open`)."""
+        self.restored = state
 
     async def write(self, item: Any) -> None:
         data = np.asarray(item)
@@ -107,6 +151,7 @@ class _FileWriter(SinkWriter[Any, FileSummary]):
         assert self.file is not None
         chunk, self.pending = b"".join(self.pending), []
         await self.file.write(chunk)
+        self.written += len(chunk)
         self.rows += self.pending_rows
         self.pending_bytes = self.pending_rows = 0
         await self.committed()
@@ -143,6 +188,14 @@ class _NpyWriter(_FileWriter):
         self.dtype: np.dtype[Any] | None = None
         self.row_shape: tuple[int, ...] = ()
         self.header_len = 0
+
+    def format_state(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "row_shape": self.row_shape, "header_len": self.header_len}
+
+    def restore(self, state: Any) -> None:
+        super().restore(state)
+        self.dtype, self.row_shape = state["dtype"], tuple(state["row_shape"])
+        self.header_len = state["header_len"]
 
     async def encode(self, data: NDArray[Any]) -> bytes:
         if self.dtype is None:
@@ -183,6 +236,11 @@ class _TextWriter(_FileWriter):
     ) -> None:
         super().__init__(path, chunk_bytes, fsync)
         self._encode = encode
+
+    def restore(self, state: Any) -> None:
+        super().restore(state)
+        if int(state["bytes"]) and hasattr(self._encode, "header"):
+            self._encode.header = False  # written before the restart
 
     async def encode(self, data: NDArray[Any]) -> bytes:
         if not len(data):  # no rows, no line (not a blank one)

@@ -81,6 +81,7 @@ class Follower:
             for tracked in self._all():
                 os.close(tracked.fd)
         for tracked in self._all():  # stopped gracefully: the partial last lines too
+            self.reader.ident = tracked.ident  # for the positions of what it emits
             await self.reader.finish(tracked.framer, emit, report)
 
     def _all(self) -> list[Tracked]:
@@ -108,6 +109,7 @@ class Follower:
                     break
                 got = True
                 tracked.last_data = time.monotonic()
+                self.reader.ident = tracked.ident  # for the positions of what it emits
                 await self.reader.feed(tracked.framer, chunk, emit, report)
         return got
 
@@ -133,7 +135,9 @@ class Follower:
                 read_range, copy, tracked.position, self.reader.chunk_size
             ):
                 tracked.position += len(chunk)
+                self.reader.ident = tracked.ident  # for the positions of what it emits
                 await self.reader.feed(tracked.framer, chunk, emit, report)
+        self.reader.ident = tracked.ident  # for the positions of what it emits
         await self.reader.finish(tracked.framer, emit, report)
         tracked.framer = self.reader.framer(0)
         tracked.position = 0
@@ -171,6 +175,7 @@ class Follower:
         for tracked in [t for t in self.draining if now - t.last_data >= self.rotate_wait]:
             self.draining.remove(tracked)
             os.close(tracked.fd)
+            self.reader.ident = tracked.ident  # for the positions of what it emits
             await self.reader.finish(tracked.framer, emit, report)
 
 

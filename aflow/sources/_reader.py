@@ -23,7 +23,15 @@ from ..policies import Reporter
 from ._fileid import FINGERPRINT_BYTES, FileId, file_id
 from ._open import open_stream
 
-__all__ = ["FINGERPRINT_BYTES", "FileId", "FileReader", "LastLine", "Shape", "file_id"]
+__all__ = [
+    "FINGERPRINT_BYTES",
+    "FileId",
+    "FileReader",
+    "LastLine",
+    "Shape",
+    "file_id",
+    "position_of",
+]
 
 Shape = Literal["bytes", "lines", "records"]
 LastLine = Literal["keep", "report"]
@@ -116,6 +124,7 @@ class FileReader:
         self.poll_interval = poll_interval
         self.rotate_wait = rotate_wait
         self.last_line = last_line
+        self.ident: FileId | None = None  # the file being read (for checkpoint positions)
 
     def framer(self, offset: int) -> _Framer:
         """A fresh framer for this file's bytes from ``offset`` on."""
@@ -124,6 +133,8 @@ class FileReader:
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read to the end (follow mode is :class:`~aflow.sources._follow.Follower`)."""
         stream = await open_stream(self.path, self.start)
+        if self.ident is None:
+            self.ident = await anyio.to_thread.run_sync(file_id, self.path)
         try:
             framer = self.framer(self.start)
             while not out.stopping:
@@ -172,3 +183,20 @@ class FileReader:
             line,
         )
         await emit(msg)
+
+
+def position_of(reader: FileReader, msg: Message) -> tuple[str, Any] | None:
+    """The checkpoint position after ``msg`` of ``reader``'s file: key ``"dev:inode"``,
+    value its path, fingerprint and the byte offset past the message (``None`` when the
+    message does not say where it ends)."""
+    ident = reader.ident
+    prov = msg.provenance if isinstance(msg, Batch) else None
+    if ident is None or prov is None:
+        return None
+    end = prov.end_offset if prov.end_offset is not None else None
+    if end is None and prov.unit == "byte":
+        end = prov.stop
+    if end is None:
+        return None
+    value = {"path": reader.path, "fp": ident.fingerprint.hex(), "len": ident.length, "offset": end}
+    return f"{ident.device}:{ident.inode}", value

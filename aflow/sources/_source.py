@@ -22,10 +22,13 @@ import anyio
 import numpy as np
 
 from ..abc import Context, Message, Outlet, Source
+from ..errors import CheckpointMismatch
 from ..policies import ErrorPolicy, Reporter, check_policy
+from ._fileid import FINGERPRINT_BYTES as FINGERPRINT
+from ._fileid import FileId, file_id
 from ._follow import Follower
 from ._open import MAGIC_BYTES, compression_of, read_small
-from ._reader import FileReader, LastLine, Shape
+from ._reader import FileReader, LastLine, Shape, position_of
 
 __all__ = ["MiB", "Paths", "expand", "is_glob", "read_concurrently"]
 
@@ -72,7 +75,16 @@ def expand(paths: Paths, *, follow: bool = False, name: str = "read") -> list[st
 
 
 class FilesSource(Source):
-    """Reads each path with a :class:`FileReader`, up to ``max_open`` at once."""
+    """Reads each path with a :class:`FileReader`, up to ``max_open`` at once.
+
+    Resumable: each message's position is its file's identity (``"device:inode"``, with
+    the fingerprint of its first bytes) and the byte offset past its last whole line or
+    record; a run resumed from a checkpoint starts each file there, finds a rotated
+    (renamed) unfinished file beside its old path by its fingerprint, and skips files
+    read to their end.
+    """
+
+    resumable = True
 
     def __init__(
         self,
@@ -118,12 +130,54 @@ class FilesSource(Source):
     async def produce(self, out: Outlet, ctx: Context) -> None:
         files = await anyio.to_thread.run_sync(self._expand)  # a glob may be slow
         report = Reporter(self.on_error, self.name, out.counters)
+        resume = out.resume_positions
+        readers = [self._reader(f) for f in files]
+        if resume:
+            readers = await anyio.to_thread.run_sync(self._resume, readers, resume)
         if self.follow:
-            await self._follow(files, report, out)
+            await self._follow(readers, report, out)
             return
         # Even one file is read by a task of its own, a few reads ahead of the stages
         # fused behind this source, so reading and processing overlap.
-        await read_concurrently([self._reader(f) for f in files], self.max_open, report, out)
+        await read_concurrently(readers, self.max_open, report, out)
+
+    def _resume(self, readers: list[FileReader], resume: dict[str, Any]) -> list[FileReader]:
+        """Start each reader after its committed position; add readers for rotated,
+        unfinished files of the checkpoint (follow mode). Blocks: run it in a thread."""
+        done: set[str] = set()
+        for reader in readers:
+            ident = file_id(reader.path)
+            if ident is None:
+                continue
+            key = f"{ident.device}:{ident.inode}"
+            pos = resume.get(key)
+            if pos is not None and _same(ident, pos, reader.path):
+                reader.start = max(reader.start, int(pos["offset"]))
+                reader.ident = ident
+                done.add(key)
+                continue
+            before = [p for p in resume.values() if p.get("path") == reader.path]
+            if before and not self.follow:
+                raise CheckpointMismatch(
+                    f"{self.name}: {reader.path} is not the file the checkpoint was reading "
+                    "(another device, inode or first bytes): the input changed; use a new "
+                    "checkpoint, or delete this one to read everything again"
+                )
+        extra: list[FileReader] = []
+        for key, pos in resume.items():
+            if key in done:
+                continue
+            found = _find_rotated(pos)
+            if found is None:
+                continue
+            path, ident, size = found
+            if size > int(pos["offset"]):
+                reader = FileReader(
+                    path, start=int(pos["offset"]), **{**self.options, "follow": False}
+                )
+                reader.ident = ident
+                extra.append(reader)
+        return extra + readers
 
     def size(self) -> tuple[int, str] | None:
         """Bytes of the files (rows for records); unknown when following them, or when one
@@ -152,11 +206,10 @@ class FilesSource(Source):
     def _reader(self, path: str) -> FileReader:
         return FileReader(path, start=self.header_bytes, **self.options)
 
-    async def _follow(self, files: list[str], report: Reporter, out: Outlet) -> None:
+    async def _follow(self, readers: list[FileReader], report: Reporter, out: Outlet) -> None:
         """Follow every file, and the files that come to match a glob later."""
         patterns = [text for text in _items(self.paths) if is_glob(text)]
-        followed = set(files)
-        readers = [self._reader(f) for f in files]
+        followed = {r.path for r in readers}
 
         async def discover(start: Callable[[FileReader], None]) -> None:
             while not out.stopping:
@@ -171,11 +224,55 @@ class FilesSource(Source):
         await read_concurrently(readers, len(readers) or 1, report, out, discover)
 
 
+def _same(ident: FileId, pos: dict[str, Any], path: str) -> bool:
+    """Whether the file ``ident`` starts with the bytes a checkpoint position recorded."""
+    n = int(pos.get("len", 0))
+    if ident.length < n:
+        return False
+    if ident.length == n:
+        return ident.fingerprint.hex() == pos.get("fp")
+    full = FileId(ident.device, ident.inode, bytes.fromhex(str(pos.get("fp", ""))), n)
+    with open(path, "rb") as f:
+        return full.matches(f.read(n))
+
+
+def _find_rotated(pos: dict[str, Any]) -> tuple[str, FileId, int] | None:
+    """The file a checkpoint position was reading, by its first bytes, at its old path or
+    renamed beside it (``app.log.1``, ``app.log-2026...``): path, identity, size."""
+    path = str(pos.get("path", ""))
+    directory, name = os.path.split(path)
+    try:
+        names = sorted(os.listdir(directory or "."))
+    except OSError:
+        return None
+    for other in names:
+        if not other.startswith(name):
+            continue
+        candidate = os.path.join(directory, other)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        ident = file_id(candidate)
+        if ident is not None and _same(ident, pos, candidate):
+            return candidate, ident, st.st_size
+    return None
+
+
 def _match_all(patterns: list[str]) -> list[str]:
     return [path for pattern in patterns for path in _match(pattern)]
 
 
-async def _read_small_files(readers: list[FileReader], emit: Any, report: Reporter) -> list[int]:
+def _positioned(out: Outlet, reader: FileReader) -> Any:
+    async def emit(msg: Message) -> None:
+        await out.emit(msg, position=position_of(reader, msg))
+
+    return emit
+
+
+async def _read_small_files(readers: list[FileReader], emit: Outlet, report: Reporter) -> list[int]:
     """Read the small regular files among ``readers`` whole, many per thread call; return
     the indexes of the others (large files, FIFOs), to be read as streams."""
     rest: list[int] = []
@@ -188,9 +285,11 @@ async def _read_small_files(readers: list[FileReader], emit: Any, report: Report
                 rest.append(first + index)
                 continue
             framer = reader.framer(0)
+            reader.ident = FileId.of(os.stat(reader.path), data[:FINGERPRINT])
+            send = _positioned(emit, reader)
             if data:
-                await reader.feed(framer, data, emit, report)
-            await reader.finish(framer, emit, report)
+                await reader.feed(framer, data, send, report)
+            await reader.finish(framer, send, report)
     return rest
 
 
@@ -211,9 +310,9 @@ async def read_concurrently(
     """
     # Small files first, in this task (no hop through the read-ahead buffer per file).
     small = [r for r in readers if not r.follow and r.start == 0]
-    indexes = await _read_small_files(small, out.emit, report) if small else []
+    indexes = await _read_small_files(small, out, report) if small else []
     readers = [small[i] for i in indexes] + [r for r in readers if r.follow or r.start]
-    send, receive = anyio.create_memory_object_stream[Message](max_open)
+    send, receive = anyio.create_memory_object_stream[tuple[Message, Any]](max_open)
     slots = anyio.Semaphore(max_open)
     failure: list[BaseException] = []
 
@@ -226,13 +325,16 @@ async def read_concurrently(
                 tg.cancel_scope.cancel()
 
     async def read_one(tx: Any, reader: FileReader, limited: bool) -> None:
+        async def emit(msg: Message) -> None:
+            await tx.send((msg, position_of(reader, msg)))
+
         if reader.follow:
-            await Follower(reader, reader.rotate_wait).run(tx.send, report, out)
+            await Follower(reader, reader.rotate_wait).run(emit, report, out)
         elif limited:
             async with slots:
-                await reader.run(tx.send, report, out)
+                await reader.run(emit, report, out)
         else:
-            await reader.run(tx.send, report, out)
+            await reader.run(emit, report, out)
 
     async def run_discover(tx: Any) -> None:
         def start(reader: FileReader) -> None:
@@ -248,8 +350,8 @@ async def read_concurrently(
                 tg.start_soon(guarded, run_discover, send.clone())
         try:
             with receive:
-                async for msg in receive:
-                    await out.emit(msg)
+                async for msg, position in receive:
+                    await out.emit(msg, position=position)
         except Exception as exc:  # Closed, or an error downstream: raised below as itself
             failure.append(exc)
             tg.cancel_scope.cancel()
