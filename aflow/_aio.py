@@ -36,8 +36,8 @@ class AsyncFile(Protocol):
 
 
 async def open_file(path: str, mode: Literal["rb", "wb", "r+b"]) -> AsyncFile:
-    """Open ``path`` in binary ``mode`` (``"rb"``, ``"wb"``, ``"r+b"``) with the running backend's file
-    API.
+    """Open ``path`` in binary ``mode`` (``"rb"``, ``"wb"``, ``"r+b"``) with the running
+    backend's file API.
 
     The open is shielded from cancellation: a cancelled open could leave the file open
     in its worker thread with no one to close it. Close the file with ``aclose()``.

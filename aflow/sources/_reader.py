@@ -10,6 +10,7 @@ uses a :class:`FileReader`'s framing.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -133,8 +134,8 @@ class FileReader:
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read to the end (follow mode is :class:`~aflow.sources._follow.Follower`)."""
         stream = await open_stream(self.path, self.start)
-        if self.ident is None:
-            self.ident = await anyio.to_thread.run_sync(file_id, self.path)
+        if self.ident is None:  # never open a FIFO twice: its open blocks for a writer
+            self.ident = await anyio.to_thread.run_sync(_regular_id, self.path)
         try:
             framer = self.framer(self.start)
             while not out.stopping:
@@ -183,6 +184,10 @@ class FileReader:
             line,
         )
         await emit(msg)
+
+
+def _regular_id(path: str) -> FileId | None:
+    return file_id(path) if os.path.isfile(path) else None
 
 
 def position_of(reader: FileReader, msg: Message) -> tuple[str, Any] | None:
