@@ -35,8 +35,8 @@ Shape = Literal["any", "digits", "digits3", "number"]
 TIME_SHAPE = "dd/aaa/dddd:dd:dd:dd sdddd"
 """``[$time_local]``: ``d`` a digit, ``a`` an ASCII letter, ``s`` ``+`` or ``-``."""
 
-_P10 = 10 ** np.arange(19, dtype=np.int64)
-_WIDE = 18  # digits of the widest number read here (int64 and exact float mantissas)
+_P10F = 10.0 ** np.arange(23)
+_WIDE = 15  # characters of the widest number read here (exact in a float64)
 
 
 @dataclass(frozen=True)
@@ -83,75 +83,138 @@ line's newline is."""
 
 
 def _gather(data: NDArray[np.uint8], start: NDArray[np.intp], width: int) -> NDArray[np.uint8]:
-    """``data[start[i] : start[i] + width]`` for every ``i`` (clipped at the end)."""
-    idx = start[:, None] + np.arange(width)
-    np.minimum(idx, len(data) - 1, out=idx)
-    return data[idx]
+    """``data[start[i] : start[i] + width]`` for every ``i`` (``data`` is padded: at most
+    :data:`PAD` bytes past a line's end)."""
+    windows = np.lib.stride_tricks.sliding_window_view(data, width)
+    return windows[np.minimum(start, len(windows) - 1)]
+
+
+PAD = 32
+"""Bytes after a block's end, so that every fixed-width window of a line fits."""
 
 
 def _digits(
-    data: NDArray[np.uint8], start: NDArray[np.intp], width: NDArray[np.intp], dot: bool
-) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
-    """Fields of ``\\d+`` (``dot``: ``[\\d.]+`` with at most one dot) of up to
-    :data:`_WIDE` characters: which are, the integer of their digits, and the digits
-    after the dot."""
-    n = len(start)
+    data: NDArray[np.uint8], lo: NDArray[np.intp], hi: NDArray[np.intp], dot: bool
+) -> tuple[NDArray[np.bool_], NDArray[np.float64], NDArray[np.intp]]:
+    r"""Fields ``data[lo:hi]`` of ``\d+`` (``dot``: ``\d*.\d*``, a digit at least) of up
+    to :data:`_WIDE` characters: which are, the integer of their digits (exact in a
+    float64), and the number of digits after the dot."""
+    width = hi - lo
+    n = len(lo)
     if not n:
-        z = np.zeros(0, np.int64)
-        return np.zeros(0, bool), z, z
-    w = int(min(width.max(), _WIDE + 1))
-    g = _gather(data, start, w)
-    pos = np.arange(w)
-    inside = pos < width[:, None]
+        return np.zeros(0, bool), np.zeros(0), np.zeros(0, np.intp)
+    w = int(min(width.max(), _WIDE))
+    g = _gather(data, np.maximum(hi - w, 0), w)  # right-aligned: the last digit at w - 1
+    inside = np.arange(w) >= (w - width)[:, None]
     d = g - np.uint8(48)
     isdig = d <= 9
-    ok = (width >= 1) & (width <= _WIDE)
+    ok = (width >= 1) & (width <= w) & (hi >= w)
     if dot:
         isdot = (g == 46) & inside
+        ok &= (isdig | isdot | ~inside).all(1)
         ndots = isdot.sum(1)
-        ok &= (isdig | isdot | ~inside).all(1) & (ndots <= 1) & (width > ndots)
-        # digits after the dot; the mantissa skips the dot
-        where = np.where(ndots == 1, isdot.argmax(1), width)
-        after = np.where(ndots == 1, width - 1 - where, 0)
-        keep = inside & isdig
-        rank = np.cumsum(keep, 1)  # 1-based rank of each digit
-        total = rank[:, -1]
-        power = np.clip(total[:, None] - rank, 0, 18)
+        ok &= (ndots <= 1) & (width > ndots)
+        after = np.where(ndots == 1, w - 1 - isdot.argmax(1), 0)  # digits after the dot
     else:
         ok &= (isdig | ~inside).all(1)
-        after = np.zeros(n, np.int64)
-        keep = inside
-        power = np.clip(width[:, None] - 1 - pos, 0, 18)
-    value = np.where(keep, d.astype(np.int64) * _P10[power], 0).sum(1)
-    return ok, value, after.astype(np.int64)
+        after = np.zeros(n, np.intp)
+    digits = np.where(inside & isdig, d, np.uint8(0)).astype(np.float64)
+    value = digits @ _P10F[w - 1 :: -1]  # the dot's slot is a 0 digit
+    if dot:
+        scale = _P10F[after]
+        low = np.fmod(value, scale)
+        value = np.where(ndots == 1, np.floor(value / (scale * 10)) * scale + low, value)
+    return ok, value, after
 
 
 class _Breaks:
-    """The spaces, quotes and newlines of a block; spaces inside quotes apart."""
+    """The spaces, quotes and newlines of a block, and which lines hold only printable
+    ASCII without a backslash."""
 
-    def __init__(self, data: NDArray[np.uint8]) -> None:
-        mask = data == 32
-        mask |= data == 34
-        mask |= data == 10
-        brk = np.flatnonzero(mask)
-        c = data[brk]
-        isq = c == 34
-        isnl = c == 10
-        qc = np.cumsum(isq, dtype=np.int64)
-        nl = np.flatnonzero(isnl)
-        line_of = np.cumsum(isnl, dtype=np.int64) - isnl
-        qline = qc[nl]
-        base = np.concatenate(([0], qline[:-1]))
-        self.quotes = qline - base  # per line
-        inside = (c == 32) & ((qc - base[line_of]) & 1 == 1)
-        keep = ~inside
-        kc = np.cumsum(keep, dtype=np.int64)[nl]
-        self.counts = np.diff(kc, prepend=0)  # kept breaks per line, its newline included
-        self.kept = brk[keep]
-        self.kept_line = line_of[keep]
-        self.kept_char = c[keep]
-        self.inner = brk[inside]  # spaces inside quotes
-        self.newlines = brk[nl]
+    def __init__(self, blob: bytes, data: NDArray[np.uint8]) -> None:
+        # a last "space" beyond every line: a line's next space always exists
+        self.spaces = np.append(np.flatnonzero(data == 32), len(data) + 1)
+        self.quotes = np.flatnonzero(data == 34)
+        self.newlines = nl = np.flatnonzero(data == 10)
+        n = len(nl)
+        self.starts = np.concatenate(([0], nl[:-1] + 1))
+        self.line_quotes = np.diff(np.searchsorted(self.quotes, nl), prepend=0)
+        self.clean = np.ones(n, bool)
+        if blob.isascii() and b"\\" not in blob and np.count_nonzero(data < 32) == n:
+            return
+        odd = data - np.uint8(32) > 94  # outside printable ASCII (newlines too)
+        odd |= data == 92
+        pos = np.flatnonzero(odd)
+        pos = pos[data[pos] != 10]
+        if len(pos):
+            self.clean[np.searchsorted(nl, pos)] = False
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where a canonical line's breaks are: ``order`` lists them as ``("s", segment,
+    k)`` (the ``k``-th space of an outside-quote segment), ``("q", k)`` (the ``k``-th
+    quote) or ``("n",)`` (the newline); ``spaces``: per segment."""
+
+    order: tuple[tuple[Any, ...], ...]
+    spaces: tuple[int, ...]
+    quotes: int
+
+
+def _plan(tokens: tuple[Token, ...]) -> _Plan:
+    order: list[tuple[Any, ...]] = []
+    spaces = [0]
+    quotes = 0
+
+    def space() -> None:
+        order.append(("s", len(spaces) - 1, spaces[-1]))
+        spaces[-1] += 1
+
+    for i, t in enumerate(tokens):
+        if t.kind == "quoted":
+            order.append(("q", quotes))
+            order.append(("q", quotes + 1))
+            quotes += 2
+            spaces.append(0)
+        elif t.kind == "bracket":
+            for _ in range(t.spaces):
+                space()
+        if i < len(tokens) - 1:
+            space()
+    order.append(("n",))
+    return _Plan(tuple(order), tuple(spaces), quotes)
+
+
+def _matrix(
+    b: _Breaks, plan: _Plan, lines: NDArray[np.intp]
+) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """The break positions of ``lines`` (all with ``plan.quotes`` quotes) in plan order,
+    and which lines have exactly the plan's spaces outside quotes."""
+    n = len(lines)
+    ends = b.newlines[lines]
+    sp = b.spaces
+    first = np.searchsorted(sp, b.starts[lines])  # the line's first space
+    if plan.quotes:
+        q = b.quotes[np.searchsorted(b.quotes, b.starts[lines])[:, None] + np.arange(plan.quotes)]
+        at = np.searchsorted(sp, q)  # spaces before each quote
+        bounds = [first, *[at[:, k] for k in range(1, plan.quotes, 2)]]
+        limits = [*[at[:, k] for k in range(0, plan.quotes, 2)], np.searchsorted(sp, ends)]
+    else:
+        q = np.zeros((n, 0), np.intp)
+        bounds, limits = [first], [np.searchsorted(sp, ends)]
+    ok = np.ones(n, bool)
+    m = np.empty((n, len(plan.order)), np.intp)
+    for r, count in enumerate(plan.spaces):
+        ok &= limits[r] - bounds[r] == count  # spaces in the segment
+    last = len(sp) - 1
+    for c, where in enumerate(plan.order):
+        if where[0] == "s":
+            m[:, c] = sp[np.minimum(bounds[where[1]] + where[2], last)]
+        elif where[0] == "q":
+            m[:, c] = q[:, where[1]]
+        else:
+            m[:, c] = ends
+    return m, ok
 
 
 def fast_parser(
@@ -167,30 +230,18 @@ def fast_parser(
     plans = [_plan(tokens) for tokens in variants]
     need_text = any(kind.partition(":")[0] == "str" for kind in columns.values())
 
-    def parse(blob: bytes, out: NDArray[Any]) -> NDArray[np.bool_]:
-        data = np.frombuffer(blob, np.uint8)
+    def parse(blob: bytes, out: NDArray[Any]) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
+        data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
+        b = _Breaks(blob, data[: len(blob)])
         n = len(out)
         done = np.zeros(n, bool)
-        b = _Breaks(data)
-        starts = np.concatenate(([0], b.newlines[:-1] + 1))
-        odd = data - np.uint8(32) > 94  # outside printable ASCII (newlines too)
-        odd |= data == 92
-        pos = np.flatnonzero(odd)
-        pos = pos[data[pos] != 10]
-        clean = np.ones(n, bool)
-        if len(pos):
-            clean[np.searchsorted(b.newlines, pos)] = False
         text: str | None = None
-        for tokens, (expected, quotes) in zip(variants, plans, strict=True):
-            k = len(expected)
-            lines = np.flatnonzero(clean & (b.counts == k) & (b.quotes == quotes))
+        todo = b.clean
+        for tokens, plan in zip(variants, plans, strict=True):
+            lines = np.flatnonzero(todo & (b.line_quotes == plan.quotes))
             if not len(lines):
                 continue
-            sel = np.zeros(n, bool)
-            sel[lines] = True
-            pick = sel[b.kept_line]
-            m = b.kept[pick].reshape(-1, k)
-            ok = (b.kept_char[pick].reshape(-1, k) == expected).all(1)
+            m, ok = _matrix(b, plan, lines)
             if not ok.all():
                 m, lines = m[ok], lines[ok]
             if not len(lines):
@@ -198,27 +249,16 @@ def fast_parser(
             if text is None and need_text:
                 text = blob.decode("latin-1")  # canonical lines are ASCII
             good, values = _fields(
-                data, text, b, tokens, m, starts[lines], columns, dtype, fill_int, formats, fixed
+                data, text, b, tokens, m, b.starts[lines], columns, dtype, fill_int, formats, fixed
             )
             rows = lines[good]
             for name, col in values.items():
                 out[name][rows] = col
             done[rows] = True
+            todo = todo & ~done
         return done, b.newlines
 
     return parse
-
-
-def _plan(tokens: tuple[Token, ...]) -> tuple[NDArray[np.uint8], int]:
-    """The breaks a canonical line of ``tokens`` has, in order, and its quote count."""
-    seq: list[int] = []
-    for i, t in enumerate(tokens):
-        if t.kind == "quoted":
-            seq += [34, 34]
-        elif t.kind == "bracket":
-            seq += [32] * t.spaces
-        seq.append(32 if i < len(tokens) - 1 else 10)
-    return np.array(seq, np.uint8), seq.count(34)
 
 
 def _fields(
@@ -250,6 +290,7 @@ def _fields(
             lo, hi = opening + 1, closing
             col += 2
             ok &= m[:, col] == closing + 1
+            ok &= closing > opening
         elif t.kind == "bracket":
             col += t.spaces
             lo, hi = prev + 2, m[:, col] - 1
@@ -267,11 +308,16 @@ def _fields(
             ok &= hi - lo == len(TIME_SHAPE)
             if t.name not in columns or formats.get(t.name) != "%d/%b/%Y:%H:%M:%S %z":
                 ok &= _time_shape(_gather(data, lo, len(TIME_SHAPE)))
-        if t.shape != "any":
+        kind = columns.get(t.name or "", "").partition(":")[0]
+        implied = t.dash and (
+            (t.shape == "number" and kind in ("int", "float"))
+            or (t.shape == "digits" and kind == "int")
+        )
+        if t.shape != "any" and not implied:  # else the conversion checks more
             ok &= _shape(data, lo, hi, t.shape, t.dash)
         if t.name is not None:
             spans[t.name] = (lo, hi)
-        if t.request:
+        if t.request and {"method", "path", "protocol"} & set(columns):
             parts, unsure = _request(data, b, lo, hi)
             spans.update(parts)
             ok &= ~unsure
@@ -322,37 +368,37 @@ def _strings(text: str, lo: NDArray[np.intp], hi: NDArray[np.intp]) -> NDArray[A
     return out
 
 
+_LOW = np.array(
+    [ord(c) if c not in "das" else {"d": 48, "a": 97, "s": 43}[c] for c in TIME_SHAPE], np.uint8
+)
+_HIGH = np.array(
+    [ord(c) if c not in "das" else {"d": 57, "a": 122, "s": 45}[c] for c in TIME_SHAPE], np.uint8
+)
+_CASE = np.array([0x20 if c == "a" else 0 for c in TIME_SHAPE], np.uint8)
+
+
 def _time_shape(g: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    ok = np.ones(len(g), bool)
-    for i, ch in enumerate(TIME_SHAPE):
-        c = g[:, i]
-        if ch == "d":
-            ok &= c - np.uint8(48) <= 9
-        elif ch == "a":
-            ok &= (c | np.uint8(0x20)) - np.uint8(97) <= 25
-        elif ch == "s":
-            ok &= (c == 43) | (c == 45)
-        else:
-            ok &= c == ord(ch)
-    return ok
+    """Which rows of ``g`` (shape ``(n, 26)``) have :data:`TIME_SHAPE`."""
+    g = g | _CASE
+    ok: NDArray[np.bool_] = ((g >= _LOW) & (g <= _HIGH)).all(1)
+    return ok & (g[:, TIME_SHAPE.index("s")] != 44)  # "+" or "-", not ","
 
 
 def _shape(
     data: NDArray[np.uint8], lo: NDArray[np.intp], hi: NDArray[np.intp], shape: Shape, dash: bool
 ) -> NDArray[np.bool_]:
+    """Which fields have ``shape`` (wider ones than read here are left to the regex)."""
     width = hi - lo
     if shape == "digits3":
-        g = _gather(data, lo, 3)
-        ok = (width == 3) & (g - np.uint8(48) <= 9).all(1)
+        ok = (width == 3) & (_gather(data, lo, 3) - np.uint8(48) <= 9).all(1)
     else:
-        # [\d.]+ of any number of dots (the value may not convert: the regex decides)
-        w = int(min(width.max(initial=1), _WIDE + 1))
+        w = int(min(width.max(initial=1), _WIDE))
         g = _gather(data, lo, w)
         allowed = g - np.uint8(48) <= 9
-        if shape == "number":
+        if shape == "number":  # [\d.]+: any number of dots (the value may not convert)
             allowed |= g == 46
         allowed |= np.arange(w) >= width[:, None]
-        ok = (width >= 1) & (width <= _WIDE) & allowed.all(1)
+        ok = (width >= 1) & (width <= w) & allowed.all(1)
     if dash:
         ok |= (width == 1) & (data[lo] == 45)
     return ok
@@ -361,17 +407,15 @@ def _shape(
 def _number(
     data: NDArray[np.uint8], lo: NDArray[np.intp], hi: NDArray[np.intp], floating: bool
 ) -> tuple[NDArray[np.bool_], NDArray[Any]]:
-    """Values of ``\\d+`` (or ``\\d*.\\d*`` for floats) fields; ``-`` is 0 or NaN."""
+    r"""Values of ``\d+`` (or ``\d*.\d*`` for floats) fields; ``-`` is 0 or NaN."""
     width = hi - lo
-    ok, value, after = _digits(data, lo, width, floating)
+    ok, value, after = _digits(data, lo, hi, floating)
     dash = (width == 1) & (data[lo] == 45)
     if floating:
-        ok &= (width <= 16) | dash  # mantissas below 2**53: one exact division
-        out = value / (10.0 ** after)
+        out = value / _P10F[after]  # both exact: one rounding, as float() does
         out[dash] = np.nan
-    else:
-        out = np.where(dash, 0, value)
-    return ok | dash, out
+        return ok | dash, out
+    return ok | dash, np.where(dash, 0, value.astype(np.int64))
 
 
 def _request(
@@ -381,12 +425,10 @@ def _request(
     to the first space, the protocol after the last space when it reads ``HTTP/[\\d.]+``
     (and that space is not the first), the path between; no space (or a leading one):
     all three empty. Also the lines left to the regex: a protocol longer than read here."""
-    inner = b.inner
-    i = np.searchsorted(inner, lo)
-    first = inner[np.minimum(i, len(inner) - 1)] if len(inner) else np.full(len(lo), -1)
-    has = (i < len(inner)) & (first < hi) & (first > lo)
-    j = np.searchsorted(inner, hi) - 1
-    last = inner[np.maximum(j, 0)] if len(inner) else np.full(len(lo), -1)
+    sp = b.spaces  # ends with a sentinel beyond every line
+    first = sp[np.searchsorted(sp, lo)]
+    has = (first < hi) & (first > lo)
+    last = sp[np.maximum(np.searchsorted(sp, hi) - 1, 0)]
     width = hi - last - 1
     g = _gather(data, last + 1, 12)
     proto = has & (last > first) & (g[:, :5] == np.frombuffer(b"HTTP/", np.uint8)).all(1)

@@ -54,9 +54,7 @@ COMBINED_COLUMNS: dict[str, str] = {
 """Typed columns for :data:`COMBINED` (a subset of its groups)."""
 
 _TIME = r"\d{2}/[A-Za-z]{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}"
-_REQUEST = (
-    rf'(?P<method>[^ "\n]+) (?P<path>{_QUOTED}?)(?: (?P<protocol>HTTP/[\d.]+))?|{_QUOTED}'
-)
+_REQUEST = rf'(?P<method>[^ "\n]+) (?P<path>{_QUOTED}?)(?: (?P<protocol>HTTP/[\d.]+))?|{_QUOTED}'
 _COMBINED_LAYOUT = Layout(
     (
         Token("bare", "remote_addr"),
@@ -129,7 +127,7 @@ class LogFormat:
             if m is None:
                 if not word or "$" in word or '"' in word:
                     raise ValueError(
-                        f"LogFormat: {word!r} in {fields!r}: use $name, \"$name\", [$name] or "
+                        f'LogFormat: {word!r} in {fields!r}: use $name, "$name", [$name] or '
                         "literal text between single spaces (or write a regular expression)"
                     )
                 tokens.append(Token("literal", text=word))
@@ -487,8 +485,6 @@ class LogDecoder(LineDecoder):
             errors = "replace" if layout is not None else "strict"
         b"".decode("utf-8", errors)  # an unknown handler fails here, not per block
         self.errors = errors
-        self._parse, self.dtype, self.vectorized = _parser(
-            compiled, cols, errors, fill_int, layout
-        )
+        self._parse, self.dtype, self.vectorized = _parser(compiled, cols, errors, fill_int, layout)
         if self.vectorized:
             self.small_block = SMALL_BLOCK

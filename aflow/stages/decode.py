@@ -28,7 +28,7 @@ from ..abc import (
     Processor,
     Provenance,
 )
-from ..codecs import COMBINED, CsvDecoder, Decoded, JsonlDecoder, LogDecoder
+from ..codecs import COMBINED, CsvDecoder, Decoded, JsonlDecoder, LogDecoder, LogFormat
 from ..codecs._diagnose import diagnose, header_hint
 from ..codecs.csv import Engine
 from ..codecs.lines import LineBlockProvenance, cut_before, line_place
@@ -408,7 +408,7 @@ def decode_jsonl(
 
 
 def decode_log(
-    pattern: str | re.Pattern[str] = COMBINED,
+    pattern: str | re.Pattern[str] | LogFormat = COMBINED,
     columns: dict[str, str] | None = None,
     *,
     errors: str | None = None,
@@ -422,8 +422,10 @@ def decode_log(
     The rules are :class:`~aflow.codecs.LogDecoder`'s.
 
     Args:
-        pattern: a regular expression with named groups matching a whole line; by
-            default the nginx/Apache combined format (:data:`~aflow.codecs.COMBINED`).
+        pattern: a regular expression with named groups matching a whole line, or a
+            :class:`~aflow.codecs.LogFormat` (space-separated fields, parsed with array
+            arithmetic); by default the nginx/Apache combined format
+            (:data:`~aflow.codecs.COMBINED`, parsed as a ``LogFormat`` is).
         columns: group name -> ``"int"``, ``"float"``, ``"float:sum"`` (also ``max``,
             ``min``, ``first``, ``last``: nginx's lists such as ``0.000, 0.001``),
             ``"str"`` or ``"timestamp:<strftime format>"``; by default
@@ -435,9 +437,10 @@ def decode_log(
         fill_int: an ``int`` group that took no part in the match (an optional group)
             reads as this, never as a real 0; ``"-"`` reads as 0, a ``float`` group
             that took no part or ``"-"`` as NaN, a timestamp as NaT.
-        threads: blocks decoded at once in worker threads; by default none (decode
-            inline, fused with the neighbouring stages: the regex holds the GIL, so threads
-            pay only when the columns' conversions dominate).
+        threads: blocks decoded at once in worker threads; by default one per core
+            for :data:`~aflow.codecs.COMBINED` and a :class:`~aflow.codecs.LogFormat`
+            (their array path runs mostly outside the GIL), none for other patterns
+            (decode inline, fused with the neighbouring stages: the regex holds the GIL).
         on_error: for lines that do not match or whose fields do not convert (also
             invalid UTF-8 under ``errors="strict"``): ``"raise"``, ``"skip"`` or
             :func:`~aflow.dead_letter`; each line is judged alone (no bisection).
@@ -448,4 +451,6 @@ def decode_log(
     """
     decoder = LogDecoder(pattern, columns, errors=errors, fill_int=fill_int)
     op = DecodeOp("decode_log", decoder, on_error, fail_fast=fail_fast)
-    return decode_stage(op, threads or 0)
+    if threads is None:
+        threads = (os.cpu_count() or 1) if decoder.vectorized else 0
+    return decode_stage(op, threads)
