@@ -76,10 +76,9 @@ class Layout:
         return out
 
 
-FastParse = Callable[[bytes, NDArray[Any]], tuple[NDArray[np.bool_], NDArray[np.intp]]]
-"""``(blob, out) -> (done, newlines)``: fills ``out[i]`` for each canonical line ``i``
-of ``blob`` (``out`` has one row per line), says which lines it filled, and where each
-line's newline is."""
+FastParse = Callable[[bytes], tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]]
+"""``blob -> (out, done, newlines)``: one row per line of ``blob`` (filled for the
+canonical lines), which lines those are, and where each line's newline is."""
 
 
 def _gather(data: NDArray[np.uint8], start: NDArray[np.intp], width: int) -> NDArray[np.uint8]:
@@ -128,18 +127,35 @@ def _digits(
 
 
 class _Breaks:
-    """The spaces, quotes and newlines of a block, and which lines hold only printable
-    ASCII without a backslash."""
+    """The spaces, quotes and newlines of a block (those outside quotes apart), and which
+    lines hold only printable ASCII without a backslash."""
 
     def __init__(self, blob: bytes, data: NDArray[np.uint8]) -> None:
-        # a last "space" beyond every line: a line's next space always exists
-        self.spaces = np.append(np.flatnonzero(data == 32), len(data) + 1)
-        self.quotes = np.flatnonzero(data == 34)
-        self.newlines = nl = np.flatnonzero(data == 10)
-        n = len(nl)
-        self.starts = np.concatenate(([0], nl[:-1] + 1))
-        self.line_quotes = np.diff(np.searchsorted(self.quotes, nl), prepend=0)
+        mask = data == 32
+        mask |= data == 34
+        mask |= data == 10
+        brk = np.flatnonzero(mask)
+        c = data[brk]
+        qc = np.cumsum(c == 34, dtype=np.int32)  # quotes so far
+        nlk = np.flatnonzero(c == 10)
+        n = len(nlk)
+        self.newlines = brk[nlk]
+        qline = qc[nlk]
+        base = np.concatenate(([0], qline[:-1]))
+        self.line_quotes = qline - base
+        if (self.line_quotes & 1).any():  # quotes left open: count each line's own
+            line_of = np.repeat(np.arange(n), np.diff(nlk, prepend=-1))
+            qc = qc - base[line_of]
+        self._brk, self._c = brk, c
+        keep = ~((c == 32) & (qc & 1 == 1))  # spaces inside quotes go
+        self.kept = brk[keep]
+        self.kept_char = c[keep]
+        kept_nl = np.flatnonzero(self.kept_char == 10)
+        self.counts = np.diff(kept_nl, prepend=-1)  # per line, its newline included
+        self.first = kept_nl - self.counts + 1  # index of a line's first break in kept
+        self.starts = np.concatenate(([0], self.newlines[:-1] + 1))
         self.clean = np.ones(n, bool)
+        self._spaces: NDArray[np.intp] | None = None
         if blob.isascii() and b"\\" not in blob and np.count_nonzero(data < 32) == n:
             return
         odd = data - np.uint8(32) > 94  # outside printable ASCII (newlines too)
@@ -147,7 +163,14 @@ class _Breaks:
         pos = np.flatnonzero(odd)
         pos = pos[data[pos] != 10]
         if len(pos):
-            self.clean[np.searchsorted(nl, pos)] = False
+            self.clean[np.searchsorted(self.newlines, pos)] = False
+
+    @property
+    def spaces(self) -> NDArray[np.intp]:
+        """Every space; then one beyond every line, so that a next space always exists."""
+        if self._spaces is None:
+            self._spaces = np.append(self._brk[self._c == 32], self._brk[-1] + PAD + 2)
+        return self._spaces
 
 
 @dataclass(frozen=True)
@@ -159,6 +182,8 @@ class _Plan:
     order: tuple[tuple[Any, ...], ...]
     spaces: tuple[int, ...]
     quotes: int
+    chars: NDArray[np.uint8]
+    """The break characters in order."""
 
 
 def _plan(tokens: tuple[Token, ...]) -> _Plan:
@@ -182,38 +207,23 @@ def _plan(tokens: tuple[Token, ...]) -> _Plan:
         if i < len(tokens) - 1:
             space()
     order.append(("n",))
-    return _Plan(tuple(order), tuple(spaces), quotes)
+    chars = np.array([{"s": 32, "q": 34, "n": 10}[x[0]] for x in order], np.uint8)
+    return _Plan(tuple(order), tuple(spaces), quotes, chars)
 
 
 def _matrix(
     b: _Breaks, plan: _Plan, lines: NDArray[np.intp]
 ) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
-    """The break positions of ``lines`` (all with ``plan.quotes`` quotes) in plan order,
-    and which lines have exactly the plan's spaces outside quotes."""
-    n = len(lines)
-    ends = b.newlines[lines]
-    sp = b.spaces
-    first = np.searchsorted(sp, b.starts[lines])  # the line's first space
-    if plan.quotes:
-        q = b.quotes[np.searchsorted(b.quotes, b.starts[lines])[:, None] + np.arange(plan.quotes)]
-        at = np.searchsorted(sp, q)  # spaces before each quote
-        bounds = [first, *[at[:, k] for k in range(1, plan.quotes, 2)]]
-        limits = [*[at[:, k] for k in range(0, plan.quotes, 2)], np.searchsorted(sp, ends)]
+    """The break positions of ``lines`` (each with as many breaks as ``plan``) in plan
+    order, and which lines have them in the plan's order (quotes and spaces)."""
+    k = len(plan.order)
+    if len(lines) * k == len(b.kept):  # every line of the block: no gathering
+        m = b.kept.reshape(-1, k)
+        chars = b.kept_char.reshape(-1, k)
     else:
-        q = np.zeros((n, 0), np.intp)
-        bounds, limits = [first], [np.searchsorted(sp, ends)]
-    ok = np.ones(n, bool)
-    m = np.empty((n, len(plan.order)), np.intp)
-    for r, count in enumerate(plan.spaces):
-        ok &= limits[r] - bounds[r] == count  # spaces in the segment
-    last = len(sp) - 1
-    for c, where in enumerate(plan.order):
-        if where[0] == "s":
-            m[:, c] = sp[np.minimum(bounds[where[1]] + where[2], last)]
-        elif where[0] == "q":
-            m[:, c] = q[:, where[1]]
-        else:
-            m[:, c] = ends
+        at = b.first[lines][:, None] + np.arange(k)
+        m, chars = b.kept[at], b.kept_char[at]
+    ok: NDArray[np.bool_] = (chars == plan.chars).all(1)
     return m, ok
 
 
@@ -230,15 +240,18 @@ def fast_parser(
     plans = [_plan(tokens) for tokens in variants]
     need_text = any(kind.partition(":")[0] == "str" for kind in columns.values())
 
-    def parse(blob: bytes, out: NDArray[Any]) -> tuple[NDArray[np.bool_], NDArray[np.intp]]:
+    def parse(blob: bytes) -> tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]:
         data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
         b = _Breaks(blob, data[: len(blob)])
-        n = len(out)
+        n = len(b.newlines)
+        out = np.empty(n, dtype)
         done = np.zeros(n, bool)
         text: str | None = None
         todo = b.clean
         for tokens, plan in zip(variants, plans, strict=True):
-            lines = np.flatnonzero(todo & (b.line_quotes == plan.quotes))
+            lines = np.flatnonzero(
+                todo & (b.counts == len(plan.order)) & (b.line_quotes == plan.quotes)
+            )
             if not len(lines):
                 continue
             m, ok = _matrix(b, plan, lines)
@@ -256,7 +269,7 @@ def fast_parser(
                 out[name][rows] = col
             done[rows] = True
             todo = todo & ~done
-        return done, b.newlines
+        return out, done, b.newlines
 
     return parse
 

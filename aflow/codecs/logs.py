@@ -340,8 +340,7 @@ def _parser(
             blob = blob.replace(b"\r\n", b"\n")
         if not blob.endswith(b"\n"):
             blob += b"\n"
-        out = np.empty(blob.count(b"\n"), dtype)
-        done, newlines = fast(blob, out)
+        out, done, newlines = fast(blob)
         if done.all():
             return out
         numbered: list[tuple[int, str]] = []
