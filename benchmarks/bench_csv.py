@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _runs import interleaved, load, peak_rss, report
 
 READING = np.dtype([("ts", "<i8"), ("sensor", "<i4"), ("value", "<f4")])
@@ -47,7 +46,8 @@ def make_files(folder: Path, rows: int) -> tuple[list[str], list[str]]:
         sensor = rng.integers(0, SENSORS, rows)
         value = np.round(rng.normal(20, 5, rows) * 8) / 8
         text = "".join(
-            f"{t},{s},{v}\n" for t, s, v in zip(ts.tolist(), sensor.tolist(), value.tolist())
+            f"{t},{s},{v}\n"
+            for t, s, v in zip(ts.tolist(), sensor.tolist(), value.tolist(), strict=False)
         )
         lines = text.splitlines(keepends=True)
         one.write_text(text)
