@@ -19,7 +19,7 @@ construction, the groups that expression gives, so results never depend on the p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -66,7 +66,6 @@ class Layout:
 
     tokens: tuple[Token, ...]
     optional: int = 0
-    names: frozenset[str] = field(default=frozenset())
 
     def groups(self) -> set[str]:
         """The group names a canonical line gives."""
@@ -362,7 +361,7 @@ def _fields(
             if fmt is None or not ok.any():
                 values[name] = np.full(n, np.datetime64("NaT"), "M8[ns]")
                 continue
-            ns, parsed = fmt.parse_codes(_gather(data, lo, width))
+            ns, parsed = fmt.parse_codes(_gather(data, lo, width).astype(np.int64))
             ok &= parsed
             values[name] = ns.view("M8[ns]")
         else:
@@ -393,8 +392,8 @@ _CASE = np.array([0x20 if c == "a" else 0 for c in TIME_SHAPE], np.uint8)
 def _time_shape(g: NDArray[np.uint8]) -> NDArray[np.bool_]:
     """Which rows of ``g`` (shape ``(n, 26)``) have :data:`TIME_SHAPE`."""
     g = g | _CASE
-    ok: NDArray[np.bool_] = ((g >= _LOW) & (g <= _HIGH)).all(1)
-    return ok & (g[:, TIME_SHAPE.index("s")] != 44)  # "+" or "-", not ","
+    ok = np.asarray(((g >= _LOW) & (g <= _HIGH)).all(1), np.bool_)
+    return np.asarray(ok & (g[:, TIME_SHAPE.index("s")] != 44), np.bool_)  # + or -, not ,
 
 
 def _shape(
@@ -414,7 +413,7 @@ def _shape(
         ok = (width >= 1) & (width <= w) & allowed.all(1)
     if dash:
         ok |= (width == 1) & (data[lo] == 45)
-    return ok
+    return np.asarray(ok, np.bool_)
 
 
 def _number(

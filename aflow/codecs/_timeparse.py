@@ -79,10 +79,10 @@ class FixedFormat:
         return ns, ok
 
     def parse_codes(self, c: Codes) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
-        """:meth:`parse` of texts of the usual width given as code points (or bytes),
-        shape ``(n, width)``: the layout of that width only."""
+        """:meth:`parse` of texts of one width given as code points, shape
+        ``(n, width)``: the layout of that width only."""
         layout = next(x for x in self.layouts if x.width == c.shape[1])
-        return layout.parse_codes(c.astype(np.int64), np.ones(len(c), bool))
+        return layout.parse_codes(c, np.ones(len(c), bool))
 
 
 class _Layout:
