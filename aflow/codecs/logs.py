@@ -76,7 +76,7 @@ class LogFormat:
     """A log format declared as space-separated fields, in nginx ``log_format`` syntax.
 
     Each token is a variable (``$status``: no spaces or quotes), a quoted variable
-    (``"$http_user_agent"``: anything but a quote, nginx's ``\"`` and ``\\`` escapes
+    (``"$http_user_agent"``: anything but a quote, nginx's backslash escapes
     included), a bracketed variable (``[$time_local]``: nginx's local time; other
     variables without spaces) or literal text (``-``). ``"$request"`` also gives the
     groups ``method``, ``path`` and ``protocol``, as :data:`COMBINED` does.
@@ -103,7 +103,7 @@ class LogFormat:
     Examples:
         >>> fmt = LogFormat('$remote_addr [$time_local] "$request" $status $request_time')
         >>> rows, bad = LogDecoder(fmt, {"path": "str", "status": "int"}).decode(
-        ...     b'1.2.3.4 [10/Oct/2024:13:55:36 +0000] "GET /a HTTP/1.1" 200 0.002\n'
+        ...     b'1.2.3.4 [10/Oct/2024:13:55:36 +0000] "GET /a HTTP/1.1" 200 0.002\\n'
         ... )
         >>> rows.tolist()
         [('/a', 200)]
