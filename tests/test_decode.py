@@ -303,12 +303,18 @@ def test_log_decoded_in_threads_like_inline(tmp_path: Path) -> None:
         )
         return af.run(flow), [d.error.line for d in dead]  # type: ignore[attr-defined]
 
-    (inline, inline_dead), (threaded, threaded_dead) = decoded(None), decoded(3)
+    # threads=0 is inline (the default for COMBINED is threaded since issue 13)
+    (inline, inline_dead), (threaded, threaded_dead) = decoded(0), decoded(3)
     assert threaded.value.tolist() == inline.value.tolist()
     assert sorted(threaded_dead) == inline_dead == list(range(2, 900, 3))  # any order
     assert threaded.statistics.stage("decode_log[threads=3]").batches_out > 1
     with pytest.raises(KeyError):
         inline.statistics.stage("decode_log[threads=3]")
+    default, default_dead = decoded(None)
+    assert default.value.tolist() == inline.value.tolist()
+    assert sorted(default_dead) == inline_dead
+    name = f"decode_log[threads={(os.cpu_count() or 1) + 1}]"
+    assert default.statistics.stage(name).batches_out > 1
 
 
 @pytest.mark.anyio

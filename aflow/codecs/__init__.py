@@ -41,6 +41,7 @@ from .lines import LineSplitter as LineSplitter
 from .logs import COMBINED as COMBINED
 from .logs import COMBINED_COLUMNS as COMBINED_COLUMNS
 from .logs import LogDecoder as LogDecoder
+from .logs import LogFormat as LogFormat
 
 __all__ = [
     "COMBINED",
@@ -57,6 +58,7 @@ __all__ = [
     "LengthPrefixedFramer",
     "LineSplitter",
     "LogDecoder",
+    "LogFormat",
     "RecordFramer",
     "columns",
 ]

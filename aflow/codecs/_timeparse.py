@@ -78,6 +78,12 @@ class FixedFormat:
             ok[idx[sub_ok]] = True
         return ns, ok
 
+    def parse_codes(self, c: Codes) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        """:meth:`parse` of texts of one width given as code points, shape
+        ``(n, width)``: the layout of that width only."""
+        layout = next(x for x in self.layouts if x.width == c.shape[1])
+        return layout.parse_codes(c, np.ones(len(c), bool))
+
 
 class _Layout:
     """The positions of the fields for one width of ``%f`` and of ``%z`` (0: absent)."""
@@ -105,6 +111,13 @@ class _Layout:
         c = codes.view(np.uint32).reshape(n, -1)[:, : self.width].astype(np.int64)
         if c.shape[1] < self.width:  # every text shorter than the layout
             return np.zeros(n, np.int64), np.zeros(n, bool)
+        return self.parse_codes(c, ok)
+
+    def parse_codes(
+        self, c: Codes, ok: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        """:meth:`parse` of texts given as code points, shape ``(n, width)``."""
+        n = len(c)
         for pos, point in self.literals:
             ok &= c[:, pos] == point
         fields = self.fields

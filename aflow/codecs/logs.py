@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._blocks import LineDecoder, Parse, RejectedLines
+from ._blocks import SMALL_BLOCK, LineDecoder, Parse, RejectedLines
+from ._logfast import Layout, Token, fast_parser
 from ._timeparse import FixedFormat
 
-__all__ = ["COMBINED", "COMBINED_COLUMNS", "LogDecoder"]
+__all__ = ["COMBINED", "COMBINED_COLUMNS", "LogDecoder", "LogFormat"]
 
 _QUOTED = r'(?:[^"\\\n]|\\.)*'  # nginx escapes " and \ (as \x22, or \" with escape=json)
 COMBINED = (
@@ -51,6 +52,111 @@ COMBINED_COLUMNS: dict[str, str] = {
     "request_time": "float",
 }
 """Typed columns for :data:`COMBINED` (a subset of its groups)."""
+
+_TIME = r"\d{2}/[A-Za-z]{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}"
+_REQUEST = rf'(?P<method>[^ "\n]+) (?P<path>{_QUOTED}?)(?: (?P<protocol>HTTP/[\d.]+))?|{_QUOTED}'
+_COMBINED_LAYOUT = Layout(
+    (
+        Token("bare", "remote_addr"),
+        Token("bare"),
+        Token("bare", "remote_user"),
+        Token("bracket", "time", spaces=1, time=True),
+        Token("quoted", "request", request=True),
+        Token("bare", "status", shape="digits3"),
+        Token("bare", "bytes", shape="digits", dash=True),
+        Token("quoted", "referer"),
+        Token("quoted", "user_agent"),
+        Token("bare", "request_time", shape="number", dash=True),
+    ),
+    optional=1,
+)
+
+
+class LogFormat:
+    """A log format declared as space-separated fields, in nginx ``log_format`` syntax.
+
+    Each token is a variable (``$status``: no spaces or quotes), a quoted variable
+    (``"$http_user_agent"``: anything but a quote, nginx's backslash escapes
+    included), a bracketed variable (``[$time_local]``: nginx's local time; other
+    variables without spaces) or literal text (``-``). ``"$request"`` also gives the
+    groups ``method``, ``path`` and ``protocol``, as :data:`COMBINED` does.
+
+    The format stands for a regular expression (:attr:`pattern`), which any line can be
+    matched with; a :class:`LogDecoder` given a ``LogFormat`` parses the lines of the
+    declared shape with array arithmetic instead, several times faster, and leaves the
+    others (escapes, non-ASCII bytes, a missing or extra field) to the expression, so
+    the rows are the same either way.
+
+    Args:
+        fields: the ``log_format`` string, e.g.
+            ``'$remote_addr - $remote_user [$time_local] "$request" $status'``.
+
+    Attributes:
+        pattern: the regular expression, one named group per variable.
+        columns: default typed columns: every variable as ``str``, but ``status``,
+            ``body_bytes_sent``, ``bytes_sent`` (``int``), ``request_time`` (``float``)
+            and ``time_local`` (``timestamp``).
+
+    Raises:
+        ValueError: a token that is none of these, or a variable twice.
+
+    Examples:
+        >>> fmt = LogFormat('$remote_addr [$time_local] "$request" $status $request_time')
+        >>> rows, bad = LogDecoder(fmt, {"path": "str", "status": "int"}).decode(
+        ...     b'1.2.3.4 [10/Oct/2024:13:55:36 +0000] "GET /a HTTP/1.1" 200 0.002\\n'
+        ... )
+        >>> rows.tolist()
+        [('/a', 200)]
+    """
+
+    _TYPES: dict[str, str] = {  # noqa: RUF012 - read only
+        "status": "int",
+        "body_bytes_sent": "int",
+        "bytes_sent": "int",
+        "request_time": "float",
+        "time_local": "timestamp:%d/%b/%Y:%H:%M:%S %z",
+    }
+
+    def __init__(self, fields: str) -> None:
+        self.fields = fields
+        tokens: list[Token] = []
+        parts: list[str] = []
+        names: list[str] = []
+        for word in fields.split(" "):
+            m = re.fullmatch(r'(\$(\w+))|"\$(\w+)"|\[\$(\w+)\]', word)
+            if m is None:
+                if not word or "$" in word or '"' in word:
+                    raise ValueError(
+                        f'LogFormat: {word!r} in {fields!r}: use $name, "$name", [$name] or '
+                        "literal text between single spaces (or write a regular expression)"
+                    )
+                tokens.append(Token("literal", text=word))
+                parts.append(re.escape(word))
+                continue
+            name = m[2] or m[3] or m[4]
+            names.append(name)
+            if m[2]:
+                tokens.append(Token("bare", name))
+                parts.append(rf'(?P<{name}>[^ "\n]+)')
+            elif m[3]:
+                request = name == "request"
+                tokens.append(Token("quoted", name, request=request))
+                inner = _REQUEST if request else _QUOTED
+                parts.append(rf'"(?P<{name}>{inner})"')
+            elif name == "time_local":
+                tokens.append(Token("bracket", name, spaces=1, time=True))
+                parts.append(rf"\[(?P<{name}>{_TIME})\]")
+            else:
+                tokens.append(Token("bracket", name))
+                parts.append(rf'\[(?P<{name}>[^ "\n]*)\]')
+        if len(set(names)) != len(names) or {"method", "path", "protocol"} & set(names):
+            raise ValueError(f"LogFormat: a variable named twice in {fields!r}")
+        self.pattern = " ".join(parts)
+        self.layout = Layout(tuple(tokens))
+        self.columns = {n: self._TYPES.get(n, "str") for n in names}
+
+    def __repr__(self) -> str:
+        return f"LogFormat({self.fields!r})"
 
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
@@ -159,8 +265,12 @@ def _lists(texts: list[str], how: str) -> Converted:
 
 
 def _parser(
-    pattern: re.Pattern[str], columns: dict[str, str], errors: str, fill_int: int
-) -> tuple[Parse, np.dtype[Any]]:
+    pattern: re.Pattern[str],
+    columns: dict[str, str],
+    errors: str,
+    fill_int: int,
+    layout: Layout | None = None,
+) -> tuple[Parse, np.dtype[Any], bool]:
     dtype = np.dtype([(name, _column_dtype(kind)) for name, kind in columns.items()])
     for name in columns:
         if name not in pattern.groupindex:
@@ -180,6 +290,9 @@ def _parser(
         if kind.startswith("timestamp")
     }
     fixed = {name: _fixed_format(fmt) for name, fmt in formats.items()}
+    fast = None
+    if layout is not None and set(columns) <= layout.groups():
+        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed)
 
     def columns_of(rows: list[Any]) -> Converted:
         """The rows' columns, and the rows (with errors) whose fields do not convert."""
@@ -198,25 +311,12 @@ def _parser(
                 bad.setdefault(i, ValueError(f"column {name!r}: {exc}"))
         return out, bad
 
-    def parse(blob: bytes) -> NDArray[Any]:
-        text = blob.decode("utf-8", errors)
-        if "\r" in text:
-            text = text.replace("\r\n", "\n")
-        if block is not None and not blank_matches:
-            # without the last newline: at the very end, "$" would let a group take it
-            body = text[:-1] if text.endswith("\n") else text
-            found = block.findall(body)
-            if len(found) == body.count("\n") + 1:
-                rows, failed = columns_of(found)
-                if not failed:
-                    return rows
-                ok = np.ones(len(rows), bool)
-                ok[list(failed)] = False
-                raise RejectedLines(rows[ok], sorted(failed.items()))
+    def by_line(numbered: Any) -> tuple[NDArray[Any], list[int], list[tuple[int, Exception]]]:
+        """Each ``(index, line)`` matched alone: the rows, their indexes, the bad lines."""
         groups: list[Any] = []
         lines: list[int] = []
         bad: list[tuple[int, Exception]] = []
-        for i, line in enumerate(text.split("\n")):
+        for i, line in numbered:
             if not line.strip():
                 continue  # blank lines are skipped
             m = pattern.fullmatch(line)
@@ -231,11 +331,58 @@ def _parser(
             ok[list(failed)] = False
             rows = rows[ok]
             bad = sorted(bad + [(lines[k], exc) for k, exc in failed.items()], key=itemgetter(0))
+            lines = [x for k, x in enumerate(lines) if k not in failed]
+        return rows, lines, bad
+
+    def vectorized(blob: bytes) -> NDArray[Any]:
+        assert fast is not None
+        if b"\r" in blob:
+            blob = blob.replace(b"\r\n", b"\n")
+        if not blob.endswith(b"\n"):
+            blob += b"\n"
+        out, done, newlines = fast(blob)
+        if done.all():
+            return out
+        numbered: list[tuple[int, str]] = []
+        undecodable: list[tuple[int, Exception]] = []
+        for i in np.flatnonzero(~done).tolist():
+            start = int(newlines[i - 1]) + 1 if i else 0
+            try:
+                numbered.append((i, blob[start : int(newlines[i])].decode("utf-8", errors)))
+            except UnicodeDecodeError as exc:
+                undecodable.append((i, exc))
+        rows, lines, bad = by_line(numbered)
+        if lines:
+            out[lines] = rows
+            done[lines] = True
+        out = out[done]
+        if bad or undecodable:
+            raise RejectedLines(out, sorted(bad + undecodable, key=itemgetter(0)))
+        return out
+
+    def parse(blob: bytes) -> NDArray[Any]:
+        if fast is not None:
+            return vectorized(blob)
+        text = blob.decode("utf-8", errors)
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        if block is not None and not blank_matches:
+            # without the last newline: at the very end, "$" would let a group take it
+            body = text[:-1] if text.endswith("\n") else text
+            found = block.findall(body)
+            if len(found) == body.count("\n") + 1:
+                rows, failed = columns_of(found)
+                if not failed:
+                    return rows
+                ok = np.ones(len(rows), bool)
+                ok[list(failed)] = False
+                raise RejectedLines(rows[ok], sorted(failed.items()))
+        rows, _, bad = by_line(enumerate(text.split("\n")))
         if bad:
             raise RejectedLines(rows, bad)
         return rows
 
-    return parse, dtype
+    return parse, dtype, fast is not None
 
 
 def _block_pattern(pattern: re.Pattern[str]) -> re.Pattern[str] | None:
@@ -277,24 +424,32 @@ class LogDecoder(LineDecoder):
     the rest of its block is decoded.
 
     Args:
-        pattern: a regular expression with named groups matching a whole line; by
-            default the nginx/Apache combined format (:data:`COMBINED`).
+        pattern: a regular expression with named groups matching a whole line, or a
+            :class:`LogFormat`; by default the nginx/Apache combined format
+            (:data:`COMBINED`).
         columns: group name -> ``"int"``, ``"float"`` (``"-"`` reads as 0 and NaN),
             ``"float:sum"`` (or ``max``, ``min``, ``first``, ``last``: a list of numbers
             such as nginx's ``0.000, 0.001`` or ``0.1 : 0.2``, combined), ``"str"``
             (Python strings) or ``"timestamp:<strftime format>"`` (``datetime64[ns]``,
-            UTC; ISO 8601 without a format); by default :data:`COMBINED_COLUMNS`.
+            UTC; ISO 8601 without a format); by default :data:`COMBINED_COLUMNS` (or
+            the format's :attr:`LogFormat.columns`).
         errors: a :meth:`bytes.decode` handler for bytes that are not UTF-8:
             ``"strict"`` (a bad line) or ``"replace"`` (kept, with U+FFFD); by default
-            ``"replace"`` for :data:`COMBINED` and ``"strict"`` for other patterns.
+            ``"replace"`` for :data:`COMBINED` and a :class:`LogFormat`, ``"strict"`` for
+            other patterns.
         fill_int: what an ``int`` group that took no part in the match reads as
             (distinct from a real 0); such a ``float`` reads as NaN, a timestamp as NaT.
 
     Attributes:
         dtype: the rows' dtype: ``int64``, ``float64``, ``object`` or
             ``datetime64[ns]`` fields, in the order of ``columns``.
-        small_block: 0: every block takes the same path (the same attribute as
-            :class:`~aflow.codecs.CsvDecoder`'s).
+        small_block: blocks of fewer bytes are cheap enough to decode without a worker
+            thread (the same attribute as :class:`~aflow.codecs.CsvDecoder`'s; 0: every
+            block alike).
+        vectorized: lines of the declared shape are parsed with array arithmetic
+            (:data:`COMBINED` and a :class:`LogFormat`; the other lines by the regular
+            expression): parsing then mostly runs outside the GIL, so blocks gain from
+            worker threads.
 
     Raises:
         ValueError: a column that is not a named group of the pattern, or of an unknown
@@ -309,16 +464,26 @@ class LogDecoder(LineDecoder):
 
     def __init__(
         self,
-        pattern: str | re.Pattern[str] = COMBINED,
+        pattern: str | re.Pattern[str] | LogFormat = COMBINED,
         columns: dict[str, str] | None = None,
         *,
         errors: str | None = None,
         fill_int: int = -1,
     ) -> None:
-        compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
-        cols = dict(COMBINED_COLUMNS if columns is None else columns)
+        layout = None
+        if isinstance(pattern, LogFormat):
+            layout, default = pattern.layout, pattern.columns
+            compiled = re.compile(pattern.pattern)
+        else:
+            compiled = re.compile(pattern) if isinstance(pattern, str) else pattern
+            default = COMBINED_COLUMNS
+            if compiled.pattern == COMBINED and not compiled.flags & ~re.UNICODE:
+                layout = _COMBINED_LAYOUT
+        cols = dict(default if columns is None else columns)
         if errors is None:
-            errors = "replace" if compiled.pattern == COMBINED else "strict"
+            errors = "replace" if layout is not None else "strict"
         b"".decode("utf-8", errors)  # an unknown handler fails here, not per block
         self.errors = errors
-        self._parse, self.dtype = _parser(compiled, cols, errors, fill_int)
+        self._parse, self.dtype, self.vectorized = _parser(compiled, cols, errors, fill_int, layout)
+        if self.vectorized:
+            self.small_block = SMALL_BLOCK

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..abc import Context, Outlet
-from ..codecs import COMBINED
+from ..codecs import COMBINED, LogFormat
 from ..codecs.csv import Engine
 from ..flow import Flow
 from ..policies import ErrorPolicy, Reporter
@@ -242,7 +242,7 @@ def read_jsonl(
 
 def read_log(
     paths: Paths,
-    pattern: str | re.Pattern[str] = COMBINED,
+    pattern: str | re.Pattern[str] | LogFormat = COMBINED,
     columns: dict[str, str] | None = None,
     *,
     errors: str | None = None,

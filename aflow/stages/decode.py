@@ -28,7 +28,7 @@ from ..abc import (
     Processor,
     Provenance,
 )
-from ..codecs import COMBINED, CsvDecoder, Decoded, JsonlDecoder, LogDecoder
+from ..codecs import COMBINED, CsvDecoder, Decoded, JsonlDecoder, LogDecoder, LogFormat
 from ..codecs._diagnose import diagnose, header_hint
 from ..codecs.csv import Engine
 from ..codecs.lines import LineBlockProvenance, cut_before, line_place
@@ -304,6 +304,14 @@ class _ThreadedDecodeOp(AsyncOperator):
         await stage.run(inbox, out, ctx)
 
 
+def worker_threads() -> int:
+    """Blocks decoded at once by default: one per core, and one more, so that the cores
+    stay busy while a decoded block is handed back to the event loop and the next one
+    handed out (measured on 2 cores: 3 threads decode a large CSV file 1.2-1.4x faster
+    than 2)."""
+    return (os.cpu_count() or 1) + 1
+
+
 def decode_stage(op: DecodeOp, threads: int) -> Stage[Any, NDArray[Any]]:
     """``op`` fused (``threads=0``), or decoding ``threads`` blocks at once in worker
     threads."""
@@ -346,7 +354,7 @@ def decode_csv(
             rejects, and parses smaller blocks such as datagrams, inline), so results
             never depend on block size.
         threads: blocks decoded at once in worker threads (both engines release the GIL
-            while parsing); by default one per core for pyarrow, none (decode inline,
+            while parsing); by default one per core plus one for pyarrow, none (decode inline,
             fused with the neighbouring stages) for numpy.
         fill_int: the value of an empty integer field (``None``: such a line is bad).
             An empty float field is NaN.
@@ -365,7 +373,7 @@ def decode_csv(
         raise ValueError(f"header={header!r}: use False, True or 'names'")
     decoder = CsvDecoder(dtype, delimiter=delimiter, engine=engine, fill_int=fill_int)
     if threads is None:
-        threads = (os.cpu_count() or 1) if decoder.engine == "pyarrow" else 0
+        threads = worker_threads() if decoder.engine == "pyarrow" else 0
     name = f"decode_csv[{decoder.engine}]"
     op = DecodeOp(name, decoder, on_error, header=header, fail_fast=fail_fast)
     return decode_stage(op, threads)
@@ -390,7 +398,7 @@ def decode_jsonl(
 
     With pyarrow installed (the ``arrow`` extra) and only numeric fields, blocks of 16 KiB
     and more are parsed by pyarrow's JSON reader in ``threads`` worker threads (default:
-    one per core); the result is the same. Otherwise blocks are decoded inline.
+    one per core plus one); the result is the same. Otherwise blocks are decoded inline.
 
     A ``null`` reads as NaN in a float field, as ``fill_int`` in an integer field (a bad
     line when ``fill_int`` is None). Text fields (``S``: UTF-8 bytes, ``U``) take any
@@ -404,11 +412,11 @@ def decode_jsonl(
     if decoder.engine != "pyarrow":
         return Stage(DecodeOp("decode_jsonl", decoder, on_error, fail_fast=fail_fast))
     op = DecodeOp("decode_jsonl[pyarrow]", decoder, on_error, fail_fast=fail_fast)
-    return decode_stage(op, (os.cpu_count() or 1) if threads is None else threads)
+    return decode_stage(op, worker_threads() if threads is None else threads)
 
 
 def decode_log(
-    pattern: str | re.Pattern[str] = COMBINED,
+    pattern: str | re.Pattern[str] | LogFormat = COMBINED,
     columns: dict[str, str] | None = None,
     *,
     errors: str | None = None,
@@ -422,8 +430,10 @@ def decode_log(
     The rules are :class:`~aflow.codecs.LogDecoder`'s.
 
     Args:
-        pattern: a regular expression with named groups matching a whole line; by
-            default the nginx/Apache combined format (:data:`~aflow.codecs.COMBINED`).
+        pattern: a regular expression with named groups matching a whole line, or a
+            :class:`~aflow.codecs.LogFormat` (space-separated fields, parsed with array
+            arithmetic); by default the nginx/Apache combined format
+            (:data:`~aflow.codecs.COMBINED`, parsed as a ``LogFormat`` is).
         columns: group name -> ``"int"``, ``"float"``, ``"float:sum"`` (also ``max``,
             ``min``, ``first``, ``last``: nginx's lists such as ``0.000, 0.001``),
             ``"str"`` or ``"timestamp:<strftime format>"``; by default
@@ -435,9 +445,10 @@ def decode_log(
         fill_int: an ``int`` group that took no part in the match (an optional group)
             reads as this, never as a real 0; ``"-"`` reads as 0, a ``float`` group
             that took no part or ``"-"`` as NaN, a timestamp as NaT.
-        threads: blocks decoded at once in worker threads; by default none (decode
-            inline, fused with the neighbouring stages: the regex holds the GIL, so threads
-            pay only when the columns' conversions dominate).
+        threads: blocks decoded at once in worker threads; by default one per core plus one
+            for :data:`~aflow.codecs.COMBINED` and a :class:`~aflow.codecs.LogFormat`
+            (their array path runs mostly outside the GIL), none for other patterns
+            (decode inline, fused with the neighbouring stages: the regex holds the GIL).
         on_error: for lines that do not match or whose fields do not convert (also
             invalid UTF-8 under ``errors="strict"``): ``"raise"``, ``"skip"`` or
             :func:`~aflow.dead_letter`; each line is judged alone (no bisection).
@@ -448,4 +459,6 @@ def decode_log(
     """
     decoder = LogDecoder(pattern, columns, errors=errors, fill_int=fill_int)
     op = DecodeOp("decode_log", decoder, on_error, fail_fast=fail_fast)
-    return decode_stage(op, threads or 0)
+    if threads is None:
+        threads = worker_threads() if decoder.vectorized else 0
+    return decode_stage(op, threads)

@@ -1,0 +1,256 @@
+"""The array path of decode_log (COMBINED and LogFormat) against Python's ``re``, line by
+line, on nginx-formatted lines, hostile ones included."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aflow as af
+from aflow.codecs import COMBINED, COMBINED_COLUMNS, LogDecoder, LogFormat, logs
+from aflow.codecs._blocks import RejectedLines
+
+TIME = "%d/%b/%Y:%H:%M:%S %z"
+NGINX = (
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent" $request_time'
+)
+
+REQUESTS = [
+    "GET /api/items/1?page=2 HTTP/1.1",
+    "GET / HTTP/2.0",
+    "GET /a b HTTP/1.1",  # a space in the path
+    "GET /x  HTTP/1.1",  # two spaces: the path keeps one
+    "GET HTTP/1.1",  # no path: the "protocol" is the path
+    "GET /x HTTP/1.1 HTTP/1.0",
+    "GET /x HTTP/1.1.1.1.1.1.1.1.1",  # a long protocol
+    "GET /x HTTP/",
+    "GET /",  # HTTP/0.9
+    " GET /x HTTP/1.1",  # a leading space: no method
+    "-",
+    "",
+    "M-SEARCH * HTTP/1.1",
+    'GET /q?x=\\"y\\" HTTP/1.1',  # escape=json
+    "GET /q?x=\\x22y\\x22 HTTP/1.1",  # nginx's default escaping
+    'GET /"raw" HTTP/1.1',  # a raw quote: malformed
+    "GET /caf\u00e9 HTTP/1.1",
+    "\\x16\\x03\\x01\\x00",
+]
+TIMES = [
+    "10/Oct/2000:13:55:36 -0700",
+    "29/Feb/2024:00:00:00 +0000",
+    "31/dec/1999:23:59:59 +1400",  # lower case month: strptime takes it
+    "32/Oct/2000:13:55:36 -0700",  # matches the regex, not strptime
+    "10/Foo/2000:13:55:36 -0700",
+    "1/Oct/2000:13:55:36 -0700",  # does not match
+    "10/Oct/2000:13:55:36 +07:00",
+]
+USERS = ["-", "bob", "a b", "[x]", "", "b\tc", '"q"']
+STATUSES = ["200", "404", "20", "2000", "-", "abc", "500"]
+SIZES = ["0", "1234", "-", "12a", "123456789012345678901", "007"]
+AGENTS = ["curl/8.0", "Mozilla/5.0 (X11; Linux x86_64)", "", "a\tb", 'x\\"y', "\u00fc" * 3]
+RTIMES = [
+    None,
+    "0.123",
+    "-",
+    "1",
+    ".5",
+    "5.",
+    "1.2.3",
+    ".",
+    "0.000123456789",
+    "12345678901234567890.5",
+    "1e3",
+    "0.1 ",
+]
+
+
+@st.composite
+def access_lines(draw: st.DrawFn) -> list[bytes]:
+    lines = []
+    for _ in range(draw(st.integers(0, 40))):
+        kind = draw(st.integers(0, 14))
+        if kind == 0:
+            lines.append(
+                draw(
+                    st.sampled_from(
+                        [b"\n", b"  \n", b"garbage\n", b"\xff\xfe\n", b"x" * 5000 + b"\n", b"\t\n"]
+                    )
+                )
+            )
+            continue
+        addr = draw(st.sampled_from(["10.0.0.1", "::1", "10.0.0.1\t"]))
+        user = draw(st.sampled_from(USERS)) if kind < 4 else "-"
+        stamp = draw(st.sampled_from(TIMES)) if kind < 6 else TIMES[0]
+        request = draw(st.sampled_from(REQUESTS)) if kind < 9 else REQUESTS[0]
+        status = draw(st.sampled_from(STATUSES)) if kind < 5 else "200"
+        size = draw(st.sampled_from(SIZES)) if kind < 5 else "512"
+        agent = draw(st.sampled_from(AGENTS)) if kind < 7 else AGENTS[1]
+        rt = draw(st.sampled_from(RTIMES)) if kind < 8 else "0.004"
+        line = (
+            f'{addr} - {user} [{stamp}] "{request}" {status} {size} "https://e.com/" "{agent}"'
+            + (f" {rt}" if rt is not None else "")
+        )
+        if kind == 10:  # a field missing
+            parts = line.split(" ")
+            del parts[draw(st.integers(0, len(parts) - 1))]
+            line = " ".join(parts)
+        if kind == 11:  # a very long line
+            line = line.replace("https://e.com/", "https://e.com/" + "a" * 20_000)
+        end = draw(st.sampled_from(["\n", "\n", "\r\n"]))
+        lines.append((line + end).encode())
+    return lines
+
+
+def reference(
+    lines: list[bytes], pattern: str, columns: dict[str, str], fill_int: int = -1
+) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """Each line alone: ``re.fullmatch``, then ``int``, ``float`` and ``strptime``."""
+    regex = re.compile(pattern)
+    rows, bad = [], []
+    for k, raw in enumerate(lines):
+        text = raw.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r")
+        if not text.strip():
+            continue
+        m = regex.fullmatch(text)
+        if m is None:
+            bad.append(k)
+            continue
+        row: list[Any] = []
+        try:
+            for name, kind in columns.items():
+                value = m[name]
+                if kind == "int":
+                    number = fill_int if value is None else 0 if value == "-" else int(value)
+                    if not -(2**63) <= number < 2**63:
+                        raise ValueError("beyond int64")
+                    row.append(number)
+                elif kind == "float":
+                    row.append(math.nan if value in (None, "-") else float(value))
+                elif kind.startswith("timestamp"):
+                    moment = datetime.strptime(value, kind.partition(":")[2])
+                    moment = moment.astimezone(UTC).replace(tzinfo=None)
+                    row.append(int(np.datetime64(moment, "ns").astype("i8")))
+                else:
+                    row.append(value or "")
+        except ValueError:
+            bad.append(k)
+            continue
+        rows.append(tuple(row))
+    return rows, bad
+
+
+def as_tuples(rows: np.ndarray) -> list[tuple[Any, ...]]:
+    out = []
+    for row in rows.tolist():
+        out.append(tuple(int(v.astype("i8")) if isinstance(v, np.datetime64) else v for v in row))
+    return out
+
+
+def same(got: list[tuple[Any, ...]], want: list[tuple[Any, ...]]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        for a, b in zip(g, w, strict=True):
+            if isinstance(b, float) and math.isnan(b):
+                assert isinstance(a, float), (g, w)
+                assert math.isnan(a), (g, w)
+            elif isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool):
+                assert a == b, (g, w)
+            else:
+                assert a == b, (g, w)
+
+
+ALL_COMBINED = {
+    **COMBINED_COLUMNS,
+    "remote_user": "str",
+    "request": "str",
+    "protocol": "str",
+    "referer": "str",
+    "user_agent": "str",
+}
+ALL_COMBINED["time"] = f"timestamp:{TIME}"
+ALL_COMBINED["bytes"] = "int"
+
+
+def _decoded(decoder: LogDecoder, lines: list[bytes]) -> tuple[list[tuple[Any, ...]], list[int]]:
+    rows, bad = decoder.decode(b"".join(lines))
+    return as_tuples(rows), [b.index for b in bad]
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=access_lines())
+def test_combined_array_path_agrees_with_re(lines: list[bytes]) -> None:
+    for columns in (ALL_COMBINED, {"status": "int", "request_time": "float"}):
+        decoder = LogDecoder(COMBINED, columns)
+        assert decoder.vectorized
+        want, bad = reference(lines, COMBINED, columns)
+        got, got_bad = _decoded(decoder, lines)
+        same(got, want)
+        assert got_bad == bad
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=access_lines())
+def test_log_format_array_path_agrees_with_re(lines: list[bytes]) -> None:
+    fmt = LogFormat(NGINX)
+    columns = {**fmt.columns, "method": "str", "path": "str", "protocol": "str"}
+    columns["request_time"] = "float"
+    decoder = LogDecoder(fmt, columns)
+    assert decoder.vectorized
+    want, bad = reference(lines, fmt.pattern, columns)
+    got, got_bad = _decoded(decoder, lines)
+    same(got, want)
+    assert got_bad == bad
+
+
+def test_the_array_path_takes_the_usual_lines() -> None:
+    """Not a speed test: the lines of the declared shape never reach the regex."""
+    line = b'10.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET /a HTTP/1.1" 200 5 "-" "c" 0.5\n'
+    columns = {"status": "int", "request_time": "float"}
+    poisoned = re.compile("(?P<status>x)(?P<request_time>y)")  # matches no line
+    parse, _, fast = logs._parser(poisoned, columns, "replace", -1, logs._COMBINED_LAYOUT)
+    assert fast
+    assert parse(line * 3).tolist() == [(200, 0.5)] * 3
+    with pytest.raises(RejectedLines, match="1 bad line"):  # the other shape: the regex
+        parse(line + b"other\n")
+
+
+def test_bad_lines_keep_their_line_numbers_through_read_log(tmp_path: Path) -> None:
+    good = '10.0.0.{} - - [10/Oct/2000:13:55:36 -0700] "GET /{} HTTP/1.1" 200 5 "-" "c" 0.{}\n'
+    lines, bad = [], []
+    for i in range(30_000):
+        if i % 977 == 3:
+            lines.append('10.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET /" 2x0 5 "-" "c"\n')
+            bad.append(i + 1)
+        else:
+            lines.append(good.format(i % 250, i, i % 10))
+    path = tmp_path / "access.log"
+    path.write_text("".join(lines))
+    dead: list[af.FailedItem] = []
+    flow = af.read_log(
+        str(path), columns={"status": "int"}, read_size=64 * 1024, on_error=af.dead_letter(dead)
+    )
+    got = af.run(flow).value
+    assert len(got) == 30_000 - len(bad)
+    assert sorted(d.provenance.start for d in dead) == bad  # type: ignore[union-attr]
+
+
+def test_log_format_rejects_what_it_cannot_split() -> None:
+    with pytest.raises(ValueError, match="LogFormat"):
+        LogFormat("$a rt=$request_time")
+    with pytest.raises(ValueError, match="twice"):
+        LogFormat("$a $a")
+    fmt = LogFormat('$remote_addr [$time_local] "$request" $status')
+    assert (
+        re.fullmatch(fmt.pattern, '1.2.3.4 [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200')
+        is not None
+    )
+    assert fmt.columns["status"] == "int"
