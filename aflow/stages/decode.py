@@ -274,6 +274,8 @@ class _ThreadedDecodeOp(AsyncOperator):
     release the GIL), output kept in input order; blocks under the decoder's
     ``small_block`` bytes are decoded inline, cheaper than a thread hop."""
 
+    handles_barriers = True  # the concurrent stage inside orders barriers with the output
+
     def __init__(self, op: DecodeOp, threads: int) -> None:
         self.op = op
         self.threads = threads
