@@ -142,7 +142,8 @@ class FusedSink:
         await self.writer.flush()
         d = self.delivery
         if not self.ended and d is not None and d.active:
-            self.end(await self.writer.commit(d.epoch))
+            # the end is an epoch of its own: after every barrier this sink has seen
+            self.end(await self.writer.commit(d.epoch + 1))
 
     def close_send(self) -> None:
         self.writer.close_input()
