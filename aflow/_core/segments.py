@@ -397,9 +397,17 @@ class Segment:
     async def finish(self, start: int = 0) -> None:
         """Flush every fused op from ``start`` on, in order, through the ones after it."""
         d = self.ctx.delivery
+        # A graceful stop of a run with a checkpoint keeps what stateful stages hold (open
+        # windows, a shuffle buffer) in the checkpoint rather than flushing it: the
+        # restart goes on as if never stopped. The end of input flushes.
+        keep = d.active and d.store is not None and self.ctx.stopping
         for i in range(start, len(self.fused)):
             runner, c = self.fused[i]
             try:
+                state = runner.snapshot() if keep else None
+                if state is not None:
+                    d.stage_finished(self.fused_ids[i], state)
+                    continue
                 flushed = runner.flush()
                 state = runner.snapshot() if d.active else None
             except Exception as exc:
