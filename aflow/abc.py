@@ -32,6 +32,7 @@ from ._core.operators import Op as Op
 from ._core.operators import Operator as Operator
 from ._core.operators import Outlet as Outlet
 from ._core.operators import Processor as Processor
+from ._core.operators import SavedAttributes as SavedAttributes
 from ._core.operators import SinkOperator as SinkOperator
 from ._core.operators import SinkWriter as SinkWriter
 from ._core.operators import Source as Source
@@ -62,6 +63,7 @@ __all__ = [
     "Outlet",
     "Processor",
     "Provenance",
+    "SavedAttributes",
     "SinkOperator",
     "SinkWriter",
     "Source",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any
 
@@ -271,3 +272,248 @@ def test_sync_run_takes_checkpoint(anyio_backend: str, tmp_path: Any) -> None:
     src2 = Numbers(100, 10)
     af.run(af.Flow(src2) | af.Sink(Total()), checkpoint=tmp_path / "cp.db", backend=anyio_backend)
     assert src2.started_at == [100]
+
+
+# -- every built-in stage that holds messages: a barrier never overtakes them ------------
+
+
+class MemoryStore:
+    """A checkpoint store keeping every committed checkpoint in a list (the test reads
+    the committed positions of each epoch from it)."""
+
+    def __init__(self) -> None:
+        self.commits: list[af.Checkpoint] = []
+
+    def load(self) -> af.Checkpoint | None:
+        return self.commits[-1] if self.commits else None
+
+    def commit(self, checkpoint: af.Checkpoint) -> None:
+        self.commits.append(checkpoint)
+
+
+class Recorder(SinkOperator[Any, list[int]]):
+    """A sink recording, at each commit, the epoch and every ``value`` it got so far."""
+
+    name = "recorder"
+
+    def __init__(self, fused: bool = True) -> None:
+        self.fused = fused
+        self.at_commit: dict[int, list[int]] = {}
+
+    def writer(self, ctx: Context) -> SinkWriter[Any, list[int]]:
+        return _RecorderWriter(self)
+
+
+class _RecorderWriter(SinkWriter[Any, list[int]]):
+    def __init__(self, op: Recorder) -> None:
+        self.op, self.values = op, []  # type: list[int]
+
+    async def write(self, item: Any) -> None:
+        self.values.extend(np.asarray(item)["value"].astype(int).tolist())
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        for item in items:
+            await self.write(item)
+
+    async def commit(self, epoch: int) -> Any:
+        self.op.at_commit[epoch] = sorted(self.values)
+        return None
+
+    def result(self) -> list[int]:
+        return self.values
+
+
+async def _slow_identity(b: Any) -> Any:
+    await anyio.sleep(0.001 * float(np.random.default_rng(int(b["value"][0])).random()))
+    return b
+
+
+def _sync_identity(b: Any) -> Any:
+    return b
+
+
+def _csv_lines(b: Any) -> Any:
+    text = "".join(f"{int(k)},{int(v)}\n" for k, v in zip(b["key"], b["value"], strict=True))
+    return np.frombuffer(text.encode(), np.uint8)
+
+
+def _with_images(b: Any) -> Any:
+    out = np.zeros(len(b), [("value", "i8"), ("x", "f4", (2, 2, 1))])
+    out["value"] = b["value"]
+    return out
+
+
+HOLDING_STAGES: dict[str, Any] = {
+    "map async ordered": lambda: af.map(_slow_identity, concurrency=4),
+    "map async unordered": lambda: af.map(_slow_identity, concurrency=4, ordered=False),
+    "map threads": lambda: af.map(_sync_identity, thread=True, concurrency=3),
+    "filter threads unordered": lambda: af.filter(
+        lambda b: len(b) > 0, concurrency=2, ordered=False
+    ),
+    "batch with timeout": lambda: af.unbatch() | af.batch(64, timeout=0.005, dtype=DT),
+    "throttle": lambda: af.throttle(200_000),
+    "buffer": lambda: af.buffer(4),
+    "decode_csv threads": lambda: af.map(_csv_lines) | af.decode_csv(DT, threads=2),
+    "augment threads": lambda: af.map(_with_images) | af.normalize(0.0, 1.0, concurrency=3),
+    "window with idle timeout (rows)": lambda: af.window(1_000_000, on="value", idle_timeout=5.0),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stage", list(HOLDING_STAGES))
+async def test_barrier_never_overtakes_held_messages(
+    anyio_backend: str, stage: str, tmp_path: Any
+) -> None:
+    """At every commit, the sink has every row before the committed position and no row
+    after it: whatever the stage held when the barrier came was handed on first."""
+    store, rec = MemoryStore(), Recorder()
+    n = 3000
+    flow = af.Flow(Numbers(n, 25, pause=0.0005)) | HOLDING_STAGES[stage]() | af.Sink(rec)
+    await flow.run(checkpoint=store, commit_interval=0.005)
+    assert len(store.commits) >= 4, "too few commits to judge"
+    judged = 0
+    for cp in store.commits[:-1]:  # the last one is the final commit
+        pos = cp.positions["source0:numbers"]["numbers"]
+        if cp.epoch not in rec.at_commit:  # started after the source's end: the sink's
+            assert pos == n  # end completed it (its final state is what is committed)
+            continue
+        if "window" in stage:  # the open window's rows are in the stage's state
+            continue
+        assert rec.at_commit[cp.epoch] == list(range(pos)), f"epoch {cp.epoch} at row {pos}"
+        judged += 0 < pos < n
+    if "window" in stage:
+        # the one window holds every row before the position: the snapshot has them all
+        for cp in store.commits[:-1]:
+            pos = cp.positions["source0:numbers"]["numbers"]
+            if cp.epoch not in rec.at_commit:
+                continue
+            state = [v for k, v in cp.states.items() if k.startswith(("stage", "task"))]
+            assert len(state) == 1
+            assert (
+                rec.at_commit[cp.epoch] == []
+            )  # nothing closed before the end  # nothing closed before the end
+            held = _window_rows(state[0])
+            assert held == list(range(pos)), f"epoch {cp.epoch} at row {pos}"
+            judged += 0 < pos < n
+    assert judged >= 2, "no commit fell while rows were in flight"
+    assert sorted(rec.at_commit[store.commits[-1].epoch]) == list(range(n))
+
+
+def _window_rows(state: bytes) -> list[int]:
+    """The ``value`` of every row held by a window stage's snapshot (tumbling windows
+    of rows)."""
+    groups = pickle.loads(state)[0]
+    rows: list[int] = []
+    for g in groups:
+        for _win, data in g.windows.parts:
+            rows.extend(data["value"].astype(int).tolist())
+    return sorted(rows)
+
+
+# -- snapshots: a graceful stop midway, then a restart, gives one uninterrupted run's result
+
+
+def _rows(n: int) -> Any:
+    rows = np.zeros(n, DT)
+    rows["key"] = np.arange(n) % 7
+    rows["value"] = np.arange(n)
+    return rows
+
+
+def _by_key(rows: Any, fn: Any) -> list[Any]:
+    return [fn(rows["value"][rows["key"] == k]) for k in range(7)]
+
+
+def _check_aggregate(out: Any, rows: Any) -> None:
+    assert out["key"].tolist() == list(range(7))
+    assert out["count"].tolist() == _by_key(rows, len)
+    assert out["sum"].tolist() == _by_key(rows, np.sum)
+    p50 = _by_key(rows, lambda v: np.quantile(v, 0.5, method="inverted_cdf"))
+    assert out["p50"].tolist() == p50
+
+
+def _check_histogram(out: Any, rows: Any) -> None:
+    counts, _ = np.histogram(rows["value"], bins=np.linspace(0, 5000, 11))
+    assert out.counts.tolist() == counts.tolist()
+    assert (out.underflow, out.overflow, out.nan) == (0, len(rows) - counts.sum(), 0)
+
+
+def _check_exact_quantiles(out: Any, rows: Any) -> None:
+    want = np.quantile(rows["value"], [0.1, 0.5, 0.9], method="inverted_cdf")
+    assert out.tolist() == want.tolist()
+
+
+def _check_sketch(out: Any, rows: Any) -> None:
+    want = np.quantile(rows["value"], [0.1, 0.5, 0.9], method="inverted_cdf")
+    assert np.allclose(out, want, rtol=0.011)
+
+
+def _check_collect(out: Any, rows: Any) -> None:
+    assert out.tolist() == rows.tolist()
+
+
+def _check_windows(out: Any, rows: Any) -> None:
+    win = rows["value"] // 500
+    want = sorted(
+        (int(w) * 500, int(k), int(((win == w) & (rows["key"] == k)).sum()))
+        for w in np.unique(win)
+        for k in range(7)
+        if ((win == w) & (rows["key"] == k)).any()
+    )
+    got = sorted((int(r["window_start"]), int(r["key"]), int(r["count"])) for r in out)
+    assert got == want
+
+
+def _check_shuffle(out: Any, rows: Any) -> None:
+    assert sorted(out["value"].tolist()) == rows["value"].tolist()
+
+
+STATEFUL: dict[str, tuple[Any, Any]] = {
+    "aggregate": (
+        lambda: af.to_aggregate("key", "value", ("count", "sum", "p50"), exact=True),
+        _check_aggregate,
+    ),
+    "histogram": (lambda: af.to_histogram("value", bins=(0, 5000, 10)), _check_histogram),
+    "exact quantiles": (
+        lambda: af.to_quantiles("value", [0.1, 0.5, 0.9], exact=True),
+        _check_exact_quantiles,
+    ),
+    "quantile sketch": (lambda: af.to_quantiles("value", [0.1, 0.5, 0.9]), _check_sketch),
+    "collect": (lambda: af.collect(), _check_collect),
+    "event windows": (
+        lambda: af.window(500, on="value", key="key", stats=("count",)) | af.collect(),
+        _check_windows,
+    ),
+    "shuffle": (lambda: af.shuffle(300, seed=3) | af.collect(), _check_shuffle),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("what", list(STATEFUL))
+async def test_stop_then_restart_equals_one_run(
+    anyio_backend: str, what: str, tmp_path: Any
+) -> None:
+    make, check = STATEFUL[what]
+    n, db = 6000, tmp_path / "cp.db"
+    whole = await (af.Flow(Numbers(n, 20)) | make()).run()
+    check(whole.value, _rows(n))
+
+    first = Numbers(n, 20, pause=0.002)
+    async with (af.Flow(first) | make()).open(checkpoint=db, commit_interval=0.02) as run:
+        await anyio.sleep(0.25)
+        run.stop()
+        await run.wait()
+    cp = af.SqliteStore(db).load()
+    assert cp is not None
+    stopped_at = cp.positions["source0:numbers"]["numbers"]
+    assert 0 < stopped_at < n, "the stop did not fall midway"
+    second = Numbers(n, 20)
+    resumed = await (af.Flow(second) | make()).run(checkpoint=db)
+    assert second.started_at == [stopped_at]
+    check(resumed.value, _rows(n))
+    got, want = resumed.value, whole.value
+    if what == "histogram":
+        assert got.counts.tolist() == want.counts.tolist()
+        assert got.overflow == want.overflow
+    else:
+        assert np.array_equal(got, want)  # the very same result, row order included

@@ -157,7 +157,8 @@ class RunContext:
             else:
                 assert isinstance(op, AsyncOperator), op
                 buffer = chain.hop(c, op)
-                chain.restart(task_head(op, buffer, self), c.name, buffer, c)
+                task_id = self.delivery.new_id("task", op.name)
+                chain.restart(task_head(op, buffer, self), c.name, buffer, c, task_id)
         if not isinstance(into, SinkOperator):
             chain.finish(into)
             return None

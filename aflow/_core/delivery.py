@@ -33,6 +33,7 @@ from .messages import Barrier
 
 __all__ = [
     "DEFAULT_COMMIT_INTERVAL",
+    "MISSING",
     "Checkpoint",
     "CheckpointArg",
     "CheckpointStore",
@@ -44,7 +45,8 @@ __all__ = [
 
 DEFAULT_COMMIT_INTERVAL = 1.0
 
-_MISSING = object()
+MISSING = object()
+"""What :meth:`Delivery.state_for` gives for an id without a committed state."""
 
 
 @dataclass
@@ -251,6 +253,7 @@ class Delivery:
         self.live_sinks: set[str] = set()
         self.final_positions: dict[str, dict[str, Any]] = {}
         self.final_states: dict[str, Any] = {}
+        self.cleared: dict[str, int] = {}  # stages that ended holding nothing: last epoch then
         self.committed_positions: dict[str, dict[str, Any]] = {}
         self.committed_states: dict[str, Any] = {}
         self.pending: dict[int, _Epoch] = {}
@@ -286,15 +289,15 @@ class Delivery:
         return f"{kind}{n}:{name}"
 
     def state_for(self, ident: str) -> Any:
-        """The committed state of ``ident`` in the loaded checkpoint, or ``_MISSING``."""
-        return self.committed_states.get(ident, _MISSING) if self.loaded else _MISSING
+        """The committed state of ``ident`` in the loaded checkpoint, or ``MISSING``."""
+        return self.committed_states.get(ident, MISSING) if self.loaded else MISSING
 
     def restore(self, ident: str, target: Any) -> None:
         """Give ``target`` (a processor or sink writer) its committed state, if any."""
         if self.loaded is None:
             return
-        state = self.committed_states.get(ident, _MISSING)
-        if state is not _MISSING:
+        state = self.committed_states.get(ident, MISSING)
+        if state is not MISSING:
             target.restore(state)
 
     def positions_for(self, ident: str) -> dict[str, Any]:
@@ -346,8 +349,24 @@ class Delivery:
             ep.states[ident] = state
 
     def stage_finished(self, ident: str, state: Any) -> None:
+        """Stage ``ident`` flushed at the end of its input; ``state`` is what it holds
+        then (``None``: nothing, so a restart starts it afresh)."""
         if state is not None:
             self.final_states[ident] = state
+            self.cleared.pop(ident, None)
+        else:
+            self.final_states.pop(ident, None)
+            self.cleared[ident] = self.epoch
+
+    def _states(self, epoch: int, layer: dict[str, Any]) -> dict[str, Any]:
+        """The states to commit with ``epoch``: the last committed, the final ones of
+        stages that ended, this epoch's; without the stages that ended holding nothing
+        before ``Barrier(epoch)`` was injected."""
+        states = {**self.committed_states, **self.final_states, **layer}
+        for ident, at in self.cleared.items():
+            if epoch > at:
+                states.pop(ident, None)
+        return states
 
     def on_commit(self, ident: str, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.callbacks.append((ident, fn))
@@ -403,7 +422,7 @@ class Delivery:
                 return
             del self.pending[n]
             positions = {**self.committed_positions, **self.final_positions, **ep.positions}
-            states = {**self.committed_states, **self.final_states, **ep.states}
+            states = self._states(n, ep.states)
             await self._commit(n, positions, states, ep.positions)
 
     async def final_commit(self) -> None:
@@ -412,7 +431,7 @@ class Delivery:
             return
         self.epoch += 1
         positions = {**self.committed_positions, **self.final_positions}
-        states = {**self.committed_states, **self.final_states}
+        states = self._states(self.epoch, {})
         await self._commit(self.epoch, positions, states, self.final_positions)
 
     async def _commit(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
@@ -42,6 +43,7 @@ __all__ = [
     "Operator",
     "Outlet",
     "Processor",
+    "SavedAttributes",
     "SinkOperator",
     "SinkWriter",
     "Source",
@@ -129,6 +131,21 @@ class Processor:
         snapshots must override it)."""
 
 
+class SavedAttributes:
+    """A mixin for a :class:`Processor` or :class:`SinkWriter` whose state is some of
+    its attributes: ``snapshot`` pickles the attributes named in ``saved`` (a copy, made
+    at the barrier), ``restore`` sets them back."""
+
+    saved: tuple[str, ...] = ()
+
+    def snapshot(self) -> Any:
+        return pickle.dumps({name: getattr(self, name) for name in self.saved}, protocol=5)
+
+    def restore(self, state: Any) -> None:
+        for name, value in pickle.loads(state).items():
+            setattr(self, name, value)
+
+
 class Operator(Op):
     """A synchronous, fusable step: ``start()`` returns a fresh :class:`Processor`."""
 
@@ -149,7 +166,12 @@ class Outlet(Protocol):
     and its own statistics."""
 
     async def emit(
-        self, msg: Message | Barrier, /, *, position: tuple[str, Any] | None = None
+        self,
+        msg: Message | Barrier,
+        /,
+        *,
+        position: tuple[str, Any] | None = None,
+        state: Any = None,
     ) -> None:
         """Hand ``msg`` on; waits while the buffer downstream is full (backpressure).
 
@@ -160,6 +182,10 @@ class Outlet(Protocol):
                 JSON-serialisable: a file's offset, a broker's last id). The map as of
                 each checkpoint barrier is what a restart resumes from
                 (:attr:`resume_positions`) and what :meth:`on_commit` callbacks get.
+            state: with a :class:`Barrier`, for an async operator that
+                ``handles_barriers`` and keeps state across messages: its state as of
+                the barrier (picklable, not changed afterwards), committed with the
+                epoch and given back by :attr:`restored_state` after a restart.
 
         Raises:
             Closed: nothing downstream wants more (let it propagate).
@@ -181,6 +207,13 @@ class Outlet(Protocol):
         source: ``positions`` is its position map as of the barrier, now durably handled
         by every sink (a broker source acknowledges up to there). Registering starts
         commits every ``commit_interval`` even without a checkpoint store."""
+        ...
+
+    @property
+    def restored_state(self) -> Any:
+        """For an async operator: the ``state`` it passed with the last committed barrier
+        in the checkpoint the run resumes from (``None`` when there is none). Read it at
+        the start of ``run``."""
         ...
 
     @property
@@ -214,7 +247,9 @@ class AsyncOperator(Op):
             message before receiving the next. An operator that holds messages across
             receives (concurrency, time batching) sets True: its inbox then also yields
             :class:`~aflow.abc.Barrier` objects, and it must ``await out.emit(barrier)``
-            once everything received before the barrier has been emitted.
+            once everything received before the barrier has been emitted (or pass
+            what it still holds as ``out.emit(barrier, state=...)``, and take it back
+            from ``out.restored_state`` when it starts).
     """
 
     handles_barriers: bool = False

@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 
 from ..stats import RunCounters, StageCounters
 from .buffers import Buffer, Sender
-from .delivery import Delivery
+from .delivery import MISSING, Delivery
 from .messages import Barrier, Batch, Item, Message
 from .operators import (
     AsyncOperator,
@@ -142,7 +142,8 @@ class FusedSink:
         await self.writer.flush()
         d = self.delivery
         if not self.ended and d is not None and d.active:
-            self.end(await self.writer.commit(d.epoch))
+            # the end is an epoch of its own: after every barrier this sink has seen
+            self.end(await self.writer.commit(d.epoch + 1))
 
     def close_send(self) -> None:
         self.writer.close_input()
@@ -178,8 +179,10 @@ class Segment:
         head_counters: StageCounters | None,
         source: Source | None = None,
         fused_ids: list[str] | None = None,
+        task_id: str = "",
     ) -> None:
         self.ctx = ctx
+        self.task_id = task_id  # an async operator's stage id (for its state)
         if inbox is None:  # a source, producing until its run() ends
             ctx.live_sources += 1
         self.fused_ids = fused_ids or []
@@ -240,9 +243,25 @@ class Segment:
             raise TypeError("on_commit() is for sources (a source made of flows has none)")
         self.ctx.delivery.on_commit(self.source_id, fn)
 
-    async def emit(self, msg: Item, /, *, position: tuple[str, Any] | None = None) -> None:
+    @property
+    def restored_state(self) -> Any:
+        if not self.task_id:
+            return None
+        state = self.ctx.delivery.state_for(self.task_id)
+        return None if state is MISSING else state
+
+    async def emit(
+        self,
+        msg: Item,
+        /,
+        *,
+        position: tuple[str, Any] | None = None,
+        state: Any = None,
+    ) -> None:
         """Pass ``msg`` through the fused ops and send what comes out downstream."""
         if type(msg) is Barrier:
+            if state is not None and self.task_id:
+                self.ctx.delivery.stage_state(self.task_id, msg.epoch, state)
             await self.barrier(msg)
             return
         lock = self._lock
@@ -360,6 +379,8 @@ class Segment:
             if is_closed(exc):
                 return
             raise
+        if self.task_id:  # the operator flushed what it held: a restart starts it afresh
+            self.ctx.delivery.stage_finished(self.task_id, None)
         lock = self._lock
         if lock is None:
             await self.finish()
@@ -376,9 +397,17 @@ class Segment:
     async def finish(self, start: int = 0) -> None:
         """Flush every fused op from ``start`` on, in order, through the ones after it."""
         d = self.ctx.delivery
+        # A graceful stop of a run with a checkpoint keeps what stateful stages hold (open
+        # windows, a shuffle buffer) in the checkpoint rather than flushing it: the
+        # restart goes on as if never stopped. The end of input flushes.
+        keep = d.active and d.store is not None and self.ctx.stopping
         for i in range(start, len(self.fused)):
             runner, c = self.fused[i]
             try:
+                state = runner.snapshot() if keep else None
+                if state is not None:
+                    d.stage_finished(self.fused_ids[i], state)
+                    continue
                 flushed = runner.flush()
                 state = runner.snapshot() if d.active else None
             except Exception as exc:
@@ -389,7 +418,7 @@ class Segment:
             msgs, _ = await self._push(flushed, i + 1)
             for m in msgs:
                 await self._send(m)
-            if state is not None:
+            if d.active:
                 d.stage_finished(self.fused_ids[i], state)
         if isinstance(self.downstream, FusedSink):
             try:
@@ -433,6 +462,7 @@ class ChainBuilder:
         self.blocked = [0.0]
         self.fused: list[tuple[Processor, StageCounters]] = []
         self.fused_ids: list[str] = []
+        self.task_id = ""
         self.source: Source | None = None
         self.head_counters: StageCounters | None
         self.inbox: Buffer | None
@@ -470,10 +500,16 @@ class ChainBuilder:
         return buffer
 
     def restart(
-        self, head: Callable[[Segment], Any], name: str, inbox: Buffer, c: StageCounters | None
+        self,
+        head: Callable[[Segment], Any],
+        name: str,
+        inbox: Buffer,
+        c: StageCounters | None,
+        task_id: str = "",
     ) -> None:
         self.head, self.head_name, self.inbox, self.fused = head, name, inbox, []
         self.fused_ids, self.source = [], None
+        self.task_id = task_id
         self.head_counters = c
         self.blocked = [0.0]
         if c is not None:
@@ -491,6 +527,7 @@ class ChainBuilder:
             self.head_counters,
             self.source,
             self.fused_ids,
+            self.task_id,
         )
         self.ctx.tg.start_soon(seg.run, name=f"aflow:{self.head_name}")
 
@@ -557,4 +594,7 @@ class _ForwardingInbox:
             msg = await self.inbox.receive()
             if type(msg) is not Barrier:
                 return msg  # type: ignore[return-value]
-            await self.seg.barrier(msg)
+            # Shielded: the operator may wait for its next message under a timeout
+            # (move_on_after); a barrier half sent would be lost downstream.
+            with anyio.CancelScope(shield=True):
+                await self.seg.barrier(msg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, overload
 
@@ -12,6 +13,7 @@ from ..abc import (
     Batch,
     Context,
     Provenance,
+    SavedAttributes,
     SinkOperator,
     SinkWriter,
     StageCounters,
@@ -74,6 +76,15 @@ class _ReduceWriter(SinkWriter[Any, Any]):
             acc = fn(acc, item)
         self.acc = acc
 
+    def snapshot(self) -> Any:
+        """The fold so far (pickled: a copy made now)."""
+        empty = self.acc is _NOTHING
+        return pickle.dumps((empty, None if empty else self.acc), protocol=5)
+
+    def restore(self, state: Any) -> None:
+        empty, acc = pickle.loads(state)
+        self.acc = _NOTHING if empty else acc
+
     def result(self) -> Any:
         if self.acc is _NOTHING:
             raise ValueError(f"{self.name}: the flow was empty and no initial value was given")
@@ -110,7 +121,9 @@ def reduce(fn: Callable[[A, T], A], initial: A = _NOTHING) -> Sink[T, A]:
     return Sink(_ReduceOp(fn, initial))
 
 
-class _ForEachWriter(SinkWriter[Any, int]):
+class _ForEachWriter(SavedAttributes, SinkWriter[Any, int]):
+    saved = ("count",)  # the calls themselves are the user's effect: at-least-once
+
     def __init__(self, op: _ForEachOp) -> None:
         self.fn = op.fn
         self.is_async = op.is_async
@@ -204,7 +217,9 @@ def for_each(
     return Sink(_ForEachOp(fn, buffer, on_error))
 
 
-class _DiscardWriter(SinkWriter[Any, int]):
+class _DiscardWriter(SavedAttributes, SinkWriter[Any, int]):
+    saved = ("rows",)
+
     def __init__(self) -> None:
         self.rows = 0
 

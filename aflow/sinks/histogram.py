@@ -14,6 +14,7 @@ use the sketch, or a histogram when the values' range is known.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ..abc import Batch, Context, SinkOperator, SinkWriter
+from ..abc import Batch, Context, SavedAttributes, SinkOperator, SinkWriter
 from ..flow import Sink
 from ..kernels.sketch import QuantileSketch
 
@@ -83,7 +84,9 @@ def make_edges(bins: Bins, log: bool) -> NDArray[np.float64]:
     return edges
 
 
-class _HistogramWriter(SinkWriter[Any, Histogram]):
+class _HistogramWriter(SavedAttributes, SinkWriter[Any, Histogram]):
+    saved = ("counts", "nan")  # the state committed at checkpoints
+
     def __init__(self, column: str | None, edges: NDArray[np.float64]) -> None:
         self.column = column
         self.edges = edges
@@ -172,6 +175,15 @@ class _QuantileWriter(SinkWriter[Any, NDArray[np.float64]]):
 
     async def write_batch(self, batch: Batch) -> None:
         await self.write(batch.data)
+
+    def snapshot(self) -> Any:
+        """The sketch, or the values kept (joined into one array), pickled."""
+        if self.sketch is None and len(self.kept) > 1:
+            self.kept = [np.concatenate(self.kept)]
+        return pickle.dumps((self.sketch, self.kept), protocol=5)
+
+    def restore(self, state: Any) -> None:
+        self.sketch, self.kept = pickle.loads(state)
 
     def result(self) -> NDArray[np.float64]:
         if self.sketch is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..abc import Batch, Context, SinkOperator, SinkWriter
+from ..abc import Batch, Context, SavedAttributes, SinkOperator, SinkWriter
 from ..flow import Sink
 
 __all__ = ["to_queue"]
@@ -23,7 +23,9 @@ _NO_END: Any = object()
 Target = asyncio.Queue[Any] | MemoryObjectSendStream[Any]
 
 
-class _QueueWriter(SinkWriter[Any, int]):
+class _QueueWriter(SavedAttributes, SinkWriter[Any, int]):
+    saved = ("count",)
+
     def __init__(self, target: Target, end: Any, envelopes: bool, close: bool) -> None:
         self.target, self.end, self.envelopes, self.close = target, end, envelopes, close
         self.count = 0

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from anyio.abc import ConnectedUDPSocket, SocketStream
 
-from ..abc import Batch, Context, SinkOperator, SinkWriter, StageCounters
+from ..abc import Batch, Context, SavedAttributes, SinkOperator, SinkWriter, StageCounters
 from ..codecs import CsvEncoder, Fmt
 from ..codecs.framing import (
     Framing,
@@ -57,7 +57,9 @@ class _Encoder:
         return encode(data)
 
 
-class _TcpWriter(SinkWriter[Any, int]):
+class _TcpWriter(SavedAttributes, SinkWriter[Any, int]):
+    saved = ("sent",)  # bytes sent over the resumed runs: the result counts them all
+
     def __init__(self, op: _TcpOp) -> None:
         self.op = op
         self.encoder = _Encoder(op.framing, op.fmt, op.delimiter)
@@ -231,7 +233,9 @@ def to_tcp(
     return Sink(_TcpOp(host, port, framing, fmt, delimiter, connect_timeout, buffer, on_error))
 
 
-class _UdpWriter(SinkWriter[Any, int]):
+class _UdpWriter(SavedAttributes, SinkWriter[Any, int]):
+    saved = ("sent",)
+
     def __init__(self, op: _UdpOp) -> None:
         self.op = op
         self.encoder = _Encoder(op.framing, op.fmt, op.delimiter)

@@ -113,6 +113,8 @@ class _ThreadedAugment(AsyncOperator):
     Each run numbers its messages in input order on the event loop before handing them
     to a thread, so the seeds never depend on the threads' timing."""
 
+    handles_barriers = True  # the concurrent stage inside orders barriers with the output
+
     def __init__(self, op: _AugmentOp, concurrency: int) -> None:
         self.op = op
         self.concurrency = concurrency

@@ -18,6 +18,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..abc import (
     AsyncOperator,
+    Barrier,
     Batch,
     BatchReason,
     Context,
@@ -148,6 +149,8 @@ class _BatchOp(Operator):
 class _TimedBatchOp(AsyncOperator):
     """Batching with a timeout: needs a task of its own to wake up when time runs out."""
 
+    handles_barriers = True  # a barrier cuts the partial batch, then passes
+
     def __init__(
         self,
         size: int,
@@ -171,13 +174,19 @@ class _TimedBatchOp(AsyncOperator):
         while True:
             try:
                 with anyio.move_on_after(deadline - anyio.current_time()) as scope:
-                    msg = await inbox.receive()
+                    msg: Message | Barrier = await inbox.receive()  # handles_barriers
             except anyio.EndOfStream:
                 break
             if scope.cancelled_caught:
                 deadline = math.inf
                 for piece in batcher.cut_partial("time"):
                     await emit(piece)
+                continue
+            if isinstance(msg, Barrier):
+                deadline = math.inf
+                for piece in batcher.on_barrier(msg.epoch):
+                    await emit(piece)
+                await emit(msg)
                 continue
             was_empty = not batcher.rows
             outs = self._process(batcher, msg, counters)

@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup
 
 from ..abc import (
     AsyncOperator,
+    Barrier,
     Batch,
     Closed,
     Context,
@@ -40,6 +41,10 @@ Work = Callable[[Message, StageCounters, anyio.CapacityLimiter], Awaitable[list[
 
 
 class _ConcurrentOp(AsyncOperator):
+    # A checkpoint barrier leaves after the outputs of every message received before it
+    # (in order: after its predecessors; unordered: once the calls in flight are done).
+    handles_barriers = True
+
     def __init__(
         self,
         name: str,
@@ -75,14 +80,17 @@ class _State:
     """One run of a concurrent stage: a feeder, workers and an emitter."""
 
     def __init__(
-        self, op: _ConcurrentOp, emit: Callable[[Message], Awaitable[None]], counters: StageCounters
+        self,
+        op: _ConcurrentOp,
+        emit: Callable[[Message | Barrier], Awaitable[None]],
+        counters: StageCounters,
     ) -> None:
         self.op = op
         self.emit = emit
         self.counters = counters
         self.slots = anyio.Semaphore(op.concurrency)
         self.results_tx, self.results_rx = anyio.create_memory_object_stream[
-            tuple[int, list[Message]]
+            tuple[int, list[Message] | Barrier]
         ](op.concurrency)
         self.error: BaseException | None = None
         self.closed = False
@@ -92,7 +100,12 @@ class _State:
     async def feed(self, inbox: Inbox) -> None:
         seq = 0
         with self.results_tx:
-            async for msg in inbox:
+            async for item in inbox:
+                msg: Message | Barrier = item  # barriers too: handles_barriers
+                if isinstance(msg, Barrier):
+                    await self.barrier(seq, msg)
+                    seq += 1
+                    continue
                 for unit in self.op.split(msg):
                     await self.slots.acquire()
                     self.tg.start_soon(self.worker, seq, unit, self.results_tx.clone())
@@ -110,26 +123,49 @@ class _State:
             with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                 await tx.send((seq, out))  # the emitter may have stopped (error, early end)
 
+    async def barrier(self, seq: int, barrier: Barrier) -> None:
+        """Queue ``barrier`` behind the outputs of every unit started before it."""
+        if self.op.ordered:  # the emitter hands it on in its place in the sequence
+            await self.results_tx.send((seq, barrier))
+            return
+        # Unordered: a slot comes back once its output was emitted; holding them all
+        # means nothing is in flight, so the barrier follows every earlier output.
+        n = self.op.concurrency
+        for _ in range(n):
+            await self.slots.acquire()
+        try:
+            await self.results_tx.send((seq, barrier))
+        finally:
+            for _ in range(n):
+                self.slots.release()
+
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
         self.tg.cancel_scope.cancel()
 
     async def emitter(self) -> None:
-        pending: dict[int, list[Message]] = {}
+        pending: dict[int, list[Message] | Barrier] = {}
         next_seq = 0
         try:
             with self.results_rx:
                 async for seq, out in self.results_rx:
                     if not self.op.ordered:
-                        await self._send(out)
+                        if type(out) is Barrier:
+                            await self.emit(out)
+                        else:
+                            await self._send(out)  # type: ignore[arg-type]
                         continue
                     pending[seq] = out
-                    ready: list[Message] = []
+                    ready: list[Message | Barrier] = []
                     while next_seq in pending:
-                        ready.extend(pending.pop(next_seq))
+                        done = pending.pop(next_seq)
                         next_seq += 1
-                        self.slots.release()
+                        if type(done) is Barrier:
+                            ready.append(done)  # took no slot
+                        else:
+                            ready.extend(done)  # type: ignore[arg-type]
+                            self.slots.release()
                     await self._send(_coalesce(ready))
         except Closed:
             self.closed = True
@@ -137,18 +173,18 @@ class _State:
         except Exception as exc:  # raised downstream (fused stages, sink): as itself
             self.fail(exc)
 
-    async def _send(self, msgs: list[Message]) -> None:
+    async def _send(self, msgs: list[Message | Barrier]) -> None:
         for m in msgs:
             await self.emit(m)
         if not self.op.ordered:
             self.slots.release()
 
 
-def _coalesce(msgs: list[Message]) -> list[Message]:
+def _coalesce(msgs: list[Message | Barrier]) -> list[Message | Barrier]:
     """Join runs of element chunks into one chunk (fewer, larger messages downstream)."""
-    out: list[Message] = []
+    out: list[Message | Barrier] = []
     for m in msgs:
-        if not isinstance(m, Batch) and out and not isinstance(out[-1], Batch):
+        if type(m) is list and out and type(out[-1]) is list:
             out[-1] = [*out[-1], *m]
         else:
             out.append(m)

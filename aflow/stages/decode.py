@@ -108,6 +108,19 @@ class _DecodeRunner(Processor):
         self.probed = op.fail_fast is None
         self.first_block: Batch | None = None
         self.decoders: dict[str | None, Decoder] = {}  # header="names": one per source
+        self.headers: dict[str | None, bytes] = {}  # their header lines (the snapshot)
+
+    def snapshot(self) -> Any:
+        """With a header: whether the run's first line was seen, and the header line of
+        each source (``header="names"``), so a resumed run maps the columns again."""
+        if not self.op.header:
+            return None
+        return (self.first, dict(self.headers))
+
+    def restore(self, state: Any) -> None:
+        self.first, headers = state
+        for source, line in headers.items():
+            self._by_names(source, line)
 
     def process(self, msg: Message) -> list[Message]:  # pragma: no cover - guarded only
         raise NotImplementedError
@@ -177,13 +190,17 @@ class _DecodeRunner(Processor):
         """``msg`` without its header line (mapping the columns by name, if asked)."""
         cut = header_end(msg.data)
         if self.op.header == "names":
-            source = was.source if was is not None else None
-            by_names = self.op.decoder.by_names  # type: ignore[attr-defined]
-            try:
-                self.decoders[source] = by_names(msg.data[:cut].tobytes())
-            except ValueError as exc:  # raised where the block is decoded
-                self.decoders[source] = _Unusable(exc, self.op.decoder.small_block)
+            self._by_names(was.source if was is not None else None, msg.data[:cut].tobytes())
         return Batch(msg.data[cut:], msg.reason, prov if was is not None else msg.provenance)
+
+    def _by_names(self, source: str | None, line: bytes) -> None:
+        """The decoder of ``source``, whose header line is ``line``."""
+        self.headers[source] = line
+        by_names = self.op.decoder.by_names  # type: ignore[attr-defined]
+        try:
+            self.decoders[source] = by_names(line)
+        except ValueError as exc:  # raised where the block is decoded
+            self.decoders[source] = _Unusable(exc, self.op.decoder.small_block)
 
     def _probe(self, batch: Batch) -> None:
         """Decode the first :data:`PROBE` lines; raise if ``fail_fast`` of them are bad."""
@@ -273,6 +290,8 @@ class _ThreadedDecodeOp(AsyncOperator):
     """``op`` decoding up to ``threads`` blocks at once in worker threads (the parsers
     release the GIL), output kept in input order; blocks under the decoder's
     ``small_block`` bytes are decoded inline, cheaper than a thread hop."""
+
+    handles_barriers = True  # the concurrent stage inside orders barriers with the output
 
     def __init__(self, op: DecodeOp, threads: int) -> None:
         self.op = op

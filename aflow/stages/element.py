@@ -18,6 +18,7 @@ from ..abc import (
     Message,
     Operator,
     Processor,
+    SavedAttributes,
     callable_name,
     refuse_async,
 )
@@ -284,7 +285,9 @@ def flat_map(
     return concurrent(op, fn, concurrency=concurrency, ordered=ordered, thread=False, buffer=buffer)
 
 
-class _TakeRunner(Processor):
+class _TakeRunner(SavedAttributes, Processor):
+    saved = ("left", "done")
+
     def __init__(self, n: int) -> None:
         self.left = n
         self.done = n <= 0
@@ -336,7 +339,9 @@ def take(n: int) -> Stage[T, T]:
     return Stage(_TakeOp(n))
 
 
-class _SkipRunner(Processor):
+class _SkipRunner(SavedAttributes, Processor):
+    saved = ("left",)
+
     def __init__(self, n: int) -> None:
         self.left = n
 
@@ -373,7 +378,9 @@ def skip(n: int) -> Stage[T, T]:
     return Stage(_SkipOp(n))
 
 
-class _TakeWhileRunner(Processor):
+class _TakeWhileRunner(SavedAttributes, Processor):
+    saved = ("done",)
+
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
 
@@ -417,7 +424,9 @@ def take_while(fn: Callable[[T], Any]) -> Stage[T, T]:
     return Stage(_TakeWhileOp(fn))
 
 
-class _ScanRunner(Processor):
+class _ScanRunner(SavedAttributes, Processor):
+    saved = ("acc",)
+
     def __init__(self, fn: Callable[[Any, Any], Any], initial: Any) -> None:
         self.fn = fn
         self.acc = initial

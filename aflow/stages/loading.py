@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Message, Operator, Processor
+from ..abc import Batch, Message, Operator, Processor, SavedAttributes
 from ..flow import Stage
 
 __all__ = ["sample", "shuffle"]
@@ -25,11 +25,14 @@ __all__ = ["sample", "shuffle"]
 T = TypeVar("T")
 
 
-class _ShuffleRunner(Processor):
+class _ShuffleRunner(SavedAttributes, Processor):
     """Reservoir-style shuffle: each arriving row takes the place of a random held row.
 
-    Elements and rows are held separately; memory is at most ``size`` of each.
+    Elements and rows are held separately; memory is at most ``size`` of each. The held
+    rows and the generator's state are its snapshot at checkpoints.
     """
+
+    saved = ("rng", "elements", "rows", "held", "batch_rows")
 
     def __init__(self, size: int, seed: int | list[int] | None) -> None:
         self.size = size
@@ -164,7 +167,9 @@ def shuffle(
     return Stage(_ShuffleOp(buffer_size, seed, reshuffle_each_epoch))
 
 
-class _SampleRunner(Processor):
+class _SampleRunner(SavedAttributes, Processor):
+    saved = ("rng",)
+
     def __init__(self, fraction: float, seed: int | None) -> None:
         self.fraction = fraction
         self.rng = np.random.default_rng(seed)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Message, Operator, Processor, refuse_async
+from ..abc import Batch, Message, Operator, Processor, SavedAttributes, refuse_async
 from ..flow import Stage
 from ..kernels.time_units import (
     TimeSpan,
@@ -36,7 +36,8 @@ def _ts(data: NDArray[Any], on: str, stage: str) -> NDArray[Any]:
     return as_numbers(data[on])
 
 
-class _ReorderRunner(Processor):
+class _ReorderRunner(SavedAttributes, Processor):
+    saved = ("held", "held_ts", "wm", "horizon")
     guarded = True  # process_guarded: late rows go to the late policy, which may await
 
     def __init__(self, op: _ReorderOp) -> None:
@@ -130,7 +131,9 @@ def reorder(
     return Stage(_ReorderOp(on, horizon, late))
 
 
-class _ResampleRunner(Processor):
+class _ResampleRunner(SavedAttributes, Processor):
+    saved = ("prev", "next_k", "every", "max_gap")
+
     def __init__(self, op: _ResampleOp) -> None:
         self.op = op
         self.prev: NDArray[Any] | None = None  # the last row seen (shape (1,))

@@ -12,6 +12,7 @@ have one (a timer closes them).
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -23,6 +24,7 @@ from numpy.typing import NDArray
 
 from ..abc import (
     AsyncOperator,
+    Barrier,
     Batch,
     BatchReason,
     Context,
@@ -43,6 +45,9 @@ from ._watermarks import Group, Groups, WatermarkMode
 from ._windowing import FixedWindows, OpenWindows, SessionWindows
 
 __all__ = ["window"]
+
+_EMPTY = b""
+"""The snapshot of a window stage that saw nothing yet."""
 
 IDLE_INPUT = 5.0
 """Default ``window(idle_input=)``: seconds after which a quiet input stops holding the
@@ -109,6 +114,46 @@ class _WindowRunner(Processor):
         self.lateness: Any = 0
         self.rows_seen = 0
         self.reason: BatchReason = "count" if op.domain == "count" else "time"
+        self.clock: float | None = None  # restored: the clock when the state was saved
+        self.restored: list[Message] = []  # restored processing-time windows, now closed
+
+    def snapshot(self) -> Any:
+        """The open windows, their watermarks and the row count, pickled (a copy made
+        now), with the clock (idle inputs' times are rebased on it after a restart)."""
+        if self.groups is None and not self.rows_seen:
+            return _EMPTY
+        return pickle.dumps(
+            (self.groups, self.lateness, self.rows_seen, anyio.current_time()), protocol=5
+        )
+
+    def restore(self, state: Any) -> None:
+        """Take back the windows of a checkpoint. Processing-time windows belong to the
+        clock of the run that opened them: they close at once (``reason == "time"``)."""
+        if state is _EMPTY:
+            return
+        groups, self.lateness, self.rows_seen, self.clock = pickle.loads(state)
+        if self.op.domain == "processing":
+            self.restored = [
+                Batch(o, "time") for g in groups or () for o in g.windows.flush() if len(o)
+            ]
+            self.clock = None
+            return
+        self.groups = groups
+
+    def _rebase(self, now: float) -> None:
+        """After a restart: shift the times inputs were last seen to this run's clock
+        (the time the flow was down does not count as idle)."""
+        clock, self.clock = self.clock, None
+        if clock is None or self.groups is None:
+            return
+        seen = self.groups.seen
+        for input_id, (last, group) in list(seen.items()):
+            seen[input_id] = (last - clock + now, group)
+
+    def take_restored(self) -> list[Message]:
+        """The windows a restore closed, once."""
+        out, self.restored = self.restored, []
+        return out
 
     def process(self, msg: Message) -> list[Message]:  # pragma: no cover - guarded
         raise NotImplementedError
@@ -143,6 +188,8 @@ class _WindowRunner(Processor):
         if not len(data):
             return []
         t0 = time.perf_counter()
+        if self.clock is not None:
+            self._rebase(now)
         ts = self.timestamps(data, now)
         assert self.groups is not None
         prov = msg.provenance if isinstance(msg, Batch) else None
@@ -205,6 +252,8 @@ class _WindowRunner(Processor):
 class _TimedWindowOp(AsyncOperator):
     """A window stage with a timer: processing-time windows, or an idle timeout."""
 
+    handles_barriers = True  # barriers take the open windows' snapshot with them
+
     def __init__(self, inner: _WindowOp, idle_timeout: float | None, buffer: int | None) -> None:
         self.inner = inner
         self.idle_timeout = idle_timeout
@@ -223,18 +272,26 @@ class _TimedWindowOp(AsyncOperator):
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
         emit, counters = out.emit, out.counters
         runner = self.inner.start()
+        restored = out.restored_state
+        if restored is not None:
+            runner.restore(restored)
+        for piece in runner.take_restored():
+            await emit(piece)
         last_input = anyio.current_time()
         while True:
             deadline = self._deadline(runner, last_input)
             try:
                 with anyio.move_on_after(deadline - anyio.current_time()) as scope:
-                    msg = await inbox.receive()
+                    msg: Message | Barrier = await inbox.receive()  # handles_barriers
             except anyio.EndOfStream:
                 break
             now = anyio.current_time()
             if scope.cancelled_caught:
                 timed = runner.advance(now) if self.inner.domain == "processing" else None
                 outs = timed if timed is not None else runner.idle()
+            elif isinstance(msg, Barrier):  # everything before it is in the state: pass it
+                await out.emit(msg, state=runner.snapshot())
+                continue
             else:
                 last_input = now
                 outs = await runner.step(msg, counters, now)

@@ -49,11 +49,16 @@ class _SpyOutlet:
         self.out, self.log = out, log
 
     async def emit(
-        self, msg: Message | Barrier, /, *, position: tuple[str, Any] | None = None
+        self,
+        msg: Message | Barrier,
+        /,
+        *,
+        position: tuple[str, Any] | None = None,
+        state: Any = None,
     ) -> None:
         self.log.pending += 1
         try:
-            await self.out.emit(msg, position=position)
+            await self.out.emit(msg, position=position, state=state)
         except Closed:
             self.log.closed = True  # returning normally after this is fine
             raise
@@ -82,6 +87,10 @@ class _SpyOutlet:
 
     def on_commit(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.out.on_commit(fn)
+
+    @property
+    def restored_state(self) -> Any:
+        return self.out.restored_state
 
 
 class _SpySource(Source):
