@@ -517,3 +517,29 @@ async def test_stop_then_restart_equals_one_run(
         assert got.overflow == want.overflow
     else:
         assert np.array_equal(got, want)  # the very same result, row order included
+
+
+@pytest.mark.anyio
+async def test_parquet_parts_hold_each_row_once_across_a_crash(
+    anyio_backend: str, tmp_path: Any
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    db, out = tmp_path / "cp.db", tmp_path / "out.parquet"
+    crashing = Numbers(3000, 50, pause=0.004, stop_at=1800)
+    with pytest.raises(RuntimeError, match="crash"):
+        await (af.Flow(crashing) | af.to_parquet(out)).run(checkpoint=db, commit_interval=0.02)
+    cp = af.SqliteStore(db).load()
+    assert cp is not None
+    committed = cp.positions["source0:numbers"]["numbers"]
+    parts = cp.states["sink0:to_parquet(out.parquet)"]["parts"]
+    assert 0 < committed <= 1800
+    assert parts >= 1
+    # rows after the last commit went to the next part at the crash: the restart removes
+    # it, so reading every part left gives each row once
+    result = await (af.Flow(Numbers(3000, 50)) | af.to_parquet(out)).run(
+        checkpoint=db, commit_interval=0.02
+    )
+    files = [out, *sorted(tmp_path.glob("out.*.parquet"), key=lambda p: int(p.stem[4:]))]
+    values = np.concatenate([pq.read_table(f).column("value").to_numpy() for f in files])
+    np.testing.assert_array_equal(values, np.arange(3000, dtype="f8"))
+    assert result.value.rows == 3000

@@ -276,13 +276,40 @@ class _CsvFile:
 
 
 class _ParquetWriter(SinkWriter[Any, FileSummary]):
-    """Row groups of at least ``chunk_bytes``, written by pyarrow in a worker thread."""
+    """Row groups of at least ``chunk_bytes``, written by pyarrow in a worker thread.
+
+    Under a checkpoint each commit closes the file being written (its footer makes it
+    readable) and later rows go to the next part: ``path``, then ``stem.1.parquet``,
+    ``stem.2.parquet``... A restart removes the parts after the last commit (a part cut off
+    by a crash has no footer) and goes on numbering from there.
+    """
 
     def __init__(self, path: str, chunk_bytes: int) -> None:
         self.path, self.chunk_bytes = path, chunk_bytes
         self.pending: list[NDArray[Any]] = []
         self.pending_bytes = self.rows = 0
         self.writer: Any = None
+        self.part = 0  # the part the next rows go to
+        self.restored = False
+
+    def part_path(self, part: int) -> str:
+        """Where part ``part`` is written (part 0 is ``path`` itself)."""
+        if part == 0:
+            return self.path
+        p = Path(self.path)
+        return str(p.with_name(f"{p.stem}.{part}{p.suffix}"))
+
+    async def open(self) -> None:
+        if self.restored:  # remove what was written after the last commit
+            await anyio.to_thread.run_sync(self._remove_parts_from, self.part)
+
+    def _remove_parts_from(self, part: int) -> None:
+        while True:
+            try:
+                os.unlink(self.part_path(part))
+            except FileNotFoundError:
+                return
+            part += 1
 
     async def write(self, item: Any) -> None:
         data = np.asarray(item)
@@ -305,8 +332,29 @@ class _ParquetWriter(SinkWriter[Any, FileSummary]):
 
         table = pa.table(dict(columns(data)))
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema)
+            self.writer = pq.ParquetWriter(self.part_path(self.part), table.schema)
         self.writer.write_table(table)
+
+    async def commit(self, epoch: int) -> Any:
+        """Close the part being written (rows since the last commit), so it is durable."""
+        if self.pending:
+            await self.write_out()
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            await anyio.to_thread.run_sync(self._close_part, writer)
+            self.part += 1
+        return {"parts": self.part, "rows": self.rows}
+
+    def _close_part(self, writer: Any) -> None:
+        writer.close()
+        fd = os.open(self.part_path(self.part), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def restore(self, state: Any) -> None:
+        self.part, self.rows, self.restored = int(state["parts"]), int(state["rows"]), True
 
     async def flush(self) -> None:
         if self.pending:
@@ -403,6 +451,12 @@ def to_parquet(
 
     Each ``chunk_bytes`` of rows is one row group. Parquet's footer is written when the
     sink closes, so a run killed before that leaves no readable file.
+
+    Under a checkpoint (``run(checkpoint=...)``) every commit closes the file and later rows
+    go to the next part, ``stem.1.parquet``, ``stem.2.parquet``... beside ``path`` (read them
+    together, e.g. ``pyarrow.dataset.dataset([...])``); a restart removes the parts written
+    after the last commit and goes on: each row is in exactly one committed part. A longer
+    ``commit_interval`` makes fewer, larger parts. ``rows`` in the result counts all parts.
 
     Raises:
         ImportError: pyarrow is not installed.
