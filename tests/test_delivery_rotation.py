@@ -9,9 +9,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
 
 import aflow as af
@@ -173,3 +175,64 @@ def test_entries_of_files_gone_are_removed(tmp_path: Path) -> None:
     assert [k for k, v in changes.items() if v is None] == [
         k for k, e in entries.items() if e.get("done")
     ]
+
+
+class _Crash(af.abc.Operator):
+    """Passes batches on; raises once ``after`` rows went by (a crash mid-way)."""
+
+    name = "crash"
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def start(self) -> af.abc.Processor:
+        return _Crashing(self.after)
+
+
+class _Crashing(af.abc.Processor):
+    def __init__(self, after: int) -> None:
+        self.after, self.rows = after, 0
+
+    def process(self, msg: Any) -> list[Any]:
+        self.rows += len(msg)
+        if self.rows > self.after:
+            raise RuntimeError("crash")
+        time.sleep(0.002)  # slow enough for barriers to fall between the files
+        return [msg]
+
+
+@pytest.mark.anyio
+@backends
+async def test_a_glob_of_many_files_crashed_mid_way_reads_each_file_once(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    dt = np.dtype([("key", "<i8"), ("value", "<i8")])
+    n_files, per_file = 50, 400
+    for f in range(n_files):
+        rows = np.zeros(per_file, dt)
+        rows["value"] = np.arange(f * per_file, (f + 1) * per_file)
+        rows["key"] = rows["value"] % 7
+        (tmp_path / f"part{f:02d}.bin").write_bytes(rows.tobytes())
+    db = tmp_path / "cp.db"
+    pattern = str(tmp_path / "part*.bin")
+
+    def flow(after: int) -> Any:
+        # records: no decode stage (its worker threads are audited for barriers apart)
+        return (
+            af.read_records(pattern, dt, read_size=1024, max_open=2)
+            | af.Stage(_Crash(after))
+            | af.to_aggregate("key", "value", ("count", "sum"))
+        )
+
+    total = n_files * per_file
+    for after in (total // 3, 2 * total // 3):  # crash twice, then run to the end
+        with pytest.raises(RuntimeError, match="crash"):
+            await flow(after).run(checkpoint=db, commit_interval=0.01)
+        cp = af.SqliteStore(db).load()
+        assert cp is not None and cp.states  # some epochs were committed before it
+    result = await flow(total).run(checkpoint=db, commit_interval=0.01)
+    one_pass = await (
+        af.read_records(pattern, dt) | af.to_aggregate("key", "value", ("count", "sum"))
+    ).run()
+    assert result.value.tolist() == one_pass.value.tolist()
+    assert sum(c for _, c, _ in result.value.tolist()) == total
