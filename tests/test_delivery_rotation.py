@@ -9,8 +9,8 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -229,7 +229,8 @@ async def test_a_glob_of_many_files_crashed_mid_way_reads_each_file_once(
         with pytest.raises(RuntimeError, match="crash"):
             await flow(after).run(checkpoint=db, commit_interval=0.01)
         cp = af.SqliteStore(db).load()
-        assert cp is not None and cp.states  # some epochs were committed before it
+        assert cp is not None
+        assert cp.states  # some epochs were committed before it
     result = await flow(total).run(checkpoint=db, commit_interval=0.01)
     one_pass = await (
         af.read_records(pattern, dt) | af.to_aggregate("key", "value", ("count", "sum"))
