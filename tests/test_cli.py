@@ -295,10 +295,12 @@ other = af.read_lines("in.log") | af.map(str.upper) | af.for_each(note)
 """
 
 
+INTERVAL = ["--commit-interval", "0.05"]
+
+
 def _checkpointed_run(tmp_path: Path, target: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "aflow", "run", target, "--checkpoint", "cp.db"]
-        + ["--commit-interval", "0.05"],
+        [sys.executable, "-m", "aflow", "run", target, "--checkpoint", "cp.db", *INTERVAL],
         cwd=tmp_path,
         env=python_env(),
         stdout=subprocess.PIPE,

@@ -84,7 +84,7 @@ def matches(head: bytes, pos: dict[str, Any]) -> bool:
     n = int(pos.get("len", 0))
     if len(head) < n or "fp" not in pos:
         return False
-    return fingerprint(head[:n]) == pos["fp"]
+    return fingerprint(head[:n]) == str(pos["fp"])
 
 
 def _found(path: str) -> _Found | None:
