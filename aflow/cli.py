@@ -14,7 +14,9 @@ import anyio
 import numpy as np
 
 from . import __version__, demo
+from ._core.delivery import DEFAULT_COMMIT_INTERVAL
 from ._core.run import Run
+from .errors import CheckpointMismatch
 from .flow import Flow, SinkFlow, run
 from .monitor import Monitor, Progress, serve_metrics, watch
 
@@ -26,6 +28,9 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 """Exit status after SIGTERM (128 + SIGTERM): the result printed is partial."""
 EXIT_STOPPED = 3
+EXIT_USAGE = 2
+"""Exit status when ``--checkpoint`` belongs to another flow or input (as for usage
+errors): nothing was run."""
 """Exit status when the flow's own code stopped the run before its input ended."""
 
 
@@ -71,6 +76,13 @@ def _arg(text: str) -> tuple[str, Any]:
         return name, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return name, value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a number of seconds > 0")
+    return value
 
 
 def _show(value: Any) -> str:
@@ -123,7 +135,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             buffer=args.buffer,
             max_bytes_in_flight=args.max_bytes_in_flight,
             monitor=watch(*monitors),
+            checkpoint=args.checkpoint,
+            commit_interval=args.commit_interval,
         )
+    except CheckpointMismatch as exc:
+        print(f"aflow run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("aflow run: interrupted; partial batches were flushed", file=sys.stderr)
         if args.stats and seen:
@@ -182,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=(
             "exit status: 0 the run completed; 143 SIGTERM stopped it (the result printed is "
             "partial); 130 Ctrl-C stopped it; 3 the flow stopped itself (partial); "
-            "1 a stage failed"
+            "2 the --checkpoint is another flow's; 1 a stage failed"
         ),
     )
     run_p.add_argument(
@@ -209,6 +226,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="BYTES",
         help="ceiling on array bytes waiting in all buffers of the run (default: none)",
+    )
+    run_p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="commit positions and state to this SQLite file, and resume from it: run the "
+        "same flow again with it to go on where it stopped (see 'Delivery guarantees')",
+    )
+    run_p.add_argument(
+        "--commit-interval",
+        type=_positive,
+        default=DEFAULT_COMMIT_INTERVAL,
+        metavar="S",
+        help=f"seconds between checkpoint commits (default: {DEFAULT_COMMIT_INTERVAL})",
     )
     run_p.add_argument("--stats", action="store_true", help="print statistics to stderr")
     run_p.add_argument(

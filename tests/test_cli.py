@@ -281,3 +281,68 @@ def test_run_help_gives_the_exit_statuses() -> None:
     done = aflow("run", "--help")
     assert done.returncode == 0
     assert "143 SIGTERM" in " ".join(done.stdout.split())
+
+
+FOLLOWED_FLOW = """
+import aflow as af
+
+def note(line):
+    with open("seen.txt", "a") as f:
+        f.write(line + "\\n")
+
+follow = af.read_lines("in.log", follow=True, poll_interval=0.02) | af.for_each(note)
+other = af.read_lines("in.log") | af.map(str.upper) | af.for_each(note)
+"""
+
+
+INTERVAL = ["--commit-interval", "0.05"]
+
+
+def _checkpointed_run(tmp_path: Path, target: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aflow", "run", target, "--checkpoint", "cp.db", *INTERVAL],
+        cwd=tmp_path,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _seen(tmp_path: Path, n: int) -> list[str]:
+    seen = tmp_path / "seen.txt"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        lines = seen.read_text().splitlines() if seen.exists() else []
+        if len(lines) >= n:
+            return lines
+        time.sleep(0.02)
+    return lines
+
+
+def test_run_with_a_checkpoint_goes_on_where_it_stopped(tmp_path: Path) -> None:
+    (tmp_path / "flows.py").write_text(FOLLOWED_FLOW)
+    log = tmp_path / "in.log"
+    log.write_text("".join(f"a{i}\n" for i in range(50)))
+    proc = _checkpointed_run(tmp_path, "flows.py:follow")
+    assert len(_seen(tmp_path, 50)) == 50
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    with log.open("a") as f:  # written while it was not running
+        f.write("".join(f"b{i}\n" for i in range(50)))
+    proc = _checkpointed_run(tmp_path, "flows.py:follow")
+    seen = _seen(tmp_path, 100)
+    time.sleep(0.3)  # nothing more comes
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    expected = [f"a{i}" for i in range(50)] + [f"b{i}" for i in range(50)]
+    assert (tmp_path / "seen.txt").read_text().splitlines() == expected == seen
+    # the checkpoint of another flow: a clear error, nothing read
+    proc = _checkpointed_run(tmp_path, "flows.py:other")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "was written by another flow" in err
+    assert "Traceback" not in err
+    assert len((tmp_path / "seen.txt").read_text().splitlines()) == 100

@@ -21,7 +21,7 @@ import functools
 import inspect
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
@@ -199,7 +199,15 @@ class Outlet(Protocol):
     def resume_positions(self) -> dict[str, Any]:
         """The committed position map of this source in the checkpoint the run resumes
         from (empty without a checkpoint, or on a first run). Read it at the start of
-        ``produce`` and start after those positions."""
+        ``produce`` and start after those positions. A resumed run's position map
+        starts as this one: entries it does not touch again stay."""
+        ...
+
+    def update_positions(self, changes: Mapping[str, Any]) -> None:
+        """Set entries of this source's position map without emitting anything (a value
+        ``None`` removes its key): what a source learns at its start, such as input it
+        will never read, or entries of input that is gone. Committed with the next
+        barrier, like the positions given to :meth:`emit`."""
         ...
 
     def on_commit(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:

@@ -13,7 +13,7 @@ are complete up to the stop. Errors and the end of the grace period cancel every
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, Protocol, cast
 
@@ -196,6 +196,9 @@ class Segment:
             self._lock = anyio.Lock(fast_acquire=True)
             self.source_id = ctx.delivery.new_id("source", source.name)
             ctx.delivery.add_source(self, source.name, source.resumable)
+            # The map goes on from the committed one: what this run does not touch again
+            # (a file read to its end) stays known.
+            self.positions = ctx.delivery.positions_for(self.source_id)
         self.head_counters = head_counters
         self.head = head
         self.head_name = head_name
@@ -237,6 +240,15 @@ class Segment:
         if not self.source_id:
             return {}
         return self.ctx.delivery.positions_for(self.source_id)
+
+    def update_positions(self, changes: Mapping[str, Any]) -> None:
+        if not self.source_id:
+            raise TypeError("update_positions() is for sources (a source made of flows has none)")
+        for key, value in changes.items():
+            if value is None:
+                self.positions.pop(key, None)
+            else:
+                self.positions[key] = value
 
     def on_commit(self, fn: Callable[[dict[str, Any]], Any]) -> None:
         if not self.source_id:

@@ -12,13 +12,27 @@ import os
 import stat
 from dataclasses import dataclass
 
-__all__ = ["FINGERPRINT_BYTES", "FileId", "file_id", "find_copy", "read_checked", "read_range"]
+__all__ = [
+    "FINGERPRINT_BYTES",
+    "FileId",
+    "file_id",
+    "find_copy",
+    "fingerprint",
+    "read_checked",
+    "read_range",
+]
 
 FINGERPRINT_BYTES = 256
 
 
 def _digest(head: bytes) -> bytes:
     return hashlib.blake2b(head[:FINGERPRINT_BYTES], digest_size=8).digest()
+
+
+def fingerprint(head: bytes) -> str:
+    """The fingerprint (hex) of a file whose first bytes are ``head`` (at most
+    :data:`FINGERPRINT_BYTES` of them count), as checkpoint positions record it."""
+    return _digest(head).hex()
 
 
 @dataclass(frozen=True, slots=True)

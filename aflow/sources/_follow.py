@@ -13,6 +13,9 @@ never takes bytes away from it:
   :mod:`aflow.sources._watch`); what was not read yet is taken from the copy (a file beside
   it whose first bytes are the same), so only what the writer wrote between the copy and
   the truncation is lost, as it is for every reader.
+* **resumed from a checkpoint**: the rotated files beside the path that the checkpoint has
+  not seen to their end (:mod:`aflow.sources._rotation`) are read first, oldest first:
+  compressed ones to their end, the others as rotated files being drained.
 * **losses that cannot be avoided** (files rotated away before they could be opened; bytes
   truncated with no copy) are reported as :class:`~aflow.errors.DataLossError` to the
   source's ``on_error``: ``"skip"`` counts them in its ``errors`` statistic.
@@ -69,6 +72,7 @@ class Follower:
         watcher = Watcher(directory, [name], self.reader.poll_interval)
         try:
             await self._open_current(first=True)
+            await self._catch_up(emit, report, out)
             while not out.stopping:
                 got = await self._read_all(emit, report, out)
                 await self._check_path(watcher, emit, report)
@@ -83,6 +87,40 @@ class Follower:
         for tracked in self._all():  # stopped gracefully: the partial last lines too
             self.reader.ident = tracked.ident  # for the positions of what it emits
             await self.reader.finish(tracked.framer, emit, report)
+
+    async def _catch_up(self, emit: Emit, report: Reporter, out: Any) -> None:
+        """Resumed: read the rotated files the checkpoint has not seen to their end (the
+        live file is open already, so a rotation meanwhile takes nothing away)."""
+        for cu in self.reader.catch_up:
+            if out.stopping:
+                return
+            if cu.compressed:  # read to its end now: nobody writes a compressed file
+                reader = FileReader(
+                    cu.path,
+                    shape=self.reader.shape,
+                    dtype=self.reader.dtype,
+                    row_shape=self.reader.row_shape,
+                    chunk_size=self.reader.chunk_size,
+                    max_line=self.reader.max_line,
+                    start=cu.offset,
+                    last_line=self.reader.last_line,
+                )
+                reader.ident = cu.ident
+                self.reader.ident = cu.ident  # for the positions of what it emits
+                try:
+                    await reader.run(emit, report, out)
+                except FileNotFoundError:
+                    continue  # removed meanwhile (rotated out of the kept count)
+                continue
+            opened = await anyio.to_thread.run_sync(_open_fd, cu.path)
+            if opened is None:
+                continue
+            fd, ident = opened
+            if (ident.device, ident.inode) != (cu.ident.device, cu.ident.inode):
+                os.close(fd)  # another file under that name by now: found by its own
+                continue
+            framer = self.reader.framer(cu.offset, cu.path)
+            self.draining.append(Tracked(fd, ident, framer, cu.offset))
 
     def _all(self) -> list[Tracked]:
         return [*self.draining, *([self.current] if self.current else [])]

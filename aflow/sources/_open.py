@@ -24,10 +24,11 @@ try:  # the optional extra 'zstd'
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     zstandard = None  # type: ignore[assignment]
 
-__all__ = ["ByteStream", "compression_of", "open_stream", "read_small"]
+__all__ = ["ByteStream", "compression_of", "open_head", "open_stream", "read_small"]
 
 MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
 MAGIC_BYTES = 4
+SKIP_PIECE = 1 << 20  # decompressed bytes skipped per read when starting past the start
 
 
 class ByteStream(Protocol):
@@ -66,9 +67,37 @@ async def open_stream(path: str, start: int = 0) -> ByteStream:
         return _FileStream(fd, start)
     raw = os.fdopen(fd, "rb")
     stream = _DecompressingStream(_decompressor(kind, raw, path), raw)
-    if start:
-        await stream.read(start)
+    while start > 0:  # skip to ``start`` a piece at a time (no buffer of its size)
+        skipped = await stream.read(min(start, SKIP_PIECE))
+        if not skipped:
+            break
+        start -= len(skipped)
     return stream
+
+
+def open_head(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of the content of ``path``, decompressed if it is
+    compressed. Blocks: call it in a thread.
+
+    Raises:
+        OSError, EOFError: the file cannot be read (or a compressed one is cut short).
+        RuntimeError: a zstandard file without the ``zstd`` extra installed.
+    """
+    raw = open(path, "rb")  # noqa: SIM115 - closed below, or by the decompressor
+    try:
+        kind = compression_of(os.pread(raw.fileno(), MAGIC_BYTES, 0))
+        if kind is None:
+            return raw.read(size)
+        reader = _decompressor(kind, raw, path)
+        try:
+            head = b""
+            while len(head) < size and (piece := reader.read(size - len(head))):
+                head += piece
+            return head
+        finally:
+            reader.close()
+    finally:
+        raw.close()
 
 
 def _open(path: str) -> tuple[int, str | None]:

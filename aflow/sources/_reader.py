@@ -23,6 +23,7 @@ from ..errors import DecodeError, IncompleteFrameError
 from ..policies import Reporter
 from ._fileid import FINGERPRINT_BYTES, FileId, file_id
 from ._open import open_stream
+from ._rotation import CatchUp
 
 __all__ = [
     "FINGERPRINT_BYTES",
@@ -126,10 +127,14 @@ class FileReader:
         self.rotate_wait = rotate_wait
         self.last_line = last_line
         self.ident: FileId | None = None  # the file being read (for checkpoint positions)
+        # Followed, resumed: rotated files to read before the live one (oldest first).
+        self.catch_up: list[CatchUp] = []
 
-    def framer(self, offset: int) -> _Framer:
-        """A fresh framer for this file's bytes from ``offset`` on."""
-        return _Framer(self.path, self.shape, self.dtype, self.row_shape, self.max_line, offset)
+    def framer(self, offset: int, path: str | None = None) -> _Framer:
+        """A fresh framer for this file's bytes from ``offset`` on (``path``: the file
+        its provenance names, if not this reader's path)."""
+        path = self.path if path is None else path
+        return _Framer(path, self.shape, self.dtype, self.row_shape, self.max_line, offset)
 
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read to the end (follow mode is :class:`~aflow.sources._follow.Follower`)."""
@@ -203,5 +208,10 @@ def position_of(reader: FileReader, msg: Message) -> tuple[str, Any] | None:
         end = prov.stop
     if end is None:
         return None
-    value = {"path": reader.path, "fp": ident.fingerprint.hex(), "len": ident.length, "offset": end}
+    value = {
+        "path": reader.path,
+        "fp": ident.fingerprint.hex(),
+        "len": ident.length,
+        "offset": end,
+    }
     return f"{ident.device}:{ident.inode}", value

@@ -29,6 +29,7 @@ from ._fileid import FileId, file_id
 from ._follow import Follower
 from ._open import MAGIC_BYTES, compression_of, read_small
 from ._reader import FileReader, LastLine, Shape, position_of
+from ._rotation import plan_catch_up
 
 __all__ = ["MiB", "Paths", "expand", "is_glob", "read_concurrently"]
 
@@ -132,8 +133,9 @@ class FilesSource(Source):
         report = Reporter(self.on_error, self.name, out.counters)
         resume = out.resume_positions
         readers = [self._reader(f) for f in files]
-        if resume:
-            readers = await anyio.to_thread.run_sync(self._resume, readers, resume)
+        if resume or self.follow:
+            readers, changes = await anyio.to_thread.run_sync(self._resume, readers, resume)
+            out.update_positions(changes)
         if self.follow:
             await self._follow(readers, report, out)
             return
@@ -141,9 +143,13 @@ class FilesSource(Source):
         # fused behind this source, so reading and processing overlap.
         await read_concurrently(readers, self.max_open, report, out)
 
-    def _resume(self, readers: list[FileReader], resume: dict[str, Any]) -> list[FileReader]:
-        """Start each reader after its committed position; add readers for rotated,
-        unfinished files of the checkpoint (follow mode). Blocks: run it in a thread."""
+    def _resume(
+        self, readers: list[FileReader], resume: dict[str, Any]
+    ) -> tuple[list[FileReader], dict[str, Any]]:
+        """Start each reader after its committed position; give each followed one the
+        rotated files beside it to read first (:func:`plan_catch_up`); add readers for
+        unfinished files of the checkpoint found renamed. Returns them and the changes to
+        make to the position map. Blocks: run it in a thread."""
         done: set[str] = set()
         for reader in readers:
             ident = file_id(reader.path)
@@ -163,9 +169,15 @@ class FilesSource(Source):
                     "(another device, inode or first bytes): the input changed; use a new "
                     "checkpoint, or delete this one to read everything again"
                 )
+        followed = {reader.path for reader in readers}
+        changes: dict[str, Any] = {}
+        if self.follow:  # rotated files beside each path, not seen to their end
+            for reader in readers:
+                reader.catch_up, more = plan_catch_up(reader.path, resume, followed)
+                changes.update(more)
         extra: list[FileReader] = []
         for key, pos in resume.items():
-            if key in done:
+            if key in done or (self.follow and pos.get("path") in followed):
                 continue
             found = _find_rotated(pos)
             if found is None:
@@ -177,7 +189,7 @@ class FilesSource(Source):
                 )
                 reader.ident = ident
                 extra.append(reader)
-        return extra + readers
+        return extra + readers, changes
 
     def size(self) -> tuple[int, str] | None:
         """Bytes of the files (rows for records); unknown when following them, or when one

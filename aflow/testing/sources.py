@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -84,6 +84,9 @@ class _SpyOutlet:
     @property
     def resume_positions(self) -> dict[str, Any]:
         return self.out.resume_positions
+
+    def update_positions(self, changes: Mapping[str, Any]) -> None:
+        self.out.update_positions(changes)
 
     def on_commit(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.out.on_commit(fn)

@@ -1,0 +1,239 @@
+"""Resuming a followed log across rotations done while the pipeline was down: each
+logrotate mode (create, copytruncate, compress, delaycompress) with real files, real
+renames, copies, truncations and gzip; every line read exactly once, oldest first."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+
+import aflow as af
+from aflow.sources._rotation import plan_catch_up, rotated_siblings
+
+backends = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 - polls what the flow has delivered
+            await anyio.sleep(0.01)
+
+
+def append(path: Path, *lines: str) -> None:
+    with path.open("a") as f:
+        f.writelines(f"{line}\n" for line in lines)
+    time.sleep(0.02)  # the next change gets a later modification time
+
+
+def _compress(path: Path) -> None:
+    with path.open("rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
+
+
+def logrotate(path: Path, mode: str) -> None:
+    """Rotate ``path`` as logrotate does (numbered, newest ``.1``), in ``mode``."""
+    directory, name = path.parent, path.name
+    rotated = sorted(
+        (int(p.name[len(name) + 1 :].split(".")[0]), p)
+        for p in directory.iterdir()
+        if p.name.startswith(name + ".")
+    )
+    for n, p in reversed(rotated):  # .2 -> .3, .1.gz -> .2.gz ...
+        p.rename(directory / p.name.replace(f"{name}.{n}", f"{name}.{n + 1}", 1))
+    first = directory / f"{name}.1"
+    if mode == "copytruncate":
+        shutil.copyfile(path, first)
+        with path.open("r+") as f:
+            f.truncate(0)
+    else:  # create (and the compressing modes): rename, create a new empty file
+        path.rename(first)
+        path.touch()
+    if mode == "compress":
+        _compress(first)
+    if mode == "delaycompress" and (directory / f"{name}.2").exists():
+        _compress(directory / f"{name}.2")
+    time.sleep(0.02)
+
+
+async def follow(path: Path, db: Path, seen: list[str], expect: int) -> None:
+    """Run the followed pipeline until ``seen`` holds ``expect`` lines, then a little
+    longer (nothing more may come), and stop it gracefully."""
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.01, rotate_wait=0.1) | af.for_each(
+        seen.append
+    )
+    async with flow.open(checkpoint=db, commit_interval=0.05) as run:
+        await wait_for(lambda: len(seen) >= expect)
+        await anyio.sleep(0.3)
+        run.stop()
+
+
+@pytest.mark.anyio
+@backends
+@pytest.mark.parametrize("mode", ["create", "copytruncate", "compress", "delaycompress"])
+async def test_rotations_while_down_are_caught_up(
+    anyio_backend: str, tmp_path: Path, mode: str
+) -> None:
+    log, db = tmp_path / "app.log", tmp_path / "cp.db"
+    old = tmp_path / "app.log.1"  # last week's rotation: before the first run, not ours
+    old.write_text("old1\nold2\n")
+    past = time.time() - 3600
+    os.utime(old, (past, past))
+    append(log, "a1", "a2", "a3")
+    seen: list[str] = []
+    await follow(log, db, seen, 3)
+    assert seen == ["a1", "a2", "a3"]
+    # down: the file goes on (a4, a5), is rotated, a new one fills (b1, b2) and is rotated
+    # too before any run saw it, then the live file gets c1
+    append(log, "a4", "a5")
+    logrotate(log, mode)
+    append(log, "b1", "b2")
+    logrotate(log, mode)
+    append(log, "c1")
+    seen.clear()
+    await follow(log, db, seen, 5)
+    assert seen == ["a4", "a5", "b1", "b2", "c1"]
+    # once more with nothing rotated: nothing again, then only what is new
+    append(log, "c2")
+    seen.clear()
+    await follow(log, db, seen, 1)
+    assert seen == ["c2"]
+
+
+@pytest.mark.anyio
+@backends
+async def test_a_rotated_file_still_written_is_drained(anyio_backend: str, tmp_path: Path) -> None:
+    log, db = tmp_path / "app.log", tmp_path / "cp.db"
+    append(log, "a1")
+    seen: list[str] = []
+    await follow(log, db, seen, 1)
+    append(log, "a2")
+    os.rename(log, tmp_path / "app.log-20260101")  # dateext
+    append(log, "b1")
+    seen.clear()
+    flow = af.read_lines(str(log), follow=True, poll_interval=0.01, rotate_wait=0.5) | af.for_each(
+        seen.append
+    )
+    async with flow.open(checkpoint=db, commit_interval=0.05) as run:
+        await wait_for(lambda: len(seen) >= 2)
+        # the writer had not reopened yet: it writes once more to the rotated file
+        append(tmp_path / "app.log-20260101", "a3")
+        await wait_for(lambda: len(seen) >= 3)
+        await anyio.sleep(0.2)
+        run.stop()
+    assert seen == ["a2", "b1", "a3"]
+
+
+def test_siblings_are_the_names_rotation_makes(tmp_path: Path) -> None:
+    names = ["app.log", "app.log.1", "app.log.2.gz", "app.log-20260101", "app.log_2026-01-01"]
+    others = ["app.logger", "app.log.bak", "app.log.swp", "other.log.1", "app.log.1.d"]
+    for n in names + others:
+        if n == "app.log.1.d":
+            (tmp_path / n).mkdir()
+        else:
+            (tmp_path / n).write_text("x\n")
+    got = [Path(p).name for p in rotated_siblings(str(tmp_path / "app.log"))]
+    assert got == sorted(names[1:])
+
+
+def test_a_first_run_records_what_is_beside_the_path_as_read(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("live\n")
+    (tmp_path / "app.log.1").write_text("older\n")
+    plan, changes = plan_catch_up(str(log), {})
+    assert plan == []
+    entries = sorted(changes.values(), key=lambda e: e.get("done", False))
+    assert [e.get("done", False) for e in entries] == [False, True]
+    assert entries[0]["offset"] == 0  # the live file, from its start
+    # resumed with those entries only: nothing to catch up
+    assert plan_catch_up(str(log), changes) == ([], {})
+    # a new rotation: the live file is read, renamed; a new one appears
+    os.rename(log, tmp_path / "app.log.2")
+    log.write_text("newest\n")
+    plan, _ = plan_catch_up(str(log), changes)
+    assert [(Path(c.path).name, c.offset) for c in plan] == [("app.log.2", 0)]
+
+
+def test_entries_of_files_gone_are_removed(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("live\n")
+    (tmp_path / "app.log.1").write_text("older\n")
+    _, entries = plan_catch_up(str(log), {})
+    (tmp_path / "app.log.1").unlink()
+    other = {"7:7": {"path": str(tmp_path / "b.log"), "fp": "00", "len": 1, "offset": 1}}
+    plan, changes = plan_catch_up(str(log), {**entries, **other})
+    assert plan == []
+    assert [k for k, v in changes.items() if v is None] == [
+        k for k, e in entries.items() if e.get("done")
+    ]
+
+
+class _Crash(af.abc.Operator):
+    """Passes batches on; raises once ``after`` rows went by (a crash mid-way)."""
+
+    name = "crash"
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def start(self) -> af.abc.Processor:
+        return _Crashing(self.after)
+
+
+class _Crashing(af.abc.Processor):
+    def __init__(self, after: int) -> None:
+        self.after, self.rows = after, 0
+
+    def process(self, msg: Any) -> list[Any]:
+        self.rows += len(msg)
+        if self.rows > self.after:
+            raise RuntimeError("crash")
+        time.sleep(0.002)  # slow enough for barriers to fall between the files
+        return [msg]
+
+
+@pytest.mark.anyio
+@backends
+async def test_a_glob_of_many_files_crashed_mid_way_reads_each_file_once(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    dt = np.dtype([("key", "<i8"), ("value", "<i8")])
+    n_files, per_file = 50, 400
+    for f in range(n_files):
+        rows = np.zeros(per_file, dt)
+        rows["value"] = np.arange(f * per_file, (f + 1) * per_file)
+        rows["key"] = rows["value"] % 7
+        (tmp_path / f"part{f:02d}.bin").write_bytes(rows.tobytes())
+    db = tmp_path / "cp.db"
+    pattern = str(tmp_path / "part*.bin")
+
+    def flow(after: int) -> Any:
+        # records: no decode stage (its worker threads are audited for barriers apart)
+        return (
+            af.read_records(pattern, dt, read_size=1024, max_open=2)
+            | af.Stage(_Crash(after))
+            | af.to_aggregate("key", "value", ("count", "sum"))
+        )
+
+    total = n_files * per_file
+    for after in (total // 3, 2 * total // 3):  # crash twice, then run to the end
+        with pytest.raises(RuntimeError, match="crash"):
+            await flow(after).run(checkpoint=db, commit_interval=0.01)
+        cp = af.SqliteStore(db).load()
+        assert cp is not None
+        assert cp.states  # some epochs were committed before it
+    result = await flow(total).run(checkpoint=db, commit_interval=0.01)
+    one_pass = await (
+        af.read_records(pattern, dt) | af.to_aggregate("key", "value", ("count", "sum"))
+    ).run()
+    assert result.value.tolist() == one_pass.value.tolist()
+    assert sum(c for _, c, _ in result.value.tolist()) == total
