@@ -94,8 +94,9 @@ def read_until_truncated(
     """Read what is appended to the open file ``fd`` as soon as it is written (``wait()``
     blocks until the next write, briefly), while a copy of it is being made: until it is
     truncated or rewritten (then the third value is True), ``path`` names another file,
-    ``limit`` bytes were read, or ``seconds`` passed. Lines written after the copy and before the truncation are in no
-    copy: only a reader that read them in that window has them.
+    ``limit`` bytes were read, or ``seconds`` passed. Lines written after the copy and
+    before the truncation are in no copy: only a reader that read them in that window has
+    them.
 
     Returns the chunks read from ``position`` on, the identity to compare with next time,
     and whether the file was truncated.
