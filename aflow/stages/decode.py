@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
+from collections import deque
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -301,12 +301,20 @@ class _Units:
     def __init__(self, inbox: Inbox, runner: _DecodeRunner) -> None:
         self.inbox = inbox
         self.runner = runner
+        self.units: deque[Batch] = deque()
 
     async def receive(self) -> Message:  # pragma: no cover - iterated only
         raise NotImplementedError
 
-    async def __aiter__(self) -> AsyncIterator[Message]:
-        async for msg in self.inbox:
+    def __aiter__(self) -> _Units:
+        return self
+
+    async def __anext__(self) -> Message:
+        if not self.units:
+            try:
+                msg = await self.inbox.receive()
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
             ready = [self.runner.prepare(msg)]
             size = len(ready[0].data)
             while size < MERGED_BYTES and self._small(ready[-1]):
@@ -318,8 +326,8 @@ class _Units:
                     break
                 ready.append(self.runner.prepare(more))
                 size += len(ready[-1].data)
-            for unit in self._merge(ready):
-                yield unit
+            self.units.extend(self._merge(ready))
+        return self.units.popleft()
 
     def _small(self, batch: Batch) -> bool:
         data = batch.data
