@@ -5,20 +5,25 @@ into a temp folder. Each loader reads every image once, in a seeded random order
 it to ``uint8 (32, 32, 3)`` with Pillow and makes batches of 64 images with their labels;
 the consumer sums each batch (so every pixel is touched):
 
-- plain: a synchronous generator loop (read, decode, stack), the usual first loader;
+- plain: a synchronous generator loop (read, ``np.asarray(Image.open(...).convert("RGB"))``,
+  stack), the usual first loader;
+- plain+decoder: the same loop with aflow's ``ImageDecoder`` (its PNG fast path), so the
+  ratio to it is what worker threads alone add;
 - aflow: ``af.read_dataset(root, batch_size=64, workers=W)`` (W batches decoded at once in
   worker threads), for each W of ``--workers``;
-- torch: ``torch.utils.data.DataLoader`` with W worker processes over the same decoding,
-  only when ``--torch`` is given and torch is importable (a benchmark environment, never
-  a dependency of aflow).
+- torch: ``torch.utils.data.DataLoader`` with W worker processes (0: in the main process)
+  over aflow's ``ImageDecoder``, for each W of ``--torch-workers``, when torch is
+  importable by ``--torch-python`` (a separate benchmark environment: torch is never a
+  dependency of aflow); otherwise the column is skipped with the reason printed.
 
 Each loader runs in its own subprocess, so each peak resident memory (VmHWM) is its own.
-Prints images/s, the ratio to the plain loop and peak memory. Targets: aflow >= 1.5x the
-plain loop; >= 0.8x DataLoader at equal workers, with lower memory.
+Prints images/s (best and median of ``--reps`` rounds), the ratio of the best to the
+plain loop's best, and peak memory. Targets: aflow >= 1.5x the plain loop; >= 0.8x
+DataLoader at equal workers, with lower memory.
 
-    python benchmarks/bench_datasets.py              # 20,000 images
-    python benchmarks/bench_datasets.py --quick      # 2,000 images
-    python benchmarks/bench_datasets.py --torch      # also torch's DataLoader
+    python benchmarks/bench_datasets.py                          # 20,000 images
+    python benchmarks/bench_datasets.py --quick                  # 2,000 images
+    python benchmarks/bench_datasets.py --torch-python VENV/bin/python  # with torch
 """
 
 from __future__ import annotations
@@ -69,11 +74,27 @@ def peak_rss() -> int:
 
 
 def run_plain(root: Path, workers: int) -> tuple[int, float]:
-    import aflow as af
+    import io
+
+    from PIL import Image
+
+    def decode(data: bytes) -> Any:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+
+    return plain_loop(root, decode)
+
+
+def run_plain_decoder(root: Path, workers: int) -> tuple[int, float]:
     from aflow.codecs.images import ImageDecoder
 
+    return plain_loop(root, ImageDecoder())
+
+
+def plain_loop(root: Path, decode: Any) -> tuple[int, float]:
+    import aflow as af
+
     table = af.list_dataset(root)
-    decode = ImageDecoder()
     order = np.random.default_rng(0).permutation(len(table))
 
     def batches() -> Any:
@@ -141,7 +162,12 @@ def run_torch(root: Path, workers: int) -> tuple[int, float]:
 
 
 def measure(kind: str, root: Path, workers: int) -> None:
-    run = {"plain": run_plain, "aflow": run_aflow, "torch": run_torch}[kind]
+    run = {
+        "plain": run_plain,
+        "plain+decoder": run_plain_decoder,
+        "aflow": run_aflow,
+        "torch": run_torch,
+    }[kind]
     t0 = time.perf_counter()
     n, total = run(root, workers)
     seconds = time.perf_counter() - t0
@@ -165,9 +191,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--quick", action="store_true", help="2,000 images")
     parser.add_argument("--workers", default="2,4", help="comma-separated worker counts")
-    parser.add_argument("--torch", action="store_true", help="also torch's DataLoader")
+    parser.add_argument("--torch-workers", default="0,2", help="DataLoader worker counts")
     parser.add_argument("--torch-python", default=sys.executable, help="python with torch")
-    parser.add_argument("--reps", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--reps", type=int, default=3, help="rounds (best and median)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,29 +209,44 @@ def main() -> None:
         f"(ready in {time.perf_counter() - t0:.1f} s), batches of {BATCH}, "
         f"{os.cpu_count()} CPUs"
     )
-    cases = [("plain", 1)] + [("aflow", int(w)) for w in args.workers.split(",")]
-    if args.torch:
-        cases += [("torch", int(w)) for w in args.workers.split(",")]
-    results: dict[tuple[str, int], dict[str, Any]] = {}
+    cases = [("plain", 1), ("plain+decoder", 1)]
+    cases += [("aflow", int(w)) for w in args.workers.split(",")]
+    check = subprocess.run(
+        [args.torch_python, "-c", "import torch, PIL, aflow; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    if check.returncode == 0:
+        print(f"torch {check.stdout.strip()} from {args.torch_python}")
+        cases += [("torch", int(w)) for w in args.torch_workers.split(",")]
+    else:
+        reason = (check.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"DataLoader skipped: torch is not importable by {args.torch_python} ({reason})")
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {case: [] for case in cases}
     for _ in range(args.reps):
         for kind, workers in cases:
             python = args.torch_python if kind == "torch" else sys.executable
-            r = child(kind, root, workers, python)
-            best = results.get((kind, workers))
-            if best is None or r["seconds"] < best["seconds"]:
-                results[kind, workers] = r
-    plain = results["plain", 1]
-    print(f"{'loader':<22} {'images/s':>10} {'x plain':>8} {'peak MB':>8}")
-    for (kind, workers), r in results.items():
-        rate = r["n"] / r["seconds"]
-        label = kind if kind == "plain" else f"{kind} workers={workers}"
+            runs[kind, workers].append(child(kind, root, workers, python))
+    plain = min(runs["plain", 1], key=lambda r: r["seconds"])
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"{'loader':<24} {'best img/s':>10} {'median':>8} {'x plain':>8} {'peak MB':>8}"
+        f"  (best of {args.reps})"
+    )
+    for (kind, workers), rs in runs.items():
+        rates = sorted(r["n"] / r["seconds"] for r in rs)
+        best = max(rs, key=lambda r: r["n"] / r["seconds"])
+        label = kind if kind.startswith("plain") else f"{kind} workers={workers}"
         print(
-            f"{label:<22} {rate:>10,.0f} {plain['seconds'] / r['seconds']:>8.2f} "
-            f"{r['peak'] / 1e6:>8.1f}"
+            f"{label:<24} {rates[-1]:>10,.0f} {rates[len(rates) // 2]:>8,.0f} "
+            f"{plain['seconds'] / best['seconds']:>8.2f} "
+            f"{max(r['peak'] for r in rs) / 1e6:>8.1f}"
         )
-        if r["n"] != n or not np.isclose(r["total"], plain["total"]):
-            print(f"RESULT MISMATCH: {label} read {r['n']} images, sum {r['total']}")
-            sys.exit(1)
+        for r in rs:
+            if r["n"] != n or not np.isclose(r["total"], plain["total"]):
+                print(f"RESULT MISMATCH: {label} read {r['n']} images, sum {r['total']}")
+                sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Many small files: aflow's ``read_lines`` / ``read_csv`` over a ``**`` glob vs a plain loop.
 
-2,000 files of 20 lines each (``ts,sensor,value``) in nested folders. Side by side, best of
-``--reps`` rounds:
+2,000 files of 20 lines each (``ts,sensor,value``) in nested folders. Side by side, best
+and median of ``--reps`` rounds, with the load average (a shared machine):
 
 - plain: a synchronous loop, ``glob.glob(..., recursive=True)``, ``open().read()`` and
   ``splitlines()`` (lines), or ``np.loadtxt`` of all bytes joined (CSV rows);
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import io
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -65,13 +66,15 @@ async def aflow_csv(pattern: str) -> int:
     return len(result.value)
 
 
-def best(fn: object, reps: int) -> tuple[float, int]:
+def timed(fn: object, reps: int) -> tuple[float, float, int]:
+    """Best and median seconds of ``reps`` calls, and the last result."""
     times, n = [], 0
     for _ in range(reps):
         t = time.perf_counter()
         n = fn()  # type: ignore[operator]
         times.append(time.perf_counter() - t)
-    return min(times), n
+    times.sort()
+    return times[0], times[len(times) // 2], n
 
 
 def main() -> None:
@@ -84,16 +87,20 @@ def main() -> None:
         root = Path(tmp)
         make(root, args.files, args.lines)
         pattern = str(root / "**" / "*.csv")
-        print(f"{args.files:,} files of {args.lines} lines, best of {args.reps}")
-        print(f"{'workload':<10} {'plain s':>9} {'aflow s':>9} {'aflow/plain':>12}")
+        print(f"{args.files:,} files of {args.lines} lines, best / median of {args.reps}")
+        print(f"{'workload':<10} {'plain s':>15} {'aflow s':>15} {'aflow/plain':>15}   load")
         for name, plain, flow in (
             ("lines", plain_lines, aflow_lines),
             ("csv rows", plain_csv, aflow_csv),
         ):
-            t_plain, n_plain = best(lambda p=plain: p(pattern), args.reps)
-            t_flow, n_flow = best(lambda f=flow: anyio.run(f, pattern), args.reps)
+            p_best, p_med, n_plain = timed(lambda p=plain: p(pattern), args.reps)
+            f_best, f_med, n_flow = timed(lambda f=flow: anyio.run(f, pattern), args.reps)
             assert n_plain == n_flow == args.files * args.lines, (n_plain, n_flow)
-            print(f"{name:<10} {t_plain:>9.3f} {t_flow:>9.3f} {t_flow / t_plain:>11.2f}x")
+            load = os.getloadavg()[0]
+            print(
+                f"{name:<10} {p_best:>7.3f} {p_med:>7.3f} {f_best:>7.3f} {f_med:>7.3f} "
+                f"{f_best / p_best:>6.2f}x {f_med / p_med:>6.2f}x   {load:.2f}"
+            )
 
 
 if __name__ == "__main__":

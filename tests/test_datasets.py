@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import aflow as af
-from aflow.codecs.images import ImageDecoder, NpzDecoder, decode_npy
+from aflow.codecs.images import ImageDecoder, NpzDecoder, _plain_png, decode_npy
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -258,3 +258,52 @@ def test_decoders_state_dtype_shape_and_channel_order() -> None:
     assert decode_npy(buf.getvalue()).tolist() == [[1, 0], [0, 1]]
     with pytest.raises(ValueError, match="fit="):
         ImageDecoder((4, 4), fit="stretch")  # type: ignore[arg-type]
+
+
+def png_bytes(pixels: np.ndarray[Any, Any], mode: str, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buf, "PNG", **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("RGB", 3), ("RGBA", 4), ("L", 1)])
+def test_plain_png_fast_path_decodes_as_pillow_does(mode: str, channels: int) -> None:
+    rng = np.random.default_rng(7)
+    for shape in ((1, 1), (7, 13), (33, 20)):
+        pixels = rng.integers(0, 256, (*shape, channels), dtype=np.uint8)
+        if channels == 1:
+            pixels = pixels[:, :, 0]
+        for options in ({}, {"optimize": True}, {"compress_level": 0}):
+            png = png_bytes(pixels, mode, **options)
+            assert _plain_png(png, mode) is not None  # the fast path is taken
+            with Image.open(io.BytesIO(png)) as img:
+                slow = np.asarray(img.convert(mode))
+            out = ImageDecoder(mode=mode)(png)
+            assert out.tolist() == slow.reshape(out.shape).tolist()
+            with Image.open(io.BytesIO(png)) as img:
+                fitted = ImageDecoder((5, 9), mode=mode)._fit(img.convert(mode), (5, 9))
+            want = np.asarray(fitted).reshape(5, 9, channels)
+            assert ImageDecoder((5, 9), mode=mode)(png).tolist() == want.tolist()
+
+
+def test_png_fast_path_errors_and_the_long_way() -> None:
+    rng = np.random.default_rng(8)
+    png = png_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB")
+    for cut in range(40, len(png) - 30, 37):  # pixels cut short: an error, never pixels
+        with pytest.raises((ValueError, OSError, SyntaxError)):
+            ImageDecoder()(png[:cut])
+    corrupt = bytearray(png)
+    corrupt[len(png) // 2] ^= 0xFF  # inside the compressed pixels
+    with pytest.raises((ValueError, OSError)):
+        ImageDecoder()(bytes(corrupt))
+    interlaced = bytearray(png)
+    interlaced[28] = 1  # the IHDR's interlace byte
+    assert _plain_png(bytes(interlaced), "RGB") is None
+    palette = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).convert("P").save(
+        palette, "PNG"
+    )
+    assert _plain_png(palette.getvalue(), "RGB") is None  # Pillow's long way
+    assert ImageDecoder()(palette.getvalue()).shape == (6, 6, 3)
+    assert _plain_png(png, "L") is None  # a conversion: Pillow's long way
+    assert ImageDecoder(mode="L")(png).shape == (16, 16, 1)

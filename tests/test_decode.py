@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import aflow as af
 from aflow.codecs import COMBINED, CsvDecoder, JsonlDecoder, LineSplitter
+from aflow.stages import decode as decode_module
 
 READING = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f8")])
 
@@ -1022,3 +1023,63 @@ def test_bad_lines_are_found_without_bisection() -> None:
         assert len(bad) == 200
         assert len(rows) == 19_800
         assert calls <= 2 + 200  # the block, its clean lines, each suspect: no halving
+
+
+def many_small_files(root: Path, header: bool) -> None:
+    """300 small CSV files in nested folders: some with empty lines, bad lines, a last line
+    without a newline; with ``header``, a header naming the columns in its own order."""
+    for i in range(300):
+        folder = root / f"d{i % 7}"
+        folder.mkdir(exist_ok=True)
+        names = ["value", "ts", "sensor"] if header and i >= 150 else ["ts", "sensor", "value"]
+        lines = [",".join(names)] if header else []
+        for j in range(5):
+            row = {"ts": str(i * 10 + j), "sensor": str(j), "value": f"{j / 4}"}
+            lines.append(",".join(row[n] for n in names))
+        if i % 37 == 3:
+            lines.insert(2, "")  # an empty line
+        if i % 53 == 5:
+            lines.insert(3, "not,a,row")
+        text = "\n".join(lines) + ("" if i % 61 == 7 else "\n")
+        (folder / f"f{i:03d}.csv").write_text(text)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("header", [False, "names"])
+async def test_many_small_files_decode_in_merged_calls_as_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: Any
+) -> None:
+    many_small_files(tmp_path, header=bool(header))
+    pattern = str(tmp_path / "**" / "*.csv")
+    merged: list[int] = []
+    real = decode_module._Merged.__init__
+
+    def spy(self: Any, blocks: list[af.Batch]) -> None:
+        merged.append(len(blocks))
+        real(self, blocks)
+
+    monkeypatch.setattr(decode_module._Merged, "__init__", spy)
+
+    async def run(threads: int) -> tuple[list[Any], list[tuple[str, int | None]]]:
+        dead: list[af.FailedItem] = []
+        flow = af.read_csv(
+            pattern, READING, header=header, threads=threads, on_error=af.dead_letter(dead)
+        )
+        batches: list[Any] = []
+        async with flow.open() as opened:
+            async for msg in opened.envelopes():
+                batches.append((msg.provenance, msg.data.tolist()))
+        return batches, [(d.error.source, d.error.line) for d in dead]  # type: ignore[attr-defined]
+
+    one_by_one = await run(0)  # fused: one decode call per file
+    assert not merged
+    together = await run(2)
+    assert merged
+    assert max(merged) > 10  # small files were decoded many per call
+    assert together == one_by_one  # the same rows, provenance and bad lines
+    bad = [f for f, _ in one_by_one[1]]
+    assert len(bad) == len([i for i in range(300) if i % 53 == 5])
+    for source, line in one_by_one[1]:  # each bad line named by its file and number
+        assert line is not None
+        text = await anyio.Path(source).read_text()
+        assert text.splitlines()[line - 1] == "not,a,row"

@@ -7,10 +7,13 @@ import bz2
 import gzip
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -19,6 +22,7 @@ import zstandard
 
 import aflow as af
 from aflow.sources import _watch
+from aflow.sources._fileid import file_id, read_until_truncated
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +195,89 @@ async def test_invalid_utf8_in_read_lines_goes_to_on_error(tmp_path: Path) -> No
     assert result.statistics.errors == 1
     with pytest.raises(af.DecodeError, match="not valid utf-8"):
         await af.read_lines(str(path)).run()
+
+
+def numbered(lo: int, hi: int) -> str:
+    return "".join(f"line {i:05d}\n" for i in range(lo, hi))
+
+
+@pytest.mark.parametrize("notified", [True, False])
+async def test_copytruncate_takes_what_was_unread_from_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notified: bool
+) -> None:
+    if notified and not _watch.have_inotify():
+        pytest.skip("needs inotify")
+    if not notified:
+        monkeypatch.setattr(_watch, "have_inotify", lambda: False)  # the polling fallback
+    path = tmp_path / "app.log"
+    path.write_text(numbered(0, 100))
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.05) | af.for_each(seen.append)
+    async with flow.open() as run:
+        await wait_for(lambda: len(seen) == 100)
+        await anyio.sleep(0.1)  # the follower waits for a change
+        # copytruncate while the follower cannot run (no await): lines 100-199 are
+        # written, copied with the rest, and truncated away before it reads them
+        with path.open("a") as f:
+            f.write(numbered(100, 200))
+        shutil.copyfile(path, tmp_path / "app.log.1")
+        os.truncate(path, 0)
+        with path.open("a") as f:
+            f.write(numbered(200, 210))
+        await wait_for(lambda: len(seen) >= 210)
+        await anyio.sleep(0.2)  # nothing more, nothing twice
+        run.stop()
+    assert seen == numbered(0, 210).splitlines()
+
+
+@pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify")
+def test_read_until_truncated_reads_each_write_before_the_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text(numbered(0, 30))
+    start = path.stat().st_size
+    ident = file_id(str(path))
+    assert ident is not None
+
+    def writer() -> None:
+        for k in range(5):  # appended, then truncated: only a prompt reader has them
+            time.sleep(0.02)
+            with path.open("a") as f:
+                f.write(numbered(30 + 10 * k, 40 + 10 * k))
+        time.sleep(0.05)
+        os.truncate(path, 0)
+
+    fd = os.open(path, os.O_RDONLY)
+    wait, close = _watch.write_waiter(fd)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        t0 = time.monotonic()
+        chunks, _, truncated = read_until_truncated(fd, str(path), start, ident, 5, 1 << 20, wait)
+        took = time.monotonic() - t0
+    finally:
+        thread.join()
+        close()
+        os.close(fd)
+    assert truncated
+    assert took < 2  # at the truncation, not at the 5-s limit
+    assert b"".join(chunks).decode() == numbered(30, 80)
+
+
+def test_read_until_truncated_stops_when_the_file_is_renamed_away(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text(numbered(0, 30))
+    ident = file_id(str(path))
+    assert ident is not None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.rename(path, tmp_path / "app.log.1")  # a rotation by rename, not a copy
+        path.write_text("new\n")
+        t0 = time.monotonic()
+        chunks, _, truncated = read_until_truncated(
+            fd, str(path), 0, ident, 5, 1 << 20, lambda: time.sleep(0.001)
+        )
+        assert time.monotonic() - t0 < 2
+    finally:
+        os.close(fd)
+    assert not truncated
+    assert b"".join(chunks).decode() == numbered(0, 30)  # what it held, from the old file

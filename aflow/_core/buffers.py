@@ -103,6 +103,17 @@ class Buffer:
             msg = self._rx.receive_nowait()
         except anyio.WouldBlock:
             msg = await self._rx.receive()
+        return self._taken(msg)
+
+    def receive_nowait(self) -> Item | None:
+        """The next message if one is waiting, else None (also once all senders closed)."""
+        try:
+            msg = self._rx.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return None
+        return self._taken(msg)
+
+    def _taken(self, msg: Item) -> Item:
         self.queued -= 1
         if isinstance(msg, Barrier):
             return msg

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "fingerprint",
     "read_checked",
     "read_range",
+    "read_until_truncated",
 ]
 
 FINGERPRINT_BYTES = 256
@@ -84,6 +87,48 @@ def read_checked(fd: int, size: int, position: int, ident: FileId) -> tuple[byte
     if ident.length < FINGERPRINT_BYTES and st.st_size > ident.length:
         ident = FileId.of(st, os.pread(fd, FINGERPRINT_BYTES, 0))
     return os.pread(fd, size, position), ident
+
+
+def read_until_truncated(
+    fd: int,
+    path: str,
+    position: int,
+    ident: FileId,
+    seconds: float,
+    limit: int,
+    wait: Callable[[], None],
+) -> tuple[list[bytes], FileId, bool]:
+    """Read what is appended to the open file ``fd`` as soon as it is written (``wait()``
+    blocks until the next write, briefly), while a copy of it is being made: until it is
+    truncated or rewritten (then the third value is True), ``path`` names another file,
+    ``limit`` bytes were read, or ``seconds`` passed. Lines written after the copy and
+    before the truncation are in no copy: only a reader that read them in that window has
+    them.
+
+    Returns the chunks read from ``position`` on, the identity to compare with next time,
+    and whether the file was truncated.
+    """
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    st = os.fstat(fd)
+    here = (st.st_dev, st.st_ino)
+    while limit > 0 and time.monotonic() < deadline:
+        chunk, ident = read_checked(fd, limit, position, ident)
+        if chunk is None:
+            return chunks, ident, True
+        if chunk:
+            chunks.append(chunk)
+            position += len(chunk)
+            limit -= len(chunk)
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            break
+        if (st.st_dev, st.st_ino) != here:  # renamed away: not a copy, a rotation
+            break
+        wait()
+    return chunks, ident, False
 
 
 def find_copy(path: str, ident: FileId) -> str | None:

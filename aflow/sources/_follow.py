@@ -11,8 +11,15 @@ never takes bytes away from it:
   descriptor.
 * **copytruncate**: the truncation is seen as it happens (inotify, see
   :mod:`aflow.sources._watch`); what was not read yet is taken from the copy (a file beside
-  it whose first bytes are the same), so only what the writer wrote between the copy and
-  the truncation is lost, as it is for every reader.
+  it whose first bytes are the same). What the writer wrote between the copy and the
+  truncation (logrotate fsyncs the copy in between: a millisecond, tens under load) is in
+  no copy: only a reader that read it in that window has it. So at the first sign of a
+  copy (a file named like the followed one created or written, seen even while a busy
+  writer keeps the follower reading) the follower reads the original in a worker thread
+  at every write (an inotify watch of the open file, as ``tail -F`` does) until it is
+  truncated, renamed away, or ``COPY_WATCH`` seconds passed. It can still lose lines
+  written in that window when it is scheduled late (a loaded machine), where ``tail -F``
+  may have read them: a known gap.
 * **resumed from a checkpoint**: the rotated files beside the path that the checkpoint has
   not seen to their end (:mod:`aflow.sources._rotation`) are read first, oldest first:
   compressed ones to their end, the others as rotated files being drained.
@@ -32,11 +39,21 @@ import anyio
 
 from ..errors import DataLossError
 from ..policies import Reporter, apply_policy
-from ._fileid import FINGERPRINT_BYTES, FileId, find_copy, read_checked, read_range
+from ._fileid import (
+    FINGERPRINT_BYTES,
+    FileId,
+    find_copy,
+    read_checked,
+    read_range,
+    read_until_truncated,
+)
 from ._reader import Emit, FileReader, _Framer
-from ._watch import Watcher
+from ._watch import Watcher, write_waiter
 
-__all__ = ["Follower"]
+__all__ = ["COPY_WATCH", "Follower"]
+
+COPY_WATCH = 0.25
+"""Seconds the original is read eagerly after a sign of a copy being made beside it."""
 
 
 @dataclass(slots=True)
@@ -74,10 +91,12 @@ class Follower:
             await self._open_current(first=True)
             await self._catch_up(emit, report, out)
             while not out.stopping:
-                got = await self._read_all(emit, report, out)
+                if watcher.take_copying() and self.current is not None:
+                    await self._read_while_copied(self.current, watcher, emit, report)
+                got = await self._read_all(watcher, emit, report, out)
                 await self._check_path(watcher, emit, report)
                 await self._drop_quiet(emit, report)
-                if not got and not out.stopping:
+                if not got and not watcher.copying and not out.stopping:
                     with out.pull_scope():
                         await watcher.wait()
         finally:
@@ -137,8 +156,11 @@ class Follower:
         self.opened += 0 if first else 1
         return True
 
-    async def _read_all(self, emit: Emit, report: Reporter, out: Any) -> bool:
-        """Read what every open file holds now (rotated ones first); True if any data."""
+    async def _read_all(self, watcher: Watcher, emit: Emit, report: Reporter, out: Any) -> bool:
+        """Read what every open file holds now (rotated ones first); True if any data.
+
+        Stops early when a copy is being made (read eagerly then, see the module
+        docstring): a writer that keeps this loop busy must not hide it."""
         got = False
         for tracked in self._all():
             while not out.stopping:
@@ -149,6 +171,9 @@ class Follower:
                 tracked.last_data = time.monotonic()
                 self.reader.ident = tracked.ident  # for the positions of what it emits
                 await self.reader.feed(tracked.framer, chunk, emit, report)
+                watcher.take_events()
+                if watcher.copying:
+                    return got
         return got
 
     async def _read_one(self, tracked: Tracked, emit: Emit, report: Reporter) -> bytes:
@@ -164,6 +189,31 @@ class Follower:
         tracked.ident = ident
         tracked.position += len(chunk)
         return chunk
+
+    async def _read_while_copied(
+        self, tracked: Tracked, watcher: Watcher, emit: Emit, report: Reporter
+    ) -> None:
+        """Read the file eagerly while a copy of it is made (see the module docstring);
+        a truncation is then handled by the next read, as any other."""
+        # Not cancellable (the thread reads the descriptor closed after a stop): a stop
+        # waits for it, COPY_WATCH seconds at most.
+        chunks, ident, truncated = await anyio.to_thread.run_sync(
+            _read_until_truncated,
+            tracked.fd,
+            self.path,
+            tracked.position,
+            tracked.ident,
+            4 * self.reader.chunk_size,
+        )
+        if truncated:  # the copy is done: the signs of it queued meanwhile are old
+            watcher.take_events()
+            watcher.copying = False
+        tracked.ident = ident
+        for chunk in chunks:
+            tracked.position += len(chunk)
+            tracked.last_data = time.monotonic()
+            self.reader.ident = tracked.ident  # for the positions of what it emits
+            await self.reader.feed(tracked.framer, chunk, emit, report)
 
     async def _truncated(self, tracked: Tracked, emit: Emit, report: Reporter) -> None:
         """Take the unread rest from a copy (``copytruncate``), then read from 0 again."""
@@ -215,6 +265,16 @@ class Follower:
             os.close(tracked.fd)
             self.reader.ident = tracked.ident  # for the positions of what it emits
             await self.reader.finish(tracked.framer, emit, report)
+
+
+def _read_until_truncated(
+    fd: int, path: str, position: int, ident: FileId, limit: int
+) -> tuple[list[bytes], FileId, bool]:
+    wait, close = write_waiter(fd)
+    try:
+        return read_until_truncated(fd, path, position, ident, COPY_WATCH, limit, wait)
+    finally:
+        close()
 
 
 def _open_fd(path: str) -> tuple[int, FileId] | None:

@@ -142,25 +142,27 @@ def decompress_all(data: bytes, path: str) -> bytes | None:
     return out
 
 
-def read_small(paths: list[str], limit: int) -> list[tuple[str, bytes | None]]:
+def read_small(paths: list[str], limit: int) -> list[tuple[os.stat_result, bytes | None]]:
     """Read whole regular files, in one worker-thread call for many small ones.
 
-    Returns each path with its content (decompressed), or None for a file that is not
-    small after all (more than ``limit`` bytes, or not a regular file): read it as a
-    stream. Blocks: call it in a thread.
+    Returns each file's ``stat`` (of the file read: its identity) with its content
+    (decompressed), or None for a file that is not small after all (more than ``limit``
+    bytes, or not a regular file): read it as a stream. Blocks: call it in a thread.
     """
-    out: list[tuple[str, bytes | None]] = []
+    out: list[tuple[os.stat_result, bytes | None]] = []
     for path in paths:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO: not even opened here
-            out.append((path, None))
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO: not even opened here
+            out.append((st, None))
             continue
         with open(path, "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size > limit:
-                out.append((path, None))
+            st = os.fstat(f.fileno())
+            if st.st_size > limit:
+                out.append((st, None))
                 continue
             data = f.read() or b""
         plain = decompress_all(data, path)
-        out.append((path, data if plain is None else plain))
+        out.append((st, data if plain is None else plain))
     return out
 
 

@@ -11,12 +11,16 @@ thread. Elsewhere (or if the kernel refuses a watch) the follower polls every
 The watcher also counts the files that *appeared* under the followed name (created or
 renamed into place): a follower compares that with the files it opened to count the ones
 rotated away before it could open them (see :class:`~aflow.sources._follow.Follower`).
+And it notes when a file named like a followed one (``app.log.1``, ``app.log-20240101``)
+is created or written: a copy being made (``copytruncate``), the sign to read the
+original eagerly until it is truncated.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -26,12 +30,28 @@ try:  # the optional extra 'inotify'
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     inotify_simple = None
 
-__all__ = ["Watcher", "have_inotify"]
+__all__ = ["Watcher", "have_inotify", "write_waiter"]
 
 
 def have_inotify() -> bool:
     """Whether change notifications are available here (else followers poll)."""
     return inotify_simple is not None and sys.platform.startswith("linux")
+
+
+def write_waiter(fd: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A blocking wait for the next write to (or truncation of) the open file ``fd``, at
+    most a millisecond, and its release: ``(wait, close)``. With inotify the wait wakes at
+    the write, as ``tail -F`` does; else it sleeps 0.2 ms. Call both in one thread."""
+    if have_inotify():
+        try:
+            ino = inotify_simple.INotify()
+            # the descriptor's own file, whatever its path names now
+            ino.add_watch(f"/proc/self/fd/{fd}", inotify_simple.flags.MODIFY)
+        except OSError:
+            pass
+        else:
+            return (lambda: ino.read(timeout=1)), ino.close
+    return (lambda: time.sleep(0.0002)), (lambda: None)
 
 
 class Watcher:
@@ -49,6 +69,7 @@ class Watcher:
         self.poll_interval = poll_interval
         self.appeared = 0  # files that appeared under one of ``names``
         self.moved = True  # a name may name another file now: look again
+        self.copying = False  # a file named like a followed one was created or written
         self._inotify: Any = None
         self._open()
 
@@ -104,6 +125,10 @@ class Watcher:
         events = self._inotify.read(timeout=0)
         for event in events:
             if event.name not in self.names:
+                if event.mask & (flags.CREATE | flags.MODIFY) and any(
+                    event.name.startswith(name) for name in self.names
+                ):
+                    self.copying = True
                 continue
             self.moved |= bool(event.mask & moves)
             if event.mask & create:
@@ -117,6 +142,12 @@ class Watcher:
             return True
         moved, self.moved = self.moved, False
         return moved
+
+    def take_copying(self) -> bool:
+        """Whether a file named like a followed one (a copy?) was created or written since
+        the last call (never when polling)."""
+        copying, self.copying = self.copying, False
+        return copying
 
     def close(self) -> None:
         """Release the inotify descriptor (idempotent)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal, Protocol
+from collections import deque
+from typing import Any, Literal, Protocol, cast
 
 import anyio
 import numpy as np
@@ -19,6 +20,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..abc import (
     AsyncOperator,
+    Barrier,
     Batch,
     Context,
     Inbox,
@@ -44,6 +46,11 @@ PROBE = 100
 """Lines of a run's first block that ``fail_fast`` judges."""
 MIN_PROBE = 10
 """Fewer lines in a run's first block are not judged (a datagram, a short file)."""
+SMALL = 16 * 1024
+"""Blocks under this many bytes waiting together are decoded in one call (many small
+files: one parse of their joined lines, not one per file)."""
+MERGED_BYTES = 1 << 20
+"""The most bytes decoded in one call of merged small blocks."""
 
 
 class Decoder(Protocol):
@@ -109,6 +116,7 @@ class _DecodeRunner(Processor):
         self.first_block: Batch | None = None
         self.decoders: dict[str | None, Decoder] = {}  # header="names": one per source
         self.headers: dict[str | None, bytes] = {}  # their header lines (the snapshot)
+        self.by_header: dict[bytes, Decoder] = {}  # files sharing a header share one
 
     def snapshot(self) -> Any:
         """With a header: whether the run's first line was seen, and the header line of
@@ -194,13 +202,18 @@ class _DecodeRunner(Processor):
         return Batch(msg.data[cut:], msg.reason, prov if was is not None else msg.provenance)
 
     def _by_names(self, source: str | None, line: bytes) -> None:
-        """The decoder of ``source``, whose header line is ``line``."""
+        """The decoder of ``source``, whose header line is ``line`` (one decoder per
+        header: files sharing one are decoded together, see :class:`_Units`)."""
         self.headers[source] = line
-        by_names = self.op.decoder.by_names  # type: ignore[attr-defined]
-        try:
-            self.decoders[source] = by_names(line)
-        except ValueError as exc:  # raised where the block is decoded
-            self.decoders[source] = _Unusable(exc, self.op.decoder.small_block)
+        found = self.by_header.get(line)
+        if found is None:
+            by_names = self.op.decoder.by_names  # type: ignore[attr-defined]
+            try:
+                found = by_names(line)
+            except ValueError as exc:  # raised where the block is decoded
+                found = _Unusable(exc, self.op.decoder.small_block)
+            self.by_header[line] = found
+        self.decoders[source] = found
 
     def _probe(self, batch: Batch) -> None:
         """Decode the first :data:`PROBE` lines; raise if ``fail_fast`` of them are bad."""
@@ -286,10 +299,118 @@ def header_end(data: NDArray[np.uint8]) -> int:
     return int(newline[0]) + 1 if len(newline) else len(data)
 
 
+class _Merged(Provenance):
+    """Small blocks decoded in one call, inside a threaded decoding stage (never emitted):
+    the blocks, each with its own provenance."""
+
+    __slots__ = ("blocks",)
+
+    def __init__(self, blocks: list[Batch]) -> None:
+        first = blocks[0].provenance
+        super().__init__(first.source if first is not None else "merged blocks", 0, 0)
+        self.blocks = blocks
+
+
+class _Units:
+    """A decoding stage's input as units of work: each block with its header cut (in
+    input order), small blocks already waiting merged into one unit (never waiting for
+    more: a followed file's new line is decoded at once)."""
+
+    def __init__(self, inbox: Inbox, runner: _DecodeRunner) -> None:
+        self.inbox = inbox
+        self.runner = runner
+        self.units: deque[Batch | Barrier] = deque()
+
+    async def receive(self) -> Message:  # pragma: no cover - iterated only
+        raise NotImplementedError
+
+    def __aiter__(self) -> _Units:
+        return self
+
+    async def __anext__(self) -> Message | Barrier:
+        if not self.units:
+            try:
+                msg: Message | Barrier = await self.inbox.receive()
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+            if isinstance(msg, Barrier):  # the stage orders it with its output
+                return msg
+            ready = [self.runner.prepare(msg)]
+            size = len(ready[0].data)
+            barrier = None
+            while size < MERGED_BYTES and self._small(ready[-1]):
+                more = await _waiting(self.inbox)
+                if more is None:  # let the stage before run once: it may have more
+                    await anyio.lowlevel.checkpoint()
+                    more = await _waiting(self.inbox)
+                if more is None:
+                    break
+                if isinstance(more, Barrier):  # merge nothing across a barrier
+                    barrier = more
+                    break
+                ready.append(self.runner.prepare(more))
+                size += len(ready[-1].data)
+            self.units.extend(self._merge(ready))
+            if barrier is not None:
+                self.units.append(barrier)
+        return self.units.popleft()
+
+    def _small(self, batch: Batch) -> bool:
+        data = batch.data
+        return 0 < len(data) < SMALL and int(data[-1]) == 10  # whole lines
+
+    def _merge(self, ready: list[Batch]) -> list[Batch]:
+        """Runs of small blocks for one decoder as merged units; the others alone."""
+        units: list[Batch] = []
+        run: list[Batch] = []
+        size = 0
+
+        def close() -> None:
+            nonlocal size
+            if len(run) == 1:
+                units.append(run[0])
+            elif run:
+                data = np.concatenate([b.data for b in run])
+                units.append(Batch(data, "source", _Merged(list(run))))
+            run.clear()
+            size = 0
+
+        for batch in ready:
+            if not self._small(batch):
+                close()
+                units.append(batch)
+                continue
+            if run and (
+                self.runner.decoder(batch) is not self.runner.decoder(run[0])
+                or size + len(batch.data) > MERGED_BYTES
+            ):
+                close()
+            run.append(batch)
+            size += len(batch.data)
+        close()
+        return units
+
+
+async def _waiting(inbox: Inbox) -> Message | Barrier | None:
+    """The next message if one is waiting now, else None (never waits, loses nothing)."""
+    nowait = getattr(inbox, "receive_nowait", None)
+    if nowait is not None:  # a run's buffer
+        msg: Message | Barrier | None = nowait()
+        return msg
+    with anyio.CancelScope() as scope:  # any other inbox: a receive cancelled at once
+        scope.cancel()
+        try:
+            return await inbox.receive()
+        except anyio.EndOfStream:
+            return None
+    return None
+
+
 class _ThreadedDecodeOp(AsyncOperator):
     """``op`` decoding up to ``threads`` blocks at once in worker threads (the parsers
     release the GIL), output kept in input order; blocks under the decoder's
-    ``small_block`` bytes are decoded inline, cheaper than a thread hop."""
+    ``small_block`` bytes are decoded inline, cheaper than a thread hop, and small blocks
+    waiting together are decoded in one call (see :class:`_Units`)."""
 
     handles_barriers = True  # the concurrent stage inside orders barriers with the output
 
@@ -302,25 +423,52 @@ class _ThreadedDecodeOp(AsyncOperator):
         runner = _DecodeRunner(self.op)  # this run's state
         runner.stage = self.name  # failed lines name the stage their statistics show
 
+        async def decode(decoder: Decoder, data: Any, limiter: anyio.CapacityLimiter) -> Decoded:
+            if len(data) < decoder.small_block:
+                return decoder.decode(data)
+            return await anyio.to_thread.run_sync(decoder.decode, data, limiter=limiter)
+
         async def work(
             batch: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
         ) -> list[Message]:
             assert isinstance(batch, Batch)
+            merged = batch.provenance
+            if isinstance(merged, _Merged):
+                return await work_merged(batch, merged.blocks, counters, limiter)
             runner.probe(batch)
-            decoder = runner.decoder(batch)
-            if len(batch.data) < decoder.small_block:
-                decoded = decoder.decode(batch.data)
-            else:
-                decoded = await anyio.to_thread.run_sync(
-                    decoder.decode, batch.data, limiter=limiter
-                )
+            decoded = await decode(runner.decoder(batch), batch.data, limiter)
             return await runner.assemble(batch, decoded, counters)
 
-        def prepare(msg: Message) -> list[Message]:  # in input order, before the workers
-            return [runner.prepare(msg)]
+        async def work_merged(
+            unit: Batch, blocks: list[Batch], counters: StageCounters, limiter: Any
+        ) -> list[Message]:
+            for block in blocks:
+                runner.probe(block)
+            decoder = runner.decoder(blocks[0])
+            decoded = await decode(decoder, unit.data, limiter)
+            lines = [int(np.count_nonzero(b.data == 10)) for b in blocks]
+            if not decoded.bad and len(decoded.rows) == sum(lines):
+                # a row per line: each block's rows, with its own provenance
+                out: list[Message] = []
+                start = 0
+                for block, n in zip(blocks, lines, strict=True):
+                    out.append(
+                        Batch(decoded.rows[start : start + n], block.reason, block.provenance)
+                    )
+                    start += n
+                return out
+            # bad or empty lines somewhere: each block alone, its bad lines where they are
+            out = []
+            for block in blocks:
+                out += await runner.assemble(block, decoder.decode(block.data), counters)
+            return out
 
-        stage = _ConcurrentOp(self.name, work, prepare, self.threads, True, None)
-        await stage.run(inbox, out, ctx)
+        def prepared(msg: Message) -> list[Message]:  # _Units prepared it already
+            return [msg]
+
+        stage = _ConcurrentOp(self.name, work, prepared, self.threads, True, None)
+        # an Inbox that also yields barriers, as any inbox of a stage handling them does
+        await stage.run(cast(Inbox, _Units(inbox, runner)), out, ctx)
 
 
 def worker_threads() -> int:
