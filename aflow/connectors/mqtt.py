@@ -465,6 +465,32 @@ def read_mqtt(
     )
 
 
+async def _publish_all(
+    client: aiomqtt.Client, pairs: list[tuple[str, bytes]], op: _MqttOptions
+) -> list[Any]:
+    """Publish ``pairs`` at once: ``None`` per message acknowledged, else its error. A
+    connection lost midway fails every message not yet acknowledged at once (aiomqtt
+    alone would wait for their acknowledgements until ``timeout``)."""
+    calls = [
+        client.publish(t, p, qos=op.qos, retain=op.retain, timeout=op.timeout) for t, p in pairs
+    ]
+    gathered = asyncio.ensure_future(asyncio.gather(*calls, return_exceptions=True))
+    lost: asyncio.Future[None] = client._disconnected
+    try:
+        waits: set[asyncio.Future[Any]] = {gathered, lost}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        gathered.cancel()
+        raise
+    if gathered.done():
+        return list(gathered.result())
+    gathered.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gathered
+    error = lost.exception() if not lost.cancelled() else None
+    return [error or aiomqtt.MqttError("disconnected")] * len(pairs)
+
+
 class _MqttWriter(SinkWriter[Any, int]):
     def __init__(self, op: _MqttOp) -> None:
         self.op = op.opts
@@ -525,13 +551,7 @@ class _MqttWriter(SinkWriter[Any, int]):
             try:
                 if client is None:
                     client = await self._connect()
-                results = await asyncio.gather(
-                    *(
-                        client.publish(t, p, qos=op.qos, retain=op.retain, timeout=op.timeout)
-                        for t, p in todo
-                    ),
-                    return_exceptions=True,
-                )
+                results = await _publish_all(client, todo, op)
             except aiomqtt.MqttError as exc:
                 results = [exc] * len(todo)
             failed = [pair for pair, r in zip(todo, results, strict=True) if r is not None]
