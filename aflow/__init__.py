@@ -3,6 +3,10 @@
 Re-exports only; see the modules for the code.
 """
 
+from ._core.delivery import Checkpoint as Checkpoint
+from ._core.delivery import CheckpointStore as CheckpointStore
+from ._core.delivery import SqliteStore as SqliteStore
+from ._core.messages import Barrier as Barrier
 from ._core.messages import Batch as Batch
 from ._core.messages import Provenance as Provenance
 from ._core.run import OutputRun as OutputRun
@@ -10,6 +14,8 @@ from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
 from .codecs.images import ImageDecoder as ImageDecoder
 from .errors import AflowError as AflowError
+from .errors import AflowWarning as AflowWarning
+from .errors import CheckpointMismatch as CheckpointMismatch
 from .errors import DataLossError as DataLossError
 from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
@@ -17,6 +23,7 @@ from .errors import FrameTooLongError as FrameTooLongError
 from .errors import IncompleteFrameError as IncompleteFrameError
 from .errors import LateDataError as LateDataError
 from .errors import LineTooLongError as LineTooLongError
+from .errors import NotResumableWarning as NotResumableWarning
 from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
 from .errors import StageTimeoutError as StageTimeoutError
@@ -109,7 +116,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AflowError",
+    "AflowWarning",
+    "Barrier",
     "Batch",
+    "Checkpoint",
+    "CheckpointMismatch",
+    "CheckpointStore",
     "Collect",
     "CollectMode",
     "ConnectionEvent",
@@ -128,6 +140,7 @@ __all__ = [
     "KeyedStats",
     "LateDataError",
     "LineTooLongError",
+    "NotResumableWarning",
     "OutputRun",
     "Provenance",
     "QuantileSketch",
@@ -138,6 +151,7 @@ __all__ = [
     "Sink",
     "SinkFlow",
     "SourceReusedError",
+    "SqliteStore",
     "Stage",
     "StageStatistics",
     "StageTimeoutError",
