@@ -219,6 +219,53 @@ async def test_shared_subscription_spreads_messages_over_workers(base: str) -> N
 
 
 @pytest.mark.asyncio
+async def test_pubacks_wait_for_the_sinks(base: str) -> None:
+    """Messages a failed run handled but never committed come again to the next run of the
+    same persistent session; those committed before do not."""
+    cid = f"aflow-acks-{uuid.uuid4().hex[:8]}"
+    first = [(f"{base}/m", b'{"id": %d, "value": 0}' % i) for i in range(5)]
+    second = [(f"{base}/m", b'{"id": %d, "value": 0}' % i) for i in range(5, 10)]
+    seen: list[int] = []
+    handled = anyio.Event()
+
+    def sink(batch: Any) -> None:
+        if (batch["id"] >= 5).any():
+            raise RuntimeError("the sink fails")
+        seen.extend(batch["id"].tolist())
+        if len(seen) == 5:
+            handled.set()
+
+    def reader() -> af.Flow[Any]:
+        return read_mqtt(
+            f"{base}/m",
+            HOST,
+            PORT,
+            dtype=DT,
+            client_id=cid,
+            clean_start=False,
+            session_expiry=60,
+        )
+
+    async def failing_run() -> None:
+        with pytest.raises(RuntimeError, match="the sink fails"):
+            await (reader() | af.for_each(sink)).run(commit_interval=0.05)
+
+    # the session exists before anything is published
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(failing_run)
+        await anyio.sleep(0.5)
+        await publish(first)
+        with anyio.fail_after(10):
+            await handled.wait()
+        await anyio.sleep(0.3)  # a few commits: 0..4 acknowledged
+        await publish(second)
+    again = await (reader() | af.take(5)).run()
+    assert sorted(again.value["id"].tolist()) == [5, 6, 7, 8, 9]
+    async with aiomqtt.Client(HOST, PORT, identifier=cid, clean_session=True):
+        pass  # ends the session
+
+
+@pytest.mark.asyncio
 async def test_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="needs a dtype"):
         read_mqtt("a")

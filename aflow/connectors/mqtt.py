@@ -6,9 +6,10 @@ in one call of a codec into a structured array, and adds the topic of each row a
 fixed-width string field; the sink publishes one message per row, many at once.
 
 Acknowledgements (QoS 1): the source turns paho-mqtt's manual acknowledgement on, so a
-message's PUBACK is sent only once the message is handed on: when the run commits the
-epoch holding it, if the run has delivery commits, else once the flow's buffer took the
-batch. See the docs page on connectors for what a broker restart redelivers and loses.
+message's PUBACK is sent only once every sink handled it: when the run commits the epoch
+holding it (the source registers ``on_commit``, which makes the run commit every
+``commit_interval`` seconds). See the docs page on connectors for what a broker restart
+redelivers and loses.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, Literal, TypeAlias
 
 import aiomqtt
 import anyio
@@ -224,6 +225,8 @@ class _MqttSource(Source):
         self.connect_timeout = connect_timeout
         self.on_error = check_policy(on_error)
         self.url = f"mqtt://{host}:{port}"
+        # a persistent session is resumed by the broker: it redelivers what was not acked
+        self.resumable = not clean_start
         self.name = name or f"read_mqtt({','.join(topics)})"
 
     def _client(self) -> aiomqtt.Client:
@@ -247,17 +250,16 @@ class _MqttSource(Source):
     async def produce(self, out: Outlet, ctx: Context) -> None:
         _require_asyncio(self.name)
         acks = _Acks()
-        on_commit = getattr(out, "on_commit", None)  # the run's delivery commits, if any
-        if on_commit is not None:
 
-            async def committed(positions: dict[str, Any]) -> None:
-                seq = positions.get(self.url)
-                if seq is not None:
-                    acks.upto(int(seq))
+        async def committed(positions: dict[str, Any]) -> None:
+            seq = positions.get(self.url)
+            if seq is not None:
+                acks.upto(int(seq))
 
-            on_commit(committed)
+        out.on_commit(committed)  # PUBACKs once every sink handled the messages
         delay = self.backoff
-        seq = 0
+        # numbered on from the last run's committed number, so a stale one never covers new
+        seq = int(out.resume_positions.get(self.url, 0))
         while not out.stopping:
             try:
                 async with self._client() as client:
@@ -265,7 +267,7 @@ class _MqttSource(Source):
                     await client.subscribe([(t, self.qos) for t in self.topics])
                     logger.info("%s: subscribed to %s", self.name, self.url)
                     delay = self.backoff
-                    seq = await self._pump(client, out, acks, seq, on_commit is not None)
+                    seq = await self._pump(client, out, acks, seq)
                     return
             except aiomqtt.MqttError as exc:
                 logger.warning(
@@ -275,9 +277,7 @@ class _MqttSource(Source):
                 await anyio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
 
-    async def _pump(
-        self, client: aiomqtt.Client, out: Outlet, acks: _Acks, seq: int, commits: bool
-    ) -> int:
+    async def _pump(self, client: aiomqtt.Client, out: Outlet, acks: _Acks, seq: int) -> int:
         messages = client.messages
         while not out.stopping:
             first = None
@@ -291,20 +291,18 @@ class _MqttSource(Source):
             for msg in got:
                 seq += 1
                 acks.add(seq, msg.mid, msg.qos)
-            await self._emit(got, out, seq, commits)
-            if not commits:
-                acks.upto(seq)  # no delivery commits: acknowledged once the flow has it
+            await self._emit(got, out, seq)
         return seq
 
-    async def _emit(self, got: list[aiomqtt.Message], out: Outlet, seq: int, commits: bool) -> None:
+    async def _emit(self, got: list[aiomqtt.Message], out: Outlet, seq: int) -> None:
         first_seq = seq - len(got) + 1
         topics = [m.topic.value for m in got]
         payloads = [m.payload if isinstance(m.payload, bytes) else b"" for m in got]
         for i, m in enumerate(got):
             if not isinstance(m.payload, bytes):
                 payloads[i] = str(m.payload).encode() if m.payload is not None else b""
-        position = (self.url, seq) if commits else None
-        emit = cast(Any, out).emit
+        position = (self.url, seq)
+        emit = out.emit
         decode = self.decode
         if decode.decoder is None:
             msg: list[Any] | Batch = list(zip(topics, payloads, strict=True))
@@ -339,13 +337,8 @@ class _MqttSource(Source):
         elif bad:
             await self._send(emit, Batch(np.empty(0, decode.dtype), "source"), position)
 
-    async def _send(
-        self, emit: Any, msg: list[Any] | Batch, position: tuple[str, int] | None
-    ) -> None:
-        if position is None:  # a runtime without delivery commits
-            await emit(msg)
-        else:
-            await emit(msg, position=position)
+    async def _send(self, emit: Any, msg: list[Any] | Batch, position: tuple[str, int]) -> None:
+        await emit(msg, position=position)
 
     def _where(self, msg: aiomqtt.Message) -> str:
         return f"{self.url}/{msg.topic.value} (packet id {msg.mid})"
