@@ -47,7 +47,9 @@ async def publish(topic: str, n: int) -> None:
     async with aiomqtt.Client("127.0.0.1", max_inflight_messages=1000) as c:
         payloads = [b'{"id": %d, "value": 0.5}' % i for i in range(n)]
         for start in range(0, n, 1000):
-            await asyncio.gather(*(c.publish(topic, p, qos=1) for p in payloads[start : start + 1000]))
+            await asyncio.gather(
+                *(c.publish(topic, p, qos=1) for p in payloads[start : start + 1000])
+            )
 
 
 async def bench_mqtt(n: int) -> None:
@@ -77,7 +79,9 @@ async def bench_mqtt(n: int) -> None:
         filt = f"$share/{group}/{topic}" if workers > 1 else topic
         counts = [0] * workers
 
-        async def worker(k: int, stop: asyncio.Event) -> None:
+        async def worker(
+            k: int, stop: asyncio.Event, counts: list[int] = counts, filt: str = filt
+        ) -> None:
             flow = read_mqtt(filt, dtype=DT)
             async with flow.open() as run:
                 async for batch in run:
@@ -133,7 +137,7 @@ async def bench_pg(n: int, batch: int) -> None:
             csv = Path(tmp) / "rows.csv"
             np.savetxt(csv, data, fmt=["%d", "%.17g"], delimiter=",")
             t0 = time.perf_counter()
-            subprocess.run(
+            subprocess.run(  # noqa: ASYNC221 - timed alone, nothing else runs
                 ["psql", DSN, "-q", "-c", f"\\copy {table} FROM '{csv}' WITH (FORMAT csv)"],
                 check=True,
             )
@@ -143,8 +147,12 @@ async def bench_pg(n: int, batch: int) -> None:
         await conn.execute(f"DROP TABLE {table}")
         await conn.close()
     print(f"  to_postgres (NumPy binary COPY):       {ours:12,.0f} rows/s")
-    print(f"  asyncpg copy_records_to_table loop:    {records:12,.0f} rows/s  ours/this {ours / records:5.2f}")
-    print(f"  psql \\copy of the same rows as CSV:    {psql:12,.0f} rows/s  ours/this {ours / psql:5.2f}")
+    print(
+        f"  asyncpg copy_records_to_table loop:    {records:12,.0f} rows/s  ours/this {ours / records:5.2f}"
+    )
+    print(
+        f"  psql \\copy of the same rows as CSV:    {psql:12,.0f} rows/s  ours/this {ours / psql:5.2f}"
+    )
 
 
 async def main(quick: bool) -> None:
