@@ -266,6 +266,35 @@ async def test_pubacks_wait_for_the_sinks(base: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_read_takes_what_is_queued_not_what_keeps_coming(base: str, tmp_path: Path) -> None:
+    # regression: a read awaited the client's queue message by message, which let paho
+    # queue more each time, so under a steady stream one read went on until max_messages
+    # and nothing came out meanwhile (a benchmark saw 0 rows while 50,000 were sent)
+    if shutil.which("mosquitto_pub") is None:
+        pytest.skip("mosquitto_pub (the Mosquitto clients) is not installed")
+    n = 20_000
+    lines = tmp_path / "lines.txt"
+    lines.write_bytes(b"".join(b'{"id": %d, "value": 0.5}\n' % i for i in range(n)))
+    sizes: list[int] = []
+
+    def size(batch: Any) -> Any:
+        sizes.append(len(batch))
+        return batch
+
+    async def send() -> None:  # another process: a steady stream, as fast as it goes
+        with lines.open("rb") as stdin:
+            cmd = ["mosquitto_pub", "-h", HOST, "-p", str(PORT), "-q", "1", "-t", f"{base}/data"]
+            await anyio.run_process([*cmd, "-l"], stdin=stdin)
+
+    flow = read_mqtt(f"{base}/#", HOST, PORT, dtype=DT) | af.map(size) | af.take(n + 1)
+    result = await read_after_ready(flow, base, send)
+    rows = result.value[result.value["id"] >= 0]
+    assert sorted(rows["id"].tolist()) == list(range(n))
+    assert len(sizes) >= 3, sizes
+    assert max(sizes) <= n // 2, sizes
+
+
+@pytest.mark.asyncio
 async def test_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="needs a dtype"):
         read_mqtt("a")

@@ -286,8 +286,13 @@ class _MqttSource(Source):
             if first is None:  # a graceful stop
                 break
             got = [first]
-            while len(got) < self.max_messages and len(messages):
-                got.append(await anext(messages))
+            # What is queued at the client now, taken without awaiting: each ``anext``
+            # would yield to the loop, where paho queues more, so under a steady stream a
+            # read went on until max_messages (and cost a task per message)
+            queue: asyncio.Queue[aiomqtt.Message] = client._queue
+            got.extend(
+                queue.get_nowait() for _ in range(min(self.max_messages - 1, queue.qsize()))
+            )
             for msg in got:
                 seq += 1
                 acks.add(seq, msg.mid, msg.qos)
