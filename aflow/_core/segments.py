@@ -189,6 +189,7 @@ class Segment:
         self.source_id = ""
         self._lock: anyio.Lock | None = None
         self._ended = False
+        self._output_ended = False  # ``end()`` ended it before the head returned
         if source is not None and not source.composite:
             self._lock = anyio.Lock(fast_acquire=True)
             self.source_id = ctx.delivery.new_id("source", source.name)
@@ -239,6 +240,20 @@ class Segment:
         if not self.source_id:
             raise TypeError("on_commit() is for sources (a source made of flows has none)")
         self.ctx.delivery.on_commit(self.source_id, fn)
+
+    async def end(self, *, commit_timeout: float = 10.0) -> None:
+        if self.inbox is not None or not self.source_id:
+            raise TypeError("end() is for sources (a source made of flows has none)")
+        if not self._output_ended:
+            await self._finish_source()
+            if isinstance(self.downstream, FusedSink):
+                self.downstream.end()
+            self.downstream.close_send()
+            self._output_ended = True
+        d = self.ctx.delivery
+        if d.has_callbacks(self.source_id):
+            with anyio.move_on_after(commit_timeout):
+                await d.final_committed.wait()
 
     async def emit(self, msg: Item, /, *, position: tuple[str, Any] | None = None) -> None:
         """Pass ``msg`` through the fused ops and send what comes out downstream."""
@@ -360,6 +375,10 @@ class Segment:
             if is_closed(exc):
                 return
             raise
+        if not self._output_ended:
+            await self._finish_source()
+
+    async def _finish_source(self) -> None:
         lock = self._lock
         if lock is None:
             await self.finish()
@@ -411,9 +430,10 @@ class Segment:
                 self.ctx.live_sources -= 1
                 if self._lock is not None:
                     self._source_ended()
-            if isinstance(self.downstream, FusedSink):
-                self.downstream.end()
-            self.downstream.close_send()
+            if not self._output_ended:
+                if isinstance(self.downstream, FusedSink):
+                    self.downstream.end()
+                self.downstream.close_send()
             if self.inbox is not None:
                 self.inbox.close_receive()
 

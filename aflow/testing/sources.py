@@ -83,6 +83,9 @@ class _SpyOutlet:
     def on_commit(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.out.on_commit(fn)
 
+    async def end(self, *, commit_timeout: float = 10.0) -> None:
+        await self.out.end(commit_timeout=commit_timeout)
+
 
 class _SpySource(Source):
     def __init__(self, inner: Source) -> None:
