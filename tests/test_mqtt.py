@@ -266,6 +266,49 @@ async def test_pubacks_wait_for_the_sinks(base: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_graceful_stop_acknowledges_all_it_read(base: str) -> None:
+    """A persistent session stopped gracefully gets nothing again at the next connect:
+    the final commit acknowledges before the source disconnects."""
+    cid = f"aflow-stop-{uuid.uuid4().hex[:8]}"
+    seen: list[int] = []
+    all_seen = anyio.Event()
+
+    def record(batch: Any) -> None:
+        seen.extend(batch["id"].tolist())
+        if len(seen) >= 20:
+            all_seen.set()
+
+    def reader() -> af.Flow[Any]:
+        return read_mqtt(
+            f"{base}/m", HOST, PORT, dtype=DT, client_id=cid, clean_start=False, session_expiry=60
+        )
+
+    try:
+        # no commit but the final one: without it every message would come again
+        async with (reader() | af.for_each(record)).open(commit_interval=600) as run:
+            await anyio.sleep(0.5)  # subscribed
+            await publish([(f"{base}/m", b'{"id": %d, "value": 0}' % i) for i in range(20)])
+            with anyio.fail_after(10):
+                await all_seen.wait()
+            run.stop()
+            await run.wait()
+        assert sorted(seen) == list(range(20))
+        async with anyio.create_task_group() as tg:
+            again: list[Any] = []
+
+            async def second_run() -> None:
+                again.append(await (reader() | af.take(1)).run())
+
+            tg.start_soon(second_run)
+            await anyio.sleep(0.5)
+            await publish([(f"{base}/m", b'{"id": 999, "value": 0}')])
+        assert again[0].value["id"].tolist() == [999]
+    finally:
+        async with aiomqtt.Client(HOST, PORT, identifier=cid, clean_session=True):
+            pass  # ends the session
+
+
+@pytest.mark.asyncio
 async def test_a_read_takes_what_is_queued_not_what_keeps_coming(base: str, tmp_path: Path) -> None:
     # regression: a read awaited the client's queue message by message, which let paho
     # queue more each time, so under a steady stream one read went on until max_messages

@@ -268,6 +268,9 @@ class _MqttSource(Source):
                     logger.info("%s: subscribed to %s", self.name, self.url)
                     delay = self.backoff
                     seq = await self._pump(client, out, acks, seq)
+                    # a graceful stop: keep the connection until the final commit has
+                    # acknowledged what it covers (a restart then redelivers nothing)
+                    await out.end(commit_timeout=self.connect_timeout)
                     return
             except aiomqtt.MqttError as exc:
                 logger.warning(
@@ -290,9 +293,7 @@ class _MqttSource(Source):
             # would yield to the loop, where paho queues more, so under a steady stream a
             # read went on until max_messages (and cost a task per message)
             queue: asyncio.Queue[aiomqtt.Message] = client._queue
-            got.extend(
-                queue.get_nowait() for _ in range(min(self.max_messages - 1, queue.qsize()))
-            )
+            got.extend(queue.get_nowait() for _ in range(min(self.max_messages - 1, queue.qsize())))
             for msg in got:
                 seq += 1
                 acks.add(seq, msg.mid, msg.qos)
