@@ -3,7 +3,9 @@ user ``postgres``): types, commits, error policies, and a connection killed mid-
 
 from __future__ import annotations
 
+import asyncio
 import os
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -269,3 +271,64 @@ async def test_a_killed_connection_loses_and_duplicates_nothing(db: Any, table: 
         f'SELECT count(*), count(DISTINCT id), min(id), max(id) FROM "{table}"'
     )
     assert (count, distinct, low, high) == (total, total, 0, total - 1)
+
+
+@pytest.mark.asyncio
+async def test_reconnecting_gives_up_after_reconnect_timeout(db: Any, table: str) -> None:
+    """The sink connects through a proxy; the proxy then goes away and nothing listens on
+    its port: the sink retries for ``reconnect_timeout`` seconds, then raises a
+    ReconnectError naming the server and the table."""
+    await db.execute(f'CREATE TABLE "{table}" (id bigint, x double precision)')
+    url = urllib.parse.urlsplit(DSN)
+    conns: list[asyncio.StreamWriter] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port or 5432)
+        conns.extend([writer, up_writer])
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dsn = urllib.parse.urlunsplit(url._replace(netloc=f"{url.username}@127.0.0.1:{port}"))
+    written = anyio.Event()
+
+    async def batches() -> AsyncIterator[np.ndarray]:
+        for start in range(0, 1_000_000, 100):
+            out = np.empty(100, [("id", "i8"), ("x", "f8")])
+            out["id"] = np.arange(start, start + 100)
+            out["x"] = 0.5
+            yield out
+            if start >= 500:
+                written.set()
+            await anyio.sleep(0.01)
+
+    sink = to_postgres(dsn, table, reconnect_timeout=1.0, backoff=0.05, max_backoff=0.2)
+
+    async def cut() -> None:
+        await written.wait()
+        server.close()  # nothing listens on the port any more
+        for w in conns:
+            w.transport.abort()
+        await server.wait_closed()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cut)
+            with pytest.raises(af.ReconnectError) as info:
+                await (af.from_arrays(batches) | sink).run()
+    assert isinstance(info.value, ConnectionError)
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message
+    assert repr(table) in message
+    assert "reconnect_timeout=1.0" in message
+    assert await db.fetchval(f'SELECT count(*) FROM "{table}"') >= 500  # written before the cut

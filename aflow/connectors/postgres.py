@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import urllib.parse
 from typing import Any
 
 import anyio
@@ -37,6 +38,7 @@ from ..abc import (
     apply_policy,
     check_policy,
 )
+from ..errors import ReconnectError
 from ..flow import Sink
 from ._pg_copy import create_columns, encode_copy, plan_cells, quote_ident
 
@@ -46,6 +48,16 @@ logger = logging.getLogger("aflow")
 
 THREAD_ROWS = 1 << 16
 """Batches of at least this many rows are encoded in a worker thread."""
+
+
+def _server(dsn: str) -> str:
+    """``host:port`` of a connection string (no user or password), for messages."""
+    try:
+        url = urllib.parse.urlsplit(dsn)
+        host, port = url.hostname, url.port
+    except ValueError:
+        host, port = None, None
+    return f"{host or '(the default host)'}:{port or 5432}"
 
 
 def _split_table(table: str) -> tuple[str | None, str]:
@@ -128,25 +140,45 @@ class _PgWriter(SinkWriter[Any, int]):
         return conn
 
     async def _reconnect(self) -> asyncpg.Connection:
-        """A new connection, after capped backoff between failed attempts (forever: a sink
-        cannot skip what it holds; a graceful stop's grace period ends it)."""
+        """A new connection, after capped backoff between failed attempts, for at most
+        ``reconnect_timeout`` seconds; then :class:`~aflow.ReconnectError`."""
         await self._drop()
-        delay = self.op.backoff
+        op = self.op
+        delay = op.backoff
+        attempts = 0
+        deadline = (
+            None if op.reconnect_timeout is None else anyio.current_time() + op.reconnect_timeout
+        )
         while True:
             try:
                 conn = await self._connect()
             except _FAILURES as exc:
-                logger.warning(
-                    "%s: cannot reconnect: %r; retrying in %.2g s", self.op.name, exc, delay
-                )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.op.max_backoff)
+                attempts += 1
+                left = None if deadline is None else deadline - anyio.current_time()
+                if left is not None and left <= 0:
+                    raise self._gave_up(attempts, exc) from exc
+                logger.warning("%s: cannot reconnect: %r; retrying in %.2g s", op.name, exc, delay)
+                await anyio.sleep(delay if left is None else min(delay, left))
+                delay = min(delay * 2, op.max_backoff)
             else:
                 self.reconnects += 1
                 if self.counters is not None:
                     self.counters.retries += 1
                 self.conn = conn
                 return conn
+
+    def _gave_up(self, attempts: int, exc: BaseException) -> ReconnectError:
+        op = self.op
+        held = sum(rows for _, rows in self.pending)
+        return ReconnectError(
+            f"{op.name}: lost the connection to PostgreSQL at {_server(op.dsn)} (table "
+            f"{op.table!r}) and could not reconnect within reconnect_timeout="
+            f"{op.reconnect_timeout} s ({attempts} attempts; last: {exc!r}); the "
+            f"{held} rows of the open transaction were rolled back by the server and are "
+            "not written. Check that the server is up and reachable, then run again (with "
+            "checkpoint= the run resumes from its last commit), or give a larger "
+            "reconnect_timeout (None: retry forever)"
+        )
 
     async def _drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -407,6 +439,7 @@ class _PgOp(SinkOperator[Any, int]):
         timeout: float | None,
         backoff: float,
         max_backoff: float,
+        reconnect_timeout: float | None,
         buffer: int | None,
         on_error: ErrorPolicy,
         name: str | None,
@@ -419,6 +452,10 @@ class _PgOp(SinkOperator[Any, int]):
             raise ValueError("to_postgres: need 0 < backoff <= max_backoff, connect_timeout > 0")
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"to_postgres: timeout={timeout}: must be positive (or None)")
+        if reconnect_timeout is not None and not reconnect_timeout >= 0:
+            raise ValueError(
+                f"to_postgres: reconnect_timeout={reconnect_timeout}: must be >= 0 (or None)"
+            )
         self.dsn = dsn
         self.table = table
         self.create = create
@@ -428,6 +465,7 @@ class _PgOp(SinkOperator[Any, int]):
         self.timeout = timeout
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.reconnect_timeout = reconnect_timeout
         self.buffer = buffer
         self.on_error = check_policy(on_error)
         self.name = name or f"to_postgres({table})"
@@ -447,6 +485,7 @@ def to_postgres(
     timeout: float | None = 60.0,
     backoff: float = 0.1,
     max_backoff: float = 5.0,
+    reconnect_timeout: float | None = 300.0,
     buffer: int | None = None,
     on_error: ErrorPolicy = "raise",
     name: str | None = None,
@@ -490,6 +529,9 @@ def to_postgres(
         backoff: seconds before the first reconnection attempt; it doubles after each
             failed one.
         max_backoff: the longest wait between two reconnection attempts.
+        reconnect_timeout: seconds a lost connection is tried again (capped backoff)
+            before the sink gives up with :class:`~aflow.ReconnectError`; ``None``: for
+            ever.
         buffer: messages waiting in front of the sink.
         on_error: what to do with a batch PostgreSQL rejects (a constraint, a string too
             long for its column, invalid UTF-8) or that does not fit its columns (an
@@ -501,6 +543,8 @@ def to_postgres(
 
     Raises:
         ConnectionError: the first connection, when the run starts, could not be opened.
+        ReconnectError: a lost connection could not be opened again within
+            ``reconnect_timeout`` (a ``ConnectionError`` naming the server and table).
         TypeError: the batches are not structured arrays, a field has no column or a
             dtype cannot be written to its column's type, or the table does not exist
             (without ``create``).
@@ -517,6 +561,7 @@ def to_postgres(
             timeout=timeout,
             backoff=backoff,
             max_backoff=max_backoff,
+            reconnect_timeout=reconnect_timeout,
             buffer=buffer,
             on_error=on_error,
             name=name,
