@@ -4,7 +4,7 @@ Needs the ``postgres`` extra (asyncpg, which runs on asyncio only). Each batch i
 into PostgreSQL's binary COPY format by NumPy (see :mod:`aflow.connectors._pg_copy`),
 one vectorized pass per column, and sent with one ``COPY ... FROM STDIN`` inside the open
 transaction. The transaction commits after each batch by default, or after
-``commit_rows`` rows / ``commit_interval`` seconds, at the end of the run, and at each
+``commit_rows`` rows / ``commit_seconds`` seconds, at the end of the run, and at each
 commit of the run's delivery barriers when the run has them.
 
 Connection loss (a restarted server, a terminated backend, a network cut) rolls the open
@@ -325,13 +325,13 @@ class _PgWriter(SinkWriter[Any, int]):
     def _commit_due(self) -> bool:
         op = self.op
         held = sum(rows for _, rows in self.pending)
-        if op.commit_rows is None and op.commit_interval is None:
+        if op.commit_rows is None and op.commit_seconds is None:
             return True
         if op.commit_rows is not None and held >= op.commit_rows:
             return True
         return (
-            op.commit_interval is not None
-            and time.monotonic() - self.tx_started >= op.commit_interval
+            op.commit_seconds is not None
+            and time.monotonic() - self.tx_started >= op.commit_seconds
         )
 
     # -- the SinkWriter interface ------------------------------------------------------
@@ -434,7 +434,7 @@ class _PgOp(SinkOperator[Any, int]):
         *,
         create: bool,
         commit_rows: int | None,
-        commit_interval: float | None,
+        commit_seconds: float | None,
         connect_timeout: float,
         timeout: float | None,
         backoff: float,
@@ -446,8 +446,8 @@ class _PgOp(SinkOperator[Any, int]):
     ) -> None:
         if commit_rows is not None and commit_rows < 1:
             raise ValueError(f"to_postgres: commit_rows={commit_rows}: must be at least 1")
-        if commit_interval is not None and not commit_interval > 0:
-            raise ValueError(f"to_postgres: commit_interval={commit_interval}: must be positive")
+        if commit_seconds is not None and not commit_seconds > 0:
+            raise ValueError(f"to_postgres: commit_seconds={commit_seconds}: must be positive")
         if not (0 < backoff <= max_backoff) or not connect_timeout > 0:
             raise ValueError("to_postgres: need 0 < backoff <= max_backoff, connect_timeout > 0")
         if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
@@ -460,7 +460,7 @@ class _PgOp(SinkOperator[Any, int]):
         self.table = table
         self.create = create
         self.commit_rows = commit_rows
-        self.commit_interval = commit_interval
+        self.commit_seconds = commit_seconds
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.backoff = backoff
@@ -480,7 +480,7 @@ def to_postgres(
     *,
     create: bool = False,
     commit_rows: int | None = None,
-    commit_interval: float | None = None,
+    commit_seconds: float | None = None,
     connect_timeout: float = 10.0,
     timeout: float | None = 60.0,
     backoff: float = 0.1,
@@ -502,7 +502,7 @@ def to_postgres(
     ``date``; ``NaT`` to ``NULL``. Any other pair raises ``TypeError`` naming the field.
 
     Rows are committed in transactions: by default one per batch; with ``commit_rows``
-    and/or ``commit_interval`` once that many rows are held or that many seconds passed
+    and/or ``commit_seconds`` once that many rows are held or that many seconds passed
     since the transaction began (checked at each batch); always at the end of the run (and
     at a graceful stop), and at each delivery barrier of the run. The result is the
     number of rows committed. A row is committed exactly once: when the connection breaks
@@ -522,7 +522,7 @@ def to_postgres(
             precision; ``U``: text; ``S``: bytea; ``datetime64[D]``: date; other
             ``datetime64``: timestamp).
         commit_rows: commit once at least this many rows are uncommitted.
-        commit_interval: commit at the first batch this many seconds after the
+        commit_seconds: commit at the first batch this many seconds after the
             transaction began.
         connect_timeout: seconds one connection attempt may take.
         timeout: seconds one COPY may take before the connection counts as broken.
@@ -556,7 +556,7 @@ def to_postgres(
             table,
             create=create,
             commit_rows=commit_rows,
-            commit_interval=commit_interval,
+            commit_seconds=commit_seconds,
             connect_timeout=connect_timeout,
             timeout=timeout,
             backoff=backoff,
