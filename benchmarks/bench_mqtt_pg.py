@@ -112,7 +112,8 @@ async def _worker_aiomqtt(port: int, filt: str, cid: str) -> None:
         protocol=aiomqtt.ProtocolVersion.V5,
         properties=props,
     ) as client:
-        await client.subscribe(filt, qos=1)
+        # the resumed session has the subscription: subscribing again would wait for
+        # its SUBACK behind every queued message (and time out at this loop's pace)
         got = 0
         async for _ in client.messages:
             got += 1

@@ -309,25 +309,29 @@ async def test_graceful_stop_acknowledges_all_it_read(base: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_read_takes_what_is_queued_not_what_keeps_coming(base: str, tmp_path: Path) -> None:
+async def test_a_read_takes_what_is_queued_not_what_keeps_coming(base: str) -> None:
     # regression: a read awaited the client's queue message by message, which let paho
     # queue more each time, so under a steady stream one read went on until max_messages
     # and nothing came out meanwhile (a benchmark saw 0 rows while 50,000 were sent)
     if shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto_pub (the Mosquitto clients) is not installed")
-    n = 20_000
-    lines = tmp_path / "lines.txt"
-    lines.write_bytes(b"".join(b'{"id": %d, "value": 0.5}\n' % i for i in range(n)))
+    n, step = 20_000, 500
     sizes: list[int] = []
 
     def size(batch: Any) -> Any:
         sizes.append(len(batch))
         return batch
 
-    async def send() -> None:  # another process: a steady stream, as fast as it goes
-        with lines.open("rb") as stdin:
-            cmd = ["mosquitto_pub", "-h", HOST, "-p", str(PORT), "-q", "1", "-t", f"{base}/data"]
-            await anyio.run_process([*cmd, "-l"], stdin=stdin)
+    async def send() -> None:  # another process: a steady stream, 500 messages per 50 ms
+        cmd = ["mosquitto_pub", "-h", HOST, "-p", str(PORT), "-q", "1", "-t", f"{base}/data"]
+        async with await anyio.open_process([*cmd, "-l"]) as proc:
+            assert proc.stdin is not None
+            for lo in range(0, n, step):
+                lines = b"".join(b'{"id": %d, "value": 0.5}\n' % i for i in range(lo, lo + step))
+                await proc.stdin.send(lines)
+                await anyio.sleep(0.05)
+            await proc.stdin.aclose()
+            assert await proc.wait() == 0
 
     flow = read_mqtt(f"{base}/#", HOST, PORT, dtype=DT) | af.map(size) | af.take(n + 1)
     result = await read_after_ready(flow, base, send)
