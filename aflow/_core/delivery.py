@@ -105,7 +105,8 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=FULL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS aflow_checkpoint"
-                " (id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL, fingerprint TEXT NOT NULL, description TEXT NOT NULL,"
+                " (id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL,"
+                " fingerprint TEXT NOT NULL, description TEXT NOT NULL,"
                 " positions TEXT NOT NULL, committed_at REAL NOT NULL)"
             )
             db.execute(
