@@ -4,6 +4,7 @@ a broker of the test's own (a ``mosquitto`` subprocess) for restarts."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -380,6 +381,9 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {tmp / 'data'}/\nmax_queued_messages 0\n"
+            # started as root, mosquitto switches to the user ``mosquitto``, which cannot
+            # write its database into our directory: persistence would do nothing
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
