@@ -384,7 +384,10 @@ class Broker:
             # started as root, mosquitto switches to the user ``mosquitto``, which cannot
             # write its database into our directory: persistence would do nothing
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+            f"log_dest file {tmp / 'mosquitto.log'}\n"
         )
+        self.db = tmp / "data" / "mosquitto.db"
+        self.log = tmp / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -403,6 +406,10 @@ class Broker:
             self.proc.send_signal(sig)
             self.proc.wait(10)
             self.proc = None
+            if sig == signal.SIGTERM:  # a graceful stop saves the sessions, else no test
+                log = self.log.read_text() if self.log.exists() else "(no log)"
+                saved = self.db.exists() and "Error saving" not in log
+                assert saved, f"mosquitto did not save its database; its log: {log[-2000:]}"
 
 
 @pytest.fixture
