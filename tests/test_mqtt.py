@@ -374,7 +374,7 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: str = "") -> None:
         self.port = free_port()
         self.conf = tmp / "mosquitto.conf"
         (tmp / "data").mkdir()
@@ -384,7 +384,7 @@ class Broker:
             # started as root, mosquitto switches to the user ``mosquitto``, which cannot
             # write its database into our directory: persistence would do nothing
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            f"log_dest file {tmp / 'mosquitto.log'}\n"
+            f"log_dest file {tmp / 'mosquitto.log'}\n{extra}"
         )
         self.db = tmp / "data" / "mosquitto.db"
         self.log = tmp / "mosquitto.log"
@@ -501,3 +501,28 @@ async def test_broker_killed_counts_what_mqtt_loses(broker: Broker) -> None:
     assert counts["published"] == 3000  # the sink republishes what was not acknowledged
     # what the killed broker had queued and not saved is lost: only measured (docs)
     assert counts["unique"] + counts["lost"] == 3000
+
+
+@pytest.mark.asyncio
+async def test_a_publish_the_broker_refuses_fails_the_run(tmp_path: Path) -> None:
+    # regression: a PUBACK with a failure reason code (here 0x87, not authorized) counted
+    # as published (aiomqtt drops the reason code): the rows were lost without a word
+    if shutil.which("mosquitto") is None:
+        pytest.skip("no mosquitto binary to start a broker of our own")
+    (tmp_path / "acl").write_text("topic readwrite open/#\n")
+    # (with max_queued_messages 0, mosquitto 2.0.11 closes the connection instead)
+    broker = Broker(tmp_path, f"max_queued_messages 100\nacl_file {tmp_path / 'acl'}\n")
+    broker.start()
+    try:
+        data = np.zeros(5, DT)
+        data["id"] = np.arange(5)
+        ok = await (af.from_array(data) | to_mqtt("open/x", port=broker.port)).run()
+        assert ok.value == 5
+        with pytest.raises(RuntimeError) as info:
+            await (af.from_array(data) | to_mqtt("closed/x", port=broker.port)).run()
+        message = str(info.value)
+        assert f"mqtt://127.0.0.1:{broker.port} refused 5 of 5 messages" in message, message
+        assert "(PUBACK reason Not authorized, 0x87)" in message, message
+        assert "['closed/x']" in message, message
+    finally:
+        broker.stop(signal.SIGKILL)

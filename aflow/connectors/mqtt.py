@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -526,15 +527,65 @@ def read_mqtt(
     )
 
 
+class _Refused(Exception):
+    """The broker answered a publish with a failure reason code (PUBACK >= 0x80)."""
+
+    def __init__(self, topic: str, reason: Any) -> None:
+        super().__init__(topic, reason)
+        self.topic = topic
+        self.reason = reason
+
+
+class _Acked:
+    """The reason code of each QoS 1 publish's PUBACK, for one client: aiomqtt drops it,
+    so a publish the broker refused (not authorized, quota exceeded...) would count as
+    published."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.waiters: dict[int, asyncio.Future[Any]] = {}
+        paho = client._client
+        inner: Any = paho.on_publish  # aiomqtt's, of paho's callback API version 2
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+            waiter = self.waiters.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(reason)
+            if inner is not None:
+                inner(c, userdata, mid, reason, props)
+
+        paho.on_publish = on_publish
+
+    async def publish(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, op: _MqttOptions
+    ) -> None:
+        info = client._client.publish(topic, payload, op.qos, op.retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if op.qos == 0 or info.is_published():
+            return
+        # single-threaded: paho calls on_publish from a later read callback, never
+        # before publish() returned
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters[info.mid] = waiter
+        timeout = client.timeout if op.timeout is None else op.timeout
+        try:
+            reason = await asyncio.wait_for(waiter, None if timeout == math.inf else timeout)
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+        finally:
+            if self.waiters.get(info.mid) is waiter:
+                del self.waiters[info.mid]
+        if reason is not None and getattr(reason, "is_failure", False):
+            raise _Refused(topic, reason)
+
+
 async def _publish_all(
-    client: aiomqtt.Client, pairs: list[tuple[str, bytes]], op: _MqttOptions
+    client: aiomqtt.Client, acked: _Acked, pairs: list[tuple[str, bytes]], op: _MqttOptions
 ) -> list[Any]:
     """Publish ``pairs`` at once: ``None`` per message acknowledged, else its error. A
     connection lost midway fails every message not yet acknowledged at once (aiomqtt
     alone would wait for their acknowledgements until ``timeout``)."""
-    calls = [
-        client.publish(t, p, qos=op.qos, retain=op.retain, timeout=op.timeout) for t, p in pairs
-    ]
+    calls = [acked.publish(client, t, p, op) for t, p in pairs]
     gathered = asyncio.ensure_future(asyncio.gather(*calls, return_exceptions=True))
     lost: asyncio.Future[None] = client._disconnected
     try:
@@ -558,6 +609,7 @@ class _MqttWriter(SinkWriter[Any, int]):
         self.name = op.name
         self.on_error = op.on_error
         self.client: aiomqtt.Client | None = None
+        self.acked: _Acked | None = None
         self.counters: StageCounters | None = None
         self.encoder = (
             CsvEncoder(delimiter=op.opts.delimiter) if op.opts.format == "csv" else JsonlEncoder()
@@ -589,6 +641,7 @@ class _MqttWriter(SinkWriter[Any, int]):
             timeout=op.connect_timeout,
             max_inflight_messages=op.max_inflight,
         )
+        self.acked = _Acked(client)
         await client.__aenter__()
         self.client = client
         return client
@@ -612,12 +665,22 @@ class _MqttWriter(SinkWriter[Any, int]):
             try:
                 if client is None:
                     client = await self._connect()
-                results = await _publish_all(client, todo, op)
+                assert self.acked is not None
+                results = await _publish_all(client, self.acked, todo, op)
             except aiomqtt.MqttError as exc:
                 results = [exc] * len(todo)
             failed = [pair for pair, r in zip(todo, results, strict=True) if r is not None]
             self.published += len(todo) - len(failed)
             errors = [r for r in results if isinstance(r, BaseException)]
+            refused = [r for r in errors if isinstance(r, _Refused)]
+            if refused:
+                topics = sorted({r.topic for r in refused})
+                raise RuntimeError(
+                    f"{self.name}: mqtt://{op.host}:{op.port} refused {len(refused)} of "
+                    f"{len(todo)} messages (PUBACK reason {refused[0].reason}, "
+                    f"{int(refused[0].reason.value):#04x}) on {topics[:5]}; none of them "
+                    "was delivered (check the broker's access rules and limits)"
+                )
             for error in errors:
                 if not isinstance(error, aiomqtt.MqttError | OSError):
                     raise error
