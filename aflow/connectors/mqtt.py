@@ -857,7 +857,9 @@ def to_mqtt(
 
     Raises:
         ConnectionError: the first connection, when the run starts, could not be opened.
-        RuntimeError: the flow runs on trio (aiomqtt needs asyncio).
+        RuntimeError: the flow runs on trio (aiomqtt needs asyncio), or the broker
+            refused a publish (a PUBACK reason code of 0x80 or more, such as 0x87 not
+            authorized): the error names the count, the reason and the topics.
     """
     return Sink(
         _MqttOp(
