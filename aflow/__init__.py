@@ -24,6 +24,7 @@ from .errors import IncompleteFrameError as IncompleteFrameError
 from .errors import LateDataError as LateDataError
 from .errors import LineTooLongError as LineTooLongError
 from .errors import NotResumableWarning as NotResumableWarning
+from .errors import ReconnectError as ReconnectError
 from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
 from .errors import StageTimeoutError as StageTimeoutError
@@ -144,6 +145,7 @@ __all__ = [
     "OutputRun",
     "Provenance",
     "QuantileSketch",
+    "ReconnectError",
     "RetriesExhaustedError",
     "Run",
     "RunResult",

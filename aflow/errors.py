@@ -14,6 +14,7 @@ the builtin exception whose meaning it shares, so ``except ValueError`` keeps wo
     │   └── IncompleteFrameError          a stream ended inside a line, frame or record
     ├── LateDataError (ValueError)        rows came after the windows they belong to had closed
     ├── DataLossError (RuntimeError)      input was written but could not be read (rotation)
+    ├── ReconnectError (ConnectionError)  a sink could not reconnect within its limit
     └── CheckpointMismatch (ValueError)   a checkpoint does not belong to this flow or input
 
     AflowWarning (UserWarning)
@@ -38,6 +39,7 @@ __all__ = [
     "LateDataError",
     "LineTooLongError",
     "NotResumableWarning",
+    "ReconnectError",
     "RetriesExhaustedError",
     "SourceReusedError",
     "StageTimeoutError",
@@ -128,6 +130,12 @@ class LateDataError(AflowError, ValueError):
     The error of the late rows handed to a window's ``late=`` policy; raised when that
     policy is ``"raise"``. Raise ``allowed_lateness`` (or ``horizon``) to accept them.
     """
+
+
+class ReconnectError(AflowError, ConnectionError):
+    """A sink lost its connection and could not open a new one within its limit
+    (``reconnect_timeout``); the message names the server, what was not written and what
+    to do. ``__cause__`` is the last attempt's failure."""
 
 
 class DataLossError(AflowError, RuntimeError):

@@ -1,5 +1,6 @@
-"""One name, one meaning: the signatures of aflow's public functions against the table
-"Argument names and their meaning" of ``docs/api.md``.
+"""One name, one meaning: the signatures of aflow's public functions (those ``aflow`` and
+``aflow.connectors`` export) against the table "Argument names and their meaning" of
+``docs/api.md``.
 
 A name used by two or more public functions must be in the table; every use of a name in
 the table must carry one of its documented annotations (as written in the source); the
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 import aflow as af
+import aflow.connectors
 
 API_DOC = Path(__file__).parent.parent / "docs" / "api.md"
 SECTION = "## Argument names and their meaning"
@@ -57,6 +59,20 @@ def public_callables() -> list[tuple[str, Callable[..., Any]]]:
     ]
     for cls in (af.Flow, af.SinkFlow):
         fns += [(f"{cls.__name__}.{m}", getattr(cls, m)) for m in ("open", "run")]
+    return fns + connectors()
+
+
+def connectors() -> list[tuple[str, Callable[..., Any]]]:
+    """The functions ``aflow.connectors`` exports (each loads its module, which needs its
+    optional extra: the ``test`` extra has them all)."""
+    fns = []
+    for n in aflow.connectors.__all__:
+        try:
+            fn = getattr(aflow.connectors, n)
+        except ImportError as exc:
+            pytest.skip(f"aflow.connectors.{n} needs an extra that is not installed: {exc}")
+        if inspect.isfunction(fn):
+            fns.append((f"connectors.{n}", fn))
     return fns
 
 
@@ -75,6 +91,12 @@ def test_the_table_parses() -> None:
     assert len(table) > 40
     assert {"on", "key", "framing", "buffer", "max_bytes_in_flight"} <= set(table)
     assert retired() == ["max_bytes", "encode", "by", "column", "chain", "tee"]
+
+
+def test_the_connectors_are_checked() -> None:
+    names = {f for f, _ in public_callables()}
+    assert {"connectors.read_mqtt", "connectors.to_mqtt", "connectors.to_postgres"} <= names
+    assert {f"connectors.{n}" for n in aflow.connectors.__all__} <= names
 
 
 def test_every_recurring_name_is_documented() -> None:

@@ -260,6 +260,9 @@ class Delivery:
         self._wake = anyio.Event()
         self._warned: set[str] = set()
         self._start: Callable[[], None] | None = None
+        self.failed: Callable[[], bool] = lambda: False  # the run has failed (no final commit)
+        self.final_done = False
+        self.final_committed = anyio.Event()  # set once the final commit called back
 
     # -- loading ----------------------------------------------------------------------
     async def load(self) -> None:
@@ -319,6 +322,7 @@ class Delivery:
     def source_ended(self, port: SourcePort) -> None:
         self.sources.pop(port.source_id, None)
         self.final_positions[port.source_id] = dict(port.positions)
+        self._wake.set()
 
     def add_sink(self, ident: str) -> None:
         self.live_sinks.add(ident)
@@ -368,6 +372,10 @@ class Delivery:
                 states.pop(ident, None)
         return states
 
+    def has_callbacks(self, ident: str) -> bool:
+        """Whether source ``ident`` registered ``on_commit`` callbacks."""
+        return any(i == ident for i, _ in self.callbacks)
+
     def on_commit(self, ident: str, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.callbacks.append((ident, fn))
         if not self.active and self._start is not None:
@@ -400,6 +408,14 @@ class Delivery:
                     if len(self.pending) < 2 and self.sources:
                         self._inject(tg)
             tg.cancel_scope.cancel()
+        # Every sink has finished: once every source has ended too, commit the final
+        # positions here, inside the run, so a source waiting in ``Outlet.end()`` still
+        # holds its connection when its ``on_commit`` runs.
+        while self.sources:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+        if not self.failed():
+            await self.final_commit()
 
     def _inject(self, tg: Any) -> None:
         self.epoch += 1
@@ -427,8 +443,9 @@ class Delivery:
 
     async def final_commit(self) -> None:
         """After a graceful end: commit the final positions and states."""
-        if not self.active:
+        if not self.active or self.final_done:
             return
+        self.final_done = True
         self.epoch += 1
         positions = {**self.committed_positions, **self.final_positions}
         states = self._states(self.epoch, {})
@@ -449,3 +466,5 @@ class Delivery:
         for ident, fn in self.callbacks:
             if ident in covered:
                 await fn(dict(covered[ident]))
+        if self.final_done:
+            self.final_committed.set()

@@ -217,6 +217,16 @@ class Outlet(Protocol):
         commits every ``commit_interval`` even without a checkpoint store."""
         ...
 
+    async def end(self, *, commit_timeout: float = 10.0) -> None:
+        """End this source's output now, as returning from ``produce`` would (the stages
+        fused after it flush, downstream sees the end), then wait until the run's final
+        commit has called this source's :meth:`on_commit` callbacks, at most
+        ``commit_timeout`` seconds (at once without callbacks). A broker source calls it
+        after a graceful stop, before closing its connection, so it acknowledges what
+        the final commit covers: a restart then redelivers nothing. Emit nothing after.
+        """
+        ...
+
     @property
     def restored_state(self) -> Any:
         """For an async operator: the ``state`` it passed with the last committed barrier

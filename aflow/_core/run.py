@@ -234,6 +234,9 @@ class Run(Generic[R_co]):
                     else:
                         self._sink_writer = ctx.start_chain(source, ops, sink)
                     run_ctx = ctx
+                    delivery.failed = lambda: (
+                        run_ctx.first_error is not None or self._scope.cancel_called
+                    )
                     delivery.activate(
                         lambda: run_ctx.start_soon(delivery.run, name="checkpoint commits")
                     )

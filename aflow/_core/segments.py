@@ -192,6 +192,7 @@ class Segment:
         self.source_id = ""
         self._lock: anyio.Lock | None = None
         self._ended = False
+        self._output_ended = False  # ``end()`` ended it before the head returned
         if source is not None and not source.composite:
             self._lock = anyio.Lock(fast_acquire=True)
             self.source_id = ctx.delivery.new_id("source", source.name)
@@ -261,6 +262,20 @@ class Segment:
             return None
         state = self.ctx.delivery.state_for(self.task_id)
         return None if state is MISSING else state
+
+    async def end(self, *, commit_timeout: float = 10.0) -> None:
+        if self.inbox is not None or not self.source_id:
+            raise TypeError("end() is for sources (a source made of flows has none)")
+        if not self._output_ended:
+            await self._finish_source()
+            if isinstance(self.downstream, FusedSink):
+                self.downstream.end()
+            self.downstream.close_send()
+            self._output_ended = True
+        d = self.ctx.delivery
+        if d.has_callbacks(self.source_id):
+            with anyio.move_on_after(commit_timeout):
+                await d.final_committed.wait()
 
     async def emit(
         self,
@@ -393,6 +408,10 @@ class Segment:
             raise
         if self.task_id:  # the operator flushed what it held: a restart starts it afresh
             self.ctx.delivery.stage_finished(self.task_id, None)
+        if not self._output_ended:
+            await self._finish_source()
+
+    async def _finish_source(self) -> None:
         lock = self._lock
         if lock is None:
             await self.finish()
@@ -452,9 +471,10 @@ class Segment:
                 self.ctx.live_sources -= 1
                 if self._lock is not None:
                     self._source_ended()
-            if isinstance(self.downstream, FusedSink):
-                self.downstream.end()
-            self.downstream.close_send()
+            if not self._output_ended:
+                if isinstance(self.downstream, FusedSink):
+                    self.downstream.end()
+                self.downstream.close_send()
             if self.inbox is not None:
                 self.inbox.close_receive()
 

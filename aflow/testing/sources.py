@@ -95,6 +95,9 @@ class _SpyOutlet:
     def restored_state(self) -> Any:
         return self.out.restored_state
 
+    async def end(self, *, commit_timeout: float = 10.0) -> None:
+        await self.out.end(commit_timeout=commit_timeout)
+
 
 class _SpySource(Source):
     def __init__(self, inner: Source) -> None:
