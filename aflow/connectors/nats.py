@@ -1,0 +1,479 @@
+"""NATS JetStream: a durable pull consumer as a source (fetched in batches, acknowledged
+after the sinks) and a publishing sink that waits for JetStream's acks. Needs the ``nats``
+extra (nats-py) and the asyncio backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+import sniffio
+from numpy.typing import DTypeLike
+
+from ..abc import (
+    Batch,
+    Context,
+    ErrorPolicy,
+    Outlet,
+    Provenance,
+    SinkOperator,
+    SinkWriter,
+    Source,
+    StageCounters,
+    apply_policy,
+    check_policy,
+)
+from ..flow import Flow, Sink
+from ._common import Backoff, Format, PayloadCodec, shard_of, worker_index
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+__all__ = ["read_nats", "to_nats"]
+
+logger = logging.getLogger("aflow")
+
+
+def _require_asyncio(what: str) -> None:
+    if sniffio.current_async_library() != "asyncio":
+        raise RuntimeError(f"{what} needs the asyncio backend (nats-py is asyncio only)")
+
+
+async def _connect(url: str, connect_timeout: float) -> NATS:
+    try:
+        import nats
+    except ImportError:  # pragma: no cover - the extra is missing
+        raise ImportError("the NATS connector needs nats-py: pip install 'aflow-streams[nats]'")
+    # aflow reconnects itself, with capped backoff: nats-py's own loop would hide failures.
+    return await nats.connect(
+        url,
+        allow_reconnect=False,
+        connect_timeout=max(1, int(connect_timeout)),
+        max_reconnect_attempts=0,
+    )
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import nats.errors as nerr
+
+    return (
+        nerr.ConnectionClosedError,
+        nerr.NoServersError,
+        nerr.StaleConnectionError,
+        nerr.UnexpectedEOF,
+        nerr.OutboundBufferLimitError,
+        OSError,
+    )
+
+
+async def _reconnect(
+    url: str, connect_timeout: float, backoff: Backoff, what: str
+) -> NATS:
+    """Connect, retrying with capped backoff for ``connect_timeout`` seconds."""
+    deadline = anyio.current_time() + connect_timeout
+    errors = _connection_errors()
+    while True:
+        try:
+            nc = await _connect(url, connect_timeout)
+        except (*errors, TimeoutError) as exc:
+            if anyio.current_time() + backoff.next_delay() > deadline:
+                raise ConnectionError(
+                    f"{what}: cannot reach {url} for {connect_timeout} s: {exc!r}"
+                ) from exc
+            logger.warning("%s: %s unreachable (%r); retrying", what, url, exc)
+            await backoff.wait()
+            continue
+        backoff.reset()
+        return nc
+
+
+class _NatsSource(Source):
+    resumable = True
+
+    def __init__(
+        self,
+        subject: str,
+        durable: str,
+        stream: str | None,
+        url: str,
+        codec: PayloadCodec,
+        count: int,
+        block: float,
+        ack_wait: float,
+        idle_stop: float | None,
+        connect_timeout: float,
+        on_error: ErrorPolicy,
+        name: str,
+    ) -> None:
+        self.subject, self.durable, self.stream, self.url = subject, durable, stream, url
+        self.codec, self.count, self.block, self.ack_wait = codec, count, block, ack_wait
+        self.idle_stop, self.connect_timeout = idle_stop, connect_timeout
+        self.on_error, self.name = on_error, name
+
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        _require_asyncio("read_nats")
+        reader = _NatsReader(self, out)
+        try:
+            await reader.run()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.close()
+
+
+class _NatsReader:
+    """One run of a JetStream pull consumer."""
+
+    def __init__(self, op: _NatsSource, out: Outlet) -> None:
+        self.op, self.out = op, out
+        self.subject = op.subject.format(worker=worker_index())
+        self.where = f"{op.url.rstrip('/')}/{self.subject}"
+        self.nc: NATS | None = None
+        self.backoff = Backoff()
+        self.errors = _connection_errors()
+        self.rows = 0
+        self.seq = 0
+        self.unacked: OrderedDict[int, list[str]] = OrderedDict()  # seq -> reply subjects
+        self.carry: list[str] = []
+        self.acked = 0
+        self.committable = hasattr(out, "on_commit")
+        if self.committable:
+            out.on_commit(self._on_commit)  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+        self.nc = None
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        from nats.js.api import ConsumerConfig
+
+        self.nc = await _reconnect(self.op.url, self.op.connect_timeout, self.backoff, "read_nats")
+        js = self.nc.jetstream()
+        config = ConsumerConfig(
+            durable_name=self.op.durable,
+            ack_wait=self.op.ack_wait,
+            max_ack_pending=-1,
+            filter_subject=self.subject,
+        )
+        return await js.pull_subscribe(
+            self.subject, durable=self.op.durable, stream=self.op.stream, config=config
+        )
+
+    async def run(self) -> None:
+        import nats.errors as nerr
+
+        op = self.op
+        sub = await self._subscribe()
+        last_data = anyio.current_time()
+        while not self.out.stopping:
+            msgs: list[Msg] = []
+            try:
+                with self.out.pull_scope():
+                    msgs = await sub.fetch(batch=op.count, timeout=op.block)
+            except nerr.TimeoutError:
+                if self.nc is not None and self.nc.is_closed:
+                    await self._lost(nerr.ConnectionClosedError())
+                    sub = await self._subscribe()
+                    continue
+            except self.errors as exc:
+                await self._lost(exc)
+                sub = await self._subscribe()
+                continue
+            if msgs:
+                last_data = anyio.current_time()
+                await self._emit(msgs)
+            elif op.idle_stop is not None and anyio.current_time() - last_data >= op.idle_stop:
+                return
+
+    async def _lost(self, exc: BaseException) -> None:
+        logger.warning("read_nats: lost %s (%r); reconnecting", self.op.url, exc)
+        await self.close()
+        await self.backoff.wait()
+
+    async def _emit(self, msgs: list[Msg]) -> None:
+        replies = [m.reply for m in msgs]
+        payloads = [m.data for m in msgs]
+        msg: Any
+        if self.op.codec.dtype is None:
+            msg = payloads
+        else:
+            ids = _LazyIds(msgs)
+            rows, bad = self.op.codec.decode(payloads, ids, self.where)
+            for b in bad:
+                await apply_policy(
+                    self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
+                    self.out.counters,
+                )  # fmt: skip
+            if len(rows) == 0:
+                self.carry += replies
+                return
+            msg = Batch(rows, "source", Provenance(self.where, self.rows, self.rows + len(rows)))
+            self.rows += len(rows)
+        replies = self.carry + replies
+        self.carry = []
+        self.seq += 1
+        self.unacked[self.seq] = replies
+        if self.committable:
+            await self.out.emit(msg, position=(self.subject, self.seq))  # type: ignore[call-arg]
+        else:
+            await self.out.emit(msg)
+
+    async def _on_commit(self, positions: dict[str, Any]) -> None:
+        """The sinks acknowledged everything emitted up to ``positions[subject]``."""
+        seq = positions.get(self.subject)
+        if seq is None:
+            return
+        replies: list[str] = []
+        while self.unacked and next(iter(self.unacked)) <= seq:
+            replies += self.unacked.popitem(last=False)[1]
+        await self._ack(replies)
+
+    async def _ack(self, replies: list[str]) -> None:
+        """Acknowledge messages by their reply subjects (``+ACK``), on the current
+        connection: called only once the sinks acknowledged them. A failure leaves them
+        unacknowledged: JetStream redelivers them after ``ack_wait``."""
+        if not replies or self.nc is None or self.nc.is_closed:
+            return
+        try:
+            for reply in replies:
+                await self.nc.publish(reply, b"+ACK")
+            await self.nc.flush(timeout=max(1, int(self.op.connect_timeout)))
+        except (*self.errors, TimeoutError) as exc:
+            logger.warning(
+                "read_nats: could not acknowledge %d messages (%r); JetStream redelivers them",
+                len(replies), exc,
+            )  # fmt: skip
+        else:
+            self.acked += len(replies)
+
+
+class _LazyIds:
+    """Stream sequence numbers of messages, read from their metadata only when asked
+    (a bad payload's provenance)."""
+
+    def __init__(self, msgs: list[Msg]) -> None:
+        self.msgs = msgs
+
+    def __getitem__(self, i: int) -> object:
+        return self.msgs[i].metadata.sequence.stream
+
+    def __len__(self) -> int:
+        return len(self.msgs)
+
+
+def read_nats(
+    subject: str,
+    durable: str,
+    *,
+    stream: str | None = None,
+    url: str = "nats://127.0.0.1:4222",
+    dtype: DTypeLike | None = None,
+    format: Format = "csv",
+    delimiter: str = ",",
+    fill_int: int | None = None,
+    count: int = 1000,
+    block: float = 1.0,
+    ack_wait: float = 30.0,
+    idle_timeout: float | None = None,
+    connect_timeout: float = 30.0,
+    on_error: ErrorPolicy = "raise",
+    name: str | None = None,
+) -> Flow[Any]:
+    """Read a JetStream stream through a durable pull consumer, ``count`` messages a fetch.
+
+    Processes running the same flow with the same ``durable`` share the messages: each
+    goes to one of them (``aflow run --workers N``, or the same command on several
+    machines).
+
+    Acknowledgement: a message is acknowledged only after every sink of the run
+    acknowledged it, through the run's commits (see docs/delivery.md). A message not
+    acknowledged within ``ack_wait`` seconds (its worker died) is delivered again, to any
+    worker. Delivery is at-least-once.
+
+    Args:
+        subject: the subject to consume (a filter on the stream; wildcards allowed).
+            ``"{worker}"`` in it is replaced by this process's worker index.
+        durable: the durable consumer's name, created when missing.
+        stream: the stream's name (``None``: the stream holding ``subject``).
+        url: the NATS server, ``nats://host:port``.
+        dtype: a structured dtype: each payload is one row (``format``), and batches of
+            rows come out. ``None``: chunks of the raw payloads (``bytes``).
+        format: ``"csv"`` or ``"jsonl"``: how a payload holds a row.
+        delimiter: CSV field separator.
+        fill_int: the value of a missing integer; ``None``: a bad payload.
+        count: messages per fetch.
+        block: seconds a fetch waits for messages.
+        ack_wait: seconds JetStream waits for an ack before delivering a message again
+            (set on a consumer it creates; keep it above the run's commit interval).
+        idle_timeout: end the source after this many seconds without a message (``None``:
+            run until stopped).
+        connect_timeout: seconds to keep trying to (re)connect, with capped backoff,
+            before the run fails with ``ConnectionError``.
+        on_error: what a payload that does not decode does (provenance: the subject URL
+            and the message's stream sequence). Such messages are acknowledged with the
+            next batch, unless the policy raised.
+        name: the source's name in statistics and errors.
+    """
+    check_policy(on_error)
+    if count < 1 or block <= 0 or ack_wait <= 0:
+        raise ValueError("read_nats: count must be >= 1, block and ack_wait > 0")
+    codec = PayloadCodec(dtype, format, delimiter=delimiter, fill_int=fill_int)
+    source = _NatsSource(
+        subject, durable, stream, url, codec, count, block, ack_wait, idle_timeout,
+        connect_timeout, on_error, name or f"read_nats({subject})",
+    )  # fmt: skip
+    return Flow(source)
+
+
+class _NatsSinkOp(SinkOperator[Any, int]):
+    fused = False
+
+    def __init__(
+        self,
+        subject: str,
+        url: str,
+        codec: PayloadCodec,
+        key: str | None,
+        shards: int,
+        connect_timeout: float,
+        buffer: int | None,
+        on_error: ErrorPolicy,
+    ) -> None:
+        self.subject, self.url, self.codec = subject, url, codec
+        self.key, self.shards = key, shards
+        self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
+        self.name = f"to_nats({subject})"
+
+    def writer(self, ctx: Context) -> SinkWriter[Any, int]:
+        return _NatsWriter(self)
+
+
+class _NatsWriter(SinkWriter[Any, int]):
+    def __init__(self, op: _NatsSinkOp) -> None:
+        self.op = op
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.sent = 0
+        self.counters: StageCounters | None = None
+        self.backoff = Backoff()
+
+    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
+        self.counters = counters
+
+    async def open(self) -> None:
+        _require_asyncio("to_nats")
+        self.nc = await _reconnect(self.op.url, self.op.connect_timeout, self.backoff, "to_nats")
+        self.js = self.nc.jetstream(publish_async_max_pending=16_384)
+
+    async def aclose(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await self.nc.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+        self.nc = self.js = None
+
+    async def write(self, item: Any) -> None:
+        await self._send(item, self._messages(item))
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        await self._send(items, [m for item in items for m in self._messages(item)])
+
+    def _messages(self, item: Any) -> list[tuple[str, bytes]]:
+        payloads = self.op.codec.encode(item)
+        if self.op.key is None:
+            return [(self.op.subject, p) for p in payloads]
+        if not (isinstance(item, np.ndarray) and item.dtype.names):
+            raise TypeError(f"to_nats(key={self.op.key!r}) needs structured array batches")
+        shard = shard_of(item[self.op.key], self.op.shards).tolist()
+        return [(f"{self.op.subject}.{s}", p) for s, p in zip(shard, payloads, strict=True)]
+
+    async def _send(self, item: Any, messages: list[tuple[str, bytes]]) -> None:
+        """Publish ``messages`` and wait for every ack; reconnects with backoff and
+        publishes again (at-least-once) for ``connect_timeout``, then ``on_error``."""
+        import nats.errors as nerr
+        import nats.js.errors as jerr
+
+        if not messages:
+            return
+        deadline = anyio.current_time() + self.op.connect_timeout
+        while True:
+            try:
+                if self.js is None:
+                    await self.open()
+                assert self.js is not None
+                futures = [await self.js.publish_async(s, p) for s, p in messages]
+                with anyio.fail_after(self.op.connect_timeout):
+                    await asyncio.gather(*futures)
+            except (*_connection_errors(), TimeoutError, nerr.Error, jerr.Error) as exc:
+                await self.aclose()
+                if isinstance(exc, ConnectionError) and "cannot reach" in str(exc):
+                    error: Exception = exc
+                elif anyio.current_time() + self.backoff.next_delay() <= deadline:
+                    logger.warning("to_nats: publishing failed (%r); reconnecting", exc)
+                    await self.backoff.wait()
+                    continue
+                else:
+                    error = ConnectionError(
+                        f"to_nats: cannot publish {len(messages)} messages to "
+                        f"{self.op.url} (tried {self.op.connect_timeout} s): {exc!r}"
+                    )
+                assert self.counters is not None
+                await apply_policy(self.op.on_error, item, error, self.op.name, None, self.counters)
+                return
+            self.backoff.reset()
+            self.sent += len(messages)
+            return
+
+    def result(self) -> int:
+        return self.sent
+
+
+def to_nats(
+    subject: str,
+    *,
+    url: str = "nats://127.0.0.1:4222",
+    format: Format = "csv",
+    delimiter: str = ",",
+    key: str | None = None,
+    shards: int = 1,
+    connect_timeout: float = 30.0,
+    buffer: int | None = None,
+    on_error: ErrorPolicy = "raise",
+) -> Sink[Any, int]:
+    """Publish the flow to JetStream, waiting for the stream's acks (many messages in
+    flight at once); the result is the number of messages acknowledged.
+
+    Each row of an array batch is one message (a CSV line or JSON object without its
+    newline); ``bytes`` and ``str`` elements are messages as they are. A stream must
+    capture ``subject``.
+
+    Args:
+        subject: the subject to publish to.
+        url: the NATS server, ``nats://host:port``.
+        format: ``"csv"`` or ``"jsonl"``: how a row is written.
+        delimiter: CSV field separator.
+        key: shard by this column: a row goes to subject ``f"{subject}.{s}"`` with ``s`` a
+            stable hash of its key modulo ``shards``.
+        shards: how many shard subjects (with ``key``).
+        connect_timeout: seconds to keep reconnecting and publishing a failed message again.
+        buffer: messages waiting in front of the sink.
+        on_error: what a message still failing after ``connect_timeout`` does
+            (``ConnectionError``): ``"raise"``, ``"skip"``, ``dead_letter``.
+    """
+    check_policy(on_error)
+    if shards < 1 or (shards > 1 and key is None):
+        raise ValueError("to_nats: shards must be >= 1, and shards > 1 needs key=")
+    codec = PayloadCodec(None, format, delimiter=delimiter)
+    return Sink(
+        _NatsSinkOp(subject, url, codec, key, shards, connect_timeout, buffer, on_error)
+    )
