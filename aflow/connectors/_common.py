@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -24,8 +24,8 @@ from ..codecs import CsvDecoder, CsvEncoder, Decoded, JsonlDecoder, JsonlEncoder
 from ..errors import DecodeError
 
 __all__ = [
-    "WORKER_ENV",
     "WORKERS_ENV",
+    "WORKER_ENV",
     "Backoff",
     "BadPayload",
     "Format",
@@ -140,14 +140,16 @@ class PayloadCodec:
         self.encoder = CsvEncoder(delimiter=delimiter) if format == "csv" else JsonlEncoder()
 
     def decode(
-        self, payloads: Sequence[bytes], ids: Sequence[object], where: str
+        self, payloads: Sequence[bytes], id_of: Callable[[int], object], where: str
     ) -> tuple[NDArray[Any], list[BadPayload]]:
         """The rows of ``payloads`` (in order) and the payloads that did not decode.
 
-        ``ids[i]`` is the broker's id of ``payloads[i]``; ``where`` names the stream or
-        subject. A payload holding several lines (``b"1,2\\n3,4"``) gives several rows.
+        ``id_of(i)`` is the broker's id of ``payloads[i]`` (asked for bad ones only);
+        ``where`` names the stream or subject. A payload holding several lines
+        (``b"1,2\\n3,4"``) gives several rows.
         """
-        assert self.decoder is not None and self.dtype is not None
+        assert self.decoder is not None
+        assert self.dtype is not None
         if not payloads:
             return np.empty(0, self.dtype), []
         lines = [p if p.endswith(b"\n") else p + b"\n" for p in payloads]
@@ -163,10 +165,9 @@ class PayloadCodec:
             if i in seen:
                 continue
             seen.add(i)
-            error = DecodeError(
-                f"message {ids[i]} of {where}: {line.error}", source=f"{where}#{ids[i]}"
-            )
-            bad.append(BadPayload(bytes(payloads[i]), error, message_place(where, ids[i])))
+            mid = id_of(i)
+            error = DecodeError(f"message {mid} of {where}: {line.error}", source=f"{where}#{mid}")
+            bad.append(BadPayload(bytes(payloads[i]), error, message_place(where, mid)))
         return decoded.rows, bad
 
     def encode(self, item: Any) -> list[bytes]:

@@ -5,6 +5,7 @@ extra (nats-py) and the asyncio backend."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,9 @@ async def _connect(url: str, connect_timeout: float) -> NATS:
     try:
         import nats
     except ImportError:  # pragma: no cover - the extra is missing
-        raise ImportError("the NATS connector needs nats-py: pip install 'aflow-streams[nats]'")
+        raise ImportError(
+            "the NATS connector needs nats-py: pip install 'aflow-streams[nats]'"
+        ) from None
     # aflow reconnects itself, with capped backoff: nats-py's own loop would hide failures.
     return await nats.connect(
         url,
@@ -72,16 +75,14 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-async def _reconnect(
-    url: str, connect_timeout: float, backoff: Backoff, what: str
-) -> NATS:
+async def _reconnect(url: str, connect_timeout: float, backoff: Backoff, what: str) -> NATS:
     """Connect, retrying with capped backoff for ``connect_timeout`` seconds."""
     deadline = anyio.current_time() + connect_timeout
-    errors = _connection_errors()
+    errors: tuple[type[BaseException], ...] = (*_connection_errors(), TimeoutError)
     while True:
         try:
             nc = await _connect(url, connect_timeout)
-        except (*errors, TimeoutError) as exc:
+        except errors as exc:
             if anyio.current_time() + backoff.next_delay() > deadline:
                 raise ConnectionError(
                     f"{what}: cannot reach {url} for {connect_timeout} s: {exc!r}"
@@ -136,6 +137,7 @@ class _NatsReader:
         self.nc: NATS | None = None
         self.backoff = Backoff()
         self.errors = _connection_errors()
+        self.ack_errors: tuple[type[BaseException], ...] = (*self.errors, TimeoutError)
         self.rows = 0
         self.seq = 0
         self.unacked: OrderedDict[int, list[str]] = OrderedDict()  # seq -> reply subjects
@@ -147,10 +149,8 @@ class _NatsReader:
 
     async def close(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection
                 await self.nc.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
         self.nc = None
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
@@ -206,8 +206,9 @@ class _NatsReader:
         if self.op.codec.dtype is None:
             msg = payloads
         else:
-            ids = _LazyIds(msgs)
-            rows, bad = self.op.codec.decode(payloads, ids, self.where)
+            rows, bad = self.op.codec.decode(
+                payloads, lambda i: msgs[i].metadata.sequence.stream, self.where
+            )
             for b in bad:
                 await apply_policy(
                     self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
@@ -247,27 +248,13 @@ class _NatsReader:
             for reply in replies:
                 await self.nc.publish(reply, b"+ACK")
             await self.nc.flush(timeout=max(1, int(self.op.connect_timeout)))
-        except (*self.errors, TimeoutError) as exc:
+        except self.ack_errors as exc:
             logger.warning(
                 "read_nats: could not acknowledge %d messages (%r); JetStream redelivers them",
                 len(replies), exc,
             )  # fmt: skip
         else:
             self.acked += len(replies)
-
-
-class _LazyIds:
-    """Stream sequence numbers of messages, read from their metadata only when asked
-    (a bad payload's provenance)."""
-
-    def __init__(self, msgs: list[Msg]) -> None:
-        self.msgs = msgs
-
-    def __getitem__(self, i: int) -> object:
-        return self.msgs[i].metadata.sequence.stream
-
-    def __len__(self) -> int:
-        return len(self.msgs)
 
 
 def read_nats(
@@ -376,10 +363,8 @@ class _NatsWriter(SinkWriter[Any, int]):
 
     async def aclose(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection
                 await self.nc.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
         self.nc = self.js = None
 
     async def write(self, item: Any) -> None:
@@ -405,6 +390,12 @@ class _NatsWriter(SinkWriter[Any, int]):
 
         if not messages:
             return
+        catch: tuple[type[BaseException], ...] = (
+            *_connection_errors(),
+            TimeoutError,
+            nerr.Error,
+            jerr.Error,
+        )
         deadline = anyio.current_time() + self.op.connect_timeout
         while True:
             try:
@@ -414,7 +405,7 @@ class _NatsWriter(SinkWriter[Any, int]):
                 futures = [await self.js.publish_async(s, p) for s, p in messages]
                 with anyio.fail_after(self.op.connect_timeout):
                     await asyncio.gather(*futures)
-            except (*_connection_errors(), TimeoutError, nerr.Error, jerr.Error) as exc:
+            except catch as exc:
                 await self.aclose()
                 if isinstance(exc, ConnectionError) and "cannot reach" in str(exc):
                     error: Exception = exc
@@ -474,6 +465,4 @@ def to_nats(
     if shards < 1 or (shards > 1 and key is None):
         raise ValueError("to_nats: shards must be >= 1, and shards > 1 needs key=")
     codec = PayloadCodec(None, format, delimiter=delimiter)
-    return Sink(
-        _NatsSinkOp(subject, url, codec, key, shards, connect_timeout, buffer, on_error)
-    )
+    return Sink(_NatsSinkOp(subject, url, codec, key, shards, connect_timeout, buffer, on_error))

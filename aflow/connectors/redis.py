@@ -48,7 +48,9 @@ def _client(url: str, connect_timeout: float) -> Redis:
     try:
         import redis.asyncio as aioredis
     except ImportError:  # pragma: no cover - the extra is missing
-        raise ImportError("the Redis connector needs redis-py: pip install 'aflow-streams[redis]'")
+        raise ImportError(
+            "the Redis connector needs redis-py: pip install 'aflow-streams[redis]'"
+        ) from None
     return aioredis.from_url(url, socket_connect_timeout=connect_timeout)
 
 
@@ -193,7 +195,7 @@ class _RedisReader:
                 return
 
     async def _read(self, client: Redis, after: str, *, block: bool) -> list[Any]:
-        reply = await client.xreadgroup(
+        reply: Any = await client.xreadgroup(
             self.op.group,
             self.consumer,
             {self.stream: after},
@@ -225,8 +227,7 @@ class _RedisReader:
         if self.op.codec.dtype is None:
             msg = payloads
         else:
-            text_ids = [i.decode() for i in ids]
-            rows, bad = self.op.codec.decode(payloads, text_ids, self.where)
+            rows, bad = self.op.codec.decode(payloads, lambda i: ids[i].decode(), self.where)
             for b in bad:
                 await apply_policy(
                     self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
