@@ -150,25 +150,36 @@ class PayloadCodec:
         """
         assert self.decoder is not None
         assert self.dtype is not None
+        bad: list[tuple[int, BadPayload]] = []  # by the payload's index, to keep order
+        index: Sequence[int] = range(len(payloads))
+        if not all(payloads):  # an empty payload (or a missing field) holds no row: bad
+            index = [i for i, p in enumerate(payloads) if p]
+            for i in (i for i, p in enumerate(payloads) if not p):
+                bad.append((i, self._bad(b"", "empty payload", i, id_of, where)))
+            payloads = [payloads[i] for i in index]
         if not payloads:
-            return np.empty(0, self.dtype), []
+            return np.empty(0, self.dtype), [b for _, b in bad]
         lines = [p if p.endswith(b"\n") else p + b"\n" for p in payloads]
         decoded: Decoded = self.decoder.decode(b"".join(lines))
-        if not decoded.bad:
-            return decoded.rows, []
-        # line index in the block -> the message it belongs to
-        ends = np.cumsum([line.count(b"\n") for line in lines])
-        bad: list[BadPayload] = []
-        seen: set[int] = set()
-        for line in decoded.bad:
-            i = int(np.searchsorted(ends, line.index, side="right"))
-            if i in seen:
-                continue
-            seen.add(i)
-            mid = id_of(i)
-            error = DecodeError(f"message {mid} of {where}: {line.error}", source=f"{where}#{mid}")
-            bad.append(BadPayload(bytes(payloads[i]), error, message_place(where, mid)))
-        return decoded.rows, bad
+        if decoded.bad:
+            # line index in the block -> the message it belongs to
+            ends = np.cumsum([line.count(b"\n") for line in lines])
+            seen: set[int] = set()
+            for line in decoded.bad:
+                i = int(np.searchsorted(ends, line.index, side="right"))
+                if i not in seen:
+                    seen.add(i)
+                    j = index[i]
+                    bad.append((j, self._bad(payloads[i], str(line.error), j, id_of, where)))
+        return decoded.rows, [b for _, b in sorted(bad, key=lambda ib: ib[0])]
+
+    @staticmethod
+    def _bad(
+        payload: bytes, why: str, i: int, id_of: Callable[[int], object], where: str
+    ) -> BadPayload:
+        mid = id_of(i)
+        error = DecodeError(f"message {mid} of {where}: {why}", source=f"{where}#{mid}")
+        return BadPayload(bytes(payload), error, message_place(where, mid))
 
     def encode(self, item: Any) -> list[bytes]:
         """Payloads of one item: a row each for an array (a CSV line or JSON object,

@@ -161,18 +161,20 @@ class _RedisReader:
     async def run(self) -> None:
         op = self.op
         client = await self._connect()
-        # Entries delivered to this consumer name before (a restarted worker) come first.
-        backlog = True
+        # Entries delivered to this consumer name and not emitted by this run come first:
+        # those of a restarted worker, and after a reconnection, those whose reply was lost.
+        backlog: bytes | str | None = "0"
         next_claim = anyio.current_time() if op.claim_idle is not None else float("inf")
         last_data = anyio.current_time()
+        swept = False
         while not self.out.stopping:
             entries: list[Any] = []
             try:
-                if backlog:
-                    entries = await self._read(client, "0", block=False)
-                    backlog = bool(entries)
+                if backlog is not None:
+                    entries = await self._read(client, backlog, block=False, count=_ACK_CHUNK)
+                    backlog = entries[-1][0] if entries else None
                     entries = [e for e in entries if e[0] not in self.in_flight]
-                    if not backlog and not entries:
+                    if backlog is not None and not entries:
                         continue
                 elif anyio.current_time() >= next_claim:
                     entries = await self._claim(client)
@@ -187,19 +189,25 @@ class _RedisReader:
                 await self.close()
                 await self.backoff.wait()
                 client = await self._connect()
+                backlog = "0"
                 continue
             if entries:
-                last_data = anyio.current_time()
                 await self._emit(entries)
+                last_data = anyio.current_time()
+                swept = False
             elif op.idle_stop is not None and anyio.current_time() - last_data >= op.idle_stop:
-                return
+                if swept:
+                    return
+                backlog, swept = "0", True  # first, entries whose reply a broken read lost
 
-    async def _read(self, client: Redis, after: str, *, block: bool) -> list[Any]:
+    async def _read(
+        self, client: Redis, after: bytes | str, *, block: bool, count: int | None = None
+    ) -> list[Any]:
         reply: Any = await client.xreadgroup(
             self.op.group,
             self.consumer,
             {self.stream: after},
-            count=self.op.count,
+            count=count or self.op.count,
             block=max(1, int(self.op.block * 1000)) if block else None,
         )
         return list(reply[0][1]) if reply else []
