@@ -107,7 +107,7 @@ def test_a_bad_payload_goes_to_the_policy_naming_stream_and_entry_id(
         assert failed.provenance.source == f"{redis_url}/{stream}#{entry.decode()}"
         assert isinstance(failed.error, af.DecodeError)
         assert entry.decode() in str(failed.error)
-    with pytest.raises(af.DecodeError, match="message .* of redis://"):
+    with pytest.raises(af.DecodeError, match=r"message .* of redis://"):
         af.run(af.read_redis(stream, "other", dtype=DT, idle_timeout=0.3) | af.collect())
 
 
@@ -126,7 +126,8 @@ def test_consumers_of_one_group_share_the_stream(client: Any) -> None:
     for t in threads:
         t.join()
     a, b = results["c0"]["k"], results["c1"]["k"]
-    assert len(a) > 0 and len(b) > 0, "both consumers got a share"
+    assert len(a) > 0, "both consumers got a share"
+    assert len(b) > 0, "both consumers got a share"
     assert np.intersect1d(a, b).size == 0
     assert np.array_equal(np.sort(np.concatenate([a, b])), np.arange(20_000))
 

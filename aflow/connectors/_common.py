@@ -154,8 +154,11 @@ class PayloadCodec:
         index: Sequence[int] = range(len(payloads))
         if not all(payloads):  # an empty payload (or a missing field) holds no row: bad
             index = [i for i, p in enumerate(payloads) if p]
-            for i in (i for i, p in enumerate(payloads) if not p):
-                bad.append((i, self._bad(b"", "empty payload", i, id_of, where)))
+            bad += [
+                (i, self._bad(b"", "empty payload", i, id_of, where))
+                for i, p in enumerate(payloads)
+                if not p
+            ]
             payloads = [payloads[i] for i in index]
         if not payloads:
             return np.empty(0, self.dtype), [b for _, b in bad]
