@@ -3,6 +3,10 @@
 Re-exports only; see the modules for the code.
 """
 
+from ._core.delivery import Checkpoint as Checkpoint
+from ._core.delivery import CheckpointStore as CheckpointStore
+from ._core.delivery import SqliteStore as SqliteStore
+from ._core.messages import Barrier as Barrier
 from ._core.messages import Batch as Batch
 from ._core.messages import Provenance as Provenance
 from ._core.run import OutputRun as OutputRun
@@ -14,6 +18,8 @@ from .connectors import read_redis as read_redis
 from .connectors import to_nats as to_nats
 from .connectors import to_redis as to_redis
 from .errors import AflowError as AflowError
+from .errors import AflowWarning as AflowWarning
+from .errors import CheckpointMismatch as CheckpointMismatch
 from .errors import DataLossError as DataLossError
 from .errors import DecodeError as DecodeError
 from .errors import FlowDefinitionError as FlowDefinitionError
@@ -21,6 +27,7 @@ from .errors import FrameTooLongError as FrameTooLongError
 from .errors import IncompleteFrameError as IncompleteFrameError
 from .errors import LateDataError as LateDataError
 from .errors import LineTooLongError as LineTooLongError
+from .errors import NotResumableWarning as NotResumableWarning
 from .errors import RetriesExhaustedError as RetriesExhaustedError
 from .errors import SourceReusedError as SourceReusedError
 from .errors import StageTimeoutError as StageTimeoutError
@@ -113,7 +120,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AflowError",
+    "AflowWarning",
+    "Barrier",
     "Batch",
+    "Checkpoint",
+    "CheckpointMismatch",
+    "CheckpointStore",
     "Collect",
     "CollectMode",
     "ConnectionEvent",
@@ -132,6 +144,7 @@ __all__ = [
     "KeyedStats",
     "LateDataError",
     "LineTooLongError",
+    "NotResumableWarning",
     "OutputRun",
     "Provenance",
     "QuantileSketch",
@@ -142,6 +155,7 @@ __all__ = [
     "Sink",
     "SinkFlow",
     "SourceReusedError",
+    "SqliteStore",
     "Stage",
     "StageStatistics",
     "StageTimeoutError",

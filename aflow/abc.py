@@ -19,6 +19,7 @@ See the docs page "Writing your own source, stage and sink" for complete example
 """
 
 from ._core.buffers import Buffer as Buffer
+from ._core.messages import Barrier as Barrier
 from ._core.messages import Batch as Batch
 from ._core.messages import BatchReason as BatchReason
 from ._core.messages import Message as Message
@@ -47,6 +48,7 @@ from .stats import StageCounters as StageCounters
 
 __all__ = [
     "AsyncOperator",
+    "Barrier",
     "Batch",
     "BatchReason",
     "Buffer",

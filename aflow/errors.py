@@ -13,7 +13,11 @@ the builtin exception whose meaning it shares, so ``except ValueError`` keeps wo
     │   ├── FrameTooLongError             a length prefix announced more than ``max_size`` bytes
     │   └── IncompleteFrameError          a stream ended inside a line, frame or record
     ├── LateDataError (ValueError)        rows came after the windows they belong to had closed
-    └── DataLossError (RuntimeError)      input was written but could not be read (rotation)
+    ├── DataLossError (RuntimeError)      input was written but could not be read (rotation)
+    └── CheckpointMismatch (ValueError)   a checkpoint does not belong to this flow or input
+
+    AflowWarning (UserWarning)
+    └── NotResumableWarning               a checkpointed run has a source that cannot resume
 
 Errors raised by *user* functions inside a stage are never wrapped: the first one cancels the
 run and is raised as itself, with a note naming the stage (and the batch's provenance when
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 __all__ = [
     "AflowError",
+    "AflowWarning",
+    "CheckpointMismatch",
     "DataLossError",
     "DecodeError",
     "FlowDefinitionError",
@@ -31,6 +37,7 @@ __all__ = [
     "IncompleteFrameError",
     "LateDataError",
     "LineTooLongError",
+    "NotResumableWarning",
     "RetriesExhaustedError",
     "SourceReusedError",
     "StageTimeoutError",
@@ -141,3 +148,21 @@ class DataLossError(AflowError, RuntimeError):
         super().__init__(message)
         self.source = source
         self.count = count
+
+
+class CheckpointMismatch(AflowError, ValueError):
+    """A checkpoint does not belong to the flow (or the input) resumed from it: the flow's
+    stages changed, or a file it was reading is gone or different.
+
+    Resuming would silently start over or skip data, so aflow refuses: use a new
+    checkpoint path, or delete the old one to start from the beginning on purpose.
+    """
+
+
+class AflowWarning(UserWarning):
+    """Base class of the warnings aflow gives."""
+
+
+class NotResumableWarning(AflowWarning):
+    """A run with a checkpoint has a source that cannot resume (a generator, a plain
+    socket): after a restart it starts afresh, so its part of the flow is at-most-once."""

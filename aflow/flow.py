@@ -24,6 +24,7 @@ import sniffio
 from numpy.typing import NDArray
 
 from ._core.collect import CollectOperator
+from ._core.delivery import DEFAULT_COMMIT_INTERVAL, CheckpointArg
 from ._core.operators import Op, SinkOperator, Source, chain_buffers, op_buffers
 from ._core.run import (
     DEFAULT_BUFFER,
@@ -162,6 +163,8 @@ class Flow(Generic[T_co]):
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
         monitor: Monitor | None = None,
+        checkpoint: CheckpointArg = None,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> RunManager[OutputRun[T_co]]:
         """Start a run and iterate its output: ``async with flow.open() as run: ...``
         (``async for item in run``: items of type ``T``).
@@ -176,9 +179,23 @@ class Flow(Generic[T_co]):
             monitor: a coroutine function run beside the flow with its :class:`Run`
                 (``aflow.monitor.Progress()``, ``serve_metrics(port)``); it is cancelled
                 when the run ends.
+            checkpoint: a path (a SQLite file) or a :class:`~aflow.CheckpointStore`:
+                every ``commit_interval`` seconds and at a graceful end the sources'
+                positions and the state of stateful stages and sinks are committed
+                there; running the same flow again with it resumes where it stopped
+                (see the "Delivery guarantees" page).
+            commit_interval: seconds between checkpoint commits.
         """
         return RunManager(
-            self._source, self._ops, None, buffer, max_bytes_in_flight, grace, monitor
+            self._source,
+            self._ops,
+            None,
+            buffer,
+            max_bytes_in_flight,
+            grace,
+            monitor,
+            checkpoint,
+            commit_interval,
         )
 
     @overload
@@ -189,6 +206,8 @@ class Flow(Generic[T_co]):
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
         monitor: Monitor | None = None,
+        checkpoint: CheckpointArg = None,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> RunResult[NDArray[S] | list[NDArray[S]]]: ...
     @overload
     async def run(
@@ -198,6 +217,8 @@ class Flow(Generic[T_co]):
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
         monitor: Monitor | None = None,
+        checkpoint: CheckpointArg = None,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> RunResult[list[T_co]]: ...
     async def run(
         self,
@@ -206,12 +227,19 @@ class Flow(Generic[T_co]):
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
         monitor: Monitor | None = None,
+        checkpoint: CheckpointArg = None,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> RunResult[Any]:
         """Run to the end and collect the output like ``collect()`` (``"auto"``): one
         array of the rows of a flow of batches, a list of the items otherwise. Typed code
         that wants one of the two says so: ``(flow | af.collect("array")).run()``."""
         return await self._collected().run(
-            buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace, monitor=monitor
+            buffer=buffer,
+            max_bytes_in_flight=max_bytes_in_flight,
+            grace=grace,
+            monitor=monitor,
+            checkpoint=checkpoint,
+            commit_interval=commit_interval,
         )
 
     def _collected(self) -> SinkFlow[Any]:
@@ -255,13 +283,23 @@ class SinkFlow(Generic[R_co]):
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
         monitor: Monitor | None = None,
+        checkpoint: CheckpointArg = None,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> RunManager[Run[R_co]]:
         """Start a run: ``async with flow.open() as run:``; ``await run.wait()`` for the
         result, ``run.statistics()`` for live figures, ``run.stop()`` to stop gracefully.
         Leaving the block stops the run gracefully and waits for it. Arguments as for
         :meth:`Flow.open`."""
         return RunManager(
-            self._source, self._ops, self._sink, buffer, max_bytes_in_flight, grace, monitor
+            self._source,
+            self._ops,
+            self._sink,
+            buffer,
+            max_bytes_in_flight,
+            grace,
+            monitor,
+            checkpoint,
+            commit_interval,
         )
 
     async def run(
@@ -271,6 +309,8 @@ class SinkFlow(Generic[R_co]):
         max_bytes_in_flight: int | None = None,
         grace: float = DEFAULT_GRACE,
         monitor: Monitor | None = None,
+        checkpoint: CheckpointArg = None,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> RunResult[R_co]:
         """Run the flow to the end; return the sink's result and the statistics.
 
@@ -285,7 +325,12 @@ class SinkFlow(Generic[R_co]):
                 the stage.
         """
         async with self.open(
-            buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace, monitor=monitor
+            buffer=buffer,
+            max_bytes_in_flight=max_bytes_in_flight,
+            grace=grace,
+            monitor=monitor,
+            checkpoint=checkpoint,
+            commit_interval=commit_interval,
         ) as r:
             return await r.wait()
 
@@ -303,6 +348,8 @@ def run(
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
     monitor: Monitor | None = None,
+    checkpoint: CheckpointArg = None,
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL,
 ) -> RunResult[R]: ...
 @overload
 def run(  # type: ignore[overload-overlap]
@@ -314,6 +361,8 @@ def run(  # type: ignore[overload-overlap]
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
     monitor: Monitor | None = None,
+    checkpoint: CheckpointArg = None,
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL,
 ) -> RunResult[NDArray[S] | list[NDArray[S]]]: ...
 @overload
 def run(
@@ -325,6 +374,8 @@ def run(
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
     monitor: Monitor | None = None,
+    checkpoint: CheckpointArg = None,
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL,
 ) -> RunResult[list[T]]: ...
 def run(
     flow: SinkFlow[Any] | Flow[Any],
@@ -335,6 +386,8 @@ def run(
     grace: float = DEFAULT_GRACE,
     handle_signals: bool = True,
     monitor: Monitor | None = None,
+    checkpoint: CheckpointArg = None,
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL,
 ) -> RunResult[Any]:
     """Run ``flow`` from synchronous code (a script, a test, a thread without an event loop).
 
@@ -356,6 +409,9 @@ def run(
         handle_signals: install the SIGINT/SIGTERM handlers described above.
         monitor: a coroutine function run beside the flow with its :class:`Run` (to show
             progress or export statistics); it is cancelled when the run ends.
+        checkpoint: a path (a SQLite file) or a :class:`~aflow.CheckpointStore` to commit
+            positions and state to, and resume from (see :meth:`Flow.open`).
+        commit_interval: seconds between checkpoint commits.
 
     Raises:
         RuntimeError: called where an event loop is already running.
@@ -370,7 +426,12 @@ def run(
         error: Exception | None = None
         async with (
             flow.open(
-                buffer=buffer, max_bytes_in_flight=max_bytes_in_flight, grace=grace, monitor=monitor
+                buffer=buffer,
+                max_bytes_in_flight=max_bytes_in_flight,
+                grace=grace,
+                monitor=monitor,
+                checkpoint=checkpoint,
+                commit_interval=commit_interval,
             ) as r,
             anyio.create_task_group() as tg,
         ):

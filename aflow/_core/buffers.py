@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from ..stats import RunCounters, StageCounters
-from .messages import Message, message_bytes
+from .messages import Barrier, Item, message_bytes
 
 __all__ = ["Buffer", "Sender"]
 
@@ -30,9 +30,17 @@ class Buffer:
     """
 
     def __init__(
-        self, run: RunCounters, receiver: StageCounters, size: int, max_bytes: int | None
+        self,
+        run: RunCounters,
+        receiver: StageCounters,
+        size: int,
+        max_bytes: int | None,
+        epoch: Callable[[], int] | None = None,
     ) -> None:
-        self._tx, self._rx = anyio.create_memory_object_stream[Message](size)
+        self._tx, self._rx = anyio.create_memory_object_stream[Item](size)
+        self._epoch = epoch  # the last checkpoint epoch started (for fan-in alignment)
+        self.barriers = True  # False: the chains feeding it get no checkpoint barriers
+        self._align: _Alignment | None = None
         self._run = run
         self._receiver = receiver
         self.size = size
@@ -44,7 +52,7 @@ class Buffer:
         self._on_close: list[Callable[[], None]] = []
         receiver.buffer_size = size
 
-    async def send(self, msg: Message, blocked: list[float]) -> None:
+    async def send(self, msg: Item, blocked: list[float]) -> None:
         """Put ``msg`` in the buffer; add the time spent waiting for room to ``blocked[0]``
         (a producing stage's ``counters.blocked``).
 
@@ -89,13 +97,15 @@ class Buffer:
         """Call ``callback`` once the receiving side closes."""
         self._on_close.append(callback)
 
-    async def receive(self) -> Message:
+    async def receive(self) -> Item:
         """Take the next message (raises ``anyio.EndOfStream`` once all senders closed)."""
         try:
             msg = self._rx.receive_nowait()
         except anyio.WouldBlock:
             msg = await self._rx.receive()
         self.queued -= 1
+        if isinstance(msg, Barrier):
+            return msg
         n = message_bytes(msg)
         if n:
             self.bytes -= n
@@ -119,15 +129,23 @@ class Buffer:
     def __aiter__(self) -> Buffer:
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> Item:
         try:
             return await self.receive()
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
     def sender(self) -> Sender:
-        """A separately closable sending handle (for several producers into one buffer)."""
-        return Sender(self, self._tx.clone())
+        """A separately closable sending handle (for several producers into one buffer).
+
+        Checkpoint barriers are aligned among the senders: one that sent ``Barrier(n)``
+        waits until every other live sender did (or closed); the last one puts it in the
+        buffer, once. A sender made after epoch ``n`` started takes no part in it.
+        """
+        if self._align is None:
+            self._align = _Alignment()
+        epoch = self._epoch() if self._epoch is not None else 0
+        return Sender(self, self._tx.clone(), self._align, epoch)
 
     def close_send(self) -> None:
         self._tx.close()
@@ -142,7 +160,7 @@ class Buffer:
             self._space.set()
 
 
-async def _send_counted(buffer: Buffer, tx: Any, msg: Message, blocked: list[float]) -> None:
+async def _send_counted(buffer: Buffer, tx: Any, msg: Item, blocked: list[float]) -> None:
     """Send ``msg`` into ``buffer`` through ``tx``, honouring its message and byte limits.
 
     Bytes are reserved before any wait for room, so several producers sharing the buffer
@@ -167,15 +185,68 @@ async def _send_counted(buffer: Buffer, tx: Any, msg: Message, blocked: list[flo
     buffer._admitted()
 
 
+class _Alignment:
+    """Barrier alignment among the senders into one buffer (a fan-in)."""
+
+    def __init__(self) -> None:
+        self.senders: list[Sender] = []
+        self.arrived: dict[int, set[int]] = {}  # epoch -> ids of senders at the barrier
+        self.sending: set[int] = set()  # epochs whose barrier one sender is putting in
+        self.changed = anyio.Event()
+
+    def missing(self, epoch: int) -> int:
+        """Live senders that take part in ``epoch`` and have not delivered its barrier."""
+        arrived = self.arrived.get(epoch, set())
+        return sum(
+            1 for s in self.senders if not s.closed and s.joined < epoch and id(s) not in arrived
+        )
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
 class Sender:
     """One producer's handle on a shared buffer."""
 
-    def __init__(self, buffer: Buffer, tx: Any) -> None:
+    def __init__(
+        self, buffer: Buffer, tx: Any, align: _Alignment | None = None, joined: int = 0
+    ) -> None:
         self.buffer = buffer
         self._tx = tx
+        self._align = align
+        self.joined = joined
+        self.closed = False
+        if align is not None:
+            align.senders.append(self)
 
-    async def send(self, msg: Message, blocked: list[float]) -> None:
+    async def send(self, msg: Item, blocked: list[float]) -> None:
+        if type(msg) is Barrier and self._align is not None:
+            await self._barrier(msg, self._align, blocked)
+            return
         await _send_counted(self.buffer, self._tx, msg, blocked)
 
+    async def _barrier(self, barrier: Barrier, align: _Alignment, blocked: list[float]) -> None:
+        """Wait for ``barrier`` from every other sender; the last one sends it on."""
+        n = barrier.epoch
+        align.arrived.setdefault(n, set()).add(id(self))
+        align.notify()
+        t0 = perf_counter()
+        while n in align.arrived:  # until the barrier is in the buffer
+            if n not in align.sending and align.missing(n) == 0:
+                align.sending.add(n)
+                try:
+                    await _send_counted(self.buffer, self._tx, barrier, blocked)
+                finally:
+                    align.sending.discard(n)
+                    del align.arrived[n]
+                    align.notify()
+                return
+            await align.changed.wait()
+        blocked[0] += perf_counter() - t0
+
     def close_send(self) -> None:
+        self.closed = True
+        if self._align is not None:
+            self._align.notify()
         self._tx.close()

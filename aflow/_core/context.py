@@ -14,7 +14,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..stats import RunCounters, StageCounters
-from .buffers import Buffer
+from .buffers import Buffer, Sender
+from .delivery import Delivery
 from .operators import (
     AsyncOperator,
     Op,
@@ -39,8 +40,10 @@ class RunContext:
         buffer: int,
         max_bytes_in_flight: int | None,
         buffer_count: int,
+        delivery: Delivery | None = None,
     ) -> None:
         self.tg = tg
+        self.delivery = delivery or Delivery(None, 1.0, "")
         self.counters = RunCounters()
         self.buffer = buffer
         self.buffer_bytes = (
@@ -127,7 +130,8 @@ class RunContext:
     def new_buffer(self, receiver: StageCounters, op: Op | None = None) -> Buffer:
         size = op.buffer if op is not None and op.buffer is not None else self.buffer
         limit = op.buffer_bytes if op is not None and op.buffer_bytes is not None else None
-        return Buffer(self.counters, receiver, size, limit or self.buffer_bytes)
+        d = self.delivery
+        return Buffer(self.counters, receiver, size, limit or self.buffer_bytes, lambda: d.epoch)
 
     def start_chain(
         self,
@@ -143,7 +147,9 @@ class RunContext:
         sub-flow); ``into`` is a sink description or a downstream buffer. Returns the
         sink's writer, when ``into`` is a sink.
         """
-        chain = ChainBuilder(self, source, name)
+        edge = into.buffer if isinstance(into, Sender) else into
+        barriers = not isinstance(edge, Buffer) or edge.barriers
+        chain = ChainBuilder(self, source, name, barriers=barriers)
         for op in ops:
             c = self.new_counters(op.name)
             if isinstance(op, Operator):
@@ -156,14 +162,17 @@ class RunContext:
             chain.finish(into)
             return None
         c = self.new_counters(into.name)
+        d = self.delivery
+        ident = d.new_id("sink", into.name)
         writer = into.writer(self)
+        d.restore(ident, writer)
         self.writers.append(writer)
         if into.fused:
             c.blocked = chain.blocked
-            chain.finish(FusedSink(writer, c, count_in=True))
+            chain.finish(FusedSink(writer, c, count_in=True, ident=ident, delivery=d))
         else:
             buffer = chain.hop(c, into)
             chain.restart(sink_head(buffer), c.name, buffer, None)
             c.blocked = chain.blocked
-            chain.finish(FusedSink(writer, c, count_in=False))
+            chain.finish(FusedSink(writer, c, count_in=False, ident=ident, delivery=d))
         return writer

@@ -11,11 +11,12 @@ from typing import Any, Literal, TypeAlias
 
 from numpy.typing import NDArray
 
-__all__ = ["Batch", "BatchReason", "Message", "Provenance", "message_bytes"]
+__all__ = ["Barrier", "Batch", "BatchReason", "Item", "Message", "Provenance", "message_bytes"]
 
-BatchReason: TypeAlias = Literal["count", "time", "bytes", "end", "source"]
+BatchReason: TypeAlias = Literal["count", "time", "bytes", "end", "source", "checkpoint"]
 """Why a batch closed: its row count was reached, its timeout expired, its byte limit was
-reached, the input ended (or the run stopped), or a source produced it whole."""
+reached, the input ended (or the run stopped), a source produced it whole, or a checkpoint
+barrier passed (a run with a checkpoint cuts partial batches at each commit)."""
 
 
 class Provenance:
@@ -112,6 +113,39 @@ class Batch:
 Message: TypeAlias = "list[Any] | Batch"
 
 
-def message_bytes(msg: Message) -> int:
+class Barrier:
+    """A checkpoint barrier: marks the end of epoch ``epoch`` in a stream of messages.
+
+    The runtime injects ``Barrier(n)`` into every source every commit interval; it travels
+    in-band on the same buffers as data, behind everything the source emitted before it.
+    When it has reached every sink, everything before it is durably handled and the
+    sources' positions at the barrier can be committed (see the "Delivery guarantees"
+    page). User functions never see it: stages get ``on_barrier`` / ``snapshot`` calls,
+    sinks ``commit``.
+
+    Attributes:
+        epoch: the number of the epoch the barrier closes (1, 2, ...).
+    """
+
+    __slots__ = ("epoch",)
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Barrier) and other.epoch == self.epoch
+
+    def __hash__(self) -> int:
+        return hash(("Barrier", self.epoch))
+
+    def __repr__(self) -> str:
+        return f"Barrier({self.epoch})"
+
+
+Item: TypeAlias = "Message | Barrier"
+"""What a buffer carries: a message, or a checkpoint barrier between messages."""
+
+
+def message_bytes(msg: Message | Barrier) -> int:
     """Bytes held by the arrays of ``msg`` (0 for a chunk of plain Python elements)."""
     return msg.data.nbytes if isinstance(msg, Batch) else 0

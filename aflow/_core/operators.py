@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 import anyio
 
 from ..errors import FlowDefinitionError
-from .messages import Batch, Message
+from .messages import Barrier, Batch, Message
 
 if TYPE_CHECKING:
     from ..stats import StageCounters
@@ -110,6 +110,24 @@ class Processor:
         """Messages held back so far, handed on at end of input. Default: none."""
         return []
 
+    def on_barrier(self, epoch: int) -> list[Message]:
+        """Messages to hand on before a checkpoint barrier passes (see the "Delivery
+        guarantees" page). Default: none. A stage that holds rows it would rather not
+        snapshot (a count batcher) returns them here, as a partial flush."""
+        return []
+
+    def snapshot(self) -> Any:
+        """The stage's state as of the barrier passing, to commit with the sources'
+        positions: any picklable object, or ``None`` (the default) for a stateless stage.
+        Called right after ``on_barrier``; the object must not change afterwards (copy
+        mutable state)."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Take back a state returned by :meth:`snapshot` in an earlier run, before the
+        first message of a run resumed from a checkpoint. Default: nothing (a stage that
+        snapshots must override it)."""
+
 
 class Operator(Op):
     """A synchronous, fusable step: ``start()`` returns a fresh :class:`Processor`."""
@@ -130,12 +148,39 @@ class Outlet(Protocol):
     """What a source or an async operator sees of the run: where to emit, whether to stop,
     and its own statistics."""
 
-    async def emit(self, msg: Message, /) -> None:
+    async def emit(
+        self, msg: Message | Barrier, /, *, position: tuple[str, Any] | None = None
+    ) -> None:
         """Hand ``msg`` on; waits while the buffer downstream is full (backpressure).
+
+        Args:
+            msg: a chunk of elements or one batch.
+            position: for a resumable source, ``(key, value)``: once ``msg`` is handed on,
+                the source's position map holds ``map[key] = value`` (``value``
+                JSON-serialisable: a file's offset, a broker's last id). The map as of
+                each checkpoint barrier is what a restart resumes from
+                (:attr:`resume_positions`) and what :meth:`on_commit` callbacks get.
 
         Raises:
             Closed: nothing downstream wants more (let it propagate).
+
+        A source made of other flows also hands on the :class:`Barrier` objects it
+        receives from them, as they come.
         """
+        ...
+
+    @property
+    def resume_positions(self) -> dict[str, Any]:
+        """The committed position map of this source in the checkpoint the run resumes
+        from (empty without a checkpoint, or on a first run). Read it at the start of
+        ``produce`` and start after those positions."""
+        ...
+
+    def on_commit(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Register ``async fn(positions)``, called after every commit covering this
+        source: ``positions`` is its position map as of the barrier, now durably handled
+        by every sink (a broker source acknowledges up to there). Registering starts
+        commits every ``commit_interval`` even without a checkpoint store."""
         ...
 
     @property
@@ -160,7 +205,19 @@ class Outlet(Protocol):
 
 
 class AsyncOperator(Op):
-    """An asynchronous step with its own task and input buffer."""
+    """An asynchronous step with its own task and input buffer.
+
+    Attributes:
+        handles_barriers: False (the default): the inbox handed to ``run`` forwards
+            checkpoint barriers itself (it emits each one before returning the next
+            message), which is right for an operator that emits what it owes for one
+            message before receiving the next. An operator that holds messages across
+            receives (concurrency, time batching) sets True: its inbox then also yields
+            :class:`~aflow.abc.Barrier` objects, and it must ``await out.emit(barrier)``
+            once everything received before the barrier has been emitted.
+    """
+
+    handles_barriers: bool = False
 
     @abstractmethod
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
@@ -171,9 +228,22 @@ class AsyncOperator(Op):
 
 
 class Source(ABC):
-    """Produces messages. ``produce`` is called once per run with fresh state."""
+    """Produces messages. ``produce`` is called once per run with fresh state.
+
+    Attributes:
+        name: shown in statistics and in error notes.
+        resumable: True for a source that passes ``position=`` with what it emits and
+            starts after ``out.resume_positions``: a restart from a checkpoint resumes it
+            where the last commit left it. False (the default): a restart starts it
+            afresh (a run with a checkpoint warns once).
+        composite: True for a source made of other flows (``merge``, ``concat``): its
+            inner sources get the checkpoint barriers, and it hands on those it receives
+            (``emit`` accepts them).
+    """
 
     name: str = "source"
+    resumable: bool = False
+    composite: bool = False
 
     def nested_buffers(self) -> int:
         """Buffers this source adds inside itself (sub-flows it runs). 0 by default."""
@@ -232,6 +302,26 @@ class SinkWriter(Generic[T_contra, R_co]):
 
     async def flush(self) -> None:
         """Make written data durable. Called at end of input and on graceful stop."""
+
+    async def commit(self, epoch: int) -> Any:
+        """A checkpoint barrier reached the sink: make what was written so far durable and
+        return the sink's state to commit with the sources' positions (or ``None``).
+
+        Called only in runs with a checkpoint or acknowledging sources, once per epoch
+        and once more after ``flush`` at end of input. The default returns
+        :meth:`snapshot` (a sink whose ``write`` returns once the item is handled, as a
+        callback's, needs nothing more). A file sink flushes and syncs here.
+        """
+        return self.snapshot()
+
+    def snapshot(self) -> Any:
+        """The sink's state (aggregates, collected rows) as of now, picklable, or ``None``
+        (the default) for a sink whose effect is outside aflow."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Take back a state returned by :meth:`commit` in an earlier run, before
+        ``open``, when a run resumes from a checkpoint. Default: nothing."""
 
     def close_input(self) -> None:
         """Called when no more input will come (before ``flush``). Default: nothing."""

@@ -18,11 +18,19 @@ from ..errors import FlowDefinitionError
 from ..stats import RunStatistics, StageCounters
 from .buffers import Buffer
 from .context import RunContext
-from .messages import Batch, Message
+from .delivery import (
+    DEFAULT_COMMIT_INTERVAL,
+    CheckpointArg,
+    Delivery,
+    describe_flow,
+    open_store,
+)
+from .messages import Barrier, Batch, Message
 from .operators import Op, SinkOperator, Source, chain_buffers, op_buffers
 
 __all__ = [
     "DEFAULT_BUFFER",
+    "DEFAULT_COMMIT_INTERVAL",
     "DEFAULT_GRACE",
     "Ended",
     "Monitor",
@@ -177,10 +185,22 @@ class Run(Generic[R_co]):
     async def _next_message(self) -> Message:
         assert self._output is not None
         try:
-            return await self._output.receive()
+            msg = await self._output.receive()
+            while type(msg) is Barrier:  # the output is this run's sink: it has it all
+                assert self._ctx is not None
+                self._ctx.delivery.sink_committed("output", msg.epoch, None)
+                msg = await self._output.receive()
+            return msg  # type: ignore[return-value]
         except anyio.EndOfStream:
+            self._close_output()
             self._raise_error()
             raise StopAsyncIteration from None
+
+    def _close_output(self) -> None:
+        if self._output is not None:
+            self._output.close_receive()
+            if self._ctx is not None:
+                self._ctx.delivery.sink_finished("output", None)
 
     async def _main(
         self,
@@ -189,6 +209,7 @@ class Run(Generic[R_co]):
         sink: SinkOperator[Any, Any] | None,
         buffer: int,
         max_bytes_in_flight: int | None,
+        delivery: Delivery,
         *,
         task_status: TaskStatus[None],
     ) -> None:
@@ -202,15 +223,28 @@ class Run(Generic[R_co]):
                         buffer=buffer,
                         max_bytes_in_flight=max_bytes_in_flight,
                         buffer_count=_buffer_count(source, ops, sink),
+                        delivery=delivery,
                     )
                     self._ctx = ctx
                     if sink is None:
                         out = StageCounters("output")
                         self._output = ctx.new_buffer(out)
+                        delivery.add_sink("output")
                         ctx.start_chain(source, ops, self._output)
                     else:
                         self._sink_writer = ctx.start_chain(source, ops, sink)
+                    run_ctx = ctx
+                    delivery.activate(
+                        lambda: run_ctx.start_soon(delivery.run, name="checkpoint commits")
+                    )
                     task_status.started()
+            assert ctx is not None
+            if ctx.first_error is None and not self._scope.cancel_called:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await delivery.final_commit()
+                    except Exception as exc:
+                        ctx.fail(exc)
         finally:
             with anyio.CancelScope(shield=True):
                 if ctx is not None:
@@ -278,9 +312,15 @@ class RunManager(Generic[RunT_co]):
         max_bytes_in_flight: int | None,
         grace: float,
         monitor: Monitor | None = None,
+        checkpoint: CheckpointArg = None,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> None:
         if buffer < 1:
             raise ValueError(f"buffer={buffer}: a buffer holds at least one message")
+        if commit_interval <= 0:
+            raise ValueError(f"commit_interval={commit_interval}: must be > 0 seconds")
+        self._store = None if checkpoint is None else open_store(checkpoint)
+        self._interval = commit_interval
         self._args = (source, ops, sink, buffer, max_bytes_in_flight)
         self._grace = grace
         self._monitor = monitor
@@ -300,27 +340,27 @@ class RunManager(Generic[RunT_co]):
         sink = self._args[2]
         run = cast(RunT_co, Run(self._grace) if sink is not None else OutputRun(self._grace))
         error: BaseException | None = None
+        source, ops, sink = self._args[:3]
+        delivery = Delivery(self._store, self._interval, describe_flow(source, ops, sink))
+        await delivery.load()  # raises CheckpointMismatch here, as itself
         async with anyio.create_task_group() as tg:
-            await tg.start(run._main, *self._args)
+            await tg.start(run._main, *self._args, delivery)
             tg.start_soon(_cancel_body_on_failure, run, tg.cancel_scope)
             if self._monitor is not None:
                 tg.start_soon(_watch, run, self._monitor)
             try:
                 yield run
             except anyio.get_cancelled_exc_class():
-                if run._output is not None:
-                    run._output.close_receive()
+                run._close_output()
                 run.stop()
                 await run._join()
                 raise
             except BaseException as exc:
                 error = exc
                 run._scope.cancel()
-                if run._output is not None:
-                    run._output.close_receive()
+                run._close_output()
             else:
-                if run._output is not None:
-                    run._output.close_receive()
+                run._close_output()
                 run.stop()
                 await run._join()
         if error is not None:

@@ -15,18 +15,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ..stats import RunCounters, StageCounters
 from .buffers import Buffer, Sender
-from .messages import Batch, Message
+from .delivery import Delivery
+from .messages import Barrier, Batch, Item, Message
 from .operators import (
     AsyncOperator,
     Closed,
     Context,
+    Inbox,
     Op,
     Operator,
     Processor,
@@ -43,6 +45,7 @@ class RunState(Context, Protocol):
     tg: TaskGroup
     counters: RunCounters
     live_sources: int
+    delivery: Delivery
 
     def pull_scope(self) -> AbstractContextManager[anyio.CancelScope]: ...
 
@@ -69,12 +72,50 @@ class FusedSink:
     """A sink run inside the task of the step before it."""
 
     def __init__(
-        self, writer: SinkWriter[Any, Any], counters: StageCounters, *, count_in: bool
+        self,
+        writer: SinkWriter[Any, Any],
+        counters: StageCounters,
+        *,
+        count_in: bool,
+        ident: str = "",
+        delivery: Delivery | None = None,
     ) -> None:
         self.writer = writer
         self.counters = counters
         self.count_in = count_in  # False when the sink's own input edge counts already
         self.opened = False
+        self.ident = ident
+        self.delivery = delivery
+        # A routing sink (broadcast, partition) hands barriers on to its branches; the
+        # sinks at the ends of the branches commit.
+        self.router: Callable[[Barrier], Any] | None = getattr(writer, "forward_barrier", None)
+        self.ended = self.router is not None or delivery is None
+        if not self.ended:
+            assert delivery is not None
+            delivery.add_sink(ident)
+
+    async def barrier(self, barrier: Barrier) -> None:
+        """A checkpoint barrier reached the sink: commit (or hand it to the branches)."""
+        if self.router is not None:
+            await self.router(barrier)
+            return
+        try:
+            if not self.opened:
+                self.opened = True
+                await self.writer.open()
+            state = await self.writer.commit(barrier.epoch)
+        except Exception as exc:
+            locate(exc, self.counters.name)
+            raise
+        assert self.delivery is not None
+        self.delivery.sink_committed(self.ident, barrier.epoch, state)
+
+    def end(self, state: Any = None) -> None:
+        """Tell the coordinator that this sink has handled all its input (once)."""
+        if not self.ended:
+            self.ended = True
+            assert self.delivery is not None
+            self.delivery.sink_finished(self.ident, state)
 
     async def send(self, msg: Message, blocked: list[float]) -> None:
         c = self.counters
@@ -99,6 +140,9 @@ class FusedSink:
             self.opened = True
             await self.writer.open()
         await self.writer.flush()
+        d = self.delivery
+        if not self.ended and d is not None and d.active:
+            self.end(await self.writer.commit(d.epoch))
 
     def close_send(self) -> None:
         self.writer.close_input()
@@ -132,10 +176,23 @@ class Segment:
         inbox: Buffer | None,
         blocked: list[float],
         head_counters: StageCounters | None,
+        source: Source | None = None,
+        fused_ids: list[str] | None = None,
     ) -> None:
         self.ctx = ctx
         if inbox is None:  # a source, producing until its run() ends
             ctx.live_sources += 1
+        self.fused_ids = fused_ids or []
+        self.positions: dict[str, Any] = {}
+        # A leaf source takes checkpoint barriers from the coordinator: its emits and
+        # the injection of a barrier exclude each other.
+        self.source_id = ""
+        self._lock: anyio.Lock | None = None
+        self._ended = False
+        if source is not None and not source.composite:
+            self._lock = anyio.Lock(fast_acquire=True)
+            self.source_id = ctx.delivery.new_id("source", source.name)
+            ctx.delivery.add_source(self, source.name, source.resumable)
         self.head_counters = head_counters
         self.head = head
         self.head_name = head_name
@@ -172,8 +229,72 @@ class Segment:
         d = self.downstream
         return d.full if isinstance(d, Buffer) else isinstance(d, Sender) and d.buffer.full
 
-    async def emit(self, msg: Message) -> None:
+    @property
+    def resume_positions(self) -> dict[str, Any]:
+        if not self.source_id:
+            return {}
+        return self.ctx.delivery.positions_for(self.source_id)
+
+    def on_commit(self, fn: Callable[[dict[str, Any]], Any]) -> None:
+        if not self.source_id:
+            raise TypeError("on_commit() is for sources (a source made of flows has none)")
+        self.ctx.delivery.on_commit(self.source_id, fn)
+
+    async def emit(self, msg: Item, /, *, position: tuple[str, Any] | None = None) -> None:
         """Pass ``msg`` through the fused ops and send what comes out downstream."""
+        if type(msg) is Barrier:
+            await self.barrier(msg)
+            return
+        lock = self._lock
+        if lock is None:
+            await self._emit(msg)  # type: ignore[arg-type]
+            return
+        async with lock:
+            await self._emit(msg, position)  # type: ignore[arg-type]
+
+    async def inject(self, barrier: Barrier) -> dict[str, Any] | None:
+        """Send ``barrier`` from this source (between two emits); return the source's
+        position map as of the barrier (``None`` if the source has ended)."""
+        assert self._lock is not None
+        async with self._lock:
+            if self._ended:
+                return None
+            positions = dict(self.positions)
+            try:
+                await self.barrier(barrier)
+            except Exception as exc:
+                if is_closed(exc):
+                    return None
+                raise
+            return positions
+
+    async def barrier(self, barrier: Barrier) -> None:
+        """Pass ``barrier`` through the fused ops (each hands on what it holds and
+        snapshots its state), then downstream."""
+        d = self.ctx.delivery
+        epoch = barrier.epoch
+        for i, (runner, c) in enumerate(self.fused):
+            try:
+                held = runner.on_barrier(epoch)
+                state = runner.snapshot()
+            except Exception as exc:
+                locate(exc, c.name)
+                raise
+            if held:
+                for o in held:
+                    c.count_out(o)
+                msgs, _ = await self._push(held, i + 1)
+                for m in msgs:
+                    await self._send(m)
+            if state is not None:
+                d.stage_state(self.fused_ids[i], epoch, state)
+        down = self.downstream
+        if isinstance(down, FusedSink):
+            await down.barrier(barrier)
+        else:
+            await self._send(barrier)
+
+    async def _emit(self, msg: Message, position: tuple[str, Any] | None = None) -> None:
         hc = self.head_counters
         if hc is not None:
             hc.count_out(msg)
@@ -182,6 +303,8 @@ class Segment:
         msgs, done_at = await self._push([msg], 0)
         for m in msgs:
             await self._send(m)
+        if position is not None:
+            self.positions[position[0]] = position[1]
         now = perf_counter()
         if now - self._checkpointed > CHECKPOINT_INTERVAL:
             await anyio.lowlevel.checkpoint()  # let other tasks (and cancellation) in
@@ -220,9 +343,9 @@ class Segment:
                 done_at = i
         return msgs, done_at
 
-    async def _send(self, msg: Message) -> None:
-        try:
-            await self.downstream.send(msg, self.blocked)
+    async def _send(self, msg: Item) -> None:
+        try:  # a barrier never goes to a FusedSink's send (see ``barrier``)
+            await self.downstream.send(msg, self.blocked)  # type: ignore[arg-type]
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise Closed from None
 
@@ -237,14 +360,27 @@ class Segment:
             if is_closed(exc):
                 return
             raise
-        await self.finish()
+        lock = self._lock
+        if lock is None:
+            await self.finish()
+            return
+        async with lock:  # no barrier between the last flush and the end
+            await self.finish()
+            self._source_ended()
+
+    def _source_ended(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.ctx.delivery.source_ended(self)
 
     async def finish(self, start: int = 0) -> None:
         """Flush every fused op from ``start`` on, in order, through the ones after it."""
+        d = self.ctx.delivery
         for i in range(start, len(self.fused)):
             runner, c = self.fused[i]
             try:
                 flushed = runner.flush()
+                state = runner.snapshot() if d.active else None
             except Exception as exc:
                 locate(exc, c.name)
                 raise
@@ -253,6 +389,8 @@ class Segment:
             msgs, _ = await self._push(flushed, i + 1)
             for m in msgs:
                 await self._send(m)
+            if state is not None:
+                d.stage_finished(self.fused_ids[i], state)
         if isinstance(self.downstream, FusedSink):
             try:
                 await self.downstream.finish()
@@ -271,6 +409,10 @@ class Segment:
         finally:
             if self.inbox is None:  # a source: its input has ended (or it was stopped)
                 self.ctx.live_sources -= 1
+                if self._lock is not None:
+                    self._source_ended()
+            if isinstance(self.downstream, FusedSink):
+                self.downstream.end()
             self.downstream.close_send()
             if self.inbox is not None:
                 self.inbox.close_receive()
@@ -279,10 +421,19 @@ class Segment:
 class ChainBuilder:
     """Cuts a linear chain of ops into segments while ``RunContext.start_chain`` walks it."""
 
-    def __init__(self, ctx: RunState, source: Source | Buffer, source_name: str | None) -> None:
+    def __init__(
+        self,
+        ctx: RunState,
+        source: Source | Buffer,
+        source_name: str | None,
+        *,
+        barriers: bool = True,
+    ) -> None:
         self.ctx = ctx
         self.blocked = [0.0]
         self.fused: list[tuple[Processor, StageCounters]] = []
+        self.fused_ids: list[str] = []
+        self.source: Source | None = None
         self.head_counters: StageCounters | None
         self.inbox: Buffer | None
         if isinstance(source, Buffer):
@@ -291,6 +442,7 @@ class ChainBuilder:
             self.head_name = source_name or "input"
         else:
             self.inbox = None
+            self.source = source if barriers else None  # None: gets no barriers
             self.head_counters = ctx.new_counters(source.name)
             self.head_counters.blocked = self.blocked
             self.head = _source_head(source, ctx)
@@ -298,7 +450,11 @@ class ChainBuilder:
 
     def fuse(self, op: Operator, c: StageCounters) -> None:
         c.blocked = self.blocked
-        self.fused.append((op.start(), c))
+        runner = op.start()
+        ident = self.ctx.delivery.new_id("stage", op.name)
+        self.ctx.delivery.restore(ident, runner)
+        self.fused.append((runner, c))
+        self.fused_ids.append(ident)
 
     def hop(self, c: StageCounters, op: Op) -> Buffer:
         """The buffer in front of a task for ``op``; ends the current segment."""
@@ -317,6 +473,7 @@ class ChainBuilder:
         self, head: Callable[[Segment], Any], name: str, inbox: Buffer, c: StageCounters | None
     ) -> None:
         self.head, self.head_name, self.inbox, self.fused = head, name, inbox, []
+        self.fused_ids, self.source = [], None
         self.head_counters = c
         self.blocked = [0.0]
         if c is not None:
@@ -332,6 +489,8 @@ class ChainBuilder:
             self.inbox,
             self.blocked,
             self.head_counters,
+            self.source,
+            self.fused_ids,
         )
         self.ctx.tg.start_soon(seg.run, name=f"aflow:{self.head_name}")
 
@@ -355,8 +514,13 @@ def sink_head(inbox: Buffer) -> Callable[[Segment], Any]:
     """The head of a segment that only feeds a sink with a task of its own."""
 
     async def head(seg: Segment) -> None:
+        down = seg.downstream
+        assert isinstance(down, FusedSink)
         async for msg in inbox:
-            await seg.downstream.send(msg, seg.blocked)
+            if isinstance(msg, Barrier):
+                await down.barrier(msg)
+            else:
+                await down.send(msg, seg.blocked)
 
     return head
 
@@ -365,6 +529,32 @@ def task_head(op: AsyncOperator, inbox: Buffer, ctx: RunState) -> Callable[[Segm
     """The head of a segment running an async operator over its input buffer."""
 
     async def head(seg: Segment) -> None:
-        await op.run(inbox, seg, ctx)
+        box = inbox if op.handles_barriers else _ForwardingInbox(inbox, seg)
+        await op.run(cast(Inbox, box), seg, ctx)
 
     return head
+
+
+class _ForwardingInbox:
+    """The inbox of an async operator that does not handle barriers: it hands each
+    barrier on (through the operator's outlet) and gives the next message instead."""
+
+    def __init__(self, inbox: Buffer, seg: Segment) -> None:
+        self.inbox = inbox
+        self.seg = seg
+
+    def __aiter__(self) -> _ForwardingInbox:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> Message:
+        while True:
+            msg = await self.inbox.receive()
+            if type(msg) is not Barrier:
+                return msg  # type: ignore[return-value]
+            await self.seg.barrier(msg)

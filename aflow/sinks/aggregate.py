@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,14 @@ class _AggregateWriter(SinkWriter[Any, NDArray[np.void]]):
 
     async def write_batch(self, batch: Batch) -> None:
         await self.write(batch.data)
+
+    def snapshot(self) -> Any:
+        """The per-key accumulators (copied), committed with the sources' positions."""
+        return copy.deepcopy((self.acc, self.quantiles))
+
+    def restore(self, state: Any) -> None:
+        """Take back the accumulators of a checkpoint."""
+        self.acc, self.quantiles = copy.deepcopy(state)
 
     def result(self) -> NDArray[np.void]:
         stats = self.acc.result(self.key or "key")

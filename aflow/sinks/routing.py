@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..abc import (
+    Barrier,
     Batch,
     Buffer,
     Closed,
@@ -47,7 +48,7 @@ class _Branches:
             self.edges.append(edge)
         self.open = [True] * len(self.edges)
 
-    async def send(self, i: int, msg: Message, blocked: list[float]) -> None:
+    async def send(self, i: int, msg: Message | Barrier, blocked: list[float]) -> None:
         if not self.open[i]:
             return
         try:
@@ -88,7 +89,11 @@ class _BroadcastWriter(SinkWriter[Any, tuple[Any, ...]]):
         for i, edge in enumerate(self.branches.edges):
             edge.on_receiver_close(partial(closed_one, i))
 
-    async def _send_all(self, msg: Message) -> None:
+    async def forward_barrier(self, barrier: Barrier) -> None:
+        """A checkpoint barrier goes to every branch (the runtime calls this)."""
+        await self._send_all(barrier)
+
+    async def _send_all(self, msg: Message | Barrier) -> None:
         for i in range(len(self.branches.edges)):
             await self.branches.send(i, msg, self.blocked)
 

@@ -13,7 +13,7 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from ..abc import Batch, Buffer, Context, Message, Outlet, Source
+from ..abc import Barrier, Batch, Buffer, Context, Message, Outlet, Source
 from ..flow import Flow
 from ..kernels.time_units import TimeSpan, as_numbers, as_units, check_duration
 
@@ -47,10 +47,12 @@ class _Side:
         """
         while True:
             try:
-                msg: Message = await self.edge.receive()
+                msg = await self.edge.receive()
             except anyio.EndOfStream:
                 self.done = True
                 return None
+            if isinstance(msg, Barrier):  # never sent (barriers=False)
+                continue
             data = msg.data if isinstance(msg, Batch) else np.asarray(msg)
             if len(data):
                 self._check_sorted(as_numbers(data[on]), msg, on)
@@ -119,6 +121,7 @@ class _AsofSource(Source):
         sides = []
         for flow, label in ((self.left, "left"), (self.right, "right")):
             edge = ctx.new_buffer(counters)
+            edge.barriers = False  # a join holds rows across inputs: it cannot resume
             ctx.start_chain(flow.source, flow.ops(), edge)
             sides.append(_Side(edge, label))
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from ..abc import Batch, Buffer, Context, Message, Op, Outlet, Source
+from ..abc import Barrier, Batch, Buffer, Context, Op, Outlet, Source
 from ..flow import Flow
 
 __all__ = ["concat", "merge", "repeat", "zip"]
@@ -38,6 +38,8 @@ def _for_epoch(op: Op, epoch: int) -> Op:
 
 
 class _MergeSource(Source):
+    composite = True
+
     def __init__(self, flows: tuple[Flow[Any], ...]) -> None:
         self.flows = flows
         self.name = f"merge({len(flows)})"
@@ -66,6 +68,8 @@ def merge(*flows: Flow[Any]) -> Flow[Any]:
 
 
 class _ConcatSource(Source):
+    composite = True
+
     def __init__(self, flows: tuple[Flow[Any], ...], name: str) -> None:
         self.flows = flows
         self.name = name
@@ -145,6 +149,7 @@ class _ZipSource(Source):
         edges: list[Buffer] = []
         for flow in self.flows:
             edge = ctx.new_buffer(counters)
+            edge.barriers = False  # zip pairs across its inputs: it cannot resume
             _start(ctx, flow, edge)
             edges.append(edge)
         pending: list[deque[Any]] = [deque() for _ in edges]
@@ -164,9 +169,11 @@ class _ZipSource(Source):
 
 async def _refill(edge: Buffer, items: deque[Any]) -> bool:
     try:
-        msg: Message = await edge.receive()
+        msg = await edge.receive()
     except anyio.EndOfStream:
         return False
+    if isinstance(msg, Barrier):  # never sent (barriers=False); nothing to pair
+        return True
     if isinstance(msg, Batch):
         items.append(msg.data)
     else:

@@ -101,6 +101,10 @@ class Batcher(Processor):
     def flush(self) -> list[Message]:
         return self.cut_partial("end")
 
+    def on_barrier(self, epoch: int) -> list[Message]:
+        """A checkpoint barrier: hand on the partial batch (simpler than snapshotting rows)."""
+        return self.cut_partial("checkpoint")
+
     def _concat(self) -> tuple[NDArray[Any], Provenance | None]:
         parts = self.parts
         data = parts[0] if len(parts) == 1 else np.concatenate(parts)

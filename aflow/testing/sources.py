@@ -12,6 +12,7 @@ import anyio.lowlevel
 import numpy as np
 
 from ..abc import (
+    Barrier,
     Batch,
     Closed,
     Context,
@@ -47,10 +48,12 @@ class _SpyOutlet:
     def __init__(self, out: Outlet, log: _SourceLog) -> None:
         self.out, self.log = out, log
 
-    async def emit(self, msg: Message, /) -> None:
+    async def emit(
+        self, msg: Message | Barrier, /, *, position: tuple[str, Any] | None = None
+    ) -> None:
         self.log.pending += 1
         try:
-            await self.out.emit(msg)
+            await self.out.emit(msg, position=position)
         except Closed:
             self.log.closed = True  # returning normally after this is fine
             raise
@@ -72,6 +75,13 @@ class _SpyOutlet:
     @property
     def backlogged(self) -> bool:
         return self.out.backlogged
+
+    @property
+    def resume_positions(self) -> dict[str, Any]:
+        return self.out.resume_positions
+
+    def on_commit(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.out.on_commit(fn)
 
 
 class _SpySource(Source):

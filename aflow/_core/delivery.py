@@ -1,0 +1,431 @@
+"""Delivery guarantees: checkpoint barriers, the commit coordinator and checkpoint stores.
+
+Every ``commit_interval`` seconds the coordinator injects ``Barrier(n)`` into every live
+source (a leaf, not a source made of other flows). The barrier travels in-band behind what
+the source emitted before it: fused stages hand on what they hold (``on_barrier``) and
+snapshot their state, fan-outs copy it to every branch, fan-ins align it (an input that
+delivered it sends nothing more until every input did), and sinks ``commit``. Once every
+sink has committed epoch ``n``, the sources' positions at the barrier and every snapshot of
+epoch ``n`` go into the store in one transaction; then the sources' ``on_commit``
+callbacks run (brokers acknowledge there). A graceful end commits once more, with the final
+positions, so a restart after it re-delivers nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+import anyio
+
+from ..errors import CheckpointMismatch, NotResumableWarning
+from .messages import Barrier
+
+__all__ = [
+    "DEFAULT_COMMIT_INTERVAL",
+    "Checkpoint",
+    "CheckpointArg",
+    "CheckpointStore",
+    "Delivery",
+    "SqliteStore",
+    "describe_flow",
+    "open_store",
+]
+
+DEFAULT_COMMIT_INTERVAL = 1.0
+
+_MISSING = object()
+
+
+@dataclass
+class Checkpoint:
+    """One committed checkpoint: what a restart resumes from.
+
+    Attributes:
+        epoch: the number of the last epoch it covers.
+        fingerprint: a digest of the flow's structure; a restart of another flow from this
+            checkpoint raises :class:`~aflow.CheckpointMismatch`.
+        positions: per source id, its position map (JSON-serialisable values).
+        states: per stage or sink id, its snapshot (any picklable object).
+        description: the flow's structure in words (to say what differs).
+    """
+
+    epoch: int
+    fingerprint: str
+    positions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    states: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """Where checkpoints are kept. Both methods block; the runtime calls them in a worker
+    thread. ``commit`` must be atomic and durable: after it returns, ``load`` gives the
+    new checkpoint even after a crash of the process."""
+
+    def load(self) -> Checkpoint | None:
+        """The last committed checkpoint, or ``None`` when there is none yet."""
+        ...
+
+    def commit(self, checkpoint: Checkpoint) -> None:
+        """Replace the stored checkpoint by ``checkpoint``, atomically."""
+        ...
+
+
+class SqliteStore:
+    """A checkpoint store in one SQLite file (WAL journal, ``synchronous=FULL``): no
+    server, atomic commits that survive a crash of the process or the machine.
+
+    Positions are stored as JSON, states as pickles (protocol 5): load only checkpoints
+    you wrote yourself.
+
+    Args:
+        path: the database file (created with its table on first use).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS aflow_checkpoint"
+                " (id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL, fingerprint TEXT NOT NULL, description TEXT NOT NULL,"
+                " positions TEXT NOT NULL, committed_at REAL NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS aflow_state (id TEXT PRIMARY KEY, data BLOB NOT NULL)"
+            )
+            self._db = db
+        return self._db
+
+    def load(self) -> Checkpoint | None:
+        """The last committed checkpoint, or ``None``."""
+        with self._lock:
+            db = self._conn()
+            row = db.execute(
+                "SELECT epoch, fingerprint, description, positions FROM aflow_checkpoint"
+            ).fetchone()
+            if row is None:
+                return None
+            states = {k: pickle.loads(v) for k, v in db.execute("SELECT id, data FROM aflow_state")}
+        epoch, fingerprint, description, positions = row
+        return Checkpoint(epoch, fingerprint, json.loads(positions), states, description)
+
+    def commit(self, checkpoint: Checkpoint) -> None:
+        """Replace the stored checkpoint, in one transaction."""
+        positions = json.dumps(checkpoint.positions)
+        states = [(k, pickle.dumps(v, protocol=5)) for k, v in checkpoint.states.items()]
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT OR REPLACE INTO aflow_checkpoint VALUES (1, ?, ?, ?, ?, ?)",
+                    (
+                        checkpoint.epoch,
+                        checkpoint.fingerprint,
+                        checkpoint.description,
+                        positions,
+                        time.time(),
+                    ),
+                )
+                db.execute("DELETE FROM aflow_state")
+                db.executemany("INSERT INTO aflow_state VALUES (?, ?)", states)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database connection (the store reopens it when used again)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+
+CheckpointArg: TypeAlias = "str | os.PathLike[str] | CheckpointStore | None"
+"""What ``run(checkpoint=...)`` takes: a path (a SQLite file), a store, or ``None``."""
+
+
+def open_store(checkpoint: str | os.PathLike[str] | CheckpointStore) -> CheckpointStore:
+    """The store for ``run(checkpoint=...)``: a path means a :class:`SqliteStore`."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        return SqliteStore(checkpoint)
+    if isinstance(checkpoint, CheckpointStore):
+        return checkpoint
+    raise TypeError(
+        f"checkpoint={checkpoint!r}: give a path (a SQLite file) or a CheckpointStore "
+        "(an object with load() and commit(checkpoint))"
+    )
+
+
+def describe_flow(source: Any, ops: Any, sink: Any) -> str:
+    """The structure of a flow in words: sources, stages and sinks by name, branches and
+    sub-flows included (what a checkpoint's fingerprint is made of)."""
+
+    def src(s: Any) -> str:
+        flows = getattr(s, "flows", None)
+        inner = ""
+        if flows:
+            inner = "[" + "; ".join(chain(f.source, f.ops(), None) for f in flows) + "]"
+        return f"{s.name}{inner}"
+
+    def snk(k: Any) -> str:
+        sinks = getattr(k, "sinks", None)
+        inner = ""
+        if sinks:
+            inner = "[" + "; ".join(chain(None, x.pre_ops, x.terminal) for x in sinks) + "]"
+        return f"{k.name}{inner}"
+
+    def chain(s: Any, o: Any, k: Any) -> str:
+        parts = ([src(s)] if s is not None else []) + [op.name for op in o]
+        if k is not None:
+            parts.append(snk(k))
+        return " | ".join(parts)
+
+    return chain(source, ops, sink)
+
+
+class _Epoch:
+    __slots__ = ("expected", "positions", "states")
+
+    def __init__(self, expected: set[str]) -> None:
+        self.expected = expected
+        self.positions: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, Any] = {}
+
+
+class SourcePort(Protocol):
+    """What the coordinator needs of a source segment."""
+
+    source_id: str
+    positions: dict[str, Any]
+
+    async def inject(self, barrier: Barrier) -> dict[str, Any] | None: ...
+
+
+class Delivery:
+    """One run's commit coordinator: ids of sources, stages and sinks, their resume state,
+    the epochs in flight, and the task that injects barriers and commits."""
+
+    def __init__(
+        self,
+        store: CheckpointStore | None,
+        interval: float,
+        description: str,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"commit_interval={interval}: must be > 0 seconds")
+        self.store = store
+        self.interval = interval
+        self.description = description
+        self.fingerprint = hashlib.sha256(description.encode()).hexdigest()[:16]
+        self.loaded: Checkpoint | None = None
+        self.active = False
+        self.epoch = 0  # the last epoch injected
+        self.committed_epoch = 0
+        self._counts: dict[str, int] = {}
+        self.sources: dict[str, SourcePort] = {}
+        self.callbacks: list[tuple[str, Callable[[dict[str, Any]], Awaitable[None]]]] = []
+        self.live_sinks: set[str] = set()
+        self.final_positions: dict[str, dict[str, Any]] = {}
+        self.final_states: dict[str, Any] = {}
+        self.committed_positions: dict[str, dict[str, Any]] = {}
+        self.committed_states: dict[str, Any] = {}
+        self.pending: dict[int, _Epoch] = {}
+        self._wake = anyio.Event()
+        self._warned: set[str] = set()
+        self._start: Callable[[], None] | None = None
+
+    # -- loading ----------------------------------------------------------------------
+    async def load(self) -> None:
+        """Read the store's last checkpoint; check it belongs to this flow."""
+        store = self.store
+        if store is None:
+            return
+        cp = await anyio.to_thread.run_sync(store.load)
+        if cp is None:
+            return
+        if cp.fingerprint != self.fingerprint:
+            raise CheckpointMismatch(
+                f"checkpoint {store!r} was written by another flow:\n"
+                f"  checkpoint: {cp.description}\n  this flow:  {self.description}\n"
+                "use a new checkpoint path, or delete this one to start from the beginning"
+            )
+        self.loaded = cp
+        self.epoch = self.committed_epoch = cp.epoch
+        self.committed_positions = {k: dict(v) for k, v in cp.positions.items()}
+        self.committed_states = dict(cp.states)
+
+    def new_id(self, kind: str, name: str) -> str:
+        """A stable id for a source, stage or sink: its kind, rank among its kind in the
+        order the run builds them, and name."""
+        n = self._counts.get(kind, 0)
+        self._counts[kind] = n + 1
+        return f"{kind}{n}:{name}"
+
+    def state_for(self, ident: str) -> Any:
+        """The committed state of ``ident`` in the loaded checkpoint, or ``_MISSING``."""
+        return self.committed_states.get(ident, _MISSING) if self.loaded else _MISSING
+
+    def restore(self, ident: str, target: Any) -> None:
+        """Give ``target`` (a processor or sink writer) its committed state, if any."""
+        if self.loaded is None:
+            return
+        state = self.committed_states.get(ident, _MISSING)
+        if state is not _MISSING:
+            target.restore(state)
+
+    def positions_for(self, ident: str) -> dict[str, Any]:
+        """The committed position map of source ``ident`` (empty when none)."""
+        return dict(self.committed_positions.get(ident, {}))
+
+    # -- registration -------------------------------------------------------------------
+    def add_source(self, port: SourcePort, name: str, resumable: bool) -> None:
+        self.sources[port.source_id] = port
+        if self.store is not None and not resumable and name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(
+                f"source {name!r} cannot resume: after a restart from the checkpoint it "
+                "starts afresh (its items are delivered at most once)",
+                NotResumableWarning,
+                stacklevel=2,
+            )
+
+    def source_ended(self, port: SourcePort) -> None:
+        self.sources.pop(port.source_id, None)
+        self.final_positions[port.source_id] = dict(port.positions)
+
+    def add_sink(self, ident: str) -> None:
+        self.live_sinks.add(ident)
+
+    def sink_committed(self, ident: str, epoch: int, state: Any) -> None:
+        """Sink ``ident`` has durably handled everything before ``Barrier(epoch)``."""
+        ep = self.pending.get(epoch)
+        if ep is None:
+            return
+        if state is not None:
+            ep.states[ident] = state
+        ep.expected.discard(ident)
+        if not ep.expected:
+            self._wake.set()
+
+    def sink_finished(self, ident: str, state: Any) -> None:
+        """Sink ``ident`` has handled all its input (``state``: its last commit)."""
+        self.live_sinks.discard(ident)
+        if state is not None:
+            self.final_states[ident] = state
+        for ep in self.pending.values():
+            ep.expected.discard(ident)
+        self._wake.set()
+
+    def stage_state(self, ident: str, epoch: int, state: Any) -> None:
+        ep = self.pending.get(epoch)
+        if ep is not None:
+            ep.states[ident] = state
+
+    def stage_finished(self, ident: str, state: Any) -> None:
+        if state is not None:
+            self.final_states[ident] = state
+
+    def on_commit(self, ident: str, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.callbacks.append((ident, fn))
+        if not self.active and self._start is not None:
+            self._start()
+
+    # -- the coordinator task -----------------------------------------------------------
+    def activate(self, start: Callable[[], None]) -> None:
+        """Start the coordinator now (a checkpoint store) or at the first ``on_commit``
+        (``start`` starts its task)."""
+        self._start = start
+        if self.store is not None or self.callbacks:
+            start()
+
+    async def run(self) -> None:
+        """Inject a barrier every ``interval`` seconds; commit epochs as they complete;
+        return once every sink has finished."""
+        self.active = True
+        next_at = time.monotonic() + self.interval
+        async with anyio.create_task_group() as tg:
+            while self.live_sinks:
+                with anyio.move_on_after(max(0.0, next_at - time.monotonic())):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                await self._commit_complete()
+                if not self.live_sinks:
+                    break
+                now = time.monotonic()
+                if now >= next_at:
+                    next_at = now + self.interval
+                    if len(self.pending) < 2 and self.sources:
+                        self._inject(tg)
+            tg.cancel_scope.cancel()
+
+    def _inject(self, tg: Any) -> None:
+        self.epoch += 1
+        barrier = Barrier(self.epoch)
+        ep = _Epoch(set(self.live_sinks))
+        self.pending[barrier.epoch] = ep
+        for port in list(self.sources.values()):
+            tg.start_soon(self._inject_one, port, barrier, ep)
+
+    async def _inject_one(self, port: SourcePort, barrier: Barrier, ep: _Epoch) -> None:
+        positions = await port.inject(barrier)
+        if positions is not None:
+            ep.positions[port.source_id] = positions
+
+    async def _commit_complete(self) -> None:
+        while self.pending:
+            n = min(self.pending)
+            ep = self.pending[n]
+            if ep.expected:
+                return
+            del self.pending[n]
+            positions = {**self.committed_positions, **self.final_positions, **ep.positions}
+            states = {**self.committed_states, **self.final_states, **ep.states}
+            await self._commit(n, positions, states, ep.positions)
+
+    async def final_commit(self) -> None:
+        """After a graceful end: commit the final positions and states."""
+        if not self.active:
+            return
+        self.epoch += 1
+        positions = {**self.committed_positions, **self.final_positions}
+        states = {**self.committed_states, **self.final_states}
+        await self._commit(self.epoch, positions, states, self.final_positions)
+
+    async def _commit(
+        self,
+        n: int,
+        positions: dict[str, dict[str, Any]],
+        states: dict[str, Any],
+        covered: dict[str, dict[str, Any]],
+    ) -> None:
+        if self.store is not None:
+            cp = Checkpoint(n, self.fingerprint, positions, states, self.description)
+            await anyio.to_thread.run_sync(self.store.commit, cp)
+        self.committed_epoch = n
+        self.committed_positions, self.committed_states = positions, states
+        for ident, fn in self.callbacks:
+            if ident in covered:
+                await fn(dict(covered[ident]))
