@@ -58,6 +58,7 @@ def test_rows_round_trip_through_a_stream(client: Any, fmt: str) -> None:
         | af.collect()
     )
     np.testing.assert_array_equal(got.value, data)
+    assert client.xpending(stream, "g")["pending"] == 0, "acknowledged once the sink had them"
 
 
 def test_batches_carry_the_stream_as_provenance(client: Any, redis_url: str) -> None:

@@ -53,13 +53,20 @@ async def _connect(url: str, connect_timeout: float) -> NATS:
         raise ImportError(
             "the NATS connector needs nats-py: pip install 'aflow-streams[nats]'"
         ) from None
-    # aflow reconnects itself, with capped backoff: nats-py's own loop would hide failures.
-    return await nats.connect(
-        url,
-        allow_reconnect=False,
-        connect_timeout=max(1, int(connect_timeout)),
-        max_reconnect_attempts=0,
-    )
+
+    async def quiet(exc: Exception) -> None:  # aflow logs and reports failures itself
+        pass
+
+    # aflow reconnects itself, with capped backoff: nats-py's own loop would hide failures
+    # (its first connection keeps retrying a refused server: bound it).
+    with anyio.fail_after(max(0.5, min(connect_timeout, 5.0))):
+        return await nats.connect(
+            url,
+            allow_reconnect=False,
+            connect_timeout=max(1, int(connect_timeout)),
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+        )
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -143,15 +150,15 @@ class _NatsReader:
         self.unacked: OrderedDict[int, list[str]] = OrderedDict()  # seq -> reply subjects
         self.carry: list[str] = []
         self.acked = 0
-        self.committable = hasattr(out, "on_commit")
-        if self.committable:
-            out.on_commit(self._on_commit)  # type: ignore[attr-defined]
+        self.lock = anyio.Lock()
+        out.on_commit(self._on_commit)  # acknowledge once the sinks did
 
     async def close(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):  # closing a broken connection
-                await self.nc.close()
-        self.nc = None
+        async with self.lock:  # not while an acknowledgement uses the connection
+            if self.nc is not None and not self.nc.is_closed:
+                with contextlib.suppress(Exception):  # closing a broken connection
+                    await self.nc.close()
+            self.nc = None
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         from nats.js.api import ConsumerConfig
@@ -223,10 +230,7 @@ class _NatsReader:
         self.carry = []
         self.seq += 1
         self.unacked[self.seq] = replies
-        if self.committable:
-            await self.out.emit(msg, position=(self.subject, self.seq))  # type: ignore[call-arg]
-        else:
-            await self.out.emit(msg)
+        await self.out.emit(msg, position=(self.subject, self.seq))
 
     async def _on_commit(self, positions: dict[str, Any]) -> None:
         """The sinks acknowledged everything emitted up to ``positions[subject]``."""
@@ -242,12 +246,20 @@ class _NatsReader:
         """Acknowledge messages by their reply subjects (``+ACK``), on the current
         connection: called only once the sinks acknowledged them. A failure leaves them
         unacknowledged: JetStream redelivers them after ``ack_wait``."""
-        if not replies or self.nc is None or self.nc.is_closed:
+        if not replies:
             return
         try:
-            for reply in replies:
-                await self.nc.publish(reply, b"+ACK")
-            await self.nc.flush(timeout=max(1, int(self.op.connect_timeout)))
+            async with self.lock:
+                nc = self.nc
+                if nc is None or nc.is_closed:  # the last commit comes after the source ended
+                    nc = await _connect(self.op.url, self.op.connect_timeout)
+                try:
+                    for reply in replies:
+                        await nc.publish(reply, b"+ACK")
+                    await nc.flush(timeout=max(1, int(self.op.connect_timeout)))
+                finally:
+                    if nc is not self.nc:
+                        await nc.close()
         except self.ack_errors as exc:
             logger.warning(
                 "read_nats: could not acknowledge %d messages (%r); JetStream redelivers them",

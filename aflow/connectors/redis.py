@@ -119,14 +119,14 @@ class _RedisReader:
         self.in_flight: set[bytes] = set()  # ids emitted, not yet acknowledged
         self.carry: list[bytes] = []  # ids of bad entries, acked with the next batch
         self.acked = 0
-        self.committable = hasattr(out, "on_commit")
-        if self.committable:
-            out.on_commit(self._on_commit)  # type: ignore[attr-defined]
+        self.lock = anyio.Lock()
+        out.on_commit(self._on_commit)  # acknowledge once the sinks did
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        async with self.lock:  # not while an acknowledgement uses the client
+            if self.client is not None:
+                await self.client.aclose()
+                self.client = None
 
     async def _connect(self) -> Redis:
         """A client with the group created: retried with backoff for ``connect_timeout``."""
@@ -251,10 +251,7 @@ class _RedisReader:
         self.seq += 1
         self.unacked[self.seq] = ids
         self.in_flight.update(ids)
-        if self.committable:
-            await self.out.emit(msg, position=(self.stream, self.seq))  # type: ignore[call-arg]
-        else:
-            await self.out.emit(msg)
+        await self.out.emit(msg, position=(self.stream, self.seq))
 
     def _payload(self, fields: dict[bytes, bytes]) -> bytes:
         try:
@@ -278,9 +275,15 @@ class _RedisReader:
         if not ids:
             return
         try:
-            client = self.client or await self._connect()
-            for i in range(0, len(ids), _ACK_CHUNK):
-                await client.xack(self.stream, self.op.group, *ids[i : i + _ACK_CHUNK])
+            async with self.lock:
+                # the last commit comes after the source ended and closed its client
+                client = self.client or _client(self.op.url, self.op.connect_timeout)
+                try:
+                    for i in range(0, len(ids), _ACK_CHUNK):
+                        await client.xack(self.stream, self.op.group, *ids[i : i + _ACK_CHUNK])
+                finally:
+                    if client is not self.client:
+                        await client.aclose()
         except self.errors as exc:
             logger.warning(
                 "read_redis: could not acknowledge %d entries of %s (%s); they stay pending",
