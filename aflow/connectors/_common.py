@@ -58,12 +58,12 @@ def worker_count() -> int:
 
 
 def consumer_name() -> str:
-    """A consumer name unique to this process: ``host-pid``, and the worker index when
-    ``aflow run --workers`` started it (``host-pid-w2``)."""
-    name = f"{socket.gethostname()}-{os.getpid()}"
+    """A consumer name for this process: ``host-wI`` for worker I of ``aflow run
+    --workers`` (stable, so a restarted worker reads its own pending messages first),
+    else ``host-pid``."""
     if WORKER_ENV in os.environ:
-        name += f"-w{worker_index()}"
-    return name
+        return f"{socket.gethostname()}-w{worker_index()}"
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass
