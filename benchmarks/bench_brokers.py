@@ -1,0 +1,178 @@
+"""Broker throughput: messages/s read (and decoded into structured arrays) by 1, 2 and 4
+worker processes on one consumer group, beside the broker's own ceiling.
+
+Redis: ``--messages`` entries (default 200,000, CSV rows ``k,v``) are XADDed (not timed);
+then N processes run ``read_redis(..., dtype) | discard()`` on one group until the stream
+is drained, acknowledging through the run's commits. The ceiling is ``redis-benchmark``
+issuing ``XADD`` pipelined by 1,000 (the server's own rate for stream entries).
+
+NATS: the same through ``read_nats`` on one durable pull consumer; the ceiling is a plain
+nats-py pull consumer fetching the same batches and acknowledging each message, without
+aflow (one process).
+
+Target: batched reads reach at least half of the ceiling per worker. Printed side by side
+as ratios.
+
+    python benchmarks/bench_brokers.py
+    python benchmarks/bench_brokers.py --messages 500000 --brokers redis
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import re
+import shutil
+import subprocess
+import time
+import uuid
+
+import numpy as np
+
+import aflow as af
+
+DT = np.dtype([("k", "i8"), ("v", "f8")])
+REDIS = "redis://127.0.0.1:6379"
+NATS = "nats://127.0.0.1:4222"
+COUNT = 1000
+
+
+def rows(n: int) -> np.ndarray:
+    data = np.zeros(n, DT)
+    data["k"] = np.arange(n)
+    data["v"] = data["k"] * 0.5
+    return data
+
+
+def _redis_worker(stream: str, i: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    flow = af.read_redis(stream, "g", consumer=f"b{i}", dtype=DT, count=COUNT, idle_timeout=0.5)
+    t = time.perf_counter()
+    n = af.run(flow | af.map(len) | af.reduce(lambda a, b: a + b, 0)).value
+    out.put((n, time.perf_counter() - t - 0.5))
+
+
+def _nats_worker(subject: str, durable: str, i: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    flow = af.read_nats(subject, durable, url=NATS, dtype=DT, count=COUNT, idle_timeout=0.5)
+    t = time.perf_counter()
+    n = af.run(flow | af.map(len) | af.reduce(lambda a, b: a + b, 0)).value
+    out.put((n, time.perf_counter() - t - 0.5))
+
+
+def workers_rate(target, args_of, workers: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    procs = [mp.Process(target=target, args=(*args_of, i, q)) for i in range(workers)]
+    t = time.perf_counter()
+    for p in procs:
+        p.start()
+    got = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    wall = time.perf_counter() - t - 0.5  # less the idle time that ends each worker
+    total = sum(n for n, _ in got)
+    return total / wall, total
+
+
+def redis_ceiling(n: int) -> float:
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return float("nan")
+    key = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
+    out = subprocess.run(
+        [exe, "-q", "-n", str(n), "-P", "1000", "XADD", key, "*", "data", "123456,0.5"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    subprocess.run(["redis-cli", "DEL", key], capture_output=True, check=False)
+    return float(re.findall(r"([\d.]+) requests per second", out)[-1])
+
+
+def bench_redis(n: int) -> list[tuple[str, float, float]]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    ceiling = redis_ceiling(n)
+    results = []
+    for workers in (1, 2, 4):
+        stream = f"bench-{uuid.uuid4().hex[:8]}"
+        af.run(af.from_array(rows(n), batch_size=10_000) | af.to_redis(stream))
+        rate, total = workers_rate(_redis_worker, (stream,), workers)
+        assert total == n, f"read {total} of {n}"
+        assert client.xpending(stream, "g")["pending"] == 0
+        client.delete(stream)
+        results.append((f"redis, {workers} worker(s)", rate, ceiling))
+    client.close()
+    return results
+
+
+async def _nats_setup(name: str, subject: str) -> None:
+    import nats
+
+    nc = await nats.connect(NATS)
+    await nc.jetstream().add_stream(name=name, subjects=[subject])
+    await nc.close()
+
+
+async def _nats_delete(name: str) -> None:
+    import nats
+
+    nc = await nats.connect(NATS)
+    await nc.jetstream().delete_stream(name)
+    await nc.close()
+
+
+async def _nats_baseline(subject: str, n: int) -> float:
+    """A plain nats-py pull consumer: fetch COUNT, ack each; messages/s."""
+    import nats
+
+    nc = await nats.connect(NATS)
+    sub = await nc.jetstream().pull_subscribe(subject, durable="baseline")
+    got = 0
+    t = time.perf_counter()
+    while got < n:
+        msgs = await sub.fetch(batch=COUNT, timeout=2)
+        for m in msgs:
+            await m.ack()
+        got += len(msgs)
+    rate = got / (time.perf_counter() - t)
+    await nc.close()
+    return rate
+
+
+def bench_nats(n: int) -> list[tuple[str, float, float]]:
+    results = []
+    name = f"BENCH{uuid.uuid4().hex[:8]}"
+    subject = name.lower()
+    asyncio.run(_nats_setup(name, subject))
+    af.run(af.from_array(rows(n), batch_size=10_000) | af.to_nats(subject, url=NATS))
+    ceiling = asyncio.run(_nats_baseline(subject, n))
+    for workers in (1, 2, 4):
+        rate, total = workers_rate(_nats_worker, (subject, f"d{workers}"), workers)
+        assert total == n, f"read {total} of {n}"
+        results.append((f"nats, {workers} worker(s)", rate, ceiling))
+    asyncio.run(_nats_delete(name))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--brokers", default="redis,nats")
+    args = parser.parse_args()
+    results = []
+    if "redis" in args.brokers:
+        results += bench_redis(args.messages)
+    if "nats" in args.brokers:
+        results += bench_nats(args.messages)
+    print(f"{'reader':<24}{'msgs/s':>12}{'ceiling':>12}{'ratio':>8}{'per worker':>12}")
+    for label, rate, ceiling in results:
+        workers = int(label.split(", ")[1].split()[0])
+        print(
+            f"{label:<24}{rate:>12,.0f}{ceiling:>12,.0f}{rate / ceiling:>8.2f}"
+            f"{rate / workers / ceiling:>12.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
