@@ -186,7 +186,7 @@ class _NatsReader:
             try:
                 with self.out.pull_scope():
                     msgs = await sub.fetch(batch=op.count, timeout=op.block)
-            except nerr.TimeoutError:
+            except (nerr.TimeoutError, TimeoutError):  # nothing to fetch (an OSError too)
                 if self.nc is not None and self.nc.is_closed:
                     await self._lost(nerr.ConnectionClosedError())
                     sub = await self._subscribe()
