@@ -162,11 +162,15 @@ class PayloadCodec:
             payloads = [payloads[i] for i in index]
         if not payloads:
             return np.empty(0, self.dtype), [b for _, b in bad]
-        lines = [p if p.endswith(b"\n") else p + b"\n" for p in payloads]
-        decoded: Decoded = self.decoder.decode(b"".join(lines))
+        # One block, one decoder call: payloads joined by newlines (those ending with a
+        # newline of their own, rare, get none added, so no blank line shifts the count).
+        block = b"\n".join(payloads) + b"\n"
+        if b"\n\n" in block:
+            block = b"".join(p if p.endswith(b"\n") else p + b"\n" for p in payloads)
+        decoded: Decoded = self.decoder.decode(block)
         if decoded.bad:
             # line index in the block -> the message it belongs to
-            ends = np.cumsum([line.count(b"\n") for line in lines])
+            ends = np.cumsum([p.count(b"\n") + (not p.endswith(b"\n")) for p in payloads])
             seen: set[int] = set()
             for line in decoded.bad:
                 i = int(np.searchsorted(ends, line.index, side="right"))

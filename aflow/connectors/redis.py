@@ -36,7 +36,56 @@ __all__ = ["read_redis", "to_redis"]
 
 logger = logging.getLogger("aflow")
 
-_ACK_CHUNK = 10_000  # ids per XACK call
+_ACK_CHUNK = 5_000  # ids per XACK command (many commands pipelined in one round trip)
+_ACK_PIPELINE = 20  # XACK commands per round trip
+_BACKLOG_COUNT = 10_000  # pending entries per read of this consumer's backlog
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    """The reply as the parser gave it: entries stay ``[id, [field, value, ...]]`` lists
+    (redis-py would build a dict per entry, in Python)."""
+    return response
+
+
+def _bulk(arg: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
+def _packed_xacks(stream: str, group: str, ids: list[bytes]) -> list[bytes]:
+    """``XACK stream group id...`` commands of ``_ACK_CHUNK`` ids each, packed in RESP
+    here: redis-py packs each argument in Python, a cost per id worth avoiding."""
+    head = _bulk(b"XACK") + _bulk(stream.encode()) + _bulk(group.encode())
+    return [
+        b"*%d\r\n%s%s" % (len(chunk) + 3, head, b"".join([_bulk(i) for i in chunk]))
+        for chunk in (ids[i : i + _ACK_CHUNK] for i in range(0, len(ids), _ACK_CHUNK))
+    ]
+
+
+async def _xack(client: Redis, stream: str, group: str, ids: list[bytes]) -> None:
+    """Acknowledge ``ids``: ``_ACK_PIPELINE`` packed ``XACK`` commands per round trip."""
+    commands = _packed_xacks(stream, group, ids)
+    pool = client.connection_pool
+    for start in range(0, len(commands), _ACK_PIPELINE):
+        batch = commands[start : start + _ACK_PIPELINE]
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(batch)
+            for _ in batch:
+                await conn.read_response()
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            await pool.release(conn)
+
+
+def _entries(reply: Any) -> list[Any]:
+    """The entries of an ``XREADGROUP`` reply on one stream (RESP3 map or RESP2 list)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values())))
+    return list(reply[0][1])
 
 
 def _require_asyncio(what: str) -> None:
@@ -51,7 +100,10 @@ def _client(url: str, connect_timeout: float) -> Redis:
         raise ImportError(
             "the Redis connector needs redis-py: pip install 'aflow-streams[redis]'"
         ) from None
-    return aioredis.from_url(url, socket_connect_timeout=connect_timeout)
+    client = aioredis.from_url(url, socket_connect_timeout=connect_timeout)
+    client.set_response_callback("XREADGROUP", _raw)
+    client.set_response_callback("XAUTOCLAIM", _raw)
+    return client
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -116,7 +168,7 @@ class _RedisReader:
         self.rows = 0  # rows emitted, for provenance
         self.seq = 0  # batches emitted with ids to acknowledge
         self.unacked: OrderedDict[int, list[bytes]] = OrderedDict()  # seq -> entry ids
-        self.in_flight: set[bytes] = set()  # ids emitted, not yet acknowledged
+        self.acking: list[list[bytes]] = []  # ids being acknowledged
         self.carry: list[bytes] = []  # ids of bad entries, acked with the next batch
         self.acked = 0
         self.lock = anyio.Lock()
@@ -171,9 +223,11 @@ class _RedisReader:
             entries: list[Any] = []
             try:
                 if backlog is not None:
-                    entries = await self._read(client, backlog, block=False, count=_ACK_CHUNK)
+                    entries = await self._read(client, backlog, block=False, count=_BACKLOG_COUNT)
                     backlog = entries[-1][0] if entries else None
-                    entries = [e for e in entries if e[0] not in self.in_flight]
+                    if entries:
+                        in_flight = self._in_flight()
+                        entries = [e for e in entries if e[0] not in in_flight]
                     if backlog is not None and not entries:
                         continue
                 elif anyio.current_time() >= next_claim:
@@ -210,7 +264,7 @@ class _RedisReader:
             count=count or self.op.count,
             block=max(1, int(self.op.block * 1000)) if block else None,
         )
-        return list(reply[0][1]) if reply else []
+        return _entries(reply)
 
     async def _claim(self, client: Redis) -> list[Any]:
         """Entries left pending by other (dead) consumers longer than ``claim_idle``."""
@@ -223,14 +277,22 @@ class _RedisReader:
             start_id="0-0",
             count=self.op.count,
         )
-        entries = [e for e in reply[1] if e[0] not in self.in_flight]
+        in_flight = self._in_flight() if reply[1] else set()
+        entries = [e for e in reply[1] if e[1] is not None and e[0] not in in_flight]
         if entries:
             logger.info("read_redis: reclaimed %d entries of %s", len(entries), self.where)
         return entries
 
     async def _emit(self, entries: list[Any]) -> None:
+        if None in (fields := [e[1] for e in entries]):
+            # pending entries deleted from the stream (trimmed): nothing to deliver
+            self.carry += [e[0] for e, f in zip(entries, fields, strict=True) if f is None]
+            entries = [e for e, f in zip(entries, fields, strict=True) if f is not None]
+            if not entries:
+                return
         ids: list[bytes] = [e[0] for e in entries]
-        payloads = [self._payload(fields) for _, fields in entries]
+        key = self.op.entry_field  # usually an entry's only field: no per-entry call
+        payloads = [f[1] if f and f[0] == key else self._payload(f) for _, f in entries]
         msg: Any
         if self.op.codec.dtype is None:
             msg = payloads
@@ -250,14 +312,21 @@ class _RedisReader:
         self.carry = []
         self.seq += 1
         self.unacked[self.seq] = ids
-        self.in_flight.update(ids)
         await self.out.emit(msg, position=(self.stream, self.seq))
 
-    def _payload(self, fields: dict[bytes, bytes]) -> bytes:
-        try:
-            return fields[self.op.entry_field]
-        except KeyError:
-            return b""  # decodes as a bad payload, named with its id
+    def _in_flight(self) -> set[bytes]:
+        """Ids emitted and not acknowledged yet: pending, but not to be emitted again.
+        Built when needed (backlog and claim reads, rare) rather than kept per entry."""
+        return set().union(*self.unacked.values(), *self.acking, self.carry)
+
+    def _payload(self, fields: list[bytes] | None) -> bytes:
+        """The payload among an entry's ``[field, value, ...]``; ``b""`` when missing
+        (deleted entries have none): it decodes as a bad payload, named with its id."""
+        if fields:
+            for i in range(0, len(fields) - 1, 2):
+                if fields[i] == self.op.entry_field:
+                    return fields[i + 1]
+        return b""
 
     async def _on_commit(self, positions: dict[str, Any]) -> None:
         """The sinks acknowledged everything emitted up to ``positions[stream]``."""
@@ -274,13 +343,13 @@ class _RedisReader:
         them pending (redelivered to this consumer name, or reclaimed by another)."""
         if not ids:
             return
+        self.acking.append(ids)
         try:
             async with self.lock:
                 # the last commit comes after the source ended and closed its client
                 client = self.client or _client(self.op.url, self.op.connect_timeout)
                 try:
-                    for i in range(0, len(ids), _ACK_CHUNK):
-                        await client.xack(self.stream, self.op.group, *ids[i : i + _ACK_CHUNK])
+                    await _xack(client, self.stream, self.op.group, ids)
                 finally:
                     if client is not self.client:
                         await client.aclose()
@@ -291,7 +360,8 @@ class _RedisReader:
             )  # fmt: skip
         else:
             self.acked += len(ids)
-        self.in_flight.difference_update(ids)
+        finally:
+            self.acking.remove(ids)
 
 
 def read_redis(
@@ -305,7 +375,7 @@ def read_redis(
     delimiter: str = ",",
     fill_int: int | None = None,
     entry_field: str = "data",
-    count: int = 1000,
+    count: int = 5000,
     block: float = 1.0,
     claim_idle: float | None = 30.0,
     start: str = "0",
