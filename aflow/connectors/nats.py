@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,82 @@ async def _reconnect(url: str, connect_timeout: float, backoff: Backoff, what: s
         return nc
 
 
+_ACKS_PER_WRITE = 10_000
+
+
+async def _publish_acks(nc: NATS, replies: list[str]) -> None:
+    """``+ACK`` each reply subject: the ``PUB`` commands packed here, many per write into
+    the client's outgoing buffer (nats-py's ``publish`` costs microseconds a message);
+    one ``publish`` each if the client has no such buffer (another nats-py version)."""
+    send = getattr(nc, "_send_command", None)
+    if send is None:  # pragma: no cover - a nats-py without it
+        for reply in replies:
+            await nc.publish(reply, b"+ACK")
+        return
+    for i in range(0, len(replies), _ACKS_PER_WRITE):
+        chunk = replies[i : i + _ACKS_PER_WRITE]
+        await send("".join([f"PUB {r} 4\r\n+ACK\r\n" for r in chunk]).encode())
+
+
+class _Puller:
+    """Pull requests of one JetStream consumer, answered into an inbox of our own.
+
+    nats-py's ``fetch`` waits for each message with its own timeout (a task and a timer
+    per message); here the subscription's callback only appends to a list, and a fetch
+    waits once for the batch: the first request takes what is there (``no_wait``), and
+    when nothing was, a second waits ``block`` seconds for the first messages. Messages
+    a request delivers after its fetch returned are kept for the next fetch.
+    """
+
+    def __init__(self, nc: NATS, next_subject: str) -> None:
+        self.nc, self.next_subject = nc, next_subject
+        self.inbox = nc.new_inbox()
+        self.msgs: list[Msg] = []
+        self.want = 0  # messages that end the current wait
+        self.done = asyncio.Event()
+        self.error: BaseException | None = None
+
+    async def start(self) -> None:
+        await self.nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=-1)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            self.msgs.append(msg)
+            if len(self.msgs) >= self.want:
+                self.done.set()
+        elif status != "100":  # not a heartbeat: the request ended
+            # 404 no messages, 408 expired, 409 leadership change: nothing more; else
+            # an error (409 consumer deleted, ...)
+            why = (msg.headers or {}).get("Description", "")
+            if status not in ("404", "408") and "Leadership" not in why:
+                import nats.js.errors as jerr
+
+                self.error = jerr.APIError.from_msg(msg)
+            self.done.set()
+
+    async def _request(self, batch: int, want: int, patience: float, **extra: Any) -> None:
+        self.want, self.error = want, None
+        self.done.clear()
+        if len(self.msgs) >= want:
+            return
+        request = json.dumps({"batch": batch, **extra}).encode()
+        await self.nc.publish(self.next_subject, request, reply=self.inbox)
+        with anyio.fail_after(patience):  # no answer at all: the connection is gone
+            await self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+    async def fetch(self, count: int, block: float) -> list[Msg]:
+        """Up to about ``count`` messages; none after ``block`` seconds without any."""
+        if not self.msgs:
+            await self._request(count, count, max(block, 5.0), no_wait=True)
+        if not self.msgs:
+            await self._request(count, 1, block + 1.0, expires=int(block * 1e9))
+        msgs, self.msgs = self.msgs, []
+        return msgs
+
+
 class _NatsSource(Source):
     resumable = True
 
@@ -160,40 +237,63 @@ class _NatsReader:
                     await self.nc.close()
             self.nc = None
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+    async def _subscribe(self) -> _Puller:
+        """Connect, create the durable consumer when missing, and subscribe its inbox;
+        retried with backoff for ``connect_timeout`` (a restarted server answers
+        ``JetStream not ready`` for a while)."""
+        import nats.errors as nerr
+        import nats.js.errors as jerr
         from nats.js.api import ConsumerConfig
 
-        self.nc = await _reconnect(self.op.url, self.op.connect_timeout, self.backoff, "read_nats")
-        js = self.nc.jetstream()
-        config = ConsumerConfig(
-            durable_name=self.op.durable,
-            ack_wait=self.op.ack_wait,
-            max_ack_pending=-1,
-            filter_subject=self.subject,
-        )
-        return await js.pull_subscribe(
-            self.subject, durable=self.op.durable, stream=self.op.stream, config=config
-        )
+        deadline = anyio.current_time() + self.op.connect_timeout
+        retried: tuple[type[BaseException], ...] = (*self.errors, TimeoutError, nerr.Error)
+        while True:
+            self.nc = await _reconnect(
+                self.op.url, self.op.connect_timeout, self.backoff, "read_nats"
+            )
+            js = self.nc.jetstream()
+            try:
+                stream = self.op.stream or await js.find_stream_name_by_subject(self.subject)
+                try:
+                    await js.consumer_info(stream, self.op.durable)
+                except jerr.NotFoundError:
+                    config = ConsumerConfig(
+                        durable_name=self.op.durable,
+                        ack_wait=self.op.ack_wait,
+                        max_ack_pending=-1,
+                        filter_subject=self.subject,
+                    )
+                    await js.add_consumer(stream, config)
+                puller = _Puller(self.nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.op.durable}")
+                await puller.start()
+                return puller
+            except retried as exc:
+                if anyio.current_time() + self.backoff.next_delay() > deadline:
+                    raise ConnectionError(
+                        f"read_nats: cannot subscribe to {self.where} for "
+                        f"{self.op.connect_timeout} s: {exc!r}"
+                    ) from exc
+                await self._lost(exc)
 
     async def run(self) -> None:
         import nats.errors as nerr
 
         op = self.op
-        sub = await self._subscribe()
+        puller = await self._subscribe()
         last_data = anyio.current_time()
         while not self.out.stopping:
             msgs: list[Msg] = []
             try:
                 with self.out.pull_scope():
-                    msgs = await sub.fetch(batch=op.count, timeout=op.block)
-            except (nerr.TimeoutError, TimeoutError):  # nothing to fetch (an OSError too)
-                if self.nc is not None and self.nc.is_closed:
-                    await self._lost(nerr.ConnectionClosedError())
-                    sub = await self._subscribe()
+                    msgs = await puller.fetch(op.count, op.block)
+            except (nerr.TimeoutError, TimeoutError) as exc:  # no answer (an OSError too)
+                if self.nc is None or self.nc.is_closed or not self.nc.is_connected:
+                    await self._lost(exc)
+                    puller = await self._subscribe()
                     continue
             except self.errors as exc:
                 await self._lost(exc)
-                sub = await self._subscribe()
+                puller = await self._subscribe()
                 continue
             if msgs:
                 last_data = anyio.current_time()
@@ -254,8 +354,7 @@ class _NatsReader:
                 if nc is None or nc.is_closed:  # the last commit comes after the source ended
                     nc = await _connect(self.op.url, self.op.connect_timeout)
                 try:
-                    for reply in replies:
-                        await nc.publish(reply, b"+ACK")
+                    await _publish_acks(nc, replies)
                     await nc.flush(timeout=max(1, int(self.op.connect_timeout)))
                 finally:
                     if nc is not self.nc:
