@@ -1,0 +1,197 @@
+"""Broker connectors under faults, with real processes: workers killed with SIGKILL every
+2 s and restarted (or never), and the broker itself restarted mid-run. Each worker is
+``tests/_broker_worker.py``: a broker source -> a sink appending every message id to the
+worker's file, synced at every commit. At the end every id is there (none lost), and the
+duplicates are no more than what was in flight (read, not acknowledged) at the kills."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests._brokers import (
+    redis_or_skip,
+    unique,
+)
+
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("_broker_worker.py")
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def redis_fill(port: int, stream: str, n: int, chunk: int = 20_000) -> None:
+    """XADD entries ``data=i`` for i in 0..n-1: commands packed here, many per write,
+    the replies parsed by hiredis (redis-py would take most of the test's time)."""
+    import hiredis
+
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        reader = hiredis.Reader()
+        key = stream.encode()
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            sock.sendall(
+                b"".join(_resp(b"XADD", key, b"*", b"data", b"%d" % i) for i in range(start, stop))
+            )
+            got = 0
+            while got < stop - start:
+                reader.feed(sock.recv(1 << 20))
+                while (reply := reader.gets()) is not False:
+                    assert not isinstance(reply, hiredis.ReplyError), reply
+                    got += 1
+
+
+def read_ids(files: list[Path], n: int) -> tuple[int, int]:
+    """(ids missing, duplicates) over the workers' files; every id must be < n."""
+    counts = np.zeros(n, np.int64)
+    for f in files:
+        if f.exists():
+            data = f.read_bytes()
+            data = data[: data.rfind(b"\n") + 1]  # a half-written last line: not written
+            if data:
+                ids = np.array(data.split(), dtype=np.int64)
+                assert ids.min() >= 0, f"{f.name}: an id out of range"
+                assert ids.max() < n, f"{f.name}: an id out of range"
+                counts += np.bincount(ids, minlength=n)
+    return int((counts == 0).sum()), int(np.maximum(counts - 1, 0).sum())
+
+
+class Workers:
+    """Worker subprocesses by index: started, killed, restarted under the same name."""
+
+    def __init__(self, tmp: Path, broker: str, url: str, stream: str, group: str) -> None:
+        self.tmp, self.broker, self.url, self.stream, self.group = tmp, broker, url, stream, group
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.started = 0
+
+    def out(self, i: int) -> Path:
+        return self.tmp / f"ids-{i}.txt"
+
+    def start(self, i: int, *extra: str) -> None:
+        consumer = f"w{i}" if self.broker == "redis" else "-"
+        log = open(self.tmp / f"worker-{i}.log", "ab")  # noqa: SIM115 - the child owns it
+        args = [self.broker, self.url, self.stream, self.group, consumer, str(self.out(i))]
+        self.procs[i] = subprocess.Popen(
+            [sys.executable, str(WORKER), *args, *extra],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        log.close()
+        self.started += 1
+
+    def kill(self, i: int) -> None:
+        proc = self.procs.pop(i)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def alive(self) -> list[int]:
+        return [i for i, p in self.procs.items() if p.poll() is None]
+
+    def wait_all(self, timeout: float) -> list[int | None]:
+        deadline = time.monotonic() + timeout
+        codes = []
+        for p in self.procs.values():
+            try:
+                codes.append(p.wait(max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(None)
+        return codes
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}"
+            for f in sorted(self.tmp.glob("worker-*.log"))
+        )
+
+
+def _redis(url: str):  # type: ignore[no-untyped-def]
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def _group(client, stream: str, group: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    for g in client.xinfo_groups(stream):
+        if g["name"] in (group, group.encode()):
+            return dict(g)
+    raise AssertionError(f"no group {group}")
+
+
+def _consumer_pending(client, stream: str, group: str, consumer: str) -> int:  # type: ignore[no-untyped-def]
+    for c in client.xinfo_consumers(stream, group):
+        if c["name"] in (consumer, consumer.encode()):
+            return int(c["pending"])
+    return 0
+
+
+def test_redis_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> None:
+    url = redis_or_skip()
+    pytest.importorskip("hiredis", reason="the redis extra (hiredis) is not installed")
+    n = int(os.environ.get("AFLOW_FAULT_MESSAGES", "1000000"))
+    stream, group = unique("faults-"), "g"
+    client = _redis(url)
+    try:
+        client.xgroup_create(stream, group, "0", mkstream=True)
+        redis_fill(6379, stream, n)
+        workers = Workers(tmp_path, "redis", url, stream, group)
+        for i in range(4):
+            workers.start(i)
+        in_flight_at_kills, kills, abandoned = 0, 0, None
+        t0 = time.monotonic()
+        rng = random.Random(16)
+        try:
+            while time.monotonic() - t0 < 75:
+                time.sleep(2)
+                if _group(client, stream, group)["lag"] == 0:
+                    break  # every entry was delivered: killing more tests nothing new
+                alive = workers.alive()
+                if not alive:
+                    break
+                i = rng.choice(alive)
+                workers.kill(i)
+                kills += 1
+                in_flight_at_kills += _consumer_pending(client, stream, group, f"w{i}")
+                if kills == 3:  # this one never comes back: the others claim its entries
+                    abandoned = i
+                    continue
+                workers.start(i)
+            codes = workers.wait_all(60)
+        finally:
+            workers.stop_all()
+        took = time.monotonic() - t0
+        assert codes == [0] * len(codes), workers.logs()
+        info = _group(client, stream, group)
+        missing, duplicates = read_ids([workers.out(i) for i in range(4)], n)
+        print(
+            f"\nredis: {n} messages, 4 workers, {kills} SIGKILLs (worker {abandoned} never "
+            f"restarted) in {took:.1f} s: {missing} lost, {duplicates} duplicates; "
+            f"in flight at the kills: {in_flight_at_kills}"
+        )
+        assert missing == 0, workers.logs()
+        assert duplicates <= in_flight_at_kills
+        assert info["pending"] == 0
+        assert info["lag"] == 0
+        assert kills >= 3, f"the run ended after {kills} kills: too fast to test anything"
+    finally:
+        client.delete(stream)
+        client.close()
