@@ -6,6 +6,8 @@ duplicates are no more than what was in flight (read, not acknowledged) at the k
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -19,6 +21,10 @@ import numpy as np
 import pytest
 
 from tests._brokers import (
+    add_stream,
+    consumer_pending,
+    delete_stream,
+    nats_or_skip,
     redis_or_skip,
     unique,
 )
@@ -195,3 +201,89 @@ def test_redis_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> No
     finally:
         client.delete(stream)
         client.close()
+
+
+def nats_fill(url: str, subject: str, n: int) -> None:
+    """Publish payloads ``i`` for i in 0..n-1 (core publishes, flushed: the stream stores
+    them), then wait until the stream holds them all."""
+
+    async def go() -> None:
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            for i in range(n):
+                await nc.publish(subject, b"%d" % i)
+                if i % 50_000 == 49_999:
+                    await nc.flush()
+            await nc.flush()
+            js = nc.jetstream()
+            stream = await js.find_stream_name_by_subject(subject)
+            deadline = time.monotonic() + 30
+            while (await js.stream_info(stream)).state.messages < n:
+                assert time.monotonic() < deadline, "the stream did not store every message"
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+def test_nats_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("nats", reason="the nats extra (nats-py) is not installed")
+    from nats.js.errors import NotFoundError
+
+    n = int(os.environ.get("AFLOW_FAULT_NATS_MESSAGES", "600000"))
+    with nats_or_skip(tmp_path) as url:
+        name = unique("FAULTS")
+        subject, durable = name.lower(), "workers"
+        add_stream(url, name, [subject])
+        try:
+            nats_fill(url, subject, n)
+            workers = Workers(tmp_path, "nats", url, subject, durable)
+            extra = ("--ack-wait", "6", "--idle", "12")
+            for i in range(4):
+                workers.start(i, *extra)
+            deadline = time.monotonic() + 30
+            while True:  # the workers create the consumer
+                with contextlib.suppress(NotFoundError):
+                    consumer_pending(url, name, durable)
+                    break
+                assert time.monotonic() < deadline, workers.logs()
+                time.sleep(0.2)
+            in_flight_at_kills, kills = 0, 0
+            t0 = time.monotonic()
+            rng = random.Random(16)
+            try:
+                while time.monotonic() - t0 < 60:
+                    time.sleep(2)
+                    if consumer_pending(url, name, durable)[0] == 0:
+                        break  # every message was delivered
+                    alive = workers.alive()
+                    if not alive:
+                        break
+                    i = rng.choice(alive)
+                    workers.kill(i)
+                    kills += 1
+                    # at most what the consumer had unacknowledged, on any worker
+                    in_flight_at_kills += consumer_pending(url, name, durable)[1]
+                    if kills == 3:
+                        continue  # never restarted: JetStream gives its messages to others
+                    workers.start(i, *extra)
+                codes = workers.wait_all(60)
+            finally:
+                workers.stop_all()
+            took = time.monotonic() - t0
+            assert codes == [0] * len(codes), workers.logs()
+            missing, duplicates = read_ids([workers.out(i) for i in range(4)], n)
+            print(
+                f"\nnats: {n} messages, 4 workers, {kills} SIGKILLs (one never restarted) in "
+                f"{took:.1f} s: {missing} lost, {duplicates} duplicates; unacknowledged at "
+                f"the kills: {in_flight_at_kills}"
+            )
+            assert missing == 0, workers.logs()
+            assert duplicates <= in_flight_at_kills
+            assert consumer_pending(url, name, durable) == (0, 0)
+            assert kills >= 3, f"the run ended after {kills} kills: too fast to test anything"
+        finally:
+            delete_stream(url, name)
