@@ -136,3 +136,39 @@ def consumer_pending(url: str, stream: str, durable: str) -> tuple[int, int]:
             await nc.close()
 
     return asyncio.run(go())
+
+
+class RedisServer:
+    """A redis-server process of our own on a free port, with an append-only file under
+    ``store`` (so a restart keeps the streams and groups); restartable."""
+
+    def __init__(self, store: Path) -> None:
+        pytest.importorskip("redis", reason="the redis extra (redis-py) is not installed")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("no redis-server binary to start")
+        self.binary, self.store = binary, store
+        store.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             str(self.store), "--appendonly", "yes", "--save", "", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not reachable("127.0.0.1", self.port):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM: redis-server writes its append-only file out and exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+        self.proc = None

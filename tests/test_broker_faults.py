@@ -14,13 +14,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import aflow as af
 from tests._brokers import (
+    NatsServer,
+    RedisServer,
     add_stream,
     consumer_pending,
     delete_stream,
@@ -287,3 +291,140 @@ def test_nats_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> Non
             assert kills >= 3, f"the run ended after {kills} kills: too fast to test anything"
         finally:
             delete_stream(url, name)
+
+
+def _run_in_thread(flow: af.SinkFlow[int]) -> tuple[threading.Thread, dict[str, object]]:
+    got: dict[str, object] = {}
+
+    def go() -> None:
+        try:
+            got["result"] = af.run(flow, handle_signals=False, commit_interval=0.3).value
+        except BaseException as exc:  # reported by the test
+            got["error"] = exc
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def _ids_of_payloads(payloads: list[bytes], n: int) -> tuple[int, int]:
+    counts = np.bincount(np.array(payloads, dtype=np.int64), minlength=n)
+    assert len(counts) == n, "an id out of range"
+    return int((counts == 0).sum()), int(np.maximum(counts - 1, 0).sum())
+
+
+def test_redis_server_restarted_mid_run(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    n = 200_000
+    try:
+        client = _redis(server.url)
+        client.xgroup_create("in", "g", "0", mkstream=True)
+        redis_fill(server.port, "in", n)
+        client.close()
+        flow = af.read_redis(
+            "in", "g", url=server.url, dtype=[("i", "i8")], count=2000, idle_timeout=5
+        ) | af.to_redis("out", url=server.url)
+        thread, got = _run_in_thread(flow)
+        client = _redis(server.url)
+        deadline = time.monotonic() + 60
+        while client.xlen("out") < n // 4:  # a quarter through: restart the server
+            assert time.monotonic() < deadline, "the flow did not get a quarter through"
+            time.sleep(0.05)
+        client.close()
+        t = time.monotonic()
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        down = time.monotonic() - t
+        thread.join(90)
+        assert not thread.is_alive(), "the run did not end"
+        assert "error" not in got, got.get("error")
+        client = _redis(server.url)
+        payloads = [fields[b"data"] for _, fields in client.xrange("out")]
+        missing, duplicates = _ids_of_payloads(payloads, n)
+        info = _group(client, "in", "g")
+        client.close()
+        print(
+            f"\nredis restarted ({down:.1f} s down) with {n} entries: {missing} lost, "
+            f"{duplicates} duplicates written"
+        )
+        assert missing == 0
+        assert info["pending"] == 0
+        assert info["lag"] == 0
+    finally:
+        server.stop()
+
+
+def _nats_payloads(url: str, stream: str, subject: str) -> list[bytes]:
+    async def go() -> list[bytes]:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            config = ConsumerConfig(ack_policy=AckPolicy.NONE)  # a read, no acks to wait for
+            sub = await js.pull_subscribe(subject, durable="check", stream=stream, config=config)
+            payloads: list[bytes] = []
+            while True:
+                try:
+                    msgs = await sub.fetch(5000, timeout=1)
+                except TimeoutError:
+                    return payloads
+                payloads += [m.data for m in msgs]
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def _nats_stored(url: str, stream: str) -> int:
+    async def go() -> int:
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            return int((await nc.jetstream().stream_info(stream)).state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def test_nats_server_restarted_mid_run(tmp_path: Path) -> None:
+    pytest.importorskip("nats", reason="the nats extra (nats-py) is not installed")
+    server = NatsServer(tmp_path / "jetstream")
+    server.start()
+    n = 100_000
+    try:
+        add_stream(server.url, "IN", ["in"])
+        add_stream(server.url, "OUT", ["out"])
+        nats_fill(server.url, "in", n)
+        flow = af.read_nats(
+            "in", "work", url=server.url, dtype=[("i", "i8")], count=2000, ack_wait=4,
+            idle_timeout=10,
+        ) | af.to_nats("out", url=server.url)  # fmt: skip
+        thread, got = _run_in_thread(flow)
+        deadline = time.monotonic() + 60
+        while _nats_stored(server.url, "OUT") < n // 4:
+            assert time.monotonic() < deadline, "the flow did not get a quarter through"
+            time.sleep(0.05)
+        t = time.monotonic()
+        server.stop()
+        time.sleep(1.0)
+        server.start()
+        down = time.monotonic() - t
+        thread.join(90)
+        assert not thread.is_alive(), "the run did not end"
+        assert "error" not in got, got.get("error")
+        payloads = _nats_payloads(server.url, "OUT", "out")
+        missing, duplicates = _ids_of_payloads(payloads, n)
+        print(
+            f"\nnats-server restarted ({down:.1f} s down) with {n} messages: {missing} lost, "
+            f"{duplicates} duplicates written"
+        )
+        assert missing == 0
+        assert consumer_pending(server.url, "IN", "work") == (0, 0)
+    finally:
+        server.stop()

@@ -514,8 +514,7 @@ class _NatsWriter(SinkWriter[Any, int]):
                     await self.open()
                 assert self.js is not None
                 futures = [await self.js.publish_async(s, p) for s, p in messages]
-                with anyio.fail_after(self.op.connect_timeout):
-                    await asyncio.gather(*futures)
+                await self._acks_of(futures)
             except catch as exc:
                 await self.aclose()
                 if isinstance(exc, ConnectionError) and "cannot reach" in str(exc):
@@ -535,6 +534,26 @@ class _NatsWriter(SinkWriter[Any, int]):
             self.backoff.reset()
             self.sent += len(messages)
             return
+
+    async def _acks_of(self, futures: list[asyncio.Future[Any]]) -> None:
+        """Wait for JetStream's acks of ``futures``; a connection that closes meanwhile
+        fails the wait at once (its pending acks never come), as ``connect_timeout``
+        seconds without them do."""
+        import nats.errors as nerr
+
+        waiting = asyncio.gather(*futures)
+        try:
+            with anyio.fail_after(self.op.connect_timeout):
+                while True:
+                    done, _ = await asyncio.wait([waiting], timeout=0.25)
+                    if done:
+                        waiting.result()
+                        return
+                    if self.nc is None or self.nc.is_closed:
+                        raise nerr.ConnectionClosedError
+        finally:
+            if not waiting.done():
+                waiting.cancel()
 
     def result(self) -> int:
         return self.sent
