@@ -158,9 +158,13 @@ async def _nats_delete(name: str) -> None:
 async def _nats_baseline(subject: str, n: int) -> float:
     """A plain nats-py pull consumer: fetch COUNT, ack each; messages/s."""
     import nats
+    from nats.js.api import ConsumerConfig
 
     nc = await nats.connect(NATS)
-    sub = await nc.jetstream().pull_subscribe(subject, durable="baseline")
+    # unlimited unacknowledged messages, as read_nats sets (the default 1,000 would stall
+    # every fetch of more until its timeout)
+    config = ConsumerConfig(max_ack_pending=-1)
+    sub = await nc.jetstream().pull_subscribe(subject, durable="baseline", config=config)
     got = 0
     t = time.perf_counter()
     while got < n:
