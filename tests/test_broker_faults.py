@@ -42,10 +42,15 @@ def _resp(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
-def redis_fill(port: int, stream: str, n: int, chunk: int = 20_000) -> None:
+def redis_fill(
+    port: int, stream: str, n: int, chunk: int = 20_000, rate: float | None = None
+) -> None:
     """XADD entries ``data=i`` for i in 0..n-1: commands packed here, many per write,
-    the replies parsed by hiredis (redis-py would take most of the test's time)."""
+    the replies parsed by hiredis (redis-py would take most of the test's time);
+    ``rate``: at about that many entries/s (a live stream), else at once."""
     import hiredis
+
+    t0 = time.monotonic()
 
     with socket.create_connection(("127.0.0.1", port)) as sock:
         reader = hiredis.Reader()
@@ -61,6 +66,8 @@ def redis_fill(port: int, stream: str, n: int, chunk: int = 20_000) -> None:
                 while (reply := reader.gets()) is not False:
                     assert not isinstance(reply, hiredis.ReplyError), reply
                     got += 1
+            if rate is not None:
+                time.sleep(max(0.0, t0 + stop / rate - time.monotonic()))
 
 
 def read_ids(files: list[Path], n: int) -> tuple[int, int]:
@@ -162,7 +169,9 @@ def test_redis_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> No
     client = _redis(url)
     try:
         client.xgroup_create(stream, group, "0", mkstream=True)
-        redis_fill(6379, stream, n)
+        # a live stream: written over ~25 s while the workers read it and get killed
+        producer = threading.Thread(target=redis_fill, args=(6379, stream, n, 20_000, n / 25))
+        producer.start()
         workers = Workers(tmp_path, "redis", url, stream, group)
         for i in range(4):
             workers.start(i)
@@ -172,7 +181,7 @@ def test_redis_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> No
         try:
             while time.monotonic() - t0 < 75:
                 time.sleep(2)
-                if _group(client, stream, group)["lag"] == 0:
+                if not producer.is_alive() and _group(client, stream, group)["lag"] == 0:
                     break  # every entry was delivered: killing more tests nothing new
                 alive = workers.alive()
                 if not alive:
@@ -188,8 +197,10 @@ def test_redis_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> No
             codes = workers.wait_all(60)
         finally:
             workers.stop_all()
+            producer.join(60)
         took = time.monotonic() - t0
         assert codes == [0] * len(codes), workers.logs()
+        assert client.xlen(stream) == n, "the producer did not write every entry"
         info = _group(client, stream, group)
         missing, duplicates = read_ids([workers.out(i) for i in range(4)], n)
         print(
@@ -207,19 +218,23 @@ def test_redis_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> No
         client.close()
 
 
-def nats_fill(url: str, subject: str, n: int) -> None:
+def nats_fill(url: str, subject: str, n: int, rate: float | None = None) -> None:
     """Publish payloads ``i`` for i in 0..n-1 (core publishes, flushed: the stream stores
-    them), then wait until the stream holds them all."""
+    them), then wait until the stream holds them all; ``rate``: at about that many
+    messages/s (a live stream), else at once."""
 
     async def go() -> None:
         import nats
 
         nc = await nats.connect(url)
+        t0 = time.monotonic()
         try:
             for i in range(n):
                 await nc.publish(subject, b"%d" % i)
-                if i % 50_000 == 49_999:
+                if i % 10_000 == 9_999:
                     await nc.flush()
+                    if rate is not None:
+                        await asyncio.sleep(max(0.0, t0 + (i + 1) / rate - time.monotonic()))
             await nc.flush()
             js = nc.jetstream()
             stream = await js.find_stream_name_by_subject(subject)
@@ -242,8 +257,9 @@ def test_nats_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> Non
         name = unique("FAULTS")
         subject, durable = name.lower(), "workers"
         add_stream(url, name, [subject])
+        producer = threading.Thread(target=nats_fill, args=(url, subject, n, n / 25))
         try:
-            nats_fill(url, subject, n)
+            producer.start()  # a live stream: written over ~25 s while the workers read it
             workers = Workers(tmp_path, "nats", url, subject, durable)
             extra = ("--ack-wait", "6", "--idle", "12")
             for i in range(4):
@@ -261,7 +277,7 @@ def test_nats_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> Non
             try:
                 while time.monotonic() - t0 < 60:
                     time.sleep(2)
-                    if consumer_pending(url, name, durable)[0] == 0:
+                    if not producer.is_alive() and consumer_pending(url, name, durable)[0] == 0:
                         break  # every message was delivered
                     alive = workers.alive()
                     if not alive:
@@ -277,8 +293,10 @@ def test_nats_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> Non
                 codes = workers.wait_all(60)
             finally:
                 workers.stop_all()
+                producer.join(60)
             took = time.monotonic() - t0
             assert codes == [0] * len(codes), workers.logs()
+            assert _nats_stored(url, name) == n, "the producer did not publish every message"
             missing, duplicates = read_ids([workers.out(i) for i in range(4)], n)
             print(
                 f"\nnats: {n} messages, 4 workers, {kills} SIGKILLs (one never restarted) in "
