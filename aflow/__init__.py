@@ -13,6 +13,10 @@ from ._core.run import OutputRun as OutputRun
 from ._core.run import Run as Run
 from ._core.run import RunResult as RunResult
 from .codecs.images import ImageDecoder as ImageDecoder
+from .connectors import read_nats as read_nats
+from .connectors import read_redis as read_redis
+from .connectors import to_nats as to_nats
+from .connectors import to_redis as to_redis
 from .errors import AflowError as AflowError
 from .errors import AflowWarning as AflowWarning
 from .errors import CheckpointMismatch as CheckpointMismatch
@@ -191,8 +195,10 @@ __all__ = [
     "read_jsonl",
     "read_lines",
     "read_log",
+    "read_nats",
     "read_npy",
     "read_records",
+    "read_redis",
     "rebatch",
     "reduce",
     "reorder",
@@ -214,10 +220,12 @@ __all__ = [
     "to_csv",
     "to_histogram",
     "to_jsonl",
+    "to_nats",
     "to_npy",
     "to_parquet",
     "to_quantiles",
     "to_queue",
+    "to_redis",
     "to_tcp",
     "to_udp",
     "udp_server",

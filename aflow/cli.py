@@ -6,6 +6,9 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import numpy as np
 from . import __version__, demo
 from ._core.delivery import DEFAULT_COMMIT_INTERVAL
 from ._core.run import Run
+from .connectors._common import WORKER_ENV, WORKERS_ENV
 from .errors import CheckpointMismatch
 from .flow import Flow, SinkFlow, run
 from .monitor import Monitor, Progress, serve_metrics, watch
@@ -118,7 +122,48 @@ def _monitors(args: argparse.Namespace) -> list[Monitor]:
     return monitors
 
 
+def _without_workers(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--workers N`` (or ``--workers=N``)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """Start ``args.workers`` processes of the same ``aflow run`` command, each with its
+    worker index in ``AFLOW_WORKER`` (broker sources take their consumer names from it),
+    pass SIGINT and SIGTERM on to them, and wait for all: the exit status is the first
+    worker's that failed, else 0."""
+    command = [sys.executable, "-m", "aflow", *_without_workers(args.argv)]
+    children: list[subprocess.Popen[bytes]] = []
+    for index in range(args.workers):
+        env = {**os.environ, WORKER_ENV: str(index), WORKERS_ENV: str(args.workers)}
+        children.append(subprocess.Popen(command, env=env))
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return next((code for code in codes if code != 0), 0)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _run_workers(args)
     flow = _load(args.target, dict(args.arg))
     if not isinstance(flow, Flow | SinkFlow):
         raise SystemExit(f"aflow run: {args.target} is a {type(flow).__name__}, not a flow")
@@ -261,8 +306,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HOST",
         help="address to serve metrics on (default: 127.0.0.1)",
     )
+    run_p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help=(
+            "run N processes of the flow, each a consumer of the same broker consumer group "
+            "(its index in AFLOW_WORKER); the same command on other machines joins the group"
+        ),
+    )
     run_p.set_defaults(func=_cmd_run)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "workers", 1) < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     return int(args.func(args))
 
 

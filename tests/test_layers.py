@@ -45,9 +45,11 @@ LAYERS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     ),
 )
 
-OPTIONAL = frozenset({"pyarrow", "orjson", "rich", "prometheus_client", "trio", "PIL"})
-"""The packages of aflow's extras (arrow, json, cli, trio, images): the only imports allowed inside
-a function, where they are imported on first use, behind a guard."""
+OPTIONAL = frozenset(
+    {"pyarrow", "orjson", "rich", "prometheus_client", "trio", "PIL", "redis", "nats"}
+)
+"""The packages of aflow's extras (arrow, json, cli, trio, images, redis, nats): the only
+imports allowed inside a function, where they are imported on first use, behind a guard."""
 
 
 @dataclass(frozen=True)

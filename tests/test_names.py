@@ -79,7 +79,11 @@ def connectors() -> list[tuple[str, Callable[..., Any]]]:
 def uses() -> dict[str, list[tuple[str, str]]]:
     """Parameter name -> (function, annotation as written) for every public function."""
     out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    seen: set[int] = set()
     for fname, fn in public_callables():
+        if id(fn) in seen:  # exported twice (aflow and aflow.connectors): one function
+            continue
+        seen.add(id(fn))
         for p in inspect.signature(fn).parameters.values():
             if p.name != "self":
                 out[p.name].append((fname, str(p.annotation)))

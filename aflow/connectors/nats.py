@@ -1,0 +1,598 @@
+"""NATS JetStream: a durable pull consumer as a source (fetched in batches, acknowledged
+after the sinks) and a publishing sink that waits for JetStream's acks. Needs the ``nats``
+extra (nats-py) and the asyncio backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+import sniffio
+from numpy.typing import DTypeLike
+
+from ..abc import (
+    Batch,
+    Context,
+    ErrorPolicy,
+    Outlet,
+    Provenance,
+    SinkOperator,
+    SinkWriter,
+    Source,
+    StageCounters,
+    apply_policy,
+    check_policy,
+)
+from ..flow import Flow, Sink
+from ._common import Backoff, Format, PayloadCodec, shard_of, worker_index
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.aio.msg import Msg
+    from nats.js.client import JetStreamContext
+
+__all__ = ["read_nats", "to_nats"]
+
+logger = logging.getLogger("aflow")
+
+
+def _require_asyncio(what: str) -> None:
+    if sniffio.current_async_library() != "asyncio":
+        raise RuntimeError(f"{what} needs the asyncio backend (nats-py is asyncio only)")
+
+
+async def _connect(url: str, connect_timeout: float) -> NATS:
+    try:
+        import nats
+    except ImportError:  # pragma: no cover - the extra is missing
+        raise ImportError(
+            "the NATS connector needs nats-py: pip install 'aflow-streams[nats]'"
+        ) from None
+
+    async def quiet(exc: Exception) -> None:  # aflow logs and reports failures itself
+        pass
+
+    # aflow reconnects itself, with capped backoff: nats-py's own loop would hide failures
+    # (its first connection keeps retrying a refused server: bound it).
+    with anyio.fail_after(max(0.5, min(connect_timeout, 5.0))):
+        return await nats.connect(
+            url,
+            allow_reconnect=False,
+            connect_timeout=max(1, int(connect_timeout)),
+            max_reconnect_attempts=0,
+            error_cb=quiet,
+        )
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import nats.errors as nerr
+
+    return (
+        nerr.ConnectionClosedError,
+        nerr.NoServersError,
+        nerr.StaleConnectionError,
+        nerr.UnexpectedEOF,
+        nerr.OutboundBufferLimitError,
+        OSError,
+    )
+
+
+async def _reconnect(url: str, connect_timeout: float, backoff: Backoff, what: str) -> NATS:
+    """Connect, retrying with capped backoff for ``connect_timeout`` seconds."""
+    deadline = anyio.current_time() + connect_timeout
+    errors: tuple[type[BaseException], ...] = (*_connection_errors(), TimeoutError)
+    while True:
+        try:
+            nc = await _connect(url, connect_timeout)
+        except errors as exc:
+            if anyio.current_time() + backoff.next_delay() > deadline:
+                raise ConnectionError(
+                    f"{what}: cannot reach {url} for {connect_timeout} s: {exc!r}"
+                ) from exc
+            logger.warning("%s: %s unreachable (%r); retrying", what, url, exc)
+            await backoff.wait()
+            continue
+        backoff.reset()
+        return nc
+
+
+_ACKS_PER_WRITE = 10_000
+
+
+async def _publish_acks(nc: NATS, replies: list[str]) -> None:
+    """``+ACK`` each reply subject: the ``PUB`` commands packed here, many per write into
+    the client's outgoing buffer (nats-py's ``publish`` costs microseconds a message);
+    one ``publish`` each if the client has no such buffer (another nats-py version)."""
+    send = getattr(nc, "_send_command", None)
+    if send is None:  # pragma: no cover - a nats-py without it
+        for reply in replies:
+            await nc.publish(reply, b"+ACK")
+        return
+    for i in range(0, len(replies), _ACKS_PER_WRITE):
+        chunk = replies[i : i + _ACKS_PER_WRITE]
+        await send("".join([f"PUB {r} 4\r\n+ACK\r\n" for r in chunk]).encode())
+
+
+class _Puller:
+    """Pull requests of one JetStream consumer, answered into an inbox of our own.
+
+    nats-py's ``fetch`` waits for each message with its own timeout (a task and a timer
+    per message); here the subscription's callback only appends to a list, and a fetch
+    waits once for the batch: the first request takes what is there (``no_wait``), and
+    when nothing was, a second waits ``block`` seconds for the first messages. Messages
+    a request delivers after its fetch returned are kept for the next fetch.
+    """
+
+    def __init__(self, nc: NATS, next_subject: str) -> None:
+        self.nc, self.next_subject = nc, next_subject
+        self.inbox = nc.new_inbox()
+        self.msgs: list[Msg] = []
+        self.want = 0  # messages that end the current wait
+        self.done = asyncio.Event()
+        self.error: BaseException | None = None
+
+    async def start(self) -> None:
+        await self.nc.subscribe(self.inbox, cb=self._on_msg, pending_msgs_limit=-1)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            self.msgs.append(msg)
+            if len(self.msgs) >= self.want:
+                self.done.set()
+        elif status != "100":  # not a heartbeat: the request ended
+            # 404 no messages, 408 expired, 409 leadership change: nothing more; else
+            # an error (409 consumer deleted, ...)
+            why = (msg.headers or {}).get("Description", "")
+            if status not in ("404", "408") and "Leadership" not in why:
+                import nats.js.errors as jerr
+
+                self.error = jerr.APIError.from_msg(msg)
+            self.done.set()
+
+    async def _request(self, batch: int, want: int, patience: float, **extra: Any) -> None:
+        self.want, self.error = want, None
+        self.done.clear()
+        if len(self.msgs) >= want:
+            return
+        request = json.dumps({"batch": batch, **extra}).encode()
+        await self.nc.publish(self.next_subject, request, reply=self.inbox)
+        with anyio.fail_after(patience):  # no answer at all: the connection is gone
+            await self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+    async def fetch(self, count: int, block: float) -> list[Msg]:
+        """Up to about ``count`` messages; none after ``block`` seconds without any."""
+        if not self.msgs:
+            await self._request(count, count, max(block, 5.0), no_wait=True)
+        if not self.msgs:
+            await self._request(count, 1, block + 1.0, expires=int(block * 1e9))
+        msgs, self.msgs = self.msgs, []
+        return msgs
+
+
+class _NatsSource(Source):
+    resumable = True
+
+    def __init__(
+        self,
+        subject: str,
+        durable: str,
+        stream: str | None,
+        url: str,
+        codec: PayloadCodec,
+        count: int,
+        block: float,
+        ack_wait: float,
+        idle_stop: float | None,
+        connect_timeout: float,
+        on_error: ErrorPolicy,
+        name: str,
+    ) -> None:
+        self.subject, self.durable, self.stream, self.url = subject, durable, stream, url
+        self.codec, self.count, self.block, self.ack_wait = codec, count, block, ack_wait
+        self.idle_stop, self.connect_timeout = idle_stop, connect_timeout
+        self.on_error, self.name = on_error, name
+
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        _require_asyncio("read_nats")
+        reader = _NatsReader(self, out)
+        try:
+            await reader.run()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.close()
+
+
+class _NatsReader:
+    """One run of a JetStream pull consumer."""
+
+    def __init__(self, op: _NatsSource, out: Outlet) -> None:
+        self.op, self.out = op, out
+        self.subject = op.subject.format(worker=worker_index())
+        self.where = f"{op.url.rstrip('/')}/{self.subject}"
+        self.nc: NATS | None = None
+        self.backoff = Backoff()
+        self.errors = _connection_errors()
+        self.ack_errors: tuple[type[BaseException], ...] = (*self.errors, TimeoutError)
+        self.rows = 0
+        self.seq = 0
+        self.unacked: OrderedDict[int, list[str]] = OrderedDict()  # seq -> reply subjects
+        self.carry: list[str] = []
+        self.acked = 0
+        self.lock = anyio.Lock()
+        out.on_commit(self._on_commit)  # acknowledge once the sinks did
+
+    async def close(self) -> None:
+        async with self.lock:  # not while an acknowledgement uses the connection
+            if self.nc is not None and not self.nc.is_closed:
+                with contextlib.suppress(Exception):  # closing a broken connection
+                    await self.nc.close()
+            self.nc = None
+
+    async def _subscribe(self) -> _Puller:
+        """Connect, create the durable consumer when missing, and subscribe its inbox;
+        retried with backoff for ``connect_timeout`` (a restarted server answers
+        ``JetStream not ready`` for a while)."""
+        import nats.errors as nerr
+        import nats.js.errors as jerr
+        from nats.js.api import ConsumerConfig
+
+        deadline = anyio.current_time() + self.op.connect_timeout
+        retried: tuple[type[BaseException], ...] = (*self.errors, TimeoutError, nerr.Error)
+        while True:
+            self.nc = await _reconnect(
+                self.op.url, self.op.connect_timeout, self.backoff, "read_nats"
+            )
+            js = self.nc.jetstream()
+            try:
+                stream = self.op.stream or await js.find_stream_name_by_subject(self.subject)
+                try:
+                    await js.consumer_info(stream, self.op.durable)
+                except jerr.NotFoundError:
+                    config = ConsumerConfig(
+                        durable_name=self.op.durable,
+                        ack_wait=self.op.ack_wait,
+                        max_ack_pending=-1,
+                        filter_subject=self.subject,
+                    )
+                    await js.add_consumer(stream, config)
+                puller = _Puller(self.nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.op.durable}")
+                await puller.start()
+                return puller
+            except retried as exc:
+                if anyio.current_time() + self.backoff.next_delay() > deadline:
+                    raise ConnectionError(
+                        f"read_nats: cannot subscribe to {self.where} for "
+                        f"{self.op.connect_timeout} s: {exc!r}"
+                    ) from exc
+                await self._lost(exc)
+
+    async def run(self) -> None:
+        import nats.errors as nerr
+
+        op = self.op
+        puller = await self._subscribe()
+        last_data = anyio.current_time()
+        while not self.out.stopping:
+            msgs: list[Msg] = []
+            try:
+                with self.out.pull_scope():
+                    msgs = await puller.fetch(op.count, op.block)
+            except (nerr.TimeoutError, TimeoutError) as exc:  # no answer (an OSError too)
+                if self.nc is None or self.nc.is_closed or not self.nc.is_connected:
+                    await self._lost(exc)
+                    puller = await self._subscribe()
+                    continue
+            except self.errors as exc:
+                await self._lost(exc)
+                puller = await self._subscribe()
+                continue
+            if msgs:
+                last_data = anyio.current_time()
+                await self._emit(msgs)
+            elif op.idle_stop is not None and anyio.current_time() - last_data >= op.idle_stop:
+                return
+
+    async def _lost(self, exc: BaseException) -> None:
+        logger.warning("read_nats: lost %s (%r); reconnecting", self.op.url, exc)
+        await self.close()
+        await self.backoff.wait()
+
+    async def _emit(self, msgs: list[Msg]) -> None:
+        replies = [m.reply for m in msgs]
+        payloads = [m.data for m in msgs]
+        msg: Any
+        if self.op.codec.dtype is None:
+            msg = payloads
+        else:
+            rows, bad = self.op.codec.decode(
+                payloads, lambda i: msgs[i].metadata.sequence.stream, self.where
+            )
+            for b in bad:
+                await apply_policy(
+                    self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
+                    self.out.counters,
+                )  # fmt: skip
+            if len(rows) == 0:
+                self.carry += replies
+                return
+            msg = Batch(rows, "source", Provenance(self.where, self.rows, self.rows + len(rows)))
+            self.rows += len(rows)
+        replies = self.carry + replies
+        self.carry = []
+        self.seq += 1
+        self.unacked[self.seq] = replies
+        await self.out.emit(msg, position=(self.subject, self.seq))
+
+    async def _on_commit(self, positions: dict[str, Any]) -> None:
+        """The sinks acknowledged everything emitted up to ``positions[subject]``."""
+        seq = positions.get(self.subject)
+        if seq is None:
+            return
+        replies: list[str] = []
+        while self.unacked and next(iter(self.unacked)) <= seq:
+            replies += self.unacked.popitem(last=False)[1]
+        await self._ack(replies)
+
+    async def _ack(self, replies: list[str]) -> None:
+        """Acknowledge messages by their reply subjects (``+ACK``), on the current
+        connection: called only once the sinks acknowledged them. A failure leaves them
+        unacknowledged: JetStream redelivers them after ``ack_wait``."""
+        if not replies:
+            return
+        try:
+            async with self.lock:
+                nc = self.nc
+                if nc is None or nc.is_closed:  # the last commit comes after the source ended
+                    nc = await _connect(self.op.url, self.op.connect_timeout)
+                try:
+                    await _publish_acks(nc, replies)
+                    await nc.flush(timeout=max(1, int(self.op.connect_timeout)))
+                finally:
+                    if nc is not self.nc:
+                        await nc.close()
+        except self.ack_errors as exc:
+            logger.warning(
+                "read_nats: could not acknowledge %d messages (%r); JetStream redelivers them",
+                len(replies), exc,
+            )  # fmt: skip
+        else:
+            self.acked += len(replies)
+
+
+def read_nats(
+    subject: str,
+    durable: str,
+    *,
+    stream: str | None = None,
+    url: str = "nats://127.0.0.1:4222",
+    dtype: DTypeLike | None = None,
+    format: Format = "csv",
+    delimiter: str = ",",
+    fill_int: int | None = None,
+    count: int = 1000,
+    block: float = 1.0,
+    ack_wait: float = 30.0,
+    idle_timeout: float | None = None,
+    connect_timeout: float = 30.0,
+    on_error: ErrorPolicy = "raise",
+    name: str | None = None,
+) -> Flow[Any]:
+    """Read a JetStream stream through a durable pull consumer, ``count`` messages a fetch.
+
+    Processes running the same flow with the same ``durable`` share the messages: each
+    goes to one of them (``aflow run --workers N``, or the same command on several
+    machines).
+
+    Acknowledgement: a message is acknowledged only after every sink of the run
+    acknowledged it, through the run's commits (see docs/delivery.md). A message not
+    acknowledged within ``ack_wait`` seconds (its worker died) is delivered again, to any
+    worker. Delivery is at-least-once.
+
+    Args:
+        subject: the subject to consume (a filter on the stream; wildcards allowed).
+            ``"{worker}"`` in it is replaced by this process's worker index.
+        durable: the durable consumer's name, created when missing.
+        stream: the stream's name (``None``: the stream holding ``subject``).
+        url: the NATS server, ``nats://host:port``.
+        dtype: a structured dtype: each payload is one row (``format``), and batches of
+            rows come out. ``None``: chunks of the raw payloads (``bytes``).
+        format: ``"csv"`` or ``"jsonl"``: how a payload holds a row.
+        delimiter: CSV field separator.
+        fill_int: the value of a missing integer; ``None``: a bad payload.
+        count: messages per fetch.
+        block: seconds a fetch waits for messages.
+        ack_wait: seconds JetStream waits for an ack before delivering a message again
+            (set on a consumer it creates; keep it above the run's commit interval).
+        idle_timeout: end the source after this many seconds without a message (``None``:
+            run until stopped).
+        connect_timeout: seconds to keep trying to (re)connect, with capped backoff,
+            before the run fails with ``ConnectionError``.
+        on_error: what a payload that does not decode does (provenance: the subject URL
+            and the message's stream sequence). Such messages are acknowledged with the
+            next batch, unless the policy raised.
+        name: the source's name in statistics and errors.
+    """
+    check_policy(on_error)
+    if count < 1 or block <= 0 or ack_wait <= 0:
+        raise ValueError("read_nats: count must be >= 1, block and ack_wait > 0")
+    codec = PayloadCodec(dtype, format, delimiter=delimiter, fill_int=fill_int)
+    source = _NatsSource(
+        subject, durable, stream, url, codec, count, block, ack_wait, idle_timeout,
+        connect_timeout, on_error, name or f"read_nats({subject})",
+    )  # fmt: skip
+    return Flow(source)
+
+
+class _NatsSinkOp(SinkOperator[Any, int]):
+    fused = False
+
+    def __init__(
+        self,
+        subject: str,
+        url: str,
+        codec: PayloadCodec,
+        key: str | None,
+        shards: int,
+        connect_timeout: float,
+        buffer: int | None,
+        on_error: ErrorPolicy,
+    ) -> None:
+        self.subject, self.url, self.codec = subject, url, codec
+        self.key, self.shards = key, shards
+        self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
+        self.name = f"to_nats({subject})"
+
+    def writer(self, ctx: Context) -> SinkWriter[Any, int]:
+        return _NatsWriter(self)
+
+
+class _NatsWriter(SinkWriter[Any, int]):
+    def __init__(self, op: _NatsSinkOp) -> None:
+        self.op = op
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.sent = 0
+        self.counters: StageCounters | None = None
+        self.backoff = Backoff()
+
+    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
+        self.counters = counters
+
+    async def open(self) -> None:
+        _require_asyncio("to_nats")
+        self.nc = await _reconnect(self.op.url, self.op.connect_timeout, self.backoff, "to_nats")
+        self.js = self.nc.jetstream(publish_async_max_pending=16_384)
+
+    async def aclose(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                await self.nc.close()
+        self.nc = self.js = None
+
+    async def write(self, item: Any) -> None:
+        await self._send(item, self._messages(item))
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        await self._send(items, [m for item in items for m in self._messages(item)])
+
+    def _messages(self, item: Any) -> list[tuple[str, bytes]]:
+        payloads = self.op.codec.encode(item)
+        if self.op.key is None:
+            return [(self.op.subject, p) for p in payloads]
+        if not (isinstance(item, np.ndarray) and item.dtype.names):
+            raise TypeError(f"to_nats(key={self.op.key!r}) needs structured array batches")
+        shard = shard_of(item[self.op.key], self.op.shards).tolist()
+        return [(f"{self.op.subject}.{s}", p) for s, p in zip(shard, payloads, strict=True)]
+
+    async def _send(self, item: Any, messages: list[tuple[str, bytes]]) -> None:
+        """Publish ``messages`` and wait for every ack; reconnects with backoff and
+        publishes again (at-least-once) for ``connect_timeout``, then ``on_error``."""
+        import nats.errors as nerr
+        import nats.js.errors as jerr
+
+        if not messages:
+            return
+        catch: tuple[type[BaseException], ...] = (
+            *_connection_errors(),
+            TimeoutError,
+            nerr.Error,
+            jerr.Error,
+        )
+        deadline = anyio.current_time() + self.op.connect_timeout
+        while True:
+            try:
+                if self.js is None:
+                    await self.open()
+                assert self.js is not None
+                futures = [await self.js.publish_async(s, p) for s, p in messages]
+                await self._acks_of(futures)
+            except catch as exc:
+                await self.aclose()
+                if isinstance(exc, ConnectionError) and "cannot reach" in str(exc):
+                    error: Exception = exc
+                elif anyio.current_time() + self.backoff.next_delay() <= deadline:
+                    logger.warning("to_nats: publishing failed (%r); reconnecting", exc)
+                    await self.backoff.wait()
+                    continue
+                else:
+                    error = ConnectionError(
+                        f"to_nats: cannot publish {len(messages)} messages to "
+                        f"{self.op.url} (tried {self.op.connect_timeout} s): {exc!r}"
+                    )
+                assert self.counters is not None
+                await apply_policy(self.op.on_error, item, error, self.op.name, None, self.counters)
+                return
+            self.backoff.reset()
+            self.sent += len(messages)
+            return
+
+    async def _acks_of(self, futures: list[asyncio.Future[Any]]) -> None:
+        """Wait for JetStream's acks of ``futures``; a connection that closes meanwhile
+        fails the wait at once (its pending acks never come), as ``connect_timeout``
+        seconds without them do."""
+        import nats.errors as nerr
+
+        waiting = asyncio.gather(*futures)
+        try:
+            with anyio.fail_after(self.op.connect_timeout):
+                while True:
+                    done, _ = await asyncio.wait([waiting], timeout=0.25)
+                    if done:
+                        waiting.result()
+                        return
+                    if self.nc is None or self.nc.is_closed:
+                        raise nerr.ConnectionClosedError
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+
+    def result(self) -> int:
+        return self.sent
+
+
+def to_nats(
+    subject: str,
+    *,
+    url: str = "nats://127.0.0.1:4222",
+    format: Format = "csv",
+    delimiter: str = ",",
+    key: str | None = None,
+    shards: int = 1,
+    connect_timeout: float = 30.0,
+    buffer: int | None = None,
+    on_error: ErrorPolicy = "raise",
+) -> Sink[Any, int]:
+    """Publish the flow to JetStream, waiting for the stream's acks (many messages in
+    flight at once); the result is the number of messages acknowledged.
+
+    Each row of an array batch is one message (a CSV line or JSON object without its
+    newline); ``bytes`` and ``str`` elements are messages as they are. A stream must
+    capture ``subject``.
+
+    Args:
+        subject: the subject to publish to.
+        url: the NATS server, ``nats://host:port``.
+        format: ``"csv"`` or ``"jsonl"``: how a row is written.
+        delimiter: CSV field separator.
+        key: shard by this column: a row goes to subject ``f"{subject}.{s}"`` with ``s`` a
+            stable hash of its key modulo ``shards``.
+        shards: how many shard subjects (with ``key``).
+        connect_timeout: seconds to keep reconnecting and publishing a failed message again.
+        buffer: messages waiting in front of the sink.
+        on_error: what a message still failing after ``connect_timeout`` does
+            (``ConnectionError``): ``"raise"``, ``"skip"``, ``dead_letter``.
+    """
+    check_policy(on_error)
+    if shards < 1 or (shards > 1 and key is None):
+        raise ValueError("to_nats: shards must be >= 1, and shards > 1 needs key=")
+    codec = PayloadCodec(None, format, delimiter=delimiter)
+    return Sink(_NatsSinkOp(subject, url, codec, key, shards, connect_timeout, buffer, on_error))

@@ -1,0 +1,586 @@
+"""Redis Streams: a consumer-group source (``XREADGROUP``, ``XAUTOCLAIM``, ``XACK``) and a
+pipelined ``XADD`` sink. Needs the ``redis`` extra (redis-py's asyncio client) and the
+asyncio backend."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+import sniffio
+from numpy.typing import DTypeLike
+
+from ..abc import (
+    Batch,
+    Context,
+    ErrorPolicy,
+    Outlet,
+    Provenance,
+    SinkOperator,
+    SinkWriter,
+    Source,
+    StageCounters,
+    apply_policy,
+    check_policy,
+)
+from ..flow import Flow, Sink
+from ._common import Backoff, Format, PayloadCodec, consumer_name, shard_of, worker_index
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["read_redis", "to_redis"]
+
+logger = logging.getLogger("aflow")
+
+_ACK_CHUNK = 5_000  # ids per XACK command (many commands pipelined in one round trip)
+_ACK_PIPELINE = 20  # XACK commands per round trip
+_BACKLOG_COUNT = 10_000  # pending entries per read of this consumer's backlog
+
+
+def _raw(response: Any, **options: Any) -> Any:
+    """The reply as the parser gave it: entries stay ``[id, [field, value, ...]]`` lists
+    (redis-py would build a dict per entry, in Python)."""
+    return response
+
+
+def _bulk(arg: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
+def _packed_xacks(stream: str, group: str, ids: list[bytes]) -> list[bytes]:
+    """``XACK stream group id...`` commands of ``_ACK_CHUNK`` ids each, packed in RESP
+    here: redis-py packs each argument in Python, a cost per id worth avoiding."""
+    head = _bulk(b"XACK") + _bulk(stream.encode()) + _bulk(group.encode())
+    return [
+        b"*%d\r\n%s%s" % (len(chunk) + 3, head, b"".join([_bulk(i) for i in chunk]))
+        for chunk in (ids[i : i + _ACK_CHUNK] for i in range(0, len(ids), _ACK_CHUNK))
+    ]
+
+
+async def _xack(client: Redis, stream: str, group: str, ids: list[bytes]) -> None:
+    """Acknowledge ``ids``: ``_ACK_PIPELINE`` packed ``XACK`` commands per round trip."""
+    commands = _packed_xacks(stream, group, ids)
+    pool = client.connection_pool
+    for start in range(0, len(commands), _ACK_PIPELINE):
+        batch = commands[start : start + _ACK_PIPELINE]
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(batch)
+            for _ in batch:
+                await conn.read_response()
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread on it
+            raise
+        finally:
+            await pool.release(conn)
+
+
+def _entries(reply: Any) -> list[Any]:
+    """The entries of an ``XREADGROUP`` reply on one stream (RESP3 map or RESP2 list)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(next(iter(reply.values())))
+    return list(reply[0][1])
+
+
+def _require_asyncio(what: str) -> None:
+    if sniffio.current_async_library() != "asyncio":
+        raise RuntimeError(f"{what} needs the asyncio backend (redis-py is asyncio only)")
+
+
+def _client(url: str, connect_timeout: float) -> Redis:
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:  # pragma: no cover - the extra is missing
+        raise ImportError(
+            "the Redis connector needs redis-py: pip install 'aflow-streams[redis]'"
+        ) from None
+    client = aioredis.from_url(url, socket_connect_timeout=connect_timeout)
+    client.set_response_callback("XREADGROUP", _raw)
+    client.set_response_callback("XAUTOCLAIM", _raw)
+    return client
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import redis.exceptions as rex
+
+    return (rex.ConnectionError, rex.TimeoutError, OSError)
+
+
+def _shown(url: str) -> str:
+    """``url`` without a password, for provenance and messages."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+class _RedisSource(Source):
+    resumable = True
+
+    def __init__(
+        self,
+        stream: str,
+        group: str,
+        url: str,
+        consumer: str | None,
+        codec: PayloadCodec,
+        entry_field: str,
+        count: int,
+        block: float,
+        claim_idle: float | None,
+        start: str,
+        idle_stop: float | None,
+        connect_timeout: float,
+        on_error: ErrorPolicy,
+        name: str,
+    ) -> None:
+        self.stream, self.group, self.url, self.consumer = stream, group, url, consumer
+        self.codec, self.entry_field = codec, entry_field.encode()
+        self.count, self.block, self.claim_idle, self.start = count, block, claim_idle, start
+        self.idle_stop, self.connect_timeout = idle_stop, connect_timeout
+        self.on_error, self.name = on_error, name
+
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        _require_asyncio("read_redis")
+        reader = _RedisReader(self, out)
+        try:
+            await reader.run()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.close()
+
+
+class _RedisReader:
+    """One run of a Redis Streams source."""
+
+    def __init__(self, op: _RedisSource, out: Outlet) -> None:
+        self.op, self.out = op, out
+        self.stream = op.stream.format(worker=worker_index())
+        self.consumer = op.consumer or consumer_name()
+        self.where = f"{_shown(op.url).rstrip('/')}/{self.stream}"
+        self.client: Redis | None = None
+        self.backoff = Backoff()
+        self.errors = _connection_errors()
+        self.rows = 0  # rows emitted, for provenance
+        self.seq = 0  # batches emitted with ids to acknowledge
+        self.unacked: OrderedDict[int, list[bytes]] = OrderedDict()  # seq -> entry ids
+        self.acking: list[list[bytes]] = []  # ids being acknowledged
+        self.carry: list[bytes] = []  # ids of bad entries, acked with the next batch
+        self.acked = 0
+        self.lock = anyio.Lock()
+        out.on_commit(self._on_commit)  # acknowledge once the sinks did
+
+    async def close(self) -> None:
+        async with self.lock:  # not while an acknowledgement uses the client
+            if self.client is not None:
+                await self.client.aclose()
+                self.client = None
+
+    async def _connect(self) -> Redis:
+        """A client with the group created: retried with backoff for ``connect_timeout``."""
+        deadline = anyio.current_time() + self.op.connect_timeout
+        while True:
+            client = _client(self.op.url, self.op.connect_timeout)
+            try:
+                await self._create_group(client)
+            except self.errors as exc:
+                await client.aclose()
+                if anyio.current_time() + self.backoff.next_delay() > deadline:
+                    raise ConnectionError(
+                        f"read_redis: cannot reach {self.where} for "
+                        f"{self.op.connect_timeout} s: {exc}"
+                    ) from exc
+                logger.warning("read_redis: %s unreachable (%s); retrying", self.where, exc)
+                await self.backoff.wait()
+                continue
+            self.backoff.reset()
+            self.client = client
+            return client
+
+    async def _create_group(self, client: Redis) -> None:
+        import redis.exceptions as rex
+
+        try:
+            await client.xgroup_create(self.stream, self.op.group, self.op.start, mkstream=True)
+        except rex.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        op = self.op
+        client = await self._connect()
+        # Entries delivered to this consumer name and not emitted by this run come first:
+        # those of a restarted worker, and after a reconnection, those whose reply was lost.
+        backlog: bytes | str | None = "0"
+        next_claim = anyio.current_time() if op.claim_idle is not None else float("inf")
+        last_data = anyio.current_time()
+        swept = False
+        while not self.out.stopping:
+            entries: list[Any] = []
+            try:
+                if backlog is not None:
+                    entries = await self._read(client, backlog, block=False, count=_BACKLOG_COUNT)
+                    backlog = entries[-1][0] if entries else None
+                    if entries:
+                        in_flight = self._in_flight()
+                        entries = [e for e in entries if e[0] not in in_flight]
+                    if backlog is not None and not entries:
+                        continue
+                elif anyio.current_time() >= next_claim:
+                    entries = await self._claim(client)
+                    if len(entries) < op.count:
+                        assert op.claim_idle is not None
+                        next_claim = anyio.current_time() + op.claim_idle / 2
+                else:
+                    with self.out.pull_scope():
+                        entries = await self._read(client, ">", block=True)
+            except self.errors as exc:
+                logger.warning("read_redis: lost %s (%s); reconnecting", self.where, exc)
+                await self.close()
+                await self.backoff.wait()
+                client = await self._connect()
+                backlog = "0"
+                continue
+            if entries:
+                await self._emit(entries)
+                last_data = anyio.current_time()
+                swept = False
+            elif op.idle_stop is not None and anyio.current_time() - last_data >= op.idle_stop:
+                if swept:
+                    return
+                backlog, swept = "0", True  # first, entries whose reply a broken read lost
+
+    async def _read(
+        self, client: Redis, after: bytes | str, *, block: bool, count: int | None = None
+    ) -> list[Any]:
+        reply: Any = await client.xreadgroup(
+            self.op.group,
+            self.consumer,
+            {self.stream: after},
+            count=count or self.op.count,
+            block=max(1, int(self.op.block * 1000)) if block else None,
+        )
+        return _entries(reply)
+
+    async def _claim(self, client: Redis) -> list[Any]:
+        """Entries left pending by other (dead) consumers longer than ``claim_idle``."""
+        assert self.op.claim_idle is not None
+        reply = await client.xautoclaim(
+            self.stream,
+            self.op.group,
+            self.consumer,
+            min_idle_time=int(self.op.claim_idle * 1000),
+            start_id="0-0",
+            count=self.op.count,
+        )
+        in_flight = self._in_flight() if reply[1] else set()
+        entries = [e for e in reply[1] if e[1] is not None and e[0] not in in_flight]
+        if entries:
+            logger.info("read_redis: reclaimed %d entries of %s", len(entries), self.where)
+        return entries
+
+    async def _emit(self, entries: list[Any]) -> None:
+        if None in (fields := [e[1] for e in entries]):
+            # pending entries deleted from the stream (trimmed): nothing to deliver
+            self.carry += [e[0] for e, f in zip(entries, fields, strict=True) if f is None]
+            entries = [e for e, f in zip(entries, fields, strict=True) if f is not None]
+            if not entries:
+                return
+        ids: list[bytes] = [e[0] for e in entries]
+        key = self.op.entry_field  # usually an entry's only field: no per-entry call
+        payloads = [f[1] if f and f[0] == key else self._payload(f) for _, f in entries]
+        msg: Any
+        if self.op.codec.dtype is None:
+            msg = payloads
+        else:
+            rows, bad = self.op.codec.decode(payloads, lambda i: ids[i].decode(), self.where)
+            for b in bad:
+                await apply_policy(
+                    self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
+                    self.out.counters,
+                )  # fmt: skip
+            if len(rows) == 0:
+                self.carry += ids
+                return
+            msg = Batch(rows, "source", Provenance(self.where, self.rows, self.rows + len(rows)))
+            self.rows += len(rows)
+        ids = self.carry + ids
+        self.carry = []
+        self.seq += 1
+        self.unacked[self.seq] = ids
+        await self.out.emit(msg, position=(self.stream, self.seq))
+
+    def _in_flight(self) -> set[bytes]:
+        """Ids emitted and not acknowledged yet: pending, but not to be emitted again.
+        Built when needed (backlog and claim reads, rare) rather than kept per entry."""
+        return set().union(*self.unacked.values(), *self.acking, self.carry)
+
+    def _payload(self, fields: list[bytes] | None) -> bytes:
+        """The payload among an entry's ``[field, value, ...]``; ``b""`` when missing
+        (deleted entries have none): it decodes as a bad payload, named with its id."""
+        if fields:
+            for i in range(0, len(fields) - 1, 2):
+                if fields[i] == self.op.entry_field:
+                    return fields[i + 1]
+        return b""
+
+    async def _on_commit(self, positions: dict[str, Any]) -> None:
+        """The sinks acknowledged everything emitted up to ``positions[stream]``."""
+        seq = positions.get(self.stream)
+        if seq is None:
+            return
+        ids: list[bytes] = []
+        while self.unacked and next(iter(self.unacked)) <= seq:
+            ids += self.unacked.popitem(last=False)[1]
+        await self._ack(ids)
+
+    async def _ack(self, ids: list[bytes]) -> None:
+        """``XACK`` ``ids``: called only once the sinks acknowledged them. A failure leaves
+        them pending (redelivered to this consumer name, or reclaimed by another)."""
+        if not ids:
+            return
+        self.acking.append(ids)
+        try:
+            async with self.lock:
+                # the last commit comes after the source ended and closed its client
+                client = self.client or _client(self.op.url, self.op.connect_timeout)
+                try:
+                    await _xack(client, self.stream, self.op.group, ids)
+                finally:
+                    if client is not self.client:
+                        await client.aclose()
+        except self.errors as exc:
+            logger.warning(
+                "read_redis: could not acknowledge %d entries of %s (%s); they stay pending",
+                len(ids), self.where, exc,
+            )  # fmt: skip
+        else:
+            self.acked += len(ids)
+        finally:
+            self.acking.remove(ids)
+
+
+def read_redis(
+    stream: str,
+    group: str,
+    *,
+    url: str = "redis://127.0.0.1:6379",
+    consumer: str | None = None,
+    dtype: DTypeLike | None = None,
+    format: Format = "csv",
+    delimiter: str = ",",
+    fill_int: int | None = None,
+    entry_field: str = "data",
+    count: int = 5000,
+    block: float = 1.0,
+    claim_idle: float | None = 30.0,
+    start: str = "0",
+    idle_timeout: float | None = None,
+    connect_timeout: float = 30.0,
+    on_error: ErrorPolicy = "raise",
+    name: str | None = None,
+) -> Flow[Any]:
+    """Read a Redis stream as one consumer of a consumer group (``XREADGROUP``).
+
+    Many processes running the same flow with the same ``group`` share the stream: each
+    entry goes to one of them (``aflow run --workers N``, or the same command on several
+    machines). Entries are read ``count`` at a time and decoded in one call.
+
+    Acknowledgement: an entry is acknowledged (``XACK``) only after every sink of the run
+    acknowledged it, through the run's commits (see docs/delivery.md). Until then it stays
+    in the group's pending list: a worker that dies leaves its entries pending, and another
+    worker claims them once idle for ``claim_idle`` seconds (``XAUTOCLAIM``); a worker
+    restarted under the same consumer name reads its own pending entries first. Delivery is
+    at-least-once: duplicates are bounded by what was in flight at a crash.
+
+    Args:
+        stream: the stream's key. ``"{worker}"`` in it is replaced by this process's worker
+            index (``AFLOW_WORKER``, set by ``aflow run --workers``): with a key-sharded
+            :func:`to_redis` (``shards=N``) each worker reads its own shard.
+        group: the consumer group, created (with the stream) when missing.
+        url: the Redis server, ``redis://[user:password@]host:port/db``.
+        consumer: this consumer's name in the group (default: ``host-wI`` for worker I of
+            ``aflow run --workers``, else ``host-pid``).
+        dtype: a structured dtype: each payload is one row (``format``), and batches of
+            rows come out. ``None``: chunks of the raw payloads (``bytes``).
+        format: ``"csv"`` or ``"jsonl"``: how a payload holds a row.
+        delimiter: CSV field separator.
+        fill_int: the value of a missing integer; ``None``: a bad payload.
+        entry_field: the entry's field holding the payload.
+        count: entries per read (``XREADGROUP COUNT``).
+        block: seconds a read waits for new entries.
+        claim_idle: seconds an entry stays pending on another consumer before this one
+            claims it (``None``: never claim).
+        start: where a new group starts: ``"0"`` the whole stream, ``"$"`` new entries.
+        idle_timeout: end the source after this many seconds without an entry (``None``:
+            run until stopped).
+        connect_timeout: seconds to keep trying to (re)connect, with capped backoff,
+            before the run fails with ``ConnectionError``.
+        on_error: what a payload that does not decode does (see :func:`aflow.dead_letter`:
+            the item is the payload, the provenance names the stream URL and the entry id).
+            Such entries are acknowledged with the next batch, unless the policy raised.
+        name: the source's name in statistics and errors.
+    """
+    check_policy(on_error)
+    if count < 1 or block <= 0:
+        raise ValueError("read_redis: count must be >= 1 and block > 0")
+    codec = PayloadCodec(dtype, format, delimiter=delimiter, fill_int=fill_int)
+    source = _RedisSource(
+        stream, group, url, consumer, codec, entry_field, count, block, claim_idle, start,
+        idle_timeout, connect_timeout, on_error, name or f"read_redis({stream})",
+    )  # fmt: skip
+    return Flow(source)
+
+
+class _RedisSinkOp(SinkOperator[Any, int]):
+    fused = False
+
+    def __init__(
+        self,
+        stream: str,
+        url: str,
+        codec: PayloadCodec,
+        entry_field: str,
+        maxlen: int | None,
+        key: str | None,
+        shards: int,
+        connect_timeout: float,
+        buffer: int | None,
+        on_error: ErrorPolicy,
+    ) -> None:
+        self.stream, self.url, self.codec, self.entry_field = stream, url, codec, entry_field
+        self.maxlen, self.key, self.shards = maxlen, key, shards
+        self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
+        self.name = f"to_redis({stream})"
+
+    def writer(self, ctx: Context) -> SinkWriter[Any, int]:
+        return _RedisWriter(self)
+
+
+class _RedisWriter(SinkWriter[Any, int]):
+    def __init__(self, op: _RedisSinkOp) -> None:
+        self.op = op
+        self.client: Redis | None = None
+        self.sent = 0
+        self.counters: StageCounters | None = None
+        self.errors = _connection_errors()
+        self.backoff = Backoff()
+        self.where = _shown(op.url).rstrip("/")
+
+    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
+        self.counters = counters
+
+    async def open(self) -> None:
+        _require_asyncio("to_redis")
+        self.client = _client(self.op.url, self.op.connect_timeout)
+        await self.client.ping()
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    async def write(self, item: Any) -> None:
+        await self._send(item, self._entries(item))
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        entries = [e for item in items for e in self._entries(item)]
+        await self._send(items, entries)
+
+    def _entries(self, item: Any) -> list[tuple[str, bytes]]:
+        payloads = self.op.codec.encode(item)
+        if self.op.key is None:
+            return [(self.op.stream, p) for p in payloads]
+        if not (isinstance(item, np.ndarray) and item.dtype.names):
+            raise TypeError(f"to_redis(key={self.op.key!r}) needs structured array batches")
+        shard = shard_of(item[self.op.key], self.op.shards).tolist()
+        return [(f"{self.op.stream}:{s}", p) for s, p in zip(shard, payloads, strict=True)]
+
+    async def _send(self, item: Any, entries: list[tuple[str, bytes]]) -> None:
+        """One pipelined round trip of ``XADD``s; reconnects with backoff and resends
+        (at-least-once) for ``connect_timeout``, then hands the item to ``on_error``."""
+        if not entries:
+            return
+        deadline = anyio.current_time() + self.op.connect_timeout
+        field = self.op.entry_field
+        while True:
+            try:
+                if self.client is None:
+                    self.client = _client(self.op.url, self.op.connect_timeout)
+                pipe = self.client.pipeline(transaction=False)
+                for stream, payload in entries:
+                    pipe.xadd(stream, {field: payload}, maxlen=self.op.maxlen, approximate=True)
+                await pipe.execute()
+            except self.errors as exc:
+                await self.aclose()
+                if anyio.current_time() + self.backoff.next_delay() > deadline:
+                    error = ConnectionError(
+                        f"to_redis: cannot write {len(entries)} entries to {self.where}"
+                        f"/{self.op.stream} (tried {self.op.connect_timeout} s): {exc}"
+                    )
+                    assert self.counters is not None
+                    await apply_policy(
+                        self.op.on_error, item, error, self.op.name, None, self.counters
+                    )
+                    return
+                logger.warning("to_redis: lost %s (%s); reconnecting", self.where, exc)
+                await self.backoff.wait()
+                continue
+            self.backoff.reset()
+            self.sent += len(entries)
+            return
+
+    def result(self) -> int:
+        return self.sent
+
+
+def to_redis(
+    stream: str,
+    *,
+    url: str = "redis://127.0.0.1:6379",
+    format: Format = "csv",
+    delimiter: str = ",",
+    entry_field: str = "data",
+    maxlen: int | None = None,
+    key: str | None = None,
+    shards: int = 1,
+    connect_timeout: float = 30.0,
+    buffer: int | None = None,
+    on_error: ErrorPolicy = "raise",
+) -> Sink[Any, int]:
+    """Append the flow to a Redis stream (``XADD``, many per round trip); the result is
+    the number of entries added.
+
+    Each row of an array batch is one entry (a CSV line or JSON object without its
+    newline, in ``entry_field``); ``bytes`` and ``str`` elements are entries as they are.
+
+    Args:
+        stream: the stream's key.
+        url: the Redis server, ``redis://[user:password@]host:port/db``.
+        format: ``"csv"`` or ``"jsonl"``: how a row is written.
+        delimiter: CSV field separator.
+        entry_field: the entry's field holding the payload.
+        maxlen: trim the stream to about this many entries (``MAXLEN ~``); ``None``: never.
+        key: shard by this column: a row goes to stream ``f"{stream}:{s}"`` with ``s`` a
+            stable hash of its key modulo ``shards`` (the same in every process), so a
+            keyed computation reading shard ``s`` sees every row of its keys.
+        shards: how many shard streams (with ``key``).
+        connect_timeout: seconds to keep reconnecting and resending a failed write.
+        buffer: messages waiting in front of the sink.
+        on_error: what a write that still fails after ``connect_timeout`` does with its
+            message (``ConnectionError``): ``"raise"``, ``"skip"``, ``dead_letter``.
+    """
+    check_policy(on_error)
+    if shards < 1 or (shards > 1 and key is None):
+        raise ValueError("to_redis: shards must be >= 1, and shards > 1 needs key=")
+    if maxlen is not None and maxlen < 1:
+        raise ValueError(f"to_redis: maxlen={maxlen} must be >= 1 or None")
+    codec = PayloadCodec(None, format, delimiter=delimiter)
+    op = _RedisSinkOp(
+        stream, url, codec, entry_field, maxlen, key, shards, connect_timeout, buffer, on_error
+    )
+    return Sink(op)
