@@ -144,12 +144,17 @@ class FilesSource(Source):
         await read_concurrently(readers, self.max_open, report, out)
 
     def _resume(
-        self, readers: list[FileReader], resume: dict[str, Any]
+        self,
+        readers: list[FileReader],
+        resume: dict[str, Any],
+        options: dict[str, Any] | None = None,
     ) -> tuple[list[FileReader], dict[str, Any]]:
         """Start each reader after its committed position; give each followed one the
         rotated files beside it to read first (:func:`plan_catch_up`); add readers for
         unfinished files of the checkpoint found renamed. Returns them and the changes to
-        make to the position map. Blocks: run it in a thread."""
+        make to the position map (``options``: the readers', if not ``self.options``).
+        Blocks: run it in a thread."""
+        options = self.options if options is None else options
         done: set[str] = set()
         for reader in readers:
             ident = file_id(reader.path)
@@ -184,9 +189,7 @@ class FilesSource(Source):
                 continue
             path, ident, size = found
             if size > int(pos["offset"]):
-                reader = FileReader(
-                    path, start=int(pos["offset"]), **{**self.options, "follow": False}
-                )
+                reader = FileReader(path, start=int(pos["offset"]), **{**options, "follow": False})
                 reader.ident = ident
                 extra.append(reader)
         return extra + readers, changes
