@@ -230,6 +230,13 @@ class Outlet(Protocol):
         ...
 
     @property
+    def checkpointed(self) -> bool:
+        """Whether the run commits positions to a checkpoint store: what a source does
+        not hand on at a stop is then read again by the next run (it need not report
+        it)."""
+        ...
+
+    @property
     def counters(self) -> StageCounters:
         """The stage's own statistics (to count ``errors`` and ``retries``)."""
         ...

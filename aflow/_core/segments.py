@@ -221,6 +221,10 @@ class Segment:
         return self.ctx.stopping
 
     @property
+    def checkpointed(self) -> bool:
+        return self.ctx.delivery.store is not None
+
+    @property
     def counters(self) -> StageCounters:
         assert self.head_counters is not None, "only sources and async operators emit"
         return self.head_counters

@@ -163,7 +163,9 @@ class FilesSource(Source):
             key = f"{ident.device}:{ident.inode}"
             pos = resume.get(key)
             if pos is not None and _same(ident, pos, reader.path):
-                reader.start = max(reader.start, int(pos["offset"]))
+                if int(pos["offset"]) > reader.start:
+                    reader.start = int(pos["offset"])
+                    reader.start_line = int(pos.get("line", 1))
                 reader.ident = ident
                 done.add(key)
                 continue
@@ -190,6 +192,7 @@ class FilesSource(Source):
             path, ident, size = found
             if size > int(pos["offset"]):
                 reader = FileReader(path, start=int(pos["offset"]), **{**options, "follow": False})
+                reader.start_line = int(pos.get("line", 1))
                 reader.ident = ident
                 extra.append(reader)
         return extra + readers, changes
