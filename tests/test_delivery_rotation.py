@@ -287,3 +287,33 @@ async def test_a_glob_of_many_files_crashed_mid_way_reads_each_file_once(
         assert result.value[0] == total
     else:
         assert sum(c for _, c, _ in result.value.tolist()) == total
+
+
+@pytest.mark.anyio
+@backends
+@pytest.mark.parametrize("kind", ["records", "csv"])
+async def test_repeat_crashed_in_its_second_pass_resumes_that_pass(
+    anyio_backend: str, kind: str, tmp_path: Path
+) -> None:
+    per_file, times = 3000, 3
+    rows = np.zeros(per_file, _DT)
+    rows["value"] = np.arange(per_file)
+    rows["key"] = rows["value"] % 5
+    suffix = "bin" if kind == "records" else "txt"
+    _write_part(tmp_path / f"data.{suffix}", kind, rows)
+    pattern = str(tmp_path / f"data.{suffix}")
+    db = tmp_path / "cp.db"
+
+    def flow(after: int) -> Any:
+        epochs = af.repeat(_read(kind, pattern, True), times)
+        return epochs | af.Stage(_Crash(after)) | _sink(kind)
+
+    with pytest.raises(RuntimeError, match="crash"):  # in the middle of the 2nd pass
+        await flow(per_file * 3 // 2).run(checkpoint=db, commit_interval=0.01)
+    cp = af.SqliteStore(db).load()
+    assert cp is not None
+    (positions,) = [p for p in cp.positions.values() if p]
+    assert positions["@repetition"] == 1  # the checkpoint is in the 2nd pass
+    result = await flow(per_file * times).run(checkpoint=db, commit_interval=0.01)
+    one_pass = (await (_read(kind, pattern, False) | _sink(kind)).run()).value.tolist()
+    assert result.value.tolist() == [(k, c * times, s * times) for k, c, s in one_pass]

@@ -442,6 +442,19 @@ class Context(Protocol):
         (``repeat`` shows one record per stage, not one per repetition)."""
         ...
 
+    def repetitions(self, name: str) -> tuple[str, int]:
+        """For a source that runs a flow several times in a row (``repeat``), named
+        ``name``: its id, and the repetition a run resumed from a checkpoint goes on
+        with (0 when none). Call it once, when the source starts."""
+        ...
+
+    def repetition(self, ident: str, n: int, restore: bool) -> AbstractContextManager[None]:
+        """Start repetition ``n`` of the repeat ``ident`` inside the block: its sources,
+        stages and sinks get the same ids in every repetition, and their positions
+        record ``n``. ``restore``: it is the repetition the checkpoint was in (its
+        positions and states are resumed; any other starts afresh)."""
+        ...
+
 
 def chain_buffers(source: Source, ops: Iterable[Op]) -> int:
     """Buffers a chain adds to a run (to share ``max_bytes_in_flight`` among them)."""
