@@ -212,3 +212,78 @@ async def test_line_numbers_go_on_after_a_crash(
     assert reports
     for d in reports:
         assert d.error.line == bad  # type: ignore[attr-defined]
+
+
+class _CrashAt(af.abc.Operator):
+    """Counts the rows of each input going by (``seen``); raises once ``after`` rows of
+    input "b" went by."""
+
+    name = "crash_at"
+
+    def __init__(self, after: int, seen: dict[str, int]) -> None:
+        self.after, self.seen = after, seen
+
+    def start(self) -> af.abc.Processor:
+        return _CrashingAt(self.after, self.seen)
+
+
+class _CrashingAt(af.abc.Processor):
+    def __init__(self, after: int, seen: dict[str, int]) -> None:
+        self.after, self.seen = after, seen
+
+    def process(self, msg: Any) -> list[Any]:
+        for line in msg:
+            self.seen[line[0]] += 1
+        if self.seen["b"] > self.after:
+            raise RuntimeError("crash")
+        time.sleep(0.002)
+        return [msg]
+
+
+def _count(acc: tuple[int, int, int], line: str) -> tuple[int, int, int]:
+    a, b, total = acc
+    kind, value = line.split(",")
+    return (a + (kind == "a"), b + (kind == "b"), total + int(value))
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@backends
+@pytest.mark.parametrize("where", ["in_its_branch", "after_merge"])
+async def test_a_source_that_ended_with_rows_in_flight_loses_none_after_a_crash(
+    anyio_backend: str, where: str, tmp_path: Path
+) -> None:
+    """Source "a" ends at once, but its rows are held by a slow concurrent stage (in its
+    branch of the merge, or after the merge, unordered) while source "b" goes on; epochs
+    committed after a ended carry a's final position, then the run crashes. A barrier
+    injected into b cannot complete its epoch before a's held rows reached the sink
+    (the merge waits for a's branch to end; a concurrent stage emits everything it holds
+    before a barrier), so the restart loses none of a's rows and counts none twice."""
+    a, b, db = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "cp.db"
+    n_a, n_b = 20, 2000
+    a.write_text("".join(f"a,{i}\n" for i in range(n_a)))
+    b.write_text("".join(f"b,{i}\n" for i in range(n_b)))
+
+    async def slow(line: str) -> str:
+        if line.startswith("a"):
+            await anyio.sleep(0.3)
+        return line
+
+    def flow(after: int, seen: dict[str, int]) -> Any:
+        read_a = af.read_lines(str(a))
+        read_b = af.read_lines(str(b), read_size=1024)
+        if where == "in_its_branch":
+            merged = af.merge(read_a | af.map(slow, concurrency=8, ordered=False), read_b)
+        else:
+            merged = af.merge(read_a, read_b) | af.map(slow, concurrency=8, ordered=False)
+        return merged | af.Stage(_CrashAt(after, seen)) | af.reduce(_count, (0, 0, 0))
+
+    seen = {"a": 0, "b": 0}
+    with pytest.raises(RuntimeError, match="crash"):
+        await flow(n_b // 2, seen).run(checkpoint=db, commit_interval=0.01)
+    cp = af.SqliteStore(db).load()
+    assert cp is not None
+    a_pos = [p for m in cp.positions.values() for p in m.values() if p["path"] == str(a)]
+    assert a_pos[0]["offset"] == a.stat().st_size  # committed with a's final position
+    result = await flow(n_b, {"a": 0, "b": 0}).run(checkpoint=db, commit_interval=0.01)
+    assert result.value == (n_a, n_b, sum(range(n_a)) + sum(range(n_b)))
