@@ -287,3 +287,27 @@ async def test_a_source_that_ended_with_rows_in_flight_loses_none_after_a_crash(
     assert a_pos[0]["offset"] == a.stat().st_size  # committed with a's final position
     result = await flow(n_b, {"a": 0, "b": 0}).run(checkpoint=db, commit_interval=0.01)
     assert result.value == (n_a, n_b, sum(range(n_a)) + sum(range(n_b)))
+
+
+@pytest.mark.anyio
+@backends
+async def test_a_checkpoint_belongs_to_the_options_of_its_file_sources(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    path, db = tmp_path / "m.bin", tmp_path / "cp.db"
+    path.write_bytes(np.arange(40, dtype="<i8").tobytes())
+    dt = np.dtype([("a", "<i8"), ("b", "<i8")])
+    first = await (af.read_records(str(path), dt) | af.collect()).run(checkpoint=db)
+    assert len(first.value) == 20
+    # the same flow, built again: the same checkpoint, read to its end (nothing again)
+    again = await (af.read_records(str(path), dt) | af.collect()).run(checkpoint=db)
+    assert len(again.value) == 20
+    others = [
+        af.read_records(str(path), dt, follow=True),  # following: positions mean more
+        af.read_records(str(path), np.dtype("<i8")),  # another framing
+        af.read_records(str(tmp_path / "*.bin"), dt),  # a glob
+        af.read_blocks(str(path)),
+    ]
+    for other in others:
+        with anyio.fail_after(10), pytest.raises(af.CheckpointMismatch, match="another flow"):
+            await (other | af.collect()).run(checkpoint=db)

@@ -206,15 +206,16 @@ def open_store(checkpoint: str | os.PathLike[str] | CheckpointStore) -> Checkpoi
 
 
 def describe_flow(source: Any, ops: Any, sink: Any) -> str:
-    """The structure of a flow in words: sources, stages and sinks by name, branches and
-    sub-flows included (what a checkpoint's fingerprint is made of)."""
+    """The structure of a flow in words: sources (by :meth:`~aflow.abc.Source.identity`),
+    stages and sinks by name, branches and sub-flows included (what a checkpoint's
+    fingerprint is made of)."""
 
     def src(s: Any) -> str:
         flows = getattr(s, "flows", None)
         inner = ""
         if flows:
             inner = "[" + "; ".join(chain(f.source, f.ops(), None) for f in flows) + "]"
-        return f"{s.name}{inner}"
+        return f"{s.identity()}{inner}"
 
     def snk(k: Any) -> str:
         sinks = getattr(k, "sinks", None)

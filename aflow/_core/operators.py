@@ -299,6 +299,15 @@ class Source(ABC):
         """Buffers this source adds inside itself (sub-flows it runs). 0 by default."""
         return 0
 
+    def identity(self) -> str:
+        """What a checkpoint's positions of this source depend on, in words: its name
+        by default. A resumable source whose options change what its positions mean
+        (which files, following them or not, their framing) includes them, so a
+        checkpoint is not taken up by the same source with other options
+        (:class:`~aflow.CheckpointMismatch`). Must be the same in every run of the
+        same flow."""
+        return self.name
+
     def size(self) -> tuple[int, str] | None:
         """How much the source will emit, when known before it runs: ``(amount, unit)``,
         unit ``"rows"`` or ``"bytes"``, in the units of its ``items_out``; ``None`` (the

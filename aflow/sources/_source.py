@@ -128,6 +128,19 @@ class FilesSource(Source):
         self.header_bytes = header_bytes
         self.name = name
 
+    def identity(self) -> str:
+        """The name, the paths or globs as given, following or not, and the framing
+        (shape, record dtype and row shape): what the positions depend on."""
+        o = self.options
+        dtype = "" if o["dtype"] is None else f", dtype={np.dtype(o['dtype']).str}"
+        if o["dtype"] is not None and np.dtype(o["dtype"]).names:
+            dtype = f", dtype={np.dtype(o['dtype']).descr}"
+        rows = f", rows={tuple(o['row_shape'])}" if o["row_shape"] else ""
+        return (
+            f"{self.name}[paths={_items(self.paths)}, follow={self.follow}, "
+            f"shape={o['shape']}{dtype}{rows}, header_bytes={self.header_bytes}]"
+        )
+
     async def produce(self, out: Outlet, ctx: Context) -> None:
         files = await anyio.to_thread.run_sync(self._expand)  # a glob may be slow
         report = Reporter(self.on_error, self.name, out.counters)
