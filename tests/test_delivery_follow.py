@@ -260,7 +260,7 @@ async def test_a_source_that_ended_with_rows_in_flight_loses_none_after_a_crash(
     (the merge waits for a's branch to end; a concurrent stage emits everything it holds
     before a barrier), so the restart loses none of a's rows and counts none twice."""
     a, b, db = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "cp.db"
-    n_a, n_b = 20, 2000
+    n_a, n_b = 20, 4000
     a.write_text("".join(f"a,{i}\n" for i in range(n_a)))
     b.write_text("".join(f"b,{i}\n" for i in range(n_b)))
 
