@@ -201,28 +201,77 @@ class _Crashing(af.abc.Processor):
         return [msg]
 
 
+_DT = np.dtype([("key", "<i8"), ("value", "<i8")])
+_LOG = r"k=(?P<key>\d+) v=(?P<value>\d+)"
+
+
+def _write_part(path: Path, kind: str, rows: np.ndarray[Any, Any]) -> None:
+    pairs = rows.tolist()
+    if kind == "records":
+        path.write_bytes(rows.tobytes())
+    elif kind == "npy":
+        np.save(path, rows)
+    elif kind == "jsonl":
+        path.write_text("".join(f'{{"key": {k}, "value": {v}}}\n' for k, v in pairs))
+    elif kind == "log":
+        path.write_text("".join(f"k={k} v={v}\n" for k, v in pairs))
+    else:  # csv, csv threads=1, lines
+        path.write_text("".join(f"{k},{v}\n" for k, v in pairs))
+
+
+def _read(kind: str, pattern: str, small: bool) -> Any:
+    """The flow reading the glob with ``kind``'s read_* (``small``: small reads and few
+    files open, so barriers fall between the blocks of one file)."""
+    opts: dict[str, Any] = {"read_size": 1024, "max_open": 2} if small else {}
+    if kind == "records":
+        return af.read_records(pattern, _DT, **opts)
+    if kind == "npy":
+        return af.read_npy(pattern, **opts)
+    if kind == "csv":
+        return af.read_csv(pattern, _DT, threads=3, **opts)
+    if kind == "csv1":
+        return af.read_csv(pattern, _DT, threads=1, **opts)
+    if kind == "csv0":
+        return af.read_csv(pattern, _DT, threads=0, **opts)
+    if kind == "jsonl":
+        return af.read_jsonl(pattern, _DT, threads=2, **opts)
+    if kind == "log":
+        columns = {"key": "int", "value": "int"}
+        return af.read_log(pattern, _LOG, columns, threads=2, **opts)
+    assert kind == "lines"
+    return af.read_lines(pattern, **opts)
+
+
+def _sink(kind: str) -> Any:
+    if kind == "lines":  # str elements: count and sum by hand (a committed reduce)
+        return af.reduce(lambda acc, line: (acc[0] + 1, acc[1] + int(line.split(",")[1])), (0, 0))
+    return af.to_aggregate("key", "value", ("count", "sum"))
+
+
+def _totals(kind: str, result: Any) -> Any:
+    if kind == "lines":
+        return result.value
+    return result.value.tolist()
+
+
 @pytest.mark.anyio
 @backends
+@pytest.mark.parametrize("kind", ["records", "npy", "csv", "csv1", "csv0", "jsonl", "log", "lines"])
 async def test_a_glob_of_many_files_crashed_mid_way_reads_each_file_once(
-    anyio_backend: str, tmp_path: Path
+    anyio_backend: str, kind: str, tmp_path: Path
 ) -> None:
-    dt = np.dtype([("key", "<i8"), ("value", "<i8")])
     n_files, per_file = 50, 400
+    suffix = {"records": "bin", "npy": "npy"}.get(kind, "txt")
     for f in range(n_files):
-        rows = np.zeros(per_file, dt)
+        rows = np.zeros(per_file, _DT)
         rows["value"] = np.arange(f * per_file, (f + 1) * per_file)
         rows["key"] = rows["value"] % 7
-        (tmp_path / f"part{f:02d}.bin").write_bytes(rows.tobytes())
+        _write_part(tmp_path / f"part{f:02d}.{suffix}", kind, rows)
     db = tmp_path / "cp.db"
-    pattern = str(tmp_path / "part*.bin")
+    pattern = str(tmp_path / f"part*.{suffix}")
 
     def flow(after: int) -> Any:
-        # records: no decode stage (its worker threads are audited for barriers apart)
-        return (
-            af.read_records(pattern, dt, read_size=1024, max_open=2)
-            | af.Stage(_Crash(after))
-            | af.to_aggregate("key", "value", ("count", "sum"))
-        )
+        return _read(kind, pattern, True) | af.Stage(_Crash(after)) | _sink(kind)
 
     total = n_files * per_file
     for after in (total // 3, 2 * total // 3):  # crash twice, then run to the end
@@ -232,8 +281,39 @@ async def test_a_glob_of_many_files_crashed_mid_way_reads_each_file_once(
         assert cp is not None
         assert cp.states  # some epochs were committed before it
     result = await flow(total).run(checkpoint=db, commit_interval=0.01)
-    one_pass = await (
-        af.read_records(pattern, dt) | af.to_aggregate("key", "value", ("count", "sum"))
-    ).run()
-    assert result.value.tolist() == one_pass.value.tolist()
-    assert sum(c for _, c, _ in result.value.tolist()) == total
+    one_pass = await (_read(kind, pattern, False) | _sink(kind)).run()
+    assert _totals(kind, result) == _totals(kind, one_pass)
+    if kind == "lines":
+        assert result.value[0] == total
+    else:
+        assert sum(c for _, c, _ in result.value.tolist()) == total
+
+
+@pytest.mark.anyio
+@backends
+@pytest.mark.parametrize("kind", ["records", "csv"])
+async def test_repeat_crashed_in_its_second_pass_resumes_that_pass(
+    anyio_backend: str, kind: str, tmp_path: Path
+) -> None:
+    per_file, times = 3000, 3
+    rows = np.zeros(per_file, _DT)
+    rows["value"] = np.arange(per_file)
+    rows["key"] = rows["value"] % 5
+    suffix = "bin" if kind == "records" else "txt"
+    _write_part(tmp_path / f"data.{suffix}", kind, rows)
+    pattern = str(tmp_path / f"data.{suffix}")
+    db = tmp_path / "cp.db"
+
+    def flow(after: int) -> Any:
+        epochs = af.repeat(_read(kind, pattern, True), times)
+        return epochs | af.Stage(_Crash(after)) | _sink(kind)
+
+    with pytest.raises(RuntimeError, match="crash"):  # in the middle of the 2nd pass
+        await flow(per_file * 3 // 2).run(checkpoint=db, commit_interval=0.01)
+    cp = af.SqliteStore(db).load()
+    assert cp is not None
+    (positions,) = [p for p in cp.positions.values() if p]
+    assert positions["@repetition"] == 1  # the checkpoint is in the 2nd pass
+    result = await flow(per_file * times).run(checkpoint=db, commit_interval=0.01)
+    one_pass = (await (_read(kind, pattern, False) | _sink(kind)).run()).value.tolist()
+    assert result.value.tolist() == [(k, c * times, s * times) for k, c, s in one_pass]

@@ -7,7 +7,7 @@ the first error; starts chains of stages (one task per segment, see :mod:`.segme
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import anyio
@@ -125,6 +125,12 @@ class RunContext:
             yield recycle
         finally:
             self._captured = None
+
+    def repetitions(self, name: str) -> tuple[str, int]:
+        return self.delivery.repetitions(name)
+
+    def repetition(self, ident: str, n: int, restore: bool) -> AbstractContextManager[None]:
+        return self.delivery.repetition(ident, n, restore)
 
     # -- building ---------------------------------------------------------------------
     def new_buffer(self, receiver: StageCounters, op: Op | None = None) -> Buffer:

@@ -21,7 +21,9 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -34,6 +36,7 @@ from .messages import Barrier
 __all__ = [
     "DEFAULT_COMMIT_INTERVAL",
     "MISSING",
+    "REPETITION",
     "Checkpoint",
     "CheckpointArg",
     "CheckpointStore",
@@ -47,6 +50,26 @@ DEFAULT_COMMIT_INTERVAL = 1.0
 
 MISSING = object()
 """What :meth:`Delivery.state_for` gives for an id without a committed state."""
+
+REPETITION = "@repetition"
+"""The key of a source's position map (as committed) holding the repetition of the
+``repeat`` it runs in; sources never see it."""
+
+
+@dataclass(slots=True)
+class _IdScope:
+    """The ids of one repetition of a ``repeat``: ``prefix`` (the repeat's own id) and
+    counts of their own, so every repetition's sources and stages get the same ids."""
+
+    prefix: str
+    repetition: int
+    restore: bool  # the repetition the loaded checkpoint was in: resume it
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+# Tasks started inside a scope (a sub-flow's stages, a nested merge) copy it with their
+# context.
+_SCOPE: ContextVar[_IdScope | None] = ContextVar("aflow_id_scope", default=None)
 
 
 @dataclass
@@ -183,15 +206,16 @@ def open_store(checkpoint: str | os.PathLike[str] | CheckpointStore) -> Checkpoi
 
 
 def describe_flow(source: Any, ops: Any, sink: Any) -> str:
-    """The structure of a flow in words: sources, stages and sinks by name, branches and
-    sub-flows included (what a checkpoint's fingerprint is made of)."""
+    """The structure of a flow in words: sources (by :meth:`~aflow.abc.Source.identity`),
+    stages and sinks by name, branches and sub-flows included (what a checkpoint's
+    fingerprint is made of)."""
 
     def src(s: Any) -> str:
         flows = getattr(s, "flows", None)
         inner = ""
         if flows:
             inner = "[" + "; ".join(chain(f.source, f.ops(), None) for f in flows) + "]"
-        return f"{s.name}{inner}"
+        return f"{s.identity()}{inner}"
 
     def snk(k: Any) -> str:
         sinks = getattr(k, "sinks", None)
@@ -222,7 +246,10 @@ class SourcePort(Protocol):
     """What the coordinator needs of a source segment."""
 
     source_id: str
-    positions: dict[str, Any]
+
+    def position_map(self) -> dict[str, Any]:
+        """The source's position map now, with its repetition inside a ``repeat``."""
+        ...
 
     async def inject(self, barrier: Barrier) -> dict[str, Any] | None: ...
 
@@ -286,26 +313,71 @@ class Delivery:
 
     def new_id(self, kind: str, name: str) -> str:
         """A stable id for a source, stage or sink: its kind, rank among its kind in the
-        order the run builds them, and name."""
-        n = self._counts.get(kind, 0)
-        self._counts[kind] = n + 1
-        return f"{kind}{n}:{name}"
+        order the run builds them, and name; inside a repetition of a ``repeat``, the
+        repeat's id, then the same within the repetition (the same in every one)."""
+        scope = _SCOPE.get()
+        counts = self._counts if scope is None else scope.counts
+        n = counts.get(kind, 0)
+        counts[kind] = n + 1
+        if scope is None:
+            return f"{kind}{n}:{name}"
+        ident = f"{scope.prefix}{kind}{n}:{name}"
+        if not scope.restore:  # a new incarnation: what an earlier one left is not its own
+            self.final_states.pop(ident, None)
+            self.cleared[ident] = self.epoch
+        return ident
+
+    def repetitions(self, name: str) -> tuple[str, int]:
+        """For a ``repeat`` named ``name``: its id (the prefix of its repetitions' ids)
+        and the repetition the loaded checkpoint was in (0 when none)."""
+        prefix = self.new_id("repeat", name) + "/"
+        reps = [
+            int(p.get(REPETITION, 0))
+            for k, p in self.committed_positions.items()
+            if k.startswith(prefix) and self.loaded is not None
+        ]
+        return prefix, max(reps, default=0)
+
+    @contextmanager
+    def repetition(self, prefix: str, n: int, restore: bool) -> Iterator[None]:
+        """Inside the block, ids are those of repetition ``n`` of the repeat ``prefix``;
+        ``restore``: it is the one the loaded checkpoint was in (resume its positions
+        and states; other repetitions start afresh)."""
+        token = _SCOPE.set(_IdScope(prefix, n, restore and self.loaded is not None))
+        try:
+            yield
+        finally:
+            _SCOPE.reset(token)
+
+    @staticmethod
+    def current_repetition() -> int | None:
+        """The repetition being built (``None`` outside a ``repeat``)."""
+        scope = _SCOPE.get()
+        return None if scope is None else scope.repetition
 
     def state_for(self, ident: str) -> Any:
         """The committed state of ``ident`` in the loaded checkpoint, or ``MISSING``."""
-        return self.committed_states.get(ident, MISSING) if self.loaded else MISSING
+        scope = _SCOPE.get()
+        if self.loaded is None or (scope is not None and not scope.restore):
+            return MISSING
+        return self.committed_states.get(ident, MISSING)
 
     def restore(self, ident: str, target: Any) -> None:
         """Give ``target`` (a processor or sink writer) its committed state, if any."""
-        if self.loaded is None:
-            return
-        state = self.committed_states.get(ident, MISSING)
+        state = self.state_for(ident)
         if state is not MISSING:
             target.restore(state)
 
     def positions_for(self, ident: str) -> dict[str, Any]:
-        """The committed position map of source ``ident`` (empty when none)."""
-        return dict(self.committed_positions.get(ident, {}))
+        """The committed position map of source ``ident`` (empty when none; inside a
+        ``repeat``, empty unless it is the repetition the checkpoint was in)."""
+        committed = self.committed_positions.get(ident, {})
+        scope = _SCOPE.get()
+        if scope is not None and (
+            not scope.restore or committed.get(REPETITION, 0) != scope.repetition
+        ):
+            return {}
+        return {k: v for k, v in committed.items() if k != REPETITION}
 
     # -- registration -------------------------------------------------------------------
     def add_source(self, port: SourcePort, name: str, resumable: bool) -> None:
@@ -321,7 +393,7 @@ class Delivery:
 
     def source_ended(self, port: SourcePort) -> None:
         self.sources.pop(port.source_id, None)
-        self.final_positions[port.source_id] = dict(port.positions)
+        self.final_positions[port.source_id] = port.position_map()
         self._wake.set()
 
     def add_sink(self, ident: str) -> None:
@@ -366,10 +438,11 @@ class Delivery:
         """The states to commit with ``epoch``: the last committed, the final ones of
         stages that ended, this epoch's; without the stages that ended holding nothing
         before ``Barrier(epoch)`` was injected."""
-        states = {**self.committed_states, **self.final_states, **layer}
+        states = {**self.committed_states, **self.final_states}
         for ident, at in self.cleared.items():
             if epoch > at:
                 states.pop(ident, None)
+        states.update(layer)  # a new incarnation (a repetition) of a cleared id: its own
         return states
 
     def has_callbacks(self, ident: str) -> bool:
@@ -465,6 +538,6 @@ class Delivery:
         self.committed_positions, self.committed_states = positions, states
         for ident, fn in self.callbacks:
             if ident in covered:
-                await fn(dict(covered[ident]))
+                await fn({k: v for k, v in covered[ident].items() if k != REPETITION})
         if self.final_done:
             self.final_committed.set()

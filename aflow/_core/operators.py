@@ -240,6 +240,13 @@ class Outlet(Protocol):
         ...
 
     @property
+    def checkpointed(self) -> bool:
+        """Whether the run commits positions to a checkpoint store: what a source does
+        not hand on at a stop is then read again by the next run (it need not report
+        it)."""
+        ...
+
+    @property
     def counters(self) -> StageCounters:
         """The stage's own statistics (to count ``errors`` and ``retries``)."""
         ...
@@ -301,6 +308,15 @@ class Source(ABC):
     def nested_buffers(self) -> int:
         """Buffers this source adds inside itself (sub-flows it runs). 0 by default."""
         return 0
+
+    def identity(self) -> str:
+        """What a checkpoint's positions of this source depend on, in words: its name
+        by default. A resumable source whose options change what its positions mean
+        (which files, following them or not, their framing) includes them, so a
+        checkpoint is not taken up by the same source with other options
+        (:class:`~aflow.CheckpointMismatch`). Must be the same in every run of the
+        same flow."""
+        return self.name
 
     def size(self) -> tuple[int, str] | None:
         """How much the source will emit, when known before it runs: ``(amount, unit)``,
@@ -443,6 +459,19 @@ class Context(Protocol):
         """Inside the block, chains started get statistics records; calling the yielded
         function after they finished lets the next chains of the same names add to them
         (``repeat`` shows one record per stage, not one per repetition)."""
+        ...
+
+    def repetitions(self, name: str) -> tuple[str, int]:
+        """For a source that runs a flow several times in a row (``repeat``), named
+        ``name``: its id, and the repetition a run resumed from a checkpoint goes on
+        with (0 when none). Call it once, when the source starts."""
+        ...
+
+    def repetition(self, ident: str, n: int, restore: bool) -> AbstractContextManager[None]:
+        """Start repetition ``n`` of the repeat ``ident`` inside the block: its sources,
+        stages and sinks get the same ids in every repetition, and their positions
+        record ``n``. ``restore``: it is the repetition the checkpoint was in (its
+        positions and states are resumed; any other starts afresh)."""
         ...
 
 

@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 
 from ..stats import RunCounters, StageCounters
 from .buffers import Buffer, Sender
-from .delivery import MISSING, Delivery
+from .delivery import MISSING, REPETITION, Delivery
 from .messages import Barrier, Batch, Item, Message
 from .operators import (
     AsyncOperator,
@@ -191,6 +191,8 @@ class Segment:
         # the injection of a barrier exclude each other.
         self.source_id = ""
         self._lock: anyio.Lock | None = None
+        self._resume: dict[str, Any] = {}
+        self._repetition: int | None = None
         self._ended = False
         self._output_ended = False  # ``end()`` ended it before the head returned
         if source is not None and not source.composite:
@@ -200,6 +202,8 @@ class Segment:
             # The map goes on from the committed one: what this run does not touch again
             # (a file read to its end) stays known.
             self.positions = ctx.delivery.positions_for(self.source_id)
+            self._resume = dict(self.positions)
+            self._repetition = ctx.delivery.current_repetition()
         self.head_counters = head_counters
         self.head = head
         self.head_name = head_name
@@ -222,6 +226,10 @@ class Segment:
         return self.ctx.stopping
 
     @property
+    def checkpointed(self) -> bool:
+        return self.ctx.delivery.store is not None
+
+    @property
     def counters(self) -> StageCounters:
         assert self.head_counters is not None, "only sources and async operators emit"
         return self.head_counters
@@ -240,7 +248,7 @@ class Segment:
     def resume_positions(self) -> dict[str, Any]:
         if not self.source_id:
             return {}
-        return self.ctx.delivery.positions_for(self.source_id)
+        return dict(self._resume)
 
     def update_positions(self, changes: Mapping[str, Any]) -> None:
         if not self.source_id:
@@ -305,7 +313,7 @@ class Segment:
         async with self._lock:
             if self._ended:
                 return None
-            positions = dict(self.positions)
+            positions = self.position_map()
             try:
                 await self.barrier(barrier)
             except Exception as exc:
@@ -313,6 +321,13 @@ class Segment:
                     return None
                 raise
             return positions
+
+    def position_map(self) -> dict[str, Any]:
+        """The position map now, with the repetition of the ``repeat`` it runs in."""
+        positions = dict(self.positions)
+        if self._repetition is not None:
+            positions[REPETITION] = self._repetition
+        return positions
 
     async def barrier(self, barrier: Barrier) -> None:
         """Pass ``barrier`` through the fused ops (each hands on what it holds and

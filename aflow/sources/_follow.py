@@ -103,9 +103,9 @@ class Follower:
             watcher.close()
             for tracked in self._all():
                 os.close(tracked.fd)
-        for tracked in self._all():  # stopped gracefully: the partial last lines too
-            self.reader.ident = tracked.ident  # for the positions of what it emits
-            await self.reader.finish(tracked.framer, emit, report)
+        checkpointed = bool(out.checkpointed)
+        for tracked in self._all():  # stopped: a last line may be unfinished by its writer
+            await self.reader.hold_back(tracked.framer, report, checkpointed)
 
     async def _catch_up(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Resumed: read the rotated files the checkpoint has not seen to their end (the
@@ -124,6 +124,7 @@ class Follower:
                     start=cu.offset,
                     last_line=self.reader.last_line,
                 )
+                reader.start_line = cu.line
                 reader.ident = cu.ident
                 self.reader.ident = cu.ident  # for the positions of what it emits
                 try:
@@ -138,7 +139,7 @@ class Follower:
             if (ident.device, ident.inode) != (cu.ident.device, cu.ident.inode):
                 os.close(fd)  # another file under that name by now: found by its own
                 continue
-            framer = self.reader.framer(cu.offset, cu.path)
+            framer = self.reader.framer(cu.offset, cu.path, cu.line)
             self.draining.append(Tracked(fd, ident, framer, cu.offset))
 
     def _all(self) -> list[Tracked]:
@@ -150,8 +151,8 @@ class Follower:
         if opened is None:
             return False
         fd, ident = opened
-        start = self.reader.start if first else 0
-        self.current = Tracked(fd, ident, self.reader.framer(start), start)
+        start, line = (self.reader.start, self.reader.start_line) if first else (0, 1)
+        self.current = Tracked(fd, ident, self.reader.framer(start, line=line), start)
         # A file found at the start may predate the watch: its appearance was not seen.
         self.opened += 0 if first else 1
         return True

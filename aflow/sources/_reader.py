@@ -53,12 +53,13 @@ class _Framer:
         row_shape: tuple[int, ...],
         max_line: int,
         offset: int,
+        line: int = 1,
     ) -> None:
         self.path = path
         self.shape = shape
         self.start = offset  # byte offset of the first byte fed
         self.offset = offset  # byte offset of the next chunk (shape "bytes")
-        self.lines = LineSplitter(path, max_line=max_line, offset=offset)
+        self.lines = LineSplitter(path, max_line=max_line, offset=offset, first_line=line)
         self.records: RecordFramer | None = None
         if shape == "records":
             assert dtype is not None
@@ -126,15 +127,16 @@ class FileReader:
         self.poll_interval = poll_interval
         self.rotate_wait = rotate_wait
         self.last_line = last_line
+        self.start_line = 1  # the number of the line at ``start`` (resumed: from the position)
         self.ident: FileId | None = None  # the file being read (for checkpoint positions)
         # Followed, resumed: rotated files to read before the live one (oldest first).
         self.catch_up: list[CatchUp] = []
 
-    def framer(self, offset: int, path: str | None = None) -> _Framer:
-        """A fresh framer for this file's bytes from ``offset`` on (``path``: the file
-        its provenance names, if not this reader's path)."""
+    def framer(self, offset: int, path: str | None = None, line: int = 1) -> _Framer:
+        """A fresh framer for this file's bytes from ``offset`` on, whose first line is
+        number ``line`` (``path``: the file its provenance names, if not this reader's)."""
         path = self.path if path is None else path
-        return _Framer(path, self.shape, self.dtype, self.row_shape, self.max_line, offset)
+        return _Framer(path, self.shape, self.dtype, self.row_shape, self.max_line, offset, line)
 
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read to the end (follow mode is :class:`~aflow.sources._follow.Follower`)."""
@@ -142,7 +144,7 @@ class FileReader:
         if self.ident is None:  # never open a FIFO twice: its open blocks for a writer
             self.ident = await anyio.to_thread.run_sync(_regular_id, self.path)
         try:
-            framer = self.framer(self.start)
+            framer = self.framer(self.start, line=self.start_line)
             while not out.stopping:
                 with out.pull_scope():  # a FIFO waits for its writer here
                     chunk = await stream.read(self.chunk_size)
@@ -190,6 +192,53 @@ class FileReader:
         )
         await emit(msg)
 
+    async def hold_back(self, framer: _Framer, report: Reporter, checkpointed: bool) -> None:
+        """A graceful stop while following: the last line (or record) of ``framer``'s
+        file may be one its writer has not finished, so it is not handed on. With a
+        checkpoint the position stays before it (the next run reads it whole); without
+        one it is reported: counted in the source's ``errors`` and logged as a warning
+        (``last_line="keep"``), or handed to ``on_error`` as an
+        :class:`~aflow.errors.IncompleteFrameError` (``last_line="report"``)."""
+        msg, failed = framer.finish()
+        if failed is not None:
+            _, raw, prov = failed
+        elif isinstance(msg, Batch):
+            raw, prov = bytes(msg.data), msg.provenance
+        else:
+            return
+        line = prov.start if prov is not None and prov.unit == "line" else None
+        offset = prov.offset if prov is not None else None
+        if checkpointed:
+            logger.info(
+                "%s: the run stopped inside line %s (offset %s), which is not handed on: "
+                "the next run from the checkpoint reads it whole",
+                self.path,
+                line,
+                offset,
+            )
+            return
+        if self.last_line == "report":
+            error = IncompleteFrameError(
+                "the run stopped while the last line (or record) had no end yet (its "
+                "writer may not have finished it): not handed on; run with a checkpoint "
+                "for the next run to read it whole",
+                source=self.path,
+                line=line,
+                offset=offset,
+            )
+            await report(raw, error, prov)
+            return
+        report.counters.errors += 1
+        logger.warning(
+            "%s: the run stopped inside line %s (offset %s, %d bytes without an end yet: "
+            "its writer may not have finished it); not handed on, counted in errors (run "
+            "with a checkpoint for the next run to read it whole)",
+            self.path,
+            line,
+            offset,
+            len(raw),
+        )
+
 
 def _regular_id(path: str) -> FileId | None:
     return file_id(path) if os.path.isfile(path) else None
@@ -214,4 +263,6 @@ def position_of(reader: FileReader, msg: Message) -> tuple[str, Any] | None:
         "len": ident.length,
         "offset": end,
     }
+    if prov.unit == "line":  # the number of the next line, for provenance after a resume
+        value["line"] = prov.stop
     return f"{ident.device}:{ident.inode}", value

@@ -44,6 +44,7 @@ class CatchUp:
     offset: int
     compressed: bool
     mtime_ns: int
+    line: int = 1  # the number of the line at ``offset``
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,8 @@ def plan_catch_up(
             changes[_key(f.ident)] = dict(pos)
         offset = int(pos.get("offset", 0))
         if not pos.get("done") and (f.compressed or f.size > offset):
-            plan.append(CatchUp(f.path, f.ident, offset, f.compressed, f.mtime_ns))
+            line = int(pos.get("line", 1))
+            plan.append(CatchUp(f.path, f.ident, offset, f.compressed, f.mtime_ns, line))
     for k in relevant:
         if k not in kept:
             changes.setdefault(k, None)  # gone, or its content is under another key now

@@ -128,6 +128,19 @@ class FilesSource(Source):
         self.header_bytes = header_bytes
         self.name = name
 
+    def identity(self) -> str:
+        """The name, the paths or globs as given, following or not, and the framing
+        (shape, record dtype and row shape): what the positions depend on."""
+        o = self.options
+        dtype = "" if o["dtype"] is None else f", dtype={np.dtype(o['dtype']).str}"
+        if o["dtype"] is not None and np.dtype(o["dtype"]).names:
+            dtype = f", dtype={np.dtype(o['dtype']).descr}"
+        rows = f", rows={tuple(o['row_shape'])}" if o["row_shape"] else ""
+        return (
+            f"{self.name}[paths={_items(self.paths)}, follow={self.follow}, "
+            f"shape={o['shape']}{dtype}{rows}, header_bytes={self.header_bytes}]"
+        )
+
     async def produce(self, out: Outlet, ctx: Context) -> None:
         files = await anyio.to_thread.run_sync(self._expand)  # a glob may be slow
         report = Reporter(self.on_error, self.name, out.counters)
@@ -144,12 +157,17 @@ class FilesSource(Source):
         await read_concurrently(readers, self.max_open, report, out)
 
     def _resume(
-        self, readers: list[FileReader], resume: dict[str, Any]
+        self,
+        readers: list[FileReader],
+        resume: dict[str, Any],
+        options: dict[str, Any] | None = None,
     ) -> tuple[list[FileReader], dict[str, Any]]:
         """Start each reader after its committed position; give each followed one the
         rotated files beside it to read first (:func:`plan_catch_up`); add readers for
         unfinished files of the checkpoint found renamed. Returns them and the changes to
-        make to the position map. Blocks: run it in a thread."""
+        make to the position map (``options``: the readers', if not ``self.options``).
+        Blocks: run it in a thread."""
+        options = self.options if options is None else options
         done: set[str] = set()
         for reader in readers:
             ident = file_id(reader.path)
@@ -158,7 +176,9 @@ class FilesSource(Source):
             key = f"{ident.device}:{ident.inode}"
             pos = resume.get(key)
             if pos is not None and _same(ident, pos, reader.path):
-                reader.start = max(reader.start, int(pos["offset"]))
+                if int(pos["offset"]) > reader.start:
+                    reader.start = int(pos["offset"])
+                    reader.start_line = int(pos.get("line", 1))
                 reader.ident = ident
                 done.add(key)
                 continue
@@ -184,9 +204,8 @@ class FilesSource(Source):
                 continue
             path, ident, size = found
             if size > int(pos["offset"]):
-                reader = FileReader(
-                    path, start=int(pos["offset"]), **{**self.options, "follow": False}
-                )
+                reader = FileReader(path, start=int(pos["offset"]), **{**options, "follow": False})
+                reader.start_line = int(pos.get("line", 1))
                 reader.ident = ident
                 extra.append(reader)
         return extra + readers, changes

@@ -117,12 +117,15 @@ class _RepeatSource(_ConcatSource):
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
         counters = ctx.new_counters(f"{self.name}.input")
-        done = 0
+        # Every repetition's sources and stages have the same ids; a resumed run goes on
+        # with the repetition its checkpoint was in (the repetition is in the positions).
+        ident, done = ctx.repetitions(self.name)
+        resumed = done
         while (self.times is None or done < self.times) and not out.stopping:
             edge = ctx.new_buffer(counters)
-            with ctx.reuse_counters() as recycle:
+            with ctx.reuse_counters() as recycle, ctx.repetition(ident, done, done == resumed):
                 _start(ctx, self.flows[0], edge, epoch=done)
-            produced = False
+            produced = done == resumed  # a resumed repetition may have nothing left
             try:
                 async for msg in edge:
                     produced = True

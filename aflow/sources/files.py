@@ -346,6 +346,12 @@ class _NpySource(_FilesSource):
             FileReader(path, start=start, **options)
             for path, (_, _, start) in zip(files, headers, strict=True)
         ]
+        resume = out.resume_positions
+        if resume:  # start each file after its committed position, skip those read
+            readers, changes = await anyio.to_thread.run_sync(
+                self._resume, readers, resume, options
+            )
+            out.update_positions(changes)
         report = Reporter(self.on_error, self.name, out.counters)
         await read_concurrently(readers, self.max_open, report, out)
 

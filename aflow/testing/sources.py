@@ -71,6 +71,10 @@ class _SpyOutlet:
         return self.out.stopping
 
     @property
+    def checkpointed(self) -> bool:
+        return self.out.checkpointed
+
+    @property
     def counters(self) -> StageCounters:
         return self.out.counters
 
