@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,47 +123,123 @@ def _monitors(args: argparse.Namespace) -> list[Monitor]:
     return monitors
 
 
+_SUPERVISOR_OPTIONS = ("--workers", "--worker-offset", "--max-restarts")
+
+
 def _without_workers(argv: list[str]) -> list[str]:
-    """``argv`` less its ``--workers N`` (or ``--workers=N``)."""
+    """``argv`` less the supervisor's options (``--workers N``, ``--worker-offset K``,
+    ``--max-restarts M``, or their ``--option=value`` forms)."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--workers":
+        elif arg in _SUPERVISOR_OPTIONS:
             skip = True
-        elif not arg.startswith("--workers="):
+        elif not arg.startswith(tuple(f"{o}=" for o in _SUPERVISOR_OPTIONS)):
             out.append(arg)
     return out
 
 
+_RESTART_WINDOW = 60.0  # seconds over which --max-restarts counts
+_RESTART_BACKOFF = 0.5  # first restart delay of a worker, doubling per recent restart
+_RESTART_BACKOFF_MAX = 10.0
+
+
+def _exit_status(code: int) -> int:
+    """A child's return code as an exit status: killed by signal S -> 128 + S."""
+    return 128 - code if code < 0 else code
+
+
 def _run_workers(args: argparse.Namespace) -> int:
-    """Start ``args.workers`` processes of the same ``aflow run`` command, each with its
-    worker index in ``AFLOW_WORKER`` (broker sources take their consumer names from it),
-    pass SIGINT and SIGTERM on to them, and wait for all: the exit status is the first
-    worker's that failed, else 0."""
+    """Start and supervise ``args.workers`` processes of the same ``aflow run`` command.
+
+    Worker ``i`` gets index ``args.worker_offset + i`` in ``AFLOW_WORKER`` (broker
+    sources take their consumer names from it). A worker that exits with an error or
+    is killed is started again under the same index (so the same consumer re-reads its
+    pending messages), after a backoff doubling from 0.5 s to 10 s with its restarts of
+    the last minute; more than ``args.max_restarts`` restarts (all workers) within a
+    minute stop every worker and fail. SIGINT and SIGTERM are passed on to the workers
+    and end the supervision: nothing is restarted then. The exit status is the first
+    failing worker's (128 + S for a signal S), else 0.
+    """
     command = [sys.executable, "-m", "aflow", *_without_workers(args.argv)]
-    children: list[subprocess.Popen[bytes]] = []
-    for index in range(args.workers):
-        env = {**os.environ, WORKER_ENV: str(index), WORKERS_ENV: str(args.workers)}
-        children.append(subprocess.Popen(command, env=env))
+    total = str(args.worker_offset + args.workers)
+
+    def start(index: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, WORKER_ENV: str(index), WORKERS_ENV: total}
+        return subprocess.Popen(command, env=env)
+
+    indexes = [args.worker_offset + i for i in range(args.workers)]
+    children: dict[int, subprocess.Popen[bytes]] = {i: start(i) for i in indexes}
+    restarts: list[tuple[float, int]] = []  # (time, index) of restarts
+    due: dict[int, float] = {}  # index -> when to start it again
+    codes: dict[int, int] = {}  # index -> final exit status
+    stopping: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
-        for child in children:
+        stopping.append(signum)
+        due.clear()
+        for child in children.values():
             if child.poll() is None:
                 child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    failure, failed = "", 0
     try:
-        codes = [child.wait() for child in children]
+        while len(codes) < len(indexes):
+            time.sleep(0.05)
+            now = time.monotonic()
+            for index, child in list(children.items()):
+                if index in codes or index in due or (code := child.poll()) is None:
+                    continue
+                if code == 0 or stopping or failure:
+                    codes[index] = _exit_status(code)
+                    continue
+                restarts[:] = [(t, i) for t, i in restarts if now - t < _RESTART_WINDOW]
+                if len(restarts) >= args.max_restarts:
+                    failure = (
+                        f"aflow run: worker {index} failed (exit status {_exit_status(code)}) "
+                        f"after {len(restarts)} restarts within {_RESTART_WINDOW:.0f} s "
+                        f"(--max-restarts {args.max_restarts}); stopping all workers"
+                    )
+                    print(failure, file=sys.stderr, flush=True)
+                    codes[index] = failed = _exit_status(code) or 1
+                    due.clear()
+                    for other in children.values():
+                        if other.poll() is None:
+                            other.terminate()
+                    continue
+                recent = sum(1 for _, i in restarts if i == index)
+                delay = min(_RESTART_BACKOFF * 2.0**recent, _RESTART_BACKOFF_MAX)
+                print(
+                    f"aflow run: worker {index} exited with status {_exit_status(code)}; "
+                    f"restarting it in {delay:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                restarts.append((now, index))
+                due[index] = now + delay
+            for index, when in list(due.items()):
+                if now >= when:
+                    del due[index]
+                    children[index] = start(index)
+            for index in list(due):  # stopped meanwhile (a signal, a failure)
+                if stopping or failure:
+                    codes[index] = 1
+                    del due[index]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return next((code for code in codes if code != 0), 0)
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+                child.wait()
+    return failed or next((codes[i] for i in indexes if codes[i] != 0), 0)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.workers > 1:
+    if args.workers > 1 or args.worker_offset > 0:
         return _run_workers(args)
     flow = _load(args.target, dict(args.arg))
     if not isinstance(flow, Flow | SinkFlow):
@@ -313,8 +390,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help=(
             "run N processes of the flow, each a consumer of the same broker consumer group "
-            "(its index in AFLOW_WORKER); the same command on other machines joins the group"
+            "(its index in AFLOW_WORKER), restarting a worker that fails or is killed; "
+            "the same command on other machines joins the group (give each --worker-offset)"
         ),
+    )
+    run_p.add_argument(
+        "--worker-offset",
+        type=int,
+        default=0,
+        metavar="K",
+        help=(
+            "number this machine's workers K, K+1, ... (AFLOW_WORKER): on several machines "
+            "give each a distinct range, e.g. 0 and 4 for --workers 4 on two machines"
+        ),
+    )
+    run_p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        metavar="M",
+        help="with --workers: fail after more than M worker restarts within a minute (default 5)",
     )
     run_p.set_defaults(func=_cmd_run)
     argv = sys.argv[1:] if argv is None else argv
@@ -322,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if getattr(args, "workers", 1) < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
+    if getattr(args, "worker_offset", 0) < 0 or getattr(args, "max_restarts", 0) < 0:
+        parser.error("--worker-offset and --max-restarts must be at least 0")
     return int(args.func(args))
 
 

@@ -192,22 +192,97 @@ def bench_nats(n: int) -> list[tuple[str, float, float, float]]:
     return results
 
 
+def _timed(flow: af.SinkFlow) -> tuple[float, int]:  # type: ignore[type-arg]
+    t = time.perf_counter()
+    sent = af.run(flow).value
+    return sent / (time.perf_counter() - t), sent
+
+
+def bench_redis_sink(n: int) -> list[tuple[str, float, float, float]]:
+    """``to_redis`` beside a plain redis-py loop (a pipeline of ``XADD`` per 10,000 rows,
+    the payloads formatted in Python) and redis-benchmark's ``XADD -P 1000``."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    data = rows(n)
+    stream = f"bench-sink-{uuid.uuid4().hex[:8]}"
+    rate, sent = _timed(af.from_array(data, batch_size=10_000) | af.to_redis(stream))
+    assert sent == n, f"wrote {sent}"
+    assert client.xlen(stream) == n, f"the stream holds {client.xlen(stream)}"
+    client.delete(stream)
+    t = time.perf_counter()
+    for i in range(0, n, 10_000):
+        pipe = client.pipeline(transaction=False)
+        for k, v in data[i : i + 10_000].tolist():
+            pipe.xadd(stream, {"data": f"{k},{v}"})
+        pipe.execute()
+    plain = n / (time.perf_counter() - t)
+    assert client.xlen(stream) == n
+    client.delete(stream)
+    client.close()
+    return [("to_redis", rate, plain, redis_ceiling(n))]
+
+
+async def _nats_plain_publish(subject: str, data: np.ndarray) -> float:
+    """A plain nats-py publisher: ``publish_async`` each row, the acks gathered per
+    10,000; messages/s."""
+    import nats
+
+    nc = await nats.connect(NATS)
+    js = nc.jetstream(publish_async_max_pending=16_384)
+    t = time.perf_counter()
+    for i in range(0, len(data), 10_000):
+        futures = [
+            await js.publish_async(subject, f"{k},{v}".encode())
+            for k, v in data[i : i + 10_000].tolist()
+        ]
+        await asyncio.gather(*futures)
+    rate = len(data) / (time.perf_counter() - t)
+    await nc.close()
+    return rate
+
+
+def bench_nats_sink(n: int) -> list[tuple[str, float, float, float]]:
+    """``to_nats`` beside a plain nats-py publisher."""
+    name = f"BENCH{uuid.uuid4().hex[:8]}"
+    subject = name.lower()
+    asyncio.run(_nats_setup(name, subject))
+    data = rows(n)
+    rate, sent = _timed(af.from_array(data, batch_size=10_000) | af.to_nats(subject, url=NATS))
+    assert sent == n, f"wrote {sent}"
+    plain = asyncio.run(_nats_plain_publish(subject, data))
+    asyncio.run(_nats_delete(name))
+    return [("to_nats", rate, plain, float("nan"))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--brokers", default="redis,nats")
+    parser.add_argument("--sinks", action="store_true", help="only the sinks")
     args = parser.parse_args()
     results = []
+    if "redis" in args.brokers:
+        results += bench_redis_sink(args.messages)
+    if "nats" in args.brokers:
+        results += bench_nats_sink(args.messages)
+    if args.sinks:
+        _print(results)
+        return
     if "redis" in args.brokers:
         results += bench_redis(args.messages)
     if "nats" in args.brokers:
         results += bench_nats(args.messages)
+    _print(results)
+
+
+def _print(results: list[tuple[str, float, float, float]]) -> None:
     print(
-        f"{'reader':<22}{'msgs/s':>10}{'plain':>10}{'ratio':>7}{'/worker':>8}"
+        f"{'reader / writer':<22}{'msgs/s':>10}{'plain':>10}{'ratio':>7}{'/worker':>8}"
         f"{'server':>11}{'ratio':>7}{'/worker':>8}"
     )
     for label, rate, plain, server in results:
-        workers = int(label.split(", ")[1].split()[0])
+        workers = int(label.split(", ")[1].split()[0]) if ", " in label else 1
         print(
             f"{label:<22}{rate:>10,.0f}{plain:>10,.0f}{rate / plain:>7.2f}"
             f"{rate / workers / plain:>8.2f}{server:>11,.0f}{rate / server:>7.2f}"
@@ -215,7 +290,8 @@ def main() -> None:
         )
     print(
         "plain: a hand-written client on the same machine (redis-py XREADGROUP + XACK; "
-        "nats-py fetch + ack each); server: redis-benchmark XADD -P 1000"
+        "nats-py fetch + ack each; for sinks: a redis-py pipeline of XADDs, nats-py "
+        "publish_async gathered); server: redis-benchmark XADD -P 1000"
     )
 
 

@@ -133,3 +133,46 @@ def test_an_unreachable_server_fails_after_connect_timeout(tmp_path: Path) -> No
     flow = af.read_nats("x", "d", url=f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)
     with pytest.raises(ConnectionError, match="cannot reach"):
         af.run(flow | af.collect())
+
+
+def test_a_subject_no_stream_captures_goes_to_on_error_after_connect_timeout(
+    nats_url: str,
+) -> None:
+    # no stream: every publish of the batch is answered "no responders", none acked
+    subject = unique("aflownostream").lower()
+    letters: list[Any] = []
+    sink = af.to_nats(subject, url=nats_url, connect_timeout=0.5, on_error=af.dead_letter(letters))
+    sent = af.run(af.from_array(rows(100), batch_size=50) | sink)
+    assert sent.value == 0
+    assert len(letters) == 2
+    assert "no stream captures" in str(letters[0].error)
+
+
+def test_the_sink_counts_only_messages_the_stream_stored(
+    nats_url: str, stream: tuple[str, str]
+) -> None:
+    # a stream limited to 1,000 messages with DiscardPolicy NEW refuses the rest: the
+    # refusal is an error reply, not an ack, and the batch goes to on_error
+    import asyncio
+
+    import nats
+    from nats.js.api import DiscardPolicy
+
+    name, subject = stream
+
+    async def limit() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        info = await js.stream_info(name)
+        config = info.config
+        config.max_msgs, config.discard = 1000, DiscardPolicy.NEW
+        await js.update_stream(config)
+        await nc.close()
+
+    asyncio.run(limit())
+    letters: list[Any] = []
+    sink = af.to_nats(subject, url=nats_url, connect_timeout=0.3, on_error=af.dead_letter(letters))
+    sent = af.run(af.from_array(rows(1500), batch_size=500) | sink)
+    assert sent.value == 1000
+    assert len(letters) == 1
+    assert "refused" in str(letters[0].error)

@@ -229,3 +229,25 @@ def test_arguments_are_checked_when_the_flow_is_built() -> None:
         af.to_redis("s", shards=3)
     with pytest.raises(ValueError, match="on_error"):
         af.read_redis("s", "g", on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_a_refused_xadd_fails_the_run_and_the_other_entries_are_written(client: Any) -> None:
+    # the sink packs many XADDs per write: an error reply (a shard key of another type)
+    # fails the run with the server's error, after every reply of the write was read
+    stream = stream_name(client)
+    client.set(f"{stream}:1", "not a stream")
+    data = rows(2000)
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        af.run(af.from_array(data, batch_size=2000) | af.to_redis(stream, key="k", shards=2))
+    shard0 = int((af.connectors._common.shard_of(data["k"], 2) == 0).sum())
+    assert 0 < shard0 < 2000
+    assert client.xlen(f"{stream}:0") == shard0
+
+
+def test_bytes_and_str_items_are_entries_in_order(client: Any) -> None:
+    stream = stream_name(client)
+    items = [b"a,1", "b,2", b"c,3"] * 3000
+    sent = af.run(af.from_iterable(items) | af.to_redis(stream))
+    assert sent.value == len(items)
+    got = [fields[b"data"] for _, fields in client.xrange(stream)]
+    assert got == [i if isinstance(i, bytes) else i.encode() for i in items]

@@ -35,7 +35,6 @@ from ._common import Backoff, Format, PayloadCodec, shard_of, worker_index
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
-    from nats.js.client import JetStreamContext
 
 __all__ = ["read_nats", "to_nats"]
 
@@ -176,6 +175,80 @@ class _Puller:
             await self._request(count, 1, block + 1.0, expires=int(block * 1e9))
         msgs, self.msgs = self.msgs, []
         return msgs
+
+
+_PUBS_PER_WRITE = 5_000
+
+
+class _Publisher:
+    """JetStream publishes of a batch, acknowledged into an inbox of our own.
+
+    nats-py's ``publish_async`` costs a future, a done-callback and a ``PUB`` packed per
+    message; here the batch's ``PUB`` commands are packed many per write, every message
+    of one attempt names the same reply subject, and the inbox's callback only counts the
+    acks (and keeps the first error). An attempt is done when as many acks as messages
+    came back (JetStream answers each publish once): a reply subject of its own per
+    attempt, so late acks of an attempt given up are not counted for the next.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.inbox = nc.new_inbox()
+        self.attempt = 0
+        self.reply = ""
+        self.acks = 0
+        self.want = 0
+        self.error: str | None = None
+        self.done = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.nc.subscribe(f"{self.inbox}.*", cb=self._on_ack, pending_msgs_limit=-1)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        if msg.subject != self.reply:
+            return  # an ack of an attempt given up
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "503":
+            self.error = self.error or "no stream captures the subject (no responders)"
+        elif status is not None or b'"error"' in msg.data:
+            self.error = self.error or f"JetStream refused a message: {msg.data[:200]!r}"
+        self.acks += 1
+        if self.acks >= self.want or self.error is not None:
+            self.done.set()
+
+    async def publish(self, messages: list[tuple[str, bytes]], patience: float) -> None:
+        """Publish ``messages`` and wait until JetStream acked every one of them; an error
+        reply raises ``nats.errors.Error``, ``patience`` seconds without all acks or a closed
+        connection raise ``TimeoutError`` / ``ConnectionError``."""
+        self.attempt += 1
+        self.reply = f"{self.inbox}.{self.attempt}"
+        self.acks, self.want, self.error = 0, len(messages), None
+        self.done.clear()
+        reply = self.reply.encode()
+        send = getattr(self.nc, "_send_command", None)
+        for i in range(0, len(messages), _PUBS_PER_WRITE):
+            chunk = messages[i : i + _PUBS_PER_WRITE]
+            if send is None:  # pragma: no cover - a nats-py without it
+                for subject, payload in chunk:
+                    await self.nc.publish(subject, payload, reply=self.reply)
+                continue
+            subjects = {s: s.encode() for s in {s for s, _ in chunk}}
+            await send(
+                b"".join(
+                    [b"PUB %s %s %d\r\n%s\r\n" % (subjects[s], reply, len(p), p) for s, p in chunk]
+                )
+            )
+        await self.nc.flush(timeout=max(1, int(patience)))
+        with anyio.fail_after(patience):
+            while not self.done.is_set():
+                with anyio.move_on_after(0.25):
+                    await self.done.wait()
+                if self.nc.is_closed:  # its pending acks never come
+                    raise ConnectionError("to_nats: the connection closed before the acks")
+        if self.error is not None:
+            import nats.errors as nerr
+
+            raise nerr.Error(f"to_nats: {self.error}")
 
 
 class _NatsSource(Source):
@@ -459,7 +532,7 @@ class _NatsWriter(SinkWriter[Any, int]):
     def __init__(self, op: _NatsSinkOp) -> None:
         self.op = op
         self.nc: NATS | None = None
-        self.js: JetStreamContext | None = None
+        self.publisher: _Publisher | None = None
         self.sent = 0
         self.counters: StageCounters | None = None
         self.backoff = Backoff()
@@ -470,13 +543,14 @@ class _NatsWriter(SinkWriter[Any, int]):
     async def open(self) -> None:
         _require_asyncio("to_nats")
         self.nc = await _reconnect(self.op.url, self.op.connect_timeout, self.backoff, "to_nats")
-        self.js = self.nc.jetstream(publish_async_max_pending=16_384)
+        self.publisher = _Publisher(self.nc)
+        await self.publisher.start()
 
     async def aclose(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):  # closing a broken connection
                 await self.nc.close()
-        self.nc = self.js = None
+        self.nc = self.publisher = None
 
     async def write(self, item: Any) -> None:
         await self._send(item, self._messages(item))
@@ -510,11 +584,10 @@ class _NatsWriter(SinkWriter[Any, int]):
         deadline = anyio.current_time() + self.op.connect_timeout
         while True:
             try:
-                if self.js is None:
+                if self.publisher is None:
                     await self.open()
-                assert self.js is not None
-                futures = [await self.js.publish_async(s, p) for s, p in messages]
-                await self._acks_of(futures)
+                assert self.publisher is not None
+                await self.publisher.publish(messages, self.op.connect_timeout)
             except catch as exc:
                 await self.aclose()
                 if isinstance(exc, ConnectionError) and "cannot reach" in str(exc):
@@ -534,26 +607,6 @@ class _NatsWriter(SinkWriter[Any, int]):
             self.backoff.reset()
             self.sent += len(messages)
             return
-
-    async def _acks_of(self, futures: list[asyncio.Future[Any]]) -> None:
-        """Wait for JetStream's acks of ``futures``; a connection that closes meanwhile
-        fails the wait at once (its pending acks never come), as ``connect_timeout``
-        seconds without them do."""
-        import nats.errors as nerr
-
-        waiting = asyncio.gather(*futures)
-        try:
-            with anyio.fail_after(self.op.connect_timeout):
-                while True:
-                    done, _ = await asyncio.wait([waiting], timeout=0.25)
-                    if done:
-                        waiting.result()
-                        return
-                    if self.nc is None or self.nc.is_closed:
-                        raise nerr.ConnectionClosedError
-        finally:
-            if not waiting.done():
-                waiting.cancel()
 
     def result(self) -> int:
         return self.sent

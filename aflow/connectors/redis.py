@@ -5,6 +5,7 @@ asyncio backend."""
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ logger = logging.getLogger("aflow")
 
 _ACK_CHUNK = 5_000  # ids per XACK command (many commands pipelined in one round trip)
 _ACK_PIPELINE = 20  # XACK commands per round trip
+_ADD_CHUNK = 2_000  # XADD commands per write of the sink (all replies read after)
 _BACKLOG_COUNT = 10_000  # pending entries per read of this consumer's backlog
 
 
@@ -59,6 +61,53 @@ def _packed_xacks(stream: str, group: str, ids: list[bytes]) -> list[bytes]:
         b"*%d\r\n%s%s" % (len(chunk) + 3, head, b"".join([_bulk(i) for i in chunk]))
         for chunk in (ids[i : i + _ACK_CHUNK] for i in range(0, len(ids), _ACK_CHUNK))
     ]
+
+
+def _packed_xadds(entries: list[tuple[str, bytes]], field: str, maxlen: int | None) -> list[bytes]:
+    """``XADD stream [MAXLEN ~ n] * field payload`` for each entry, packed in RESP here
+    (redis-py's pipeline packs each argument of each command in Python), joined into
+    writes of ``_ADD_CHUNK`` commands."""
+    trim = [b"MAXLEN", b"~", b"%d" % maxlen] if maxlen is not None else []
+    heads: dict[str, bytes] = {}
+    for stream, _ in entries:
+        if stream not in heads:
+            args = [b"XADD", stream.encode(), *trim, b"*", field.encode()]
+            heads[stream] = b"*%d\r\n%s" % (len(args) + 1, b"".join([_bulk(a) for a in args]))
+    if len(heads) == 1:
+        head = heads[entries[0][0]]
+        commands = [b"%s$%d\r\n%s\r\n" % (head, len(p), p) for _, p in entries]
+    else:
+        commands = [b"%s$%d\r\n%s\r\n" % (heads[s], len(p), p) for s, p in entries]
+    return [b"".join(commands[i : i + _ADD_CHUNK]) for i in range(0, len(commands), _ADD_CHUNK)]
+
+
+async def _send_packed(client: Redis, writes: list[bytes], replies: int) -> None:
+    """Send ``writes`` (packed commands) on one pooled connection and read ``replies``
+    replies (no timer per reply, a cost per entry: the caller bounds the whole with one
+    deadline); an error reply raises (the first one), after every reply was read."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        first: BaseException | None = None
+        await conn.send_packed_command(writes)
+        for _ in range(replies):
+            try:
+                await conn.read_response(timeout=math.inf)
+            except _response_errors() as exc:  # an XADD refused (a key of another type)
+                first = first or exc
+        if first is not None:
+            raise first
+    except BaseException:
+        await conn.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        await pool.release(conn)
+
+
+def _response_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import ResponseError
+
+    return (ResponseError,)
 
 
 async def _xack(client: Redis, stream: str, group: str, ids: list[bytes]) -> None:
@@ -511,10 +560,9 @@ class _RedisWriter(SinkWriter[Any, int]):
             try:
                 if self.client is None:
                     self.client = _client(self.op.url, self.op.connect_timeout)
-                pipe = self.client.pipeline(transaction=False)
-                for stream, payload in entries:
-                    pipe.xadd(stream, {field: payload}, maxlen=self.op.maxlen, approximate=True)
-                await pipe.execute()
+                writes = _packed_xadds(entries, field, self.op.maxlen)
+                with anyio.fail_after(self.op.connect_timeout):  # TimeoutError: an OSError
+                    await _send_packed(self.client, writes, len(entries))
             except self.errors as exc:
                 await self.aclose()
                 if anyio.current_time() + self.backoff.next_delay() > deadline:
