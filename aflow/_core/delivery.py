@@ -440,7 +440,9 @@ class Delivery:
         before ``Barrier(epoch)`` was injected."""
         states = {**self.committed_states, **self.final_states}
         for ident, at in self.cleared.items():
-            if epoch > at:
+            # ``>=``: a stage that ended while ``at`` was the newest epoch never saw its
+            # barrier; if it did, this epoch's layer below puts its state back
+            if epoch >= at:
                 states.pop(ident, None)
         states.update(layer)  # a new incarnation (a repetition) of a cleared id: its own
         return states

@@ -13,8 +13,8 @@ are complete up to the stop. Errors and the end of the grace period cancel every
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, suppress
 from typing import Any, Protocol, cast
 
 import anyio
@@ -190,13 +190,13 @@ class Segment:
         # A leaf source takes checkpoint barriers from the coordinator: its emits and
         # the injection of a barrier exclude each other.
         self.source_id = ""
-        self._lock: anyio.Lock | None = None
+        self._gate: _Gate | None = None
         self._resume: dict[str, Any] = {}
         self._repetition: int | None = None
         self._ended = False
         self._output_ended = False  # ``end()`` ended it before the head returned
         if source is not None and not source.composite:
-            self._lock = anyio.Lock(fast_acquire=True)
+            self._gate = _Gate()
             self.source_id = ctx.delivery.new_id("source", source.name)
             ctx.delivery.add_source(self, source.name, source.resumable)
             # The map goes on from the committed one: what this run does not touch again
@@ -299,18 +299,23 @@ class Segment:
                 self.ctx.delivery.stage_state(self.task_id, msg.epoch, state)
             await self.barrier(msg)
             return
-        lock = self._lock
-        if lock is None:
+        gate = self._gate
+        if gate is None:
             await self._emit(msg)  # type: ignore[arg-type]
             return
-        async with lock:
+        while gate.closed is not None:  # a barrier goes in (or the source ends)
+            await gate.closed.wait()
+        gate.emitting += 1
+        try:
             await self._emit(msg, position)  # type: ignore[arg-type]
+        finally:
+            gate.left()
 
     async def inject(self, barrier: Barrier) -> dict[str, Any] | None:
         """Send ``barrier`` from this source (between two emits); return the source's
         position map as of the barrier (``None`` if the source has ended)."""
-        assert self._lock is not None
-        async with self._lock:
+        assert self._gate is not None
+        async with self._gate.alone():
             if self._ended:
                 return None
             positions = self.position_map()
@@ -427,11 +432,11 @@ class Segment:
             await self._finish_source()
 
     async def _finish_source(self) -> None:
-        lock = self._lock
-        if lock is None:
+        gate = self._gate
+        if gate is None:
             await self.finish()
             return
-        async with lock:  # no barrier between the last flush and the end
+        async with gate.alone():  # no barrier between the last flush and the end
             await self.finish()
             self._source_ended()
 
@@ -484,7 +489,7 @@ class Segment:
         finally:
             if self.inbox is None:  # a source: its input has ended (or it was stopped)
                 self.ctx.live_sources -= 1
-                if self._lock is not None:
+                if self._gate is not None:
                     self._source_ended()
             if not self._output_ended:
                 if isinstance(self.downstream, FusedSink):
@@ -492,6 +497,45 @@ class Segment:
                 self.downstream.close_send()
             if self.inbox is not None:
                 self.inbox.close_receive()
+
+
+class _Gate:
+    """Where a checkpoint barrier goes in between a source's emits.
+
+    Emits (from one task, or several of the same source) pass freely, counted in
+    ``emitting``: no lock per emit, which cost a run without checkpoints 2-3x on small
+    messages. ``alone()`` closes the gate to new emits, waits for those under way, and
+    holds it while a barrier goes in (or the source's last flush runs).
+    """
+
+    __slots__ = ("_drained", "closed", "emitting")
+
+    def __init__(self) -> None:
+        self.emitting = 0
+        self.closed: anyio.Event | None = None  # set while someone is alone
+        self._drained: anyio.Event | None = None
+
+    def left(self) -> None:
+        """An emit is done."""
+        self.emitting -= 1
+        if not self.emitting and self._drained is not None:
+            self._drained.set()
+
+    @asynccontextmanager
+    async def alone(self) -> AsyncIterator[None]:
+        """Hold the gate: no emit runs inside the block."""
+        while self.closed is not None:
+            await self.closed.wait()
+        closed = self.closed = anyio.Event()
+        try:
+            while self.emitting:
+                drained = self._drained = anyio.Event()
+                await drained.wait()
+            self._drained = None
+            yield
+        finally:
+            self.closed = self._drained = None
+            closed.set()
 
 
 class ChainBuilder:
