@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
-from aflow.codecs import COMBINED, COMBINED_COLUMNS, LogDecoder, LogFormat, _logfast, logs
+from aflow.codecs import COMBINED, COMBINED_COLUMNS, LogDecoder, LogFormat, logs
 from aflow.codecs._blocks import RejectedLines
 
 TIME = "%d/%b/%Y:%H:%M:%S %z"
@@ -256,7 +256,7 @@ def test_log_format_rejects_what_it_cannot_split() -> None:
     assert fmt.columns["status"] == "int"
 
 
-# Clean ASCII blocks (no tab, no backslash), so that pyarrow's tokenizer is tried on each:
+# Clean ASCII blocks (no tab, no backslash: the array path's whole-block case):
 # fields quoted where they should not be, quotes inside fields, quotes closed before a
 # field ends, doubled quotes, double spaces, a missing request time on some lines.
 HOSTILE = {
@@ -309,7 +309,7 @@ def clean_blocks(draw: st.DrawFn) -> list[bytes]:
 
 @settings(max_examples=300, deadline=None)
 @given(lines=clean_blocks())
-def test_the_tokenizer_path_agrees_with_re_on_clean_hostile_blocks(lines: list[bytes]) -> None:
+def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(lines: list[bytes]) -> None:
     fmt = LogFormat(NGINX)
     format_columns = {**fmt.columns, "method": "str", "path": "str", "protocol": "str"}
     for pattern, columns in (
@@ -321,32 +321,5 @@ def test_the_tokenizer_path_agrees_with_re_on_clean_hostile_blocks(lines: list[b
         regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern
         want, bad = reference(lines, regex, columns)
         got, got_bad = _decoded(decoder, lines)
-        same(got, want)
-        assert got_bad == bad
-
-
-def test_the_tokenizer_path_takes_clean_blocks_and_checks_every_break() -> None:
-    """pyarrow's tokenizer gives the fields of a clean block; blocks it would read
-    differently from the regex (a quote closed before its field ends, balanced by a
-    quote missing on another line; a bare field quoted) are left to the other paths."""
-    plan = _logfast._plan(logs._COMBINED_LAYOUT.tokens)
-    cols = _logfast._columns(logs._COMBINED_LAYOUT.tokens)
-    line = '10.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET /a b HTTP/1.1" 200 5 "-" "c d" 0.5\n'
-
-    def breaks(text: str) -> Any:
-        blob = text.encode()
-        return _logfast._arrow_breaks(blob, np.frombuffer(blob, np.uint8), plan, cols)
-
-    m = breaks(line * 3)
-    assert m is not None
-    assert [line.encode()[i] for i in m[0]] == [int(c) for c in plan.chars]
-    closed_early = line.replace('"-"', '"a"b"') + line.replace('"c d"', 'c"')
-    quoted_bare = line.replace("200", '"200"').replace('"c d"', "c")
-    for block in (closed_early, quoted_bare, line + "\n" + line, line.replace(" 0.5", "")):
-        assert breaks(block) is None
-        lines = [x.encode() + b"\n" for x in block.splitlines()]
-        columns = {"status": "int", "request_time": "float", "referer": "str"}
-        want, bad = reference(lines, COMBINED, columns)
-        got, got_bad = _decoded(LogDecoder(COMBINED, columns), lines)
         same(got, want)
         assert got_bad == bad

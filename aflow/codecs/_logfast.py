@@ -27,13 +27,6 @@ from numpy.typing import NDArray
 
 from ._timeparse import FixedFormat
 
-try:  # the optional extra 'arrow': its CSV tokenizer finds the fields of clean blocks
-    import pyarrow
-    import pyarrow.compute
-    import pyarrow.csv
-except ImportError:  # pragma: no cover - exercised where the extra is not installed
-    pyarrow = None  # type: ignore[assignment]
-
 __all__ = ["TIME_SHAPE", "FastParse", "Layout", "Token", "fast_parser"]
 
 Kind = Literal["bare", "quoted", "bracket", "literal"]
@@ -233,108 +226,6 @@ def _matrix(
     return m, ok
 
 
-class _Spaces:
-    """Every space of a block, found when first asked (a request line's split needs them)."""
-
-    def __init__(self, data: NDArray[np.uint8]) -> None:
-        self._data = data
-        self._spaces: NDArray[np.intp] | None = None
-
-    @property
-    def spaces(self) -> NDArray[np.intp]:
-        """Every space; then one beyond every line, so that a next space always exists."""
-        if self._spaces is None:
-            where = np.flatnonzero(self._data == 32)
-            self._spaces = np.append(where, len(self._data) + PAD + 2)
-        return self._spaces
-
-
-@dataclass(frozen=True)
-class _Columns:
-    """How a layout's breaks sit among the fields a CSV tokenizer (delimiter ``" "``,
-    quote ``'"'``) gives for its canonical lines: ``quoted`` says which fields are quoted;
-    ``at``/``shift`` place each break of the plan, in order, at ``ends[:, at] + shift``
-    where ``ends[:, 0]`` is the break before the line and ``ends[:, c + 1]`` the one
-    after field ``c``."""
-
-    quoted: NDArray[np.bool_]
-    at: NDArray[np.intp]
-    shift: NDArray[np.intp]
-
-
-def _columns(tokens: tuple[Token, ...]) -> _Columns:
-    quoted: list[bool] = []
-    at: list[int] = []
-    shift: list[int] = []
-    for t in tokens:
-        for _ in range(t.spaces if t.kind == "bracket" else 0):  # its inner spaces
-            quoted.append(False)
-            at.append(len(quoted))
-            shift.append(0)
-        if t.kind == "quoted":
-            at += [len(quoted), len(quoted) + 1]  # the opening quote, the closing one
-            shift += [1, -1]
-        quoted.append(t.kind == "quoted")
-        at.append(len(quoted))  # the space after the field, or the newline
-        shift.append(0)
-    return _Columns(np.array(quoted), np.array(at, np.intp), np.array(shift, np.intp))
-
-
-def _arrow_breaks(
-    blob: bytes, data: NDArray[np.uint8], plan: _Plan, cols: _Columns
-) -> NDArray[np.intp] | None:
-    """The break positions (in ``plan`` order) of every line of a block in which every
-    line is canonical for ``plan`` as far as its breaks go, found by pyarrow's CSV
-    tokenizer; None for any other block (or without pyarrow).
-
-    The tokenizer splits at spaces and reads a field that starts with a quote up to the
-    next quote (then on to the next space); it gives the fields, not where they were. So
-    the positions are rebuilt from the fields' lengths and checked: every break of the
-    plan holds its character (a quoted field's two quotes included), a field not meant
-    to be quoted does not start with one, and the block holds no other quote and no
-    other newline. Field by field, from each line's start, this leaves one possibility:
-    the lines are exactly their fields, joined by single spaces, quoted as the layout
-    says (a quote left inside a field would be one quote too many).
-    """
-    if pyarrow is None or not blob.endswith(b"\n"):
-        return None
-    n = blob.count(b"\n")
-    if blob.count(b'"') != plan.quotes * n or np.count_nonzero(data < 32) != n:
-        return None  # another quote, a tab, a carriage return...: not every line is canonical
-    names = [str(c) for c in range(len(cols.quoted))]
-    try:
-        table = pyarrow.csv.read_csv(
-            pyarrow.py_buffer(blob),
-            pyarrow.csv.ReadOptions(
-                column_names=names, block_size=len(blob) + 1, use_threads=False
-            ),
-            pyarrow.csv.ParseOptions(
-                delimiter=" ", quote_char='"', double_quote=False, newlines_in_values=False
-            ),
-            pyarrow.csv.ConvertOptions(column_types=dict.fromkeys(names, pyarrow.binary())),
-        )
-    except pyarrow.ArrowException:  # a line of another number of fields
-        return None
-    if table.num_rows != n:  # blank lines were skipped
-        return None
-    ends = np.empty((n, len(names) + 1), np.intp)
-    for c, name in enumerate(names):
-        width = pyarrow.compute.binary_length(table.column(name)).to_numpy()
-        ends[:, c + 1] = width + (3 if cols.quoted[c] else 1)  # with its quotes and the break
-    lengths = ends[:, 1:].sum(1)
-    ends[:, 0] = np.cumsum(lengths) - lengths - 1
-    np.cumsum(ends, axis=1, out=ends)
-    if ends[-1, -1] != len(blob) - 1:
-        return None
-    m = ends[:, cols.at] + cols.shift
-    if not (data[m] == plan.chars).all():
-        return None
-    firsts = data[ends[:, :-1][:, ~cols.quoted] + 1]
-    if (firsts == 34).any():  # a field meant to be bare was quoted
-        return None
-    return m
-
-
 def fast_parser(
     layout: Layout,
     columns: dict[str, str],
@@ -346,18 +237,10 @@ def fast_parser(
     """The array path for ``layout`` (see the module's docstring)."""
     variants = [layout.tokens[: len(layout.tokens) - k] for k in range(layout.optional + 1)]
     plans = [_plan(tokens) for tokens in variants]
-    tokenized = [_columns(tokens) for tokens in variants]
-    last = [0]  # the variant of the last block read by the tokenizer: tried first
     need_text = any(kind.partition(":")[0] == "str" for kind in columns.values())
 
     def parse(blob: bytes) -> tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]:
         data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
-        if blob.isascii() and b"\\" not in blob:  # then maybe every line is canonical
-            for k in [last[0], *(k for k in range(len(plans)) if k != last[0])]:
-                m = _arrow_breaks(blob, data[: len(blob)], plans[k], tokenized[k])
-                if m is not None:
-                    last[0] = k
-                    return _whole(blob, data, variants[k], m)
         b = _Breaks(blob, data[: len(blob)])
         n = len(b.newlines)
         out = np.empty(n, dtype)
@@ -387,38 +270,13 @@ def fast_parser(
             todo = todo & ~done
         return out, done, b.newlines
 
-    def _whole(
-        blob: bytes, data: NDArray[np.uint8], tokens: tuple[Token, ...], m: NDArray[np.intp]
-    ) -> tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]:
-        """Every line's breaks are known (``m``): the fields' checks and conversions."""
-        newlines = m[:, -1]
-        starts = np.concatenate(([0], newlines[:-1] + 1))
-        text = blob.decode("latin-1") if need_text else None
-        good, values = _fields(
-            data,
-            text,
-            _Spaces(data[: len(blob)]),
-            tokens,
-            m,
-            starts,
-            columns,
-            dtype,
-            fill_int,
-            formats,
-            fixed,
-        )
-        out = np.empty(len(m), dtype)
-        for name, col in values.items():
-            out[name][good] = col
-        return out, good, newlines
-
     return parse
 
 
 def _fields(
     data: NDArray[np.uint8],
     text: str | None,
-    b: _Breaks | _Spaces,
+    b: _Breaks,
     tokens: tuple[Token, ...],
     m: NDArray[np.intp],
     starts: NDArray[np.intp],
@@ -573,7 +431,7 @@ def _number(
 
 
 def _request(
-    data: NDArray[np.uint8], b: _Breaks | _Spaces, lo: NDArray[np.intp], hi: NDArray[np.intp]
+    data: NDArray[np.uint8], b: _Breaks, lo: NDArray[np.intp], hi: NDArray[np.intp]
 ) -> tuple[dict[str, tuple[NDArray[np.intp], NDArray[np.intp]]], NDArray[np.bool_]]:
     """``method path protocol`` of a request line as the regex splits it: the method up
     to the first space, the protocol after the last space when it reads ``HTTP/[\\d.]+``
