@@ -1,6 +1,8 @@
 """Opening a path for reading, whatever it holds: a regular file, a FIFO, compressed data.
 
-* **Regular files** are read with ``os.pread`` in a worker thread, one hop per read.
+* **Regular files** are read with ``os.pread``: in the event loop's thread when every page
+  of the read is in the page cache (checked with ``mincore``, on Linux: then the read is a
+  copy, no disk wait), else in a worker thread, one hop per read.
 * **FIFOs** are opened non-blocking (an open never waits for a writer) and read with
   :func:`anyio.wait_readable` between reads, so every wait, including the one for the first
   writer, is cancellable: a cancel scope, SIGTERM or Ctrl-C ends it on asyncio and trio.
@@ -12,9 +14,12 @@
 from __future__ import annotations
 
 import bz2
+import ctypes
 import gzip
+import mmap
 import os
 import stat
+import sys
 from typing import Any, BinaryIO, Protocol
 
 import anyio
@@ -166,16 +171,77 @@ def read_small(paths: list[str], limit: int) -> list[tuple[os.stat_result, bytes
     return out
 
 
+def _libc_calls() -> tuple[Any, Any, Any] | None:
+    """``mmap``, ``mincore`` and ``munmap`` of the C library (Linux), or None."""
+    if sys.platform != "linux":  # pragma: no cover - Linux here
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        map_, mincore, unmap = libc.mmap, libc.mincore, libc.munmap
+    except (OSError, AttributeError):  # pragma: no cover - a C library without them
+        return None
+    map_.restype = ctypes.c_void_p
+    map_.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int64,
+    ]
+    mincore.restype = ctypes.c_int
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    unmap.restype = ctypes.c_int
+    unmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return map_, mincore, unmap
+
+
+_LIBC = _libc_calls()
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def resident(fd: int, offset: int, size: int, file_size: int) -> bool:
+    """Whether every page of bytes ``offset`` to ``offset + size`` of the regular file
+    ``fd`` (of ``file_size`` bytes) is in the page cache, so that reading them waits for
+    no disk: the range is mapped (no page is touched) and ``mincore`` asked. False when
+    it cannot be told (not Linux, a file that cannot be mapped)."""
+    end = min(offset + size, file_size)
+    if end <= offset:
+        return offset >= file_size  # at the end: nothing to wait for
+    if _LIBC is None:  # pragma: no cover - Linux here
+        return False
+    map_, mincore, unmap = _LIBC
+    start = offset - offset % mmap.PAGESIZE
+    length = end - start
+    addr = map_(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+    if addr is None or addr == _MAP_FAILED:
+        return False
+    try:
+        pages = -(-length // mmap.PAGESIZE)
+        vec = ctypes.create_string_buffer(pages)
+        return mincore(addr, length, vec) == 0 and vec.raw.count(1) == pages
+    finally:
+        unmap(addr, length)
+
+
 class _FileStream:
-    """A regular file read with ``os.pread`` in a worker thread."""
+    """A file that is neither a FIFO nor compressed, read with ``os.pread``: inline when
+    it is a regular file whose next bytes are all in the page cache (a copy: cheaper
+    than the hop to a worker thread, which on a busy event loop also waits for the GIL),
+    in a worker thread otherwise (a disk read, a device)."""
 
     def __init__(self, fd: int, position: int) -> None:
         self.fd: int | None = fd
         self.position = position
+        self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
 
     async def read(self, size: int) -> bytes:
         assert self.fd is not None
-        chunk = await anyio.to_thread.run_sync(os.pread, self.fd, size, self.position)
+        if self.regular and resident(self.fd, self.position, size, os.fstat(self.fd).st_size):
+            await anyio.lowlevel.checkpoint()
+            chunk = os.pread(self.fd, size, self.position)
+        else:
+            chunk = await anyio.to_thread.run_sync(os.pread, self.fd, size, self.position)
         self.position += len(chunk)
         return chunk
 
