@@ -68,8 +68,8 @@ async def open_stream(path: str, start: int = 0) -> ByteStream:
     fd, kind = await anyio.to_thread.run_sync(_open, path)
     if kind == "fifo":
         return _FifoStream(fd)
-    if kind is None:
-        return _FileStream(fd, start)
+    if kind in (None, "regular"):
+        return _FileStream(fd, start, regular=kind == "regular")
     raw = os.fdopen(fd, "rb")
     stream = _DecompressingStream(_decompressor(kind, raw, path), raw)
     while start > 0:  # skip to ``start`` a piece at a time (no buffer of its size)
@@ -106,12 +106,16 @@ def open_head(path: str, size: int) -> bytes:
 
 
 def _open(path: str) -> tuple[int, str | None]:
+    """The descriptor, and ``"fifo"``, a compression, ``"regular"`` (an uncompressed
+    regular file) or None (another kind of file: a device...)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode):
             return fd, "fifo"
         os.set_blocking(fd, True)
-        return fd, compression_of(os.pread(fd, MAGIC_BYTES, 0))
+        kind = compression_of(os.pread(fd, MAGIC_BYTES, 0))
+        return fd, "regular" if kind is None and stat.S_ISREG(mode) else kind
     except BaseException:
         os.close(fd)
         raise
@@ -230,10 +234,10 @@ class _FileStream:
     than the hop to a worker thread, which on a busy event loop also waits for the GIL),
     in a worker thread otherwise (a disk read, a device)."""
 
-    def __init__(self, fd: int, position: int) -> None:
+    def __init__(self, fd: int, position: int, *, regular: bool) -> None:
         self.fd: int | None = fd
         self.position = position
-        self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        self.regular = regular
 
     async def read(self, size: int) -> bytes:
         assert self.fd is not None
