@@ -23,6 +23,7 @@ import sys
 from typing import Any, BinaryIO, Protocol
 
 import anyio
+import anyio.lowlevel
 
 try:  # the optional extra 'zstd'
     import zstandard
