@@ -1,8 +1,6 @@
 """Opening a path for reading, whatever it holds: a regular file, a FIFO, compressed data.
 
-* **Regular files** are read with ``os.pread``: in the event loop's thread when every page
-  of the read is in the page cache (checked with ``mincore``, on Linux: then the read is a
-  copy, no disk wait), else in a worker thread, one hop per read.
+* **Regular files** are read with ``os.pread`` in a worker thread, one hop per read.
 * **FIFOs** are opened non-blocking (an open never waits for a writer) and read with
   :func:`anyio.wait_readable` between reads, so every wait, including the one for the first
   writer, is cancellable: a cancel scope, SIGTERM or Ctrl-C ends it on asyncio and trio.
@@ -14,16 +12,12 @@
 from __future__ import annotations
 
 import bz2
-import ctypes
 import gzip
-import mmap
 import os
 import stat
-import sys
 from typing import Any, BinaryIO, Protocol
 
 import anyio
-import anyio.lowlevel
 
 try:  # the optional extra 'zstd'
     import zstandard
@@ -69,8 +63,8 @@ async def open_stream(path: str, start: int = 0) -> ByteStream:
     fd, kind = await anyio.to_thread.run_sync(_open, path)
     if kind == "fifo":
         return _FifoStream(fd)
-    if kind in (None, "regular"):
-        return _FileStream(fd, start, regular=kind == "regular")
+    if kind is None:
+        return _FileStream(fd, start)
     raw = os.fdopen(fd, "rb")
     stream = _DecompressingStream(_decompressor(kind, raw, path), raw)
     while start > 0:  # skip to ``start`` a piece at a time (no buffer of its size)
@@ -107,16 +101,12 @@ def open_head(path: str, size: int) -> bytes:
 
 
 def _open(path: str) -> tuple[int, str | None]:
-    """The descriptor, and ``"fifo"``, a compression, ``"regular"`` (an uncompressed
-    regular file) or None (another kind of file: a device...)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISFIFO(mode):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
             return fd, "fifo"
         os.set_blocking(fd, True)
-        kind = compression_of(os.pread(fd, MAGIC_BYTES, 0))
-        return fd, "regular" if kind is None and stat.S_ISREG(mode) else kind
+        return fd, compression_of(os.pread(fd, MAGIC_BYTES, 0))
     except BaseException:
         os.close(fd)
         raise
@@ -176,77 +166,16 @@ def read_small(paths: list[str], limit: int) -> list[tuple[os.stat_result, bytes
     return out
 
 
-def _libc_calls() -> tuple[Any, Any, Any] | None:
-    """``mmap``, ``mincore`` and ``munmap`` of the C library (Linux), or None."""
-    if sys.platform != "linux":  # pragma: no cover - Linux here
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        map_, mincore, unmap = libc.mmap, libc.mincore, libc.munmap
-    except (OSError, AttributeError):  # pragma: no cover - a C library without them
-        return None
-    map_.restype = ctypes.c_void_p
-    map_.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int64,
-    ]
-    mincore.restype = ctypes.c_int
-    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    unmap.restype = ctypes.c_int
-    unmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    return map_, mincore, unmap
-
-
-_LIBC = _libc_calls()
-_MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def resident(fd: int, offset: int, size: int, file_size: int) -> bool:
-    """Whether every page of bytes ``offset`` to ``offset + size`` of the regular file
-    ``fd`` (of ``file_size`` bytes) is in the page cache, so that reading them waits for
-    no disk: the range is mapped (no page is touched) and ``mincore`` asked. False when
-    it cannot be told (not Linux, a file that cannot be mapped)."""
-    end = min(offset + size, file_size)
-    if end <= offset:
-        return offset >= file_size  # at the end: nothing to wait for
-    if _LIBC is None:  # pragma: no cover - Linux here
-        return False
-    map_, mincore, unmap = _LIBC
-    start = offset - offset % mmap.PAGESIZE
-    length = end - start
-    addr = map_(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
-    if addr is None or addr == _MAP_FAILED:
-        return False
-    try:
-        pages = -(-length // mmap.PAGESIZE)
-        vec = ctypes.create_string_buffer(pages)
-        return mincore(addr, length, vec) == 0 and vec.raw.count(1) == pages
-    finally:
-        unmap(addr, length)
-
-
 class _FileStream:
-    """A file that is neither a FIFO nor compressed, read with ``os.pread``: inline when
-    it is a regular file whose next bytes are all in the page cache (a copy: cheaper
-    than the hop to a worker thread, which on a busy event loop also waits for the GIL),
-    in a worker thread otherwise (a disk read, a device)."""
+    """A regular file read with ``os.pread`` in a worker thread."""
 
-    def __init__(self, fd: int, position: int, *, regular: bool) -> None:
+    def __init__(self, fd: int, position: int) -> None:
         self.fd: int | None = fd
         self.position = position
-        self.regular = regular
 
     async def read(self, size: int) -> bytes:
         assert self.fd is not None
-        if self.regular and resident(self.fd, self.position, size, os.fstat(self.fd).st_size):
-            await anyio.lowlevel.checkpoint()
-            chunk = os.pread(self.fd, size, self.position)
-        else:
-            chunk = await anyio.to_thread.run_sync(os.pread, self.fd, size, self.position)
+        chunk = await anyio.to_thread.run_sync(os.pread, self.fd, size, self.position)
         self.position += len(chunk)
         return chunk
 

@@ -1,8 +1,7 @@
 """Reading one file: large reads, shapes of output, and follow mode (``tail -F``).
 
-Files are opened with :func:`aflow.sources._open.open_stream`: regular files are read in
-the event loop's thread when the read's pages are cached, else with one thread hop per
-read, so reads are large (1 MiB by default) to amortize it; FIFOs
+Files are opened with :func:`aflow.sources._open.open_stream`: regular files are read with
+one thread hop per read, so reads are large (1 MiB by default) to amortize it; FIFOs
 without a thread (every wait cancellable); ``.gz``/``.bz2``/``.zst`` content is
 decompressed on the fly. Follow mode is :class:`aflow.sources._follow.Follower`, which
 uses a :class:`FileReader`'s framing.
