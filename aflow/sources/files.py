@@ -298,9 +298,9 @@ def read_records(
 
     Each read becomes one batch of whole records (``np.frombuffer``, no copy); provenance
     gives record indexes and byte offsets. Reads are of 2 MiB by default (twice the other
-    sources': records need no decoding, so the cost per batch weighs more). A partial record at the end of a file is
-    reported with ``on_error`` (by default a :class:`~aflow.errors.DecodeError`), never
-    dropped silently.
+    sources': records need no decoding, so the cost per batch weighs more). A partial
+    record at the end of a file is reported with ``on_error`` (by default a
+    :class:`~aflow.errors.DecodeError`), never dropped silently.
     """
     dt = np.dtype(dtype)
     size = max(dt.itemsize, read_size // dt.itemsize * dt.itemsize)
