@@ -254,3 +254,72 @@ def test_log_format_rejects_what_it_cannot_split() -> None:
         is not None
     )
     assert fmt.columns["status"] == "int"
+
+
+# Clean ASCII blocks (no tab, no backslash: the array path's whole-block case):
+# fields quoted where they should not be, quotes inside fields, quotes closed before a
+# field ends, doubled quotes, double spaces, a missing request time on some lines.
+HOSTILE = {
+    "addr": ["10.0.0.1", "10.0.0.1", '"10.0.0.1"', 'a"b', "", "a b"],
+    "user": ["-", "-", "a b", '"q"', "", '"a b"', "[x]"],
+    "time": [
+        "[10/Oct/2000:13:55:36 -0700]",
+        "[10/Oct/2000:13:55:36 -0700]",
+        "[10/Oct/2000:13:55:36  -0700]",
+        '"[10/Oct/2000:13:55:36 -0700]"',
+        "[10/Oct/2000:13:55:36 -0700",
+        "[10/Oct/2000 13:55:36 -0700]",
+    ],
+    "request": [
+        '"GET / HTTP/1.1"',
+        '"GET / HTTP/1.1"',
+        '"GET /a b HTTP/1.1"',
+        "GET",
+        '"GET"x',
+        '"a""b"',
+        '""',
+        '"x" "y"',
+        '"GET /x HTTP/1.1 "',
+    ],
+    "status": ["200", "200", '"200"', "2 0", "", "20"],
+    "bytes": ["5", "-", '"5"', "5 5"],
+    "referer": ['"-"', '"-"', '"a"b"', "-", '"a b"c', '"""'],
+    "agent": ['"curl"', '""', '"x y z"', 'curl"', '"a"'],
+    "rt": [None, "0.5", "0.5", '"0.5"', "-", "1.2.3", ""],
+}
+
+
+@st.composite
+def clean_blocks(draw: st.DrawFn) -> list[bytes]:
+    good = {name: values[0] for name, values in HOSTILE.items()}
+    good["rt"] = draw(st.sampled_from([None, "0.25"]))
+    lines = []
+    for _ in range(draw(st.integers(1, 12))):
+        fields = dict(good)
+        for name in draw(st.lists(st.sampled_from(sorted(HOSTILE)), max_size=3)):
+            fields[name] = draw(st.sampled_from(HOSTILE[name]))
+        words = [fields["addr"], "-", fields["user"], fields["time"], fields["request"]]
+        words += [fields["status"], fields["bytes"], fields["referer"], fields["agent"]]
+        if fields["rt"] is not None:
+            words.append(fields["rt"])
+        sep = draw(st.sampled_from([" ", " ", " ", "  "]))
+        lines.append((sep.join(words) + "\n").encode())
+    return lines
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=clean_blocks())
+def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(lines: list[bytes]) -> None:
+    fmt = LogFormat(NGINX)
+    format_columns = {**fmt.columns, "method": "str", "path": "str", "protocol": "str"}
+    for pattern, columns in (
+        (COMBINED, ALL_COMBINED),
+        (COMBINED, {"status": "int", "request_time": "float"}),
+        (fmt, format_columns),
+    ):
+        decoder = LogDecoder(pattern, columns)
+        regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern
+        want, bad = reference(lines, regex, columns)
+        got, got_bad = _decoded(decoder, lines)
+        same(got, want)
+        assert got_bad == bad
