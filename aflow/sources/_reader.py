@@ -146,8 +146,13 @@ class FileReader:
         try:
             framer = self.framer(self.start, line=self.start_line)
             while not out.stopping:
-                with out.pull_scope():  # a FIFO waits for its writer here
+                # A stop cancels this scope (a FIFO waits for its writer here): then
+                # nothing was read (never the previous chunk again).
+                chunk: bytes | None = None
+                with out.pull_scope():
                     chunk = await stream.read(self.chunk_size)
+                if chunk is None:
+                    break
                 if not chunk:
                     break
                 await self.feed(framer, chunk, emit, report)
