@@ -141,7 +141,45 @@ def _check_prefixes(ids: list[int], files: int) -> None:
     interleave)."""
     for k in range(files):
         own = [i - k * ROWS for i in ids if k * ROWS <= i < (k + 1) * ROWS]
-        assert own == list(range(len(own))), f"file {k}: not its first rows in order"
+        assert own == list(range(len(own))), f"file {k}: rows twice, out of order or missing"
+
+
+KINDS = ["lines", "lines-gzip", "lines-4-files", "csv", "jsonl", "records", "npy"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_stop_inside_a_file_hands_on_whole_rows_and_the_restart_the_rest(
+    anyio_backend: str, tmp_path: Path, kind: str
+) -> None:
+    flow, ids_of, total = _flow(tmp_path, kind)
+    files = 4 if kind == "lines-4-files" else 1
+    ck = tmp_path / "ck.db"
+    first = await stopped_run(flow, 3000, ck)
+    assert first.ended == "stopped"
+    before = ids_of(first.value)
+    assert 3000 <= len(before) < total  # stopped inside the input
+    _check_prefixes(before, files)
+    assert first.statistics.errors == 0
+    second = await full_run(flow, ck)
+    assert second.ended == "completed"
+    after = ids_of(second.value)  # collect's result goes on from the checkpoint's
+    assert after[: len(before)] == before
+    assert sorted(after) == list(range(total))  # every row once: none torn, lost or twice
+    assert second.statistics.errors == 0
+
+
+async def test_a_stop_without_checkpoint_hands_on_no_part_of_a_line(
+    anyio_backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    flow, ids_of, total = _flow(tmp_path, "lines")
+    with caplog.at_level("INFO", logger="aflow"):
+        result = await stopped_run(flow, 3000, None)
+    ids = ids_of(result.value)  # no row cut at the stop
+    assert 3000 <= len(ids) < total
+    _check_prefixes(ids, 1)
+    assert result.statistics.errors == 0  # a stop is not an end of file: nothing failed
+    assert "has no newline after it" not in caplog.text
+    assert f"stopped inside line {len(ids) + 1} " in caplog.text
 
 
 def _loop_flow(tmp_path: Path, kind: str) -> tuple[Any, Callable[[Any], list[int]], int]:
@@ -162,7 +200,7 @@ def _loop_flow(tmp_path: Path, kind: str) -> tuple[Any, Callable[[Any], list[int
     return flow, ids_of, total
 
 
-@pytest.mark.parametrize("kind", ["bytes", "records", "npy"])
+@pytest.mark.parametrize("kind", ["bytes", "records", "npy", "lines", "lines-4-files", "csv"])
 async def test_stops_at_random_moments_never_hand_on_a_read_twice(
     anyio_backend: str, tmp_path: Path, kind: str
 ) -> None:
@@ -173,27 +211,25 @@ async def test_stops_at_random_moments_never_hand_on_a_read_twice(
     rng = random.Random(f"{kind}-{anyio_backend}")
     for _ in range(20):
         result = await stopped_run(flow, rng.randrange(total // 50, total // 2), None)
-        ids = ids_of(result.value)
-        assert ids == list(range(len(ids))), "rows twice, out of order or missing"
+        _check_prefixes(ids_of(result.value), 4 if kind == "lines-4-files" else 1)
 
 
-async def test_a_stop_while_a_fifo_waits_for_data_hands_nothing_on_twice(
-    anyio_backend: str, tmp_path: Path
-) -> None:
-    fifo = tmp_path / "pipe"
+async def fifo_stopped(fifo: Path, data: str, last: str) -> af.RunResult[Any]:
+    """Read ``fifo`` while a writer sends ``data`` and then goes quiet (the pipe stays
+    open); stop once the line ``last`` went through and the reader waits for more."""
     os.mkfifo(fifo)
     done = threading.Event()
 
-    def write() -> None:  # three lines, then a writer that goes quiet (the pipe stays open)
+    def write() -> None:
         with open(fifo, "w") as f:
-            f.write("1\n2\n3\n")
+            f.write(data)
             f.flush()
             done.wait(10)
 
     seen = anyio.Event()
 
     def watch(item: Any) -> Any:
-        if item == "3":
+        if item == last:
             seen.set()
         return item
 
@@ -206,7 +242,24 @@ async def test_a_stop_while_a_fifo_waits_for_data_hands_nothing_on_twice(
                     await seen.wait()
                     await anyio.sleep(0.1)  # the reader waits for more data by now
                     run.stop()
-                    result = await run.wait()
+                    return await run.wait()
         finally:
             done.set()
+
+
+async def test_a_stop_while_a_fifo_waits_for_data_hands_nothing_on_twice(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    result = await fifo_stopped(tmp_path / "pipe", "1\n2\n3\n", "3")
     assert result.value == ["1", "2", "3"]
+    assert result.statistics.errors == 0
+
+
+async def test_a_stop_while_a_fifo_writer_is_inside_a_line_reports_it(
+    anyio_backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="aflow"):
+        result = await fifo_stopped(tmp_path / "pipe", "1\n2\n3", "2")
+    assert result.value == ["1", "2"]  # "3" may be the start of a longer line
+    assert result.statistics.errors == 1  # what the writer sent is not read again: counted
+    assert "stopped inside line 3" in caplog.text
