@@ -134,8 +134,20 @@ def dead_letter(target: DeadLetterTarget) -> DeadLetter:
 
     Args:
         target: a list to append :class:`FailedItem` records to, or a sync or async callable
-            receiving each one (to write them to a file, a queue or a log).
+            receiving each one (to write them to a file, a queue or a log). Neither is
+            part of a checkpoint: after a restart from the last commit, the items that
+            failed since it fail again and are appended (or passed) again.
+
+    Raises:
+        TypeError: ``target`` is neither a list nor a callable (a sink such as
+            ``collect()`` cannot take dead letters).
     """
+    if not isinstance(target, list) and not callable(target):
+        raise TypeError(
+            f"dead_letter({type(target).__name__}): give a list to append each FailedItem "
+            "to, or a function (sync or async) called with each one; a sink cannot take "
+            "dead letters"
+        )
     return DeadLetter(target)
 
 

@@ -599,3 +599,59 @@ async def test_a_stage_that_ended_before_a_barrier_leaves_no_stale_state(
         collected = set(pickle.loads(cp.states["sink0:collect"])["items"])
         held = set(cp.states.get("task1:hold") or [])
         assert not held & collected, f"epoch {cp.epoch}: held and collected {held & collected}"
+
+
+class Chunks(Source):
+    """A resumable source of the numbers 0..n-1 in lists of ``size`` (so a loop over the
+    run may leave a list half read), ``pause`` seconds apart."""
+
+    resumable = True
+    name = "chunks"
+
+    def __init__(self, n: int, size: int, pause: float) -> None:
+        self.n, self.size, self.pause = n, size, pause
+
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        for lo in range(int(out.resume_positions.get("n", 0)), self.n, self.size):
+            if out.stopping:
+                return
+            hi = min(self.n, lo + self.size)
+            await out.emit(list(range(lo, hi)), position=("n", hi))
+            await anyio.sleep(self.pause)
+
+
+async def _iterate(ck: Any, leave_after: int | None, stop_after: int | None = None) -> list[int]:
+    got: list[int] = []
+    async with af.Flow(Chunks(200, 10, 0.003)).open(checkpoint=ck, commit_interval=0.02) as run:
+        async for x in run:
+            got.append(x)
+            if len(got) == stop_after:
+                run.stop()
+            if len(got) == leave_after:
+                break
+    return got
+
+
+@pytest.mark.anyio
+async def test_a_loop_over_a_run_left_early_loses_nothing(
+    anyio_backend: str, tmp_path: Any
+) -> None:
+    ck = tmp_path / "ck.db"
+    first = await _iterate(ck, leave_after=95)  # inside a list: 96..99 are never handed out
+    assert first == list(range(95))
+    second = await _iterate(ck, leave_after=None)
+    assert second[0] <= 95  # at least once: from the last barrier the loop received
+    assert second == list(range(second[0], 200))
+    assert await _iterate(ck, leave_after=None) == []  # read to its end: the end is committed
+
+
+@pytest.mark.anyio
+async def test_a_loop_over_a_stopped_run_taken_to_its_end_commits_the_end(
+    anyio_backend: str, tmp_path: Any
+) -> None:
+    ck = tmp_path / "ck.db"
+    first = await _iterate(ck, leave_after=None, stop_after=95)
+    assert first[:95] == list(range(95))
+    assert first == list(range(len(first)))
+    assert len(first) < 200
+    assert await _iterate(ck, leave_after=None) == list(range(len(first), 200))

@@ -44,6 +44,11 @@ async def test_dead_letter_receives_item_error_and_stage() -> None:
     assert dead[0].stage == "map(parse)"
 
 
+def test_dead_letter_refuses_a_sink_at_once() -> None:
+    with pytest.raises(TypeError, match=r"dead_letter\(Collect\): give a list .* or a function"):
+        af.dead_letter(af.collect())  # type: ignore[arg-type]
+
+
 async def test_dead_letter_target_may_be_an_async_callable() -> None:
     send, receive = anyio.create_memory_object_stream[af.FailedItem](10)
     flow = af.from_iterable(DATA) | af.map(parse, on_error=af.dead_letter(send.send))

@@ -289,6 +289,7 @@ class Delivery:
         self._start: Callable[[], None] | None = None
         self.failed: Callable[[], bool] = lambda: False  # the run has failed (no final commit)
         self.final_done = False
+        self.abandoned = False  # a sink left its input unread (see sink_abandoned)
         self.final_committed = anyio.Event()  # set once the final commit called back
 
     # -- loading ----------------------------------------------------------------------
@@ -419,6 +420,17 @@ class Delivery:
             ep.expected.discard(ident)
         self._wake.set()
 
+    def sink_abandoned(self, ident: str) -> None:
+        """Sink ``ident`` stopped taking its input before its end (a loop over a run's
+        output left early): what it did not take was not delivered. No epoch it has not
+        committed is committed, no barrier is injected any more, and the run makes no
+        final commit: a restart goes on from the last epoch it committed."""
+        self.abandoned = True
+        self.live_sinks.discard(ident)
+        for n in [n for n, ep in self.pending.items() if ident in ep.expected]:
+            del self.pending[n]
+        self._wake.set()
+
     def stage_state(self, ident: str, epoch: int, state: Any) -> None:
         ep = self.pending.get(epoch)
         if ep is not None:
@@ -480,7 +492,7 @@ class Delivery:
                 now = time.monotonic()
                 if now >= next_at:
                     next_at = now + self.interval
-                    if len(self.pending) < 2 and self.sources:
+                    if len(self.pending) < 2 and self.sources and not self.abandoned:
                         self._inject(tg)
             tg.cancel_scope.cancel()
         # Every sink has finished: once every source has ended too, commit the final
@@ -521,6 +533,9 @@ class Delivery:
         if not self.active or self.final_done:
             return
         self.final_done = True
+        if self.abandoned:  # the end positions cover what a sink never took
+            self.final_committed.set()
+            return
         self.epoch += 1
         positions = {**self.committed_positions, **self.final_positions}
         states = self._states(self.epoch, {})

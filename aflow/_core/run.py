@@ -90,6 +90,7 @@ class Run(Generic[R_co]):
         self._grace = grace
         self._ctx: RunContext | None = None
         self._output: Buffer | None = None
+        self._output_ended = False  # the output's end was received
         self._sink_writer: Any = None
         self._done = anyio.Event()
         self._scope = anyio.CancelScope(shield=True)
@@ -192,15 +193,22 @@ class Run(Generic[R_co]):
                 msg = await self._output.receive()
             return msg  # type: ignore[return-value]
         except anyio.EndOfStream:
+            self._output_ended = True
             self._close_output()
             self._raise_error()
             raise StopAsyncIteration from None
 
     def _close_output(self) -> None:
+        """Close the output. Before its end was received (the loop over the run was
+        left early) what is still in it was never handed to the loop: only the epochs
+        whose barrier the loop received stay committed, not the end positions."""
         if self._output is not None:
             self._output.close_receive()
             if self._ctx is not None:
-                self._ctx.delivery.sink_finished("output", None)
+                if self._output_ended:
+                    self._ctx.delivery.sink_finished("output", None)
+                else:
+                    self._ctx.delivery.sink_abandoned("output")
 
     async def _main(
         self,

@@ -143,18 +143,30 @@ class FileReader:
         stream = await open_stream(self.path, self.start)
         if self.ident is None:  # never open a FIFO twice: its open blocks for a writer
             self.ident = await anyio.to_thread.run_sync(_regular_id, self.path)
+        ended = False  # the end of the file was read (else a graceful stop came first)
         try:
             framer = self.framer(self.start, line=self.start_line)
             while not out.stopping:
-                with out.pull_scope():  # a FIFO waits for its writer here
+                # A stop cancels this scope (a FIFO waits for its writer here): then
+                # nothing was read (never the previous chunk again).
+                chunk: bytes | None = None
+                with out.pull_scope():
                     chunk = await stream.read(self.chunk_size)
+                if chunk is None:
+                    break
                 if not chunk:
+                    ended = True
                     break
                 await self.feed(framer, chunk, emit, report)
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
-        await self.finish(framer, emit, report)
+        if ended:
+            await self.finish(framer, emit, report)
+        elif self.ident is None:  # a FIFO: what its writer sent is not read again
+            await self.hold_back(framer, report, False)
+        else:
+            self.leave_unread(framer, bool(out.checkpointed))
 
     async def feed(self, framer: _Framer, chunk: bytes, emit: Emit, report: Reporter) -> None:
         """Frame ``chunk``, report over-long lines, emit what is complete."""
@@ -192,9 +204,35 @@ class FileReader:
         )
         await emit(msg)
 
+    def leave_unread(self, framer: _Framer, checkpointed: bool) -> None:
+        """A graceful stop before the end of a file that is not followed: the line (or
+        record) ``framer`` holds only the first bytes of is not a last line, its rest is
+        still unread in the file. It is not handed on (nor reported: a stop is not an end
+        of file); with a checkpoint the position stays before it and the next run reads
+        it whole; without one it stays unread with the rest of the file."""
+        msg, failed = framer.finish()
+        if failed is not None:
+            _, raw, prov = failed
+        elif isinstance(msg, Batch):
+            raw, prov = bytes(msg.data), msg.provenance
+        else:
+            return
+        numbered = prov is not None and prov.unit == "line"
+        logger.info(
+            "%s: the run stopped inside %s (offset %s, %d bytes read of it), which is not "
+            "handed on: %s",
+            self.path,
+            f"line {prov.start}" if numbered and prov is not None else "a record",
+            prov.offset if prov is not None else None,
+            len(raw) - (1 if msg is not None else 0),  # the splitter added a newline
+            "the next run from the checkpoint reads it whole"
+            if checkpointed
+            else "it stays unread with the rest of the file",
+        )
+
     async def hold_back(self, framer: _Framer, report: Reporter, checkpointed: bool) -> None:
-        """A graceful stop while following: the last line (or record) of ``framer``'s
-        file may be one its writer has not finished, so it is not handed on. With a
+        """A graceful stop while following (or reading a FIFO): the last line (or record)
+        of ``framer``'s file may be one its writer has not finished, so it is not handed on. With a
         checkpoint the position stays before it (the next run reads it whole); without
         one it is reported: counted in the source's ``errors`` and logged as a warning
         (``last_line="keep"``), or handed to ``on_error`` as an
