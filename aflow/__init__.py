@@ -19,6 +19,7 @@ from .connectors import to_nats as to_nats
 from .connectors import to_redis as to_redis
 from .errors import AflowError as AflowError
 from .errors import AflowWarning as AflowWarning
+from .errors import CheckpointInUse as CheckpointInUse
 from .errors import CheckpointMismatch as CheckpointMismatch
 from .errors import DataLossError as DataLossError
 from .errors import DecodeError as DecodeError
@@ -125,6 +126,7 @@ __all__ = [
     "Barrier",
     "Batch",
     "Checkpoint",
+    "CheckpointInUse",
     "CheckpointMismatch",
     "CheckpointStore",
     "Collect",

@@ -21,7 +21,7 @@ from . import __version__, demo
 from ._core.delivery import DEFAULT_COMMIT_INTERVAL
 from ._core.run import Run
 from .connectors._common import WORKER_ENV, WORKERS_ENV
-from .errors import CheckpointMismatch
+from .errors import CheckpointInUse, CheckpointMismatch
 from .flow import Flow, SinkFlow, run
 from .monitor import Monitor, Progress, serve_metrics, watch
 
@@ -260,7 +260,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             commit_interval=args.commit_interval,
         )
-    except CheckpointMismatch as exc:
+    except (CheckpointMismatch, CheckpointInUse) as exc:
         print(f"aflow run: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

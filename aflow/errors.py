@@ -15,7 +15,8 @@ the builtin exception whose meaning it shares, so ``except ValueError`` keeps wo
     ├── LateDataError (ValueError)        rows came after the windows they belong to had closed
     ├── DataLossError (RuntimeError)      input was written but could not be read (rotation)
     ├── ReconnectError (ConnectionError)  a sink could not reconnect within its limit
-    └── CheckpointMismatch (ValueError)   a checkpoint does not belong to this flow or input
+    ├── CheckpointMismatch (ValueError)   a checkpoint does not belong to this flow or input
+    └── CheckpointInUse (RuntimeError)    another run (or process) is using this checkpoint file
 
     AflowWarning (UserWarning)
     └── NotResumableWarning               a checkpointed run has a source that cannot resume
@@ -30,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "AflowError",
     "AflowWarning",
+    "CheckpointInUse",
     "CheckpointMismatch",
     "DataLossError",
     "DecodeError",
@@ -164,6 +166,16 @@ class CheckpointMismatch(AflowError, ValueError):
 
     Resuming would silently start over or skip data, so aflow refuses: use a new
     checkpoint path, or delete the old one to start from the beginning on purpose.
+    """
+
+
+class CheckpointInUse(AflowError, RuntimeError):
+    """A checkpoint file is in use by another run, in this process or another one.
+
+    Two runs committing to one checkpoint would overwrite each other's positions, so the
+    second is refused; the message names the file. Give each running flow its own
+    checkpoint path, or wait until the other run has ended (a crashed run's hold ends
+    with its process).
     """
 
 

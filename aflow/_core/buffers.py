@@ -197,19 +197,25 @@ async def _send_counted(buffer: Buffer, tx: Any, msg: Item, blocked: list[float]
 
 
 class _Alignment:
-    """Barrier alignment among the senders into one buffer (a fan-in)."""
+    """Barrier alignment among the senders into one buffer (a fan-in).
+
+    A sender's barriers come in increasing order, so one that delivered ``Barrier(m)``
+    has passed every epoch up to ``m``: it no longer holds back an older epoch it will
+    never deliver (a ``concat`` or ``repeat`` between two sub-flows when that epoch was
+    injected). Epochs go into the buffer once each, oldest first.
+    """
 
     def __init__(self) -> None:
         self.senders: list[Sender] = []
-        self.arrived: dict[int, set[int]] = {}  # epoch -> ids of senders at the barrier
-        self.sending: set[int] = set()  # epochs whose barrier one sender is putting in
+        self.waiting: set[int] = set()  # epochs some sender delivered, not yet sent on
+        self.sending = False  # one sender is putting a barrier in
+        self.forwarded = 0  # the last epoch put in the buffer
         self.changed = anyio.Event()
 
     def missing(self, epoch: int) -> int:
-        """Live senders that take part in ``epoch`` and have not delivered its barrier."""
-        arrived = self.arrived.get(epoch, set())
+        """Live senders that take part in ``epoch`` and have not passed its barrier."""
         return sum(
-            1 for s in self.senders if not s.closed and s.joined < epoch and id(s) not in arrived
+            1 for s in self.senders if not s.closed and s.joined < epoch and s.reached < epoch
         )
 
     def notify(self) -> None:
@@ -227,6 +233,7 @@ class Sender:
         self._tx = tx
         self._align = align
         self.joined = joined
+        self.reached = joined  # the last epoch whose barrier this sender delivered
         self.closed = False
         if align is not None:
             align.senders.append(self)
@@ -238,19 +245,24 @@ class Sender:
         await _send_counted(self.buffer, self._tx, msg, blocked)
 
     async def _barrier(self, barrier: Barrier, align: _Alignment, blocked: list[float]) -> None:
-        """Wait for ``barrier`` from every other sender; the last one sends it on."""
+        """Wait for ``barrier`` from every other sender (or a later one: it has passed
+        this epoch); the last one sends it on, after every older epoch."""
         n = barrier.epoch
-        align.arrived.setdefault(n, set()).add(id(self))
+        if n <= align.forwarded:
+            return  # already in the buffer (its epoch was passed by every sender)
+        self.reached = max(self.reached, n)
+        align.waiting.add(n)
         align.notify()
         t0 = perf_counter()
-        while n in align.arrived:  # until the barrier is in the buffer
-            if n not in align.sending and align.missing(n) == 0:
-                align.sending.add(n)
+        while n in align.waiting:  # until the barrier is in the buffer
+            if not align.sending and min(align.waiting) == n and align.missing(n) == 0:
+                align.sending = True
                 try:
                     await _send_counted(self.buffer, self._tx, barrier, blocked)
                 finally:
-                    align.sending.discard(n)
-                    del align.arrived[n]
+                    align.sending = False
+                    align.waiting.discard(n)
+                    align.forwarded = max(align.forwarded, n)
                     align.notify()
                 return
             await align.changed.wait()

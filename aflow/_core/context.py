@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -28,6 +29,12 @@ from .operators import (
 from .segments import ChainBuilder, Downstream, FusedSink, locate, sink_head, task_head
 
 __all__ = ["RunContext"]
+
+# Set while a chain that gets no checkpoint barriers is built (the inputs of ``zip`` and
+# ``asof_join``): its tasks copy it with their context, so a source made of other flows
+# among them (``concat``, ``merge``, ``repeat``) builds buffers that get none either,
+# however deep the leaf sources are.
+_NO_BARRIERS: ContextVar[bool] = ContextVar("aflow_no_barriers", default=False)
 
 
 class RunContext:
@@ -137,7 +144,10 @@ class RunContext:
         size = op.buffer if op is not None and op.buffer is not None else self.buffer
         limit = op.buffer_bytes if op is not None and op.buffer_bytes is not None else None
         d = self.delivery
-        return Buffer(self.counters, receiver, size, limit or self.buffer_bytes, lambda: d.epoch)
+        buffer = Buffer(self.counters, receiver, size, limit or self.buffer_bytes, lambda: d.epoch)
+        if _NO_BARRIERS.get():
+            buffer.barriers = False
+        return buffer
 
     def start_chain(
         self,
@@ -155,6 +165,21 @@ class RunContext:
         """
         edge = into.buffer if isinstance(into, Sender) else into
         barriers = not isinstance(edge, Buffer) or edge.barriers
+        token = None if barriers else _NO_BARRIERS.set(True)
+        try:
+            return self._start_chain(source, ops, into, name, barriers)
+        finally:
+            if token is not None:
+                _NO_BARRIERS.reset(token)
+
+    def _start_chain(
+        self,
+        source: Source | Buffer,
+        ops: Iterable[Op],
+        into: Downstream | SinkOperator[Any, Any],
+        name: str | None,
+        barriers: bool,
+    ) -> SinkWriter[Any, Any] | None:
         chain = ChainBuilder(self, source, name, barriers=barriers)
         for op in ops:
             c = self.new_counters(op.name)

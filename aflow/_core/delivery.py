@@ -13,6 +13,7 @@ positions, so a restart after it re-delivers nothing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import anyio
 
-from ..errors import CheckpointMismatch, NotResumableWarning
+from ..errors import CheckpointInUse, CheckpointMismatch, NotResumableWarning
 from .messages import Barrier
 
 __all__ = [
@@ -114,6 +115,12 @@ class SqliteStore:
     Positions are stored as JSON, states as pickles (protocol 5): load only checkpoints
     you wrote yourself.
 
+    A run owns the file while it runs (:meth:`acquire` at its start, :meth:`close` at its
+    end): it holds an exclusive lock on ``<path>-lock``, so a second run on the same
+    file, in this process or another, raises :class:`~aflow.CheckpointInUse` instead of
+    overwriting the first one's commits. The lock ends with its process: a crashed run
+    does not leave the file locked. Loading a checkpoint to look at it takes no lock.
+
     Args:
         path: the database file (created with its table on first use).
     """
@@ -122,10 +129,51 @@ class SqliteStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._owner: int | None = None  # the descriptor of the locked ``<path>-lock``
+
+    def acquire(self) -> None:
+        """Own the file for a run until :meth:`close`.
+
+        Raises:
+            CheckpointInUse: another run (in this process or another) owns it.
+        """
+        lock_path = f"{self.path}-lock"
+        fd = -1 if self._owner is not None else os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fd < 0:  # this very store object is in use by a run
+                raise BlockingIOError
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if fd >= 0:
+                os.close(fd)
+            raise CheckpointInUse(
+                f"checkpoint {str(self.path)!r} is in use by another run (it holds the lock "
+                f"on {lock_path!r}): two runs on one checkpoint would overwrite each other's "
+                "commits; give this run its own checkpoint path, or wait until the other "
+                "run has ended"
+            ) from None
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        self._owner = fd
+
+    def _release(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)  # closing the descriptor ends the lock
+            self._owner = None
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db = self._open()
+        return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            # another process reading the file (a look with the sqlite3 shell) is waited
+            # for rather than failing with "database is locked"
+            db.execute("PRAGMA busy_timeout=10000")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(
@@ -137,8 +185,10 @@ class SqliteStore:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS aflow_state (id TEXT PRIMARY KEY, data BLOB NOT NULL)"
             )
-            self._db = db
-        return self._db
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def load(self) -> Checkpoint | None:
         """The last committed checkpoint, or ``None``."""
@@ -179,11 +229,13 @@ class SqliteStore:
             db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the database connection (the store reopens it when used again)."""
+        """Close the database connection (the store reopens it when used again) and give
+        up the file if this store owned it (:meth:`acquire`)."""
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            self._release()
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"

@@ -227,6 +227,17 @@ class Outlet(Protocol):
         """
         ...
 
+    async def catch_up_barriers(self) -> None:
+        """For a source made of other flows (``composite``), between its sub-flows: hand
+        on the checkpoint barriers injected since it last handed one on. Its sub-flows'
+        sources get the barriers injected while they run; one injected while none of
+        them ran (between two sub-flows, before the first) would otherwise never pass
+        it, and a ``merge`` downstream would wait for it. Call it when everything the
+        last sub-flow emitted has been handed on, and start the next sub-flows right
+        after it returns, without awaiting in between. Does nothing for other sources or
+        in a run without checkpoints."""
+        ...
+
     @property
     def restored_state(self) -> Any:
         """For an async operator: the ``state`` it passed with the last committed barrier

@@ -22,6 +22,7 @@ from .delivery import (
     DEFAULT_COMMIT_INTERVAL,
     CheckpointArg,
     Delivery,
+    SqliteStore,
     describe_flow,
     open_store,
 )
@@ -340,11 +341,26 @@ class RunManager(Generic[RunT_co]):
         raise TypeError("flow.open() is an async context manager: `async with flow.open()`")
 
     async def __aenter__(self) -> RunT_co:
+        if isinstance(self._store, SqliteStore):
+            self._store.acquire()  # raises CheckpointInUse while another run has it
         self._cm = self._open()
-        return await self._cm.__aenter__()
+        try:
+            return await self._cm.__aenter__()
+        except BaseException:
+            self._release_store()
+            raise
 
     async def __aexit__(self, *exc: Any) -> bool | None:
-        return await self._cm.__aexit__(*exc)
+        try:
+            return await self._cm.__aexit__(*exc)
+        finally:
+            self._release_store()
+
+    def _release_store(self) -> None:
+        """A SQLite store gives up its file once the run has ended (another run may take
+        it then)."""
+        if isinstance(self._store, SqliteStore):
+            self._store.close()
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[RunT_co]:

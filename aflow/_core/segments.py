@@ -195,6 +195,9 @@ class Segment:
         self._repetition: int | None = None
         self._ended = False
         self._output_ended = False  # ``end()`` ended it before the head returned
+        # A source made of other flows: the last epoch whose barrier it handed on
+        self._composite = source is not None and source.composite
+        self._epoch_out = ctx.delivery.epoch
         if source is not None and not source.composite:
             self._gate = _Gate()
             self.source_id = ctx.delivery.new_id("source", source.name)
@@ -327,6 +330,13 @@ class Segment:
                 raise
             return positions
 
+    async def catch_up_barriers(self) -> None:
+        if not self._composite:
+            return
+        d = self.ctx.delivery
+        while self._epoch_out < d.epoch:
+            await self.barrier(Barrier(self._epoch_out + 1))
+
     def position_map(self) -> dict[str, Any]:
         """The position map now, with the repetition of the ``repeat`` it runs in."""
         positions = dict(self.positions)
@@ -339,6 +349,10 @@ class Segment:
         snapshots its state), then downstream."""
         d = self.ctx.delivery
         epoch = barrier.epoch
+        if self._composite:
+            if epoch <= self._epoch_out:
+                return  # handed on already (caught up while no sub-flow ran)
+            self._epoch_out = epoch
         for i, (runner, c) in enumerate(self.fused):
             try:
                 held = runner.on_barrier(epoch)

@@ -48,7 +48,9 @@ class _MergeSource(Source):
         return 1 + sum(f.nested_buffers() - 1 for f in self.flows)
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
-        edge = ctx.new_buffer(ctx.new_counters(f"{self.name}.input"))
+        counters = ctx.new_counters(f"{self.name}.input")
+        await out.catch_up_barriers()  # no await from here until every input is started
+        edge = ctx.new_buffer(counters)
         for flow in self.flows:
             _start(ctx, flow, edge.sender())
         edge.close_send()
@@ -82,6 +84,7 @@ class _ConcatSource(Source):
         for flow in self.flows:
             if out.stopping:
                 return
+            await out.catch_up_barriers()  # the last flow's are all handed on
             edge = ctx.new_buffer(counters)
             _start(ctx, flow, edge)
             try:
@@ -122,6 +125,7 @@ class _RepeatSource(_ConcatSource):
         ident, done = ctx.repetitions(self.name)
         resumed = done
         while (self.times is None or done < self.times) and not out.stopping:
+            await out.catch_up_barriers()  # the last repetition's are all handed on
             edge = ctx.new_buffer(counters)
             with ctx.reuse_counters() as recycle, ctx.repetition(ident, done, done == resumed):
                 _start(ctx, self.flows[0], edge, epoch=done)

@@ -95,6 +95,9 @@ class _SpyOutlet:
     def on_commit(self, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.out.on_commit(fn)
 
+    async def catch_up_barriers(self) -> None:
+        await self.out.catch_up_barriers()
+
     @property
     def restored_state(self) -> Any:
         return self.out.restored_state
