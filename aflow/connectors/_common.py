@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeAlias
 
 import anyio
 import numpy as np
+import sniffio
 from numpy.typing import DTypeLike, NDArray
 
 from ..abc import Provenance
@@ -32,6 +33,7 @@ __all__ = [
     "PayloadCodec",
     "consumer_name",
     "message_place",
+    "require_asyncio",
     "shard_of",
     "worker_count",
     "worker_index",
@@ -239,3 +241,18 @@ def shard_of(keys: NDArray[Any], shards: int) -> NDArray[np.intp]:
     else:
         raise TypeError(f"cannot shard by keys of dtype {keys.dtype}: use integers or strings")
     return (_mix64(words) % np.uint64(shards)).astype(np.intp)
+
+
+def require_asyncio(what: str, client: str) -> None:
+    """Raise a clear error unless the run is on asyncio: ``client`` (the library) runs on
+    asyncio only.
+
+    Raises:
+        RuntimeError: the run is on another backend (trio).
+    """
+    library = sniffio.current_async_library()
+    if library != "asyncio":
+        raise RuntimeError(
+            f"{what}: {client} runs on asyncio only, not {library}; run the flow with the "
+            "asyncio backend"
+        )

@@ -27,7 +27,6 @@ from typing import Any, Literal, TypeAlias
 import aiomqtt
 import anyio
 import numpy as np
-import sniffio
 from numpy.typing import DTypeLike, NDArray
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -49,6 +48,7 @@ from ..abc import (
 from ..codecs import CsvDecoder, CsvEncoder, JsonlDecoder, JsonlEncoder
 from ..errors import DecodeError
 from ..flow import Flow, Sink
+from ._common import require_asyncio
 
 __all__ = ["MqttFormat", "read_mqtt", "to_mqtt"]
 
@@ -60,15 +60,6 @@ MqttFormat: TypeAlias = Literal["jsonl", "csv", "raw"]
 
 THREAD_BYTES = 1 << 20
 """Payloads of a read of at least this many bytes are decoded in a worker thread."""
-
-
-def _require_asyncio(name: str) -> None:
-    library = sniffio.current_async_library()
-    if library != "asyncio":
-        raise RuntimeError(
-            f"{name}: aiomqtt runs on asyncio only, not {library}; run the flow with the "
-            "asyncio backend"
-        )
 
 
 def _check(backoff: float, max_backoff: float, connect_timeout: float, qos: int) -> None:
@@ -310,7 +301,7 @@ class _MqttSource(Source):
         return client
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
-        _require_asyncio(self.name)
+        require_asyncio(self.name, "aiomqtt")
         acks = _Acks()
 
         async def committed(positions: dict[str, Any]) -> None:
@@ -621,7 +612,7 @@ class _MqttWriter(SinkWriter[Any, int]):
         self.counters = counters
 
     async def open(self) -> None:
-        _require_asyncio(self.name)
+        require_asyncio(self.name, "aiomqtt")
         try:
             await self._connect()
         except aiomqtt.MqttError as exc:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
-import sniffio
 from numpy.typing import DTypeLike
 
 from ..abc import (
@@ -30,7 +29,7 @@ from ..abc import (
     check_policy,
 )
 from ..flow import Flow, Sink
-from ._common import Backoff, Format, PayloadCodec, shard_of, worker_index
+from ._common import Backoff, Format, PayloadCodec, require_asyncio, shard_of, worker_index
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -39,11 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["read_nats", "to_nats"]
 
 logger = logging.getLogger("aflow")
-
-
-def _require_asyncio(what: str) -> None:
-    if sniffio.current_async_library() != "asyncio":
-        raise RuntimeError(f"{what} needs the asyncio backend (nats-py is asyncio only)")
 
 
 async def _connect(url: str, connect_timeout: float) -> NATS:
@@ -275,7 +269,7 @@ class _NatsSource(Source):
         self.on_error, self.name = on_error, name
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
-        _require_asyncio("read_nats")
+        require_asyncio("read_nats", "nats-py")
         reader = _NatsReader(self, out)
         try:
             await reader.run()
@@ -541,7 +535,7 @@ class _NatsWriter(SinkWriter[Any, int]):
         self.counters = counters
 
     async def open(self) -> None:
-        _require_asyncio("to_nats")
+        require_asyncio("to_nats", "nats-py")
         self.nc = await _reconnect(self.op.url, self.op.connect_timeout, self.backoff, "to_nats")
         self.publisher = _Publisher(self.nc)
         await self.publisher.start()

@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 import asyncpg
 import numpy as np
-import sniffio
 from numpy.typing import NDArray
 
 from ..abc import (
@@ -40,6 +39,7 @@ from ..abc import (
 )
 from ..errors import ReconnectError
 from ..flow import Sink
+from ._common import require_asyncio
 from ._pg_copy import create_columns, encode_copy, plan_cells, quote_ident
 
 __all__ = ["to_postgres"]
@@ -110,12 +110,7 @@ class _PgWriter(SinkWriter[Any, int]):
     # -- connection --------------------------------------------------------------------
 
     async def open(self) -> None:
-        library = sniffio.current_async_library()
-        if library != "asyncio":
-            raise RuntimeError(
-                f"{self.op.name}: asyncpg runs on asyncio only, not {library}; run the flow "
-                "with the asyncio backend"
-            )
+        require_asyncio(self.op.name, "asyncpg")
         try:
             self.conn = await self._connect()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
-import sniffio
 from numpy.typing import DTypeLike
 
 from ..abc import (
@@ -28,7 +27,15 @@ from ..abc import (
     check_policy,
 )
 from ..flow import Flow, Sink
-from ._common import Backoff, Format, PayloadCodec, consumer_name, shard_of, worker_index
+from ._common import (
+    Backoff,
+    Format,
+    PayloadCodec,
+    consumer_name,
+    require_asyncio,
+    shard_of,
+    worker_index,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -137,11 +144,6 @@ def _entries(reply: Any) -> list[Any]:
     return list(reply[0][1])
 
 
-def _require_asyncio(what: str) -> None:
-    if sniffio.current_async_library() != "asyncio":
-        raise RuntimeError(f"{what} needs the asyncio backend (redis-py is asyncio only)")
-
-
 def _client(url: str, connect_timeout: float) -> Redis:
     try:
         import redis.asyncio as aioredis
@@ -194,7 +196,7 @@ class _RedisSource(Source):
         self.on_error, self.name = on_error, name
 
     async def produce(self, out: Outlet, ctx: Context) -> None:
-        _require_asyncio("read_redis")
+        require_asyncio("read_redis", "redis-py")
         reader = _RedisReader(self, out)
         try:
             await reader.run()
@@ -524,7 +526,7 @@ class _RedisWriter(SinkWriter[Any, int]):
         self.counters = counters
 
     async def open(self) -> None:
-        _require_asyncio("to_redis")
+        require_asyncio("to_redis", "redis-py")
         self.client = _client(self.op.url, self.op.connect_timeout)
         await self.client.ping()
 
