@@ -1025,9 +1025,10 @@ def test_bad_lines_are_found_without_bisection() -> None:
         assert calls <= 2 + 200  # the block, its clean lines, each suspect: no halving
 
 
-def many_small_files(root: Path, header: bool) -> None:
-    """300 small CSV files in nested folders: some with empty lines, bad lines, a last line
-    without a newline; with ``header``, a header naming the columns in its own order."""
+def many_small_files(root: Path, header: bool, empty: bool = True) -> None:
+    """300 small CSV files in nested folders: some with empty lines (unless not ``empty``),
+    bad lines, a last line without a newline; with ``header``, a header naming the columns
+    in its own order."""
     for i in range(300):
         folder = root / f"d{i % 7}"
         folder.mkdir(exist_ok=True)
@@ -1036,7 +1037,7 @@ def many_small_files(root: Path, header: bool) -> None:
         for j in range(5):
             row = {"ts": str(i * 10 + j), "sensor": str(j), "value": f"{j / 4}"}
             lines.append(",".join(row[n] for n in names))
-        if i % 37 == 3:
+        if empty and i % 37 == 3:
             lines.insert(2, "")  # an empty line
         if i % 53 == 5:
             lines.insert(3, "not,a,row")
@@ -1046,10 +1047,11 @@ def many_small_files(root: Path, header: bool) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("header", [False, "names"])
+@pytest.mark.parametrize("empty", [True, False])  # False: bad lines split off merged units
 async def test_many_small_files_decode_in_merged_calls_as_one_by_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: Any
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: Any, empty: bool
 ) -> None:
-    many_small_files(tmp_path, header=bool(header))
+    many_small_files(tmp_path, header=bool(header), empty=empty)
     pattern = str(tmp_path / "**" / "*.csv")
     merged: list[int] = []
     real = decode_module._Merged.__init__

@@ -30,7 +30,7 @@ from ..abc import (
     Processor,
     Provenance,
 )
-from ..codecs import COMBINED, CsvDecoder, Decoded, JsonlDecoder, LogDecoder, LogFormat
+from ..codecs import COMBINED, BadLine, CsvDecoder, Decoded, JsonlDecoder, LogDecoder, LogFormat
 from ..codecs._diagnose import diagnose, header_hint
 from ..codecs.csv import Engine
 from ..codecs.lines import LineBlockProvenance, cut_before, line_place
@@ -457,10 +457,33 @@ class _ThreadedDecodeOp(AsyncOperator):
                     )
                     start += n
                 return out
-            # bad or empty lines somewhere: each block alone, its bad lines where they are
+            if len(decoded.rows) + len(decoded.bad) == sum(lines):
+                # every line a row or a bad line (none empty): each block gets its own
+                return await split_merged(blocks, lines, decoded, counters)
+            # empty lines somewhere: each block alone, its bad lines where they are
             out = []
             for block in blocks:
                 out += await runner.assemble(block, decoder.decode(block.data), counters)
+            return out
+
+        async def split_merged(
+            blocks: list[Batch], lines: list[int], decoded: Decoded, counters: StageCounters
+        ) -> list[Message]:
+            """The rows and bad lines of a merged unit, block by block (bad lines carry
+            their index in the unit; rows are the other lines, in order)."""
+            out: list[Message] = []
+            bad, first_bad, first_line, first_row = decoded.bad, 0, 0, 0
+            for block, n in zip(blocks, lines, strict=True):
+                end_bad = first_bad
+                while end_bad < len(bad) and bad[end_bad][0] < first_line + n:
+                    end_bad += 1
+                mine = [
+                    BadLine(i - first_line, line, exc) for i, line, exc in bad[first_bad:end_bad]
+                ]
+                good = n - len(mine)
+                rows = decoded.rows[first_row : first_row + good]
+                out += await runner.assemble(block, Decoded(rows, mine), counters)
+                first_bad, first_line, first_row = end_bad, first_line + n, first_row + good
             return out
 
         def prepared(msg: Message) -> list[Message]:  # _Units prepared it already
