@@ -307,3 +307,127 @@ def test_png_fast_path_errors_and_the_long_way() -> None:
     assert ImageDecoder()(palette.getvalue()).shape == (6, 6, 3)
     assert _plain_png(png, "L") is None  # a conversion: Pillow's long way
     assert ImageDecoder(mode="L")(png).shape == (16, 16, 1)
+
+
+# -- worker processes (read_dataset(processes=True)) --------------------------------------
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, ended but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.anyio
+async def test_worker_processes_give_the_batches_threads_give(tmp_path: Path) -> None:
+    root = make_folder(tmp_path)  # PNG and JPEG files
+    with anyio.fail_after(60):
+        for epochs in (1, 2):
+            flow = af.read_dataset(root, batch_size=4, image_size=(8, 8), epochs=epochs)
+            threads = await read_all(flow)
+            flow = af.read_dataset(
+                root, batch_size=4, image_size=(8, 8), epochs=epochs, workers=2, processes=True
+            )
+            processes = await read_all(flow)
+            assert len(processes) == len(threads) == 6 * epochs
+            for p, t in zip(processes, threads, strict=True):
+                assert p.provenance == t.provenance
+                assert p.data.dtype == t.data.dtype
+                assert np.array_equal(p.data, t.data)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+@pytest.mark.anyio
+async def test_worker_processes_decode_and_stop_with_the_run(tmp_path: Path) -> None:
+    from _dataset_workers import decode_pid
+
+    root = make_folder(tmp_path, per_class=10)
+    flow = af.read_dataset(root, batch_size=3, decode=decode_pid, workers=2, processes=True)
+    with anyio.fail_after(60):
+        pids = set((await (flow | af.collect()).run()).value["x"][:, 0].tolist())
+    assert os.getpid() not in pids  # decoded elsewhere,
+    assert 1 <= len(pids) <= 2  # by at most two processes,
+    assert not any(alive(pid) for pid in pids)  # which are gone when the run returns
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+@pytest.mark.anyio
+async def test_cancelling_a_run_stops_its_worker_processes(tmp_path: Path) -> None:
+    from _dataset_workers import decode_pid
+
+    root = make_folder(tmp_path, per_class=30)
+    pids: set[int] = set()
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+
+            async def read() -> None:
+                flow = af.read_dataset(
+                    root, batch_size=4, epochs=None, decode=decode_pid, workers=2, processes=True
+                )
+                async with flow.open() as run:
+                    async for batch in run:
+                        pids.update(batch["x"][:, 0].tolist())
+                        if len(pids) == 2:
+                            tg.cancel_scope.cancel()
+
+            tg.start_soon(read)
+    assert len(pids) == 2
+    assert not any(alive(pid) for pid in pids)
+
+
+@pytest.mark.anyio
+async def test_a_bad_file_in_a_worker_process_is_named_or_skipped(tmp_path: Path) -> None:
+    from _dataset_workers import decode_or_odd_error
+
+    root = make_folder(tmp_path)
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    with anyio.fail_after(60):
+        with pytest.raises(Exception, match="cannot identify image") as info:
+            await read_all(af.read_dataset(root, image_size=(8, 8), processes=True))
+        assert f"broken.png under {root}" in str(info.value.__notes__)
+        flow = af.read_dataset(root, image_size=(8, 8), on_error="skip", processes=True)
+        result = await (flow | af.collect()).run()
+        assert len(result.value) == 21
+        assert result.statistics.errors == 1
+        # an error pickle cannot carry comes back as a RuntimeError with its text and note
+        (root / "owl" / "empty.png").write_bytes(b"")
+        flow = af.read_dataset(root, decode=decode_or_odd_error, processes=True)
+        with pytest.raises(RuntimeError, match="Unpicklable: empty file: nothing") as info:
+            await read_all(flow)
+        assert "empty.png under" in str(info.value.__notes__)
+
+
+@pytest.mark.anyio
+async def test_a_worker_process_that_dies_fails_the_run(tmp_path: Path) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from _dataset_workers import DieOn
+
+    root = make_folder(tmp_path)
+    (root / "cat" / "die.png").write_bytes(b"die")
+    flow = af.read_dataset(root, decode=DieOn(b"die"), workers=2, processes=True)
+    with anyio.fail_after(60), pytest.raises(BrokenProcessPool) as info:
+        await read_all(flow)
+    assert f"a worker process ended while the batch of " in info.value.__notes__[-1]
+    assert str(root) in info.value.__notes__[-1]
+
+
+@pytest.mark.anyio
+async def test_worker_processes_refuse_a_decoder_pickle_cannot_send(tmp_path: Path) -> None:
+    root = make_folder(tmp_path)
+    flow = af.read_dataset(root, decode=lambda data: np.zeros(2), processes=True)
+    with pytest.raises(TypeError, match=r"processes=True .* cannot be pickled"):
+        await read_all(flow)
+
+
+def test_image_decoders_pickle_by_their_settings() -> None:
+    import pickle
+
+    decoder = ImageDecoder((6, 4), mode="L", fit="pad", resample="nearest")
+    copy = pickle.loads(pickle.dumps(decoder))
+    assert (copy.size, copy.mode, copy.fit, copy.resample) == ((6, 4), "L", "pad", "nearest")
+    data = png_bytes(np.arange(60, dtype=np.uint8).reshape(6, 10), "L")
+    assert np.array_equal(copy(data), decoder(data))

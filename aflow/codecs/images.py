@@ -121,6 +121,11 @@ class ImageDecoder:
     def __repr__(self) -> str:
         return f"ImageDecoder(size={self.size}, mode={self.mode!r}, fit={self.fit!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled by its settings (for worker processes), not by its module references
+        options = {"mode": self.mode, "fit": self.fit, "resample": self.resample}
+        return (_image_decoder, (self.size, options))
+
     def __call__(self, data: bytes, /) -> NDArray[np.uint8]:
         fast = _plain_png(data, self.mode)
         if fast is not None:
@@ -155,6 +160,10 @@ class ImageDecoder:
         canvas = self._pil.Image.new(img.mode, (w, h))
         canvas.paste(img, ((w - sw) // 2, (h - sh) // 2))
         return canvas
+
+
+def _image_decoder(size: tuple[int, int] | None, options: dict[str, Any]) -> ImageDecoder:
+    return ImageDecoder(size, **options)
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

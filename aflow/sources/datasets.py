@@ -23,6 +23,7 @@ from ..abc import Batch, Context, Outlet, Provenance, Source
 from ..codecs.images import IMAGE_SUFFIXES, ImageDecoder, NpzDecoder, SampleDecoder, decode_npy
 from ..flow import Flow
 from ..policies import ErrorPolicy, Reporter, check_policy
+from ._dataset_decode import BatchReader, Decoded, ProcessDecoding, Samples
 
 __all__ = ["DatasetFiles", "DatasetProvenance", "Labels", "list_dataset", "read_dataset"]
 
@@ -227,8 +228,8 @@ class _Job:
     start: int
     rows: NDArray[np.intp]
     done: anyio.Event
-    samples: list[NDArray[Any] | Exception] | None = None
-    records: NDArray[Any] | None = None  # built in the thread when every file decoded alike
+    samples: Samples | None = None  # each file's array or error, unless all decoded alike
+    records: NDArray[Any] | None = None  # the batch, when every file decoded alike
     error: BaseException | None = None
 
 
@@ -246,6 +247,7 @@ class _DatasetSource(Source):
         seed: int,
         decoders: _Decoders,
         workers: int,
+        processes: bool,
         drop_last: bool,
         on_error: ErrorPolicy,
         name: str,
@@ -260,6 +262,7 @@ class _DatasetSource(Source):
         self.seed = seed
         self.decoders = decoders
         self.workers = workers
+        self.processes = processes
         self.drop_last = drop_last
         self.on_error = on_error
         self.name = name
@@ -297,30 +300,48 @@ def _list(root: str | os.PathLike[str], labels: Labels) -> DatasetFiles:
 
 
 class _DatasetRun:
-    """One run of a dataset: up to ``workers`` batches decoding in threads, emitted in
-    order (so a seed gives the same batches whatever the threads' timing)."""
+    """One run of a dataset: up to ``workers`` batches decoding in threads (twice as many
+    with worker processes), emitted in order (so a seed gives the same batches whatever
+    the threads' timing)."""
 
     def __init__(self, source: _DatasetSource, table: DatasetFiles, report: Reporter) -> None:
         self.source = source
         self.table = table
         self.report = report
-        self.limiter = anyio.CapacityLimiter(source.workers)
+        # with processes, twice as many batches in flight keep every process busy
+        self.window = source.workers * (2 if source.processes else 1)
+        self.limiter = anyio.CapacityLimiter(self.window)
         self.dtype: np.dtype[Any] | None = None
 
     async def produce(self, out: Outlet) -> None:
+        table = self.table
+        reader = BatchReader(table.root, table.paths, table.labels, self.source.decoders)
+        if not self.source.processes:
+            await self.produce_with(reader, out)
+            return
+        pool = ProcessDecoding(reader, self.source.workers, self.source.name)
+        try:
+            await self.produce_with(pool, out)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(pool.close)
+
+    async def produce_with(
+        self, decode: Callable[[NDArray[np.intp]], Decoded], out: Outlet
+    ) -> None:
         jobs = self.source.jobs(len(self.table))
         window: deque[_Job] = deque()
         failure: list[BaseException] = []
         async with anyio.create_task_group() as tg:
             try:
                 while True:
-                    while len(window) < self.source.workers and not out.stopping:
+                    while len(window) < self.window and not out.stopping:
                         spec = next(jobs, None)
                         if spec is None:
                             break
                         job = _Job(*spec, done=anyio.Event())
                         window.append(job)
-                        tg.start_soon(self.decode, job)
+                        tg.start_soon(self.decode, job, decode)
                     if not window:
                         break
                     job = window.popleft()
@@ -334,48 +355,20 @@ class _DatasetRun:
         if failure:
             raise failure[0]
 
-    async def decode(self, job: _Job) -> None:
+    async def decode(self, job: _Job, decode: Callable[[NDArray[np.intp]], Decoded]) -> None:
         try:
-            await anyio.to_thread.run_sync(self.decode_job, job, limiter=self.limiter)
+            job.samples, job.records = await anyio.to_thread.run_sync(
+                decode, job.rows, limiter=self.limiter
+            )
         except Exception as exc:
             job.error = exc
         finally:
             job.done.set()
 
-    def decode_job(self, job: _Job) -> None:
-        """Read and decode the files of one batch and, when every one decoded to the same
-        shape and dtype, build its records (in a worker thread)."""
-        samples = job.samples = self.decode_files(job.rows)
-        first = samples[0]
-        if not isinstance(first, np.ndarray):
-            return
-        for s in samples:
-            if not isinstance(s, np.ndarray) or s.shape != first.shape or s.dtype != first.dtype:
-                return
-        records = np.empty(len(samples), [("x", first.dtype, first.shape), ("y", np.int32)])
-        np.stack(samples, out=records["x"])  # type: ignore[arg-type]
-        records["y"] = self.table.labels[job.rows]
-        job.records = records
-
-    def decode_files(self, rows: NDArray[np.intp]) -> list[NDArray[Any] | Exception]:
-        """Read and decode the files of one batch (in a worker thread)."""
-        out: list[NDArray[Any] | Exception] = []
-        for i in rows.tolist():
-            path = self.table.paths[i]
-            try:
-                with open(os.path.join(self.table.root, path), "rb") as f:
-                    data = f.read()
-                out.append(np.asarray(self.source.decoders(path)(data)))
-            except Exception as exc:
-                exc.add_note(f"aflow: while reading and decoding {path} under {self.table.root}")
-                out.append(exc)
-        return out
-
     async def finish(self, job: _Job) -> Batch | None:
         """The batch of a decoded job; bad files go to the error policy, in row order."""
         if job.error is not None:
             raise job.error
-        assert job.samples is not None
         files = tuple(self.table.paths[i] for i in job.rows.tolist())
         where = DatasetProvenance(self.table.root, job.start, job.epoch, files)
         if job.records is not None:
@@ -383,6 +376,8 @@ class _DatasetRun:
                 self.dtype = job.records.dtype
             if job.records.dtype == self.dtype:
                 return Batch(job.records, "source", where)
+            job.samples = list(job.records["x"])
+        assert job.samples is not None
         good: list[int] = []
         for k, sample in enumerate(job.samples):
             i = int(job.rows[k])
@@ -439,6 +434,7 @@ def read_dataset(
     image_size: tuple[int, int] | None = None,
     decode: Decoding = None,
     workers: int = 4,
+    processes: bool = False,
     drop_last: bool = False,
     on_error: ErrorPolicy = "raise",
 ) -> Flow[NDArray[Any]]:
@@ -453,7 +449,11 @@ def read_dataset(
     Files are listed when the run starts (at every run). Up to ``workers`` batches are
     read and decoded at once in worker threads and handed on in order, so memory holds at
     most ``workers`` batches beyond the run's buffers, and a seed gives the same batches
-    whatever the threads' timing.
+    whatever the threads' timing. With ``processes=True``, ``workers`` worker processes
+    decode instead, without the GIL of the main process (worth it when decoding is
+    mostly Python, as for small images), with up to ``2 * workers`` batches in flight;
+    they start at every run (in about a second the first time, as the fork server
+    imports aflow) and stop when it ends, is cancelled or fails.
 
     Args:
         root: the dataset's folder, or a table made by :func:`list_dataset`.
@@ -473,13 +473,18 @@ def read_dataset(
         decode: a function ``bytes -> array`` for every file, or a mapping of suffixes
             (``".wav"``) to such functions added to the built-in ones (``.npy``, ``.npz``
             and images); see :mod:`aflow.codecs.images`.
-        workers: batches decoded at once, each in a worker thread.
+        workers: batches decoded at once, each in a worker thread; with ``processes``,
+            the number of worker processes.
+        processes: decode in worker processes (see above); ``decode`` must then be
+            picklable: a module-level function or an instance of a module-level class.
         drop_last: leave out each epoch's last batch when it is short.
         on_error: what to do with a file that cannot be read or decoded (the item given
             to the policy is its path; the provenance names it).
 
     Raises:
         FileNotFoundError: at run time, when the folder or the chosen part is empty.
+        TypeError: at run time, with ``processes=True``, when ``decode`` cannot be
+            pickled.
     """
     if batch_size < 1 or workers < 1:
         raise ValueError(
@@ -503,6 +508,7 @@ def read_dataset(
             seed=seed,
             decoders=_Decoders(decode, image_size),
             workers=workers,
+            processes=processes,
             drop_last=drop_last,
             on_error=check_policy(on_error),
             name=f"read_dataset({where}{part})",

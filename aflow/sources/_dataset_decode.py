@@ -1,0 +1,172 @@
+"""Reading and decoding the files of a dataset's batches, in a thread or a worker process.
+
+:class:`BatchReader` reads and decodes the files of one batch and stacks them into the
+batch's records. :func:`read_dataset` calls it in worker threads, or, with
+``processes=True``, hands it to a :class:`ProcessDecoding` pool once and sends each
+worker process only the rows of a batch: the records come back pickled, so decoding runs
+without the main process's GIL, as torch's ``DataLoader`` workers do.
+
+Worker processes are started by the ``forkserver`` method where there is one (else
+``spawn``), never by a bare ``fork`` of a process whose threads may hold locks; the fork
+server imports this module once, so each worker starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..codecs.images import SampleDecoder
+
+__all__ = ["BatchReader", "Decoded", "ProcessDecoding"]
+
+Samples = list[NDArray[Any] | Exception]
+Decoded = tuple[Samples | None, NDArray[Any] | None]
+"""A decoded batch: its records when every file decoded to one shape and dtype (then
+``samples`` is ``None``), else each file's array or error, in row order."""
+
+
+class BatchReader:
+    """Reads and decodes the files of a batch (picklable when its decoders are).
+
+    Args:
+        root: the dataset's folder.
+        paths: every file of the dataset's table, relative to ``root``.
+        labels: ``int32`` label of each file.
+        decoders: the decoder of a path.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        paths: tuple[str, ...],
+        labels: NDArray[np.int32],
+        decoders: Callable[[str], SampleDecoder],
+    ) -> None:
+        self.root = root
+        self.paths = paths
+        self.labels = labels
+        self.decoders = decoders
+
+    def __call__(self, rows: NDArray[np.intp]) -> Decoded:
+        """The batch of ``rows`` (blocks: run it in a worker thread or process)."""
+        samples = self.decode_files(rows)
+        first = samples[0]
+        if not isinstance(first, np.ndarray):
+            return samples, None
+        for s in samples:
+            if not isinstance(s, np.ndarray) or s.shape != first.shape or s.dtype != first.dtype:
+                return samples, None
+        records = np.empty(len(samples), [("x", first.dtype, first.shape), ("y", np.int32)])
+        np.stack(samples, out=records["x"])  # type: ignore[arg-type]
+        records["y"] = self.labels[rows]
+        return None, records
+
+    def decode_files(self, rows: NDArray[np.intp]) -> Samples:
+        """Each file's array, or the error that stopped it (with a note naming the file)."""
+        out: Samples = []
+        for i in rows.tolist():
+            path = self.paths[i]
+            try:
+                with open(os.path.join(self.root, path), "rb") as f:
+                    data = f.read()
+                out.append(np.asarray(self.decoders(path)(data)))
+            except Exception as exc:
+                exc.add_note(f"aflow: while reading and decoding {path} under {self.root}")
+                out.append(exc)
+        return out
+
+
+_reader: BatchReader | None = None  # in a worker process: the reader its pool installed
+
+
+def _install(reader: BatchReader) -> None:
+    global _reader
+    _reader = reader
+
+
+def _decode_in_worker(rows: NDArray[np.intp]) -> Decoded:
+    assert _reader is not None, "a dataset worker process without its reader"
+    samples, records = _reader(rows)
+    if samples is not None:
+        samples = [_picklable(s) if isinstance(s, Exception) else s for s in samples]
+    return samples, records
+
+
+def _picklable(exc: Exception) -> Exception:
+    """The error itself when it survives pickling, else a RuntimeError with its text and
+    notes (a decoder's own exception class may take arguments pickle cannot rebuild)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        stand_in = RuntimeError(f"{type(exc).__qualname__}: {exc}")
+        for note in getattr(exc, "__notes__", ()):
+            stand_in.add_note(note)
+        return stand_in
+    return exc
+
+
+def _start_method() -> str:
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class ProcessDecoding:
+    """Worker processes that decode the batches of one run.
+
+    The processes start at the first batch and receive ``reader`` (the file table and
+    the decoders) once; each batch then costs its rows there and its pickled records
+    back. :meth:`close` stops them.
+
+    Raises:
+        TypeError: ``reader``'s decoders cannot be pickled (a lambda, a closure).
+    """
+
+    def __init__(self, reader: BatchReader, processes: int, name: str) -> None:
+        try:
+            pickle.dumps(reader.decoders)
+        except Exception as exc:
+            raise TypeError(
+                f"{name}: processes=True sends the decoders to worker processes, but "
+                f"they cannot be pickled ({exc}); pass a module-level function or an "
+                "instance of a module-level class as decode=, or use threads"
+            ) from exc
+        self.reader = reader
+        context = multiprocessing.get_context(_start_method())
+        if context.get_start_method() == "forkserver":
+            # the fork server imports aflow once; "__main__" is multiprocessing's default
+            context.set_forkserver_preload(["__main__", __name__])
+        self.pool = ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_install, initargs=(reader,)
+        )
+
+    def __call__(self, rows: NDArray[np.intp]) -> Decoded:
+        """The batch of ``rows``, decoded in a worker process (blocks this thread).
+
+        Raises:
+            BrokenProcessPool: a worker process ended abruptly (killed, or crashed in
+                a decoder); a note names the files of the batch.
+        """
+        try:
+            return self.pool.submit(_decode_in_worker, rows).result()
+        except BrokenProcessPool as exc:
+            files = [self.reader.paths[i] for i in rows.tolist()]
+            shown = ", ".join(files[:4]) + (", ..." if len(files) > 4 else "")
+            exc.add_note(
+                f"aflow: a worker process ended while the batch of {shown} under "
+                f"{self.reader.root} was decoding (killed, or a decoder crashed)"
+            )
+            raise
+
+    def close(self) -> None:
+        """Cancel the batches not started, wait for the others, stop the processes
+        (blocks; idempotent)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
