@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -411,8 +412,8 @@ async def test_a_worker_process_that_dies_fails_the_run(tmp_path: Path) -> None:
     flow = af.read_dataset(root, decode=DieOn(b"die"), workers=2, processes=True)
     with anyio.fail_after(60), pytest.raises(BrokenProcessPool) as info:
         await read_all(flow)
-    assert f"a worker process ended while the batch of " in info.value.__notes__[-1]
-    assert str(root) in info.value.__notes__[-1]
+    assert re.search(r"a worker process ended while the batch of (cat|dog|owl)/", str(info.value))
+    assert f"under {root} was decoding" in str(info.value)
 
 
 @pytest.mark.anyio

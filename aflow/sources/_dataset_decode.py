@@ -153,18 +153,19 @@ class ProcessDecoding:
 
         Raises:
             BrokenProcessPool: a worker process ended abruptly (killed, or crashed in
-                a decoder); a note names the files of the batch.
+                a decoder); its message names the files of the batch.
         """
         try:
             return self.pool.submit(_decode_in_worker, rows).result()
         except BrokenProcessPool as exc:
             files = [self.reader.paths[i] for i in rows.tolist()]
             shown = ", ".join(files[:4]) + (", ..." if len(files) > 4 else "")
-            exc.add_note(
-                f"aflow: a worker process ended while the batch of {shown} under "
-                f"{self.reader.root} was decoding (killed, or a decoder crashed)"
+            # the pool gives every waiting batch the same error: each gets its own
+            broken = BrokenProcessPool(
+                f"{exc} (a worker process ended while the batch of {shown} under "
+                f"{self.reader.root} was decoding: killed, or a decoder crashed)"
             )
-            raise
+            raise broken from exc
 
     def close(self) -> None:
         """Cancel the batches not started, wait for the others, stop the processes
