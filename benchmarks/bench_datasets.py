@@ -11,14 +11,18 @@ the consumer sums each batch (so every pixel is touched):
   ratio to it is what worker threads alone add;
 - aflow: ``af.read_dataset(root, batch_size=64, workers=W)`` (W batches decoded at once in
   worker threads), for each W of ``--workers``;
+- aflow processes: the same with ``processes=True`` (W worker processes, forkserver
+  started inside the timed run), for each W of ``--processes``;
 - torch: ``torch.utils.data.DataLoader`` with W worker processes (0: in the main process)
   over aflow's ``ImageDecoder``, for each W of ``--torch-workers``, when torch is
   importable by ``--torch-python`` (a separate benchmark environment: torch is never a
   dependency of aflow); otherwise the column is skipped with the reason printed.
 
-Each loader runs in its own subprocess, so each peak resident memory (VmHWM) is its own.
-Prints images/s (best and median of ``--reps`` rounds), the ratio of the best to the
-plain loop's best, and peak memory. Targets: aflow >= 1.5x the plain loop; >= 0.8x
+Each loader runs in its own subprocess, so each peak resident memory (VmHWM) is its own;
+beside it, the peak of the summed proportional set size (PSS, shared pages split among
+their processes) of that subprocess and every process under it (worker processes, fork
+server), sampled every 20 ms. Prints images/s (best and median of ``--reps`` rounds), the
+ratio of the best to the plain loop's best, and both memory peaks. Targets: aflow >= 1.5x the plain loop; >= 0.8x
 DataLoader at equal workers, with lower memory.
 
     python benchmarks/bench_datasets.py                          # 20,000 images
@@ -110,14 +114,14 @@ def plain_loop(root: Path, decode: Any) -> tuple[int, float]:
     return n, total
 
 
-def run_aflow(root: Path, workers: int) -> tuple[int, float]:
+def run_aflow(root: Path, workers: int, processes: bool = False) -> tuple[int, float]:
     import anyio
 
     import aflow as af
 
     async def main() -> tuple[int, float]:
         n, total = 0, 0.0
-        flow = af.read_dataset(root, batch_size=BATCH, workers=workers, seed=0)
+        flow = af.read_dataset(root, batch_size=BATCH, workers=workers, processes=processes, seed=0)
         async with flow.open() as run:
             async for batch in run:
                 total += float(batch["x"].sum())
@@ -125,6 +129,10 @@ def run_aflow(root: Path, workers: int) -> tuple[int, float]:
         return n, total
 
     return anyio.run(main)
+
+
+def run_aflow_processes(root: Path, workers: int) -> tuple[int, float]:
+    return run_aflow(root, workers, processes=True)
 
 
 def run_torch(root: Path, workers: int) -> tuple[int, float]:
@@ -166,6 +174,7 @@ def measure(kind: str, root: Path, workers: int) -> None:
         "plain": run_plain,
         "plain+decoder": run_plain_decoder,
         "aflow": run_aflow,
+        "aflow-processes": run_aflow_processes,
         "torch": run_torch,
     }[kind]
     t0 = time.perf_counter()
@@ -176,14 +185,40 @@ def measure(kind: str, root: Path, workers: int) -> None:
 
 def child(kind: str, root: Path, workers: int, python: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    out = subprocess.run(
+    with subprocess.Popen(
         [python, __file__, "--child", kind, "--root", str(root), "--workers", str(workers)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=True,
         env=env,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    ) as proc:
+        tree = 0
+        while proc.poll() is None:
+            tree = max(tree, tree_pss(proc.pid))
+            time.sleep(0.02)
+        out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{kind} workers={workers} failed:\n{err}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["tree"] = tree
+    return result
+
+
+def tree_pss(pid: int) -> int:
+    """Summed PSS in bytes of ``pid`` and every process under it (0 where unreadable)."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                total += sum(tree_pss(int(c)) for c in f.read().split())
+    except (OSError, ValueError):
+        pass  # ended meanwhile, or no /proc
+    return total
 
 
 def main() -> None:
@@ -191,6 +226,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--quick", action="store_true", help="2,000 images")
     parser.add_argument("--workers", default="2,4", help="comma-separated worker counts")
+    parser.add_argument("--processes", default="2", help="aflow worker-process counts")
     parser.add_argument("--torch-workers", default="0,2", help="DataLoader worker counts")
     parser.add_argument("--torch-python", default=sys.executable, help="python with torch")
     parser.add_argument("--reps", type=int, default=3, help="rounds (best and median)")
@@ -211,6 +247,7 @@ def main() -> None:
     )
     cases = [("plain", 1), ("plain+decoder", 1)]
     cases += [("aflow", int(w)) for w in args.workers.split(",")]
+    cases += [("aflow-processes", int(w)) for w in args.processes.split(",") if w]
     check = subprocess.run(
         [args.torch_python, "-c", "import torch, PIL, aflow; print(torch.__version__)"],
         capture_output=True,
@@ -231,17 +268,17 @@ def main() -> None:
     plain = min(runs["plain", 1], key=lambda r: r["seconds"])
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
-        f"{'loader':<24} {'best img/s':>10} {'median':>8} {'x plain':>8} {'peak MB':>8}"
-        f"  (best of {args.reps})"
+        f"{'loader':<27} {'best img/s':>10} {'median':>8} {'x plain':>8} {'peak MB':>8}"
+        f" {'tree MB':>8}  (best of {args.reps})"
     )
     for (kind, workers), rs in runs.items():
         rates = sorted(r["n"] / r["seconds"] for r in rs)
         best = max(rs, key=lambda r: r["n"] / r["seconds"])
         label = kind if kind.startswith("plain") else f"{kind} workers={workers}"
         print(
-            f"{label:<24} {rates[-1]:>10,.0f} {rates[len(rates) // 2]:>8,.0f} "
+            f"{label:<27} {rates[-1]:>10,.0f} {rates[len(rates) // 2]:>8,.0f} "
             f"{plain['seconds'] / best['seconds']:>8.2f} "
-            f"{max(r['peak'] for r in rs) / 1e6:>8.1f}"
+            f"{max(r['peak'] for r in rs) / 1e6:>8.1f} {max(r['tree'] for r in rs) / 1e6:>8.1f}"
         )
         for r in rs:
             if r["n"] != n or not np.isclose(r["total"], plain["total"]):

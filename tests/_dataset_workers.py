@@ -39,3 +39,17 @@ def decode_or_odd_error(data: bytes) -> NDArray[Any]:
     if not data:
         raise Unpicklable("empty file", "nothing to decode")
     return np.array([len(data)], np.int64)
+
+
+def _refuse() -> Any:
+    raise ImportError("this decoder cannot be rebuilt here")
+
+
+class ArrivesBroken:
+    """Pickles, but cannot be unpickled (as a decoder whose module the workers lack)."""
+
+    def __call__(self, data: bytes) -> NDArray[Any]:
+        return np.zeros(1)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse, ())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -93,6 +94,10 @@ def _install(reader: BatchReader) -> None:
     _reader = reader
 
 
+def _ready() -> bool:
+    return _reader is not None
+
+
 def _decode_in_worker(rows: NDArray[np.intp]) -> Decoded:
     assert _reader is not None, "a dataset worker process without its reader"
     samples, records = _reader(rows)
@@ -122,9 +127,11 @@ def _start_method() -> str:
 class ProcessDecoding:
     """Worker processes that decode the batches of one run.
 
-    The processes start at the first batch and receive ``reader`` (the file table and
-    the decoders) once; each batch then costs its rows there and its pickled records
-    back. :meth:`close` stops them.
+    :meth:`start` starts them; each receives ``reader`` (the file table and the
+    decoders) once, and each batch then costs its rows there and its pickled records
+    back. Until they are up (the fork server's first start imports aflow: about half a
+    second of CPU), batches are decoded in the calling thread, so the run does not wait
+    for them. :meth:`close` stops them.
 
     Raises:
         TypeError: ``reader``'s decoders cannot be pickled (a lambda, a closure).
@@ -140,6 +147,9 @@ class ProcessDecoding:
                 "instance of a module-level class as decode=, or use threads"
             ) from exc
         self.reader = reader
+        self.name = name
+        self.processes = processes
+        self.started = threading.Event()
         context = multiprocessing.get_context(_start_method())
         if context.get_start_method() == "forkserver":
             # the fork server imports aflow once; "__main__" is multiprocessing's default
@@ -148,13 +158,35 @@ class ProcessDecoding:
             processes, mp_context=context, initializer=_install, initargs=(reader,)
         )
 
+    def start(self) -> None:
+        """Start the worker processes and wait until they can decode (blocks).
+
+        Raises:
+            BrokenProcessPool: a process could not start or receive its reader (e.g. a
+                decoder's module cannot be imported there, or a script without an
+                ``if __name__ == "__main__":`` guard).
+        """
+        try:
+            for ready in [self.pool.submit(_ready) for _ in range(self.processes)]:
+                ready.result()
+        except BrokenProcessPool as exc:
+            raise BrokenProcessPool(
+                f"{self.name}: the worker processes could not start ({exc}); the decoders "
+                "must be importable there (defined in a module, not in a notebook), and a "
+                'script needs the if __name__ == "__main__": guard (see multiprocessing)'
+            ) from exc
+        self.started.set()
+
     def __call__(self, rows: NDArray[np.intp]) -> Decoded:
-        """The batch of ``rows``, decoded in a worker process (blocks this thread).
+        """The batch of ``rows``, decoded in a worker process (blocks this thread), or
+        in this thread until :meth:`start` has finished.
 
         Raises:
             BrokenProcessPool: a worker process ended abruptly (killed, or crashed in
                 a decoder); its message names the files of the batch.
         """
+        if not self.started.is_set():
+            return self.reader(rows)
         try:
             return self.pool.submit(_decode_in_worker, rows).result()
         except BrokenProcessPool as exc:

@@ -320,11 +320,30 @@ class _DatasetRun:
             await self.produce_with(reader, out)
             return
         pool = ProcessDecoding(reader, self.source.workers, self.source.name)
+        failure: list[Exception] = []
         try:
-            await self.produce_with(pool, out)
+            async with anyio.create_task_group() as tg:
+                # batches decode in threads here until the processes are up
+                tg.start_soon(self.start_pool, pool, failure, tg.cancel_scope)
+                try:
+                    await self.produce_with(pool, out)
+                except Exception as exc:  # raised as itself, not in a group
+                    failure.append(exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(pool.close)
+        if failure:
+            raise failure[0]
+
+    @staticmethod
+    async def start_pool(
+        pool: ProcessDecoding, failure: list[Exception], scope: anyio.CancelScope
+    ) -> None:
+        try:
+            await anyio.to_thread.run_sync(pool.start)
+        except Exception as exc:
+            failure.append(exc)
+            scope.cancel()
 
     async def produce_with(
         self, decode: Callable[[NDArray[np.intp]], Decoded], out: Outlet
