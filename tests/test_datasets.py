@@ -460,7 +460,7 @@ async def test_worker_processes_that_cannot_start_fail_the_run(tmp_path: Path) -
     from _dataset_workers import ArrivesBroken
 
     root = make_folder(tmp_path)
-    flow = af.read_dataset(root, decode=ArrivesBroken(), epochs=None, processes=True)
+    flow = af.read_dataset(root, decode=ArrivesBroken(), epochs=None, workers=2, processes=True)
     with anyio.fail_after(60), pytest.raises(BrokenProcessPool, match="could not start"):
         await read_all(flow)
 

@@ -159,7 +159,7 @@ class ProcessDecoding:
         )
 
     def start(self) -> None:
-        """Start the worker processes and wait until they can decode (blocks).
+        """Start a worker process and wait until it can decode (blocks).
 
         Raises:
             BrokenProcessPool: a process could not start or receive its reader (e.g. a
@@ -167,8 +167,10 @@ class ProcessDecoding:
                 ``if __name__ == "__main__":`` guard).
         """
         try:
-            for ready in [self.pool.submit(_ready) for _ in range(self.processes)]:
-                ready.result()
+            # one process first: the others start as batches come (if that one cannot
+            # start, none is starting meanwhile; Python 3.11's pool trips over its own
+            # table of processes when one breaks while it starts another)
+            self.pool.submit(_ready).result()
         except BrokenProcessPool as exc:
             raise BrokenProcessPool(
                 f"{self.name}: the worker processes could not start ({exc}); the decoders "
