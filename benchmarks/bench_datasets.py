@@ -22,7 +22,11 @@ Each loader runs in its own subprocess, so each peak resident memory (VmHWM) is 
 beside it, the peak of the summed proportional set size (PSS, shared pages split among
 their processes) of that subprocess and every process under it (worker processes, fork
 server), sampled every 20 ms. Prints images/s (best and median of ``--reps`` rounds), the
-ratio of the best to the plain loop's best, and both memory peaks. Targets: aflow >= 1.5x the plain loop; >= 0.8x
+ratio of the best to the plain loop's best, both memory peaks, and the median CPU time
+of the whole process tree per 1,000 images (interpreter start and imports included;
+worker processes sampled every 20 ms, so their last few ms may be missed): on a busy
+machine, where images/s depends on the share of the cores a loader gets, this says how
+much work it spends per image. Targets: aflow >= 1.5x the plain loop; >= 0.8x
 DataLoader at equal workers, with lower memory.
 
     python benchmarks/bench_datasets.py                          # 20,000 images
@@ -180,7 +184,11 @@ def measure(kind: str, root: Path, workers: int) -> None:
     t0 = time.perf_counter()
     n, total = run(root, workers)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"n": n, "total": total, "seconds": seconds, "peak": peak_rss()}))
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = use.ru_utime + use.ru_stime
+    print(json.dumps({"n": n, "total": total, "seconds": seconds, "peak": peak_rss(), "cpu": cpu}))
 
 
 def child(kind: str, root: Path, workers: int, python: str) -> dict[str, Any]:
@@ -192,22 +200,28 @@ def child(kind: str, root: Path, workers: int, python: str) -> dict[str, Any]:
         text=True,
         env=env,
     ) as proc:
-        tree = 0
+        tree, cpu = 0, {proc.pid: 0.0}
         while proc.poll() is None:
-            tree = max(tree, tree_pss(proc.pid))
+            tree = max(tree, tree_pss(proc.pid, cpu))
             time.sleep(0.02)
         out, err = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{kind} workers={workers} failed:\n{err}")
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["tree"] = tree
+    del cpu[proc.pid]  # its own CPU time it reported, exactly
+    result["cpu"] += sum(cpu.values())
     return result
 
 
-def tree_pss(pid: int) -> int:
-    """Summed PSS in bytes of ``pid`` and every process under it (0 where unreadable)."""
+def tree_pss(pid: int, cpu: dict[int, float]) -> int:
+    """Summed PSS in bytes of ``pid`` and every process under it (0 where unreadable);
+    notes each one's CPU seconds so far in ``cpu``."""
     total = 0
     try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
@@ -215,7 +229,7 @@ def tree_pss(pid: int) -> int:
                     break
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
-                total += sum(tree_pss(int(c)) for c in f.read().split())
+                total += sum(tree_pss(int(c), cpu) for c in f.read().split())
     except (OSError, ValueError):
         pass  # ended meanwhile, or no /proc
     return total
@@ -269,7 +283,7 @@ def main() -> None:
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"{'loader':<27} {'best img/s':>10} {'median':>8} {'x plain':>8} {'peak MB':>8}"
-        f" {'tree MB':>8}  (best of {args.reps})"
+        f" {'tree MB':>8} {'CPU ms/1k':>9}  (best of {args.reps})"
     )
     for (kind, workers), rs in runs.items():
         rates = sorted(r["n"] / r["seconds"] for r in rs)
@@ -279,6 +293,7 @@ def main() -> None:
             f"{label:<27} {rates[-1]:>10,.0f} {rates[len(rates) // 2]:>8,.0f} "
             f"{plain['seconds'] / best['seconds']:>8.2f} "
             f"{max(r['peak'] for r in rs) / 1e6:>8.1f} {max(r['tree'] for r in rs) / 1e6:>8.1f}"
+            f" {sorted(r['cpu'] for r in rs)[len(rs) // 2] / n * 1e6:>9.0f}"
         )
         for r in rs:
             if r["n"] != n or not np.isclose(r["total"], plain["total"]):
