@@ -21,10 +21,10 @@ the consumer sums each batch (so every pixel is touched):
 Each loader runs in its own subprocess, so each peak resident memory (VmHWM) is its own;
 beside it, the peak of the summed proportional set size (PSS, shared pages split among
 their processes) of that subprocess and every process under it (worker processes, fork
-server), sampled every 20 ms. Prints images/s (best and median of ``--reps`` rounds), the
+server), sampled every 100 ms. Prints images/s (best and median of ``--reps`` rounds), the
 ratio of the best to the plain loop's best, both memory peaks, and the median CPU time
 of the whole process tree per 1,000 images (interpreter start and imports included;
-worker processes sampled every 20 ms, so their last few ms may be missed): on a busy
+worker processes sampled every 100 ms, so their last few ms may be missed): on a busy
 machine, where images/s depends on the share of the cores a loader gets, this says how
 much work it spends per image. Targets: aflow >= 1.5x the plain loop; >= 0.8x
 DataLoader at equal workers, with lower memory.
@@ -32,6 +32,7 @@ DataLoader at equal workers, with lower memory.
     python benchmarks/bench_datasets.py                          # 20,000 images
     python benchmarks/bench_datasets.py --quick                  # 2,000 images
     python benchmarks/bench_datasets.py --torch-python VENV/bin/python  # with torch
+    python benchmarks/bench_datasets.py --epochs 3               # 3 passes per run
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import numpy as np
 SIDE = 32
 BATCH = 64
 CLASSES = 10
+EPOCHS = 1  # passes over the folder in each timed run (--epochs)
 
 
 def make_folder(root: Path, n: int) -> None:
@@ -103,13 +105,15 @@ def plain_loop(root: Path, decode: Any) -> tuple[int, float]:
     import aflow as af
 
     table = af.list_dataset(root)
-    order = np.random.default_rng(0).permutation(len(table))
+    rng = np.random.default_rng(0)
 
     def batches() -> Any:
-        for start in range(0, len(order), BATCH):
-            rows = order[start : start + BATCH]
-            x = np.stack([decode((root / table.paths[i]).read_bytes()) for i in rows])
-            yield x, table.labels[rows]
+        for _ in range(EPOCHS):
+            order = rng.permutation(len(table))
+            for start in range(0, len(order), BATCH):
+                rows = order[start : start + BATCH]
+                x = np.stack([decode((root / table.paths[i]).read_bytes()) for i in rows])
+                yield x, table.labels[rows]
 
     n, total = 0, 0.0
     for x, _y in batches():
@@ -125,7 +129,9 @@ def run_aflow(root: Path, workers: int, processes: bool = False) -> tuple[int, f
 
     async def main() -> tuple[int, float]:
         n, total = 0, 0.0
-        flow = af.read_dataset(root, batch_size=BATCH, workers=workers, processes=processes, seed=0)
+        flow = af.read_dataset(
+            root, batch_size=BATCH, epochs=EPOCHS, workers=workers, processes=processes, seed=0
+        )
         async with flow.open() as run:
             async for batch in run:
                 total += float(batch["x"].sum())
@@ -167,9 +173,10 @@ def run_torch(root: Path, workers: int) -> tuple[int, float]:
         generator=torch.Generator().manual_seed(0),
     )
     n, total = 0, 0.0
-    for x, _y in loader:
-        total += float(x.numpy().sum())
-        n += len(x)
+    for _ in range(EPOCHS):
+        for x, _y in loader:
+            total += float(x.numpy().sum())
+            n += len(x)
     return n, total
 
 
@@ -193,8 +200,9 @@ def measure(kind: str, root: Path, workers: int) -> None:
 
 def child(kind: str, root: Path, workers: int, python: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    argv = [python, __file__, "--child", kind, "--root", str(root), "--workers", str(workers)]
     with subprocess.Popen(
-        [python, __file__, "--child", kind, "--root", str(root), "--workers", str(workers)],
+        [*argv, "--epochs", str(EPOCHS)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -203,7 +211,7 @@ def child(kind: str, root: Path, workers: int, python: str) -> dict[str, Any]:
         tree, cpu = 0, {proc.pid: 0.0}
         while proc.poll() is None:
             tree = max(tree, tree_pss(proc.pid, cpu))
-            time.sleep(0.02)
+            time.sleep(0.1)
         out, err = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{kind} workers={workers} failed:\n{err}")
@@ -243,21 +251,27 @@ def main() -> None:
     parser.add_argument("--processes", default="2", help="aflow worker-process counts")
     parser.add_argument("--torch-workers", default="0,2", help="DataLoader worker counts")
     parser.add_argument("--torch-python", default=sys.executable, help="python with torch")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the folder per run")
     parser.add_argument("--reps", type=int, default=3, help="rounds (best and median)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global EPOCHS
+    EPOCHS = args.epochs
     if args.child:
         measure(args.child, args.root, int(args.workers))
         return
     n = 2_000 if args.quick else args.images
+    # one folder per size (a folder holding more images would be read whole)
     root = Path(tempfile.gettempdir()) / "aflow-bench-datasets"
+    if n != 20_000:
+        root = root.with_name(f"{root.name}-{n}")
     t0 = time.perf_counter()
     make_folder(root, n)
     print(
         f"{n:,} PNG images of {SIDE}x{SIDE}x3 in {CLASSES} classes "
         f"(ready in {time.perf_counter() - t0:.1f} s), batches of {BATCH}, "
-        f"{os.cpu_count()} CPUs"
+        f"{EPOCHS} epoch(s) per run, {os.cpu_count()} CPUs"
     )
     cases = [("plain", 1), ("plain+decoder", 1)]
     cases += [("aflow", int(w)) for w in args.workers.split(",")]
@@ -296,7 +310,7 @@ def main() -> None:
             f" {sorted(r['cpu'] for r in rs)[len(rs) // 2] / n * 1e6:>9.0f}"
         )
         for r in rs:
-            if r["n"] != n or not np.isclose(r["total"], plain["total"]):
+            if r["n"] != n * EPOCHS or not np.isclose(r["total"], plain["total"]):
                 print(f"RESULT MISMATCH: {label} read {r['n']} images, sum {r['total']}")
                 sys.exit(1)
 
