@@ -307,7 +307,7 @@ def main() -> None:
             f"{label:<27} {rates[-1]:>10,.0f} {rates[len(rates) // 2]:>8,.0f} "
             f"{plain['seconds'] / best['seconds']:>8.2f} "
             f"{max(r['peak'] for r in rs) / 1e6:>8.1f} {max(r['tree'] for r in rs) / 1e6:>8.1f}"
-            f" {sorted(r['cpu'] for r in rs)[len(rs) // 2] / n * 1e6:>9.0f}"
+            f" {sorted(r['cpu'] / r['n'] for r in rs)[len(rs) // 2] * 1e6:>9.0f}"
         )
         for r in rs:
             if r["n"] != n * EPOCHS or not np.isclose(r["total"], plain["total"]):
