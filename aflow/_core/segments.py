@@ -304,7 +304,7 @@ class Segment:
             return
         gate = self._gate
         if gate is not None:  # a leaf source: a barrier may want to go in between emits
-            if gate.closed is not None:
+            if gate.held:
                 await gate.wait_open()
             gate.emitting += 1
         try:
@@ -527,24 +527,27 @@ class _Gate:
     holds it while a barrier goes in (or the source's last flush runs).
     """
 
-    __slots__ = ("closed", "drained", "emitting")
+    __slots__ = ("drained", "emitting", "held", "opened")
 
     def __init__(self) -> None:
         self.emitting = 0
-        self.closed: anyio.Event | None = None  # set while someone is alone
+        self.held = False  # someone is alone
+        self.opened: anyio.Event | None = None  # made by the first emit waiting for the end
         self.drained: anyio.Event | None = None
 
     async def wait_open(self) -> None:
         """Wait until nobody holds the gate alone."""
-        while self.closed is not None:
-            await self.closed.wait()
+        while self.held:
+            if self.opened is None:
+                self.opened = anyio.Event()
+            await self.opened.wait()
 
     @asynccontextmanager
     async def alone(self) -> AsyncIterator[None]:
         """Hold the gate: no emit runs inside the block."""
-        while self.closed is not None:
-            await self.closed.wait()
-        closed = self.closed = anyio.Event()
+        if self.held:
+            await self.wait_open()
+        self.held = True
         try:
             while self.emitting:
                 drained = self.drained = anyio.Event()
@@ -552,8 +555,11 @@ class _Gate:
             self.drained = None
             yield
         finally:
-            self.closed = self.drained = None
-            closed.set()
+            self.held = False
+            self.drained = None
+            opened, self.opened = self.opened, None
+            if opened is not None:
+                opened.set()
 
 
 class ChainBuilder:
