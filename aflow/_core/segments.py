@@ -400,20 +400,26 @@ class Segment:
             await self._send(barrier)
 
     async def _push(self, msgs: list[Message], start: int) -> tuple[list[Message], int]:
+        """Pass ``msgs`` through the fused ops from ``start`` on; return what comes out of
+        the last one, and the index of the first op that is done (``-1``: none)."""
         done_at = -1
-        for i in range(start, len(self.fused)):
-            if not msgs:
-                break
-            runner, c = self.fused[i]
+        fused = self.fused
+        for i in range(start, len(fused)):
+            runner, c = fused[i]
             t0 = perf_counter()
-            out: list[Message] = []
             m: Message | None = None
             try:
                 if runner.guarded:
+                    out: list[Message] = []
                     for m in msgs:
                         c.count_in(m)
                         out.extend(await runner.process_guarded(m, c))
+                elif len(msgs) == 1:  # the common case: one message in, its list out
+                    m = msgs[0]
+                    c.count_in(m)
+                    out = runner.process(m)
                 else:
+                    out = []
                     for m in msgs:
                         c.count_in(m)
                         out.extend(runner.process(m))
@@ -423,9 +429,11 @@ class Segment:
             c.busy_seconds += perf_counter() - t0
             for o in out:
                 c.count_out(o)
-            msgs = out
             if runner.done and done_at < 0:
                 done_at = i
+            if not out:
+                return out, done_at
+            msgs = out
         return msgs, done_at
 
     async def _send(self, msg: Item) -> None:
