@@ -21,10 +21,10 @@ import os
 import time
 import aflow as af
 
-def flow(stream, out):
+def flow(stream, out, idle="1.5"):
     dt = [("k", "i8"), ("v", "f8")]
     slow = af.map(lambda b: (time.sleep(0.02), b)[1])
-    reader = af.read_redis(stream, "g", dtype=dt, count=200, idle_timeout=1.5)
+    reader = af.read_redis(stream, "g", dtype=dt, count=200, idle_timeout=float(idle))
     return reader | slow | af.to_redis(f"{out}-{os.environ['AFLOW_WORKER']}")
 """
 
@@ -183,7 +183,7 @@ def test_worker_offset_numbers_this_machines_workers(tmp_path: Path) -> None:
         (tmp_path / "wflow.py").write_text(FLOW)
         proc = _aflow(
             tmp_path, f"{tmp_path / 'wflow.py'}:flow", "--arg", f"stream={stream}",
-            "--arg", f"out={out}", "--workers", "2", "--worker-offset", "4",
+            "--arg", f"out={out}", "--arg", "idle=0.5", "--workers", "2", "--worker-offset", "4",
         )  # fmt: skip
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr
