@@ -58,6 +58,7 @@ def test_demo_runs_and_checks_itself() -> None:
     assert "async def telemetry" in source.read_text()
 
 
+@pytest.mark.slow  # the default run has `aflow run --backend trio` (a file's flow, below)
 def test_demo_on_trio() -> None:
     done = aflow("demo", "--rows", "100000", "--backend", "trio")
     assert done.returncode == 0, done.stderr
@@ -79,6 +80,9 @@ def test_run_a_flow_from_a_file(tmp_path: Path) -> None:
     assert "map(lambda)" in done.stderr
     by_module = aflow("run", "myflows:squares", cwd=tmp_path)
     assert by_module.stdout.strip() == "[0, 1, 4, 9, 16]"
+    on_trio = aflow("run", "myflows:squares", "--backend", "trio", cwd=tmp_path)
+    assert on_trio.returncode == 0, on_trio.stderr
+    assert on_trio.stdout.strip() == "[0, 1, 4, 9, 16]"
 
 
 def test_run_rejects_what_is_not_a_flow(tmp_path: Path) -> None:

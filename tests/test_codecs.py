@@ -135,17 +135,36 @@ csv_token = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(
+csv_blocks = given(
     rows=st.lists(st.tuples(csv_token, csv_token, csv_token), max_size=30),
     ending=st.sampled_from(["\n", "\r\n"]),
     dtype=st.sampled_from(
         [[("a", "i8"), ("b", "u1"), ("c", "f8")], [("a", "i4"), ("b", "f4"), ("c", "f2")]]
     ),
 )
+
+
+@settings(max_examples=40, deadline=None)
+@csv_blocks
 def test_csv_auto_engine_follows_numpy_rules_on_any_block(
     rows: list[tuple[str, str, str]], ending: str, dtype: list[tuple[str, str]]
 ) -> None:
+    csv_engines_agree(rows, ending, dtype)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None)
+@csv_blocks
+def test_csv_auto_engine_follows_numpy_rules_on_many_more_blocks(
+    rows: list[tuple[str, str, str]], ending: str, dtype: list[tuple[str, str]]
+) -> None:
+    csv_engines_agree(rows, ending, dtype)
+
+
+def csv_engines_agree(
+    rows: list[tuple[str, str, str]], ending: str, dtype: list[tuple[str, str]]
+) -> None:
+    """The auto engine (pyarrow) decodes a block with bad lines as the numpy engine does."""
     dt = np.dtype(dtype)
     # good lines around the tokens make a block large enough for pyarrow, and halves of it
     # still large enough when bisection looks for the bad lines

@@ -181,6 +181,91 @@ async def test_on_commit_without_store(anyio_backend: str) -> None:
     assert marks[-1] == 600  # the final commit acks everything
 
 
+class LateAcking(Source):
+    """Like :class:`Numbers` (no pause before ``late``), but registers ``on_commit`` only
+    once it has emitted ``late`` rows: the run starts with no coordinator and gets one
+    midway. Each acknowledgement checks that the sinks committed exactly the rows before
+    the acknowledged position (a barrier in the middle of an emit would break that)."""
+
+    resumable = True
+
+    def __init__(self, n: int, size: int, late: int, sink: _Totals) -> None:
+        self.n, self.size, self.late, self.sink = n, size, late, sink
+        self.name = "numbers"
+        self.acked: list[int] = []
+
+    async def ack(self, positions: dict[str, Any]) -> None:
+        at = positions["numbers"]
+        assert _expected_total(at) in self.sink.totals, (at, self.sink.totals)
+        self.acked.append(at)
+
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        for lo in range(0, self.n, self.size):
+            if lo == self.late:
+                out.on_commit(self.ack)
+            hi = min(self.n, lo + self.size)
+            rows = np.zeros(hi - lo, DT)
+            rows["value"] = np.arange(lo, hi)
+            await out.emit(af.abc.Batch(rows), position=("numbers", hi))
+            if lo >= self.late:
+                await anyio.sleep(0.003)
+
+
+class _Totals(SinkOperator[Any, float]):
+    """A sink summing ``value`` that yields on every write (so emits are under way when
+    the coordinator starts) and keeps its total at each commit."""
+
+    name = "totals"
+
+    def __init__(self) -> None:
+        self.totals: list[float] = []
+
+    def writer(self, ctx: Context) -> SinkWriter[Any, float]:
+        return _TotalsWriter(self)
+
+
+class _TotalsWriter(_TotalWriter):
+    def __init__(self, op: _Totals) -> None:
+        self.op2, self.total = op, 0.0
+
+    async def write(self, item: Any) -> None:
+        self.total += float(item["value"].sum())
+        await anyio.lowlevel.checkpoint()  # the emit is under way until this returns
+
+    async def commit(self, epoch: int) -> Any:
+        self.op2.totals.append(self.total)
+        return self.total
+
+
+@pytest.mark.anyio
+async def test_runs_with_and_without_a_coordinator_behave(
+    anyio_backend: str, tmp_path: Any
+) -> None:
+    """Without a checkpoint and without ``on_commit`` no coordinator runs: nothing is
+    committed, the result is whole. With a checkpoint, commits go on. With ``on_commit``
+    registered midway, the emits already under way are waited for: every acknowledged
+    position matches what the sink committed."""
+    flow = af.Flow(Numbers(1000, 50)) | af.Stage(CountingStage()) | af.Sink(plain := Total())
+    assert (await flow.run(commit_interval=0.001)).value == _expected_total(1000)
+    assert plain.commits == []  # no barrier, no commit
+    flow = af.Flow(Numbers(1000, 50, pause=0.005)) | af.Sink(checked := Total())
+    result = await flow.run(checkpoint=tmp_path / "cp.db", commit_interval=0.01)
+    assert result.value == _expected_total(1000)
+    assert len(checked.commits) >= 2
+    for buffered in (False, True):
+        sink = _Totals()
+        src = LateAcking(2000, 20, late=600, sink=sink)
+        flow = af.Flow(src) | af.Stage(CountingStage())
+        if buffered:  # the sink in a task of its own, behind a buffer
+            flow = flow | af.buffer(2)
+        result = await (flow | af.Sink(sink)).run(commit_interval=0.01)
+        assert result.value == _expected_total(2000)
+        assert len(src.acked) >= 2, src.acked
+        assert src.acked == sorted(src.acked)
+        assert src.acked[0] >= 600
+        assert src.acked[-1] == 2000  # the final commit acknowledges everything
+
+
 @pytest.mark.anyio
 async def test_barrier_flushes_count_batching_and_reaches_both_branches(
     anyio_backend: str, tmp_path: Any

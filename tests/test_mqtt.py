@@ -316,14 +316,14 @@ async def test_a_read_takes_what_is_queued_not_what_keeps_coming(base: str) -> N
     # and nothing came out meanwhile (a benchmark saw 0 rows while 50,000 were sent)
     if shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto_pub (the Mosquitto clients) is not installed")
-    n, step = 20_000, 500
+    n, step = 8_000, 400  # the stream lasts 1 s: reads of at most half of it must be many
     sizes: list[int] = []
 
     def size(batch: Any) -> Any:
         sizes.append(len(batch))
         return batch
 
-    async def send() -> None:  # another process: a steady stream, 500 messages per 50 ms
+    async def send() -> None:  # another process: a steady stream, 400 messages per 50 ms
         cmd = ["mosquitto_pub", "-h", HOST, "-p", str(PORT), "-q", "1", "-t", f"{base}/data"]
         async with await anyio.open_process([*cmd, "-l"]) as proc:
             assert proc.stdin is not None

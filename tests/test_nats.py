@@ -101,11 +101,12 @@ def test_a_failing_sink_leaves_messages_unacknowledged_and_they_come_again(
     def boom(batch: Any) -> None:
         raise RuntimeError("sink down")
 
-    flow = af.read_nats(subject, "d", url=nats_url, dtype=DT, ack_wait=1.0, idle_timeout=2)
+    flow = af.read_nats(subject, "d", url=nats_url, dtype=DT, ack_wait=0.5, idle_timeout=2)
     with pytest.raises(RuntimeError, match="sink down"):
         af.run(flow | af.for_each(boom))
     assert consumer_pending(nats_url, name, "d")[1] > 0, "delivered, not acknowledged"
-    again = af.read_nats(subject, "d", url=nats_url, dtype=DT, ack_wait=1.0, idle_timeout=2.5)
+    # redelivered after ack_wait; the idle timeout waits three times that long
+    again = af.read_nats(subject, "d", url=nats_url, dtype=DT, ack_wait=0.5, idle_timeout=1.5)
     got = af.run(again | af.collect())
     assert np.array_equal(np.unique(got.value["k"]), np.arange(1000))
     assert consumer_pending(nats_url, name, "d") == (0, 0)

@@ -316,6 +316,10 @@ async def test_reconnecting_gives_up_after_reconnect_timeout(db: Any, table: str
 
     async def cut() -> None:
         await written.wait()
+        with anyio.fail_after(10):  # under load the sink is behind the source
+            count = f'SELECT count(*) FROM "{table}"'
+            while await db.fetchval(count) < 500:  # noqa: ASYNC110 - polls the table
+                await anyio.sleep(0.01)
         server.close()  # nothing listens on the port any more
         for w in conns:
             w.transport.abort()

@@ -21,10 +21,10 @@ import os
 import time
 import aflow as af
 
-def flow(stream, out):
+def flow(stream, out, idle="1.5"):
     dt = [("k", "i8"), ("v", "f8")]
     slow = af.map(lambda b: (time.sleep(0.02), b)[1])
-    reader = af.read_redis(stream, "g", dtype=dt, count=200, idle_timeout=1.5)
+    reader = af.read_redis(stream, "g", dtype=dt, count=200, idle_timeout=float(idle))
     return reader | slow | af.to_redis(f"{out}-{os.environ['AFLOW_WORKER']}")
 """
 
@@ -135,11 +135,11 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(tmp_path: Path) -> Non
 
 def test_too_many_restarts_within_a_minute_fail_the_run(tmp_path: Path) -> None:
     (tmp_path / "bad.py").write_text(FAILING_FLOW)
-    proc = _aflow(tmp_path, f"{tmp_path / 'bad.py'}:flow", "--workers", "2", "--max-restarts", "3")
+    proc = _aflow(tmp_path, f"{tmp_path / 'bad.py'}:flow", "--workers", "2", "--max-restarts", "2")
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
-    assert "after 3 restarts within 60 s (--max-restarts 3); stopping all workers" in stderr
-    assert stderr.count("restarting it") == 3
+    assert "after 2 restarts within 60 s (--max-restarts 2); stopping all workers" in stderr
+    assert stderr.count("restarting it") == 2
 
 
 def test_sigterm_stops_the_workers_and_restarts_none(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_worker_offset_numbers_this_machines_workers(tmp_path: Path) -> None:
         (tmp_path / "wflow.py").write_text(FLOW)
         proc = _aflow(
             tmp_path, f"{tmp_path / 'wflow.py'}:flow", "--arg", f"stream={stream}",
-            "--arg", f"out={out}", "--workers", "2", "--worker-offset", "4",
+            "--arg", f"out={out}", "--arg", "idle=0.5", "--workers", "2", "--worker-offset", "4",
         )  # fmt: skip
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr

@@ -14,6 +14,7 @@ positions, so a restart after it re-delivers nothing.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -314,14 +315,13 @@ class Delivery:
         self,
         store: CheckpointStore | None,
         interval: float,
-        description: str,
+        description: str | Callable[[], str],
     ) -> None:
         if interval <= 0:
             raise ValueError(f"commit_interval={interval}: must be > 0 seconds")
         self.store = store
         self.interval = interval
-        self.description = description
-        self.fingerprint = hashlib.sha256(description.encode()).hexdigest()[:16]
+        self._description = description
         self.loaded: Checkpoint | None = None
         self.active = False
         self.epoch = 0  # the last epoch injected
@@ -336,13 +336,50 @@ class Delivery:
         self.committed_positions: dict[str, dict[str, Any]] = {}
         self.committed_states: dict[str, Any] = {}
         self.pending: dict[int, _Epoch] = {}
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None  # made by the coordinator, when it runs
+        self._woken = False  # something happened while no coordinator was waiting
         self._warned: set[str] = set()
         self._start: Callable[[], None] | None = None
         self.failed: Callable[[], bool] = lambda: False  # the run has failed (no final commit)
         self.final_done = False
         self.abandoned = False  # a sink left its input unread (see sink_abandoned)
-        self.final_committed = anyio.Event()  # set once the final commit called back
+        self._final_committed: anyio.Event | None = None
+
+    @functools.cached_property
+    def description(self) -> str:
+        """The flow's structure in words (made when a checkpoint needs it)."""
+        d = self._description
+        return d if isinstance(d, str) else d()
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of :attr:`description`."""
+        return hashlib.sha256(self.description.encode()).hexdigest()[:16]
+
+    @property
+    def final_committed(self) -> anyio.Event:
+        """Set once the final commit called back."""
+        if self._final_committed is None:
+            self._final_committed = anyio.Event()
+        return self._final_committed
+
+    def _wakeup(self) -> None:
+        """Wake the coordinator (it looks at what changed)."""
+        if self._wake is not None:
+            self._wake.set()
+        else:
+            self._woken = True
+
+    async def _wait(self) -> None:
+        """Wait until :meth:`_wakeup` (at once if it was called since the last wait)."""
+        if self._woken:
+            self._woken = False
+            return
+        wake = self._wake = anyio.Event()
+        try:
+            await wake.wait()
+        finally:
+            self._wake = None
 
     # -- loading ----------------------------------------------------------------------
     async def load(self) -> None:
@@ -447,7 +484,7 @@ class Delivery:
     def source_ended(self, port: SourcePort) -> None:
         self.sources.pop(port.source_id, None)
         self.final_positions[port.source_id] = port.position_map()
-        self._wake.set()
+        self._wakeup()
 
     def add_sink(self, ident: str) -> None:
         self.live_sinks.add(ident)
@@ -461,7 +498,7 @@ class Delivery:
             ep.states[ident] = state
         ep.expected.discard(ident)
         if not ep.expected:
-            self._wake.set()
+            self._wakeup()
 
     def sink_finished(self, ident: str, state: Any) -> None:
         """Sink ``ident`` has handled all its input (``state``: its last commit)."""
@@ -470,7 +507,7 @@ class Delivery:
             self.final_states[ident] = state
         for ep in self.pending.values():
             ep.expected.discard(ident)
-        self._wake.set()
+        self._wakeup()
 
     def sink_abandoned(self, ident: str) -> None:
         """Sink ``ident`` stopped taking its input before its end (a loop over a run's
@@ -481,7 +518,7 @@ class Delivery:
         self.live_sinks.discard(ident)
         for n in [n for n, ep in self.pending.items() if ident in ep.expected]:
             del self.pending[n]
-        self._wake.set()
+        self._wakeup()
 
     def stage_state(self, ident: str, epoch: int, state: Any) -> None:
         ep = self.pending.get(epoch)
@@ -536,8 +573,7 @@ class Delivery:
         async with anyio.create_task_group() as tg:
             while self.live_sinks:
                 with anyio.move_on_after(max(0.0, next_at - time.monotonic())):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
+                    await self._wait()
                 await self._commit_complete()
                 if not self.live_sinks:
                     break
@@ -551,8 +587,7 @@ class Delivery:
         # positions here, inside the run, so a source waiting in ``Outlet.end()`` still
         # holds its connection when its ``on_commit`` runs.
         while self.sources:
-            await self._wake.wait()
-            self._wake = anyio.Event()
+            await self._wait()
         if not self.failed():
             await self.final_commit()
 

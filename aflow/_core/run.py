@@ -97,6 +97,7 @@ class Run(Generic[R_co]):
         self._scope = anyio.CancelScope(shield=True)
         self._ended: Ended = "completed"
         self._source: Source | None = None
+        self._body: anyio.CancelScope | None = None  # the ``async with flow.open()`` block
 
     def statistics(self) -> RunStatistics:
         """Per-stage statistics so far (a frozen snapshot)."""
@@ -164,6 +165,8 @@ class Run(Generic[R_co]):
 
     async def _join(self) -> None:
         """Wait (shielded) for the run to end; cancel it once the grace period is over."""
+        if self._done.is_set():
+            return
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self._grace):
                 await self._done.wait()
@@ -251,7 +254,7 @@ class Run(Generic[R_co]):
                     )
                     task_status.started()
             assert ctx is not None
-            if ctx.first_error is None and not self._scope.cancel_called:
+            if delivery.active and ctx.first_error is None and not self._scope.cancel_called:
                 with anyio.CancelScope(shield=True):
                     try:
                         await delivery.final_commit()
@@ -266,6 +269,8 @@ class Run(Generic[R_co]):
                         except Exception as exc:
                             ctx.fail(exc)
             self._done.set()
+            if self._body is not None and ctx is not None and ctx.first_error is not None:
+                self._body.cancel()
 
 
 class OutputRun(Run[None], Generic[T_co]):
@@ -368,11 +373,13 @@ class RunManager(Generic[RunT_co]):
         run = cast(RunT_co, Run(self._grace) if sink is not None else OutputRun(self._grace))
         error: BaseException | None = None
         source, ops, sink = self._args[:3]
-        delivery = Delivery(self._store, self._interval, describe_flow(source, ops, sink))
+        delivery = Delivery(self._store, self._interval, lambda: describe_flow(source, ops, sink))
         await delivery.load()  # raises CheckpointMismatch here, as itself
         async with anyio.create_task_group() as tg:
+            # once the run has failed, the body is cancelled, so the error is raised at
+            # once (as a task group does), not when the body gets round to leaving it
+            run._body = tg.cancel_scope
             await tg.start(run._main, *self._args, delivery)
-            tg.start_soon(_cancel_body_on_failure, run, tg.cancel_scope)
             if self._monitor is not None:
                 tg.start_soon(_watch, run, self._monitor)
             try:
@@ -393,15 +400,6 @@ class RunManager(Generic[RunT_co]):
         if error is not None:
             raise error
         run._raise_error()
-
-
-async def _cancel_body_on_failure(run: Run[Any], body: anyio.CancelScope) -> None:
-    """Once the run has ended with an error, cancel the ``async with flow.open()`` body, so
-    the error is raised at once (as a task group does), not when the body gets round to
-    leaving the block."""
-    await run._done.wait()
-    if run._ctx is not None and run._ctx.first_error is not None:
-        body.cancel()
 
 
 async def _watch(run: Run[Any], monitor: Monitor) -> None:

@@ -303,16 +303,41 @@ class Segment:
             await self.barrier(msg)
             return
         gate = self._gate
-        if gate is None:
-            await self._emit(msg)  # type: ignore[arg-type]
-            return
-        while gate.closed is not None:  # a barrier goes in (or the source ends)
-            await gate.closed.wait()
-        gate.emitting += 1
+        if gate is not None:  # a leaf source: a barrier may want to go in between emits
+            if gate.held:
+                await gate.wait_open()
+            gate.emitting += 1
         try:
-            await self._emit(msg, position)  # type: ignore[arg-type]
+            hc = self.head_counters
+            if hc is not None:
+                hc.count_out(msg)  # type: ignore[arg-type]
+                if self.inbox is None:  # a source: time since its last emit is its own work
+                    hc.busy_seconds += perf_counter() - self._resumed
+            if self.fused:
+                msgs, done_at = await self._push([msg], 0)  # type: ignore[list-item]
+                for m in msgs:
+                    await self._send(m)
+            else:  # nothing fused: straight downstream
+                done_at = -1
+                try:
+                    await self.downstream.send(msg, self.blocked)  # type: ignore[arg-type]
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    raise Closed from None
+            if position is not None:
+                self.positions[position[0]] = position[1]
+            now = perf_counter()
+            if now - self._checkpointed > CHECKPOINT_INTERVAL:
+                await anyio.lowlevel.checkpoint()  # let other tasks (and cancellation) in
+                now = self._checkpointed = perf_counter()
+            self._resumed = now
+            if done_at >= 0:
+                await self.finish(done_at)
+                raise Closed
         finally:
-            gate.left()
+            if gate is not None:  # inlined ``gate.left()``: this runs on every emit
+                gate.emitting -= 1
+                if gate.drained is not None and not gate.emitting:
+                    gate.drained.set()
 
     async def inject(self, barrier: Barrier) -> dict[str, Any] | None:
         """Send ``barrier`` from this source (between two emits); return the source's
@@ -374,41 +399,27 @@ class Segment:
         else:
             await self._send(barrier)
 
-    async def _emit(self, msg: Message, position: tuple[str, Any] | None = None) -> None:
-        hc = self.head_counters
-        if hc is not None:
-            hc.count_out(msg)
-            if self.inbox is None:  # a source: time since its last emit is its own work
-                hc.busy_seconds += perf_counter() - self._resumed
-        msgs, done_at = await self._push([msg], 0)
-        for m in msgs:
-            await self._send(m)
-        if position is not None:
-            self.positions[position[0]] = position[1]
-        now = perf_counter()
-        if now - self._checkpointed > CHECKPOINT_INTERVAL:
-            await anyio.lowlevel.checkpoint()  # let other tasks (and cancellation) in
-            now = self._checkpointed = perf_counter()
-        self._resumed = now
-        if done_at >= 0:
-            await self.finish(done_at)
-            raise Closed
-
     async def _push(self, msgs: list[Message], start: int) -> tuple[list[Message], int]:
+        """Pass ``msgs`` through the fused ops from ``start`` on; return what comes out of
+        the last one, and the index of the first op that is done (``-1``: none)."""
         done_at = -1
-        for i in range(start, len(self.fused)):
-            if not msgs:
-                break
-            runner, c = self.fused[i]
+        fused = self.fused
+        for i in range(start, len(fused)):
+            runner, c = fused[i]
             t0 = perf_counter()
-            out: list[Message] = []
             m: Message | None = None
             try:
                 if runner.guarded:
+                    out: list[Message] = []
                     for m in msgs:
                         c.count_in(m)
                         out.extend(await runner.process_guarded(m, c))
+                elif len(msgs) == 1:  # the common case: one message in, its list out
+                    m = msgs[0]
+                    c.count_in(m)
+                    out = runner.process(m)
                 else:
+                    out = []
                     for m in msgs:
                         c.count_in(m)
                         out.extend(runner.process(m))
@@ -418,9 +429,11 @@ class Segment:
             c.busy_seconds += perf_counter() - t0
             for o in out:
                 c.count_out(o)
-            msgs = out
             if runner.done and done_at < 0:
                 done_at = i
+            if not out:
+                return out, done_at
+            msgs = out
         return msgs, done_at
 
     async def _send(self, msg: Item) -> None:
@@ -522,34 +535,39 @@ class _Gate:
     holds it while a barrier goes in (or the source's last flush runs).
     """
 
-    __slots__ = ("_drained", "closed", "emitting")
+    __slots__ = ("drained", "emitting", "held", "opened")
 
     def __init__(self) -> None:
         self.emitting = 0
-        self.closed: anyio.Event | None = None  # set while someone is alone
-        self._drained: anyio.Event | None = None
+        self.held = False  # someone is alone
+        self.opened: anyio.Event | None = None  # made by the first emit waiting for the end
+        self.drained: anyio.Event | None = None
 
-    def left(self) -> None:
-        """An emit is done."""
-        self.emitting -= 1
-        if not self.emitting and self._drained is not None:
-            self._drained.set()
+    async def wait_open(self) -> None:
+        """Wait until nobody holds the gate alone."""
+        while self.held:
+            if self.opened is None:
+                self.opened = anyio.Event()
+            await self.opened.wait()
 
     @asynccontextmanager
     async def alone(self) -> AsyncIterator[None]:
         """Hold the gate: no emit runs inside the block."""
-        while self.closed is not None:
-            await self.closed.wait()
-        closed = self.closed = anyio.Event()
+        if self.held:
+            await self.wait_open()
+        self.held = True
         try:
             while self.emitting:
-                drained = self._drained = anyio.Event()
+                drained = self.drained = anyio.Event()
                 await drained.wait()
-            self._drained = None
+            self.drained = None
             yield
         finally:
-            self.closed = self._drained = None
-            closed.set()
+            self.held = False
+            self.drained = None
+            opened, self.opened = self.opened, None
+            if opened is not None:
+                opened.set()
 
 
 class ChainBuilder:
