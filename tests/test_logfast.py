@@ -3,6 +3,7 @@ line, on nginx-formatted lines, hostile ones included."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from datetime import UTC, datetime
@@ -17,6 +18,11 @@ from hypothesis import strategies as st
 import aflow as af
 from aflow.codecs import COMBINED, COMBINED_COLUMNS, LogDecoder, LogFormat, logs
 from aflow.codecs._blocks import RejectedLines
+from aflow.codecs.logs import LogEngine
+
+needs_arrow = pytest.mark.skipif(
+    importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow (the arrow extra)"
+)
 
 TIME = "%d/%b/%Y:%H:%M:%S %z"
 NGINX = (
@@ -185,11 +191,16 @@ def _decoded(decoder: LogDecoder, lines: list[bytes]) -> tuple[list[tuple[Any, .
     return as_tuples(rows), [b.index for b in bad]
 
 
+ENGINES = ["numpy", pytest.param("pyarrow", marks=needs_arrow)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=150, deadline=None)
 @given(lines=access_lines())
-def test_combined_array_path_agrees_with_re(lines: list[bytes]) -> None:
+def test_combined_array_path_agrees_with_re(lines: list[bytes], engine: LogEngine) -> None:
     for columns in (ALL_COMBINED, {"status": "int", "request_time": "float"}):
-        decoder = LogDecoder(COMBINED, columns)
+        decoder = LogDecoder(COMBINED, columns, engine=engine)
+        assert decoder.engine == engine
         assert decoder.vectorized
         want, bad = reference(lines, COMBINED, columns)
         got, got_bad = _decoded(decoder, lines)
@@ -197,13 +208,14 @@ def test_combined_array_path_agrees_with_re(lines: list[bytes]) -> None:
         assert got_bad == bad
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=150, deadline=None)
 @given(lines=access_lines())
-def test_log_format_array_path_agrees_with_re(lines: list[bytes]) -> None:
+def test_log_format_array_path_agrees_with_re(lines: list[bytes], engine: LogEngine) -> None:
     fmt = LogFormat(NGINX)
     columns = {**fmt.columns, "method": "str", "path": "str", "protocol": "str"}
     columns["request_time"] = "float"
-    decoder = LogDecoder(fmt, columns)
+    decoder = LogDecoder(fmt, columns, engine=engine)
     assert decoder.vectorized
     want, bad = reference(lines, fmt.pattern, columns)
     got, got_bad = _decoded(decoder, lines)
@@ -307,9 +319,12 @@ def clean_blocks(draw: st.DrawFn) -> list[bytes]:
     return lines
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=300, deadline=None)
 @given(lines=clean_blocks())
-def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(lines: list[bytes]) -> None:
+def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(
+    lines: list[bytes], engine: LogEngine
+) -> None:
     fmt = LogFormat(NGINX)
     format_columns = {**fmt.columns, "method": "str", "path": "str", "protocol": "str"}
     for pattern, columns in (
@@ -317,7 +332,7 @@ def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(lines: list[bytes
         (COMBINED, {"status": "int", "request_time": "float"}),
         (fmt, format_columns),
     ):
-        decoder = LogDecoder(pattern, columns)
+        decoder = LogDecoder(pattern, columns, engine=engine)
         regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern
         want, bad = reference(lines, regex, columns)
         got, got_bad = _decoded(decoder, lines)

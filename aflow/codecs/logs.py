@@ -14,16 +14,19 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ._blocks import SMALL_BLOCK, LineDecoder, Parse, RejectedLines
+from ._logarrow import has_arrow
 from ._logfast import Layout, Token, fast_parser
 from ._timeparse import FixedFormat
 
-__all__ = ["COMBINED", "COMBINED_COLUMNS", "LogDecoder", "LogFormat"]
+__all__ = ["COMBINED", "COMBINED_COLUMNS", "LogDecoder", "LogEngine", "LogFormat"]
+
+LogEngine: TypeAlias = Literal["auto", "numpy", "pyarrow"]
 
 _QUOTED = r'(?:[^"\\\n]|\\.)*'  # nginx escapes " and \ (as \x22, or \" with escape=json)
 COMBINED = (
@@ -270,6 +273,7 @@ def _parser(
     errors: str,
     fill_int: int,
     layout: Layout | None = None,
+    arrow: bool = False,
 ) -> tuple[Parse, np.dtype[Any], bool]:
     dtype = np.dtype([(name, _column_dtype(kind)) for name, kind in columns.items()])
     for name in columns:
@@ -292,7 +296,7 @@ def _parser(
     fixed = {name: _fixed_format(fmt) for name, fmt in formats.items()}
     fast = None
     if layout is not None and set(columns) <= layout.groups():
-        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed)
+        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed, arrow)
 
     def columns_of(rows: list[Any]) -> Converted:
         """The rows' columns, and the rows (with errors) whose fields do not convert."""
@@ -409,6 +413,18 @@ def _capturing_only(pattern: re.Pattern[str], names: set[str]) -> re.Pattern[str
     return re.compile(slim, pattern.flags)
 
 
+def _choose(engine: LogEngine, layout: Layout | None) -> LogEngine:
+    if engine not in ("auto", "numpy", "pyarrow"):
+        raise ValueError(f"LogDecoder: engine={engine!r}: use 'auto', 'numpy' or 'pyarrow'")
+    if engine == "numpy" or layout is None:
+        return "numpy"
+    if has_arrow():
+        return "pyarrow"
+    if engine == "pyarrow":
+        raise ImportError("engine='pyarrow' needs pyarrow: `pip install pyarrow` (the arrow extra)")
+    return "numpy"
+
+
 def _fixed_format(fmt: str) -> FixedFormat | None:
     try:
         return FixedFormat(fmt)
@@ -469,6 +485,7 @@ class LogDecoder(LineDecoder):
         *,
         errors: str | None = None,
         fill_int: int = -1,
+        engine: LogEngine = "auto",
     ) -> None:
         layout = None
         if isinstance(pattern, LogFormat):
@@ -484,6 +501,10 @@ class LogDecoder(LineDecoder):
             errors = "replace" if layout is not None else "strict"
         b"".decode("utf-8", errors)  # an unknown handler fails here, not per block
         self.errors = errors
-        self._parse, self.dtype, self.vectorized = _parser(compiled, cols, errors, fill_int, layout)
+        self.engine = _choose(engine, layout)
+        arrow = self.engine == "pyarrow"
+        self._parse, self.dtype, self.vectorized = _parser(
+            compiled, cols, errors, fill_int, layout, arrow
+        )
         if self.vectorized:
             self.small_block = SMALL_BLOCK
