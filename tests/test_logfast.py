@@ -184,6 +184,13 @@ ALL_COMBINED = {
 }
 ALL_COMBINED["time"] = f"timestamp:{TIME}"
 ALL_COMBINED["bytes"] = "int"
+PLAIN_COMBINED = {  # one field each: pyarrow's columns taken as they are
+    "remote_user": "str",
+    "status": "int",
+    "bytes": "int",
+    "user_agent": "str",
+    "request_time": "float",
+}
 
 
 def _decoded(decoder: LogDecoder, lines: list[bytes]) -> tuple[list[tuple[Any, ...]], list[int]]:
@@ -253,6 +260,41 @@ def test_bad_lines_keep_their_line_numbers_through_read_log(tmp_path: Path) -> N
     got = af.run(flow).value
     assert len(got) == 30_000 - len(bad)
     assert sorted(d.provenance.start for d in dead) == bad  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+def test_bad_values_in_well_split_lines_keep_their_line_numbers(
+    tmp_path: Path, escaped: bool
+) -> None:
+    """Lines pyarrow splits into the right fields but whose values are bad (a status of
+    another shape, a size beyond int64, a request time with two dots), in blocks of
+    clean lines or (``escaped``) with an escaped quote in some request: each bad line
+    goes to ``on_error`` with its own line number, whichever path its block took."""
+    line = '10.0.0.{} - - [10/Oct/2000:13:55:36 -0700] "GET /{} HTTP/1.1" {} {} "-" "c" {}\n'
+    lines, bad = [], []
+    for i in range(20_000):
+        status, size, rt = "200", str(i), f"0.{i % 10}"
+        if i % 1013 == 7:
+            status = "2x0"
+        elif i % 1013 == 500:
+            size = "123456789012345678901"
+        elif i % 1013 == 900:
+            rt = "1.2.3"
+        if status != "200" or len(size) > 20 or rt == "1.2.3":
+            bad.append(i + 1)
+        path = f'q?x=\\"{i}\\"' if escaped and i % 97 == 0 else str(i)
+        lines.append(line.format(i % 250, path, status, size, rt))
+    file = tmp_path / "access.log"
+    file.write_text("".join(lines))
+    dead: list[af.FailedItem] = []
+    columns = {"status": "int", "bytes": "int", "request_time": "float", "path": "str"}
+    for cols in (columns, {k: v for k, v in columns.items() if k != "path"}):
+        dead.clear()
+        flow = af.read_log(str(file), columns=cols, on_error=af.dead_letter(dead))
+        got = af.run(flow).value
+        assert len(got) == 20_000 - len(bad)
+        assert sorted(d.provenance.start for d in dead) == bad  # type: ignore[union-attr]
+        assert got["bytes"][:3].tolist() == [0, 1, 2]
 
 
 def test_log_format_rejects_what_it_cannot_split() -> None:
@@ -330,7 +372,9 @@ def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(
     for pattern, columns in (
         (COMBINED, ALL_COMBINED),
         (COMBINED, {"status": "int", "request_time": "float"}),
+        (COMBINED, PLAIN_COMBINED),
         (fmt, format_columns),
+        (fmt, {"status": "int", "body_bytes_sent": "int", "http_referer": "str"}),
     ):
         decoder = LogDecoder(pattern, columns, engine=engine)
         regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern

@@ -18,7 +18,9 @@ missing or extra, a quote left open across lines) is left to the NumPy path whol
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,16 +28,19 @@ from numpy.typing import NDArray
 
 from ._logfast import Token
 
-__all__ = ["ArrowBreaks", "arrow_breaks", "has_arrow"]
-
-ArrowBreaks = Callable[
-    [bytes, NDArray[np.uint8], int],
-    "tuple[int, NDArray[np.intp], NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]] | None",
+__all__ = [
+    "ArrowBreaks",
+    "ArrowColumns",
+    "Located",
+    "arrow_breaks",
+    "arrow_columns",
+    "has_arrow",
+    "plain",
 ]
-"""``(blob, data, lines) -> (variant, m, starts, newlines, ok)``: which of the layout's variants
-the block has, the break positions of its lines in plan order (rows of the lines that
-passed the checks, see ``ok``), where each line starts, where each ends (its newline),
-and which lines passed; ``None``: pyarrow cannot split the block by any variant."""
+
+ArrowBreaks = Callable[[bytes, NDArray[np.uint8], int], "Located | None"]
+"""``(blob, data, lines) -> located``: the block's ``lines`` as pyarrow split them;
+``None``: pyarrow cannot split the block by any variant."""
 
 
 def has_arrow() -> bool:
@@ -73,7 +78,7 @@ def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
         options.append((names, convert))
     preferred = [0]  # the variant the last block had: tried first
 
-    def breaks(blob: bytes, data: NDArray[np.uint8], lines: int) -> Any:
+    def breaks(blob: bytes, data: NDArray[np.uint8], lines: int) -> Located | None:
         order = [preferred[0], *(k for k in range(len(variants)) if k != preferred[0])]
         for k in order:
             names, convert = options[k]
@@ -87,7 +92,10 @@ def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
             preferred[0] = k
             lengths = [_lengths(table.column(i)) for i in range(len(names))]
             found = _locate(data, lines, shapes[k], lengths)
-            return None if found is None else (k, *found)
+            if found is None:
+                return None
+            breaks, starts, newlines, ok = found
+            return Located(k, starts, newlines, ok, breaks, table)
         return None
 
     return breaks
@@ -113,29 +121,50 @@ def _lengths(column: Any) -> NDArray[np.intp]:
     return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
 
+@dataclass(frozen=True)
+class Located:
+    """The lines of a block as pyarrow split them, checked (see :func:`_locate`)."""
+
+    variant: int
+    """Which of the layout's variants (its tokens, then shorter) the lines have."""
+    starts: NDArray[np.intp]
+    newlines: NDArray[np.intp]
+    """Where each line starts, and where it ends (its newline)."""
+    ok: NDArray[np.bool_]
+    """Which lines have the shape assumed (their fields are the layout's)."""
+    breaks: list[NDArray[np.intp]]
+    """Every line's breaks in plan order, from its start."""
+    table: Any
+    """pyarrow's fields: binary columns ``f0``, ``f1``..."""
+
+    def matrix(self) -> NDArray[np.intp]:
+        """The break positions of the lines that have the shape (a row each)."""
+        m = np.stack(self.breaks, axis=1)
+        m += self.starts[:, None]
+        return m if self.ok.all() else m[self.ok]
+
+
 def _locate(
     data: NDArray[np.uint8], lines: int, quoted: list[bool], lengths: list[NDArray[np.intp]]
-) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]] | None:
-    """Where the breaks of each line are, if each line has the assumed shape (see the
-    module's docstring), and which lines have it."""
+) -> tuple[list[NDArray[np.intp]], NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]] | None:
+    """Where the breaks of each line are, from its start, if each line has the assumed
+    shape (see the module's docstring); where lines start and end; which have it."""
     n = len(lengths[0])
     if n != lines:
         return None  # a quote left open ran over a newline
-    pairs = quoted.count(True)
-    m = np.empty((n, len(quoted) + 2 * pairs), np.intp, order="F")  # from line starts, first
-    at = 0
+    breaks: list[NDArray[np.intp]] = []
+    quotes: list[NDArray[np.intp]] = []
     stop = np.full(n, -1, np.intp)  # the break before the next field
     for q, width in zip(quoted, lengths, strict=True):
         if q:
-            m[:, at] = stop + 1  # the opening quote
-            stop = stop + 2 + width
-            m[:, at + 1] = stop  # the closing one
-            at += 2
+            opening = stop + 1
+            stop = stop + 2 + width  # the closing quote
+            breaks += [opening, stop]
+            quotes += [opening, stop]
             stop = stop + 1
         else:
             stop = stop + 1 + width
-        m[:, at] = stop  # the space or newline after it
-        at += 1
+        breaks.append(stop)  # the space or newline after it
     size = stop  # a line's bytes, its newline excluded
     newlines = np.cumsum(size + 1) - 1
     end = len(data) - 1
@@ -146,17 +175,102 @@ def _locate(
         newlines = np.flatnonzero(data == 10)
         starts = np.concatenate(([0], newlines[:-1] + 1))
         ok &= newlines - starts == size
-    m += starts[:, None]
-    at = 0
-    for q in quoted:
-        if q:
-            ok &= data[np.minimum(m[:, at], end)] == 34
-            ok &= data[np.minimum(m[:, at + 1], end)] == 34
-            at += 2
-        at += 1
-    if np.count_nonzero(data == 34) != 2 * pairs * n or not ok.all():  # other quotes
-        quotes = np.flatnonzero(data == 34)
-        ok &= np.bincount(np.searchsorted(newlines, quotes), minlength=n)[:n] == 2 * pairs
-    if not ok.all():
-        m = m[ok]
-    return m, starts, newlines, ok
+    for at in quotes:
+        ok &= data[np.minimum(at + starts, end)] == 34
+    if np.count_nonzero(data == 34) != len(quotes) * n or not ok.all():  # other quotes
+        found = np.flatnonzero(data == 34)
+        ok &= np.bincount(np.searchsorted(newlines, found), minlength=n)[:n] == len(quotes)
+    return breaks, starts, newlines, ok
+
+
+ArrowColumns = Callable[[bytes, NDArray[np.intp], int, Any], "dict[str, NDArray[Any]] | None"]
+"""``(blob, newlines, variant, table) -> columns``: the wanted columns of a block whose
+every line passed :func:`_locate`, or ``None`` if some line or value needs the array
+path's rules."""
+
+_INT = r"^(?:[0-9]+|-)$"
+_FLOAT = r"^(?:[0-9]+\.?[0-9]*|\.[0-9]+|-)$"
+
+
+def _places(tokens: tuple[Token, ...]) -> dict[str, int]:
+    """Each named token's field in pyarrow's split (-1: a bracket with spaces, several)."""
+    at, place = 0, {}
+    for t in tokens:
+        if t.name is not None:
+            place[t.name] = at if t.kind != "bracket" or not t.spaces else -1
+        at += 1 + (t.spaces if t.kind == "bracket" else 0)
+    return place
+
+
+def plain(tokens: tuple[Token, ...], columns: dict[str, str]) -> bool:
+    """Whether every wanted column is one of pyarrow's fields read as ``int``, ``float``
+    or ``str`` (the columns :func:`arrow_columns` takes)."""
+    place = _places(tokens)
+    return all(
+        kind in ("int", "float", "str") and place.get(name, -1) >= 0
+        for name, kind in columns.items()
+    )
+
+
+def arrow_columns(
+    pattern: str, variants: Sequence[tuple[Token, ...]], columns: dict[str, str], fill_int: int
+) -> ArrowColumns | None:
+    """The wanted columns straight from pyarrow's fields, all in pyarrow (outside the GIL):
+    every line must fully match ``pattern`` (RE2 and Python's ``re`` agree on it for
+    printable ASCII lines: the layouts' patterns use no construct they read differently),
+    then each field is its token's group (no group of a layout's pattern holds a break
+    its line does not give it, see the module's docstring); numbers of the plain shapes
+    (``\\d+``, ``\\d*.\\d*``, ``-``) are cast by pyarrow (correctly rounded, as
+    ``float`` is). ``None``: some wanted column is not one field read as ``int``,
+    ``float`` or ``str`` (a timestamp, a bracket with spaces, the request's parts, a list
+    of numbers): the array path converts those."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    places = [_places(tokens) for tokens in variants]
+    if not plain(variants[0], columns):
+        return None
+    whole = "^(?:" + re.sub(r"\(\?P<\w+>", "(?:", pattern) + ")\n$"
+    dash = pa.scalar(b"-", pa.binary())
+
+    def number(values: Any, kind: str) -> NDArray[Any] | None:
+        if not pc.all(pc.match_substring_regex(values, _INT if kind == "int" else _FLOAT)).as_py():
+            return None
+        is_dash = pc.equal(values, dash)
+        if kind == "int":
+            cast = pc.cast(pc.if_else(is_dash, pa.scalar(b"0", pa.binary()), values), pa.int64())
+            return np.asarray(cast.to_numpy(), np.int64)
+        cast = pc.cast(pc.if_else(is_dash, pa.scalar(None, pa.binary()), values), pa.float64())
+        return np.asarray(pc.fill_null(cast, np.nan).to_numpy(), np.float64)
+
+    def convert(blob: bytes, newlines: NDArray[np.intp], k: int, table: Any) -> Any:
+        n = len(newlines)
+        offsets = np.empty(n + 1, np.int32)
+        offsets[0] = 0
+        offsets[1:] = newlines + 1
+        lines = pa.Array.from_buffers(
+            pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(blob)]
+        )
+        try:
+            if not pc.all(pc.match_substring_regex(lines, whole)).as_py():
+                return None
+            out: dict[str, NDArray[Any]] = {}
+            for name, kind in columns.items():
+                at = places[k].get(name)
+                if at is None:  # an optional token these lines lack
+                    fill = {"int": fill_int, "float": np.nan, "str": ""}[kind]
+                    out[name] = np.full(n, fill, object if kind == "str" else None)
+                    continue
+                values = table.column(at)
+                if kind == "str":
+                    out[name] = values.cast(pa.string()).to_numpy()
+                    continue
+                found = number(values, kind)
+                if found is None:
+                    return None
+                out[name] = found
+        except pa.ArrowInvalid:  # a number beyond int64
+            return None
+        return out
+
+    return convert

@@ -233,18 +233,20 @@ def fast_parser(
     fill_int: int,
     formats: dict[str, str],
     fixed: dict[str, FixedFormat | None],
-    arrow: bool = False,
+    arrow: str | None = None,
 ) -> FastParse:
-    """The array path for ``layout`` (see the module's docstring); with ``arrow``, the
-    breaks of clean blocks are found by pyarrow (see :mod:`._logarrow`)."""
+    """The array path for ``layout`` (see the module's docstring); with ``arrow`` (the
+    layout's regular expression), clean blocks are split by pyarrow (see
+    :mod:`._logarrow`)."""
     variants = [layout.tokens[: len(layout.tokens) - k] for k in range(layout.optional + 1)]
     plans = [_plan(tokens) for tokens in variants]
     need_text = any(kind.partition(":")[0] == "str" for kind in columns.values())
-    tokenize = None
-    if arrow:
-        from ._logarrow import arrow_breaks
+    tokenize = columnar = None
+    if arrow is not None:
+        from ._logarrow import arrow_breaks, arrow_columns
 
         tokenize = arrow_breaks(variants)
+        columnar = arrow_columns(arrow, variants, columns, fill_int)
 
     def convert(
         blob: bytes,
@@ -265,14 +267,20 @@ def fast_parser(
         found = tokenize(blob, data[: len(blob)], lines)
         if found is None:
             return None
-        k, m, starts, newlines, passed = found
-        n = len(newlines)
+        n = len(found.newlines)
         out = np.empty(n, dtype)
         done = np.zeros(n, bool)
-        kept = np.flatnonzero(passed) if not passed.all() else None
+        if columnar is not None and found.ok.all():
+            taken = columnar(blob, found.newlines, found.variant, found.table)
+            if taken is not None:
+                for name, col in taken.items():
+                    out[name] = col
+                return out, ~done, found.newlines
+        kept = np.flatnonzero(found.ok) if not found.ok.all() else None
         spaces = _Spaces(data, len(blob))
-        at = starts if kept is None else starts[kept]
-        good, values = convert(blob, data, spaces, variants[k], m, at, True)
+        at = found.starts if kept is None else found.starts[kept]
+        tokens = variants[found.variant]
+        good, values = convert(blob, data, spaces, tokens, found.matrix(), at, True)
         rows = np.flatnonzero(good) if kept is None else kept[good]
         if len(rows) == n:
             for name, col in values.items():
@@ -282,7 +290,7 @@ def fast_parser(
             for name, col in values.items():
                 out[name][rows] = col
             done[rows] = True
-        return out, done, newlines
+        return out, done, found.newlines
 
     def parse(blob: bytes) -> tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]:
         data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows

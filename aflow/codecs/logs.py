@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._blocks import SMALL_BLOCK, LineDecoder, Parse, RejectedLines
-from ._logarrow import has_arrow
+from ._logarrow import has_arrow, plain
 from ._logfast import Layout, Token, fast_parser
 from ._timeparse import FixedFormat
 
@@ -296,7 +296,8 @@ def _parser(
     fixed = {name: _fixed_format(fmt) for name, fmt in formats.items()}
     fast = None
     if layout is not None and set(columns) <= layout.groups():
-        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed, arrow)
+        regex = pattern.pattern if arrow else None
+        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed, regex)
 
     def columns_of(rows: list[Any]) -> Converted:
         """The rows' columns, and the rows (with errors) whose fields do not convert."""
@@ -413,11 +414,17 @@ def _capturing_only(pattern: re.Pattern[str], names: set[str]) -> re.Pattern[str
     return re.compile(slim, pattern.flags)
 
 
-def _choose(engine: LogEngine, layout: Layout | None) -> LogEngine:
+def _choose(engine: LogEngine, layout: Layout | None, columns: dict[str, str]) -> LogEngine:
     if engine not in ("auto", "numpy", "pyarrow"):
         raise ValueError(f"LogDecoder: engine={engine!r}: use 'auto', 'numpy' or 'pyarrow'")
-    if engine == "numpy" or layout is None:
+    if engine == "numpy":
         return "numpy"
+    if layout is None:
+        if engine == "pyarrow":
+            raise ValueError("LogDecoder: engine='pyarrow' needs COMBINED or a LogFormat")
+        return "numpy"
+    if engine == "auto" and not plain(layout.tokens, columns):
+        return "numpy"  # splitting by pyarrow would cost more than it saves
     if has_arrow():
         return "pyarrow"
     if engine == "pyarrow":
@@ -501,7 +508,7 @@ class LogDecoder(LineDecoder):
             errors = "replace" if layout is not None else "strict"
         b"".decode("utf-8", errors)  # an unknown handler fails here, not per block
         self.errors = errors
-        self.engine = _choose(engine, layout)
+        self.engine = _choose(engine, layout, cols)
         arrow = self.engine == "pyarrow"
         self._parse, self.dtype, self.vectorized = _parser(
             compiled, cols, errors, fill_int, layout, arrow
