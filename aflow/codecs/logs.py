@@ -462,6 +462,14 @@ class LogDecoder(LineDecoder):
             other patterns.
         fill_int: what an ``int`` group that took no part in the match reads as
             (distinct from a real 0); such a ``float`` reads as NaN, a timestamp as NaT.
+        engine: for :data:`COMBINED` and a :class:`LogFormat`: ``"pyarrow"`` (needs
+            pyarrow, the ``arrow`` extra) splits blocks of printable ASCII lines with
+            pyarrow's CSV reader, checks the lines against the regular expression with
+            RE2 and casts the numbers, outside the GIL; ``"numpy"`` finds the fields
+            with NumPy; ``"auto"``: pyarrow when installed and every column is one
+            field read as ``int``, ``float`` or ``str`` (not a timestamp nor the
+            request's ``method``, ``path``, ``protocol``), else NumPy. Lines either
+            engine cannot take go to the regular expression: the rows are the same.
 
     Attributes:
         dtype: the rows' dtype: ``int64``, ``float64``, ``object`` or
@@ -473,10 +481,13 @@ class LogDecoder(LineDecoder):
             (:data:`COMBINED` and a :class:`LogFormat`; the other lines by the regular
             expression): parsing then mostly runs outside the GIL, so blocks gain from
             worker threads.
+        engine: the engine chosen, ``"numpy"`` or ``"pyarrow"``.
 
     Raises:
         ValueError: a column that is not a named group of the pattern, or of an unknown
-            type.
+            type; ``engine="pyarrow"`` for a pattern that is neither :data:`COMBINED`
+            nor a :class:`LogFormat`.
+        ImportError: ``engine="pyarrow"`` without pyarrow installed.
 
     Examples:
         >>> decoder = LogDecoder(r"(?P<level>[A-Z]+) (?P<ms>\\d+)", {"level": "str", "ms": "int"})
