@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from ._timeparse import FixedFormat
 
-__all__ = ["TIME_SHAPE", "FastParse", "Layout", "Token", "fast_parser"]
+__all__ = ["TIME_SHAPE", "Arrow", "FastParse", "Layout", "Token", "fast_parser"]
 
 Kind = Literal["bare", "quoted", "bracket", "literal"]
 Shape = Literal["any", "digits", "digits3", "number"]
@@ -74,6 +74,10 @@ class Layout:
             out |= {"method", "path", "protocol"}
         return out
 
+
+Arrow = Callable[[list[tuple[Token, ...]]], tuple[Any, Any]]
+"""``variants -> (tokenize, columnar)``: pyarrow's split of clean blocks for the layout's
+variants (see :mod:`._logarrow`, which builds them)."""
 
 FastParse = Callable[[bytes], tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]]
 """``blob -> (out, done, newlines)``: one row per line of ``blob`` (filled for the
@@ -233,20 +237,14 @@ def fast_parser(
     fill_int: int,
     formats: dict[str, str],
     fixed: dict[str, FixedFormat | None],
-    arrow: str | None = None,
+    arrow: Arrow | None = None,
 ) -> FastParse:
-    """The array path for ``layout`` (see the module's docstring); with ``arrow`` (the
-    layout's regular expression), clean blocks are split by pyarrow (see
-    :mod:`._logarrow`)."""
+    """The array path for ``layout`` (see the module's docstring); with ``arrow``, clean
+    blocks are split by pyarrow (see :mod:`._logarrow`)."""
     variants = [layout.tokens[: len(layout.tokens) - k] for k in range(layout.optional + 1)]
     plans = [_plan(tokens) for tokens in variants]
     need_text = any(kind.partition(":")[0] == "str" for kind in columns.values())
-    tokenize = columnar = None
-    if arrow is not None:
-        from ._logarrow import arrow_breaks, arrow_columns
-
-        tokenize = arrow_breaks(variants)
-        columnar = arrow_columns(arrow, variants, columns, fill_int)
+    tokenize, columnar = arrow(variants) if arrow is not None else (None, None)
 
     def convert(
         blob: bytes,

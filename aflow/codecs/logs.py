@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._blocks import SMALL_BLOCK, LineDecoder, Parse, RejectedLines
-from ._logarrow import has_arrow, plain
+from ._logarrow import arrow_breaks, arrow_columns, has_arrow, plain
 from ._logfast import Layout, Token, fast_parser
 from ._timeparse import FixedFormat
 
@@ -296,8 +296,15 @@ def _parser(
     fixed = {name: _fixed_format(fmt) for name, fmt in formats.items()}
     fast = None
     if layout is not None and set(columns) <= layout.groups():
-        regex = pattern.pattern if arrow else None
-        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed, regex)
+        split = None
+        if arrow:
+            regex = pattern.pattern
+
+            def split(variants: list[tuple[Token, ...]]) -> tuple[Any, Any]:
+                columnar = arrow_columns(regex, variants, columns, fill_int)
+                return arrow_breaks(variants), columnar
+
+        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed, split)
 
     def columns_of(rows: list[Any]) -> Converted:
         """The rows' columns, and the rows (with errors) whose fields do not convert."""
