@@ -192,6 +192,24 @@ _INT = r"^(?:[0-9]+|-)$"
 _FLOAT = r"^(?:[0-9]+\.?[0-9]*|\.[0-9]+|-)$"
 
 
+def _scalar(pa: Any, value: bytes) -> Any:
+    """A pyarrow binary scalar (``pa.scalar`` would import pandas: half a second)."""
+    offsets = np.array([0, len(value)], np.int32)
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(value)]
+    return pa.Array.from_buffers(pa.binary(), 1, buffers)[0]
+
+
+def _primitive(values: Any, dtype: type[np.generic]) -> NDArray[Any]:
+    """A chunked array of numbers without nulls as one NumPy array (a copy: writable;
+    ``to_numpy`` would import pandas)."""
+    size = np.dtype(dtype).itemsize
+    parts = [
+        np.frombuffer(c.buffers()[1], dtype, count=len(c), offset=c.offset * size)
+        for c in values.chunks
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
 def _places(tokens: tuple[Token, ...]) -> dict[str, int]:
     """Each named token's field in pyarrow's split (-1: a bracket with spaces, several)."""
     at, place = 0, {}
@@ -231,17 +249,19 @@ def arrow_columns(
     if not plain(variants[0], columns):
         return None
     whole = "^(?:" + re.sub(r"\(\?P<\w+>", "(?:", pattern) + ")\n$"
-    dash = pa.scalar(b"-", pa.binary())
+    dash, zero = _scalar(pa, b"-"), _scalar(pa, b"0")
 
     def number(values: Any, kind: str) -> NDArray[Any] | None:
         if not pc.all(pc.match_substring_regex(values, _INT if kind == "int" else _FLOAT)).as_py():
             return None
         is_dash = pc.equal(values, dash)
-        if kind == "int":
-            cast = pc.cast(pc.if_else(is_dash, pa.scalar(b"0", pa.binary()), values), pa.int64())
-            return np.asarray(cast.to_numpy(), np.int64)
-        cast = pc.cast(pc.if_else(is_dash, pa.scalar(None, pa.binary()), values), pa.float64())
-        return np.asarray(pc.fill_null(cast, np.nan).to_numpy(), np.float64)
+        cast = pc.cast(
+            pc.if_else(is_dash, zero, values), pa.int64() if kind == "int" else pa.float64()
+        )
+        out = _primitive(cast, np.int64 if kind == "int" else np.float64)
+        if kind == "float":
+            out[_primitive(pc.cast(is_dash, pa.uint8()), np.uint8).view(bool)] = np.nan
+        return out
 
     def convert(blob: bytes, newlines: NDArray[np.intp], k: int, table: Any) -> Any:
         n = len(newlines)
@@ -263,7 +283,8 @@ def arrow_columns(
                     continue
                 values = table.column(at)
                 if kind == "str":
-                    out[name] = values.cast(pa.string()).to_numpy()
+                    out[name] = np.empty(n, object)
+                    out[name][:] = values.cast(pa.string()).to_pylist()
                     continue
                 found = number(values, kind)
                 if found is None:
