@@ -260,9 +260,9 @@ def fast_parser(
             data, text, spaces, tokens, m, starts, columns, dtype, fill_int, formats, fixed, placed
         )
 
-    def by_arrow(blob: bytes, data: NDArray[np.uint8], lines: int) -> Any:
+    def by_arrow(blob: bytes, raw: NDArray[np.uint8], lines: int) -> Any:
         assert tokenize is not None
-        found = tokenize(blob, data[: len(blob)], lines)
+        found = tokenize(blob, raw, lines)
         if found is None:
             return None
         n = len(found.newlines)
@@ -275,6 +275,7 @@ def fast_parser(
                     out[name] = col
                 return out, ~done, found.newlines
         kept = np.flatnonzero(found.ok) if not found.ok.all() else None
+        data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
         spaces = _Spaces(data, len(blob))
         at = found.starts if kept is None else found.starts[kept]
         tokens = variants[found.variant]
@@ -291,12 +292,13 @@ def fast_parser(
         return out, done, found.newlines
 
     def parse(blob: bytes) -> tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]:
-        data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
-        count = _clean(blob, data[: len(blob)]) if tokenize is not None else -1
-        if count > 0:
-            found = by_arrow(blob, data, count)
+        if tokenize is not None:
+            raw = np.frombuffer(blob, np.uint8)
+            count = _clean(blob, raw)
+            found = by_arrow(blob, raw, count) if count > 0 else None
             if found is not None:
                 return found  # type: ignore[no-any-return]
+        data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
         b = _Breaks(blob, data[: len(blob)])
         n = len(b.newlines)
         out = np.empty(n, dtype)
