@@ -297,6 +297,36 @@ def test_bad_values_in_well_split_lines_keep_their_line_numbers(
         assert got["bytes"][:3].tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_brackets_and_literals_agree_with_re(engine: LogEngine) -> None:
+    fmt = LogFormat('$remote_addr [$tag] rt=x "$request" $status [$time_local] $n')
+    columns = {"remote_addr": "str", "tag": "str", "status": "int", "n": "float"}
+    good = '1.2.3.4 [{}] {} "GET / HTTP/1.1" {} [10/Oct/2000:13:55:36 -0700] {}'
+    variants = [
+        ("a", "rt=x", "200", "0.5"),
+        ("", "rt=x", "200", "-"),
+        ("a]b", "rt=x", "404", "7"),
+        ("a", "rt=y", "200", "0.5"),
+        ("a", "rt=xx", "200", "0.5"),
+        ("a", "rt=x", "2 0", "0.5"),
+        ("a", "rt=x", "+20", "0.5"),
+        ("a", "rt=x", "200", "1.2.3"),
+        ("a", "rt=x", "200", ".5"),
+    ]
+    lines = [(good.format(*v) + "\n").encode() for v in variants]
+    lines.append(b'1.2.3.4 a] rt=x "GET /" 200 [10/Oct/2000:13:55:36 -0700] 1\n')
+    lines.append(b'1.2.3.4 [a rt=x "GET /" 200 [10/Oct/2000:13:55:36 -0700] 1\n')
+    lines.append(b'1.2.3.4 [a] rt=x "GET /" 200 [10/Oct/2000:13:55:36 -0700 1\n')
+    lines.append(b'1.2.3.4 [a] rt=x "GET /" 200 [10/Oct/2000:13:55:36 +07:0] 1\n')
+    decoder = LogDecoder(fmt, columns, engine=engine)
+    assert decoder.engine == engine
+    for block in (lines, lines[:3], lines[1:3] * 20, lines[:2] * 50):  # all well split, or not
+        want, bad = reference(block, fmt.pattern, columns)
+        got, got_bad = _decoded(decoder, block)
+        same(got, want)
+        assert got_bad == bad
+
+
 def test_log_format_rejects_what_it_cannot_split() -> None:
     with pytest.raises(ValueError, match="LogFormat"):
         LogFormat("$a rt=$request_time")

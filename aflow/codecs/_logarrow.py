@@ -95,7 +95,7 @@ def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
             if found is None:
                 return None
             breaks, starts, newlines, ok = found
-            return Located(k, starts, newlines, ok, breaks, table)
+            return Located(k, starts, newlines, ok, breaks, lengths, table)
         return None
 
     return breaks
@@ -134,6 +134,8 @@ class Located:
     """Which lines have the shape assumed (their fields are the layout's)."""
     breaks: list[NDArray[np.intp]]
     """Every line's breaks in plan order, from its start."""
+    lengths: list[NDArray[np.intp]]
+    """The length of every field of every line."""
     table: Any
     """pyarrow's fields: binary columns ``f0``, ``f1``..."""
 
@@ -183,10 +185,10 @@ def _locate(
     return breaks, starts, newlines, ok
 
 
-ArrowColumns = Callable[[bytes, NDArray[np.intp], int, Any], "dict[str, NDArray[Any]] | None"]
-"""``(blob, newlines, variant, table) -> columns``: the wanted columns of a block whose
-every line passed :func:`_locate`, or ``None`` if some line or value needs the array
-path's rules."""
+ArrowColumns = Callable[[int, Any, "list[NDArray[np.intp]]"], "dict[str, NDArray[Any]] | None"]
+"""``(variant, table, lengths) -> columns``: the wanted columns of a block whose every
+line passed :func:`_locate` (pyarrow's fields and their lengths), or ``None`` if some
+line or value needs the array path's rules."""
 
 _INT = r"^(?:[0-9]+|-)$"
 _FLOAT = r"^(?:[0-9]+\.?[0-9]*|\.[0-9]+|-)$"
@@ -230,29 +232,67 @@ def plain(tokens: tuple[Token, ...], columns: dict[str, str]) -> bool:
     )
 
 
+_SHAPES = {
+    "digits3": r"^[0-9]{3}$",
+    "digits": r"^[0-9]+$",
+    "number": r"^[0-9.]+$",
+}
+_TIME = (  # [$time_local], split at its space by pyarrow
+    r"^\[[0-9]{2}/[A-Za-z]{3}/[0-9]{4}:[0-9]{2}:[0-9]{2}:[0-9]{2}$",
+    r"^[+-][0-9]{4}\]$",
+)
+
+
+def _checks(tokens: tuple[Token, ...]) -> tuple[list[int], list[tuple[int, str]]]:
+    """What the array path checks of each token of a line whose breaks are the layout's
+    (:func:`fast_parser`'s ``_fields``), as pyarrow's fields: those that must not be
+    empty, and the regular expressions (RE2) that others must match in full."""
+    nonempty: list[int] = []
+    regexes: list[tuple[int, str]] = []
+    at = 0
+    for t in tokens:
+        if t.kind == "bracket" and t.time:
+            regexes += [(at, _TIME[0]), (at + 1, _TIME[1])]
+        elif t.kind == "bracket":
+            regexes.append((at, r"^\[.*\]$" if not t.spaces else r"^\["))
+            if t.spaces:
+                regexes.append((at + t.spaces, r"\]$"))
+        elif t.kind == "literal":
+            regexes.append((at, "^" + re.escape(t.text) + "$"))
+        elif t.kind == "bare":
+            nonempty.append(at)
+            if t.shape != "any":
+                shape = _SHAPES[t.shape]
+                regexes.append((at, shape[:-1] + "$|^-$" if t.dash else shape))
+        at += 1 + (t.spaces if t.kind == "bracket" else 0)
+    return nonempty, regexes
+
+
 def arrow_columns(
-    pattern: str, variants: Sequence[tuple[Token, ...]], columns: dict[str, str], fill_int: int
+    variants: Sequence[tuple[Token, ...]], columns: dict[str, str], fill_int: int
 ) -> ArrowColumns | None:
     """The wanted columns straight from pyarrow's fields, all in pyarrow (outside the GIL):
-    every line must fully match ``pattern`` (RE2 and Python's ``re`` agree on it for
-    printable ASCII lines: the layouts' patterns use no construct they read differently),
-    then each field is its token's group (no group of a layout's pattern holds a break
-    its line does not give it, see the module's docstring); numbers of the plain shapes
-    (``\\d+``, ``\\d*.\\d*``, ``-``) are cast by pyarrow (correctly rounded, as
-    ``float`` is). ``None``: some wanted column is not one field read as ``int``,
-    ``float`` or ``str`` (a timestamp, a bracket with spaces, the request's parts, a list
-    of numbers): the array path converts those."""
+    each field is checked as the array path checks its token (its shape by RE2: the
+    digits of ``status``, the time...; quoted fields need nothing, their lines having no
+    backslash), then it is its token's group (see the module's docstring); numbers of
+    the plain shapes (``\\d+``, ``\\d*.\\d*``, ``-``) are cast by pyarrow (correctly
+    rounded, as ``float`` is). ``None``: some wanted column is not one field read as
+    ``int``, ``float`` or ``str`` (a timestamp, a bracket with spaces, the request's
+    parts, a list of numbers): the array path converts those."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    places = [_places(tokens) for tokens in variants]
     if not plain(variants[0], columns):
         return None
-    whole = "^(?:" + re.sub(r"\(\?P<\w+>", "(?:", pattern) + ")\n$"
+    places = [_places(tokens) for tokens in variants]
+    checks = [_checks(tokens) for tokens in variants]
+    digits = [{t.name for t in tokens if t.shape in ("digits", "digits3")} for tokens in variants]
+    brackets = {t.name for t in variants[0] if t.kind == "bracket"}  # [value]: one field
     dash, zero = _scalar(pa, b"-"), _scalar(pa, b"0")
 
-    def number(values: Any, kind: str) -> NDArray[Any] | None:
-        if not pc.all(pc.match_substring_regex(values, _INT if kind == "int" else _FLOAT)).as_py():
+    def number(values: Any, kind: str, checked: bool) -> NDArray[Any] | None:
+        shape = _INT if kind == "int" else _FLOAT
+        if not checked and not pc.all(pc.match_substring_regex(values, shape)).as_py():
             return None
         is_dash = pc.equal(values, dash)
         cast = pc.cast(
@@ -263,17 +303,15 @@ def arrow_columns(
             out[_primitive(pc.cast(is_dash, pa.uint8()), np.uint8).view(bool)] = np.nan
         return out
 
-    def convert(blob: bytes, newlines: NDArray[np.intp], k: int, table: Any) -> Any:
-        n = len(newlines)
-        offsets = np.empty(n + 1, np.int32)
-        offsets[0] = 0
-        offsets[1:] = newlines + 1
-        lines = pa.Array.from_buffers(
-            pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(blob)]
-        )
+    def convert(k: int, table: Any, lengths: list[NDArray[np.intp]]) -> Any:
+        nonempty, regexes = checks[k]
+        if not all(lengths[field].all() for field in nonempty):
+            return None
+        n = len(lengths[0])
         try:
-            if not pc.all(pc.match_substring_regex(lines, whole)).as_py():
-                return None
+            for field, regex in regexes:
+                if not pc.all(pc.match_substring_regex(table.column(field), regex)).as_py():
+                    return None
             out: dict[str, NDArray[Any]] = {}
             for name, kind in columns.items():
                 at = places[k].get(name)
@@ -282,11 +320,13 @@ def arrow_columns(
                     out[name] = np.full(n, fill, object if kind == "str" else None)
                     continue
                 values = table.column(at)
+                if name in brackets:
+                    values = pc.binary_slice(values, 1, -1)
                 if kind == "str":
                     out[name] = np.empty(n, object)
                     out[name][:] = values.cast(pa.string()).to_pylist()
                     continue
-                found = number(values, kind)
+                found = number(values, kind, kind == "int" and name in digits[k])
                 if found is None:
                     return None
                 out[name] = found

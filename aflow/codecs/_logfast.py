@@ -269,7 +269,7 @@ def fast_parser(
         out = np.empty(n, dtype)
         done = np.zeros(n, bool)
         if columnar is not None and found.ok.all():
-            taken = columnar(blob, found.newlines, found.variant, found.table)
+            taken = columnar(found.variant, found.table, found.lengths)
             if taken is not None:
                 for name, col in taken.items():
                     out[name] = col

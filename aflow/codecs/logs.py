@@ -298,11 +298,9 @@ def _parser(
     if layout is not None and set(columns) <= layout.groups():
         split = None
         if arrow:
-            regex = pattern.pattern
 
             def split(variants: list[tuple[Token, ...]]) -> tuple[Any, Any]:
-                columnar = arrow_columns(regex, variants, columns, fill_int)
-                return arrow_breaks(variants), columnar
+                return arrow_breaks(variants), arrow_columns(variants, columns, fill_int)
 
         fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed, split)
 
