@@ -3,6 +3,7 @@ line, on nginx-formatted lines, hostile ones included."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from datetime import UTC, datetime
@@ -17,6 +18,11 @@ from hypothesis import strategies as st
 import aflow as af
 from aflow.codecs import COMBINED, COMBINED_COLUMNS, LogDecoder, LogFormat, logs
 from aflow.codecs._blocks import RejectedLines
+from aflow.codecs.logs import LogEngine
+
+needs_arrow = pytest.mark.skipif(
+    importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow (the arrow extra)"
+)
 
 TIME = "%d/%b/%Y:%H:%M:%S %z"
 NGINX = (
@@ -178,6 +184,13 @@ ALL_COMBINED = {
 }
 ALL_COMBINED["time"] = f"timestamp:{TIME}"
 ALL_COMBINED["bytes"] = "int"
+PLAIN_COMBINED = {  # one field each: pyarrow's columns taken as they are
+    "remote_user": "str",
+    "status": "int",
+    "bytes": "int",
+    "user_agent": "str",
+    "request_time": "float",
+}
 
 
 def _decoded(decoder: LogDecoder, lines: list[bytes]) -> tuple[list[tuple[Any, ...]], list[int]]:
@@ -185,11 +198,16 @@ def _decoded(decoder: LogDecoder, lines: list[bytes]) -> tuple[list[tuple[Any, .
     return as_tuples(rows), [b.index for b in bad]
 
 
+ENGINES = ["numpy", pytest.param("pyarrow", marks=needs_arrow)]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=150, deadline=None)
 @given(lines=access_lines())
-def test_combined_array_path_agrees_with_re(lines: list[bytes]) -> None:
+def test_combined_array_path_agrees_with_re(lines: list[bytes], engine: LogEngine) -> None:
     for columns in (ALL_COMBINED, {"status": "int", "request_time": "float"}):
-        decoder = LogDecoder(COMBINED, columns)
+        decoder = LogDecoder(COMBINED, columns, engine=engine)
+        assert decoder.engine == engine
         assert decoder.vectorized
         want, bad = reference(lines, COMBINED, columns)
         got, got_bad = _decoded(decoder, lines)
@@ -197,13 +215,14 @@ def test_combined_array_path_agrees_with_re(lines: list[bytes]) -> None:
         assert got_bad == bad
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=150, deadline=None)
 @given(lines=access_lines())
-def test_log_format_array_path_agrees_with_re(lines: list[bytes]) -> None:
+def test_log_format_array_path_agrees_with_re(lines: list[bytes], engine: LogEngine) -> None:
     fmt = LogFormat(NGINX)
     columns = {**fmt.columns, "method": "str", "path": "str", "protocol": "str"}
     columns["request_time"] = "float"
-    decoder = LogDecoder(fmt, columns)
+    decoder = LogDecoder(fmt, columns, engine=engine)
     assert decoder.vectorized
     want, bad = reference(lines, fmt.pattern, columns)
     got, got_bad = _decoded(decoder, lines)
@@ -241,6 +260,71 @@ def test_bad_lines_keep_their_line_numbers_through_read_log(tmp_path: Path) -> N
     got = af.run(flow).value
     assert len(got) == 30_000 - len(bad)
     assert sorted(d.provenance.start for d in dead) == bad  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+def test_bad_values_in_well_split_lines_keep_their_line_numbers(
+    tmp_path: Path, escaped: bool
+) -> None:
+    """Lines pyarrow splits into the right fields but whose values are bad (a status of
+    another shape, a size beyond int64, a request time with two dots), in blocks of
+    clean lines or (``escaped``) with an escaped quote in some request: each bad line
+    goes to ``on_error`` with its own line number, whichever path its block took."""
+    line = '10.0.0.{} - - [10/Oct/2000:13:55:36 -0700] "GET /{} HTTP/1.1" {} {} "-" "c" {}\n'
+    lines, bad = [], []
+    for i in range(20_000):
+        status, size, rt = "200", str(i), f"0.{i % 10}"
+        if i % 1013 == 7:
+            status = "2x0"
+        elif i % 1013 == 500:
+            size = "123456789012345678901"
+        elif i % 1013 == 900:
+            rt = "1.2.3"
+        if status != "200" or len(size) > 20 or rt == "1.2.3":
+            bad.append(i + 1)
+        path = f'q?x=\\"{i}\\"' if escaped and i % 97 == 0 else str(i)
+        lines.append(line.format(i % 250, path, status, size, rt))
+    file = tmp_path / "access.log"
+    file.write_text("".join(lines))
+    dead: list[af.FailedItem] = []
+    columns = {"status": "int", "bytes": "int", "request_time": "float", "path": "str"}
+    for cols in (columns, {k: v for k, v in columns.items() if k != "path"}):
+        dead.clear()
+        flow = af.read_log(str(file), columns=cols, on_error=af.dead_letter(dead))
+        got = af.run(flow).value
+        assert len(got) == 20_000 - len(bad)
+        assert sorted(d.provenance.start for d in dead) == bad  # type: ignore[union-attr]
+        assert got["bytes"][:3].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_brackets_and_literals_agree_with_re(engine: LogEngine) -> None:
+    fmt = LogFormat('$remote_addr [$tag] rt=x "$request" $status [$time_local] $n')
+    columns = {"remote_addr": "str", "tag": "str", "status": "int", "n": "float"}
+    good = '1.2.3.4 [{}] {} "GET / HTTP/1.1" {} [10/Oct/2000:13:55:36 -0700] {}'
+    variants = [
+        ("a", "rt=x", "200", "0.5"),
+        ("", "rt=x", "200", "-"),
+        ("a]b", "rt=x", "404", "7"),
+        ("a", "rt=y", "200", "0.5"),
+        ("a", "rt=xx", "200", "0.5"),
+        ("a", "rt=x", "2 0", "0.5"),
+        ("a", "rt=x", "+20", "0.5"),
+        ("a", "rt=x", "200", "1.2.3"),
+        ("a", "rt=x", "200", ".5"),
+    ]
+    lines = [(good.format(*v) + "\n").encode() for v in variants]
+    lines.append(b'1.2.3.4 a] rt=x "GET /" 200 [10/Oct/2000:13:55:36 -0700] 1\n')
+    lines.append(b'1.2.3.4 [a rt=x "GET /" 200 [10/Oct/2000:13:55:36 -0700] 1\n')
+    lines.append(b'1.2.3.4 [a] rt=x "GET /" 200 [10/Oct/2000:13:55:36 -0700 1\n')
+    lines.append(b'1.2.3.4 [a] rt=x "GET /" 200 [10/Oct/2000:13:55:36 +07:0] 1\n')
+    decoder = LogDecoder(fmt, columns, engine=engine)
+    assert decoder.engine == engine
+    for block in (lines, lines[:3], lines[1:3] * 20, lines[:2] * 50):  # all well split, or not
+        want, bad = reference(block, fmt.pattern, columns)
+        got, got_bad = _decoded(decoder, block)
+        same(got, want)
+        assert got_bad == bad
 
 
 def test_log_format_rejects_what_it_cannot_split() -> None:
@@ -307,17 +391,22 @@ def clean_blocks(draw: st.DrawFn) -> list[bytes]:
     return lines
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=300, deadline=None)
 @given(lines=clean_blocks())
-def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(lines: list[bytes]) -> None:
+def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(
+    lines: list[bytes], engine: LogEngine
+) -> None:
     fmt = LogFormat(NGINX)
     format_columns = {**fmt.columns, "method": "str", "path": "str", "protocol": "str"}
     for pattern, columns in (
         (COMBINED, ALL_COMBINED),
         (COMBINED, {"status": "int", "request_time": "float"}),
+        (COMBINED, PLAIN_COMBINED),
         (fmt, format_columns),
+        (fmt, {"status": "int", "body_bytes_sent": "int", "http_referer": "str"}),
     ):
-        decoder = LogDecoder(pattern, columns)
+        decoder = LogDecoder(pattern, columns, engine=engine)
         regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern
         want, bad = reference(lines, regex, columns)
         got, got_bad = _decoded(decoder, lines)

@@ -41,6 +41,7 @@ from .lines import LineSplitter as LineSplitter
 from .logs import COMBINED as COMBINED
 from .logs import COMBINED_COLUMNS as COMBINED_COLUMNS
 from .logs import LogDecoder as LogDecoder
+from .logs import LogEngine as LogEngine
 from .logs import LogFormat as LogFormat
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "LengthPrefixedFramer",
     "LineSplitter",
     "LogDecoder",
+    "LogEngine",
     "LogFormat",
     "RecordFramer",
     "columns",

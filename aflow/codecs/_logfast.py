@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from ._timeparse import FixedFormat
 
-__all__ = ["TIME_SHAPE", "FastParse", "Layout", "Token", "fast_parser"]
+__all__ = ["TIME_SHAPE", "Arrow", "FastParse", "Layout", "Token", "fast_parser"]
 
 Kind = Literal["bare", "quoted", "bracket", "literal"]
 Shape = Literal["any", "digits", "digits3", "number"]
@@ -74,6 +74,10 @@ class Layout:
             out |= {"method", "path", "protocol"}
         return out
 
+
+Arrow = Callable[[list[tuple[Token, ...]]], tuple[Any, Any]]
+"""``variants -> (tokenize, columnar)``: pyarrow's split of clean blocks for the layout's
+variants (see :mod:`._logarrow`, which builds them)."""
 
 FastParse = Callable[[bytes], tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]]
 """``blob -> (out, done, newlines)``: one row per line of ``blob`` (filled for the
@@ -233,19 +237,72 @@ def fast_parser(
     fill_int: int,
     formats: dict[str, str],
     fixed: dict[str, FixedFormat | None],
+    arrow: Arrow | None = None,
 ) -> FastParse:
-    """The array path for ``layout`` (see the module's docstring)."""
+    """The array path for ``layout`` (see the module's docstring); with ``arrow``, clean
+    blocks are split by pyarrow (see :mod:`._logarrow`)."""
     variants = [layout.tokens[: len(layout.tokens) - k] for k in range(layout.optional + 1)]
     plans = [_plan(tokens) for tokens in variants]
     need_text = any(kind.partition(":")[0] == "str" for kind in columns.values())
+    tokenize, columnar = arrow(variants) if arrow is not None else (None, None)
+
+    def convert(
+        blob: bytes,
+        data: NDArray[np.uint8],
+        spaces: _Breaks | _Spaces,
+        tokens: tuple[Token, ...],
+        m: NDArray[np.intp],
+        starts: NDArray[np.intp],
+        placed: bool,
+    ) -> tuple[NDArray[np.bool_], dict[str, NDArray[Any]]]:
+        text = blob.decode("latin-1") if need_text else None  # canonical lines are ASCII
+        return _fields(
+            data, text, spaces, tokens, m, starts, columns, dtype, fill_int, formats, fixed, placed
+        )
+
+    def by_arrow(blob: bytes, raw: NDArray[np.uint8], lines: int) -> Any:
+        assert tokenize is not None
+        found = tokenize(blob, raw, lines)
+        if found is None:
+            return None
+        n = len(found.newlines)
+        out = np.empty(n, dtype)
+        done = np.zeros(n, bool)
+        if columnar is not None and found.ok.all():
+            taken = columnar(found.variant, found.table, found.lengths)
+            if taken is not None:
+                for name, col in taken.items():
+                    out[name] = col
+                return out, ~done, found.newlines
+        kept = np.flatnonzero(found.ok) if not found.ok.all() else None
+        data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
+        spaces = _Spaces(data, len(blob))
+        at = found.starts if kept is None else found.starts[kept]
+        tokens = variants[found.variant]
+        good, values = convert(blob, data, spaces, tokens, found.matrix(), at, True)
+        rows = np.flatnonzero(good) if kept is None else kept[good]
+        if len(rows) == n:
+            for name, col in values.items():
+                out[name] = col
+            done[:] = True
+        else:
+            for name, col in values.items():
+                out[name][rows] = col
+            done[rows] = True
+        return out, done, found.newlines
 
     def parse(blob: bytes) -> tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]:
+        if tokenize is not None:
+            raw = np.frombuffer(blob, np.uint8)
+            count = _clean(blob, raw)
+            found = by_arrow(blob, raw, count) if count > 0 else None
+            if found is not None:
+                return found  # type: ignore[no-any-return]
         data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
         b = _Breaks(blob, data[: len(blob)])
         n = len(b.newlines)
         out = np.empty(n, dtype)
         done = np.zeros(n, bool)
-        text: str | None = None
         todo = b.clean
         for tokens, plan in zip(variants, plans, strict=True):
             lines = np.flatnonzero(
@@ -258,11 +315,7 @@ def fast_parser(
                 m, lines = m[ok], lines[ok]
             if not len(lines):
                 continue
-            if text is None and need_text:
-                text = blob.decode("latin-1")  # canonical lines are ASCII
-            good, values = _fields(
-                data, text, b, tokens, m, b.starts[lines], columns, dtype, fill_int, formats, fixed
-            )
+            good, values = convert(blob, data, b, tokens, m, b.starts[lines], False)
             rows = lines[good]
             for name, col in values.items():
                 out[name][rows] = col
@@ -273,10 +326,35 @@ def fast_parser(
     return parse
 
 
+def _clean(blob: bytes, data: NDArray[np.uint8]) -> int:
+    """The lines of ``blob`` if each holds only printable ASCII without a backslash, else
+    -1."""
+    if not blob.isascii() or b"\\" in blob:
+        return -1
+    lines = np.count_nonzero(data == 10)
+    return int(lines) if np.count_nonzero(data < 32) == lines else -1
+
+
+class _Spaces:
+    """Every space of a block, found when first asked for."""
+
+    def __init__(self, data: NDArray[np.uint8], size: int) -> None:
+        self._data, self._size = data, size
+        self._spaces: NDArray[np.intp] | None = None
+
+    @property
+    def spaces(self) -> NDArray[np.intp]:
+        """Every space; then one beyond every line, so that a next space always exists."""
+        if self._spaces is None:
+            found = np.flatnonzero(self._data[: self._size] == 32)
+            self._spaces = np.append(found, self._size - 1 + PAD + 2)
+        return self._spaces
+
+
 def _fields(
     data: NDArray[np.uint8],
     text: str | None,
-    b: _Breaks,
+    b: _Breaks | _Spaces,
     tokens: tuple[Token, ...],
     m: NDArray[np.intp],
     starts: NDArray[np.intp],
@@ -285,10 +363,12 @@ def _fields(
     fill_int: int,
     formats: dict[str, str],
     fixed: dict[str, FixedFormat | None],
+    placed: bool = False,
 ) -> tuple[NDArray[np.bool_], dict[str, NDArray[Any]]]:
     """Check each token of the canonical lines ``m`` (their break positions) and convert
     the wanted columns; returns which lines passed and the columns (all lines' values,
-    or only the passing lines')."""
+    or only the passing lines'). ``placed``: each quoted token is known to lie between
+    its two quotes, right after the previous break and right before the next."""
     n = len(m)
     ok = np.ones(n, bool)
     values: dict[str, NDArray[Any]] = {}
@@ -298,11 +378,12 @@ def _fields(
     for t in tokens:
         if t.kind == "quoted":
             opening, closing = m[:, col], m[:, col + 1]
-            ok &= opening == prev + 1
             lo, hi = opening + 1, closing
             col += 2
-            ok &= m[:, col] == closing + 1
-            ok &= closing > opening
+            if not placed:
+                ok &= opening == prev + 1
+                ok &= m[:, col] == closing + 1
+                ok &= closing > opening
         elif t.kind == "bracket":
             col += t.spaces
             lo, hi = prev + 2, m[:, col] - 1
@@ -431,7 +512,7 @@ def _number(
 
 
 def _request(
-    data: NDArray[np.uint8], b: _Breaks, lo: NDArray[np.intp], hi: NDArray[np.intp]
+    data: NDArray[np.uint8], b: _Breaks | _Spaces, lo: NDArray[np.intp], hi: NDArray[np.intp]
 ) -> tuple[dict[str, tuple[NDArray[np.intp], NDArray[np.intp]]], NDArray[np.bool_]]:
     """``method path protocol`` of a request line as the regex splits it: the method up
     to the first space, the protocol after the last space when it reads ``HTTP/[\\d.]+``

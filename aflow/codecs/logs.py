@@ -14,16 +14,19 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ._blocks import SMALL_BLOCK, LineDecoder, Parse, RejectedLines
+from ._logarrow import arrow_breaks, arrow_columns, has_arrow, plain
 from ._logfast import Layout, Token, fast_parser
 from ._timeparse import FixedFormat
 
-__all__ = ["COMBINED", "COMBINED_COLUMNS", "LogDecoder", "LogFormat"]
+__all__ = ["COMBINED", "COMBINED_COLUMNS", "LogDecoder", "LogEngine", "LogFormat"]
+
+LogEngine: TypeAlias = Literal["auto", "numpy", "pyarrow"]
 
 _QUOTED = r'(?:[^"\\\n]|\\.)*'  # nginx escapes " and \ (as \x22, or \" with escape=json)
 COMBINED = (
@@ -270,6 +273,7 @@ def _parser(
     errors: str,
     fill_int: int,
     layout: Layout | None = None,
+    arrow: bool = False,
 ) -> tuple[Parse, np.dtype[Any], bool]:
     dtype = np.dtype([(name, _column_dtype(kind)) for name, kind in columns.items()])
     for name in columns:
@@ -292,7 +296,13 @@ def _parser(
     fixed = {name: _fixed_format(fmt) for name, fmt in formats.items()}
     fast = None
     if layout is not None and set(columns) <= layout.groups():
-        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed)
+        split = None
+        if arrow:
+
+            def split(variants: list[tuple[Token, ...]]) -> tuple[Any, Any]:
+                return arrow_breaks(variants), arrow_columns(variants, columns, fill_int)
+
+        fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed, split)
 
     def columns_of(rows: list[Any]) -> Converted:
         """The rows' columns, and the rows (with errors) whose fields do not convert."""
@@ -409,6 +419,24 @@ def _capturing_only(pattern: re.Pattern[str], names: set[str]) -> re.Pattern[str
     return re.compile(slim, pattern.flags)
 
 
+def _choose(engine: LogEngine, layout: Layout | None, columns: dict[str, str]) -> LogEngine:
+    if engine not in ("auto", "numpy", "pyarrow"):
+        raise ValueError(f"LogDecoder: engine={engine!r}: use 'auto', 'numpy' or 'pyarrow'")
+    if engine == "numpy":
+        return "numpy"
+    if layout is None:
+        if engine == "pyarrow":
+            raise ValueError("LogDecoder: engine='pyarrow' needs COMBINED or a LogFormat")
+        return "numpy"
+    if engine == "auto" and not plain(layout.tokens, columns):
+        return "numpy"  # splitting by pyarrow would cost more than it saves
+    if has_arrow():
+        return "pyarrow"
+    if engine == "pyarrow":
+        raise ImportError("engine='pyarrow' needs pyarrow: `pip install pyarrow` (the arrow extra)")
+    return "numpy"
+
+
 def _fixed_format(fmt: str) -> FixedFormat | None:
     try:
         return FixedFormat(fmt)
@@ -439,6 +467,14 @@ class LogDecoder(LineDecoder):
             other patterns.
         fill_int: what an ``int`` group that took no part in the match reads as
             (distinct from a real 0); such a ``float`` reads as NaN, a timestamp as NaT.
+        engine: for :data:`COMBINED` and a :class:`LogFormat`: ``"pyarrow"`` (needs
+            pyarrow, the ``arrow`` extra) splits blocks of printable ASCII lines with
+            pyarrow's CSV reader, checks the lines against the regular expression with
+            RE2 and casts the numbers, outside the GIL; ``"numpy"`` finds the fields
+            with NumPy; ``"auto"``: pyarrow when installed and every column is one
+            field read as ``int``, ``float`` or ``str`` (not a timestamp nor the
+            request's ``method``, ``path``, ``protocol``), else NumPy. Lines either
+            engine cannot take go to the regular expression: the rows are the same.
 
     Attributes:
         dtype: the rows' dtype: ``int64``, ``float64``, ``object`` or
@@ -450,10 +486,13 @@ class LogDecoder(LineDecoder):
             (:data:`COMBINED` and a :class:`LogFormat`; the other lines by the regular
             expression): parsing then mostly runs outside the GIL, so blocks gain from
             worker threads.
+        engine: the engine chosen, ``"numpy"`` or ``"pyarrow"``.
 
     Raises:
         ValueError: a column that is not a named group of the pattern, or of an unknown
-            type.
+            type; ``engine="pyarrow"`` for a pattern that is neither :data:`COMBINED`
+            nor a :class:`LogFormat`.
+        ImportError: ``engine="pyarrow"`` without pyarrow installed.
 
     Examples:
         >>> decoder = LogDecoder(r"(?P<level>[A-Z]+) (?P<ms>\\d+)", {"level": "str", "ms": "int"})
@@ -469,6 +508,7 @@ class LogDecoder(LineDecoder):
         *,
         errors: str | None = None,
         fill_int: int = -1,
+        engine: LogEngine = "auto",
     ) -> None:
         layout = None
         if isinstance(pattern, LogFormat):
@@ -484,6 +524,10 @@ class LogDecoder(LineDecoder):
             errors = "replace" if layout is not None else "strict"
         b"".decode("utf-8", errors)  # an unknown handler fails here, not per block
         self.errors = errors
-        self._parse, self.dtype, self.vectorized = _parser(compiled, cols, errors, fill_int, layout)
+        self.engine = _choose(engine, layout, cols)
+        arrow = self.engine == "pyarrow"
+        self._parse, self.dtype, self.vectorized = _parser(
+            compiled, cols, errors, fill_int, layout, arrow
+        )
         if self.vectorized:
             self.small_block = SMALL_BLOCK

@@ -1,0 +1,337 @@
+"""The breaks of a clean block's lines found by pyarrow's CSV reader (the ``arrow`` extra).
+
+pyarrow splits a block into space-separated fields, quotes honoured, outside the GIL and
+several times faster than finding every space and quote with NumPy. It does not say
+where each field was, so that is rebuilt from the lengths of its values, assuming each
+line has its layout's shape: a quoted token is its value between two quotes, any other
+its value alone, one space between tokens. The assumption is then checked where it
+matters: a quote at both ends of every quoted token, a newline at the end of every line,
+and no other quote in the line. A line that passes has exactly the breaks its layout
+gives (pyarrow began a quoted token at that quote and ended it at the next one, the
+closing one, followed by the space it split at; a token without a quote holds no space),
+so its fields are those the NumPy path would find; a line that fails is left to the
+regular expression.
+
+A block pyarrow cannot split into the layout's number of fields on every line (a field
+missing or extra, a quote left open across lines) is left to the NumPy path whole.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._logfast import Token
+
+__all__ = [
+    "ArrowBreaks",
+    "ArrowColumns",
+    "Located",
+    "arrow_breaks",
+    "arrow_columns",
+    "has_arrow",
+    "plain",
+]
+
+ArrowBreaks = Callable[[bytes, NDArray[np.uint8], int], "Located | None"]
+"""``(blob, data, lines) -> located``: the block's ``lines`` as pyarrow split them;
+``None``: pyarrow cannot split the block by any variant."""
+
+
+def has_arrow() -> bool:
+    """Whether pyarrow's CSV reader can be imported."""
+    try:
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
+    """The pyarrow tokenizer for the layout ``variants`` (its tokens, then shorter)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    shapes = [_fields_of(tokens) for tokens in variants]
+    parse = pacsv.ParseOptions(
+        delimiter=" ",
+        quote_char='"',
+        double_quote=False,
+        escape_char=False,
+        newlines_in_values=False,
+        ignore_empty_lines=False,
+    )
+    options = []
+    for quoted in shapes:
+        names = [f"f{i}" for i in range(len(quoted))]
+        convert = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.binary()),
+            check_utf8=False,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        )
+        options.append((names, convert))
+    preferred = [0]  # the variant the last block had: tried first
+
+    def breaks(blob: bytes, data: NDArray[np.uint8], lines: int) -> Located | None:
+        order = [preferred[0], *(k for k in range(len(variants)) if k != preferred[0])]
+        for k in order:
+            names, convert = options[k]
+            read = pacsv.ReadOptions(
+                column_names=names, use_threads=False, block_size=max(len(blob) + 1, 1 << 20)
+            )
+            try:
+                table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert)
+            except pa.ArrowInvalid:
+                continue  # another number of fields on some line
+            preferred[0] = k
+            lengths = [_lengths(table.column(i)) for i in range(len(names))]
+            found = _locate(data, lines, shapes[k], lengths)
+            if found is None:
+                return None
+            breaks, starts, newlines, ok = found
+            return Located(k, starts, newlines, ok, breaks, lengths, table)
+        return None
+
+    return breaks
+
+
+def _fields_of(tokens: tuple[Token, ...]) -> list[bool]:
+    """The layout's tokens as pyarrow's fields (a bracketed token with spaces is several):
+    whether each is quoted."""
+    quoted: list[bool] = []
+    for t in tokens:
+        quoted += [t.kind == "quoted"] + [False] * (t.spaces if t.kind == "bracket" else 0)
+    return quoted
+
+
+def _lengths(column: Any) -> NDArray[np.intp]:
+    """The byte lengths of a binary column's values (from its offsets, no copy)."""
+    parts = []
+    for chunk in column.chunks:
+        offsets = np.frombuffer(
+            chunk.buffers()[1], np.int32, count=len(chunk) + 1, offset=chunk.offset * 4
+        )
+        parts.append(np.diff(offsets).astype(np.intp))
+    return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+
+@dataclass(frozen=True)
+class Located:
+    """The lines of a block as pyarrow split them, checked (see :func:`_locate`)."""
+
+    variant: int
+    """Which of the layout's variants (its tokens, then shorter) the lines have."""
+    starts: NDArray[np.intp]
+    newlines: NDArray[np.intp]
+    """Where each line starts, and where it ends (its newline)."""
+    ok: NDArray[np.bool_]
+    """Which lines have the shape assumed (their fields are the layout's)."""
+    breaks: list[NDArray[np.intp]]
+    """Every line's breaks in plan order, from its start."""
+    lengths: list[NDArray[np.intp]]
+    """The length of every field of every line."""
+    table: Any
+    """pyarrow's fields: binary columns ``f0``, ``f1``..."""
+
+    def matrix(self) -> NDArray[np.intp]:
+        """The break positions of the lines that have the shape (a row each)."""
+        m = np.stack(self.breaks, axis=1)
+        m += self.starts[:, None]
+        return m if self.ok.all() else m[self.ok]
+
+
+def _locate(
+    data: NDArray[np.uint8], lines: int, quoted: list[bool], lengths: list[NDArray[np.intp]]
+) -> tuple[list[NDArray[np.intp]], NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]] | None:
+    """Where the breaks of each line are, from its start, if each line has the assumed
+    shape (see the module's docstring); where lines start and end; which have it."""
+    n = len(lengths[0])
+    if n != lines:
+        return None  # a quote left open ran over a newline
+    breaks: list[NDArray[np.intp]] = []
+    quotes: list[NDArray[np.intp]] = []
+    stop = np.full(n, -1, np.intp)  # the break before the next field
+    for q, width in zip(quoted, lengths, strict=True):
+        if q:
+            opening = stop + 1
+            stop = stop + 2 + width  # the closing quote
+            breaks += [opening, stop]
+            quotes += [opening, stop]
+            stop = stop + 1
+        else:
+            stop = stop + 1 + width
+        breaks.append(stop)  # the space or newline after it
+    size = stop  # a line's bytes, its newline excluded
+    newlines = np.cumsum(size + 1) - 1
+    end = len(data) - 1
+    ok = np.ones(n, bool)
+    if newlines[-1] == end and (data[newlines] == 10).all():
+        starts = newlines - size
+    else:  # some line is not of the assumed shape: the lines as they are
+        newlines = np.flatnonzero(data == 10)
+        starts = np.concatenate(([0], newlines[:-1] + 1))
+        ok &= newlines - starts == size
+    for at in quotes:
+        ok &= data[np.minimum(at + starts, end)] == 34
+    if np.count_nonzero(data == 34) != len(quotes) * n or not ok.all():  # other quotes
+        found = np.flatnonzero(data == 34)
+        ok &= np.bincount(np.searchsorted(newlines, found), minlength=n)[:n] == len(quotes)
+    return breaks, starts, newlines, ok
+
+
+ArrowColumns = Callable[[int, Any, "list[NDArray[np.intp]]"], "dict[str, NDArray[Any]] | None"]
+"""``(variant, table, lengths) -> columns``: the wanted columns of a block whose every
+line passed :func:`_locate` (pyarrow's fields and their lengths), or ``None`` if some
+line or value needs the array path's rules."""
+
+_INT = r"^(?:[0-9]+|-)$"
+_FLOAT = r"^(?:[0-9]+\.?[0-9]*|\.[0-9]+|-)$"
+
+
+def _scalar(pa: Any, value: bytes) -> Any:
+    """A pyarrow binary scalar (``pa.scalar`` would import pandas: half a second)."""
+    offsets = np.array([0, len(value)], np.int32)
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(value)]
+    return pa.Array.from_buffers(pa.binary(), 1, buffers)[0]
+
+
+def _primitive(values: Any, dtype: type[np.generic]) -> NDArray[Any]:
+    """A chunked array of numbers without nulls as one NumPy array (a copy: writable;
+    ``to_numpy`` would import pandas)."""
+    size = np.dtype(dtype).itemsize
+    parts = [
+        np.frombuffer(c.buffers()[1], dtype, count=len(c), offset=c.offset * size)
+        for c in values.chunks
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _places(tokens: tuple[Token, ...]) -> dict[str, int]:
+    """Each named token's field in pyarrow's split (-1: a bracket with spaces, several)."""
+    at, place = 0, {}
+    for t in tokens:
+        if t.name is not None:
+            place[t.name] = at if t.kind != "bracket" or not t.spaces else -1
+        at += 1 + (t.spaces if t.kind == "bracket" else 0)
+    return place
+
+
+def plain(tokens: tuple[Token, ...], columns: dict[str, str]) -> bool:
+    """Whether every wanted column is one of pyarrow's fields read as ``int``, ``float``
+    or ``str`` (the columns :func:`arrow_columns` takes)."""
+    place = _places(tokens)
+    return all(
+        kind in ("int", "float", "str") and place.get(name, -1) >= 0
+        for name, kind in columns.items()
+    )
+
+
+_SHAPES = {
+    "digits3": r"^[0-9]{3}$",
+    "digits": r"^[0-9]+$",
+    "number": r"^[0-9.]+$",
+}
+_TIME = (  # [$time_local], split at its space by pyarrow
+    r"^\[[0-9]{2}/[A-Za-z]{3}/[0-9]{4}:[0-9]{2}:[0-9]{2}:[0-9]{2}$",
+    r"^[+-][0-9]{4}\]$",
+)
+
+
+def _checks(tokens: tuple[Token, ...]) -> tuple[list[int], list[tuple[int, str]]]:
+    """What the array path checks of each token of a line whose breaks are the layout's
+    (:func:`fast_parser`'s ``_fields``), as pyarrow's fields: those that must not be
+    empty, and the regular expressions (RE2) that others must match in full."""
+    nonempty: list[int] = []
+    regexes: list[tuple[int, str]] = []
+    at = 0
+    for t in tokens:
+        if t.kind == "bracket" and t.time:
+            regexes += [(at, _TIME[0]), (at + 1, _TIME[1])]
+        elif t.kind == "bracket":
+            regexes.append((at, r"^\[.*\]$" if not t.spaces else r"^\["))
+            if t.spaces:
+                regexes.append((at + t.spaces, r"\]$"))
+        elif t.kind == "literal":
+            regexes.append((at, "^" + re.escape(t.text) + "$"))
+        elif t.kind == "bare":
+            nonempty.append(at)
+            if t.shape != "any":
+                shape = _SHAPES[t.shape]
+                regexes.append((at, shape[:-1] + "$|^-$" if t.dash else shape))
+        at += 1 + (t.spaces if t.kind == "bracket" else 0)
+    return nonempty, regexes
+
+
+def arrow_columns(
+    variants: Sequence[tuple[Token, ...]], columns: dict[str, str], fill_int: int
+) -> ArrowColumns | None:
+    """The wanted columns straight from pyarrow's fields, all in pyarrow (outside the GIL):
+    each field is checked as the array path checks its token (its shape by RE2: the
+    digits of ``status``, the time...; quoted fields need nothing, their lines having no
+    backslash), then it is its token's group (see the module's docstring); numbers of
+    the plain shapes (``\\d+``, ``\\d*.\\d*``, ``-``) are cast by pyarrow (correctly
+    rounded, as ``float`` is). ``None``: some wanted column is not one field read as
+    ``int``, ``float`` or ``str`` (a timestamp, a bracket with spaces, the request's
+    parts, a list of numbers): the array path converts those."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not plain(variants[0], columns):
+        return None
+    places = [_places(tokens) for tokens in variants]
+    checks = [_checks(tokens) for tokens in variants]
+    digits = [{t.name for t in tokens if t.shape in ("digits", "digits3")} for tokens in variants]
+    brackets = {t.name for t in variants[0] if t.kind == "bracket"}  # [value]: one field
+    dash, zero = _scalar(pa, b"-"), _scalar(pa, b"0")
+
+    def number(values: Any, kind: str, checked: bool) -> NDArray[Any] | None:
+        shape = _INT if kind == "int" else _FLOAT
+        if not checked and not pc.all(pc.match_substring_regex(values, shape)).as_py():
+            return None
+        is_dash = pc.equal(values, dash)
+        cast = pc.cast(
+            pc.if_else(is_dash, zero, values), pa.int64() if kind == "int" else pa.float64()
+        )
+        out = _primitive(cast, np.int64 if kind == "int" else np.float64)
+        if kind == "float":
+            out[_primitive(pc.cast(is_dash, pa.uint8()), np.uint8).view(bool)] = np.nan
+        return out
+
+    def convert(k: int, table: Any, lengths: list[NDArray[np.intp]]) -> Any:
+        nonempty, regexes = checks[k]
+        if not all(lengths[field].all() for field in nonempty):
+            return None
+        n = len(lengths[0])
+        try:
+            for field, regex in regexes:
+                if not pc.all(pc.match_substring_regex(table.column(field), regex)).as_py():
+                    return None
+            out: dict[str, NDArray[Any]] = {}
+            for name, kind in columns.items():
+                at = places[k].get(name)
+                if at is None:  # an optional token these lines lack
+                    fill = {"int": fill_int, "float": np.nan, "str": ""}[kind]
+                    out[name] = np.full(n, fill, object if kind == "str" else None)
+                    continue
+                values = table.column(at)
+                if name in brackets:
+                    values = pc.binary_slice(values, 1, -1)
+                if kind == "str":
+                    out[name] = np.empty(n, object)
+                    out[name][:] = values.cast(pa.string()).to_pylist()
+                    continue
+                found = number(values, kind, kind == "int" and name in digits[k])
+                if found is None:
+                    return None
+                out[name] = found
+        except pa.ArrowInvalid:  # a number beyond int64
+            return None
+        return out
+
+    return convert
