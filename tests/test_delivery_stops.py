@@ -105,6 +105,10 @@ def _flow(tmp_path: Path, kind: str) -> tuple[Any, Callable[..., Any], int]:
         return (*_lines_flow(tmp_path, 1, compress=True), ROWS)
     if kind == "lines-4-files":
         return (*_lines_flow(tmp_path, 4), 4 * ROWS)
+    if kind == "lines-mixed":  # plain files read one after another, a gzip one beside them
+        for k in range(3):
+            _write_lines(tmp_path / f"in{k}.log", k * ROWS, compress=k == 1)
+        return af.read_lines(str(tmp_path / "in*.log"), read_size=READ), _ids_of_lines, 3 * ROWS
     return (*_blocks_flow(tmp_path, kind), ROWS)
 
 
@@ -144,7 +148,8 @@ def _check_prefixes(ids: list[int], files: int) -> None:
         assert own == list(range(len(own))), f"file {k}: rows twice, out of order or missing"
 
 
-KINDS = ["lines", "lines-gzip", "lines-4-files", "csv", "jsonl", "records", "npy"]
+KINDS = ["lines", "lines-gzip", "lines-4-files", "lines-mixed", "csv", "jsonl", "records", "npy"]
+FILES = {"lines-4-files": 4, "lines-mixed": 3}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -152,7 +157,7 @@ async def test_a_stop_inside_a_file_hands_on_whole_rows_and_the_restart_the_rest
     anyio_backend: str, tmp_path: Path, kind: str
 ) -> None:
     flow, ids_of, total = _flow(tmp_path, kind)
-    files = 4 if kind == "lines-4-files" else 1
+    files = FILES.get(kind, 1)
     ck = tmp_path / "ck.db"
     first = await stopped_run(flow, 3000, ck)
     assert first.ended == "stopped"

@@ -6,6 +6,7 @@ import gc
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -381,3 +382,123 @@ def test_read_functions_pass_the_decoders_options_through(tmp_path: Path) -> Non
     )
     assert len(skipped.value) == 0
     assert skipped.statistics.errors == 20
+
+
+# -- plain files: read one after another, in the source's own task ----------------------
+
+
+def _write_records(path: Path, first: int, n: int) -> np.ndarray:
+    rows = np.zeros(n, READING)
+    rows["ts"] = np.arange(first, first + n)
+    rows["sensor"] = rows["ts"] % 7
+    rows.tofile(path)
+    return rows
+
+
+@pytest.mark.parametrize("max_open", [1, 2, 3])
+async def test_plain_files_are_read_max_open_at_a_time_a_read_of_each_in_turn(
+    tmp_path: Path, max_open: int
+) -> None:
+    sizes = [5000, 3000, 4000]  # 50, 30 and 40 reads of 100 records
+    parts = [_write_records(tmp_path / f"p{k}.bin", k * 10_000, n) for k, n in enumerate(sizes)]
+    flow = af.read_records(str(tmp_path / "p*.bin"), READING, read_size=1600, max_open=max_open)
+    order: list[int] = []
+    rows: list[np.ndarray] = []
+    async with flow.open() as run:
+        async for env in run.envelopes():
+            assert isinstance(env, af.Batch)
+            assert env.provenance is not None
+            order.append(int(Path(env.provenance.source).stem[1:]))
+            rows.append(env.data)
+    got = np.sort(np.concatenate(rows), order="ts")
+    np.testing.assert_array_equal(got, np.concatenate(parts))
+    # the turns of a round robin over at most max_open files at once; a file's last
+    # turn finds its end (and gives nothing)
+    want: list[int] = []
+    turns, active, waiting = {k: n // 100 + 1 for k, n in enumerate(sizes)}, [], [0, 1, 2]
+    while active or waiting:
+        while waiting and len(active) < max_open:
+            active.append(waiting.pop(0))
+        k = active.pop(0)
+        turns[k] -= 1
+        if turns[k]:
+            want.append(k)
+            active.append(k)
+    assert order == want
+
+
+async def test_plain_files_beside_a_compressed_one_lose_nothing(tmp_path: Path) -> None:
+    import gzip
+
+    lines = [[f"{k}-{i}" for i in range(3000)] for k in range(3)]
+    for k, text in enumerate(lines):
+        data = "".join(f"{line}\n" for line in text).encode()
+        (tmp_path / f"m{k}.log").write_bytes(gzip.compress(data) if k == 1 else data)
+    got = (await af.read_lines(str(tmp_path / "m*.log"), read_size=512).run()).value
+    for k, text in enumerate(lines):  # each file's lines whole and in order
+        assert [line for line in got if line.startswith(f"{k}-")] == text
+    assert len(got) == 9000
+    assert got.index("2-0") < got.index("0-2999")  # the plain files side by side
+
+
+async def test_a_stop_on_the_plain_path_flushes_what_the_stages_hold(tmp_path: Path) -> None:
+    path = tmp_path / "big.log"
+    path.write_text("".join(f"{i}\n" for i in range(100_000)))
+    seen: list[str] = []
+    written: list[list[str]] = []
+    holder: dict[str, af.Run[Any]] = {}
+
+    def watch(line: str) -> str:
+        seen.append(line)
+        if len(seen) == 250:
+            holder["run"].stop()
+        return line
+
+    flow = af.read_lines(path, read_size=300) | af.map(watch) | af.batch(100)
+    async with (flow | af.for_each(written.append)).open() as run:
+        holder["run"] = run
+        result = await run.wait()
+    assert result.ended == "stopped"
+    flat = [line for batch in written for line in batch]
+    assert 250 <= len(flat) < 100_000
+    assert flat == seen == [str(i) for i in range(len(flat))]  # the partial batch came
+    assert len(written[-1]) == len(flat) % 100 or len(flat) % 100 == 0
+
+
+async def test_a_cancelled_run_on_the_plain_path_closes_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "big.log"
+    path.write_text("".join(f"{i}\n" for i in range(100_000)))
+    fds = len(os.listdir("/proc/self/fd"))
+    got: list[str] = []
+    slow = af.throttle(5000, burst=10)
+    flow = af.read_lines(path, read_size=300) | slow | af.for_each(got.append)
+    with anyio.move_on_after(0.3) as scope:
+        await flow.run()
+    assert scope.cancelled_caught
+    assert 0 < len(got) < 100_000
+    assert got == [str(i) for i in range(len(got))]
+    await settle()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.parametrize("last_line", ["keep", "report"])
+async def test_a_torn_last_line_of_a_plain_file_is_kept_or_reported(
+    tmp_path: Path, last_line: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "torn.csv"
+    path.write_text("".join(f"{i},{i % 3},0.5\n" for i in range(2000)) + "2000,1,0.")
+    dead: list[af.FailedItem] = []
+    flow = af.read_csv(
+        path, READING, read_size=256, last_line=last_line, on_error=af.dead_letter(dead)
+    )
+    with caplog.at_level("WARNING", logger="aflow"):
+        got = (await flow.run()).value
+    if last_line == "keep":
+        assert got["ts"].tolist() == list(range(2001))
+        assert not dead
+        assert "line 2001 has no newline after it" in caplog.text
+    else:
+        assert got["ts"].tolist() == list(range(2000))
+        assert [d.item for d in dead] == [b"2000,1,0.\n"]  # the splitter ends every line
+        assert isinstance(dead[0].error, af.IncompleteFrameError)
+        assert dead[0].error.line == 2001

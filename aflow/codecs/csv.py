@@ -281,11 +281,13 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
     )
 
     def parse(blob: bytes) -> NDArray[Any]:
-        if not blob.strip():
+        if not blob or blob.isspace():
             return np.empty(0, dtype)
+        # one-byte searches first (memchr): a search for b"0x" in a block of numbers
+        # stops at every 0, and cost a 1 MiB block 0.5 ms, a third of its parse
         if b"\r" in blob and blob.count(b"\r") != blob.count(b"\r\n"):
             raise ValueError("a carriage return inside a line")  # pyarrow would end a row there
-        if b"0x" in blob or b"0X" in blob:
+        if (b"x" in blob and b"0x" in blob) or (b"X" in blob and b"0X" in blob):
             raise ValueError("a hexadecimal number")  # pyarrow reads some; NumPy does not
         table = pacsv.read_csv(pa.py_buffer(blob), read, options, convert)
         out = np.empty(table.num_rows, dtype)

@@ -294,7 +294,9 @@ def _suspects(
 def _plain(blob: bytes) -> bool:
     """Whether pyarrow may read ``blob``: nothing it accepts in keys outside the dtype
     that the reference rejects (NaN, Infinity, invalid UTF-8)."""
-    if b"NaN" in blob or b"Infinity" in blob:
+    # one-byte searches first (memchr): a search for b"NaN" stops at every N, and cost
+    # a 1 MiB block about 3 ms, more than its parse
+    if (b"N" in blob and b"NaN" in blob) or (b"I" in blob and b"Infinity" in blob):
         return False
     if blob.isascii():
         return True

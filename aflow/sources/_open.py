@@ -34,6 +34,9 @@ SKIP_PIECE = 1 << 20  # decompressed bytes skipped per read when starting past t
 class ByteStream(Protocol):
     """Bytes of one opened path, read in pieces."""
 
+    prompt: bool
+    """A read never waits for a writer (a file, not a FIFO): no stop needs to cut it."""
+
     async def read(self, size: int, /) -> bytes:
         """Up to ``size`` bytes; ``b""`` at the end."""
         ...
@@ -169,6 +172,8 @@ def read_small(paths: list[str], limit: int) -> list[tuple[os.stat_result, bytes
 class _FileStream:
     """A regular file read with ``os.pread`` in a worker thread."""
 
+    prompt = True
+
     def __init__(self, fd: int, position: int) -> None:
         self.fd: int | None = fd
         self.position = position
@@ -187,6 +192,8 @@ class _FileStream:
 
 class _FifoStream:
     """A FIFO (named pipe) read without threads; every wait is cancellable."""
+
+    prompt = False
 
     def __init__(self, fd: int) -> None:
         self.fd: int | None = fd
@@ -213,6 +220,8 @@ class _FifoStream:
 
 class _DecompressingStream:
     """A compressed file decompressed in a worker thread as it is read."""
+
+    prompt = True
 
     def __init__(self, file: Any, raw: BinaryIO) -> None:
         self.file = file

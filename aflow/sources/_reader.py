@@ -22,7 +22,7 @@ from ..codecs import LineSplitter, RecordFramer
 from ..errors import DecodeError, IncompleteFrameError
 from ..policies import Reporter
 from ._fileid import FINGERPRINT_BYTES, FileId, file_id
-from ._open import open_stream
+from ._open import ByteStream, open_stream
 from ._rotation import CatchUp
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "FileId",
     "FileReader",
     "LastLine",
+    "Reading",
     "Shape",
     "file_id",
     "position_of",
@@ -140,33 +141,25 @@ class FileReader:
 
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read to the end (follow mode is :class:`~aflow.sources._follow.Follower`)."""
-        stream = await open_stream(self.path, self.start)
-        if self.ident is None:  # never open a FIFO twice: its open blocks for a writer
-            self.ident = await anyio.to_thread.run_sync(_regular_id, self.path)
-        ended = False  # the end of the file was read (else a graceful stop came first)
+        reading = await self.open()
         try:
-            framer = self.framer(self.start, line=self.start_line)
-            while not out.stopping:
-                # A stop cancels this scope (a FIFO waits for its writer here): then
-                # nothing was read (never the previous chunk again).
-                chunk: bytes | None = None
-                with out.pull_scope():
-                    chunk = await stream.read(self.chunk_size)
-                if chunk is None:
-                    break
-                if not chunk:
-                    ended = True
-                    break
-                await self.feed(framer, chunk, emit, report)
+            while not out.stopping and await reading.step(emit, report, out):
+                pass
         finally:
+            await reading.close()
+        await reading.end(emit, report, out)
+
+    async def open(self) -> Reading:
+        """Open the file for :class:`Reading` it a chunk at a time."""
+        stream = await open_stream(self.path, self.start)
+        try:
+            if self.ident is None:  # never open a FIFO twice: its open blocks for a writer
+                self.ident = await anyio.to_thread.run_sync(_regular_id, self.path)
+        except BaseException:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
-        if ended:
-            await self.finish(framer, emit, report)
-        elif self.ident is None:  # a FIFO: what its writer sent is not read again
-            await self.hold_back(framer, report, False)
-        else:
-            self.leave_unread(framer, bool(out.checkpointed))
+            raise
+        return Reading(self, stream)
 
     async def feed(self, framer: _Framer, chunk: bytes, emit: Emit, report: Reporter) -> None:
         """Frame ``chunk``, report over-long lines, emit what is complete."""
@@ -276,6 +269,52 @@ class FileReader:
             offset,
             len(raw),
         )
+
+
+class Reading:
+    """One opened file of a :class:`FileReader`, read a chunk per :meth:`step`: several
+    can be read in turn by one task. Always :meth:`close` it, then :meth:`end` it."""
+
+    def __init__(self, reader: FileReader, stream: ByteStream) -> None:
+        self.reader = reader
+        self.stream = stream
+        self.framer = reader.framer(reader.start, line=reader.start_line)
+        self.ended = False  # the end of the file was read (else a graceful stop came first)
+
+    async def step(self, emit: Emit, report: Reporter, out: Any) -> bool:
+        """Read, frame and emit one chunk; False at the end of the file or on a stop."""
+        # A stop cancels this scope (a FIFO waits for its writer here): then nothing was
+        # read (never the previous chunk again). A file's read ends soon by itself: the
+        # stop is seen before the next one (a scope per read cost ~10 us).
+        chunk: bytes | None = None
+        if self.stream.prompt:
+            chunk = await self.stream.read(self.reader.chunk_size)
+        else:
+            with out.pull_scope():
+                chunk = await self.stream.read(self.reader.chunk_size)
+        if chunk is None:
+            return False
+        if not chunk:
+            self.ended = True
+            return False
+        await self.reader.feed(self.framer, chunk, emit, report)
+        return True
+
+    async def close(self) -> None:
+        """Release the file (shielded: also when cancelled)."""
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+    async def end(self, emit: Emit, report: Reporter, out: Any) -> None:
+        """After :meth:`close`: the last line or record at the end of the file; or, after
+        a stop, the one begun and left unread (held back from a FIFO)."""
+        reader, framer = self.reader, self.framer
+        if self.ended:
+            await reader.finish(framer, emit, report)
+        elif reader.ident is None:  # a FIFO: what its writer sent is not read again
+            await reader.hold_back(framer, report, False)
+        else:
+            reader.leave_unread(framer, bool(out.checkpointed))
 
 
 def _regular_id(path: str) -> FileId | None:
