@@ -39,7 +39,7 @@ from ...codecs import CsvDecoder, JsonlDecoder
 from ...errors import DecodeError
 from ...flow import Flow
 from .._common import require_asyncio
-from ._wire import Acks, Inbox, Received, _check
+from ._wire import Acks, Inbox, Received, _check, disconnected
 
 logger = logging.getLogger("aflow")
 
@@ -265,6 +265,8 @@ class _MqttSource(Source):
                 logger.warning(
                     "%s: %s: %s; reconnecting in %.2g s", self.name, self.url, exc, delay
                 )
+            finally:
+                disconnected(client)
             with out.pull_scope():
                 await anyio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)

@@ -39,6 +39,16 @@ def _check(backoff: float, max_backoff: float, connect_timeout: float, qos: int)
         raise ValueError(f"mqtt: qos={qos}: must be 0, 1 or 2")
 
 
+def disconnected(client: aiomqtt.Client) -> None:
+    """Mark the error of ``client``'s lost connection as seen: aiomqtt keeps it in a
+    future that nothing awaits once the connection is given up (its ``__aexit__`` returns
+    at once), and asyncio logs "Future exception was never retrieved" when the future is
+    collected."""
+    lost: asyncio.Future[None] = client._disconnected
+    if lost.done() and not lost.cancelled():
+        lost.exception()
+
+
 class Received:
     """Messages received and not yet taken, as parallel lists."""
 

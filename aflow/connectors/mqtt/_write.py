@@ -33,7 +33,7 @@ from ...abc import (
 from ...codecs import CsvEncoder, JsonlEncoder
 from ...flow import Sink
 from .._common import require_asyncio
-from ._wire import _check
+from ._wire import _check, disconnected
 
 logger = logging.getLogger("aflow")
 
@@ -163,6 +163,7 @@ class _MqttWriter(SinkWriter[Any, int]):
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(aiomqtt.MqttError):
                     await client.__aexit__(None, None, None)
+            disconnected(client)
 
     async def _publish(self, pairs: list[tuple[str, bytes]]) -> None:
         """Publish every ``(topic, payload)``, at once; at QoS 1 and 2 return when the
