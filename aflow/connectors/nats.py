@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,20 +15,26 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..abc import (
-    Batch,
     Context,
     ErrorPolicy,
     Outlet,
-    Provenance,
     SinkOperator,
     SinkWriter,
-    Source,
     StageCounters,
     apply_policy,
     check_policy,
 )
 from ..flow import Flow, Sink
-from ._common import Backoff, Format, PayloadCodec, require_asyncio, shard_of, worker_index
+from ._common import (
+    Backoff,
+    BatchReader,
+    BatchSource,
+    Format,
+    PayloadCodec,
+    require_asyncio,
+    shard_of,
+    worker_index,
+)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -245,8 +250,8 @@ class _Publisher:
             raise nerr.Error(f"to_nats: {self.error}")
 
 
-class _NatsSource(Source):
-    resumable = True
+class _NatsSource(BatchSource):
+    client_library = "nats-py"
 
     def __init__(
         self,
@@ -263,46 +268,31 @@ class _NatsSource(Source):
         on_error: ErrorPolicy,
         name: str,
     ) -> None:
-        self.subject, self.durable, self.stream, self.url = subject, durable, stream, url
-        self.codec, self.count, self.block, self.ack_wait = codec, count, block, ack_wait
-        self.idle_stop, self.connect_timeout = idle_stop, connect_timeout
-        self.on_error, self.name = on_error, name
+        super().__init__(url, codec, count, block, idle_stop, connect_timeout, on_error, name)
+        self.subject, self.durable, self.stream, self.ack_wait = subject, durable, stream, ack_wait
 
-    async def produce(self, out: Outlet, ctx: Context) -> None:
-        require_asyncio("read_nats", "nats-py")
-        reader = _NatsReader(self, out)
-        try:
-            await reader.run()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await reader.close()
+    def reader(self, out: Outlet) -> _NatsReader:
+        return _NatsReader(self, out)
 
 
-class _NatsReader:
-    """One run of a JetStream pull consumer."""
+class _NatsReader(BatchReader[str]):
+    """One run of a JetStream pull consumer (acknowledgement tokens: reply subjects)."""
 
     def __init__(self, op: _NatsSource, out: Outlet) -> None:
-        self.op, self.out = op, out
+        self.op = op
         self.subject = op.subject.format(worker=worker_index())
-        self.where = f"{op.url.rstrip('/')}/{self.subject}"
+        where = f"{op.url.rstrip('/')}/{self.subject}"
+        super().__init__(out, self.subject, where, op.codec, op.on_error, op.name)
         self.nc: NATS | None = None
         self.backoff = Backoff()
         self.errors = _connection_errors()
         self.ack_errors: tuple[type[BaseException], ...] = (*self.errors, TimeoutError)
-        self.rows = 0
-        self.seq = 0
-        self.unacked: OrderedDict[int, list[str]] = OrderedDict()  # seq -> reply subjects
-        self.carry: list[str] = []
-        self.acked = 0
-        self.lock = anyio.Lock()
-        out.on_commit(self._on_commit)  # acknowledge once the sinks did
 
-    async def close(self) -> None:
-        async with self.lock:  # not while an acknowledgement uses the connection
-            if self.nc is not None and not self.nc.is_closed:
-                with contextlib.suppress(Exception):  # closing a broken connection
-                    await self.nc.close()
-            self.nc = None
+    async def _disconnect(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                await self.nc.close()
+        self.nc = None
 
     async def _subscribe(self) -> _Puller:
         """Connect, create the durable consumer when missing, and subscribe its inbox;
@@ -376,45 +366,12 @@ class _NatsReader:
     async def _emit(self, msgs: list[Msg]) -> None:
         replies = [m.reply for m in msgs]
         payloads = [m.data for m in msgs]
-        msg: Any
-        if self.op.codec.dtype is None:
-            msg = payloads
-        else:
-            rows, bad = self.op.codec.decode(
-                payloads, lambda i: msgs[i].metadata.sequence.stream, self.where
-            )
-            for b in bad:
-                await apply_policy(
-                    self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
-                    self.out.counters,
-                )  # fmt: skip
-            if len(rows) == 0:
-                self.carry += replies
-                return
-            msg = Batch(rows, "source", Provenance(self.where, self.rows, self.rows + len(rows)))
-            self.rows += len(rows)
-        replies = self.carry + replies
-        self.carry = []
-        self.seq += 1
-        self.unacked[self.seq] = replies
-        await self.out.emit(msg, position=(self.subject, self.seq))
-
-    async def _on_commit(self, positions: dict[str, Any]) -> None:
-        """The sinks acknowledged everything emitted up to ``positions[subject]``."""
-        seq = positions.get(self.subject)
-        if seq is None:
-            return
-        replies: list[str] = []
-        while self.unacked and next(iter(self.unacked)) <= seq:
-            replies += self.unacked.popitem(last=False)[1]
-        await self._ack(replies)
+        await self._emit_payloads(payloads, replies, lambda i: msgs[i].metadata.sequence.stream)
 
     async def _ack(self, replies: list[str]) -> None:
         """Acknowledge messages by their reply subjects (``+ACK``), on the current
         connection: called only once the sinks acknowledged them. A failure leaves them
         unacknowledged: JetStream redelivers them after ``ack_wait``."""
-        if not replies:
-            return
         try:
             async with self.lock:
                 nc = self.nc

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -14,14 +13,11 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..abc import (
-    Batch,
     Context,
     ErrorPolicy,
     Outlet,
-    Provenance,
     SinkOperator,
     SinkWriter,
-    Source,
     StageCounters,
     apply_policy,
     check_policy,
@@ -29,6 +25,8 @@ from ..abc import (
 from ..flow import Flow, Sink
 from ._common import (
     Backoff,
+    BatchReader,
+    BatchSource,
     Format,
     PayloadCodec,
     consumer_name,
@@ -169,8 +167,8 @@ def _shown(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
-class _RedisSource(Source):
-    resumable = True
+class _RedisSource(BatchSource):
+    client_library = "redis-py"
 
     def __init__(
         self,
@@ -189,47 +187,33 @@ class _RedisSource(Source):
         on_error: ErrorPolicy,
         name: str,
     ) -> None:
-        self.stream, self.group, self.url, self.consumer = stream, group, url, consumer
-        self.codec, self.entry_field = codec, entry_field.encode()
-        self.count, self.block, self.claim_idle, self.start = count, block, claim_idle, start
-        self.idle_stop, self.connect_timeout = idle_stop, connect_timeout
-        self.on_error, self.name = on_error, name
+        super().__init__(url, codec, count, block, idle_stop, connect_timeout, on_error, name)
+        self.stream, self.group, self.consumer = stream, group, consumer
+        self.entry_field = entry_field.encode()
+        self.claim_idle, self.start = claim_idle, start
 
-    async def produce(self, out: Outlet, ctx: Context) -> None:
-        require_asyncio("read_redis", "redis-py")
-        reader = _RedisReader(self, out)
-        try:
-            await reader.run()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await reader.close()
+    def reader(self, out: Outlet) -> _RedisReader:
+        return _RedisReader(self, out)
 
 
-class _RedisReader:
-    """One run of a Redis Streams source."""
+class _RedisReader(BatchReader[bytes]):
+    """One run of a Redis Streams source (acknowledgement tokens: entry ids)."""
 
     def __init__(self, op: _RedisSource, out: Outlet) -> None:
-        self.op, self.out = op, out
+        self.op = op
         self.stream = op.stream.format(worker=worker_index())
+        where = f"{_shown(op.url).rstrip('/')}/{self.stream}"
+        super().__init__(out, self.stream, where, op.codec, op.on_error, op.name)
         self.consumer = op.consumer or consumer_name()
-        self.where = f"{_shown(op.url).rstrip('/')}/{self.stream}"
         self.client: Redis | None = None
         self.backoff = Backoff()
         self.errors = _connection_errors()
-        self.rows = 0  # rows emitted, for provenance
-        self.seq = 0  # batches emitted with ids to acknowledge
-        self.unacked: OrderedDict[int, list[bytes]] = OrderedDict()  # seq -> entry ids
         self.acking: list[list[bytes]] = []  # ids being acknowledged
-        self.carry: list[bytes] = []  # ids of bad entries, acked with the next batch
-        self.acked = 0
-        self.lock = anyio.Lock()
-        out.on_commit(self._on_commit)  # acknowledge once the sinks did
 
-    async def close(self) -> None:
-        async with self.lock:  # not while an acknowledgement uses the client
-            if self.client is not None:
-                await self.client.aclose()
-                self.client = None
+    async def _disconnect(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
 
     async def _connect(self) -> Redis:
         """A client with the group created: retried with backoff for ``connect_timeout``."""
@@ -344,26 +328,7 @@ class _RedisReader:
         ids: list[bytes] = [e[0] for e in entries]
         key = self.op.entry_field  # usually an entry's only field: no per-entry call
         payloads = [f[1] if f and f[0] == key else self._payload(f) for _, f in entries]
-        msg: Any
-        if self.op.codec.dtype is None:
-            msg = payloads
-        else:
-            rows, bad = self.op.codec.decode(payloads, lambda i: ids[i].decode(), self.where)
-            for b in bad:
-                await apply_policy(
-                    self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
-                    self.out.counters,
-                )  # fmt: skip
-            if len(rows) == 0:
-                self.carry += ids
-                return
-            msg = Batch(rows, "source", Provenance(self.where, self.rows, self.rows + len(rows)))
-            self.rows += len(rows)
-        ids = self.carry + ids
-        self.carry = []
-        self.seq += 1
-        self.unacked[self.seq] = ids
-        await self.out.emit(msg, position=(self.stream, self.seq))
+        await self._emit_payloads(payloads, ids, lambda i: ids[i].decode())
 
     def _in_flight(self) -> set[bytes]:
         """Ids emitted and not acknowledged yet: pending, but not to be emitted again.
@@ -379,21 +344,9 @@ class _RedisReader:
                     return fields[i + 1]
         return b""
 
-    async def _on_commit(self, positions: dict[str, Any]) -> None:
-        """The sinks acknowledged everything emitted up to ``positions[stream]``."""
-        seq = positions.get(self.stream)
-        if seq is None:
-            return
-        ids: list[bytes] = []
-        while self.unacked and next(iter(self.unacked)) <= seq:
-            ids += self.unacked.popitem(last=False)[1]
-        await self._ack(ids)
-
     async def _ack(self, ids: list[bytes]) -> None:
         """``XACK`` ``ids``: called only once the sinks acknowledged them. A failure leaves
         them pending (redelivered to this consumer name, or reclaimed by another)."""
-        if not ids:
-            return
         self.acking.append(ids)
         try:
             async with self.lock:
