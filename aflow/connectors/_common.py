@@ -22,7 +22,18 @@ import numpy as np
 import sniffio
 from numpy.typing import DTypeLike, NDArray
 
-from ..abc import Batch, Context, ErrorPolicy, Outlet, Provenance, Source, apply_policy
+from ..abc import (
+    Batch,
+    Context,
+    ErrorPolicy,
+    Outlet,
+    Provenance,
+    SinkOperator,
+    SinkWriter,
+    Source,
+    StageCounters,
+    apply_policy,
+)
 from ..codecs import CsvDecoder, CsvEncoder, Decoded, JsonlDecoder, JsonlEncoder
 from ..errors import DecodeError
 
@@ -32,7 +43,9 @@ __all__ = [
     "Backoff",
     "BadPayload",
     "BatchReader",
+    "BatchSinkOp",
     "BatchSource",
+    "BatchWriter",
     "Format",
     "PayloadCodec",
     "consumer_name",
@@ -387,3 +400,67 @@ class BatchSource(Source, ABC):
     async def produce(self, out: Outlet, ctx: Context) -> None:
         require_asyncio(self.name, self.client_library)
         await self.reader(out).run_and_close()
+
+
+class BatchSinkOp(SinkOperator[Any, int], ABC):
+    """A broker sink: rows encoded into payloads, sent to ``target`` (a stream, a
+    subject), or by ``key`` to one of ``shards`` targets ``target<separator><shard>``."""
+
+    fused = False
+    separator = "."
+
+    def __init__(
+        self,
+        target: str,
+        url: str,
+        codec: PayloadCodec,
+        key: str | None,
+        shards: int,
+        connect_timeout: float,
+        buffer: int | None,
+        on_error: ErrorPolicy,
+        name: str,
+    ) -> None:
+        self.target, self.url, self.codec = target, url, codec
+        self.key, self.shards = key, shards
+        self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
+        self.name = name
+
+
+class BatchWriter(SinkWriter[Any, int], ABC):
+    """The writer of a :class:`BatchSinkOp`: each batch (or chunk of elements) is sent
+    at once as ``(target, payload)`` pairs (:meth:`_send`); the result is the count
+    sent."""
+
+    def __init__(self, op: BatchSinkOp) -> None:
+        self.sink = op
+        self.sent = 0
+        self.counters: StageCounters | None = None
+        self.backoff = Backoff()
+
+    @abstractmethod
+    async def _send(self, item: Any, pairs: list[tuple[str, bytes]]) -> None:
+        """Send ``pairs`` (the payloads of ``item``), counting them in :attr:`sent`."""
+
+    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
+        self.counters = counters
+
+    async def write(self, item: Any) -> None:
+        await self._send(item, self._pairs(item))
+
+    async def write_chunk(self, items: list[Any]) -> None:
+        await self._send(items, [pair for item in items for pair in self._pairs(item)])
+
+    def _pairs(self, item: Any) -> list[tuple[str, bytes]]:
+        op = self.sink
+        payloads = op.codec.encode(item)
+        if op.key is None:
+            return [(op.target, p) for p in payloads]
+        if not (isinstance(item, np.ndarray) and item.dtype.names):
+            raise TypeError(f"{op.name}: key={op.key!r} needs structured array batches")
+        shard = shard_of(item[op.key], op.shards).tolist()
+        where = op.target + op.separator
+        return [(f"{where}{s}", p) for s, p in zip(shard, payloads, strict=True)]
+
+    def result(self) -> int:
+        return self.sent

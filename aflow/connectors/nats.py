@@ -11,16 +11,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import numpy as np
 from numpy.typing import DTypeLike
 
 from ..abc import (
     Context,
     ErrorPolicy,
     Outlet,
-    SinkOperator,
     SinkWriter,
-    StageCounters,
     apply_policy,
     check_policy,
 )
@@ -28,11 +25,12 @@ from ..flow import Flow, Sink
 from ._common import (
     Backoff,
     BatchReader,
+    BatchSinkOp,
     BatchSource,
+    BatchWriter,
     Format,
     PayloadCodec,
     require_asyncio,
-    shard_of,
     worker_index,
 )
 
@@ -456,40 +454,17 @@ def read_nats(
     return Flow(source)
 
 
-class _NatsSinkOp(SinkOperator[Any, int]):
-    fused = False
-
-    def __init__(
-        self,
-        subject: str,
-        url: str,
-        codec: PayloadCodec,
-        key: str | None,
-        shards: int,
-        connect_timeout: float,
-        buffer: int | None,
-        on_error: ErrorPolicy,
-    ) -> None:
-        self.subject, self.url, self.codec = subject, url, codec
-        self.key, self.shards = key, shards
-        self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
-        self.name = f"to_nats({subject})"
-
+class _NatsSinkOp(BatchSinkOp):
     def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _NatsWriter(self)
 
 
-class _NatsWriter(SinkWriter[Any, int]):
+class _NatsWriter(BatchWriter):
     def __init__(self, op: _NatsSinkOp) -> None:
+        super().__init__(op)
         self.op = op
         self.nc: NATS | None = None
         self.publisher: _Publisher | None = None
-        self.sent = 0
-        self.counters: StageCounters | None = None
-        self.backoff = Backoff()
-
-    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
-        self.counters = counters
 
     async def open(self) -> None:
         require_asyncio("to_nats", "nats-py")
@@ -502,21 +477,6 @@ class _NatsWriter(SinkWriter[Any, int]):
             with contextlib.suppress(Exception):  # closing a broken connection
                 await self.nc.close()
         self.nc = self.publisher = None
-
-    async def write(self, item: Any) -> None:
-        await self._send(item, self._messages(item))
-
-    async def write_chunk(self, items: list[Any]) -> None:
-        await self._send(items, [m for item in items for m in self._messages(item)])
-
-    def _messages(self, item: Any) -> list[tuple[str, bytes]]:
-        payloads = self.op.codec.encode(item)
-        if self.op.key is None:
-            return [(self.op.subject, p) for p in payloads]
-        if not (isinstance(item, np.ndarray) and item.dtype.names):
-            raise TypeError(f"to_nats(key={self.op.key!r}) needs structured array batches")
-        shard = shard_of(item[self.op.key], self.op.shards).tolist()
-        return [(f"{self.op.subject}.{s}", p) for s, p in zip(shard, payloads, strict=True)]
 
     async def _send(self, item: Any, messages: list[tuple[str, bytes]]) -> None:
         """Publish ``messages`` and wait for every ack; reconnects with backoff and
@@ -559,9 +519,6 @@ class _NatsWriter(SinkWriter[Any, int]):
             self.sent += len(messages)
             return
 
-    def result(self) -> int:
-        return self.sent
-
 
 def to_nats(
     subject: str,
@@ -599,4 +556,7 @@ def to_nats(
     if shards < 1 or (shards > 1 and key is None):
         raise ValueError("to_nats: shards must be >= 1, and shards > 1 needs key=")
     codec = PayloadCodec(None, format, delimiter=delimiter)
-    return Sink(_NatsSinkOp(subject, url, codec, key, shards, connect_timeout, buffer, on_error))
+    op = _NatsSinkOp(
+        subject, url, codec, key, shards, connect_timeout, buffer, on_error, f"to_nats({subject})"
+    )
+    return Sink(op)

@@ -9,16 +9,13 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import numpy as np
 from numpy.typing import DTypeLike
 
 from ..abc import (
     Context,
     ErrorPolicy,
     Outlet,
-    SinkOperator,
     SinkWriter,
-    StageCounters,
     apply_policy,
     check_policy,
 )
@@ -26,12 +23,13 @@ from ..flow import Flow, Sink
 from ._common import (
     Backoff,
     BatchReader,
+    BatchSinkOp,
     BatchSource,
+    BatchWriter,
     Format,
     PayloadCodec,
     consumer_name,
     require_asyncio,
-    shard_of,
     worker_index,
 )
 
@@ -440,8 +438,8 @@ def read_redis(
     return Flow(source)
 
 
-class _RedisSinkOp(SinkOperator[Any, int]):
-    fused = False
+class _RedisSinkOp(BatchSinkOp):
+    separator = ":"
 
     def __init__(
         self,
@@ -456,27 +454,21 @@ class _RedisSinkOp(SinkOperator[Any, int]):
         buffer: int | None,
         on_error: ErrorPolicy,
     ) -> None:
-        self.stream, self.url, self.codec, self.entry_field = stream, url, codec, entry_field
-        self.maxlen, self.key, self.shards = maxlen, key, shards
-        self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
-        self.name = f"to_redis({stream})"
+        name = f"to_redis({stream})"
+        super().__init__(stream, url, codec, key, shards, connect_timeout, buffer, on_error, name)
+        self.stream, self.entry_field, self.maxlen = stream, entry_field, maxlen
 
     def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _RedisWriter(self)
 
 
-class _RedisWriter(SinkWriter[Any, int]):
+class _RedisWriter(BatchWriter):
     def __init__(self, op: _RedisSinkOp) -> None:
+        super().__init__(op)
         self.op = op
         self.client: Redis | None = None
-        self.sent = 0
-        self.counters: StageCounters | None = None
         self.errors = _connection_errors()
-        self.backoff = Backoff()
         self.where = _shown(op.url).rstrip("/")
-
-    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
-        self.counters = counters
 
     async def open(self) -> None:
         require_asyncio("to_redis", "redis-py")
@@ -487,22 +479,6 @@ class _RedisWriter(SinkWriter[Any, int]):
         if self.client is not None:
             await self.client.aclose()
             self.client = None
-
-    async def write(self, item: Any) -> None:
-        await self._send(item, self._entries(item))
-
-    async def write_chunk(self, items: list[Any]) -> None:
-        entries = [e for item in items for e in self._entries(item)]
-        await self._send(items, entries)
-
-    def _entries(self, item: Any) -> list[tuple[str, bytes]]:
-        payloads = self.op.codec.encode(item)
-        if self.op.key is None:
-            return [(self.op.stream, p) for p in payloads]
-        if not (isinstance(item, np.ndarray) and item.dtype.names):
-            raise TypeError(f"to_redis(key={self.op.key!r}) needs structured array batches")
-        shard = shard_of(item[self.op.key], self.op.shards).tolist()
-        return [(f"{self.op.stream}:{s}", p) for s, p in zip(shard, payloads, strict=True)]
 
     async def _send(self, item: Any, entries: list[tuple[str, bytes]]) -> None:
         """One pipelined round trip of ``XADD``s; reconnects with backoff and resends
@@ -536,9 +512,6 @@ class _RedisWriter(SinkWriter[Any, int]):
             self.backoff.reset()
             self.sent += len(entries)
             return
-
-    def result(self) -> int:
-        return self.sent
 
 
 def to_redis(
