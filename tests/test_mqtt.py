@@ -342,6 +342,35 @@ async def test_every_kind_of_publish_arrives_whole_and_in_order(base: str) -> No
 
 
 @pytest.mark.asyncio
+async def test_a_read_takes_at_most_max_messages(base: str) -> None:
+    """More messages received than ``max_messages``: batches of at most that many, the
+    rest in the next reads, nothing lost or reordered."""
+    cid = f"aflow-max-{uuid.uuid4().hex[:8]}"
+    sizes: list[int] = []
+
+    def size(batch: Any) -> Any:
+        sizes.append(len(batch))
+        return batch
+
+    def reader() -> af.Flow[Any]:
+        return read_mqtt(
+            f"{base}/m", HOST, PORT, dtype=DT, client_id=cid, clean_start=False,
+            session_expiry=60, max_messages=64,
+        )  # fmt: skip
+
+    try:
+        async with aiomqtt.Client(HOST, PORT, identifier=cid, clean_session=False) as c:
+            await c.subscribe(f"{base}/m", qos=1)  # the session queues while no one reads
+        await publish([(f"{base}/m", b'{"id": %d, "value": 0}' % i) for i in range(1000)])
+        result = await (reader() | af.map(size) | af.take(1000)).run()
+        assert result.value["id"].tolist() == list(range(1000))
+        assert max(sizes) == 64, sizes
+    finally:
+        async with aiomqtt.Client(HOST, PORT, identifier=cid, clean_session=True):
+            pass  # ends the session
+
+
+@pytest.mark.asyncio
 async def test_a_read_takes_what_is_queued_not_what_keeps_coming(base: str) -> None:
     # regression: a read awaited the client's queue message by message, which let paho
     # queue more each time, so under a steady stream one read went on until max_messages

@@ -105,11 +105,13 @@ class Inbox:
 
     @classmethod
     def install(cls, client: aiomqtt.Client) -> Inbox:
-        """An inbox for ``client`` (not connected yet): its messages no longer reach
-        ``client.messages``."""
+        """An inbox for ``client`` (not connected yet, manual acknowledgements on): its
+        messages no longer reach ``client.messages``."""
         inbox = cls(client)
         paho = inbox.paho
-        if all(hasattr(paho, n) for n in _PAHO) and isinstance(paho._in_packet, dict):
+        # the bulk path sends no PUBACK of its own: only for a client acknowledging by hand
+        bulk = all(hasattr(paho, n) for n in _PAHO) and getattr(paho, "_manual_ack", False)
+        if bulk and isinstance(paho._in_packet, dict):
             inbox.bulk = True
             paho._sock_recv = inbox._sock_recv  # type: ignore[method-assign]
             paho.loop_read = inbox.loop_read  # type: ignore[method-assign]
