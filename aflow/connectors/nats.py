@@ -22,12 +22,9 @@ from ..abc import (
     check_policy,
 )
 from ..flow import Flow, Sink
+from ._batch import BatchReader, BatchSinkOp, BatchSource, BatchWriter
 from ._common import (
     Backoff,
-    BatchReader,
-    BatchSinkOp,
-    BatchSource,
-    BatchWriter,
     Format,
     PayloadCodec,
     require_asyncio,
