@@ -5,12 +5,14 @@ Redis: ``--messages`` entries (default 200,000, CSV rows ``k,v``) are XADDed (no
 then N processes run ``read_redis(..., dtype) | discard()`` on one group until the stream
 is drained, acknowledging through the run's commits. Two ceilings: a plain redis-py loop
 (``XREADGROUP COUNT n`` then ``XACK`` of the ids, what a hand-written consumer does, without
-decoding) on the same kind of stream, and ``redis-benchmark`` issuing ``XADD`` pipelined by
-1,000 (the server's own rate for stream entries).
+decoding) on the same kind of stream, and ``redis-benchmark`` reading ``XRANGE key - +
+COUNT n`` from one connection (the server's own rate for reading stream entries: requests/s
+times ``n``; ``XREADGROUP`` of pending entries is printed beside it). The sinks' server
+ceiling is ``redis-benchmark`` issuing ``XADD`` pipelined by 1,000.
 
 NATS: the same through ``read_nats`` on one durable pull consumer; the ceiling is a plain
 nats-py pull consumer (``fetch`` of the same batches, ``ack()`` each message), without
-aflow (one process).
+aflow (one process): ``nats bench`` (the nats CLI) is not installed here.
 
 Target: batched reads reach at least half of the ceiling per worker. Printed side by side
 as ratios.
@@ -50,6 +52,10 @@ def rows(n: int) -> np.ndarray:
 def _drain(flow: af.Flow, start: mp.Barrier, out: mp.Queue) -> None:  # type: ignore[type-arg]
     """Run ``flow`` once every worker is ready; report (rows, start, time of the last batch):
     the idle time that ends a worker is not counted."""
+    # pyarrow's first conversion to NumPy imports pandas (about a second of CPU, once per
+    # process, whatever the throughput): done before the clock starts
+    block = b"".join(b"%d,0.5\n" % i for i in range(100_000))
+    af.codecs.CsvDecoder(DT).decode(block)
     start.wait()
     t = time.time()
     counted = flow | af.map(lambda b: (len(b), time.time()))
@@ -83,19 +89,46 @@ def workers_rate(target, args_of, workers: int) -> tuple[float, int]:  # type: i
     return total / wall, total
 
 
-def redis_ceiling(n: int) -> float:
+def _redis_benchmark(*args: str) -> float:
+    """Requests/s of one ``redis-benchmark`` run (``nan`` without redis-benchmark)."""
     exe = shutil.which("redis-benchmark")
     if exe is None:
         return float("nan")
-    key = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
-    out = subprocess.run(
-        [exe, "-q", "-n", str(n), "-P", "1000", "XADD", key, "*", "data", "123456,0.5"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    subprocess.run(["redis-cli", "DEL", key], capture_output=True, check=False)
+    out = subprocess.run([exe, "-q", *args], capture_output=True, text=True, check=True).stdout
     return float(re.findall(r"([\d.]+) requests per second", out)[-1])
+
+
+def redis_ceiling(n: int) -> float:
+    """The server's rate for writing stream entries: ``XADD`` pipelined by 1,000."""
+    key = f"bench-ceiling-{uuid.uuid4().hex[:8]}"
+    rate = _redis_benchmark("-n", str(n), "-P", "1000", "XADD", key, "*", "data", "123456,0.5")
+    subprocess.run(["redis-cli", "DEL", key], capture_output=True, check=False)
+    return rate
+
+
+def redis_read_ceilings(n: int) -> tuple[float, float]:
+    """The server's rates for reading stream entries (entries/s), ``COUNT`` at a time from
+    one connection, as the workers read: ``XRANGE key - + COUNT`` (entries only, no
+    consumer group: the upper bound), and ``XREADGROUP ... STREAMS key 0`` (a consumer's
+    ``COUNT`` pending entries read again: the group's bookkeeping per entry, and a lookup
+    per entry that a read of new entries does not make: a lower bound)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    key = f"bench-read-{uuid.uuid4().hex[:8]}"
+    _redis_benchmark("-n", str(n), "-P", "1000", "XADD", key, "*", "data", "123456,0.5")
+    client.xgroup_create(key, "g", "0")
+    client.xreadgroup("g", "c", {key: ">"}, count=COUNT)  # COUNT entries pending for c
+    requests = str(max(50, 10 * n // COUNT))
+    count = str(COUNT)
+    xrange = _redis_benchmark("-c", "1", "-n", requests, "XRANGE", key, "-", "+", "COUNT", count)
+    reread = _redis_benchmark(
+        "-c", "1", "-n", requests, "XREADGROUP", "GROUP", "g", "c", "COUNT", count,
+        "STREAMS", key, "0",
+    )  # fmt: skip
+    client.delete(key)
+    client.close()
+    return xrange * COUNT, reread * COUNT
 
 
 def redis_plain(n: int) -> float:
@@ -124,7 +157,11 @@ def bench_redis(n: int) -> list[tuple[str, float, float, float]]:
     import redis
 
     client = redis.Redis.from_url(REDIS)
-    server = redis_ceiling(n)
+    server, reread = redis_read_ceilings(n)
+    print(
+        f"redis read ceilings (redis-benchmark, COUNT {COUNT}): XRANGE {server:,.0f} entries/s, "
+        f"XREADGROUP of pending entries {reread:,.0f} entries/s"
+    )
     results = []
     for workers in (1, 2, 4):
         plain = redis_plain(n)  # measured beside each run: the machine's load changes
@@ -291,7 +328,9 @@ def _print(results: list[tuple[str, float, float, float]]) -> None:
     print(
         "plain: a hand-written client on the same machine (redis-py XREADGROUP + XACK; "
         "nats-py fetch + ack each; for sinks: a redis-py pipeline of XADDs, nats-py "
-        "publish_async gathered); server: redis-benchmark XADD -P 1000"
+        "publish_async gathered); server: redis-benchmark, for readers XRANGE COUNT "
+        f"{COUNT} (entries/s), for writers XADD -P 1000; NATS: no server tool here (the "
+        "nats CLI is not installed): the plain nats-py client is its ceiling"
     )
 
 

@@ -6,9 +6,11 @@ default 1000-message queue drops what a slow reader has not taken). Per run, it 
 the persistent sessions of 1, 2 or 4 readers (one subscription, or one shared subscription
 ``$share/group/topic`` across the readers), queues ``n`` small JSON messages at QoS 1 with
 ``mosquitto_pub -l`` (its rate is printed: the load's ceiling), then starts the readers,
-each in a process of its own, resuming its session, and times from the moment the first
-reader starts connecting (after its imports) to the last message any reader got: messages/s of ``read_mqtt`` beside ``mosquitto_sub`` and a plain
-aiomqtt loop with the same number of readers, as ratios. Each figure is the best and the
+each in a process of its own, resuming its session, and times from the moment the readers
+start connecting (a Python reader's imports done: they wait for a word on stdin) to the
+last message any reader got: messages/s of ``read_mqtt`` beside ``mosquitto_sub`` and a
+plain aiomqtt loop with the same number of readers, as ratios (of the totals: the same as
+per reader). Each figure is the best and the
 median of ``--repeat`` runs (the machine's load average is printed: other work on the
 machine lowers every figure).
 
@@ -44,6 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import aflow as af
+from aflow.codecs import JsonlDecoder
 from aflow.connectors import read_mqtt, to_postgres
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -96,6 +99,10 @@ def _say(count: int) -> None:
 
 async def _worker_read_mqtt(port: int, filt: str, cid: str) -> None:
     flow = read_mqtt(filt, HOST, port, dtype=DT, client_id=cid, clean_start=False)
+    # pyarrow's first conversion to NumPy imports pandas (about a second, once per
+    # process, whatever the throughput): done before the clock starts
+    JsonlDecoder(DT).decode(b"".join(b'{"id": %d, "value": 0.5}\n' % i for i in range(1000)))
+    _ready()
     async with flow.open() as run:
         async for batch in run:
             _say(len(batch))
@@ -104,6 +111,7 @@ async def _worker_read_mqtt(port: int, filt: str, cid: str) -> None:
 async def _worker_aiomqtt(port: int, filt: str, cid: str) -> None:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = EXPIRY
+    _ready()
     async with aiomqtt.Client(
         HOST,
         port,
@@ -122,11 +130,16 @@ async def _worker_aiomqtt(port: int, filt: str, cid: str) -> None:
                 got = 0
 
 
+def _ready() -> None:
+    """Set up (imports done, the flow built): start at the "go" on stdin."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+
+
 def worker_main(kind: str, port: int, filt: str, cid: str) -> None:
     logging.basicConfig(level=logging.WARNING)
     work = _worker_read_mqtt if kind == "read_mqtt" else _worker_aiomqtt
-    sys.stdout.write(f"start {time.monotonic()}\n")  # imports done: the reader starts
-    sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(work(port, filt, cid))
 
@@ -159,7 +172,8 @@ async def make_sessions(port: int, filt: str, ids: list[str]) -> None:
 
 async def one_run(port: int, lines: Path, n: int, kind: str, workers: int) -> tuple[float, float]:
     """Messages/s of ``mosquitto_pub`` queueing ``n`` messages, and of ``workers`` readers
-    of ``kind`` taking them all."""
+    of ``kind`` taking them all, from their start (their connections included; a Python
+    reader's imports left out: the readers start together once all have imported)."""
     topic = f"bench/{uuid.uuid4().hex[:8]}"
     filt = f"$share/g{uuid.uuid4().hex[:6]}/{topic}" if workers > 1 else topic
     ids = [f"bench-{uuid.uuid4().hex[:10]}" for _ in range(workers)]
@@ -175,36 +189,45 @@ async def one_run(port: int, lines: Path, n: int, kind: str, workers: int) -> tu
         raise RuntimeError("mosquitto_pub failed")
     pub_rate = n / (time.perf_counter() - t0)
     got = 0
-    starts: list[float] = []  # when each reader began to connect (time.monotonic())
-    if kind == "mosquitto_sub":  # a C program: connecting is what it does first
-        starts.append(time.monotonic())
+    python = kind != "mosquitto_sub"
+    if not python:  # a C program: connecting is what it does first
+        start = time.monotonic()
     procs = [
         await asyncio.create_subprocess_exec(
-            *reader_command(kind, port, filt, cid), stdout=asyncio.subprocess.PIPE
+            *reader_command(kind, port, filt, cid),
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE if python else None,
         )
         for cid in ids
     ]
+    if python:  # every reader has imported what it needs: all of them start at once
+        for p in procs:
+            assert p.stdout is not None
+            if await p.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"{kind}: a reader did not start")
+        start = time.monotonic()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            await p.stdin.drain()
     last = 0.0
     done = asyncio.Event()
 
-    async def count(proc: asyncio.subprocess.Process) -> None:
+    def counted(k: int) -> None:
         nonlocal got, last
+        got += k
+        last = time.monotonic()
+        if got >= n:
+            done.set()
+
+    async def count(proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         if kind == "mosquitto_sub":  # one line per message
             while chunk := await proc.stdout.read(1 << 16):
-                got += chunk.count(b"\n")
-                last = time.monotonic()
-                if got >= n:
-                    done.set()
+                counted(chunk.count(b"\n"))
             return
-        while line := await proc.stdout.readline():  # "start T", then a count per read
-            if line.startswith(b"start "):
-                starts.append(float(line.split()[1]))
-                continue
-            got += int(line)
-            last = time.monotonic()
-            if got >= n:
-                done.set()
+        while line := await proc.stdout.readline():  # a count per read
+            counted(int(line))
 
     readers = [asyncio.create_task(count(p)) for p in procs]
     try:
@@ -220,13 +243,29 @@ async def one_run(port: int, lines: Path, n: int, kind: str, workers: int) -> tu
             await p.wait()
         for t in readers:
             t.cancel()
-    if got != n or not starts:
+    if got != n:
         raise RuntimeError(f"{kind} x{workers}: received {got} messages, {n} were published")
-    return pub_rate, n / max(last - min(starts), 1e-9)
+    return pub_rate, n / max(last - start, 1e-9)
 
 
 def best_median(xs: list[float]) -> str:
     return f"{max(xs):10,.0f} / {statistics.median(xs):10,.0f}"
+
+
+def report(rates: dict[str, list[float]]) -> None:
+    """The rates of each reader, side by side, as ratios of the medians."""
+    ceiling = max(statistics.median(rates["mosquitto_sub"]), 1e-9)
+    plain = max(statistics.median(rates["aiomqtt"]), 1e-9)
+    ours = statistics.median(rates["read_mqtt"])
+    print(f"    mosquitto_sub       {best_median(rates['mosquitto_sub'])}")
+    print(
+        f"    plain aiomqtt loop  {best_median(rates['aiomqtt'])}"
+        f"  median / mosquitto_sub {plain / ceiling:5.2f}"
+    )
+    print(
+        f"    read_mqtt           {best_median(rates['read_mqtt'])}"
+        f"  median / mosquitto_sub {ours / ceiling:5.2f}  / aiomqtt {ours / plain:5.2f}"
+    )
 
 
 async def bench_mqtt(n: int, repeat: int) -> None:
@@ -249,21 +288,11 @@ async def bench_mqtt(n: int, repeat: int) -> None:
                         p, r = await one_run(broker.port, lines, n, kind, workers)
                         pub_rates.append(p)
                         rates[kind].append(r)
-                ceiling = max(statistics.median(rates["mosquitto_sub"]), 1e-9)
-                plain = max(statistics.median(rates["aiomqtt"]), 1e-9)
-                ours = statistics.median(rates["read_mqtt"])
+                shared = "" if workers == 1 else " of one shared subscription"
                 print(
-                    f"  {workers} reader(s){'' if workers == 1 else ' of one shared subscription'}:"
+                    f"  {workers} reader(s){shared}: msg/s, best / median (per reader: / {workers})"
                 )
-                print(f"    mosquitto_sub       {best_median(rates['mosquitto_sub'])} msg/s")
-                print(
-                    f"    plain aiomqtt loop  {best_median(rates['aiomqtt'])} msg/s"
-                    f"  median / mosquitto_sub {plain / ceiling:5.2f}"
-                )
-                print(
-                    f"    read_mqtt           {best_median(rates['read_mqtt'])} msg/s"
-                    f"  median / mosquitto_sub {ours / ceiling:5.2f}  / aiomqtt {ours / plain:5.2f}"
-                )
+                report(rates)
             print(f"  mosquitto_pub -l (the load) {best_median(pub_rates)} msg/s")
         finally:
             broker.stop()

@@ -8,28 +8,28 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import numpy as np
 from numpy.typing import DTypeLike
 
 from ..abc import (
-    Batch,
     Context,
     ErrorPolicy,
     Outlet,
-    Provenance,
-    SinkOperator,
     SinkWriter,
-    Source,
-    StageCounters,
     apply_policy,
     check_policy,
 )
 from ..flow import Flow, Sink
-from ._common import Backoff, Format, PayloadCodec, require_asyncio, shard_of, worker_index
+from ._batch import BatchReader, BatchSinkOp, BatchSource, BatchWriter
+from ._common import (
+    Backoff,
+    Format,
+    PayloadCodec,
+    require_asyncio,
+    worker_index,
+)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -245,8 +245,8 @@ class _Publisher:
             raise nerr.Error(f"to_nats: {self.error}")
 
 
-class _NatsSource(Source):
-    resumable = True
+class _NatsSource(BatchSource):
+    client_library = "nats-py"
 
     def __init__(
         self,
@@ -263,46 +263,31 @@ class _NatsSource(Source):
         on_error: ErrorPolicy,
         name: str,
     ) -> None:
-        self.subject, self.durable, self.stream, self.url = subject, durable, stream, url
-        self.codec, self.count, self.block, self.ack_wait = codec, count, block, ack_wait
-        self.idle_stop, self.connect_timeout = idle_stop, connect_timeout
-        self.on_error, self.name = on_error, name
+        super().__init__(url, codec, count, block, idle_stop, connect_timeout, on_error, name)
+        self.subject, self.durable, self.stream, self.ack_wait = subject, durable, stream, ack_wait
 
-    async def produce(self, out: Outlet, ctx: Context) -> None:
-        require_asyncio("read_nats", "nats-py")
-        reader = _NatsReader(self, out)
-        try:
-            await reader.run()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await reader.close()
+    def reader(self, out: Outlet) -> _NatsReader:
+        return _NatsReader(self, out)
 
 
-class _NatsReader:
-    """One run of a JetStream pull consumer."""
+class _NatsReader(BatchReader[str]):
+    """One run of a JetStream pull consumer (acknowledgement tokens: reply subjects)."""
 
     def __init__(self, op: _NatsSource, out: Outlet) -> None:
-        self.op, self.out = op, out
+        self.op = op
         self.subject = op.subject.format(worker=worker_index())
-        self.where = f"{op.url.rstrip('/')}/{self.subject}"
+        where = f"{op.url.rstrip('/')}/{self.subject}"
+        super().__init__(out, self.subject, where, op.codec, op.on_error, op.name)
         self.nc: NATS | None = None
         self.backoff = Backoff()
         self.errors = _connection_errors()
         self.ack_errors: tuple[type[BaseException], ...] = (*self.errors, TimeoutError)
-        self.rows = 0
-        self.seq = 0
-        self.unacked: OrderedDict[int, list[str]] = OrderedDict()  # seq -> reply subjects
-        self.carry: list[str] = []
-        self.acked = 0
-        self.lock = anyio.Lock()
-        out.on_commit(self._on_commit)  # acknowledge once the sinks did
 
-    async def close(self) -> None:
-        async with self.lock:  # not while an acknowledgement uses the connection
-            if self.nc is not None and not self.nc.is_closed:
-                with contextlib.suppress(Exception):  # closing a broken connection
-                    await self.nc.close()
-            self.nc = None
+    async def _disconnect(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                await self.nc.close()
+        self.nc = None
 
     async def _subscribe(self) -> _Puller:
         """Connect, create the durable consumer when missing, and subscribe its inbox;
@@ -376,45 +361,12 @@ class _NatsReader:
     async def _emit(self, msgs: list[Msg]) -> None:
         replies = [m.reply for m in msgs]
         payloads = [m.data for m in msgs]
-        msg: Any
-        if self.op.codec.dtype is None:
-            msg = payloads
-        else:
-            rows, bad = self.op.codec.decode(
-                payloads, lambda i: msgs[i].metadata.sequence.stream, self.where
-            )
-            for b in bad:
-                await apply_policy(
-                    self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
-                    self.out.counters,
-                )  # fmt: skip
-            if len(rows) == 0:
-                self.carry += replies
-                return
-            msg = Batch(rows, "source", Provenance(self.where, self.rows, self.rows + len(rows)))
-            self.rows += len(rows)
-        replies = self.carry + replies
-        self.carry = []
-        self.seq += 1
-        self.unacked[self.seq] = replies
-        await self.out.emit(msg, position=(self.subject, self.seq))
-
-    async def _on_commit(self, positions: dict[str, Any]) -> None:
-        """The sinks acknowledged everything emitted up to ``positions[subject]``."""
-        seq = positions.get(self.subject)
-        if seq is None:
-            return
-        replies: list[str] = []
-        while self.unacked and next(iter(self.unacked)) <= seq:
-            replies += self.unacked.popitem(last=False)[1]
-        await self._ack(replies)
+        await self._emit_payloads(payloads, replies, lambda i: msgs[i].metadata.sequence.stream)
 
     async def _ack(self, replies: list[str]) -> None:
         """Acknowledge messages by their reply subjects (``+ACK``), on the current
         connection: called only once the sinks acknowledged them. A failure leaves them
         unacknowledged: JetStream redelivers them after ``ack_wait``."""
-        if not replies:
-            return
         try:
             async with self.lock:
                 nc = self.nc
@@ -499,40 +451,17 @@ def read_nats(
     return Flow(source)
 
 
-class _NatsSinkOp(SinkOperator[Any, int]):
-    fused = False
-
-    def __init__(
-        self,
-        subject: str,
-        url: str,
-        codec: PayloadCodec,
-        key: str | None,
-        shards: int,
-        connect_timeout: float,
-        buffer: int | None,
-        on_error: ErrorPolicy,
-    ) -> None:
-        self.subject, self.url, self.codec = subject, url, codec
-        self.key, self.shards = key, shards
-        self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
-        self.name = f"to_nats({subject})"
-
+class _NatsSinkOp(BatchSinkOp):
     def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _NatsWriter(self)
 
 
-class _NatsWriter(SinkWriter[Any, int]):
+class _NatsWriter(BatchWriter):
     def __init__(self, op: _NatsSinkOp) -> None:
+        super().__init__(op)
         self.op = op
         self.nc: NATS | None = None
         self.publisher: _Publisher | None = None
-        self.sent = 0
-        self.counters: StageCounters | None = None
-        self.backoff = Backoff()
-
-    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
-        self.counters = counters
 
     async def open(self) -> None:
         require_asyncio("to_nats", "nats-py")
@@ -545,21 +474,6 @@ class _NatsWriter(SinkWriter[Any, int]):
             with contextlib.suppress(Exception):  # closing a broken connection
                 await self.nc.close()
         self.nc = self.publisher = None
-
-    async def write(self, item: Any) -> None:
-        await self._send(item, self._messages(item))
-
-    async def write_chunk(self, items: list[Any]) -> None:
-        await self._send(items, [m for item in items for m in self._messages(item)])
-
-    def _messages(self, item: Any) -> list[tuple[str, bytes]]:
-        payloads = self.op.codec.encode(item)
-        if self.op.key is None:
-            return [(self.op.subject, p) for p in payloads]
-        if not (isinstance(item, np.ndarray) and item.dtype.names):
-            raise TypeError(f"to_nats(key={self.op.key!r}) needs structured array batches")
-        shard = shard_of(item[self.op.key], self.op.shards).tolist()
-        return [(f"{self.op.subject}.{s}", p) for s, p in zip(shard, payloads, strict=True)]
 
     async def _send(self, item: Any, messages: list[tuple[str, bytes]]) -> None:
         """Publish ``messages`` and wait for every ack; reconnects with backoff and
@@ -602,9 +516,6 @@ class _NatsWriter(SinkWriter[Any, int]):
             self.sent += len(messages)
             return
 
-    def result(self) -> int:
-        return self.sent
-
 
 def to_nats(
     subject: str,
@@ -642,4 +553,7 @@ def to_nats(
     if shards < 1 or (shards > 1 and key is None):
         raise ValueError("to_nats: shards must be >= 1, and shards > 1 needs key=")
     codec = PayloadCodec(None, format, delimiter=delimiter)
-    return Sink(_NatsSinkOp(subject, url, codec, key, shards, connect_timeout, buffer, on_error))
+    op = _NatsSinkOp(
+        subject, url, codec, key, shards, connect_timeout, buffer, on_error, f"to_nats({subject})"
+    )
+    return Sink(op)

@@ -6,34 +6,27 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import numpy as np
 from numpy.typing import DTypeLike
 
 from ..abc import (
-    Batch,
     Context,
     ErrorPolicy,
     Outlet,
-    Provenance,
-    SinkOperator,
     SinkWriter,
-    Source,
-    StageCounters,
     apply_policy,
     check_policy,
 )
 from ..flow import Flow, Sink
+from ._batch import BatchReader, BatchSinkOp, BatchSource, BatchWriter
 from ._common import (
     Backoff,
     Format,
     PayloadCodec,
     consumer_name,
     require_asyncio,
-    shard_of,
     worker_index,
 )
 
@@ -169,8 +162,8 @@ def _shown(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
-class _RedisSource(Source):
-    resumable = True
+class _RedisSource(BatchSource):
+    client_library = "redis-py"
 
     def __init__(
         self,
@@ -189,47 +182,33 @@ class _RedisSource(Source):
         on_error: ErrorPolicy,
         name: str,
     ) -> None:
-        self.stream, self.group, self.url, self.consumer = stream, group, url, consumer
-        self.codec, self.entry_field = codec, entry_field.encode()
-        self.count, self.block, self.claim_idle, self.start = count, block, claim_idle, start
-        self.idle_stop, self.connect_timeout = idle_stop, connect_timeout
-        self.on_error, self.name = on_error, name
+        super().__init__(url, codec, count, block, idle_stop, connect_timeout, on_error, name)
+        self.stream, self.group, self.consumer = stream, group, consumer
+        self.entry_field = entry_field.encode()
+        self.claim_idle, self.start = claim_idle, start
 
-    async def produce(self, out: Outlet, ctx: Context) -> None:
-        require_asyncio("read_redis", "redis-py")
-        reader = _RedisReader(self, out)
-        try:
-            await reader.run()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await reader.close()
+    def reader(self, out: Outlet) -> _RedisReader:
+        return _RedisReader(self, out)
 
 
-class _RedisReader:
-    """One run of a Redis Streams source."""
+class _RedisReader(BatchReader[bytes]):
+    """One run of a Redis Streams source (acknowledgement tokens: entry ids)."""
 
     def __init__(self, op: _RedisSource, out: Outlet) -> None:
-        self.op, self.out = op, out
+        self.op = op
         self.stream = op.stream.format(worker=worker_index())
+        where = f"{_shown(op.url).rstrip('/')}/{self.stream}"
+        super().__init__(out, self.stream, where, op.codec, op.on_error, op.name)
         self.consumer = op.consumer or consumer_name()
-        self.where = f"{_shown(op.url).rstrip('/')}/{self.stream}"
         self.client: Redis | None = None
         self.backoff = Backoff()
         self.errors = _connection_errors()
-        self.rows = 0  # rows emitted, for provenance
-        self.seq = 0  # batches emitted with ids to acknowledge
-        self.unacked: OrderedDict[int, list[bytes]] = OrderedDict()  # seq -> entry ids
         self.acking: list[list[bytes]] = []  # ids being acknowledged
-        self.carry: list[bytes] = []  # ids of bad entries, acked with the next batch
-        self.acked = 0
-        self.lock = anyio.Lock()
-        out.on_commit(self._on_commit)  # acknowledge once the sinks did
 
-    async def close(self) -> None:
-        async with self.lock:  # not while an acknowledgement uses the client
-            if self.client is not None:
-                await self.client.aclose()
-                self.client = None
+    async def _disconnect(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
 
     async def _connect(self) -> Redis:
         """A client with the group created: retried with backoff for ``connect_timeout``."""
@@ -344,26 +323,7 @@ class _RedisReader:
         ids: list[bytes] = [e[0] for e in entries]
         key = self.op.entry_field  # usually an entry's only field: no per-entry call
         payloads = [f[1] if f and f[0] == key else self._payload(f) for _, f in entries]
-        msg: Any
-        if self.op.codec.dtype is None:
-            msg = payloads
-        else:
-            rows, bad = self.op.codec.decode(payloads, lambda i: ids[i].decode(), self.where)
-            for b in bad:
-                await apply_policy(
-                    self.op.on_error, b.payload, b.error, self.op.name, b.provenance,
-                    self.out.counters,
-                )  # fmt: skip
-            if len(rows) == 0:
-                self.carry += ids
-                return
-            msg = Batch(rows, "source", Provenance(self.where, self.rows, self.rows + len(rows)))
-            self.rows += len(rows)
-        ids = self.carry + ids
-        self.carry = []
-        self.seq += 1
-        self.unacked[self.seq] = ids
-        await self.out.emit(msg, position=(self.stream, self.seq))
+        await self._emit_payloads(payloads, ids, lambda i: ids[i].decode())
 
     def _in_flight(self) -> set[bytes]:
         """Ids emitted and not acknowledged yet: pending, but not to be emitted again.
@@ -379,21 +339,9 @@ class _RedisReader:
                     return fields[i + 1]
         return b""
 
-    async def _on_commit(self, positions: dict[str, Any]) -> None:
-        """The sinks acknowledged everything emitted up to ``positions[stream]``."""
-        seq = positions.get(self.stream)
-        if seq is None:
-            return
-        ids: list[bytes] = []
-        while self.unacked and next(iter(self.unacked)) <= seq:
-            ids += self.unacked.popitem(last=False)[1]
-        await self._ack(ids)
-
     async def _ack(self, ids: list[bytes]) -> None:
         """``XACK`` ``ids``: called only once the sinks acknowledged them. A failure leaves
         them pending (redelivered to this consumer name, or reclaimed by another)."""
-        if not ids:
-            return
         self.acking.append(ids)
         try:
             async with self.lock:
@@ -487,8 +435,8 @@ def read_redis(
     return Flow(source)
 
 
-class _RedisSinkOp(SinkOperator[Any, int]):
-    fused = False
+class _RedisSinkOp(BatchSinkOp):
+    separator = ":"
 
     def __init__(
         self,
@@ -503,27 +451,21 @@ class _RedisSinkOp(SinkOperator[Any, int]):
         buffer: int | None,
         on_error: ErrorPolicy,
     ) -> None:
-        self.stream, self.url, self.codec, self.entry_field = stream, url, codec, entry_field
-        self.maxlen, self.key, self.shards = maxlen, key, shards
-        self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
-        self.name = f"to_redis({stream})"
+        name = f"to_redis({stream})"
+        super().__init__(stream, url, codec, key, shards, connect_timeout, buffer, on_error, name)
+        self.stream, self.entry_field, self.maxlen = stream, entry_field, maxlen
 
     def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _RedisWriter(self)
 
 
-class _RedisWriter(SinkWriter[Any, int]):
+class _RedisWriter(BatchWriter):
     def __init__(self, op: _RedisSinkOp) -> None:
+        super().__init__(op)
         self.op = op
         self.client: Redis | None = None
-        self.sent = 0
-        self.counters: StageCounters | None = None
         self.errors = _connection_errors()
-        self.backoff = Backoff()
         self.where = _shown(op.url).rstrip("/")
-
-    def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
-        self.counters = counters
 
     async def open(self) -> None:
         require_asyncio("to_redis", "redis-py")
@@ -534,22 +476,6 @@ class _RedisWriter(SinkWriter[Any, int]):
         if self.client is not None:
             await self.client.aclose()
             self.client = None
-
-    async def write(self, item: Any) -> None:
-        await self._send(item, self._entries(item))
-
-    async def write_chunk(self, items: list[Any]) -> None:
-        entries = [e for item in items for e in self._entries(item)]
-        await self._send(items, entries)
-
-    def _entries(self, item: Any) -> list[tuple[str, bytes]]:
-        payloads = self.op.codec.encode(item)
-        if self.op.key is None:
-            return [(self.op.stream, p) for p in payloads]
-        if not (isinstance(item, np.ndarray) and item.dtype.names):
-            raise TypeError(f"to_redis(key={self.op.key!r}) needs structured array batches")
-        shard = shard_of(item[self.op.key], self.op.shards).tolist()
-        return [(f"{self.op.stream}:{s}", p) for s, p in zip(shard, payloads, strict=True)]
 
     async def _send(self, item: Any, entries: list[tuple[str, bytes]]) -> None:
         """One pipelined round trip of ``XADD``s; reconnects with backoff and resends
@@ -583,9 +509,6 @@ class _RedisWriter(SinkWriter[Any, int]):
             self.backoff.reset()
             self.sent += len(entries)
             return
-
-    def result(self) -> int:
-        return self.sent
 
 
 def to_redis(
