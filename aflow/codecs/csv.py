@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from ._arrow import column as arrow_column
 from ._blocks import (
     SMALL_BLOCK,
     Block,
@@ -298,7 +299,7 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
                 if fill_int is None or dt.kind not in "iu":
                     raise ValueError(f"empty value in column {name!r}")
                 column = column.fill_null(fill_int)
-            values = column.to_numpy(zero_copy_only=False)
+            values = arrow_column(column, np.dtype(np.float64) if dt.kind == "f" else dt)
             out[name] = text_column(values, dt, name) if dt.kind in "SU" else fit(values, dt)
         check_overflow(blob, out, floats)
         return out

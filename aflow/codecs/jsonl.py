@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from ._arrow import column as arrow_column
 from ._blocks import (
     SMALL_BLOCK,
     LineDecoder,
@@ -249,7 +250,10 @@ def _arrow_parser(dtype: np.dtype[Any], reference: Parse) -> Parse:
             raise ValueError("a missing key or a null")
         out = np.empty(table.num_rows, dtype)
         for name in names:
-            out[name] = fit(table.column(name).to_numpy(), dtype.fields[name][0])  # type: ignore[index]
+            dt = dtype.fields[name][0]  # type: ignore[index]
+            wide = np.dtype(np.float64) if dt.kind == "f" else dt
+            values = arrow_column(table.column(name), wide)
+            out[name] = text_column(values, dt, name) if dt.kind in "SU" else fit(values, dt)
         for n in floats:  # NaN or Infinity (not JSON); -0, an integer to the reference
             if not np.isfinite(out[n]).all() or (np.signbit(out[n]) & (out[n] == 0)).any():
                 raise ValueError("NaN, Infinity or -0")
