@@ -2,24 +2,21 @@
 
 On Linux with the ``inotify`` extra (``inotify_simple``, a ctypes wrapper of the kernel
 calls) a follower sleeps on an inotify descriptor watching the file's directory and wakes
-as soon as a file there is written, truncated, created, renamed or removed: a truncation
-by ``copytruncate`` is seen as it happens, not at the next poll. The descriptor is awaited
-with :func:`anyio.wait_readable`, so this works on asyncio and trio alike and costs no
-thread. Elsewhere (or if the kernel refuses a watch) the follower polls every
+as soon as a file there is written, truncated, created, renamed or removed. The
+descriptor is awaited with :func:`anyio.wait_readable`, so this works on asyncio and trio
+alike and costs no thread. Elsewhere (or if the kernel refuses a watch) the follower polls every
 ``poll_interval`` seconds. Either way it also wakes at least every ``poll_interval``.
 
 The watcher also counts the files that *appeared* under the followed name (created or
 renamed into place): a follower compares that with the files it opened to count the ones
 rotated away before it could open them (see :class:`~aflow.sources._follow.Follower`).
-And it notes when a file named like a followed one (``app.log.1``, ``app.log-20240101``)
-is created or written: a copy being made (``copytruncate``), the sign to read the
-original eagerly until it is truncated.
+:func:`write_waiter` wakes a thread at each write to one open file (see
+:mod:`aflow.sources._guard`).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,20 +35,23 @@ def have_inotify() -> bool:
     return inotify_simple is not None and sys.platform.startswith("linux")
 
 
-def write_waiter(fd: int) -> tuple[Callable[[], None], Callable[[], None]]:
+def write_waiter(fd: int, timeout: int) -> tuple[Callable[[], None], Callable[[], None]] | None:
     """A blocking wait for the next write to (or truncation of) the open file ``fd``, at
-    most a millisecond, and its release: ``(wait, close)``. With inotify the wait wakes at
-    the write, as ``tail -F`` does; else it sleeps 0.2 ms. Call both in one thread."""
-    if have_inotify():
-        try:
-            ino = inotify_simple.INotify()
-            # the descriptor's own file, whatever its path names now
-            ino.add_watch(f"/proc/self/fd/{fd}", inotify_simple.flags.MODIFY)
-        except OSError:
-            pass
-        else:
-            return (lambda: ino.read(timeout=1)), ino.close
-    return (lambda: time.sleep(0.0002)), (lambda: None)
+    most ``timeout`` milliseconds, and its release: ``(wait, close)``, to call in one
+    thread. It wakes at the write, as ``tail -F`` does. None without inotify (or if the
+    kernel refuses one more instance or watch)."""
+    if not have_inotify():
+        return None
+    try:
+        ino = inotify_simple.INotify()
+    except OSError:
+        return None
+    try:  # the descriptor's own file, whatever its path names now
+        ino.add_watch(f"/proc/self/fd/{fd}", inotify_simple.flags.MODIFY)
+    except OSError:
+        ino.close()
+        return None
+    return (lambda: ino.read(timeout=timeout)), ino.close
 
 
 class Watcher:
@@ -69,7 +69,6 @@ class Watcher:
         self.poll_interval = poll_interval
         self.appeared = 0  # files that appeared under one of ``names``
         self.moved = True  # a name may name another file now: look again
-        self.copying = False  # a file named like a followed one was created or written
         self._inotify: Any = None
         self._open()
 
@@ -125,10 +124,6 @@ class Watcher:
         events = self._inotify.read(timeout=0)
         for event in events:
             if event.name not in self.names:
-                if event.mask & (flags.CREATE | flags.MODIFY) and any(
-                    event.name.startswith(name) for name in self.names
-                ):
-                    self.copying = True
                 continue
             self.moved |= bool(event.mask & moves)
             if event.mask & create:
@@ -142,12 +137,6 @@ class Watcher:
             return True
         moved, self.moved = self.moved, False
         return moved
-
-    def take_copying(self) -> bool:
-        """Whether a file named like a followed one (a copy?) was created or written since
-        the last call (never when polling)."""
-        copying, self.copying = self.copying, False
-        return copying
 
     def close(self) -> None:
         """Release the inotify descriptor (idempotent)."""
