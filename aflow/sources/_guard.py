@@ -13,12 +13,20 @@ inotify watch of the open file reads what each write appended and keeps the newe
 once it sees the truncation too, takes from them what it had not read (see
 :meth:`Guard.take`). It reads nothing downstream: the follower still reads every byte
 itself, so a guard that falls behind costs nothing but what it could have saved.
+
+Woken at a write, a thread must still take the GIL from the event loop's thread, which
+gives it up every ``sys.getswitchinterval()`` seconds (5 ms by default): under load that
+was the whole window. While a guard runs, the switch interval is at most
+:data:`SWITCH_INTERVAL` (the previous value comes back when the last guard stops).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ._fileid import FINGERPRINT_BYTES, TAIL_BYTES, FileId, changed
@@ -31,6 +39,32 @@ WAKE = 100
 
 KEPT = 4
 """Truncated contents a guard keeps for its follower (the oldest are dropped)."""
+
+SWITCH_INTERVAL = 0.0002
+"""The longest a guard waits for the GIL after a write (``sys.setswitchinterval``)."""
+
+_switching = threading.Lock()
+_guards = 0  # guards running
+_saved = 0.0  # the switch interval before the first of them
+
+
+@contextmanager
+def prompt_switching() -> Iterator[None]:
+    """Hold the interpreter's switch interval at most :data:`SWITCH_INTERVAL`; the value
+    before the first holder comes back after the last (unless changed meanwhile)."""
+    global _guards, _saved
+    with _switching:
+        if not _guards:
+            _saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_saved, SWITCH_INTERVAL))
+        _guards += 1
+    try:
+        yield
+    finally:
+        with _switching:
+            _guards -= 1
+            if not _guards and sys.getswitchinterval() == min(_saved, SWITCH_INTERVAL):
+                sys.setswitchinterval(_saved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +120,10 @@ class Guard:
             self._started = True
             waiter = write_waiter(self.fd, WAKE)
         try:
-            while waiter is not None and not self._stopped.is_set():
-                self.look()
-                waiter[0]()
+            with prompt_switching():
+                while waiter is not None and not self._stopped.is_set():
+                    self.look()
+                    waiter[0]()
         finally:
             if waiter is not None:
                 waiter[1]()
