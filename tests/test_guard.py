@@ -4,6 +4,7 @@ before the follower read them (the follower's side is in tests/test_follow.py)."
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from aflow.sources import _watch
 from aflow.sources._fileid import file_id
-from aflow.sources._guard import Guard
+from aflow.sources._guard import SWITCH_INTERVAL, Guard
 
 
 def numbered(lo: int, hi: int) -> bytes:
@@ -122,3 +123,22 @@ def test_stopped_before_it_ran_it_releases_its_descriptor(log: tuple[Path, int])
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(dup)
     guard.run()  # returns at once
+
+
+@pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify")
+def test_the_switch_interval_is_short_while_a_guard_runs(log: tuple[Path, int]) -> None:
+    # a woken guard must not wait 5 ms (the default) for the GIL: the copytruncate window
+    _, fd = log
+    before = sys.getswitchinterval()
+    guard = Guard(fd, 0, limit=1 << 20)
+    thread = threading.Thread(target=guard.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sys.getswitchinterval() == before and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert sys.getswitchinterval() == pytest.approx(min(before, SWITCH_INTERVAL))
+    finally:
+        guard.stop()
+        thread.join(timeout=5)
+    assert sys.getswitchinterval() == before  # given back

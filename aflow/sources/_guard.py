@@ -46,24 +46,26 @@ SWITCH_INTERVAL = 0.0002
 _switching = threading.Lock()
 _guards = 0  # guards running
 _saved = 0.0  # the switch interval before the first of them
+_ours = 0.0  # the one set then (as the interpreter rounds it)
 
 
 @contextmanager
 def prompt_switching() -> Iterator[None]:
     """Hold the interpreter's switch interval at most :data:`SWITCH_INTERVAL`; the value
     before the first holder comes back after the last (unless changed meanwhile)."""
-    global _guards, _saved
+    global _guards, _saved, _ours
     with _switching:
         if not _guards:
             _saved = sys.getswitchinterval()
             sys.setswitchinterval(min(_saved, SWITCH_INTERVAL))
+            _ours = sys.getswitchinterval()
         _guards += 1
     try:
         yield
     finally:
         with _switching:
             _guards -= 1
-            if not _guards and sys.getswitchinterval() == min(_saved, SWITCH_INTERVAL):
+            if not _guards and sys.getswitchinterval() == _ours:
                 sys.setswitchinterval(_saved)
 
 
