@@ -25,17 +25,22 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ._fileid import FINGERPRINT_BYTES, TAIL_BYTES, FileId, changed
+from ._fileid import FINGERPRINT_BYTES, TAIL_BYTES, FileId
 from ._watch import write_waiter
 
 __all__ = ["Guard", "Kept"]
 
 WAKE = 100
 """Milliseconds a guard sleeps at most without a write (it then looks for a stop)."""
+
+GATHER = 0.0005
+"""Seconds a guard lets writes gather after a look (a writer may write line by line:
+looking at each of 20,000 writes a second took the GIL from the follower that often)."""
 
 KEPT = 4
 """Truncated contents a guard keeps for its follower (the oldest are dropped)."""
@@ -125,6 +130,7 @@ class Guard:
             with prompt_switching():
                 while waiter is not None and not self._stopped.is_set():
                     self.look()
+                    time.sleep(GATHER)
                     waiter[0]()
         finally:
             if waiter is not None:
@@ -156,10 +162,8 @@ class Guard:
             if self.fd is None:
                 return
             at, fresh = self._append(os.fstat(self.fd).st_size)
-            st = os.fstat(self.fd)
-            end = self._start + len(self._data)
-            before = bytes(self._data[-TAIL_BYTES:])
-            if changed(self.fd, st.st_size, end, FileId.of(st, self._head), before):
+            size = os.fstat(self.fd).st_size
+            if self._changed(size):
                 # Truncated before the read or after it. Before it, what was read is the
                 # new content's (written past the old end): the file holds it still.
                 if fresh and os.pread(self.fd, len(fresh), at) == fresh:
@@ -168,9 +172,19 @@ class Guard:
                     kept = Kept(self._head, self._start, bytes(self._data))
                     self._kept = [*self._kept[1 - KEPT :], kept]
                 self._start, self._data, self._head = 0, bytearray(), b""
-                self._append(st.st_size)
-            if len(self._head) < FINGERPRINT_BYTES and st.st_size > len(self._head):
+                self._append(size)
+            if len(self._head) < FINGERPRINT_BYTES and size > len(self._head):
                 self._head = os.pread(self.fd, FINGERPRINT_BYTES, 0)
+
+    def _changed(self, size: int) -> bool:
+        """Whether the file no longer holds what was read (as
+        :func:`~aflow.sources._fileid.changed`, comparing bytes: no digest at each write)."""
+        assert self.fd is not None
+        end = self._start + len(self._data)
+        if size < end or os.pread(self.fd, len(self._head), 0) != self._head:
+            return True
+        n = min(len(self._data), TAIL_BYTES)
+        return bool(n) and os.pread(self.fd, n, end - n) != self._data[-n:]
 
     def _append(self, size: int) -> tuple[int, bytes]:
         """Read the bytes up to ``size`` not read yet (the newest ``limit`` of them); keep

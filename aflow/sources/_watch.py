@@ -16,6 +16,9 @@ rotated away before it could open them (see :class:`~aflow.sources._follow.Follo
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -43,7 +46,7 @@ def write_waiter(fd: int, timeout: int) -> tuple[Callable[[], None], Callable[[]
     if not have_inotify():
         return None
     try:
-        ino = inotify_simple.INotify()
+        ino = inotify_simple.INotify(nonblocking=True)
     except OSError:
         return None
     try:  # the descriptor's own file, whatever its path names now
@@ -51,7 +54,15 @@ def write_waiter(fd: int, timeout: int) -> tuple[Callable[[], None], Callable[[]
     except OSError:
         ino.close()
         return None
-    return (lambda: ino.read(timeout=timeout)), ino.close
+    poller = select.poll()
+    poller.register(ino.fileno(), select.POLLIN)
+
+    def wait() -> None:  # the events are not parsed: any of them is a write
+        if poller.poll(timeout):
+            with contextlib.suppress(BlockingIOError):
+                os.read(ino.fileno(), 1 << 16)
+
+    return wait, ino.close
 
 
 class Watcher:
