@@ -18,7 +18,9 @@ never takes bytes away from it:
   window has it. With inotify, a :class:`~aflow.sources._guard.Guard` thread reads the
   current file at every write, as ``tail -F`` does, and keeps its newest bytes: what it
   read before the truncation and the follower had not is taken from it. Bytes it saw but
-  could not keep are reported (below).
+  could not keep are reported (below). At the first sign of a copy (a file named like the
+  followed one created or written) the follower stops reading until the guard saw the
+  truncation (``COPY_WATCH`` seconds at most): the guard then need not wait for the GIL.
 * **resumed from a checkpoint**: the rotated files beside the path that the checkpoint has
   not seen to their end (:mod:`aflow.sources._rotation`) are read first, oldest first:
   compressed ones to their end, the others as rotated files being drained.
@@ -52,7 +54,13 @@ from ._guard import Guard
 from ._reader import Emit, FileReader, _Framer
 from ._watch import Watcher
 
-__all__ = ["Follower"]
+__all__ = ["COPY_WATCH", "Follower"]
+
+COPY_WATCH = 0.25
+"""Seconds a follower steps aside at most, at a sign of a copy, for its guard."""
+
+COPY_POLL = 0.002
+"""Seconds between its looks at the guard meanwhile."""
 
 
 @dataclass(slots=True)
@@ -102,6 +110,8 @@ class Follower:
                 await self._open_current(first=True)
                 await self._catch_up(emit, report, out)
                 while not out.stopping:
+                    if watcher.take_copying() and self.current is not None:
+                        await self._step_aside(self.current, watcher)
                     got = await self._read_all(watcher, emit, report, out)
                     await self._check_path(watcher, emit, report)
                     await self._drop_quiet(emit, report)
@@ -188,6 +198,8 @@ class Follower:
                 self.reader.ident = tracked.ident  # for the positions of what it emits
                 await self.reader.feed(tracked.framer, chunk, emit, report)
                 watcher.take_events()
+                if watcher.copying:
+                    return got
         return got
 
     async def _read_one(self, tracked: Tracked, emit: Emit, report: Reporter) -> bytes:
@@ -203,6 +215,19 @@ class Follower:
         tracked.ident = ident
         tracked.advance(chunk)
         return chunk
+
+    async def _step_aside(self, tracked: Tracked, watcher: Watcher) -> None:
+        """A copy is being made: leave the GIL to the guard (sleep) until it saw the
+        truncation, for ``COPY_WATCH`` seconds at most (see the module docstring)."""
+        guard = tracked.guard
+        if guard is None:
+            return
+        seen = guard.truncations
+        with anyio.move_on_after(COPY_WATCH):
+            while guard.truncations == seen:  # noqa: ASYNC110 - a thread counts them
+                await anyio.sleep(COPY_POLL)
+        watcher.take_events()  # the signs of the copy queued meanwhile are old
+        watcher.copying = False
 
     async def _truncated(self, tracked: Tracked, emit: Emit, report: Reporter) -> None:
         """Take the unread rest from a copy (``copytruncate``) and the guard, then read

@@ -112,6 +112,7 @@ class Guard:
         self._data = bytearray()
         self._head = b""  # the first bytes of the content, read at the first look
         self._kept: list[Kept] = []
+        self.truncations = 0  # seen so far
 
     @property
     def end(self) -> int:
@@ -168,6 +169,7 @@ class Guard:
                 # new content's (written past the old end): the file holds it still.
                 if fresh and os.pread(self.fd, len(fresh), at) == fresh:
                     del self._data[len(self._data) - len(fresh) :]
+                self.truncations += 1
                 if self._data:
                     kept = Kept(self._head, self._start, bytes(self._data))
                     self._kept = [*self._kept[1 - KEPT :], kept]

@@ -10,8 +10,9 @@ alike and costs no thread. Elsewhere (or if the kernel refuses a watch) the foll
 The watcher also counts the files that *appeared* under the followed name (created or
 renamed into place): a follower compares that with the files it opened to count the ones
 rotated away before it could open them (see :class:`~aflow.sources._follow.Follower`).
-:func:`write_waiter` wakes a thread at each write to one open file (see
-:mod:`aflow.sources._guard`).
+It notes when a file named like a followed one (``app.log.1``, ``app.log-20240101``) is
+created or written: a copy being made (``copytruncate``). :func:`write_waiter` wakes a
+thread at each write to one open file (see :mod:`aflow.sources._guard`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Watcher:
         self.poll_interval = poll_interval
         self.appeared = 0  # files that appeared under one of ``names``
         self.moved = True  # a name may name another file now: look again
+        self.copying = False  # a file named like a followed one was created or written
         self._inotify: Any = None
         self._open()
 
@@ -135,6 +137,10 @@ class Watcher:
         events = self._inotify.read(timeout=0)
         for event in events:
             if event.name not in self.names:
+                if event.mask & (flags.CREATE | flags.MODIFY) and any(
+                    event.name.startswith(name) for name in self.names
+                ):
+                    self.copying = True
                 continue
             self.moved |= bool(event.mask & moves)
             if event.mask & create:
@@ -148,6 +154,12 @@ class Watcher:
             return True
         moved, self.moved = self.moved, False
         return moved
+
+    def take_copying(self) -> bool:
+        """Whether a file named like a followed one (a copy?) was created or written since
+        the last call (never when polling)."""
+        copying, self.copying = self.copying, False
+        return copying
 
     def close(self) -> None:
         """Release the inotify descriptor (idempotent)."""
