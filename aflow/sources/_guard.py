@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,10 +36,6 @@ __all__ = ["Guard", "Kept"]
 
 WAKE = 100
 """Milliseconds a guard sleeps at most without a write (it then looks for a stop)."""
-
-GATHER = 0.0005
-"""Seconds a guard lets writes gather after a look (a writer may write line by line:
-looking at each of 20,000 writes a second took the GIL from the follower that often)."""
 
 KEPT = 4
 """Truncated contents a guard keeps for its follower (the oldest are dropped)."""
@@ -131,7 +126,6 @@ class Guard:
             with prompt_switching():
                 while waiter is not None and not self._stopped.is_set():
                     self.look()
-                    time.sleep(GATHER)
                     waiter[0]()
         finally:
             if waiter is not None:
