@@ -32,7 +32,6 @@ never takes bytes away from it:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from ._fileid import (
 )
 from ._guard import Guard
 from ._reader import Emit, FileReader, _Framer
-from ._watch import Watcher
+from ._watch import Watcher, have_inotify
 
 __all__ = ["COPY_WATCH", "Follower"]
 
@@ -96,34 +95,29 @@ class Follower:
         self.draining: list[Tracked] = []
         self.opened = 0  # files opened that their appearance should account for
         self.reported_missed = 0
-        self._guards: Any = None  # the task group running guards, with inotify
-        self._limiter: anyio.CapacityLimiter | None = None
 
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read, wait for changes, and read again, until ``out.stopping``."""
         directory, name = os.path.split(self.path)
         watcher = Watcher(directory, [name], self.reader.poll_interval)
-        async with anyio.create_task_group() as guards:
-            if watcher.notified:
-                self._guards, self._limiter = guards, anyio.CapacityLimiter(math.inf)
-            try:
-                await self._open_current(first=True)
-                await self._catch_up(emit, report, out)
-                while not out.stopping:
-                    if watcher.take_copying() and self.current is not None:
-                        await self._step_aside(self.current, watcher)
-                    got = await self._read_all(watcher, emit, report, out)
-                    await self._check_path(watcher, emit, report)
-                    await self._drop_quiet(emit, report)
-                    if not got and not out.stopping:
-                        with out.pull_scope():
-                            await watcher.wait()
-            finally:
-                watcher.close()
-                for tracked in self._all():
-                    if tracked.guard is not None:
-                        tracked.guard.stop()
-                    os.close(tracked.fd)
+        try:
+            await self._open_current(first=True)
+            await self._catch_up(emit, report, out)
+            while not out.stopping:
+                if watcher.take_copying() and self.current is not None:
+                    await self._step_aside(self.current, watcher)
+                got = await self._read_all(watcher, emit, report, out)
+                await self._check_path(watcher, emit, report)
+                await self._drop_quiet(emit, report)
+                if not got and not out.stopping:
+                    with out.pull_scope():
+                        await watcher.wait()
+        finally:
+            watcher.close()
+            for tracked in self._all():
+                if tracked.guard is not None:
+                    tracked.guard.stop()
+                os.close(tracked.fd)
         checkpointed = bool(out.checkpointed)
         for tracked in self._all():  # stopped: a last line may be unfinished by its writer
             await self.reader.hold_back(tracked.framer, report, checkpointed)
@@ -174,16 +168,12 @@ class Follower:
         fd, ident = opened
         start, line = (self.reader.start, self.reader.start_line) if first else (0, 1)
         self.current = Tracked(fd, ident, self.reader.framer(start, line=line), start)
-        if self._guards is not None:
-            guard = self.current.guard = Guard(fd, start, self.reader.chunk_size)
-            self._guards.start_soon(self._run_guard, guard)
+        if have_inotify():
+            guard = Guard(fd, start, self.reader.chunk_size, self.path)
+            self.current.guard = guard if guard.start() else None
         # A file found at the start may predate the watch: its appearance was not seen.
         self.opened += 0 if first else 1
         return True
-
-    async def _run_guard(self, guard: Guard) -> None:
-        # Not cancellable: a stop (set by run() when it ends) makes it return in WAKE ms.
-        await anyio.to_thread.run_sync(guard.run, limiter=self._limiter)
 
     async def _read_all(self, watcher: Watcher, emit: Emit, report: Reporter, out: Any) -> bool:
         """Read what every open file holds now (rotated ones first); True if any data."""

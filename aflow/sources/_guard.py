@@ -6,67 +6,219 @@ has it (``tail -F`` reads at every write). A follower reads through a worker thr
 hands each chunk downstream before it reads again, so it can be a few milliseconds late:
 enough, under load, to miss that window.
 
-A :class:`Guard` is ``tail -F``'s promptness beside the follower: a thread blocked on an
-inotify watch of the open file reads what each write appended and keeps the newest
-``limit`` bytes. When it sees the file truncated (or rewritten: the checks of
-:func:`~aflow.sources._fileid.read_checked`) it sets those bytes aside, and the follower,
-once it sees the truncation too, takes from them what it had not read (see
-:meth:`Guard.take`). It reads nothing downstream: the follower still reads every byte
-itself, so a guard that falls behind costs nothing but what it could have saved.
+A :class:`Guard` is ``tail -F``'s promptness beside the follower: it reads what the
+writes appended to the open file and keeps the newest ``limit`` bytes. When it sees the
+file truncated (or rewritten: the checks of :func:`~aflow.sources._fileid.read_checked`)
+it sets those bytes aside, and the follower, once it sees the truncation too, takes from
+them what it had not read (see :meth:`Guard.take`). It reads nothing downstream: the
+follower still reads every byte itself, so a guard that falls behind costs nothing but
+what it could have saved.
 
-Woken at a write, a thread must still take the GIL from the event loop's thread, which
-gives it up every ``sys.getswitchinterval()`` seconds (5 ms by default): under load that
-was the whole window. While a guard runs, the switch interval is at most
-:data:`SWITCH_INTERVAL` (the previous value comes back when the last guard stops).
+All the guards of the process share one thread and one inotify instance (:class:`_Hub`,
+started with the first guard, ended with the last): a glob of hundreds of files costs
+one thread and one of the kernel's instances (128 per user by default), not hundreds.
+If inotify cannot be had, a warning says so (once) and files are followed unguarded.
+
+A guard reads at every write only while a copy is suspected (*armed*: a file named like
+the followed one created or written beside it, as logrotate's copy is, until the
+truncation); otherwise it looks at most every :data:`IDLE` seconds, the writes between
+gathered into one read, which costs little. Woken at a write, the thread must still take
+the GIL from the event loop's thread, which gives it up every ``sys.getswitchinterval()``
+seconds (5 ms by default): under load that was the whole window. While a guard is armed,
+the switch interval is at most :data:`SWITCH_INTERVAL` (process-wide; the previous value
+comes back when no guard is armed; :data:`SWITCH_ENV` ``=0`` leaves it alone).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import select
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from ._fileid import FINGERPRINT_BYTES, TAIL_BYTES, FileId
-from ._watch import write_waiter
+from . import _watch
+from ._watch import have_inotify
 
 __all__ = ["Guard", "Kept"]
 
 WAKE = 100
-"""Milliseconds a guard sleeps at most without a write (it then looks for a stop)."""
+"""Milliseconds the guards' thread sleeps at most without an event."""
 
 KEPT = 4
 """Truncated contents a guard keeps for its follower (the oldest are dropped)."""
 
 SWITCH_INTERVAL = 0.0002
-"""The longest a guard waits for the GIL after a write (``sys.setswitchinterval``)."""
+"""The longest an armed guard waits for the GIL after a write (``sys.setswitchinterval``);
+the environment variable :data:`SWITCH_ENV` overrides it (``0``: leave it alone)."""
+
+SWITCH_ENV = "AFLOW_FOLLOW_SWITCH_INTERVAL"
+
+ARMED = 1.0
+"""Seconds a guard stays armed after the last sign of a copy (or until a truncation)."""
+
+IDLE = 0.02
+"""Seconds between the looks of a guard not armed (the writes between gather)."""
+
+logger = logging.getLogger("aflow")
 
 _switching = threading.Lock()
-_guards = 0  # guards running
+_holders = 0  # holders of a short switch interval
 _saved = 0.0  # the switch interval before the first of them
 _ours = 0.0  # the one set then (as the interpreter rounds it)
 
 
+def _switch_interval() -> float:
+    value = os.environ.get(SWITCH_ENV, "").strip()
+    if not value:
+        return SWITCH_INTERVAL
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise ValueError(f"{SWITCH_ENV}={value!r}: expected seconds (0: off)") from None
+
+
 @contextmanager
 def prompt_switching() -> Iterator[None]:
-    """Hold the interpreter's switch interval at most :data:`SWITCH_INTERVAL`; the value
-    before the first holder comes back after the last (unless changed meanwhile)."""
-    global _guards, _saved, _ours
-    with _switching:
-        if not _guards:
-            _saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_saved, SWITCH_INTERVAL))
-            _ours = sys.getswitchinterval()
-        _guards += 1
+    """Hold the interpreter's switch interval at most :data:`SWITCH_INTERVAL` (or the
+    value of :data:`SWITCH_ENV`; ``0``: unchanged); the value before the first holder
+    comes back after the last (unless changed meanwhile)."""
+    _hold()
     try:
         yield
     finally:
-        with _switching:
-            _guards -= 1
-            if not _guards and sys.getswitchinterval() == _ours:
-                sys.setswitchinterval(_saved)
+        _release()
+
+
+def _hold() -> None:
+    global _holders, _saved, _ours
+    with _switching:
+        if not _holders:
+            _saved = sys.getswitchinterval()
+            wanted = _switch_interval()
+            if wanted:
+                sys.setswitchinterval(min(_saved, wanted))
+            _ours = sys.getswitchinterval()
+        _holders += 1
+
+
+def _release() -> None:
+    global _holders
+    with _switching:
+        _holders -= 1
+        if not _holders and sys.getswitchinterval() == _ours:
+            sys.setswitchinterval(_saved)
+
+
+class _Hub:
+    """The one thread and the one inotify instance of all the guards of the process.
+
+    It watches the directories of the guarded files (a watch descriptor each, shared by
+    the guards of one directory) for writes and creations, and dispatches each event by
+    its watch descriptor and file name: a write to a guarded file makes its guard look
+    (at once if armed, else within :data:`IDLE`); a file named like a guarded one created
+    or written beside it (a copy: ``copytruncate``) arms that guard."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ino: Any = None
+        self._thread: threading.Thread | None = None
+        self._wds: dict[str, int] = {}  # directory -> watch descriptor
+        self._guards: dict[int, list[Guard]] = {}  # watch descriptor -> its guards
+        self.refused = 0  # guards refused (no inotify, or the kernel's limits)
+
+    def add(self, guard: Guard) -> bool:
+        """Watch for ``guard``; False (and a warning, the first time) if inotify cannot
+        be had."""
+        with self._lock:
+            try:
+                if self._ino is None:
+                    self._ino = _watch.inotify_simple.INotify(nonblocking=True)
+                mask = _watch.inotify_simple.flags.MODIFY | _watch.inotify_simple.flags.CREATE
+                wd = self._ino.add_watch(guard.directory, mask)
+            except OSError as exc:
+                self.refused += 1
+                if self.refused == 1:
+                    logger.warning(
+                        "following %s without a guard (inotify: %s): lines a copytruncate "
+                        "removes before they are read are lost; raise "
+                        "fs.inotify.max_user_instances / max_user_watches",
+                        guard.path,
+                        exc,
+                    )
+                if not self._guards and self._ino is not None:
+                    self._ino.close()
+                    self._ino = None
+                return False
+            self._wds[guard.directory] = wd
+            self._guards.setdefault(wd, []).append(guard)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._ino,), name="aflow-guards", daemon=True
+                )
+                self._thread.start()
+            return True
+
+    def remove(self, guard: Guard) -> None:
+        with self._lock:
+            wd = self._wds.get(guard.directory)
+            guards = self._guards.get(wd, []) if wd is not None else []
+            if guard in guards:
+                guards.remove(guard)
+            if wd is not None and not guards:
+                del self._wds[guard.directory], self._guards[wd]
+                with contextlib.suppress(OSError):  # the directory may be gone
+                    self._ino.rm_watch(wd)
+
+    def _run(self, ino: Any) -> None:
+        poller = select.poll()
+        poller.register(ino.fileno(), select.POLLIN)
+        flags = _watch.inotify_simple.flags
+        while True:
+            with self._lock:
+                guards = [g for gs in self._guards.values() for g in gs]
+                if not guards:  # the last one stopped: so does the thread
+                    self._thread = None
+                    self._ino = None
+                    ino.close()
+                    return
+            armed = any(g.armed for g in guards)
+            if poller.poll(0 if any(g.pending for g in guards) else WAKE):
+                try:
+                    events = ino.read(timeout=0)
+                except BlockingIOError:
+                    events = []
+                with self._lock:
+                    for event in events:
+                        if event.mask & flags.Q_OVERFLOW:  # events lost: look at all
+                            for g in guards:
+                                g.pending = True
+                        for g in self._guards.get(event.wd, ()):
+                            if event.name == g.name:
+                                g.pending = True
+                            elif event.mask & (flags.CREATE | flags.MODIFY) and (
+                                event.name.startswith(g.name)
+                            ):
+                                g.arm()
+            now = time.monotonic()
+            for g in guards:
+                g.disarm_if_due(now)
+                if g.pending and (g.armed or now - g.looked >= IDLE):
+                    g.pending = False
+                    g.looked = now
+                    g.look()
+            if not armed and not any(g.armed for g in guards):
+                time.sleep(IDLE)  # not armed: the writes meanwhile gather into one look
+
+
+_hub = _Hub()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +236,27 @@ class Kept:
 
 
 class Guard:
-    """Reads the open file ``fd`` at every write and keeps its newest ``limit`` bytes.
+    """Reads the open file ``fd`` at its writes and keeps its newest ``limit`` bytes.
 
-    :meth:`run` blocks until :meth:`stop` (run it in a worker thread); :meth:`look` and
-    :meth:`take` may be called from any thread.
+    :meth:`start` hands it to the one thread of all guards (:class:`_Hub`), :meth:`stop`
+    takes it back; :meth:`run` does both, blocking until stopped. :meth:`look` and
+    :meth:`take` may be called from any thread. Not *armed*, it looks at most every
+    :data:`IDLE` seconds (the writes between gather: one read); armed, at every write,
+    and the switch interval is short (see the module docstring). It is armed at a sign
+    of a copy (a file named like it created or written in its directory) until it saw
+    the truncation, or :data:`ARMED` seconds after the last sign.
 
     Args:
-        fd: the followed file, open. The guard reads a duplicate of it, closed when
-            :meth:`run` returns (or at :meth:`stop` if it never ran): the follower may
-            close its own at any time.
+        fd: the followed file, open. The guard reads a duplicate of it, closed at
+            :meth:`stop`: the follower may close its own at any time.
         position: the offset reading starts at (what is before is read already).
         limit: the most bytes kept of one content.
+        path: the followed path (by default the one ``fd`` was opened by).
     """
 
-    def __init__(self, fd: int, position: int, limit: int) -> None:
+    def __init__(self, fd: int, position: int, limit: int, path: str | None = None) -> None:
+        self.path = path if path is not None else os.readlink(f"/proc/self/fd/{fd}")
+        self.directory, self.name = os.path.split(os.path.abspath(self.path))
         self.fd: int | None = os.dup(fd)
         self.limit = limit
         self._lock = threading.Lock()
@@ -108,6 +267,9 @@ class Guard:
         self._head = b""  # the first bytes of the content, read at the first look
         self._kept: list[Kept] = []
         self.truncations = 0  # seen so far
+        self.pending = False  # written since the last look (set by the hub)
+        self.looked = 0.0  # time.monotonic() at the last look by the hub
+        self._armed_until = 0.0  # 0: not armed
 
     @property
     def end(self) -> int:
@@ -115,35 +277,65 @@ class Guard:
         with self._lock:
             return self._start + len(self._data)
 
-    def run(self) -> None:
-        """Look at every write (within a millisecond) until stopped. Blocks."""
+    @property
+    def armed(self) -> bool:
+        """Whether a copy is suspected: the guard looks at every write."""
+        return self._armed_until > 0
+
+    def arm(self) -> None:
+        """A sign of a copy: look at every write until the truncation (or :data:`ARMED`
+        seconds after the last sign)."""
         with self._lock:
             if self.fd is None:
-                return  # stopped before it ran
+                return
+            if not self._armed_until:
+                _hold()
+            self._armed_until = time.monotonic() + ARMED
+            self.pending = True  # read up to now at once
+
+    def disarm_if_due(self, now: float) -> None:
+        with self._lock:
+            if self._armed_until and now >= self._armed_until:
+                self._disarm_locked()
+
+    def _disarm_locked(self) -> None:
+        if self._armed_until:
+            self._armed_until = 0.0
+            _release()
+
+    def start(self) -> bool:
+        """Hand the guard to the guards' thread; False (and the guard stopped) without
+        inotify (a warning says why, once)."""
+        with self._lock:
+            if self.fd is None:
+                return False  # stopped before it started
             self._started = True
-            waiter = write_waiter(self.fd, WAKE)
-        try:
-            with prompt_switching():
-                while waiter is not None and not self._stopped.is_set():
-                    self.look()
-                    waiter[0]()
-        finally:
-            if waiter is not None:
-                waiter[1]()
-            self._close()
+        if have_inotify() and _hub.add(self):
+            return True
+        self.stop()
+        return False
+
+    def run(self) -> None:
+        """:meth:`start`, then block until :meth:`stop`."""
+        if self.start():
+            self._stopped.wait()
 
     def stop(self) -> None:
-        """Make :meth:`run` return (within ``WAKE`` ms); idempotent."""
+        """Take the guard back from the guards' thread and close its descriptor;
+        idempotent."""
         self._stopped.set()
         with self._lock:
-            if not self._started:
-                self._close_locked()
+            started = self._started
+        if started:
+            _hub.remove(self)
+        self._close()
 
     def _close(self) -> None:
         with self._lock:
             self._close_locked()
 
     def _close_locked(self) -> None:
+        self._disarm_locked()
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
@@ -156,6 +348,8 @@ class Guard:
         with self._lock:
             if self.fd is None:
                 return
+            if self._armed_until and time.monotonic() >= self._armed_until:
+                self._disarm_locked()
             at, fresh = self._append(os.fstat(self.fd).st_size)
             size = os.fstat(self.fd).st_size
             if self._changed(size):
@@ -164,6 +358,7 @@ class Guard:
                 if fresh and os.pread(self.fd, len(fresh), at) == fresh:
                     del self._data[len(self._data) - len(fresh) :]
                 self.truncations += 1
+                self._disarm_locked()  # the copy is done
                 if self._data:
                     kept = Kept(self._head, self._start, bytes(self._data))
                     self._kept = [*self._kept[1 - KEPT :], kept]

@@ -11,17 +11,14 @@ The watcher also counts the files that *appeared* under the followed name (creat
 renamed into place): a follower compares that with the files it opened to count the ones
 rotated away before it could open them (see :class:`~aflow.sources._follow.Follower`).
 It notes when a file named like a followed one (``app.log.1``, ``app.log-20240101``) is
-created or written: a copy being made (``copytruncate``). :func:`write_waiter` wakes a
-thread at each write to one open file (see :mod:`aflow.sources._guard`).
+created or written: a copy being made (``copytruncate``). The guards of
+:mod:`aflow.sources._guard` see the same signs in their own (shared) inotify instance.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -31,39 +28,12 @@ try:  # the optional extra 'inotify'
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     inotify_simple = None
 
-__all__ = ["Watcher", "have_inotify", "write_waiter"]
+__all__ = ["Watcher", "have_inotify"]
 
 
 def have_inotify() -> bool:
     """Whether change notifications are available here (else followers poll)."""
     return inotify_simple is not None and sys.platform.startswith("linux")
-
-
-def write_waiter(fd: int, timeout: int) -> tuple[Callable[[], None], Callable[[], None]] | None:
-    """A blocking wait for the next write to (or truncation of) the open file ``fd``, at
-    most ``timeout`` milliseconds, and its release: ``(wait, close)``, to call in one
-    thread. It wakes at the write, as ``tail -F`` does. None without inotify (or if the
-    kernel refuses one more instance or watch)."""
-    if not have_inotify():
-        return None
-    try:
-        ino = inotify_simple.INotify(nonblocking=True)
-    except OSError:
-        return None
-    try:  # the descriptor's own file, whatever its path names now
-        ino.add_watch(f"/proc/self/fd/{fd}", inotify_simple.flags.MODIFY)
-    except OSError:
-        ino.close()
-        return None
-    poller = select.poll()
-    poller.register(ino.fileno(), select.POLLIN)
-
-    def wait() -> None:  # the events are not parsed: any of them is a write
-        if poller.poll(timeout):
-            with contextlib.suppress(BlockingIOError):
-                os.read(ino.fileno(), 1 << 16)
-
-    return wait, ino.close
 
 
 class Watcher:
