@@ -43,8 +43,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ._fileid import FINGERPRINT_BYTES, TAIL_BYTES, FileId
 from . import _watch
+from ._fileid import FINGERPRINT_BYTES, TAIL_BYTES, FileId
 from ._watch import have_inotify
 
 __all__ = ["Guard", "Kept"]
