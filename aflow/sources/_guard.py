@@ -43,9 +43,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from . import _watch
 from ._fileid import FINGERPRINT_BYTES, TAIL_BYTES, FileId
 from ._watch import have_inotify
+
+try:  # the optional extra 'inotify'
+    import inotify_simple
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    inotify_simple = None
 
 __all__ = ["Guard", "Kept"]
 
@@ -140,8 +144,8 @@ class _Hub:
         with self._lock:
             try:
                 if self._ino is None:
-                    self._ino = _watch.inotify_simple.INotify(nonblocking=True)
-                mask = _watch.inotify_simple.flags.MODIFY | _watch.inotify_simple.flags.CREATE
+                    self._ino = inotify_simple.INotify(nonblocking=True)
+                mask = inotify_simple.flags.MODIFY | inotify_simple.flags.CREATE
                 wd = self._ino.add_watch(guard.directory, mask)
             except OSError as exc:
                 self.refused += 1
@@ -180,7 +184,7 @@ class _Hub:
     def _run(self, ino: Any) -> None:
         poller = select.poll()
         poller.register(ino.fileno(), select.POLLIN)
-        flags = _watch.inotify_simple.flags
+        flags = inotify_simple.flags
         while True:
             with self._lock:
                 guards = [g for gs in self._guards.values() for g in gs]
