@@ -268,8 +268,8 @@ def guard_looks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     looked: list[int] = []
     look = _guard.Guard.look
 
-    def recording(self: _guard.Guard) -> None:
-        look(self)
+    def recording(self: _guard.Guard, *, quick: bool = False) -> None:
+        look(self, quick=quick)
         looked.append(self.end)
 
     monkeypatch.setattr(_guard.Guard, "look", recording)

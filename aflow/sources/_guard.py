@@ -68,7 +68,7 @@ SWITCH_ENV = "AFLOW_FOLLOW_SWITCH_INTERVAL"
 ARMED = 1.0
 """Seconds a guard stays armed after the last sign of a copy (or until a truncation)."""
 
-IDLE = 0.02
+IDLE = 0.05
 """Seconds between the looks of a guard not armed (the writes between gather)."""
 
 logger = logging.getLogger("aflow")
@@ -125,17 +125,20 @@ class _Hub:
     """The one thread and the one inotify instance of all the guards of the process.
 
     It watches the directories of the guarded files (a watch descriptor each, shared by
-    the guards of one directory) for writes and creations, and dispatches each event by
-    its watch descriptor and file name: a write to a guarded file makes its guard look
-    (at once if armed, else within :data:`IDLE`); a file named like a guarded one created
-    or written beside it (a copy: ``copytruncate``) arms that guard."""
+    the guards of one directory) for files created or renamed into place: one named like
+    a guarded file (``app.log.1``, ``app.log-20240101``: a copy, ``copytruncate``) arms
+    that guard, and the open file of an armed guard is watched for writes (a watch
+    descriptor each) until it is disarmed. Events are dispatched by watch descriptor (and
+    file name). A guard not armed is looked at every :data:`IDLE` seconds: the writes
+    between wake nobody."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ino: Any = None
         self._thread: threading.Thread | None = None
-        self._wds: dict[str, int] = {}  # directory -> watch descriptor
-        self._guards: dict[int, list[Guard]] = {}  # watch descriptor -> its guards
+        self._dirs: dict[str, int] = {}  # directory -> watch descriptor
+        self._guards: dict[int, list[Guard]] = {}  # its watch descriptor -> its guards
+        self._files: dict[int, list[Guard]] = {}  # an armed file's watch descriptor -> ...
         self.refused = 0  # guards refused (no inotify, or the kernel's limits)
 
     def add(self, guard: Guard) -> bool:
@@ -145,8 +148,8 @@ class _Hub:
             try:
                 if self._ino is None:
                     self._ino = inotify_simple.INotify(nonblocking=True)
-                mask = inotify_simple.flags.MODIFY | inotify_simple.flags.CREATE
-                wd = self._ino.add_watch(guard.directory, mask)
+                flags = inotify_simple.flags
+                wd = self._ino.add_watch(guard.directory, flags.CREATE | flags.MOVED_TO)
             except OSError as exc:
                 self.refused += 1
                 if self.refused == 1:
@@ -161,7 +164,7 @@ class _Hub:
                     self._ino.close()
                     self._ino = None
                 return False
-            self._wds[guard.directory] = wd
+            self._dirs[guard.directory] = wd
             self._guards.setdefault(wd, []).append(guard)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -172,14 +175,37 @@ class _Hub:
 
     def remove(self, guard: Guard) -> None:
         with self._lock:
-            wd = self._wds.get(guard.directory)
+            self._unwatch_file(guard)
+            wd = self._dirs.get(guard.directory)
             guards = self._guards.get(wd, []) if wd is not None else []
             if guard in guards:
                 guards.remove(guard)
             if wd is not None and not guards:
-                del self._wds[guard.directory], self._guards[wd]
+                del self._dirs[guard.directory], self._guards[wd]
                 with contextlib.suppress(OSError):  # the directory may be gone
                     self._ino.rm_watch(wd)
+
+    def _watch_file(self, guard: Guard) -> None:
+        """Watch the armed ``guard``'s file for writes (under the lock)."""
+        if guard.wd is not None or guard.fd is None:
+            return
+        try:  # the descriptor's own file, whatever its path names now
+            wd = self._ino.add_watch(f"/proc/self/fd/{guard.fd}", inotify_simple.flags.MODIFY)
+        except OSError:  # no more watches: it is looked at every IDLE seconds still
+            return
+        guard.wd = wd
+        self._files.setdefault(wd, []).append(guard)
+
+    def _unwatch_file(self, guard: Guard) -> None:
+        """No more write events for ``guard`` (under the lock)."""
+        wd, guard.wd = guard.wd, None
+        guards = self._files.get(wd, []) if wd is not None else []
+        if guard in guards:
+            guards.remove(guard)
+        if wd is not None and not guards:
+            self._files.pop(wd, None)
+            with contextlib.suppress(OSError):  # removed with its file already
+                self._ino.rm_watch(wd)
 
     def _run(self, ino: Any) -> None:
         poller = select.poll()
@@ -193,8 +219,16 @@ class _Hub:
                     self._ino = None
                     ino.close()
                     return
-            armed = any(g.armed for g in guards)
-            if poller.poll(0 if any(g.pending for g in guards) else WAKE):
+                for g in guards:  # an armed file is watched for writes, only it
+                    if g.armed:
+                        self._watch_file(g)
+                    elif g.wd is not None:
+                        self._unwatch_file(g)
+            if any(g.pending for g in guards):
+                timeout = 0
+            else:
+                timeout = WAKE if any(g.armed for g in guards) else int(IDLE * 1000)
+            if poller.poll(timeout):
                 try:
                     events = ino.read(timeout=0)
                 except BlockingIOError:
@@ -204,22 +238,24 @@ class _Hub:
                         if event.mask & flags.Q_OVERFLOW:  # events lost: look at all
                             for g in guards:
                                 g.pending = True
+                        for g in self._files.get(event.wd, ()):
+                            g.pending = True
                         for g in self._guards.get(event.wd, ()):
-                            if event.name == g.name:
-                                g.pending = True
-                            elif event.mask & (flags.CREATE | flags.MODIFY) and (
-                                event.name.startswith(g.name)
-                            ):
-                                g.arm()
+                            if event.name != g.name and event.name.startswith(g.name):
+                                g.arm()  # a copy (or a rotation) beside it
+                if any(g.pending and g.armed and g.wd is None for g in guards):
+                    continue  # newly armed: watch its writes before the first look
             now = time.monotonic()
             for g in guards:
                 g.disarm_if_due(now)
-                if g.pending and (g.armed or now - g.looked >= IDLE):
+                if g.pending or now - g.looked >= IDLE:
                     g.pending = False
                     g.looked = now
-                    g.look()
-            if not armed and not any(g.armed for g in guards):
-                time.sleep(IDLE)  # not armed: the writes meanwhile gather into one look
+                    try:
+                        g.look(quick=not g.armed)
+                    except Exception:  # one file's trouble must not end every guard
+                        logger.exception("the guard of %s failed: it stops", g.path)
+                        g.stop()
 
 
 _hub = _Hub()
@@ -271,7 +307,8 @@ class Guard:
         self._head = b""  # the first bytes of the content, read at the first look
         self._kept: list[Kept] = []
         self.truncations = 0  # seen so far
-        self.pending = False  # written since the last look (set by the hub)
+        self.pending = False  # to look at now (set by the hub)
+        self.wd: int | None = None  # the watch of its file while armed (the hub's)
         self.looked = 0.0  # time.monotonic() at the last look by the hub
         self._armed_until = 0.0  # 0: not armed
 
@@ -344,13 +381,16 @@ class Guard:
             fd, self.fd = self.fd, None
             os.close(fd)
 
-    def look(self) -> None:
+    def look(self, *, quick: bool = False) -> None:
         """Read what was appended since the last look; set aside what a truncation ended.
+        ``quick``: not if the file has the size it had (one ``fstat``).
 
         The appended bytes are read before the file is checked: a truncation meanwhile
         must not take them (they are what a guard is for)."""
         with self._lock:
             if self.fd is None:
+                return
+            if quick and os.fstat(self.fd).st_size == self._start + len(self._data):
                 return
             if self._armed_until and time.monotonic() >= self._armed_until:
                 self._disarm_locked()
