@@ -24,6 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..codecs.images import SampleDecoder
+
+if sys.platform != "win32":  # where there is a fork server
+    from multiprocessing import forkserver
 
 __all__ = ["BatchReader", "Decoded", "ProcessDecoding"]
 
@@ -161,8 +165,6 @@ def _preload_aflow() -> None:
     """Have the fork server import this module once (so each worker starts in
     milliseconds), unless the program set the fork server's preload list itself: that
     setting belongs to the whole process, so a list of the program's own is left as is."""
-    from multiprocessing import forkserver  # POSIX only
-
     server = getattr(forkserver, "_forkserver", None)
     if getattr(server, "_preload_modules", None) == ["__main__"]:  # the default
         # the fork server imports aflow once; "__main__" is multiprocessing's default
