@@ -4,6 +4,8 @@ processes can unpickle them by name."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -53,3 +55,56 @@ class ArrivesBroken:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_refuse, ())
+
+
+def in_a_worker_process() -> bool:
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+class HangOn:
+    """Decodes a file to the id of its process, but, in a worker process, on bytes
+    ``marker`` writes that id to a file in ``folder`` and sleeps ``seconds`` (a stuck
+    decoder). In the main process (threads decoding until the workers are up) it never
+    hangs."""
+
+    def __init__(self, marker: bytes, folder: str, seconds: float = 30.0) -> None:
+        self.marker, self.folder, self.seconds = marker, folder, seconds
+
+    def __call__(self, data: bytes) -> NDArray[Any]:
+        if data == self.marker and in_a_worker_process():
+            pid = os.getpid()
+            with open(os.path.join(self.folder, str(pid)), "w") as f:
+                f.write(str(pid))
+            time.sleep(self.seconds)
+        return np.array([os.getpid()], np.int64)
+
+
+def _arrive_late(pickled_in: int) -> ArrivesNever:
+    if os.getpid() != pickled_in:  # unpickled in a worker process, as it starts
+        time.sleep(30)  # a worker that is not up in time
+    return ArrivesNever()
+
+
+class ArrivesNever:
+    """Decodes a file to the id of its process (refuses an empty one); unpickling it in
+    another process (a worker process starting) takes 30 s."""
+
+    def __call__(self, data: bytes) -> NDArray[Any]:
+        if not data:
+            raise ValueError("an empty file")
+        return np.array([os.getpid()], np.int64)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_arrive_late, (os.getpid(),))
+
+
+def decode_lock_on(data: bytes) -> NDArray[Any]:
+    """A file's length; for the bytes ``b"lock"`` an array holding a lock, which pickle
+    cannot send back from a worker process (nor from anywhere)."""
+    if data == b"lock":
+        out = np.empty(1, object)
+        out[0] = threading.Lock()
+        return out
+    return np.array([len(data)], np.int64)

@@ -387,6 +387,120 @@ async def test_cancelling_a_run_stops_its_worker_processes(tmp_path: Path) -> No
     assert not any(alive(pid) for pid in workers)
 
 
+def worker_processes() -> set[int]:
+    """The live worker processes of this process: its children but the fork server and
+    the resource tracker, and the fork server's children."""
+    table: dict[int, tuple[int, str, str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                command = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        table[int(name)] = (int(fields[1]), fields[0], command)
+    me = os.getpid()
+    helpers = {
+        pid
+        for pid, (parent, _, command) in table.items()
+        if parent == me and ("forkserver" in command or "resource_tracker" in command)
+    }
+    return {
+        pid
+        for pid, (parent, state, _) in table.items()
+        if state not in ("Z", "X") and pid not in helpers and parent in helpers | {me}
+    }
+
+
+async def until_gone(workers: set[int]) -> None:
+    """Wait until none of ``workers`` runs (the fork server reaps them as they end)."""
+    while workers & worker_processes():  # noqa: ASYNC110  # no event tells it
+        await anyio.sleep(0.01)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+@pytest.mark.anyio
+async def test_cancelling_a_run_kills_a_decoder_stuck_in_a_worker_process(
+    tmp_path: Path,
+) -> None:
+    from _dataset_workers import HangOn
+
+    root = make_folder(tmp_path, per_class=10)
+    (root / "cat" / "stuck.png").write_bytes(b"stuck")
+    hung = tmp_path / "hung"
+    hung.mkdir()
+    before = worker_processes()
+    decoder = HangOn(b"stuck", str(hung), seconds=30)
+    flow = af.read_dataset(
+        root, batch_size=2, epochs=None, decode=decoder, workers=2, processes=True
+    )
+    with anyio.fail_after(20):  # less than the stuck decoder sleeps
+        async with anyio.create_task_group() as tg:
+
+            async def read() -> None:
+                async with flow.open() as run:
+                    async for _ in run:
+                        pass
+
+            tg.start_soon(read)
+            while not any(hung.iterdir()):  # noqa: ASYNC110  # the decoder is stuck
+                await anyio.sleep(0.01)
+            workers = worker_processes() - before
+            tg.cancel_scope.cancel()
+        stuck = int(next(hung.iterdir()).name)
+        assert stuck in workers
+        await until_gone(workers)
+    assert not alive(stuck)
+    assert not worker_processes() - before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+@pytest.mark.parametrize("end", ["end_of_input", "cancel", "error"])
+@pytest.mark.anyio
+async def test_a_run_does_not_wait_for_worker_processes_still_starting(
+    tmp_path: Path, end: str
+) -> None:
+    """The workers' initializer takes 30 s: a run that ends before they are up (every
+    batch decoded in threads), is cancelled or fails ends at once, and leaves none."""
+    from _dataset_workers import ArrivesNever
+
+    root = make_folder(tmp_path)  # 21 files
+    if end == "error":
+        (root / "cat" / "empty.npy").write_bytes(b"")
+    before = worker_processes()
+    flow = af.read_dataset(
+        root,
+        batch_size=4,
+        epochs=None if end == "cancel" else 1,
+        shuffle=False,
+        decode=ArrivesNever(),
+        workers=2,
+        processes=True,
+    )
+    pids: set[int] = set()
+    with anyio.fail_after(20):
+        if end == "end_of_input":
+            batches = await read_all(flow)
+            assert len(batches) == 6
+            pids.update(int(p) for b in batches for p in b.data["x"][:, 0])
+        elif end == "cancel":
+            with anyio.CancelScope() as scope:
+                async with flow.open() as run:
+                    async for batch in run:
+                        pids.update(batch["x"][:, 0].tolist())
+                        scope.cancel()
+        else:
+            with pytest.raises(ValueError, match="an empty file") as info:
+                await read_all(flow)
+            assert "empty.npy" in str(info.value.__notes__)
+            pids.add(os.getpid())
+        await until_gone(worker_processes() - before)
+    assert pids == {os.getpid()}  # decoded in threads: no worker was ever up
+
+
 @pytest.mark.anyio
 async def test_a_bad_file_with_worker_processes_is_named_or_skipped(tmp_path: Path) -> None:
     root = make_folder(tmp_path)
@@ -434,6 +548,54 @@ def test_errors_come_back_from_worker_processes_with_their_notes(tmp_path: Path)
     assert [int(s[0]) for s in samples if isinstance(s, np.ndarray)] == [
         (root / p).stat().st_size for p in table.paths if p != "owl/empty.png"
     ]
+
+
+def test_an_array_pickle_cannot_send_back_is_that_files_error(tmp_path: Path) -> None:
+    from _dataset_workers import decode_lock_on
+
+    root = make_folder(tmp_path)
+    (root / "dog" / "lock.png").write_bytes(b"lock")
+    pool, table = started_pool(root, decode_lock_on)
+    try:
+        samples, records = pool(np.arange(len(table)))
+    finally:
+        pool.close()
+    assert records is None
+    assert samples is not None
+    bad = [(table.paths[k], s) for k, s in enumerate(samples) if isinstance(s, Exception)]
+    assert len(bad) == 1
+    path, error = bad[0]
+    assert path == "dog/lock.png"
+    assert isinstance(error, TypeError)
+    assert "dog/lock.png holds objects that cannot be sent back" in str(error)
+    assert error.__notes__ == [f"aflow: while reading and decoding dog/lock.png under {root}"]
+    assert [int(s[0]) for s in samples if isinstance(s, np.ndarray)] == [
+        (root / p).stat().st_size for p in table.paths if p != "dog/lock.png"
+    ]
+
+
+def test_the_fork_servers_preload_list_is_set_only_when_the_program_left_it(
+    tmp_path: Path,
+) -> None:
+    import multiprocessing.forkserver as forkserver
+
+    from _dataset_workers import decode_pid
+
+    from aflow.sources.datasets import _Decoders
+
+    server: Any = forkserver._forkserver  # type: ignore[attr-defined]
+    saved = server._preload_modules
+    table = af.list_dataset(make_folder(tmp_path))
+    reader = BatchReader(table.root, table.paths, table.labels, _Decoders(decode_pid, None))
+    try:
+        forkserver.set_forkserver_preload(["__main__", "json"])  # the program's own
+        ProcessDecoding(reader, 1, "test").close()
+        assert server._preload_modules == ["__main__", "json"]
+        forkserver.set_forkserver_preload(["__main__"])  # multiprocessing's default
+        ProcessDecoding(reader, 1, "test").close()
+        assert server._preload_modules == ["__main__", "aflow.sources._dataset_decode"]
+    finally:
+        server._preload_modules = saved
 
 
 def test_a_worker_process_that_dies_breaks_the_pool_naming_the_batch(tmp_path: Path) -> None:

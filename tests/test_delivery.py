@@ -740,3 +740,46 @@ async def test_a_loop_over_a_stopped_run_taken_to_its_end_commits_the_end(
     assert first == list(range(len(first)))
     assert len(first) < 200
     assert await _iterate(ck, leave_after=None) == list(range(len(first), 200))
+
+
+class _AckingNumbers(Source):
+    """A resumable source of ``value`` rows that registers ``on_commit`` before emitting
+    and, like a connector closing its connection, takes a moment to end."""
+
+    resumable = True
+
+    def __init__(self, name: str, n: int, linger: float) -> None:
+        self.name, self.n, self.linger = name, n, linger
+        self.acked: list[int] = []
+
+    async def produce(self, out: Outlet, ctx: Context) -> None:
+        async def ack(positions: dict[str, Any]) -> None:
+            self.acked.append(positions[self.name])
+
+        out.on_commit(ack)
+        try:
+            for lo in range(0, self.n, 10):
+                rows = np.zeros(10, DT)
+                rows["value"] = np.arange(lo, lo + 10)
+                await out.emit(af.abc.Batch(rows), position=(self.name, lo + 10))
+                await anyio.sleep(0.001)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(self.linger)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("with_store", [False, True], ids=["no_store", "store"])
+async def test_two_sources_registering_on_commit_share_one_coordinator(
+    anyio_backend: str, tmp_path: Any, with_store: bool
+) -> None:
+    """Both sources of a merge call ``on_commit`` before the coordinator task first runs:
+    one coordinator starts, not two waiting on one wake-up (that hung the run)."""
+    a, b = _AckingNumbers("a", 10**6, 0.05), _AckingNumbers("b", 10**6, 0.1)
+    flow = af.merge(af.Flow(a), af.Flow(b)) | af.take(50) | af.collect("list")
+    checkpoint = tmp_path / "cp.db" if with_store else None
+    with anyio.fail_after(10):
+        result = await flow.run(commit_interval=0.01, checkpoint=checkpoint)
+    assert len(result.value) == 5  # five batches of ten rows
+    assert a.acked == sorted(a.acked)
+    assert b.acked == sorted(b.acked)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import anyio
 import anyio.lowlevel
@@ -51,3 +52,72 @@ async def test_closed_raised_in_a_sources_own_task_group_ends_it_quietly() -> No
     with anyio.fail_after(10):
         result = await (af.Flow(_TwoProducers()) | af.take(5) | af.collect()).run()
     assert len(result.value) == 5
+
+
+class _Yielding(aflow.abc.Operator):
+    """A user stage whose ``process``, ``flush`` and ``on_barrier`` return generators and
+    tuples rather than lists: it holds every other message back until the next one, the
+    last until the end of input."""
+
+    name = "yielding"
+
+    def start(self) -> aflow.abc.Processor:
+        return _YieldingProcessor()
+
+
+class _YieldingProcessor(aflow.abc.Processor):
+    def __init__(self) -> None:
+        self.held: list[aflow.abc.Message] = []
+
+    def process(self, msg: aflow.abc.Message) -> Iterator[aflow.abc.Message]:  # type: ignore[override]
+        if not self.held:
+            self.held.append(msg)
+            return
+        yield self.held.pop()
+        yield msg
+
+    def flush(self) -> tuple[aflow.abc.Message, ...]:  # type: ignore[override]
+        held, self.held = tuple(self.held), []
+        return held
+
+    def on_barrier(self, epoch: int) -> Iterator[aflow.abc.Message]:  # type: ignore[override]
+        return self.flush().__iter__()
+
+
+class _OneByOne(aflow.abc.Source):
+    """Emits ``0..n-1`` one element per message, resumable, waiting ``pause`` between
+    messages (so checkpoint barriers fall between them) and acknowledging commits."""
+
+    name = "one_by_one"
+    resumable = True
+
+    def __init__(self, n: int, pause: float = 0.0) -> None:
+        self.n, self.pause = n, pause
+
+    async def produce(self, out: aflow.abc.Outlet, ctx: aflow.abc.Context) -> None:
+        async def ack(positions: dict[str, object]) -> None:
+            pass
+
+        out.on_commit(ack)
+        for i in range(self.n):
+            await out.emit([i], position=("one_by_one", i + 1))
+            await anyio.sleep(self.pause)
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["last", "then_map"])
+async def test_a_processor_returning_generators_and_tuples_loses_nothing(after: bool) -> None:
+    flow = af.Flow(_OneByOne(11)) | af.Stage(_Yielding())
+    if after:
+        flow = flow | af.map(lambda x: x + 100)
+    with anyio.fail_after(10):
+        result = await (flow | af.collect()).run()
+    assert sorted(result.value) == [x + (100 if after else 0) for x in range(11)]
+    stage = next(s for s in result.statistics.stages if s.name.endswith("yielding"))
+    assert stage.items_out == 11
+
+
+async def test_a_processor_returning_a_generator_on_barrier_loses_nothing() -> None:
+    flow = af.Flow(_OneByOne(40, pause=0.005)) | af.Stage(_Yielding()) | af.collect()
+    with anyio.fail_after(10):
+        result = await flow.run(commit_interval=0.01)
+    assert sorted(result.value) == list(range(40))

@@ -340,6 +340,7 @@ class Delivery:
         self._woken = False  # something happened while no coordinator was waiting
         self._warned: set[str] = set()
         self._start: Callable[[], None] | None = None
+        self._started = False  # the coordinator task was started (it sets ``active``)
         self.failed: Callable[[], bool] = lambda: False  # the run has failed (no final commit)
         self.final_done = False
         self.abandoned = False  # a sink left its input unread (see sink_abandoned)
@@ -554,8 +555,7 @@ class Delivery:
 
     def on_commit(self, ident: str, fn: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         self.callbacks.append((ident, fn))
-        if not self.active and self._start is not None:
-            self._start()
+        self._start_coordinator()
 
     # -- the coordinator task -----------------------------------------------------------
     def activate(self, start: Callable[[], None]) -> None:
@@ -563,7 +563,15 @@ class Delivery:
         (``start`` starts its task)."""
         self._start = start
         if self.store is not None or self.callbacks:
-            start()
+            self._start_coordinator()
+
+    def _start_coordinator(self) -> None:
+        """Start the coordinator task once: ``active`` turns true only when the task runs,
+        so a second ``on_commit`` before then must not start another (two coordinators
+        would share one wake-up event and could wait forever)."""
+        if not self._started and self._start is not None:
+            self._started = True
+            self._start()
 
     async def run(self) -> None:
         """Inject a barrier every ``interval`` seconds; commit epochs as they complete;

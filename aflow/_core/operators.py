@@ -96,6 +96,10 @@ class Processor:
     input (or at a graceful stop); ``done`` turns true once the step wants no more input
     (``take``). ``guarded`` processors apply an error policy item by item instead, in
     ``process_guarded``.
+
+    ``process``, ``flush`` and ``on_barrier`` should return a new ``list``: it is handed on
+    as is (no copy), so the processor must not keep it and change or reuse it afterwards.
+    Any other iterable (a generator, a tuple) works too, at the cost of a copy into a list.
     """
 
     done: bool = False

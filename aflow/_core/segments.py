@@ -381,6 +381,8 @@ class Segment:
         for i, (runner, c) in enumerate(self.fused):
             try:
                 held = runner.on_barrier(epoch)
+                if type(held) is not list:
+                    held = list(held)
                 state = runner.snapshot()
             except Exception as exc:
                 locate(exc, c.name)
@@ -418,6 +420,8 @@ class Segment:
                     m = msgs[0]
                     c.count_in(m)
                     out = runner.process(m)
+                    if type(out) is not list:  # a generator or a tuple: count, then send
+                        out = list(out)
                 else:
                     out = []
                     for m in msgs:
@@ -487,6 +491,8 @@ class Segment:
                     d.stage_finished(self.fused_ids[i], state)
                     continue
                 flushed = runner.flush()
+                if type(flushed) is not list:
+                    flushed = list(flushed)
                 state = runner.snapshot() if d.active else None
             except Exception as exc:
                 locate(exc, c.name)

@@ -239,15 +239,19 @@ def _numbers(texts: list[str], dtype: str, how: str, fill_int: int) -> Converted
     if dash.any() or empty.any():
         values = np.where(dash, "0" if dtype == "i8" else "nan", values)
         values = np.where(empty, str(fill_int) if dtype == "i8" else "nan", values)
+    # a float beyond float64's range reads as inf, as the other engines read it (no
+    # RuntimeWarning); an int beyond int64's raises OverflowError: that line is bad
     try:
-        return values.astype(dtype), {}
+        with np.errstate(over="ignore"):
+            return values.astype(dtype), {}
     except (ValueError, OverflowError):
         pass
     out = np.empty(len(values), dtype)
     bad: dict[int, Exception] = {}
     for i, text in enumerate(values.tolist()):
         try:
-            out[i] = np.array(text).astype(dtype)
+            with np.errstate(over="ignore"):
+                out[i] = np.array(text).astype(dtype)
         except (ValueError, OverflowError) as exc:
             bad[i] = exc
     return out, bad

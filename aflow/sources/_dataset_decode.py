@@ -8,7 +8,15 @@ without the main process's GIL, as torch's ``DataLoader`` workers do.
 
 Worker processes are started by the ``forkserver`` method where there is one (else
 ``spawn``), never by a bare ``fork`` of a process whose threads may hold locks; the fork
-server imports this module once, so each worker starts in milliseconds.
+server imports this module once, so each worker starts in milliseconds. The fork server's
+preload list is a setting of the whole process: it is set only while it is still
+multiprocessing's default (a program that chose its own keeps it; its workers then import
+aflow themselves, which takes longer).
+
+A run that is cancelled or fails does not wait for the batches being decoded: their
+worker processes are killed (a decoder stuck in a loop cannot hold the run). Batches
+decoded in threads (``processes=False``, or while the processes start) cannot be stopped
+that way: see :class:`ProcessDecoding`.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +35,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..codecs.images import SampleDecoder
+
+if sys.platform != "win32":  # where there is a fork server
+    from multiprocessing import forkserver
 
 __all__ = ["BatchReader", "Decoded", "ProcessDecoding"]
 
@@ -59,7 +71,11 @@ class BatchReader:
 
     def __call__(self, rows: NDArray[np.intp]) -> Decoded:
         """The batch of ``rows`` (blocks: run it in a worker thread or process)."""
-        samples = self.decode_files(rows)
+        return self.assemble(self.decode_files(rows), rows)
+
+    def assemble(self, samples: Samples, rows: NDArray[np.intp]) -> Decoded:
+        """The records of ``samples`` (the files of ``rows``) when they stack, else the
+        samples themselves."""
         first = samples[0]
         if not isinstance(first, np.ndarray):
             return samples, None
@@ -100,10 +116,31 @@ def _ready() -> bool:
 
 def _decode_in_worker(rows: NDArray[np.intp]) -> Decoded:
     assert _reader is not None, "a dataset worker process without its reader"
-    samples, records = _reader(rows)
+    files = _reader.decode_files(rows)
+    for k, sample in enumerate(files):
+        if isinstance(sample, np.ndarray) and sample.dtype.hasobject:
+            files[k] = _sendable(sample, _reader, int(rows[k]))
+    samples, records = _reader.assemble(files, rows)
     if samples is not None:
         samples = [_picklable(s) if isinstance(s, Exception) else s for s in samples]
     return samples, records
+
+
+def _sendable(sample: NDArray[Any], reader: BatchReader, row: int) -> NDArray[Any] | Exception:
+    """``sample`` (an array of Python objects) when pickle can send it back, else the
+    error, naming its file, for the run's error policy (not the whole batch's failure)."""
+    try:
+        pickle.dumps(sample, protocol=5)
+    except Exception as exc:
+        path = reader.paths[row]
+        error = TypeError(
+            f"the decoded array of {path} holds objects that cannot be sent back from the "
+            f"worker process ({type(exc).__name__}: {exc}); return a numeric array, or use "
+            "threads"
+        )
+        error.add_note(f"aflow: while reading and decoding {path} under {reader.root}")
+        return error
+    return sample
 
 
 def _picklable(exc: Exception) -> Exception:
@@ -122,6 +159,16 @@ def _picklable(exc: Exception) -> Exception:
 def _start_method() -> str:
     methods = multiprocessing.get_all_start_methods()
     return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _preload_aflow() -> None:
+    """Have the fork server import this module once (so each worker starts in
+    milliseconds), unless the program set the fork server's preload list itself: that
+    setting belongs to the whole process, so a list of the program's own is left as is."""
+    server = getattr(forkserver, "_forkserver", None)
+    if getattr(server, "_preload_modules", None) == ["__main__"]:  # the default
+        # the fork server imports aflow once; "__main__" is multiprocessing's default
+        forkserver.set_forkserver_preload(["__main__", __name__])
 
 
 class ProcessDecoding:
@@ -152,8 +199,7 @@ class ProcessDecoding:
         self.started = threading.Event()
         context = multiprocessing.get_context(_start_method())
         if context.get_start_method() == "forkserver":
-            # the fork server imports aflow once; "__main__" is multiprocessing's default
-            context.set_forkserver_preload(["__main__", __name__])
+            _preload_aflow()
         self.pool = ProcessPoolExecutor(
             processes, mp_context=context, initializer=_install, initargs=(reader,)
         )
@@ -201,7 +247,30 @@ class ProcessDecoding:
             )
             raise broken from exc
 
-    def close(self) -> None:
-        """Cancel the batches not started, wait for the others, stop the processes
-        (blocks; idempotent)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker processes (blocks; idempotent).
+
+        Args:
+            kill: kill them at once (a run cancelled or failed: the batches they decode
+                are no longer wanted, and a decoder may never return), failing the
+                batches being decoded with ``BrokenProcessPool``. Otherwise, and when
+                the first process is up, the batches not started are cancelled and the
+                others finish first.
+
+        A batch decoding in a thread (before the processes are up) cannot be stopped: it
+        runs until its decoder returns, in the background once its run has ended.
+        """
+        pool = self.pool
+        if not kill and self.started.is_set():
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        # the pool's own table of processes (CPython), kept before shutdown drops it
+        processes: dict[int, Any] | None = getattr(pool, "_processes", None)
+        # no process starts after this returns: a submit under way (in a thread of a
+        # cancelled run) finishes first and shows in the table, later ones are refused
+        pool.shutdown(wait=False, cancel_futures=True)
+        workers = list(processes.values()) if processes is not None else []
+        for process in workers:
+            process.kill()  # the pool sees it, fails its futures and ends its thread
+        for process in workers:
+            process.join()

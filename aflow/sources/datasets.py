@@ -321,17 +321,21 @@ class _DatasetRun:
             return
         pool = ProcessDecoding(reader, self.source.workers, self.source.name)
         failure: list[Exception] = []
+        ended = False  # every batch was decoded and handed on
         try:
             async with anyio.create_task_group() as tg:
                 # batches decode in threads here until the processes are up
                 tg.start_soon(self.start_pool, pool, failure, tg.cancel_scope)
                 try:
-                    await self.produce_with(pool, out)
+                    await self.produce_with(pool, out, abandon=True)
                 except Exception as exc:  # raised as itself, not in a group
                     failure.append(exc)
+                tg.cancel_scope.cancel()  # done: no need to wait for a process to start
+            ended = not failure
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(pool.close)
+                # cancelled or failed: kill the processes rather than wait for them
+                await anyio.to_thread.run_sync(pool.close, not ended)
         if failure:
             raise failure[0]
 
@@ -340,14 +344,24 @@ class _DatasetRun:
         pool: ProcessDecoding, failure: list[Exception], scope: anyio.CancelScope
     ) -> None:
         try:
-            await anyio.to_thread.run_sync(pool.start)
+            # abandoned when the run ends first: closing the pool ends the thread's wait
+            await anyio.to_thread.run_sync(pool.start, abandon_on_cancel=True)
         except Exception as exc:
             failure.append(exc)
             scope.cancel()
 
     async def produce_with(
-        self, decode: Callable[[NDArray[np.intp]], Decoded], out: Outlet
+        self,
+        decode: Callable[[NDArray[np.intp]], Decoded],
+        out: Outlet,
+        abandon: bool = False,
     ) -> None:
+        """Decode the batches, up to ``window`` at once, and emit them in order.
+
+        ``abandon``: on cancellation or failure, do not wait for the threads decoding
+        (they wait for worker processes, which closing the pool kills). Without it, a
+        batch decoding in a thread finishes first: nothing can stop a decoder there.
+        """
         jobs = self.source.jobs(len(self.table))
         window: deque[_Job] = deque()
         failure: list[BaseException] = []
@@ -360,7 +374,7 @@ class _DatasetRun:
                             break
                         job = _Job(*spec, done=anyio.Event())
                         window.append(job)
-                        tg.start_soon(self.decode, job, decode)
+                        tg.start_soon(self.decode, job, decode, abandon)
                     if not window:
                         break
                     job = window.popleft()
@@ -374,10 +388,12 @@ class _DatasetRun:
         if failure:
             raise failure[0]
 
-    async def decode(self, job: _Job, decode: Callable[[NDArray[np.intp]], Decoded]) -> None:
+    async def decode(
+        self, job: _Job, decode: Callable[[NDArray[np.intp]], Decoded], abandon: bool
+    ) -> None:
         try:
             job.samples, job.records = await anyio.to_thread.run_sync(
-                decode, job.rows, limiter=self.limiter
+                decode, job.rows, limiter=self.limiter, abandon_on_cancel=abandon
             )
         except Exception as exc:
             job.error = exc
@@ -473,6 +489,12 @@ def read_dataset(
     mostly Python, as for small images), with up to ``2 * workers`` batches in flight;
     they start at every run (in about a second the first time, as the fork server
     imports aflow) and stop when it ends, is cancelled or fails.
+
+    Cancellation: a run that is cancelled or fails kills its worker processes without
+    waiting for the batches they decode. A thread cannot be stopped: with threads, a
+    cancelled run waits for the batches being decoded (a decoder that never returns
+    holds it); with processes, the first batches, decoded in threads while the processes
+    start, are left to finish in the background.
 
     Args:
         root: the dataset's folder, or a table made by :func:`list_dataset`.
