@@ -38,7 +38,8 @@ __all__ = [
 ]
 
 ArrowBreaks = Callable[[bytes, NDArray[np.uint8], int], "Located | None"]
-"""``(blob, data, lines) -> located``: the block's ``lines`` as pyarrow split them;
+"""``(blob, data, lines) -> located``: the block's ``lines`` as pyarrow split them
+(``lines``: the block's bytes below 32, each of which must be a line's newline);
 ``None``: pyarrow cannot split the block by any variant."""
 
 
@@ -152,7 +153,7 @@ def _locate(
     shape (see the module's docstring); where lines start and end; which have it."""
     n = len(lengths[0])
     if n != lines:
-        return None  # a quote left open ran over a newline
+        return None  # a quote left open ran over a newline, or a byte below 32 (a tab)
     breaks: list[NDArray[np.intp]] = []
     quotes: list[NDArray[np.intp]] = []
     stop = np.full(n, -1, np.intp)  # the break before the next field
@@ -174,6 +175,8 @@ def _locate(
         starts = newlines - size
     else:  # some line is not of the assumed shape: the lines as they are
         newlines = np.flatnonzero(data == 10)
+        if len(newlines) != n:
+            return None  # another byte below 32 (``lines`` counts them all)
         starts = np.concatenate(([0], newlines[:-1] + 1))
         ok &= newlines - starts == size
     for at in quotes:
@@ -245,7 +248,9 @@ class _Values:
     @classmethod
     def of(cls, column: Any) -> _Values | None:
         """The values of a column of one chunk without nulls (else ``None``)."""
-        chunk = column.combine_chunks() if hasattr(column, "chunks") else column
+        if hasattr(column, "chunks"):  # a chunked array
+            column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        chunk = column
         if chunk.null_count:
             return None
         n = len(chunk)
