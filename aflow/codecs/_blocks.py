@@ -118,7 +118,7 @@ def as_bytes(block: Block) -> bytes:
     if isinstance(block, bytes):
         return block
     if isinstance(block, np.ndarray):
-        base = block.base
+        base: Any = block.base
         while isinstance(base, np.ndarray):
             base = base.base
         if (
