@@ -412,3 +412,45 @@ def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(
         got, got_bad = _decoded(decoder, lines)
         same(got, want)
         assert got_bad == bad
+
+
+FIELD_CHECKS: dict[str, tuple[Any, str]] = {  # the NumPy checks of pyarrow's fields, and
+    # the regex each stands for
+    "time": (lambda m: m._TIME[0], r"\[\d{2}/[A-Za-z]{3}/\d{4}:\d{2}:\d{2}:\d{2}"),
+    "zone": (lambda m: m._TIME[1], r"[+-]\d{4}\]"),
+    "digits3": (lambda m: m._SHAPES["digits3"](False), r"\d{3}"),
+    "digits3 or -": (lambda m: m._SHAPES["digits3"](True), r"\d{3}|-"),
+    "digits": (lambda m: m._SHAPES["digits"](False), r"\d+"),
+    "digits or -": (lambda m: m._SHAPES["digits"](True), r"\d+|-"),
+    "number or -": (lambda m: m._SHAPES["number"](True), r"[\d.]+|-"),
+    "literal": (lambda m: m._fixed("-d", literal=True), r"-d"),
+    "bracket": (lambda m: m._ends(91, 93), r"\[.*\]"),
+    "opening": (lambda m: m._ends(91, None), r"\[.*"),
+    "closing": (lambda m: m._ends(None, 93), r".*\]"),
+}
+FIELD_TEXT = st.text(alphabet="0123456789-+,/:.[]adOct \x7f", max_size=24)
+
+
+@needs_arrow
+@pytest.mark.parametrize("check", list(FIELD_CHECKS))
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            FIELD_TEXT,
+            st.sampled_from(["[10/Oct/2024:13:55:36", "-0700]", "200", "-", "0.002", "[a]"]),
+        ),
+        max_size=6,
+    )
+)
+def test_arrow_field_checks_agree_with_re(check: str, values: list[str]) -> None:
+    import pyarrow as pa
+
+    from aflow.codecs import _logarrow
+
+    expression, regex = FIELD_CHECKS[check]
+    test = expression(_logarrow)
+    column = pa.chunked_array([pa.array([v.encode() for v in values], pa.binary())])
+    found = _logarrow._Values.of(column)
+    assert found is not None
+    assert test(found) == all(re.fullmatch(regex, v, re.ASCII) for v in values)

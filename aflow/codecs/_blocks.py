@@ -112,10 +112,22 @@ class LineDecoder:
 
 
 def as_bytes(block: Block) -> bytes:
-    """``block`` as ``bytes`` (one copy for an array or a buffer, none for bytes)."""
+    """``block`` as ``bytes``: no copy for bytes, nor for an array that views the whole of
+    a ``bytes`` object (as :class:`~aflow.codecs.LineSplitter`'s blocks do); one copy for
+    any other array or buffer."""
     if isinstance(block, bytes):
         return block
     if isinstance(block, np.ndarray):
+        base: Any = block.base
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if (
+            type(base) is bytes
+            and block.dtype == np.uint8
+            and block.nbytes == len(base)
+            and block.flags.c_contiguous
+        ):
+            return base
         return block.tobytes()
     return bytes(block)
 

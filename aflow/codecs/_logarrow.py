@@ -18,7 +18,6 @@ missing or extra, a quote left open across lines) is left to the NumPy path whol
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,8 @@ __all__ = [
 ]
 
 ArrowBreaks = Callable[[bytes, NDArray[np.uint8], int], "Located | None"]
-"""``(blob, data, lines) -> located``: the block's ``lines`` as pyarrow split them;
+"""``(blob, data, lines) -> located``: the block's ``lines`` as pyarrow split them
+(``lines``: the block's bytes below 32, each of which must be a line's newline);
 ``None``: pyarrow cannot split the block by any variant."""
 
 
@@ -153,7 +153,7 @@ def _locate(
     shape (see the module's docstring); where lines start and end; which have it."""
     n = len(lengths[0])
     if n != lines:
-        return None  # a quote left open ran over a newline
+        return None  # a quote left open ran over a newline, or a byte below 32 (a tab)
     breaks: list[NDArray[np.intp]] = []
     quotes: list[NDArray[np.intp]] = []
     stop = np.full(n, -1, np.intp)  # the break before the next field
@@ -175,6 +175,8 @@ def _locate(
         starts = newlines - size
     else:  # some line is not of the assumed shape: the lines as they are
         newlines = np.flatnonzero(data == 10)
+        if len(newlines) != n:
+            return None  # another byte below 32 (``lines`` counts them all)
         starts = np.concatenate(([0], newlines[:-1] + 1))
         ok &= newlines - starts == size
     for at in quotes:
@@ -189,9 +191,6 @@ ArrowColumns = Callable[[int, Any, "list[NDArray[np.intp]]"], "dict[str, NDArray
 """``(variant, table, lengths) -> columns``: the wanted columns of a block whose every
 line passed :func:`_locate` (pyarrow's fields and their lengths), or ``None`` if some
 line or value needs the array path's rules."""
-
-_INT = r"^(?:[0-9]+|-)$"
-_FLOAT = r"^(?:[0-9]+\.?[0-9]*|\.[0-9]+|-)$"
 
 
 def _scalar(pa: Any, value: bytes) -> Any:
@@ -232,48 +231,168 @@ def plain(tokens: tuple[Token, ...], columns: dict[str, str]) -> bool:
     )
 
 
-_SHAPES = {
-    "digits3": r"^[0-9]{3}$",
-    "digits": r"^[0-9]+$",
-    "number": r"^[0-9.]+$",
+Check = Callable[["_Values"], bool]
+"""Whether every value of a field has its token's shape (what the regular expression the
+layout stands for asks of that token)."""
+
+
+@dataclass(frozen=True)
+class _Values:
+    """A binary column's values as NumPy views (no copy): its bytes, where each value
+    starts and its length."""
+
+    data: NDArray[np.uint8]
+    starts: NDArray[np.intp]
+    lengths: NDArray[np.intp]
+
+    @classmethod
+    def of(cls, column: Any) -> _Values | None:
+        """The values of a column of one chunk without nulls (else ``None``)."""
+        if hasattr(column, "chunks"):  # a chunked array
+            column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        chunk = column
+        if chunk.null_count:
+            return None
+        n = len(chunk)
+        _, offsets, data = chunk.buffers()
+        at = np.frombuffer(offsets, np.int32, count=n + 1, offset=chunk.offset * 4)
+        starts = at[:-1].astype(np.intp)
+        raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+        return cls(raw[: int(at[-1])] if n else raw[:0], starts, np.diff(at).astype(np.intp))
+
+    def body(self) -> NDArray[np.uint8]:
+        """The bytes of all the values, in order."""
+        return self.data[int(self.starts[0]) :] if len(self.starts) else self.data[:0]
+
+    def dashes(self) -> int:
+        """How many values are a lone ``-``."""
+        one = self.starts[self.lengths == 1]
+        return int(np.count_nonzero(self.data[one] == 45)) if len(one) else 0
+
+
+_RANGES = {"d": (48, 57, 0), "a": (97, 122, 32), "s": (43, 45, 0)}  # low, high, OR mask
+
+
+def _fixed(shape: str, literal: bool = False) -> Check:
+    """Values of exactly ``len(shape)`` bytes: ``d`` a digit, ``a`` an ASCII letter, ``s``
+    ``+`` or ``-``, any other character itself (``literal``: every character itself)."""
+    w = len(shape)
+    lo = np.empty(w, np.uint8)
+    span = np.empty(w, np.uint8)
+    fold = np.zeros(w, np.uint8)
+    for i, ch in enumerate(shape):
+        low, high, mask = _RANGES.get(ch, (ord(ch), ord(ch), 0)) if not literal else (0, 0, 0)
+        if literal:
+            low = high = ord(ch)
+        lo[i], span[i], fold[i] = low, high - low, mask
+    signs = [i for i, ch in enumerate(shape) if ch == "s" and not literal]
+
+    def check(v: _Values) -> bool:
+        n = len(v.lengths)
+        if not n:
+            return True
+        if not (v.lengths == w).all():
+            return False
+        if int(v.starts[-1] - v.starts[0]) == (n - 1) * w:  # side by side
+            m = v.body()[: n * w].reshape(n, w)
+        else:
+            m = np.lib.stride_tricks.sliding_window_view(v.data, w)[v.starts]
+        folded = m | fold if fold.any() else m
+        if not ((folded - lo) <= span).all():  # uint8: wraps below ``lo``
+            return False
+        return all(not (m[:, i] == 44).any() for i in signs)  # "," lies between + and -
+
+    return check
+
+
+def _chars(digits_only: bool, dash: bool) -> Check:
+    """Values of digits (``digits_only=False``: digits and dots), at least one byte
+    each; with ``dash``, also a lone ``-``."""
+
+    def check(v: _Values) -> bool:
+        if not v.lengths.all():
+            return False
+        body = v.body()
+        odd = (body - np.uint8(48)) > 9
+        if not digits_only:
+            odd &= body != 46
+        count = int(np.count_nonzero(odd))
+        return count == 0 or (dash and count == v.dashes())
+
+    return check
+
+
+def _or_dash(check: Check) -> Check:
+    """``check``, or a lone ``-``."""
+
+    def either(v: _Values) -> bool:
+        if not len(v.data):
+            return check(v)
+        dash = (v.lengths == 1) & (v.data[np.minimum(v.starts, len(v.data) - 1)] == 45)
+        if not dash.any():
+            return check(v)
+        keep = ~dash
+        return check(_Values(v.data, v.starts[keep], v.lengths[keep]))
+
+    return either
+
+
+def _ends(first: int | None, last: int | None) -> Check:
+    """Values starting with byte ``first`` and ending with byte ``last`` (each may be
+    ``None``: anything), two bytes at least when both are given."""
+
+    def check(v: _Values) -> bool:
+        need = (first is not None) + (last is not None)
+        if not (v.lengths >= need).all():
+            return False
+        ok = True
+        if first is not None:
+            ok &= bool((v.data[v.starts] == first).all())
+        if last is not None:
+            ok &= bool((v.data[v.starts + v.lengths - 1] == last).all())
+        return ok
+
+    return check
+
+
+_SHAPES: dict[str, Callable[[bool], Check]] = {
+    "digits3": lambda dash: _fixed("ddd") if not dash else _or_dash(_fixed("ddd")),
+    "digits": lambda dash: _chars(True, dash),
+    "number": lambda dash: _chars(False, dash),
 }
-_TIME = (  # [$time_local], split at its space by pyarrow
-    r"^\[[0-9]{2}/[A-Za-z]{3}/[0-9]{4}:[0-9]{2}:[0-9]{2}:[0-9]{2}$",
-    r"^[+-][0-9]{4}\]$",
-)
+_TIME = (_fixed("[dd/aaa/dddd:dd:dd:dd"), _fixed("sdddd]"))  # [$time_local], split at its space
 
 
-def _checks(tokens: tuple[Token, ...]) -> tuple[list[int], list[tuple[int, str]]]:
+def _checks(tokens: tuple[Token, ...]) -> tuple[list[int], list[tuple[int, Check]]]:
     """What the array path checks of each token of a line whose breaks are the layout's
     (:func:`fast_parser`'s ``_fields``), as pyarrow's fields: those that must not be
-    empty, and the regular expressions (RE2) that others must match in full."""
+    empty, and the checks (in NumPy, on pyarrow's buffers) that others must pass."""
     nonempty: list[int] = []
-    regexes: list[tuple[int, str]] = []
+    checks: list[tuple[int, Check]] = []
     at = 0
     for t in tokens:
         if t.kind == "bracket" and t.time:
-            regexes += [(at, _TIME[0]), (at + 1, _TIME[1])]
+            checks += [(at, _TIME[0]), (at + 1, _TIME[1])]
         elif t.kind == "bracket":
-            regexes.append((at, r"^\[.*\]$" if not t.spaces else r"^\["))
+            checks.append((at, _ends(91, 93) if not t.spaces else _ends(91, None)))
             if t.spaces:
-                regexes.append((at + t.spaces, r"\]$"))
+                checks.append((at + t.spaces, _ends(None, 93)))
         elif t.kind == "literal":
-            regexes.append((at, "^" + re.escape(t.text) + "$"))
+            checks.append((at, _fixed(t.text, literal=True)))
         elif t.kind == "bare":
             nonempty.append(at)
             if t.shape != "any":
-                shape = _SHAPES[t.shape]
-                regexes.append((at, shape[:-1] + "$|^-$" if t.dash else shape))
+                checks.append((at, _SHAPES[t.shape](t.dash)))
         at += 1 + (t.spaces if t.kind == "bracket" else 0)
-    return nonempty, regexes
+    return nonempty, checks
 
 
 def arrow_columns(
     variants: Sequence[tuple[Token, ...]], columns: dict[str, str], fill_int: int
 ) -> ArrowColumns | None:
-    """The wanted columns straight from pyarrow's fields, all in pyarrow (outside the GIL):
-    each field is checked as the array path checks its token (its shape by RE2: the
-    digits of ``status``, the time...; quoted fields need nothing, their lines having no
+    """The wanted columns straight from pyarrow's fields: each field is checked as the
+    array path checks its token (its shape, in NumPy on pyarrow's buffers: the digits of
+    ``status``, the time...; quoted fields need nothing, their lines having no
     backslash), then it is its token's group (see the module's docstring); numbers of
     the plain shapes (``\\d+``, ``\\d*.\\d*``, ``-``) are cast by pyarrow (correctly
     rounded, as ``float`` is). ``None``: some wanted column is not one field read as
@@ -291,26 +410,27 @@ def arrow_columns(
     dash, zero = _scalar(pa, b"-"), _scalar(pa, b"0")
 
     def number(values: Any, kind: str, checked: bool) -> NDArray[Any] | None:
-        shape = _INT if kind == "int" else _FLOAT
-        if not checked and not pc.all(pc.match_substring_regex(values, shape)).as_py():
-            return None
-        is_dash = pc.equal(values, dash)
-        cast = pc.cast(
-            pc.if_else(is_dash, zero, values), pa.int64() if kind == "int" else pa.float64()
-        )
+        v = _Values.of(values)
+        if v is None or (not checked and not _chars(kind == "int", True)(v)):
+            return None  # pyarrow rejects the rest of r"\d*\.?\d*": "1.2.3", "."
+        is_dash = pc.equal(values, dash) if v.dashes() else None
+        if is_dash is not None:
+            values = pc.if_else(is_dash, zero, values)
+        cast = pc.cast(values, pa.int64() if kind == "int" else pa.float64())
         out = _primitive(cast, np.int64 if kind == "int" else np.float64)
-        if kind == "float":
+        if kind == "float" and is_dash is not None:
             out[_primitive(pc.cast(is_dash, pa.uint8()), np.uint8).view(bool)] = np.nan
         return out
 
     def convert(k: int, table: Any, lengths: list[NDArray[np.intp]]) -> Any:
-        nonempty, regexes = checks[k]
+        nonempty, tests = checks[k]
         if not all(lengths[field].all() for field in nonempty):
             return None
         n = len(lengths[0])
         try:
-            for field, regex in regexes:
-                if not pc.all(pc.match_substring_regex(table.column(field), regex)).as_py():
+            for field, check in tests:
+                v = _Values.of(table.column(field))
+                if v is None or not check(v):
                     return None
             out: dict[str, NDArray[Any]] = {}
             for name, kind in columns.items():

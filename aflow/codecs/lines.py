@@ -142,9 +142,12 @@ class LineSplitter:
         if cut == 0:
             self._hold(chunk)
             return None
-        # one copy at most: the held partial line and the chunk's complete lines
-        view = np.frombuffer(chunk, np.uint8)[:cut]
-        data = np.concatenate((np.frombuffer(rest, np.uint8), view)) if rest else view
+        # one copy at most: the held partial line and the chunk's complete lines, as one
+        # ``bytes`` the decoders take without another copy (see ``as_bytes``)
+        if rest:
+            data = np.frombuffer(b"".join((rest, memoryview(chunk)[:cut])), np.uint8)
+        else:
+            data = np.frombuffer(chunk, np.uint8)[:cut]
         # a line longer than max_line needs max_line bytes without a newline: only the
         # first line (which may start in ``rest``) or a block part longer than that can
         first = len(rest) + chunk.find(b"\n")

@@ -473,8 +473,8 @@ class LogDecoder(LineDecoder):
             (distinct from a real 0); such a ``float`` reads as NaN, a timestamp as NaT.
         engine: for :data:`COMBINED` and a :class:`LogFormat`: ``"pyarrow"`` (needs
             pyarrow, the ``arrow`` extra) splits blocks of printable ASCII lines with
-            pyarrow's CSV reader, checks the lines against the regular expression with
-            RE2 and casts the numbers, outside the GIL; ``"numpy"`` finds the fields
+            pyarrow's CSV reader (outside the GIL), checks each field's shape as the
+            regular expression does and casts the numbers; ``"numpy"`` finds the fields
             with NumPy; ``"auto"``: pyarrow when installed and every column is one
             field read as ``int``, ``float`` or ``str`` (not a timestamp nor the
             request's ``method``, ``path``, ``protocol``), else NumPy. Lines either
