@@ -201,6 +201,8 @@ class Follower:
                 watcher.take_events()
                 if watcher.copying:
                     return got
+                if len(chunk) < self.reader.chunk_size and watcher.notified:
+                    break  # at its end a moment ago: a write since wakes the watcher
         return got
 
     async def _read_one(self, tracked: Tracked, emit: Emit, report: Reporter) -> bytes:
