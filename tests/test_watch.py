@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aflow as af
@@ -108,7 +109,7 @@ async def test_files_written_at_the_start_of_a_follow_are_read_whole(
                 for i, f in enumerate(files):
                     f.write(f"{i} {n}\n")
                     f.flush()
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         finally:
             for f in files:
                 f.close()

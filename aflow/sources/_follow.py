@@ -91,9 +91,7 @@ class Follower:
     of the source (by default one of its own).
     """
 
-    def __init__(
-        self, reader: FileReader, rotate_wait: float, hub: WatchHub | None = None
-    ) -> None:
+    def __init__(self, reader: FileReader, rotate_wait: float, hub: WatchHub | None = None) -> None:
         self.hub = hub
         self.reader = reader
         self.path = reader.path

@@ -169,11 +169,7 @@ class WatchHub:
         moves = create | flags.MOVED_FROM | flags.DELETE
         for event in events:
             if event.mask & flags.Q_OVERFLOW:  # events were lost: everyone looks again
-                for names in self._names.values():
-                    for watchers in names.values():
-                        for watcher in watchers:
-                            watcher.moved = True
-                            watcher.wake()
+                self._wake_all()
                 continue
             names = self._names.get(event.wd)
             if names is None:
@@ -186,6 +182,13 @@ class WatchHub:
                     watcher.appeared += 1
                 watcher.wake()
         return bool(events)
+
+    def _wake_all(self) -> None:
+        for names in self._names.values():
+            for watchers in names.values():
+                for watcher in watchers:
+                    watcher.moved = True
+                    watcher.wake()
 
     def _copying(self, names: dict[str, list[Watcher]], other: str) -> None:
         """``other`` was created or written: the watchers of the other names it starts
