@@ -51,7 +51,7 @@ from ._fileid import (
 )
 from ._guard import Guard
 from ._reader import Emit, FileReader, _Framer
-from ._watch import Watcher, have_inotify
+from ._watch import Watcher, WatchHub, have_inotify, open_watch_hub
 
 __all__ = ["COPY_WATCH", "Follower"]
 
@@ -85,9 +85,14 @@ class Tracked:
 
 
 class Follower:
-    """Follows ``reader.path`` until the run stops; see the module docstring."""
+    """Follows ``reader.path`` until the run stops; see the module docstring.
 
-    def __init__(self, reader: FileReader, rotate_wait: float) -> None:
+    ``hub``: the :class:`~aflow.sources._watch.WatchHub` shared with the other followers
+    of the source (by default one of its own).
+    """
+
+    def __init__(self, reader: FileReader, rotate_wait: float, hub: WatchHub | None = None) -> None:
+        self.hub = hub
         self.reader = reader
         self.path = reader.path
         self.rotate_wait = rotate_wait
@@ -98,8 +103,12 @@ class Follower:
 
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read, wait for changes, and read again, until ``out.stopping``."""
+        if self.hub is None:
+            async with open_watch_hub() as self.hub:
+                await self.run(emit, report, out)
+            return
         directory, name = os.path.split(self.path)
-        watcher = Watcher(directory, [name], self.reader.poll_interval)
+        watcher = self.hub.watcher(directory, name, self.reader.poll_interval)
         try:
             await self._open_current(first=True)
             await self._catch_up(emit, report, out)
@@ -190,6 +199,8 @@ class Follower:
                 watcher.take_events()
                 if watcher.copying:
                     return got
+                if len(chunk) < self.reader.chunk_size and watcher.notified:
+                    break  # at its end a moment ago: a write since wakes the watcher
         return got
 
     async def _read_one(self, tracked: Tracked, emit: Emit, report: Reporter) -> bytes:

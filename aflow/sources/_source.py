@@ -31,6 +31,7 @@ from ._follow import Follower
 from ._open import MAGIC_BYTES, compression_of, read_small
 from ._reader import FileReader, LastLine, Reading, Shape, position_of
 from ._rotation import plan_catch_up
+from ._watch import WatchHub, open_watch_hub
 
 __all__ = ["MiB", "Paths", "expand", "is_glob", "read_concurrently"]
 
@@ -252,7 +253,8 @@ class FilesSource(Source):
                         followed.add(path)
                         start(self._reader(path))
 
-        await read_concurrently(readers, len(readers) or 1, report, out, discover)
+        async with open_watch_hub() as hub:  # one inotify instance for all the files
+            await read_concurrently(readers, len(readers) or 1, report, out, discover, hub)
 
 
 def _same(ident: FileId, pos: dict[str, Any], path: str) -> bool:
@@ -392,6 +394,7 @@ async def read_concurrently(
     report: Reporter,
     out: Outlet,
     discover: Any = None,
+    hub: WatchHub | None = None,
 ) -> None:
     """Run readers, all emitting into ``out``.
 
@@ -401,7 +404,8 @@ async def read_concurrently(
     per batch); the others (FIFOs, compressed files, followers) in tasks, at most
     ``max_open`` at a time, through a buffer of ``max_open`` messages (the read-ahead).
     ``discover(start)``, if given, runs beside them and may start more readers (no limit:
-    followers never end) by calling ``start(reader)``. The first error (a reader's, or
+    followers never end) by calling ``start(reader)``. Followers share ``hub`` (by
+    default one each). The first error (a reader's, or
     one raised downstream of ``out``) stops the others and is raised as itself.
     """
     # Small files first, in this task (no hop through the read-ahead buffer per file).
@@ -437,7 +441,7 @@ async def read_concurrently(
             await tx.send((msg, position_of(reader, msg)))
 
         if reader.follow:
-            await Follower(reader, reader.rotate_wait).run(emit, report, out)
+            await Follower(reader, reader.rotate_wait, hub).run(emit, report, out)
         elif limited:
             async with slots:
                 await reader.run(emit, report, out)
