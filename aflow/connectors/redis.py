@@ -248,7 +248,7 @@ class _RedisReader(BatchReader[bytes]):
         backlog: bytes | str | None = "0"
         next_claim = anyio.current_time() if op.claim_idle is not None else float("inf")
         last_data = anyio.current_time()
-        swept = False
+        swept = waited = False  # waited: a read for new entries came back empty
         while not self.out.stopping:
             entries: list[Any] = []
             try:
@@ -268,6 +268,7 @@ class _RedisReader(BatchReader[bytes]):
                 else:
                     with self.out.pull_scope():
                         entries = await self._read(client, ">", block=True)
+                    waited = not entries
             except self.errors as exc:
                 logger.warning("read_redis: lost %s (%s); reconnecting", self.where, exc)
                 await self.close()
@@ -279,7 +280,13 @@ class _RedisReader(BatchReader[bytes]):
                 await self._emit(entries)
                 last_data = anyio.current_time()
                 swept = False
-            elif op.idle_stop is not None and anyio.current_time() - last_data >= op.idle_stop:
+            elif (
+                # idle only once new entries were asked for: a slow start (a loaded machine)
+                # is not an idle stream
+                waited
+                and op.idle_stop is not None
+                and anyio.current_time() - last_data >= op.idle_stop
+            ):
                 if swept:
                     return
                 backlog, swept = "0", True  # first, entries whose reply a broken read lost
