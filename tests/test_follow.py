@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import pytest
 import zstandard
 
 import aflow as af
-from aflow.sources import _watch
-from aflow.sources._fileid import file_id, read_until_truncated
+from aflow.sources import _guard, _watch
 
 pytestmark = pytest.mark.anyio
 
@@ -230,54 +228,107 @@ async def test_copytruncate_takes_what_was_unread_from_the_copy(
     assert seen == numbered(0, 210).splitlines()
 
 
-@pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify")
-def test_read_until_truncated_reads_each_write_before_the_truncation(tmp_path: Path) -> None:
-    path = tmp_path / "app.log"
-    path.write_text(numbered(0, 30))
-    start = path.stat().st_size
-    ident = file_id(str(path))
-    assert ident is not None
+HEADER = "".join(f"same header, every time the log starts: {i:02d}\n" for i in range(8))
 
-    def writer() -> None:
-        for k in range(5):  # appended, then truncated: only a prompt reader has them
-            time.sleep(0.02)
-            with path.open("a") as f:
-                f.write(numbered(30 + 10 * k, 40 + 10 * k))
-        time.sleep(0.05)
+
+@pytest.mark.parametrize("notified", [True, False])
+async def test_a_file_truncated_and_written_past_the_offset_is_read_from_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, notified: bool
+) -> None:
+    # The first 256 bytes are the same before and after the truncation (a log that starts
+    # with a banner), and the file grows back past the follower's offset before it looks:
+    # neither its size nor its first bytes tell; the bytes before the offset do.
+    if notified and not _watch.have_inotify():
+        pytest.skip("needs inotify")
+    if not notified:
+        monkeypatch.setattr(_watch, "have_inotify", lambda: False)  # the polling fallback
+    path = tmp_path / "app.log"
+    path.write_text(HEADER + numbered(0, 100))
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.05) | af.for_each(seen.append)
+    async with flow.open() as run:
+        await wait_for(lambda: len(seen) == 108)
+        await anyio.sleep(0.1)  # the follower waits for a change
+        # while the follower cannot run (no await): truncated (no copy: nothing was
+        # unread), then written again, past the old offset
         os.truncate(path, 0)
-
-    fd = os.open(path, os.O_RDONLY)
-    wait, close = _watch.write_waiter(fd)
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        t0 = time.monotonic()
-        chunks, _, truncated = read_until_truncated(fd, str(path), start, ident, 5, 1 << 20, wait)
-        took = time.monotonic() - t0
-    finally:
-        thread.join()
-        close()
-        os.close(fd)
-    assert truncated
-    assert took < 2  # at the truncation, not at the 5-s limit
-    assert b"".join(chunks).decode() == numbered(30, 80)
+        with path.open("a") as f:
+            f.write(HEADER + numbered(100, 250))
+        await wait_for(lambda: len(seen) >= 108 + 158)
+        await anyio.sleep(0.2)  # nothing more, nothing twice
+        run.stop()
+    assert seen == (HEADER + numbered(0, 100) + HEADER + numbered(100, 250)).splitlines()
 
 
-def test_read_until_truncated_stops_when_the_file_is_renamed_away(tmp_path: Path) -> None:
+@pytest.fixture
+def guard_looks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the followed file each guard saw at its looks."""
+    if not _watch.have_inotify():
+        pytest.skip("needs inotify")
+    looked: list[int] = []
+    look = _guard.Guard.look
+
+    def recording(self: _guard.Guard, *, quick: bool = False) -> None:
+        look(self, quick=quick)
+        looked.append(self.end)
+
+    monkeypatch.setattr(_guard.Guard, "look", recording)
+    return looked
+
+
+def block_until_guarded(looked: list[int], size: int) -> None:
+    """Block the event loop (the follower cannot run) until a guard read ``size`` bytes."""
+    deadline = time.monotonic() + 10
+    while size not in looked and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert size in looked, "the guard did not read the write"
+
+
+async def test_what_a_truncation_removed_before_the_follower_read_it_comes_from_the_guard(
+    tmp_path: Path, guard_looks: list[int]
+) -> None:
+    # copytruncate's window: lines appended after the copy and truncated away before the
+    # follower (busy: the event loop is blocked here) read them. Only a prompt reader has
+    # them, as tail -F would: the guard thread.
     path = tmp_path / "app.log"
-    path.write_text(numbered(0, 30))
-    ident = file_id(str(path))
-    assert ident is not None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.rename(path, tmp_path / "app.log.1")  # a rotation by rename, not a copy
-        path.write_text("new\n")
-        t0 = time.monotonic()
-        chunks, _, truncated = read_until_truncated(
-            fd, str(path), 0, ident, 5, 1 << 20, lambda: time.sleep(0.001)
-        )
-        assert time.monotonic() - t0 < 2
-    finally:
-        os.close(fd)
-    assert not truncated
-    assert b"".join(chunks).decode() == numbered(0, 30)  # what it held, from the old file
+    path.write_text(numbered(0, 100))
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.05, on_error="skip")
+    async with (flow | af.for_each(seen.append)).open() as run:
+        await wait_for(lambda: len(seen) == 100)
+        await anyio.sleep(0.1)  # the follower waits for a change
+        with path.open("a") as f:
+            f.write(numbered(100, 150))  # in no copy: there is none
+        block_until_guarded(guard_looks, path.stat().st_size)
+        os.truncate(path, 0)
+        with path.open("a") as f:
+            f.write(numbered(150, 160))
+        await wait_for(lambda: len(seen) >= 160)
+        await anyio.sleep(0.2)  # nothing more, nothing twice
+        run.stop()
+    assert seen == numbered(0, 160).splitlines()
+    assert run.statistics().errors == 0
+
+
+async def test_what_a_truncation_removed_and_the_guard_could_not_keep_is_counted(
+    tmp_path: Path, guard_looks: list[int]
+) -> None:
+    path = tmp_path / "app.log"
+    path.write_text(numbered(0, 100))
+    seen: list[str] = []
+    # a guard keeps at most read_size bytes: 64, less than the 50 lines it misses
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.05, read_size=64, on_error="skip")
+    async with (flow | af.for_each(seen.append)).open() as run:
+        await wait_for(lambda: len(seen) == 100)
+        await anyio.sleep(0.1)
+        with path.open("a") as f:
+            f.write(numbered(100, 150))
+        block_until_guarded(guard_looks, path.stat().st_size)
+        os.truncate(path, 0)
+        with path.open("a") as f:
+            f.write(numbered(150, 160))
+        await wait_for(lambda: len(seen) >= 110)
+        await anyio.sleep(0.2)
+        run.stop()
+    assert seen == numbered(0, 100).splitlines() + numbered(150, 160).splitlines()
+    assert run.statistics().errors == 1  # one truncation lost bytes (none twice)

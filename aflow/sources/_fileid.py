@@ -10,22 +10,23 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
     "FINGERPRINT_BYTES",
+    "TAIL_BYTES",
     "FileId",
+    "changed",
     "file_id",
     "find_copy",
     "fingerprint",
     "read_checked",
     "read_range",
-    "read_until_truncated",
 ]
 
 FINGERPRINT_BYTES = 256
+TAIL_BYTES = 64
+"""How many of the last bytes read a follower compares before its next read."""
 
 
 def _digest(head: bytes) -> bytes:
@@ -70,65 +71,37 @@ def file_id(path: str, length: int = FINGERPRINT_BYTES) -> FileId | None:
     return FileId.of(st, head)
 
 
-def read_checked(fd: int, size: int, position: int, ident: FileId) -> tuple[bytes | None, FileId]:
+def read_checked(
+    fd: int, size: int, position: int, ident: FileId, before: bytes = b""
+) -> tuple[bytes | None, FileId]:
     """Read up to ``size`` bytes at ``position`` of the open file ``fd``.
 
-    First make sure the file was not truncated or rewritten from its start since (one
-    ``fstat`` and a read of its first bytes, from the page cache): then the result is
-    ``(None, ident)``. Returns the bytes (``b""`` at end of
-    file) and the identity to compare with next time (a fuller fingerprint once a small
-    file grew).
+    First make sure the file was not truncated or rewritten since the last read (one
+    ``fstat`` and two small reads from the page cache): it is shorter than ``position``,
+    its first bytes are not those of ``ident``, or the bytes just before ``position`` are
+    not ``before`` (the last ones read: a file truncated and written again past the
+    position with the same first bytes). Then the result is ``(None, ident)``.
+
+    Returns the bytes (``b""`` at end of file) and the identity to compare with next time
+    (a fuller fingerprint once a small file grew).
     """
     st = os.fstat(fd)
-    if st.st_size < position:
-        return None, ident
-    if ident.length and not ident.matches(os.pread(fd, ident.length, 0)):
+    if changed(fd, st.st_size, position, ident, before):
         return None, ident
     if ident.length < FINGERPRINT_BYTES and st.st_size > ident.length:
         ident = FileId.of(st, os.pread(fd, FINGERPRINT_BYTES, 0))
     return os.pread(fd, size, position), ident
 
 
-def read_until_truncated(
-    fd: int,
-    path: str,
-    position: int,
-    ident: FileId,
-    seconds: float,
-    limit: int,
-    wait: Callable[[], None],
-) -> tuple[list[bytes], FileId, bool]:
-    """Read what is appended to the open file ``fd`` as soon as it is written (``wait()``
-    blocks until the next write, briefly), while a copy of it is being made: until it is
-    truncated or rewritten (then the third value is True), ``path`` names another file,
-    ``limit`` bytes were read, or ``seconds`` passed. Lines written after the copy and
-    before the truncation are in no copy: only a reader that read them in that window has
-    them.
-
-    Returns the chunks read from ``position`` on, the identity to compare with next time,
-    and whether the file was truncated.
-    """
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    st = os.fstat(fd)
-    here = (st.st_dev, st.st_ino)
-    while limit > 0 and time.monotonic() < deadline:
-        chunk, ident = read_checked(fd, limit, position, ident)
-        if chunk is None:
-            return chunks, ident, True
-        if chunk:
-            chunks.append(chunk)
-            position += len(chunk)
-            limit -= len(chunk)
-            continue
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            break
-        if (st.st_dev, st.st_ino) != here:  # renamed away: not a copy, a rotation
-            break
-        wait()
-    return chunks, ident, False
+def changed(fd: int, size: int, position: int, ident: FileId, before: bytes) -> bool:
+    """Whether the file ``fd`` (now ``size`` bytes long) no longer holds what was read
+    from it up to ``position``: see :func:`read_checked`."""
+    if size < position:
+        return True
+    if ident.length and not ident.matches(os.pread(fd, ident.length, 0)):
+        return True
+    n = min(len(before), position)
+    return bool(n) and os.pread(fd, n, position - n) != before[-n:]
 
 
 def find_copy(path: str, ident: FileId) -> str | None:

@@ -9,22 +9,24 @@ never takes bytes away from it:
   writer that reopens late (``delaycompress``, a slow ``postrotate``) loses nothing, and a
   drained file that is compressed and removed meanwhile is still read through its
   descriptor.
-* **copytruncate**: the truncation is seen as it happens (inotify, see
-  :mod:`aflow.sources._watch`); what was not read yet is taken from the copy (a file beside
-  it whose first bytes are the same). What the writer wrote between the copy and the
-  truncation (logrotate fsyncs the copy in between: a millisecond, tens under load) is in
-  no copy: only a reader that read it in that window has it. So at the first sign of a
-  copy (a file named like the followed one created or written, seen even while a busy
-  writer keeps the follower reading) the follower reads the original in a worker thread
-  at every write (an inotify watch of the open file, as ``tail -F`` does) until it is
-  truncated, renamed away, or ``COPY_WATCH`` seconds passed. It can still lose lines
-  written in that window when it is scheduled late (a loaded machine), where ``tail -F``
-  may have read them: a known gap.
+* **copytruncate**: every read first checks that the file still holds what was read (its
+  size, its first bytes, and the last bytes read before the offset: a file truncated and
+  written again past the offset is not read from the old offset on). What was not read
+  yet is taken from the copy (a file beside it whose first bytes are the same). What the
+  writer wrote between the copy and the truncation (logrotate fsyncs the copy in between:
+  a millisecond, tens under load) is in no copy: only a reader that read it in that
+  window has it. With inotify, a :class:`~aflow.sources._guard.Guard` thread reads the
+  current file at every write, as ``tail -F`` does, and keeps its newest bytes: what it
+  read before the truncation and the follower had not is taken from it. Bytes it saw but
+  could not keep are reported (below). At the first sign of a copy (a file named like the
+  followed one created or written) the follower stops reading until the guard saw the
+  truncation (``COPY_WATCH`` seconds at most): the guard then need not wait for the GIL.
 * **resumed from a checkpoint**: the rotated files beside the path that the checkpoint has
   not seen to their end (:mod:`aflow.sources._rotation`) are read first, oldest first:
   compressed ones to their end, the others as rotated files being drained.
 * **losses that cannot be avoided** (files rotated away before they could be opened; bytes
-  truncated with no copy) are reported as :class:`~aflow.errors.DataLossError` to the
+  a truncation removed that neither a copy nor the guard held, where aflow knows of them)
+  are reported as :class:`~aflow.errors.DataLossError` to the
   source's ``on_error``: ``"skip"`` counts them in its ``errors`` statistic.
 """
 
@@ -41,19 +43,23 @@ from ..errors import DataLossError
 from ..policies import Reporter, apply_policy
 from ._fileid import (
     FINGERPRINT_BYTES,
+    TAIL_BYTES,
     FileId,
     find_copy,
     read_checked,
     read_range,
-    read_until_truncated,
 )
+from ._guard import Guard
 from ._reader import Emit, FileReader, _Framer
-from ._watch import Watcher, write_waiter
+from ._watch import Watcher, have_inotify
 
 __all__ = ["COPY_WATCH", "Follower"]
 
 COPY_WATCH = 0.25
-"""Seconds the original is read eagerly after a sign of a copy being made beside it."""
+"""Seconds a follower steps aside at most, at a sign of a copy, for its guard."""
+
+COPY_POLL = 0.002
+"""Seconds between its looks at the guard meanwhile."""
 
 
 @dataclass(slots=True)
@@ -65,6 +71,13 @@ class Tracked:
     framer: _Framer
     position: int
     last_data: float = field(default_factory=time.monotonic)
+    before: bytes = b""  # the last bytes read (up to TAIL_BYTES), checked before a read
+    guard: Guard | None = None  # the current file's, with inotify
+
+    def advance(self, chunk: bytes) -> None:
+        """Account for ``chunk``, read at ``position``."""
+        self.position += len(chunk)
+        self.before = (self.before + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
 
     @property
     def key(self) -> tuple[int, int]:
@@ -92,16 +105,18 @@ class Follower:
             await self._catch_up(emit, report, out)
             while not out.stopping:
                 if watcher.take_copying() and self.current is not None:
-                    await self._read_while_copied(self.current, watcher, emit, report)
+                    await self._step_aside(self.current, watcher)
                 got = await self._read_all(watcher, emit, report, out)
                 await self._check_path(watcher, emit, report)
                 await self._drop_quiet(emit, report)
-                if not got and not watcher.copying and not out.stopping:
+                if not got and not out.stopping:
                     with out.pull_scope():
                         await watcher.wait()
         finally:
             watcher.close()
             for tracked in self._all():
+                if tracked.guard is not None:
+                    tracked.guard.stop()
                 os.close(tracked.fd)
         checkpointed = bool(out.checkpointed)
         for tracked in self._all():  # stopped: a last line may be unfinished by its writer
@@ -153,15 +168,15 @@ class Follower:
         fd, ident = opened
         start, line = (self.reader.start, self.reader.start_line) if first else (0, 1)
         self.current = Tracked(fd, ident, self.reader.framer(start, line=line), start)
+        if have_inotify():
+            guard = Guard(fd, start, self.reader.chunk_size, self.path)
+            self.current.guard = guard if guard.start() else None
         # A file found at the start may predate the watch: its appearance was not seen.
         self.opened += 0 if first else 1
         return True
 
     async def _read_all(self, watcher: Watcher, emit: Emit, report: Reporter, out: Any) -> bool:
-        """Read what every open file holds now (rotated ones first); True if any data.
-
-        Stops early when a copy is being made (read eagerly then, see the module
-        docstring): a writer that keeps this loop busy must not hide it."""
+        """Read what every open file holds now (rotated ones first); True if any data."""
         got = False
         for tracked in self._all():
             while not out.stopping:
@@ -182,55 +197,61 @@ class Follower:
         # the same thread call: a truncation between two reads must not be read past).
         size = self.reader.chunk_size
         chunk, ident = await anyio.to_thread.run_sync(
-            read_checked, tracked.fd, size, tracked.position, tracked.ident
+            read_checked, tracked.fd, size, tracked.position, tracked.ident, tracked.before
         )
-        if chunk is None:  # truncated or rewritten from its start
+        if chunk is None:  # truncated or rewritten
             await self._truncated(tracked, emit, report)
             return await self._read_one(tracked, emit, report)
         tracked.ident = ident
-        tracked.position += len(chunk)
+        tracked.advance(chunk)
         return chunk
 
-    async def _read_while_copied(
-        self, tracked: Tracked, watcher: Watcher, emit: Emit, report: Reporter
-    ) -> None:
-        """Read the file eagerly while a copy of it is made (see the module docstring);
-        a truncation is then handled by the next read, as any other."""
-        # Not cancellable (the thread reads the descriptor closed after a stop): a stop
-        # waits for it, COPY_WATCH seconds at most.
-        chunks, ident, truncated = await anyio.to_thread.run_sync(
-            _read_until_truncated,
-            tracked.fd,
-            self.path,
-            tracked.position,
-            tracked.ident,
-            4 * self.reader.chunk_size,
-        )
-        if truncated:  # the copy is done: the signs of it queued meanwhile are old
-            watcher.take_events()
-            watcher.copying = False
-        tracked.ident = ident
-        for chunk in chunks:
-            tracked.position += len(chunk)
-            tracked.last_data = time.monotonic()
-            self.reader.ident = tracked.ident  # for the positions of what it emits
-            await self.reader.feed(tracked.framer, chunk, emit, report)
+    async def _step_aside(self, tracked: Tracked, watcher: Watcher) -> None:
+        """A copy is being made: leave the GIL to the guard (sleep) until it saw the
+        truncation, for ``COPY_WATCH`` seconds at most (see the module docstring)."""
+        guard = tracked.guard
+        if guard is None:
+            return
+        seen = guard.truncations
+        with anyio.move_on_after(COPY_WATCH):
+            while guard.truncations == seen:  # noqa: ASYNC110 - a thread counts them
+                await anyio.sleep(COPY_POLL)
+        watcher.take_events()  # the signs of the copy queued meanwhile are old
+        watcher.copying = False
 
     async def _truncated(self, tracked: Tracked, emit: Emit, report: Reporter) -> None:
-        """Take the unread rest from a copy (``copytruncate``), then read from 0 again."""
+        """Take the unread rest from a copy (``copytruncate``) and the guard, then read
+        from 0 again."""
+        self.reader.ident = tracked.ident  # for the positions of what it emits
         copy = await anyio.to_thread.run_sync(find_copy, self.path, tracked.ident)
         if copy is not None:
             while chunk := await anyio.to_thread.run_sync(
                 read_range, copy, tracked.position, self.reader.chunk_size
             ):
-                tracked.position += len(chunk)
-                self.reader.ident = tracked.ident  # for the positions of what it emits
+                tracked.advance(chunk)
                 await self.reader.feed(tracked.framer, chunk, emit, report)
-        self.reader.ident = tracked.ident  # for the positions of what it emits
+        if tracked.guard is not None:
+            kept, missing = await anyio.to_thread.run_sync(
+                tracked.guard.take, tracked.ident, tracked.position, tracked.before
+            )
+            if missing:  # not contiguous with what was read: that is lost too
+                await self._report_truncated(tracked, missing + len(kept), report)
+            elif kept:
+                tracked.advance(kept)
+                await self.reader.feed(tracked.framer, kept, emit, report)
         await self.reader.finish(tracked.framer, emit, report)
         tracked.framer = self.reader.framer(0)
-        tracked.position = 0
+        tracked.position, tracked.before = 0, b""
         tracked.ident = FileId(tracked.ident.device, tracked.ident.inode, b"", 0)
+
+    async def _report_truncated(self, tracked: Tracked, missing: int, report: Reporter) -> None:
+        error = DataLossError(
+            f"{self.path} was truncated (copytruncate?) with {missing} bytes from offset "
+            f"{tracked.position} unread, in no copy, and written faster than they could be "
+            "kept: they are lost. Rotate by rename (logrotate's 'create') if you can",
+            source=self.path,
+        )
+        await apply_policy(report.policy, b"", error, report.stage, None, report.counters)
 
     async def _check_path(self, watcher: Watcher, emit: Emit, report: Reporter) -> None:
         """Has the path moved on to another file? Open it; count files missed."""
@@ -241,6 +262,9 @@ class Follower:
         if key is not None and (self.current is None or key != self.current.key):
             if self.current is not None:
                 self.current.last_data = time.monotonic()
+                if self.current.guard is not None:  # renamed away: not to be truncated
+                    self.current.guard.stop()
+                    self.current.guard = None
                 self.draining.append(self.current)
                 self.current = None
             await self._open_current()
@@ -266,16 +290,6 @@ class Follower:
             os.close(tracked.fd)
             self.reader.ident = tracked.ident  # for the positions of what it emits
             await self.reader.finish(tracked.framer, emit, report)
-
-
-def _read_until_truncated(
-    fd: int, path: str, position: int, ident: FileId, limit: int
-) -> tuple[list[bytes], FileId, bool]:
-    wait, close = write_waiter(fd)
-    try:
-        return read_until_truncated(fd, path, position, ident, COPY_WATCH, limit, wait)
-    finally:
-        close()
 
 
 def _open_fd(path: str) -> tuple[int, FileId] | None:

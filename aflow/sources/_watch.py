@@ -2,25 +2,23 @@
 
 On Linux with the ``inotify`` extra (``inotify_simple``, a ctypes wrapper of the kernel
 calls) a follower sleeps on an inotify descriptor watching the file's directory and wakes
-as soon as a file there is written, truncated, created, renamed or removed: a truncation
-by ``copytruncate`` is seen as it happens, not at the next poll. The descriptor is awaited
-with :func:`anyio.wait_readable`, so this works on asyncio and trio alike and costs no
-thread. Elsewhere (or if the kernel refuses a watch) the follower polls every
+as soon as a file there is written, truncated, created, renamed or removed. The
+descriptor is awaited with :func:`anyio.wait_readable`, so this works on asyncio and trio
+alike and costs no thread. Elsewhere (or if the kernel refuses a watch) the follower polls every
 ``poll_interval`` seconds. Either way it also wakes at least every ``poll_interval``.
 
 The watcher also counts the files that *appeared* under the followed name (created or
 renamed into place): a follower compares that with the files it opened to count the ones
 rotated away before it could open them (see :class:`~aflow.sources._follow.Follower`).
-And it notes when a file named like a followed one (``app.log.1``, ``app.log-20240101``)
-is created or written: a copy being made (``copytruncate``), the sign to read the
-original eagerly until it is truncated.
+It notes when a file named like a followed one (``app.log.1``, ``app.log-20240101``) is
+created or written: a copy being made (``copytruncate``). The guards of
+:mod:`aflow.sources._guard` see the same signs in their own (shared) inotify instance.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -30,28 +28,12 @@ try:  # the optional extra 'inotify'
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     inotify_simple = None
 
-__all__ = ["Watcher", "have_inotify", "write_waiter"]
+__all__ = ["Watcher", "have_inotify"]
 
 
 def have_inotify() -> bool:
     """Whether change notifications are available here (else followers poll)."""
     return inotify_simple is not None and sys.platform.startswith("linux")
-
-
-def write_waiter(fd: int) -> tuple[Callable[[], None], Callable[[], None]]:
-    """A blocking wait for the next write to (or truncation of) the open file ``fd``, at
-    most a millisecond, and its release: ``(wait, close)``. With inotify the wait wakes at
-    the write, as ``tail -F`` does; else it sleeps 0.2 ms. Call both in one thread."""
-    if have_inotify():
-        try:
-            ino = inotify_simple.INotify()
-            # the descriptor's own file, whatever its path names now
-            ino.add_watch(f"/proc/self/fd/{fd}", inotify_simple.flags.MODIFY)
-        except OSError:
-            pass
-        else:
-            return (lambda: ino.read(timeout=1)), ino.close
-    return (lambda: time.sleep(0.0002)), (lambda: None)
 
 
 class Watcher:
