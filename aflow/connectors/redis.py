@@ -253,10 +253,12 @@ class _RedisReader(BatchReader[bytes]):
             entries: list[Any] = []
             try:
                 if backlog is not None:
+                    # taken before the read: entries acknowledged while it is under way
+                    # (a commit's XACK on another connection) may be in its reply
+                    in_flight = self._in_flight()
                     entries = await self._read(client, backlog, block=False, count=_BACKLOG_COUNT)
                     backlog = entries[-1][0] if entries else None
                     if entries:
-                        in_flight = self._in_flight()
                         entries = [e for e in entries if e[0] not in in_flight]
                     if backlog is not None and not entries:
                         continue
@@ -306,6 +308,7 @@ class _RedisReader(BatchReader[bytes]):
     async def _claim(self, client: Redis) -> list[Any]:
         """Entries left pending by other (dead) consumers longer than ``claim_idle``."""
         assert self.op.claim_idle is not None
+        in_flight = self._in_flight()  # before: see the backlog read in ``run``
         reply = await client.xautoclaim(
             self.stream,
             self.op.group,
@@ -314,7 +317,6 @@ class _RedisReader(BatchReader[bytes]):
             start_id="0-0",
             count=self.op.count,
         )
-        in_flight = self._in_flight() if reply[1] else set()
         entries = [e for e in reply[1] if e[1] is not None and e[0] not in in_flight]
         if entries:
             logger.info("read_redis: reclaimed %d entries of %s", len(entries), self.where)
@@ -334,7 +336,8 @@ class _RedisReader(BatchReader[bytes]):
 
     def _in_flight(self) -> set[bytes]:
         """Ids emitted and not acknowledged yet: pending, but not to be emitted again.
-        Built when needed (backlog and claim reads, rare) rather than kept per entry."""
+        Built when needed (before backlog and claim reads, rare) rather than kept per
+        entry."""
         return set().union(*self.unacked.values(), *self.acking, self.carry)
 
     def _payload(self, fields: list[bytes] | None) -> bytes:
