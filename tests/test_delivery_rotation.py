@@ -178,27 +178,43 @@ def test_entries_of_files_gone_are_removed(tmp_path: Path) -> None:
 
 
 class _Crash(af.abc.Operator):
-    """Passes batches on; raises once ``after`` rows went by (a crash mid-way)."""
+    """Passes batches on; raises once ``after`` rows went by (a crash mid-way) and
+    ``ready()`` holds (by default at once)."""
 
     name = "crash"
 
-    def __init__(self, after: int) -> None:
-        self.after = after
+    def __init__(self, after: int, ready: Callable[[], bool] = lambda: True) -> None:
+        self.after, self.ready = after, ready
 
     def start(self) -> af.abc.Processor:
-        return _Crashing(self.after)
+        return _Crashing(self.after, self.ready)
 
 
 class _Crashing(af.abc.Processor):
-    def __init__(self, after: int) -> None:
-        self.after, self.rows = after, 0
+    def __init__(self, after: int, ready: Callable[[], bool]) -> None:
+        self.after, self.ready, self.rows = after, ready, 0
 
     def process(self, msg: Any) -> list[Any]:
         self.rows += len(msg)
         if self.rows > self.after:
-            raise RuntimeError("crash")
+            if self.ready():
+                raise RuntimeError("crash")
+            time.sleep(0.02)  # waiting for ready(): slower still, for commits to land
         time.sleep(0.002)  # slow enough for barriers to fall between the files
         return [msg]
+
+
+def _committed_repetition(db: Path) -> int | None:
+    """The ``@repetition`` of the checkpoint committed in ``db`` (``None``: none yet)."""
+    store = af.SqliteStore(db)
+    try:
+        cp = store.load() if db.exists() else None
+    finally:
+        store.close()
+    if cp is None:
+        return None
+    reps = [p["@repetition"] for p in cp.positions.values() if p and "@repetition" in p]
+    return reps[0] if reps else None
 
 
 _DT = np.dtype([("key", "<i8"), ("value", "<i8")])
@@ -304,12 +320,17 @@ async def test_repeat_crashed_in_its_second_pass_resumes_that_pass(
     pattern = str(tmp_path / f"data.{suffix}")
     db = tmp_path / "cp.db"
 
-    def flow(after: int) -> Any:
+    def flow(after: int, ready: Callable[[], bool] = lambda: True) -> Any:
         epochs = af.repeat(_read(kind, pattern, True), times)
-        return epochs | af.Stage(_Crash(after)) | _sink(kind)
+        return epochs | af.Stage(_Crash(after, ready)) | _sink(kind)
 
-    with pytest.raises(RuntimeError, match="crash"):  # in the middle of the 2nd pass
-        await flow(per_file * 3 // 2).run(checkpoint=db, commit_interval=0.01)
+    # in the middle of the 2nd pass, once a commit made in it has landed (a commit's
+    # sync can take long on a loaded machine; the crash waits for it, not for a time)
+    def in_second_pass() -> bool:
+        return _committed_repetition(db) == 1
+
+    with pytest.raises(RuntimeError, match="crash"):
+        await flow(per_file * 3 // 2, in_second_pass).run(checkpoint=db, commit_interval=0.01)
     cp = af.SqliteStore(db).load()
     assert cp is not None
     (positions,) = [p for p in cp.positions.values() if p]

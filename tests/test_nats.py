@@ -3,11 +3,13 @@ started for the test on a free port (skipped, with the reason, when neither can 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
@@ -177,3 +179,36 @@ def test_the_sink_counts_only_messages_the_stream_stored(
     assert sent.value == 1000
     assert len(letters) == 1
     assert "refused" in str(letters[0].error)
+
+
+def test_a_flush_ends_at_once_when_the_server_goes_away() -> None:
+    """A server that closes the connection instead of answering a flush's PING: the
+    flush fails with ConnectionError at once (the sink reconnects), not after waiting
+    out its whole patience (nats-py never answers that PING itself)."""
+    pytest.importorskip("nats", reason="the nats extra (nats-py) is not installed")
+    import asyncio
+
+    from aflow.connectors.nats import _connect, _flush
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        info = {"server_id": "fake", "version": "2.10.0", "proto": 1, "max_payload": 1 << 20}
+        writer.write(f"INFO {json.dumps(info)}\r\n".encode())
+        pings = 0
+        while line := await reader.readline():
+            if line.startswith(b"PING"):
+                pings += 1
+                if pings > 1:  # the connection's handshake answered; this is the flush
+                    break
+                writer.write(b"PONG\r\n")
+                await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            nc = await _connect(f"nats://127.0.0.1:{port}", 5)
+            with anyio.fail_after(20), pytest.raises(ConnectionError, match="closed"):
+                await _flush(nc, 30)
+
+    anyio.run(main, backend="asyncio")

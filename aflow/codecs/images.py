@@ -23,8 +23,12 @@ shape and dtype, so image decoders bring every picture to a fixed size.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
+import sys
+import threading
+from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -58,9 +62,20 @@ class SampleDecoder(Protocol):
     def __call__(self, data: bytes, /) -> NDArray[Any]: ...
 
 
+# NumPy reads a .npy header with ast.literal_eval. CPython before 3.11.8 (and 3.12.0-1)
+# keeps the AST constructor's recursion depth in one place for all threads: two threads
+# parsing at once, at different stack depths, raise "SystemError: AST constructor recursion
+# depth mismatch" (CPython gh-106905). There, headers are read one thread at a time.
+_AST_SHARED = sys.version_info < (3, 11, 8) or (3, 12) <= sys.version_info < (3, 12, 2)
+_NPY_HEADER_LOCK: AbstractContextManager[Any] = (
+    threading.Lock() if _AST_SHARED else contextlib.nullcontext()
+)
+
+
 def decode_npy(data: bytes) -> NDArray[Any]:
     """The array of a ``.npy`` file's bytes (object arrays are refused)."""
-    return np.load(io.BytesIO(data), allow_pickle=False)  # type: ignore[no-any-return]
+    with _NPY_HEADER_LOCK:
+        return np.load(io.BytesIO(data), allow_pickle=False)  # type: ignore[no-any-return]
 
 
 class NpzDecoder:
@@ -70,7 +85,7 @@ class NpzDecoder:
         self.key = key
 
     def __call__(self, data: bytes, /) -> NDArray[Any]:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        with _NPY_HEADER_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as archive:
             key = self.key if self.key is not None else archive.files[0]
             return archive[key]  # type: ignore[no-any-return]
 

@@ -95,6 +95,31 @@ async def _reconnect(url: str, connect_timeout: float, backoff: Backoff, what: s
         return nc
 
 
+async def _flush(nc: NATS, patience: float) -> None:
+    """``nc.flush`` (``FlushTimeoutError`` after ``patience`` seconds) that raises
+    ``ConnectionError`` as soon as the connection closes: nats-py leaves the flush's PING
+    unanswered when the server goes away, and the flush would wait out its whole patience
+    (a sink's whole reconnect timeout) instead of letting the caller reconnect at once."""
+    failure: Exception | None = None
+
+    async def watch_closed() -> None:
+        nonlocal failure
+        while not nc.is_closed:  # noqa: ASYNC110 - nats-py has no awaitable "closed"
+            await anyio.sleep(0.25)
+        failure = ConnectionError("the connection closed before the server answered a flush")
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_closed)
+        try:
+            await nc.flush(timeout=max(1, int(patience)))
+        except Exception as exc:  # raised below, outside the task group (not in a group)
+            failure = failure or exc
+        tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
 _ACKS_PER_WRITE = 10_000
 
 
@@ -232,7 +257,7 @@ class _Publisher:
                     [b"PUB %s %s %d\r\n%s\r\n" % (subjects[s], reply, len(p), p) for s, p in chunk]
                 )
             )
-        await self.nc.flush(timeout=max(1, int(patience)))
+        await _flush(self.nc, patience)
         with anyio.fail_after(patience):
             while not self.done.is_set():
                 with anyio.move_on_after(0.25):
@@ -374,7 +399,7 @@ class _NatsReader(BatchReader[str]):
                     nc = await _connect(self.op.url, self.op.connect_timeout)
                 try:
                     await _publish_acks(nc, replies)
-                    await nc.flush(timeout=max(1, int(self.op.connect_timeout)))
+                    await _flush(nc, self.op.connect_timeout)
                 finally:
                     if nc is not self.nc:
                         await nc.close()

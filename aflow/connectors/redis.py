@@ -248,15 +248,17 @@ class _RedisReader(BatchReader[bytes]):
         backlog: bytes | str | None = "0"
         next_claim = anyio.current_time() if op.claim_idle is not None else float("inf")
         last_data = anyio.current_time()
-        swept = False
+        swept = waited = False  # waited: a read for new entries came back empty
         while not self.out.stopping:
             entries: list[Any] = []
             try:
                 if backlog is not None:
+                    # taken before the read: entries acknowledged while it is under way
+                    # (a commit's XACK on another connection) may be in its reply
+                    in_flight = self._in_flight()
                     entries = await self._read(client, backlog, block=False, count=_BACKLOG_COUNT)
                     backlog = entries[-1][0] if entries else None
                     if entries:
-                        in_flight = self._in_flight()
                         entries = [e for e in entries if e[0] not in in_flight]
                     if backlog is not None and not entries:
                         continue
@@ -268,6 +270,7 @@ class _RedisReader(BatchReader[bytes]):
                 else:
                     with self.out.pull_scope():
                         entries = await self._read(client, ">", block=True)
+                    waited = not entries
             except self.errors as exc:
                 logger.warning("read_redis: lost %s (%s); reconnecting", self.where, exc)
                 await self.close()
@@ -279,7 +282,13 @@ class _RedisReader(BatchReader[bytes]):
                 await self._emit(entries)
                 last_data = anyio.current_time()
                 swept = False
-            elif op.idle_stop is not None and anyio.current_time() - last_data >= op.idle_stop:
+            elif (
+                # idle only once new entries were asked for: a slow start (a loaded machine)
+                # is not an idle stream
+                waited
+                and op.idle_stop is not None
+                and anyio.current_time() - last_data >= op.idle_stop
+            ):
                 if swept:
                     return
                 backlog, swept = "0", True  # first, entries whose reply a broken read lost
@@ -299,6 +308,7 @@ class _RedisReader(BatchReader[bytes]):
     async def _claim(self, client: Redis) -> list[Any]:
         """Entries left pending by other (dead) consumers longer than ``claim_idle``."""
         assert self.op.claim_idle is not None
+        in_flight = self._in_flight()  # before: see the backlog read in ``run``
         reply = await client.xautoclaim(
             self.stream,
             self.op.group,
@@ -307,7 +317,6 @@ class _RedisReader(BatchReader[bytes]):
             start_id="0-0",
             count=self.op.count,
         )
-        in_flight = self._in_flight() if reply[1] else set()
         entries = [e for e in reply[1] if e[1] is not None and e[0] not in in_flight]
         if entries:
             logger.info("read_redis: reclaimed %d entries of %s", len(entries), self.where)
@@ -327,7 +336,8 @@ class _RedisReader(BatchReader[bytes]):
 
     def _in_flight(self) -> set[bytes]:
         """Ids emitted and not acknowledged yet: pending, but not to be emitted again.
-        Built when needed (backlog and claim reads, rare) rather than kept per entry."""
+        Built when needed (before backlog and claim reads, rare) rather than kept per
+        entry."""
         return set().union(*self.unacked.values(), *self.acking, self.carry)
 
     def _payload(self, fields: list[bytes] | None) -> bytes:

@@ -17,6 +17,7 @@ from numpy.typing import DTypeLike, NDArray
 from ..abc import Context, Outlet
 from ..codecs import COMBINED, LogFormat
 from ..codecs.csv import Engine
+from ..codecs.images import _NPY_HEADER_LOCK
 from ..flow import Flow
 from ..policies import ErrorPolicy, Reporter
 from ..stages.decode import decode_csv, decode_jsonl, decode_log
@@ -382,7 +383,8 @@ def _npy_header(path: str) -> tuple[np.dtype[Any], tuple[int, ...], int]:
             if version == (1, 0)
             else np.lib.format.read_array_header_2_0
         )
-        shape, fortran, dtype = read_header(f)
+        with _NPY_HEADER_LOCK:  # see aflow.codecs.images
+            shape, fortran, dtype = read_header(f)
         if fortran and len(shape) > 1:
             raise ValueError(f"read_npy: {path} is in Fortran order; only C order streams")
         return np.dtype(dtype), tuple(shape[1:]), f.tell()
