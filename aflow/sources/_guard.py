@@ -19,14 +19,17 @@ started with the first guard, ended with the last): a glob of hundreds of files 
 one thread and one of the kernel's instances (128 per user by default), not hundreds.
 If inotify cannot be had, a warning says so (once) and files are followed unguarded.
 
-A guard reads at every write only while a copy is suspected (*armed*: a file named like
-the followed one created or written beside it, as logrotate's copy is, until the
-truncation); otherwise it looks at most every :data:`IDLE` seconds, the writes between
-gathered into one read, which costs little. Woken at a write, the thread must still take
-the GIL from the event loop's thread, which gives it up every ``sys.getswitchinterval()``
-seconds (5 ms by default): under load that was the whole window. While a guard is armed,
-the switch interval is at most :data:`SWITCH_INTERVAL` (process-wide; the previous value
-comes back when no guard is armed; :data:`SWITCH_ENV` ``=0`` leaves it alone).
+A guard reads at every write (*armed*) while a copy is suspected (a file named like the
+followed one created or written beside it, as logrotate's copy is, until the truncation),
+and for good once it saw its file truncated: a file rotated by ``copytruncate`` will be
+again, and the first wake-up after the sign of the next copy may come too late for the
+window (:data:`GUARD_ENV` ``=always`` arms every guard from its start). Otherwise it looks
+at most every :data:`IDLE` seconds, the writes between gathered into one read, which costs
+little. Woken at a write, the thread must still take the GIL from the event loop's thread,
+which gives it up every ``sys.getswitchinterval()`` seconds (5 ms by default): under load
+that was the whole window. While a copy is suspected (only then), the switch interval is
+at most :data:`SWITCH_INTERVAL` (process-wide; the previous value comes back when no copy
+is suspected; :data:`SWITCH_ENV` ``=0`` leaves it alone).
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ the environment variable :data:`SWITCH_ENV` overrides it (``0``: leave it alone)
 
 SWITCH_ENV = "AFLOW_FOLLOW_SWITCH_INTERVAL"
 
+GUARD_ENV = "AFLOW_FOLLOW_GUARD"
+"""When guards read at every write: ``auto`` (the default: while a copy is suspected, and
+for good once their file was truncated) or ``always`` (from their start: the cost of
+``tail -F`` for every followed file)."""
+
 ARMED = 1.0
 """Seconds a guard stays armed after the last sign of a copy (or until a truncation)."""
 
@@ -87,6 +95,15 @@ def _switch_interval() -> float:
         return max(0.0, float(value))
     except ValueError:
         raise ValueError(f"{SWITCH_ENV}={value!r}: expected seconds (0: off)") from None
+
+
+def _always_armed() -> bool:
+    value = os.environ.get(GUARD_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return False
+    if value == "always":
+        return True
+    raise ValueError(f"{GUARD_ENV}={value!r}: expected 'auto' (the default) or 'always'")
 
 
 @contextmanager
@@ -281,10 +298,16 @@ class Guard:
     :meth:`start` hands it to the one thread of all guards (:class:`_Hub`), :meth:`stop`
     takes it back; :meth:`run` does both, blocking until stopped. :meth:`look` and
     :meth:`take` may be called from any thread. Not *armed*, it looks at most every
-    :data:`IDLE` seconds (the writes between gather: one read); armed, at every write,
-    and the switch interval is short (see the module docstring). It is armed at a sign
-    of a copy (a file named like it created or written in its directory) until it saw
-    the truncation, or :data:`ARMED` seconds after the last sign.
+    :data:`IDLE` seconds (the writes between gather: one read); armed, at every write
+    (see the module docstring). It is armed at a sign of a copy (a file named like it
+    created or written in its directory), the switch interval short, until it saw the
+    truncation, or :data:`ARMED` seconds after the last sign; once it saw its file
+    truncated, it stays armed (:attr:`learned`), the switch interval short only at the
+    signs of a copy.
+
+    Raises:
+        ValueError: :data:`GUARD_ENV` is set to something else than ``auto`` or
+            ``always``.
 
     Args:
         fd: the followed file, open. The guard reads a duplicate of it, closed at
@@ -295,6 +318,7 @@ class Guard:
     """
 
     def __init__(self, fd: int, position: int, limit: int, path: str | None = None) -> None:
+        learned = _always_armed()  # before the descriptor is duplicated: it may raise
         self.path = path if path is not None else os.readlink(f"/proc/self/fd/{fd}")
         self.directory, self.name = os.path.split(os.path.abspath(self.path))
         self.fd: int | None = os.dup(fd)
@@ -310,7 +334,8 @@ class Guard:
         self.pending = False  # to look at now (set by the hub)
         self.wd: int | None = None  # the watch of its file while armed (the hub's)
         self.looked = 0.0  # time.monotonic() at the last look by the hub
-        self._armed_until = 0.0  # 0: not armed
+        self._suspected_until = 0.0  # 0: no copy suspected
+        self._learned = learned  # armed for good (truncated once, or GUARD_ENV)
 
     @property
     def end(self) -> int:
@@ -320,28 +345,41 @@ class Guard:
 
     @property
     def armed(self) -> bool:
-        """Whether a copy is suspected: the guard looks at every write."""
-        return self._armed_until > 0
+        """Whether the guard looks at every write: a copy is suspected, or its file was
+        truncated once (or :data:`GUARD_ENV` says ``always``)."""
+        return self.fd is not None and (self._learned or self._suspected_until > 0)
+
+    @property
+    def suspected(self) -> bool:
+        """Whether a copy is suspected (the switch interval is short meanwhile)."""
+        return self._suspected_until > 0
+
+    @property
+    def learned(self) -> bool:
+        """Whether the guard is armed for good: its file was truncated while it watched
+        (or :data:`GUARD_ENV` says ``always``)."""
+        return self._learned
 
     def arm(self) -> None:
-        """A sign of a copy: look at every write until the truncation (or :data:`ARMED`
-        seconds after the last sign)."""
+        """A sign of a copy: look at every write, the switch interval short, until the
+        truncation (or :data:`ARMED` seconds after the last sign)."""
         with self._lock:
             if self.fd is None:
                 return
-            if not self._armed_until:
+            if not self._suspected_until:
                 _hold()
-            self._armed_until = time.monotonic() + ARMED
+            self._suspected_until = time.monotonic() + ARMED
             self.pending = True  # read up to now at once
 
     def disarm_if_due(self, now: float) -> None:
         with self._lock:
-            if self._armed_until and now >= self._armed_until:
+            if self._suspected_until and now >= self._suspected_until:
                 self._disarm_locked()
 
     def _disarm_locked(self) -> None:
-        if self._armed_until:
-            self._armed_until = 0.0
+        """No copy suspected any more (a guard armed for good stays armed)."""
+        if self._suspected_until:
+            self._suspected_until = 0.0
             _release()
 
     def start(self) -> bool:
@@ -392,7 +430,7 @@ class Guard:
                 return
             if quick and os.fstat(self.fd).st_size == self._start + len(self._data):
                 return
-            if self._armed_until and time.monotonic() >= self._armed_until:
+            if self._suspected_until and time.monotonic() >= self._suspected_until:
                 self._disarm_locked()
             at, fresh = self._append(os.fstat(self.fd).st_size)
             size = os.fstat(self.fd).st_size
@@ -403,6 +441,7 @@ class Guard:
                     del self._data[len(self._data) - len(fresh) :]
                 self.truncations += 1
                 self._disarm_locked()  # the copy is done
+                self._learned = True  # and it will be done again: read at every write
                 if self._data:
                     kept = Kept(self._head, self._start, bytes(self._data))
                     self._kept = [*self._kept[1 - KEPT :], kept]
