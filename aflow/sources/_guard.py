@@ -27,9 +27,11 @@ window (:data:`GUARD_ENV` ``=always`` arms every guard from its start). Otherwis
 at most every :data:`IDLE` seconds, the writes between gathered into one read, which costs
 little. Woken at a write, the thread must still take the GIL from the event loop's thread,
 which gives it up every ``sys.getswitchinterval()`` seconds (5 ms by default): under load
-that was the whole window. While a copy is suspected (only then), the switch interval is
-at most :data:`SWITCH_INTERVAL` (process-wide; the previous value comes back when no copy
-is suspected; :data:`SWITCH_ENV` ``=0`` leaves it alone).
+that was the whole window. While a copy is suspected, and from the first truncation on
+(measured: a guard armed for good but waiting 5 ms for the GIL still missed the window,
+tens of lines in a third of the runs), the switch interval is at most
+:data:`SWITCH_INTERVAL` (process-wide; the previous value comes back when no guard needs
+it; :data:`SWITCH_ENV` ``=0`` leaves it alone). A file never truncated changes nothing.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ SWITCH_ENV = "AFLOW_FOLLOW_SWITCH_INTERVAL"
 
 GUARD_ENV = "AFLOW_FOLLOW_GUARD"
 """When guards read at every write: ``auto`` (the default: while a copy is suspected, and
-for good once their file was truncated) or ``always`` (from their start: the cost of
-``tail -F`` for every followed file)."""
+for good once their file was truncated) or ``always`` (from their start, as if their file
+had been truncated: the cost of ``tail -F`` for every followed file, and the switch
+interval short for the whole run)."""
 
 ARMED = 1.0
 """Seconds a guard stays armed after the last sign of a copy (or until a truncation)."""
@@ -302,8 +305,8 @@ class Guard:
     (see the module docstring). It is armed at a sign of a copy (a file named like it
     created or written in its directory), the switch interval short, until it saw the
     truncation, or :data:`ARMED` seconds after the last sign; once it saw its file
-    truncated, it stays armed (:attr:`learned`), the switch interval short only at the
-    signs of a copy.
+    truncated, it stays armed (:attr:`learned`), the switch interval short, until
+    :meth:`stop`.
 
     Raises:
         ValueError: :data:`GUARD_ENV` is set to something else than ``auto`` or
@@ -336,6 +339,7 @@ class Guard:
         self.looked = 0.0  # time.monotonic() at the last look by the hub
         self._suspected_until = 0.0  # 0: no copy suspected
         self._learned = learned  # armed for good (truncated once, or GUARD_ENV)
+        self._holding = False  # of a short switch interval, for good (learned)
 
     @property
     def end(self) -> int:
@@ -351,7 +355,7 @@ class Guard:
 
     @property
     def suspected(self) -> bool:
-        """Whether a copy is suspected (the switch interval is short meanwhile)."""
+        """Whether a copy is suspected (a file named like it appeared or was written)."""
         return self._suspected_until > 0
 
     @property
@@ -389,6 +393,8 @@ class Guard:
             if self.fd is None:
                 return False  # stopped before it started
             self._started = True
+            if self._learned:
+                self._learn_locked()
         if have_inotify() and _hub.add(self):
             return True
         self.stop()
@@ -413,8 +419,18 @@ class Guard:
         with self._lock:
             self._close_locked()
 
+    def _learn_locked(self) -> None:
+        """Armed for good, the switch interval short until the stop."""
+        self._learned = True
+        if not self._holding:
+            self._holding = True
+            _hold()
+
     def _close_locked(self) -> None:
         self._disarm_locked()
+        if self._holding:
+            self._holding = False
+            _release()
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
@@ -441,7 +457,7 @@ class Guard:
                     del self._data[len(self._data) - len(fresh) :]
                 self.truncations += 1
                 self._disarm_locked()  # the copy is done
-                self._learned = True  # and it will be done again: read at every write
+                self._learn_locked()  # and it will be done again
                 if self._data:
                     kept = Kept(self._head, self._start, bytes(self._data))
                     self._kept = [*self._kept[1 - KEPT :], kept]
