@@ -257,7 +257,7 @@ def test_a_file_never_truncated_is_not_armed(log: tuple[Path, int]) -> None:
 def test_guards_can_be_armed_from_their_start(
     log: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, fd = log
+    _, fd = log
     before = sys.getswitchinterval()
     monkeypatch.setenv(GUARD_ENV, "Always")
     guard = Guard(fd, 0, limit=1 << 20)
