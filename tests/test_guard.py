@@ -17,7 +17,7 @@ import pytest
 
 from aflow.sources import _guard, _watch
 from aflow.sources._fileid import file_id
-from aflow.sources._guard import SWITCH_ENV, SWITCH_INTERVAL, Guard
+from aflow.sources._guard import GUARD_ENV, SWITCH_ENV, SWITCH_INTERVAL, Guard
 
 
 def numbered(lo: int, hi: int) -> bytes:
@@ -145,7 +145,7 @@ def inotify_instances() -> int:
 
 
 @pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify")
-def test_the_switch_interval_is_short_only_while_a_copy_is_suspected(
+def test_the_switch_interval_is_short_at_a_copy_and_after_a_truncation(
     log: tuple[Path, int],
 ) -> None:
     # an armed guard must not wait 5 ms (the default) for the GIL: the copytruncate window
@@ -159,17 +159,21 @@ def test_the_switch_interval_is_short_only_while_a_copy_is_suspected(
         assert sys.getswitchinterval() == before  # following alone changes nothing
         assert not guard.armed
         (path.parent / "app.log.1").write_bytes(path.read_bytes())  # a copy
-        wait_until(lambda: guard.armed)
+        wait_until(lambda: guard.suspected)
+        assert guard.armed
         assert sys.getswitchinterval() == pytest.approx(min(before, SWITCH_INTERVAL))
         os.truncate(path, 0)  # the copy is done
-        wait_until(lambda: not guard.armed)
+        wait_until(lambda: not guard.suspected)
         assert guard.truncations == 1
-        assert sys.getswitchinterval() == before  # given back
+        assert guard.armed  # it still reads at every write (learned)
+        assert sys.getswitchinterval() == pytest.approx(min(before, SWITCH_INTERVAL))
         (path.parent / "app.log.2").write_bytes(b"x")
-        wait_until(lambda: guard.armed)
+        wait_until(lambda: guard.suspected)
+        assert sys.getswitchinterval() == pytest.approx(min(before, SWITCH_INTERVAL))
     finally:
         guard.stop()
     assert not guard.armed
+    assert not guard.suspected
     assert sys.getswitchinterval() == before  # given back at a stop too
 
 
@@ -188,6 +192,100 @@ def test_the_switch_interval_can_be_left_alone(
         assert sys.getswitchinterval() == before
     finally:
         guard.stop()
+
+
+def watched_for_writes(guard: Guard) -> bool:
+    """Whether the guards' thread has an inotify watch on the guard's file for writes."""
+    return guard in _guard._hub._files.get(guard.wd, []) if guard.wd is not None else False
+
+
+@pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify")
+def test_a_file_truncated_once_stays_armed(log: tuple[Path, int]) -> None:
+    # a file rotated by copytruncate will be again: its guard reads at every write from
+    # then on, and does not wait for the next sign of a copy to start
+    path, fd = log
+    before = sys.getswitchinterval()
+    guard = Guard(fd, 0, limit=1 << 20)
+    assert guard.start()
+    try:
+        append(path, numbered(100, 110))
+        wait_until(lambda: guard.end == path.stat().st_size)
+        assert not guard.learned
+        os.truncate(path, 0)  # no copy beside it: nothing suspected it
+        wait_until(lambda: guard.truncations == 1)
+        assert guard.learned
+        assert guard.armed
+        assert not guard.suspected
+        # the next window must not wait 5 ms for the GIL either: short for good
+        assert sys.getswitchinterval() == pytest.approx(min(before, SWITCH_INTERVAL))
+        wait_until(lambda: watched_for_writes(guard))
+        time.sleep(3 * _guard.IDLE + _guard.ARMED)  # long after: still armed
+        assert guard.armed
+        assert watched_for_writes(guard)
+        append(path, numbered(200, 210))  # read (woken by the write)
+        wait_until(lambda: guard.end == path.stat().st_size)
+    finally:
+        guard.stop()
+    assert not guard.armed
+    assert guard.wd is None
+    assert sys.getswitchinterval() == before  # given back at the stop
+
+
+@pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify")
+def test_a_file_never_truncated_is_not_armed(log: tuple[Path, int]) -> None:
+    path, fd = log
+    before = sys.getswitchinterval()
+    guard = Guard(fd, 0, limit=1 << 20)
+    assert guard.start()
+    try:
+        for k in range(5):
+            append(path, numbered(100 + k, 101 + k))
+            time.sleep(0.02)
+        wait_until(lambda: guard.end == path.stat().st_size)
+        time.sleep(2 * _guard.IDLE)
+        assert guard.truncations == 0
+        assert not guard.armed
+        assert not guard.learned
+        assert guard.wd is None  # its writes wake nobody
+        assert not watched_for_writes(guard)
+        assert sys.getswitchinterval() == before  # and the interpreter is left alone
+    finally:
+        guard.stop()
+
+
+@pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify")
+def test_guards_can_be_armed_from_their_start(
+    log: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, fd = log
+    before = sys.getswitchinterval()
+    monkeypatch.setenv(GUARD_ENV, "Always")
+    guard = Guard(fd, 0, limit=1 << 20)
+    assert guard.start()
+    try:
+        assert guard.armed
+        assert guard.learned
+        assert not guard.suspected
+        wait_until(lambda: watched_for_writes(guard))
+        assert sys.getswitchinterval() == pytest.approx(min(before, SWITCH_INTERVAL))
+    finally:
+        guard.stop()
+    assert sys.getswitchinterval() == before
+    monkeypatch.setenv(GUARD_ENV, "auto")
+    guard = Guard(fd, 0, limit=1 << 20)
+    assert not guard.armed
+    guard.stop()
+
+
+def test_a_bad_guard_setting_is_an_error(
+    log: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, fd = log
+    monkeypatch.setenv(GUARD_ENV, "sometimes")
+    opened = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match=f"{GUARD_ENV}='sometimes'"):
+        Guard(fd, 0, limit=1 << 20)
+    assert len(os.listdir("/proc/self/fd")) == opened  # no descriptor left behind
 
 
 def test_a_bad_switch_interval_is_an_error(

@@ -19,14 +19,19 @@ started with the first guard, ended with the last): a glob of hundreds of files 
 one thread and one of the kernel's instances (128 per user by default), not hundreds.
 If inotify cannot be had, a warning says so (once) and files are followed unguarded.
 
-A guard reads at every write only while a copy is suspected (*armed*: a file named like
-the followed one created or written beside it, as logrotate's copy is, until the
-truncation); otherwise it looks at most every :data:`IDLE` seconds, the writes between
-gathered into one read, which costs little. Woken at a write, the thread must still take
-the GIL from the event loop's thread, which gives it up every ``sys.getswitchinterval()``
-seconds (5 ms by default): under load that was the whole window. While a guard is armed,
-the switch interval is at most :data:`SWITCH_INTERVAL` (process-wide; the previous value
-comes back when no guard is armed; :data:`SWITCH_ENV` ``=0`` leaves it alone).
+A guard reads at every write (*armed*) while a copy is suspected (a file named like the
+followed one created or written beside it, as logrotate's copy is, until the truncation),
+and for good once it saw its file truncated: a file rotated by ``copytruncate`` will be
+again, and the first wake-up after the sign of the next copy may come too late for the
+window (:data:`GUARD_ENV` ``=always`` arms every guard from its start). Otherwise it looks
+at most every :data:`IDLE` seconds, the writes between gathered into one read, which costs
+little. Woken at a write, the thread must still take the GIL from the event loop's thread,
+which gives it up every ``sys.getswitchinterval()`` seconds (5 ms by default): under load
+that was the whole window. While a copy is suspected, and from the first truncation on
+(measured: a guard armed for good but waiting 5 ms for the GIL still missed the window,
+tens of lines in a third of the runs), the switch interval is at most
+:data:`SWITCH_INTERVAL` (process-wide; the previous value comes back when no guard needs
+it; :data:`SWITCH_ENV` ``=0`` leaves it alone). A file never truncated changes nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ the environment variable :data:`SWITCH_ENV` overrides it (``0``: leave it alone)
 
 SWITCH_ENV = "AFLOW_FOLLOW_SWITCH_INTERVAL"
 
+GUARD_ENV = "AFLOW_FOLLOW_GUARD"
+"""When guards read at every write: ``auto`` (the default: while a copy is suspected, and
+for good once their file was truncated) or ``always`` (from their start, as if their file
+had been truncated: the cost of ``tail -F`` for every followed file, and the switch
+interval short for the whole run)."""
+
 ARMED = 1.0
 """Seconds a guard stays armed after the last sign of a copy (or until a truncation)."""
 
@@ -87,6 +98,15 @@ def _switch_interval() -> float:
         return max(0.0, float(value))
     except ValueError:
         raise ValueError(f"{SWITCH_ENV}={value!r}: expected seconds (0: off)") from None
+
+
+def _always_armed() -> bool:
+    value = os.environ.get(GUARD_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return False
+    if value == "always":
+        return True
+    raise ValueError(f"{GUARD_ENV}={value!r}: expected 'auto' (the default) or 'always'")
 
 
 @contextmanager
@@ -281,10 +301,16 @@ class Guard:
     :meth:`start` hands it to the one thread of all guards (:class:`_Hub`), :meth:`stop`
     takes it back; :meth:`run` does both, blocking until stopped. :meth:`look` and
     :meth:`take` may be called from any thread. Not *armed*, it looks at most every
-    :data:`IDLE` seconds (the writes between gather: one read); armed, at every write,
-    and the switch interval is short (see the module docstring). It is armed at a sign
-    of a copy (a file named like it created or written in its directory) until it saw
-    the truncation, or :data:`ARMED` seconds after the last sign.
+    :data:`IDLE` seconds (the writes between gather: one read); armed, at every write
+    (see the module docstring). It is armed at a sign of a copy (a file named like it
+    created or written in its directory), the switch interval short, until it saw the
+    truncation, or :data:`ARMED` seconds after the last sign; once it saw its file
+    truncated, it stays armed (:attr:`learned`), the switch interval short, until
+    :meth:`stop`.
+
+    Raises:
+        ValueError: :data:`GUARD_ENV` is set to something else than ``auto`` or
+            ``always``.
 
     Args:
         fd: the followed file, open. The guard reads a duplicate of it, closed at
@@ -295,6 +321,7 @@ class Guard:
     """
 
     def __init__(self, fd: int, position: int, limit: int, path: str | None = None) -> None:
+        learned = _always_armed()  # before the descriptor is duplicated: it may raise
         self.path = path if path is not None else os.readlink(f"/proc/self/fd/{fd}")
         self.directory, self.name = os.path.split(os.path.abspath(self.path))
         self.fd: int | None = os.dup(fd)
@@ -310,7 +337,9 @@ class Guard:
         self.pending = False  # to look at now (set by the hub)
         self.wd: int | None = None  # the watch of its file while armed (the hub's)
         self.looked = 0.0  # time.monotonic() at the last look by the hub
-        self._armed_until = 0.0  # 0: not armed
+        self._suspected_until = 0.0  # 0: no copy suspected
+        self._learned = learned  # armed for good (truncated once, or GUARD_ENV)
+        self._holding = False  # of a short switch interval, for good (learned)
 
     @property
     def end(self) -> int:
@@ -320,28 +349,41 @@ class Guard:
 
     @property
     def armed(self) -> bool:
-        """Whether a copy is suspected: the guard looks at every write."""
-        return self._armed_until > 0
+        """Whether the guard looks at every write: a copy is suspected, or its file was
+        truncated once (or :data:`GUARD_ENV` says ``always``)."""
+        return self.fd is not None and (self._learned or self._suspected_until > 0)
+
+    @property
+    def suspected(self) -> bool:
+        """Whether a copy is suspected (a file named like it appeared or was written)."""
+        return self._suspected_until > 0
+
+    @property
+    def learned(self) -> bool:
+        """Whether the guard is armed for good: its file was truncated while it watched
+        (or :data:`GUARD_ENV` says ``always``)."""
+        return self._learned
 
     def arm(self) -> None:
-        """A sign of a copy: look at every write until the truncation (or :data:`ARMED`
-        seconds after the last sign)."""
+        """A sign of a copy: look at every write, the switch interval short, until the
+        truncation (or :data:`ARMED` seconds after the last sign)."""
         with self._lock:
             if self.fd is None:
                 return
-            if not self._armed_until:
+            if not self._suspected_until:
                 _hold()
-            self._armed_until = time.monotonic() + ARMED
+            self._suspected_until = time.monotonic() + ARMED
             self.pending = True  # read up to now at once
 
     def disarm_if_due(self, now: float) -> None:
         with self._lock:
-            if self._armed_until and now >= self._armed_until:
+            if self._suspected_until and now >= self._suspected_until:
                 self._disarm_locked()
 
     def _disarm_locked(self) -> None:
-        if self._armed_until:
-            self._armed_until = 0.0
+        """No copy suspected any more (a guard armed for good stays armed)."""
+        if self._suspected_until:
+            self._suspected_until = 0.0
             _release()
 
     def start(self) -> bool:
@@ -351,6 +393,8 @@ class Guard:
             if self.fd is None:
                 return False  # stopped before it started
             self._started = True
+            if self._learned:
+                self._learn_locked()
         if have_inotify() and _hub.add(self):
             return True
         self.stop()
@@ -375,8 +419,18 @@ class Guard:
         with self._lock:
             self._close_locked()
 
+    def _learn_locked(self) -> None:
+        """Armed for good, the switch interval short until the stop."""
+        self._learned = True
+        if not self._holding:
+            self._holding = True
+            _hold()
+
     def _close_locked(self) -> None:
         self._disarm_locked()
+        if self._holding:
+            self._holding = False
+            _release()
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
@@ -392,7 +446,7 @@ class Guard:
                 return
             if quick and os.fstat(self.fd).st_size == self._start + len(self._data):
                 return
-            if self._armed_until and time.monotonic() >= self._armed_until:
+            if self._suspected_until and time.monotonic() >= self._suspected_until:
                 self._disarm_locked()
             at, fresh = self._append(os.fstat(self.fd).st_size)
             size = os.fstat(self.fd).st_size
@@ -403,6 +457,7 @@ class Guard:
                     del self._data[len(self._data) - len(fresh) :]
                 self.truncations += 1
                 self._disarm_locked()  # the copy is done
+                self._learn_locked()  # and it will be done again
                 if self._data:
                     kept = Kept(self._head, self._start, bytes(self._data))
                     self._kept = [*self._kept[1 - KEPT :], kept]
