@@ -6,9 +6,10 @@ then N processes run ``read_redis(..., dtype) | discard()`` on one group until t
 is drained, acknowledging through the run's commits. Two ceilings: a plain redis-py loop
 (``XREADGROUP COUNT n`` then ``XACK`` of the ids, what a hand-written consumer does, with
 hiredis and raw replies, without decoding) on the same kind of stream, and
-``redis-benchmark`` reading ``XRANGE key - + COUNT n`` from one connection (the server's own rate for reading stream entries: requests/s
-times ``n``; ``XREADGROUP`` of pending entries is printed beside it). The sinks' server
-ceiling is ``redis-benchmark`` issuing ``XADD`` pipelined by 1,000.
+``redis-benchmark`` reading ``XRANGE key - + COUNT n`` from one connection (the server's
+own rate for reading stream entries: requests/s times ``n``; ``XREADGROUP`` of pending
+entries is printed beside it). The sinks' server ceiling is ``redis-benchmark`` issuing
+``XADD`` pipelined by 1,000.
 
 NATS: the same through ``read_nats`` on one durable pull consumer; the ceiling is a plain
 nats-py pull consumer (``fetch`` of the same batches, ``ack()`` each message), without
