@@ -4,11 +4,12 @@ worker processes on one consumer group, beside the broker's own ceiling.
 Redis: ``--messages`` entries (default 200,000, CSV rows ``k,v``) are XADDed (not timed);
 then N processes run ``read_redis(..., dtype) | discard()`` on one group until the stream
 is drained, acknowledging through the run's commits. Two ceilings: a plain redis-py loop
-(``XREADGROUP COUNT n`` then ``XACK`` of the ids, what a hand-written consumer does, without
-decoding) on the same kind of stream, and ``redis-benchmark`` reading ``XRANGE key - +
-COUNT n`` from one connection (the server's own rate for reading stream entries: requests/s
-times ``n``; ``XREADGROUP`` of pending entries is printed beside it). The sinks' server
-ceiling is ``redis-benchmark`` issuing ``XADD`` pipelined by 1,000.
+(``XREADGROUP COUNT n`` then ``XACK`` of the ids, what a hand-written consumer does, with
+hiredis and raw replies, without decoding) on the same kind of stream, and
+``redis-benchmark`` reading ``XRANGE key - + COUNT n`` from one connection (the server's
+own rate for reading stream entries: requests/s times ``n``; ``XREADGROUP`` of pending
+entries is printed beside it). The sinks' server ceiling is ``redis-benchmark`` issuing
+``XADD`` pipelined by 1,000.
 
 NATS: the same through ``read_nats`` on one durable pull consumer; the ceiling is a plain
 nats-py pull consumer (``fetch`` of the same batches, ``ack()`` each message), without
@@ -132,10 +133,13 @@ def redis_read_ceilings(n: int) -> tuple[float, float]:
 
 
 def redis_plain(n: int) -> float:
-    """A plain redis-py consumer: ``XREADGROUP COUNT`` then ``XACK`` those ids; msgs/s."""
+    """A plain redis-py consumer: ``XREADGROUP COUNT`` then ``XACK`` those ids; msgs/s.
+    Like for like with ``read_redis``: hiredis parses, replies stay as parsed (no dict per
+    entry), one ``XACK`` per read, no decoding (the payloads are taken, not decoded)."""
     import redis
 
     client = redis.Redis.from_url(REDIS)
+    client.set_response_callback("XREADGROUP", lambda response, **options: response)
     stream = f"bench-plain-{uuid.uuid4().hex[:8]}"
     af.run(af.from_array(rows(n), batch_size=10_000) | af.to_redis(stream))
     client.xgroup_create(stream, "g", "0")
@@ -144,6 +148,8 @@ def redis_plain(n: int) -> float:
     while reply := client.xreadgroup("g", "plain", {stream: ">"}, count=COUNT):
         entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))
         ids = [entry_id for entry_id, _ in entries]
+        payloads = [fields[1] for _, fields in entries]
+        assert len(payloads) == len(ids)
         client.xack(stream, "g", *ids)
         got += len(ids)
     rate = got / (time.perf_counter() - t)

@@ -251,3 +251,22 @@ def test_bytes_and_str_items_are_entries_in_order(client: Any) -> None:
     assert sent.value == len(items)
     got = [fields[b"data"] for _, fields in client.xrange(stream)]
     assert got == [i if isinstance(i, bytes) else i.encode() for i in items]
+
+
+def test_entries_with_ids_of_many_lengths_are_all_acknowledged(client: Any) -> None:
+    stream = stream_name(client)
+    ids = [f"{ms}-{seq}" for ms in (1, 22, 4444444444444) for seq in (0, 7, 31, 999, 123456)]
+    for i, entry_id in enumerate(ids):
+        client.xadd(stream, {"data": f"{i},0.5"}, id=entry_id)
+    got = af.run(af.read_redis(stream, "g", dtype=DT, count=4, idle_timeout=0.3) | af.collect())
+    assert got.value["k"].tolist() == list(range(len(ids)))
+    assert client.xpending(stream, "g")["pending"] == 0
+
+
+def test_full_batches_read_ahead_deliver_each_entry_once_and_ack_all(client: Any) -> None:
+    stream = stream_name(client)
+    af.run(af.from_array(rows(10_000), batch_size=1000) | af.to_redis(stream))
+    flow = af.read_redis(stream, "g", dtype=DT, count=500, idle_timeout=0.3)
+    got = af.run(flow | af.collect()).value
+    np.testing.assert_array_equal(got, rows(10_000))
+    assert client.xpending(stream, "g")["pending"] == 0

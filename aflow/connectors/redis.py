@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,6 +33,7 @@ from ._common import (
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.connection import Connection
 
 __all__ = ["read_redis", "to_redis"]
 
@@ -53,12 +55,22 @@ def _bulk(arg: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(arg), arg)
 
 
+def _bulks(ids: list[bytes]) -> bytes:
+    """``ids`` as RESP bulk strings, in order of length (``XACK`` takes them in any
+    order): one ``join`` per length rather than a formatting per id."""
+    parts = []
+    for size, group in groupby(sorted(ids, key=len), len):
+        sep = b"\r\n$%d\r\n" % size
+        parts.append(sep[2:] + sep.join(group))
+    return b"\r\n".join(parts) + b"\r\n"
+
+
 def _packed_xacks(stream: str, group: str, ids: list[bytes]) -> list[bytes]:
     """``XACK stream group id...`` commands of ``_ACK_CHUNK`` ids each, packed in RESP
     here: redis-py packs each argument in Python, a cost per id worth avoiding."""
     head = _bulk(b"XACK") + _bulk(stream.encode()) + _bulk(group.encode())
     return [
-        b"*%d\r\n%s%s" % (len(chunk) + 3, head, b"".join([_bulk(i) for i in chunk]))
+        b"*%d\r\n%s%s" % (len(chunk) + 3, head, _bulks(chunk))
         for chunk in (ids[i : i + _ACK_CHUNK] for i in range(0, len(ids), _ACK_CHUNK))
     ]
 
@@ -204,8 +216,10 @@ class _RedisReader(BatchReader[bytes]):
         self.backoff = Backoff()
         self.errors = _connection_errors()
         self.acking: list[list[bytes]] = []  # ids being acknowledged
+        self.ahead: Connection | None = None  # a read of new entries sent, reply unread
 
     async def _disconnect(self) -> None:
+        await self._drop_ahead()
         if self.client is not None:
             await self.client.aclose()
             self.client = None
@@ -267,6 +281,8 @@ class _RedisReader(BatchReader[bytes]):
                     if len(entries) < op.count:
                         assert op.claim_idle is not None
                         next_claim = anyio.current_time() + op.claim_idle / 2
+                elif self.ahead is not None:
+                    entries = await self._ahead_reply(client)
                 else:
                     with self.out.pull_scope():
                         entries = await self._read(client, ">", block=True)
@@ -279,6 +295,8 @@ class _RedisReader(BatchReader[bytes]):
                 backlog = "0"
                 continue
             if entries:
+                if backlog is None and len(entries) >= op.count:
+                    await self._read_ahead(client)
                 await self._emit(entries)
                 last_data = anyio.current_time()
                 swept = False
@@ -292,6 +310,58 @@ class _RedisReader(BatchReader[bytes]):
                 if swept:
                     return
                 backlog, swept = "0", True  # first, entries whose reply a broken read lost
+        if self.ahead is not None:  # stopped with a read sent: its entries are delivered
+            try:
+                entries = await self._ahead_reply(client)
+            except self.errors as exc:
+                logger.warning("read_redis: lost %s (%s) when stopping", self.where, exc)
+                return
+            if entries:
+                await self._emit(entries)
+
+    async def _read_ahead(self, client: Redis) -> None:
+        """Send the next read of new entries now, its reply read by the next turn of
+        ``run``: the server reads while this batch is decoded and emitted. Not when
+        stopping; a connection error leaves it to the next read."""
+        if self.out.stopping:
+            return
+        pool = client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_command(
+                "XREADGROUP", "GROUP", self.op.group, self.consumer,
+                "COUNT", self.op.count, "STREAMS", self.stream, ">",
+            )  # fmt: skip
+        except self.errors:
+            await conn.disconnect()
+            await pool.release(conn)
+        except BaseException:
+            await conn.disconnect()
+            await pool.release(conn)
+            raise
+        else:
+            self.ahead = conn
+
+    async def _ahead_reply(self, client: Redis) -> list[Any]:
+        """The entries of the read :meth:`_read_ahead` sent."""
+        conn, self.ahead = self.ahead, None
+        assert conn is not None
+        try:
+            return _entries(await conn.read_response())
+        except BaseException:
+            await conn.disconnect()  # the reply may be left unread on it
+            raise
+        finally:
+            await client.connection_pool.release(conn)
+
+    async def _drop_ahead(self) -> None:
+        """Close the connection of a read sent and never read (the run ended, or its
+        connection was lost): entries it delivered stay pending for this consumer (the
+        next run reads them first, another worker claims them)."""
+        conn, self.ahead = self.ahead, None
+        if conn is not None and self.client is not None:
+            await conn.disconnect()
+            await self.client.connection_pool.release(conn)
 
     async def _read(
         self, client: Redis, after: bytes | str, *, block: bool, count: int | None = None
