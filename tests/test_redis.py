@@ -3,6 +3,7 @@ reason, when it is unreachable)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -195,23 +196,32 @@ def test_key_sharded_streams_hold_each_key_in_one_shard(client: Any) -> None:
 def test_source_and_sink_reconnect_after_their_connections_are_killed(client: Any) -> None:
     src, dst = stream_name(client), stream_name(client)
     af.run(af.from_array(rows(30_000), batch_size=1000) | af.to_redis(src))
+    # the flow logs in as its own user, so the kills reach its connections only (not
+    # those of anything else using this server)
+    user = f"aflow-test-{os.getpid()}"
+    client.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                       commands=["+@all"])  # fmt: skip
+    url = f"redis://{user}:pw@127.0.0.1:6379"
     stop = threading.Event()
+    killed: list[int] = []
 
     def killer() -> None:  # 15 times, every 0.2 s
         for _ in range(15):
             if stop.wait(0.2):
                 return
-            client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            killed.append(int(client.execute_command("CLIENT", "KILL", "USER", user)))
 
     t = threading.Thread(target=killer)
     t.start()
     try:
-        flow = af.read_redis(src, "g", dtype=DT, count=200, block=0.1, idle_timeout=3.0)
-        sent = af.run(flow | af.rebatch(200) | af.to_redis(dst))
+        flow = af.read_redis(src, "g", url=url, dtype=DT, count=200, block=0.1, idle_timeout=3.0)
+        sent = af.run(flow | af.rebatch(200) | af.to_redis(dst, url=url))
     finally:
         stop.set()
         t.join()
+        client.acl_deluser(user)
     got = af.run(af.read_redis(dst, "g", dtype=DT, idle_timeout=0.3) | af.collect()).value
+    assert sum(killed) > 0, "the flow's connections were cut"
     assert sent.value >= 30_000
     assert np.array_equal(np.unique(got["k"]), np.arange(30_000)), "nothing lost"
 
