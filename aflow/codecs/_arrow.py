@@ -18,27 +18,33 @@ def _bits(buffer: Any, offset: int, length: int) -> NDArray[np.bool_]:
     return np.unpackbits(raw, bitorder="little")[offset : offset + length].astype(bool)
 
 
-def _chunk(chunk: Any, dtype: np.dtype[Any]) -> NDArray[Any]:
-    """One arrow array of ``dtype``'s width (a copy: writable, owns its memory)."""
+def _chunk(chunk: Any, dtype: np.dtype[Any]) -> tuple[NDArray[Any], NDArray[np.bool_] | None]:
+    """One arrow array of ``dtype``'s width, as a view of its buffer where it can be, and
+    where its nulls are (None: none)."""
     n, off = len(chunk), chunk.offset
     validity, data = chunk.buffers()[:2]
     if dtype.kind == "b":
-        out = _bits(data, off, n) if n else np.zeros(0, bool)
+        values = _bits(data, off, n) if n else np.zeros(0, bool)
     else:
-        out = np.frombuffer(data, dtype, count=n, offset=off * dtype.itemsize).copy()
-    if validity is not None and chunk.null_count:
-        if dtype.kind != "f":
-            raise ValueError(f"nulls in a {chunk.type} column")
-        out[~_bits(validity, off, n)] = np.nan
-    return out
+        values = np.frombuffer(data, dtype, count=n, offset=off * dtype.itemsize)
+    if validity is None or not chunk.null_count:
+        return values, None
+    if dtype.kind != "f":
+        raise ValueError(f"nulls in a {chunk.type} column")
+    return values, ~_bits(validity, off, n)
 
 
 def column(values: Any, dtype: np.dtype[Any]) -> NDArray[Any]:
-    """A pyarrow (chunked) array as NumPy: numbers, booleans and timestamps of ``dtype``
-    (the type pyarrow was asked to parse into; a null float is NaN), strings as an object
-    array of ``str``."""
-    chunks = values.chunks if hasattr(values, "chunks") else [values]
+    """A pyarrow (chunked) array as NumPy (one copy: writable, owns its memory): numbers,
+    booleans and timestamps of ``dtype`` (the type pyarrow was asked to parse into; a null
+    float is NaN), strings as an object array of ``str``."""
     if dtype.kind in "SUO":
         return np.array(values.to_pylist(), dtype=object)
+    chunks = values.chunks if hasattr(values, "chunks") else [values]
     parts = [_chunk(c, dtype) for c in chunks]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+    if not parts:
+        return np.zeros(0, dtype)
+    out = np.concatenate([v for v, _ in parts]) if len(parts) > 1 else parts[0][0].copy()
+    if any(nulls is not None for _, nulls in parts):
+        out[np.concatenate([np.zeros(len(v), bool) if m is None else m for v, m in parts])] = np.nan
+    return out

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._arrow import column as arrow_column
 from ._logfast import Token
 
 __all__ = [
@@ -198,17 +199,6 @@ def _scalar(pa: Any, value: bytes) -> Any:
     offsets = np.array([0, len(value)], np.int32)
     buffers = [None, pa.py_buffer(offsets), pa.py_buffer(value)]
     return pa.Array.from_buffers(pa.binary(), 1, buffers)[0]
-
-
-def _primitive(values: Any, dtype: type[np.generic]) -> NDArray[Any]:
-    """A chunked array of numbers without nulls as one NumPy array (a copy: writable;
-    ``to_numpy`` would import pandas)."""
-    size = np.dtype(dtype).itemsize
-    parts = [
-        np.frombuffer(c.buffers()[1], dtype, count=len(c), offset=c.offset * size)
-        for c in values.chunks
-    ]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def _places(tokens: tuple[Token, ...]) -> dict[str, int]:
@@ -417,9 +407,9 @@ def arrow_columns(
         if is_dash is not None:
             values = pc.if_else(is_dash, zero, values)
         cast = pc.cast(values, pa.int64() if kind == "int" else pa.float64())
-        out = _primitive(cast, np.int64 if kind == "int" else np.float64)
+        out = arrow_column(cast, np.dtype(np.int64 if kind == "int" else np.float64))
         if kind == "float" and is_dash is not None:
-            out[_primitive(pc.cast(is_dash, pa.uint8()), np.uint8).view(bool)] = np.nan
+            out[arrow_column(is_dash, np.dtype(bool))] = np.nan
         return out
 
     def convert(k: int, table: Any, lengths: list[NDArray[np.intp]]) -> Any:
