@@ -76,6 +76,10 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+class _Unreachable(ConnectionError):
+    """:func:`_reconnect` gave up: no server within ``connect_timeout``."""
+
+
 async def _reconnect(url: str, connect_timeout: float, backoff: Backoff, what: str) -> NATS:
     """Connect, retrying with capped backoff for ``connect_timeout`` seconds."""
     deadline = anyio.current_time() + connect_timeout
@@ -85,7 +89,7 @@ async def _reconnect(url: str, connect_timeout: float, backoff: Backoff, what: s
             nc = await _connect(url, connect_timeout)
         except errors as exc:
             if anyio.current_time() + backoff.next_delay() > deadline:
-                raise ConnectionError(
+                raise _Unreachable(
                     f"{what}: cannot reach {url} for {connect_timeout} s: {exc!r}"
                 ) from exc
             logger.warning("%s: %s unreachable (%r); retrying", what, url, exc)
@@ -523,7 +527,7 @@ class _NatsWriter(BatchWriter):
                 await self.publisher.publish(messages, self.op.connect_timeout)
             except catch as exc:
                 await self.aclose()
-                if isinstance(exc, ConnectionError) and "cannot reach" in str(exc):
+                if isinstance(exc, _Unreachable):
                     error: Exception = exc
                 elif anyio.current_time() + self.backoff.next_delay() <= deadline:
                     logger.warning("to_nats: publishing failed (%r); reconnecting", exc)

@@ -43,8 +43,6 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,18 +105,6 @@ def _always_armed() -> bool:
     if value == "always":
         return True
     raise ValueError(f"{GUARD_ENV}={value!r}: expected 'auto' (the default) or 'always'")
-
-
-@contextmanager
-def prompt_switching() -> Iterator[None]:
-    """Hold the interpreter's switch interval at most :data:`SWITCH_INTERVAL` (or the
-    value of :data:`SWITCH_ENV`; ``0``: unchanged); the value before the first holder
-    comes back after the last (unless changed meanwhile)."""
-    _hold()
-    try:
-        yield
-    finally:
-        _release()
 
 
 def _hold() -> None:
@@ -444,11 +430,12 @@ class Guard:
         with self._lock:
             if self.fd is None:
                 return
-            if quick and os.fstat(self.fd).st_size == self._start + len(self._data):
+            before = os.fstat(self.fd).st_size
+            if quick and before == self._start + len(self._data):
                 return
             if self._suspected_until and time.monotonic() >= self._suspected_until:
                 self._disarm_locked()
-            at, fresh = self._append(os.fstat(self.fd).st_size)
+            at, fresh = self._append(before)
             size = os.fstat(self.fd).st_size
             if self._changed(size):
                 # Truncated before the read or after it. Before it, what was read is the

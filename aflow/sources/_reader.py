@@ -203,13 +203,10 @@ class FileReader:
         still unread in the file. It is not handed on (nor reported: a stop is not an end
         of file); with a checkpoint the position stays before it and the next run reads
         it whole; without one it stays unread with the rest of the file."""
-        msg, failed = framer.finish()
-        if failed is not None:
-            _, raw, prov = failed
-        elif isinstance(msg, Batch):
-            raw, prov = bytes(msg.data), msg.provenance
-        else:
+        held = _unfinished(framer)
+        if held is None:
             return
+        msg, raw, prov = held
         numbered = prov is not None and prov.unit == "line"
         logger.info(
             "%s: the run stopped inside %s (offset %s, %d bytes read of it), which is not "
@@ -230,13 +227,10 @@ class FileReader:
         one it is reported: counted in the source's ``errors`` and logged as a warning
         (``last_line="keep"``), or handed to ``on_error`` as an
         :class:`~aflow.errors.IncompleteFrameError` (``last_line="report"``)."""
-        msg, failed = framer.finish()
-        if failed is not None:
-            _, raw, prov = failed
-        elif isinstance(msg, Batch):
-            raw, prov = bytes(msg.data), msg.provenance
-        else:
+        held = _unfinished(framer)
+        if held is None:
             return
+        _, raw, prov = held
         line = prov.start if prov is not None and prov.unit == "line" else None
         offset = prov.offset if prov is not None else None
         if checkpointed:
@@ -343,3 +337,14 @@ def position_of(reader: FileReader, msg: Message) -> tuple[str, Any] | None:
     if prov.unit == "line":  # the number of the next line, for provenance after a resume
         value["line"] = prov.stop
     return f"{ident.device}:{ident.inode}", value
+
+
+def _unfinished(framer: _Framer) -> tuple[Any, bytes, Provenance | None] | None:
+    """What ``framer`` holds at a stop (its message, raw bytes and provenance), or None."""
+    msg, failed = framer.finish()
+    if failed is not None:
+        _, raw, prov = failed
+        return msg, raw, prov
+    if isinstance(msg, Batch):
+        return msg, bytes(msg.data), msg.provenance
+    return None
