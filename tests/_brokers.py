@@ -138,6 +138,18 @@ def consumer_pending(url: str, stream: str, durable: str) -> tuple[int, int]:
     return asyncio.run(go())
 
 
+def consumer_settled(url: str, stream: str, durable: str, patience: float = 10.0) -> tuple[int, int]:
+    """``consumer_pending`` once it reads (0, 0), or as it stands after ``patience``
+    seconds: JetStream applies acknowledgements asynchronously, so a consumer's counts may
+    lag a flushed ``+ACK`` by a moment on a loaded machine."""
+    deadline = time.monotonic() + patience
+    while True:
+        counts = consumer_pending(url, stream, durable)
+        if counts == (0, 0) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
+
+
 class RedisServer:
     """A redis-server process of our own on a free port, with an append-only file under
     ``store`` (so a restart keeps the streams and groups); restartable."""

@@ -27,6 +27,7 @@ from tests._brokers import (
     RedisServer,
     add_stream,
     consumer_pending,
+    consumer_settled,
     delete_stream,
     nats_or_skip,
     redis_or_skip,
@@ -305,7 +306,7 @@ def test_nats_workers_killed_every_2_seconds_lose_nothing(tmp_path: Path) -> Non
             )
             assert missing == 0, workers.logs()
             assert duplicates <= in_flight_at_kills
-            assert consumer_pending(url, name, durable) == (0, 0)
+            assert consumer_settled(url, name, durable) == (0, 0)
             assert kills >= 3, f"the run ended after {kills} kills: too fast to test anything"
         finally:
             delete_stream(url, name)
@@ -443,6 +444,6 @@ def test_nats_server_restarted_mid_run(tmp_path: Path) -> None:
             f"{duplicates} duplicates written"
         )
         assert missing == 0
-        assert consumer_pending(server.url, "IN", "work") == (0, 0)
+        assert consumer_settled(server.url, "IN", "work") == (0, 0)
     finally:
         server.stop()

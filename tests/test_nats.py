@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 import aflow as af
-from tests._brokers import add_stream, consumer_pending, delete_stream, nats_or_skip, unique
+from tests._brokers import (
+    add_stream,
+    consumer_pending,
+    consumer_settled,
+    delete_stream,
+    nats_or_skip,
+    unique,
+)
 
 DT = np.dtype([("k", "i8"), ("v", "f8")])
 
@@ -53,7 +60,7 @@ def test_rows_round_trip_and_are_acknowledged(
     flow = af.read_nats(subject, "d", url=nats_url, dtype=DT, format=fmt, idle_timeout=0.5)
     got = af.run(flow | af.collect())
     np.testing.assert_array_equal(got.value, data)
-    assert consumer_pending(nats_url, name, "d") == (0, 0)
+    assert consumer_settled(nats_url, name, "d") == (0, 0)
 
 
 def test_a_bad_payload_goes_to_the_policy_with_its_stream_sequence(
@@ -111,7 +118,7 @@ def test_a_failing_sink_leaves_messages_unacknowledged_and_they_come_again(
     again = af.read_nats(subject, "d", url=nats_url, dtype=DT, ack_wait=0.5, idle_timeout=1.5)
     got = af.run(again | af.collect())
     assert np.array_equal(np.unique(got.value["k"]), np.arange(1000))
-    assert consumer_pending(nats_url, name, "d") == (0, 0)
+    assert consumer_settled(nats_url, name, "d") == (0, 0)
 
 
 def test_key_sharded_subjects(nats_url: str, stream: tuple[str, str]) -> None:

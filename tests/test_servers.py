@@ -175,41 +175,42 @@ async def test_backpressure_reaches_a_real_fast_sender_and_a_stop_loses_no_read_
 @pytest.mark.anyio
 async def test_idle_and_slowloris_clients_do_not_lock_out_a_real_one() -> None:
     """With the defaults, 64 idle and 64 slowloris connections open: a legitimate client
-    is served within 2 s, and the hostile ones are closed (evicted) and counted."""
+    is served at once (within 5 s on a loaded machine; without eviction it would wait for
+    the slowloris clients' 500 s), and the hostile ones are closed (evicted) and counted."""
     events: list[af.ConnectionEvent] = []
     hostile: list[Any] = []
     make = lambda cb: af.tcp_server(0, on_listening=cb, on_connection=events.append)  # noqa: E731
-    async with serving(make) as (run, (host, port)), anyio.create_task_group() as tg:
+    try:
+        async with serving(make) as (run, (host, port)), anyio.create_task_group() as tg:
 
-        async def slowloris(stream: Any) -> None:
-            for _ in range(1000):
-                try:
-                    await stream.send(b"x")
-                except (anyio.BrokenResourceError, OSError):
-                    return
-                await anyio.sleep(0.5)
+            async def slowloris(stream: Any) -> None:
+                for _ in range(1000):
+                    try:
+                        await stream.send(b"x")
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        return
+                    await anyio.sleep(0.5)
 
-        for i in range(128):
-            stream = await anyio.connect_tcp(host, port)
-            hostile.append(stream)
-            if i % 2:
-                tg.start_soon(slowloris, stream)
-        started = anyio.current_time()
-        async with await anyio.connect_tcp(host, port) as legit:
-            await legit.send(b"hello\n")
-            with anyio.fail_after(2):
-                async for block in run:
-                    assert bytes(block) == b"hello\n"
-                    break
-        assert anyio.current_time() - started < 2
-        evicted = [e for e in events if e.kind == "closed" and e.reason == "evicted"]
-        assert len(evicted) >= 65  # 64 waited for a slot, the legitimate client took one
-        assert all(e.items == 0 for e in evicted)
-        tg.cancel_scope.cancel()
+            for i in range(128):
+                stream = await anyio.connect_tcp(host, port)
+                hostile.append(stream)
+                if i % 2:
+                    tg.start_soon(slowloris, stream)
+            with anyio.fail_after(5):
+                async with await anyio.connect_tcp(host, port) as legit:
+                    await legit.send(b"hello\n")
+                    async for block in run:
+                        assert bytes(block) == b"hello\n"
+                        break
+            evicted = [e for e in events if e.kind == "closed" and e.reason == "evicted"]
+            assert len(evicted) >= 65  # 64 waited for a slot, the legitimate client took one
+            assert all(e.items == 0 for e in evicted)
+            tg.cancel_scope.cancel()
+            run.stop()
+    finally:
         with anyio.CancelScope(shield=True):
-            for stream in hostile:
+            for stream in hostile:  # closed even when an assertion fails: no leaked sockets
                 await stream.aclose()
-        run.stop()
 
 
 @pytest.mark.anyio
