@@ -105,6 +105,7 @@ slow = af.from_iterable(ticks) | af.map(lambda x: x + 1) | af.collect()
 """
 
 
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 def test_metrics_port_serves_live_statistics_while_the_run_lasts(tmp_path: Path) -> None:
     (tmp_path / "slowflow.py").write_text(SLOW_FLOW)
     with socket.socket() as s:  # a free port
@@ -136,6 +137,7 @@ def test_metrics_port_serves_live_statistics_while_the_run_lasts(tmp_path: Path)
     assert "aflow_peak_bytes_in_flight" in body
 
 
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 def test_progress_is_shown_on_a_terminal(tmp_path: Path) -> None:
     """Without --progress, a live table appears when stderr is a (pseudo-)terminal."""
     (tmp_path / "slowflow.py").write_text(SLOW_FLOW)

@@ -51,6 +51,50 @@ async def test_second_run_on_one_checkpoint_is_refused(anyio_backend: str, tmp_p
     assert len(again.value) == 400  # collect's committed rows, then a fresh pass
 
 
+class OwnedStore:
+    """A user's store in memory that can be owned by one run at a time (the optional
+    ``acquire``/``close`` of the store protocol)."""
+
+    def __init__(self) -> None:
+        self.saved: af.Checkpoint | None = None
+        self.owned = False
+        self.calls: list[str] = []
+
+    def load(self) -> af.Checkpoint | None:
+        return self.saved
+
+    def commit(self, checkpoint: af.Checkpoint) -> None:
+        self.saved = checkpoint
+
+    def acquire(self) -> None:
+        if self.owned:
+            raise af.CheckpointInUse("owned by another run")
+        self.owned = True
+        self.calls.append("acquire")
+
+    def close(self) -> None:
+        self.owned = False
+        self.calls.append("close")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.filterwarnings("ignore::aflow.NotResumableWarning")
+async def test_a_users_store_is_owned_through_acquire_and_close(anyio_backend: str) -> None:
+    store = OwnedStore()
+    with anyio.fail_after(30):
+        async with _flow(50).open(checkpoint=store, commit_interval=0.01) as first:
+            assert store.owned
+            with pytest.raises(af.CheckpointInUse, match="owned by another run"):
+                await _flow().run(checkpoint=store)
+            assert len((await first.wait()).value) == 50
+        assert not store.owned
+        assert store.calls == ["acquire", "close"]
+        assert store.saved is not None
+        await _flow(50).run(checkpoint=store)  # free again once the first run has ended
+    assert store.calls == ["acquire", "close", "acquire", "close"]
+
+
 _HOLDER = """
 import sys, anyio, aflow as af
 

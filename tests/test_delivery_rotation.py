@@ -272,7 +272,19 @@ def _totals(kind: str, result: Any) -> Any:
 
 @pytest.mark.anyio
 @backends
-@pytest.mark.parametrize("kind", ["records", "npy", "csv", "csv1", "csv0", "jsonl", "log", "lines"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "records",
+        "npy",
+        "csv",
+        "csv1",
+        "csv0",
+        pytest.param("jsonl", marks=pytest.mark.slow),
+        "log",
+        "lines",
+    ],
+)
 async def test_a_glob_of_many_files_crashed_mid_way_reads_each_file_once(
     anyio_backend: str, kind: str, tmp_path: Path
 ) -> None:

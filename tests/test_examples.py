@@ -67,6 +67,7 @@ def test_generators_tour() -> None:
     assert "all sections ok" in out
 
 
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 def test_log_pipeline_follows_rotation_and_loses_nothing(tmp_path: Path) -> None:
     out = assert_ok(
         run_example(
@@ -83,6 +84,7 @@ def test_log_pipeline_follows_rotation_and_loses_nothing(tmp_path: Path) -> None
     assert (kept / "dead.txt").exists()
 
 
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 def test_sensor_service_counts_every_reading_sent_over_udp_and_tcp() -> None:
     import json
     import socket

@@ -330,5 +330,11 @@ async def test_what_a_truncation_removed_and_the_guard_could_not_keep_is_counted
         await wait_for(lambda: len(seen) >= 110)
         await anyio.sleep(0.2)
         run.stop()
-    assert seen == numbered(0, 100).splitlines() + numbered(150, 160).splitlines()
+    assert seen[:100] == numbered(0, 100).splitlines()
+    assert seen[-10:] == numbered(150, 160).splitlines()
+    # a poll's read already in a worker thread when the loop was blocked may have taken
+    # one read_size of the new lines (the last one torn, and reported): nothing more
+    early = "\n".join(seen[100:-10])
+    assert len(early) <= 64
+    assert numbered(100, 150).startswith(early)
     assert run.statistics().errors == 1  # one truncation lost bytes (none twice)

@@ -310,6 +310,7 @@ async def test_graceful_stop_acknowledges_all_it_read(base: str) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 async def test_every_kind_of_publish_arrives_whole_and_in_order(base: str) -> None:
     """The source reads PUBLISH packets in bulk and leaves the others to paho-mqtt: a
     message with properties (paho's path) between plain ones, QoS 0 beside QoS 1, and

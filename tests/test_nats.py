@@ -101,6 +101,7 @@ def test_pull_consumers_of_one_durable_share_the_messages(
     assert np.array_equal(np.sort(np.concatenate(results)), np.arange(20_000))
 
 
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 def test_a_failing_sink_leaves_messages_unacknowledged_and_they_come_again(
     nats_url: str, stream: tuple[str, str]
 ) -> None:
@@ -121,6 +122,7 @@ def test_a_failing_sink_leaves_messages_unacknowledged_and_they_come_again(
     assert consumer_settled(nats_url, name, "d") == (0, 0)
 
 
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 def test_key_sharded_subjects(nats_url: str, stream: tuple[str, str]) -> None:
     _, subject = stream
     data = rows(3000)

@@ -177,6 +177,7 @@ def test_the_sink_trims_with_maxlen(client: Any) -> None:
     assert 1000 <= client.xlen(stream) < 50_000 // 2
 
 
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 def test_key_sharded_streams_hold_each_key_in_one_shard(client: Any) -> None:
     stream = stream_name(client)
     data = rows(4000)
@@ -193,6 +194,7 @@ def test_key_sharded_streams_hold_each_key_in_one_shard(client: Any) -> None:
     assert total == 4000
 
 
+@pytest.mark.slow  # over 2 s: in the slow run (CI runs it)
 def test_source_and_sink_reconnect_after_their_connections_are_killed(client: Any) -> None:
     src, dst = stream_name(client), stream_name(client)
     af.run(af.from_array(rows(30_000), batch_size=1000) | af.to_redis(src))

@@ -11,9 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import aflow as af
 from tests._brokers import redis_or_skip, unique
+
+# each starts worker processes and lasts 3-8 s: in the slow run (CI runs it)
+pytestmark = pytest.mark.slow
 
 # 20 ms a batch of 200: the work lasts longer than the workers' start-up skew under load
 FLOW = """

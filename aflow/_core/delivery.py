@@ -98,7 +98,12 @@ class Checkpoint:
 class CheckpointStore(Protocol):
     """Where checkpoints are kept. Both methods block; the runtime calls them in a worker
     thread. ``commit`` must be atomic and durable: after it returns, ``load`` gives the
-    new checkpoint even after a crash of the process."""
+    new checkpoint even after a crash of the process.
+
+    A store may also define ``acquire()`` and ``close()`` (both optional, called on the
+    event loop's thread): a run calls ``acquire()`` as it starts (raise
+    :class:`~aflow.CheckpointInUse` when another run owns the store) and ``close()``
+    once it has ended, as :class:`SqliteStore` does."""
 
     def load(self) -> Checkpoint | None:
         """The last committed checkpoint, or ``None`` when there is none yet."""

@@ -22,7 +22,6 @@ from .delivery import (
     DEFAULT_COMMIT_INTERVAL,
     CheckpointArg,
     Delivery,
-    SqliteStore,
     describe_flow,
     open_store,
 )
@@ -346,8 +345,9 @@ class RunManager(Generic[RunT_co]):
         raise TypeError("flow.open() is an async context manager: `async with flow.open()`")
 
     async def __aenter__(self) -> RunT_co:
-        if isinstance(self._store, SqliteStore):
-            self._store.acquire()  # raises CheckpointInUse while another run has it
+        acquire = getattr(self._store, "acquire", None)
+        if acquire is not None:
+            acquire()  # raises CheckpointInUse while another run has the store
         self._cm = self._open()
         try:
             return await self._cm.__aenter__()
@@ -362,10 +362,11 @@ class RunManager(Generic[RunT_co]):
             self._release_store()
 
     def _release_store(self) -> None:
-        """A SQLite store gives up its file once the run has ended (another run may take
-        it then)."""
-        if isinstance(self._store, SqliteStore):
-            self._store.close()
+        """A store that can be owned (``acquire``) is given up once the run has ended
+        (another run may take it then)."""
+        close = getattr(self._store, "close", None)
+        if close is not None:
+            close()
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[RunT_co]:
