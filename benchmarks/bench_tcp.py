@@ -15,7 +15,8 @@ Receive, decode and aggregate (per-sensor count and sum):
 
 - aflow: ``tcp_server | decode_csv | for_each`` (vectorized ``np.bincount`` per batch);
 - receive all, then parse: a Protocol keeps every byte, then one ``pyarrow.csv`` parse
-  (multi-threaded) and one aggregate: the limit for this job, in time (not memory);
+  (multi-threaded) and the same per-sensor count and sum per connection: the limit for
+  this job, in time (not memory);
 - per-element asyncio: ``asyncio.start_server``, ``readline`` per line, parse, aggregate in
   a dict (on a tenth of the lines, marked ``scaled``).
 
@@ -160,7 +161,7 @@ class KeepingProtocol(asyncio.Protocol):
             self.state["done"].set()
 
 
-async def run_receive_then_parse(path: Path, lines: int) -> tuple[float, np.ndarray]:
+async def run_receive_then_parse(path: Path, lines: int) -> tuple[float, np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -181,14 +182,17 @@ async def run_receive_then_parse(path: Path, lines: int) -> tuple[float, np.ndar
         column_types={"ts": pa.int64(), "sensor": pa.int32(), "value": pa.float32()}
     )
     count = np.zeros(SENSORS, np.int64)
+    sums = np.zeros(SENSORS)
     for conn in state["connections"]:  # one parse per connection: lines never interleave
         table = pacsv.read_csv(pa.py_buffer(b"".join(conn.chunks)), read, convert_options=convert)
-        count += np.bincount(table.column("sensor").to_numpy(), minlength=SENSORS)
+        sensor = table.column("sensor").to_numpy()
+        count += np.bincount(sensor, minlength=SENSORS)  # the same aggregate as aflow's
+        sums += np.bincount(sensor, weights=table.column("value").to_numpy(), minlength=SENSORS)
     seconds = time.perf_counter() - started
     server.close()
     for c in clients:
         c.wait()
-    return seconds, count
+    return seconds, count, sums
 
 
 async def run_per_element(path: Path, lines: int) -> float:
@@ -245,9 +249,9 @@ def main() -> None:
         return seconds
 
     def receive_then_parse() -> float:
-        seconds, count = asyncio.run(run_receive_then_parse(path, lines))
-        if not np.array_equal(count, expected_count):
-            raise SystemExit("receive-then-parse: per-sensor counts are wrong")
+        seconds, count, sums = asyncio.run(run_receive_then_parse(path, lines))
+        if not (np.array_equal(count, expected_count) and np.allclose(sums, expected_sum)):
+            raise SystemExit("receive-then-parse: per-sensor counts or sums are wrong")
         return seconds
 
     jobs: dict[str, Callable[[], float]] = {

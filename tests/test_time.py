@@ -87,3 +87,35 @@ async def test_a_slow_consumer_sets_the_pace_and_the_throttle_never_bursts_after
     assert gaps.min() >= 0.1 - 1e-9
     assert released[-1] - released[0] > 5  # the sink held it back for its 5 slow items
     assert gaps[-20:] == pytest.approx([0.1] * 20)  # then the throttle's
+
+
+def test_throttle_catches_up_wake_ups_later_than_the_timer_slack() -> None:
+    """A loaded machine wakes the throttle several milliseconds late, more than a message's
+    items are worth at 100,000/s: the items that fell due meanwhile still leave (on the
+    following messages too), so the rate holds. A trio clock jumped 4 ms every 5 ms plays
+    the late wake-ups."""
+    import trio
+
+    from aflow.testing import VirtualClock
+
+    n, rate = 20_000, 100_000
+    times: list[float] = []
+
+    async def late_wake_ups() -> None:
+        while True:
+            await anyio.sleep(0.005)
+            trio.lowlevel.current_clock().jump(0.004)  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        flow = (
+            af.from_iterable(range(n))
+            | af.throttle(rate)
+            | af.for_each(lambda x: times.append(anyio.current_time()))
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(late_wake_ups)
+            await flow.run()
+            tg.cancel_scope.cancel()
+
+    VirtualClock(backend="trio").call(main)
+    assert times[-1] - times[0] == pytest.approx((n - 1) / rate, rel=0.02)

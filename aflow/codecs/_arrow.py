@@ -34,16 +34,20 @@ def _chunk(chunk: Any, dtype: np.dtype[Any]) -> tuple[NDArray[Any], NDArray[np.b
     return values, ~_bits(validity, off, n)
 
 
-def column(values: Any, dtype: np.dtype[Any]) -> NDArray[Any]:
+def column(values: Any, dtype: np.dtype[Any], *, copy: bool = True) -> NDArray[Any]:
     """A pyarrow (chunked) array as NumPy (one copy: writable, owns its memory): numbers,
     booleans and timestamps of ``dtype`` (the type pyarrow was asked to parse into; a null
-    float is NaN), strings as an object array of ``str``."""
+    float is NaN), strings as an object array of ``str``. ``copy=False``: a read-only view
+    of pyarrow's buffer where it can be (one chunk of numbers, no nulls), for a caller
+    that copies the values anyway."""
     if dtype.kind in "SUO":
         return np.array(values.to_pylist(), dtype=object)
     chunks = values.chunks if hasattr(values, "chunks") else [values]
     parts = [_chunk(c, dtype) for c in chunks]
     if not parts:
         return np.zeros(0, dtype)
+    if len(parts) == 1 and parts[0][1] is None and not copy:
+        return parts[0][0]
     out = np.concatenate([v for v, _ in parts]) if len(parts) > 1 else parts[0][0].copy()
     if any(nulls is not None for _, nulls in parts):
         out[np.concatenate([np.zeros(len(v), bool) if m is None else m for v, m in parts])] = np.nan

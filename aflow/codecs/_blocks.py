@@ -280,9 +280,11 @@ def fit(values: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
         return values
     with np.errstate(over="ignore"):
         narrow = values.astype(dtype)
-    over = ~np.isfinite(narrow) & np.isfinite(values)
-    if over.any():
-        raise ValueError(f"{values[over][0]!r} is out of range for {dtype}")
+    infinite = np.isinf(narrow)
+    if infinite.any():  # rare: look closer only then
+        over = infinite & np.isfinite(values)
+        if over.any():
+            raise ValueError(f"{values[over][0]!r} is out of range for {dtype}")
     return narrow
 
 

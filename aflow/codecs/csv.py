@@ -299,7 +299,8 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
                 if fill_int is None or dt.kind not in "iu":
                     raise ValueError(f"empty value in column {name!r}")
                 column = column.fill_null(fill_int)
-            values = arrow_column(column, np.dtype(np.float64) if dt.kind == "f" else dt)
+            wide = np.dtype(np.float64) if dt.kind == "f" else dt
+            values = arrow_column(column, wide, copy=False)  # copied into out
             out[name] = text_column(values, dt, name) if dt.kind in "SU" else fit(values, dt)
         check_overflow(blob, out, floats)
         return out

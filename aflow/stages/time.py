@@ -21,6 +21,11 @@ TIMER_SLACK = 0.002
 on one wake-up, so a throttle keeps its rate at rates finer than the timer (100,000/s)
 instead of losing each wake-up's lateness."""
 
+CATCH_UP = 0.05
+"""Seconds of late wake-ups a throttle catches up at most (a loaded machine's scheduler
+can hold a process back several milliseconds at a time); a longer stall is not made up
+with a burst."""
+
 
 class _ThrottleOp(AsyncOperator):
     def __init__(self, rate: float, burst: int, buffer: int | None) -> None:
@@ -44,24 +49,29 @@ class _ThrottleOp(AsyncOperator):
 
 
 class _Schedule:
-    """When the next item may leave: a virtual schedule that never loses the time of a late
-    wake-up (up to :data:`TIMER_SLACK` behind, items are caught up), and starts afresh,
-    with ``burst`` items at once, after a quiet spell or a slow consumer."""
+    """When the next item may leave: an absolute timeline, item ``k`` due ``k`` intervals
+    after the first. Time lost to a late wake-up is caught up (up to :data:`CATCH_UP`),
+    also when the message at hand had fewer items than fell due meanwhile; time spent
+    outside the schedule (an idle input, a slow consumer) is caught up only up to
+    :data:`TIMER_SLACK`: after it the timeline starts afresh, with ``burst`` items at once."""
 
     def __init__(self, interval: float, burst: int) -> None:
         self.interval = interval
         self.burst_slack = (burst - 1) * interval
         self.tolerance = max(self.burst_slack, TIMER_SLACK)
         self.next_at = -math.inf
+        self.checked = -math.inf  # when the schedule last looked at the clock
 
     async def _due(self) -> tuple[float, float]:
         now = anyio.current_time()
         at = self.next_at
-        if at < now - self.tolerance:  # nothing was late: idle, or held back downstream
-            at = now - self.burst_slack
+        owed = min(self.checked - at, CATCH_UP) if self.checked > at else 0.0
+        if at < now - self.tolerance - owed:  # late by more than the wake-ups owed: idle
+            at = now - self.burst_slack - owed  # or held back downstream; start afresh
         if at > now:
             await anyio.sleep(at - now)
             now = anyio.current_time()
+        self.checked = now
         return at, now
 
     async def wait(self, cost: int) -> None:
@@ -81,10 +91,12 @@ def throttle(rate: float, *, burst: int = 1, buffer: int | None = None) -> Stage
     """Let at most ``rate`` items (rows, for batches) per second through.
 
     Elements leave evenly spaced; a batch of ``n`` rows spends ``n`` items' worth of time.
-    ``burst`` items may pass at once after a quiet spell. At rates finer than the event
-    loop's timer (about 2 ms, :data:`TIMER_SLACK`) the items that fell due while the timer
-    slept leave together, so the rate holds from 1 to 100,000 items/s; after a slow
-    consumer held the stage back, at most that much is caught up.
+    ``burst`` items may pass at once after a quiet spell. Items are due on an absolute
+    timeline: at rates finer than the event loop's timer (about 2 ms, :data:`TIMER_SLACK`),
+    or when a loaded machine wakes the stage late (up to :data:`CATCH_UP`), the items that
+    fell due meanwhile leave together, so the rate holds from 1 to 100,000 items/s; after
+    a quiet input or a slow consumer held the stage back, at most :data:`TIMER_SLACK` is
+    caught up.
     """
     if rate <= 0:
         raise ValueError(f"throttle({rate}): rate must be > 0 items per second")
