@@ -189,7 +189,11 @@ class Follower:
         self.current = Tracked(fd, ident, self.reader.framer(start, line=line), start)
         if have_inotify():
             guard = RemoteGuard(fd, start, self.reader.chunk_size, self.path)
-            started = await anyio.to_thread.run_sync(guard.start)
+            try:
+                started = await anyio.to_thread.run_sync(guard.start)
+            except BaseException:  # cancelled: the guards' process must let it go too
+                guard.stop()
+                raise
             self.current.guard = guard if started else None
             self.refused |= not started
         # A file found at the start may predate the watch: its appearance was not seen.
