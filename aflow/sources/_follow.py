@@ -62,8 +62,9 @@ __all__ = ["COPY_WATCH", "Follower"]
 COPY_WATCH = 0.25
 """Seconds a follower steps aside at most, at a sign of a copy, for its guard."""
 
-COPY_POLL = 0.002
-"""Seconds between its looks at the guard meanwhile."""
+COPY_POLL = 0.02
+"""Seconds between its questions to the guard meanwhile (each is a request the guards'
+process answers: not so often that it competes with the guard's reads)."""
 
 
 @dataclass(slots=True)
