@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import pickle
+import signal
 import socket
 import struct
 import subprocess
@@ -232,6 +233,7 @@ def _start(
 def main(fd: int) -> None:
     """The guards' process: answer the requests on the socket ``fd`` until it closes."""
     logging.getLogger("aflow").setLevel(logging.ERROR)  # the follower says what matters
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the follower: EOF ends it
     sock = socket.socket(fileno=fd)
     guards: dict[int, Guard] = {}
     try:
