@@ -176,6 +176,7 @@ class _Collector:
             "errors": "Items that failed: skipped or sent to a dead-letter target",
             "dead_lettered": "Failed items sent to a dead-letter target",
             "dropped": "Input lost before it was read (datagrams the kernel dropped)",
+            "unwatched": "Files followed without inotify (the kernel refused it)",
             "busy_seconds": "Seconds spent in the stage's own work",
             "blocked_seconds": "Seconds waiting for room downstream (backpressure)",
         }

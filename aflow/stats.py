@@ -51,6 +51,10 @@ class StageStatistics:
         dropped: input lost before the stage could read it, as its source learns: for
             :func:`~aflow.udp_server`, the datagrams the kernel dropped because its
             receive buffer was full (Linux ``SO_RXQ_OVFL``). Not part of ``errors``.
+        unwatched: files a following source polls, unguarded, because the kernel refused
+            inotify (its limits: ``fs.inotify.max_user_instances``, ``max_user_watches``):
+            their changes are seen every ``poll_interval``, and lines a ``copytruncate``
+            removes before they are read are lost uncounted. Raise the limits.
     """
 
     name: str
@@ -68,6 +72,7 @@ class StageStatistics:
     buffer_size: int
     buffer_high_water: int
     dropped: int = 0
+    unwatched: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,8 @@ class RunStatistics:
 
         Stage names are shown whole (the column is as wide as the longest); ``errors``
         counts failed items, skipped or dead-lettered (``dead``). Input lost before it
-        was read (``dropped``) is added to a stage's row and to the totals when any was.
+        was read (``dropped``) is added to a stage's row and to the totals when any was;
+        so are files followed without inotify (``unwatched``).
         """
         width = max([28, *(len(s.name) for s in self.stages)])
         head = (
@@ -134,14 +140,17 @@ class RunStatistics:
             f"{s.busy_seconds:>7.3f} {s.blocked_seconds:>9.3f} "
             f"{s.buffer_high_water:>3}/{s.buffer_size:<2}"
             + (f" {s.dropped:,} dropped" if s.dropped else "")
+            + (f" {s.unwatched:,} unwatched" if s.unwatched else "")
             for s in self.stages
         )
         dropped = self.dropped
+        unwatched = sum(s.unwatched for s in self.stages)
         rows.append(
             f"{self.seconds:.3f} s wall, peak {self.peak_bytes_in_flight / 1e6:.2f} MB in flight, "
             f"{self.errors:,} errors ({self.dead_lettered:,} dead-lettered, "
             f"{self.errors - self.dead_lettered:,} skipped)"
             + (f", {dropped:,} dropped before they were read" if dropped else "")
+            + (f", {unwatched:,} files followed without inotify" if unwatched else "")
             + self._memory()
         )
         return "\n".join(rows)
@@ -173,6 +182,7 @@ class StageCounters:
     buffer_size: int = 0
     buffer_high_water: int = 0
     dropped: int = 0
+    unwatched: int = 0
 
     def count_in(self, msg: Message) -> None:
         if isinstance(msg, Batch):
@@ -207,6 +217,7 @@ class StageCounters:
             self.buffer_size,
             self.buffer_high_water,
             self.dropped,
+            self.unwatched,
         )
 
 

@@ -5,7 +5,9 @@
 ``one``: one file written by a writer process (``tests/_logwriter.py``) at RATE lines/s;
 ``glob``: 100 files written round-robin by one writer process at RATE lines/s in all.
 The writers run in other processes: only the follower's CPU is counted (user + system,
-``resource.getrusage``), from the first line to the last.
+``resource.getrusage``; and its guards' process, ``/proc/PID/stat``), from the first line
+to the last. ``AFLOW_FOLLOW_GUARD=auto`` compares with guards that read at every write
+only around a copy.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 import anyio
 
 import aflow as af
+from aflow.sources._guardproc import _guards
 
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "_logwriter.py")
 
@@ -39,12 +42,19 @@ print(seq, flush=True)
 """
 
 
-def cpu() -> float:
+def cpu() -> tuple[float, float]:
+    """CPU seconds of this process, and of its guards' process."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    guards = 0.0
+    child = _guards._child
+    if child is not None:
+        with open(f"/proc/{child.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        guards = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return r.ru_utime + r.ru_stime, guards
 
 
-async def measure(kind: str, rate: int, seconds: float) -> tuple[int, float]:
+async def measure(kind: str, rate: int, seconds: float) -> tuple[int, float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "one":
             paths = [os.path.join(tmp, "app.log")]
@@ -74,19 +84,24 @@ async def measure(kind: str, rate: int, seconds: float) -> tuple[int, float]:
             deadline = time.monotonic() + 30
             while count < written and time.monotonic() < deadline:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
-            used = cpu() - t0
+            t1 = cpu()
             run.stop()
         if count < written:
             print(f"read {count} of {written} lines in 30 s", file=sys.stderr)
-        return count, used
+        return count, t1[0] - t0[0], t1[1] - t0[1]
 
 
 def main() -> None:
     kind = sys.argv[1] if len(sys.argv) > 1 else "one"
     rate = int(sys.argv[2]) if len(sys.argv) > 2 else 200_000
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 5.0
-    count, used = anyio.run(measure, kind, rate, seconds)
-    print(f"{kind}: {count} lines, {used:.2f} CPU s, {used / count * 1e6:.2f} CPU s per million")
+    count, used, guards = anyio.run(measure, kind, rate, seconds)
+    mode = os.environ.get("AFLOW_FOLLOW_GUARD", "always")
+    print(
+        f"{kind} ({mode}): {count} lines, {used:.2f} CPU s + {guards:.2f} in the guards' "
+        f"process: {used / count * 1e6:.2f} + {guards / count * 1e6:.2f} CPU s per million "
+        f"(load {os.getloadavg()[0]:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import pytest
 import zstandard
 
 import aflow as af
-from aflow.sources import _guard, _watch
+from aflow.sources import _watch
+from aflow.sources._guardproc import RemoteGuard
 
 pytestmark = pytest.mark.anyio
 
@@ -261,35 +262,35 @@ async def test_a_file_truncated_and_written_past_the_offset_is_read_from_its_sta
 
 
 @pytest.fixture
-def guard_looks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the followed file each guard saw at its looks."""
+def guards(monkeypatch: pytest.MonkeyPatch) -> list[RemoteGuard]:
+    """The guards started by followers (in the guards' process)."""
     if not _watch.have_inotify():
         pytest.skip("needs inotify")
-    looked: list[int] = []
-    look = _guard.Guard.look
+    started: list[RemoteGuard] = []
+    start = RemoteGuard.start
 
-    def recording(self: _guard.Guard, *, quick: bool = False) -> None:
-        look(self, quick=quick)
-        looked.append(self.end)
+    def recording(self: RemoteGuard) -> bool:
+        started.append(self)
+        return start(self)
 
-    monkeypatch.setattr(_guard.Guard, "look", recording)
-    return looked
+    monkeypatch.setattr(RemoteGuard, "start", recording)
+    return started
 
 
-def block_until_guarded(looked: list[int], size: int) -> None:
+def block_until_guarded(guards: list[RemoteGuard], size: int) -> None:
     """Block the event loop (the follower cannot run) until a guard read ``size`` bytes."""
     deadline = time.monotonic() + 10
-    while size not in looked and time.monotonic() < deadline:
+    while all(g.end != size for g in guards) and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert size in looked, "the guard did not read the write"
+    assert any(g.end == size for g in guards), "the guard did not read the write"
 
 
 async def test_what_a_truncation_removed_before_the_follower_read_it_comes_from_the_guard(
-    tmp_path: Path, guard_looks: list[int]
+    tmp_path: Path, guards: list[RemoteGuard]
 ) -> None:
     # copytruncate's window: lines appended after the copy and truncated away before the
     # follower (busy: the event loop is blocked here) read them. Only a prompt reader has
-    # them, as tail -F would: the guard thread.
+    # them, as tail -F would: the guard (in the guards' process).
     path = tmp_path / "app.log"
     path.write_text(numbered(0, 100))
     seen: list[str] = []
@@ -299,7 +300,7 @@ async def test_what_a_truncation_removed_before_the_follower_read_it_comes_from_
         await anyio.sleep(0.1)  # the follower waits for a change
         with path.open("a") as f:
             f.write(numbered(100, 150))  # in no copy: there is none
-        block_until_guarded(guard_looks, path.stat().st_size)
+        block_until_guarded(guards, path.stat().st_size)
         os.truncate(path, 0)
         with path.open("a") as f:
             f.write(numbered(150, 160))
@@ -311,7 +312,7 @@ async def test_what_a_truncation_removed_before_the_follower_read_it_comes_from_
 
 
 async def test_what_a_truncation_removed_and_the_guard_could_not_keep_is_counted(
-    tmp_path: Path, guard_looks: list[int]
+    tmp_path: Path, guards: list[RemoteGuard]
 ) -> None:
     path = tmp_path / "app.log"
     path.write_text(numbered(0, 100))
@@ -323,7 +324,7 @@ async def test_what_a_truncation_removed_and_the_guard_could_not_keep_is_counted
         await anyio.sleep(0.1)
         with path.open("a") as f:
             f.write(numbered(100, 150))
-        block_until_guarded(guard_looks, path.stat().st_size)
+        block_until_guarded(guards, path.stat().st_size)
         os.truncate(path, 0)
         with path.open("a") as f:
             f.write(numbered(150, 160))

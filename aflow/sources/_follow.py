@@ -15,12 +15,16 @@ never takes bytes away from it:
   yet is taken from the copy (a file beside it whose first bytes are the same). What the
   writer wrote between the copy and the truncation (logrotate fsyncs the copy in between:
   a millisecond, tens under load) is in no copy: only a reader that read it in that
-  window has it. With inotify, a :class:`~aflow.sources._guard.Guard` thread reads the
-  current file at every write, as ``tail -F`` does, and keeps its newest bytes: what it
-  read before the truncation and the follower had not is taken from it. Bytes it saw but
-  could not keep are reported (below). At the first sign of a copy (a file named like the
-  followed one created or written) the follower stops reading until the guard saw the
-  truncation (``COPY_WATCH`` seconds at most): the guard then need not wait for the GIL.
+  window has it. With inotify, a :class:`~aflow.sources._guard.Guard` reads the current
+  file at every write, as ``tail -F`` does, and keeps its newest bytes: what it read
+  before the truncation and the follower had not is taken from it. It runs in the
+  guards' process (:mod:`aflow.sources._guardproc`), not waiting for this one's GIL.
+  Bytes it saw but could not keep are reported (below). At a sign of a copy (a file
+  named like the followed one created or written) the follower arms the guard (if it
+  was not from its start) and stops reading until the guard saw the truncation
+  (``COPY_WATCH`` seconds at most), leaving the CPU to it.
+* **without inotify** where the kernel refuses it (its limits): the file is polled and
+  unguarded; the source's ``unwatched`` statistic counts such files.
 * **resumed from a checkpoint**: the rotated files beside the path that the checkpoint has
   not seen to their end (:mod:`aflow.sources._rotation`) are read first, oldest first:
   compressed ones to their end, the others as rotated files being drained.
@@ -49,7 +53,7 @@ from ._fileid import (
     read_checked,
     read_range,
 )
-from ._guard import Guard
+from ._guardproc import RemoteGuard
 from ._reader import Emit, FileReader, _Framer
 from ._watch import Watcher, WatchHub, have_inotify, open_watch_hub
 
@@ -58,8 +62,9 @@ __all__ = ["COPY_WATCH", "Follower"]
 COPY_WATCH = 0.25
 """Seconds a follower steps aside at most, at a sign of a copy, for its guard."""
 
-COPY_POLL = 0.002
-"""Seconds between its looks at the guard meanwhile."""
+COPY_POLL = 0.02
+"""Seconds between its questions to the guard meanwhile (each is a request the guards'
+process answers: not so often that it competes with the guard's reads)."""
 
 
 @dataclass(slots=True)
@@ -72,7 +77,7 @@ class Tracked:
     position: int
     last_data: float = field(default_factory=time.monotonic)
     before: bytes = b""  # the last bytes read (up to TAIL_BYTES), checked before a read
-    guard: Guard | None = None  # the current file's, with inotify
+    guard: RemoteGuard | None = None  # the current file's, with inotify
 
     def advance(self, chunk: bytes) -> None:
         """Account for ``chunk``, read at ``position``."""
@@ -100,6 +105,8 @@ class Follower:
         self.draining: list[Tracked] = []
         self.opened = 0  # files opened that their appearance should account for
         self.reported_missed = 0
+        self.refused = False  # the kernel refused inotify to its watcher or a guard
+        self.counted_refused = False
 
     async def run(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Read, wait for changes, and read again, until ``out.stopping``."""
@@ -109,6 +116,7 @@ class Follower:
             return
         directory, name = os.path.split(self.path)
         watcher = self.hub.watcher(directory, name, self.reader.poll_interval)
+        self.refused = watcher.refused
         try:
             await self._open_current(first=True)
             await self._catch_up(emit, report, out)
@@ -118,6 +126,9 @@ class Follower:
                 got = await self._read_all(watcher, emit, report, out)
                 await self._check_path(watcher, emit, report)
                 await self._drop_quiet(emit, report)
+                if self.refused and not self.counted_refused:
+                    self.counted_refused = True
+                    report.counters.unwatched += 1
                 if not got and not out.stopping:
                     with out.pull_scope():
                         await watcher.wait()
@@ -178,8 +189,14 @@ class Follower:
         start, line = (self.reader.start, self.reader.start_line) if first else (0, 1)
         self.current = Tracked(fd, ident, self.reader.framer(start, line=line), start)
         if have_inotify():
-            guard = Guard(fd, start, self.reader.chunk_size, self.path)
-            self.current.guard = guard if guard.start() else None
+            guard = RemoteGuard(fd, start, self.reader.chunk_size, self.path)
+            try:
+                started = await anyio.to_thread.run_sync(guard.start)
+            except BaseException:  # cancelled: the guards' process must let it go too
+                guard.stop()
+                raise
+            self.current.guard = guard if started else None
+            self.refused |= not started
         # A file found at the start may predate the watch: its appearance was not seen.
         self.opened += 0 if first else 1
         return True
@@ -218,14 +235,22 @@ class Follower:
         return chunk
 
     async def _step_aside(self, tracked: Tracked, watcher: Watcher) -> None:
-        """A copy is being made: leave the GIL to the guard (sleep) until it saw the
-        truncation, for ``COPY_WATCH`` seconds at most (see the module docstring)."""
+        """A copy is being made: arm the guard, and leave the CPU to it (sleep) until it
+        saw the truncation, for ``COPY_WATCH`` seconds at most (see the module
+        docstring)."""
         guard = tracked.guard
         if guard is None:
             return
-        seen = guard.truncations
+        guard.arm()
+
+        def truncations() -> int:
+            assert guard is not None
+            return guard.truncations
+
         with anyio.move_on_after(COPY_WATCH):
-            while guard.truncations == seen:  # noqa: ASYNC110 - a thread counts them
+            seen = await anyio.to_thread.run_sync(truncations)
+            # the guards' process counts them: no event to wait for here
+            while seen == await anyio.to_thread.run_sync(truncations):  # noqa: ASYNC110
                 await anyio.sleep(COPY_POLL)
         watcher.take_events()  # the signs of the copy queued meanwhile are old
         watcher.copying = False

@@ -17,21 +17,25 @@ what it could have saved.
 All the guards of the process share one thread and one inotify instance (:class:`_Hub`,
 started with the first guard, ended with the last): a glob of hundreds of files costs
 one thread and one of the kernel's instances (128 per user by default), not hundreds.
-If inotify cannot be had, a warning says so (once) and files are followed unguarded.
+If inotify cannot be had, the follower goes unguarded (counted and said:
+:func:`~aflow.sources._watch.refuse`).
 
-A guard reads at every write (*armed*) while a copy is suspected (a file named like the
-followed one created or written beside it, as logrotate's copy is, until the truncation),
-and for good once it saw its file truncated: a file rotated by ``copytruncate`` will be
-again, and the first wake-up after the sign of the next copy may come too late for the
-window (:data:`GUARD_ENV` ``=always`` arms every guard from its start). Otherwise it looks
-at most every :data:`IDLE` seconds, the writes between gathered into one read, which costs
-little. Woken at a write, the thread must still take the GIL from the event loop's thread,
-which gives it up every ``sys.getswitchinterval()`` seconds (5 ms by default): under load
-that was the whole window. While a copy is suspected, and from the first truncation on
-(measured: a guard armed for good but waiting 5 ms for the GIL still missed the window,
-tens of lines in a third of the runs), the switch interval is at most
+A guard reads at every write (*armed*) from its start (:data:`GUARD_ENV`): the window of
+the first ``copytruncate`` of a file is as short as the next ones, and no sign of a copy
+must be seen in time to be ready for it. With ``AFLOW_FOLLOW_GUARD=auto`` it is armed only
+while a copy is suspected (the follower saw a file named like the followed one created or
+written beside it, as logrotate's copy is, until the truncation), and for good once it saw
+its file truncated; otherwise it looks at most every :data:`IDLE` seconds, the writes
+between gathered into one read. Measured: armed at the sign of the copy only, the first
+rotation of a file lost up to tens of lines more than ``tail -F`` under load.
+
+Woken at a write, the thread must still take the GIL from the process's other threads.
+Followers therefore run their guards in a process of their own
+(:mod:`aflow.sources._guardproc`), whose main thread only waits for requests; there too,
+a thread holding the GIL gives it up only every ``sys.getswitchinterval()`` seconds (5 ms
+by default): while a guard is armed the switch interval is at most
 :data:`SWITCH_INTERVAL` (process-wide; the previous value comes back when no guard needs
-it; :data:`SWITCH_ENV` ``=0`` leaves it alone). A file never truncated changes nothing.
+it; :data:`SWITCH_ENV` ``=0`` leaves it alone).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._fileid import FINGERPRINT_BYTES, TAIL_BYTES, FileId
-from ._watch import have_inotify
+from ._watch import have_inotify, refuse
 
 try:  # the optional extra 'inotify'
     import inotify_simple
@@ -69,10 +73,9 @@ the environment variable :data:`SWITCH_ENV` overrides it (``0``: leave it alone)
 SWITCH_ENV = "AFLOW_FOLLOW_SWITCH_INTERVAL"
 
 GUARD_ENV = "AFLOW_FOLLOW_GUARD"
-"""When guards read at every write: ``auto`` (the default: while a copy is suspected, and
-for good once their file was truncated) or ``always`` (from their start, as if their file
-had been truncated: the cost of ``tail -F`` for every followed file, and the switch
-interval short for the whole run)."""
+"""When guards read at every write: ``always`` (the default: from their start, the cost of
+``tail -F`` for every followed file, and the switch interval short while any is followed)
+or ``auto`` (while a copy is suspected, and for good once their file was truncated)."""
 
 ARMED = 1.0
 """Seconds a guard stays armed after the last sign of a copy (or until a truncation)."""
@@ -100,11 +103,11 @@ def _switch_interval() -> float:
 
 def _always_armed() -> bool:
     value = os.environ.get(GUARD_ENV, "").strip().lower()
-    if value in ("", "auto"):
-        return False
-    if value == "always":
+    if value in ("", "always"):
         return True
-    raise ValueError(f"{GUARD_ENV}={value!r}: expected 'auto' (the default) or 'always'")
+    if value == "auto":
+        return False
+    raise ValueError(f"{GUARD_ENV}={value!r}: expected 'always' (the default) or 'auto'")
 
 
 def _hold() -> None:
@@ -130,69 +133,53 @@ def _release() -> None:
 class _Hub:
     """The one thread and the one inotify instance of all the guards of the process.
 
-    It watches the directories of the guarded files (a watch descriptor each, shared by
-    the guards of one directory) for files created or renamed into place: one named like
-    a guarded file (``app.log.1``, ``app.log-20240101``: a copy, ``copytruncate``) arms
-    that guard, and the open file of an armed guard is watched for writes (a watch
-    descriptor each) until it is disarmed. Events are dispatched by watch descriptor (and
-    file name). A guard not armed is looked at every :data:`IDLE` seconds: the writes
-    between wake nobody."""
+    The open file of an armed guard is watched for writes (a watch descriptor each, shared
+    by the guards of one file); an event wakes the guards of its watch descriptor only.
+    The guards not watched (not armed, or the kernel refused the watch) are looked at every
+    :data:`IDLE` seconds: the writes between wake nobody."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ino: Any = None
         self._thread: threading.Thread | None = None
-        self._dirs: dict[str, int] = {}  # directory -> watch descriptor
-        self._guards: dict[int, list[Guard]] = {}  # its watch descriptor -> its guards
+        self._guards: set[Guard] = set()
         self._files: dict[int, list[Guard]] = {}  # an armed file's watch descriptor -> ...
-        self.refused = 0  # guards refused (no inotify, or the kernel's limits)
 
-    def add(self, guard: Guard) -> bool:
-        """Watch for ``guard``; False (and a warning, the first time) if inotify cannot
-        be had."""
+    def add(self, guard: Guard) -> OSError | None:
+        """Take ``guard`` (watched for writes if armed); the kernel's refusal of inotify,
+        if it refused."""
         with self._lock:
             try:
                 if self._ino is None:
                     self._ino = inotify_simple.INotify(nonblocking=True)
-                flags = inotify_simple.flags
-                wd = self._ino.add_watch(guard.directory, flags.CREATE | flags.MOVED_TO)
             except OSError as exc:
-                self.refused += 1
-                if self.refused == 1:
-                    logger.warning(
-                        "following %s without a guard (inotify: %s): lines a copytruncate "
-                        "removes before they are read are lost; raise "
-                        "fs.inotify.max_user_instances / max_user_watches",
-                        guard.path,
-                        exc,
-                    )
-                if not self._guards and self._ino is not None:
-                    self._ino.close()
-                    self._ino = None
-                return False
-            self._dirs[guard.directory] = wd
-            self._guards.setdefault(wd, []).append(guard)
+                return exc
+            self._guards.add(guard)
+            if guard.armed:
+                self._watch_locked(guard)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, args=(self._ino,), name="aflow-guards", daemon=True
                 )
                 self._thread.start()
-            return True
+            return None
 
     def remove(self, guard: Guard) -> None:
         with self._lock:
-            self._unwatch_file(guard)
-            wd = self._dirs.get(guard.directory)
-            guards = self._guards.get(wd, []) if wd is not None else []
-            if guard in guards:
-                guards.remove(guard)
-            if wd is not None and not guards:
-                del self._dirs[guard.directory], self._guards[wd]
-                with contextlib.suppress(OSError):  # the directory may be gone
-                    self._ino.rm_watch(wd)
+            self._unwatch_locked(guard)
+            self._guards.discard(guard)
 
-    def _watch_file(self, guard: Guard) -> None:
-        """Watch the armed ``guard``'s file for writes (under the lock)."""
+    def watch(self, guard: Guard, armed: bool) -> None:
+        """Watch the file of ``guard`` for writes while it is ``armed`` (any thread)."""
+        with self._lock:
+            if guard not in self._guards:
+                return  # not started, or stopped
+            if armed:
+                self._watch_locked(guard)
+            else:
+                self._unwatch_locked(guard)
+
+    def _watch_locked(self, guard: Guard) -> None:
         if guard.wd is not None or guard.fd is None:
             return
         try:  # the descriptor's own file, whatever its path names now
@@ -202,8 +189,7 @@ class _Hub:
         guard.wd = wd
         self._files.setdefault(wd, []).append(guard)
 
-    def _unwatch_file(self, guard: Guard) -> None:
-        """No more write events for ``guard`` (under the lock)."""
+    def _unwatch_locked(self, guard: Guard) -> None:
         wd, guard.wd = guard.wd, None
         guards = self._files.get(wd, []) if wd is not None else []
         if guard in guards:
@@ -216,52 +202,40 @@ class _Hub:
     def _run(self, ino: Any) -> None:
         poller = select.poll()
         poller.register(ino.fileno(), select.POLLIN)
-        flags = inotify_simple.flags
+        overflow = inotify_simple.flags.Q_OVERFLOW
+        idle_at = time.monotonic() + IDLE
         while True:
             with self._lock:
-                guards = [g for gs in self._guards.values() for g in gs]
-                if not guards:  # the last one stopped: so does the thread
+                if not self._guards:  # the last one stopped: so does the thread
                     self._thread = None
                     self._ino = None
                     ino.close()
                     return
-                for g in guards:  # an armed file is watched for writes, only it
-                    if g.armed:
-                        self._watch_file(g)
-                    elif g.wd is not None:
-                        self._unwatch_file(g)
-            if any(g.pending for g in guards):
-                timeout = 0
-            else:
-                timeout = WAKE if any(g.armed for g in guards) else int(IDLE * 1000)
-            if poller.poll(timeout):
+            woken: list[Guard] = []
+            if poller.poll(max(0, int((idle_at - time.monotonic()) * 1000))):
                 try:
                     events = ino.read(timeout=0)
                 except BlockingIOError:
                     events = []
                 with self._lock:
                     for event in events:
-                        if event.mask & flags.Q_OVERFLOW:  # events lost: look at all
-                            for g in guards:
-                                g.pending = True
-                        for g in self._files.get(event.wd, ()):
-                            g.pending = True
-                        for g in self._guards.get(event.wd, ()):
-                            if event.name != g.name and event.name.startswith(g.name):
-                                g.arm()  # a copy (or a rotation) beside it
-                if any(g.pending and g.armed and g.wd is None for g in guards):
-                    continue  # newly armed: watch its writes before the first look
+                        if event.mask & overflow:  # events lost: look at all
+                            woken.extend(self._guards)
+                        woken.extend(self._files.get(event.wd, ()))
             now = time.monotonic()
-            for g in guards:
-                g.disarm_if_due(now)
-                if g.pending or now - g.looked >= IDLE:
-                    g.pending = False
-                    g.looked = now
-                    try:
-                        g.look(quick=not g.armed)
-                    except Exception:  # one file's trouble must not end every guard
-                        logger.exception("the guard of %s failed: it stops", g.path)
-                        g.stop()
+            if now >= idle_at:  # the guards not watched, and the copies suspected
+                idle_at = now + IDLE
+                with self._lock:
+                    guards = list(self._guards)
+                for g in guards:
+                    g.disarm_if_due(now)
+                woken.extend(g for g in guards if g.wd is None)
+            for g in dict.fromkeys(woken):  # each once, in order
+                try:
+                    g.look(quick=g.wd is None)
+                except Exception:  # one file's trouble must not end every guard
+                    logger.exception("the guard of %s failed: it stops", g.path)
+                    g.stop()
 
 
 _hub = _Hub()
@@ -286,17 +260,16 @@ class Guard:
 
     :meth:`start` hands it to the one thread of all guards (:class:`_Hub`), :meth:`stop`
     takes it back; :meth:`run` does both, blocking until stopped. :meth:`look` and
-    :meth:`take` may be called from any thread. Not *armed*, it looks at most every
-    :data:`IDLE` seconds (the writes between gather: one read); armed, at every write
-    (see the module docstring). It is armed at a sign of a copy (a file named like it
-    created or written in its directory), the switch interval short, until it saw the
-    truncation, or :data:`ARMED` seconds after the last sign; once it saw its file
-    truncated, it stays armed (:attr:`learned`), the switch interval short, until
-    :meth:`stop`.
+    :meth:`take` may be called from any thread. Armed, it reads at every write, the
+    switch interval short; not armed, it looks at most every :data:`IDLE` seconds (the
+    writes between gather: one read). It is armed for good (:attr:`learned`) from its
+    start, or (:data:`GUARD_ENV` ``=auto``) once it saw its file truncated; with ``auto``
+    it is also armed at a sign of a copy (:meth:`arm`) until it saw the truncation, or
+    :data:`ARMED` seconds after the last sign. See the module docstring.
 
     Raises:
-        ValueError: :data:`GUARD_ENV` is set to something else than ``auto`` or
-            ``always``.
+        ValueError: :data:`GUARD_ENV` is set to something else than ``always`` or
+            ``auto``.
 
     Args:
         fd: the followed file, open. The guard reads a duplicate of it, closed at
@@ -304,12 +277,21 @@ class Guard:
         position: the offset reading starts at (what is before is read already).
         limit: the most bytes kept of one content.
         path: the followed path (by default the one ``fd`` was opened by).
+        always: armed from the start (by default as :data:`GUARD_ENV` says).
     """
 
-    def __init__(self, fd: int, position: int, limit: int, path: str | None = None) -> None:
-        learned = _always_armed()  # before the descriptor is duplicated: it may raise
+    def __init__(
+        self,
+        fd: int,
+        position: int,
+        limit: int,
+        path: str | None = None,
+        *,
+        always: bool | None = None,
+    ) -> None:
+        # before the descriptor is duplicated: it may raise
+        learned = _always_armed() if always is None else always
         self.path = path if path is not None else os.readlink(f"/proc/self/fd/{fd}")
-        self.directory, self.name = os.path.split(os.path.abspath(self.path))
         self.fd: int | None = os.dup(fd)
         self.limit = limit
         self._lock = threading.Lock()
@@ -320,9 +302,8 @@ class Guard:
         self._head = b""  # the first bytes of the content, read at the first look
         self._kept: list[Kept] = []
         self.truncations = 0  # seen so far
-        self.pending = False  # to look at now (set by the hub)
         self.wd: int | None = None  # the watch of its file while armed (the hub's)
-        self.looked = 0.0  # time.monotonic() at the last look by the hub
+        self.refusal: OSError | None = None  # the kernel's, at the start
         self._suspected_until = 0.0  # 0: no copy suspected
         self._learned = learned  # armed for good (truncated once, or GUARD_ENV)
         self._holding = False  # of a short switch interval, for good (learned)
@@ -335,31 +316,32 @@ class Guard:
 
     @property
     def armed(self) -> bool:
-        """Whether the guard looks at every write: a copy is suspected, or its file was
-        truncated once (or :data:`GUARD_ENV` says ``always``)."""
+        """Whether the guard looks at every write: armed for good (:attr:`learned`), or
+        a copy is suspected."""
         return self.fd is not None and (self._learned or self._suspected_until > 0)
 
     @property
     def suspected(self) -> bool:
-        """Whether a copy is suspected (a file named like it appeared or was written)."""
+        """Whether a copy is suspected (:meth:`arm`, until the truncation)."""
         return self._suspected_until > 0
 
     @property
     def learned(self) -> bool:
-        """Whether the guard is armed for good: its file was truncated while it watched
-        (or :data:`GUARD_ENV` says ``always``)."""
+        """Whether the guard is armed for good: from its start (:data:`GUARD_ENV`
+        ``=always``, the default), or since its file was truncated while it watched."""
         return self._learned
 
     def arm(self) -> None:
-        """A sign of a copy: look at every write, the switch interval short, until the
-        truncation (or :data:`ARMED` seconds after the last sign)."""
+        """A sign of a copy (seen by the follower): look at every write, the switch
+        interval short, until the truncation (or :data:`ARMED` seconds after the last
+        sign). Nothing more if armed for good already."""
         with self._lock:
-            if self.fd is None:
+            if self.fd is None or self._learned:
                 return
             if not self._suspected_until:
                 _hold()
+                _hub.watch(self, armed=True)
             self._suspected_until = time.monotonic() + ARMED
-            self.pending = True  # read up to now at once
 
     def disarm_if_due(self, now: float) -> None:
         with self._lock:
@@ -371,18 +353,25 @@ class Guard:
         if self._suspected_until:
             self._suspected_until = 0.0
             _release()
+            if not self._learned:
+                _hub.watch(self, armed=False)
 
-    def start(self) -> bool:
+    def start(self, *, say: bool = True) -> bool:
         """Hand the guard to the guards' thread; False (and the guard stopped) without
-        inotify (a warning says why, once)."""
+        inotify. ``say``: a refusal by the kernel (kept in :attr:`refusal`) is counted
+        and said (:func:`~aflow.sources._watch.refuse`)."""
         with self._lock:
             if self.fd is None:
                 return False  # stopped before it started
             self._started = True
             if self._learned:
                 self._learn_locked()
-        if have_inotify() and _hub.add(self):
-            return True
+        if have_inotify():
+            self.refusal = _hub.add(self)
+            if self.refusal is None:
+                return True
+            if say:
+                refuse(self.path, self.refusal)
         self.stop()
         return False
 
@@ -411,6 +400,7 @@ class Guard:
         if not self._holding:
             self._holding = True
             _hold()
+            _hub.watch(self, armed=True)
 
     def _close_locked(self) -> None:
         self._disarm_locked()
@@ -443,8 +433,8 @@ class Guard:
                 if fresh and os.pread(self.fd, len(fresh), at) == fresh:
                     del self._data[len(self._data) - len(fresh) :]
                 self.truncations += 1
+                self._learn_locked()  # it will be done again
                 self._disarm_locked()  # the copy is done
-                self._learn_locked()  # and it will be done again
                 if self._data:
                     kept = Kept(self._head, self._start, bytes(self._data))
                     self._kept = [*self._kept[1 - KEPT :], kept]

@@ -11,16 +11,17 @@ its directory. A glob of thousands of files costs one of the kernel's inotify in
 
 Where inotify cannot be had (another system, no extra) followers poll every
 ``poll_interval`` seconds; where the kernel refuses it (its limits on instances or
-watches) too, and a warning says so once per process, with the count of the files
-polled for that reason (:func:`refused`). A missing directory is polled, silently. Either
-way a follower also wakes at least every ``poll_interval``.
+watches) too: :func:`refuse` says so in a warning, once per process, and each follower
+so refused (here or by the guards of :mod:`aflow.sources._guard`) counts one in its
+source's ``unwatched`` statistic. A missing directory is polled, silently. Either way a
+follower also wakes at least every ``poll_interval``.
 
 A watcher also counts the files that *appeared* under its name (created or renamed into
 place): a follower compares that with the files it opened to count the ones rotated away
 before it could open them (see :class:`~aflow.sources._follow.Follower`). It notes when a
 file named like its one (``app.log.1``, ``app.log-20240101``) is created or written: a
-copy being made (``copytruncate``). The guards of :mod:`aflow.sources._guard` see the
-same signs in their own (shared) inotify instance.
+copy being made (``copytruncate``): the follower then arms its guard, if it was not
+armed from its start.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ try:  # the optional extra 'inotify'
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
     inotify_simple = None
 
-__all__ = ["WatchHub", "Watcher", "have_inotify", "open_watch_hub", "refused"]
+__all__ = ["WatchHub", "Watcher", "have_inotify", "open_watch_hub", "refuse", "refused"]
 
 logger = logging.getLogger("aflow")
 
@@ -58,14 +59,17 @@ def refused() -> int:
     return _refused
 
 
-def _refuse(what: str, exc: OSError) -> None:
+def refuse(what: str, exc: OSError) -> None:
+    """Count a refusal of inotify by the kernel (the follower of ``what`` goes without);
+    the first one in the process is said in a warning."""
     global _refused
     _refused += 1
     if _refused == 1:
         logger.warning(
-            "following %s by polling (inotify refused: %s): changes are seen every "
-            "poll_interval instead of at once; raise fs.inotify.max_user_instances / "
-            "max_user_watches (aflow.sources._watch.refused() counts the files polled)",
+            "following %s without inotify (refused: %s): changes are seen every "
+            "poll_interval instead of at once, and lines a copytruncate removes before "
+            "they are read are lost; raise fs.inotify.max_user_instances / "
+            "max_user_watches (the source's 'unwatched' statistic counts such files)",
             what,
             exc,
         )
@@ -88,6 +92,7 @@ class WatchHub:
         self._dirs: dict[str, int] = {}  # directory -> watch descriptor
         self._names: dict[int, dict[str, list[Watcher]]] = {}  # wd -> name -> watchers
         self._wakeup: anyio.Event | None = None  # set when the first watch is added
+        self.refused = False  # the kernel refused its instance or a watch
 
     def watcher(self, directory: str, name: str, poll_interval: float) -> Watcher:
         """A watcher of the file ``name`` of ``directory`` (polling if it cannot be
@@ -112,7 +117,8 @@ class WatchHub:
             try:
                 self._ino = inotify_simple.INotify(nonblocking=True)
             except OSError as exc:  # too many instances, a kernel without inotify
-                _refuse(what, exc)
+                self.refused = True
+                refuse(what, exc)
                 return None
         mask = 0
         for flag in _MASK_NAMES:
@@ -122,7 +128,8 @@ class WatchHub:
         except FileNotFoundError:
             return None  # no such directory (yet): polled
         except OSError as exc:  # the kernel's limit on watches, no permission
-            _refuse(what, exc)
+            self.refused = True
+            refuse(what, exc)
             return None
         self._dirs[directory] = wd
         self._names.setdefault(wd, {})  # another path to a directory watched already
@@ -248,6 +255,11 @@ class Watcher:
         self._woken = True
         if self._event is not None:
             self._event.set()
+
+    @property
+    def refused(self) -> bool:
+        """True when it polls because the kernel refused inotify (its limits)."""
+        return self.wd is None and self.hub.refused
 
     @property
     def notified(self) -> bool:
