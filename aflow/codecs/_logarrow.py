@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._arrow import column as arrow_column
+from ._arrow import memory_pool
 from ._logfast import Token
 from ._scan import count_bytes
 
@@ -79,6 +80,7 @@ def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
         )
         options.append((names, convert))
     preferred = [0]  # the variant the last block had: tried first
+    pool = memory_pool()
 
     def breaks(blob: bytes, data: NDArray[np.uint8], lines: int) -> Located | None:
         order = [preferred[0], *(k for k in range(len(variants)) if k != preferred[0])]
@@ -88,7 +90,7 @@ def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
                 column_names=names, use_threads=False, block_size=max(len(blob) + 1, 1 << 20)
             )
             try:
-                table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert)
+                table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert, pool)
             except pa.ArrowInvalid:
                 continue  # another number of fields on some line
             preferred[0] = k
@@ -450,14 +452,15 @@ def arrow_columns(
     ]
     brackets = {t.name for t in variants[0] if t.kind == "bracket"}  # [value]: one field
     dash, zero = _scalar(pa, b"-"), _scalar(pa, b"0")
+    pool = memory_pool()
 
     def number(values: Any, v: _Values | None, kind: str, checked: bool) -> Any:
         if v is None or (not checked and not _chars(kind == "int", True)(v)):
             return None  # pyarrow rejects the rest of r"\d*\.?\d*": "1.2.3", "."
-        is_dash = pc.equal(values, dash) if v.dashes() else None
+        is_dash = pc.equal(values, dash, memory_pool=pool) if v.dashes() else None
         if is_dash is not None:
-            values = pc.if_else(is_dash, zero, values)
-        cast = pc.cast(values, pa.int64() if kind == "int" else pa.float64())
+            values = pc.if_else(is_dash, zero, values, memory_pool=pool)
+        cast = pc.cast(values, pa.int64() if kind == "int" else pa.float64(), memory_pool=pool)
         out = arrow_column(cast, np.dtype(np.int64 if kind == "int" else np.float64))
         if kind == "float" and is_dash is not None:
             out[arrow_column(is_dash, np.dtype(bool))] = np.nan
@@ -482,11 +485,11 @@ def arrow_columns(
                 values = found.table.column(at)
                 v: _Values | None = fields.values(at)
                 if name in brackets:
-                    values = pc.binary_slice(values, 1, -1)
+                    values = pc.binary_slice(values, 1, -1, memory_pool=pool)
                     v = _Values.of(values)
                 if kind == "str":
                     out[name] = np.empty(n, object)
-                    out[name][:] = values.cast(pa.string()).to_pylist()
+                    out[name][:] = pc.cast(values, pa.string(), memory_pool=pool).to_pylist()
                     continue
                 number_of = number(values, v, kind, name in sure[k])
                 if number_of is None:
