@@ -38,6 +38,7 @@ from ..errors import DecodeError
 from ..flow import Stage
 from ..policies import ErrorPolicy, apply_policy, check_policy
 from ..stats import StageCounters
+from ._threads import OwnThreads
 from .concurrency import _ConcurrentOp
 
 __all__ = ["PROBE", "DecodeOp", "decode_csv", "decode_jsonl", "decode_log"]
@@ -407,8 +408,9 @@ async def _waiting(inbox: Inbox) -> Message | Barrier | None:
 
 
 class _ThreadedDecodeOp(AsyncOperator):
-    """``op`` decoding up to ``threads`` blocks at once in worker threads (the parsers
-    release the GIL), output kept in input order; blocks under the decoder's
+    """``op`` decoding up to ``threads`` blocks at once in worker threads of its own (the
+    parsers release the GIL; see :mod:`._threads`), output kept in input order; blocks
+    under the decoder's
     ``small_block`` bytes are decoded inline, cheaper than a thread hop, and small blocks
     waiting together are decoded in one call (see :class:`_Units`)."""
 
@@ -422,11 +424,16 @@ class _ThreadedDecodeOp(AsyncOperator):
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
         runner = _DecodeRunner(self.op)  # this run's state
         runner.stage = self.name  # failed lines name the stage their statistics show
+        async with OwnThreads(self.threads, self.name) as own:
+            await self._run(runner, own, inbox, out, ctx)
 
+    async def _run(
+        self, runner: _DecodeRunner, own: OwnThreads, inbox: Inbox, out: Outlet, ctx: Context
+    ) -> None:
         async def decode(decoder: Decoder, data: Any, limiter: anyio.CapacityLimiter) -> Decoded:
             if len(data) < decoder.small_block:
                 return decoder.decode(data)
-            return await anyio.to_thread.run_sync(decoder.decode, data, limiter=limiter)
+            return await own.run_sync(decoder.decode, data)
 
         async def work(
             batch: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
