@@ -3,7 +3,7 @@
 ``np.count_nonzero(data == 10)`` allocates a mask as large as the block for every call.
 In a worker thread each such mask is fresh memory (glibc gives a thread's arena pages
 back when their top is freed), so a 1 MiB block paid 256 page faults per comparison,
-which cost more than the comparison. The masks here are one small buffer per thread,
+which cost more than the comparison. The masks here are one buffer per thread (1 MiB),
 reused; the counts are the same.
 """
 
@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 __all__ = ["count_bytes"]
 
-_PIECE = 1 << 18  # bytes compared per call: as fast as a whole block, and stays in cache
+_PIECE = 1 << 20  # bytes compared per call: a 1 MiB block in one (each call lets go of the GIL)
 _local = threading.local()
 
 

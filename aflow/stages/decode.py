@@ -642,10 +642,12 @@ def decode_log(
         fill_int: an ``int`` group that took no part in the match (an optional group)
             reads as this, never as a real 0; ``"-"`` reads as 0, a ``float`` group
             that took no part or ``"-"`` as NaN, a timestamp as NaT.
-        threads: blocks decoded at once in worker threads; by default one per core plus one
-            for :data:`~aflow.codecs.COMBINED` and a :class:`~aflow.codecs.LogFormat`
-            (their array path runs mostly outside the GIL), none for other patterns
-            (decode inline, fused with the neighbouring stages: the regex holds the GIL).
+        threads: blocks decoded at once in worker threads; by default one per core for
+            :data:`~aflow.codecs.COMBINED` and a :class:`~aflow.codecs.LogFormat`
+            (their array path runs mostly outside the GIL; a third thread on two cores
+            was no faster and held 7-12 MB more memory, the allocators' caches of one
+            more thread), none for other patterns (decode inline, fused with the
+            neighbouring stages: the regex holds the GIL).
         on_error: for lines that do not match or whose fields do not convert (also
             invalid UTF-8 under ``errors="strict"``): ``"raise"``, ``"skip"`` or
             :func:`~aflow.dead_letter`; each line is judged alone (no bisection).
@@ -657,5 +659,5 @@ def decode_log(
     decoder = LogDecoder(pattern, columns, errors=errors, fill_int=fill_int)
     op = DecodeOp("decode_log", decoder, on_error, fail_fast=fail_fast)
     if threads is None:
-        threads = worker_threads() if decoder.vectorized else 0
+        threads = (os.cpu_count() or 1) if decoder.vectorized else 0
     return decode_stage(op, threads)
