@@ -19,7 +19,7 @@ def memory_pool() -> Any:
     else pyarrow's default.
 
     pyarrow's default (mimalloc) keeps a heap per thread: decoding 1 MiB blocks in three
-    worker threads held 34-46 MB of it in RSS against at most 7 MB allocated, 13-15 MB
+    worker threads held 34-46 MB of it in RSS against at most 7 MB allocated, 12-20 MB
     more than jemalloc's arenas for the same run. Only the decoders' own calls use it;
     no allocator setting of the process changes.
     """
