@@ -6,10 +6,29 @@ timestamps, strings) are read from their buffers instead."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+
+@cache
+def memory_pool() -> Any:
+    """The pyarrow memory pool the decoders allocate from: jemalloc where pyarrow has it,
+    else pyarrow's default.
+
+    pyarrow's default (mimalloc) keeps a heap per thread: decoding 1 MiB blocks in three
+    worker threads held 34-46 MB of it in RSS against at most 7 MB allocated, 12-20 MB
+    more than jemalloc's arenas for the same run. Only the decoders' own calls use it;
+    no allocator setting of the process changes.
+    """
+    import pyarrow as pa
+
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc (Windows, some wheels)
+        return pa.default_memory_pool()
 
 
 def _bits(buffer: Any, offset: int, length: int) -> NDArray[np.bool_]:

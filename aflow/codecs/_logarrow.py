@@ -26,7 +26,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._arrow import column as arrow_column
+from ._arrow import memory_pool
 from ._logfast import Token
+from ._scan import count_bytes
 
 __all__ = [
     "ArrowBreaks",
@@ -78,6 +80,7 @@ def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
         )
         options.append((names, convert))
     preferred = [0]  # the variant the last block had: tried first
+    pool = memory_pool()
 
     def breaks(blob: bytes, data: NDArray[np.uint8], lines: int) -> Located | None:
         order = [preferred[0], *(k for k in range(len(variants)) if k != preferred[0])]
@@ -87,16 +90,16 @@ def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
                 column_names=names, use_threads=False, block_size=max(len(blob) + 1, 1 << 20)
             )
             try:
-                table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert)
+                table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert, pool)
             except pa.ArrowInvalid:
                 continue  # another number of fields on some line
             preferred[0] = k
-            lengths = [_lengths(table.column(i)) for i in range(len(names))]
-            found = _locate(data, lines, shapes[k], lengths)
-            if found is None:
+            fields = _Fields.of(table)
+            found = _locate(data, lines, shapes[k], fields) if fields else None
+            if fields is None or found is None:
                 return None
-            breaks, starts, newlines, ok = found
-            return Located(k, starts, newlines, ok, breaks, lengths, table)
+            starts, newlines, ok = found
+            return Located(k, starts, newlines, ok, shapes[k], fields, table)
         return None
 
     return breaks
@@ -111,15 +114,76 @@ def _fields_of(tokens: tuple[Token, ...]) -> list[bool]:
     return quoted
 
 
-def _lengths(column: Any) -> NDArray[np.intp]:
-    """The byte lengths of a binary column's values (from its offsets, no copy)."""
-    parts = []
-    for chunk in column.chunks:
-        offsets = np.frombuffer(
-            chunk.buffers()[1], np.int32, count=len(chunk) + 1, offset=chunk.offset * 4
-        )
-        parts.append(np.diff(offsets).astype(np.intp))
-    return np.concatenate(parts) if len(parts) != 1 else parts[0]
+@dataclass(frozen=True)
+class _Values:
+    """A binary column's values as NumPy views (no copy): its bytes, where each value
+    starts and its length."""
+
+    data: NDArray[np.uint8]
+    starts: NDArray[np.integer[Any]]
+    lengths: NDArray[np.integer[Any]]
+
+    @classmethod
+    def of(cls, column: Any) -> _Values | None:
+        """The values of a column without nulls (else ``None``)."""
+        found = _buffers(column)
+        if found is None:
+            return None
+        data, offsets = found
+        return cls(data, offsets[:-1], np.diff(offsets))
+
+    def body(self) -> NDArray[np.uint8]:
+        """The bytes of all the values, in order."""
+        return self.data[int(self.starts[0]) :] if len(self.starts) else self.data[:0]
+
+    def dashes(self) -> int:
+        """How many values are a lone ``-``."""
+        one = self.starts[self.lengths == 1]
+        return int(np.count_nonzero(self.data[one] == 45)) if len(one) else 0
+
+
+def _buffers(column: Any) -> tuple[NDArray[np.uint8], NDArray[np.int32]] | None:
+    """A binary (chunked) array's bytes and offsets as NumPy views (``None``: it has
+    nulls)."""
+    if hasattr(column, "chunks"):  # a chunked array
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    if column.null_count:
+        return None
+    n = len(column)
+    _, offsets, data = column.buffers()
+    at = np.frombuffer(offsets, np.int32, count=n + 1, offset=column.offset * 4)
+    raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return raw[: int(at[-1])], at
+
+
+class _Fields:
+    """pyarrow's binary columns of a block as NumPy views (no copy): each column's bytes
+    and offsets; the lengths of its values, found when first asked for."""
+
+    def __init__(self, data: list[NDArray[np.uint8]], offsets: list[NDArray[np.int32]]) -> None:
+        self.data = data
+        self.offsets = offsets
+        self.lines = len(offsets[0]) - 1
+        self._lengths: dict[int, NDArray[np.int32]] = {}
+
+    @classmethod
+    def of(cls, table: Any) -> _Fields | None:
+        """The columns of ``table`` (``None``: some value is null)."""
+        found = [_buffers(column) for column in table.columns]
+        if any(f is None for f in found):
+            return None
+        return cls([f[0] for f in found if f], [f[1] for f in found if f])
+
+    def lengths(self, field: int) -> NDArray[np.int32]:
+        """The length of every value of one field."""
+        found = self._lengths.get(field)
+        if found is None:
+            found = self._lengths[field] = np.diff(self.offsets[field])
+        return found
+
+    def values(self, field: int) -> _Values:
+        """The values of one field (no copy)."""
+        return _Values(self.data[field], self.offsets[field][:-1], self.lengths(field))
 
 
 @dataclass(frozen=True)
@@ -133,42 +197,54 @@ class Located:
     """Where each line starts, and where it ends (its newline)."""
     ok: NDArray[np.bool_]
     """Which lines have the shape assumed (their fields are the layout's)."""
-    breaks: list[NDArray[np.intp]]
-    """Every line's breaks in plan order, from its start."""
-    lengths: list[NDArray[np.intp]]
-    """The length of every field of every line."""
+    quoted: list[bool]
+    """Which of pyarrow's fields are quoted."""
+    fields: _Fields
+    """pyarrow's fields."""
     table: Any
-    """pyarrow's fields: binary columns ``f0``, ``f1``..."""
+    """pyarrow's fields as a table: binary columns ``f0``, ``f1``..."""
 
     def matrix(self) -> NDArray[np.intp]:
-        """The break positions of the lines that have the shape (a row each)."""
-        m = np.stack(self.breaks, axis=1)
+        """The break positions of the lines that have the shape (a row each), in plan
+        order: each quoted field's two quotes, and the space or newline after every
+        field."""
+        rows: list[NDArray[np.intp]] = []
+        stop = np.full(len(self.starts), -1, np.intp)  # the break before the next field
+        for field, quoted in enumerate(self.quoted):
+            width = self.fields.lengths(field)
+            if quoted:
+                rows.append(stop + 1)
+                stop = stop + 2 + width
+                rows.append(stop)
+                stop = stop + 1
+            else:
+                stop = stop + 1 + width
+            rows.append(stop)
+        m = np.stack(rows, axis=1)
         m += self.starts[:, None]
         return m if self.ok.all() else m[self.ok]
 
 
 def _locate(
-    data: NDArray[np.uint8], lines: int, quoted: list[bool], lengths: list[NDArray[np.intp]]
-) -> tuple[list[NDArray[np.intp]], NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]] | None:
-    """Where the breaks of each line are, from its start, if each line has the assumed
-    shape (see the module's docstring); where lines start and end; which have it."""
-    n = len(lengths[0])
+    data: NDArray[np.uint8], lines: int, quoted: list[bool], fields: _Fields
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]] | None:
+    """Where lines start and end, and which have the assumed shape (see the module's
+    docstring). One small array per field: matrices of all fields were fresh memory
+    for every block (page faults in worker threads)."""
+    n = fields.lines
     if n != lines:
         return None  # a quote left open ran over a newline, or a byte below 32 (a tab)
-    breaks: list[NDArray[np.intp]] = []
-    quotes: list[NDArray[np.intp]] = []
-    stop = np.full(n, -1, np.intp)  # the break before the next field
-    for q, width in zip(quoted, lengths, strict=True):
+    quotes: list[NDArray[np.int32]] = []  # every quote, from its line's start
+    stop = np.full(n, -1, np.int32)  # the break before the next field
+    for field, q in enumerate(quoted):
         if q:
-            opening = stop + 1
-            stop = stop + 2 + width  # the closing quote
-            breaks += [opening, stop]
-            quotes += [opening, stop]
-            stop = stop + 1
-        else:
-            stop = stop + 1 + width
-        breaks.append(stop)  # the space or newline after it
-    size = stop  # a line's bytes, its newline excluded
+            quotes.append(stop + 1)  # the opening quote
+        stop += fields.lengths(field)
+        if q:
+            stop += 2
+            quotes.append(stop.copy())  # the closing one
+        stop += 1  # the space or newline after the field
+    size = stop.astype(np.intp)  # a line's bytes, its newline excluded
     newlines = np.cumsum(size + 1) - 1
     end = len(data) - 1
     ok = np.ones(n, bool)
@@ -180,18 +256,20 @@ def _locate(
             return None  # another byte below 32 (``lines`` counts them all)
         starts = np.concatenate(([0], newlines[:-1] + 1))
         ok &= newlines - starts == size
-    for at in quotes:
-        ok &= data[np.minimum(at + starts, end)] == 34
-    if np.count_nonzero(data == 34) != len(quotes) * n or not ok.all():  # other quotes
+    at = np.empty(n, np.intp)
+    for quote in quotes:
+        np.add(quote, starts, out=at)
+        np.minimum(at, end, out=at)
+        ok &= data[at] == 34
+    if count_bytes(data, 34) != len(quotes) * n or not ok.all():  # other quotes
         found = np.flatnonzero(data == 34)
         ok &= np.bincount(np.searchsorted(newlines, found), minlength=n)[:n] == len(quotes)
-    return breaks, starts, newlines, ok
+    return starts, newlines, ok
 
 
-ArrowColumns = Callable[[int, Any, "list[NDArray[np.intp]]"], "dict[str, NDArray[Any]] | None"]
-"""``(variant, table, lengths) -> columns``: the wanted columns of a block whose every
-line passed :func:`_locate` (pyarrow's fields and their lengths), or ``None`` if some
-line or value needs the array path's rules."""
+ArrowColumns = Callable[[Located], "dict[str, NDArray[Any]] | None"]
+"""``located -> columns``: the wanted columns of a block whose every line passed
+:func:`_locate`, or ``None`` if some line or value needs the array path's rules."""
 
 
 def _scalar(pa: Any, value: bytes) -> Any:
@@ -224,40 +302,6 @@ def plain(tokens: tuple[Token, ...], columns: dict[str, str]) -> bool:
 Check = Callable[["_Values"], bool]
 """Whether every value of a field has its token's shape (what the regular expression the
 layout stands for asks of that token)."""
-
-
-@dataclass(frozen=True)
-class _Values:
-    """A binary column's values as NumPy views (no copy): its bytes, where each value
-    starts and its length."""
-
-    data: NDArray[np.uint8]
-    starts: NDArray[np.intp]
-    lengths: NDArray[np.intp]
-
-    @classmethod
-    def of(cls, column: Any) -> _Values | None:
-        """The values of a column of one chunk without nulls (else ``None``)."""
-        if hasattr(column, "chunks"):  # a chunked array
-            column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-        chunk = column
-        if chunk.null_count:
-            return None
-        n = len(chunk)
-        _, offsets, data = chunk.buffers()
-        at = np.frombuffer(offsets, np.int32, count=n + 1, offset=chunk.offset * 4)
-        starts = at[:-1].astype(np.intp)
-        raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-        return cls(raw[: int(at[-1])] if n else raw[:0], starts, np.diff(at).astype(np.intp))
-
-    def body(self) -> NDArray[np.uint8]:
-        """The bytes of all the values, in order."""
-        return self.data[int(self.starts[0]) :] if len(self.starts) else self.data[:0]
-
-    def dashes(self) -> int:
-        """How many values are a lone ``-``."""
-        one = self.starts[self.lengths == 1]
-        return int(np.count_nonzero(self.data[one] == 45)) if len(one) else 0
 
 
 _RANGES = {"d": (48, 57, 0), "a": (97, 122, 32), "s": (43, 45, 0)}  # low, high, OR mask
@@ -395,33 +439,42 @@ def arrow_columns(
         return None
     places = [_places(tokens) for tokens in variants]
     checks = [_checks(tokens) for tokens in variants]
-    digits = [{t.name for t in tokens if t.shape in ("digits", "digits3")} for tokens in variants]
+    # numbers whose token's check already is the one a cast needs (r"[\d.]+|-" for a
+    # float, r"\d+|-" for an int)
+    sure = [
+        {
+            t.name
+            for t in tokens
+            if t.shape in ("digits", "digits3")
+            or (t.shape == "number" and columns.get(t.name or "") == "float")
+        }
+        for tokens in variants
+    ]
     brackets = {t.name for t in variants[0] if t.kind == "bracket"}  # [value]: one field
     dash, zero = _scalar(pa, b"-"), _scalar(pa, b"0")
+    pool = memory_pool()
 
-    def number(values: Any, kind: str, checked: bool) -> NDArray[Any] | None:
-        v = _Values.of(values)
+    def number(values: Any, v: _Values | None, kind: str, checked: bool) -> Any:
         if v is None or (not checked and not _chars(kind == "int", True)(v)):
             return None  # pyarrow rejects the rest of r"\d*\.?\d*": "1.2.3", "."
-        is_dash = pc.equal(values, dash) if v.dashes() else None
+        is_dash = pc.equal(values, dash, memory_pool=pool) if v.dashes() else None
         if is_dash is not None:
-            values = pc.if_else(is_dash, zero, values)
-        cast = pc.cast(values, pa.int64() if kind == "int" else pa.float64())
+            values = pc.if_else(is_dash, zero, values, memory_pool=pool)
+        cast = pc.cast(values, pa.int64() if kind == "int" else pa.float64(), memory_pool=pool)
         out = arrow_column(cast, np.dtype(np.int64 if kind == "int" else np.float64))
         if kind == "float" and is_dash is not None:
             out[arrow_column(is_dash, np.dtype(bool))] = np.nan
         return out
 
-    def convert(k: int, table: Any, lengths: list[NDArray[np.intp]]) -> Any:
+    def convert(found: Located) -> Any:
+        k, fields = found.variant, found.fields
         nonempty, tests = checks[k]
-        if not all(lengths[field].all() for field in nonempty):
+        if not all(fields.lengths(field).all() for field in nonempty):
             return None
-        n = len(lengths[0])
+        n = fields.lines
         try:
-            for field, check in tests:
-                v = _Values.of(table.column(field))
-                if v is None or not check(v):
-                    return None
+            if not all(check(fields.values(field)) for field, check in tests):
+                return None
             out: dict[str, NDArray[Any]] = {}
             for name, kind in columns.items():
                 at = places[k].get(name)
@@ -429,17 +482,19 @@ def arrow_columns(
                     fill = {"int": fill_int, "float": np.nan, "str": ""}[kind]
                     out[name] = np.full(n, fill, object if kind == "str" else None)
                     continue
-                values = table.column(at)
+                values = found.table.column(at)
+                v: _Values | None = fields.values(at)
                 if name in brackets:
-                    values = pc.binary_slice(values, 1, -1)
+                    values = pc.binary_slice(values, 1, -1, memory_pool=pool)
+                    v = _Values.of(values)
                 if kind == "str":
                     out[name] = np.empty(n, object)
-                    out[name][:] = values.cast(pa.string()).to_pylist()
+                    out[name][:] = pc.cast(values, pa.string(), memory_pool=pool).to_pylist()
                     continue
-                found = number(values, kind, kind == "int" and name in digits[k])
-                if found is None:
+                number_of = number(values, v, kind, name in sure[k])
+                if number_of is None:
                     return None
-                out[name] = found
+                out[name] = number_of
         except pa.ArrowInvalid:  # a number beyond int64
             return None
         return out

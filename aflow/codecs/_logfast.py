@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from ._scan import count_bytes
 from ._timeparse import FixedFormat
 
 __all__ = ["TIME_SHAPE", "Arrow", "FastParse", "Layout", "Token", "fast_parser"]
@@ -159,7 +160,7 @@ class _Breaks:
         self.starts = np.concatenate(([0], self.newlines[:-1] + 1))
         self.clean = np.ones(n, bool)
         self._spaces: NDArray[np.intp] | None = None
-        if blob.isascii() and b"\\" not in blob and np.count_nonzero(data < 32) == n:
+        if blob.isascii() and b"\\" not in blob and count_bytes(data, 32, below=True) == n:
             return
         odd = data - np.uint8(32) > 94  # outside printable ASCII (newlines too)
         odd |= data == 92
@@ -269,7 +270,7 @@ def fast_parser(
         out = np.empty(n, dtype)
         done = np.zeros(n, bool)
         if columnar is not None and found.ok.all():
-            taken = columnar(found.variant, found.table, found.lengths)
+            taken = columnar(found)
             if taken is not None:
                 for name, col in taken.items():
                     out[name] = col
@@ -330,9 +331,9 @@ def _clean(blob: bytes, data: NDArray[np.uint8]) -> int:
     """The bytes below 32 of ``blob`` (its lines, if they hold only printable ASCII: the
     caller checks that each is a newline) if ``blob`` is ASCII without a backslash, else
     -1."""
-    if not blob.isascii() or b"\\" in blob:
+    if data.max(initial=0) > 127 or b"\\" in blob:
         return -1
-    return int(np.count_nonzero(data < 32))
+    return count_bytes(data, 32, below=True)
 
 
 class _Spaces:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..abc import Batch, Provenance
 from ..errors import LineTooLongError
+from ._scan import count_bytes
 
 __all__ = [
     "LineBlockProvenance",
@@ -174,7 +175,7 @@ class LineSplitter:
         )
 
     def _block(self, data: np.ndarray[Any, np.dtype[np.uint8]], may_be_long: bool) -> Batch:
-        n = int(np.count_nonzero(data == 10))  # several times faster than bytes.count
+        n = count_bytes(data, 10)  # several times faster than bytes.count
         size = len(data)
         prov = Provenance(
             self.source, self.line, self.line + n, "line", self.offset, self.offset + size
@@ -270,7 +271,7 @@ def is_line_block(batch: Batch) -> bool:
 
 def block_lines(batch: Batch) -> int:
     """Number of lines in a line block."""
-    return int(np.count_nonzero(batch.data == 10))
+    return count_bytes(batch.data, 10)
 
 
 def split_block(batch: Batch, lines: int) -> tuple[Batch, Batch]:

@@ -38,6 +38,7 @@ from ..errors import DecodeError
 from ..flow import Stage
 from ..policies import ErrorPolicy, apply_policy, check_policy
 from ..stats import StageCounters
+from ._threads import OwnThreads
 from .concurrency import _ConcurrentOp
 
 __all__ = ["PROBE", "DecodeOp", "decode_csv", "decode_jsonl", "decode_log"]
@@ -407,8 +408,9 @@ async def _waiting(inbox: Inbox) -> Message | Barrier | None:
 
 
 class _ThreadedDecodeOp(AsyncOperator):
-    """``op`` decoding up to ``threads`` blocks at once in worker threads (the parsers
-    release the GIL), output kept in input order; blocks under the decoder's
+    """``op`` decoding up to ``threads`` blocks at once in worker threads of its own (the
+    parsers release the GIL; see :mod:`._threads`), output kept in input order; blocks
+    under the decoder's
     ``small_block`` bytes are decoded inline, cheaper than a thread hop, and small blocks
     waiting together are decoded in one call (see :class:`_Units`)."""
 
@@ -422,11 +424,16 @@ class _ThreadedDecodeOp(AsyncOperator):
     async def run(self, inbox: Inbox, out: Outlet, ctx: Context) -> None:
         runner = _DecodeRunner(self.op)  # this run's state
         runner.stage = self.name  # failed lines name the stage their statistics show
+        async with OwnThreads(self.threads, self.name) as own:
+            await self._run(runner, own, inbox, out, ctx)
 
+    async def _run(
+        self, runner: _DecodeRunner, own: OwnThreads, inbox: Inbox, out: Outlet, ctx: Context
+    ) -> None:
         async def decode(decoder: Decoder, data: Any, limiter: anyio.CapacityLimiter) -> Decoded:
             if len(data) < decoder.small_block:
                 return decoder.decode(data)
-            return await anyio.to_thread.run_sync(decoder.decode, data, limiter=limiter)
+            return await own.run_sync(decoder.decode, data)
 
         async def work(
             batch: Message, counters: StageCounters, limiter: anyio.CapacityLimiter
@@ -635,10 +642,12 @@ def decode_log(
         fill_int: an ``int`` group that took no part in the match (an optional group)
             reads as this, never as a real 0; ``"-"`` reads as 0, a ``float`` group
             that took no part or ``"-"`` as NaN, a timestamp as NaT.
-        threads: blocks decoded at once in worker threads; by default one per core plus one
-            for :data:`~aflow.codecs.COMBINED` and a :class:`~aflow.codecs.LogFormat`
-            (their array path runs mostly outside the GIL), none for other patterns
-            (decode inline, fused with the neighbouring stages: the regex holds the GIL).
+        threads: blocks decoded at once in worker threads; by default one per core for
+            :data:`~aflow.codecs.COMBINED` and a :class:`~aflow.codecs.LogFormat`
+            (their array path runs mostly outside the GIL; a third thread on two cores
+            was no faster and held 7-12 MB more memory, the allocators' caches of one
+            more thread), none for other patterns (decode inline, fused with the
+            neighbouring stages: the regex holds the GIL).
         on_error: for lines that do not match or whose fields do not convert (also
             invalid UTF-8 under ``errors="strict"``): ``"raise"``, ``"skip"`` or
             :func:`~aflow.dead_letter`; each line is judged alone (no bisection).
@@ -650,5 +659,5 @@ def decode_log(
     decoder = LogDecoder(pattern, columns, errors=errors, fill_int=fill_int)
     op = DecodeOp("decode_log", decoder, on_error, fail_fast=fail_fast)
     if threads is None:
-        threads = worker_threads() if decoder.vectorized else 0
+        threads = (os.cpu_count() or 1) if decoder.vectorized else 0
     return decode_stage(op, threads)
