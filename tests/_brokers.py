@@ -138,7 +138,9 @@ def consumer_pending(url: str, stream: str, durable: str) -> tuple[int, int]:
     return asyncio.run(go())
 
 
-def consumer_settled(url: str, stream: str, durable: str, patience: float = 10.0) -> tuple[int, int]:
+def consumer_settled(
+    url: str, stream: str, durable: str, patience: float = 10.0
+) -> tuple[int, int]:
     """``consumer_pending`` once it reads (0, 0), or as it stands after ``patience``
     seconds: JetStream applies acknowledgements asynchronously, so a consumer's counts may
     lag a flushed ``+ACK`` by a moment on a loaded machine."""
