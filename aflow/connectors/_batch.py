@@ -182,12 +182,17 @@ class BatchSinkOp(SinkOperator[Any, int], ABC):
         self.key, self.shards = key, shards
         self.connect_timeout, self.buffer, self.on_error = connect_timeout, buffer, on_error
         self.name = name
+        self.where = url  # the server, for messages
 
 
 class BatchWriter(SinkWriter[Any, int], ABC):
     """The writer of a :class:`BatchSinkOp`: each batch (or chunk of elements) is sent
-    at once as ``(target, payload)`` pairs (:meth:`_send`); the result is the count
-    sent."""
+    at once as ``(target, payload)`` pairs (:meth:`_send_once`), sent again after a
+    connection error (:attr:`errors`; the client closed, capped backoff) for the sink's
+    ``connect_timeout``, then handed to its ``on_error``; the result is the count sent."""
+
+    errors: tuple[type[BaseException], ...] = (OSError,)
+    """What :meth:`_send_once` raises that sending again may mend."""
 
     def __init__(self, op: BatchSinkOp) -> None:
         self.sink = op
@@ -196,8 +201,38 @@ class BatchWriter(SinkWriter[Any, int], ABC):
         self.backoff = Backoff()
 
     @abstractmethod
+    async def _send_once(self, pairs: list[tuple[str, bytes]]) -> None:
+        """Send ``pairs`` (connecting first when not connected); return once the server
+        has every one of them."""
+
     async def _send(self, item: Any, pairs: list[tuple[str, bytes]]) -> None:
-        """Send ``pairs`` (the payloads of ``item``), counting them in :attr:`sent`."""
+        """Send ``pairs`` (the payloads of ``item``), counting them in :attr:`sent`;
+        after a connection error, close the client and send them all again
+        (at-least-once) with capped backoff for ``connect_timeout`` seconds, then hand
+        ``item`` to ``on_error`` (``ConnectionError``)."""
+        if not pairs:
+            return
+        op = self.sink
+
+        async def attempt() -> None:
+            try:
+                await self._send_once(pairs)
+            except self.errors:
+                await self.aclose()
+                raise
+
+        timeout = op.connect_timeout
+        try:
+            await self.backoff.retry(attempt, self.errors, timeout, f"{op.name}: sending failed")
+        except self.errors as exc:
+            error = ConnectionError(
+                f"{op.name}: cannot send {len(pairs)} messages to {op.where} (tried "
+                f"{timeout} s): {exc!r}"
+            )
+            assert self.counters is not None
+            await apply_policy(op.on_error, item, error, op.name, None, self.counters)
+            return
+        self.sent += len(pairs)
 
     def attach(self, counters: StageCounters, producer: anyio.CancelScope) -> None:
         self.counters = counters

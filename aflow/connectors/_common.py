@@ -8,12 +8,14 @@ code and uses only these helpers.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import socket
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import anyio
 import numpy as np
@@ -38,6 +40,10 @@ __all__ = [
     "worker_count",
     "worker_index",
 ]
+
+logger = logging.getLogger("aflow")
+
+T = TypeVar("T")
 
 Format: TypeAlias = Literal["csv", "jsonl"]
 """How one message payload holds one row: a CSV line or a JSON object."""
@@ -73,7 +79,8 @@ class Backoff:
     """Capped exponential backoff between reconnection attempts.
 
     ``await backoff.wait()`` sleeps ``backoff``, then twice as long each time, at most
-    ``max_backoff``; ``reset()`` after a success starts again from ``backoff``.
+    ``max_backoff``; ``reset()`` after a success starts again from ``backoff``;
+    :meth:`retry` runs an attempt again with these waits until it succeeds or time is up.
     """
 
     backoff: float = 0.1
@@ -84,15 +91,56 @@ class Backoff:
         """The delay the next ``wait()`` sleeps."""
         return float(min(self.backoff * 2.0**self.attempts, self.max_backoff))
 
-    async def wait(self) -> None:
-        """Sleep the next delay and count the attempt."""
-        delay = self.next_delay()
+    async def wait(self, at_most: float = math.inf) -> None:
+        """Sleep the next delay (``at_most`` seconds at the most) and count the attempt."""
+        delay = min(self.next_delay(), at_most)
         self.attempts += 1
         await anyio.sleep(delay)
 
     def reset(self) -> None:
         """A connection succeeded: the next failure waits ``backoff`` again."""
         self.attempts = 0
+
+    async def retry(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        errors: tuple[type[BaseException], ...],
+        within: float | None,
+        what: str,
+    ) -> T:
+        """``await attempt()`` until it returns, again after each of ``errors`` once the
+        next delay has passed, for ``within`` seconds: the last wait is cut to end at
+        the deadline, and an attempt failing after it raises its error. A success resets
+        the backoff.
+
+        Args:
+            attempt: one try (a connection, a write); it drops what a failure broke.
+            errors: the errors worth trying again; any other raises at once.
+            within: seconds to keep trying; ``None``: until it succeeds (or cancelled).
+            what: what failed, for the warning logged before each wait
+                (``"read_redis: redis://host:6379/s unreachable"``).
+
+        Returns:
+            What the attempt that succeeded returned.
+
+        Raises:
+            BaseException: the last attempt's error, one of ``errors``, when time is up.
+        """
+        deadline = math.inf if within is None else anyio.current_time() + within
+        while True:
+            try:
+                result = await attempt()
+            except errors as exc:
+                left = deadline - anyio.current_time()
+                if left <= 0:
+                    raise
+                logger.warning(
+                    "%s (%r); retrying in %.2g s", what, exc, min(self.next_delay(), left)
+                )
+                await self.wait(at_most=left)
+            else:
+                self.reset()
+                return result
 
 
 def message_place(where: str, message_id: object) -> Provenance:

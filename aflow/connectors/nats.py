@@ -18,7 +18,6 @@ from ..abc import (
     ErrorPolicy,
     Outlet,
     SinkWriter,
-    apply_policy,
     check_policy,
 )
 from ..flow import Flow, Sink
@@ -74,29 +73,6 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
         nerr.OutboundBufferLimitError,
         OSError,
     )
-
-
-class _Unreachable(ConnectionError):
-    """:func:`_reconnect` gave up: no server within ``connect_timeout``."""
-
-
-async def _reconnect(url: str, connect_timeout: float, backoff: Backoff, what: str) -> NATS:
-    """Connect, retrying with capped backoff for ``connect_timeout`` seconds."""
-    deadline = anyio.current_time() + connect_timeout
-    errors: tuple[type[BaseException], ...] = (*_connection_errors(), TimeoutError)
-    while True:
-        try:
-            nc = await _connect(url, connect_timeout)
-        except errors as exc:
-            if anyio.current_time() + backoff.next_delay() > deadline:
-                raise _Unreachable(
-                    f"{what}: cannot reach {url} for {connect_timeout} s: {exc!r}"
-                ) from exc
-            logger.warning("%s: %s unreachable (%r); retrying", what, url, exc)
-            await backoff.wait()
-            continue
-        backoff.reset()
-        return nc
 
 
 async def _flush(nc: NATS, patience: float) -> None:
@@ -326,12 +302,10 @@ class _NatsReader(BatchReader[str]):
         import nats.js.errors as jerr
         from nats.js.api import ConsumerConfig
 
-        deadline = anyio.current_time() + self.op.connect_timeout
         retried: tuple[type[BaseException], ...] = (*self.errors, TimeoutError, nerr.Error)
-        while True:
-            self.nc = await _reconnect(
-                self.op.url, self.op.connect_timeout, self.backoff, "read_nats"
-            )
+
+        async def attempt() -> _Puller:
+            self.nc = await _connect(self.op.url, self.op.connect_timeout)
             js = self.nc.jetstream()
             try:
                 stream = self.op.stream or await js.find_stream_name_by_subject(self.subject)
@@ -347,14 +321,18 @@ class _NatsReader(BatchReader[str]):
                     await js.add_consumer(stream, config)
                 puller = _Puller(self.nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.op.durable}")
                 await puller.start()
-                return puller
-            except retried as exc:
-                if anyio.current_time() + self.backoff.next_delay() > deadline:
-                    raise ConnectionError(
-                        f"read_nats: cannot subscribe to {self.where} for "
-                        f"{self.op.connect_timeout} s: {exc!r}"
-                    ) from exc
-                await self._lost(exc)
+            except retried:
+                await self.close()
+                raise
+            return puller
+
+        timeout = self.op.connect_timeout
+        try:
+            return await self.backoff.retry(attempt, retried, timeout, f"read_nats: {self.where}")
+        except retried as exc:
+            raise ConnectionError(
+                f"read_nats: cannot reach or subscribe to {self.where} for {timeout} s: {exc!r}"
+            ) from exc
 
     async def run(self) -> None:
         import nats.errors as nerr
@@ -480,6 +458,13 @@ def read_nats(
     return Flow(source)
 
 
+def _refusals() -> tuple[type[BaseException], ...]:
+    import nats.errors as nerr
+    import nats.js.errors as jerr
+
+    return (nerr.Error, jerr.Error)
+
+
 class _NatsSinkOp(BatchSinkOp):
     def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _NatsWriter(self)
@@ -491,12 +476,31 @@ class _NatsWriter(BatchWriter):
         self.op = op
         self.nc: NATS | None = None
         self.publisher: _Publisher | None = None
+        # a refusal (no stream captures the subject, the stream is full) may pass too
+        self.errors = (*_connection_errors(), TimeoutError, *_refusals())
 
     async def open(self) -> None:
+        """Connect, retrying with capped backoff for ``connect_timeout`` seconds.
+
+        Raises:
+            ConnectionError: no server answered in that time.
+        """
         require_asyncio("to_nats", "nats-py")
-        self.nc = await _reconnect(self.op.url, self.op.connect_timeout, self.backoff, "to_nats")
+        url, timeout = self.op.url, self.op.connect_timeout
+        try:
+            await self.backoff.retry(self._start, self.errors, timeout, f"to_nats: {url}")
+        except self.errors as exc:
+            raise ConnectionError(f"to_nats: cannot reach {url} for {timeout} s: {exc!r}") from exc
+
+    async def _start(self) -> None:
+        """Connect (once) and subscribe the publisher's inbox."""
+        self.nc = await _connect(self.op.url, self.op.connect_timeout)
         self.publisher = _Publisher(self.nc)
-        await self.publisher.start()
+        try:
+            await self.publisher.start()
+        except Exception:
+            await self.aclose()
+            raise
 
     async def aclose(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
@@ -504,46 +508,12 @@ class _NatsWriter(BatchWriter):
                 await self.nc.close()
         self.nc = self.publisher = None
 
-    async def _send(self, item: Any, messages: list[tuple[str, bytes]]) -> None:
-        """Publish ``messages`` and wait for every ack; reconnects with backoff and
-        publishes again (at-least-once) for ``connect_timeout``, then ``on_error``."""
-        import nats.errors as nerr
-        import nats.js.errors as jerr
-
-        if not messages:
-            return
-        catch: tuple[type[BaseException], ...] = (
-            *_connection_errors(),
-            TimeoutError,
-            nerr.Error,
-            jerr.Error,
-        )
-        deadline = anyio.current_time() + self.op.connect_timeout
-        while True:
-            try:
-                if self.publisher is None:
-                    await self.open()
-                assert self.publisher is not None
-                await self.publisher.publish(messages, self.op.connect_timeout)
-            except catch as exc:
-                await self.aclose()
-                if isinstance(exc, _Unreachable):
-                    error: Exception = exc
-                elif anyio.current_time() + self.backoff.next_delay() <= deadline:
-                    logger.warning("to_nats: publishing failed (%r); reconnecting", exc)
-                    await self.backoff.wait()
-                    continue
-                else:
-                    error = ConnectionError(
-                        f"to_nats: cannot publish {len(messages)} messages to "
-                        f"{self.op.url} (tried {self.op.connect_timeout} s): {exc!r}"
-                    )
-                assert self.counters is not None
-                await apply_policy(self.op.on_error, item, error, self.op.name, None, self.counters)
-                return
-            self.backoff.reset()
-            self.sent += len(messages)
-            return
+    async def _send_once(self, pairs: list[tuple[str, bytes]]) -> None:
+        """Publish ``pairs`` and wait for every ack."""
+        if self.publisher is None:
+            await self._start()
+        assert self.publisher is not None
+        await self.publisher.publish(pairs, self.op.connect_timeout)
 
 
 def to_nats(

@@ -39,7 +39,7 @@ from ..abc import (
 )
 from ..errors import ReconnectError
 from ..flow import Sink
-from ._common import require_asyncio
+from ._common import Backoff, require_asyncio
 from ._pg_copy import create_columns, encode_copy, plan_cells, quote_ident
 
 __all__ = ["to_postgres"]
@@ -139,28 +139,18 @@ class _PgWriter(SinkWriter[Any, int]):
         ``reconnect_timeout`` seconds; then :class:`~aflow.ReconnectError`."""
         await self._drop()
         op = self.op
-        delay = op.backoff
-        attempts = 0
-        deadline = (
-            None if op.reconnect_timeout is None else anyio.current_time() + op.reconnect_timeout
-        )
-        while True:
-            try:
-                conn = await self._connect()
-            except _FAILURES as exc:
-                attempts += 1
-                left = None if deadline is None else deadline - anyio.current_time()
-                if left is not None and left <= 0:
-                    raise self._gave_up(attempts, exc) from exc
-                logger.warning("%s: cannot reconnect: %r; retrying in %.2g s", op.name, exc, delay)
-                await anyio.sleep(delay if left is None else min(delay, left))
-                delay = min(delay * 2, op.max_backoff)
-            else:
-                self.reconnects += 1
-                if self.counters is not None:
-                    self.counters.retries += 1
-                self.conn = conn
-                return conn
+        backoff = Backoff(op.backoff, op.max_backoff)
+        what = f"{op.name}: cannot reconnect"
+        try:
+            conn = await backoff.retry(self._connect, _FAILURES, op.reconnect_timeout, what)
+        except _FAILURES as exc:
+            # every failed attempt but the last waited once
+            raise self._gave_up(backoff.attempts + 1, exc) from exc
+        self.reconnects += 1
+        if self.counters is not None:
+            self.counters.retries += 1
+        self.conn = conn
+        return conn
 
     def _gave_up(self, attempts: int, exc: BaseException) -> ReconnectError:
         op = self.op

@@ -17,7 +17,6 @@ from ..abc import (
     ErrorPolicy,
     Outlet,
     SinkWriter,
-    apply_policy,
     check_policy,
 )
 from ..flow import Flow, Sink
@@ -125,19 +124,9 @@ def _response_errors() -> tuple[type[BaseException], ...]:
 async def _xack(client: Redis, stream: str, group: str, ids: list[bytes]) -> None:
     """Acknowledge ``ids``: ``_ACK_PIPELINE`` packed ``XACK`` commands per round trip."""
     commands = _packed_xacks(stream, group, ids)
-    pool = client.connection_pool
     for start in range(0, len(commands), _ACK_PIPELINE):
         batch = commands[start : start + _ACK_PIPELINE]
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(batch)
-            for _ in batch:
-                await conn.read_response()
-        except BaseException:
-            await conn.disconnect()  # replies may be left unread on it
-            raise
-        finally:
-            await pool.release(conn)
+        await _send_packed(client, batch, len(batch))
 
 
 def _entries(reply: Any) -> list[Any]:
@@ -226,24 +215,25 @@ class _RedisReader(BatchReader[bytes]):
 
     async def _connect(self) -> Redis:
         """A client with the group created: retried with backoff for ``connect_timeout``."""
-        deadline = anyio.current_time() + self.op.connect_timeout
-        while True:
+
+        async def attempt() -> Redis:
             client = _client(self.op.url, self.op.connect_timeout)
             try:
                 await self._create_group(client)
-            except self.errors as exc:
+            except self.errors:
                 await client.aclose()
-                if anyio.current_time() + self.backoff.next_delay() > deadline:
-                    raise ConnectionError(
-                        f"read_redis: cannot reach {self.where} for "
-                        f"{self.op.connect_timeout} s: {exc}"
-                    ) from exc
-                logger.warning("read_redis: %s unreachable (%s); retrying", self.where, exc)
-                await self.backoff.wait()
-                continue
-            self.backoff.reset()
-            self.client = client
+                raise
             return client
+
+        what = f"read_redis: {self.where} unreachable"
+        timeout = self.op.connect_timeout
+        try:
+            self.client = await self.backoff.retry(attempt, self.errors, timeout, what)
+        except self.errors as exc:
+            raise ConnectionError(
+                f"read_redis: cannot reach {self.where} for {timeout} s: {exc}"
+            ) from exc
+        return self.client
 
     async def _create_group(self, client: Redis) -> None:
         import redis.exceptions as rex
@@ -428,7 +418,8 @@ class _RedisReader(BatchReader[bytes]):
                 # the last commit comes after the source ended and closed its client
                 client = self.client or _client(self.op.url, self.op.connect_timeout)
                 try:
-                    await _xack(client, self.stream, self.op.group, ids)
+                    with anyio.fail_after(self.op.connect_timeout):  # an OSError
+                        await _xack(client, self.stream, self.op.group, ids)
                 finally:
                     if client is not self.client:
                         await client.aclose()
@@ -534,6 +525,7 @@ class _RedisSinkOp(BatchSinkOp):
         name = f"to_redis({stream})"
         super().__init__(stream, url, codec, key, shards, connect_timeout, buffer, on_error, name)
         self.stream, self.entry_field, self.maxlen = stream, entry_field, maxlen
+        self.where = f"{_shown(url).rstrip('/')}/{stream}"  # no password
 
     def writer(self, ctx: Context) -> SinkWriter[Any, int]:
         return _RedisWriter(self)
@@ -545,7 +537,6 @@ class _RedisWriter(BatchWriter):
         self.op = op
         self.client: Redis | None = None
         self.errors = _connection_errors()
-        self.where = _shown(op.url).rstrip("/")
 
     async def open(self) -> None:
         require_asyncio("to_redis", "redis-py")
@@ -557,38 +548,13 @@ class _RedisWriter(BatchWriter):
             await self.client.aclose()
             self.client = None
 
-    async def _send(self, item: Any, entries: list[tuple[str, bytes]]) -> None:
-        """One pipelined round trip of ``XADD``s; reconnects with backoff and resends
-        (at-least-once) for ``connect_timeout``, then hands the item to ``on_error``."""
-        if not entries:
-            return
-        deadline = anyio.current_time() + self.op.connect_timeout
-        field = self.op.entry_field
-        while True:
-            try:
-                if self.client is None:
-                    self.client = _client(self.op.url, self.op.connect_timeout)
-                writes = _packed_xadds(entries, field, self.op.maxlen)
-                with anyio.fail_after(self.op.connect_timeout):  # TimeoutError: an OSError
-                    await _send_packed(self.client, writes, len(entries))
-            except self.errors as exc:
-                await self.aclose()
-                if anyio.current_time() + self.backoff.next_delay() > deadline:
-                    error = ConnectionError(
-                        f"to_redis: cannot write {len(entries)} entries to {self.where}"
-                        f"/{self.op.stream} (tried {self.op.connect_timeout} s): {exc}"
-                    )
-                    assert self.counters is not None
-                    await apply_policy(
-                        self.op.on_error, item, error, self.op.name, None, self.counters
-                    )
-                    return
-                logger.warning("to_redis: lost %s (%s); reconnecting", self.where, exc)
-                await self.backoff.wait()
-                continue
-            self.backoff.reset()
-            self.sent += len(entries)
-            return
+    async def _send_once(self, pairs: list[tuple[str, bytes]]) -> None:
+        """One pipelined round trip of ``XADD``s."""
+        if self.client is None:
+            self.client = _client(self.op.url, self.op.connect_timeout)
+        writes = _packed_xadds(pairs, self.op.entry_field, self.op.maxlen)
+        with anyio.fail_after(self.op.connect_timeout):  # TimeoutError: an OSError
+            await _send_packed(self.client, writes, len(pairs))
 
 
 def to_redis(

@@ -38,7 +38,7 @@ from ...abc import (
 from ...codecs import CsvDecoder, JsonlDecoder
 from ...errors import DecodeError
 from ...flow import Flow
-from .._common import require_asyncio
+from .._common import Backoff, require_asyncio
 from ._wire import Acks, Inbox, Received, _check, disconnected
 
 logger = logging.getLogger("aflow")
@@ -246,7 +246,7 @@ class _MqttSource(Source):
                 acks.upto(int(seq))
 
         out.on_commit(committed)  # PUBACKs once every sink handled the messages
-        delay = self.backoff
+        backoff = Backoff(self.backoff, self.max_backoff)
         # numbered on from the last run's committed number, so a stale one never covers new
         seq = int(out.resume_positions.get(self.url, 0))
         while not out.stopping:
@@ -256,20 +256,19 @@ class _MqttSource(Source):
                 async with client:
                     acks.connected(client)
                     seq = await self._subscribe_and_pump(client, inbox, out, acks, seq)
-                    delay = self.backoff
                     # a graceful stop: keep the connection until the final commit has
                     # acknowledged what it covers (a restart then redelivers nothing)
                     await out.end(commit_timeout=self.connect_timeout)
                     return
             except aiomqtt.MqttError as exc:
                 logger.warning(
-                    "%s: %s: %s; reconnecting in %.2g s", self.name, self.url, exc, delay
-                )
+                    "%s: %s: %s; reconnecting in %.2g s",
+                    self.name, self.url, exc, backoff.next_delay(),
+                )  # fmt: skip
             finally:
                 disconnected(client)
             with out.pull_scope():
-                await anyio.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
+                await backoff.wait()
 
     async def _subscribe_and_pump(
         self, client: aiomqtt.Client, inbox: Inbox, out: Outlet, acks: Acks, seq: int

@@ -32,7 +32,7 @@ from ...abc import (
 )
 from ...codecs import CsvEncoder, JsonlEncoder
 from ...flow import Sink
-from .._common import require_asyncio
+from .._common import Backoff, require_asyncio
 from ._wire import _check, disconnected
 
 logger = logging.getLogger("aflow")
@@ -171,7 +171,7 @@ class _MqttWriter(SinkWriter[Any, int]):
         backoff) and the messages not acknowledged are published again."""
         op = self.op
         todo = pairs
-        delay = op.backoff
+        backoff = Backoff(op.backoff, op.max_backoff)
         while todo:
             client = self.client
             try:
@@ -203,11 +203,10 @@ class _MqttWriter(SinkWriter[Any, int]):
                     self.name,
                     len(todo),
                     errors[0],
-                    delay,
+                    backoff.next_delay(),
                 )
                 await self._disconnect()
-                await anyio.sleep(delay)
-                delay = min(delay * 2, op.max_backoff)
+                await backoff.wait()
                 self.reconnects += 1
                 if self.counters is not None:
                     self.counters.retries += 1
