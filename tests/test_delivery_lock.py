@@ -95,6 +95,23 @@ async def test_a_users_store_is_owned_through_acquire_and_close(anyio_backend: s
     assert store.calls == ["acquire", "close", "acquire", "close"]
 
 
+class ClosableStore(OwnedStore):
+    """A store with a close() of its own but no acquire(): runs must leave it open."""
+
+    acquire = None  # type: ignore[assignment]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.filterwarnings("ignore::aflow.NotResumableWarning")
+async def test_a_store_without_acquire_is_not_closed_by_a_run(anyio_backend: str) -> None:
+    store = ClosableStore()
+    await _flow(20).run(checkpoint=store)
+    await _flow(20).run(checkpoint=store)
+    assert store.calls == []
+    assert store.saved is not None
+
+
 _HOLDER = """
 import sys, anyio, aflow as af
 

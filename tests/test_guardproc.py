@@ -51,7 +51,7 @@ def test_a_remote_guard_keeps_what_a_truncation_removed(tmp_path: Path) -> None:
     finally:
         guard.stop()
         guard.stop()  # idempotent
-    assert guard.truncations == -1  # given back
+    wait_until(lambda: guard.truncations == -1)  # given back (a stop is posted: soon)
 
 
 @pytest.mark.anyio
@@ -73,3 +73,21 @@ async def test_followers_share_one_guards_process_and_leave_this_one_alone(
         run.stop()
     assert run.statistics().stages[0].unwatched == 0
     assert _guards._child is child  # kept for the next run of this process
+
+
+def test_arm_and_stop_never_wait_for_an_exchange_under_way(tmp_path: Path) -> None:
+    """The event loop's thread calls arm() and stop(): while another thread's exchange
+    holds the socket (here: the test holds its lock), they return at once (posted)."""
+    path = tmp_path / "app.log"
+    path.write_bytes(numbered(0, 10))
+    fd = os.open(path, os.O_RDONLY)
+    guard = RemoteGuard(fd, 0, 1 << 20, str(path))
+    try:
+        assert guard.start()
+    finally:
+        os.close(fd)
+    assert guard.truncations == 0
+    with _guards._lock:  # an exchange under way (the old code waited here for ever)
+        guard.arm()
+        guard.stop()
+    wait_until(lambda: guard.truncations == -1)  # the posts went once the lock was free

@@ -119,3 +119,29 @@ def test_throttle_catches_up_wake_ups_later_than_the_timer_slack() -> None:
 
     VirtualClock(backend="trio").call(main)
     assert times[-1] - times[0] == pytest.approx((n - 1) / rate, rel=0.02)
+
+
+async def test_an_input_slower_than_the_rate_builds_up_no_burst() -> None:
+    """Items that arrive after their turn (the input is slower than the rate) owe the
+    schedule nothing: when a large message then comes, its items leave at the rate, not
+    all the lateness at once (only a late wake-up of the stage's own timer is caught up)."""
+
+    async def slow_then_many() -> AsyncIterator[list[int]]:
+        for i in range(100):  # 500 items/s against a rate of 1,000/s
+            await anyio.sleep(0.002)
+            yield [i]
+        yield list(range(100, 400))
+
+    times: list[float] = []
+    flow = (
+        af.from_iterable(slow_then_many)
+        | af.flat_map(lambda x: x)
+        | af.throttle(1000)
+        | af.for_each(lambda x: times.append(anyio.current_time()))
+    )
+    await flow.run()
+    assert len(times) == 400
+    last = np.array(times[100:])  # the large message's items
+    # at most the timer slack (2 ms: two items) leaves early; then one item a millisecond
+    assert np.sum(np.diff(last) < 0.0009) <= 2
+    assert last[-1] - last[0] == pytest.approx(0.3, abs=0.003)

@@ -100,10 +100,11 @@ class CheckpointStore(Protocol):
     thread. ``commit`` must be atomic and durable: after it returns, ``load`` gives the
     new checkpoint even after a crash of the process.
 
-    A store may also define ``acquire()`` and ``close()`` (both optional, called on the
-    event loop's thread): a run calls ``acquire()`` as it starts (raise
+    A store may also define ``acquire()`` and ``close()`` (optional, together; called on
+    the event loop's thread): a run calls ``acquire()`` as it starts (raise
     :class:`~aflow.CheckpointInUse` when another run owns the store) and ``close()``
-    once it has ended, as :class:`SqliteStore` does."""
+    once it has ended, as :class:`SqliteStore` does. A store without ``acquire()`` is
+    never closed by a run."""
 
     def load(self) -> Checkpoint | None:
         """The last committed checkpoint, or ``None`` when there is none yet."""

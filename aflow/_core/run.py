@@ -340,14 +340,17 @@ class RunManager(Generic[RunT_co]):
         self._args = (source, ops, sink, buffer, max_bytes_in_flight)
         self._grace = grace
         self._monitor = monitor
+        self._owned = False  # this run acquired the store (and closes it at its end)
 
     def __call__(self) -> Any:  # pragma: no cover - guards a common slip
         raise TypeError("flow.open() is an async context manager: `async with flow.open()`")
 
     async def __aenter__(self) -> RunT_co:
         acquire = getattr(self._store, "acquire", None)
+        self._owned = False
         if acquire is not None:
             acquire()  # raises CheckpointInUse while another run has the store
+            self._owned = True
         self._cm = self._open()
         try:
             return await self._cm.__aenter__()
@@ -362,11 +365,11 @@ class RunManager(Generic[RunT_co]):
             self._release_store()
 
     def _release_store(self) -> None:
-        """A store that can be owned (``acquire``) is given up once the run has ended
-        (another run may take it then)."""
-        close = getattr(self._store, "close", None)
-        if close is not None:
-            close()
+        """A store this run owns (it has ``acquire``) is given up once the run has ended
+        (another run may take it then); a store without ``acquire`` is left open."""
+        if self._owned:
+            self._owned = False
+            cast(Any, self._store).close()
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[RunT_co]:

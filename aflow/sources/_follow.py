@@ -249,8 +249,8 @@ class Follower:
 
         with anyio.move_on_after(COPY_WATCH):
             seen = await anyio.to_thread.run_sync(truncations)
-            # the guards' process counts them: no event to wait for here
-            while seen == await anyio.to_thread.run_sync(truncations):  # noqa: ASYNC110
+            # the guards' process counts them: no event to wait for here (-1: it is gone)
+            while seen >= 0 and seen == await anyio.to_thread.run_sync(truncations):  # noqa: ASYNC110
                 await anyio.sleep(COPY_POLL)
         watcher.take_events()  # the signs of the copy queued meanwhile are old
         watcher.copying = False

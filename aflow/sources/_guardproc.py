@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import pickle
+import queue
 import signal
 import socket
 import struct
@@ -44,10 +45,16 @@ logger = logging.getLogger("aflow")
 
 _LENGTH = struct.Struct("!I")
 
+PATIENCE = 30.0
+"""Seconds an exchange with the guards' process may take: past them it counts as gone
+(the files are followed unguarded) rather than holding a follower."""
+
 # The guards' process imports only the modules it runs, not the packages' __init__ (numpy
 # and every stage): the packages are made empty, with their paths.
 _MAIN = """
 import sys, types
+if sys.path and sys.path[0] == "":
+    del sys.path[0]  # not the working directory's modules (a logging.py there)
 for name, path in (("aflow", sys.argv[2]), ("aflow.sources", sys.argv[3])):
     sys.modules[name] = package = types.ModuleType(name)
     package.__path__ = [path]
@@ -92,10 +99,16 @@ class _Process:
         self._sock: socket.socket | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._broken: BaseException | None = None
+        self._posts: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._poster: threading.Thread | None = None
+        self._poster_lock = threading.Lock()
         self.ids = itertools.count()
 
     def _spawn(self) -> socket.socket:
+        if not sys.executable or getattr(sys, "frozen", False):
+            raise OSError("no Python interpreter to start it with (sys.executable)")
         ours, theirs = socket.socketpair()
+        ours.settimeout(PATIENCE)
         sources = os.path.dirname(os.path.abspath(__file__))
         args = [str(theirs.fileno()), os.path.dirname(sources), sources]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # anyio, inotify
@@ -120,10 +133,29 @@ class _Process:
                     self._sock = self._spawn()
                 _send(self._sock, message, fd)
                 return _receive(self._sock)[0] if answer else None
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, ValueError, TypeError) as exc:  # also a bad interpreter
                 self._broken = exc
+                if self._child is not None:
+                    self._child.poll()  # reaped if it died
                 logger.warning("the guards' process failed (%r): files are followed unguarded", exc)
                 raise OSError(str(exc)) from exc
+
+    def post(self, message: Any) -> None:
+        """Send ``message``, which wants no answer, without waiting for the socket (the
+        event loop's thread calls this): a thread of its own sends the posts in order."""
+        self._posts.put(message)
+        with self._poster_lock:  # not the socket's lock: an exchange may hold that one
+            if self._poster is None:
+                self._poster = threading.Thread(
+                    target=self._send_posts, name="aflow-guards-post", daemon=True
+                )
+                self._poster.start()
+
+    def _send_posts(self) -> None:
+        while True:
+            message = self._posts.get()
+            with contextlib.suppress(OSError):
+                self.call(message, answer=False)
 
     def forked(self) -> None:
         """In a child forked from this process: the guards' process is its parent's."""
@@ -131,10 +163,14 @@ class _Process:
         if self._sock is not None:
             self._sock.close()
         self._sock, self._child, self._broken = None, None, None
+        self._posts, self._poster = queue.SimpleQueue(), None
+        self._poster_lock = threading.Lock()
 
     def close(self) -> None:
-        """End the process (it ends when its socket closes); idempotent."""
+        """End the process (it ends when its socket closes); idempotent. Nothing starts
+        it again in this process afterwards."""
         with self._lock:
+            self._broken = self._broken or OSError("closed at exit")
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
@@ -151,8 +187,8 @@ os.register_at_fork(after_in_child=_guards.forked)
 class RemoteGuard:
     """A :class:`~aflow.sources._guard.Guard` in the guards' process: the same
     :meth:`start`, :meth:`arm`, :attr:`truncations`, :meth:`take` and :meth:`stop`, each
-    a request (blocking: call them in a worker thread, but :meth:`arm` and :meth:`stop`,
-    which do not wait for an answer)."""
+    a request (blocking: call them in a worker thread), but :meth:`arm` and :meth:`stop`,
+    which are posted (they never block: see :meth:`_Process.post`)."""
 
     def __init__(self, fd: int, position: int, limit: int, path: str) -> None:
         self.path = path
@@ -177,8 +213,7 @@ class RemoteGuard:
 
     def _tell(self, op: str) -> None:
         if self._started:
-            with contextlib.suppress(OSError):
-                _guards.call((op, self._id), answer=False)
+            _guards.post((op, self._id))
 
     def arm(self) -> None:
         """A sign of a copy (see :meth:`Guard.arm`)."""
@@ -242,8 +277,12 @@ def main(fd: int) -> None:
                 (op, gid, *args), fds = _receive(sock)
             except EOFError:
                 return
-            if op == "start":
+            if op == "start" and len(fds) == 1:
                 _send(sock, _start(guards, gid, fds[0], *args))
+            elif op == "start":  # no descriptor came (or several): none is kept
+                for fd in fds:
+                    os.close(fd)
+                _send(sock, "no file descriptor came with the request")
             elif op == "arm" and gid in guards:
                 guards[gid].arm()
             elif op == "stop" and gid in guards:

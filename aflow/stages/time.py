@@ -60,18 +60,21 @@ class _Schedule:
         self.burst_slack = (burst - 1) * interval
         self.tolerance = max(self.burst_slack, TIMER_SLACK)
         self.next_at = -math.inf
-        self.checked = -math.inf  # when the schedule last looked at the clock
+        self.owed = 0.0  # how late the schedule's own last wake-up was, not yet caught up
 
     async def _due(self) -> tuple[float, float]:
         now = anyio.current_time()
         at = self.next_at
-        owed = min(self.checked - at, CATCH_UP) if self.checked > at else 0.0
-        if at < now - self.tolerance - owed:  # late by more than the wake-ups owed: idle
-            at = now - self.burst_slack - owed  # or held back downstream; start afresh
+        if at < now - self.tolerance - self.owed:  # late by more than the wake-up owed: idle
+            at = now - self.burst_slack - self.owed  # or held back downstream; start afresh
         if at > now:
             await anyio.sleep(at - now)
             now = anyio.current_time()
-        self.checked = now
+            self.owed = min(now - at, CATCH_UP)  # a late wake-up: caught up on what follows
+        else:
+            # waiting for input (or for the consumer) owes nothing: only what a late
+            # wake-up left is still caught up, and less as the timeline comes closer
+            self.owed = min(self.owed, now - at)
         return at, now
 
     async def wait(self, cost: int) -> None:
