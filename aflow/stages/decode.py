@@ -430,7 +430,7 @@ class _ThreadedDecodeOp(AsyncOperator):
     async def _run(
         self, runner: _DecodeRunner, own: OwnThreads, inbox: Inbox, out: Outlet, ctx: Context
     ) -> None:
-        async def decode(decoder: Decoder, data: Any, limiter: anyio.CapacityLimiter) -> Decoded:
+        async def decode(decoder: Decoder, data: Any) -> Decoded:
             if len(data) < decoder.small_block:
                 return decoder.decode(data)
             return await own.run_sync(decoder.decode, data)
@@ -441,18 +441,18 @@ class _ThreadedDecodeOp(AsyncOperator):
             assert isinstance(batch, Batch)
             merged = batch.provenance
             if isinstance(merged, _Merged):
-                return await work_merged(batch, merged.blocks, counters, limiter)
+                return await work_merged(batch, merged.blocks, counters)
             runner.probe(batch)
-            decoded = await decode(runner.decoder(batch), batch.data, limiter)
+            decoded = await decode(runner.decoder(batch), batch.data)
             return await runner.assemble(batch, decoded, counters)
 
         async def work_merged(
-            unit: Batch, blocks: list[Batch], counters: StageCounters, limiter: Any
+            unit: Batch, blocks: list[Batch], counters: StageCounters
         ) -> list[Message]:
             for block in blocks:
                 runner.probe(block)
             decoder = runner.decoder(blocks[0])
-            decoded = await decode(decoder, unit.data, limiter)
+            decoded = await decode(decoder, unit.data)
             lines = [int(np.count_nonzero(b.data == 10)) for b in blocks]
             if not decoded.bad and len(decoded.rows) == sum(lines):
                 # a row per line: each block's rows, with its own provenance
