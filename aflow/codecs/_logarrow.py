@@ -488,8 +488,8 @@ def arrow_columns(
                     values = pc.binary_slice(values, 1, -1, memory_pool=pool)
                     v = _Values.of(values)
                 if kind == "str":
-                    out[name] = np.empty(n, object)
-                    out[name][:] = pc.cast(values, pa.string(), memory_pool=pool).to_pylist()
+                    text = pc.cast(values, pa.string(), memory_pool=pool)
+                    out[name] = arrow_column(text, np.dtype(object))
                     continue
                 number_of = number(values, v, kind, name in sure[k])
                 if number_of is None:

@@ -134,7 +134,8 @@ class _Breaks:
     """The spaces, quotes and newlines of a block (those outside quotes apart), and which
     lines hold only printable ASCII without a backslash."""
 
-    def __init__(self, blob: bytes, data: NDArray[np.uint8]) -> None:
+    def __init__(self, blob: bytes, data: NDArray[np.uint8], clean: int | None = None) -> None:
+        """``clean``: :func:`_clean` of the block where the caller has it already."""
         mask = data == 32
         mask |= data == 34
         mask |= data == 10
@@ -160,7 +161,7 @@ class _Breaks:
         self.starts = np.concatenate(([0], self.newlines[:-1] + 1))
         self.clean = np.ones(n, bool)
         self._spaces: NDArray[np.intp] | None = None
-        if blob.isascii() and b"\\" not in blob and count_bytes(data, 32, below=True) == n:
+        if (_clean(blob, data) if clean is None else clean) == n:
             return
         odd = data - np.uint8(32) > 94  # outside printable ASCII (newlines too)
         odd |= data == 92
@@ -248,15 +249,14 @@ def fast_parser(
     tokenize, columnar = arrow(variants) if arrow is not None else (None, None)
 
     def convert(
-        blob: bytes,
         data: NDArray[np.uint8],
         spaces: _Breaks | _Spaces,
         tokens: tuple[Token, ...],
         m: NDArray[np.intp],
         starts: NDArray[np.intp],
         placed: bool,
+        text: str | None,
     ) -> tuple[NDArray[np.bool_], dict[str, NDArray[Any]]]:
-        text = blob.decode("latin-1") if need_text else None  # canonical lines are ASCII
         return _fields(
             data, text, spaces, tokens, m, starts, columns, dtype, fill_int, formats, fixed, placed
         )
@@ -280,7 +280,8 @@ def fast_parser(
         spaces = _Spaces(data, len(blob))
         at = found.starts if kept is None else found.starts[kept]
         tokens = variants[found.variant]
-        good, values = convert(blob, data, spaces, tokens, found.matrix(), at, True)
+        text = blob.decode("latin-1") if need_text else None  # canonical lines are ASCII
+        good, values = convert(data, spaces, tokens, found.matrix(), at, True, text)
         rows = np.flatnonzero(good) if kept is None else kept[good]
         if len(rows) == n:
             for name, col in values.items():
@@ -293,6 +294,7 @@ def fast_parser(
         return out, done, found.newlines
 
     def parse(blob: bytes) -> tuple[NDArray[Any], NDArray[np.bool_], NDArray[np.intp]]:
+        count = None
         if tokenize is not None:
             raw = np.frombuffer(blob, np.uint8)
             count = _clean(blob, raw)
@@ -300,7 +302,8 @@ def fast_parser(
             if found is not None:
                 return found  # type: ignore[no-any-return]
         data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
-        b = _Breaks(blob, data[: len(blob)])
+        b = _Breaks(blob, data[: len(blob)], count)
+        text = None  # decoded once, for the first variant that needs it
         n = len(b.newlines)
         out = np.empty(n, dtype)
         done = np.zeros(n, bool)
@@ -316,7 +319,9 @@ def fast_parser(
                 m, lines = m[ok], lines[ok]
             if not len(lines):
                 continue
-            good, values = convert(blob, data, b, tokens, m, b.starts[lines], False)
+            if text is None and need_text:
+                text = blob.decode("latin-1")  # canonical lines are ASCII
+            good, values = convert(data, b, tokens, m, b.starts[lines], False, text)
             rows = lines[good]
             for name, col in values.items():
                 out[name][rows] = col

@@ -322,13 +322,11 @@ class _RedisReader(BatchReader[bytes]):
                 "XREADGROUP", "GROUP", self.op.group, self.consumer,
                 "COUNT", self.op.count, "STREAMS", self.stream, ">",
             )  # fmt: skip
-        except self.errors:
+        except BaseException as exc:
             await conn.disconnect()
             await pool.release(conn)
-        except BaseException:
-            await conn.disconnect()
-            await pool.release(conn)
-            raise
+            if not isinstance(exc, self.errors):
+                raise
         else:
             self.ahead = conn
 
