@@ -267,8 +267,12 @@ def png_bytes(pixels: np.ndarray[Any, Any], mode: str, **options: Any) -> bytes:
     return buf.getvalue()
 
 
+ENGINES = ["pillow", "imagecodecs"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(("mode", "channels"), [("RGB", 3), ("RGBA", 4), ("L", 1)])
-def test_plain_png_fast_path_decodes_as_pillow_does(mode: str, channels: int) -> None:
+def test_plain_png_fast_path_decodes_as_pillow_does(mode: str, channels: int, engine: Any) -> None:
     rng = np.random.default_rng(7)
     for shape in ((1, 1), (7, 13), (33, 20)):
         pixels = rng.integers(0, 256, (*shape, channels), dtype=np.uint8)
@@ -279,24 +283,95 @@ def test_plain_png_fast_path_decodes_as_pillow_does(mode: str, channels: int) ->
             assert _plain_png(png, mode) is not None  # the fast path is taken
             with Image.open(io.BytesIO(png)) as img:
                 slow = np.asarray(img.convert(mode))
-            out = ImageDecoder(mode=mode)(png)
+            decoder = ImageDecoder(mode=mode, engine=engine)
+            taken = decoder._decode_png(png, shape[1], shape[0]) is not None
+            assert taken == (engine == "imagecodecs")  # that engine decodes it
+            out = decoder(png)
+            assert out.shape == (*shape, channels)
             assert out.tolist() == slow.reshape(out.shape).tolist()
             with Image.open(io.BytesIO(png)) as img:
                 fitted = ImageDecoder((5, 9), mode=mode)._fit(img.convert(mode), (5, 9))
             want = np.asarray(fitted).reshape(5, 9, channels)
-            assert ImageDecoder((5, 9), mode=mode)(png).tolist() == want.tolist()
+            got = ImageDecoder((5, 9), mode=mode, engine=engine)(png)
+            assert got.tolist() == want.tolist()
 
 
-def test_png_fast_path_errors_and_the_long_way() -> None:
+def png_by_hand(pixels: np.ndarray[Any, Any], filters: list[int]) -> bytes:
+    """An 8-bit RGB PNG file written here, row ``r`` filtered with ``filters[r]`` (0 none,
+    1 sub, 2 up, 3 average, 4 Paeth; the PNG specification's section 9), so every filter
+    type is decoded, whatever filters an encoder would choose."""
+    import struct
+    import zlib
+
+    h, w, c = pixels.shape
+    raw, prior = bytearray(), np.zeros(w * c, np.int64)
+    for r in range(h):
+        x = pixels[r].reshape(-1).astype(np.int64)
+        left = np.concatenate([np.zeros(c, np.int64), x[:-c]])
+        upleft = np.concatenate([np.zeros(c, np.int64), prior[:-c]])
+        if filters[r] == 4:
+            p = left + prior - upleft
+            pa, pb, pc = abs(p - left), abs(p - prior), abs(p - upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prior, upleft))
+        else:
+            pred = [0 * x, left, prior, (left + prior) // 2][filters[r]]
+        raw += bytes([filters[r]]) + ((x - pred) % 256).astype(np.uint8).tobytes()
+        prior = x
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(raw)))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_png_filter_type_decodes_to_the_pixels_written(engine: Any) -> None:
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 256, (25, 9, 3), dtype=np.uint8)
+    png = png_by_hand(pixels, [r % 5 for r in range(25)])
+    assert _plain_png(png, "RGB") is not None
+    assert ImageDecoder(engine=engine)(png).tolist() == pixels.tolist()
+    with Image.open(io.BytesIO(png)) as img:  # and Pillow's own reading agrees
+        assert np.asarray(img).tolist() == pixels.tolist()
+
+
+def test_imagecodecs_engine_falls_back_to_pillow_where_its_layout_differs() -> None:
+    rng = np.random.default_rng(12)
+    pixels = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    pixels[0, 0] = (1, 2, 3)
+    # a transparent colour (tRNS): libpng may give an alpha channel; RGB asks for three
+    png = png_bytes(pixels, "RGB", transparency=(1, 2, 3))
+    assert _plain_png(png, "RGB") is not None
+    out = ImageDecoder(engine="imagecodecs")(png)
+    assert out.tolist() == pixels.tolist()
+    decoder = ImageDecoder(engine="imagecodecs")
+    assert "engine='imagecodecs'" in repr(decoder)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(decoder)).engine == "imagecodecs"
+    with pytest.raises(ValueError, match="engine"):
+        ImageDecoder(engine="libpng")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_png_fast_path_errors_and_the_long_way(engine: Any) -> None:
     rng = np.random.default_rng(8)
     png = png_bytes(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB")
     for cut in range(40, len(png) - 30, 37):  # pixels cut short: an error, never pixels
         with pytest.raises((ValueError, OSError, SyntaxError)):
-            ImageDecoder()(png[:cut])
+            ImageDecoder(engine=engine)(png[:cut])
     corrupt = bytearray(png)
     corrupt[len(png) // 2] ^= 0xFF  # inside the compressed pixels
     with pytest.raises((ValueError, OSError)):
-        ImageDecoder()(bytes(corrupt))
+        ImageDecoder(engine=engine)(bytes(corrupt))
     interlaced = bytearray(png)
     interlaced[28] = 1  # the IHDR's interlace byte
     assert _plain_png(bytes(interlaced), "RGB") is None
@@ -305,9 +380,9 @@ def test_png_fast_path_errors_and_the_long_way() -> None:
         palette, "PNG"
     )
     assert _plain_png(palette.getvalue(), "RGB") is None  # Pillow's long way
-    assert ImageDecoder()(palette.getvalue()).shape == (6, 6, 3)
+    assert ImageDecoder(engine=engine)(palette.getvalue()).shape == (6, 6, 3)
     assert _plain_png(png, "L") is None  # a conversion: Pillow's long way
-    assert ImageDecoder(mode="L")(png).shape == (16, 16, 1)
+    assert ImageDecoder(mode="L", engine=engine)(png).shape == (16, 16, 1)
 
 
 # -- worker processes (read_dataset(processes=True)) --------------------------------------

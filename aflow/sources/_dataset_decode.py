@@ -93,13 +93,30 @@ class BatchReader:
         for i in rows.tolist():
             path = self.paths[i]
             try:
-                with open(os.path.join(self.root, path), "rb") as f:
-                    data = f.read()
+                data = read_whole(os.path.join(self.root, path))
                 out.append(np.asarray(self.decoders(path)(data)))
             except Exception as exc:
                 exc.add_note(f"aflow: while reading and decoding {path} under {self.root}")
                 out.append(exc)
         return out
+
+
+def read_whole(path: str) -> bytes:
+    """The bytes of the file at ``path``: an open, a size, one read and a close (half
+    the time of Python's buffered file object, which costs a dataset of small files ~10
+    us per file); a file that grew or gave a short read is read on to its end."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)  # one more byte: a file that grew is seen
+        if len(data) == size and size:
+            return data
+        parts = [data]
+        while chunk := os.read(fd, max(size, 1 << 16)):
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 _reader: BatchReader | None = None  # in a worker process: the reader its pool installed
