@@ -217,6 +217,7 @@ class RecordFramer:
         if not n:
             return None
         rows = np.frombuffer(data, self.dtype, count=n * (size // self.dtype.itemsize))
+        rows.flags.writeable = False  # as from bytes, also from a bytearray
         if self.row_shape:
             rows = rows.reshape(n, *self.row_shape)
         start, self.row = self.row, self.row + n

@@ -74,7 +74,9 @@ class _Framer:
         start = self.offset
         self.offset += len(chunk)
         prov = Provenance(self.path, start, self.offset, "byte", start, self.offset)
-        return Batch(np.frombuffer(chunk, np.uint8), "source", prov)
+        data = np.frombuffer(chunk, np.uint8)
+        data.flags.writeable = False  # as from bytes, also from a bytearray
+        return Batch(data, "source", prov)
 
     def finish(self) -> tuple[Message | None, tuple[DecodeError, bytes, Provenance | None] | None]:
         """The last line (without a newline); or the error of a partial trailing record,
@@ -151,7 +153,8 @@ class FileReader:
 
     async def open(self) -> Reading:
         """Open the file for :class:`Reading` it a chunk at a time."""
-        stream = await open_stream(self.path, self.start)
+        # records and raw bytes are framed by np.frombuffer: they may come as bytearrays
+        stream = await open_stream(self.path, self.start, buffers=self.shape != "lines")
         try:
             if self.ident is None:  # never open a FIFO twice: its open blocks for a writer
                 self.ident = await anyio.to_thread.run_sync(_regular_id, self.path)
