@@ -113,3 +113,42 @@ async def test_lines_still_come_as_bytes(tmp_path: Path) -> None:
         assert type(await stream.read(100)) is bytes
     finally:
         await stream.aclose()
+
+
+@needs_nowait
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm (tmpfs) here")
+async def test_a_file_system_without_the_flag_is_read_in_threads() -> None:
+    # tmpfs answers RWF_NOWAIT with EOPNOTSUPP: the stream reads in threads from then on
+    data = os.urandom(300_000)
+    path = f"/dev/shm/aflow-test-nowait-{os.getpid()}"
+    with open(path, "wb") as f:  # noqa: ASYNC230
+        f.write(data)
+    try:
+        stream = await open_stream(path, buffers=True)
+        try:
+            chunks = [bytes(await stream.read(100_000)) for _ in range(4)]
+            assert isinstance(stream, _open._FileStream)
+            assert not stream.cached
+        finally:
+            await stream.aclose()
+    finally:
+        os.unlink(path)
+    assert b"".join(chunks) == data
+
+
+@needs_nowait
+async def test_an_empty_cached_read_is_not_taken_for_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # some file systems answer RWF_NOWAIT with 0 bytes where the data is not cached (none
+    # here does): such an answer must not end the file
+    path = tmp_path / "z.bin"
+    path.write_bytes(b"q" * 5000)
+    monkeypatch.setattr(_open._FileStream, "_read_cached", lambda self, buf: 0)
+    stream = await open_stream(str(path), buffers=True)
+    try:
+        assert bytes(await stream.read(4096)) == b"q" * 4096
+        assert bytes(await stream.read(4096)) == b"q" * 904
+        assert await stream.read(4096) == b""
+    finally:
+        await stream.aclose()

@@ -202,7 +202,9 @@ class _FileStream:
             return chunk
         buf = self._buffer(size)
         n = self._read_cached(buf)
-        if n is None:  # not in the page cache: the disk is waited for in a thread
+        if not n:
+            # not in the page cache: the disk is waited for in a thread. Nor is an empty
+            # read taken for the end: some file systems answer RWF_NOWAIT with 0 bytes
             n = await anyio.to_thread.run_sync(os.preadv, self.fd, (buf,), self.position)
         else:
             await anyio.lowlevel.checkpoint()  # a loop of cached reads lets others run
