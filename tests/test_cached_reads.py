@@ -152,3 +152,43 @@ async def test_an_empty_cached_read_is_not_taken_for_the_end(
         assert await stream.read(4096) == b""
     finally:
         await stream.aclose()
+
+
+def test_a_buffer_is_free_only_when_nothing_refers_to_it() -> None:
+    spare = [bytearray(64)]
+    assert _open._FREE_REFS is not None
+    assert _open._refs(spare, 0) == _open._FREE_REFS
+    rows = np.frombuffer(memoryview(spare[0]).toreadonly(), np.int32)
+    field = rows[3:5]  # a view of a view
+    del rows
+    assert _open._refs(spare, 0) != _open._FREE_REFS
+    del field
+    assert _open._refs(spare, 0) == _open._FREE_REFS
+
+
+async def test_one_small_view_kept_of_one_batch_keeps_its_buffer(tmp_path: Path) -> None:
+    want = write_records(tmp_path / "v.bin", 200_000, seed=5)
+    kept = None
+    total = 0
+    async with af.read_records(str(tmp_path / "v.bin"), READING, read_size=16_000).open() as run:
+        async for batch in run:
+            if kept is None:
+                kept = batch["sensor"][10:20]  # only a field view of the first batch
+            total += len(batch)
+    assert total == len(want)
+    assert kept is not None
+    assert kept.tolist() == want["sensor"][10:20].tolist()  # not overwritten by later reads
+    with pytest.raises(ValueError, match=r"(?i)writeable"):
+        kept.flags.writeable = True  # read-only, as batches from bytes are
+
+
+async def test_a_partial_last_record_reaches_the_dead_letters_as_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "p.bin"
+    path.write_bytes(write_records(tmp_path / "w.bin", 1000).tobytes() + b"\x01\x02\x03")
+    dead: list[af.FailedItem] = []
+    got = await af.read_records(
+        str(path), READING, read_size=8192, on_error=af.dead_letter(dead)
+    ).run()
+    assert len(got.value) == 1000
+    assert [type(d.item) for d in dead] == [bytes]
+    assert dead[0].item == b"\x01\x02\x03"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 from pathlib import Path
@@ -267,7 +268,16 @@ def png_bytes(pixels: np.ndarray[Any, Any], mode: str, **options: Any) -> bytes:
     return buf.getvalue()
 
 
-ENGINES = ["pillow", "imagecodecs"]
+ENGINES = [
+    "pillow",
+    pytest.param(
+        "imagecodecs",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("imagecodecs") is None,
+            reason="imagecodecs is not installed (the images-fast extra)",
+        ),
+    ),
+]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -359,6 +369,37 @@ def test_imagecodecs_engine_falls_back_to_pillow_where_its_layout_differs() -> N
     assert pickle.loads(pickle.dumps(decoder)).engine == "imagecodecs"
     with pytest.raises(ValueError, match="engine"):
         ImageDecoder(engine="libpng")  # type: ignore[arg-type]
+
+
+def with_chunk(png: bytes, kind: bytes, body: bytes, crc: int | None = None) -> bytes:
+    """``png`` with a chunk inserted after its IHDR (``crc``: a wrong one on purpose)."""
+    import struct
+    import zlib
+
+    crc = zlib.crc32(kind + body) if crc is None else crc
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+    return png[:33] + chunk + png[33:]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ancillary_chunks_are_ignored_without_a_word_on_stderr(
+    engine: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(13)
+    pixels = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    clean = png_by_hand(pixels, [4] * 9)
+    fast = _plain_png(clean, "RGB")
+    assert fast is not None
+    assert fast.minimal(clean) is clean  # nothing to strip: the file itself
+    odd = with_chunk(clean, b"iCCP", b"x\x00\x00")  # a colour profile too short
+    odd = with_chunk(odd, b"gAMA", b"\x00\x00\xb1\x8f", crc=0)  # a wrong CRC
+    plain = _plain_png(odd, "RGB")
+    assert plain is not None
+    assert plain.minimal(odd) == clean  # what imagecodecs is given
+    capfd.readouterr()
+    for _ in range(3):
+        assert ImageDecoder(engine=engine)(odd).tolist() == pixels.tolist()
+    assert capfd.readouterr().err == ""  # libpng warned once per image before
 
 
 @pytest.mark.parametrize("engine", ENGINES)

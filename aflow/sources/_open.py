@@ -181,6 +181,26 @@ SPARE_BUFFERS = 16  # per stream: more than a run's buffers hold of one file
 _freed_one = False  # a read buffer was freed (see _FileStream._buffer)
 
 
+def _refs(spare: list[bytearray], i: int) -> int:
+    """The references to ``spare[i]``, as counted here (the count of a call's argument
+    differs between CPython versions: 3.14 no longer counts the temporary)."""
+    return sys.getrefcount(spare[i])
+
+
+def _free_refs() -> int | None:
+    """What :func:`_refs` says of a buffer only its list holds; None where a buffer a
+    view holds does not count more (then no buffer is reused)."""
+    probe = [bytearray(1)]
+    free = _refs(probe, 0)
+    view = memoryview(probe[0])
+    held = _refs(probe, 0)
+    view.release()
+    return free if held > free else None
+
+
+_FREE_REFS = _free_refs()
+
+
 class _FileStream:
     """A regular file read with ``os.pread`` in a worker thread; with ``cached``, read
     into a ``bytearray`` on the event loop's thread where the page cache holds the data.
@@ -220,11 +240,11 @@ class _FileStream:
         holds any more (no batch, no view of one), else a new one. Reusing them keeps the
         allocator from returning the memory to the kernel and faulting it in again at
         every read (~150,000 page faults per 320 MB read into new buffers: 2x the CPU)."""
-        for buf in reversed(self.spare):  # the one used last first: still in the cache
-            # held by the list, the loop and the call only: no batch refers to it
-            if sys.getrefcount(buf) == 3 and len(buf) == size:
-                self.spare.remove(buf)
-                self.spare.append(buf)  # the one used last, last (see read)
+        spare = self.spare
+        for i in range(len(spare) - 1, -1, -1):  # the one used last first: in the cache
+            if _FREE_REFS is not None and _refs(spare, i) == _FREE_REFS and len(spare[i]) == size:
+                buf = spare.pop(i)
+                spare.append(buf)  # the one used last, last (see read)
                 return buf
         global _freed_one
         if not _freed_one:

@@ -74,9 +74,9 @@ class _Framer:
         start = self.offset
         self.offset += len(chunk)
         prov = Provenance(self.path, start, self.offset, "byte", start, self.offset)
-        data = np.frombuffer(chunk, np.uint8)
-        data.flags.writeable = False  # as from bytes, also from a bytearray
-        return Batch(data, "source", prov)
+        if isinstance(chunk, bytearray):  # a reused read buffer: read-only, as bytes are
+            chunk = memoryview(chunk).toreadonly()
+        return Batch(np.frombuffer(chunk, np.uint8), "source", prov)
 
     def finish(self) -> tuple[Message | None, tuple[DecodeError, bytes, Provenance | None] | None]:
         """The last line (without a newline); or the error of a partial trailing record,
