@@ -4,6 +4,7 @@ waited for in a worker thread."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -58,17 +59,37 @@ async def test_aggregate_through_reused_buffers_matches_numpy(tmp_path: Path) ->
     np.testing.assert_allclose(got["sum"], sums[got["sensor"]], rtol=1e-9)
 
 
-@needs_nowait
-async def test_a_file_not_in_the_page_cache_is_read_in_a_thread(tmp_path: Path) -> None:
-    path = tmp_path / "cold.bin"
-    data = os.urandom(8 * 2**20 + 123)
-    path.write_bytes(data)
+def write_past_the_page_cache(path: Path, data: bytes) -> None:
+    """``data`` in a file whose pages are not in the page cache: written with O_DIRECT
+    where the file system takes it (posix_fadvise(DONTNEED) alone is only advice: the
+    kernel kept the pages once under load), then advised out of the cache too."""
+    whole = len(data) // 4096 * 4096
+    buf = mmap.mmap(-1, whole)  # page-aligned, as O_DIRECT needs
+    buf.write(data[:whole])
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
+    except OSError:  # no O_DIRECT here: advice only
+        path.write_bytes(data)
+    else:
+        try:
+            assert os.write(fd, buf) == whole
+        finally:
+            os.close(fd)
+        with path.open("ab") as f:  # the unaligned tail through the cache
+            f.write(data[whole:])
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+@needs_nowait
+async def test_a_file_not_in_the_page_cache_is_read_in_a_thread(tmp_path: Path) -> None:
+    path = tmp_path / "cold.bin"
+    data = os.urandom(8 * 2**20) + os.urandom(123)
+    write_past_the_page_cache(path, data)
     stream = await open_stream(str(path), buffers=True)
     try:
         assert isinstance(stream, _open._FileStream)

@@ -46,10 +46,21 @@ LAYERS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
 )
 
 OPTIONAL = frozenset(
-    {"pyarrow", "orjson", "rich", "prometheus_client", "trio", "PIL", "redis", "nats"}
+    {
+        "pyarrow",
+        "orjson",
+        "rich",
+        "prometheus_client",
+        "trio",
+        "PIL",
+        "imagecodecs",
+        "redis",
+        "nats",
+    }
 )
-"""The packages of aflow's extras (arrow, json, cli, trio, images, redis, nats): the only
-imports allowed inside a function, where they are imported on first use, behind a guard."""
+"""The packages of aflow's extras (arrow, json, cli, trio, images, images-fast, redis,
+nats): the only imports allowed inside a function, where they are imported on first use,
+behind a guard."""
 
 
 @dataclass(frozen=True)
