@@ -179,8 +179,12 @@ class _FileStream:
         self.position = position
 
     async def read(self, size: int) -> bytes:
+        return await anyio.to_thread.run_sync(self.read_now, size)
+
+    def read_now(self, size: int) -> bytes:
+        """The next ``size`` bytes at most (blocks: call it in a thread)."""
         assert self.fd is not None
-        chunk = await anyio.to_thread.run_sync(os.pread, self.fd, size, self.position)
+        chunk = os.pread(self.fd, size, self.position)
         self.position += len(chunk)
         return chunk
 
