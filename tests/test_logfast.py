@@ -454,3 +454,46 @@ def test_arrow_field_checks_agree_with_re(check: str, values: list[str]) -> None
     found = _logarrow._Values.of(column)
     assert found is not None
     assert test(found) == all(re.fullmatch(regex, v, re.ASCII) for v in values)
+
+
+@needs_arrow
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.from_regex(r"[0-9]{1,17}(\.[0-9]{0,16})?", fullmatch=True),
+            st.from_regex(r"\.[0-9]{1,16}", fullmatch=True),
+            st.sampled_from(["-", "200", "0.002", "007"]),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    floating=st.booleans(),
+)
+def test_numbers_read_from_arrow_buffers_agree_with_python(
+    values: list[str], floating: bool
+) -> None:
+    """pyarrow's number fields read without its cast: as ``float``/``int`` read them (or
+    left to the cast: ``None``)."""
+    import pyarrow as pa
+
+    from aflow.codecs import _logarrow
+
+    column = pa.chunked_array([pa.array([v.encode() for v in values], pa.binary())])
+    found = _logarrow._Values.of(column)
+    assert found is not None
+    got = _logarrow._short_numbers(found, floating)
+    if not floating and any("." in v for v in values):
+        assert got is None
+        return
+    if got is None:  # only what the arithmetic does not read: wider than 15 characters
+        assert any(len(v) > 15 for v in values)
+        return
+    for g, v in zip(got.tolist(), values, strict=True):
+        if v == "-":
+            assert math.isnan(g) if floating else g == 0
+        else:
+            assert g == (float(v) if floating else int(v))
+    got3 = _logarrow._three_digits(found)
+    if got3 is not None:
+        assert got3.tolist() == [int(v) for v in values]

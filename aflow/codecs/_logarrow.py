@@ -12,6 +12,12 @@ closing one, followed by the space it split at; a token without a quote holds no
 so its fields are those the NumPy path would find; a line that fails is left to the
 regular expression.
 
+pyarrow first converts only the unquoted fields and the wanted ones: the quoted fields
+(the request, referer and user agent: most of a line's bytes) are located by the
+block's quotes instead (:func:`_by_quotes`, the same checks). A block whose quotes are
+not two per quoted field on every line, or not where the fields put them, is split again
+with every field converted, and checked line by line as above.
+
 A block pyarrow cannot split into the layout's number of fields on every line (a field
 missing or extra, a quote left open across lines) is left to the NumPy path whole.
 """
@@ -27,7 +33,7 @@ from numpy.typing import NDArray
 
 from ._arrow import column as arrow_column
 from ._arrow import memory_pool
-from ._logfast import Token
+from ._logfast import PAD, Token, _number
 from ._scan import count_bytes, find_bytes
 
 __all__ = [
@@ -493,7 +499,25 @@ def _three_digits(v: _Values | None) -> NDArray[np.int64] | None:
     if not (body - np.uint8(48) <= 9).all():
         return None
     d = body.reshape(n, 3).astype(np.int64)
-    return d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2] - 48 * 111  # type: ignore[no-any-return]
+    return d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2] - 48 * 111
+
+
+def _short_numbers(v: _Values, floating: bool) -> NDArray[Any] | None:
+    """The values of a number field (``\\d+``, or ``\\d*.\\d*`` with a digit when
+    ``floating``; ``-`` is 0 or NaN), read by the array path's arithmetic (exact up to 15
+    characters; one rounding, as ``float`` does); ``None``: some value is not of these
+    (pyarrow's cast decides)."""
+    n = len(v.lengths)
+    if not n:
+        return None
+    body = v.body()
+    size = int(v.starts[-1] - v.starts[0] + v.lengths[-1])
+    # the values behind 16 bytes of room (the reads are right-aligned), with room after
+    data = np.zeros(16 + size + PAD, np.uint8)
+    data[16 : 16 + size] = body[:size]
+    lo = (v.starts - v.starts[0]).astype(np.intp) + 16
+    ok, values = _number(data, lo, lo + v.lengths, floating)
+    return values if ok.all() else None
 
 
 _SHAPES: dict[str, Callable[[bool], Check]] = {
@@ -540,7 +564,6 @@ def arrow_columns(
     ``int``, ``float`` or ``str`` (a timestamp, a bracket with spaces, the request's
     parts, a list of numbers): the array path converts those."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if not plain(variants[0], columns):
         return None
@@ -564,6 +587,11 @@ def arrow_columns(
     def number(values: Any, v: _Values | None, kind: str, checked: bool) -> Any:
         if v is None or (not checked and not _chars(kind == "int", True)(v)):
             return None  # pyarrow rejects the rest of r"\d*\.?\d*": "1.2.3", "."
+        found = _short_numbers(v, kind == "float")
+        if found is not None:
+            return found
+        import pyarrow.compute as pc  # only here: importing it costs 8 MB of memory
+
         is_dash = pc.equal(values, dash, memory_pool=pool) if v.dashes() else None
         if is_dash is not None:
             values = pc.if_else(is_dash, zero, values, memory_pool=pool)
@@ -592,9 +620,13 @@ def arrow_columns(
                 values = found.table.column(f"f{at}")
                 v: _Values | None = fields.values(at)
                 if name in brackets:
+                    import pyarrow.compute as pc
+
                     values = pc.binary_slice(values, 1, -1, memory_pool=pool)
                     v = _Values.of(values)
                 if kind == "str":
+                    import pyarrow.compute as pc
+
                     text = pc.cast(values, pa.string(), memory_pool=pool)
                     out[name] = arrow_column(text, np.dtype(object))
                     continue
