@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from ._arrow import column as arrow_column
 from ._arrow import memory_pool
-from ._logfast import PAD, Token, _number
+from ._logfast import Token
 from ._scan import count_bytes, find_bytes
 
 __all__ = [
@@ -487,37 +487,35 @@ def _ends(first: int | None, last: int | None) -> Check:
     return check
 
 
-def _three_digits(v: _Values | None) -> NDArray[np.int64] | None:
-    """The values of an ``int`` field whose values are all three digits, side by side
-    (an HTTP status), without pyarrow's cast (``None``: some value is not)."""
-    if v is None or not len(v.lengths) or not (v.lengths == 3).all():
+def _fixed_point(v: _Values | None, floating: bool) -> NDArray[Any] | None:
+    """The values of a number field when all have one shape: the same width (at most 15
+    characters), digits, and for a ``float`` at most one dot, in the same place (an
+    HTTP status, nginx's ``$request_time``): read from their bytes, exactly, one rounding
+    as ``float`` does (``None``: they have not; pyarrow's cast decides)."""
+    if v is None or not len(v.lengths):
         return None
-    n = len(v.lengths)
-    if int(v.starts[-1] - v.starts[0]) != (n - 1) * 3:
+    n, w = len(v.lengths), int(v.lengths[0])
+    if not 1 <= w <= 15 or not (v.lengths == w).all():
         return None
-    body = v.body()[: n * 3]
-    if not (body - np.uint8(48) <= 9).all():
+    if int(v.starts[-1] - v.starts[0]) != (n - 1) * w:
         return None
-    d = body.reshape(n, 3).astype(np.int64)
-    return d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2] - 48 * 111
-
-
-def _short_numbers(v: _Values, floating: bool) -> NDArray[Any] | None:
-    """The values of a number field (``\\d+``, or ``\\d*.\\d*`` with a digit when
-    ``floating``; ``-`` is 0 or NaN), read by the array path's arithmetic (exact up to 15
-    characters; one rounding, as ``float`` does); ``None``: some value is not of these
-    (pyarrow's cast decides)."""
-    n = len(v.lengths)
-    if not n:
+    m = v.body()[: n * w].reshape(n, w)
+    dots = np.flatnonzero(m[0] == 46).tolist()
+    if len(dots) > int(floating) or (dots and not (m[:, dots[0]] == 46).all()):
         return None
-    body = v.body()
-    size = int(v.starts[-1] - v.starts[0] + v.lengths[-1])
-    # the values behind 16 bytes of room (the reads are right-aligned), with room after
-    data = np.zeros(16 + size + PAD, np.uint8)
-    data[16 : 16 + size] = body[:size]
-    lo = (v.starts - v.starts[0]).astype(np.intp) + 16
-    ok, values = _number(data, lo, lo + v.lengths, floating)
-    return values if ok.all() else None
+    places = [i for i in range(w) if i not in dots]
+    if not places:
+        return None  # "." alone
+    digits = m[:, places] - np.uint8(48)
+    if not (digits <= 9).all():  # uint8: wraps below "0"
+        return None
+    value = digits[:, 0].astype(np.int64)
+    for i in range(1, len(places)):
+        value *= 10
+        value += digits[:, i]
+    if not floating:
+        return value
+    return value / 10.0 ** (w - 1 - dots[0] if dots else 0)  # both exact: one rounding
 
 
 _SHAPES: dict[str, Callable[[bool], Check]] = {
@@ -587,9 +585,6 @@ def arrow_columns(
     def number(values: Any, v: _Values | None, kind: str, checked: bool) -> Any:
         if v is None or (not checked and not _chars(kind == "int", True)(v)):
             return None  # pyarrow rejects the rest of r"\d*\.?\d*": "1.2.3", "."
-        found = _short_numbers(v, kind == "float")
-        if found is not None:
-            return found
         import pyarrow.compute as pc  # only here: importing it costs 8 MB of memory
 
         is_dash = pc.equal(values, dash, memory_pool=pool) if v.dashes() else None
@@ -630,7 +625,7 @@ def arrow_columns(
                     text = pc.cast(values, pa.string(), memory_pool=pool)
                     out[name] = arrow_column(text, np.dtype(object))
                     continue
-                number_of = _three_digits(v) if kind == "int" else None
+                number_of = _fixed_point(v, kind == "float")
                 if number_of is None:
                     number_of = number(values, v, kind, name in sure[k])
                 if number_of is None:
