@@ -509,3 +509,18 @@ def test_numbers_read_from_arrow_buffers_agree_with_python(
         return
     for g, v in zip(got.tolist(), values, strict=True):
         assert g == (float(v) if floating else int(v))
+
+
+@needs_arrow
+def test_a_block_after_one_with_stray_quotes_decodes_alike() -> None:
+    """After a block whose quotes are not the layout's, the next blocks are split with
+    every field converted: the same rows and bad lines."""
+    good = b'10.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "curl" 0.5\n'
+    stray = b'10.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.1" 200 5 "-" "a"b" 0.5\n'
+    columns = {"status": "int", "request_time": "float"}
+    decoder = LogDecoder(COMBINED, columns, engine="pyarrow")
+    for lines in ([good, stray, good], [good, good], [stray, good], [good] * 3):
+        want, bad = reference(lines, COMBINED, columns)
+        got, got_bad = _decoded(decoder, lines)
+        same(got, want)
+        assert got_bad == bad

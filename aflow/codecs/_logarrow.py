@@ -98,6 +98,10 @@ def arrow_breaks(
             reads.append((fields or list(range(len(quoted))), convert))
         options.append((names, reads))
     preferred = [0]  # the variant the last block had: tried first
+    # blocks left to split with every field converted at once, after one whose quotes
+    # were not the layout's (its split was paid twice): such logs are not split twice
+    # a block
+    whole = [0]
     pool = memory_pool()
 
     def breaks(blob: bytes, data: NDArray[np.uint8], lines: int) -> Located | None:
@@ -107,6 +111,9 @@ def arrow_breaks(
             read = pacsv.ReadOptions(
                 column_names=names, use_threads=False, block_size=max(len(blob) + 1, 1 << 20)
             )
+            if whole[0] and len(reads) > 1:
+                whole[0] -= 1
+                reads = reads[1:]
             for attempt, (kept, convert) in enumerate(reads):
                 try:
                     table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert, pool)
@@ -123,9 +130,15 @@ def arrow_breaks(
                     return Located(k, starts, newlines, ok, shapes[k], fields, table)
                 if last:
                     return None
+                whole[0] = WHOLE_AFTER_MISS
         return None
 
     return breaks
+
+
+WHOLE_AFTER_MISS = 16
+"""Blocks split with every field converted after one whose quotes were not where its
+unquoted fields put them."""
 
 
 def _fields_of(tokens: tuple[Token, ...]) -> list[bool]:
