@@ -12,6 +12,12 @@ closing one, followed by the space it split at; a token without a quote holds no
 so its fields are those the NumPy path would find; a line that fails is left to the
 regular expression.
 
+pyarrow first converts only the unquoted fields and the wanted ones: the quoted fields
+(the request, referer and user agent: most of a line's bytes) are located by the
+block's quotes instead (:func:`_by_quotes`, the same checks). A block whose quotes are
+not two per quoted field on every line, or not where the fields put them, is split again
+with every field converted, and checked line by line as above.
+
 A block pyarrow cannot split into the layout's number of fields on every line (a field
 missing or extra, a quote left open across lines) is left to the NumPy path whole.
 """
@@ -28,7 +34,7 @@ from numpy.typing import NDArray
 from ._arrow import column as arrow_column
 from ._arrow import memory_pool
 from ._logfast import Token
-from ._scan import count_bytes
+from ._scan import count_bytes, find_bytes
 
 __all__ = [
     "ArrowBreaks",
@@ -55,8 +61,12 @@ def has_arrow() -> bool:
     return True
 
 
-def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
-    """The pyarrow tokenizer for the layout ``variants`` (its tokens, then shorter)."""
+def arrow_breaks(
+    variants: Sequence[tuple[Token, ...]], columns: dict[str, str] | None = None
+) -> ArrowBreaks:
+    """The pyarrow tokenizer for the layout ``variants`` (its tokens, then shorter);
+    ``columns``: the wanted columns (pyarrow converts only the fields these need and the
+    unquoted ones; the quoted ones are found in the block, see :func:`_by_quotes`)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -69,40 +79,66 @@ def arrow_breaks(variants: Sequence[tuple[Token, ...]]) -> ArrowBreaks:
         newlines_in_values=False,
         ignore_empty_lines=False,
     )
+    wanted = set(columns or ())
     options = []
-    for quoted in shapes:
+    for tokens, quoted in zip(variants, shapes, strict=True):
         names = [f"f{i}" for i in range(len(quoted))]
-        convert = pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.binary()),
-            check_utf8=False,
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        )
-        options.append((names, convert))
+        named = {at for name, at in _places(tokens).items() if name in wanted}
+        slim = [i for i, q in enumerate(quoted) if not q or i in named or columns is None]
+        kept = [] if len(slim) == len(quoted) else slim  # [] : every field
+        reads = []
+        for fields in [kept, []] if kept else [[]]:
+            convert = pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.binary()),
+                check_utf8=False,
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                include_columns=[names[i] for i in fields],
+            )
+            reads.append((fields or list(range(len(quoted))), convert))
+        options.append((names, reads))
     preferred = [0]  # the variant the last block had: tried first
+    # blocks left to split with every field converted at once, after one whose quotes
+    # were not the layout's (its split was paid twice): such logs are not split twice
+    # a block
+    whole = [0]
     pool = memory_pool()
 
     def breaks(blob: bytes, data: NDArray[np.uint8], lines: int) -> Located | None:
         order = [preferred[0], *(k for k in range(len(variants)) if k != preferred[0])]
         for k in order:
-            names, convert = options[k]
+            names, reads = options[k]
             read = pacsv.ReadOptions(
                 column_names=names, use_threads=False, block_size=max(len(blob) + 1, 1 << 20)
             )
-            try:
-                table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert, pool)
-            except pa.ArrowInvalid:
-                continue  # another number of fields on some line
-            preferred[0] = k
-            fields = _Fields.of(table)
-            found = _locate(data, lines, shapes[k], fields) if fields else None
-            if fields is None or found is None:
-                return None
-            starts, newlines, ok = found
-            return Located(k, starts, newlines, ok, shapes[k], fields, table)
+            if whole[0] and len(reads) > 1:
+                whole[0] -= 1
+                reads = reads[1:]
+            for attempt, (kept, convert) in enumerate(reads):
+                try:
+                    table = pacsv.read_csv(pa.py_buffer(blob), read, parse, convert, pool)
+                except pa.ArrowInvalid:
+                    break  # another number of fields on some line
+                preferred[0] = k
+                fields = _Fields.of(table, kept)
+                if fields is None:
+                    return None
+                last = attempt == len(reads) - 1
+                found = (_locate if last else _by_quotes)(data, lines, shapes[k], fields)
+                if found is not None:
+                    starts, newlines, ok = found
+                    return Located(k, starts, newlines, ok, shapes[k], fields, table)
+                if last:
+                    return None
+                whole[0] = WHOLE_AFTER_MISS
         return None
 
     return breaks
+
+
+WHOLE_AFTER_MISS = 16
+"""Blocks split with every field converted after one whose quotes were not where its
+unquoted fields put them."""
 
 
 def _fields_of(tokens: tuple[Token, ...]) -> list[bool]:
@@ -158,23 +194,29 @@ def _buffers(column: Any) -> tuple[NDArray[np.uint8], NDArray[np.int32]] | None:
 
 class _Fields:
     """pyarrow's binary columns of a block as NumPy views (no copy): each column's bytes
-    and offsets; the lengths of its values, found when first asked for."""
+    and offsets, by field; the lengths of their values, found when first asked for (a
+    quoted field pyarrow did not convert: from its quotes, see :func:`_by_quotes`)."""
 
-    def __init__(self, data: list[NDArray[np.uint8]], offsets: list[NDArray[np.int32]]) -> None:
+    def __init__(
+        self, lines: int, data: dict[int, NDArray[np.uint8]], offsets: dict[int, NDArray[np.int32]]
+    ) -> None:
         self.data = data
         self.offsets = offsets
-        self.lines = len(offsets[0]) - 1
-        self._lengths: dict[int, NDArray[np.int32]] = {}
+        self.lines = lines
+        self._lengths: dict[int, NDArray[np.integer[Any]]] = {}
 
     @classmethod
-    def of(cls, table: Any) -> _Fields | None:
-        """The columns of ``table`` (``None``: some value is null)."""
+    def of(cls, table: Any, fields: list[int]) -> _Fields | None:
+        """The columns of ``table``, those of ``fields`` (``None``: some value is null)."""
         found = [_buffers(column) for column in table.columns]
-        if any(f is None for f in found):
-            return None
-        return cls([f[0] for f in found if f], [f[1] for f in found if f])
+        data, offsets = {}, {}
+        for field, buffers in zip(fields, found, strict=True):
+            if buffers is None:
+                return None
+            data[field], offsets[field] = buffers
+        return cls(table.num_rows, data, offsets)
 
-    def lengths(self, field: int) -> NDArray[np.int32]:
+    def lengths(self, field: int) -> NDArray[np.integer[Any]]:
         """The length of every value of one field."""
         found = self._lengths.get(field)
         if found is None:
@@ -182,7 +224,7 @@ class _Fields:
         return found
 
     def values(self, field: int) -> _Values:
-        """The values of one field (no copy)."""
+        """The values of one field pyarrow converted (no copy)."""
         return _Values(self.data[field], self.offsets[field][:-1], self.lengths(field))
 
 
@@ -223,6 +265,66 @@ class Located:
         m = np.stack(rows, axis=1)
         m += self.starts[:, None]
         return m if self.ok.all() else m[self.ok]
+
+
+def _by_quotes(
+    data: NDArray[np.uint8], lines: int, quoted: list[bool], fields: _Fields
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]] | None:
+    """Where lines start and end, when every line has the assumed shape, from the
+    lengths of the unquoted fields and the quotes of the block (the quoted fields need
+    not be converted by pyarrow); ``None``: some line has not, or the layout has no
+    quoted field (then :func:`_locate` decides, from every field's length).
+
+    The block must have exactly two quotes per quoted field on every line; taken in
+    order, a line's quotes are then those of its quoted fields when its first opening
+    quote lies where its unquoted fields before it put it, each following opening quote
+    where the closing one before it and the unquoted fields between put it, a space
+    follows every closing quote but a line's last, and its newline lies where its last
+    quote and the fields after it put it. Then pyarrow began each quoted field at its
+    opening quote and ended it at its closing one (the next quote of the block), followed
+    by the space or newline it split at; the other fields hold no quote: the breaks are
+    the layout's, as :func:`_locate` would find them.
+    """
+    n = fields.lines
+    pairs = sum(quoted)
+    if n != lines or not pairs:
+        return None  # a quote left open ran over a newline, or a byte below 32 (a tab)
+    found = find_bytes(data, 34)
+    if len(found) != 2 * pairs * n:
+        return None
+    q = found.reshape(n, 2 * pairs)
+    # the unquoted fields before, between and after the quoted ones: their widths, each
+    # with the space after it
+    runs: list[Any] = [0]
+    for field, is_quoted in enumerate(quoted):
+        if is_quoted:
+            runs.append(0)
+        else:
+            runs[-1] = runs[-1] + fields.lengths(field) + 1
+    end = len(data) - 1
+    newlines = q[:, -1] + 1 + runs[-1]
+    if newlines[-1] != end:
+        return None
+    starts = np.empty(n, np.intp)
+    starts[0] = 0
+    np.add(newlines[:-1], 1, out=starts[1:])
+    if not (q[:, 0] == starts + runs[0]).all():
+        return None
+    for k in range(1, pairs):
+        if not (q[:, 2 * k] == q[:, 2 * k - 1] + 2 + runs[k]).all():
+            return None
+    closing = q[:, 1::2] if not quoted[-1] else q[:, 1:-1:2]
+    if closing.size and not (data[closing + 1] == 32).all():
+        return None
+    if not (data[np.minimum(newlines, end)] == 10).all():
+        return None
+    at = 0
+    for field, is_quoted in enumerate(quoted):
+        if is_quoted:
+            if field not in fields.offsets:
+                fields._lengths[field] = q[:, at + 1] - q[:, at] - 1
+            at += 2
+    return starts, newlines, np.ones(n, bool)
 
 
 def _locate(
@@ -320,6 +422,8 @@ def _fixed(shape: str, literal: bool = False) -> Check:
             low = high = ord(ch)
         lo[i], span[i], fold[i] = low, high - low, mask
     signs = [i for i, ch in enumerate(shape) if ch == "s" and not literal]
+    folds = bool(fold.any())
+    tiled: list[NDArray[np.uint8]] = [lo, span, fold]  # the same, repeated (grown as needed)
 
     def check(v: _Values) -> bool:
         n = len(v.lengths)
@@ -328,13 +432,20 @@ def _fixed(shape: str, literal: bool = False) -> Check:
         if not (v.lengths == w).all():
             return False
         if int(v.starts[-1] - v.starts[0]) == (n - 1) * w:  # side by side
-            m = v.body()[: n * w].reshape(n, w)
+            flat = v.body()[: n * w]
         else:
-            m = np.lib.stride_tricks.sliding_window_view(v.data, w)[v.starts]
-        folded = m | fold if fold.any() else m
-        if not ((folded - lo) <= span).all():  # uint8: wraps below ``lo``
+            flat = np.lib.stride_tricks.sliding_window_view(v.data, w)[v.starts].reshape(-1)
+        # one pass each over the values' bytes, against the shape repeated: broadcasting
+        # ``(n, w)`` against ``(w,)`` ran n loops of w bytes, several times slower
+        if len(tiled[0]) < n * w:
+            tiled[:] = [
+                np.tile(x, max(n, 8192)) if folds or x is not fold else x for x in (lo, span, fold)
+            ]
+        low, width, case = (x[: n * w] for x in tiled)
+        folded = flat | case if folds else flat
+        if not ((folded - low) <= width).all():  # uint8: wraps below ``lo``
             return False
-        return all(not (m[:, i] == 44).any() for i in signs)  # "," lies between + and -
+        return all(not (flat[i::w] == 44).any() for i in signs)  # "," lies between + and -
 
     return check
 
@@ -389,6 +500,37 @@ def _ends(first: int | None, last: int | None) -> Check:
     return check
 
 
+def _fixed_point(v: _Values | None, floating: bool) -> NDArray[Any] | None:
+    """The values of a number field when all have one shape: the same width (at most 15
+    characters), digits, and for a ``float`` at most one dot, in the same place (an
+    HTTP status, nginx's ``$request_time``): read from their bytes, exactly, one rounding
+    as ``float`` does (``None``: they have not; pyarrow's cast decides)."""
+    if v is None or not len(v.lengths):
+        return None
+    n, w = len(v.lengths), int(v.lengths[0])
+    if not 1 <= w <= 15 or not (v.lengths == w).all():
+        return None
+    if int(v.starts[-1] - v.starts[0]) != (n - 1) * w:
+        return None
+    m = v.body()[: n * w].reshape(n, w)
+    dots = np.flatnonzero(m[0] == 46).tolist()
+    if len(dots) > int(floating) or (dots and not (m[:, dots[0]] == 46).all()):
+        return None
+    places = [i for i in range(w) if i not in dots]
+    if not places:
+        return None  # "." alone
+    digits = m[:, places] - np.uint8(48)
+    if not (digits <= 9).all():  # uint8: wraps below "0"
+        return None
+    value = digits[:, 0].astype(np.int64)
+    for i in range(1, len(places)):
+        value *= 10
+        value += digits[:, i]
+    if not floating:
+        return value
+    return value / 10.0 ** (w - 1 - dots[0] if dots else 0)  # both exact: one rounding
+
+
 _SHAPES: dict[str, Callable[[bool], Check]] = {
     "digits3": lambda dash: _fixed("ddd") if not dash else _or_dash(_fixed("ddd")),
     "digits": lambda dash: _chars(True, dash),
@@ -433,7 +575,6 @@ def arrow_columns(
     ``int``, ``float`` or ``str`` (a timestamp, a bracket with spaces, the request's
     parts, a list of numbers): the array path converts those."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if not plain(variants[0], columns):
         return None
@@ -457,6 +598,8 @@ def arrow_columns(
     def number(values: Any, v: _Values | None, kind: str, checked: bool) -> Any:
         if v is None or (not checked and not _chars(kind == "int", True)(v)):
             return None  # pyarrow rejects the rest of r"\d*\.?\d*": "1.2.3", "."
+        import pyarrow.compute as pc  # only here: importing it costs 8 MB of memory
+
         is_dash = pc.equal(values, dash, memory_pool=pool) if v.dashes() else None
         if is_dash is not None:
             values = pc.if_else(is_dash, zero, values, memory_pool=pool)
@@ -482,16 +625,22 @@ def arrow_columns(
                     fill = {"int": fill_int, "float": np.nan, "str": ""}[kind]
                     out[name] = np.full(n, fill, object if kind == "str" else None)
                     continue
-                values = found.table.column(at)
+                values = found.table.column(f"f{at}")
                 v: _Values | None = fields.values(at)
                 if name in brackets:
+                    import pyarrow.compute as pc
+
                     values = pc.binary_slice(values, 1, -1, memory_pool=pool)
                     v = _Values.of(values)
                 if kind == "str":
+                    import pyarrow.compute as pc
+
                     text = pc.cast(values, pa.string(), memory_pool=pool)
                     out[name] = arrow_column(text, np.dtype(object))
                     continue
-                number_of = number(values, v, kind, name in sure[k])
+                number_of = _fixed_point(v, kind == "float")
+                if number_of is None:
+                    number_of = number(values, v, kind, name in sure[k])
                 if number_of is None:
                     return None
                 out[name] = number_of

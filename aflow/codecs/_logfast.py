@@ -448,7 +448,7 @@ def _fields(
             if fmt is None or not ok.any():
                 values[name] = np.full(n, np.datetime64("NaT"), "M8[ns]")
                 continue
-            ns, parsed = fmt.parse_codes(_gather(data, lo, width).astype(np.int64))
+            ns, parsed = _parse_runs(fmt, _gather(data, lo, width))
             ok &= parsed
             values[name] = ns.view("M8[ns]")
         else:
@@ -459,6 +459,23 @@ def _fields(
         assert text is not None
         out[name] = _strings(text, lo[ok], hi[ok])
     return ok, out
+
+
+def _parse_runs(
+    fmt: FixedFormat, texts: NDArray[np.uint8]
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """``fmt.parse_codes`` of the rows of ``texts`` (shape ``(n, width)``), each run of
+    equal rows parsed once: a log's lines come in time order, many to a second."""
+    n = len(texts)
+    if n < 2:
+        return fmt.parse_codes(texts.astype(np.int64))
+    firsts = np.flatnonzero((texts[1:] != texts[:-1]).any(1)) + 1  # where a run starts
+    if 2 * len(firsts) >= n:
+        return fmt.parse_codes(texts.astype(np.int64))
+    starts = np.concatenate(([0], firsts))
+    ns, parsed = fmt.parse_codes(texts[starts].astype(np.int64))
+    run = np.repeat(np.arange(len(starts)), np.diff(starts, append=n))
+    return ns[run], parsed[run]
 
 
 def _strings(text: str, lo: NDArray[np.intp], hi: NDArray[np.intp]) -> NDArray[Any]:

@@ -15,10 +15,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["count_bytes"]
+__all__ = ["count_bytes", "find_bytes"]
 
 _PIECE = 1 << 20  # bytes compared per call: a 1 MiB block in one (each call lets go of the GIL)
 _local = threading.local()
+
+
+def _mask() -> NDArray[np.bool_]:
+    """This thread's mask buffer."""
+    mask: NDArray[np.bool_] | None = getattr(_local, "mask", None)
+    if mask is None:
+        mask = _local.mask = np.empty(_PIECE, bool)
+    return mask
 
 
 def count_bytes(data: NDArray[np.uint8], value: int, *, below: bool = False) -> int:
@@ -32,12 +40,32 @@ def count_bytes(data: NDArray[np.uint8], value: int, *, below: bool = False) -> 
     Returns:
         The count, as ``np.count_nonzero`` gives it.
     """
-    mask: NDArray[np.bool_] | None = getattr(_local, "mask", None)
-    if mask is None:
-        mask = _local.mask = np.empty(_PIECE, bool)
+    mask = _mask()
     compare: Any = np.less if below else np.equal
     total = 0
     for at in range(0, len(data), _PIECE):
         part = data[at : at + _PIECE]
         total += int(np.count_nonzero(compare(part, value, out=mask[: len(part)])))
     return total
+
+
+def find_bytes(data: NDArray[np.uint8], value: int) -> NDArray[np.intp]:
+    """Where the bytes of ``data`` equal ``value``, as ``np.flatnonzero(data == value)``
+    gives them (with the thread's mask buffer).
+
+    Args:
+        data: a 1-D ``uint8`` array.
+        value: a byte value, 0-255.
+
+    Returns:
+        The positions, ascending.
+    """
+    mask = _mask()
+    parts = []
+    for at in range(0, len(data), _PIECE):
+        part = data[at : at + _PIECE]
+        found = np.flatnonzero(np.equal(part, value, out=mask[: len(part)]))
+        parts.append(found + at if at else found)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, np.intp)

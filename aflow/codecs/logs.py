@@ -304,7 +304,7 @@ def _parser(
         if arrow:
 
             def split(variants: list[tuple[Token, ...]]) -> tuple[Any, Any]:
-                return arrow_breaks(variants), arrow_columns(variants, columns, fill_int)
+                return arrow_breaks(variants, columns), arrow_columns(variants, columns, fill_int)
 
         fast = fast_parser(layout, columns, dtype, fill_int, formats, fixed, split)
 

@@ -217,9 +217,7 @@ class _FileStream:
     async def read(self, size: int) -> bytes:
         assert self.fd is not None
         if not self.cached:
-            chunk = await anyio.to_thread.run_sync(os.pread, self.fd, size, self.position)
-            self.position += len(chunk)
-            return chunk
+            return await anyio.to_thread.run_sync(self.read_now, size)
         buf = self._buffer(size)
         n = self._read_cached(buf)
         if not n:
@@ -269,6 +267,13 @@ class _FileStream:
         except OSError:  # the file system does not take the flag (EOPNOTSUPP)
             self.cached = False
             return None
+
+    def read_now(self, size: int) -> bytes:
+        """The next ``size`` bytes at most (blocks: call it in a thread)."""
+        assert self.fd is not None
+        chunk = os.pread(self.fd, size, self.position)
+        self.position += len(chunk)
+        return chunk
 
     async def aclose(self) -> None:
         if self.fd is not None:

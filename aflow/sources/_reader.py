@@ -166,7 +166,13 @@ class FileReader:
 
     async def feed(self, framer: _Framer, chunk: bytes, emit: Emit, report: Reporter) -> None:
         """Frame ``chunk``, report over-long lines, emit what is complete."""
-        msg = framer.feed(chunk)
+        await self.framed(framer, framer.feed(chunk), emit, report)
+
+    async def framed(
+        self, framer: _Framer, msg: Message | None, emit: Emit, report: Reporter
+    ) -> None:
+        """After ``framer`` framed a chunk into ``msg``: report over-long lines, emit
+        ``msg`` if something was complete."""
         for raw, error in framer.take_errors():
             await report(raw, error)  # an over-long line: its first bytes
         if msg is not None:
@@ -284,6 +290,17 @@ class Reading:
         # read (never the previous chunk again). A file's read ends soon by itself: the
         # stop is seen before the next one (a scope per read cost ~10 us).
         chunk: bytes | None = None
+        read_now = getattr(self.stream, "read_now", None)
+        if read_now is not None and not getattr(self.stream, "cached", False):
+            # a regular file: read and framed in one thread hop (counting a block's lines
+            # is a pass over its bytes, which the event loop need not wait for); one read
+            # from the page cache on the loop's thread (records, bytes) is not
+            chunk, msg = await anyio.to_thread.run_sync(self._read_framed, read_now)
+            if not chunk:
+                self.ended = True
+                return False
+            await self.reader.framed(self.framer, msg, emit, report)
+            return True
         if self.stream.prompt:
             chunk = await self.stream.read(self.reader.chunk_size)
         else:
@@ -296,6 +313,11 @@ class Reading:
             return False
         await self.reader.feed(self.framer, chunk, emit, report)
         return True
+
+    def _read_framed(self, read_now: Callable[[int], bytes]) -> tuple[bytes, Message | None]:
+        """The next chunk, and the message it completes (blocks: call it in a thread)."""
+        chunk = read_now(self.reader.chunk_size)
+        return chunk, self.framer.feed(chunk) if chunk else None
 
     async def close(self) -> None:
         """Release the file (shielded: also when cancelled)."""
