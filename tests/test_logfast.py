@@ -199,9 +199,15 @@ def _decoded(decoder: LogDecoder, lines: list[bytes]) -> tuple[list[tuple[Any, .
 
 
 ENGINES = ["numpy", pytest.param("pyarrow", marks=needs_arrow)]
+# The longest property tests run the NumPy path in the slow run (CI runs both): the
+# pyarrow path, the one taken where the arrow extra is installed, in every run.
+ENGINES_NUMPY_SLOW = [
+    pytest.param("numpy", marks=pytest.mark.slow),
+    pytest.param("pyarrow", marks=needs_arrow),
+]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_NUMPY_SLOW)
 @settings(max_examples=150, deadline=None)
 @given(lines=access_lines())
 def test_combined_array_path_agrees_with_re(lines: list[bytes], engine: LogEngine) -> None:
@@ -215,7 +221,7 @@ def test_combined_array_path_agrees_with_re(lines: list[bytes], engine: LogEngin
         assert got_bad == bad
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_NUMPY_SLOW)
 @settings(max_examples=150, deadline=None)
 @given(lines=access_lines())
 def test_log_format_array_path_agrees_with_re(lines: list[bytes], engine: LogEngine) -> None:
@@ -391,7 +397,7 @@ def clean_blocks(draw: st.DrawFn) -> list[bytes]:
     return lines
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_NUMPY_SLOW)
 @settings(max_examples=300, deadline=None)
 @given(lines=clean_blocks())
 def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(

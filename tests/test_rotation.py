@@ -133,7 +133,12 @@ def check_exact(written: int, got: Counter[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "delay"), [("create", 0.0), ("late_reopen", 0.3), ("compress", 0.1)]
+    ("mode", "delay"),
+    [
+        ("create", 0.0),
+        pytest.param("late_reopen", 0.3, marks=pytest.mark.slow),  # 4 s each: CI's slow run
+        pytest.param("compress", 0.1, marks=pytest.mark.slow),
+    ],
 )
 async def test_rename_modes_lose_and_duplicate_nothing(
     tmp_path: Path, mode: str, delay: float
@@ -150,6 +155,7 @@ async def test_rename_modes_lose_and_duplicate_nothing(
         )  # logrotate did compress the old ones
 
 
+@pytest.mark.slow  # 4 s: CI's slow run (with the longer copytruncate test below)
 async def test_copytruncate_loses_only_the_copy_window(tmp_path: Path) -> None:
     written, got, _, tail = await follow_while_writing(
         tmp_path, "copytruncate", rate=2000, seconds=2.5, rotations=4
