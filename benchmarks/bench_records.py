@@ -123,7 +123,7 @@ IMPLEMENTATIONS = {
 
 
 def child(name: str, paths: list[str]) -> None:
-    import anyio  # noqa: F401 - imports are not timed
+    import anyio  # imports are not timed
     import anyio._backends._asyncio  # noqa: F401 - anyio imports it at the first run (20 ms)
 
     import aflow.kernels.keyed  # noqa: F401
