@@ -101,7 +101,8 @@ async def test_a_file_not_in_the_page_cache_is_read_in_a_thread(tmp_path: Path) 
         stream.position = 0
         chunks = []
         while chunk := await stream.read(2**20):
-            assert isinstance(chunk, bytearray)
+            assert isinstance(chunk, memoryview)  # of a reused buffer
+            assert chunk.readonly
             chunks.append(bytes(chunk))
     finally:
         await stream.aclose()

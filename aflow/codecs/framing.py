@@ -213,11 +213,9 @@ class RecordFramer:
             data = self._rest + data
         size = self.row_size
         n = len(data) // size
-        self._rest = bytes(data[n * size :])  # bytes, also of a bytearray (error items)
+        self._rest = bytes(data[n * size :])  # bytes, also of a read buffer (error items)
         if not n:
             return None
-        if isinstance(data, bytearray):  # a reused read buffer: read-only, as bytes are
-            data = memoryview(data).toreadonly()
         rows = np.frombuffer(data, self.dtype, count=n * (size // self.dtype.itemsize))
         if self.row_shape:
             rows = rows.reshape(n, *self.row_shape)

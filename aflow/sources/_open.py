@@ -2,10 +2,10 @@
 
 * **Regular files** are read with ``os.pread`` in a worker thread, one hop per read. A
   caller that frames bytes without bytes' methods (records, raw bytes: ``buffers=True``)
-  reads into a ``bytearray`` on the event loop's thread where the page cache already
-  holds the data (``preadv`` with ``RWF_NOWAIT`` on Linux, which never waits for the
-  disk) and in a worker thread only where it does not: the hop and a read landing in
-  another core's cache cost 10-25 % on a fast aggregate.
+  reads into a reused ``bytearray``, handed on as a read-only view, on the event loop's
+  thread where the page cache already holds the data (``preadv`` with ``RWF_NOWAIT`` on
+  Linux, which never waits for the disk) and in a worker thread only where it does not:
+  the hop and a read landing in another core's cache cost 10-25 % on a fast aggregate.
 * **FIFOs** are opened non-blocking (an open never waits for a writer) and read with
   :func:`anyio.wait_readable` between reads, so every wait, including the one for the first
   writer, is cancellable: a cancel scope, SIGTERM or Ctrl-C ends it on asyncio and trio.
@@ -64,7 +64,8 @@ async def open_stream(path: str, start: int = 0, *, buffers: bool = False) -> By
     """Open ``path`` for reading from byte ``start`` (of the decompressed content).
 
     Does not block the event loop; never waits for a FIFO's writer. With ``buffers``, a
-    regular file's reads may return ``bytearray`` chunks (see the module's text).
+    regular file's reads may return read-only ``memoryview`` chunks of reused buffers (see
+    the module's text).
 
     Raises:
         OSError: the path cannot be opened (``FileNotFoundError``, ``PermissionError``...).
@@ -231,7 +232,9 @@ class _FileStream:
                 self.spare.pop()  # a shorter one is not reused
             del buf[n:]
         self.position += n
-        return buf  # type: ignore[return-value]  # framed by np.frombuffer, as bytes are
+        # read-only, as bytes are (a batch's flag cannot be set back); framed by
+        # np.frombuffer, and the view holds the buffer until no batch refers to it
+        return memoryview(buf).toreadonly()  # type: ignore[return-value]
 
     def _buffer(self, size: int) -> bytearray:
         """A buffer of ``size`` bytes: one of this stream's earlier ones that nothing

@@ -74,8 +74,6 @@ class _Framer:
         start = self.offset
         self.offset += len(chunk)
         prov = Provenance(self.path, start, self.offset, "byte", start, self.offset)
-        if isinstance(chunk, bytearray):  # a reused read buffer: read-only, as bytes are
-            chunk = memoryview(chunk).toreadonly()
         return Batch(np.frombuffer(chunk, np.uint8), "source", prov)
 
     def finish(self) -> tuple[Message | None, tuple[DecodeError, bytes, Provenance | None] | None]:
