@@ -451,11 +451,22 @@ async def test_barrier_never_overtakes_held_messages(
 ) -> None:
     """At every commit, the sink has every row before the committed position and no row
     after it: whatever the stage held when the barrier came was handed on first."""
-    store, rec = MemoryStore(), Recorder()
     n = 3000
-    flow = af.Flow(Numbers(n, 25, pause=0.0005)) | HOLDING_STAGES[stage]() | af.Sink(rec)
-    await flow.run(checkpoint=store, commit_interval=0.005)
+    # A loaded machine may let the whole run pass between two commits: then the source is
+    # slowed and the run repeated (every run's commits are checked all the same).
+    for pause in (0.0005, 0.002, 0.008):
+        store, rec = MemoryStore(), Recorder()
+        flow = af.Flow(Numbers(n, 25, pause=pause)) | HOLDING_STAGES[stage]() | af.Sink(rec)
+        await flow.run(checkpoint=store, commit_interval=0.005)
+        judged = _check_barrier_commits(stage, store, rec, n)
+        if len(store.commits) >= 4 and judged >= 2:
+            break
     assert len(store.commits) >= 4, "too few commits to judge"
+    assert judged >= 2, "no commit fell while rows were in flight"
+
+
+def _check_barrier_commits(stage: str, store: Any, rec: Any, n: int) -> int:
+    """Check every commit of one run; the number of commits that fell mid-run."""
     judged = 0
     for cp in store.commits[:-1]:  # the last one is the final commit
         pos = cp.positions["source0:numbers"]["numbers"]
@@ -474,14 +485,12 @@ async def test_barrier_never_overtakes_held_messages(
                 continue
             state = [v for k, v in cp.states.items() if k.startswith(("stage", "task"))]
             assert len(state) == 1
-            assert (
-                rec.at_commit[cp.epoch] == []
-            )  # nothing closed before the end  # nothing closed before the end
+            assert rec.at_commit[cp.epoch] == []  # nothing closed before the end
             held = _window_rows(state[0])
             assert held == list(range(pos)), f"epoch {cp.epoch} at row {pos}"
             judged += 0 < pos < n
-    assert judged >= 2, "no commit fell while rows were in flight"
     assert sorted(rec.at_commit[store.commits[-1].epoch]) == list(range(n))
+    return judged
 
 
 def _window_rows(state: bytes) -> list[int]:
