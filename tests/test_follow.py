@@ -60,6 +60,37 @@ async def test_a_path_briefly_missing_does_not_end_the_run(tmp_path: Path) -> No
         run.stop()
 
 
+@pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify (the 'inotify' extra)")
+async def test_a_file_created_while_the_path_is_looked_at_is_not_called_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower looks at its path in a worker thread while the watch's task counts
+    the files that appear: one created after the look (a slow disk, a loaded machine)
+    is opened next time, not reported as rotated away unread (it was, under load)."""
+    from aflow.sources import _follow
+
+    real_key_at = _follow._key_at
+
+    def slow_key_at(path: str):  # type: ignore[no-untyped-def]
+        key = real_key_at(path)
+        time.sleep(0.3)  # the look is done; the file appears meanwhile
+        return key
+
+    path = tmp_path / "app.log"
+    path.write_text("one\n")
+    seen: list[str] = []
+    flow = af.read_lines(str(path), follow=True, poll_interval=0.01, rotate_wait=0.05)
+    async with (flow | af.for_each(seen.append)).open() as run:
+        await wait_for(lambda: seen == ["one"])
+        monkeypatch.setattr(_follow, "_key_at", slow_key_at)
+        os.rename(path, tmp_path / "app.log.1")
+        await anyio.sleep(0.1)  # the follower is looking (and finds nothing)
+        path.write_text("two\n")
+        await wait_for(lambda: seen == ["one", "two"])
+        run.stop()
+    assert run.statistics().errors == 0
+
+
 async def test_following_a_glob_picks_up_new_files(tmp_path: Path) -> None:
     seen: list[str] = []
     flow = af.read_lines(str(tmp_path / "*.log"), follow=True, poll_interval=0.01)

@@ -278,8 +278,10 @@ async def test_a_busy_server_gathers_reads_into_larger_blocks_and_holds_none_bac
     async with serving(make) as (run, (host, port)):
         lines = [b"%05d" % i + b"x" * 94 for i in range(3000)]  # 100 bytes with the newline
         async with await anyio.connect_tcp(host, port) as stream:
-            for k in range(0, len(lines), 20):  # 2,000-byte writes, nobody reading the run
-                await stream.send(b"".join(line + b"\n" for line in lines[k : k + 20]))
+            # 20,000-byte writes, nobody reading the run (smaller writes on a loaded machine
+            # could each be read alone as they arrive: 2,000-byte reads, nothing to gather)
+            for k in range(0, len(lines), 200):
+                await stream.send(b"".join(line + b"\n" for line in lines[k : k + 200]))
             await settle(lambda: received_bytes(run))  # it read on, gathering while backlogged
             sizes: list[int] = []
             got: list[Line] = []

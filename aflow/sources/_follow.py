@@ -292,6 +292,9 @@ class Follower:
     async def _check_path(self, watcher: Watcher, emit: Emit, report: Reporter) -> None:
         """Has the path moved on to another file? Open it; count files missed."""
         watcher.take_events()  # before looking: every appearance counted is older
+        # The hub's task may count an appearance while the stat below runs in its thread:
+        # a file created after the stat looked is not missed, it is found next time.
+        appeared = watcher.appeared
         if not watcher.take_moved() and self.current is not None:
             return  # nothing was created, moved or removed under the name: no stat
         key = await anyio.to_thread.run_sync(_key_at, self.path)
@@ -304,7 +307,7 @@ class Follower:
                 self.draining.append(self.current)
                 self.current = None
             await self._open_current()
-        missed = watcher.appeared - self.opened - self.reported_missed
+        missed = appeared - self.opened - self.reported_missed
         if watcher.notified and missed > 0:
             self.reported_missed += missed
             error = DataLossError(
