@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from aflow.testing import VirtualClock
+# Where PYTHONDONTWRITEBYTECODE is set, every process of the suite compiles aflow from
+# source: pytest's rewritten test modules (4 s of collection) and each of the dozens of
+# Python subprocesses the tests start (0.35 s of CPU apiece). The suite keeps the bytecode
+# Python would otherwise write (in the tree's __pycache__ folders, ignored by git).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+from aflow.testing import VirtualClock  # noqa: E402  (after the bytecode switch)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
