@@ -8,6 +8,7 @@ import mmap
 import os
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 
@@ -214,3 +215,57 @@ async def test_a_partial_last_record_reaches_the_dead_letters_as_bytes(tmp_path:
     assert len(got.value) == 1000
     assert [type(d.item) for d in dead] == [bytes]
     assert dead[0].item == b"\x01\x02\x03"
+
+
+@needs_nowait
+async def test_files_read_side_by_side_share_their_buffers(tmp_path: Path) -> None:
+    # whole reads only (50 of 16,000 bytes a file): no shorter last read, not reused
+    wants = [write_records(tmp_path / f"s{k}.bin", 50_000, seed=k) for k in range(6)]
+    for k, want in enumerate(wants):  # each file's records told apart by their ts
+        want["ts"] += k * 1_000_000
+        want.tofile(tmp_path / f"s{k}.bin")
+    paths = [str(tmp_path / f"s{k}.bin") for k in range(6)]
+    buffers: set[int] = set()
+    held = []
+    files_seen = []
+
+    def look(batch: np.ndarray) -> None:
+        files_seen.append(int(batch["ts"][0]) // 1_000_000)
+        if len(files_seen) in (5, 10, 15):
+            held.append(batch)  # held while the other files are read: never reused
+        else:
+            buffers.add(id(batch.base.obj))  # the pool keeps them alive: ids stay apart
+            held.append(batch.copy())
+
+    flow = af.read_records(paths, READING, read_size=16_000, max_open=6) | af.for_each(look)
+    await flow.run()
+    assert files_seen[:6] == [0, 1, 2, 3, 4, 5]  # still side by side
+    # one or two at a time, whichever file they were read from, and a new one after each
+    # of the three held: not one or more per file
+    assert len(buffers) <= 2 + 3
+    got = np.sort(np.concatenate(held), order="ts")
+    assert got.tobytes() == np.concatenate(wants).tobytes()
+
+
+@needs_nowait
+async def test_the_end_of_a_cached_file_is_read_without_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "e.bin"
+    path.write_bytes(b"r" * 10_000)
+    stream = await open_stream(str(path), buffers=True)
+    hops = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        hops.append(args[0])
+        return await run_sync(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    try:
+        chunks = [bytes(await stream.read(4096)) for _ in range(3)]
+        assert await stream.read(4096) == b""
+    finally:
+        await stream.aclose()
+    assert b"".join(chunks) == b"r" * 10_000
+    assert hops == []  # all in the page cache (just written), the end too

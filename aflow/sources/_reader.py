@@ -22,7 +22,7 @@ from ..codecs import LineSplitter, RecordFramer
 from ..errors import DecodeError, IncompleteFrameError
 from ..policies import Reporter
 from ._fileid import FINGERPRINT_BYTES, FileId, file_id
-from ._open import ByteStream, open_stream
+from ._open import BufferPool, ByteStream, open_stream
 from ._rotation import CatchUp
 
 __all__ = [
@@ -149,10 +149,12 @@ class FileReader:
             await reading.close()
         await reading.end(emit, report, out)
 
-    async def open(self) -> Reading:
-        """Open the file for :class:`Reading` it a chunk at a time."""
+    async def open(self, pool: BufferPool | None = None) -> Reading:
+        """Open the file for :class:`Reading` it a chunk at a time; records and raw bytes
+        of a regular file are read into the buffers of ``pool`` (by default its own)."""
         # records and raw bytes are framed by np.frombuffer: they may come as bytearrays
-        stream = await open_stream(self.path, self.start, buffers=self.shape != "lines")
+        buffers = self.shape != "lines" and (pool or True)
+        stream = await open_stream(self.path, self.start, buffers=buffers)
         try:
             if self.ident is None:  # never open a FIFO twice: its open blocks for a writer
                 self.ident = await anyio.to_thread.run_sync(_regular_id, self.path)

@@ -28,7 +28,7 @@ from ..policies import ErrorPolicy, Reporter, check_policy
 from ._fileid import FINGERPRINT_BYTES as FINGERPRINT
 from ._fileid import FileId, file_id
 from ._follow import Follower
-from ._open import MAGIC_BYTES, compression_of, read_small
+from ._open import MAGIC_BYTES, BufferPool, compression_of, read_small
 from ._reader import FileReader, LastLine, Reading, Shape, position_of
 from ._rotation import plan_catch_up
 from ._watch import WatchHub, open_watch_hub
@@ -309,6 +309,7 @@ async def read_in_turn(
     turn (side by side, as tasks would, without a task and a buffer hop per batch), each
     message and its position handed to ``send`` (by default: emitted into ``out``)."""
     waiting = deque(readers)
+    pool = BufferPool()  # read one at a time: a buffer the flow let go serves every file
     open_: deque[tuple[Reading, Callable[[Message], Awaitable[None]]]] = deque()
 
     def emitter(reader: FileReader) -> Callable[[Message], Awaitable[None]]:
@@ -324,7 +325,7 @@ async def read_in_turn(
         while (waiting or open_) and not out.stopping:
             while waiting and len(open_) < max_open:
                 reader = waiting.popleft()
-                open_.append((await reader.open(), emitter(reader)))
+                open_.append((await reader.open(pool), emitter(reader)))
             reading, emit = open_[0]
             if await reading.step(emit, report, out):
                 open_.rotate(-1)
