@@ -318,6 +318,31 @@ def test_log_decoded_in_threads_like_inline(tmp_path: Path) -> None:
     assert default.statistics.stage(name).batches_out > 1
 
 
+def test_threaded_decoding_waits_with_one_large_block_or_many_small(tmp_path: Path) -> None:
+    """The input buffer of a threaded decoding stage holds the bytes of one merged unit:
+    one 1 MiB block of a file (each more was 1 MiB more peak memory), several small ones
+    (which are then decoded together)."""
+    rows: list[int] = []
+    pause = [0.0]
+
+    async def slow(batch: Any) -> None:
+        rows.append(len(batch))
+        await anyio.sleep(pause[0])  # the decoded rows back up: blocks wait before the decoder
+
+    def waited(lines: int, read_size: int, seconds: float) -> int:
+        pause[0] = seconds
+        path = tmp_path / f"{lines}.log"
+        path.write_text(COMBINED_LINE * lines)
+        rows.clear()
+        flow = af.read_log(str(path), columns={"status": "int"}, read_size=read_size, threads=2)
+        result = af.run(flow | af.for_each(slow, buffer=1))
+        assert sum(rows) == lines
+        return result.statistics.stage("decode_log[threads=2]").buffer_high_water
+
+    assert waited(50_000, 1 << 20, 0.05) == 1  # 8 MiB (4 before: the run's buffer)
+    assert waited(3000, 4096, 0.005) > 1
+
+
 @pytest.mark.anyio
 async def test_numpy_csv_engine_keeps_hash_signs_and_isolates_open_quotes() -> None:
     dt = np.dtype([("a", "U10"), ("b", "i8")])

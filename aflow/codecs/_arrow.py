@@ -12,23 +12,35 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+TRIM_AFTER = 4 << 20
+"""Bytes of a block freed once, so that glibc keeps about twice as many free at the top
+of a thread's heap before giving them back (see :func:`memory_pool`)."""
+
 
 @cache
 def memory_pool() -> Any:
-    """The pyarrow memory pool the decoders allocate from: jemalloc where pyarrow has it,
-    else pyarrow's default.
+    """The pyarrow memory pool the decoders allocate from: the system allocator's.
 
-    pyarrow's default (mimalloc) keeps a heap per thread: decoding 1 MiB blocks in three
-    worker threads held 34-46 MB of it in RSS against at most 7 MB allocated, 12-20 MB
-    more than jemalloc's arenas for the same run. Only the decoders' own calls use it;
-    no allocator setting of the process changes.
+    Each decoding thread then takes pyarrow's buffers from the same malloc arena as its
+    NumPy temporaries, and one arena holds the two at their peak. pyarrow's own pools
+    keep memory of their own per thread on top: mimalloc (pyarrow's default) 34-46 MB
+    resident against at most 7 MB allocated (three threads), jemalloc 10-17 MB for 5 MB
+    (two threads); 2 M log lines: 106-107 MB peak RSS against jemalloc's 110-112 MB,
+    with as many page faults.
+
+    glibc gives the top of a thread's heap back to the system when more than twice its
+    dynamic mmap threshold is free there; that threshold rises to the size of the
+    largest block served from a mapping of its own and freed (about 1 MiB once a log
+    block was freed). A decoding thread then gave back and faulted in again its 2-3 MB
+    of each block: 70,000-100,000 page faults a run instead of 20,000-35,000, 0.2-0.4 s
+    more system CPU. A block of :data:`TRIM_AFTER` is freed here once, which raises the
+    threshold for the process as any free of such a block would (other allocators are
+    unaffected). Only the decoders' own calls use the pool.
     """
     import pyarrow as pa
 
-    try:
-        return pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a pyarrow built without jemalloc (Windows, some wheels)
-        return pa.default_memory_pool()
+    bool(bytes(TRIM_AFTER))  # calloc'ed from a mapping of its own, untouched, and freed
+    return pa.system_memory_pool()
 
 
 def _bits(buffer: Any, offset: int, length: int) -> NDArray[np.bool_]:

@@ -3,7 +3,7 @@
 ``np.count_nonzero(data == 10)`` allocates a mask as large as the block for every call.
 In a worker thread each such mask is fresh memory (glibc gives a thread's arena pages
 back when their top is freed), so a 1 MiB block paid 256 page faults per comparison,
-which cost more than the comparison. The masks here are one buffer per thread (1 MiB),
+which cost more than the comparison. The masks here are one buffer per thread (256 KiB),
 reused; the counts are the same.
 """
 
@@ -17,7 +17,10 @@ from numpy.typing import NDArray
 
 __all__ = ["count_bytes", "find_bytes"]
 
-_PIECE = 1 << 20  # bytes compared per call: a 1 MiB block in one (each call lets go of the GIL)
+# Bytes compared per call: a 1 MiB block in four (each call lets go of the GIL). The
+# mask stays resident in every thread that counts (the file reader's, each decoding
+# thread's): 256 KiB each instead of 1 MiB, for 0.01-0.04 ms more a 1 MiB block.
+_PIECE = 1 << 18
 _local = threading.local()
 
 
