@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -46,18 +47,27 @@ async def test_a_notified_follower_wakes_at_a_write_not_at_its_poll(tmp_path: Pa
         run.stop()
 
 
-async def test_a_path_briefly_missing_does_not_end_the_run(tmp_path: Path) -> None:
+async def _rename_and_recreate(tmp_path: Path, meanwhile: Any = None) -> af.RunStatistics:
+    """Follow app.log; rename it away (the path is missing for a while: ``meanwhile`` is
+    called then), write a new one; both files' lines are read."""
     path = tmp_path / "app.log"
     path.write_text("one\n")
     seen: list[str] = []
     flow = af.read_lines(str(path), follow=True, poll_interval=0.01, rotate_wait=0.05)
     async with (flow | af.for_each(seen.append)).open() as run:
         await wait_for(lambda: seen == ["one"])
-        os.rename(path, tmp_path / "app.log.1")  # the path is missing for a while
+        if meanwhile is not None:
+            meanwhile()
+        os.rename(path, tmp_path / "app.log.1")
         await anyio.sleep(0.1)
         path.write_text("two\n")
         await wait_for(lambda: seen == ["one", "two"])
         run.stop()
+    return run.statistics()
+
+
+async def test_a_path_briefly_missing_does_not_end_the_run(tmp_path: Path) -> None:
+    await _rename_and_recreate(tmp_path)
 
 
 @pytest.mark.skipif(not _watch.have_inotify(), reason="needs inotify (the 'inotify' extra)")
@@ -76,19 +86,8 @@ async def test_a_file_created_while_the_path_is_looked_at_is_not_called_missed(
         time.sleep(0.3)  # the look is done; the file appears meanwhile
         return key
 
-    path = tmp_path / "app.log"
-    path.write_text("one\n")
-    seen: list[str] = []
-    flow = af.read_lines(str(path), follow=True, poll_interval=0.01, rotate_wait=0.05)
-    async with (flow | af.for_each(seen.append)).open() as run:
-        await wait_for(lambda: seen == ["one"])
-        monkeypatch.setattr(_follow, "_key_at", slow_key_at)
-        os.rename(path, tmp_path / "app.log.1")
-        await anyio.sleep(0.1)  # the follower is looking (and finds nothing)
-        path.write_text("two\n")
-        await wait_for(lambda: seen == ["one", "two"])
-        run.stop()
-    assert run.statistics().errors == 0
+    slowed = lambda: monkeypatch.setattr(_follow, "_key_at", slow_key_at)  # noqa: E731
+    assert (await _rename_and_recreate(tmp_path, slowed)).errors == 0
 
 
 async def test_following_a_glob_picks_up_new_files(tmp_path: Path) -> None:
