@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-TRIM_AFTER = 4 << 20
-"""Bytes of a block freed once, so that glibc keeps about twice as many free at the top
-of a thread's heap before giving them back (see :func:`memory_pool`)."""
+from ._scan import lift_mmap_threshold
+
+TRIM_AFTER = 4 << 20  # bytes of a block freed once (see memory_pool)
 
 
 @cache
@@ -28,18 +28,15 @@ def memory_pool() -> Any:
     (two threads); 2 M log lines: 106-107 MB peak RSS against jemalloc's 110-112 MB,
     with as many page faults.
 
-    glibc gives the top of a thread's heap back to the system when more than twice its
-    dynamic mmap threshold is free there; that threshold rises to the size of the
-    largest block served from a mapping of its own and freed (about 1 MiB once a log
-    block was freed). A decoding thread then gave back and faulted in again its 2-3 MB
-    of each block: 70,000-100,000 page faults a run instead of 20,000-35,000, 0.2-0.4 s
-    more system CPU. A block of :data:`TRIM_AFTER` is freed here once, which raises the
-    threshold for the process as any free of such a block would (other allocators are
-    unaffected). Only the decoders' own calls use the pool.
+    glibc gave a decoding thread's 2-3 MB of each block back to the kernel and faulted
+    them in again (70,000-100,000 page faults a run instead of 20,000-35,000, 0.2-0.4 s
+    more system CPU) until a block of :data:`TRIM_AFTER` is freed: see
+    :func:`~aflow.codecs._scan.lift_mmap_threshold`. Only the decoders' own calls use
+    the pool.
     """
     import pyarrow as pa
 
-    bool(bytes(TRIM_AFTER))  # calloc'ed from a mapping of its own, untouched, and freed
+    lift_mmap_threshold(TRIM_AFTER)
     return pa.system_memory_pool()
 
 

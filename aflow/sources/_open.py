@@ -25,6 +25,8 @@ from typing import Any, BinaryIO, Protocol
 
 import anyio
 
+from ..codecs._scan import lift_mmap_threshold
+
 try:  # the optional extra 'zstd'
     import zstandard
 except ImportError:  # pragma: no cover - exercised where the extra is not installed
@@ -183,7 +185,6 @@ def read_small(paths: list[str], limit: int) -> list[tuple[os.stat_result, bytes
 
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+
 SPARE_BUFFERS = 16  # per pool: more than a run's batches hold at once
-_freed_one = False  # a read buffer was freed (see BufferPool.take)
 
 
 def _refs(spare: list[bytearray], i: int) -> int:
@@ -230,12 +231,9 @@ class BufferPool:
                 buf = spare.pop(i)
                 spare.append(buf)  # the one used last, last
                 return buf
-        global _freed_one
-        if not _freed_one:
-            # glibc serves blocks over 128 KiB from new mappings (faulted in at every
-            # use, the aggregates' temporaries too) until one such block is freed; the
-            # pool's blocks are not freed during a run, so one is freed here
-            _freed_one = bool(bytearray(size))
+        # the pool's blocks are not freed during a run: without a block of their size
+        # freed, the aggregates' temporaries of that size were faulted in at every batch
+        lift_mmap_threshold(size)
         buf = bytearray(size)
         if len(spare) < SPARE_BUFFERS:
             spare.append(buf)
