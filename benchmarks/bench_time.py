@@ -4,7 +4,10 @@ For each rate, ``n = rate / 2`` items (half a second's worth, at least 50) go th
 ``from_iterable | throttle(rate) | discard`` with the default ``burst=1``, next to a
 hand-written asyncio loop that sleeps one interval per item (what a naive throttle does,
 and what aflow's did before it caught up late timer wake-ups). A ratio of 1.00 is the
-requested rate; the target is within 2 % from 1 to 100,000 items/s.
+requested rate; the target is within 2 % from 1 to 100,000 items/s. Each rate runs
+``--reps`` times (3; 1 for a rate of 1/s), interleaved with the naive loop; the median
+is printed beside the worst and judged (one stall of the machine of 18 ms, seen once in a
+quiet run, is 3.6 % of a 100/s run's half second).
 
 Then a slow sink (10 ms per item) behind ``throttle(1000)``: the run's time must be set by
 the sink (n x 10 ms), not by the throttle.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 
 import anyio
@@ -47,24 +51,36 @@ async def slow_sink(n: int) -> tuple[float, float]:
     return time.perf_counter() - t0, n * 0.01
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, reps: int) -> None:
     rates = [1, 100, 1_000, 20_000, 100_000]
     if quick:
         rates = [100, 20_000]
-    print(f"{'requested/s':>12} {'aflow/s':>12} {'x req':>7} {'naive loop/s':>13} {'x req':>7}")
-    worst = 1.0
+    print(
+        f"{'requested/s':>12} {'aflow/s':>12} {'x req':>7} {'worst':>7}"
+        f" {'naive loop/s':>13} {'x req':>7}   (medians of {reps}; 1/s: one run)"
+    )
+    far = 0.0  # the largest distance of a median from the requested rate
     for rate in rates:
         n = max(3 if rate == 1 else 50, rate // 2)
-        got = await aflow_rate(rate, n)
-        naive = await naive_rate(rate, n)
-        worst = min(worst, got / rate) if got < rate else worst
-        print(f"{rate:>12,} {got:>12,.0f} {got / rate:>7.3f} {naive:>13,.0f} {naive / rate:>7.3f}")
+        got, naive = [], []
+        for _ in range(1 if rate == 1 else reps):
+            got.append(await aflow_rate(rate, n))
+            naive.append(await naive_rate(rate, n))
+        mid, low, naive_mid = statistics.median(got), min(got), statistics.median(naive)
+        far = max(far, abs(mid / rate - 1))
+        print(
+            f"{rate:>12,} {mid:>12,.0f} {mid / rate:>7.3f} {low / rate:>7.3f}"
+            f" {naive_mid:>13,.0f} {naive_mid / rate:>7.3f}"
+        )
     took, floor = await slow_sink(30 if quick else 100)
     print(f"slow sink: {took:.2f} s for {floor:.2f} s of sink work ({took / floor:.2f}x)")
-    print(f"{'PASS' if worst >= 0.98 else 'FAIL'}  throttle within 2 % of the rate: {worst:.3f}")
+    verdict = "PASS" if far <= 0.02 else "FAIL"
+    print(f"{verdict}  throttle within 2 % of the rate (medians): {far:.1%} off at most")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two rates only")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--reps", type=int, default=3, help="runs per rate (default 3)")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.reps))
