@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from ..kernels.rows import empty_rows
 from ._scan import count_bytes
 from ._timeparse import FixedFormat
 
@@ -245,7 +246,6 @@ def fast_parser(
     blocks are split by pyarrow (see :mod:`._logarrow`)."""
     variants = [layout.tokens[: len(layout.tokens) - k] for k in range(layout.optional + 1)]
     plans = [_plan(tokens) for tokens in variants]
-    need_text = any(kind.partition(":")[0] == "str" for kind in columns.values())
     tokenize, columnar = arrow(variants) if arrow is not None else (None, None)
 
     def convert(
@@ -255,10 +255,9 @@ def fast_parser(
         m: NDArray[np.intp],
         starts: NDArray[np.intp],
         placed: bool,
-        text: str | None,
     ) -> tuple[NDArray[np.bool_], dict[str, NDArray[Any]]]:
         return _fields(
-            data, text, spaces, tokens, m, starts, columns, dtype, fill_int, formats, fixed, placed
+            data, spaces, tokens, m, starts, columns, dtype, fill_int, formats, fixed, placed
         )
 
     def by_arrow(blob: bytes, raw: NDArray[np.uint8], lines: int) -> Any:
@@ -267,7 +266,7 @@ def fast_parser(
         if found is None:
             return None
         n = len(found.newlines)
-        out = np.empty(n, dtype)
+        out = empty_rows(n, dtype)
         done = np.zeros(n, bool)
         if columnar is not None and found.ok.all():
             taken = columnar(found)
@@ -280,8 +279,7 @@ def fast_parser(
         spaces = _Spaces(data, len(blob))
         at = found.starts if kept is None else found.starts[kept]
         tokens = variants[found.variant]
-        text = blob.decode("latin-1") if need_text else None  # canonical lines are ASCII
-        good, values = convert(data, spaces, tokens, found.matrix(), at, True, text)
+        good, values = convert(data, spaces, tokens, found.matrix(), at, True)
         rows = np.flatnonzero(good) if kept is None else kept[good]
         if len(rows) == n:
             for name, col in values.items():
@@ -303,9 +301,8 @@ def fast_parser(
                 return found  # type: ignore[no-any-return]
         data = np.frombuffer(blob + bytes(PAD), np.uint8)  # room for fixed-width windows
         b = _Breaks(blob, data[: len(blob)], count)
-        text = None  # decoded once, for the first variant that needs it
         n = len(b.newlines)
-        out = np.empty(n, dtype)
+        out = empty_rows(n, dtype)
         done = np.zeros(n, bool)
         todo = b.clean
         for tokens, plan in zip(variants, plans, strict=True):
@@ -319,9 +316,7 @@ def fast_parser(
                 m, lines = m[ok], lines[ok]
             if not len(lines):
                 continue
-            if text is None and need_text:
-                text = blob.decode("latin-1")  # canonical lines are ASCII
-            good, values = convert(data, b, tokens, m, b.starts[lines], False, text)
+            good, values = convert(data, b, tokens, m, b.starts[lines], False)
             rows = lines[good]
             for name, col in values.items():
                 out[name][rows] = col
@@ -359,7 +354,6 @@ class _Spaces:
 
 def _fields(
     data: NDArray[np.uint8],
-    text: str | None,
     b: _Breaks | _Spaces,
     tokens: tuple[Token, ...],
     m: NDArray[np.intp],
@@ -456,8 +450,7 @@ def _fields(
     out = {name: v[ok] for name, v in values.items()}
     for name in strings:
         lo, hi = spans[name]
-        assert text is not None
-        out[name] = _strings(text, lo[ok], hi[ok])
+        out[name] = _strings(data, lo[ok], hi[ok])
     return ok, out
 
 
@@ -478,9 +471,19 @@ def _parse_runs(
     return ns[run], parsed[run]
 
 
-def _strings(text: str, lo: NDArray[np.intp], hi: NDArray[np.intp]) -> NDArray[Any]:
+def _strings(data: NDArray[np.uint8], lo: NDArray[np.intp], hi: NDArray[np.intp]) -> NDArray[Any]:
+    """``data[lo:hi]`` of each field as a Python ``str`` (canonical lines: printable
+    ASCII): the fields are gathered into one buffer, a newline after each, which is
+    decoded and split at once in C (``str.split``), not sliced one string at a time
+    (0.40 against 0.63 ms for 6,600 fields)."""
     out = np.empty(len(lo), object)
-    out[:] = [text[a:z] for a, z in zip(lo.tolist(), hi.tolist(), strict=True)]
+    if not len(lo):
+        return out
+    sizes = hi - lo + 1  # each field and its newline
+    ends = np.cumsum(sizes)
+    gathered = data[np.arange(ends[-1]) + np.repeat(lo - (ends - sizes), sizes)]
+    gathered[ends - 1] = 10
+    out[:] = gathered.tobytes().decode("ascii").split("\n")[:-1]
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from ..kernels.rows import empty_rows
 from ._arrow import column as arrow_column
 from ._blocks import (
     SMALL_BLOCK,
@@ -178,7 +179,7 @@ class _Selected(LineDecoder):
 
         def selected(blob: bytes) -> NDArray[Any]:
             rows = parse(blob)
-            out = np.empty(len(rows), dtype)
+            out = empty_rows(len(rows), dtype)
             for name in names:
                 out[name] = rows[name]
             return out
@@ -244,7 +245,7 @@ def _numpy_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
             raise ValueError(f"{len(rows)} records from {lines} lines (unbalanced quote?)")
         out = rows
         if wide != dtype:
-            out = np.empty(len(rows), dtype)
+            out = empty_rows(len(rows), dtype)
             for name in dtype.names or ():
                 dt = dtype.fields[name][0]  # type: ignore[index]
                 if dt.kind in "SU":
@@ -291,7 +292,7 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
         if (b"x" in blob and b"0x" in blob) or (b"X" in blob and b"0X" in blob):
             raise ValueError("a hexadecimal number")  # pyarrow reads some; NumPy does not
         table = pacsv.read_csv(pa.py_buffer(blob), read, options, convert)
-        out = np.empty(table.num_rows, dtype)
+        out = empty_rows(table.num_rows, dtype)
         for name in names:
             dt = dtype.fields[name][0]  # type: ignore[index]
             column = table.column(name)

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from ..kernels.rows import empty_rows
 from ._arrow import column as arrow_column
 from ._blocks import (
     SMALL_BLOCK,
@@ -183,7 +184,7 @@ def _rows(
     """The checked values of good lines as rows; raises :class:`RejectedLines` for values
     that do not fit their field (an integer or a float beyond its range, a string longer
     than its field)."""
-    out = np.empty(len(values), np.dtype([(n, kinds[n]) for n in names]))
+    out = empty_rows(len(values), [(n, kinds[n]) for n in names])
     if not values:
         return out
     ok = np.ones(len(values), bool)
@@ -248,7 +249,7 @@ def _arrow_parser(dtype: np.dtype[Any], reference: Parse) -> Parse:
             raise ValueError("not one object per line")  # blank lines, two objects on a line
         if any(c.null_count for c in table.columns):
             raise ValueError("a missing key or a null")
-        out = np.empty(table.num_rows, dtype)
+        out = empty_rows(table.num_rows, dtype)
         for name in names:
             dt = dtype.fields[name][0]  # type: ignore[index]
             wide = np.dtype(np.float64) if dt.kind == "f" else dt

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 from numpy.typing import NDArray
 
+from ..kernels.rows import empty_rows
 from ._blocks import SMALL_BLOCK, LineDecoder, Parse, RejectedLines
 from ._logarrow import arrow_breaks, arrow_columns, has_arrow, plain
 from ._logfast import Layout, Token, fast_parser
@@ -310,7 +311,7 @@ def _parser(
 
     def columns_of(rows: list[Any]) -> Converted:
         """The rows' columns, and the rows (with errors) whose fields do not convert."""
-        out = np.empty(len(rows), dtype)
+        out = empty_rows(len(rows), dtype)
         bad: dict[int, Exception] = {}
         for name, kind in columns.items():
             texts = rows if single else list(map(itemgetter(index[name]), rows))

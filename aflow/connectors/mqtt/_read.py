@@ -38,6 +38,7 @@ from ...abc import (
 from ...codecs import CsvDecoder, JsonlDecoder
 from ...errors import DecodeError
 from ...flow import Flow
+from ...kernels.rows import empty_rows
 from .._common import Backoff, require_asyncio
 from ._wire import Acks, Inbox, Received, _check, disconnected
 
@@ -159,7 +160,7 @@ class _Decode:
         if self.topic_field is None:
             return decoded_rows
         assert self.dtype is not None
-        out = np.empty(len(decoded_rows), self.dtype)
+        out = empty_rows(len(decoded_rows), self.dtype)
         names = decoded_rows.dtype.names
         assert names is not None
         for name in names:
