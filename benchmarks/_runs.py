@@ -82,3 +82,19 @@ def report(
             if not check(r["result"], truth):
                 raise SystemExit(f"RESULT MISMATCH: {name}: {r['result']} != {truth}")
     return ratios
+
+
+MEMORY_TARGET = 1 / 3  # issue 13: a streaming run's peak RSS against the single shot's
+
+
+def memory_verdict(streaming: int, single_shot: int, reference: str = "single shot") -> bool:
+    """Print aflow's peak RSS against ``single_shot``'s and the target (at most a third);
+    True if met."""
+    ratio = streaming / single_shot
+    ok = ratio <= MEMORY_TARGET
+    print(
+        f"peak RSS: aflow {streaming / 1e6:.0f} MB / {reference} {single_shot / 1e6:.0f} MB = "
+        f"{ratio:.2f} (target <= 1/3, {single_shot * MEMORY_TARGET / 1e6:.0f} MB): "
+        f"{'PASS' if ok else 'FAIL'}"
+    )
+    return ok

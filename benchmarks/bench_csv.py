@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _runs import interleaved, load, peak_rss, report
+from _runs import interleaved, load, memory_verdict, peak_rss, report
 
 READING = np.dtype([("ts", "<i8"), ("sensor", "<i4"), ("value", "<f4")])
 STATS = ("count", "sum", "min", "max")
@@ -172,6 +172,8 @@ def main() -> None:
         ratio = ratios["aflow read_csv | to_aggregate"]
         verdict = "PASS" if ratio >= target else "FAIL"
         print(f"after: {load()}; aflow {ratio:.2f}x single shot (target >= {target}): {verdict}")
+        rss = {name: max(r["rss"] for r in rs) for name, rs in runs.items()}
+        memory_verdict(rss["aflow read_csv | to_aggregate"], rss[names[0]])
 
 
 if __name__ == "__main__":

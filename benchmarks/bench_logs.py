@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _runs import interleaved, load, peak_rss, report
+from _runs import interleaved, load, memory_verdict, peak_rss, report
 
 FORMAT = (
     '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
@@ -216,6 +216,8 @@ def main() -> None:
             continue
         verdict = "PASS" if ratios[name] >= 0.7 else "FAIL"
         print(f"  {name}: {ratios[name]:.2f}x single shot (target >= 0.7): {verdict}")
+    rss = {name: max(r["rss"] for r in rs) for name, rs in runs.items()}
+    memory_verdict(rss["aflow read_log (COMBINED)"], rss[names[0]])
 
 
 if __name__ == "__main__":
