@@ -279,6 +279,9 @@ class _Reader:
         held.clear()
         self.held_bytes = 0
         msg = self.framer.feed(data)
+        # the framed block is a copy joined to the last read's unfinished line, or a view
+        # that keeps what it needs: a send that waits for room holds it alone
+        del data
         if msg is not None:
             tally.items += _items(msg)
             tally.progress = anyio.current_time()
