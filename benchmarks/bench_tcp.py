@@ -46,7 +46,7 @@ from typing import Any
 
 import anyio
 import numpy as np
-from _runs import interleaved, load, measure, memory_verdict, peak_rss
+from _runs import arrow_numpy, interleaved, load, measure, memory_verdict, peak_rss
 
 import aflow as af
 
@@ -196,9 +196,11 @@ async def run_receive_then_parse(path: Path, lines: int) -> tuple[float, np.ndar
     sums = np.zeros(SENSORS)
     for conn in state["connections"]:  # one parse per connection: lines never interleave
         table = pacsv.read_csv(pa.py_buffer(b"".join(conn.chunks)), read, convert_options=convert)
-        sensor = table.column("sensor").to_numpy()
+        sensor = arrow_numpy(table.column("sensor"), "i4")
         count += np.bincount(sensor, minlength=SENSORS)  # the same aggregate as aflow's
-        sums += np.bincount(sensor, weights=table.column("value").to_numpy(), minlength=SENSORS)
+        sums += np.bincount(
+            sensor, weights=arrow_numpy(table.column("value"), "f4"), minlength=SENSORS
+        )
     seconds = time.perf_counter() - started
     server.close()
     for c in clients:
