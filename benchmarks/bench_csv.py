@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _runs import interleaved, load, peak_rss, report
+from _runs import arrow_numpy, interleaved, load, memory_verdict, peak_rss, report
 
 READING = np.dtype([("ts", "<i8"), ("sensor", "<i4"), ("value", "<f4")])
 STATS = ("count", "sum", "min", "max")
@@ -83,7 +83,9 @@ def single_shot(paths: list[str]) -> list[list[float]]:
     read, convert = arrow_options()
     table = pa.concat_tables([pacsv.read_csv(p, read, convert_options=convert) for p in paths])
     stats = KeyedStats(STATS)
-    stats.update(table.column("sensor").to_numpy(), table.column("value").to_numpy())
+    stats.update(
+        arrow_numpy(table.column("sensor"), "i4"), arrow_numpy(table.column("value"), "f4")
+    )
     return summary(stats)
 
 
@@ -111,7 +113,7 @@ def generators(paths: list[str]) -> list[list[float]]:
 
     def one(block: bytes) -> tuple[np.ndarray, np.ndarray]:
         t = pacsv.read_csv(pa.py_buffer(block), read, convert_options=convert)
-        return t.column("sensor").to_numpy(), t.column("value").to_numpy()
+        return arrow_numpy(t.column("sensor"), "i4"), arrow_numpy(t.column("value"), "f4")
 
     stats = KeyedStats(STATS)
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
@@ -172,6 +174,8 @@ def main() -> None:
         ratio = ratios["aflow read_csv | to_aggregate"]
         verdict = "PASS" if ratio >= target else "FAIL"
         print(f"after: {load()}; aflow {ratio:.2f}x single shot (target >= {target}): {verdict}")
+        rss = {name: max(r["rss"] for r in rs) for name, rs in runs.items()}
+        memory_verdict(rss["aflow read_csv | to_aggregate"], rss[names[0]])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _runs import interleaved, load, peak_rss, report
+from _runs import arrow_numpy, interleaved, load, memory_verdict, peak_rss, report
 
 FORMAT = (
     '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
@@ -103,7 +103,7 @@ def single_shot(path: str) -> list[list[float]]:
 
     read, parse, convert = arrow_options()
     table = pacsv.read_csv(path, read, parse, convert)
-    return summary(table.column("f6").to_numpy(), table.column("f10").to_numpy())
+    return summary(arrow_numpy(table.column("f6"), "i8"), arrow_numpy(table.column("f10"), "f8"))
 
 
 def blocks(path: str, size: int = 1 << 20) -> Any:
@@ -127,7 +127,7 @@ def generators(path: str) -> list[list[float]]:
 
     def one(block: bytes) -> tuple[np.ndarray, np.ndarray]:
         t = pacsv.read_csv(pa.py_buffer(block), read, parse, convert)
-        return t.column("f6").to_numpy(), t.column("f10").to_numpy()
+        return arrow_numpy(t.column("f6"), "i8"), arrow_numpy(t.column("f10"), "f8")
 
     keys = np.zeros(0, np.int64)
     counts = np.zeros(0, np.int64)
@@ -216,6 +216,8 @@ def main() -> None:
             continue
         verdict = "PASS" if ratios[name] >= 0.7 else "FAIL"
         print(f"  {name}: {ratios[name]:.2f}x single shot (target >= 0.7): {verdict}")
+    rss = {name: max(r["rss"] for r in rs) for name, rs in runs.items()}
+    memory_verdict(rss["aflow read_log (COMBINED)"], rss[names[0]])
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ Receive, decode and aggregate (per-sensor count and sum):
 - per-element asyncio: ``asyncio.start_server``, ``readline`` per line, parse, aggregate in
   a dict (on a tenth of the lines, marked ``scaled``).
 
-Prints lines/s and ratios (target for aflow: >= 0.7 of the bare Protocol on the same job)
-and checks that aflow's per-sensor counts and sums are right. Runs are interleaved, best
-of ``--reps``.
+Prints lines/s, CPU seconds and peak RSS, and ratios (targets for aflow: >= 0.7 of the
+bare Protocol on the same job; decoding, >= 0.8 of receive-all-then-parse's speed in at
+most a third of its peak RSS), and checks the per-sensor counts and sums. Each run is a
+process of its own (its own peak RSS; the clients are processes apart), runs
+interleaved, best of ``--reps``.
 
     python benchmarks/bench_tcp.py           # 4 x 1,000,000 lines
     python benchmarks/bench_tcp.py --quick   # 4 x 100,000 lines
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import json
 import statistics
 import subprocess
 import sys
@@ -44,6 +46,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+from _runs import arrow_numpy, interleaved, load, measure, memory_verdict, peak_rss
 
 import aflow as af
 
@@ -57,18 +60,26 @@ CLIENT = (
 )
 
 
-def payload(folder: Path, lines: int) -> tuple[Path, np.ndarray, np.ndarray]:
+def payload(folder: Path, lines: int) -> tuple[Path, Path]:
+    """The payload each client sends, and the per-sensor count and sum of the four
+    (``.npz``: loaded by the runs that check them, so none holds the generated arrays)."""
     path = folder / f"tcp-{lines}.csv"
-    rng = np.random.default_rng(3)
-    sensor = rng.integers(0, SENSORS, lines)
-    value = rng.integers(0, 1000, lines)  # integers: sums are exact
-    if not path.exists():
+    expected = folder / f"tcp-{lines}-sums.npz"
+    if not (path.exists() and expected.exists()):
+        rng = np.random.default_rng(3)
+        sensor = rng.integers(0, SENSORS, lines)
+        value = rng.integers(0, 1000, lines)  # integers: sums are exact
         text = np.char.add(
             np.char.add(np.arange(lines).astype("U12"), ","),
             np.char.add(np.char.add(sensor.astype("U6"), ","), value.astype("U6")),
         )
         path.write_text("\n".join(text.tolist()) + "\n")
-    return path, sensor, value
+        np.savez(
+            expected,
+            count=np.bincount(sensor, minlength=SENSORS) * CLIENTS,
+            sum=np.bincount(sensor, weights=value, minlength=SENSORS) * CLIENTS,
+        )
+    return path, expected
 
 
 def start_clients(path: Path, port: int) -> list[subprocess.Popen[bytes]]:
@@ -185,9 +196,11 @@ async def run_receive_then_parse(path: Path, lines: int) -> tuple[float, np.ndar
     sums = np.zeros(SENSORS)
     for conn in state["connections"]:  # one parse per connection: lines never interleave
         table = pacsv.read_csv(pa.py_buffer(b"".join(conn.chunks)), read, convert_options=convert)
-        sensor = table.column("sensor").to_numpy()
+        sensor = arrow_numpy(table.column("sensor"), "i4")
         count += np.bincount(sensor, minlength=SENSORS)  # the same aggregate as aflow's
-        sums += np.bincount(sensor, weights=table.column("value").to_numpy(), minlength=SENSORS)
+        sums += np.bincount(
+            sensor, weights=arrow_numpy(table.column("value"), "f4"), minlength=SENSORS
+        )
     seconds = time.perf_counter() - started
     server.close()
     for c in clients:
@@ -225,59 +238,87 @@ async def run_per_element(path: Path, lines: int) -> float:
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
-    lines = 100_000 if args.quick else 1_000_000
-    total = CLIENTS * lines
+def jobs(lines: int) -> dict[str, Callable[[], float]]:
+    """Each job, timed; the decoding ones check aflow's and the single shot's sums."""
     folder = Path(tempfile.gettempdir()) / "aflow-bench-tcp"
     folder.mkdir(exist_ok=True)
-    path, sensor, value = payload(folder, lines)
-    small, _, _ = payload(folder, lines // 10)
-    expected_count = np.bincount(sensor, minlength=SENSORS) * CLIENTS
-    expected_sum = np.bincount(sensor, weights=value, minlength=SENSORS) * CLIENTS
+    path, expected = payload(folder, lines)
+    small, _ = payload(folder, lines // 10)
 
-    def aflow_lines() -> float:
-        return anyio.run(run_aflow, path, lines, False)[0]
+    def checked(name: str, count: np.ndarray, sums: np.ndarray) -> None:
+        with np.load(expected) as truth:
+            right = np.array_equal(count, truth["count"]) and np.allclose(sums, truth["sum"])
+        if not right:
+            raise SystemExit(f"{name}: per-sensor counts or sums are wrong")
 
     def aflow_decode() -> float:
         seconds, count, sums = anyio.run(run_aflow, path, lines, True)
-        if not (np.array_equal(count, expected_count) and np.allclose(sums, expected_sum)):
-            raise SystemExit("aflow: per-sensor counts or sums are wrong")
+        checked("aflow", count, sums)
         return seconds
 
     def receive_then_parse() -> float:
         seconds, count, sums = asyncio.run(run_receive_then_parse(path, lines))
-        if not (np.array_equal(count, expected_count) and np.allclose(sums, expected_sum)):
-            raise SystemExit("receive-then-parse: per-sensor counts or sums are wrong")
+        checked("receive-then-parse", count, sums)
         return seconds
 
-    jobs: dict[str, Callable[[], float]] = {
+    return {
         PROTOCOL: lambda: asyncio.run(run_protocol(path, lines)),
-        AFLOW_LINES: aflow_lines,
+        AFLOW_LINES: lambda: anyio.run(run_aflow, path, lines, False)[0],
         SINGLE: receive_then_parse,
         AFLOW_DECODE: aflow_decode,
+        # a tenth of the lines, scaled to full size
+        PER_ELEMENT: lambda: asyncio.run(run_per_element(small, lines // 10)) * 10,
     }
-    times: dict[str, list[float]] = {name: [] for name in jobs}
-    started_load = os.getloadavg()[0]
-    for _ in range(args.reps):  # interleaved: a noisy stretch hits every job alike
-        for name, job in jobs.items():
-            times[name].append(job())
-    best = {name: min(ts) for name, ts in times.items()}
-    median = {name: statistics.median(ts) for name, ts in times.items()}
-    per_element = asyncio.run(run_per_element(small, lines // 10)) * 10  # scaled to full size
 
-    total / best[PROTOCOL]
+
+def child(name: str, lines: int) -> None:
+    """One job in this process: its seconds, CPU seconds and peak RSS as a JSON line."""
+    import pyarrow.csv  # noqa: F401 - every job starts with the same imports, not timed
+
+    job = jobs(lines)[name]
+    cpu = time.process_time()
+    seconds = job()
+    cpu = time.process_time() - cpu
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "rss": peak_rss(), "result": None}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--child")
+    parser.add_argument("--lines", type=int)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.lines)
+        return
+    lines = 100_000 if args.quick else 1_000_000
+    total = CLIENTS * lines
+    jobs(lines)  # the payloads, written once
+    names = [PROTOCOL, AFLOW_LINES, SINGLE, AFLOW_DECODE]
+    started_load = load()
+    # each job in its own process (its own peak RSS), interleaved: a noisy stretch of
+    # the shared machine hits every job alike
+    runs = interleaved(__file__, names, ["--lines", str(lines)], args.reps)
+    runs[PER_ELEMENT] = [measure(__file__, PER_ELEMENT, ["--lines", str(lines)])]
+    best = {name: min(r["seconds"] for r in rs) for name, rs in runs.items()}
+    median = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
+    cpu = {name: statistics.median(r["cpu"] for r in rs) for name, rs in runs.items()}
+    rss = {name: max(r["rss"] for r in rs) for name, rs in runs.items()}
+
     print(
-        f"{CLIENTS} clients x {lines:,} CSV lines over TCP on 127.0.0.1; best of {args.reps}; "
-        f"load {started_load:.2f} before, {os.getloadavg()[0]:.2f} after, {os.cpu_count()} cores"
+        f"{CLIENTS} clients x {lines:,} CSV lines over TCP on 127.0.0.1; best of {args.reps}, "
+        f"each run its own process; {started_load} before, {load()} after"
     )
-    print(f"{'implementation':<44} {'lines/s':>12} {'seconds':>8} {'vs Protocol':>11}")
-    rows = [*best.items(), ("per-element asyncio, decode + aggregate (scaled)", per_element)]
-    for name, secs in rows:
-        print(f"{name:<44} {total / secs:>12,.0f} {secs:>8.2f} {best[PROTOCOL] / secs:>10.2f}x")
+    print(
+        f"{'implementation':<48} {'lines/s':>12} {'seconds':>8} {'vs Protocol':>11} "
+        f"{'CPU s':>6} {'peak RSS':>8}"
+    )
+    for name, secs in best.items():
+        print(
+            f"{name:<48} {total / secs:>12,.0f} {secs:>8.2f} {best[PROTOCOL] / secs:>10.2f}x "
+            f"{cpu[name]:>6.2f} {rss[name] / 1e6:>6.0f}MB"
+        )
     ratio = best[PROTOCOL] / best[AFLOW_LINES]
     print(
         f"  (c) receive + frame: aflow / bare Protocol = {ratio:.2f} (target >= 0.7): "
@@ -286,18 +327,21 @@ def main() -> None:
     print(
         f"      with decode: aflow / bare Protocol = {best[PROTOCOL] / best[AFLOW_DECODE]:.2f}; "
         f"aflow / receive-all-then-parse = {best[SINGLE] / best[AFLOW_DECODE]:.2f}; "
-        f"aflow / per-element = {per_element / best[AFLOW_DECODE]:.1f}; counts and sums verified"
+        f"aflow / per-element = {best[PER_ELEMENT] / best[AFLOW_DECODE]:.1f}; "
+        "counts and sums verified"
     )
     print(
         f"      medians: aflow / receive-all-then-parse = "
         f"{median[SINGLE] / median[AFLOW_DECODE]:.2f} (target >= 0.8)"
     )
+    memory_verdict(rss[AFLOW_DECODE], rss[SINGLE], "receive all, then parse")
 
 
 PROTOCOL = "bare asyncio Protocol (count \\n)"
 AFLOW_LINES = "aflow tcp_server (line blocks, count \\n)"
 SINGLE = "receive all, then pyarrow parse + aggregate"
 AFLOW_DECODE = "aflow tcp_server | decode_csv | aggregate"
+PER_ELEMENT = "per-element asyncio, decode + aggregate (scaled)"
 
 
 if __name__ == "__main__":

@@ -318,6 +318,27 @@ def test_log_decoded_in_threads_like_inline(tmp_path: Path) -> None:
     assert default.statistics.stage(name).batches_out > 1
 
 
+def test_csv_and_jsonl_decode_in_one_thread_per_usable_core(tmp_path: Path) -> None:
+    """One block per core at a time, and one queued: a thread more (the default until
+    issue 13's memory work) decoded no faster and held one more block and its arena."""
+    pytest.importorskip("pyarrow")
+    dt = [("a", "i8"), ("b", "f8")]
+    (tmp_path / "a.csv").write_text("".join(f"{i},{i / 4}\n" for i in range(50_000)))
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"a": {i}, "b": 0.5}}\n' for i in range(20_000)))
+    cores = len(os.sched_getaffinity(0))
+    for flow, name, rows in (
+        (af.read_csv(str(tmp_path / "a.csv"), dt, read_size=65536), "decode_csv[pyarrow]", 50_000),
+        (
+            af.read_jsonl(str(tmp_path / "a.jsonl"), dt, read_size=65536),
+            "decode_jsonl[pyarrow]",
+            20_000,
+        ),
+    ):
+        result = af.run(flow)
+        assert len(result.value) == rows
+        assert result.statistics.stage(f"{name}[threads={cores}]").batches_out > 1
+
+
 def test_threaded_decoding_waits_with_one_large_block_or_many_small(tmp_path: Path) -> None:
     """The input buffer of a threaded decoding stage holds the bytes of one merged unit:
     one 1 MiB block of a file (each more was 1 MiB more peak memory), several small ones

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import aflow as af
 from aflow import FrameTooLongError, IncompleteFrameError, LineTooLongError
 from aflow.codecs.framing import HEADER, LengthPrefixedFramer, RecordFramer, split_datagrams
-from aflow.sources.sockets._common import GATHER_READS, READ_SIZE
+from aflow.sources.sockets._common import GATHER_READS, READ_SIZE, gather_limit
 
 HOST = "127.0.0.1"
 RECORD = np.dtype([("id", "<i4"), ("x", "<f8")])  # 12 bytes, unaligned on purpose
@@ -294,6 +294,36 @@ async def test_a_busy_server_gathers_reads_into_larger_blocks_and_holds_none_bac
     assert [(n, t) for _, n, t in got] == [(i + 1, line) for i, line in enumerate(lines)]
     assert max(sizes) > 2 * read_size  # reads were gathered into larger blocks
     assert max(sizes) <= GATHER_READS * read_size + 100
+
+
+@pytest.mark.anyio
+async def test_a_busy_server_gathers_at_most_512_kib_of_reads_into_a_block() -> None:
+    # 256 KiB reads (the default): 4 gathered were 1 MiB blocks, each held by its
+    # connection, the buffers and the decoders alike
+    read_size = 256 * 1024
+    make = lambda cb: af.tcp_server(0, read_size=read_size, on_listening=cb)  # noqa: E731
+    async with serving(make) as (run, (host, port)):
+        line = b"x" * 99 + b"\n"
+        chunk = line * 10_000  # 1 MB per write
+        async with await anyio.connect_tcp(host, port) as stream, anyio.create_task_group() as tg:
+
+            async def send() -> None:
+                for _ in range(12):
+                    await stream.send(chunk)
+
+            tg.start_soon(send)
+            sizes: list[int] = []
+            with anyio.fail_after(10):
+                await settle(lambda: received_bytes(run))  # backlogged: it gathered
+                async for block in run:
+                    sizes.append(len(block))
+                    if sum(sizes) >= 12 * len(chunk):
+                        break
+    assert sum(sizes) == 12 * len(chunk)
+    assert max(sizes) > read_size + len(line)  # reads were gathered
+    assert max(sizes) <= MiB // 2 + len(line)
+    assert gather_limit(read_size) == gather_limit(MiB // 2) == MiB // 2
+    assert gather_limit(MiB) == MiB  # one read larger than that: a block alone
 
 
 @pytest.mark.anyio

@@ -22,6 +22,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..kernels.rows import empty_rows
 from ._arrow import column as arrow_column
+from ._arrow import memory_pool
 from ._blocks import (
     SMALL_BLOCK,
     Block,
@@ -281,6 +282,7 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
         quoted_strings_can_be_null=False,
         strings_can_be_null=False,
     )
+    pool = memory_pool()  # not pyarrow's default: see memory_pool
 
     def parse(blob: bytes) -> NDArray[Any]:
         if not blob or blob.isspace():
@@ -291,7 +293,7 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
             raise ValueError("a carriage return inside a line")  # pyarrow would end a row there
         if (b"x" in blob and b"0x" in blob) or (b"X" in blob and b"0X" in blob):
             raise ValueError("a hexadecimal number")  # pyarrow reads some; NumPy does not
-        table = pacsv.read_csv(pa.py_buffer(blob), read, options, convert)
+        table = pacsv.read_csv(pa.py_buffer(blob), read, options, convert, memory_pool=pool)
         out = empty_rows(table.num_rows, dtype)
         for name in names:
             dt = dtype.fields[name][0]  # type: ignore[index]

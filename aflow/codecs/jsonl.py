@@ -20,6 +20,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from ..kernels.rows import empty_rows
 from ._arrow import column as arrow_column
+from ._arrow import memory_pool
 from ._blocks import (
     SMALL_BLOCK,
     LineDecoder,
@@ -239,12 +240,13 @@ def _arrow_parser(dtype: np.dtype[Any], reference: Parse) -> Parse:
     read = pajson.ReadOptions(use_threads=False, block_size=1 << 30)
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     floats = [n for n in names if dtype.fields[n][0].kind == "f"]  # type: ignore[index]
+    pool = memory_pool()  # not pyarrow's default: see memory_pool
 
     def strict(blob: bytes) -> NDArray[Any]:
         """pyarrow's rows for a clean block; raises for any other."""
         if not _plain(blob):
             raise ValueError("not plain")
-        table = pajson.read_json(io.BytesIO(blob), read, options)
+        table = pajson.read_json(io.BytesIO(blob), read, options, memory_pool=pool)
         if not _one_object_per_line(blob, table.num_rows):
             raise ValueError("not one object per line")  # blank lines, two objects on a line
         if any(c.null_count for c in table.columns):

@@ -514,11 +514,12 @@ class _ThreadedDecodeOp(AsyncOperator):
 
 
 def worker_threads() -> int:
-    """Blocks decoded at once by default: one per core, and one more, so that the cores
-    stay busy while a decoded block is handed back to the event loop and the next one
-    handed out (measured on 2 cores: 3 threads decode a large CSV file 1.2-1.4x faster
-    than 2)."""
-    return usable_cores() + 1
+    """Blocks decoded at once by default: one per core. The block queued beyond them
+    (:data:`QUEUED`) keeps the cores busy while a decoded block is handed back to the
+    event loop; a thread more than cores (the default before that queue) made a 120 MB
+    CSV file no faster on 2 cores (0.28-0.32 s either way) and held one more block and
+    its allocator's arena: 104-106 MB peak RSS against 97-99 MB."""
+    return usable_cores()
 
 
 def usable_cores() -> int:
@@ -572,7 +573,7 @@ def decode_csv(
             rejects, and parses smaller blocks such as datagrams, inline), so results
             never depend on block size.
         threads: blocks decoded at once in worker threads (both engines release the GIL
-            while parsing); by default one per core plus one for pyarrow, none (decode inline,
+            while parsing); by default one per core for pyarrow, none (decode inline,
             fused with the neighbouring stages) for numpy.
         fill_int: the value of an empty integer field (``None``: such a line is bad).
             An empty float field is NaN.
@@ -616,7 +617,7 @@ def decode_jsonl(
 
     With pyarrow installed (the ``arrow`` extra) and only numeric fields, blocks of 16 KiB
     and more are parsed by pyarrow's JSON reader in ``threads`` worker threads (default:
-    one per core plus one); the result is the same. Otherwise blocks are decoded inline.
+    one per core); the result is the same. Otherwise blocks are decoded inline.
 
     A ``null`` reads as NaN in a float field, as ``fill_int`` in an integer field (a bad
     line when ``fill_int`` is None). Text fields (``S``: UTF-8 bytes, ``U``) take any

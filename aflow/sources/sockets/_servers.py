@@ -342,9 +342,10 @@ def tcp_server(
 
     Clients are read concurrently, each by its own task; while the flow's buffers are
     full the server stops reading, so the kernel's buffers fill and the clients' writes
-    block. A connection holds at most ``4 * read_size`` bytes of reads plus one
-    unfinished line or frame (``max_line``) beyond what the run's buffers hold: with the
-    defaults, 2 MiB per connection on top of ``max_bytes_in_flight``.
+    block. A connection holds at most 4 reads and 512 KiB of them (one read, if
+    ``read_size`` is larger) plus one unfinished line or frame (``max_line``) beyond what
+    the run's buffers hold: with the defaults, 1.5 MiB per connection on top of
+    ``max_bytes_in_flight``.
 
     Hostile or broken clients cost only their own connection, and the defaults keep the
     service reachable (see "Running a server in production" in the docs):
@@ -379,10 +380,10 @@ def tcp_server(
         line_timeout: close a connection that sends bytes but no complete line or frame
             for this many seconds (``None``: never).
         read_size: bytes asked of the socket per read. While the flow is busy (its
-            buffer full), reads that follow at once are gathered, up to 4 of them, into
-            one block: fewer, larger blocks decode faster, and an idle flow still gets
-            each read at once. A block holds at most ``4 * read_size`` bytes plus one
-            unfinished line.
+            buffer full), reads that follow at once are gathered, up to 4 of them and
+            512 KiB, into one block: fewer, larger blocks decode faster, and an idle flow
+            still gets each read at once. A block holds at most 512 KiB (one read, if
+            larger) plus one unfinished line.
         on_error: ``"skip"`` (log and count), :func:`~aflow.dead_letter` (also receives
             the dropped bytes with their provenance), or ``"raise"`` (fail the run).
         stop_after: stop listening after this many connections; the flow ends once
