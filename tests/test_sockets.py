@@ -327,6 +327,49 @@ async def test_a_busy_server_gathers_at_most_512_kib_of_reads_into_a_block() -> 
 
 
 @pytest.mark.anyio
+async def test_a_connection_waiting_for_room_holds_no_read_beside_its_block() -> None:
+    """While a gathered block waits for room downstream, the reads it was joined from
+    are referenced by nothing of the connection's (a waiting connection held the last
+    one too: up to one more ``read_size`` per busy connection)."""
+    import contextlib
+
+    from aflow.codecs.framing import make_framer
+    from aflow.sources.sockets._common import _Options, _pump
+    from aflow.sources.sockets._lifecycle import _Tally
+
+    size = 256 * 1024
+    reads = [bytes([65 + i]) * (size - 1) + b"\n" for i in range(3)]
+    pending = iter(reads)
+    counts: list[list[int]] = []
+
+    class Out:
+        stopping = False
+
+        def pull_scope(self) -> Any:
+            return contextlib.nullcontext()
+
+    class Report:
+        stage = "test"
+
+    async def receive(_: int) -> bytes:
+        try:
+            return next(pending)
+        except StopIteration:
+            raise anyio.EndOfStream from None
+
+    async def send(block: Any) -> None:
+        # our list and getrefcount's argument: 2 for a read nothing else refers to
+        counts.append([sys.getrefcount(reads[i]) - 2 for i in range(len(reads))])
+
+    opts = _Options("lines", None, MiB, None, size)
+    framer = make_framer("lines", "test", dtype=None, max_size=MiB)
+    tally = _Tally("peer", 1)
+    await _pump(receive, framer, send, Out(), opts, Report(), tally, backlogged=lambda: True)
+    assert len(counts) == 2  # reads 0 and 1 gathered into one block, then read 2
+    assert counts[0] == [0, 0, 0]
+
+
+@pytest.mark.anyio
 async def test_a_busy_tcp_client_gathers_reads_too() -> None:
     listener = await listen()
     port = listener.extra(SocketAttribute.local_port)

@@ -475,13 +475,19 @@ def _strings(data: NDArray[np.uint8], lo: NDArray[np.intp], hi: NDArray[np.intp]
     """``data[lo:hi]`` of each field as a Python ``str`` (canonical lines: printable
     ASCII): the fields are gathered into one buffer, a newline after each, which is
     decoded and split at once in C (``str.split``), not sliced one string at a time
-    (0.40 against 0.63 ms for 6,600 fields)."""
+    (0.40 against 0.63 ms for 6,600 fields). The gather's index is one ``int32`` array
+    (4 bytes a byte gathered): a step of 1 within a field, a jump to the next field's
+    start after each newline's slot, summed in place."""
     out = np.empty(len(lo), object)
     if not len(lo):
         return out
-    sizes = hi - lo + 1  # each field and its newline
+    sizes = hi - lo + 1  # each field and its newline (its slot reads ``data[hi]``)
     ends = np.cumsum(sizes)
-    gathered = data[np.arange(ends[-1]) + np.repeat(lo - (ends - sizes), sizes)]
+    index = np.ones(int(ends[-1]), np.int32 if len(data) < 2**31 else np.intp)
+    index[0] = lo[0]
+    index[ends[:-1]] = lo[1:] - hi[:-1]
+    np.cumsum(index, out=index)
+    gathered = data[index]
     gathered[ends - 1] = 10
     out[:] = gathered.tobytes().decode("ascii").split("\n")[:-1]
     return out

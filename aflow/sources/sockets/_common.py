@@ -149,6 +149,7 @@ async def _pump(
         if data is None:
             break
         reader.hold(data)
+        del data  # the reader holds it: a flush waiting for room must not keep it too
         if reader.held_bytes + opts.read_size <= gather and backlogged():
             continue
         if await reader.flush():
