@@ -37,3 +37,16 @@ def test_a_float_beyond_float64_reads_as_inf_without_a_warning(
     assert rows.tolist()[1] == (200, 0.5)
     assert len(rows) == 2
     assert [b.index for b in bad] == ([2] if with_a_bad_line else [])
+
+
+def test_a_number_with_a_nul_byte_is_a_bad_line_not_a_number() -> None:
+    """NumPy's ``str`` arrays drop trailing NUL characters: ``51\\x00`` read as 51 and
+    ``0.00\\x00`` as 0.0, where ``re`` with ``int``/``float`` rejects both lines."""
+    decoder = LogDecoder(LogFormat("$remote_addr $status $request_time"))
+    rows, bad = decoder.decode(
+        b"1.2.3.4 200 0.5\n1.2.3.4 51\x00 0.25\n1.2.3.4 404 0.00\x00\n5.6.7.8 301 1.5\n"
+    )
+    assert rows.tolist() == [("1.2.3.4", 200, 0.5), ("5.6.7.8", 301, 1.5)]
+    assert [b.index for b in bad] == [1, 2]
+    assert "status" in str(bad[0].error)
+    assert "request_time" in str(bad[1].error)

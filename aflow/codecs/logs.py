@@ -235,6 +235,10 @@ def _numbers(texts: list[str], dtype: str, how: str, fill_int: int) -> Converted
     values are combined."""
     if how:
         return _lists(texts, how)
+    # NumPy's str arrays drop trailing NUL characters: "51\x00" would read as 51
+    nul = {i: ValueError(f"{t!r} is not a number") for i, t in enumerate(texts) if "\x00" in t}
+    if nul:
+        texts = ["-" if i in nul else t for i, t in enumerate(texts)]
     values = np.array(texts, dtype=str)
     dash, empty = values == "-", values == ""
     if dash.any() or empty.any():
@@ -244,11 +248,11 @@ def _numbers(texts: list[str], dtype: str, how: str, fill_int: int) -> Converted
     # RuntimeWarning); an int beyond int64's raises OverflowError: that line is bad
     try:
         with np.errstate(over="ignore"):
-            return values.astype(dtype), {}
+            return values.astype(dtype), nul
     except (ValueError, OverflowError):
         pass
     out = np.empty(len(values), dtype)
-    bad: dict[int, Exception] = {}
+    bad: dict[int, Exception] = dict(nul)
     for i, text in enumerate(values.tolist()):
         try:
             with np.errstate(over="ignore"):
