@@ -236,7 +236,9 @@ def _numbers(texts: list[str], dtype: str, how: str, fill_int: int) -> Converted
     if how:
         return _lists(texts, how)
     # NumPy's str arrays drop trailing NUL characters: "51\x00" would read as 51
-    nul = {i: ValueError(f"{t!r} is not a number") for i, t in enumerate(texts) if "\x00" in t}
+    nul: dict[int, Exception] = {
+        i: ValueError(f"{t!r} is not a number") for i, t in enumerate(texts) if "\x00" in t
+    }
     if nul:
         texts = ["-" if i in nul else t for i, t in enumerate(texts)]
     values = np.array(texts, dtype=str)
