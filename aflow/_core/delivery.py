@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
 import json
 import os
 import pickle
-import sqlite3
 import threading
 import time
 import warnings
@@ -28,12 +26,15 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import anyio
 
 from ..errors import CheckpointInUse, CheckpointMismatch, NotResumableWarning
 from .messages import Barrier
+
+if TYPE_CHECKING:  # imported where a store opens: most runs keep no checkpoint
+    import sqlite3
 
 __all__ = [
     "DEFAULT_COMMIT_INTERVAL",
@@ -176,6 +177,8 @@ class SqliteStore:
         return self._db
 
     def _open(self) -> sqlite3.Connection:
+        import sqlite3  # here, not with aflow: ~2.5 MB that a run without a store never uses
+
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             # another process reading the file (a look with the sqlite3 shell) is waited
@@ -361,6 +364,8 @@ class Delivery:
     @functools.cached_property
     def fingerprint(self) -> str:
         """A digest of :attr:`description`."""
+        import hashlib  # here, not with aflow: see aflow.sources._fileid._digest
+
         return hashlib.sha256(self.description.encode()).hexdigest()[:16]
 
     @property

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -73,6 +72,8 @@ class DatasetFiles:
 
 
 def _unit_hash(path: str) -> float:
+    import hashlib  # here, not with aflow: see aflow.sources._fileid._digest
+
     digest = hashlib.blake2b(path.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 

@@ -7,7 +7,6 @@ alone is reused once a file is removed). Every function here blocks: call it thr
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ TAIL_BYTES = 64
 
 
 def _digest(head: bytes) -> bytes:
+    import hashlib  # here: OpenSSL's digests, loaded with it, cost ~3 MB of every process
+
     return hashlib.blake2b(head[:FINGERPRINT_BYTES], digest_size=8).digest()
 
 

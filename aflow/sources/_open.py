@@ -27,11 +27,6 @@ import anyio
 
 from ..codecs._scan import lift_mmap_threshold
 
-try:  # the optional extra 'zstd'
-    import zstandard
-except ImportError:  # pragma: no cover - exercised where the extra is not installed
-    zstandard = None  # type: ignore[assignment]
-
 __all__ = ["BufferPool", "ByteStream", "compression_of", "open_head", "open_stream", "read_small"]
 
 MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
@@ -134,14 +129,30 @@ def _decompressor(kind: str, raw: BinaryIO, path: str) -> BinaryIO:
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if kind == "bzip2":
         return bz2.BZ2File(raw, "rb")  # type: ignore[return-value]
-    if zstandard is None:
+    try:
+        zstandard = _zstandard(path)
+    except RuntimeError:
         raw.close()
+        raise
+    reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    return reader
+
+
+def _zstandard(path: str) -> Any:
+    """The optional extra 'zstd', imported when a file needs it (not with aflow: most
+    processes read no zstandard file, and the import adds to every one's memory).
+
+    Raises:
+        RuntimeError: it is not installed.
+    """
+    try:
+        import zstandard
+    except ImportError:  # pragma: no cover - exercised where the extra is not installed
         raise RuntimeError(
             f"{path} is zstandard-compressed: install the 'zstd' extra "
             "(pip install 'aflow-streams[zstd]') to read it"
-        )
-    reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-    return reader
+        ) from None
+    return zstandard
 
 
 def decompress_all(data: bytes, path: str) -> bytes | None:
@@ -153,9 +164,7 @@ def decompress_all(data: bytes, path: str) -> bytes | None:
         return gzip.decompress(data)
     if kind == "bzip2":
         return bz2.decompress(data)
-    if zstandard is None:
-        raise RuntimeError(f"{path} is zstandard-compressed: install the 'zstd' extra")
-    out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    out: bytes = _zstandard(path).ZstdDecompressor().decompressobj().decompress(data)
     return out
 
 
