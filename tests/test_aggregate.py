@@ -450,3 +450,26 @@ def test_beyond_keeps_every_row_that_can_change_an_extreme() -> None:
     lower_only = beyond(np.arange(10_000.0), lower=1_000.0)  # no upper bound
     assert lower_only is not None
     assert lower_only.tolist() == list(range(1001))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "first"),
+    [("i1", -128), ("i1", 100), ("i8", -(2**63)), ("i8", 2**63 - 40), ("u8", 2**64 - 40)],
+)
+def test_keys_of_a_whole_range_are_placed_by_offset(dtype: str, first: int) -> None:
+    """A state holding every integer from its first key to its last places a batch's keys
+    by their offset, at the ends of the dtype too; other batches are searched."""
+    rng = np.random.default_rng(5)
+    every = np.array([first + i for i in range(28)], dtype)
+    batches = [every, every[3:9], every[::5], every[-2:], every[:1], every[10:20][::-1]]
+    batches.append(np.concatenate([every[:4], every[:4]]).astype("i8" if dtype == "i1" else dtype))
+    acc, want = KeyedStats(("count", "sum", "first")), {}
+    for b in batches:
+        v = rng.integers(0, 100, len(b)) / 4
+        acc.update(b, v)
+        for k, x in zip(b.tolist(), v.tolist(), strict=True):
+            count, total, head = want.get(k, (0, 0.0, x))
+            want[k] = (count + 1, total + x, head)
+    got = acc.result()
+    assert got["key"].tolist() == sorted(want)
+    assert got[["count", "sum", "first"]].tolist() == [want[k] for k in sorted(want)]
