@@ -269,15 +269,17 @@ class KeyedStats:
         (slices index columns faster than positions)."""
         if self._keys is None:
             return None
-        if len(keys) == len(self._keys) and np.array_equal(keys, self._keys):
-            return slice(None)
         if _whole_range(self._keys, keys):  # every integer from the first key to the last
+            if len(keys) == len(self._keys):  # then every one of them: the state's keys
+                return slice(None)
             offsets: NDArray[np.intp] = (
                 (keys - self._keys[0]).astype(np.intp)  # uint64: may not fit intp
                 if keys.dtype.kind == "u"
                 else keys.astype(np.intp) - int(self._keys[0])
             )
             return offsets
+        if len(keys) == len(self._keys) and np.array_equal(keys, self._keys):
+            return slice(None)
         pos = np.searchsorted(self._keys, keys)
         known = pos < len(self._keys)
         known[known] = self._keys[pos[known]] == keys[known]
