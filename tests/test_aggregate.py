@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aflow as af
+from aflow.kernels._extremes import beyond
 from aflow.kernels._grouping import group
 from aflow.kernels.keyed import STATS, KeyedStats
 
@@ -76,9 +77,9 @@ def test_matches_brute_force(keys: Any) -> None:
 
 def test_dense_and_sparse_batches_mix() -> None:
     """Batches grouped by offset and by sorting merge into one state."""
-    keys = np.array([1, 2, 3, 1, 10**15, 2, -(10**15), 3])
+    keys = np.array([1, 3, 4, 1, 10**15, 3, -(10**15), 4])
     values = np.arange(8.0)
-    assert group(keys[:4]).present is not None
+    assert group(keys[:4]).present is not None  # by offset, slot 1 (key 2) empty
     assert group(keys[4:]).present is None
     assert_matches(fold(keys, values, [4]).result(), brute(keys, values))
 
@@ -284,3 +285,191 @@ def test_keyed_quantiles_hold_their_bound_at_any_accuracy_and_magnitude(accuracy
     for k in range(3):
         ref = np.quantile(values[keys == k], [0.0, 0.5, 1.0], method="inverted_cdf")
         assert (np.abs(got[k] - ref) <= accuracy * np.abs(ref) * (1 + 1e-9)).all(), (k, got[k], ref)
+
+
+GROUP_DTYPES = ["i1", "i2", "<i4", ">i4", "i8", "u1", "u2", "u4", "u8"]
+
+
+def _laid_out(a: Any, layout: str) -> Any:
+    """``a`` as it comes: contiguous, an aligned strided field, or a packed (misaligned) one."""
+    if layout == "contiguous":
+        return a
+    rows = np.zeros(len(a), np.dtype([("ts", "<i8"), ("x", a.dtype)], align=layout == "aligned"))
+    rows["x"] = a
+    return rows["x"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    dtype=st.sampled_from(GROUP_DTYPES),
+    where=st.sampled_from(["zero", "low", "high", "random"]),
+    span=st.sampled_from([1, 2, 3, 100, 4095, 4096, 4097, 40_000, 2**40]),
+    n=st.sampled_from([1, 7, 1000, 10_000]),
+    layout=st.sampled_from(["contiguous", "aligned", "packed"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_group_matches_numpy_unique(
+    dtype: str, where: str, span: int, n: int, layout: str, seed: int
+) -> None:
+    """Grouping by offset (keys as their own slots, shifted, or the uint64 path) or by
+    sorting, across the dense limit, at both ends of every integer dtype, in any layout."""
+    info = np.iinfo(dtype)
+    span = min(span, int(info.max) - int(info.min))
+    rng = np.random.default_rng(seed)
+    lo = {
+        "zero": max(0, int(info.min)),
+        "low": int(info.min),
+        "high": int(info.max) - span,
+        "random": int(info.min) + seed * 7919 % (int(info.max) - span - int(info.min) + 1),
+    }[where]
+    offsets = rng.integers(0, span, n, endpoint=True, dtype=np.uint64)
+    offsets[: min(n, 2)] = [0, span][: min(n, 2)]  # both ends of the range
+    keys = (np.array(lo, dtype) + offsets.astype(dtype)).astype(dtype)  # wraps to lo + offset
+    g = group(_laid_out(keys, layout))
+    uniq, counts = np.unique(keys, return_counts=True)
+    assert g.keys.tolist() == uniq.tolist()
+    assert g.slots(g.counts).tolist() == counts.tolist()
+    slot_key = np.zeros(g.size, np.int64) - 1
+    slot_key[g.present if g.present is not None else np.arange(g.size)] = np.arange(len(uniq))
+    assert uniq[slot_key[g.index]].tolist() == keys.tolist()  # every row in its key's slot
+
+
+def _reference(batches: list[tuple[Any, Any]]) -> dict[Any, dict[str, Any]]:
+    """count, sum, min, max, first and last per key with NumPy over all rows at once."""
+    keys = np.concatenate([k for k, _ in batches])
+    values = np.concatenate([v for _, v in batches])
+    out = {}
+    for key in np.unique(keys).tolist():
+        v = values[keys == key]
+        out[key] = {"count": len(v), "min": np.min(v), "max": np.max(v)}
+        out[key] |= {"first": v[0], "last": v[-1], "sum": float(np.sum(v, dtype=np.float64))}
+    return out
+
+
+def _values(rng: Any, kind: str, keys: Any) -> Any:
+    n = len(keys)
+    if kind == "f4":  # eighths: sums are exact, ties at the extremes are common
+        return (np.round(rng.normal(20, 5, n) * 8) / 8).astype("f4")
+    if kind == "special":
+        v = rng.normal(0, 1, n)
+        pick = rng.random(n)
+        v[pick < 0.002] = np.nan
+        v[(pick > 0.5) & (pick < 0.6)] = 0.0
+        v[(pick > 0.6) & (pick < 0.7)] = -0.0
+        v[(pick > 0.7) & (pick < 0.701)] = np.inf
+        v[(pick > 0.8) & (pick < 0.801)] = -np.inf
+        return v
+    if kind == "i8":  # not exact in float64: compared rounded
+        v = 2**60 + rng.integers(-100_000, 100_000, n)  # float64 steps of 256 here
+        v[::1001] = np.iinfo(np.int64).max
+        return v
+    if kind == "u8":
+        return np.uint64(2**64 - 10) + rng.integers(0, 9, n).astype(np.uint64)
+    if kind == "disjoint":  # each key its own range: no bound leaves rows out
+        return keys.astype("f8") * 1000 + rng.normal(0, 1, n)
+    if kind in ("zeros", "-zeros"):  # extremes of 0.0 and -0.0: which zero comes out
+        v = np.where(rng.random(n) < 0.5, 0.0, -0.0)
+        return np.where(rng.random(n) < 0.95, -1.0 if kind == "zeros" else 1.0, v)
+    return rng.integers(-5, 5, n) > 0  # bool
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(["f4", "special", "i8", "u8", "disjoint", "bool"]),
+    keys=st.sampled_from([(0, 50), (1, 1000), (-40, 3), (0, 30_000)]),
+    sizes=st.lists(st.sampled_from([1, 500, 8191, 8192, 20_000]), min_size=1, max_size=8),
+    layout=st.sampled_from(["contiguous", "aligned", "packed"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_extremes_match_numpy_over_many_large_batches(
+    kind: str, keys: tuple[int, int], sizes: list[int], layout: str, seed: int
+) -> None:
+    """Batches past ``MIN_ROWS`` take ``min``/``max`` over the rows beyond the state's
+    bounds only: the same as NumPy over every row (NaN propagates, ties, infinities,
+    integers that float64 rounds)."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for n in sizes:
+        k = rng.integers(keys[0], keys[0] + keys[1], n)
+        batches.append((k, _values(rng, kind, k)))
+    acc = KeyedStats(("count", "sum", "min", "max", "first", "last"))
+    for k, v in batches:
+        acc.update(_laid_out(k, layout), _laid_out(v, layout))
+    got, want = acc.result(), _reference(batches)
+    assert got["key"].tolist() == sorted(want)
+    for stat in ("count", "min", "max", "first", "last"):
+        np.testing.assert_array_equal(got[stat], [want[k][stat] for k in sorted(want)])
+    if kind in ("f4", "bool"):  # exact sums
+        assert got["sum"].tolist() == [want[k]["sum"] for k in sorted(want)]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize(
+    ("kind", "stats"),
+    [
+        ("f4", STATS),
+        ("special", STATS),
+        ("i8", STATS),
+        ("disjoint", STATS),
+        ("zeros", ("max",)),
+        ("-zeros", ("min",)),
+    ],
+)
+def test_extremes_are_bit_for_bit_those_of_every_row(
+    kind: str, stats: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leaving out the rows inside the state's bounds changes no bit of any statistic
+    (signed zeros and NaN included), against the same accumulator taking every row."""
+    rng = np.random.default_rng(11)
+    batches = []
+    for i in range(12):
+        k = rng.integers(0, 300, 20_000)
+        v = _values(rng, kind, k)
+        if i == 8:  # NaN first seen once the bounds leave rows out
+            v = np.where(np.arange(len(v)) % 5000 == 7, np.nan, v.astype("f8"))
+        batches.append((k, v))
+    fast = KeyedStats(stats)
+    for k, v in batches:
+        fast.update(k, v)
+    monkeypatch.setattr("aflow.kernels.keyed.MIN_ROWS", 10**9)
+    every = KeyedStats(stats)
+    for k, v in batches:
+        every.update(k, v)
+    assert fast.result().tobytes() == every.result().tobytes()
+
+
+def test_beyond_keeps_every_row_that_can_change_an_extreme() -> None:
+    """The rows left out lie strictly between the bounds; NaN rows are kept; a batch
+    mostly beyond its bounds is not picked through."""
+    v = np.array(([0.5, 1.0, np.nan, 3.0, -0.0] + [2.0, 2.5] * 20) * 300)
+    rows = beyond(v, 1.0, 3.0)
+    assert rows is not None
+    assert rows.tolist() == np.flatnonzero(~((v > 1.0) & (v < 3.0))).tolist()
+    assert beyond(v, 0.0, 0.1) is None  # nearly every row is beyond
+    lower_only = beyond(np.arange(10_000.0), lower=1_000.0)  # no upper bound
+    assert lower_only is not None
+    assert lower_only.tolist() == list(range(1001))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "first"),
+    [("i1", -128), ("i1", 100), ("i8", -(2**63)), ("i8", 2**63 - 40), ("u8", 2**64 - 40)],
+)
+def test_keys_of_a_whole_range_are_placed_by_offset(dtype: str, first: int) -> None:
+    """A state holding every integer from its first key to its last places a batch's keys
+    by their offset, at the ends of the dtype too; other batches are searched."""
+    rng = np.random.default_rng(5)
+    every = np.array([first + i for i in range(28)], dtype)
+    batches = [every, every[3:9], every[::5], every[-2:], every[:1], every[10:20][::-1]]
+    batches.append(np.concatenate([every[:4], every[:4]]).astype("i8" if dtype == "i1" else dtype))
+    acc, want = KeyedStats(("count", "sum", "first")), {}
+    for b in batches:
+        v = rng.integers(0, 100, len(b)) / 4
+        acc.update(b, v)
+        for k, x in zip(b.tolist(), v.tolist(), strict=True):
+            count, total, head = want.get(k, (0, 0.0, x))
+            want[k] = (count + 1, total + x, head)
+    got = acc.result()
+    assert got["key"].tolist() == sorted(want)
+    assert got[["count", "sum", "first"]].tolist() == [want[k] for k in sorted(want)]

@@ -6,10 +6,13 @@ sized by the number of distinct keys, never by rows. The sink :func:`aflow.to_ag
 and the keyed windows of :func:`aflow.window` both keep their state in it.
 
 Grouping a batch: integer keys whose range is small next to the batch (``max - min`` at
-most a few times its length) are counted directly with ``np.bincount`` over ``key - min``;
-other keys (sparse integers, strings, bytes) go through ``np.unique(return_inverse=True)``.
-Min and max use ``np.minimum.at``/``np.maximum.at``, which NumPy >= 1.25 runs in one
-pass: measured 25x faster than sorting a 65,536-row batch for ``reduceat``.
+most a few times its length) are counted directly with ``np.bincount`` over ``key - min``
+(over the key itself when it is small and not negative); other keys (sparse integers,
+strings, bytes) go through ``np.unique(return_inverse=True)``. Min and max use
+``np.minimum.at``/``np.maximum.at``, which NumPy >= 1.25 runs in one pass: measured 25x
+faster than sorting a 65,536-row batch for ``reduceat``. Once every key of a batch has
+extremes in the state, only the rows beyond the state's least extremes go through them
+(:mod:`aflow.kernels._extremes`): a few hundred of 43,000 readings, bit for bit the same.
 
 Variance is computed stably: each batch contributes its count, mean and the sum of squared
 deviations from *its own* mean (two passes over a batch that sits in cache, plus the
@@ -25,6 +28,7 @@ with moments about absolute means).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any, Final
@@ -32,6 +36,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from ._extremes import MIN_ROWS, beyond, blank, extreme
 from ._grouping import Groups, group
 
 __all__ = ["STATS", "KeyedStats"]
@@ -101,12 +106,13 @@ class KeyedStats:
             ValueError: the shapes differ, or values are missing for the statistics asked.
             TypeError: values are not numbers (integers, floats or booleans).
         """
-        keys = _aligned(np.asarray(keys))
+        keys = np.asarray(keys)  # any layout: grouping reads it once
         vals = _aligned(self._check_values(keys, values))
         if len(keys) == 0:
             return
         g = group(keys)
-        self._absorb(g.keys, self._partials(g, vals))
+        pos = self._lookup(g.keys)
+        self._absorb(g.keys, self._partials(g, vals, known=pos is not None), pos)
 
     def merge(self, other: KeyedStats) -> None:
         """Fold in another accumulator's state, as if its rows came after this one's.
@@ -116,7 +122,8 @@ class KeyedStats:
         if other.stats != self.stats or other.ddof != self.ddof:
             raise ValueError(f"cannot merge stats {other.stats} into {self.stats}")
         if other._keys is not None:
-            self._absorb(other._keys, {k: v.copy() for k, v in other._cols.items()})
+            part = {k: v.copy() for k, v in other._cols.items()}
+            self._absorb(other._keys, part, self._lookup(other._keys))
 
     def result(self, key_name: str = "key") -> NDArray[np.void]:
         """The statistics so far, one row per key, sorted by key.
@@ -167,15 +174,26 @@ class KeyedStats:
                 shift[g.present] = keyed
         return shift
 
-    def _partials(self, g: Groups, vals: NDArray[Any]) -> dict[str, NDArray[Any]]:
-        """The batch's own statistics, one entry per distinct key of the batch."""
+    def _partials(self, g: Groups, vals: NDArray[Any], known: bool) -> dict[str, NDArray[Any]]:
+        """The batch's own statistics, one entry per distinct key of the batch (``known``:
+        every one of them is in the state already)."""
         part: dict[str, NDArray[Any]] = {"count": g.counts}
         if not self._values:
             return g.compress(part)
-        if self._sum:
+        bounds = self._bounds(vals) if known and len(vals) >= MIN_ROWS else {}
+        if self._sum or bounds:
             v64 = _scratch(0, len(vals))  # float64 once: mixed dtypes are 8x slower
             v64[...] = vals
+        if self._sum:
             part["sum"] = np.bincount(g.index, weights=v64, minlength=g.size)
+        rows = (
+            beyond(v64, bounds.get("min", -np.inf), bounds.get("max", np.inf)) if bounds else None
+        )
+        extremes = {  # before the moments, which overwrite v64
+            name: extreme(ufunc, g, vals, rows if name in bounds else None)
+            for name, ufunc in (("min", np.minimum), ("max", np.maximum))
+            if name in self.stats
+        }
         if self._m2:
             mean, m2 = _moments(g, v64, part["sum"])
             shift = self._shift(g, mean)
@@ -188,22 +206,42 @@ class KeyedStats:
             else:
                 mean = mean - shift  # digits lost here are negligible next to the spread
             part["mean"], part["m2"], part["shift"] = mean, m2, shift
-        if "min" in self.stats:
-            part["min"] = _reduce_at(np.minimum, g, vals)
-        if "max" in self.stats:
-            part["max"] = _reduce_at(np.maximum, g, vals)
-        part = g.compress(part)
+        part = g.compress(part | extremes)
         if "first" in self.stats:
-            part["first"] = vals[g.slots(_reduce_at(np.minimum, g, np.arange(len(vals))))]
+            part["first"] = vals[g.slots(extreme(np.minimum, g, np.arange(len(vals))))]
         if "last" in self.stats:
-            part["last"] = vals[g.slots(_reduce_at(np.maximum, g, np.arange(len(vals))))]
+            part["last"] = vals[g.slots(extreme(np.maximum, g, np.arange(len(vals))))]
         return part
 
-    def _absorb(self, keys: NDArray[Any], part: dict[str, NDArray[Any]]) -> None:
-        """Merge partial statistics of the distinct, sorted ``keys`` into the state."""
-        pos = self._positions(keys, part)
+    def _bounds(self, vals: NDArray[Any]) -> dict[str, float]:
+        """For ``min`` and ``max``, when kept in the dtype of ``vals``: the largest of the
+        state's minima, the smallest of its maxima (NaN ignored; as float64, rounded). When
+        every key of a batch is in the state, its rows strictly inside these cannot change
+        any extreme (see :func:`~aflow.kernels._extremes.beyond`). Infinite bounds (a key
+        without values yet) are left out: no row is inside them."""
+        bounds = {}
+        for name, least in (("min", np.fmax), ("max", np.fmin)):
+            col = self._cols.get(name)
+            if col is not None and col.dtype == vals.dtype:
+                bound = float(least.reduce(col))
+                if math.isfinite(bound):
+                    bounds[name] = bound
+        return bounds
+
+    def _absorb(
+        self,
+        keys: NDArray[Any],
+        part: dict[str, NDArray[Any]],
+        pos: slice | NDArray[np.intp] | None = None,
+    ) -> None:
+        """Merge partial statistics of the distinct, sorted ``keys`` into the state
+        (``pos``: where the keys sit in it, from :meth:`_lookup`, when they all do)."""
+        self._promote(part)
+        if pos is None:
+            pos = self._insert(keys, part)
         cols = self._cols
-        na, nb = cols["count"][pos], part["count"]
+        na, nb = cols["count"][pos], part["count"]  # na: a view when pos is a slice
+        new = na == 0 if "first" in cols else None  # now: na changes with the state
         if self._m2:  # Chan et al.: merge (count, mean, M2) of two sets of rows
             mean_a = cols["mean"][pos]
             shift_a = np.where(na == 0, part["shift"], cols["shift"][pos])
@@ -219,31 +257,48 @@ class KeyedStats:
             cols["min"][pos] = np.minimum(cols["min"][pos], part["min"])
         if "max" in cols:
             cols["max"][pos] = np.maximum(cols["max"][pos], part["max"])
-        if "first" in cols:
-            new = na == 0
-            cols["first"][pos[new]] = part["first"][new]
+        if new is not None:
+            at = np.flatnonzero(new) if isinstance(pos, slice) else pos[new]
+            cols["first"][at] = part["first"][new]
         if "last" in cols:
             cols["last"][pos] = part["last"]
 
-    def _positions(self, keys: NDArray[Any], part: dict[str, NDArray[Any]]) -> NDArray[np.intp]:
-        """Where each of ``keys`` sits in the state, adding the keys not seen before."""
-        self._promote(part)
+    def _lookup(self, keys: NDArray[Any]) -> slice | NDArray[np.intp] | None:
+        """Where each of the distinct, sorted ``keys`` sits in the state, or ``None`` when
+        some are not in it. ``slice(None)`` when they are the state's keys, the common case
+        (slices index columns faster than positions)."""
         if self._keys is None:
-            self._keys = keys.copy()
-            self._cols = {name: _blank(name, col.dtype, len(keys)) for name, col in part.items()}
-            return np.arange(len(keys))
+            return None
+        if _whole_range(self._keys, keys):  # every integer from the first key to the last
+            if len(keys) == len(self._keys):  # then every one of them: the state's keys
+                return slice(None)
+            offsets: NDArray[np.intp] = (
+                (keys - self._keys[0]).astype(np.intp)  # uint64: may not fit intp
+                if keys.dtype.kind == "u"
+                else keys.astype(np.intp) - int(self._keys[0])
+            )
+            return offsets
         if len(keys) == len(self._keys) and np.array_equal(keys, self._keys):
-            return np.arange(len(keys))  # the common case: the same keys as before
+            return slice(None)
         pos = np.searchsorted(self._keys, keys)
         known = pos < len(self._keys)
         known[known] = self._keys[pos[known]] == keys[known]
-        if known.all():
-            return pos
+        return pos if known.all() else None
+
+    def _insert(self, keys: NDArray[Any], part: dict[str, NDArray[Any]]) -> NDArray[np.intp]:
+        """Where each of ``keys`` sits in the state, after adding those not in it yet."""
+        if self._keys is None:
+            self._keys = keys.copy()
+            self._cols = {name: blank(name, col.dtype, len(keys)) for name, col in part.items()}
+            return np.arange(len(keys))
+        pos = np.searchsorted(self._keys, keys)
+        known = pos < len(self._keys)
+        known[known] = self._keys[pos[known]] == keys[known]
         every = np.concatenate([self._keys, keys[~known]])
         order = np.argsort(every, kind="stable")
         self._keys = every[order]
         for name, col in self._cols.items():
-            self._cols[name] = np.concatenate([col, _blank(name, col.dtype, (~known).sum())])[order]
+            self._cols[name] = np.concatenate([col, blank(name, col.dtype, (~known).sum())])[order]
         result: NDArray[np.intp] = np.searchsorted(self._keys, keys)
         return result
 
@@ -311,26 +366,22 @@ def _moments(
     return mean, m2
 
 
-def _reduce_at(ufunc: np.ufunc, g: Groups, vals: NDArray[Any]) -> NDArray[Any]:
-    """``ufunc`` (``np.minimum`` or ``np.maximum``) of ``vals`` per group, in one pass."""
-    out = _blank("min" if ufunc is np.minimum else "max", vals.dtype, g.size)
-    ufunc.at(out, g.index, vals)
-    return out
-
-
-def _blank(name: str, dtype: np.dtype[Any], n: int | np.integer[Any]) -> NDArray[Any]:
-    """State for ``n`` keys not seen yet: the identity of the statistic ``name``."""
-    if name in ("min", "max") and dtype.kind in "iuf":
-        info: Any = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
-        lo, hi = (-np.inf, np.inf) if dtype.kind == "f" else (info.min, info.max)
-        return np.full(int(n), hi if name == "min" else lo, dtype)
-    return np.zeros(int(n), dtype)
+def _whole_range(state: NDArray[Any], keys: NDArray[Any]) -> bool:
+    """Whether the sorted, distinct ``state`` keys are every integer from the first to the
+    last, and the sorted ``keys`` of the same dtype lie between them: then a key's position
+    is its offset from the first (no search: 0.55 ms of 0.68 for 24,000 keys in 30,000)."""
+    if keys.dtype != state.dtype or keys.dtype.kind not in "iu":
+        return False
+    first, last = int(state[0]), int(state[-1])
+    return last - first == len(state) - 1 and first <= int(keys[0]) and int(keys[-1]) <= last
 
 
 def _aligned(a: NDArray[Any]) -> NDArray[Any]:
-    """``a`` itself when aligned and contiguous, else an aligned copy: a field of a packed
-    record dtype (``[("id", "<i4"), ("value", "<f8")]``) is a strided, misaligned view, on
-    which ``ufunc.at`` and ``bincount`` run ~15x slower than a copy costs."""
-    if a.flags.aligned and a.flags.c_contiguous:
-        return a
-    return np.ascontiguousarray(a) if a.flags.aligned else a.copy()
+    """``a`` itself when aligned, else an aligned copy: a field of a packed record dtype
+    (``[("id", "<i4"), ("value", "<f8")]``) is a misaligned view, on which ``ufunc.at``
+    runs ~15x slower than a copy costs. An aligned strided field (of
+    ``[("ts", "<i8"), ("id", "<i4"), ("value", "<f4")]``) is used as it is: ``ufunc.at``
+    and the float64 conversion read it as fast as a contiguous copy, which would cost a
+    pass of its own (measured on 43,000 rows: 13 us a copy, 60 us a ``ufunc.at`` either
+    way)."""
+    return a if a.flags.aligned else a.copy()
