@@ -112,7 +112,7 @@ class KeyedStats:
             return
         g = group(keys)
         pos = self._lookup(g.keys)
-        self._absorb(g.keys, self._partials(g, vals, known=pos is not None), pos)
+        self._absorb(g.keys, self._partials(g, vals, pos), pos)
 
     def merge(self, other: KeyedStats) -> None:
         """Fold in another accumulator's state, as if its rows came after this one's.
@@ -174,13 +174,15 @@ class KeyedStats:
                 shift[g.present] = keyed
         return shift
 
-    def _partials(self, g: Groups, vals: NDArray[Any], known: bool) -> dict[str, NDArray[Any]]:
-        """The batch's own statistics, one entry per distinct key of the batch (``known``:
-        every one of them is in the state already)."""
+    def _partials(
+        self, g: Groups, vals: NDArray[Any], pos: slice | NDArray[np.intp] | None
+    ) -> dict[str, NDArray[Any]]:
+        """The batch's own statistics, one entry per distinct key of the batch (``pos``:
+        where they sit in the state, when every one of them is there already)."""
         part: dict[str, NDArray[Any]] = {"count": g.counts}
         if not self._values:
             return g.compress(part)
-        bounds = self._bounds(vals) if known and len(vals) >= MIN_ROWS else {}
+        bounds = self._bounds(vals, pos) if pos is not None and len(vals) >= MIN_ROWS else {}
         if self._sum or bounds:
             v64 = _scratch(0, len(vals))  # float64 once: mixed dtypes are 8x slower
             v64[...] = vals
@@ -213,17 +215,19 @@ class KeyedStats:
             part["last"] = vals[g.slots(extreme(np.maximum, g, np.arange(len(vals))))]
         return part
 
-    def _bounds(self, vals: NDArray[Any]) -> dict[str, float]:
+    def _bounds(self, vals: NDArray[Any], pos: slice | NDArray[np.intp]) -> dict[str, float]:
         """For ``min`` and ``max``, when kept in the dtype of ``vals``: the largest of the
-        state's minima, the smallest of its maxima (NaN ignored; as float64, rounded). When
-        every key of a batch is in the state, its rows strictly inside these cannot change
-        any extreme (see :func:`~aflow.kernels._extremes.beyond`). Infinite bounds (a key
-        without values yet) are left out: no row is inside them."""
+        minima of the batch's keys (at ``pos`` in the state), the smallest of their maxima
+        (NaN ignored; as float64, rounded). Rows strictly inside these cannot change any
+        extreme (see :func:`~aflow.kernels._extremes.beyond`). Infinite bounds (a key
+        without values yet) are left out: no row is inside them. Only the batch's keys
+        are looked at (tighter bounds, and a state of 1,000,000 keys took 96 us a
+        statistic to reduce; the 9,950 keys of a 10,000-row batch, gathered, 16 us)."""
         bounds = {}
         for name, least in (("min", np.fmax), ("max", np.fmin)):
             col = self._cols.get(name)
             if col is not None and col.dtype == vals.dtype:
-                bound = float(least.reduce(col))
+                bound = float(least.reduce(col[pos]))
                 if math.isfinite(bound):
                     bounds[name] = bound
         return bounds
