@@ -450,6 +450,11 @@ def test_beyond_keeps_every_row_that_can_change_an_extreme() -> None:
     lower_only = beyond(np.arange(10_000.0), lower=1_000.0)  # no upper bound
     assert lower_only is not None
     assert lower_only.tolist() == list(range(1001))
+    # the sample (every 16th row) is inside, most other rows are not: the full count
+    # gives up too
+    v = np.full(16_000, 5.0)
+    v[::16] = 2.0
+    assert beyond(v, 1.0, 3.0) is None
 
 
 @pytest.mark.parametrize(

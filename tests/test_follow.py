@@ -200,6 +200,19 @@ def compress(kind: str, data: bytes) -> bytes:
     return zstandard.ZstdCompressor().compress(data)
 
 
+async def test_a_zstandard_file_without_the_extra_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "small.zst").write_bytes(compress("zst", b"a\nb\n"))  # read whole
+    big = b"".join(b"%d\n" % i for i in range(300_000))  # more than one read: streamed
+    (tmp_path / "big.zst").write_bytes(compress("zst", big))
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # as if not installed
+    for name in ("small.zst", "big.zst"):
+        flow = af.read_lines(str(tmp_path / name), read_size=1 << 16)
+        with pytest.raises(RuntimeError, match=r"install the 'zstd' extra"):
+            await (flow | af.collect()).run()
+
+
 @pytest.mark.parametrize("kind", ["gz", "bz2", "zst"])
 async def test_compressed_files_are_read_transparently(tmp_path: Path, kind: str) -> None:
     big = b"".join(b"%d\n" % i for i in range(300_000))  # more than one read

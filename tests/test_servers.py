@@ -19,12 +19,12 @@ from _helpers import connect_and_reset, serving
 
 import aflow as af
 from aflow.codecs.lines import LineSplitter
-from aflow.sources.sockets._common import GATHER_READS, READ_SIZE
+from aflow.sources.sockets._common import READ_SIZE, gather_limit
 
 HOST = "127.0.0.1"
 MiB = 1 << 20
 Address = tuple[str, int]
-PER_CONNECTION = GATHER_READS * READ_SIZE + MiB  # documented: reads held + one line
+PER_CONNECTION = gather_limit(READ_SIZE) + MiB  # documented (1.25 MiB): reads held + a line
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:

@@ -364,7 +364,7 @@ class Delivery:
     @functools.cached_property
     def fingerprint(self) -> str:
         """A digest of :attr:`description`."""
-        import hashlib  # here, not with aflow: see aflow.sources._fileid._digest
+        import hashlib  # here, not with aflow: OpenSSL's digests, ~1 MiB resident
 
         return hashlib.sha256(self.description.encode()).hexdigest()[:16]
 

@@ -24,7 +24,8 @@ class Groups:
     Attributes:
         keys: shape ``(u,)``: the distinct keys of the batch, sorted, the keys' dtype.
         index: shape ``(n,)``, intp: the group slot of each row, in ``range(size)``.
-        size: the number of group slots (``u``, or the key range for offset grouping).
+        size: the number of group slots (``u``; for offset grouping the key range, or
+            the largest key plus one when small non-negative keys are their own slots).
         counts: shape ``(size,)``, int64: rows per slot.
         present: shape ``(u,)``, intp: the slots that hold rows, in key order; ``None`` when
             every slot does (slot ``i`` is then ``keys[i]``).
@@ -72,8 +73,10 @@ def _by_offset(keys: NDArray[Any], limit: int) -> Groups | None:
     ``limit`` values; ``None`` otherwise.
 
     Keys that fit ``np.intp`` are converted once (the one pass that reads a strided
-    field). Non-negative keys below ``limit`` are their own slots: no minimum, no shift
-    (``np.bincount`` finds any negative key itself); others are shifted in place.
+    field). Non-negative keys below ``DENSE_FACTOR`` times the batch's length are their
+    own slots: no minimum, no shift (``np.bincount`` finds any negative key itself);
+    others are shifted in place (a small batch of keys near 4,000 took 4,000 slots
+    otherwise: 42 against 35 us an update).
     """
     if keys.dtype.itemsize > _INTP.itemsize or (
         keys.dtype.kind == "u" and keys.dtype.itemsize == _INTP.itemsize
@@ -81,7 +84,7 @@ def _by_offset(keys: NDArray[Any], limit: int) -> Groups | None:
         return _by_offset_wide(keys, limit)
     index = keys.astype(np.intp, copy=False)
     hi = int(index.max())
-    if hi < limit:
+    if hi < DENSE_FACTOR * len(index):
         try:
             return _counted(keys.dtype, index, 0, np.bincount(index, minlength=hi + 1))
         except ValueError:  # a negative key

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..codecs.images import IMAGE_SUFFIXES
+from ._fileid import blake2b
 
 __all__ = ["DATA_SUFFIXES", "DatasetFiles", "Labels", "Split", "list_dataset"]
 
@@ -72,9 +73,7 @@ class DatasetFiles:
 
 
 def _unit_hash(path: str) -> float:
-    import hashlib  # here, not with aflow: see aflow.sources._fileid._digest
-
-    digest = hashlib.blake2b(path.encode(), digest_size=8).digest()
+    digest = blake2b(path.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 

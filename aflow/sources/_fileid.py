@@ -11,10 +11,16 @@ import os
 import stat
 from dataclasses import dataclass
 
+try:  # hashlib's own blake2b, without OpenSSL's digests (loading those: ~3.6 MB resident)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - an interpreter without the module
+    from hashlib import blake2b
+
 __all__ = [
     "FINGERPRINT_BYTES",
     "TAIL_BYTES",
     "FileId",
+    "blake2b",
     "changed",
     "file_id",
     "find_copy",
@@ -29,9 +35,7 @@ TAIL_BYTES = 64
 
 
 def _digest(head: bytes) -> bytes:
-    import hashlib  # here: OpenSSL's digests, loaded with it, cost ~3 MB of every process
-
-    return hashlib.blake2b(head[:FINGERPRINT_BYTES], digest_size=8).digest()
+    return blake2b(head[:FINGERPRINT_BYTES], digest_size=8).digest()
 
 
 def fingerprint(head: bytes) -> str:

@@ -147,7 +147,7 @@ def _zstandard(path: str) -> Any:
     """
     try:
         import zstandard
-    except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    except ImportError:
         raise RuntimeError(
             f"{path} is zstandard-compressed: install the 'zstd' extra "
             "(pip install 'aflow-streams[zstd]') to read it"
