@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-try:  # hashlib's own blake2b, without OpenSSL's digests (loading those: ~3.6 MB resident)
+try:  # hashlib's own blake2b, without OpenSSL's digests (1-3.6 MB resident, loaded)
     from _blake2 import blake2b
 except ImportError:  # pragma: no cover - an interpreter without the module
     from hashlib import blake2b
