@@ -478,3 +478,21 @@ def test_keys_of_a_whole_range_are_placed_by_offset(dtype: str, first: int) -> N
     got = acc.result()
     assert got["key"].tolist() == sorted(want)
     assert got[["count", "sum", "first"]].tolist() == [want[k] for k in sorted(want)]
+
+
+@pytest.mark.parametrize("rows", [8, 20_000])
+def test_nan_readings_propagate_without_a_warning(rows: int) -> None:
+    """A NaN value makes its key's min and max NaN, as np.min does, and no warning is
+    raised (``np.minimum.at`` warned of it: under ``-W error``, as here, a NaN reading
+    stopped the pipeline)."""
+    k = np.arange(rows) % 4
+    v = np.arange(rows, dtype="f8")
+    v[5] = np.nan  # key 1
+    acc = KeyedStats(("count", "min", "max", "mean"))
+    for _ in range(3):  # the later batches take the min/max row filter when large
+        acc.update(k, v)
+    got = acc.result()
+    assert np.isnan(got["min"][1]) and np.isnan(got["max"][1]) and np.isnan(got["mean"][1])
+    others = got[[0, 2, 3]]
+    assert others["min"].tolist() == [0.0, 2.0, 3.0]
+    assert others["max"].tolist() == [v[k == j].max() for j in (0, 2, 3)]
