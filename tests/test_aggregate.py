@@ -481,18 +481,26 @@ def test_keys_of_a_whole_range_are_placed_by_offset(dtype: str, first: int) -> N
 
 
 @pytest.mark.parametrize("rows", [8, 20_000])
-def test_nan_readings_propagate_without_a_warning(rows: int) -> None:
-    """A NaN value makes its key's min and max NaN, as np.min does, and no warning is
-    raised (``np.minimum.at`` warned of it: under ``-W error``, as here, a NaN reading
-    stopped the pipeline)."""
+def test_nan_and_infinite_readings_propagate_without_a_warning(rows: int) -> None:
+    """NaN and infinite values give their keys the statistics NumPy gives (NaN, inf), and
+    no warning is raised (``np.minimum.at`` warned of every NaN, the variance of
+    inf - inf: under ``-W error``, as here, one such reading stopped the pipeline)."""
     k = np.arange(rows) % 4
     v = np.arange(rows, dtype="f8")
     v[5] = np.nan  # key 1
-    acc = KeyedStats(("count", "min", "max", "mean"))
+    v[6] = np.inf  # key 2
+    v[3], v[7] = np.inf, -np.inf  # key 3
+    stats = ("count", "sum", "min", "max", "mean", "var")
+    acc = KeyedStats(stats, ddof=1)
     for _ in range(3):  # the later batches take the min/max row filter when large
         acc.update(k, v)
+    other = KeyedStats(stats, ddof=1)
+    other.update(k, v)
+    acc.merge(other)
     got = acc.result()
-    assert np.isnan(got["min"][1]) and np.isnan(got["max"][1]) and np.isnan(got["mean"][1])
-    others = got[[0, 2, 3]]
-    assert others["min"].tolist() == [0.0, 2.0, 3.0]
-    assert others["max"].tolist() == [v[k == j].max() for j in (0, 2, 3)]
+    every = np.tile(v, 4)
+    with np.errstate(invalid="ignore"):
+        for j in range(4):
+            x = every[np.tile(k, 4) == j]
+            want = [len(x), x.sum(), x.min(), x.max(), x.mean(), x.var(ddof=1)]
+            assert np.allclose(list(got[j])[1:], want, equal_nan=True, rtol=1e-12), j

@@ -55,13 +55,10 @@ def extreme(
     """``ufunc`` (``np.minimum`` or ``np.maximum``) of ``vals`` per slot of ``g``, shape
     ``(g.size,)``, over ``rows`` only when given (the other slots keep the identity)."""
     out = blank("min" if ufunc is np.minimum else "max", vals.dtype, g.size)
-    # NaN propagates as in np.minimum; only the ``at`` loop also warns of it ("invalid
-    # value encountered"), which under ``-W error`` stopped a pipeline on a NaN reading
-    with np.errstate(invalid="ignore"):
-        if rows is None:
-            ufunc.at(out, g.index, vals)
-        else:
-            ufunc.at(out, g.index[rows], vals[rows])
+    if rows is None:
+        ufunc.at(out, g.index, vals)
+    else:
+        ufunc.at(out, g.index[rows], vals[rows])
     return out
 
 

@@ -52,6 +52,15 @@ _EPS: Final = float(np.finfo(np.float64).eps)
 _FAR: Final = 1e4  # |mean| / sd beyond which a batch's moments are taken about the shift
 
 
+def _quiet() -> Any:
+    """NumPy's warnings off for the statistics' arithmetic (a new context each time:
+    NumPy's is not reentrant). Values are data: a NaN or an infinity gives its key a NaN
+    or infinite statistic, as ``np.min`` and ``np.sum`` give, without a warning
+    (``np.minimum.at`` warned of every NaN, the variance of inf - inf): under
+    ``-W error`` one NaN reading stopped the pipeline."""
+    return np.errstate(invalid="ignore", over="ignore")
+
+
 class KeyedStats:
     """Per-key statistics of a stream of ``(key, value)`` rows, mergeable and bounded by keys.
 
@@ -113,7 +122,8 @@ class KeyedStats:
             return
         g = group(keys)
         pos = self._lookup(g.keys)
-        self._absorb(g.keys, self._partials(g, vals, pos), pos)
+        with _quiet():
+            self._absorb(g.keys, self._partials(g, vals, pos), pos)
 
     def merge(self, other: KeyedStats) -> None:
         """Fold in another accumulator's state, as if its rows came after this one's.
@@ -124,7 +134,8 @@ class KeyedStats:
             raise ValueError(f"cannot merge stats {other.stats} into {self.stats}")
         if other._keys is not None:
             part = {k: v.copy() for k, v in other._cols.items()}
-            self._absorb(other._keys, part, self._lookup(other._keys))
+            with _quiet():
+                self._absorb(other._keys, part, self._lookup(other._keys))
 
     def result(self, key_name: str = "key") -> NDArray[np.void]:
         """The statistics so far, one row per key, sorted by key.
@@ -139,7 +150,8 @@ class KeyedStats:
             ``first``, ``last`` the values' dtype.
         """
         keys = self.keys
-        cols = {key_name: keys, **{s: self._column(s) for s in self.stats}}
+        with _quiet():
+            cols = {key_name: keys, **{s: self._column(s) for s in self.stats}}
         out = np.empty(len(keys), np.dtype([(name, col.dtype) for name, col in cols.items()]))
         for name, col in cols.items():
             out[name] = col
