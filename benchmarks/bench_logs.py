@@ -207,7 +207,11 @@ def main() -> None:
     names = list(implementations())
     if args.skip_slow:
         names = [n for n in names if "regex" not in n]
+    import aflow as af
+
+    engine = af.codecs.LogDecoder(af.codecs.COMBINED, {"status": "int"}).engine
     print(f"{rows:,} lines, {path.stat().st_size / 1e6:.0f} MB; {args.reps} runs each; {load()}")
+    print(f"aflow's log engine: {engine} (LogDecoder(engine='auto'))")
     runs = interleaved(__file__, names, ["--path", str(path)], args.reps)
     ratios = report(runs, rows, names[0], same)
     print(f"after: {load()}")

@@ -91,7 +91,9 @@ def module_name(path: Path) -> str:
 
 def is_module(name: str) -> bool:
     path = ROOT.parent.joinpath(*name.split("."))
-    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+    # a compiled module (codecs/_logscan.c) imports nothing of aflow's
+    suffixes = (".py", ".c")
+    return any(path.with_suffix(s).is_file() for s in suffixes) or (path / "__init__.py").is_file()
 
 
 class _Collector(ast.NodeVisitor):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import aflow as af
 from aflow.codecs import COMBINED, COMBINED_COLUMNS, LogDecoder, LogFormat, logs
 from aflow.codecs._blocks import RejectedLines
+from aflow.codecs._lognative import has_native
 from aflow.codecs.logs import LogEngine
 
 needs_arrow = pytest.mark.skipif(
@@ -198,12 +199,20 @@ def _decoded(decoder: LogDecoder, lines: list[bytes]) -> tuple[list[tuple[Any, .
     return as_tuples(rows), [b.index for b in bad]
 
 
-ENGINES = ["numpy", pytest.param("pyarrow", marks=needs_arrow)]
+needs_native = pytest.mark.skipif(
+    not has_native(), reason="aflow was installed without its compiled log scanner (no C compiler)"
+)
+ENGINES = [
+    "numpy",
+    pytest.param("pyarrow", marks=needs_arrow),
+    pytest.param("native", marks=needs_native),
+]
 # The longest property tests run the NumPy path in the slow run (CI runs both): the
-# pyarrow path, the one taken where the arrow extra is installed, in every run.
+# compiled scanner (the default where it was built) and the pyarrow path in every run.
 ENGINES_NUMPY_SLOW = [
     pytest.param("numpy", marks=pytest.mark.slow),
     pytest.param("pyarrow", marks=needs_arrow),
+    pytest.param("native", marks=needs_native),
 ]
 
 
@@ -527,6 +536,55 @@ def test_a_block_after_one_with_stray_quotes_decodes_alike() -> None:
     decoder = LogDecoder(COMBINED, columns, engine="pyarrow")
     for lines in ([good, stray, good], [good, good], [stray, good], [good] * 3):
         want, bad = reference(lines, COMBINED, columns)
+        got, got_bad = _decoded(decoder, lines)
+        same(got, want)
+        assert got_bad == bad
+
+
+@st.composite
+def mutated_lines(draw: st.DrawFn) -> list[bytes]:
+    """Real-looking lines with bytes replaced, inserted or deleted anywhere: the scanner
+    must keep exactly the lines the regex takes, with the same groups."""
+    base = (
+        b'10.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /a.gif HTTP/1.0" 200 2326 '
+        b'"http://x/" "Mozilla/4.08" 0.125\n'
+    )
+    alphabet = b' "[]-.0123456789\\\t\r\x00\x7f\x80\xffaZ/:+,'
+    lines = []
+    for _ in range(draw(st.integers(1, 10))):
+        line = bytearray(base if draw(st.booleans()) else base.replace(b" 0.125", b""))
+        for _ in range(draw(st.integers(0, 3))):
+            at = draw(st.integers(0, len(line) - 1))
+            op = draw(st.integers(0, 2))
+            byte = bytes([draw(st.sampled_from(alphabet))])
+            if op == 0:
+                line[at : at + 1] = byte
+            elif op == 1:
+                line[at:at] = byte
+            else:
+                del line[at]
+        if not line.endswith(b"\n"):
+            line += b"\n"
+        lines.append(bytes(line).replace(b"\n", b"") + b"\n")
+    return lines
+
+
+@pytest.mark.parametrize("engine", ENGINES_NUMPY_SLOW)
+@settings(max_examples=400, deadline=None)
+@given(lines=mutated_lines())
+def test_every_engine_agrees_with_re_on_mutated_bytes(
+    lines: list[bytes], engine: LogEngine
+) -> None:
+    fmt = LogFormat(NGINX)
+    for pattern, columns in (
+        (COMBINED, ALL_COMBINED),
+        (COMBINED, {"status": "int", "request_time": "float"}),
+        (COMBINED, {"bytes": "float", "request_time": "int"}),
+        (fmt, {"status": "int", "body_bytes_sent": "int", "request_time": "float"}),
+    ):
+        decoder = LogDecoder(pattern, columns, engine=engine)
+        regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern
+        want, bad = reference(lines, regex, columns)
         got, got_bad = _decoded(decoder, lines)
         same(got, want)
         assert got_bad == bad

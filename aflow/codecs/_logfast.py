@@ -29,7 +29,18 @@ from ..kernels.rows import empty_rows
 from ._scan import count_bytes
 from ._timeparse import FixedFormat
 
-__all__ = ["TIME_SHAPE", "Arrow", "FastParse", "Layout", "Token", "fast_parser"]
+__all__ = [
+    "PAD",
+    "TIME_SHAPE",
+    "Arrow",
+    "FastParse",
+    "Layout",
+    "Spans",
+    "Token",
+    "convert_spans",
+    "fast_parser",
+    "request_spans",
+]
 
 Kind = Literal["bare", "quoted", "bracket", "literal"]
 Shape = Literal["any", "digits", "digits3", "number"]
@@ -371,10 +382,9 @@ def _fields(
     its two quotes, right after the previous break and right before the next."""
     n = len(m)
     ok = np.ones(n, bool)
-    values: dict[str, NDArray[Any]] = {}
     prev = starts - 1  # the break before the current token
     col = 0
-    spans: dict[str, tuple[NDArray[np.intp], NDArray[np.intp]]] = {}
+    spans: Spans = {}
     for t in tokens:
         if t.kind == "quoted":
             opening, closing = m[:, col], m[:, col + 1]
@@ -416,6 +426,28 @@ def _fields(
             ok &= ~unsure
         prev = m[:, col]
         col += 1
+    return convert_spans(data, spans, columns, dtype, fill_int, fixed, ok)
+
+
+Spans = dict[str, tuple[NDArray[np.intp], NDArray[np.intp]]]
+"""Each group's field in each line: where it starts, and the byte after it."""
+
+
+def convert_spans(
+    data: NDArray[np.uint8],
+    spans: Spans,
+    columns: dict[str, str],
+    dtype: np.dtype[Any],
+    fill_int: int,
+    fixed: dict[str, FixedFormat | None],
+    ok: NDArray[np.bool_],
+) -> tuple[NDArray[np.bool_], dict[str, NDArray[Any]]]:
+    """The wanted ``columns`` of the lines whose groups lie at ``spans`` (``data``: the
+    block, padded by :data:`PAD`; ``ok``: which lines passed the checks so far, updated):
+    which lines converted, and the columns of those lines. A group absent from ``spans``
+    (an optional token the lines lack) reads as ``fill_int``, NaN, NaT or ``""``."""
+    n = len(ok)
+    values: dict[str, NDArray[Any]] = {}
     strings = []
     for name, kind in columns.items():
         base = kind.partition(":")[0]
@@ -541,6 +573,15 @@ def _number(
         out[dash] = np.nan
         return ok | dash, out
     return ok | dash, np.where(dash, 0, value.astype(np.int64))
+
+
+def request_spans(
+    data: NDArray[np.uint8], size: int, lo: NDArray[np.intp], hi: NDArray[np.intp]
+) -> tuple[Spans, NDArray[np.bool_]]:
+    """``method``, ``path`` and ``protocol`` of the request lines at ``lo:hi`` of a
+    block of ``size`` bytes (``data``, padded), and the lines left to the regex (see
+    :func:`_request`)."""
+    return _request(data, _Spaces(data, size), lo, hi)
 
 
 def _request(

@@ -23,11 +23,12 @@ from ..kernels.rows import empty_rows
 from ._blocks import SMALL_BLOCK, LineDecoder, Parse, RejectedLines
 from ._logarrow import arrow_breaks, arrow_columns, has_arrow, plain
 from ._logfast import Layout, Token, fast_parser
+from ._lognative import NativeParse, has_native, native_parser
 from ._timeparse import FixedFormat
 
 __all__ = ["COMBINED", "COMBINED_COLUMNS", "LogDecoder", "LogEngine", "LogFormat"]
 
-LogEngine: TypeAlias = Literal["auto", "numpy", "pyarrow"]
+LogEngine: TypeAlias = Literal["auto", "native", "numpy", "pyarrow"]
 
 _QUOTED = r'(?:[^"\\\n]|\\.)*'  # nginx escapes " and \ (as \x22, or \" with escape=json)
 COMBINED = (
@@ -284,7 +285,7 @@ def _parser(
     errors: str,
     fill_int: int,
     layout: Layout | None = None,
-    arrow: bool = False,
+    engine: LogEngine = "numpy",
 ) -> tuple[Parse, np.dtype[Any], bool]:
     dtype = np.dtype([(name, _column_dtype(kind)) for name, kind in columns.items()])
     for name in columns:
@@ -305,10 +306,12 @@ def _parser(
         if kind.startswith("timestamp")
     }
     fixed = {name: _fixed_format(fmt) for name, fmt in formats.items()}
-    fast = None
-    if layout is not None and set(columns) <= layout.groups():
+    fast: NativeParse | None = None
+    if layout is not None and set(columns) <= layout.groups() and engine == "native":
+        fast = native_parser(layout, columns, dtype, fill_int, fixed)
+    elif layout is not None and set(columns) <= layout.groups():
         split = None
-        if arrow:
+        if engine == "pyarrow":
 
             def split(variants: list[tuple[Token, ...]]) -> tuple[Any, Any]:
                 return arrow_breaks(variants, columns), arrow_columns(variants, columns, fill_int)
@@ -431,14 +434,23 @@ def _capturing_only(pattern: re.Pattern[str], names: set[str]) -> re.Pattern[str
 
 
 def _choose(engine: LogEngine, layout: Layout | None, columns: dict[str, str]) -> LogEngine:
-    if engine not in ("auto", "numpy", "pyarrow"):
-        raise ValueError(f"LogDecoder: engine={engine!r}: use 'auto', 'numpy' or 'pyarrow'")
+    if engine not in ("auto", "native", "numpy", "pyarrow"):
+        raise ValueError(
+            f"LogDecoder: engine={engine!r}: use 'auto', 'native', 'numpy' or 'pyarrow'"
+        )
     if engine == "numpy":
         return "numpy"
     if layout is None:
-        if engine == "pyarrow":
-            raise ValueError("LogDecoder: engine='pyarrow' needs COMBINED or a LogFormat")
+        if engine in ("pyarrow", "native"):
+            raise ValueError(f"LogDecoder: engine={engine!r} needs COMBINED or a LogFormat")
         return "numpy"
+    if engine in ("auto", "native") and has_native():
+        return "native"
+    if engine == "native":
+        raise ImportError(
+            "engine='native': aflow was installed without its compiled log scanner "
+            "(no C compiler at install time); reinstall with one, or use 'pyarrow'/'numpy'"
+        )
     if engine == "auto" and not plain(layout.tokens, columns):
         return "numpy"  # splitting by pyarrow would cost more than it saves
     if has_arrow():
@@ -478,14 +490,18 @@ class LogDecoder(LineDecoder):
             other patterns.
         fill_int: what an ``int`` group that took no part in the match reads as
             (distinct from a real 0); such a ``float`` reads as NaN, a timestamp as NaT.
-        engine: for :data:`COMBINED` and a :class:`LogFormat`: ``"pyarrow"`` (needs
-            pyarrow, the ``arrow`` extra) splits blocks of printable ASCII lines with
-            pyarrow's CSV reader (outside the GIL), checks each field's shape as the
-            regular expression does and casts the numbers; ``"numpy"`` finds the fields
-            with NumPy; ``"auto"``: pyarrow when installed and every column is one
-            field read as ``int``, ``float`` or ``str`` (not a timestamp nor the
-            request's ``method``, ``path``, ``protocol``), else NumPy. Lines either
-            engine cannot take go to the regular expression: the rows are the same.
+        engine: for :data:`COMBINED` and a :class:`LogFormat`: ``"native"`` (the
+            compiled scanner, built at install where a C compiler is found) reads each
+            line once in C outside the GIL, checks its shape as the regular expression
+            does and reads the numbers, the other columns converted as with NumPy;
+            ``"pyarrow"`` (needs pyarrow, the ``arrow`` extra) splits blocks of
+            printable ASCII lines with pyarrow's CSV reader (outside the GIL), checks
+            each field's shape and casts the numbers; ``"numpy"`` finds the fields
+            with NumPy; ``"auto"``: native when built, else pyarrow when installed and
+            every column is one field read as ``int``, ``float`` or ``str`` (not a
+            timestamp nor the request's ``method``, ``path``, ``protocol``), else
+            NumPy. Lines an engine cannot take go to the regular expression: the rows
+            are the same.
 
     Attributes:
         dtype: the rows' dtype: ``int64``, ``float64``, ``object`` or
@@ -497,13 +513,14 @@ class LogDecoder(LineDecoder):
             (:data:`COMBINED` and a :class:`LogFormat`; the other lines by the regular
             expression): parsing then mostly runs outside the GIL, so blocks gain from
             worker threads.
-        engine: the engine chosen, ``"numpy"`` or ``"pyarrow"``.
+        engine: the engine chosen, ``"native"``, ``"numpy"`` or ``"pyarrow"``.
 
     Raises:
         ValueError: a column that is not a named group of the pattern, or of an unknown
-            type; ``engine="pyarrow"`` for a pattern that is neither :data:`COMBINED`
-            nor a :class:`LogFormat`.
-        ImportError: ``engine="pyarrow"`` without pyarrow installed.
+            type; ``engine="pyarrow"`` or ``"native"`` for a pattern that is neither
+            :data:`COMBINED` nor a :class:`LogFormat`.
+        ImportError: ``engine="pyarrow"`` without pyarrow installed, or
+            ``engine="native"`` where the compiled scanner was not built.
 
     Examples:
         >>> decoder = LogDecoder(r"(?P<level>[A-Z]+) (?P<ms>\\d+)", {"level": "str", "ms": "int"})
@@ -536,9 +553,8 @@ class LogDecoder(LineDecoder):
         b"".decode("utf-8", errors)  # an unknown handler fails here, not per block
         self.errors = errors
         self.engine = _choose(engine, layout, cols)
-        arrow = self.engine == "pyarrow"
         self._parse, self.dtype, self.vectorized = _parser(
-            compiled, cols, errors, fill_int, layout, arrow
+            compiled, cols, errors, fill_int, layout, self.engine
         )
         if self.vectorized:
             self.small_block = SMALL_BLOCK
