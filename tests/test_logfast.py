@@ -588,3 +588,45 @@ def test_every_engine_agrees_with_re_on_mutated_bytes(
         got, got_bad = _decoded(decoder, lines)
         same(got, want)
         assert got_bad == bad
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"status": "int", "bytes": "int", "method": "int", "path": "str"},
+        {"status": "int", "method": "int", "path": "str"},
+        {"method": "int"},
+        {"protocol": "float", "request_time": "float"},
+    ],
+)
+def test_request_parts_read_as_numbers_agree_with_re(
+    engine: LogEngine, columns: dict[str, str]
+) -> None:
+    """The request line's parts are no tokens of their own: read as numbers, they are
+    converted from their places (the compiled scanner's numbers were once laid out for
+    them too, and the rows read other lines' values)."""
+    lines = [
+        f'1.2.3.4 - - [10/Oct/2024:13:55:36 +0000] "{i} {10 * i}" {200 + i} {7 * i} '
+        f'"-" "-" 0.{i}\n'.encode()
+        for i in range(1, 6)
+    ]
+    decoder = LogDecoder(COMBINED, columns, engine=engine)
+    regex = LogDecoder(re.compile(COMBINED, re.ASCII), columns)  # a flag: no layout, re
+    assert not regex.vectorized
+    got, want = decoder.decode(b"".join(lines)), regex.decode(b"".join(lines))
+    same(as_tuples(got.rows), as_tuples(want.rows))
+    assert [b.index for b in got.bad] == [b.index for b in want.bad]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_empty_number_fields_are_read_as_the_regex_reads_them(engine: LogEngine) -> None:
+    """A block whose number fields are all empty ("") (the NumPy path raised on it: every
+    line bad) reads as the regular expression reads it: NaN."""
+    fmt = LogFormat('$remote_addr "$request_time"')
+    decoder = LogDecoder(fmt, {"request_time": "float"}, engine=engine)
+    regex = LogDecoder(fmt.pattern, {"request_time": "float"})
+    for block in (b'x ""\n', b'x ""\ny "5"\n'):
+        got, want = decoder.decode(block), regex.decode(block)
+        same(as_tuples(got.rows), as_tuples(want.rows))
+        assert got.bad == want.bad == []

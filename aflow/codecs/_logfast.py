@@ -119,6 +119,8 @@ def _digits(
     if not n:
         return np.zeros(0, bool), np.zeros(0), np.zeros(0, np.intp)
     w = int(min(width.max(), _WIDE))
+    if w == 0:  # every field empty: none is a number (the regex path reads them)
+        return np.zeros(n, bool), np.zeros(n), np.zeros(n, np.intp)
     g = _gather(data, np.maximum(hi - w, 0), w)  # right-aligned: the last digit at w - 1
     inside = np.arange(w) >= (w - width)[:, None]
     d = g - np.uint8(48)

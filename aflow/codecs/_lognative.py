@@ -48,11 +48,22 @@ def has_native() -> bool:
     return _logscan is not None
 
 
+def _scanned(tokens: tuple[Token, ...], columns: dict[str, str]) -> list[str]:
+    """The ``int``/``float`` columns the scanner reads: those that are a token of their
+    own (not a part of the request line), in the order of ``columns``."""
+    names = {t.name for t in tokens}
+    return [
+        name
+        for name, kind in columns.items()
+        if name in names and kind.partition(":")[0] in ("int", "float")
+    ]
+
+
 def _spec(tokens: tuple[Token, ...], columns: dict[str, str]) -> tuple[NDArray[np.int32], bytes]:
     """The scanner's spec of ``tokens`` (8 numbers a token, see ``_logscan.c``) and the
-    literal tokens' text; the ``int``/``float`` columns are read by the scanner, in the
-    order of ``columns``."""
-    numeric = [n for n, kind in columns.items() if kind.partition(":")[0] in ("int", "float")]
+    literal tokens' text; the columns of :func:`_scanned` are read by the scanner, in
+    that order."""
+    numeric = _scanned(tokens, columns)
     literals = b""
     spec: list[int] = []
     for t in tokens:
@@ -89,7 +100,7 @@ def native_parser(
     tokens = layout.tokens
     ntok = len(tokens)
     spec, literals = _spec(tokens, columns)
-    numeric = [n for n, kind in columns.items() if kind.partition(":")[0] in ("int", "float")]
+    numeric = _scanned(tokens, columns)
     places = {t.name: j for j, t in enumerate(tokens) if t.name is not None}
     request = next((j for j, t in enumerate(tokens) if t.request), -1)
     parts = {"method", "path", "protocol"} & set(columns)

@@ -244,12 +244,15 @@ static PyObject *scan(PyObject *self, PyObject *args)
     int ntok = (int)(spec.len / (FIELDS * (Py_ssize_t)sizeof(int32_t)));
     Py_ssize_t size = block.len, count = 0, capacity = variants.len;
     Py_ssize_t nnum = 0;
-    for (int j = 0; j < ntok; j++) {
-        int32_t k = ((const int32_t *)spec.buf)[FIELDS * j + 7];
-        if (k && (k + 1) / 2 > nnum)
-            nnum = (k + 1) / 2;
+    int bad_spec = spec.len != ntok * FIELDS * (Py_ssize_t)sizeof(int32_t);
+    for (int j = 0; j < ntok && !bad_spec; j++) {
+        const int32_t *t = (const int32_t *)spec.buf + FIELDS * j;
+        bad_spec = t[0] < BARE || t[0] > LITERAL || t[1] < ANY || t[1] > NUMBER || t[3] < 0 ||
+                   t[5] < 0 || t[6] < 0 || (Py_ssize_t)t[5] + t[6] > lits.len || t[7] < 0;
+        if (t[7] && (t[7] + 1) / 2 > nnum)
+            nnum = (t[7] + 1) / 2;
     }
-    if (ntok < 1 || optional < 0 || optional >= ntok || size >= INT32_MAX ||
+    if (bad_spec || ntok < 1 || optional < 0 || optional >= ntok || size >= INT32_MAX ||
         bounds.len < capacity * ntok * 2 * (Py_ssize_t)sizeof(int32_t) ||
         numbers.len < capacity * nnum * (Py_ssize_t)sizeof(double) ||
         newlines.len < capacity * (Py_ssize_t)sizeof(int64_t)) {

@@ -449,7 +449,9 @@ def _choose(engine: LogEngine, layout: Layout | None, columns: dict[str, str]) -
     if engine == "native":
         raise ImportError(
             "engine='native': aflow was installed without its compiled log scanner "
-            "(no C compiler at install time); reinstall with one, or use 'pyarrow'/'numpy'"
+            "(no C compiler at install time); reinstall with one (pip install "
+            "--no-cache-dir: pip may reuse the wheel it built without), or use "
+            "'pyarrow'/'numpy'"
         )
     if engine == "auto" and not plain(layout.tokens, columns):
         return "numpy"  # splitting by pyarrow would cost more than it saves
