@@ -93,31 +93,29 @@ static int has_shape(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi, int s
     return 1;
 }
 
+/* TIME_SHAPE as byte classes: 'd' a digit, 'a' a letter, 's' a sign, else the byte. */
 static int has_time_shape(const unsigned char *s, Py_ssize_t lo, Py_ssize_t hi)
 {
     if (hi - lo != TIME_WIDTH)
         return 0;
+    unsigned bad = 0; /* branch-free over the 26 bytes */
     for (int i = 0; i < TIME_WIDTH; i++) {
-        unsigned char c = s[lo + i];
+        unsigned c = s[lo + i];
         switch (TIME_SHAPE[i]) {
         case 'd':
-            if (!is_digit(c))
-                return 0;
+            bad |= c - '0' > 9u;
             break;
         case 'a':
-            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')))
-                return 0;
+            bad |= (c | 0x20u) - 'a' > 25u;
             break;
         case 's':
-            if (c != '+' && c != '-')
-                return 0;
+            bad |= (c != '+') & (c != '-');
             break;
         default:
-            if (c != (unsigned char)TIME_SHAPE[i])
-                return 0;
+            bad |= c != (unsigned char)TIME_SHAPE[i];
         }
     }
-    return 1;
+    return !bad;
 }
 
 /* Whether the line s[a:e] holds only printable ASCII without a backslash (the array
