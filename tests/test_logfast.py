@@ -199,6 +199,18 @@ def _decoded(decoder: LogDecoder, lines: list[bytes]) -> tuple[list[tuple[Any, .
     return as_tuples(rows), [b.index for b in bad]
 
 
+def agrees_with_re(
+    lines: list[bytes], pattern: str | LogFormat, columns: dict[str, str], engine: LogEngine
+) -> None:
+    """The rows and bad lines of ``engine`` are those of ``reference`` (``re``, line by line)."""
+    decoder = LogDecoder(pattern, columns, engine=engine)
+    regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern
+    want, bad = reference(lines, regex, columns)
+    got, got_bad = _decoded(decoder, lines)
+    same(got, want)
+    assert got_bad == bad
+
+
 needs_native = pytest.mark.skipif(
     not has_native(), reason="aflow was installed without its compiled log scanner (no C compiler)"
 )
@@ -421,12 +433,7 @@ def test_the_array_path_agrees_with_re_on_clean_hostile_blocks(
         (fmt, format_columns),
         (fmt, {"status": "int", "body_bytes_sent": "int", "http_referer": "str"}),
     ):
-        decoder = LogDecoder(pattern, columns, engine=engine)
-        regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern
-        want, bad = reference(lines, regex, columns)
-        got, got_bad = _decoded(decoder, lines)
-        same(got, want)
-        assert got_bad == bad
+        agrees_with_re(lines, pattern, columns, engine)
 
 
 FIELD_CHECKS: dict[str, tuple[Any, str]] = {  # the NumPy checks of pyarrow's fields, and
@@ -582,12 +589,7 @@ def test_every_engine_agrees_with_re_on_mutated_bytes(
         (COMBINED, {"bytes": "float", "request_time": "int"}),
         (fmt, {"status": "int", "body_bytes_sent": "int", "request_time": "float"}),
     ):
-        decoder = LogDecoder(pattern, columns, engine=engine)
-        regex = pattern.pattern if isinstance(pattern, LogFormat) else pattern
-        want, bad = reference(lines, regex, columns)
-        got, got_bad = _decoded(decoder, lines)
-        same(got, want)
-        assert got_bad == bad
+        agrees_with_re(lines, pattern, columns, engine)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
