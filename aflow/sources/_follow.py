@@ -55,6 +55,7 @@ from ._fileid import (
 )
 from ._guardproc import RemoteGuard
 from ._reader import Emit, FileReader, _Framer
+from ._rotation import rotated_siblings
 from ._watch import Watcher, WatchHub, have_inotify, open_watch_hub
 
 __all__ = ["COPY_WATCH", "Follower"]
@@ -118,7 +119,7 @@ class Follower:
         watcher = self.hub.watcher(directory, name, self.reader.poll_interval)
         self.refused = watcher.refused
         try:
-            await self._open_current(first=True)
+            await self._open_current(first=True, watcher=watcher)
             await self._catch_up(emit, report, out)
             while not out.stopping:
                 if watcher.take_copying() and self.current is not None:
@@ -180,13 +181,26 @@ class Follower:
     def _all(self) -> list[Tracked]:
         return [*self.draining, *([self.current] if self.current else [])]
 
-    async def _open_current(self, *, first: bool = False) -> bool:
-        """Open the file at the path as the current one; False if there is none now."""
+    async def _open_current(self, *, first: bool = False, watcher: Watcher | None = None) -> bool:
+        """Open the file at the path as the current one; False if there is none now.
+
+        ``first``: the start of the run (``watcher``: the path's, begun before). A resumed
+        run starts the file its checkpoint was reading from the committed position; if a
+        rotation took that file away since the resume looked (:meth:`_moved`), it is read
+        from there as a rotated file, and the new one from its start."""
+        seen = 0  # files that appeared at the path since the watch began, before the open
+        if first and watcher is not None:
+            watcher.take_events()
+            seen = watcher.appeared
         opened = await anyio.to_thread.run_sync(_open_fd, self.path)
         if opened is None:
             return False
         fd, ident = opened
         start, line = (self.reader.start, self.reader.start_line) if first else (0, 1)
+        resumed = self.reader.ident if first else None
+        if resumed is not None and (ident.device, ident.inode) != (resumed.device, resumed.inode):
+            await self._moved(resumed, start, line)
+            start, line = 0, 1
         self.current = Tracked(fd, ident, self.reader.framer(start, line=line), start)
         if have_inotify():
             guard = RemoteGuard(fd, start, self.reader.chunk_size, self.path)
@@ -197,9 +211,29 @@ class Follower:
                 raise
             self.current.guard = guard if started else None
             self.refused |= not started
-        # A file found at the start may predate the watch: its appearance was not seen.
-        self.opened += 0 if first else 1
+        # A file found at the start may predate the watch: its appearance was not seen,
+        # unless the watch saw one before the open (a rotation since: this file); one seen
+        # just after the open is this file's too while the path still names it.
+        if first and watcher is not None and not seen:
+            watcher.take_events()
+            if watcher.appeared and await anyio.to_thread.run_sync(_key_at, self.path) == (
+                ident.device,
+                ident.inode,
+            ):
+                seen = 1
+        self.opened += 1 if not first or seen else 0
         return True
+
+    async def _moved(self, resumed: FileId, offset: int, line: int) -> None:
+        """The file a checkpoint was reading, rotated away from the path between the
+        resume's look and the first open: found beside the path by its identity and read
+        from ``offset`` (line ``line``) before the live file (gone from beside the path
+        too: rotated on out of the names kept, nothing is left to read)."""
+        found = await anyio.to_thread.run_sync(_find_sibling, self.path, resumed)
+        if found is None:
+            return
+        path, fd, ident = found
+        self.draining.append(Tracked(fd, ident, self.reader.framer(offset, path, line), offset))
 
     async def _read_all(self, watcher: Watcher, emit: Emit, report: Reporter, out: Any) -> bool:
         """Read what every open file holds now (rotated ones first); True if any data."""
@@ -343,6 +377,22 @@ def _open_fd(path: str) -> tuple[int, FileId] | None:
         os.close(fd)
         raise
     return fd, FileId.of(st, head)
+
+
+def _find_sibling(path: str, ident: FileId) -> tuple[str, int, FileId] | None:
+    """The rotated file beside ``path`` that is ``ident``'s (same device and inode, same
+    first bytes), opened."""
+    for candidate in rotated_siblings(path):
+        opened = _open_fd(candidate)
+        if opened is None:
+            continue
+        fd, found = opened
+        if (found.device, found.inode) == (ident.device, ident.inode) and ident.matches(
+            os.pread(fd, ident.length, 0)
+        ):
+            return candidate, fd, found
+        os.close(fd)
+    return None
 
 
 def _key_at(path: str) -> tuple[int, int] | None:
