@@ -219,11 +219,11 @@ ENGINES = [
     pytest.param("pyarrow", marks=needs_arrow),
     pytest.param("native", marks=needs_native),
 ]
-# The longest property tests run the NumPy path in the slow run (CI runs both): the
-# compiled scanner (the default where it was built) and the pyarrow path in every run.
+# The longest property tests run the NumPy and pyarrow engines in the slow run (CI runs
+# both), the compiled scanner (the default where it was built) in every run.
 ENGINES_NUMPY_SLOW = [
     pytest.param("numpy", marks=pytest.mark.slow),
-    pytest.param("pyarrow", marks=needs_arrow),
+    pytest.param("pyarrow", marks=[needs_arrow, pytest.mark.slow]),
     pytest.param("native", marks=needs_native),
 ]
 
