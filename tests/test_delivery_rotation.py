@@ -111,34 +111,63 @@ async def test_rotations_while_down_are_caught_up(
 
 @pytest.mark.anyio
 @backends
+@pytest.mark.parametrize("moment", ["before the plan", "before the open", "path missing"])
 async def test_a_rotation_during_the_resume_loses_nothing(
-    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
 ) -> None:
-    """The log is rotated after the resumed run looked at it (and planned what to catch
-    up) and before it opened it: the file the checkpoint was reading is read on from its
-    committed position under its new name, the new one from its start; no file is
-    reported missed. (The run opened the new file at the old file's offset, and the
-    watch counted the new file as one it never opened: a DataLossError, seen under load
-    in the kill/restart proof.)"""
+    """The log is rotated while a resumed run starts: after it found the checkpoint's file
+    at the path and before it planned the rotated files to catch up, or before it opened
+    the path, or with the new file not created yet when it opens it. The checkpoint's
+    file is read on from its committed position under its new name, once; the new one
+    from its start; no file is reported missed. (The run opened the new file at the old
+    file's offset, and the watch counted it as a file never opened: a DataLossError,
+    seen under load in the kill/restart proof.)"""
     import aflow.sources._follow as follow_module
+    import aflow.sources._source as source_module
 
     log, db = tmp_path / "app.log", tmp_path / "cp.db"
     append(log, "a1", "a2", "a3")
     seen: list[str] = []
     await follow(log, db, seen, 3)
     append(log, "a4", "a5")  # written while down: the checkpoint has not seen them
-    real_open = follow_module._open_fd
     rotated: list[str] = []
 
+    def rotate(create: bool = True) -> None:
+        if not rotated:
+            rotated.append(moment)
+            if create:
+                logrotate(log, "create")
+                append(log, "b1", "b2")
+            else:
+                log.rename(tmp_path / "app.log.1")
+
+    real_plan, real_open = source_module.plan_catch_up, follow_module._open_fd
+
+    def plan_after_a_rotation(*args: Any) -> Any:
+        rotate()
+        return real_plan(*args)
+
     def open_after_a_rotation(path: str) -> Any:
-        if path == str(log) and not rotated:
-            logrotate(log, "create")
-            append(log, "b1", "b2")
-            rotated.append(path)
+        if path == str(log):
+            rotate(create=moment != "path missing")
         return real_open(path)
 
-    monkeypatch.setattr(follow_module, "_open_fd", open_after_a_rotation)
-    await follow(log, db, seen, 7)
+    if moment == "before the plan":
+        monkeypatch.setattr(source_module, "plan_catch_up", plan_after_a_rotation)
+    else:
+        monkeypatch.setattr(follow_module, "_open_fd", open_after_a_rotation)
+    if moment == "path missing":
+
+        async def create_later() -> None:
+            await wait_for(lambda: bool(rotated))
+            await anyio.sleep(0.1)
+            append(log, "b1", "b2")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(create_later)
+            await follow(log, db, seen, 7)
+    else:
+        await follow(log, db, seen, 7)
     assert rotated
     assert seen == ["a1", "a2", "a3", "a4", "a5", "b1", "b2"]
 

@@ -55,7 +55,7 @@ from ._fileid import (
 )
 from ._guardproc import RemoteGuard
 from ._reader import Emit, FileReader, _Framer
-from ._rotation import rotated_siblings
+from ._rotation import CatchUp, rotated_siblings
 from ._watch import Watcher, WatchHub, have_inotify, open_watch_hub
 
 __all__ = ["COPY_WATCH", "Follower"]
@@ -193,14 +193,21 @@ class Follower:
             watcher.take_events()
             seen = watcher.appeared
         opened = await anyio.to_thread.run_sync(_open_fd, self.path)
+        start, line = (self.reader.start, self.reader.start_line) if first else (0, 1)
+        resumed = self.reader.ident if first else None
+        if resumed is not None and (
+            opened is None or (opened[1].device, opened[1].inode) != (resumed.device, resumed.inode)
+        ):
+            try:
+                await self._moved(resumed, start, line)
+            except BaseException:  # cancelled: the live file is nobody's yet
+                if opened is not None:
+                    os.close(opened[0])
+                raise
+            start, line = 0, 1
         if opened is None:
             return False
         fd, ident = opened
-        start, line = (self.reader.start, self.reader.start_line) if first else (0, 1)
-        resumed = self.reader.ident if first else None
-        if resumed is not None and (ident.device, ident.inode) != (resumed.device, resumed.inode):
-            await self._moved(resumed, start, line)
-            start, line = 0, 1
         self.current = Tracked(fd, ident, self.reader.framer(start, line=line), start)
         if have_inotify():
             guard = RemoteGuard(fd, start, self.reader.chunk_size, self.path)
@@ -226,14 +233,18 @@ class Follower:
 
     async def _moved(self, resumed: FileId, offset: int, line: int) -> None:
         """The file a checkpoint was reading, rotated away from the path between the
-        resume's look and the first open: found beside the path by its identity and read
-        from ``offset`` (line ``line``) before the live file (gone from beside the path
-        too: rotated on out of the names kept, nothing is left to read)."""
-        found = await anyio.to_thread.run_sync(_find_sibling, self.path, resumed)
-        if found is None:
+        resume's look and the first open: found beside the path by its identity, it joins
+        the files to catch up (last: the newest of them), read from ``offset`` (line
+        ``line``), unless the resume planned it already (rotated before it planned). Gone
+        from beside the path too (rotated on out of the names kept, or compressed), it
+        cannot be read."""
+        key = (resumed.device, resumed.inode)
+        if any((cu.ident.device, cu.ident.inode) == key for cu in self.reader.catch_up):
             return
-        path, fd, ident = found
-        self.draining.append(Tracked(fd, ident, self.reader.framer(offset, path, line), offset))
+        found = await anyio.to_thread.run_sync(_find_sibling, self.path, resumed)
+        if found is not None:
+            path, mtime_ns = found
+            self.reader.catch_up.append(CatchUp(path, resumed, offset, False, mtime_ns, line))
 
     async def _read_all(self, watcher: Watcher, emit: Emit, report: Reporter, out: Any) -> bool:
         """Read what every open file holds now (rotated ones first); True if any data."""
@@ -379,19 +390,19 @@ def _open_fd(path: str) -> tuple[int, FileId] | None:
     return fd, FileId.of(st, head)
 
 
-def _find_sibling(path: str, ident: FileId) -> tuple[str, int, FileId] | None:
+def _find_sibling(path: str, ident: FileId) -> tuple[str, int] | None:
     """The rotated file beside ``path`` that is ``ident``'s (same device and inode, same
-    first bytes), opened."""
+    first bytes), and its modification time."""
     for candidate in rotated_siblings(path):
-        opened = _open_fd(candidate)
-        if opened is None:
+        try:
+            st = os.stat(candidate)
+            if (st.st_dev, st.st_ino) != (ident.device, ident.inode):
+                continue
+            with open(candidate, "rb") as f:
+                if ident.matches(f.read(ident.length)):
+                    return candidate, st.st_mtime_ns
+        except OSError:  # gone meanwhile, or not ours to read
             continue
-        fd, found = opened
-        if (found.device, found.inode) == (ident.device, ident.inode) and ident.matches(
-            os.pread(fd, ident.length, 0)
-        ):
-            return candidate, fd, found
-        os.close(fd)
     return None
 
 
