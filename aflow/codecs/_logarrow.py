@@ -436,12 +436,16 @@ def _fixed(shape: str, literal: bool = False) -> Check:
         else:
             flat = np.lib.stride_tricks.sliding_window_view(v.data, w)[v.starts].reshape(-1)
         # one pass each over the values' bytes, against the shape repeated: broadcasting
-        # ``(n, w)`` against ``(w,)`` ran n loops of w bytes, several times slower
-        if len(tiled[0]) < n * w:
-            tiled[:] = [
+        # ``(n, w)`` against ``(w,)`` ran n loops of w bytes, several times slower. A
+        # snapshot of the list: decoding threads share it, and one may grow it meanwhile
+        # (reading it lazily could mix a grown array with a short one)
+        current = list(tiled)
+        if len(current[0]) < n * w:
+            current = [
                 np.tile(x, max(n, 8192)) if folds or x is not fold else x for x in (lo, span, fold)
             ]
-        low, width, case = (x[: n * w] for x in tiled)
+            tiled[:] = current
+        low, width, case = (x[: n * w] for x in current)
         folded = flat | case if folds else flat
         if not ((folded - low) <= width).all():  # uint8: wraps below ``lo``
             return False
