@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import aflow as af
 from aflow.codecs import COMBINED, CsvDecoder, JsonlDecoder, LineSplitter
+from aflow.codecs._csvnative import has_native
 from aflow.stages import decode as decode_module
 
 READING = np.dtype([("ts", "i8"), ("sensor", "i4"), ("value", "f8")])
@@ -326,8 +327,9 @@ def test_csv_and_jsonl_decode_in_one_thread_per_usable_core(tmp_path: Path) -> N
     (tmp_path / "a.csv").write_text("".join(f"{i},{i / 4}\n" for i in range(50_000)))
     (tmp_path / "a.jsonl").write_text("".join(f'{{"a": {i}, "b": 0.5}}\n' for i in range(20_000)))
     cores = len(os.sched_getaffinity(0))
+    csv_stage = f"decode_csv[{'native' if has_native() else 'pyarrow'}]"
     for flow, name, rows in (
-        (af.read_csv(str(tmp_path / "a.csv"), dt, read_size=65536), "decode_csv[pyarrow]", 50_000),
+        (af.read_csv(str(tmp_path / "a.csv"), dt, read_size=65536), csv_stage, 50_000),
         (
             af.read_jsonl(str(tmp_path / "a.jsonl"), dt, read_size=65536),
             "decode_jsonl[pyarrow]",

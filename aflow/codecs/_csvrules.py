@@ -117,7 +117,8 @@ def check_overflow(blob: bytes, rows: NDArray[Any], floats: list[str]) -> None:
 
 def fill_missing(text: str, dtype: np.dtype[Any], delimiter: str, fill_int: int | None) -> str:
     """``text`` with its empty numeric fields written out: ``nan`` for floats, ``fill_int``
-    for integers (left empty, a bad line, when None). Lines with quotes are left alone."""
+    for integers (left empty, a bad line, when None). A quoted empty field (``""``) is
+    not empty: it stays, a bad line in a numeric column (as pyarrow reads it)."""
     fills = []
     for name in dtype.names or ():
         kind = dtype.fields[name][0].kind  # type: ignore[index]
@@ -133,14 +134,28 @@ def fill_missing(text: str, dtype: np.dtype[Any], delimiter: str, fill_int: int 
     lines = text.split("\n")
     for i, line in enumerate(lines):
         body = line.removesuffix("\r")
-        if '"' in body or not _has_empty(body, delimiter):
+        if not _has_empty(body, delimiter):
             continue
-        fields = body.split(delimiter)
-        if len(fields) != len(fills):
+        fields = _split_quoted(body, delimiter) if '"' in body else body.split(delimiter)
+        if fields is None or len(fields) != len(fills):
             continue  # a bad line either way
         fields = [(fills[j] or "") if f == "" else f for j, f in enumerate(fields)]
         lines[i] = delimiter.join(fields) + line[len(body) :]
     return "\n".join(lines)
+
+
+def _split_quoted(line: str, delimiter: str) -> list[str] | None:
+    """The fields of ``line`` as written (quotes kept), split at the delimiters outside
+    quotes; None for a quote left open."""
+    fields, start, quoted = [], 0, False
+    for i, ch in enumerate(line):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == delimiter and not quoted:
+            fields.append(line[start:i])
+            start = i + 1
+    fields.append(line[start:])
+    return None if quoted else fields
 
 
 def _has_empty(line: str, delimiter: str) -> bool:

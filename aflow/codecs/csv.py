@@ -1,8 +1,10 @@
 """CSV both ways: delimited lines into structured arrays, and arrays into CSV lines.
 
-Decoding has two engines: NumPy's C ``loadtxt`` (always there) and pyarrow's CSV reader
-(``pip install pyarrow``, the ``arrow`` extra), several times faster on large blocks. Both
-follow NumPy's rules on which lines are bad.
+Decoding has three engines: NumPy's C ``loadtxt`` (always there), pyarrow's CSV reader
+(``pip install pyarrow``, the ``arrow`` extra), several times faster on large blocks, and
+aflow's compiled scanner for numeric columns (built at install where a C compiler is
+found; see :mod:`._csvnative`), faster again, which leaves every line it does not read to
+the others. All follow NumPy's rules on which lines are bad.
 
 Encoding follows one set of rules, used by the file sink :func:`~aflow.to_csv` and the
 socket sinks :func:`~aflow.to_tcp` and :func:`~aflow.to_udp` alike (see
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv as stdcsv
+import importlib.util
 import io
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
@@ -29,6 +32,7 @@ from ._blocks import (
     Decoded,
     LineDecoder,
     Parse,
+    RejectedLines,
     as_bytes,
     by_size,
     decode_block,
@@ -36,12 +40,13 @@ from ._blocks import (
     structured,
     widened,
 )
+from ._csvnative import has_native, native_dtype, native_parser
 from ._csvrules import aflow_message, check_overflow, fill_missing, has_empty_field, suspects_for
 from ._text import as_text, columns, join_rows
 
 __all__ = ["CsvDecoder", "CsvEncoder", "Engine", "Fmt"]
 
-Engine: TypeAlias = Literal["auto", "numpy", "pyarrow"]
+Engine: TypeAlias = Literal["auto", "native", "numpy", "pyarrow"]
 
 Fmt: TypeAlias = "str | Sequence[str | None] | None"
 """How values are written as text: ``None`` (the default text of each column, see
@@ -61,21 +66,27 @@ class CsvDecoder(LineDecoder):
         dtype: a structured dtype, one field per column, e.g.
             ``[("ts", "i8"), ("sensor", "i4"), ("value", "f4")]``.
         delimiter: the field separator.
-        engine: ``"numpy"``, ``"pyarrow"`` (needs pyarrow, the ``arrow`` extra), or ``"auto"``:
-            pyarrow when installed and every column is an integer or a float, for
-            blocks of :data:`~aflow.codecs.SMALL_BLOCK` bytes and more, with NumPy's
-            rules (NumPy judges each line pyarrow rejects, and parses smaller blocks),
-            so results never depend on block size.
+        engine: ``"native"`` (the compiled scanner: integer, float32 and float64
+            columns in the machine's byte order, a one-byte delimiter that is not part
+            of a number), ``"numpy"``, ``"pyarrow"`` (needs pyarrow, the ``arrow``
+            extra), or ``"auto"``: the scanner where it was built and reads the dtype;
+            else pyarrow when installed and every column is an integer or a float, for
+            blocks of :data:`~aflow.codecs.SMALL_BLOCK` bytes and more; else NumPy.
+            Every engine keeps NumPy's rules (NumPy judges each line the scanner leaves
+            over or pyarrow rejects, and parses pyarrow's smaller blocks), so results
+            never depend on block size or engine.
 
     Attributes:
         dtype: the rows' dtype.
-        engine: the engine chosen, ``"numpy"`` or ``"pyarrow"``.
+        engine: the engine chosen, ``"native"``, ``"numpy"`` or ``"pyarrow"``.
         small_block: blocks of fewer bytes are parsed by NumPy, cheap enough to call
             without a worker thread (0: no such switch).
 
     Raises:
         TypeError: ``dtype`` is not structured.
-        ImportError: ``engine="pyarrow"`` without pyarrow installed.
+        ImportError: ``engine="pyarrow"`` without pyarrow installed, ``engine="native"``
+            without the scanner.
+        ValueError: ``engine="native"`` for a dtype or delimiter it does not read.
 
     Examples:
         >>> decoder = CsvDecoder([("ts", "i8"), ("value", "f4")])
@@ -98,11 +109,21 @@ class CsvDecoder(LineDecoder):
         self.delimiter = delimiter
         self.fill_int = fill_int
         self._options = engine
-        self.engine = _choose(engine, self.dtype)
+        self.engine = _choose(engine, self.dtype, delimiter)
         self._suspects = suspects_for(self.dtype, delimiter)
         reference = _numpy_parser(self.dtype, delimiter, fill_int)
         self._parse = reference
-        if self.engine == "pyarrow":
+        if self.engine == "native":
+            # the lines the scanner leaves over: NumPy's engine, with pyarrow for many
+            parsed = _lazy_arrow(self.dtype, delimiter, fill_int, reference)
+            suspects = self._suspects
+
+            def rest(blob: bytes) -> Decoded:
+                return decode_block(blob, parsed, self.dtype, suspects)
+
+            self._parse = native_parser(self.dtype, delimiter, fill_int, rest)  # type: ignore[assignment]
+            self.small_block = SMALL_BLOCK
+        elif self.engine == "pyarrow":
             # NumPy's rules everywhere: pyarrow parses blocks, NumPy judges the lines
             # pyarrow rejects (and, for "auto", parses small blocks: a datagram, a few
             # new lines of a followed file)
@@ -150,7 +171,7 @@ class CsvDecoder(LineDecoder):
         inner = CsvDecoder(
             fields,
             delimiter=self.delimiter,
-            engine=self._options if self._options != "pyarrow" else "auto",
+            engine=self._options if self._options == "numpy" else "auto",
             fill_int=self.fill_int,
         )
         return _Selected(inner, self.dtype)
@@ -178,12 +199,17 @@ class _Selected(LineDecoder):
         names = list(dtype.names or ())
         parse = inner._parse
 
-        def selected(blob: bytes) -> NDArray[Any]:
-            rows = parse(blob)
+        def select(rows: NDArray[Any]) -> NDArray[Any]:
             out = empty_rows(len(rows), dtype)
             for name in names:
                 out[name] = rows[name]
             return out
+
+        def selected(blob: bytes) -> NDArray[Any]:
+            try:
+                return select(parse(blob))
+            except RejectedLines as rejected:  # the good lines' rows, cut down too
+                raise RejectedLines(select(rejected.rows), rejected.bad) from None
 
         self._parse = selected
 
@@ -335,16 +361,52 @@ def _checked_by(fast: Parse, reference: Parse) -> Parse:
     return parse
 
 
-def _choose(engine: Engine, dtype: np.dtype[Any]) -> Literal["numpy", "pyarrow"]:
-    if engine not in ("auto", "numpy", "pyarrow"):
-        raise ValueError(f"engine={engine!r}: use 'auto', 'numpy' or 'pyarrow'")
+def _lazy_arrow(
+    dtype: np.dtype[Any], delimiter: str, fill_int: int | None, reference: Parse
+) -> Parse:
+    """``reference`` for blocks under :data:`~aflow.codecs.SMALL_BLOCK` bytes; pyarrow
+    checked by ``reference`` for larger ones, imported at the first (``reference`` alone
+    without pyarrow)."""
+    if importlib.util.find_spec("pyarrow") is None:
+        return reference
+    built: list[Parse] = []
+
+    def parse(blob: bytes) -> NDArray[Any]:
+        if len(blob) < SMALL_BLOCK:
+            return reference(blob)
+        if not built:
+            built.append(_checked_by(_arrow_parser(dtype, delimiter, fill_int), reference))
+        return built[0](blob)
+
+    return parse
+
+
+def _choose(
+    engine: Engine, dtype: np.dtype[Any], delimiter: str
+) -> Literal["native", "numpy", "pyarrow"]:
+    if engine not in ("auto", "native", "numpy", "pyarrow"):
+        raise ValueError(f"engine={engine!r}: use 'auto', 'native', 'numpy' or 'pyarrow'")
+    if engine == "native":
+        if not has_native():
+            raise ImportError(
+                "engine='native': aflow was installed without its compiled CSV scanner "
+                "(no C compiler at install); reinstall with one, "
+                "`pip install --no-cache-dir --force-reinstall aflow`"
+            )
+        if not native_dtype(dtype, delimiter):
+            raise ValueError(
+                "engine='native' reads integer, float32 and float64 columns in the "
+                f"machine's byte order, separated by a one-byte delimiter: not {dtype} "
+                f"with {delimiter!r}"
+            )
+        return engine
     if engine != "auto":
         return engine
+    if has_native() and native_dtype(dtype, delimiter):
+        return "native"
     if any(dtype.fields[n][0].kind not in "iuf" for n in dtype.names or ()):  # type: ignore[index]
         return "numpy"
-    try:
-        import pyarrow.csv  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("pyarrow") is None:
         return "numpy"
     return "pyarrow"
 

@@ -567,14 +567,17 @@ def decode_csv(
             provenance (chunks of lines, plain arrays). ``True`` skips it; ``"names"``
             takes each field of ``dtype`` from the column its name heads, in any order
             (other columns are ignored; a field the header lacks fails the run).
-        engine: ``"numpy"``, ``"pyarrow"`` (needs pyarrow, the ``arrow`` extra), or ``"auto"``:
-            pyarrow when installed and every column is an integer or a float, for blocks
-            of 16 KiB and more, with NumPy's rules (NumPy judges each line pyarrow
-            rejects, and parses smaller blocks such as datagrams, inline), so results
-            never depend on block size.
-        threads: blocks decoded at once in worker threads (both engines release the GIL
-            while parsing); by default one per core for pyarrow, none (decode inline,
-            fused with the neighbouring stages) for numpy.
+        engine: ``"native"`` (aflow's compiled scanner, where it was built at install),
+            ``"numpy"``, ``"pyarrow"`` (needs pyarrow, the ``arrow`` extra), or
+            ``"auto"``: the scanner when every column is an integer, a float32 or a
+            float64; else pyarrow when installed and every column is an integer or a
+            float, for blocks of 16 KiB and more; NumPy otherwise. Always with NumPy's
+            rules (NumPy judges each line the others leave over or reject, and parses
+            pyarrow's smaller blocks such as datagrams, inline), so results never depend
+            on block size or engine (see :class:`~aflow.codecs.CsvDecoder`).
+        threads: blocks decoded at once in worker threads (every engine releases the GIL
+            while parsing); by default one per core for the scanner and pyarrow, none
+            (decode inline, fused with the neighbouring stages) for numpy.
         fill_int: the value of an empty integer field (``None``: such a line is bad).
             An empty float field is NaN.
         on_error: ``"raise"``, ``"skip"`` or :func:`~aflow.dead_letter`. A bad line's
@@ -592,7 +595,7 @@ def decode_csv(
         raise ValueError(f"header={header!r}: use False, True or 'names'")
     decoder = CsvDecoder(dtype, delimiter=delimiter, engine=engine, fill_int=fill_int)
     if threads is None:
-        threads = worker_threads() if decoder.engine == "pyarrow" else 0
+        threads = worker_threads() if decoder.engine in ("native", "pyarrow") else 0
     name = f"decode_csv[{decoder.engine}]"
     op = DecodeOp(name, decoder, on_error, header=header, fail_fast=fail_fast)
     return decode_stage(op, threads)
