@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+import random
 import struct
 import subprocess
 import sys
 import textwrap
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from typing import Any
 
 import numpy as np
@@ -47,10 +49,37 @@ decimal = st.builds(
     st.booleans(),
     st.none() | st.integers(-340, 320),
 )
+
+
+def near_tie(x: float, digits: int, up: bool) -> str:
+    """The halfway point between ``x`` and the next double, rounded to ``digits``
+    significant digits up or down: just above or below a tie, where the last bits of the
+    division decide the rounding."""
+    wide = Context(prec=2000)  # exact: a double has at most 767 significant digits
+    lo, hi = Decimal(x), Decimal(math.nextafter(x, math.inf))
+    exact = wide.divide(wide.add(lo, hi), 2)
+    context = Context(prec=digits, rounding=ROUND_CEILING if up else ROUND_FLOOR)
+    return format(context.plus(exact), "e")
+
+
 plain_float = st.one_of(
     decimal,
     # near the edge of exact arithmetic: 2**53 and 10**22
     st.builds("{}e{}".format, st.integers(0, 2**54), st.integers(-30, 30)),
+    # 17 to 19 digits (as repr writes doubles), read in 128-bit arithmetic; ties
+    st.builds("{}e{}".format, st.integers(2**53, 10**19 - 1), st.integers(-19, 19)),
+    st.builds(
+        lambda b, k, d: f"{(k * 2 + 1) * 2 ** (b - 53) + d}",  # halfway between doubles
+        st.integers(53, 62),
+        st.integers(2**52, 2**53 - 1),
+        st.sampled_from([0, -1, 1]),
+    ),
+    st.builds(
+        near_tie,
+        st.floats(1e-18, 1e18),
+        st.integers(17, 19),
+        st.booleans(),
+    ),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.floats(allow_nan=False, allow_infinity=False, width=32).map(repr),
     st.floats(-1e6, 1e6).map(lambda x: f"{x:.3f}"),
@@ -107,6 +136,10 @@ def fits(value: str, dt: np.dtype[Any]) -> bool:
     return written or not (math.isinf(x) or math.isinf(narrow))
 
 
+@example(  # just above a tie between doubles, by less than the quotient's last bit
+    block=(np.dtype([("v", "f8")]), [["9.020214936071629386e-1"], ["6.687731230437122254e-1"]]),
+    ending="\n",
+)
 @settings(max_examples=300, deadline=None)
 @given(block=clean_blocks(), ending=st.sampled_from(["\n", "\r\n"]))
 @example(block=(np.dtype([("v", "f8")]), [["2.2250738585072011e-308"]]), ending="\n")
@@ -303,3 +336,29 @@ async def test_read_csv_reports_a_bad_line_with_its_file_and_line(tmp_path: Any)
     assert dead[0].provenance is not None
     assert dead[0].provenance.start == 31_338  # 1-based line number
     assert str(path) in str(dead[0].provenance.source)
+
+
+def test_many_long_numbers_and_near_ties_read_as_python_reads_them() -> None:
+    """Half a million numbers of 16 to 19 digits, and texts a hair above or below a tie
+    between two doubles: each is the double Python reads, bit for bit."""
+    rng = random.Random(5)
+    texts = []
+    for _ in range(400_000):
+        digits = rng.choice([16, 17, 18, 19])
+        whole = str(rng.randrange(10 ** (digits - 1), 10**digits))
+        exp10 = rng.randint(-digits - 19, 19)
+        texts.append(
+            f"{whole[:exp10]}.{whole[exp10:]}" if -digits < exp10 < 0 else f"{whole}e{exp10}"
+        )
+    texts += [
+        near_tie(rng.uniform(0.1, 2) * 10.0 ** rng.randint(-3, 17), rng.randint(17, 19), up)
+        for up in (True, False)
+        for _ in range(50_000)
+    ]
+    rows, bad = CsvDecoder([("v", "f8")], engine="native").decode(
+        ("\n".join(texts) + "\n").encode()
+    )
+    assert not bad
+    want = np.array([float(t) for t in texts])
+    wrong = np.flatnonzero(rows["v"].view(np.uint64) != want.view(np.uint64))
+    assert not len(wrong), [texts[i] for i in wrong[:5]]

@@ -22,7 +22,7 @@
  * an optional "-", digits with at most one ".", at least one digit, an optional exponent
  * ("e" or "E", an optional sign, 1 to 4 digits), or "nan", "inf", "infinity" in any case
  * ("-nan" is left over); the value is the correctly rounded double (exact arithmetic for
- * at most 19 significant digits and a power of ten up to 22, else strtod, checked to
+ * at most 19 significant digits and a power of ten up to 22 or 19, else strtod, checked to
  * have read the whole field: a locale whose decimal point is not "." leaves the field
  * over). A number beyond float64's range, or a finite one beyond float32's for a float32
  * column, is left over (the NumPy engine reports it). An empty field is NaN in a float
@@ -47,6 +47,78 @@ static const double P10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
 #define EXACT (UINT64_C(1) << 53)
 
 static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+#ifdef __SIZEOF_INT128__
+typedef unsigned __int128 u128;
+
+static const uint64_t POW10[20] = {
+    UINT64_C(1),
+    UINT64_C(10),
+    UINT64_C(100),
+    UINT64_C(1000),
+    UINT64_C(10000),
+    UINT64_C(100000),
+    UINT64_C(1000000),
+    UINT64_C(10000000),
+    UINT64_C(100000000),
+    UINT64_C(1000000000),
+    UINT64_C(10000000000),
+    UINT64_C(100000000000),
+    UINT64_C(1000000000000),
+    UINT64_C(10000000000000),
+    UINT64_C(100000000000000),
+    UINT64_C(1000000000000000),
+    UINT64_C(10000000000000000),
+    UINT64_C(100000000000000000),
+    UINT64_C(1000000000000000000),
+    UINT64_C(10000000000000000000),
+};
+
+static int leading_zeros(u128 n)
+{
+    uint64_t hi = (uint64_t)(n >> 64), lo = (uint64_t)n;
+    return hi ? __builtin_clzll(hi) : 64 + __builtin_clzll(lo);
+}
+
+/* the double nearest (n + f) * 2**e, n > 0, f = 0 or (sticky) some 0 < f < 1; rounding
+ * half to even (the callers' values are normal doubles: 1e-19 to 2e38) */
+static double nearest(u128 n, int e, int sticky)
+{
+    int bits = 128 - leading_zeros(n);
+    if (bits > 54) {
+        int drop = bits - 54;
+        sticky |= (n & (((u128)1 << drop) - 1)) != 0;
+        n >>= drop;
+        e += drop;
+    } else {
+        n <<= 54 - bits;
+        e -= 54 - bits;
+    }
+    uint64_t m = (uint64_t)n; /* 53 bits and the rounding bit */
+    int half = (int)(m & 1);
+    m >>= 1;
+    e += 1;
+    if (half && (sticky || (m & 1))) {
+        m++;
+        if (m >> 53) {
+            m >>= 1;
+            e++;
+        }
+    }
+    return ldexp((double)m, e);
+}
+
+/* m * 10**exp10 for |exp10| <= 19, exactly in 128 bits and rounded once */
+static double wide(uint64_t m, long exp10)
+{
+    if (exp10 >= 0)
+        return nearest((u128)m * POW10[exp10], 0, 0);
+    int shift = leading_zeros((u128)m);
+    u128 num = (u128)m << shift, d = POW10[-exp10];
+    u128 q = num / d; /* at least 64 bits: num >= 2**127, d < 2**64 */
+    return nearest(q, -shift, num % d != 0);
+}
+#endif
 
 static unsigned char lower(unsigned char c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 
@@ -170,6 +242,10 @@ static int read_float(const unsigned char *s, Py_ssize_t n, double *out)
     } else if (exact && m <= EXACT && exp10 >= -22 && exp10 <= 22) {
         /* both exact doubles: one correctly rounded operation */
         v = exp10 < 0 ? (double)m / P10[-exp10] : (double)m * P10[exp10];
+#ifdef __SIZEOF_INT128__
+    } else if (exact && exp10 >= -19 && exp10 <= 19) {
+        v = wide(m, exp10); /* 17 to 19 digits, as Python's repr writes a double */
+#endif
     } else {
         char *stop;
         v = strtod((const char *)s, &stop);
