@@ -174,6 +174,41 @@ async def test_a_rotation_during_the_resume_loses_nothing(
 
 @pytest.mark.anyio
 @backends
+async def test_a_numbered_rotation_during_the_catch_up_loses_nothing(
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resumed with a rotated file to catch up (``app.log.1``), the log is rotated again
+    (``.1`` -> ``.2``, the live file -> ``.1``, a new one) after the plan and before the
+    catch-up opens ``app.log.1``. That name is another file's by then: the planned file
+    is read on under ``app.log.2``. (It was skipped, its unread lines lost.)"""
+    import aflow.sources._follow as follow_module
+
+    log, db = tmp_path / "app.log", tmp_path / "cp.db"
+    append(log, "a1", "a2", "a3")
+    seen: list[str] = []
+    await follow(log, db, seen, 3)
+    append(log, "a4", "a5")  # written while down, then rotated away
+    logrotate(log, "create")
+    append(log, "b1", "b2")
+    rotated: list[str] = []
+    real_open = follow_module._open_fd
+
+    def open_after_a_rotation(path: str) -> Any:
+        if path == f"{log}.1" and not rotated:
+            rotated.append(path)
+            logrotate(log, "create")
+            append(log, "c1")
+        return real_open(path)
+
+    monkeypatch.setattr(follow_module, "_open_fd", open_after_a_rotation)
+    seen.clear()
+    await follow(log, db, seen, 5)
+    assert rotated
+    assert seen == ["a4", "a5", "b1", "b2", "c1"]
+
+
+@pytest.mark.anyio
+@backends
 async def test_a_rotated_file_still_written_is_drained(anyio_backend: str, tmp_path: Path) -> None:
     log, db = tmp_path / "app.log", tmp_path / "cp.db"
     append(log, "a1")

@@ -168,14 +168,11 @@ class Follower:
                 except FileNotFoundError:
                     continue  # removed meanwhile (rotated out of the kept count)
                 continue
-            opened = await anyio.to_thread.run_sync(_open_fd, cu.path)
-            if opened is None:
-                continue
-            fd, ident = opened
-            if (ident.device, ident.inode) != (cu.ident.device, cu.ident.inode):
-                os.close(fd)  # another file under that name by now: found by its own
-                continue
-            framer = self.reader.framer(cu.offset, cu.path, cu.line)
+            found = await anyio.to_thread.run_sync(_open_planned, self.path, cu)
+            if found is None:
+                continue  # gone (rotated on out of the names kept, or compressed)
+            fd, ident, path = found
+            framer = self.reader.framer(cu.offset, path, cu.line)
             self.draining.append(Tracked(fd, ident, framer, cu.offset))
 
     def _all(self) -> list[Tracked]:
@@ -388,6 +385,26 @@ def _open_fd(path: str) -> tuple[int, FileId] | None:
         os.close(fd)
         raise
     return fd, FileId.of(st, head)
+
+
+def _open_planned(path: str, cu: CatchUp) -> tuple[int, FileId, str] | None:
+    """The rotated file ``cu`` plans to catch up, opened: at its planned name, or found
+    beside ``path`` by its identity when a rotation since gave it another (numbered
+    rotation: ``.1`` became ``.2``, and ``.1`` is the next file's)."""
+    key = (cu.ident.device, cu.ident.inode)
+    at = cu.path
+    for _ in range(2):
+        opened = _open_fd(at)
+        if opened is not None:
+            fd, ident = opened
+            if (ident.device, ident.inode) == key:
+                return fd, ident, at
+            os.close(fd)
+        found = _find_sibling(path, cu.ident)
+        if found is None or found[0] == at:
+            return None
+        at = found[0]
+    return None
 
 
 def _find_sibling(path: str, ident: FileId) -> tuple[str, int] | None:
