@@ -174,6 +174,43 @@ async def test_a_rotation_during_the_resume_loses_nothing(
 
 @pytest.mark.anyio
 @backends
+@pytest.mark.parametrize("written", ["less", "more"])
+async def test_a_copytruncate_during_the_resume_loses_nothing(
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    """The log is copied and truncated (logrotate's ``copytruncate``) after the resume
+    found the checkpoint's file at the path and before the first open, and new lines are
+    written: fewer bytes than the committed offset, or more. The same file (inode) is
+    there, holding other bytes: the rest of the old ones is read from the copy, the new
+    ones from the start. (The run read the new lines from the old offset on, and never
+    the old file's rest.)"""
+    import aflow.sources._follow as follow_module
+
+    log, db = tmp_path / "app.log", tmp_path / "cp.db"
+    append(log, "a1", "a2", "a3")
+    seen: list[str] = []
+    await follow(log, db, seen, 3)
+    append(log, "a4", "a5")  # written while down: the checkpoint has not seen them
+    new = ["b1", "b2"] if written == "less" else [f"b{i}-{'x' * 20}" for i in range(3)]
+    rotated: list[str] = []
+    real_open = follow_module._open_fd
+
+    def open_after_a_copy(path: str) -> Any:
+        if path == str(log) and not rotated:
+            rotated.append(path)
+            logrotate(log, "copytruncate")
+            append(log, *new)
+        return real_open(path)
+
+    monkeypatch.setattr(follow_module, "_open_fd", open_after_a_copy)
+    seen.clear()
+    await follow(log, db, seen, 2 + len(new))
+    assert rotated
+    assert seen == ["a4", "a5", *new]
+
+
+@pytest.mark.anyio
+@backends
 async def test_a_numbered_rotation_during_the_catch_up_loses_nothing(
     anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

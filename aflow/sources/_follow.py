@@ -205,6 +205,10 @@ class Follower:
         if opened is None:
             return False
         fd, ident = opened
+        if resumed is not None and start:
+            # the checkpoint's file: compared with what it held when the resume looked, so
+            # a copytruncate since is seen at the first read, its rest taken from the copy
+            ident = resumed
         self.current = Tracked(fd, ident, self.reader.framer(start, line=line), start)
         if have_inotify():
             guard = RemoteGuard(fd, start, self.reader.chunk_size, self.path)
