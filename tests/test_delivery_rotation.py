@@ -111,14 +111,17 @@ async def test_rotations_while_down_are_caught_up(
 
 @pytest.mark.anyio
 @backends
-@pytest.mark.parametrize("moment", ["before the plan", "before the open", "path missing"])
+@pytest.mark.parametrize(
+    "moment", ["before the plan", "before the open", "path missing", "compressed before the open"]
+)
 async def test_a_rotation_during_the_resume_loses_nothing(
     anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
 ) -> None:
     """The log is rotated while a resumed run starts: after it found the checkpoint's file
     at the path and before it planned the rotated files to catch up, or before it opened
-    the path, or with the new file not created yet when it opens it. The checkpoint's
-    file is read on from its committed position under its new name, once; the new one
+    the path, or with the new file not created yet when it opens it, or compressed at
+    once before that open. The checkpoint's file is read on from its committed position
+    under its new name (its compressed content), once; the new one
     from its start; no file is reported missed. (The run opened the new file at the old
     file's offset, and the watch counted it as a file never opened: a DataLossError,
     seen under load in the kill/restart proof.)"""
@@ -136,7 +139,7 @@ async def test_a_rotation_during_the_resume_loses_nothing(
         if not rotated:
             rotated.append(moment)
             if create:
-                logrotate(log, "create")
+                logrotate(log, "compress" if moment.startswith("compressed") else "create")
                 append(log, "b1", "b2")
             else:
                 log.rename(tmp_path / "app.log.1")
@@ -211,13 +214,15 @@ async def test_a_copytruncate_during_the_resume_loses_nothing(
 
 @pytest.mark.anyio
 @backends
+@pytest.mark.parametrize("mode", ["create", "delaycompress"])
 async def test_a_numbered_rotation_during_the_catch_up_loses_nothing(
-    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     """Resumed with a rotated file to catch up (``app.log.1``), the log is rotated again
-    (``.1`` -> ``.2``, the live file -> ``.1``, a new one) after the plan and before the
-    catch-up opens ``app.log.1``. That name is another file's by then: the planned file
-    is read on under ``app.log.2``. (It was skipped, its unread lines lost.)"""
+    (``.1`` -> ``.2``, the live file -> ``.1``, a new one; ``.2`` compressed with
+    ``delaycompress``) after the plan and before the catch-up opens ``app.log.1``. That
+    name is another file's by then: the planned file is read on under ``app.log.2`` (or
+    from ``app.log.2.gz``). (It was skipped, its unread lines lost.)"""
     import aflow.sources._follow as follow_module
 
     log, db = tmp_path / "app.log", tmp_path / "cp.db"
@@ -233,7 +238,7 @@ async def test_a_numbered_rotation_during_the_catch_up_loses_nothing(
     def open_after_a_rotation(path: str) -> Any:
         if path == f"{log}.1" and not rotated:
             rotated.append(path)
-            logrotate(log, "create")
+            logrotate(log, mode)
             append(log, "c1")
         return real_open(path)
 

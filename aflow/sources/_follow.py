@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -55,7 +55,7 @@ from ._fileid import (
 )
 from ._guardproc import RemoteGuard
 from ._reader import Emit, FileReader, _Framer
-from ._rotation import CatchUp, rotated_siblings
+from ._rotation import CatchUp, find_rotated
 from ._watch import Watcher, WatchHub, have_inotify, open_watch_hub
 
 __all__ = ["COPY_WATCH", "Follower"]
@@ -146,34 +146,43 @@ class Follower:
     async def _catch_up(self, emit: Emit, report: Reporter, out: Any) -> None:
         """Resumed: read the rotated files the checkpoint has not seen to their end (the
         live file is open already, so a rotation meanwhile takes nothing away)."""
-        for cu in self.reader.catch_up:
+        for planned in self.reader.catch_up:
             if out.stopping:
                 return
-            if cu.compressed:  # read to its end now: nobody writes a compressed file
-                reader = FileReader(
-                    cu.path,
-                    shape=self.reader.shape,
-                    dtype=self.reader.dtype,
-                    row_shape=self.reader.row_shape,
-                    chunk_size=self.reader.chunk_size,
-                    max_line=self.reader.max_line,
-                    start=cu.offset,
-                    last_line=self.reader.last_line,
-                )
-                reader.start_line = cu.line
-                reader.ident = cu.ident
-                self.reader.ident = cu.ident  # for the positions of what it emits
+            cu: CatchUp | None = planned
+            if not planned.compressed:
+                found = await anyio.to_thread.run_sync(_open_planned, self.path, planned)
+                if isinstance(found, tuple):
+                    fd, ident, path = found
+                    framer = self.reader.framer(planned.offset, path, planned.line)
+                    self.draining.append(Tracked(fd, ident, framer, planned.offset))
+                    continue
+                cu = found  # compressed since the plan, or gone
+            tries = 2  # a compressed file renamed on (.2.gz -> .3.gz) is found by content
+            while cu is not None and tries:
+                tries -= 1
                 try:
-                    await reader.run(emit, report, out)
+                    await self._read_compressed(cu, emit, report, out)
+                    break
                 except FileNotFoundError:
-                    continue  # removed meanwhile (rotated out of the kept count)
-                continue
-            found = await anyio.to_thread.run_sync(_open_planned, self.path, cu)
-            if found is None:
-                continue  # gone (rotated on out of the names kept, or compressed)
-            fd, ident, path = found
-            framer = self.reader.framer(cu.offset, path, cu.line)
-            self.draining.append(Tracked(fd, ident, framer, cu.offset))
+                    cu = await anyio.to_thread.run_sync(_compressed_now, self.path, cu)
+
+    async def _read_compressed(self, cu: CatchUp, emit: Emit, report: Reporter, out: Any) -> None:
+        """Read the compressed rotated file ``cu`` to its end (nobody writes one)."""
+        reader = FileReader(
+            cu.path,
+            shape=self.reader.shape,
+            dtype=self.reader.dtype,
+            row_shape=self.reader.row_shape,
+            chunk_size=self.reader.chunk_size,
+            max_line=self.reader.max_line,
+            start=cu.offset,
+            last_line=self.reader.last_line,
+        )
+        reader.start_line = cu.line
+        reader.ident = cu.ident
+        self.reader.ident = cu.ident  # for the positions of what it emits
+        await reader.run(emit, report, out)
 
     def _all(self) -> list[Tracked]:
         return [*self.draining, *([self.current] if self.current else [])]
@@ -242,10 +251,13 @@ class Follower:
         key = (resumed.device, resumed.inode)
         if any((cu.ident.device, cu.ident.inode) == key for cu in self.reader.catch_up):
             return
-        found = await anyio.to_thread.run_sync(_find_sibling, self.path, resumed)
+        found = await anyio.to_thread.run_sync(find_rotated, self.path, resumed)
         if found is not None:
-            path, mtime_ns = found
-            self.reader.catch_up.append(CatchUp(path, resumed, offset, False, mtime_ns, line))
+            path, ident, compressed, mtime_ns = found
+            if compressed and any(cu.path == path for cu in self.reader.catch_up):
+                return  # compressed before the plan: planned already
+            ident = ident if compressed else resumed
+            self.reader.catch_up.append(CatchUp(path, ident, offset, compressed, mtime_ns, line))
 
     async def _read_all(self, watcher: Watcher, emit: Emit, report: Reporter, out: Any) -> bool:
         """Read what every open file holds now (rotated ones first); True if any data."""
@@ -391,10 +403,11 @@ def _open_fd(path: str) -> tuple[int, FileId] | None:
     return fd, FileId.of(st, head)
 
 
-def _open_planned(path: str, cu: CatchUp) -> tuple[int, FileId, str] | None:
+def _open_planned(path: str, cu: CatchUp) -> tuple[int, FileId, str] | CatchUp | None:
     """The rotated file ``cu`` plans to catch up, opened: at its planned name, or found
     beside ``path`` by its identity when a rotation since gave it another (numbered
-    rotation: ``.1`` became ``.2``, and ``.1`` is the next file's)."""
+    rotation: ``.1`` became ``.2``, and ``.1`` is the next file's). Compressed since:
+    the compressed file to read instead. None: gone."""
     key = (cu.ident.device, cu.ident.inode)
     at = cu.path
     for _ in range(2):
@@ -404,27 +417,21 @@ def _open_planned(path: str, cu: CatchUp) -> tuple[int, FileId, str] | None:
             if (ident.device, ident.inode) == key:
                 return fd, ident, at
             os.close(fd)
-        found = _find_sibling(path, cu.ident)
+        found = find_rotated(path, cu.ident)
         if found is None or found[0] == at:
             return None
+        if found[2]:  # compressed
+            return replace(cu, path=found[0], ident=found[1], compressed=True, mtime_ns=found[3])
         at = found[0]
     return None
 
 
-def _find_sibling(path: str, ident: FileId) -> tuple[str, int] | None:
-    """The rotated file beside ``path`` that is ``ident``'s (same device and inode, same
-    first bytes), and its modification time."""
-    for candidate in rotated_siblings(path):
-        try:
-            st = os.stat(candidate)
-            if (st.st_dev, st.st_ino) != (ident.device, ident.inode):
-                continue
-            with open(candidate, "rb") as f:
-                if ident.matches(f.read(ident.length)):
-                    return candidate, st.st_mtime_ns
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return None
+def _compressed_now(path: str, cu: CatchUp) -> CatchUp | None:
+    """The compressed file ``cu`` planned, under the name it has now (None: gone)."""
+    found = find_rotated(path, cu.ident)
+    if found is None or not found[2] or found[0] == cu.path:
+        return None
+    return replace(cu, path=found[0], ident=found[1], mtime_ns=found[3])
 
 
 def _key_at(path: str) -> tuple[int, int] | None:

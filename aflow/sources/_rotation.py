@@ -27,7 +27,7 @@ from typing import Any
 from ._fileid import FINGERPRINT_BYTES, FileId, fingerprint
 from ._open import MAGIC_BYTES, compression_of, open_head
 
-__all__ = ["CatchUp", "matches", "plan_catch_up", "rotated_siblings"]
+__all__ = ["CatchUp", "find_rotated", "matches", "plan_catch_up", "rotated_siblings"]
 
 # What rotation appends to a name: ".1", "-20260101", "_2026-01-01T10:00", ".1.gz"...
 # a separator, then a digit first.
@@ -103,6 +103,23 @@ def _found(path: str) -> _Found | None:
         return None  # gone meanwhile, or a compressed file being written: not readable
     ident = FileId.of(st, head)
     return _Found(path, ident, head, size, kind is not None, st.st_mtime_ns)
+
+
+def find_rotated(path: str, ident: FileId) -> tuple[str, FileId, bool, int] | None:
+    """Where the file ``ident`` is now, rotated beside ``path``: the same file renamed
+    (same device and inode, same first bytes), else a compressed copy of it (content
+    starting with the same bytes). Its path, identity (a compressed file's: its own inode,
+    its content's first bytes), whether compressed, and modification time."""
+    compressed = None
+    for candidate in rotated_siblings(path):
+        f = _found(candidate)
+        if f is None or not ident.matches(f.head):
+            continue
+        if not f.compressed and (f.ident.device, f.ident.inode) == (ident.device, ident.inode):
+            return f.path, f.ident, False, f.mtime_ns
+        if f.compressed and (compressed is None or f.mtime_ns > compressed[3]):
+            compressed = (f.path, f.ident, True, f.mtime_ns)
+    return compressed
 
 
 def _key(ident: FileId) -> str:
