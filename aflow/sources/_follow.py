@@ -27,7 +27,12 @@ never takes bytes away from it:
   unguarded; the source's ``unwatched`` statistic counts such files.
 * **resumed from a checkpoint**: the rotated files beside the path that the checkpoint has
   not seen to their end (:mod:`aflow.sources._rotation`) are read first, oldest first:
-  compressed ones to their end, the others as rotated files being drained.
+  compressed ones to their end, the others as rotated files being drained. A rotation
+  while the run starts is caught too: a file renamed on since the plan (``.1`` ->
+  ``.2``) or compressed is found by its identity or its content's first bytes; the
+  checkpoint's own file, rotated away or compressed before the first open, joins the
+  files to catch up; copied and truncated, it is compared with what it held when the
+  resume looked, and its rest taken from the copy.
 * **losses that cannot be avoided** (files rotated away before they could be opened; bytes
   a truncation removed that neither a copy nor the guard held, where aflow knows of them)
   are reported as :class:`~aflow.errors.DataLossError` to the
