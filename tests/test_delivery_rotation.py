@@ -187,29 +187,36 @@ async def test_a_copytruncate_during_the_resume_loses_nothing(
     there, holding other bytes: the rest of the old ones is read from the copy, the new
     ones from the start. (The run read the new lines from the old offset on, and never
     the old file's rest.)"""
-    import aflow.sources._follow as follow_module
-
     log, db = tmp_path / "app.log", tmp_path / "cp.db"
     append(log, "a1", "a2", "a3")
     seen: list[str] = []
     await follow(log, db, seen, 3)
     append(log, "a4", "a5")  # written while down: the checkpoint has not seen them
     new = ["b1", "b2"] if written == "less" else [f"b{i}-{'x' * 20}" for i in range(3)]
-    rotated: list[str] = []
-    real_open = follow_module._open_fd
-
-    def open_after_a_copy(path: str) -> Any:
-        if path == str(log) and not rotated:
-            rotated.append(path)
-            logrotate(log, "copytruncate")
-            append(log, *new)
-        return real_open(path)
-
-    monkeypatch.setattr(follow_module, "_open_fd", open_after_a_copy)
+    rotated = before_open(
+        monkeypatch, log, lambda: (logrotate(log, "copytruncate"), append(log, *new))
+    )
     seen.clear()
     await follow(log, db, seen, 2 + len(new))
     assert rotated
     assert seen == ["a4", "a5", *new]
+
+
+def before_open(monkeypatch: pytest.MonkeyPatch, path: Path, act: Callable[[], Any]) -> list[str]:
+    """Run ``act`` once, when the follower first opens ``path``; the list of when it ran."""
+    import aflow.sources._follow as follow_module
+
+    done: list[str] = []
+    real_open = follow_module._open_fd
+
+    def open_after(at: str) -> Any:
+        if at == str(path) and not done:
+            done.append(at)
+            act()
+        return real_open(at)
+
+    monkeypatch.setattr(follow_module, "_open_fd", open_after)
+    return done
 
 
 @pytest.mark.anyio
@@ -223,8 +230,6 @@ async def test_a_numbered_rotation_during_the_catch_up_loses_nothing(
     ``delaycompress``) after the plan and before the catch-up opens ``app.log.1``. That
     name is another file's by then: the planned file is read on under ``app.log.2`` (or
     from ``app.log.2.gz``). (It was skipped, its unread lines lost.)"""
-    import aflow.sources._follow as follow_module
-
     log, db = tmp_path / "app.log", tmp_path / "cp.db"
     append(log, "a1", "a2", "a3")
     seen: list[str] = []
@@ -232,17 +237,9 @@ async def test_a_numbered_rotation_during_the_catch_up_loses_nothing(
     append(log, "a4", "a5")  # written while down, then rotated away
     logrotate(log, "create")
     append(log, "b1", "b2")
-    rotated: list[str] = []
-    real_open = follow_module._open_fd
-
-    def open_after_a_rotation(path: str) -> Any:
-        if path == f"{log}.1" and not rotated:
-            rotated.append(path)
-            logrotate(log, mode)
-            append(log, "c1")
-        return real_open(path)
-
-    monkeypatch.setattr(follow_module, "_open_fd", open_after_a_rotation)
+    rotated = before_open(
+        monkeypatch, tmp_path / "app.log.1", lambda: (logrotate(log, mode), append(log, "c1"))
+    )
     seen.clear()
     await follow(log, db, seen, 5)
     assert rotated
