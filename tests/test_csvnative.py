@@ -219,12 +219,22 @@ hostile = st.one_of(
 @st.composite
 def hostile_blocks(draw: st.DrawFn) -> tuple[np.dtype[Any], str, bytes]:
     dtype = np.dtype(draw(st.sampled_from(DTYPES)))
-    delimiter = draw(st.sampled_from([",", ";", "\t", "|", " "]))
+    delimiter = draw(st.sampled_from([",", ";", "\t", "|", " ", "\x0b", "\x1f"]))
     width = len(dtype.names or ())
     line = st.one_of(
         st.lists(hostile, min_size=width, max_size=width).map(delimiter.join),
         st.lists(hostile, min_size=0, max_size=width + 2).map(delimiter.join),  # counts
-        st.sampled_from(["", "\r", " ", "\ufeff" + delimiter.join(["1"] * width)]),
+        st.sampled_from(
+            [
+                "",
+                "\r",
+                " ",
+                "\ufeff",
+                "\ufeff" + delimiter.join(["1"] * width),
+                delimiter * (width - 1),  # empty fields, or white space only
+                delimiter * width,
+            ]
+        ),
     )
     lines = draw(st.lists(line, max_size=30))
     endings = draw(
@@ -244,6 +254,13 @@ def hostile_blocks(draw: st.DrawFn) -> tuple[np.dtype[Any], str, bytes]:
 @example(block=(np.dtype(DTYPES[0]), ",", b"\xef\xbb\xbf4,5,6\n7,8,9\n"), fill_int=None)
 @example(block=(np.dtype(DTYPES[0]), ",", b'1,"2\n3,4,5\n6",7,8\n'), fill_int=None)  # open quote
 @example(block=(np.dtype(DTYPES[0]), ",", b"1,2,1e400\n,2,3\n"), fill_int=300)  # fill out of range
+# found by review: lines of white-space delimiters only (blank, alone or in a block), a
+# line of a byte order mark only
+@example(block=(np.dtype(DTYPES[3]), " ", b" \n"), fill_int=None)
+@example(block=(np.dtype(DTYPES[2]), " ", b"    \n1 2 3 4 5\n    \n"), fill_int=0)
+@example(block=(np.dtype(DTYPES[0]), "\t", b"1\t2\t3\n\t\t\r\n"), fill_int=None)
+@example(block=(np.dtype(DTYPES[3]), ",", b"\xef\xbb\xbf\n1\n"), fill_int=None)
+@example(block=(np.dtype(DTYPES[0]), ",", b"\xef\xbb\xbf\n1,2,3\n"), fill_int=None)
 def test_every_line_is_decided_as_the_numpy_engine_decides_it(
     block: tuple[np.dtype[Any], str, bytes], fill_int: int | None
 ) -> None:
@@ -362,3 +379,51 @@ def test_many_long_numbers_and_near_ties_read_as_python_reads_them() -> None:
     want = np.array([float(t) for t in texts])
     wrong = np.flatnonzero(rows["v"].view(np.uint64) != want.view(np.uint64))
     assert not len(wrong), [texts[i] for i in wrong[:5]]
+
+
+def test_odd_delimiters_and_fill_values_are_checked_up_front() -> None:
+    """A delimiter pyarrow and the scanner do not take (NUL, non-ASCII) decodes with NumPy;
+    a fill value that is not an integer is a TypeError, not a row of 1s or bad lines."""
+    dtype = [("a", "i4"), ("b", "f8")]
+    for delimiter in ("\x00", "\u00e9"):
+        decoder = CsvDecoder(dtype, delimiter=delimiter)
+        assert decoder.engine == "numpy"
+        line = f"1{delimiter}2.5\n\n".encode()
+        assert decoder.decode(line).rows.tolist() == [(1, 2.5)]
+    for fill in (True, 1.7, "1"):
+        with pytest.raises(TypeError, match="fill_int"):
+            CsvDecoder(dtype, fill_int=fill)  # type: ignore[arg-type]
+    assert CsvDecoder(dtype, fill_int=np.int64(3)).decode(b",1\n").rows.tolist() == [(3, 1.0)]
+
+
+def test_the_scanner_checks_its_arguments_and_reads_any_buffer() -> None:
+    """The C function refuses a spec it cannot trust (an offset past the record, a
+    misaligned buffer, a record too large for the output) and reads a block that is not
+    NUL-terminated (a bytearray) to its last byte."""
+    from aflow.codecs._csvnative import _csvscan, _spec
+
+    dtype = np.dtype([("a", "i8"), ("b", "f8")])
+    spec = _spec(dtype, None)
+    out, state = np.empty(4, dtype), np.empty(4, np.uint8)
+    block = bytearray(b"1,1.5\n2," + b"1" * 40 + b"e-30")  # a long last number, no newline
+    assert _csvscan.scan(block, spec, ord(","), dtype.itemsize, out, state) == (2, 2)
+    assert out[:2].tolist() == [(1, 1.5), (2, float("1" * 40 + "e-30"))]
+    far = spec.copy()
+    far[2] = 2**62  # the first column's offset
+    misaligned = np.frombuffer(b"\0" + spec.tobytes(), np.uint8)[1:]
+    for bad in (far, misaligned):
+        with pytest.raises(ValueError, match="bad arguments"):
+            _csvscan.scan(b"1,2\n", bad, ord(","), dtype.itemsize, out, state)
+    with pytest.raises(ValueError, match="bad arguments"):
+        _csvscan.scan(b"1,2\n", spec, ord(","), 2**62, out, state)
+
+
+@pytest.mark.parametrize("engine", ["native", "pyarrow"])
+def test_a_large_block_of_nan_payloads_is_bad_as_numpy_says(engine: str) -> None:
+    """``nan(123)`` is not a number to NumPy; pyarrow read it as NaN, so a large block of
+    such lines (the scanner leaves them to pyarrow) gave rows a small block did not."""
+    pytest.importorskip("pyarrow")
+    blob = b"nan(123),2.5\n" * 1000 + b"1,NaN()\n" * 1000 + b"1,2\n"
+    rows, bad = CsvDecoder([("a", "f8"), ("b", "f8")], engine=engine).decode(blob)  # type: ignore[arg-type]
+    assert rows.tolist() == [(1.0, 2.0)]
+    assert len(bad) == 2000

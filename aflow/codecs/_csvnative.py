@@ -35,7 +35,7 @@ __all__ = ["has_native", "native_dtype", "native_parser"]
 _KINDS = {"i": 1, "u": 2}
 _FLOAT = {8: 3, 4: 4}
 _ROW, _EMPTY, _LEFT = 0, 1, 2
-_NOT_DELIMITERS = set('+-."\r\n')
+_NOT_DELIMITERS = set('+-."\r\n\x00')
 _INT64 = np.iinfo(np.int64)
 
 
@@ -134,9 +134,14 @@ def _with_rest(
     lead = 0 if left[0] == 0 else 1
     decoded = rest(b"\n" * lead + b"".join(lines))
     bad = {b.index - lead: b.error for b in decoded.bad}
+    # the lines giving a row, in order: those not blank as the NumPy engine reads them
+    # (text without white space; a byte order mark dropped at the block's start)
     solid = [
-        k for k, line in enumerate(lines) if k not in bad and line.strip()
-    ]  # the lines giving a row, in order
+        k
+        for k, line in enumerate(lines)
+        if k not in bad
+        and line.decode("utf-8-sig" if k == lead == 0 else "utf-8", "replace").strip()
+    ]
     if len(solid) != len(decoded.rows):
         raise ValueError(f"{len(decoded.rows)} rows from {len(solid)} lines")  # bisection decides
     given = np.concatenate((np.flatnonzero(state == _ROW), left[solid]))

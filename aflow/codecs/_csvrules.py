@@ -134,8 +134,8 @@ def fill_missing(text: str, dtype: np.dtype[Any], delimiter: str, fill_int: int 
     lines = text.split("\n")
     for i, line in enumerate(lines):
         body = line.removesuffix("\r")
-        if not _has_empty(body, delimiter):
-            continue
+        if not _has_empty(body, delimiter) or not body.strip():
+            continue  # nothing empty, or a blank line (no row)
         fields = _split_quoted(body, delimiter) if '"' in body else body.split(delimiter)
         if fields is None or len(fields) != len(fills):
             continue  # a bad line either way

@@ -17,7 +17,9 @@
  *             2 left to the NumPy engine
  *
  * The plain shape: the line holds as many fields as the spec has columns, separated by
- * the delimiter, and may end with "\r" before its newline. An int field is an optional
+ * the delimiter, and may end with "\r" before its newline; a line of white space only
+ * (delimiters that are white space, "\r") is left over, blank to the NumPy engine. A
+ * field is at most 100 bytes. An int field is an optional
  * "-" (signed columns only) and 1 to 19 digits, in the column's range. A float field is
  * an optional "-", digits with at most one ".", at least one digit, an optional exponent
  * ("e" or "E", an optional sign, 1 to 4 digits), or "nan", "inf", "infinity" in any case
@@ -45,6 +47,8 @@ static const double P10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                              1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                              1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 #define EXACT (UINT64_C(1) << 53)
+#define WIDEST 100 /* longer numbers are left to the NumPy engine */
+#define FLOAT32_LIMIT 0x1.ffffffp127 /* the least double that rounds to float32's infinity */
 
 static int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
 
@@ -153,18 +157,19 @@ static int read_int(const unsigned char *s, Py_ssize_t n, int allow_minus, int64
             return 0;
         m = m * 10 + (uint64_t)(s[i] - '0'); /* 19 digits fit in 64 bits */
     }
+    int64_t v;
     if (neg) {
         if (m > (uint64_t)INT64_MAX + 1)
             return 0;
-        int64_t v = m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m;
-        if (v < lo)
+        v = m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m;
+    } else {
+        if (m > (uint64_t)INT64_MAX)
             return 0;
-        *out = v;
-        return 1;
+        v = (int64_t)m;
     }
-    if (m > (uint64_t)INT64_MAX || (int64_t)m > hi)
+    if (v < lo || v > hi)
         return 0;
-    *out = (int64_t)m;
+    *out = v;
     return 1;
 }
 
@@ -247,9 +252,14 @@ static int read_float(const unsigned char *s, Py_ssize_t n, double *out)
         v = wide(m, exp10); /* 17 to 19 digits, as Python's repr writes a double */
 #endif
     } else {
-        char *stop;
-        v = strtod((const char *)s, &stop);
-        if ((const unsigned char *)stop != end || isinf(v))
+        /* strtod on a copy: it reads to a NUL, and the block need not have one */
+        char text[WIDEST + 1], *stop;
+        if (n > WIDEST)
+            return 0;
+        memcpy(text, s, (size_t)n);
+        text[n] = 0;
+        v = strtod(text, &stop);
+        if (stop != text + n || isinf(v))
             return 0;
         *out = v;
         return 1;
@@ -272,9 +282,9 @@ static int read_field(const unsigned char *s, Py_ssize_t n, const int64_t *col, 
         if (kind == FLOAT64) {
             memcpy(at, &v, 8);
         } else {
+            if (!isinf(v) && fabs(v) >= FLOAT32_LIMIT)
+                return 0; /* beyond float32's range: the NumPy engine reports it */
             float f = (float)v;
-            if (isinf(f) && !isinf(v))
-                return 0;
             memcpy(at, &f, 4);
         }
         return 1;
@@ -304,13 +314,20 @@ static int read_field(const unsigned char *s, Py_ssize_t n, const int64_t *col, 
 
 /* line s[a:e] (its newline excluded) into a record: 0 if it is left over */
 static int read_line(const unsigned char *s, Py_ssize_t a, Py_ssize_t e, unsigned char delim,
-                     const int64_t *spec, Py_ssize_t ncols, char *record)
+                     int blank_delimiter, const int64_t *spec, Py_ssize_t ncols, char *record)
 {
     if (e > a && s[e - 1] == '\r')
         e--;
     if (e == a)
         return 0; /* a lone "\r": a blank line, for the NumPy engine */
     Py_ssize_t at = a;
+    if (blank_delimiter) {
+        Py_ssize_t i = a;
+        while (i < e && s[i] == delim)
+            i++;
+        if (i == e)
+            return 0; /* white space only: a blank line, for the NumPy engine */
+    }
     for (Py_ssize_t j = 0; j < ncols; j++) {
         Py_ssize_t b = at;
         while (b < e && s[b] != delim)
@@ -337,14 +354,14 @@ static PyObject *scan(PyObject *self, PyObject *args)
     Py_ssize_t capacity = state.len;
     const int64_t *sp = (const int64_t *)spec.buf;
     int bad_spec = ncols < 1 || spec.len % (Py_ssize_t)(FIELDS * sizeof(int64_t)) ||
-                   itemsize < 1 || delimiter < 1 || delimiter > 127 ||
-                   out.len < capacity * itemsize;
+                   (uintptr_t)spec.buf % sizeof(int64_t) || itemsize < 1 || delimiter < 1 ||
+                   delimiter > 127 || (capacity && itemsize > out.len / capacity);
     for (Py_ssize_t j = 0; j < ncols && !bad_spec; j++) {
         const int64_t *c = sp + j * FIELDS;
         int64_t width = c[0] == FLOAT64 ? 8 : c[0] == FLOAT32 ? 4 : c[1];
         bad_spec = c[0] < SIGNED || c[0] > FLOAT32 || c[1] != width ||
                    (width != 1 && width != 2 && width != 4 && width != 8) || c[2] < 0 ||
-                   c[2] + width > itemsize;
+                   c[2] > itemsize - width || c[3] > c[4];
     }
     if (bad_spec) {
         PyErr_SetString(PyExc_ValueError, "scan: bad arguments");
@@ -353,6 +370,9 @@ static PyObject *scan(PyObject *self, PyObject *args)
     const unsigned char *s = (const unsigned char *)block.buf;
     Py_ssize_t size = block.len, lines = 0, rows = 0;
     char *records = (char *)out.buf;
+    /* Python's white space (str.strip): a line of such delimiters only is blank */
+    int blank_delimiter = delimiter == ' ' || (delimiter >= 9 && delimiter <= 13) ||
+                          (delimiter >= 28 && delimiter <= 31);
     unsigned char *st = (unsigned char *)state.buf;
     int too_many = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -366,7 +386,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
         }
         if (e == a) {
             st[lines] = EMPTY;
-        } else if (read_line(s, a, e, (unsigned char)delimiter, sp, ncols,
+        } else if (read_line(s, a, e, (unsigned char)delimiter, blank_delimiter, sp, ncols,
                              records + rows * itemsize)) {
             st[lines] = ROW;
             rows++;

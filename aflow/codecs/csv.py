@@ -17,6 +17,8 @@ import contextlib
 import csv as stdcsv
 import importlib.util
 import io
+import operator
+import re
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -106,8 +108,13 @@ class CsvDecoder(LineDecoder):
         fill_int: int | None = None,
     ) -> None:
         self.dtype = structured(dtype, "CsvDecoder", "column")
+        if fill_int is not None and (
+            isinstance(fill_int, bool) or not hasattr(fill_int, "__index__")
+        ):
+            raise TypeError(f"fill_int={fill_int!r}: an integer, or None")
         self.delimiter = delimiter
-        self.fill_int = fill_int
+        self.fill_int = None if fill_int is None else operator.index(fill_int)
+        fill_int = self.fill_int
         self._options = engine
         self.engine = _choose(engine, self.dtype, delimiter)
         self._suspects = suspects_for(self.dtype, delimiter)
@@ -245,6 +252,7 @@ def _numpy_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
     delim = delimiter.encode()
 
     def parse(blob: bytes) -> NDArray[Any]:
+        blob = blob.removeprefix(BOM)  # dropped (as pyarrow drops it): a line of it is blank
         if not blob.strip():
             return np.empty(0, dtype)
         if b'"' not in blob and blob.count(b"\n") <= 1:  # one line: count fields at once
@@ -309,6 +317,10 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
         strings_can_be_null=False,
     )
     pool = memory_pool()  # not pyarrow's default: see memory_pool
+    # lines of white-space delimiters only (as many as make a row): blank to NumPy
+    blank = None
+    if delimiter.isspace() and len(names) > 1:
+        blank = re.compile(b"(?m)^" + re.escape(delimiter.encode()) * (len(names) - 1) + b"\r?$")
 
     def parse(blob: bytes) -> NDArray[Any]:
         if not blob or blob.isspace():
@@ -319,6 +331,10 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
             raise ValueError("a carriage return inside a line")  # pyarrow would end a row there
         if (b"x" in blob and b"0x" in blob) or (b"X" in blob and b"0X" in blob):
             raise ValueError("a hexadecimal number")  # pyarrow reads some; NumPy does not
+        if b"(" in blob and _NAN_PAYLOAD.search(blob):
+            raise ValueError("nan(...)")  # pyarrow reads it as NaN; NumPy does not
+        if blank is not None and blank.search(blob):
+            raise ValueError("a line of white space")  # pyarrow: a row; NumPy: none
         table = pacsv.read_csv(pa.py_buffer(blob), read, options, convert, memory_pool=pool)
         out = empty_rows(table.num_rows, dtype)
         for name in names:
@@ -335,6 +351,10 @@ def _arrow_parser(dtype: np.dtype[Any], delimiter: str, fill_int: int | None) ->
         return out
 
     return parse
+
+
+_NAN_PAYLOAD = re.compile(rb"(?i)nan\(")
+BOM = b"\xef\xbb\xbf"
 
 
 def arrow_type(pa: Any, dt: np.dtype[Any]) -> Any:
@@ -405,6 +425,8 @@ def _choose(
     if has_native() and native_dtype(dtype, delimiter):
         return "native"
     if any(dtype.fields[n][0].kind not in "iuf" for n in dtype.names or ()):  # type: ignore[index]
+        return "numpy"
+    if len(delimiter) != 1 or not "\x00" < delimiter < "\x80":  # not one pyarrow takes
         return "numpy"
     if importlib.util.find_spec("pyarrow") is None:
         return "numpy"
