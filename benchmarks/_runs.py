@@ -29,6 +29,18 @@ def load() -> str:
     return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
 
 
+def job_imports(name: str, build_decoder: Callable[[], Any]) -> None:
+    """Import, before job ``name`` is timed, what it uses: pyarrow for the single shot and
+    the hand-written pipelines; for aflow's jobs, aflow and what their decoder imports
+    when built (``build_decoder``: pyarrow only for a pyarrow engine, none for the
+    compiled scanners). A job's peak RSS then counts the libraries it uses, not another
+    job's: every job imported pyarrow before, 35 MB of an aflow run that never used it."""
+    if name.startswith("aflow"):
+        build_decoder()
+    else:
+        import pyarrow.csv  # noqa: F401
+
+
 def measure(script: str, name: str, args: list[str]) -> dict[str, Any]:
     """Run ``script --child name args`` and read the JSON line it prints."""
     out = subprocess.run(

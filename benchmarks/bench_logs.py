@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _runs import arrow_numpy, interleaved, load, memory_verdict, peak_rss, report
+from _runs import (
+    arrow_numpy,
+    interleaved,
+    job_imports,
+    load,
+    memory_verdict,
+    peak_rss,
+    report,
+)
 
 FORMAT = (
     '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
@@ -175,7 +183,9 @@ def implementations() -> dict[str, Any]:
 
 
 def child(name: str, path: str) -> None:
-    import pyarrow.csv  # noqa: F401 - imports are not timed
+    import aflow as af
+
+    job_imports(name, lambda: af.codecs.LogDecoder(af.codecs.COMBINED, {"status": "int"}))
 
     impl = implementations()[name]
     started = time.perf_counter()

@@ -46,7 +46,15 @@ from typing import Any
 
 import anyio
 import numpy as np
-from _runs import arrow_numpy, interleaved, load, measure, memory_verdict, peak_rss
+from _runs import (
+    arrow_numpy,
+    interleaved,
+    job_imports,
+    load,
+    measure,
+    memory_verdict,
+    peak_rss,
+)
 
 import aflow as af
 
@@ -273,7 +281,7 @@ def jobs(lines: int) -> dict[str, Callable[[], float]]:
 
 def child(name: str, lines: int) -> None:
     """One job in this process: its seconds, CPU seconds and peak RSS as a JSON line."""
-    import pyarrow.csv  # noqa: F401 - every job starts with the same imports, not timed
+    job_imports(name, lambda: af.codecs.CsvDecoder(READING))  # not timed
 
     job = jobs(lines)[name]
     cpu = time.process_time()
