@@ -16,13 +16,13 @@ pipeline, written as you would write it in your own code:
    ceiling: the source is paused, memory stays bounded.
 5. Generators: an infinite Fibonacci generator, re-run twice, stopped by ``take``.
 
-CSV decoding uses pyarrow when it is installed (the ``arrow`` extra), several times faster
+CSV decoding uses aflow's compiled scanner where it was built at install (a C compiler
+was found), else pyarrow when it is installed (the ``arrow`` extra), several times faster
 than NumPy's reader; the demo says which engine it uses.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 import time
 from collections.abc import Iterator
@@ -294,9 +294,15 @@ def say(text: str) -> None:
 
 def csv_engine() -> str:
     """Which CSV decoder ``read_csv`` picks here, in words."""
-    if importlib.util.find_spec("pyarrow") is not None:
-        return "pyarrow (the fast engine)"
-    return "NumPy: pyarrow is not installed, `pip install '.[arrow]'` is several times faster"
+    engine = af.codecs.CsvDecoder(READING).engine
+    if engine == "native":
+        return "aflow's compiled scanner (the fastest engine)"
+    if engine == "pyarrow":
+        return "pyarrow (built without a C compiler: no compiled scanner)"
+    return (
+        "NumPy: built without a C compiler and pyarrow is not installed; "
+        "`pip install '.[arrow]'` is several times faster"
+    )
 
 
 async def main(rows: int = 5_000_000) -> None:
