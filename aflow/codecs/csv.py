@@ -410,8 +410,9 @@ def _choose(
         if not has_native():
             raise ImportError(
                 "engine='native': aflow was installed without its compiled CSV scanner "
-                "(no C compiler at install); reinstall with one, "
-                "`pip install --no-cache-dir --force-reinstall aflow`"
+                "(no C compiler at install time); reinstall with one (pip install "
+                "--no-cache-dir: pip may reuse the wheel it built without), or use "
+                "'pyarrow'/'numpy'"
             )
         if not native_dtype(dtype, delimiter):
             raise ValueError(
