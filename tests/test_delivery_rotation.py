@@ -248,6 +248,126 @@ async def test_a_numbered_rotation_during_the_catch_up_loses_nothing(
 
 @pytest.mark.anyio
 @backends
+@pytest.mark.parametrize("b_lines", [3, 10])
+async def test_compress_at_once_with_an_older_gz_planned(
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, b_lines: int
+) -> None:
+    """logrotate's ``compress``: every resume plans ``app.log.1.gz`` again (read to its
+    end). The checkpoint's file is rotated and compressed at once before the first open
+    (``.1.gz`` -> ``.2.gz``, the checkpoint's file -> ``.1.gz``): its rest is read from
+    the new ``.1.gz``, and the older file (found by its inode) from its end, so nothing
+    twice. (A review found the rest lost, or lines read again, when the checkpoint's file
+    was shorter or longer than the older one.)"""
+    log, db = tmp_path / "app.log", tmp_path / "cp.db"
+    append(log, "a1", "a2", "a3")
+    seen: list[str] = []
+    await follow(log, db, seen, 3)
+    append(log, "a4", "a5")
+    logrotate(log, "compress")  # app.log.1.gz: a1..a5
+    bs = [f"b{i}" for i in range(1, b_lines + 1)]
+    append(log, *bs[:-1])
+    seen.clear()
+    await follow(log, db, seen, 2 + len(bs) - 1)
+    assert seen == ["a4", "a5", *bs[:-1]]
+    append(log, bs[-1])  # written while down
+    rotated = before_open(monkeypatch, log, lambda: (logrotate(log, "compress"), append(log, "c1")))
+    seen.clear()
+    await follow(log, db, seen, 2)
+    assert rotated
+    assert seen == [bs[-1], "c1"]
+
+
+@pytest.mark.anyio
+@backends
+async def test_a_planned_gz_renamed_before_its_open_is_found_by_its_inode(
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``delaycompress``: every resume plans ``app.log.2.gz`` again (read to its end). A
+    rotation before the first open renames it ``.3.gz`` and compresses a longer file into
+    ``.2.gz``: the planned file is found under its new name by its inode, not read at its
+    old name (another file's, at the old file's end offset: lines read again)."""
+    log, db = tmp_path / "app.log", tmp_path / "cp.db"
+    append(log, "a1", "a2", "a3")
+    seen: list[str] = []
+    await follow(log, db, seen, 3)
+    append(log, "a4", "a5")
+    logrotate(log, "delaycompress")  # .1 = a (15 bytes)
+    bs = [f"b{i}" for i in range(1, 10)]  # 27 bytes: longer than a
+    append(log, *bs)
+    seen.clear()
+    await follow(log, db, seen, 2 + len(bs))
+    assert seen == ["a4", "a5", *bs]
+    logrotate(log, "delaycompress")  # .2.gz = a, .1 = b
+    append(log, "c1")
+    seen.clear()
+    await follow(log, db, seen, 1)
+    assert seen == ["c1"]
+    append(log, "c2")  # written while down
+    rotated = before_open(
+        monkeypatch, log, lambda: (logrotate(log, "delaycompress"), append(log, "d1"))
+    )
+    seen.clear()
+    await follow(log, db, seen, 2)
+    assert rotated
+    assert seen == ["c2", "d1"]
+
+
+@pytest.mark.anyio
+@backends
+async def test_a_copytruncate_before_the_plan_is_read_once(
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copytruncate after the resume looked at the path and before it planned: the plan
+    reads the copy on from the committed offset, and the live file, whose content is no
+    longer the checkpoint's, from its start. (The live file was also compared with what
+    the look saw, so the same rest was read from the copy twice.)"""
+    import aflow.sources._source as source_module
+
+    log, db = tmp_path / "app.log", tmp_path / "cp.db"
+    append(log, "a1", "a2", "a3")
+    seen: list[str] = []
+    await follow(log, db, seen, 3)
+    append(log, "a4", "a5")
+    done: list[int] = []
+    real_plan = source_module.plan_catch_up
+
+    def plan_after_a_copy(*args: Any) -> Any:
+        if not done:
+            done.append(1)
+            logrotate(log, "copytruncate")
+            append(log, "b1", "b2")
+        return real_plan(*args)
+
+    monkeypatch.setattr(source_module, "plan_catch_up", plan_after_a_copy)
+    seen.clear()
+    await follow(log, db, seen, 4)
+    assert done
+    assert seen == ["a4", "a5", "b1", "b2"]
+
+
+@pytest.mark.anyio
+@backends
+async def test_a_copytruncate_before_the_open_at_offset_zero(
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint knows the live file at offset 0 (empty at the first run). Written
+    while down, then copied and truncated before the first open: the copy is read (it
+    was not, at offset 0)."""
+    log, db = tmp_path / "app.log", tmp_path / "cp.db"
+    log.touch()
+    seen: list[str] = []
+    await follow(log, db, seen, 0)
+    append(log, "a1", "a2")
+    rotated = before_open(
+        monkeypatch, log, lambda: (logrotate(log, "copytruncate"), append(log, "b1"))
+    )
+    await follow(log, db, seen, 3)
+    assert rotated
+    assert seen == ["a1", "a2", "b1"]
+
+
+@pytest.mark.anyio
+@backends
 async def test_a_rotated_file_still_written_is_drained(anyio_backend: str, tmp_path: Path) -> None:
     log, db = tmp_path / "app.log", tmp_path / "cp.db"
     append(log, "a1")

@@ -60,7 +60,7 @@ from ._fileid import (
 )
 from ._guardproc import RemoteGuard
 from ._reader import Emit, FileReader, _Framer
-from ._rotation import CatchUp, find_rotated
+from ._rotation import CatchUp, find_rotated, rotated_siblings
 from ._watch import Watcher, WatchHub, have_inotify, open_watch_hub
 
 __all__ = ["COPY_WATCH", "Follower"]
@@ -155,7 +155,9 @@ class Follower:
             if out.stopping:
                 return
             cu: CatchUp | None = planned
-            if not planned.compressed:
+            if planned.compressed:
+                cu = await anyio.to_thread.run_sync(_compressed_by_inode, self.path, planned)
+            else:
                 found = await anyio.to_thread.run_sync(_open_planned, self.path, planned)
                 if isinstance(found, tuple):
                     fd, ident, path = found
@@ -206,6 +208,7 @@ class Follower:
         opened = await anyio.to_thread.run_sync(_open_fd, self.path)
         start, line = (self.reader.start, self.reader.start_line) if first else (0, 1)
         resumed = self.reader.ident if first else None
+        moved = False
         if resumed is not None and (
             opened is None or (opened[1].device, opened[1].inode) != (resumed.device, resumed.inode)
         ):
@@ -215,11 +218,11 @@ class Follower:
                 if opened is not None:
                     os.close(opened[0])
                 raise
-            start, line = 0, 1
+            start, line, moved = 0, 1, True
         if opened is None:
             return False
         fd, ident = opened
-        if resumed is not None and start:
+        if resumed is not None and not moved:
             # the checkpoint's file: compared with what it held when the resume looked, so
             # a copytruncate since is seen at the first read, its rest taken from the copy
             ident = resumed
@@ -259,7 +262,10 @@ class Follower:
         found = await anyio.to_thread.run_sync(find_rotated, self.path, resumed)
         if found is not None:
             path, ident, compressed, mtime_ns = found
-            if compressed and any(cu.path == path for cu in self.reader.catch_up):
+            if compressed and any(
+                (cu.ident.device, cu.ident.inode) == (ident.device, ident.inode)
+                for cu in self.reader.catch_up
+            ):
                 return  # compressed before the plan: planned already
             ident = ident if compressed else resumed
             self.reader.catch_up.append(CatchUp(path, ident, offset, compressed, mtime_ns, line))
@@ -428,6 +434,20 @@ def _open_planned(path: str, cu: CatchUp) -> tuple[int, FileId, str] | CatchUp |
         if found[2]:  # compressed
             return replace(cu, path=found[0], ident=found[1], compressed=True, mtime_ns=found[3])
         at = found[0]
+    return None
+
+
+def _compressed_by_inode(path: str, cu: CatchUp) -> CatchUp | None:
+    """The planned compressed file ``cu`` where it is now: at its name if that is still
+    its inode, else beside ``path`` under another name with its inode (None: gone)."""
+    key = (cu.ident.device, cu.ident.inode)
+    for at in [cu.path, *rotated_siblings(path)]:
+        try:
+            st = os.stat(at)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == key:
+            return cu if at == cu.path else replace(cu, path=at)
     return None
 
 

@@ -195,6 +195,11 @@ class FilesSource(Source):
         if self.follow:  # rotated files beside each path, not seen to their end
             for reader in readers:
                 reader.catch_up, more = plan_catch_up(reader.path, resume, followed)
+                look = reader.ident
+                if look is not None and more.get(f"{look.device}:{look.inode}", 0) is None:
+                    # the live file no longer holds what the look saw (copied and
+                    # truncated since): the plan read on from the copy; this from 0
+                    reader.start, reader.start_line, reader.ident = self.header_bytes, 1, None
                 changes.update(more)
         extra: list[FileReader] = []
         for key, pos in resume.items():
