@@ -341,7 +341,8 @@ class Delivery:
         self.live_sinks: set[str] = set()
         self.final_positions: dict[str, dict[str, Any]] = {}
         self.final_states: dict[str, Any] = {}
-        self.cleared: dict[str, int] = {}  # stages that ended holding nothing: last epoch then
+        self.cleared: dict[str, int] = {}  # stages that ended holding nothing: from which epoch
+        self.seen: dict[str, int] = {}  # each stage's last barrier (its state's epoch)
         self.committed_positions: dict[str, dict[str, Any]] = {}
         self.committed_states: dict[str, Any] = {}
         self.pending: dict[int, _Epoch] = {}
@@ -533,6 +534,7 @@ class Delivery:
         self._wakeup()
 
     def stage_state(self, ident: str, epoch: int, state: Any) -> None:
+        self.seen[ident] = max(self.seen.get(ident, 0), epoch)
         ep = self.pending.get(epoch)
         if ep is not None:
             ep.states[ident] = state
@@ -544,8 +546,11 @@ class Delivery:
             self.final_states[ident] = state
             self.cleared.pop(ident, None)
         else:
+            # from the first epoch whose barrier it never saw: that epoch may still be
+            # pending when it ends (its input ended before the barrier; its flush went
+            # downstream ahead of the barrier at a fan-in), not only the newest
             self.final_states.pop(ident, None)
-            self.cleared[ident] = self.epoch
+            self.cleared[ident] = self.seen.get(ident, self.committed_epoch) + 1
 
     def _states(self, epoch: int, layer: dict[str, Any]) -> dict[str, Any]:
         """The states to commit with ``epoch``: the last committed, the final ones of
@@ -553,8 +558,9 @@ class Delivery:
         before ``Barrier(epoch)`` was injected."""
         states = {**self.committed_states, **self.final_states}
         for ident, at in self.cleared.items():
-            # ``>=``: a stage that ended while ``at`` was the newest epoch never saw its
-            # barrier; if it did, this epoch's layer below puts its state back
+            # ``at``: the first epoch a stage that ended never saw the barrier of (a
+            # repetition's new incarnation: the newest epoch; if it saw that barrier,
+            # this epoch's layer below puts its state back)
             if epoch >= at:
                 states.pop(ident, None)
         states.update(layer)  # a new incarnation (a repetition) of a cleared id: its own
